@@ -1,0 +1,525 @@
+//! Every event HAP records, its payload, and where it travels on the broker.
+//!
+//! An event is serialised as `{"eventType": "...", "payload": {...}}`; the store keeps the two
+//! parts in separate columns and [`Event::from_parts`] puts them back together. Payloads carry
+//! the aggregate id plus what changed, in camelCase, and only plain data types: events are facts
+//! already accepted, so reading them never re-applies today's validation rules.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::AggregateKind;
+use crate::ids::{ConsultationId, PatientId, PhysicianId, RecordId};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "eventType", content = "payload")]
+pub enum Event {
+    PatientRegistered(PatientRegistered),
+    PatientUpdated(PatientUpdated),
+    PatientDeactivated(PatientDeactivated),
+    PatientValidatedForConsultation(PatientValidatedForConsultation),
+    PatientValidationFailed(PatientValidationFailed),
+    PhysicianRegistered(PhysicianRegistered),
+    PhysicianUpdated(PhysicianUpdated),
+    PhysicianDeactivated(PhysicianDeactivated),
+    PhysicianAvailabilityConfirmed(PhysicianAvailabilityConfirmed),
+    PhysicianAvailabilityRejected(PhysicianAvailabilityRejected),
+    PhysicianSlotReleased(PhysicianSlotReleased),
+    ConsultationSchedulingStarted(ConsultationSchedulingStarted),
+    ConsultationScheduled(ConsultationScheduled),
+    ConsultationSchedulingFailed(ConsultationSchedulingFailed),
+    ConsultationUpdated(ConsultationUpdated),
+    ConsultationCancellationRequested(ConsultationCancellationRequested),
+    ConsultationCancelled(ConsultationCancelled),
+    ConsultationDone(ConsultationDone),
+    ConsultationRecordCreated(ConsultationRecordCreated),
+    ConsultationRecordUpdated(ConsultationRecordUpdated),
+    ConsultationRecordsVoided(ConsultationRecordsVoided),
+}
+
+/// Why a payload could not be read back as an event.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown event type {0:?}")]
+    UnknownType(String),
+    #[error("payload of {event_type} does not fit: {source}")]
+    BadPayload {
+        event_type: String,
+        source: serde_json::Error,
+    },
+}
+
+impl Event {
+    /// Rebuilds an event from its stored type name and payload.
+    pub fn from_parts(event_type: &str, payload: serde_json::Value) -> Result<Self, DecodeError> {
+        if route(event_type).is_none() {
+            return Err(DecodeError::UnknownType(event_type.to_owned()));
+        }
+        let tagged = serde_json::json!({ "eventType": event_type, "payload": payload });
+        serde_json::from_value(tagged).map_err(|source| DecodeError::BadPayload {
+            event_type: event_type.to_owned(),
+            source,
+        })
+    }
+
+    /// The event's type name and payload, as stored and sent.
+    pub fn into_parts(&self) -> (&'static str, serde_json::Value) {
+        let mut tagged = serde_json::to_value(self).expect("events serialise to JSON");
+        let payload = tagged
+            .get_mut("payload")
+            .map(serde_json::Value::take)
+            .expect("every event has a payload");
+        (self.event_type(), payload)
+    }
+
+    pub fn event_type(&self) -> &'static str {
+        use Event::*;
+        match self {
+            PatientRegistered(_) => "PatientRegistered",
+            PatientUpdated(_) => "PatientUpdated",
+            PatientDeactivated(_) => "PatientDeactivated",
+            PatientValidatedForConsultation(_) => "PatientValidatedForConsultation",
+            PatientValidationFailed(_) => "PatientValidationFailed",
+            PhysicianRegistered(_) => "PhysicianRegistered",
+            PhysicianUpdated(_) => "PhysicianUpdated",
+            PhysicianDeactivated(_) => "PhysicianDeactivated",
+            PhysicianAvailabilityConfirmed(_) => "PhysicianAvailabilityConfirmed",
+            PhysicianAvailabilityRejected(_) => "PhysicianAvailabilityRejected",
+            PhysicianSlotReleased(_) => "PhysicianSlotReleased",
+            ConsultationSchedulingStarted(_) => "ConsultationSchedulingStarted",
+            ConsultationScheduled(_) => "ConsultationScheduled",
+            ConsultationSchedulingFailed(_) => "ConsultationSchedulingFailed",
+            ConsultationUpdated(_) => "ConsultationUpdated",
+            ConsultationCancellationRequested(_) => "ConsultationCancellationRequested",
+            ConsultationCancelled(_) => "ConsultationCancelled",
+            ConsultationDone(_) => "ConsultationDone",
+            ConsultationRecordCreated(_) => "ConsultationRecordCreated",
+            ConsultationRecordUpdated(_) => "ConsultationRecordUpdated",
+            ConsultationRecordsVoided(_) => "ConsultationRecordsVoided",
+        }
+    }
+
+    /// The consultation whose scheduling or cancellation saga this event takes part in; sent
+    /// as the `x-saga-id` header.
+    pub fn saga_id(&self) -> Option<ConsultationId> {
+        use Event::*;
+        match self {
+            PatientValidatedForConsultation(e) => Some(e.consultation_id),
+            PatientValidationFailed(e) => Some(e.consultation_id),
+            PhysicianAvailabilityConfirmed(e) => Some(e.consultation_id),
+            PhysicianAvailabilityRejected(e) => Some(e.consultation_id),
+            PhysicianSlotReleased(e) => Some(e.consultation_id),
+            ConsultationSchedulingStarted(e) => Some(e.consultation_id),
+            ConsultationScheduled(e) => Some(e.consultation_id),
+            ConsultationSchedulingFailed(e) => Some(e.consultation_id),
+            ConsultationCancellationRequested(e) => Some(e.consultation_id),
+            ConsultationCancelled(e) => Some(e.consultation_id),
+            ConsultationRecordsVoided(e) => Some(e.consultation_id),
+            _ => None,
+        }
+    }
+}
+
+/// The topic exchanges, one per aggregate family; each name is prefixed (`hap.patients`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Exchange {
+    Patients,
+    Physicians,
+    Consultations,
+    Records,
+}
+
+impl Exchange {
+    pub const ALL: [Exchange; 4] = [
+        Exchange::Patients,
+        Exchange::Physicians,
+        Exchange::Consultations,
+        Exchange::Records,
+    ];
+
+    /// The exchange name without its prefix.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Self::Patients => "patients",
+            Self::Physicians => "physicians",
+            Self::Consultations => "consultations",
+            Self::Records => "records",
+        }
+    }
+
+    /// The service that owns this exchange's events (`sourceService` on the wire).
+    pub fn source_service(self) -> &'static str {
+        match self {
+            Self::Patients => "patient-service",
+            Self::Physicians => "physician-service",
+            Self::Consultations => "scheduling-service",
+            Self::Records => "clinical-records-service",
+        }
+    }
+}
+
+/// Where one event type goes on the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub exchange: Exchange,
+    pub routing_key: &'static str,
+    pub aggregate: AggregateKind,
+}
+
+/// The routing table: exchange, routing key and aggregate for each event type, or `None` for a
+/// name HAP does not know.
+pub fn route(event_type: &str) -> Option<Route> {
+    use AggregateKind as A;
+    use Exchange as X;
+    let (exchange, routing_key, aggregate) = match event_type {
+        "PatientRegistered" => (X::Patients, "patient.registered", A::Patient),
+        "PatientUpdated" => (X::Patients, "patient.updated", A::Patient),
+        "PatientDeactivated" => (X::Patients, "patient.deactivated", A::Patient),
+        "PatientValidatedForConsultation" => (
+            X::Patients,
+            "patient.validated.for.consultation",
+            A::Patient,
+        ),
+        "PatientValidationFailed" => (X::Patients, "patient.validation.failed", A::Patient),
+        "PhysicianRegistered" => (X::Physicians, "physician.registered", A::Physician),
+        "PhysicianUpdated" => (X::Physicians, "physician.updated", A::Physician),
+        "PhysicianDeactivated" => (X::Physicians, "physician.deactivated", A::Physician),
+        "PhysicianAvailabilityConfirmed" => (
+            X::Physicians,
+            "physician.availability.confirmed",
+            A::PhysicianSchedule,
+        ),
+        "PhysicianAvailabilityRejected" => (
+            X::Physicians,
+            "physician.availability.rejected",
+            A::PhysicianSchedule,
+        ),
+        "PhysicianSlotReleased" => (
+            X::Physicians,
+            "physician.slot.released",
+            A::PhysicianSchedule,
+        ),
+        "ConsultationSchedulingStarted" => (
+            X::Consultations,
+            "consultation.scheduling.started",
+            A::Consultation,
+        ),
+        "ConsultationScheduled" => (X::Consultations, "consultation.scheduled", A::Consultation),
+        "ConsultationSchedulingFailed" => (
+            X::Consultations,
+            "consultation.scheduling.failed",
+            A::Consultation,
+        ),
+        "ConsultationUpdated" => (X::Consultations, "consultation.updated", A::Consultation),
+        "ConsultationCancellationRequested" => (
+            X::Consultations,
+            "consultation.cancellation.requested",
+            A::Consultation,
+        ),
+        "ConsultationCancelled" => (X::Consultations, "consultation.cancelled", A::Consultation),
+        "ConsultationDone" => (X::Consultations, "consultation.done", A::Consultation),
+        "ConsultationRecordCreated" => (X::Records, "record.created", A::ClinicalRecord),
+        "ConsultationRecordUpdated" => (X::Records, "record.updated", A::ClinicalRecord),
+        "ConsultationRecordsVoided" => (X::Records, "record.voided", A::ClinicalRecord),
+        _ => return None,
+    };
+    Some(Route {
+        exchange,
+        routing_key,
+        aggregate,
+    })
+}
+
+/// Every event type name, in the order of the routing table.
+pub const EVENT_TYPES: [&str; 21] = [
+    "PatientRegistered",
+    "PatientUpdated",
+    "PatientDeactivated",
+    "PatientValidatedForConsultation",
+    "PatientValidationFailed",
+    "PhysicianRegistered",
+    "PhysicianUpdated",
+    "PhysicianDeactivated",
+    "PhysicianAvailabilityConfirmed",
+    "PhysicianAvailabilityRejected",
+    "PhysicianSlotReleased",
+    "ConsultationSchedulingStarted",
+    "ConsultationScheduled",
+    "ConsultationSchedulingFailed",
+    "ConsultationUpdated",
+    "ConsultationCancellationRequested",
+    "ConsultationCancelled",
+    "ConsultationDone",
+    "ConsultationRecordCreated",
+    "ConsultationRecordUpdated",
+    "ConsultationRecordsVoided",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatientRegistered {
+    pub patient_id: PatientId,
+    pub name: String,
+    pub birth_date: NaiveDate,
+    pub document_number: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+}
+
+/// Only the fields that changed are present.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatientUpdated {
+    pub patient_id: PatientId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatientDeactivated {
+    pub patient_id: PatientId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatientValidatedForConsultation {
+    pub patient_id: PatientId,
+    pub consultation_id: ConsultationId,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatientValidationFailed {
+    pub patient_id: PatientId,
+    pub consultation_id: ConsultationId,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PhysicianRegistered {
+    pub physician_id: PhysicianId,
+    pub name: String,
+    pub specialty: String,
+    pub license_number: String,
+}
+
+/// Only the fields that changed are present.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PhysicianUpdated {
+    pub physician_id: PhysicianId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub specialty: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PhysicianDeactivated {
+    pub physician_id: PhysicianId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The slot is now held for the consultation on the physician's day schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PhysicianAvailabilityConfirmed {
+    pub physician_id: PhysicianId,
+    pub consultation_id: ConsultationId,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PhysicianAvailabilityRejected {
+    pub physician_id: PhysicianId,
+    pub consultation_id: ConsultationId,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PhysicianSlotReleased {
+    pub physician_id: PhysicianId,
+    pub consultation_id: ConsultationId,
+    pub starts_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsultationSchedulingStarted {
+    pub consultation_id: ConsultationId,
+    pub patient_id: PatientId,
+    pub physician_id: PhysicianId,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsultationScheduled {
+    pub consultation_id: ConsultationId,
+    pub patient_id: PatientId,
+    pub physician_id: PhysicianId,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+}
+
+/// Why scheduling failed, as the query API reports it in `failureReason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    PatientInvalid,
+    PhysicianUnavailable,
+    TimedOut,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsultationSchedulingFailed {
+    pub consultation_id: ConsultationId,
+    pub reason: FailureReason,
+    /// Words for a person: which rule failed and why.
+    pub detail: String,
+}
+
+/// Only the fields that changed are present.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsultationUpdated {
+    pub consultation_id: ConsultationId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsultationCancellationRequested {
+    pub consultation_id: ConsultationId,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsultationCancelled {
+    pub consultation_id: ConsultationId,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsultationDone {
+    pub consultation_id: ConsultationId,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsultationRecordCreated {
+    pub record_id: RecordId,
+    pub consultation_id: ConsultationId,
+    pub patient_id: PatientId,
+    pub physician_id: PhysicianId,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsultationRecordUpdated {
+    pub record_id: RecordId,
+    pub consultation_id: ConsultationId,
+    pub content: String,
+}
+
+/// Every record of the consultation is void; sent even when it had none, since the
+/// cancellation saga waits for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsultationRecordsVoided {
+    pub consultation_id: ConsultationId,
+    pub record_ids: Vec<RecordId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_key_follows_the_event_type() {
+        assert_eq!(
+            route("PatientValidatedForConsultation")
+                .unwrap()
+                .routing_key,
+            "patient.validated.for.consultation"
+        );
+        assert_eq!(
+            route("ConsultationRecordsVoided").unwrap().routing_key,
+            "record.voided"
+        );
+        assert_eq!(
+            route("ConsultationCancellationRequested").unwrap().exchange,
+            Exchange::Consultations
+        );
+        assert!(route("PatientDeleted").is_none());
+    }
+
+    #[test]
+    fn every_event_type_has_a_route() {
+        for event_type in EVENT_TYPES {
+            let route = route(event_type).expect(event_type);
+            let noun = route.routing_key.split('.').next().unwrap();
+            let expected_noun = match route.exchange {
+                Exchange::Patients => "patient",
+                Exchange::Physicians => "physician",
+                Exchange::Consultations => "consultation",
+                Exchange::Records => "record",
+            };
+            assert_eq!(noun, expected_noun, "{event_type}");
+        }
+    }
+
+    #[test]
+    fn an_event_survives_the_store_round_trip() {
+        let event = Event::PatientUpdated(PatientUpdated {
+            patient_id: PatientId::new(),
+            name: Some("Ana".into()),
+            email: None,
+            phone: None,
+        });
+        let (event_type, payload) = event.into_parts();
+        assert_eq!(event_type, "PatientUpdated");
+        assert!(
+            payload.get("email").is_none(),
+            "unchanged fields are left out"
+        );
+        assert_eq!(Event::from_parts(event_type, payload).unwrap(), event);
+    }
+
+    #[test]
+    fn unknown_types_and_misfit_payloads_are_refused() {
+        assert!(matches!(
+            Event::from_parts("PatientDeleted", serde_json::json!({})),
+            Err(DecodeError::UnknownType(_))
+        ));
+        assert!(matches!(
+            Event::from_parts("PatientDeactivated", serde_json::json!({"patientId": 3})),
+            Err(DecodeError::BadPayload { .. })
+        ));
+    }
+}

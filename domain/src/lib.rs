@@ -1,0 +1,28 @@
+//! HAP's clinical domain: what patients, physicians, consultations and clinical records are,
+//! which commands they accept and which events those commands produce.
+//!
+//! Everything here is pure and synchronous: no database, no broker, no clock. A decision takes
+//! the aggregate's current state and a command whose facts (the current time, whether a
+//! referenced patient exists, …) were gathered beforehand by the caller, and answers with the
+//! events to append or the rule it would break. State is rebuilt by folding events with
+//! [`Aggregate::evolve`], so the same events always give the same state.
+//!
+//! # Layout
+//! - [`aggregate`]: the [`Aggregate`] contract and [`DomainError`], the rules' verdicts.
+//! - [`ids`]: typed identifiers, one per aggregate.
+//! - [`values`]: parse-don't-validate value types (names, dates, document numbers, …).
+//! - [`event`]: every event type, its payload, and where it travels on the broker.
+//! - [`patient`], [`physician`], [`schedule`], [`consultation`], [`record`]: the aggregates.
+
+pub mod aggregate;
+pub mod consultation;
+pub mod event;
+pub mod ids;
+pub mod patient;
+pub mod physician;
+pub mod record;
+pub mod schedule;
+pub mod values;
+
+pub use aggregate::{Aggregate, AggregateKind, DomainError};
+pub use event::Event;
