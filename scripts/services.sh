@@ -44,6 +44,25 @@ fi
 
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "HAP_SERVICES_TIMEOUT must be a whole number of seconds, not '$TIMEOUT'"
 
+# Serialize concurrent runs (say, two terminals running scripts/test.sh), so
+# that only one of them installs or starts anything; the others then find the
+# services up. We re-run this script under flock(1) rather than holding the
+# lock on a descriptor of our own: `-o` keeps the lock out of everything the
+# script spawns, because a daemon started from here (postgres, the Erlang VM,
+# epmd) would otherwise inherit the lock and hold it for the rest of its life.
+# Per-user lock file, since a root-owned one in the shared /tmp would lock
+# everyone else out. Without flock (e.g. macOS) runs simply go unserialized.
+if [[ -z "${HAP_SERVICES_LOCKED:-}" ]] && command -v flock >/dev/null 2>&1; then
+	export HAP_SERVICES_LOCKED=1
+	rc=0
+	flock -o -E 75 -w $((TIMEOUT * 4 + 10)) "${TMPDIR:-/tmp}/hap-services.$(id -u).lock" \
+		bash "${BASH_SOURCE[0]}" "$@" || rc=$?
+	[[ "$rc" == 75 ]] && die "another scripts/services.sh has been running for too long; giving up waiting for it"
+	exit "$rc"
+fi
+# (Inside the lock now; keep the marker out of the daemons we may start.)
+unset HAP_SERVICES_LOCKED
+
 # Output of start/install commands goes to a private log file rather than our
 # stdout: a daemon that inherited our stdout pipe would keep it open forever
 # and hang any caller that reads it (CI log capture, `$(...)`). The file is
@@ -65,11 +84,10 @@ is_root() { [[ "$(id -u)" == 0 ]]; }
 systemd_running() { [[ -d /run/systemd/system ]] && have systemctl; }
 
 # Run a command that may start a daemon: stdin from /dev/null (CI has no
-# stdin), output to the log, and fd 9 (our lock, see below) closed so that
-# the daemon does not inherit the lock and hold it for the rest of its life.
+# stdin), output to the log file.
 run_logged() {
 	printf '+ %s\n' "$*" >>"$CMD_LOG"
-	"$@" </dev/null >>"$CMD_LOG" 2>&1 9>&-
+	"$@" </dev/null >>"$CMD_LOG" 2>&1
 }
 
 # Like run_logged, but with root privileges: directly when we are root, via
@@ -258,7 +276,7 @@ trust_local_tcp() {
 	} >"$tmp"
 	# `cat >` rewrites the file in place, keeping its owner and mode
 	# (postgres:postgres 0640), which a `mv` would not.
-	cat "$tmp" >"$hba"
+	cat "$tmp" >"$hba" || die "could not write $hba"
 	rm -f "$tmp"
 }
 
@@ -271,7 +289,8 @@ install_packages() {
 		show_cmd_log
 		die "apt-get update failed"
 	}
-	DEBIAN_FRONTEND=noninteractive run_logged apt-get install -y "$@" || {
+	# noninteractive: no debconf questions, there may be no terminal (CI).
+	run_logged env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" || {
 		show_cmd_log
 		die "apt-get install -y $* failed"
 	}
@@ -291,6 +310,8 @@ start_postgres() {
 			fi
 			version="$(newest_pg_version)"
 			[[ -n "$version" ]] || die "PostgreSQL is installed but no server version is under /usr/lib/postgresql"
+			# Editing the new cluster's pg_hba.conf below needs root too.
+			is_root || die "PostgreSQL $version has no cluster; create one as root: sudo pg_createcluster $version main --port $PG_PORT --start"
 			log "creating PostgreSQL $version cluster 'main' on port $PG_PORT"
 			run_as_root pg_createcluster "$version" main --port "$PG_PORT" || {
 				show_cmd_log
@@ -340,12 +361,18 @@ start_rabbitmq() {
 	fi
 }
 
-# Bounded wait for a probe to report "ready".
+# Bounded wait for a probe to report "ready" (polls every half second).
 wait_until_ready() {
-	local what="$1" probe="$2" where="$3" deadline=$((SECONDS + TIMEOUT))
-	until "$probe"; do
+	local what="$1" probe="$2" where="$3" deadline=$((SECONDS + TIMEOUT)) rc
+	while :; do
+		rc=0
+		"$probe" || rc=$?
+		[[ "$rc" == 0 ]] && return 0
 		if ((SECONDS >= deadline)); then
 			show_cmd_log
+			if [[ "$rc" == 1 ]]; then
+				die "$what on $where is listening but not ready after ${TIMEOUT}s (still booting, or another server holds the port?)"
+			fi
 			die "$what did not answer on $where within ${TIMEOUT}s"
 		fi
 		sleep 0.5
@@ -355,15 +382,6 @@ wait_until_ready() {
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
-
-# Serialize concurrent runs (say, two terminals running scripts/test.sh), so
-# that only one of them installs or starts anything; the other then finds the
-# services up. Per-user lock file: /tmp is shared and a root-owned file would
-# lock everyone else out. Without flock we simply go unserialized.
-if have flock; then
-	exec 9>>"${TMPDIR:-/tmp}/hap-services.$(id -u).lock"
-	flock -w $((TIMEOUT * 4)) 9 || die "another scripts/services.sh is still running; giving up waiting for it"
-fi
 
 pg="$(state_of pg_state)"
 mq="$(state_of mq_state)"
@@ -381,7 +399,7 @@ if ((${#missing[@]} > 0)); then
 		mq="$(state_of mq_state)"
 	else
 		{
-			echo "services: ${missing[*]} not installed here. Either install it:"
+			echo "services: not installed here: ${missing[*]}. Either install with:"
 			echo "    sudo apt-get install ${missing[*]}"
 			echo "or run PostgreSQL and RabbitMQ in Docker, from $REPO_ROOT:"
 			echo "    docker compose up -d postgres rabbitmq"
@@ -409,7 +427,9 @@ wait_until_ready "RabbitMQ" mq_state "$MQ_HOST:$MQ_PORT"
 # Version checks, best effort: if we cannot ask (no psql, a password we cannot
 # pass, CLI not usable for this user), the tests will tell.
 if have psql; then
-	pg_version="$(PGPASSWORD="$PG_PASSWORD" PGCONNECT_TIMEOUT=5 psql -X -A -t -q \
+	# -w: never prompt for a password (psql would ask on the terminal, not
+	# stdin, and hang an unattended run).
+	pg_version="$(PGPASSWORD="$PG_PASSWORD" PGCONNECT_TIMEOUT=5 psql -w -X -A -t -q \
 		-h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres \
 		-c 'SHOW server_version_num' </dev/null 2>/dev/null || true)"
 	if [[ "$pg_version" =~ ^[0-9]+$ ]] && ((pg_version < 130000)); then

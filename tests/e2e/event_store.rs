@@ -1,0 +1,209 @@
+//! The event store against a real PostgreSQL: concurrency, atomicity and the gap-safe read.
+
+use std::collections::HashSet;
+
+use eventstore::{AppendError, EventStore, GlobalCheckpoint, StreamVersion};
+use futures::future::join_all;
+use hap_tests::test_append;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn concurrent_appends_at_one_version_let_exactly_one_win(pool: PgPool) {
+    let store = EventStore::new(pool);
+    let stream = Uuid::now_v7();
+
+    let attempts = (0..50).map(|_| store.append(test_append(stream, StreamVersion::EMPTY, 1)));
+    let results = join_all(attempts).await;
+
+    let winners = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(winners, 1, "exactly one writer at version 0 succeeds");
+    for result in results.iter().filter(|r| r.is_err()) {
+        assert!(
+            matches!(result, Err(AppendError::Conflict { .. })),
+            "{result:?}"
+        );
+    }
+    let events = store
+        .read_stream(stream, StreamVersion::EMPTY)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "the losers appended nothing");
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn racing_writers_that_retry_leave_versions_without_gaps(pool: PgPool) {
+    let store = EventStore::new(pool);
+    let stream = Uuid::now_v7();
+
+    let writers = (0..50).map(|_| {
+        let store = store.clone();
+        async move {
+            loop {
+                let current = store
+                    .read_stream(stream, StreamVersion::EMPTY)
+                    .await
+                    .unwrap();
+                let version = StreamVersion::new(current.len() as u64);
+                match store.append(test_append(stream, version, 2)).await {
+                    Ok(_) => return,
+                    Err(AppendError::Conflict { .. }) => continue,
+                    Err(other) => panic!("{other}"),
+                }
+            }
+        }
+    });
+    join_all(writers).await;
+
+    let versions: Vec<i64> = store
+        .read_stream(stream, StreamVersion::EMPTY)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(versions, (1..=100).collect::<Vec<_>>());
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn an_append_is_all_or_nothing(pool: PgPool) {
+    let store = EventStore::new(pool);
+    let stream = Uuid::now_v7();
+    store
+        .append(test_append(stream, StreamVersion::EMPTY, 1))
+        .await
+        .unwrap();
+
+    // Three events at a stale version: the first would collide, so none may land.
+    let stale = store
+        .append(test_append(stream, StreamVersion::EMPTY, 3))
+        .await;
+
+    assert!(matches!(stale, Err(AppendError::Conflict { .. })));
+    let events = store
+        .read_stream(stream, StreamVersion::EMPTY)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn a_stream_reads_back_in_version_order_from_any_version(pool: PgPool) {
+    let store = EventStore::new(pool);
+    let stream = Uuid::now_v7();
+    let appended = store
+        .append(test_append(stream, StreamVersion::EMPTY, 3))
+        .await
+        .unwrap();
+    assert_eq!(appended.version, StreamVersion::new(3));
+
+    let tail = store
+        .read_stream(stream, StreamVersion::new(1))
+        .await
+        .unwrap();
+
+    assert_eq!(tail.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(tail[1].position(), appended.position.unwrap());
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn claimed_values_are_unique_and_a_taken_claim_appends_nothing(pool: PgPool) {
+    let store = EventStore::new(pool);
+    let claim = eventstore::Claim {
+        kind: "patient.documentNumber".into(),
+        value: "123".into(),
+    };
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut append = test_append(first, StreamVersion::EMPTY, 1);
+    append.claims = vec![claim.clone()];
+    store.append(append).await.unwrap();
+
+    let mut again = test_append(second, StreamVersion::EMPTY, 1);
+    again.claims = vec![claim.clone()];
+    let result = store.append(again).await;
+
+    assert!(
+        matches!(&result, Err(AppendError::ClaimTaken { kind, value }) if kind == "patient.documentNumber" && value == "123"),
+        "{result:?}"
+    );
+    assert!(
+        store
+            .read_stream(second, StreamVersion::EMPTY)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .claim_owner("default", &claim.kind, &claim.value)
+            .await
+            .unwrap(),
+        Some(first)
+    );
+}
+
+/// The reason for the (transaction id, position) order: a transaction that inserts first and
+/// commits last must still be read, exactly once, by a reader that kept reading meanwhile.
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn an_event_whose_transaction_commits_late_is_read_exactly_once(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let mut seen = Vec::new();
+    let mut checkpoint = GlobalCheckpoint::START;
+    let read = async |checkpoint: &mut GlobalCheckpoint, seen: &mut Vec<Uuid>| {
+        for event in store.read_all(*checkpoint, 1000).await.unwrap() {
+            *checkpoint = event.checkpoint();
+            seen.push(event.event_id);
+        }
+    };
+
+    store
+        .append(test_append(Uuid::now_v7(), StreamVersion::EMPTY, 1))
+        .await
+        .unwrap();
+    read(&mut checkpoint, &mut seen).await;
+    assert_eq!(seen.len(), 1);
+
+    // The slow writer inserts first (taking the lower position) and keeps its transaction open.
+    let late_id = Uuid::now_v7();
+    let mut slow = pool.begin().await.unwrap();
+    sqlx::query(
+        "insert into events (event_id, stream_id, aggregate_type, version, event_type, payload,
+                             tenant_id, correlation_id, schema_version, occurred_at)
+         values ($1, $2, 'test', 1, 'TestHappened', '{}', 'default', 'late', 1, now())",
+    )
+    .bind(late_id)
+    .bind(Uuid::now_v7())
+    .execute(&mut *slow)
+    .await
+    .unwrap();
+
+    // Others commit in between; the reader keeps reading and must not move past the slow one.
+    let mut quick_ids = Vec::new();
+    for _ in 0..5 {
+        let append = test_append(Uuid::now_v7(), StreamVersion::EMPTY, 2);
+        quick_ids.extend(append.events.iter().map(|e| e.event_id));
+        store.append(append).await.unwrap();
+        read(&mut checkpoint, &mut seen).await;
+    }
+    assert_eq!(
+        seen.len(),
+        1,
+        "nothing after the open transaction is visible yet"
+    );
+
+    slow.commit().await.unwrap();
+    // Other tests share this PostgreSQL server, and any open write transaction anywhere holds
+    // the read back, so poll until everything arrived (bounded).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while seen.len() < 12 && tokio::time::Instant::now() < deadline {
+        read(&mut checkpoint, &mut seen).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let unique: HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no event is read twice");
+    assert!(seen.contains(&late_id), "the late event is read");
+    assert!(quick_ids.iter().all(|id| seen.contains(id)));
+    assert_eq!(seen.len(), 12);
+    assert_eq!(seen[1], late_id, "it comes out in its transaction's place");
+}
