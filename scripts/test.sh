@@ -37,15 +37,10 @@ echo "==> clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> test"
+# nextest runs each test in its own process, which keeps one test's global state (the
+# metrics recorder, a killed child process) from leaking into another's.
 if cargo nextest --version >/dev/null 2>&1; then
 	cargo nextest run --workspace --locked --no-fail-fast "$@"
-	# nextest does not run doctests; run them separately so that both runners
-	# test the same things. Skipped when arguments narrow the run, since a
-	# nextest filter means nothing to `cargo test --doc`.
-	if (($# == 0)); then
-		echo "==> doctests"
-		cargo test --workspace --locked --no-fail-fast --doc
-	fi
 else
 	cargo test --workspace --locked --no-fail-fast "$@"
 fi

@@ -1,1 +1,111 @@
+//! HAP's HTTP API, command line and wiring. `main.rs` only parses the command line and calls
+//! [`cli::run`]; everything else is here so that tests can start the real thing.
+//!
+//! # Layout
+//! - [`cli`]: the `hap` subcommands.
+//! - [`config`]: settings from flags, `HAP_*` variables and defaults.
+//! - [`db`]: connecting, creating the database, migrating.
+//! - [`state`]: [`AppState`], shared by every handler.
+//! - [`aggregates`]: loading aggregates, with the moka cache in front.
+//! - [`commands`]: the command routes and the pipeline they share.
+//! - [`extract`]: request extractors (body, headers, path ids) that map malformed input to
+//!   400/413/415/422.
+//! - [`error`]: [`error::ApiError`] and its problem+json form.
+//! - [`health`], [`openapi`], [`telemetry`]: operations.
 
+pub mod aggregates;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod openapi;
+pub mod state;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request, StatusCode};
+use axum::routing::get;
+use axum::{Json, Router};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+pub use state::AppState;
+
+use error::ApiError;
+use extract::{BODY_LIMIT, CORRELATION_ID};
+
+/// How long a request may take before it is answered with 503.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The whole HTTP API with its middleware. Command routes are served when `commands` is set.
+pub fn router(app: AppState, commands: bool) -> Router {
+    let (routes, openapi) = api_routes(commands).split_for_parts();
+    let openapi = Arc::new(openapi);
+    let correlation = HeaderName::from_static(CORRELATION_ID);
+    routes
+        .route(
+            "/openapi.json",
+            get(move || {
+                let openapi = Arc::clone(&openapi);
+                async move { Json(openapi) }
+            }),
+        )
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(correlation.clone(), MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                        let correlation_id = request
+                            .headers()
+                            .get(CORRELATION_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default();
+                        tracing::info_span!(
+                            "request",
+                            method = %request.method(),
+                            uri = %request.uri(),
+                            correlation_id,
+                        )
+                    }),
+                )
+                .layer(PropagateRequestIdLayer::new(correlation))
+                .layer(axum::middleware::from_fn(telemetry::track_requests))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    REQUEST_TIMEOUT,
+                ))
+                .layer(CatchPanicLayer::new())
+                .layer(DefaultBodyLimit::max(BODY_LIMIT)),
+        )
+        .with_state(app)
+}
+
+/// Every documented route, so that the OpenAPI document is generated from the same list.
+fn api_routes(commands: bool) -> OpenApiRouter<AppState> {
+    let mut routes = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).merge(health::router());
+    if commands {
+        routes = routes
+            .merge(commands::patients::router())
+            .merge(commands::physicians::router())
+            .merge(commands::consultations::router())
+            .merge(commands::records::router());
+    }
+    routes
+}
+
+/// The OpenAPI document of the full API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes(true).split_for_parts().1
+}

@@ -99,6 +99,22 @@ impl Event {
         }
     }
 
+    /// Values this event takes for its stream alone, as (kind, value): they must be unique per
+    /// tenant at once, so the store claims them in the append's transaction.
+    pub fn claims(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Event::PatientRegistered(e) => {
+                vec![("patient.documentNumber", e.document_number.clone())]
+            }
+            Event::PhysicianRegistered(e) => {
+                vec![("physician.licenseNumber", e.license_number.clone())]
+            }
+            // Not a rule but a lookup: which record book holds a record.
+            Event::ConsultationRecordCreated(e) => vec![("record", e.record_id.to_string())],
+            _ => vec![],
+        }
+    }
+
     /// The consultation whose scheduling or cancellation saga this event takes part in; sent
     /// as the `x-saga-id` header.
     pub fn saga_id(&self) -> Option<ConsultationId> {

@@ -10,6 +10,8 @@ use crate::values::RecordContent;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RecordBook {
+    /// Known once the first record is written.
+    pub consultation_id: Option<ConsultationId>,
     pub records: Vec<Record>,
     pub voided: bool,
 }
@@ -45,7 +47,16 @@ pub enum RecordCommand {
     VoidAll { consultation_id: ConsultationId },
 }
 
+/// Namespace for the record-book stream ids (UUIDv5 of the consultation id), so that a book's
+/// stream differs from its consultation's and can be computed rather than looked up.
+const BOOK_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6861_7000_0000_4000_8000_7265_636f_7264);
+
 impl RecordBook {
+    /// The stream id of `consultation`'s record book.
+    pub fn stream_id(consultation: ConsultationId) -> uuid::Uuid {
+        uuid::Uuid::new_v5(&BOOK_NAMESPACE, consultation.as_uuid().as_bytes())
+    }
+
     pub fn record(&self, id: RecordId) -> Option<&Record> {
         self.records.iter().find(|r| r.id == id)
     }
@@ -114,16 +125,22 @@ impl Aggregate for RecordBook {
 
     fn evolve(mut self, event: &Event) -> Self {
         match event {
-            Event::ConsultationRecordCreated(e) => self.records.push(Record {
-                id: e.record_id,
-                content: e.content.clone(),
-            }),
+            Event::ConsultationRecordCreated(e) => {
+                self.consultation_id = Some(e.consultation_id);
+                self.records.push(Record {
+                    id: e.record_id,
+                    content: e.content.clone(),
+                });
+            }
             Event::ConsultationRecordUpdated(e) => {
                 if let Some(r) = self.records.iter_mut().find(|r| r.id == e.record_id) {
                     r.content = e.content.clone();
                 }
             }
-            Event::ConsultationRecordsVoided(_) => self.voided = true,
+            Event::ConsultationRecordsVoided(e) => {
+                self.consultation_id = Some(e.consultation_id);
+                self.voided = true;
+            }
             _ => {}
         }
         self

@@ -116,7 +116,8 @@ select max(position) from appended
 impl EventStore {
     /// Appends `append.events` to the stream if it is still at `append.expected`, together with
     /// the claims and the remembered response. With no events it only remembers the response.
-    #[tracing::instrument(skip_all, fields(stream = %append.stream_id, expected = %append.expected), err)]
+    // Refusals (conflicts, taken claims) are part of normal operation: logged at debug level.
+    #[tracing::instrument(skip_all, fields(stream = %append.stream_id, expected = %append.expected), err(level = "debug"))]
     pub async fn append(&self, append: Append) -> Result<Appended, AppendError> {
         let Append {
             stream_id,

@@ -1,0 +1,92 @@
+//! Loading aggregates from the event store, with a moka cache of their state in front.
+//!
+//! The cache can be stale (another process may have appended since), and that is safe by
+//! construction: a command decided on a cached state is appended at the cached version, so a
+//! stale entry ends in a version conflict, a reload and a fresh decision. Facts read from
+//! *other* aggregates are not protected by that check, so they are always caught up first
+//! ([`Aggregates::current`]).
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::{Aggregate, Event};
+use eventstore::{EventStore, Position, StreamVersion};
+use moka::future::Cache;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// An aggregate's state as of a version of its stream.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded<A> {
+    pub state: A,
+    pub version: StreamVersion,
+    /// The position of the stream's last event (the token a no-op command returns).
+    pub position: Option<Position>,
+}
+
+#[derive(Clone)]
+pub struct Aggregates {
+    store: EventStore,
+    /// Stream id → `Loaded<A>` of the stream's aggregate type. Stream ids are unique across
+    /// types, so one cache serves all of them.
+    cache: Cache<Uuid, Arc<dyn Any + Send + Sync>>,
+}
+
+impl Aggregates {
+    pub fn new(store: EventStore, capacity: u64) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(capacity)
+            .time_to_idle(Duration::from_secs(600))
+            .build();
+        Self { store, cache }
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    async fn get<A: Aggregate>(&self, id: Uuid) -> Option<Loaded<A>> {
+        let entry = self.cache.get(&id).await?;
+        entry.downcast_ref::<Loaded<A>>().cloned()
+    }
+
+    /// The cached state if there is one, else the current one. Only for the aggregate a
+    /// command is appended to: its version check catches a stale entry.
+    pub async fn cached<A: Aggregate>(&self, id: Uuid) -> Result<Loaded<A>, ApiError> {
+        match self.get(id).await {
+            Some(hit) => Ok(hit),
+            None => self.current(id).await,
+        }
+    }
+
+    /// The state as of now: the cached state (or the empty one) caught up with the stream.
+    #[tracing::instrument(skip(self), fields(aggregate = A::KIND.as_str()), err)]
+    pub async fn current<A: Aggregate>(&self, id: Uuid) -> Result<Loaded<A>, ApiError> {
+        let mut loaded = self.get::<A>(id).await.unwrap_or_default();
+        let tail = self.store.read_stream(id, loaded.version).await?;
+        if tail.is_empty() {
+            return Ok(loaded);
+        }
+        for recorded in tail {
+            let event = Event::from_parts(&recorded.event_type, recorded.payload.clone())
+                .map_err(ApiError::internal)?;
+            loaded.state = loaded.state.evolve(&event);
+            loaded.version = recorded.version();
+            loaded.position = Some(recorded.position());
+        }
+        self.remember(id, loaded.clone()).await;
+        Ok(loaded)
+    }
+
+    /// Caches a state the caller knows to be current (it just appended it).
+    pub async fn remember<A: Aggregate>(&self, id: Uuid, loaded: Loaded<A>) {
+        self.cache.insert(id, Arc::new(loaded)).await;
+    }
+
+    /// Drops a cached state known to be stale.
+    pub async fn forget(&self, id: Uuid) {
+        self.cache.invalidate(&id).await;
+    }
+}

@@ -1,0 +1,91 @@
+//! The `hap` command line.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::config::{Role, ServeSettings, Settings};
+use crate::{db, router, AppState};
+
+#[derive(Debug, Parser)]
+#[command(name = "hap", version, about = "Event-sourced clinic scheduling backend")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (creates the database and applies migrations first).
+    Serve(ServeSettings),
+    /// Create the database if needed, apply migrations and exit.
+    Migrate,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(serve_settings) => serve(cli.settings, serve_settings).await,
+        Command::Migrate => {
+            let pool = db::connect(&cli.settings.database_url, 2, true).await?;
+            db::migrate(&pool).await?;
+            println!("migrations applied to {}", redact(&cli.settings.database_url));
+            Ok(())
+        }
+    }
+}
+
+async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
+    let pool = db::connect(
+        &settings.database_url,
+        settings.db_pool_size,
+        !serve.no_migrate,
+    )
+    .await?;
+    if !serve.no_migrate {
+        db::migrate(&pool).await?;
+    }
+    let listener = TcpListener::bind(serve.http_addr)
+        .await
+        .with_context(|| format!("Failed to listen on {}", serve.http_addr))?;
+    let address = listener.local_addr()?;
+    let app = AppState::new(pool, settings);
+    let routes = router(app, serve.roles.contains(&Role::Command));
+    tracing::info!(%address, roles = ?serve.roles, "HAP is listening");
+    axum::serve(listener, routes)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("The HTTP server failed")
+}
+
+/// Resolves on Ctrl-C or SIGTERM, so that in-flight requests finish before the process ends.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        tokio::signal::ctrl_c().await.ok();
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

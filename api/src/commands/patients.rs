@@ -1,0 +1,134 @@
+//! `POST /patients`, `PATCH /patients/{id}`, `POST /patients/{id}/deactivate`.
+
+use axum::extract::State;
+use axum::response::Response;
+use chrono::{NaiveDate, Utc};
+use domain::ids::PatientId;
+use domain::patient::{Patient, PatientCommand};
+use domain::values::{BirthDate, DocumentNumber, Email, PersonName, Phone};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{deactivation_reason, execute, CommandResponse, Deactivate, Fields, Reply, CHECKED};
+use crate::error::{ApiError, Problem};
+use crate::extract::{Command, PathId};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(update))
+        .routes(routes!(deactivate))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterPatient {
+    /// 1 to 200 characters.
+    name: String,
+    /// Not in the future, not before 1900.
+    birth_date: NaiveDate,
+    /// 1 to 40 characters, unique per tenant.
+    document_number: String,
+    email: Option<String>,
+    phone: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdatePatient {
+    name: Option<String>,
+    email: Option<String>,
+    phone: Option<String>,
+}
+
+/// Registers a patient.
+#[utoipa::path(post, path = "/patients", tag = "patients", request_body = RegisterPatient,
+    params(crate::openapi::CommandHeaders),
+    responses(
+        (status = 201, description = "Registered; `Location` names the patient", body = CommandResponse),
+        (status = 409, description = "The document number is registered already", body = Problem),
+        (status = 422, description = "A field is missing, unknown or invalid", body = Problem),
+    ))]
+async fn register(
+    State(app): State<AppState>,
+    Command { body, context }: Command<RegisterPatient>,
+) -> Result<Response, ApiError> {
+    let today = Utc::now().date_naive();
+    let mut fields = Fields::default();
+    let name = fields.check("name", PersonName::parse(&body.name));
+    let birth_date = fields.check("birthDate", BirthDate::parse(body.birth_date, today));
+    let document_number = fields.check(
+        "documentNumber",
+        DocumentNumber::parse(&body.document_number),
+    );
+    let email = fields.check_optional("email", body.email.as_deref(), Email::parse);
+    let phone = fields.check_optional("phone", body.phone.as_deref(), Phone::parse);
+    fields.finish()?;
+
+    let id = PatientId::new();
+    let command = PatientCommand::Register {
+        id,
+        name: name.expect(CHECKED),
+        birth_date: birth_date.expect(CHECKED),
+        document_number: document_number.expect(CHECKED),
+        email: email.expect(CHECKED),
+        phone: phone.expect(CHECKED),
+    };
+    let reply = Reply::created(id.as_uuid(), format!("/patients/{id}"));
+    execute::<Patient>(&app, &context, id.as_uuid(), command, reply).await
+}
+
+/// Changes a patient's name, e-mail or phone; only what changed is recorded.
+#[utoipa::path(patch, path = "/patients/{id}", tag = "patients", request_body = UpdatePatient,
+    params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
+    responses(
+        (status = 200, body = CommandResponse),
+        (status = 404, body = Problem),
+        (status = 409, description = "The patient is deactivated", body = Problem),
+        (status = 412, description = "`If-Match` names another version", body = Problem),
+        (status = 422, body = Problem),
+    ))]
+async fn update(
+    State(app): State<AppState>,
+    PathId(id): PathId,
+    Command { body, context }: Command<UpdatePatient>,
+) -> Result<Response, ApiError> {
+    let mut fields = Fields::default();
+    if body.name.is_none() && body.email.is_none() && body.phone.is_none() {
+        fields.reject("body", "at least one of name, email, phone is required");
+    }
+    let name = fields.check_optional("name", body.name.as_deref(), PersonName::parse);
+    let email = fields.check_optional("email", body.email.as_deref(), Email::parse);
+    let phone = fields.check_optional("phone", body.phone.as_deref(), Phone::parse);
+    fields.finish()?;
+
+    let command = PatientCommand::Update {
+        name: name.expect(CHECKED),
+        email: email.expect(CHECKED),
+        phone: phone.expect(CHECKED),
+    };
+    execute::<Patient>(&app, &context, id, command, Reply::ok(id)).await
+}
+
+/// Deactivates a patient for good; deactivating again changes nothing.
+#[utoipa::path(post, path = "/patients/{id}/deactivate", tag = "patients",
+    request_body(content = Option<Deactivate>, description = "Optional"),
+    params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
+    responses(
+        (status = 200, body = CommandResponse),
+        (status = 404, body = Problem),
+        (status = 412, body = Problem),
+    ))]
+async fn deactivate(
+    State(app): State<AppState>,
+    PathId(id): PathId,
+    Command { body, context }: Command<Option<Deactivate>>,
+) -> Result<Response, ApiError> {
+    let command = PatientCommand::Deactivate {
+        reason: deactivation_reason(body)?,
+    };
+    execute::<Patient>(&app, &context, id, command, Reply::ok(id)).await
+}

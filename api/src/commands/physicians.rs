@@ -1,0 +1,121 @@
+//! `POST /physicians`, `PATCH /physicians/{id}`, `POST /physicians/{id}/deactivate`.
+
+use axum::extract::State;
+use axum::response::Response;
+use domain::ids::PhysicianId;
+use domain::physician::{Physician, PhysicianCommand};
+use domain::values::{LicenseNumber, PersonName, Specialty};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{deactivation_reason, execute, CommandResponse, Deactivate, Fields, Reply, CHECKED};
+use crate::error::{ApiError, Problem};
+use crate::extract::{Command, PathId};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(update))
+        .routes(routes!(deactivate))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterPhysician {
+    name: String,
+    specialty: String,
+    /// Unique per tenant.
+    license_number: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdatePhysician {
+    name: Option<String>,
+    specialty: Option<String>,
+}
+
+/// Registers a physician.
+#[utoipa::path(post, path = "/physicians", tag = "physicians", request_body = RegisterPhysician,
+    params(crate::openapi::CommandHeaders),
+    responses(
+        (status = 201, body = CommandResponse),
+        (status = 409, description = "The license number is registered already", body = Problem),
+        (status = 422, body = Problem),
+    ))]
+async fn register(
+    State(app): State<AppState>,
+    Command { body, context }: Command<RegisterPhysician>,
+) -> Result<Response, ApiError> {
+    let mut fields = Fields::default();
+    let name = fields.check("name", PersonName::parse(&body.name));
+    let specialty = fields.check("specialty", Specialty::parse(&body.specialty));
+    let license_number = fields.check(
+        "licenseNumber",
+        LicenseNumber::parse(&body.license_number),
+    );
+    fields.finish()?;
+
+    let id = PhysicianId::new();
+    let command = PhysicianCommand::Register {
+        id,
+        name: name.expect(CHECKED),
+        specialty: specialty.expect(CHECKED),
+        license_number: license_number.expect(CHECKED),
+    };
+    let reply = Reply::created(id.as_uuid(), format!("/physicians/{id}"));
+    execute::<Physician>(&app, &context, id.as_uuid(), command, reply).await
+}
+
+/// Changes a physician's name or specialty.
+#[utoipa::path(patch, path = "/physicians/{id}", tag = "physicians", request_body = UpdatePhysician,
+    params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
+    responses(
+        (status = 200, body = CommandResponse),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem),
+        (status = 412, body = Problem),
+        (status = 422, body = Problem),
+    ))]
+async fn update(
+    State(app): State<AppState>,
+    PathId(id): PathId,
+    Command { body, context }: Command<UpdatePhysician>,
+) -> Result<Response, ApiError> {
+    let mut fields = Fields::default();
+    if body.name.is_none() && body.specialty.is_none() {
+        fields.reject("body", "at least one of name, specialty is required");
+    }
+    let name = fields.check_optional("name", body.name.as_deref(), PersonName::parse);
+    let specialty = fields.check_optional("specialty", body.specialty.as_deref(), Specialty::parse);
+    fields.finish()?;
+
+    let command = PhysicianCommand::Update {
+        name: name.expect(CHECKED),
+        specialty: specialty.expect(CHECKED),
+    };
+    execute::<Physician>(&app, &context, id, command, Reply::ok(id)).await
+}
+
+/// Deactivates a physician for good.
+#[utoipa::path(post, path = "/physicians/{id}/deactivate", tag = "physicians",
+    request_body(content = Option<Deactivate>, description = "Optional"),
+    params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
+    responses(
+        (status = 200, body = CommandResponse),
+        (status = 404, body = Problem),
+        (status = 412, body = Problem),
+    ))]
+async fn deactivate(
+    State(app): State<AppState>,
+    PathId(id): PathId,
+    Command { body, context }: Command<Option<Deactivate>>,
+) -> Result<Response, ApiError> {
+    let command = PhysicianCommand::Deactivate {
+        reason: deactivation_reason(body)?,
+    };
+    execute::<Physician>(&app, &context, id, command, Reply::ok(id)).await
+}

@@ -1,0 +1,112 @@
+//! Settings: every one has a default, a `HAP_*` environment variable and a flag, in that order
+//! of precedence (flag over variable over default).
+
+use std::net::SocketAddr;
+
+use clap::Args;
+
+/// The settings every subcommand shares.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// PostgreSQL holding the event store (created if missing).
+    #[arg(
+        long,
+        env = "HAP_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/hap",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// PostgreSQL holding this instance's read model; the event store's by default.
+    #[arg(long, env = "HAP_READ_DATABASE_URL", global = true)]
+    pub read_database_url: Option<String>,
+
+    /// RabbitMQ.
+    #[arg(
+        long,
+        env = "HAP_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        global = true
+    )]
+    pub amqp_url: String,
+
+    /// Prefix of every exchange and queue name, so that systems sharing a broker stay apart.
+    #[arg(long, env = "HAP_EXCHANGE_PREFIX", default_value = "hap", global = true)]
+    pub exchange_prefix: String,
+
+    /// This instance's id: names its read-model schema and its queues.
+    #[arg(long, env = "HAP_INSTANCE", default_value = "instance-1", global = true)]
+    pub instance: String,
+
+    /// Deadline of the scheduling saga, in milliseconds.
+    #[arg(
+        long,
+        env = "HAP_SCHEDULING_TIMEOUT_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub scheduling_timeout_ms: u64,
+
+    /// How often a message is retried before it is dead-lettered.
+    #[arg(long, env = "HAP_MAX_RETRIES", default_value_t = 5, global = true)]
+    pub max_retries: u32,
+
+    /// How long a query with `X-Min-Position` waits for the read model, in milliseconds.
+    #[arg(
+        long,
+        env = "HAP_CONSISTENCY_WAIT_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub consistency_wait_ms: u64,
+
+    /// Connections in the event store's pool.
+    #[arg(long, env = "HAP_DB_POOL_SIZE", default_value_t = 16, global = true)]
+    pub db_pool_size: u32,
+}
+
+/// Settings of `hap serve` alone.
+#[derive(Debug, Clone, Args)]
+pub struct ServeSettings {
+    /// Address the HTTP API listens on; port 0 picks a free port.
+    #[arg(long, env = "HAP_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Which parts this process runs, comma-separated: command, query, publisher, projector,
+    /// saga, timer.
+    #[arg(
+        long,
+        env = "HAP_ROLES",
+        value_delimiter = ',',
+        default_value = "command,query,publisher,projector,saga,timer"
+    )]
+    pub roles: Vec<Role>,
+
+    /// Do not create the database or apply migrations at start.
+    #[arg(long, env = "HAP_NO_MIGRATE")]
+    pub no_migrate: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Command,
+    Query,
+    Publisher,
+    Projector,
+    Saga,
+    Timer,
+}
+
+impl Settings {
+    /// Settings as they are when no flag or variable is given; what tests start from.
+    pub fn defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        // Parsing an empty command line yields the declared defaults (and the environment's
+        // HAP_* values, which is what a test run configures).
+        <Defaults as clap::Parser>::parse_from(["hap"]).settings
+    }
+}

@@ -1,0 +1,62 @@
+//! Connecting to PostgreSQL, creating the database when it is missing, and migrating it.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+/// A pool on `url`, creating the database first when `create` is set and it does not exist.
+pub async fn connect(url: &str, size: u32, create: bool) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)
+        .with_context(|| format!("HAP_DATABASE_URL is not a PostgreSQL URL: {url}"))?;
+    if create {
+        create_database(&options).await?;
+    }
+    PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .context("Failed to connect to PostgreSQL")
+}
+
+async fn create_database(options: &PgConnectOptions) -> anyhow::Result<()> {
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut admin = options
+        .clone()
+        .database("postgres")
+        .connect()
+        .await
+        .context("Failed to connect to PostgreSQL (database postgres) to create the database")?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .context("Failed to look the database up")?;
+    if !exists {
+        // An identifier cannot be a bound parameter; quoting it (doubling any quote) makes any
+        // name safe.
+        let statement = format!("create database \"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut admin).await {
+            Ok(_) => tracing::info!(database = %name, "created the database"),
+            // Another process created it meanwhile.
+            Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e).context(format!("Failed to create database {name}")),
+        }
+    }
+    admin.close().await.ok();
+    Ok(())
+}
+
+/// Applies the event store's migrations.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    eventstore::MIGRATOR
+        .run(pool)
+        .await
+        .context("Failed to apply the event store's migrations")
+}

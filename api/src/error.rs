@@ -1,0 +1,188 @@
+//! The API's one error type and its problem+json (RFC 9457) rendering. Internal details are
+//! logged with the request's correlation id and never sent to the client.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use domain::DomainError;
+use eventstore::AppendError;
+use serde::Serialize;
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not JSON, or a path, query or header value cannot be parsed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: a rule of the domain forbids the command.
+    #[error("{0}")]
+    Conflict(String),
+    /// 412: `If-Match` names another version than the current one.
+    #[error("the resource is at version {current}, not {expected}")]
+    PreconditionFailed { expected: u64, current: u64 },
+    /// 413.
+    #[error("the body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// 415.
+    #[error("the body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    /// 422: well-formed JSON whose fields are missing, unknown or invalid.
+    #[error("the request has invalid fields")]
+    Validation(Vec<FieldError>),
+    /// 422: an idempotency key reused with a different request.
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyKeyReused,
+    /// 503: a dependency does not answer.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: anything else; the cause is logged, not sent.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI reference naming the kind of problem, e.g. `/problems/validation`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Validation(_) | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad-request",
+            Self::NotFound(_) => "not-found",
+            Self::Conflict(_) => "conflict",
+            Self::PreconditionFailed { .. } => "precondition-failed",
+            Self::PayloadTooLarge { .. } => "payload-too-large",
+            Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::Validation(_) => "validation",
+            Self::IdempotencyKeyReused => "idempotency-key-reused",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Validation(vec![FieldError::new(field, message)])
+    }
+
+    pub fn internal(error: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(error.into())
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(error: DomainError) -> Self {
+        match error {
+            DomainError::NotFound(_) => Self::NotFound(error.to_string()),
+            DomainError::UnknownReference { field, what } => {
+                Self::validation(field, format!("no {what} has this id"))
+            }
+            DomainError::AlreadyExists(_)
+            | DomainError::Deactivated(_)
+            | DomainError::ConsultationNotModifiable { .. }
+            | DomainError::RecordsNotAllowed(_)
+            | DomainError::RecordVoided => Self::Conflict(error.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                tracing::error!(error = %error, "database unavailable");
+                Self::Unavailable("the database is not answering".into())
+            }
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(error: AppendError) -> Self {
+        match error {
+            AppendError::Database(e) => e.into(),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let kind = self.kind();
+        let detail = match &self {
+            Self::Internal(cause) => {
+                // The span carries the correlation id, so the log line can be matched to the
+                // client's request without exposing the cause.
+                tracing::error!(error = ?cause, "request failed");
+                "an unexpected error occurred; it has been logged".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let errors = match self {
+            Self::Validation(errors) => errors,
+            _ => vec![],
+        };
+        let problem = Problem {
+            kind: format!("/problems/{kind}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail,
+            errors,
+        };
+        problem_response(status, &problem)
+    }
+}
+
+pub fn problem_response(status: StatusCode, problem: &Problem) -> Response {
+    let body = serde_json::to_vec(problem).expect("problems serialise");
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        )],
+        body,
+    )
+        .into_response()
+}

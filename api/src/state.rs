@@ -1,0 +1,39 @@
+//! The state every handler shares: cheap clones of pools, caches and settings.
+
+use std::sync::Arc;
+
+use eventstore::EventStore;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+
+use crate::aggregates::Aggregates;
+use crate::config::Settings;
+
+/// The tenant every request acts for. The store and the messages carry a tenant id so that
+/// more can be added; the API has no way yet to name another one.
+pub const TENANT: &str = "default";
+
+/// How many aggregate states the command side keeps in memory.
+const AGGREGATE_CACHE_CAPACITY: u64 = 100_000;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub aggregates: Aggregates,
+    pub settings: Arc<Settings>,
+    /// Renders `/metrics`; the recorder behind it is global to the process.
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    pub fn new(pool: PgPool, settings: Settings) -> Self {
+        Self {
+            aggregates: Aggregates::new(EventStore::new(pool), AGGREGATE_CACHE_CAPACITY),
+            settings: Arc::new(settings),
+            metrics: crate::telemetry::metrics_handle(),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        self.aggregates.store().pool()
+    }
+}
