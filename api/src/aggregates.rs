@@ -52,13 +52,10 @@ impl Aggregates {
         entry.downcast_ref::<Loaded<A>>().cloned()
     }
 
-    /// The cached state if there is one, else the current one. Only for the aggregate a
-    /// command is appended to: its version check catches a stale entry.
-    pub async fn cached<A: Aggregate>(&self, id: Uuid) -> Result<Loaded<A>, ApiError> {
-        match self.get(id).await {
-            Some(hit) => Ok(hit),
-            None => self.current(id).await,
-        }
+    /// The cached state, which may be stale: only for the aggregate a command is appended
+    /// to, whose version check catches a stale entry.
+    pub async fn cached<A: Aggregate>(&self, id: Uuid) -> Option<Loaded<A>> {
+        self.get(id).await
     }
 
     /// The state as of now: the cached state (or the empty one) caught up with the stream.
@@ -83,10 +80,5 @@ impl Aggregates {
     /// Caches a state the caller knows to be current (it just appended it).
     pub async fn remember<A: Aggregate>(&self, id: Uuid, loaded: Loaded<A>) {
         self.cache.insert(id, Arc::new(loaded)).await;
-    }
-
-    /// Drops a cached state known to be stale.
-    pub async fn forget(&self, id: Uuid) {
-        self.cache.invalidate(&id).await;
     }
 }

@@ -5,10 +5,14 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use crate::config::{Role, ServeSettings, Settings};
-use crate::{db, router, AppState};
+use crate::{AppState, db, router};
 
 #[derive(Debug, Parser)]
-#[command(name = "hap", version, about = "Event-sourced clinic scheduling backend")]
+#[command(
+    name = "hap",
+    version,
+    about = "Event-sourced clinic scheduling backend"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -30,7 +34,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             let pool = db::connect(&cli.settings.database_url, 2, true).await?;
             db::migrate(&pool).await?;
-            println!("migrations applied to {}", redact(&cli.settings.database_url));
+            println!(
+                "migrations applied to {}",
+                redact(&cli.settings.database_url)
+            );
             Ok(())
         }
     }

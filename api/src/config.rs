@@ -31,11 +31,21 @@ pub struct Settings {
     pub amqp_url: String,
 
     /// Prefix of every exchange and queue name, so that systems sharing a broker stay apart.
-    #[arg(long, env = "HAP_EXCHANGE_PREFIX", default_value = "hap", global = true)]
+    #[arg(
+        long,
+        env = "HAP_EXCHANGE_PREFIX",
+        default_value = "hap",
+        global = true
+    )]
     pub exchange_prefix: String,
 
     /// This instance's id: names its read-model schema and its queues.
-    #[arg(long, env = "HAP_INSTANCE", default_value = "instance-1", global = true)]
+    #[arg(
+        long,
+        env = "HAP_INSTANCE",
+        default_value = "instance-1",
+        global = true
+    )]
     pub instance: String,
 
     /// Deadline of the scheduling saga, in milliseconds.

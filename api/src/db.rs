@@ -42,7 +42,10 @@ async fn create_database(options: &PgConnectOptions) -> anyhow::Result<()> {
         // An identifier cannot be a bound parameter; quoting it (doubling any quote) makes any
         // name safe.
         let statement = format!("create database \"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut admin).await {
+        match sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut admin)
+            .await
+        {
             Ok(_) => tracing::info!(database = %name, "created the database"),
             // Another process created it meanwhile.
             Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42P04") => {}

@@ -1,7 +1,7 @@
 //! The API's one error type and its problem+json (RFC 9457) rendering. Internal details are
 //! logged with the request's correlation id and never sent to the client.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use domain::DomainError;
 use eventstore::AppendError;

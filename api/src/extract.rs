@@ -4,7 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use eventstore::StreamVersion;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -211,7 +211,10 @@ mod tests {
 
     #[test]
     fn the_faulty_field_is_named() {
-        assert_eq!(field_of(serde_json::json!({"birthDate": "2000-01-01"})), "name");
+        assert_eq!(
+            field_of(serde_json::json!({"birthDate": "2000-01-01"})),
+            "name"
+        );
         assert_eq!(
             field_of(serde_json::json!({"name": "A", "birthDate": "2000-01-01", "x": 1})),
             "x"

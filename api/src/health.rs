@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -56,7 +56,11 @@ async fn ready(State(app): State<AppState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = Health {
-        status: if failing.is_empty() { "ready" } else { "unavailable" },
+        status: if failing.is_empty() {
+            "ready"
+        } else {
+            "unavailable"
+        },
         failing,
     };
     (status, Json(body))

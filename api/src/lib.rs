@@ -94,7 +94,8 @@ pub fn router(app: AppState, commands: bool) -> Router {
 
 /// Every documented route, so that the OpenAPI document is generated from the same list.
 fn api_routes(commands: bool) -> OpenApiRouter<AppState> {
-    let mut routes = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).merge(health::router());
+    let mut routes =
+        OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).merge(health::router());
     if commands {
         routes = routes
             .merge(commands::patients::router())

@@ -60,7 +60,11 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
-    let kind = if method == Method::GET { "query" } else { "command" };
+    let kind = if method == Method::GET {
+        "query"
+    } else {
+        "command"
+    };
     let route = format!("{method} {route}");
     let status = response.status().as_u16().to_string();
     metrics::counter!(format!("hap_{kind}s_total"), "route" => route.clone(), "status" => status)

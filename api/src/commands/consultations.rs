@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{execute, CommandResponse, Fields, Reply, CHECKED};
+use super::{CHECKED, CommandResponse, Fields, Reply, execute};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
 use crate::state::AppState;
@@ -178,5 +178,12 @@ async fn complete(
     PathId(id): PathId,
     Command { context, .. }: Command<Option<serde_json::Map<String, serde_json::Value>>>,
 ) -> Result<Response, ApiError> {
-    execute::<Consultation>(&app, &context, id, ConsultationCommand::Complete, Reply::ok(id)).await
+    execute::<Consultation>(
+        &app,
+        &context,
+        id,
+        ConsultationCommand::Complete,
+        Reply::ok(id),
+    )
+    .await
 }

@@ -7,14 +7,14 @@ pub mod patients;
 pub mod physicians;
 pub mod records;
 
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use domain::{Aggregate, Event};
 use domain::values::{Invalid, Reason};
+use domain::{Aggregate, Event};
 use eventstore::{Append, AppendError, Claim, Metadata, NewEvent, Remember, StoredResponse};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::aggregates::Loaded;
@@ -85,26 +85,31 @@ where
         return Ok(replayed);
     }
     let aggregates = &app.aggregates;
-    let mut loaded: Loaded<A> = aggregates.cached(stream_id).await?;
-    for attempt in 0..ATTEMPTS {
-        if attempt > 0 {
+    // `current` says whether `loaded` was read from the store just now, or may be a stale
+    // cache entry. Only an append of events is protected by the version check; a refusal, a
+    // no-op or a 412 decided on a stale entry would be wrong, so those are decided again on
+    // the current state before they are answered.
+    let (mut loaded, mut current) = match aggregates.cached::<A>(stream_id).await {
+        Some(hit) => (hit, false),
+        None => (aggregates.current::<A>(stream_id).await?, true),
+    };
+    let mut conflicts = 0;
+    loop {
+        let decision = loaded.state.decide(command.clone());
+        let precondition_failed = context.if_match.is_some_and(|v| v != loaded.version);
+        let accepted = matches!(&decision, Ok(events) if !events.is_empty());
+        if !current && (precondition_failed || !accepted) {
             loaded = aggregates.current(stream_id).await?;
+            current = true;
+            continue;
         }
-        if let Some(expected) = context.if_match {
-            if loaded.version != expected {
-                if attempt == 0 {
-                    // The cached version may be behind; judge If-Match on the current one.
-                    loaded = aggregates.current(stream_id).await?;
-                }
-                if loaded.version != expected {
-                    return Err(ApiError::PreconditionFailed {
-                        expected: expected.value(),
-                        current: loaded.version.value(),
-                    });
-                }
-            }
+        if let Some(expected) = context.if_match.filter(|_| precondition_failed) {
+            return Err(ApiError::PreconditionFailed {
+                expected: expected.value(),
+                current: loaded.version.value(),
+            });
         }
-        let events = loaded.state.decide(command.clone())?;
+        let events = decision?;
         let version = loaded.version.value() + events.len() as u64;
         let body = CommandResponse {
             id: reply.id,
@@ -163,14 +168,19 @@ where
                 return Ok(respond(&reply, &body));
             }
             Err(AppendError::Conflict { .. }) => {
-                tracing::debug!(attempt, "version conflict, deciding again");
-                aggregates.forget(stream_id).await;
+                conflicts += 1;
+                tracing::debug!(conflicts, "version conflict, deciding again");
+                if conflicts == ATTEMPTS {
+                    break;
+                }
+                loaded = aggregates.current(stream_id).await?;
+                current = true;
             }
             Err(AppendError::KeyTaken) => {
                 // A request with the same key committed first: answer as it did.
-                return replay(app, context)
-                    .await?
-                    .ok_or_else(|| ApiError::internal(anyhow::anyhow!("idempotency key vanished")));
+                return replay(app, context).await?.ok_or_else(|| {
+                    ApiError::internal(anyhow::anyhow!("idempotency key vanished"))
+                });
             }
             Err(AppendError::ClaimTaken { kind, value }) => {
                 return Err(claim_conflict(&kind, &value));
@@ -188,7 +198,12 @@ async fn replay(app: &AppState, context: &CommandContext) -> Result<Option<Respo
     let Some(key) = &context.idempotency_key else {
         return Ok(None);
     };
-    let Some(stored) = app.aggregates.store().remembered_response(TENANT, key).await? else {
+    let Some(stored) = app
+        .aggregates
+        .store()
+        .remembered_response(TENANT, key)
+        .await?
+    else {
         return Ok(None);
     };
     if stored.request_hash != context.request_hash {

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{deactivation_reason, execute, CommandResponse, Deactivate, Fields, Reply, CHECKED};
+use super::{CHECKED, CommandResponse, Deactivate, Fields, Reply, deactivation_reason, execute};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
 use crate::state::AppState;

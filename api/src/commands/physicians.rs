@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{deactivation_reason, execute, CommandResponse, Deactivate, Fields, Reply, CHECKED};
+use super::{CHECKED, CommandResponse, Deactivate, Fields, Reply, deactivation_reason, execute};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
 use crate::state::AppState;
@@ -53,10 +53,7 @@ async fn register(
     let mut fields = Fields::default();
     let name = fields.check("name", PersonName::parse(&body.name));
     let specialty = fields.check("specialty", Specialty::parse(&body.specialty));
-    let license_number = fields.check(
-        "licenseNumber",
-        LicenseNumber::parse(&body.license_number),
-    );
+    let license_number = fields.check("licenseNumber", LicenseNumber::parse(&body.license_number));
     fields.finish()?;
 
     let id = PhysicianId::new();

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{execute, CommandResponse, Fields, Reply, CHECKED};
+use super::{CHECKED, CommandResponse, Fields, Reply, execute};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
 use crate::state::{AppState, TENANT};
@@ -97,7 +97,7 @@ async fn update(
     let Some(book) = store.claim_owner(TENANT, "record", &id.to_string()).await? else {
         return Err(ApiError::NotFound("record not found".into()));
     };
-    let loaded = app.aggregates.cached::<RecordBook>(book).await?;
+    let loaded = app.aggregates.current::<RecordBook>(book).await?;
     let consultation_id = loaded
         .state
         .consultation_id

@@ -1,0 +1,659 @@
+//! The command API over real HTTP and a real PostgreSQL: statuses, headers and the rule that a
+//! rejected command appends nothing.
+
+use chrono::Utc;
+use domain::Event;
+use domain::event::{ConsultationRecordsVoided, ConsultationScheduled};
+use domain::ids::{ConsultationId, PatientId, PhysicianId};
+use domain::record::RecordBook;
+use futures::future::join_all;
+use hap_tests::{TestApp, id_of, patient};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+async fn problem(response: reqwest::Response) -> Value {
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json",
+        "errors are problem+json"
+    );
+    response.json().await.unwrap()
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn registering_a_patient_answers_201_with_location_etag_and_position(pool: PgPool) {
+    let app = TestApp::start(pool).await;
+
+    let response = app
+        .request(Method::POST, "/patients")
+        .header("X-Correlation-Id", "corr-42")
+        .json(&patient("DOC-1"))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()["etag"], "\"1\"");
+    assert_eq!(response.headers()["x-correlation-id"], "corr-42");
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        location,
+        format!("/patients/{}", body["id"].as_str().unwrap())
+    );
+    assert_eq!(body["version"], 1);
+    assert!(body["position"].as_str().is_some());
+    let correlation: String = sqlx::query_scalar("select correlation_id from events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        correlation, "corr-42",
+        "the event carries the request's correlation id"
+    );
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn twenty_concurrent_registrations_of_one_document_number_create_one_patient(pool: PgPool) {
+    let app = TestApp::start(pool).await;
+
+    let responses = join_all((0..20).map(|_| app.post("/patients", patient("SAME-DOC")))).await;
+
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        19,
+        "{statuses:?}"
+    );
+    assert_eq!(app.event_count().await, 1);
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn the_same_idempotency_key_twice_appends_once_and_answers_the_same(pool: PgPool) {
+    let app = TestApp::start(pool).await;
+    let send = |body: Value| {
+        app.request(Method::POST, "/patients")
+            .header("Idempotency-Key", "key-1")
+            .json(&body)
+            .send()
+    };
+
+    let first = send(patient("DOC-1")).await.unwrap();
+    let (first_status, first_location) = (first.status(), first.headers()["location"].clone());
+    let first_body: Value = first.json().await.unwrap();
+    let second = send(patient("DOC-1")).await.unwrap();
+
+    assert_eq!(second.status(), first_status);
+    assert_eq!(second.headers()["location"], first_location);
+    assert_eq!(second.json::<Value>().await.unwrap(), first_body);
+    assert_eq!(app.event_count().await, 1);
+
+    let other_body = send(patient("DOC-2")).await.unwrap();
+    assert_eq!(other_body.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        problem(other_body).await["type"],
+        "/problems/idempotency-key-reused"
+    );
+    assert_eq!(app.event_count().await, 1);
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn concurrent_requests_with_one_idempotency_key_append_once(pool: PgPool) {
+    let app = TestApp::start(pool).await;
+    let id = app.register_patient("DOC-1").await;
+
+    let requests = (0..10).map(|_| {
+        app.request(Method::PATCH, &format!("/patients/{id}"))
+            .header("Idempotency-Key", "rename-once")
+            .json(&json!({"name": "Ana Souza"}))
+            .send()
+    });
+    let responses = join_all(requests).await;
+
+    let mut bodies = vec![];
+    for response in responses {
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        bodies.push(response.json::<Value>().await.unwrap());
+    }
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "{bodies:?}");
+    assert_eq!(app.event_count().await, 2, "registration and one update");
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn concurrent_updates_are_retried_by_the_server_until_each_lands(pool: PgPool) {
+    let app = TestApp::start(pool).await;
+    let id = app.register_patient("DOC-1").await;
+
+    let updates = (0..10).map(|n| {
+        app.patch(
+            &format!("/patients/{id}"),
+            json!({ "name": format!("Name {n}") }),
+        )
+    });
+    let responses = join_all(updates).await;
+
+    let mut versions = vec![];
+    for response in responses {
+        assert_eq!(response.status(), StatusCode::OK);
+        versions.push(
+            response.json::<Value>().await.unwrap()["version"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    versions.sort();
+    assert_eq!(versions, (2..=11).collect::<Vec<_>>());
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn a_command_that_changes_nothing_appends_nothing_and_returns_the_version(pool: PgPool) {
+    let app = TestApp::start(pool).await;
+    let id = app.register_patient("DOC-1").await;
+
+    let response = app
+        .patch(&format!("/patients/{id}"), json!({"name": "Ana Lima"}))
+        .await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.json::<Value>().await.unwrap()["version"], 1);
+    assert_eq!(app.event_count().await, 1);
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn if_match_guards_the_version(pool: PgPool) {
+    let app = TestApp::start(pool).await;
+    let id = app.register_patient("DOC-1").await;
+    let rename = |etag: &'static str, name: &'static str| {
+        app.request(Method::PATCH, &format!("/patients/{id}"))
+            .header("If-Match", etag)
+            .json(&json!({ "name": name }))
+            .send()
+    };
+
+    let matching = rename("\"1\"", "Ana Souza").await.unwrap();
+    assert_eq!(matching.status(), StatusCode::OK);
+    assert_eq!(matching.headers()["etag"], "\"2\"");
+
+    let stale = rename("\"1\"", "Ana Castro").await.unwrap();
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    problem(stale).await;
+    assert_eq!(
+        app.event_count().await,
+        2,
+        "the stale command appended nothing"
+    );
+}
+
+/// The moka cache must never cause a wrong decision: another instance's write makes the
+/// cached state stale, and the command must see the current state, not the cached one.
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn a_stale_cache_entry_never_causes_a_wrong_decision(pool: PgPool) {
+    let first = TestApp::start(pool.clone()).await;
+    let second = TestApp::start(pool).await;
+    let id = first.register_patient("DOC-1").await;
+    // `first` now caches the patient as active; `second` deactivates it.
+    let deactivated = second
+        .post(&format!("/patients/{id}/deactivate"), json!({}))
+        .await;
+    assert_eq!(deactivated.status(), StatusCode::OK);
+
+    let update = first
+        .patch(&format!("/patients/{id}"), json!({"name": "Other"}))
+        .await;
+
+    assert_eq!(update.status(), StatusCode::CONFLICT);
+    assert_eq!(first.event_count().await, 2);
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn every_malformed_request_is_refused_with_its_status_and_appends_nothing(pool: PgPool) {
+    let app = TestApp::start(pool).await;
+    let id = app.register_patient("DOC-1").await;
+    let before = app.event_count().await;
+
+    // 400: not JSON; a path id that is not a UUID; an unreadable If-Match.
+    let not_json = app
+        .request(Method::POST, "/patients")
+        .header("content-type", "application/json")
+        .body("{\"name\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), StatusCode::BAD_REQUEST);
+    problem(not_json).await;
+    let bad_id = app
+        .patch("/patients/not-a-uuid", json!({"name": "X"}))
+        .await;
+    assert_eq!(bad_id.status(), StatusCode::BAD_REQUEST);
+    let bad_if_match = app
+        .request(Method::PATCH, &format!("/patients/{id}"))
+        .header("If-Match", "yesterday")
+        .json(&json!({"name": "X"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_if_match.status(), StatusCode::BAD_REQUEST);
+
+    // 404: an unknown patient.
+    let unknown = app
+        .patch(
+            &format!("/patients/{}", Uuid::now_v7()),
+            json!({"name": "X"}),
+        )
+        .await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    problem(unknown).await;
+
+    // 413: a body over 64 KiB.
+    let huge =
+        json!({"name": "x".repeat(70 * 1024), "birthDate": "1990-01-01", "documentNumber": "D"});
+    let too_large = app.post("/patients", huge).await;
+    assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    problem(too_large).await;
+
+    // 415: not declared as JSON.
+    let text = app
+        .request(Method::POST, "/patients")
+        .header("content-type", "text/plain")
+        .body(patient("DOC-2").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(text.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // 422: missing, unknown and invalid fields, each named.
+    let cases = [
+        (
+            json!({"name": "A", "birthDate": "1990-01-01"}),
+            "documentNumber",
+        ),
+        (
+            json!({"name": "A", "birthDate": "1990-01-01", "documentNumber": "D", "age": 3}),
+            "age",
+        ),
+        (
+            json!({"name": "", "birthDate": "1990-01-01", "documentNumber": "D"}),
+            "name",
+        ),
+        (
+            json!({"name": "A", "birthDate": "1890-01-01", "documentNumber": "D"}),
+            "birthDate",
+        ),
+        (
+            json!({"name": "A", "birthDate": "2999-01-01", "documentNumber": "D"}),
+            "birthDate",
+        ),
+        (
+            json!({"name": "A", "birthDate": "1990-01-01", "documentNumber": "D", "email": "no"}),
+            "email",
+        ),
+        (
+            json!({"name": "A", "birthDate": "1990-02-30", "documentNumber": "D"}),
+            "birthDate",
+        ),
+    ];
+    for (body, field) in cases {
+        let response = app.post("/patients", body.clone()).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}"
+        );
+        let problem = problem(response).await;
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    }
+    let empty_update = app.patch(&format!("/patients/{id}"), json!({})).await;
+    assert_eq!(empty_update.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    assert_eq!(
+        app.event_count().await,
+        before,
+        "no rejected command appended anything"
+    );
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn a_deactivated_patient_cannot_be_changed(pool: PgPool) {
+    let app = TestApp::start(pool).await;
+    let id = app.register_patient("DOC-1").await;
+    let deactivate = app
+        .post(
+            &format!("/patients/{id}/deactivate"),
+            json!({"reason": "moved"}),
+        )
+        .await;
+    assert_eq!(deactivate.status(), StatusCode::OK);
+    // Deactivating again changes nothing and succeeds; a body is optional.
+    let again = app
+        .request(Method::POST, &format!("/patients/{id}/deactivate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.json::<Value>().await.unwrap()["version"], 2);
+
+    let update = app
+        .patch(
+            &format!("/patients/{id}"),
+            json!({"phone": "+55 11 91234-5678"}),
+        )
+        .await;
+
+    assert_eq!(update.status(), StatusCode::CONFLICT);
+    assert_eq!(problem(update).await["type"], "/problems/conflict");
+    assert_eq!(app.event_count().await, 2);
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn physicians_are_registered_updated_and_deactivated(pool: PgPool) {
+    let app = TestApp::start(pool).await;
+    let id = app.register_physician("CRM-1").await;
+
+    let duplicate = app
+        .post(
+            "/physicians",
+            json!({"name": "Other", "specialty": "x", "licenseNumber": "CRM-1"}),
+        )
+        .await;
+    assert_eq!(duplicate.status(), StatusCode::CONFLICT);
+    let update = app
+        .patch(
+            &format!("/physicians/{id}"),
+            json!({"specialty": "neurology"}),
+        )
+        .await;
+    assert_eq!(update.status(), StatusCode::OK);
+    let deactivate = app
+        .post(&format!("/physicians/{id}/deactivate"), json!({}))
+        .await;
+    assert_eq!(deactivate.status(), StatusCode::OK);
+    let after = app
+        .patch(&format!("/physicians/{id}"), json!({"name": "Dr. X"}))
+        .await;
+    assert_eq!(after.status(), StatusCode::CONFLICT);
+    assert_eq!(app.event_count().await, 3);
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn a_consultation_request_starts_scheduling_and_answers_202(pool: PgPool) {
+    let app = TestApp::start(pool).await;
+    let (patient, physician) = (
+        app.register_patient("DOC-1").await,
+        app.register_physician("CRM-1").await,
+    );
+    let starts_at = (Utc::now() + chrono::Duration::days(2)).to_rfc3339();
+
+    let response = app
+        .post(
+            "/consultations",
+            json!({"patientId": patient, "physicianId": physician, "startsAt": starts_at,
+                   "durationMinutes": 45, "reason": "check-up"}),
+        )
+        .await;
+
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert!(
+        response.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/consultations/")
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "requested");
+    let (event_type, payload): (String, Value) =
+        sqlx::query_as("select event_type, payload from events order by position desc limit 1")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(event_type, "ConsultationSchedulingStarted");
+    assert_eq!(payload["consultationId"], body["id"]);
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn a_consultation_with_unknown_people_or_a_past_start_is_a_422(pool: PgPool) {
+    let app = TestApp::start(pool).await;
+    let (patient, physician) = (
+        app.register_patient("DOC-1").await,
+        app.register_physician("CRM-1").await,
+    );
+    let tomorrow = (Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let yesterday = (Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+    let cases = [
+        (
+            json!({"patientId": Uuid::now_v7(), "physicianId": physician, "startsAt": tomorrow}),
+            "patientId",
+        ),
+        (
+            json!({"patientId": patient, "physicianId": Uuid::now_v7(), "startsAt": tomorrow}),
+            "physicianId",
+        ),
+        (
+            json!({"patientId": patient, "physicianId": physician, "startsAt": yesterday}),
+            "startsAt",
+        ),
+        (
+            json!({"patientId": patient, "physicianId": physician, "startsAt": tomorrow, "durationMinutes": 241}),
+            "durationMinutes",
+        ),
+        (
+            json!({"patientId": "nope", "physicianId": physician, "startsAt": tomorrow}),
+            "patientId",
+        ),
+    ];
+    let before = app.event_count().await;
+    for (body, field) in cases {
+        let response = app.post("/consultations", body.clone()).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}"
+        );
+        assert_eq!(problem(response).await["errors"][0]["field"], field);
+    }
+    assert_eq!(app.event_count().await, before);
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn only_a_scheduled_consultation_can_be_updated_completed_or_cancelled(pool: PgPool) {
+    let app = TestApp::start(pool).await;
+    let (patient, physician) = (
+        app.register_patient("DOC-1").await,
+        app.register_physician("CRM-1").await,
+    );
+    let id = app.request_consultation(patient, physician).await;
+    let before = app.event_count().await;
+
+    let requested_update = app
+        .patch(&format!("/consultations/{id}"), json!({"notes": "n"}))
+        .await;
+    assert_eq!(requested_update.status(), StatusCode::CONFLICT);
+    let requested_complete = app
+        .post(&format!("/consultations/{id}/complete"), json!({}))
+        .await;
+    assert_eq!(requested_complete.status(), StatusCode::CONFLICT);
+    assert_eq!(app.event_count().await, before);
+
+    schedule(&app, id, patient, physician).await;
+    let update = app
+        .patch(
+            &format!("/consultations/{id}"),
+            json!({"notes": "bring exams"}),
+        )
+        .await;
+    assert_eq!(update.status(), StatusCode::OK);
+    let cancel_without_reason = app
+        .post(&format!("/consultations/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        cancel_without_reason.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let cancel = app
+        .post(
+            &format!("/consultations/{id}/cancel"),
+            json!({"reason": "ill"}),
+        )
+        .await;
+    assert_eq!(cancel.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        cancel.json::<Value>().await.unwrap()["status"],
+        "cancellation_requested"
+    );
+    let complete = app
+        .post(&format!("/consultations/{id}/complete"), json!({}))
+        .await;
+    assert_eq!(
+        complete.status(),
+        StatusCode::CONFLICT,
+        "a cancelling consultation is not done"
+    );
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn records_are_written_to_scheduled_consultations_and_frozen_once_voided(pool: PgPool) {
+    let app = TestApp::start(pool).await;
+    let (patient, physician) = (
+        app.register_patient("DOC-1").await,
+        app.register_physician("CRM-1").await,
+    );
+    let id = app.request_consultation(patient, physician).await;
+    let on_requested = app
+        .post(
+            &format!("/consultations/{id}/records"),
+            json!({"content": "x"}),
+        )
+        .await;
+    assert_eq!(on_requested.status(), StatusCode::CONFLICT);
+    let on_unknown = app
+        .post(
+            &format!("/consultations/{}/records", Uuid::now_v7()),
+            json!({"content": "x"}),
+        )
+        .await;
+    assert_eq!(on_unknown.status(), StatusCode::NOT_FOUND);
+
+    schedule(&app, id, patient, physician).await;
+    let created = app
+        .post(
+            &format!("/consultations/{id}/records"),
+            json!({"content": "BP 12/8"}),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    let record = id_of(created).await;
+    assert_eq!(location, format!("/records/{record}"));
+    let updated = app.patch(&location, json!({"content": "BP 13/8"})).await;
+    assert_eq!(updated.status(), StatusCode::OK);
+    let too_long = app
+        .patch(&location, json!({"content": "x".repeat(20_001)}))
+        .await;
+    assert_eq!(too_long.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let unknown = app
+        .patch(
+            &format!("/records/{}", Uuid::now_v7()),
+            json!({"content": "x"}),
+        )
+        .await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+
+    let consultation = ConsultationId::from(id);
+    let voided = Event::ConsultationRecordsVoided(ConsultationRecordsVoided {
+        consultation_id: consultation,
+        record_ids: vec![record.into()],
+    });
+    app.append_event(RecordBook::stream_id(consultation), &voided)
+        .await;
+    let after_voiding = app.patch(&location, json!({"content": "BP 14/8"})).await;
+    assert_eq!(after_voiding.status(), StatusCode::CONFLICT);
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn a_database_that_does_not_answer_is_a_503(pool: PgPool) {
+    let app = TestApp::start(pool.clone()).await;
+    pool.close().await;
+
+    let response = app.post("/patients", patient("DOC-1")).await;
+
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let problem = problem(response).await;
+    assert!(
+        !problem["detail"].as_str().unwrap().contains("sqlx"),
+        "no internals leak"
+    );
+    let ready = app
+        .request(Method::GET, "/health/ready")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        ready.json::<Value>().await.unwrap()["failing"][0],
+        "postgresql"
+    );
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn the_openapi_document_describes_every_command_route(pool: PgPool) {
+    let app = TestApp::start(pool).await;
+
+    let document: Value = app
+        .request(Method::GET, "/openapi.json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let routes = [
+        ("/patients", "post"),
+        ("/patients/{id}", "patch"),
+        ("/patients/{id}/deactivate", "post"),
+        ("/physicians", "post"),
+        ("/physicians/{id}", "patch"),
+        ("/physicians/{id}/deactivate", "post"),
+        ("/consultations", "post"),
+        ("/consultations/{id}", "patch"),
+        ("/consultations/{id}/cancel", "post"),
+        ("/consultations/{id}/complete", "post"),
+        ("/consultations/{id}/records", "post"),
+        ("/records/{id}", "patch"),
+        ("/health/live", "get"),
+        ("/health/ready", "get"),
+        ("/metrics", "get"),
+    ];
+    for (path, method) in routes {
+        assert!(
+            document["paths"][path][method].is_object(),
+            "{method} {path} is documented"
+        );
+    }
+    let live = app
+        .request(Method::GET, "/health/live")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+}
+
+/// Stands in for the scheduling saga (a later part of HAP): the consultation is scheduled.
+async fn schedule(app: &TestApp, id: Uuid, patient: Uuid, physician: Uuid) {
+    let starts_at = Utc::now() + chrono::Duration::days(1);
+    let scheduled = Event::ConsultationScheduled(ConsultationScheduled {
+        consultation_id: id.into(),
+        patient_id: PatientId::from(patient),
+        physician_id: PhysicianId::from(physician),
+        starts_at,
+        ends_at: starts_at + chrono::Duration::minutes(30),
+    });
+    app.append_event(id, &scheduled).await;
+}
