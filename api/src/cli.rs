@@ -4,7 +4,14 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use std::sync::Arc;
+
+use eventstore::{EventStore, Publisher, PublisherSettings, wakeup};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::{Role, ServeSettings, Settings};
+use crate::routing::DomainRouter;
 use crate::{AppState, db, router};
 
 #[derive(Debug, Parser)]
@@ -57,13 +64,34 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("Failed to listen on {}", serve.http_addr))?;
     let address = listener.local_addr()?;
-    let app = AppState::new(pool, settings);
-    let routes = router(app, serve.roles.contains(&Role::Command));
+    let store = EventStore::new(pool);
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let commands = serve.roles.contains(&Role::Command);
+    if commands {
+        // Wakes publishers in other processes after this one's appends.
+        tasks.spawn(wakeup::forward_appends(store.clone(), shutdown.clone()));
+    }
+    if serve.roles.contains(&Role::Publisher) {
+        let publisher = Publisher::new(
+            store.clone(),
+            Arc::new(DomainRouter),
+            PublisherSettings::new(&settings.amqp_url, &settings.exchange_prefix),
+        );
+        tasks.spawn(publisher.run(shutdown.clone()));
+    }
+    let app = AppState::new(store, settings);
     tracing::info!(%address, roles = ?serve.roles, "HAP is listening");
-    axum::serve(listener, routes)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("The HTTP server failed")
+    let stopping = shutdown.clone();
+    let served = axum::serve(listener, router(app, commands))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            stopping.cancel();
+        })
+        .await;
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    served.context("The HTTP server failed")
 }
 
 /// Resolves on Ctrl-C or SIGTERM, so that in-flight requests finish before the process ends.

@@ -38,7 +38,7 @@ async fn live() -> Json<Health> {
     })
 }
 
-/// 200 when PostgreSQL answers; 503 naming what does not.
+/// 200 when PostgreSQL and RabbitMQ answer; 503 naming what does not.
 #[utoipa::path(get, path = "/health/ready", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 async fn ready(State(app): State<AppState>) -> impl IntoResponse {
@@ -49,6 +49,9 @@ async fn ready(State(app): State<AppState>) -> impl IntoResponse {
         Ok(Ok(_))
     ) {
         failing.push("postgresql");
+    }
+    if !app.broker.is_connected().await {
+        failing.push("rabbitmq");
     }
     let status = if failing.is_empty() {
         StatusCode::OK

@@ -11,9 +11,11 @@
 //! - [`extract`]: request extractors (body, headers, path ids) that map malformed input to
 //!   400/413/415/422.
 //! - [`error`]: [`error::ApiError`] and its problem+json form.
-//! - [`health`], [`openapi`], [`telemetry`]: operations.
+//! - [`routing`]: the domain's routing table, as the publisher needs it.
+//! - [`health`], [`broker`], [`openapi`], [`telemetry`]: operations.
 
 pub mod aggregates;
+pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -22,6 +24,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod openapi;
+pub mod routing;
 pub mod state;
 pub mod telemetry;
 

@@ -7,6 +7,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
 use crate::aggregates::Aggregates;
+use crate::broker::BrokerHealth;
 use crate::config::Settings;
 
 /// The tenant every request acts for. The store and the messages carry a tenant id so that
@@ -22,12 +23,16 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Renders `/metrics`; the recorder behind it is global to the process.
     pub metrics: PrometheusHandle,
+    /// For `/health/ready`.
+    pub broker: BrokerHealth,
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, settings: Settings) -> Self {
+    /// Needs a Tokio runtime: it starts watching the broker.
+    pub fn new(store: EventStore, settings: Settings) -> Self {
         Self {
-            aggregates: Aggregates::new(EventStore::new(pool), AGGREGATE_CACHE_CAPACITY),
+            aggregates: Aggregates::new(store, AGGREGATE_CACHE_CAPACITY),
+            broker: BrokerHealth::watch(settings.amqp_url.clone()),
             settings: Arc::new(settings),
             metrics: crate::telemetry::metrics_handle(),
         }

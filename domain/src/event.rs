@@ -118,21 +118,10 @@ impl Event {
     /// The consultation whose scheduling or cancellation saga this event takes part in; sent
     /// as the `x-saga-id` header.
     pub fn saga_id(&self) -> Option<ConsultationId> {
-        use Event::*;
-        match self {
-            PatientValidatedForConsultation(e) => Some(e.consultation_id),
-            PatientValidationFailed(e) => Some(e.consultation_id),
-            PhysicianAvailabilityConfirmed(e) => Some(e.consultation_id),
-            PhysicianAvailabilityRejected(e) => Some(e.consultation_id),
-            PhysicianSlotReleased(e) => Some(e.consultation_id),
-            ConsultationSchedulingStarted(e) => Some(e.consultation_id),
-            ConsultationScheduled(e) => Some(e.consultation_id),
-            ConsultationSchedulingFailed(e) => Some(e.consultation_id),
-            ConsultationCancellationRequested(e) => Some(e.consultation_id),
-            ConsultationCancelled(e) => Some(e.consultation_id),
-            ConsultationRecordsVoided(e) => Some(e.consultation_id),
-            _ => None,
-        }
+        let (event_type, payload) = self.into_parts();
+        route(event_type)
+            .filter(|r| r.saga)
+            .and_then(|_| serde_json::from_value(payload["consultationId"].clone()).ok())
     }
 }
 
@@ -180,6 +169,9 @@ pub struct Route {
     pub exchange: Exchange,
     pub routing_key: &'static str,
     pub aggregate: AggregateKind,
+    /// The event takes part in a scheduling or cancellation saga; its payload's
+    /// `consultationId` is the saga id (the `x-saga-id` header).
+    pub saga: bool,
 }
 
 /// The routing table: exchange, routing key and aggregate for each event type, or `None` for a
@@ -243,8 +235,24 @@ pub fn route(event_type: &str) -> Option<Route> {
         exchange,
         routing_key,
         aggregate,
+        saga: SAGA_EVENT_TYPES.contains(&event_type),
     })
 }
+
+/// The event types that take part in the scheduling and cancellation sagas.
+const SAGA_EVENT_TYPES: [&str; 11] = [
+    "PatientValidatedForConsultation",
+    "PatientValidationFailed",
+    "PhysicianAvailabilityConfirmed",
+    "PhysicianAvailabilityRejected",
+    "PhysicianSlotReleased",
+    "ConsultationSchedulingStarted",
+    "ConsultationScheduled",
+    "ConsultationSchedulingFailed",
+    "ConsultationCancellationRequested",
+    "ConsultationCancelled",
+    "ConsultationRecordsVoided",
+];
 
 /// Every event type name, in the order of the routing table.
 pub const EVENT_TYPES: [&str; 21] = [
@@ -507,6 +515,21 @@ mod tests {
                 Exchange::Records => "record",
             };
             assert_eq!(noun, expected_noun, "{event_type}");
+        }
+    }
+
+    #[test]
+    fn saga_events_name_their_consultation() {
+        let consultation_id = ConsultationId::new();
+        let started = Event::ConsultationDone(ConsultationDone { consultation_id });
+        assert_eq!(started.saga_id(), None, "completing is not part of a saga");
+        let voided = Event::ConsultationRecordsVoided(ConsultationRecordsVoided {
+            consultation_id,
+            record_ids: vec![],
+        });
+        assert_eq!(voided.saga_id(), Some(consultation_id));
+        for event_type in SAGA_EVENT_TYPES {
+            assert!(route(event_type).is_some(), "{event_type}");
         }
     }
 

@@ -176,6 +176,9 @@ impl EventStore {
             .await;
         match result {
             Ok(position) => {
+                if count > 0 {
+                    self.appended.send_modify(|n| *n = n.wrapping_add(1));
+                }
                 for event_type in types {
                     metrics::counter!("hap_events_appended_total", "event_type" => event_type)
                         .increment(1);

@@ -2,7 +2,11 @@
 //! `#[sqlx::test]`, which drops it after a passing test) and, where it needs one, its own HTTP
 //! server on port 0 running the real router.
 
+pub mod broker;
+pub mod process;
+
 use std::future::{Future, IntoFuture};
+use std::sync::Arc;
 
 use chrono::Utc;
 use eventstore::{Append, EventStore, Metadata, NewEvent, StreamVersion};
@@ -50,7 +54,10 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn start(pool: PgPool) -> Self {
-        let state = api::AppState::new(pool.clone(), api::config::Settings::defaults());
+        let state = api::AppState::new(
+            EventStore::new(pool.clone()),
+            api::config::Settings::defaults(),
+        );
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("port 0 is free");
@@ -153,6 +160,19 @@ impl TestApp {
             .await
             .expect("appended");
     }
+}
+
+/// Runs an in-process publisher over `pool` to exchanges under `prefix`, until the returned
+/// token is cancelled.
+pub fn start_publisher(pool: &PgPool, prefix: &str) -> tokio_util::sync::CancellationToken {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let publisher = eventstore::Publisher::new(
+        EventStore::new(pool.clone()),
+        Arc::new(api::routing::DomainRouter),
+        eventstore::PublisherSettings::new(broker::amqp_url(), prefix),
+    );
+    tokio::spawn(publisher.run(shutdown.clone()));
+    shutdown
 }
 
 /// A valid registration body.

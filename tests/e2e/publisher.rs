@@ -1,0 +1,485 @@
+//! The publisher against real PostgreSQL and RabbitMQ: the wire format, order, late commits,
+//! a killed leader and a broker connection closed under it. Each test owns its database and
+//! its exchange prefix.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use domain::event::route;
+use eventstore::{Append, EventStore, Metadata, NewEvent, StreamVersion};
+use futures::future::join_all;
+use hap_tests::broker::{Capture, Captured, body, header, unique_prefix};
+use hap_tests::process::spawn_hap;
+use hap_tests::{TestApp, start_publisher};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// `count` PhysicianUpdated events for one stream, from version `after + 1`.
+fn renames(stream: Uuid, after: u64, count: u64) -> Append {
+    Append {
+        stream_id: stream,
+        aggregate_type: "physician".into(),
+        expected: StreamVersion::new(after),
+        events: (after + 1..=after + count)
+            .map(|v| NewEvent {
+                event_id: Uuid::now_v7(),
+                event_type: "PhysicianUpdated".into(),
+                payload: json!({"physicianId": stream, "name": format!("Dr. {v}")}),
+                occurred_at: Utc::now(),
+            })
+            .collect(),
+        claims: vec![],
+        remember: None,
+        metadata: Metadata {
+            tenant_id: "default".into(),
+            correlation_id: Uuid::now_v7().to_string(),
+            causation_id: None,
+            schema_version: 1,
+        },
+    }
+}
+
+fn event_ids(messages: &[Captured]) -> HashSet<String> {
+    messages
+        .iter()
+        .map(|m| body(m)["eventId"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn stored_ids(pool: &PgPool) -> HashSet<String> {
+    let ids: Vec<Uuid> = sqlx::query_scalar("select event_id from events")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    ids.iter().map(Uuid::to_string).collect()
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn every_event_the_api_produces_is_published_in_the_contract_format(pool: PgPool) {
+    let prefix = unique_prefix();
+    let capture = Capture::start(&prefix).await;
+    let publisher = start_publisher(&pool, &prefix);
+    let app = TestApp::start(pool.clone()).await;
+    let send = |method: Method, path: String, body: Value| {
+        app.request(method, &path)
+            .header("X-Correlation-Id", "wire-test")
+            .json(&body)
+            .send()
+    };
+
+    // Every command of the API, so that every event type it can produce is published.
+    let patient = hap_tests::id_of(
+        send(Method::POST, "/patients".into(), hap_tests::patient("D1"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    send(
+        Method::PATCH,
+        format!("/patients/{patient}"),
+        json!({"phone": "+55 11 91234-5678"}),
+    )
+    .await
+    .unwrap();
+    let doctor = json!({"name": "Dr. Rui", "specialty": "cardiology", "licenseNumber": "CRM-1"});
+    let physician = hap_tests::id_of(
+        send(Method::POST, "/physicians".into(), doctor)
+            .await
+            .unwrap(),
+    )
+    .await;
+    send(
+        Method::PATCH,
+        format!("/physicians/{physician}"),
+        json!({"specialty": "neurology"}),
+    )
+    .await
+    .unwrap();
+    let starts_at = (Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let request = json!({"patientId": patient, "physicianId": physician, "startsAt": starts_at});
+    let first = hap_tests::id_of(
+        send(Method::POST, "/consultations".into(), request.clone())
+            .await
+            .unwrap(),
+    )
+    .await;
+    let second = hap_tests::id_of(
+        send(Method::POST, "/consultations".into(), request)
+            .await
+            .unwrap(),
+    )
+    .await;
+    for consultation in [first, second] {
+        let scheduled =
+            domain::Event::ConsultationScheduled(domain::event::ConsultationScheduled {
+                consultation_id: consultation.into(),
+                patient_id: patient.into(),
+                physician_id: physician.into(),
+                starts_at: Utc::now() + chrono::Duration::days(1),
+                ends_at: Utc::now() + chrono::Duration::days(1) + chrono::Duration::minutes(30),
+            });
+        app.append_event(consultation, &scheduled).await;
+    }
+    send(
+        Method::PATCH,
+        format!("/consultations/{first}"),
+        json!({"notes": "fasting"}),
+    )
+    .await
+    .unwrap();
+    let record = hap_tests::id_of(
+        send(
+            Method::POST,
+            format!("/consultations/{first}/records"),
+            json!({"content": "BP 12/8"}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    send(
+        Method::PATCH,
+        format!("/records/{record}"),
+        json!({"content": "BP 13/8"}),
+    )
+    .await
+    .unwrap();
+    send(
+        Method::POST,
+        format!("/consultations/{first}/complete"),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    send(
+        Method::POST,
+        format!("/consultations/{second}/cancel"),
+        json!({"reason": "ill"}),
+    )
+    .await
+    .unwrap();
+    send(
+        Method::POST,
+        format!("/patients/{patient}/deactivate"),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    send(
+        Method::POST,
+        format!("/physicians/{physician}/deactivate"),
+        json!({}),
+    )
+    .await
+    .unwrap();
+
+    let stored: Vec<(Uuid, String, Uuid, String, i64, i64, Value, DateTime<Utc>)> = sqlx::query_as(
+        "select event_id, event_type, stream_id, aggregate_type, version, position, payload, occurred_at
+           from events order by position",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let messages = capture
+        .wait_until(PATIENCE, |m| m.len() >= stored.len())
+        .await;
+    assert_eq!(messages.len(), stored.len(), "one message per event");
+    let by_id: HashMap<String, &Captured> = messages
+        .iter()
+        .map(|m| (body(m)["eventId"].as_str().unwrap().to_owned(), m))
+        .collect();
+
+    let types: HashSet<&str> = stored.iter().map(|s| s.1.as_str()).collect();
+    for expected in [
+        "PatientRegistered",
+        "PatientUpdated",
+        "PatientDeactivated",
+        "PhysicianRegistered",
+        "PhysicianUpdated",
+        "PhysicianDeactivated",
+        "ConsultationSchedulingStarted",
+        "ConsultationScheduled",
+        "ConsultationUpdated",
+        "ConsultationCancellationRequested",
+        "ConsultationDone",
+        "ConsultationRecordCreated",
+        "ConsultationRecordUpdated",
+    ] {
+        assert!(types.contains(expected), "{expected} was produced");
+    }
+    for (event_id, event_type, stream, aggregate_type, version, position, payload, occurred_at) in
+        &stored
+    {
+        let message = by_id[&event_id.to_string()];
+        let route = route(event_type).unwrap();
+        let body = body(message);
+        let properties = &message.properties;
+
+        assert_eq!(
+            message.exchange,
+            format!("{prefix}.{}", route.exchange.suffix())
+        );
+        assert_eq!(message.routing_key, route.routing_key);
+        assert_eq!(
+            properties.content_type().as_ref().unwrap().as_str(),
+            "application/json"
+        );
+        assert_eq!(*properties.delivery_mode(), Some(2), "persistent");
+        assert_eq!(
+            properties.message_id().as_ref().unwrap().as_str(),
+            event_id.to_string()
+        );
+        assert_eq!(properties.kind().as_ref().unwrap().as_str(), event_type);
+        assert_eq!(
+            *properties.timestamp(),
+            Some(occurred_at.timestamp() as u64)
+        );
+
+        let correlation = header(message, "x-correlation-id").expect("always sent");
+        let from_api = !matches!(event_type.as_str(), "ConsultationScheduled");
+        if from_api {
+            assert_eq!(
+                correlation, "wire-test",
+                "{event_type} carries the request's id"
+            );
+        }
+        assert_eq!(header(message, "x-causation-id"), None);
+        let saga = header(message, "x-saga-id");
+        if route.saga {
+            assert_eq!(
+                saga.as_deref(),
+                payload["consultationId"].as_str(),
+                "{event_type}"
+            );
+        } else {
+            assert_eq!(saga, None, "{event_type} is in no saga");
+        }
+
+        assert_eq!(body["eventId"], event_id.to_string());
+        assert_eq!(body["eventType"], *event_type);
+        let sent_at: DateTime<Utc> = body["occurredAt"].as_str().unwrap().parse().unwrap();
+        assert_eq!(sent_at.timestamp_millis(), occurred_at.timestamp_millis());
+        assert_eq!(body["sourceService"], route.exchange.source_service());
+        assert_eq!(body["aggregateType"], *aggregate_type);
+        assert_eq!(body["aggregateType"], route.aggregate.as_str());
+        assert_eq!(body["aggregateId"], stream.to_string());
+        assert_eq!(body["version"], *version);
+        assert_eq!(body["position"], position.to_string());
+        assert_eq!(body["tenantId"], "default");
+        assert_eq!(body["correlationId"], correlation);
+        assert_eq!(body["causationId"], Value::Null);
+        assert_eq!(body["schemaVersion"], 1);
+        assert_eq!(body["payload"], *payload);
+    }
+    publisher.cancel();
+    capture.clean_up().await;
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn each_aggregates_messages_leave_in_version_order_under_concurrent_appends(pool: PgPool) {
+    let prefix = unique_prefix();
+    let capture = Capture::start(&prefix).await;
+    let publisher = start_publisher(&pool, &prefix);
+    let store = EventStore::new(pool.clone());
+    let streams: Vec<Uuid> = (0..20).map(|_| Uuid::now_v7()).collect();
+
+    // 20 writers, each appending 10 rounds of 5 events to its own stream, all at once.
+    join_all(streams.iter().map(|&stream| {
+        let store = store.clone();
+        async move {
+            for round in 0..10 {
+                store.append(renames(stream, round * 5, 5)).await.unwrap();
+            }
+        }
+    }))
+    .await;
+
+    let messages = capture.wait_until(PATIENCE, |m| m.len() >= 1000).await;
+    assert_eq!(messages.len(), 1000);
+    let mut versions: HashMap<String, Vec<i64>> = HashMap::new();
+    for message in &messages {
+        let body = body(message);
+        versions
+            .entry(body["aggregateId"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(body["version"].as_i64().unwrap());
+    }
+    for stream in &streams {
+        assert_eq!(versions[&stream.to_string()], (1..=50).collect::<Vec<_>>());
+    }
+    publisher.cancel();
+    capture.clean_up().await;
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn an_event_whose_transaction_commits_late_is_published(pool: PgPool) {
+    let prefix = unique_prefix();
+    let capture = Capture::start(&prefix).await;
+    let publisher = start_publisher(&pool, &prefix);
+    let store = EventStore::new(pool.clone());
+    let late_stream = Uuid::now_v7();
+
+    let mut slow = pool.begin().await.unwrap();
+    sqlx::query(
+        "insert into events (event_id, stream_id, aggregate_type, version, event_type, payload,
+                             tenant_id, correlation_id, schema_version, occurred_at)
+         values ($1, $2, 'physician', 1, 'PhysicianUpdated', $3, 'default', 'late', 1, now())",
+    )
+    .bind(Uuid::now_v7())
+    .bind(late_stream)
+    .bind(json!({"physicianId": late_stream, "name": "Dr. Late"}))
+    .execute(&mut *slow)
+    .await
+    .unwrap();
+    for _ in 0..5 {
+        store.append(renames(Uuid::now_v7(), 0, 2)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    slow.commit().await.unwrap();
+
+    let messages = capture.wait_until(PATIENCE, |m| m.len() >= 11).await;
+    assert_eq!(
+        event_ids(&messages),
+        stored_ids(&pool).await,
+        "the late event too"
+    );
+    publisher.cancel();
+    capture.clean_up().await;
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn a_killed_leader_is_replaced_and_nothing_is_lost(pool: PgPool) {
+    let prefix = unique_prefix();
+    let capture = Capture::start(&prefix).await;
+    let store = EventStore::new(pool.clone());
+    let mut leader = spawn_hap(&pool, &prefix, "publisher");
+    store.append(renames(Uuid::now_v7(), 0, 10)).await.unwrap();
+    capture.wait_until(PATIENCE, |m| m.len() >= 10).await;
+    // The first process leads now; the second waits for the lock.
+    let mut follower = spawn_hap(&pool, &prefix, "publisher");
+
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for _ in 0..40 {
+                store.append(renames(Uuid::now_v7(), 0, 25)).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    leader.start_kill().unwrap(); // SIGKILL: no clean shutdown, the lock goes with the socket
+    leader.wait().await.unwrap();
+    writer.await.unwrap();
+
+    let expected = stored_ids(&pool).await;
+    assert_eq!(expected.len(), 1010);
+    let messages = capture
+        .wait_until(PATIENCE, |m| event_ids(m).len() >= expected.len())
+        .await;
+    assert_eq!(
+        event_ids(&messages),
+        expected,
+        "every event arrived at least once"
+    );
+    follower.start_kill().unwrap();
+    capture.clean_up().await;
+}
+
+/// Finds the broker connections whose name contains `needle`, through `rabbitmqctl`.
+fn connections_named(needle: &str) -> Vec<String> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl runs (it comes with rabbitmq-server)");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains(needle))
+        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn a_broker_connection_closed_mid_stream_loses_nothing(pool: PgPool) {
+    let prefix = unique_prefix();
+    let capture = Capture::start(&prefix).await;
+    let publisher = start_publisher(&pool, &prefix);
+    let store = EventStore::new(pool.clone());
+    store.append(renames(Uuid::now_v7(), 0, 5)).await.unwrap();
+    capture.wait_until(PATIENCE, |m| m.len() >= 5).await;
+
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for _ in 0..40 {
+                store.append(renames(Uuid::now_v7(), 0, 25)).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    // Only this test's publisher connection: others' tests keep theirs.
+    let connections = connections_named(&format!("hap-publisher {prefix}"));
+    assert_eq!(connections.len(), 1, "the publisher's connection is found");
+    let closed = std::process::Command::new("rabbitmqctl")
+        .args([
+            "close_connection",
+            &connections[0],
+            "test: closed by the broker",
+        ])
+        .status()
+        .unwrap();
+    assert!(closed.success());
+    writer.await.unwrap();
+
+    let expected = stored_ids(&pool).await;
+    let messages = capture
+        .wait_until(PATIENCE, |m| event_ids(m).len() >= expected.len())
+        .await;
+    assert_eq!(event_ids(&messages), expected, "every event arrived");
+    publisher.cancel();
+    capture.clean_up().await;
+}
+
+#[sqlx::test(migrator = "eventstore::MIGRATOR")]
+async fn dropped_database_connections_lose_nothing(pool: PgPool) {
+    let prefix = unique_prefix();
+    let capture = Capture::start(&prefix).await;
+    let publisher = start_publisher(&pool, &prefix);
+    let store = EventStore::new(pool.clone());
+    store.append(renames(Uuid::now_v7(), 0, 5)).await.unwrap();
+    capture.wait_until(PATIENCE, |m| m.len() >= 5).await;
+
+    // Every connection to this test's database ends, the publisher's lock connection too.
+    sqlx::query(
+        "select pg_terminate_backend(pid) from pg_stat_activity
+          where datname = current_database() and pid <> pg_backend_pid()",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        // The pool may hand out a connection that was just terminated: retry such appends.
+        let append = renames(Uuid::now_v7(), 0, 10);
+        while store.append(append.clone()).await.is_err() {}
+    }
+
+    let expected = stored_ids(&pool).await;
+    assert_eq!(expected.len(), 105);
+    let messages = capture
+        .wait_until(PATIENCE, |m| event_ids(m).len() >= expected.len())
+        .await;
+    assert_eq!(event_ids(&messages), expected, "every event arrived");
+    publisher.cancel();
+    capture.clean_up().await;
+}

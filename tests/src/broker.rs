@@ -1,0 +1,167 @@
+//! RabbitMQ helpers: a unique prefix per test, a queue that captures everything published
+//! under it, and clean-up of what the test declared.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+/// What a test sees of a delivered message.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: BasicProperties,
+    pub data: Vec<u8>,
+}
+
+/// The broker the tests use (`HAP_AMQP_URL`, else the local default).
+pub fn amqp_url() -> String {
+    std::env::var("HAP_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// An exchange prefix no other test (or run) uses.
+pub fn unique_prefix() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// A queue bound to every HAP exchange under `prefix` with `#`, collecting what arrives.
+pub struct Capture {
+    prefix: String,
+    channel: Channel,
+    _connection: Connection,
+    messages: Arc<Mutex<Vec<Captured>>>,
+}
+
+impl Capture {
+    pub async fn start(prefix: &str) -> Self {
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ is reachable");
+        let channel = connection.create_channel().await.expect("a channel");
+        eventstore::topology::Topology::new(prefix)
+            .declare(&channel)
+            .await
+            .expect("topology declared");
+        let queue = format!("{prefix}.capture");
+        // Exclusive: deleted with the connection, so nothing is left behind.
+        channel
+            .queue_declare(
+                queue.clone().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("capture queue");
+        for suffix in eventstore::topology::EXCHANGES {
+            channel
+                .queue_bind(
+                    queue.clone().into(),
+                    format!("{prefix}.{suffix}").into(),
+                    "#".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("bound");
+        }
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "capture".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consuming");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = messages.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                sink.lock().expect("not poisoned").push(Captured {
+                    exchange: delivery.exchange.to_string(),
+                    routing_key: delivery.routing_key.to_string(),
+                    properties: delivery.properties,
+                    data: delivery.data,
+                });
+            }
+        });
+        Self {
+            prefix: prefix.to_owned(),
+            channel,
+            _connection: connection,
+            messages,
+        }
+    }
+
+    /// Everything captured so far.
+    pub fn messages(&self) -> Vec<Captured> {
+        self.messages.lock().expect("not poisoned").clone()
+    }
+
+    /// Waits (up to `timeout`) until `done` holds for the captured messages.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[Captured]) -> bool,
+    ) -> Vec<Captured> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let messages = self.messages();
+            if done(&messages) || tokio::time::Instant::now() > deadline {
+                return messages;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Deletes the exchanges and the unrouted queue of this prefix.
+    pub async fn clean_up(self) {
+        for suffix in eventstore::topology::EXCHANGES
+            .into_iter()
+            .chain(["unrouted"])
+        {
+            let _ = self
+                .channel
+                .exchange_delete(
+                    format!("{}.{suffix}", self.prefix).into(),
+                    ExchangeDeleteOptions::default(),
+                )
+                .await;
+        }
+        let _ = self
+            .channel
+            .queue_delete(
+                format!("{}.unrouted", self.prefix).into(),
+                QueueDeleteOptions::default(),
+            )
+            .await;
+    }
+}
+
+/// The JSON body of a delivery.
+pub fn body(delivery: &Captured) -> serde_json::Value {
+    serde_json::from_slice(&delivery.data).expect("bodies are JSON")
+}
+
+/// A header of a delivery, as text.
+pub fn header(delivery: &Captured, name: &str) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    headers.inner().get(name).and_then(|v| match v {
+        lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+        lapin::types::AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    })
+}

@@ -1,0 +1,60 @@
+//! Running the real `hap` binary as a child process, for the tests that kill one.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::OnceLock;
+
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+
+/// The `hap` binary of this build, built first (once per test process) so that it is never
+/// older than the code under test.
+pub fn hap_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args(["build", "--quiet", "-p", "api", "--bin", "hap"])
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building hap failed");
+            // target/<profile>/deps/<test binary> → target/<profile>/hap
+            let exe = std::env::current_exe().expect("the test binary has a path");
+            exe.parent()
+                .and_then(|deps| deps.parent())
+                .expect("tests run from target/<profile>/deps")
+                .join("hap")
+        })
+        .clone()
+}
+
+/// The URL of the test's own database (the pool's), for a child process.
+pub fn database_url(pool: &PgPool) -> String {
+    let options = pool.connect_options();
+    let database = options.get_database().expect("test databases are named");
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for sqlx::test");
+    let mut url = url::Url::parse(&base).expect("DATABASE_URL is a URL");
+    url.set_path(database);
+    url.to_string()
+}
+
+/// `hap serve` with `roles`, against `pool`'s database and exchanges under `prefix`.
+pub fn spawn_hap(pool: &PgPool, prefix: &str, roles: &str) -> Child {
+    Command::new(hap_binary())
+        .args([
+            "serve",
+            "--roles",
+            roles,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--no-migrate",
+        ])
+        .env("HAP_DATABASE_URL", database_url(pool))
+        .env("HAP_EXCHANGE_PREFIX", prefix)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("hap starts")
+}
