@@ -324,15 +324,26 @@ impl Publisher {
     /// newest confirmed one), and the age of the oldest open write transaction on the server,
     /// which holds every reader of the global order back.
     async fn report_lag(&self, checkpoint: GlobalCheckpoint, confirmed_at: Option<DateTime<Utc>>) {
-        let lag: Result<(i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>), _> = sqlx::query_as(
-            "select count(*), min(occurred_at), max(occurred_at) from events
-              where (transaction_id, position) > ($1::text::xid8, $2)",
+        #[derive(sqlx::FromRow)]
+        struct Unconfirmed {
+            count: i64,
+            oldest: Option<DateTime<Utc>>,
+            newest: Option<DateTime<Utc>>,
+        }
+        let lag: Result<Unconfirmed, _> = sqlx::query_as(
+            "select count(*) as count, min(occurred_at) as oldest, max(occurred_at) as newest
+               from events where (transaction_id, position) > ($1::text::xid8, $2)",
         )
         .bind(checkpoint.transaction_id.to_string())
         .bind(checkpoint.position)
         .fetch_one(self.store.pool())
         .await;
-        if let Ok((count, oldest, newest)) = lag {
+        if let Ok(Unconfirmed {
+            count,
+            oldest,
+            newest,
+        }) = lag
+        {
             metrics::gauge!("hap_publisher_lag_events").set(count as f64);
             let seconds = match (newest, confirmed_at.or(oldest)) {
                 (Some(newest), Some(confirmed)) if count > 0 => {

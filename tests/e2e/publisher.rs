@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::event::route;
-use eventstore::{Append, EventStore, Metadata, NewEvent, StreamVersion};
+use eventstore::{Append, EventStore, Metadata, NewEvent, RecordedEvent, StreamVersion};
 use futures::future::join_all;
 use hap_tests::broker::{Capture, Captured, body, header, unique_prefix};
 use hap_tests::process::spawn_hap;
@@ -178,8 +178,10 @@ async fn every_event_the_api_produces_is_published_in_the_contract_format(pool: 
     .await
     .unwrap();
 
-    let stored: Vec<(Uuid, String, Uuid, String, i64, i64, Value, DateTime<Utc>)> = sqlx::query_as(
-        "select event_id, event_type, stream_id, aggregate_type, version, position, payload, occurred_at
+    let stored: Vec<RecordedEvent> = sqlx::query_as(
+        "select position, transaction_id::text::bigint as transaction_id, event_id, stream_id,
+                aggregate_type, version, event_type, payload, tenant_id, correlation_id,
+                causation_id, schema_version, occurred_at
            from events order by position",
     )
     .fetch_all(&pool)
@@ -194,7 +196,7 @@ async fn every_event_the_api_produces_is_published_in_the_contract_format(pool: 
         .map(|m| (body(m)["eventId"].as_str().unwrap().to_owned(), m))
         .collect();
 
-    let types: HashSet<&str> = stored.iter().map(|s| s.1.as_str()).collect();
+    let types: HashSet<&str> = stored.iter().map(|s| s.event_type.as_str()).collect();
     for expected in [
         "PatientRegistered",
         "PatientUpdated",
@@ -212,9 +214,18 @@ async fn every_event_the_api_produces_is_published_in_the_contract_format(pool: 
     ] {
         assert!(types.contains(expected), "{expected} was produced");
     }
-    for (event_id, event_type, stream, aggregate_type, version, position, payload, occurred_at) in
-        &stored
-    {
+    for event in &stored {
+        let RecordedEvent {
+            event_id,
+            event_type,
+            stream_id: stream,
+            aggregate_type,
+            version,
+            position,
+            payload,
+            occurred_at,
+            ..
+        } = event;
         let message = by_id[&event_id.to_string()];
         let route = route(event_type).unwrap();
         let body = body(message);
