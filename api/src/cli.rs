@@ -10,6 +10,8 @@ use eventstore::{EventStore, Publisher, PublisherSettings, wakeup};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use projections::ReadModel;
+
 use crate::config::{Role, ServeSettings, Settings};
 use crate::routing::DomainRouter;
 use crate::{AppState, db, router};
@@ -80,7 +82,8 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
         );
         tasks.spawn(publisher.run(shutdown.clone()));
     }
-    let app = AppState::new(store, settings);
+    let read = read_model(&settings, !serve.no_migrate).await?;
+    let app = AppState::new(store, read, settings);
     tracing::info!(%address, roles = ?serve.roles, "HAP is listening");
     let stopping = shutdown.clone();
     let served = axum::serve(listener, router(app, commands))
@@ -92,6 +95,27 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     served.context("The HTTP server failed")
+}
+
+/// This instance's read model: its schema on the read database, migrated unless told not to.
+async fn read_model(settings: &Settings, migrate: bool) -> anyhow::Result<ReadModel> {
+    let url = settings
+        .read_database_url
+        .as_deref()
+        .unwrap_or(&settings.database_url);
+    let schema = projections::schema::schema_name(&settings.instance);
+    let pool = projections::schema::connect(url, &schema, settings.db_pool_size)
+        .await
+        .with_context(|| format!("Failed to connect to the read model (schema {schema})"))?;
+    if migrate {
+        projections::schema::migrate(&pool)
+            .await
+            .with_context(|| format!("Failed to migrate the read model (schema {schema})"))?;
+    }
+    Ok(ReadModel {
+        pool,
+        progress: Default::default(),
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM, so that in-flight requests finish before the process ends.

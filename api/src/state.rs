@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use eventstore::EventStore;
 use metrics_exporter_prometheus::PrometheusHandle;
+use projections::ReadModel;
 use sqlx::PgPool;
 
 use crate::aggregates::Aggregates;
@@ -25,12 +26,15 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// For `/health/ready`.
     pub broker: BrokerHealth,
+    /// This instance's read model, which answers every query.
+    pub read: ReadModel,
 }
 
 impl AppState {
     /// Needs a Tokio runtime: it starts watching the broker.
-    pub fn new(store: EventStore, settings: Settings) -> Self {
+    pub fn new(store: EventStore, read: ReadModel, settings: Settings) -> Self {
         Self {
+            read,
             aggregates: Aggregates::new(store, AGGREGATE_CACHE_CAPACITY),
             broker: BrokerHealth::watch(settings.amqp_url.clone()),
             settings: Arc::new(settings),

@@ -1,1 +1,37 @@
+//! HAP's read side: each instance projects the events it receives from its own RabbitMQ queues
+//! into its own read model, idempotently, and can rebuild it from the event store.
+//!
+//! # Layout
+//! - [`schema`]: the read model's schema per instance, its pool and migrations.
+//! - [`progress`]: read-your-writes: waiting until a projection applied a position, and which
+//!   rows each commit changed.
 
+pub mod progress;
+pub mod schema;
+
+use sqlx::PgPool;
+
+/// The projections, by the name they record in `processed_events`.
+pub const PATIENTS: &str = "patients";
+pub const PHYSICIANS: &str = "physicians";
+pub const CONSULTATIONS: &str = "consultations";
+pub const RECORDS: &str = "records";
+
+/// The projections that receive the events of an exchange (by suffix): the consultations
+/// projection also follows patients and physicians, for their names.
+pub fn projections_of_exchange(exchange: &str) -> &'static [&'static str] {
+    match exchange {
+        "patients" => &[PATIENTS, CONSULTATIONS],
+        "physicians" => &[PHYSICIANS, CONSULTATIONS],
+        "consultations" => &[CONSULTATIONS],
+        "records" => &[RECORDS],
+        _ => &[],
+    }
+}
+
+/// One instance's read model: the pool that sees its schema, and its projectors' progress.
+#[derive(Clone, Debug)]
+pub struct ReadModel {
+    pub pool: PgPool,
+    pub progress: progress::Progress,
+}

@@ -7,10 +7,9 @@ use domain::event::{ConsultationRecordsVoided, ConsultationScheduled};
 use domain::ids::{ConsultationId, PatientId, PhysicianId};
 use domain::record::RecordBook;
 use futures::future::join_all;
-use hap_tests::{TestApp, id_of, patient};
+use hap_tests::{TestApp, TestDb, id_of, patient};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 async fn problem(response: reqwest::Response) -> Value {
@@ -22,9 +21,10 @@ async fn problem(response: reqwest::Response) -> Value {
     response.json().await.unwrap()
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn registering_a_patient_answers_201_with_location_etag_and_position(pool: PgPool) {
-    let app = TestApp::start(pool).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_a_patient_answers_201_with_location_etag_and_position() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
 
     let response = app
         .request(Method::POST, "/patients")
@@ -55,9 +55,10 @@ async fn registering_a_patient_answers_201_with_location_etag_and_position(pool:
     );
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn twenty_concurrent_registrations_of_one_document_number_create_one_patient(pool: PgPool) {
-    let app = TestApp::start(pool).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_registrations_of_one_document_number_create_one_patient() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
 
     let responses = join_all((0..20).map(|_| app.post("/patients", patient("SAME-DOC")))).await;
 
@@ -75,9 +76,10 @@ async fn twenty_concurrent_registrations_of_one_document_number_create_one_patie
     assert_eq!(app.event_count().await, 1);
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn the_same_idempotency_key_twice_appends_once_and_answers_the_same(pool: PgPool) {
-    let app = TestApp::start(pool).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_idempotency_key_twice_appends_once_and_answers_the_same() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
     let send = |body: Value| {
         app.request(Method::POST, "/patients")
             .header("Idempotency-Key", "key-1")
@@ -104,9 +106,10 @@ async fn the_same_idempotency_key_twice_appends_once_and_answers_the_same(pool: 
     assert_eq!(app.event_count().await, 1);
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn concurrent_requests_with_one_idempotency_key_append_once(pool: PgPool) {
-    let app = TestApp::start(pool).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_idempotency_key_append_once() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
     let id = app.register_patient("DOC-1").await;
 
     let requests = (0..10).map(|_| {
@@ -127,9 +130,10 @@ async fn concurrent_requests_with_one_idempotency_key_append_once(pool: PgPool) 
     assert_eq!(app.event_count().await, 2, "registration and one update");
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn concurrent_updates_are_retried_by_the_server_until_each_lands(pool: PgPool) {
-    let app = TestApp::start(pool).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_are_retried_by_the_server_until_each_lands() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
     let id = app.register_patient("DOC-1").await;
 
     let updates = (0..10).map(|n| {
@@ -153,9 +157,10 @@ async fn concurrent_updates_are_retried_by_the_server_until_each_lands(pool: PgP
     assert_eq!(versions, (2..=11).collect::<Vec<_>>());
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn a_command_that_changes_nothing_appends_nothing_and_returns_the_version(pool: PgPool) {
-    let app = TestApp::start(pool).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_changes_nothing_appends_nothing_and_returns_the_version() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
     let id = app.register_patient("DOC-1").await;
 
     let response = app
@@ -167,9 +172,10 @@ async fn a_command_that_changes_nothing_appends_nothing_and_returns_the_version(
     assert_eq!(app.event_count().await, 1);
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn if_match_guards_the_version(pool: PgPool) {
-    let app = TestApp::start(pool).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_match_guards_the_version() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
     let id = app.register_patient("DOC-1").await;
     let rename = |etag: &'static str, name: &'static str| {
         app.request(Method::PATCH, &format!("/patients/{id}"))
@@ -194,10 +200,11 @@ async fn if_match_guards_the_version(pool: PgPool) {
 
 /// The moka cache must never cause a wrong decision: another instance's write makes the
 /// cached state stale, and the command must see the current state, not the cached one.
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn a_stale_cache_entry_never_causes_a_wrong_decision(pool: PgPool) {
-    let first = TestApp::start(pool.clone()).await;
-    let second = TestApp::start(pool).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_cache_entry_never_causes_a_wrong_decision() {
+    let db = TestDb::new().await;
+    let first = TestApp::start(&db).await;
+    let second = TestApp::start(&db).await;
     let id = first.register_patient("DOC-1").await;
     // `first` now caches the patient as active; `second` deactivates it.
     let deactivated = second
@@ -213,9 +220,10 @@ async fn a_stale_cache_entry_never_causes_a_wrong_decision(pool: PgPool) {
     assert_eq!(first.event_count().await, 2);
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn every_malformed_request_is_refused_with_its_status_and_appends_nothing(pool: PgPool) {
-    let app = TestApp::start(pool).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_malformed_request_is_refused_with_its_status_and_appends_nothing() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
     let id = app.register_patient("DOC-1").await;
     let before = app.event_count().await;
 
@@ -320,9 +328,10 @@ async fn every_malformed_request_is_refused_with_its_status_and_appends_nothing(
     );
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn a_deactivated_patient_cannot_be_changed(pool: PgPool) {
-    let app = TestApp::start(pool).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deactivated_patient_cannot_be_changed() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
     let id = app.register_patient("DOC-1").await;
     let deactivate = app
         .post(
@@ -352,9 +361,10 @@ async fn a_deactivated_patient_cannot_be_changed(pool: PgPool) {
     assert_eq!(app.event_count().await, 2);
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn physicians_are_registered_updated_and_deactivated(pool: PgPool) {
-    let app = TestApp::start(pool).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn physicians_are_registered_updated_and_deactivated() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
     let id = app.register_physician("CRM-1").await;
 
     let duplicate = app
@@ -382,9 +392,10 @@ async fn physicians_are_registered_updated_and_deactivated(pool: PgPool) {
     assert_eq!(app.event_count().await, 3);
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn a_consultation_request_starts_scheduling_and_answers_202(pool: PgPool) {
-    let app = TestApp::start(pool).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consultation_request_starts_scheduling_and_answers_202() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
     let (patient, physician) = (
         app.register_patient("DOC-1").await,
         app.register_physician("CRM-1").await,
@@ -417,9 +428,10 @@ async fn a_consultation_request_starts_scheduling_and_answers_202(pool: PgPool) 
     assert_eq!(payload["consultationId"], body["id"]);
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn a_consultation_with_unknown_people_or_a_past_start_is_a_422(pool: PgPool) {
-    let app = TestApp::start(pool).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consultation_with_unknown_people_or_a_past_start_is_a_422() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
     let (patient, physician) = (
         app.register_patient("DOC-1").await,
         app.register_physician("CRM-1").await,
@@ -461,9 +473,10 @@ async fn a_consultation_with_unknown_people_or_a_past_start_is_a_422(pool: PgPoo
     assert_eq!(app.event_count().await, before);
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn only_a_scheduled_consultation_can_be_updated_completed_or_cancelled(pool: PgPool) {
-    let app = TestApp::start(pool).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_scheduled_consultation_can_be_updated_completed_or_cancelled() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
     let (patient, physician) = (
         app.register_patient("DOC-1").await,
         app.register_physician("CRM-1").await,
@@ -517,9 +530,10 @@ async fn only_a_scheduled_consultation_can_be_updated_completed_or_cancelled(poo
     );
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn records_are_written_to_scheduled_consultations_and_frozen_once_voided(pool: PgPool) {
-    let app = TestApp::start(pool).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_written_to_scheduled_consultations_and_frozen_once_voided() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
     let (patient, physician) = (
         app.register_patient("DOC-1").await,
         app.register_physician("CRM-1").await,
@@ -576,9 +590,11 @@ async fn records_are_written_to_scheduled_consultations_and_frozen_once_voided(p
     assert_eq!(after_voiding.status(), StatusCode::CONFLICT);
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn a_database_that_does_not_answer_is_a_503(pool: PgPool) {
-    let app = TestApp::start(pool.clone()).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_does_not_answer_is_a_503() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
+    let app = TestApp::start(&db).await;
     pool.close().await;
 
     let response = app.post("/patients", patient("DOC-1")).await;
@@ -601,9 +617,10 @@ async fn a_database_that_does_not_answer_is_a_503(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn the_openapi_document_describes_every_command_route(pool: PgPool) {
-    let app = TestApp::start(pool).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_command_route() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
 
     let document: Value = app
         .request(Method::GET, "/openapi.json")

@@ -4,12 +4,13 @@ use std::collections::HashSet;
 
 use eventstore::{AppendError, EventStore, GlobalCheckpoint, StreamVersion};
 use futures::future::join_all;
-use hap_tests::test_append;
-use sqlx::PgPool;
+use hap_tests::{TestDb, test_append};
 use uuid::Uuid;
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn concurrent_appends_at_one_version_let_exactly_one_win(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_at_one_version_let_exactly_one_win() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let store = EventStore::new(pool);
     let stream = Uuid::now_v7();
 
@@ -31,8 +32,10 @@ async fn concurrent_appends_at_one_version_let_exactly_one_win(pool: PgPool) {
     assert_eq!(events.len(), 1, "the losers appended nothing");
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn racing_writers_that_retry_leave_versions_without_gaps(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_writers_that_retry_leave_versions_without_gaps() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let store = EventStore::new(pool);
     let stream = Uuid::now_v7();
 
@@ -65,8 +68,10 @@ async fn racing_writers_that_retry_leave_versions_without_gaps(pool: PgPool) {
     assert_eq!(versions, (1..=100).collect::<Vec<_>>());
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn an_append_is_all_or_nothing(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_is_all_or_nothing() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let store = EventStore::new(pool);
     let stream = Uuid::now_v7();
     store
@@ -87,8 +92,10 @@ async fn an_append_is_all_or_nothing(pool: PgPool) {
     assert_eq!(events.len(), 1);
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn a_stream_reads_back_in_version_order_from_any_version(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reads_back_in_version_order_from_any_version() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let store = EventStore::new(pool);
     let stream = Uuid::now_v7();
     let appended = store
@@ -106,8 +113,10 @@ async fn a_stream_reads_back_in_version_order_from_any_version(pool: PgPool) {
     assert_eq!(tail[1].position(), appended.position.unwrap());
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn claimed_values_are_unique_and_a_taken_claim_appends_nothing(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claimed_values_are_unique_and_a_taken_claim_appends_nothing() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let store = EventStore::new(pool);
     let claim = eventstore::Claim {
         kind: "patient.documentNumber".into(),
@@ -144,8 +153,10 @@ async fn claimed_values_are_unique_and_a_taken_claim_appends_nothing(pool: PgPoo
 
 /// The reason for the (transaction id, position) order: a transaction that inserts first and
 /// commits last must still be read, exactly once, by a reader that kept reading meanwhile.
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn an_event_whose_transaction_commits_late_is_read_exactly_once(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_transaction_commits_late_is_read_exactly_once() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let store = EventStore::new(pool.clone());
     let mut seen = Vec::new();
     let mut checkpoint = GlobalCheckpoint::START;

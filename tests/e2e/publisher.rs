@@ -11,7 +11,7 @@ use eventstore::{Append, EventStore, Metadata, NewEvent, RecordedEvent, StreamVe
 use futures::future::join_all;
 use hap_tests::broker::{Capture, Captured, body, header, unique_prefix};
 use hap_tests::process::spawn_hap;
-use hap_tests::{TestApp, start_publisher};
+use hap_tests::{TestApp, TestDb, start_publisher};
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -59,12 +59,14 @@ async fn stored_ids(pool: &PgPool) -> HashSet<String> {
     ids.iter().map(Uuid::to_string).collect()
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn every_event_the_api_produces_is_published_in_the_contract_format(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_the_api_produces_is_published_in_the_contract_format() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let prefix = unique_prefix();
     let capture = Capture::start(&prefix).await;
     let publisher = start_publisher(&pool, &prefix);
-    let app = TestApp::start(pool.clone()).await;
+    let app = TestApp::start(&db).await;
     let send = |method: Method, path: String, body: Value| {
         app.request(method, &path)
             .header("X-Correlation-Id", "wire-test")
@@ -291,8 +293,10 @@ async fn every_event_the_api_produces_is_published_in_the_contract_format(pool: 
     capture.clean_up().await;
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn each_aggregates_messages_leave_in_version_order_under_concurrent_appends(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_aggregates_messages_leave_in_version_order_under_concurrent_appends() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let prefix = unique_prefix();
     let capture = Capture::start(&prefix).await;
     let publisher = start_publisher(&pool, &prefix);
@@ -327,8 +331,10 @@ async fn each_aggregates_messages_leave_in_version_order_under_concurrent_append
     capture.clean_up().await;
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn an_event_whose_transaction_commits_late_is_published(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_transaction_commits_late_is_published() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let prefix = unique_prefix();
     let capture = Capture::start(&prefix).await;
     let publisher = start_publisher(&pool, &prefix);
@@ -363,16 +369,18 @@ async fn an_event_whose_transaction_commits_late_is_published(pool: PgPool) {
     capture.clean_up().await;
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn a_killed_leader_is_replaced_and_nothing_is_lost(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_and_nothing_is_lost() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let prefix = unique_prefix();
     let capture = Capture::start(&prefix).await;
     let store = EventStore::new(pool.clone());
-    let mut leader = spawn_hap(&pool, &prefix, "publisher");
+    let mut leader = spawn_hap(&db, &prefix, "publisher");
     store.append(renames(Uuid::now_v7(), 0, 10)).await.unwrap();
     capture.wait_until(PATIENCE, |m| m.len() >= 10).await;
     // The first process leads now; the second waits for the lock.
-    let mut follower = spawn_hap(&pool, &prefix, "publisher");
+    let mut follower = spawn_hap(&db, &prefix, "publisher");
 
     let writer = {
         let store = store.clone();
@@ -421,8 +429,10 @@ fn connections_named(needle: &str) -> Vec<String> {
         .collect()
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn a_broker_connection_closed_mid_stream_loses_nothing(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_connection_closed_mid_stream_loses_nothing() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let prefix = unique_prefix();
     let capture = Capture::start(&prefix).await;
     let publisher = start_publisher(&pool, &prefix);
@@ -462,8 +472,10 @@ async fn a_broker_connection_closed_mid_stream_loses_nothing(pool: PgPool) {
     capture.clean_up().await;
 }
 
-#[sqlx::test(migrator = "eventstore::MIGRATOR")]
-async fn dropped_database_connections_lose_nothing(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_database_connections_lose_nothing() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let prefix = unique_prefix();
     let capture = Capture::start(&prefix).await;
     let publisher = start_publisher(&pool, &prefix);

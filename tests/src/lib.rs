@@ -45,6 +45,68 @@ fn metadata() -> Metadata {
     }
 }
 
+/// A database of the test's own, migrated, and dropped (forcibly) when the value is dropped,
+/// whatever connections the test left open to it.
+pub struct TestDb {
+    pub pool: PgPool,
+    pub url: String,
+    name: String,
+}
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        use sqlx::Connection;
+        let name = format!("hap_test_{}", Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url())
+            .await
+            .expect("PostgreSQL is reachable at DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("test database created");
+        admin.close().await.ok();
+        let mut url = url::Url::parse(&admin_url()).expect("DATABASE_URL is a URL");
+        url.set_path(&name);
+        let url = url.to_string();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(16)
+            .connect(&url)
+            .await
+            .expect("test database reachable");
+        eventstore::MIGRATOR.run(&pool).await.expect("migrated");
+        Self { pool, url, name }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop cannot await, and the test's runtime may be single-threaded: a thread with a
+        // runtime of its own does the clean-up, and is joined so it finishes before the test.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
+                    let drop = format!("drop database if exists {name} with (force)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
 /// A running HAP HTTP API on its own port, over the test's database.
 pub struct TestApp {
     pub base: String,
@@ -53,9 +115,12 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    pub async fn start(pool: PgPool) -> Self {
+    pub async fn start(db: &TestDb) -> Self {
+        let pool = db.pool.clone();
+        let read = read_model(db, "test").await;
         let state = api::AppState::new(
             EventStore::new(pool.clone()),
+            read,
             api::config::Settings::defaults(),
         );
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -173,6 +238,21 @@ pub fn start_publisher(pool: &PgPool, prefix: &str) -> tokio_util::sync::Cancell
     );
     tokio::spawn(publisher.run(shutdown.clone()));
     shutdown
+}
+
+/// The read model of `instance` in the test's database, migrated.
+pub async fn read_model(db: &TestDb, instance: &str) -> projections::ReadModel {
+    let schema = projections::schema::schema_name(instance);
+    let read = projections::schema::connect(&db.url, &schema, 8)
+        .await
+        .expect("read model pool");
+    projections::schema::migrate(&read)
+        .await
+        .expect("read model migrated");
+    projections::ReadModel {
+        pool: read,
+        progress: Default::default(),
+    }
 }
 
 /// A valid registration body.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::OnceLock;
 
-use sqlx::PgPool;
+use crate::TestDb;
 use tokio::process::{Child, Command};
 
 /// The `hap` binary of this build, built first (once per test process) so that it is never
@@ -29,18 +29,8 @@ pub fn hap_binary() -> PathBuf {
         .clone()
 }
 
-/// The URL of the test's own database (the pool's), for a child process.
-pub fn database_url(pool: &PgPool) -> String {
-    let options = pool.connect_options();
-    let database = options.get_database().expect("test databases are named");
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for sqlx::test");
-    let mut url = url::Url::parse(&base).expect("DATABASE_URL is a URL");
-    url.set_path(database);
-    url.to_string()
-}
-
 /// `hap serve` with `roles`, against `pool`'s database and exchanges under `prefix`.
-pub fn spawn_hap(pool: &PgPool, prefix: &str, roles: &str) -> Child {
+pub fn spawn_hap(db: &TestDb, prefix: &str, roles: &str) -> Child {
     Command::new(hap_binary())
         .args([
             "serve",
@@ -50,7 +40,7 @@ pub fn spawn_hap(pool: &PgPool, prefix: &str, roles: &str) -> Child {
             "127.0.0.1:0",
             "--no-migrate",
         ])
-        .env("HAP_DATABASE_URL", database_url(pool))
+        .env("HAP_DATABASE_URL", &db.url)
         .env("HAP_EXCHANGE_PREFIX", prefix)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

@@ -1,0 +1,100 @@
+//! What the query side waits on for read-your-writes (`X-Min-Position`): a projection has
+//! applied the event at a position once it is in that projection's `processed_events`.
+//! Projector commits in this process bump a counter, so a waiting query re-checks at once;
+//! across processes the query polls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{broadcast, watch};
+use uuid::Uuid;
+
+/// How often a waiting query re-checks when no commit in this process wakes it.
+const POLL: Duration = Duration::from_millis(10);
+
+/// A read-model row a commit changed: `resource` is `patient`, `physician`, `consultation`
+/// or `record`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Touched {
+    pub resource: &'static str,
+    pub id: Uuid,
+}
+
+/// Counts projector commits in this process and says which rows they changed; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    commits: Arc<watch::Sender<u64>>,
+    touched: broadcast::Sender<Arc<Vec<Touched>>>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            commits: Arc::new(watch::Sender::new(0)),
+            touched: broadcast::Sender::new(1024),
+        }
+    }
+}
+
+impl Progress {
+    /// Called after each projector commit, with the rows it changed.
+    pub fn committed(&self, touched: Vec<Touched>) {
+        if !touched.is_empty() {
+            // No receiver (no cache) is fine.
+            let _ = self.touched.send(Arc::new(touched));
+        }
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The rows each commit changed, for caches to invalidate. A receiver that lags behind
+    /// gets `RecvError::Lagged` and must drop everything it cached.
+    pub fn subscribe_touched(&self) -> broadcast::Receiver<Arc<Vec<Touched>>> {
+        self.touched.subscribe()
+    }
+
+    /// The number of commits so far: a generation for caches, which may keep an entry only if
+    /// no commit happened between reading it and storing it.
+    pub fn generation(&self) -> u64 {
+        *self.commits.borrow()
+    }
+
+    /// Waits until every projection in `projections` has applied the event at `position`, or
+    /// `timeout` passes (then `Ok(false)`).
+    pub async fn wait_for(
+        &self,
+        pool: &PgPool,
+        projections: &[&str],
+        position: i64,
+        timeout: Duration,
+    ) -> Result<bool, sqlx::Error> {
+        if projections.is_empty() {
+            return Ok(true);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut commits = self.commits.subscribe();
+        let names: Vec<String> = projections.iter().map(|p| (*p).to_owned()).collect();
+        loop {
+            let applied: i64 = sqlx::query_scalar(
+                "select count(distinct projection) from processed_events
+                  where projection = any($1) and position = $2",
+            )
+            .bind(&names)
+            .bind(position)
+            .fetch_one(pool)
+            .await?;
+            if applied as usize == names.len() {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            commits.mark_unchanged();
+            tokio::select! {
+                _ = commits.changed() => {}
+                () = tokio::time::sleep(POLL) => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Where an instance's read model lives: schema `rm_{instance}` on the read database, reached
+//! through a pool whose `search_path` is that schema, so the same unqualified SQL serves the
+//! live schema and a rebuild's shadow schema alike.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// The read model's migrations (`migrations/readmodel`), applied per schema.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/readmodel");
+
+/// `rm_{instance}`, with every character other than a letter, digit or `_` turned into `_`
+/// and lower-cased, so that it is a plain identifier.
+pub fn schema_name(instance: &str) -> String {
+    let cleaned: String = instance
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("rm_{cleaned}")
+}
+
+/// A pool on `url` whose connections see `schema` (created if missing) and nothing else.
+pub async fn connect(url: &str, schema: &str, size: u32) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?;
+    create_schema(&options, schema).await?;
+    PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options.options([("search_path", schema)]))
+        .await
+}
+
+async fn create_schema(options: &PgConnectOptions, schema: &str) -> Result<(), sqlx::Error> {
+    use sqlx::{ConnectOptions, Connection};
+    let mut connection = options.connect().await?;
+    // `schema` comes from `schema_name` (or a suffix of it): a plain identifier, quoted anyway.
+    let statement = format!("create schema if not exists \"{schema}\"");
+    let created = sqlx::query(sqlx::AssertSqlSafe(statement))
+        .execute(&mut connection)
+        .await;
+    connection.close().await.ok();
+    match created {
+        Ok(_) => Ok(()),
+        // Two processes creating it at once: the loser sees a unique violation.
+        Err(e)
+            if e.as_database_error()
+                .is_some_and(|d| d.is_unique_violation()) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Applies the read model's migrations to the pool's schema.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::schema_name;
+
+    #[test]
+    fn instance_ids_become_plain_identifiers() {
+        assert_eq!(schema_name("instance-1"), "rm_instance_1");
+        assert_eq!(schema_name("A.b c"), "rm_a_b_c");
+    }
+}
