@@ -10,6 +10,7 @@ use eventstore::{EventStore, Publisher, PublisherSettings, wakeup};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use projections::consumer::{self, ConsumerSettings};
 use projections::ReadModel;
 
 use crate::config::{Role, ServeSettings, Settings};
@@ -83,6 +84,20 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
         tasks.spawn(publisher.run(shutdown.clone()));
     }
     let read = read_model(&settings, !serve.no_migrate).await?;
+    if serve.roles.contains(&Role::Projector) {
+        let consumers = ConsumerSettings::new(
+            &settings.amqp_url,
+            &settings.exchange_prefix,
+            &settings.instance,
+            settings.max_retries,
+        );
+        tasks.spawn(consumer::run_all(
+            read.clone(),
+            store.clone(),
+            consumers,
+            shutdown.clone(),
+        ));
+    }
     let app = AppState::new(store, read, settings);
     tracing::info!(%address, roles = ?serve.roles, "HAP is listening");
     let stopping = shutdown.clone();

@@ -3,10 +3,25 @@
 //!
 //! # Layout
 //! - [`schema`]: the read model's schema per instance, its pool and migrations.
+//! - [`envelope`]: an event as a projector sees it, from a message or the store.
+//! - [`projector`]: the projector contract and how every batch is applied (deduplicated, in
+//!   stream order, gaps filled from the store, one transaction).
+//! - [`queues`]: each instance queue, its bindings, and its retry and dead-letter queues.
+//! - [`consumer`]: the consumer runtime (batches, ack after commit, retries, dead letters).
+//! - [`patients`], [`physicians`], [`consultations`] (also the agenda), [`records`]: the
+//!   projectors.
 //! - [`progress`]: read-your-writes: waiting until a projection applied a position, and which
 //!   rows each commit changed.
 
+pub mod consultations;
+pub mod consumer;
+pub mod envelope;
+pub mod patients;
+pub mod physicians;
 pub mod progress;
+pub mod projector;
+pub mod queues;
+pub mod records;
 pub mod schema;
 
 use sqlx::PgPool;

@@ -1,0 +1,295 @@
+//! The consultations projection: one row per consultation with the current names of its
+//! patient and physician, which also serves each physician's agenda (a range of the
+//! `(physician_id, starts_at)` index). Its queue carries patient and physician events too: the
+//! names come from them, kept in `people` and copied into every consultation on a rename.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use domain::Event;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::envelope::Envelope;
+use crate::progress::Touched;
+use crate::projector::Projector;
+
+pub struct Consultations;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    patient_id: Uuid,
+    patient_name: Option<String>,
+    physician_id: Uuid,
+    physician_name: Option<String>,
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+    status: String,
+    reason: Option<String>,
+    notes: Option<String>,
+    failure_reason: Option<String>,
+    failure_detail: Option<String>,
+    cancellation_reason: Option<String>,
+    version: i64,
+    updated_at: DateTime<Utc>,
+}
+
+/// A person's name as of this batch, and whether the batch changed it.
+struct Name {
+    name: String,
+    renamed: bool,
+}
+
+/// The name a patient or physician event sets, if any.
+fn name_set_by(event: &Event) -> Option<(Uuid, &str)> {
+    match event {
+        Event::PatientRegistered(e) => Some((e.patient_id.as_uuid(), &e.name)),
+        Event::PatientUpdated(e) => e.name.as_deref().map(|n| (e.patient_id.as_uuid(), n)),
+        Event::PhysicianRegistered(e) => Some((e.physician_id.as_uuid(), &e.name)),
+        Event::PhysicianUpdated(e) => e.name.as_deref().map(|n| (e.physician_id.as_uuid(), n)),
+        _ => None,
+    }
+}
+
+impl Projector for Consultations {
+    fn name(&self) -> &'static str {
+        crate::CONSULTATIONS
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [Envelope],
+    ) -> BoxFuture<'a, Result<Vec<Touched>, sqlx::Error>> {
+        async move {
+            let mut ids: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
+            let mut rows: HashMap<Uuid, Row> =
+                sqlx::query_as::<_, Row>("select * from consultations where id = any($1)")
+                    .bind(&ids)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .map(|row| (row.id, row))
+                    .collect();
+            // The people named by consultations started in this batch, and those renamed.
+            for envelope in events {
+                if let Event::ConsultationSchedulingStarted(e) = &envelope.event {
+                    ids.push(e.patient_id.as_uuid());
+                    ids.push(e.physician_id.as_uuid());
+                }
+            }
+            let mut people: HashMap<Uuid, Name> = sqlx::query_as::<_, (Uuid, String)>(
+                "select id, name from people where id = any($1)",
+            )
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(id, name)| {
+                (
+                    id,
+                    Name {
+                        name,
+                        renamed: false,
+                    },
+                )
+            })
+            .collect();
+
+            let mut changed = Vec::new();
+            for envelope in events {
+                if let Some((id, name)) = name_set_by(&envelope.event) {
+                    people.insert(
+                        id,
+                        Name {
+                            name: name.to_owned(),
+                            renamed: true,
+                        },
+                    );
+                    continue;
+                }
+                let id = envelope.stream_id;
+                if let Event::ConsultationSchedulingStarted(e) = &envelope.event {
+                    let name_of = |person: Uuid| people.get(&person).map(|p| p.name.clone());
+                    rows.insert(
+                        id,
+                        Row {
+                            id,
+                            patient_id: e.patient_id.as_uuid(),
+                            patient_name: name_of(e.patient_id.as_uuid()),
+                            physician_id: e.physician_id.as_uuid(),
+                            physician_name: name_of(e.physician_id.as_uuid()),
+                            starts_at: e.starts_at,
+                            ends_at: e.ends_at,
+                            status: "requested".into(),
+                            reason: e.reason.clone(),
+                            notes: None,
+                            failure_reason: None,
+                            failure_detail: None,
+                            cancellation_reason: None,
+                            version: 0,
+                            updated_at: envelope.occurred_at,
+                        },
+                    );
+                }
+                let Some(row) = rows.get_mut(&id) else {
+                    continue;
+                };
+                match &envelope.event {
+                    Event::ConsultationScheduled(_) => row.status = "scheduled".into(),
+                    Event::ConsultationSchedulingFailed(e) => {
+                        row.status = "failed".into();
+                        row.failure_reason = serde_json::to_value(e.reason)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned));
+                        row.failure_detail = Some(e.detail.clone());
+                    }
+                    Event::ConsultationUpdated(e) => {
+                        if let Some(reason) = &e.reason {
+                            row.reason = Some(reason.clone());
+                        }
+                        if let Some(notes) = &e.notes {
+                            row.notes = Some(notes.clone());
+                        }
+                    }
+                    Event::ConsultationCancellationRequested(e) => {
+                        row.status = "cancellation_requested".into();
+                        row.cancellation_reason = Some(e.reason.clone());
+                    }
+                    Event::ConsultationCancelled(_) => row.status = "cancelled".into(),
+                    Event::ConsultationDone(_) => row.status = "done".into(),
+                    _ => {}
+                }
+                row.version = envelope.version;
+                row.updated_at = envelope.occurred_at;
+                changed.push(id);
+            }
+
+            let renamed: Vec<(Uuid, String)> = people
+                .iter()
+                .filter(|(_, p)| p.renamed)
+                .map(|(id, p)| (*id, p.name.clone()))
+                .collect();
+            save_people(tx, &renamed).await?;
+            changed.sort();
+            changed.dedup();
+            let changed_rows: Vec<&Row> = changed.iter().filter_map(|id| rows.get(id)).collect();
+            upsert(tx, &changed_rows).await?;
+            // Renames reach every consultation of the person, not only this batch's.
+            changed.extend(propagate_names(tx, &renamed).await?);
+            changed.sort();
+            changed.dedup();
+            Ok(changed
+                .into_iter()
+                .map(|id| Touched {
+                    resource: "consultation",
+                    id,
+                })
+                .collect())
+        }
+        .boxed()
+    }
+}
+
+async fn save_people(tx: &mut PgConnection, people: &[(Uuid, String)]) -> Result<(), sqlx::Error> {
+    if people.is_empty() {
+        return Ok(());
+    }
+    let (ids, names): (Vec<Uuid>, Vec<String>) = people.iter().cloned().unzip();
+    sqlx::query(
+        "insert into people (id, name) select * from unnest($1::uuid[], $2::text[])
+         on conflict (id) do update set name = excluded.name",
+    )
+    .bind(ids)
+    .bind(names)
+    .execute(tx)
+    .await
+    .map(|_| ())
+}
+
+/// Copies renamed people's names into their consultations; returns the consultations changed.
+async fn propagate_names(
+    tx: &mut PgConnection,
+    people: &[(Uuid, String)],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    if people.is_empty() {
+        return Ok(vec![]);
+    }
+    let (ids, names): (Vec<Uuid>, Vec<String>) = people.iter().cloned().unzip();
+    sqlx::query_scalar(
+        "with renamed as (select * from unnest($1::uuid[], $2::text[]) as r(id, name))
+         update consultations c
+            set patient_name = case when c.patient_id = r.id then r.name else c.patient_name end,
+                physician_name = case when c.physician_id = r.id then r.name else c.physician_name end
+           from renamed r
+          where (c.patient_id = r.id and c.patient_name is distinct from r.name)
+             or (c.physician_id = r.id and c.physician_name is distinct from r.name)
+         returning c.id",
+    )
+    .bind(ids)
+    .bind(names)
+    .fetch_all(tx)
+    .await
+}
+
+async fn upsert(tx: &mut PgConnection, rows: &[&Row]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "insert into consultations (id, patient_id, patient_name, physician_id, physician_name,
+                                    starts_at, ends_at, status, reason, notes, failure_reason,
+                                    failure_detail, cancellation_reason, version, updated_at)
+         select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[],
+                              $6::timestamptz[], $7::timestamptz[], $8::text[], $9::text[],
+                              $10::text[], $11::text[], $12::text[], $13::text[], $14::bigint[],
+                              $15::timestamptz[])
+         on conflict (id) do update set
+             patient_name = excluded.patient_name, physician_name = excluded.physician_name,
+             status = excluded.status, reason = excluded.reason, notes = excluded.notes,
+             failure_reason = excluded.failure_reason, failure_detail = excluded.failure_detail,
+             cancellation_reason = excluded.cancellation_reason, version = excluded.version,
+             updated_at = excluded.updated_at",
+    )
+    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.patient_id).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.patient_name.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.physician_id).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.physician_name.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.starts_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.ends_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.status.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.reason.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.notes.clone()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.failure_reason.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.failure_detail.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.cancellation_reason.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .execute(tx)
+    .await
+    .map(|_| ())
+}

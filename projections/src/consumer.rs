@@ -1,0 +1,402 @@
+//! The consumer runtime: takes deliveries from one instance queue in batches, applies each
+//! batch in one transaction, and acks only after commit. Messages that can never be applied go
+//! to the dead-letter queue at once; failures that may pass are retried with growing delay
+//! through the retry queue, counting in `x-retry-count`, then dead-lettered. A failing batch is
+//! split so that one bad message never holds back the ones beside it.
+
+use std::time::Duration;
+
+use eventstore::EventStore;
+use eventstore::topology::{self, Topology};
+use futures::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Confirmation};
+use tokio_util::sync::CancellationToken;
+
+use crate::ReadModel;
+use crate::envelope::Envelope;
+use crate::projector::{ApplyError, Projector, apply_batch};
+use crate::queues::{self, QUEUES, QueueNames, QueueSpec};
+
+/// How the consumers of an instance behave.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub amqp_url: String,
+    pub topology: Topology,
+    pub instance: String,
+    /// Retries of a message whose failure may pass, before it is dead-lettered.
+    pub max_retries: u32,
+    /// Unacknowledged deliveries the broker may send ahead.
+    pub prefetch: u16,
+    /// Deliveries applied in one transaction at most.
+    pub batch: usize,
+}
+
+impl ConsumerSettings {
+    pub fn new(amqp_url: &str, prefix: &str, instance: &str, max_retries: u32) -> Self {
+        Self {
+            amqp_url: amqp_url.to_owned(),
+            topology: Topology::new(prefix),
+            instance: instance.to_owned(),
+            max_retries,
+            prefetch: 500,
+            batch: 250,
+        }
+    }
+
+    pub fn queue_names(&self, spec: &QueueSpec) -> QueueNames {
+        QueueNames::new(self.topology.prefix(), spec.service, &self.instance)
+    }
+}
+
+/// Why a consumer's connection was given up (it reconnects and carries on).
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error("the broker ended the consumer")]
+    Ended,
+    #[error("the broker did not store a copy sent to {0}")]
+    NotStored(String),
+}
+
+const BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often queue depths are reported.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs the consumers of every projection of the instance until `shutdown`.
+pub async fn run_all(
+    read: ReadModel,
+    store: EventStore,
+    settings: ConsumerSettings,
+    shutdown: CancellationToken,
+) {
+    let consumers = QUEUES.iter().map(|spec| {
+        let consumer = Consumer {
+            names: settings.queue_names(spec),
+            spec,
+            projector: (spec.projector)(),
+            read: read.clone(),
+            store: store.clone(),
+            settings: settings.clone(),
+        };
+        consumer.run(shutdown.clone())
+    });
+    futures::future::join_all(consumers).await;
+}
+
+struct Consumer {
+    spec: &'static QueueSpec,
+    names: QueueNames,
+    projector: Box<dyn Projector>,
+    read: ReadModel,
+    store: EventStore,
+    settings: ConsumerSettings,
+}
+
+/// The channels of one connection: one to consume, one in confirm mode to move messages to
+/// the retry and dead-letter queues (moved first, acked after the broker confirmed the copy).
+struct Channels {
+    consume: Channel,
+    publish: Channel,
+}
+
+impl Consumer {
+    async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = BACKOFF;
+        loop {
+            match self.session(&shutdown).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(queue = %self.names.main, %error, "consumer stopped; reconnecting");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// One connection's life: declare, consume, apply; returns on shutdown or a broker error
+    /// (unacknowledged deliveries are then redelivered, and deduplicated on arrival).
+    async fn session(&self, shutdown: &CancellationToken) -> Result<(), SessionError> {
+        let name = format!("hap-projector {}", self.names.main);
+        let connection = topology::connect(&self.settings.amqp_url, &name, false).await?;
+        let consume = connection.create_channel().await?;
+        queues::declare(&consume, &self.settings.topology, self.spec, &self.names).await?;
+        consume
+            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .await?;
+        let publish = connection.create_channel().await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let channels = Channels { consume, publish };
+        let mut deliveries = channels
+            .consume
+            .basic_consume(
+                self.names.main.as_str().into(),
+                format!("hap-{}", self.settings.instance).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(queue = %self.names.main, "consuming");
+        let mut report = tokio::time::interval(REPORT_EVERY);
+        loop {
+            let first = tokio::select! {
+                () = shutdown.cancelled() => {
+                    connection.close(200, "shutting down".into()).await.ok();
+                    return Ok(());
+                }
+                _ = report.tick() => {
+                    self.report_depth(&channels.consume).await;
+                    continue;
+                }
+                next = deliveries.next() => match next {
+                    Some(delivery) => delivery?,
+                    None => return Err(SessionError::Ended),
+                },
+            };
+            let mut batch = vec![first];
+            // Take what has already arrived, without waiting for more: batches grow with load
+            // and cost no latency when it is light.
+            while batch.len() < self.settings.batch {
+                match deliveries.next().now_or_never() {
+                    Some(Some(delivery)) => batch.push(delivery?),
+                    _ => break,
+                }
+            }
+            self.handle(&channels, batch).await?;
+        }
+    }
+
+    async fn handle(&self, channels: &Channels, batch: Vec<Delivery>) -> Result<(), SessionError> {
+        let mut good = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            match Envelope::from_message(&delivery.data) {
+                Ok(envelope) => good.push((delivery, envelope)),
+                Err(poison) => {
+                    self.dead_letter(channels, &delivery, &poison.to_string())
+                        .await?
+                }
+            }
+        }
+        let Some((last, _)) = good.last() else {
+            return Ok(());
+        };
+        let last_tag = last.delivery_tag;
+        let envelopes: Vec<Envelope> = good.iter().map(|(_, e)| e.clone()).collect();
+        match apply_batch(
+            &self.read.pool,
+            &self.store,
+            self.projector.as_ref(),
+            &envelopes,
+        )
+        .await
+        {
+            Ok(touched) => {
+                channels
+                    .consume
+                    .basic_ack(last_tag, BasicAckOptions { multiple: true })
+                    .await?;
+                self.read.progress.committed(touched);
+                self.report_lag(&envelopes);
+            }
+            // Split the batch: apply each alone, so only the failing ones wait or go.
+            Err(error) if good.len() > 1 => {
+                tracing::warn!(queue = %self.names.main, %error, "batch failed; applying one by one");
+                for (delivery, envelope) in good {
+                    let one = std::slice::from_ref(&envelope);
+                    match apply_batch(&self.read.pool, &self.store, self.projector.as_ref(), one)
+                        .await
+                    {
+                        Ok(touched) => {
+                            delivery.ack(BasicAckOptions::default()).await?;
+                            self.read.progress.committed(touched);
+                        }
+                        Err(error) => self.fail(channels, &delivery, &error).await?,
+                    }
+                }
+            }
+            Err(error) => self.fail(channels, &good[0].0, &error).await?,
+        }
+        Ok(())
+    }
+
+    async fn fail(
+        &self,
+        channels: &Channels,
+        delivery: &Delivery,
+        error: &ApplyError,
+    ) -> Result<(), SessionError> {
+        match error {
+            ApplyError::Poison(_) => {
+                self.dead_letter(channels, delivery, &error.to_string())
+                    .await
+            }
+            ApplyError::Database(_) => {
+                self.retry_later(channels, delivery, &error.to_string())
+                    .await
+            }
+        }
+    }
+
+    /// Sends a copy to the retry queue, to come back after a delay that doubles with each
+    /// retry; past `max_retries`, to the dead-letter queue instead.
+    async fn retry_later(
+        &self,
+        channels: &Channels,
+        delivery: &Delivery,
+        error: &str,
+    ) -> Result<(), SessionError> {
+        let retries = retry_count(delivery) + 1;
+        if retries > self.settings.max_retries {
+            let reason = format!(
+                "gave up after {} retries: {error}",
+                self.settings.max_retries
+            );
+            return self.dead_letter(channels, delivery, &reason).await;
+        }
+        let delay = Duration::from_millis(500) * 2u32.pow(retries - 1);
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            "x-retry-count".into(),
+            AMQPValue::LongLongInt(i64::from(retries)),
+        );
+        let properties = delivery
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_expiration(
+                delay
+                    .min(Duration::from_secs(60))
+                    .as_millis()
+                    .to_string()
+                    .into(),
+            );
+        self.move_to(channels, delivery, &self.names.retry, properties)
+            .await?;
+        tracing::info!(queue = %self.names.main, retries, ?delay, %error, "retrying later");
+        metrics::counter!("hap_messages_retried_total", "queue" => self.names.main.clone())
+            .increment(1);
+        Ok(())
+    }
+
+    /// Sends a copy, with `x-error` and `x-original-queue`, to the dead-letter queue.
+    async fn dead_letter(
+        &self,
+        channels: &Channels,
+        delivery: &Delivery,
+        reason: &str,
+    ) -> Result<(), SessionError> {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert("x-error".into(), AMQPValue::LongString(reason.into()));
+        headers.insert(
+            "x-original-queue".into(),
+            AMQPValue::LongString(self.names.main.as_str().into()),
+        );
+        let properties = delivery.properties.clone().with_headers(headers);
+        self.move_to(channels, delivery, &self.names.dead_letters, properties)
+            .await?;
+        tracing::warn!(queue = %self.names.main, %reason, "dead-lettered a message");
+        metrics::counter!("hap_messages_dead_lettered_total", "queue" => self.names.main.clone())
+            .increment(1);
+        Ok(())
+    }
+
+    /// Publishes a copy of `delivery` to `queue` and acks the original once the broker has
+    /// confirmed the copy: at worst the message exists twice, never zero times.
+    async fn move_to(
+        &self,
+        channels: &Channels,
+        delivery: &Delivery,
+        queue: &str,
+        properties: lapin::BasicProperties,
+    ) -> Result<(), SessionError> {
+        let confirmation = channels
+            .publish
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &delivery.data,
+                properties,
+            )
+            .await?
+            .await?;
+        if !matches!(confirmation, Confirmation::Ack(None)) {
+            // Not stored: leave the original unacknowledged, so the broker redelivers it.
+            return Err(SessionError::NotStored(queue.to_owned()));
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    fn report_lag(&self, applied: &[Envelope]) {
+        if let Some(newest) = applied.iter().map(|e| e.occurred_at).max() {
+            let lag = (chrono::Utc::now() - newest).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::gauge!(
+                "hap_projector_lag_seconds",
+                "projection" => self.projector.name(),
+                "instance" => self.settings.instance.clone()
+            )
+            .set(lag);
+        }
+    }
+
+    async fn report_depth(&self, channel: &Channel) {
+        for (queue, metric) in [
+            (&self.names.main, "hap_projector_queue_depth"),
+            (&self.names.dead_letters, "hap_dead_letter_queue_depth"),
+        ] {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            if let Ok(declared) = channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+            {
+                let depth = declared.message_count();
+                metrics::gauge!(metric, "queue" => queue.clone()).set(f64::from(depth));
+                if queue == &self.names.main && depth == 0 {
+                    metrics::gauge!(
+                        "hap_projector_lag_seconds",
+                        "projection" => self.projector.name(),
+                        "instance" => self.settings.instance.clone()
+                    )
+                    .set(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// Retries so far, from the `x-retry-count` header (0 when absent).
+fn retry_count(delivery: &Delivery) -> u32 {
+    let value = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-retry-count").cloned());
+    let count = match value {
+        Some(AMQPValue::LongLongInt(n)) => n,
+        Some(AMQPValue::LongInt(n)) => i64::from(n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(n),
+        _ => 0,
+    };
+    u32::try_from(count.max(0)).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,70 @@
+//! An event as a projector sees it, read from a message body or from the event store.
+
+use chrono::{DateTime, Utc};
+use domain::Event;
+use eventstore::RecordedEvent;
+use serde::Deserialize;
+use uuid::Uuid;
+
+/// A decoded event with what the runtime needs to order and deduplicate it.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub event_id: Uuid,
+    pub stream_id: Uuid,
+    pub version: i64,
+    pub position: i64,
+    pub occurred_at: DateTime<Utc>,
+    pub event: Event,
+}
+
+/// Why a message can never be applied, however often it is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum Poison {
+    #[error("the body is not a HAP event message: {0}")]
+    NotAnEvent(String),
+    #[error(transparent)]
+    Undecodable(#[from] domain::event::DecodeError),
+}
+
+/// The fields of a message body a projector uses (the others are for other consumers).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Body {
+    event_id: Uuid,
+    event_type: String,
+    occurred_at: DateTime<Utc>,
+    aggregate_id: Uuid,
+    version: i64,
+    position: String,
+    payload: serde_json::Value,
+}
+
+impl Envelope {
+    pub fn from_message(body: &[u8]) -> Result<Self, Poison> {
+        let body: Body =
+            serde_json::from_slice(body).map_err(|e| Poison::NotAnEvent(e.to_string()))?;
+        let position = body
+            .position
+            .parse()
+            .map_err(|_| Poison::NotAnEvent(format!("position {:?}", body.position)))?;
+        Ok(Self {
+            event_id: body.event_id,
+            stream_id: body.aggregate_id,
+            version: body.version,
+            position,
+            occurred_at: body.occurred_at,
+            event: Event::from_parts(&body.event_type, body.payload)?,
+        })
+    }
+
+    pub fn from_recorded(recorded: &RecordedEvent) -> Result<Self, Poison> {
+        Ok(Self {
+            event_id: recorded.event_id,
+            stream_id: recorded.stream_id,
+            version: recorded.version,
+            position: recorded.position,
+            occurred_at: recorded.occurred_at,
+            event: Event::from_parts(&recorded.event_type, recorded.payload.clone())?,
+        })
+    }
+}

@@ -1,0 +1,141 @@
+//! The patients projection: one row per patient, as `GET /patients` shows it.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use domain::Event;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::envelope::Envelope;
+use crate::progress::Touched;
+use crate::projector::Projector;
+
+pub struct Patients;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    name: String,
+    birth_date: NaiveDate,
+    document_number: String,
+    email: Option<String>,
+    phone: Option<String>,
+    status: String,
+    version: i64,
+    updated_at: DateTime<Utc>,
+}
+
+impl Projector for Patients {
+    fn name(&self) -> &'static str {
+        crate::PATIENTS
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [Envelope],
+    ) -> BoxFuture<'a, Result<Vec<Touched>, sqlx::Error>> {
+        async move {
+            let ids: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
+            let mut rows: HashMap<Uuid, Row> =
+                sqlx::query_as::<_, Row>("select * from patients where id = any($1)")
+                    .bind(&ids)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .map(|row| (row.id, row))
+                    .collect();
+            let mut changed = Vec::new();
+            for envelope in events {
+                let id = envelope.stream_id;
+                if let Event::PatientRegistered(e) = &envelope.event {
+                    rows.insert(
+                        id,
+                        Row {
+                            id,
+                            name: e.name.clone(),
+                            birth_date: e.birth_date,
+                            document_number: e.document_number.clone(),
+                            email: e.email.clone(),
+                            phone: e.phone.clone(),
+                            status: "active".into(),
+                            version: 0,
+                            updated_at: envelope.occurred_at,
+                        },
+                    );
+                }
+                // Events of streams this projection has no row for (none yet) change nothing.
+                let Some(row) = rows.get_mut(&id) else {
+                    continue;
+                };
+                match &envelope.event {
+                    Event::PatientUpdated(e) => {
+                        if let Some(name) = &e.name {
+                            row.name = name.clone();
+                        }
+                        if let Some(email) = &e.email {
+                            row.email = Some(email.clone());
+                        }
+                        if let Some(phone) = &e.phone {
+                            row.phone = Some(phone.clone());
+                        }
+                    }
+                    Event::PatientDeactivated(_) => row.status = "inactive".into(),
+                    _ => {}
+                }
+                // Every event of the stream moves its version, as the command side counts it.
+                row.version = envelope.version;
+                row.updated_at = envelope.occurred_at;
+                changed.push(id);
+            }
+            changed.sort();
+            changed.dedup();
+            let rows: Vec<&Row> = changed.iter().filter_map(|id| rows.get(id)).collect();
+            upsert(tx, &rows).await?;
+            Ok(changed
+                .into_iter()
+                .map(|id| Touched {
+                    resource: "patient",
+                    id,
+                })
+                .collect())
+        }
+        .boxed()
+    }
+}
+
+async fn upsert(tx: &mut PgConnection, rows: &[&Row]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "insert into patients (id, name, birth_date, document_number, email, phone, status,
+                               version, updated_at)
+         select * from unnest($1::uuid[], $2::text[], $3::date[], $4::text[], $5::text[],
+                              $6::text[], $7::text[], $8::bigint[], $9::timestamptz[])
+         on conflict (id) do update set
+             name = excluded.name, birth_date = excluded.birth_date,
+             document_number = excluded.document_number, email = excluded.email,
+             phone = excluded.phone, status = excluded.status, version = excluded.version,
+             updated_at = excluded.updated_at",
+    )
+    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.name.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.birth_date).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.document_number.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.email.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.phone.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.status.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .execute(tx)
+    .await
+    .map(|_| ())
+}

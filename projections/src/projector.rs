@@ -1,0 +1,148 @@
+//! The contract of a projector, and the one way every batch is applied: deduplicated by event
+//! id, in order per stream, with gaps filled from the event store, in one transaction with
+//! the projector's writes.
+
+use std::collections::HashMap;
+
+use futures::future::BoxFuture;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::envelope::{Envelope, Poison};
+use crate::progress::Touched;
+use eventstore::{EventStore, StreamVersion};
+
+/// Turns events into read-model rows.
+pub trait Projector: Send + Sync + 'static {
+    /// The name recorded with its processed events (`patients`, …).
+    fn name(&self) -> &'static str;
+
+    /// Applies `events` inside the caller's transaction and says which rows changed. Every
+    /// event is new to this projection, and each stream's events are contiguous and in
+    /// version order (the runtime sees to it), so a projector only folds.
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [Envelope],
+    ) -> BoxFuture<'a, Result<Vec<Touched>, sqlx::Error>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// May pass (database down, lock timeout): retry later.
+    #[error("the read model could not be written: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A predecessor read from the event store cannot be decoded: nothing will fix it.
+    #[error("a stored event cannot be decoded: {0}")]
+    Poison(#[from] Poison),
+}
+
+/// Applies a batch of events (in any order, possibly repeated or already applied) to the
+/// projection in one transaction; returns the rows that changed.
+pub async fn apply_batch(
+    read: &PgPool,
+    store: &EventStore,
+    projector: &dyn Projector,
+    events: &[Envelope],
+) -> Result<Vec<Touched>, ApplyError> {
+    let name = projector.name();
+    let mut tx = read.begin().await?;
+
+    let fresh: std::collections::HashSet<Uuid> = mark_processed(&mut tx, name, events)
+        .await?
+        .into_iter()
+        .collect();
+    let mut events: Vec<&Envelope> = events
+        .iter()
+        .filter(|e| fresh.contains(&e.event_id))
+        .collect();
+    if events.is_empty() {
+        tx.commit().await?;
+        return Ok(vec![]);
+    }
+    events.sort_by_key(|e| (e.stream_id, e.version));
+
+    let streams: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
+    let applied: HashMap<Uuid, i64> = sqlx::query_as(
+        "select stream_id, version from stream_versions
+          where projection = $1 and stream_id = any($2) for update",
+    )
+    .bind(name)
+    .bind(&streams)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+
+    let mut to_apply: Vec<Envelope> = Vec::with_capacity(events.len());
+    let mut filled: Vec<Envelope> = Vec::new();
+    let mut versions: HashMap<Uuid, i64> = HashMap::new();
+    for event in events {
+        let current = versions
+            .get(&event.stream_id)
+            .or(applied.get(&event.stream_id))
+            .copied()
+            .unwrap_or(0);
+        if event.version <= current {
+            continue; // older than what is applied: already reflected
+        }
+        if event.version > current + 1 {
+            // A predecessor has not arrived (a retry overtaken by its successor): the event
+            // store has it.
+            let missing = store
+                .read_stream(event.stream_id, StreamVersion::new(current as u64))
+                .await?;
+            for recorded in missing.iter().filter(|r| r.version < event.version) {
+                filled.push(Envelope::from_recorded(recorded)?);
+            }
+        }
+        versions.insert(event.stream_id, event.version);
+        to_apply.push(event.clone());
+    }
+    if !filled.is_empty() {
+        mark_processed(&mut tx, name, &filled).await?;
+        to_apply.extend(filled);
+    }
+    // Position order is version order within a stream, and the order things happened across
+    // streams (a patient is registered before a consultation names them).
+    to_apply.sort_by_key(|e| e.position);
+
+    let touched = projector.apply(&mut tx, &to_apply).await?;
+
+    let (ids, latest): (Vec<Uuid>, Vec<i64>) = versions.into_iter().unzip();
+    sqlx::query(
+        "insert into stream_versions (projection, stream_id, version)
+         select $1, * from unnest($2::uuid[], $3::bigint[])
+         on conflict (projection, stream_id) do update set version = excluded.version",
+    )
+    .bind(name)
+    .bind(ids)
+    .bind(latest)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    metrics::counter!("hap_projector_events_total", "projection" => name)
+        .increment(to_apply.len() as u64);
+    Ok(touched)
+}
+
+/// Records `events` as processed by `projection`; returns the ids that were not already.
+async fn mark_processed(
+    tx: &mut PgConnection,
+    projection: &str,
+    events: &[Envelope],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let positions: Vec<i64> = events.iter().map(|e| e.position).collect();
+    sqlx::query_scalar(
+        "insert into processed_events (projection, event_id, position)
+         select $1, * from unnest($2::uuid[], $3::bigint[])
+         on conflict do nothing
+         returning event_id",
+    )
+    .bind(projection)
+    .bind(ids)
+    .bind(positions)
+    .fetch_all(tx)
+    .await
+}

@@ -1,0 +1,146 @@
+//! The per-instance queues and their companions: which projector each feeds, what it is bound
+//! to, and the retry and dead-letter queues beside it.
+
+use eventstore::topology::{Topology, declare_quorum_queue};
+use lapin::Channel;
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+
+use crate::consultations::Consultations;
+use crate::patients::Patients;
+use crate::physicians::Physicians;
+use crate::projector::Projector;
+use crate::records::Records;
+
+/// How many times the broker delivers a message before dead-lettering it by itself: the net
+/// under the consumer's own retry counting, for a message that crashes the consumer.
+const DELIVERY_LIMIT: i64 = 20;
+
+/// One projector's queue.
+pub struct QueueSpec {
+    /// The service part of the queue name (`patient-service`).
+    pub service: &'static str,
+    /// (exchange suffix, binding key) pairs.
+    pub bindings: &'static [(&'static str, &'static str)],
+    pub projector: fn() -> Box<dyn Projector>,
+}
+
+/// Every projector of an instance with its queue.
+pub const QUEUES: [QueueSpec; 4] = [
+    QueueSpec {
+        service: "patient-service",
+        bindings: &[("patients", "patient.#")],
+        projector: || Box::new(Patients),
+    },
+    QueueSpec {
+        service: "physician-service",
+        bindings: &[("physicians", "physician.#")],
+        projector: || Box::new(Physicians),
+    },
+    QueueSpec {
+        service: "scheduling-service",
+        bindings: &[
+            ("consultations", "consultation.#"),
+            ("patients", "patient.#"),
+            ("physicians", "physician.#"),
+        ],
+        projector: || Box::new(Consultations),
+    },
+    QueueSpec {
+        service: "clinical-records",
+        bindings: &[("records", "record.#")],
+        projector: || Box::new(Records),
+    },
+];
+
+/// The names of one instance's queue and its companions.
+#[derive(Debug, Clone)]
+pub struct QueueNames {
+    /// `{prefix}.{service}.{instance}.events`
+    pub main: String,
+    /// Where messages that cannot be applied end, with `x-error`.
+    pub dead_letters: String,
+    /// Where a message waits out its retry delay before returning to `main`.
+    pub retry: String,
+}
+
+impl QueueNames {
+    pub fn new(prefix: &str, service: &str, instance: &str) -> Self {
+        let main = format!("{prefix}.{service}.{instance}.events");
+        Self {
+            dead_letters: format!("{main}.dlq"),
+            retry: format!("{main}.retry"),
+            main,
+        }
+    }
+}
+
+/// Declares the exchanges, the queue with its dead-letter and retry queues, and the bindings.
+pub async fn declare(
+    channel: &Channel,
+    topology: &Topology,
+    spec: &QueueSpec,
+    names: &QueueNames,
+) -> lapin::Result<()> {
+    topology.declare(channel).await?;
+    declare_quorum_queue(channel, &names.dead_letters, FieldTable::default()).await?;
+
+    let mut main = FieldTable::default();
+    main.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
+    main.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    main.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(names.dead_letters.as_str().into()),
+    );
+    // At-least-once dead-lettering: a message is removed only once the DLQ has it.
+    main.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    main.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    declare_quorum_queue(channel, &names.main, main).await?;
+
+    // A classic queue, because only classic queues honour per-message expiry here: a message
+    // published with `expiration = delay` returns to the main queue when it expires.
+    let mut retry = FieldTable::default();
+    retry.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    retry.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(names.main.as_str().into()),
+    );
+    channel
+        .queue_declare(
+            names.retry.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            retry,
+        )
+        .await?;
+
+    for (exchange, key) in spec.bindings {
+        channel
+            .queue_bind(
+                names.main.as_str().into(),
+                topology.exchange(exchange).into(),
+                (*key).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
