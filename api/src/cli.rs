@@ -10,8 +10,8 @@ use eventstore::{EventStore, Publisher, PublisherSettings, wakeup};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use projections::consumer::{self, ConsumerSettings};
 use projections::ReadModel;
+use projections::consumer::{self, ConsumerSettings};
 
 use crate::config::{Role, ServeSettings, Settings};
 use crate::routing::DomainRouter;
@@ -36,6 +36,55 @@ pub enum Command {
     Serve(ServeSettings),
     /// Create the database if needed, apply migrations and exit.
     Migrate,
+    /// Rebuild read models from the event store while the service keeps running.
+    Rebuild(RebuildArgs),
+    /// Inspect, re-deliver or drop dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Fill a fresh system with realistic sample data through the command path.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List the dead letters of a queue (they stay where they are).
+    List {
+        /// The queue (its `.dlq` is read) or the dead-letter queue itself.
+        #[arg(long)]
+        queue: String,
+    },
+    /// Send dead letters back to the queue they came from.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["event_id", "all"])))]
+    Replay {
+        #[arg(long)]
+        queue: String,
+        /// Only the message of this event.
+        #[arg(long)]
+        event_id: Option<String>,
+        /// Every message.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Drop every dead letter of a queue.
+    Purge {
+        #[arg(long)]
+        queue: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["projection", "all"])))]
+pub struct RebuildArgs {
+    /// A projection to rebuild (patients, physicians, consultations, records); repeatable.
+    #[arg(long)]
+    pub projection: Vec<String>,
+    /// Rebuild every projection.
+    #[arg(long)]
+    pub all: bool,
+    /// Compare the live read model with a fresh rebuild and report differences, changing
+    /// nothing; exits 1 if there is any.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -50,7 +99,106 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Rebuild(args) => rebuild(cli.settings, args).await,
+        Command::Dlq(command) => dlq(&cli.settings.amqp_url, command).await,
+        Command::Demo => {
+            let pool = db::connect(&cli.settings.database_url, 4, true).await?;
+            db::migrate(&pool).await?;
+            let read = read_model(&cli.settings, true).await?;
+            let app = AppState::new(EventStore::new(pool), read, cli.settings);
+            crate::demo::run(router(app, true, false)).await
+        }
     }
+}
+
+async fn dlq(amqp_url: &str, command: DlqCommand) -> anyhow::Result<()> {
+    use projections::dlq;
+    match command {
+        DlqCommand::List { queue } => {
+            let letters = dlq::list(amqp_url, &queue).await?;
+            println!(
+                "{} dead letters in {}",
+                letters.len(),
+                dlq::dead_letter_queue(&queue)
+            );
+            for letter in letters {
+                println!(
+                    "{}  {}  retries={}  from={}  error={}",
+                    letter.event_id.as_deref().unwrap_or("-"),
+                    letter.event_type.as_deref().unwrap_or("-"),
+                    letter.retries.unwrap_or(0),
+                    letter.original_queue.as_deref().unwrap_or("-"),
+                    letter.error.as_deref().unwrap_or("-"),
+                );
+            }
+        }
+        DlqCommand::Replay {
+            queue, event_id, ..
+        } => {
+            let replayed = dlq::replay(amqp_url, &queue, event_id.as_deref()).await?;
+            println!(
+                "replayed {replayed} dead letters from {}",
+                dlq::dead_letter_queue(&queue)
+            );
+            if replayed == 0 && event_id.is_some() {
+                anyhow::bail!("no dead letter with that event id");
+            }
+        }
+        DlqCommand::Purge { queue } => {
+            let purged = dlq::purge(amqp_url, &queue).await?;
+            println!(
+                "purged {purged} dead letters from {}",
+                dlq::dead_letter_queue(&queue)
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn rebuild(settings: Settings, args: RebuildArgs) -> anyhow::Result<()> {
+    let projections: Vec<String> = if args.all {
+        projections::rebuild::all_projections()
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    } else {
+        args.projection
+    };
+    let names: Vec<&str> = projections.iter().map(String::as_str).collect();
+    let store = EventStore::new(db::connect(&settings.database_url, 4, false).await?);
+    // Make sure the live read model exists (a rebuild may be the first thing run).
+    read_model(&settings, true).await?.pool.close().await;
+    let read_url = settings
+        .read_database_url
+        .as_deref()
+        .unwrap_or(&settings.database_url);
+    let schema = projections::schema::schema_name(&settings.instance);
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let report =
+        projections::rebuild::rebuild(&store, read_url, &schema, &names, args.verify, interactive)
+            .await
+            .context("The rebuild failed")?;
+    let rate = report.events as f64 / report.elapsed.as_secs_f64().max(1e-9);
+    let action = if args.verify { "verified" } else { "rebuilt" };
+    println!(
+        "{action} {} in schema {schema} from {} events in {:.1?} ({rate:.0} events/s)",
+        names.join(", "),
+        report.events,
+        report.elapsed,
+    );
+    if report.differences.is_empty() {
+        if args.verify {
+            println!("no differences");
+        }
+        return Ok(());
+    }
+    for d in &report.differences {
+        println!(
+            "{}: {} rows only in the live model, {} only in the rebuilt one",
+            d.table, d.only_live, d.only_rebuilt
+        );
+    }
+    anyhow::bail!("the live read model differs from a rebuild")
 }
 
 async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
@@ -101,7 +249,8 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
     let app = AppState::new(store, read, settings);
     tracing::info!(%address, roles = ?serve.roles, "HAP is listening");
     let stopping = shutdown.clone();
-    let served = axum::serve(listener, router(app, commands))
+    let queries = serve.roles.contains(&Role::Query);
+    let served = axum::serve(listener, router(app, commands, queries))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             stopping.cancel();

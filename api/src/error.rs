@@ -4,7 +4,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use domain::DomainError;
-use eventstore::AppendError;
+use eventstore::{AppendError, Position};
 use serde::Serialize;
 
 /// One invalid field of a request.
@@ -52,6 +52,10 @@ pub enum ApiError {
     /// 503: a dependency does not answer.
     #[error("{0}")]
     Unavailable(String),
+    /// 503 with `Retry-After`: the read model did not apply the event at the position the
+    /// client asked for (`X-Min-Position`) within the wait.
+    #[error("the read model has not reached position {0} yet")]
+    ReadModelBehind(Position),
     /// 500: anything else; the cause is logged, not sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -80,7 +84,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation(_) | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::ReadModelBehind(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -96,6 +100,7 @@ impl ApiError {
             Self::Validation(_) => "validation",
             Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::Unavailable(_) => "unavailable",
+            Self::ReadModelBehind(_) => "read-model-behind",
             Self::Internal(_) => "internal",
         }
     }
@@ -150,6 +155,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let kind = self.kind();
+        // The projectors are usually a moment behind, not stuck: a retry soon is likely to
+        // succeed.
+        let retry_after = matches!(self, Self::ReadModelBehind(_));
         let detail = match &self {
             Self::Internal(cause) => {
                 // The span carries the correlation id, so the log line can be matched to the
@@ -170,7 +178,13 @@ impl IntoResponse for ApiError {
             detail,
             errors,
         };
-        problem_response(status, &problem)
+        let mut response = problem_response(status, &problem);
+        if retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

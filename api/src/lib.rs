@@ -5,9 +5,11 @@
 //! - [`cli`]: the `hap` subcommands.
 //! - [`config`]: settings from flags, `HAP_*` variables and defaults.
 //! - [`db`]: connecting, creating the database, migrating.
+//! - [`demo`]: sample data through the command path.
 //! - [`state`]: [`AppState`], shared by every handler.
 //! - [`aggregates`]: loading aggregates, with the moka cache in front.
 //! - [`commands`]: the command routes and the pipeline they share.
+//! - [`queries`]: the query routes over the read model, read-your-writes and their cache.
 //! - [`extract`]: request extractors (body, headers, path ids) that map malformed input to
 //!   400/413/415/422.
 //! - [`error`]: [`error::ApiError`] and its problem+json form.
@@ -20,10 +22,12 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod openapi;
+pub mod queries;
 pub mod routing;
 pub mod state;
 pub mod telemetry;
@@ -51,9 +55,10 @@ use extract::{BODY_LIMIT, CORRELATION_ID};
 /// How long a request may take before it is answered with 503.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The whole HTTP API with its middleware. Command routes are served when `commands` is set.
-pub fn router(app: AppState, commands: bool) -> Router {
-    let (routes, openapi) = api_routes(commands).split_for_parts();
+/// The whole HTTP API with its middleware. Command routes are served when `commands` is set,
+/// query routes when `queries` is.
+pub fn router(app: AppState, commands: bool, queries: bool) -> Router {
+    let (routes, openapi) = api_routes(commands, queries).split_for_parts();
     let openapi = Arc::new(openapi);
     let correlation = HeaderName::from_static(CORRELATION_ID);
     routes
@@ -96,7 +101,7 @@ pub fn router(app: AppState, commands: bool) -> Router {
 }
 
 /// Every documented route, so that the OpenAPI document is generated from the same list.
-fn api_routes(commands: bool) -> OpenApiRouter<AppState> {
+fn api_routes(commands: bool, queries: bool) -> OpenApiRouter<AppState> {
     let mut routes =
         OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).merge(health::router());
     if commands {
@@ -106,10 +111,13 @@ fn api_routes(commands: bool) -> OpenApiRouter<AppState> {
             .merge(commands::consultations::router())
             .merge(commands::records::router());
     }
+    if queries {
+        routes = routes.merge(queries::router());
+    }
     routes
 }
 
 /// The OpenAPI document of the full API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_routes(true).split_for_parts().1
+    api_routes(true, true).split_for_parts().1
 }

@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use crate::aggregates::Aggregates;
 use crate::broker::BrokerHealth;
 use crate::config::Settings;
+use crate::queries::QueryCaches;
 
 /// The tenant every request acts for. The store and the messages carry a tenant id so that
 /// more can be added; the API has no way yet to name another one.
@@ -28,12 +29,15 @@ pub struct AppState {
     pub broker: BrokerHealth,
     /// This instance's read model, which answers every query.
     pub read: ReadModel,
+    /// The query side's caches, which follow `read`'s projector commits.
+    pub queries: QueryCaches,
 }
 
 impl AppState {
     /// Needs a Tokio runtime: it starts watching the broker.
     pub fn new(store: EventStore, read: ReadModel, settings: Settings) -> Self {
         Self {
+            queries: QueryCaches::new(&read.progress),
             read,
             aggregates: Aggregates::new(store, AGGREGATE_CACHE_CAPACITY),
             broker: BrokerHealth::watch(settings.amqp_url.clone()),

@@ -61,7 +61,7 @@ impl Message {
     pub fn new(event: &RecordedEvent, route: &MessageRoute, exchange: String) -> Self {
         let occurred_at = event
             .occurred_at
-            .to_rfc3339_opts(SecondsFormat::Millis, true);
+            .to_rfc3339_opts(SecondsFormat::Micros, true);
         let body = Body {
             event_id: event.event_id,
             event_type: &event.event_type,

@@ -8,6 +8,8 @@
 //!   stream order, gaps filled from the store, one transaction).
 //! - [`queues`]: each instance queue, its bindings, and its retry and dead-letter queues.
 //! - [`consumer`]: the consumer runtime (batches, ack after commit, retries, dead letters).
+//! - [`dlq`]: listing, replaying and purging dead letters.
+//! - [`rebuild`]: rebuilding (or verifying) read models from the event store, live.
 //! - [`patients`], [`physicians`], [`consultations`] (also the agenda), [`records`]: the
 //!   projectors.
 //! - [`progress`]: read-your-writes: waiting until a projection applied a position, and which
@@ -15,12 +17,14 @@
 
 pub mod consultations;
 pub mod consumer;
+pub mod dlq;
 pub mod envelope;
 pub mod patients;
 pub mod physicians;
 pub mod progress;
 pub mod projector;
 pub mod queues;
+pub mod rebuild;
 pub mod records;
 pub mod schema;
 

@@ -34,7 +34,9 @@ pub async fn connect(url: &str, schema: &str, size: u32) -> Result<PgPool, sqlx:
     PgPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options.options([("search_path", schema)]))
+        // A projector that meets a lock held too long fails and retries later rather than
+        // holding its batch (and its queue) hostage.
+        .connect_with(options.options([("search_path", schema), ("lock_timeout", "1s")]))
         .await
 }
 

@@ -171,7 +171,13 @@ async fn an_event_whose_transaction_commits_late_is_read_exactly_once() {
         .append(test_append(Uuid::now_v7(), StreamVersion::EMPTY, 1))
         .await
         .unwrap();
-    read(&mut checkpoint, &mut seen).await;
+    // Other tests share this PostgreSQL server, and any open write transaction anywhere holds
+    // the read back for a moment, so reads poll until what must arrive did (bounded).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while seen.is_empty() && tokio::time::Instant::now() < deadline {
+        read(&mut checkpoint, &mut seen).await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert_eq!(seen.len(), 1);
 
     // The slow writer inserts first (taking the lower position) and keeps its transaction open.
@@ -203,8 +209,6 @@ async fn an_event_whose_transaction_commits_late_is_read_exactly_once() {
     );
 
     slow.commit().await.unwrap();
-    // Other tests share this PostgreSQL server, and any open write transaction anywhere holds
-    // the read back, so poll until everything arrived (bounded).
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     while seen.len() < 12 && tokio::time::Instant::now() < deadline {
         read(&mut checkpoint, &mut seen).await;

@@ -376,11 +376,11 @@ async fn a_killed_leader_is_replaced_and_nothing_is_lost() {
     let prefix = unique_prefix();
     let capture = Capture::start(&prefix).await;
     let store = EventStore::new(pool.clone());
-    let mut leader = spawn_hap(&db, &prefix, "publisher");
+    let mut leader = spawn_hap(&db, &prefix, "publisher", "p");
     store.append(renames(Uuid::now_v7(), 0, 10)).await.unwrap();
     capture.wait_until(PATIENCE, |m| m.len() >= 10).await;
     // The first process leads now; the second waits for the lock.
-    let mut follower = spawn_hap(&db, &prefix, "publisher");
+    let mut follower = spawn_hap(&db, &prefix, "publisher", "p");
 
     let writer = {
         let store = store.clone();

@@ -165,3 +165,103 @@ pub fn header(delivery: &Captured, name: &str) -> Option<String> {
         _ => None,
     })
 }
+
+/// Publishes `body` straight into `queue` (through the default exchange), confirmed, as a
+/// broker redelivery or a stray producer would put it there.
+pub async fn publish_to_queue(queue: &str, body: &[u8], properties: BasicProperties) {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ is reachable");
+    let channel = connection.create_channel().await.expect("a channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let confirmation = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        )
+        .await
+        .expect("published")
+        .await
+        .expect("confirmed");
+    assert!(
+        confirmation.is_ack() && confirmation.take_message().is_none(),
+        "{queue} took it"
+    );
+    connection.close(200, "done".into()).await.ok();
+}
+
+/// Waits until `queue` exists (its consumer declares it on start).
+pub async fn wait_for_queue(queue: &str) {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ is reachable");
+    for _ in 0..400 {
+        // A failed passive declare closes the channel, so each try gets a new one.
+        let channel = connection.create_channel().await.expect("a channel");
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        if channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .is_ok()
+        {
+            connection.close(200, "done".into()).await.ok();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{queue} was never declared");
+}
+
+/// Takes every message waiting in `queue` (acknowledging them).
+pub async fn drain(queue: &str) -> Vec<Captured> {
+    use lapin::options::BasicGetOptions;
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ is reachable");
+    let channel = connection.create_channel().await.expect("a channel");
+    let mut taken = Vec::new();
+    while let Ok(Some(message)) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+    {
+        let delivery = message.delivery;
+        taken.push(Captured {
+            exchange: delivery.exchange.to_string(),
+            routing_key: delivery.routing_key.to_string(),
+            properties: delivery.properties,
+            data: delivery.data,
+        });
+    }
+    connection.close(200, "done".into()).await.ok();
+    taken
+}
+
+/// Deletes every queue of `instance` under `prefix` (main, retry and dead-letter).
+pub async fn delete_instance_queues(prefix: &str, instance: &str) {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ is reachable");
+    let channel = connection.create_channel().await.expect("a channel");
+    for spec in &projections::queues::QUEUES {
+        let names = projections::queues::QueueNames::new(prefix, spec.service, instance);
+        for queue in [names.main, names.retry, names.dead_letters] {
+            let _ = channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+    connection.close(200, "done".into()).await.ok();
+}

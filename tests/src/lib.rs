@@ -108,30 +108,35 @@ impl Drop for TestDb {
 }
 
 /// A running HAP HTTP API on its own port, over the test's database.
+#[derive(Clone)]
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub pool: PgPool,
+    /// The app's own read model (schema `rm_test`): its `progress` is the one the app's
+    /// queries wait on and its cache follows.
+    pub read: projections::ReadModel,
 }
 
 impl TestApp {
     pub async fn start(db: &TestDb) -> Self {
+        Self::start_with(db, api::config::Settings::defaults()).await
+    }
+
+    pub async fn start_with(db: &TestDb, settings: api::config::Settings) -> Self {
         let pool = db.pool.clone();
         let read = read_model(db, "test").await;
-        let state = api::AppState::new(
-            EventStore::new(pool.clone()),
-            read,
-            api::config::Settings::defaults(),
-        );
+        let state = api::AppState::new(EventStore::new(pool.clone()), read.clone(), settings);
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("port 0 is free");
         let base = format!("http://{}", listener.local_addr().expect("bound"));
-        tokio::spawn(axum::serve(listener, api::router(state, true)).into_future());
+        tokio::spawn(axum::serve(listener, api::router(state, true, true)).into_future());
         Self {
             base,
             client: reqwest::Client::new(),
             pool,
+            read,
         }
     }
 
@@ -272,4 +277,71 @@ pub async fn id_of(response: Response) -> Uuid {
         .as_str()
         .and_then(|id| id.parse().ok())
         .expect("an id")
+}
+
+/// Runs the projectors of `instance` in-process, consuming from queues under `prefix`, until
+/// the returned token is cancelled.
+pub async fn start_projectors(
+    db: &TestDb,
+    prefix: &str,
+    instance: &str,
+) -> (projections::ReadModel, tokio_util::sync::CancellationToken) {
+    let read = read_model(db, instance).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut settings =
+        projections::consumer::ConsumerSettings::new(&broker::amqp_url(), prefix, instance, 5);
+    settings.batch = 50;
+    tokio::spawn(projections::consumer::run_all(
+        read.clone(),
+        EventStore::new(db.pool.clone()),
+        settings,
+        shutdown.clone(),
+    ));
+    (read, shutdown)
+}
+
+/// Polls `check` every 25 ms until it holds or `timeout` passes; returns its last answer.
+pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// Whether every projection of `read` has applied every stored event routed to it.
+pub async fn caught_up(db: &TestDb, read: &projections::ReadModel) -> bool {
+    let types: Vec<(String, i64)> =
+        sqlx::query_as("select event_type, count(*) from events group by event_type")
+            .fetch_all(&db.pool)
+            .await
+            .expect("events counted");
+    let mut expected: std::collections::HashMap<&str, i64> = Default::default();
+    for (event_type, count) in &types {
+        let Some(route) = domain::event::route(event_type) else {
+            continue;
+        };
+        for projection in projections::projections_of_exchange(route.exchange.suffix()) {
+            *expected.entry(projection).or_default() += count;
+        }
+    }
+    let applied: Vec<(String, i64)> =
+        sqlx::query_as("select projection, count(*) from processed_events group by projection")
+            .fetch_all(&read.pool)
+            .await
+            .expect("processed counted");
+    let applied: std::collections::HashMap<&str, i64> =
+        applied.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+    expected
+        .iter()
+        .all(|(projection, count)| applied.get(projection) == Some(count))
 }

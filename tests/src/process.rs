@@ -29,19 +29,14 @@ pub fn hap_binary() -> PathBuf {
         .clone()
 }
 
-/// `hap serve` with `roles`, against `pool`'s database and exchanges under `prefix`.
-pub fn spawn_hap(db: &TestDb, prefix: &str, roles: &str) -> Child {
+/// `hap serve` as `instance` with `roles`, against the test's database and exchanges under
+/// `prefix`.
+pub fn spawn_hap(db: &TestDb, prefix: &str, roles: &str, instance: &str) -> Child {
     Command::new(hap_binary())
-        .args([
-            "serve",
-            "--roles",
-            roles,
-            "--http-addr",
-            "127.0.0.1:0",
-            "--no-migrate",
-        ])
+        .args(["serve", "--roles", roles, "--http-addr", "127.0.0.1:0"])
         .env("HAP_DATABASE_URL", &db.url)
         .env("HAP_EXCHANGE_PREFIX", prefix)
+        .env("HAP_INSTANCE", instance)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true)

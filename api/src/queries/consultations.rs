@@ -1,0 +1,295 @@
+//! `GET /consultations/{id}`, `GET /consultations`, and the consultations of one person:
+//! `GET /patients/{id}/consultations`, `GET /physicians/{id}/agenda`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::consistency::{Consistent, Consultations, PatientConsultations, PhysicianAgenda};
+use super::pagination::{Page, PageRequest};
+use super::single::{self, Resource};
+use super::{Items, Params, QueryHeaders, ensure_found};
+use crate::error::{ApiError, Problem};
+use crate::extract::PathId;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_consultation))
+        .routes(routes!(list_consultations))
+        .routes(routes!(patient_consultations))
+        .routes(routes!(physician_agenda))
+}
+
+/// A `select` of every consultation column, followed by `$rest`.
+macro_rules! select_consultations {
+    ($rest:literal) => {
+        concat!(
+            "select id, patient_id, patient_name, physician_id, physician_name, starts_at,
+                    ends_at, status, reason, notes, failure_reason, failure_detail,
+                    cancellation_reason, version, updated_at
+               from consultations ",
+            $rest
+        )
+    };
+}
+
+/// Where a consultation is in its life.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsultationStatus {
+    /// Waiting for the patient's and the physician's checks.
+    Requested,
+    Scheduled,
+    /// A check refused it; see `failureReason`.
+    Failed,
+    CancellationRequested,
+    Cancelled,
+    Done,
+}
+
+impl ConsultationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Scheduled => "scheduled",
+            Self::Failed => "failed",
+            Self::CancellationRequested => "cancellation_requested",
+            Self::Cancelled => "cancelled",
+            Self::Done => "done",
+        }
+    }
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Consultation {
+    pub id: Uuid,
+    pub patient_id: Uuid,
+    /// The patient's current name; `null` until the read model has it.
+    pub patient_name: Option<String>,
+    pub physician_id: Uuid,
+    /// The physician's current name; `null` until the read model has it.
+    pub physician_name: Option<String>,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    #[schema(value_type = ConsultationStatus)]
+    pub status: String,
+    pub reason: Option<String>,
+    pub notes: Option<String>,
+    pub failure_reason: Option<String>,
+    pub failure_detail: Option<String>,
+    pub cancellation_reason: Option<String>,
+    /// The consultation's stream version; the `ETag`.
+    pub version: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Resource for Consultation {
+    const NAME: &'static str = "consultation";
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ConsultationFilter {
+    patient_id: Option<Uuid>,
+    physician_id: Option<Uuid>,
+    status: Option<ConsultationStatus>,
+    /// Consultations starting at or after this instant (RFC 3339).
+    from: Option<DateTime<Utc>>,
+    /// Consultations starting before this instant (RFC 3339).
+    to: Option<DateTime<Utc>>,
+    /// 1 to 200; 50 by default.
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<u32>,
+    /// The `nextCursor` of the previous page.
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AgendaDay {
+    /// The UTC day, as YYYY-MM-DD.
+    date: NaiveDate,
+}
+
+/// A physician's consultations on one day.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Agenda {
+    pub physician_id: Uuid,
+    pub date: NaiveDate,
+    /// In order of `startsAt`.
+    pub consultations: Vec<AgendaEntry>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgendaEntry {
+    pub id: Uuid,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    #[schema(value_type = ConsultationStatus)]
+    pub status: String,
+    pub patient_id: Uuid,
+    pub patient_name: Option<String>,
+}
+
+/// A consultation as the read model has it.
+#[utoipa::path(get, path = "/consultations/{id}", tag = "consultations",
+    params(("id" = uuid::Uuid, Path), QueryHeaders),
+    responses(
+        (status = 200, body = Consultation, headers(("ETag" = String, description = "The version, as `\"3\"`"))),
+        (status = 304, description = "`If-None-Match` names the current version"),
+        (status = 400, description = "The id or `X-Min-Position` cannot be parsed", body = Problem),
+        (status = 404, description = "Not in this instance's read model", body = Problem),
+        (status = 503, description = "The read model did not reach `X-Min-Position` in time; see `Retry-After`", body = Problem),
+    ))]
+async fn get_consultation(
+    State(app): State<AppState>,
+    PathId(id): PathId,
+    consistent: Consistent<Consultations>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    single::answer(&app, id, &consistent, &headers, || {
+        sqlx::query_as::<_, Consultation>(select_consultations!("where id = $1"))
+            .bind(id)
+            .fetch_optional(&app.read.pool)
+    })
+    .await
+}
+
+/// Consultations in creation order, a page at a time.
+#[utoipa::path(get, path = "/consultations", tag = "consultations",
+    params(ConsultationFilter, QueryHeaders),
+    responses(
+        (status = 200, body = Page<Consultation>),
+        (status = 400, description = "A parameter cannot be parsed", body = Problem),
+        (status = 503, description = "The read model did not reach `X-Min-Position` in time; see `Retry-After`", body = Problem),
+    ))]
+async fn list_consultations(
+    State(app): State<AppState>,
+    Params(filter): Params<ConsultationFilter>,
+    _consistent: Consistent<Consultations>,
+) -> Result<Json<Page<Consultation>>, ApiError> {
+    let page = PageRequest::parse(filter.limit, filter.cursor.as_deref())?;
+    let rows = sqlx::query_as::<_, Consultation>(select_consultations!(
+        "where ($1::uuid is null or patient_id = $1)
+           and ($2::uuid is null or physician_id = $2)
+           and ($3::text is null or status = $3)
+           and ($4::timestamptz is null or starts_at >= $4)
+           and ($5::timestamptz is null or starts_at < $5)
+           and ($6::uuid is null or id > $6)
+         order by id
+         limit $7"
+    ))
+    .bind(filter.patient_id)
+    .bind(filter.physician_id)
+    .bind(filter.status.map(ConsultationStatus::as_str))
+    .bind(filter.from)
+    .bind(filter.to)
+    .bind(page.after)
+    .bind(page.fetch())
+    .fetch_all(&app.read.pool)
+    .await?;
+    Ok(Json(page.page(rows, |consultation| consultation.id)))
+}
+
+/// A patient's consultations, the latest `startsAt` first.
+#[utoipa::path(get, path = "/patients/{id}/consultations", tag = "patients",
+    params(("id" = uuid::Uuid, Path), QueryHeaders),
+    responses(
+        (status = 200, body = Items<Consultation>),
+        (status = 400, description = "The id or `X-Min-Position` cannot be parsed", body = Problem),
+        (status = 404, description = "The patient is not in this instance's read model", body = Problem),
+        (status = 503, description = "The read model did not reach `X-Min-Position` in time; see `Retry-After`", body = Problem),
+    ))]
+async fn patient_consultations(
+    State(app): State<AppState>,
+    PathId(id): PathId,
+    _consistent: Consistent<PatientConsultations>,
+) -> Result<Json<Items<Consultation>>, ApiError> {
+    let pool = &app.read.pool;
+    ensure_found(
+        pool,
+        "select exists (select 1 from patients where id = $1)",
+        "patient",
+        id,
+    )
+    .await?;
+    let items = sqlx::query_as::<_, Consultation>(select_consultations!(
+        "where patient_id = $1 order by starts_at desc, id desc"
+    ))
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Json(Items { items }))
+}
+
+/// A physician's consultations starting on one UTC day, in order.
+#[utoipa::path(get, path = "/physicians/{id}/agenda", tag = "physicians",
+    params(("id" = uuid::Uuid, Path), AgendaDay, QueryHeaders),
+    responses(
+        (status = 200, body = Agenda),
+        (status = 400, description = "The id, the date or `X-Min-Position` cannot be parsed", body = Problem),
+        (status = 404, description = "The physician is not in this instance's read model", body = Problem),
+        (status = 503, description = "The read model did not reach `X-Min-Position` in time; see `Retry-After`", body = Problem),
+    ))]
+async fn physician_agenda(
+    State(app): State<AppState>,
+    PathId(id): PathId,
+    Params(AgendaDay { date }): Params<AgendaDay>,
+    _consistent: Consistent<PhysicianAgenda>,
+) -> Result<Json<Agenda>, ApiError> {
+    let (start, end) = utc_day(date)?;
+    let pool = &app.read.pool;
+    ensure_found(
+        pool,
+        "select exists (select 1 from physicians where id = $1)",
+        "physician",
+        id,
+    )
+    .await?;
+    let consultations = sqlx::query_as::<_, AgendaEntry>(
+        "select id, starts_at, ends_at, status, patient_id, patient_name
+           from consultations
+          where physician_id = $1 and starts_at >= $2 and starts_at < $3
+          order by starts_at, id",
+    )
+    .bind(id)
+    .bind(start)
+    .bind(end)
+    .fetch_all(pool)
+    .await?;
+    Ok(Json(Agenda {
+        physician_id: id,
+        date,
+        consultations,
+    }))
+}
+
+/// The first instant of `date` and of the next day, in UTC. Years beyond four digits are
+/// refused: PostgreSQL cannot hold all of them.
+fn utc_day(date: NaiveDate) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
+    let next = date
+        .succ_opt()
+        .filter(|_| (1..=9999).contains(&date.year()))
+        .ok_or_else(|| ApiError::BadRequest(format!("date {date} is out of range")))?;
+    Ok((
+        date.and_time(chrono::NaiveTime::MIN).and_utc(),
+        next.and_time(chrono::NaiveTime::MIN).and_utc(),
+    ))
+}

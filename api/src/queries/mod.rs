@@ -1,0 +1,147 @@
+//! The query side of the HTTP API: every `GET` that answers from this instance's read model.
+//!
+//! - [`consistency`]: `X-Min-Position`, waiting until the projections a route reads have
+//!   applied the client's last write.
+//! - [`cache`]: single-resource reads, which must never be older than what the projectors
+//!   committed.
+//! - [`single`]: answering one resource with its `ETag`, through the cache.
+//! - [`pagination`]: `limit` and the opaque `cursor` of keyset pagination.
+//! - One module per resource, with its rows and routes.
+
+pub mod cache;
+pub mod consistency;
+pub mod consultations;
+pub mod pagination;
+pub mod patients;
+pub mod physicians;
+pub mod records;
+pub mod single;
+
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(patients::router())
+        .merge(physicians::router())
+        .merge(consultations::router())
+        .merge(records::router())
+}
+
+/// What the query side keeps in memory; cheap to clone.
+#[derive(Clone)]
+pub struct QueryCaches {
+    pub reads: cache::ReadCache,
+    pub positions: consistency::Positions,
+}
+
+impl QueryCaches {
+    /// Needs a Tokio runtime: the read cache starts following the projectors' commits.
+    pub fn new(progress: &projections::progress::Progress) -> Self {
+        Self {
+            reads: cache::ReadCache::new(progress),
+            positions: consistency::Positions::new(),
+        }
+    }
+}
+
+/// The headers every query understands.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct QueryHeaders {
+    /// A `position` a command answered: the response then includes that command's effect,
+    /// or is a 503 with `Retry-After` if the read model does not catch up in time.
+    #[param(rename = "X-Min-Position")]
+    min_position: Option<String>,
+}
+
+/// The query string parsed as `T`; anything that does not fit is a 400 (axum's own rejection
+/// is plain text).
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(params) = Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("the query string is invalid: {e}")))?;
+        Ok(Self(params))
+    }
+}
+
+/// A whole collection that belongs to one resource, such as a consultation's records.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Items<T> {
+    pub items: Vec<T>,
+}
+
+/// Whether a patient or physician may still take part in new consultations.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PersonStatus {
+    Active,
+    Inactive,
+}
+
+impl PersonStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Inactive => "inactive",
+        }
+    }
+}
+
+/// 404 unless `exists` (a `select exists (…)` of id `$1`) finds the `what` with `id`: a list
+/// that belongs to a resource is not answered for one the read model does not have.
+pub async fn ensure_found(
+    pool: &PgPool,
+    exists: &'static str,
+    what: &str,
+    id: Uuid,
+) -> Result<(), ApiError> {
+    let found: bool = sqlx::query_scalar(exists).bind(id).fetch_one(pool).await?;
+    if found {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!(
+            "{what} {id} is not in the read model"
+        )))
+    }
+}
+
+/// A `like` pattern matching values that start with `prefix` taken literally: `%`, `_` and
+/// the escape character `\` in it match only themselves.
+pub fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_like_prefix_takes_wildcards_literally() {
+        assert_eq!(like_prefix("An"), "An%");
+        assert_eq!(like_prefix("50%_a\\"), "50\\%\\_a\\\\%");
+    }
+}

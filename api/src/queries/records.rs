@@ -1,0 +1,122 @@
+//! `GET /records/{id}`, `GET /consultations/{id}/records`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::consistency::{Consistent, ConsultationRecords, Records};
+use super::single::{self, Resource};
+use super::{Items, QueryHeaders, ensure_found};
+use crate::error::{ApiError, Problem};
+use crate::extract::PathId;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_record))
+        .routes(routes!(consultation_records))
+}
+
+/// A `select` of every record column, followed by `$rest`.
+macro_rules! select_records {
+    ($rest:literal) => {
+        concat!(
+            "select id, consultation_id, patient_id, physician_id, content, status, version,
+                    updated_at
+               from records ",
+            $rest
+        )
+    };
+}
+
+/// Whether a record still counts; voiding is for good.
+#[derive(Debug, Clone, Copy, ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum RecordStatus {
+    Active,
+    Voided,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub id: Uuid,
+    pub consultation_id: Uuid,
+    pub patient_id: Uuid,
+    pub physician_id: Uuid,
+    pub content: String,
+    #[schema(value_type = RecordStatus)]
+    pub status: String,
+    /// The record's version; the `ETag`.
+    pub version: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Resource for Record {
+    const NAME: &'static str = "record";
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+/// A clinical record as the read model has it.
+#[utoipa::path(get, path = "/records/{id}", tag = "records",
+    params(("id" = uuid::Uuid, Path), QueryHeaders),
+    responses(
+        (status = 200, body = Record, headers(("ETag" = String, description = "The version, as `\"3\"`"))),
+        (status = 304, description = "`If-None-Match` names the current version"),
+        (status = 400, description = "The id or `X-Min-Position` cannot be parsed", body = Problem),
+        (status = 404, description = "Not in this instance's read model", body = Problem),
+        (status = 503, description = "The read model did not reach `X-Min-Position` in time; see `Retry-After`", body = Problem),
+    ))]
+async fn get_record(
+    State(app): State<AppState>,
+    PathId(id): PathId,
+    consistent: Consistent<Records>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    single::answer(&app, id, &consistent, &headers, || {
+        sqlx::query_as::<_, Record>(select_records!("where id = $1"))
+            .bind(id)
+            .fetch_optional(&app.read.pool)
+    })
+    .await
+}
+
+/// A consultation's records, in creation order, voided ones included.
+#[utoipa::path(get, path = "/consultations/{id}/records", tag = "consultations",
+    params(("id" = uuid::Uuid, Path), QueryHeaders),
+    responses(
+        (status = 200, body = Items<Record>),
+        (status = 400, description = "The id or `X-Min-Position` cannot be parsed", body = Problem),
+        (status = 404, description = "The consultation is not in this instance's read model", body = Problem),
+        (status = 503, description = "The read model did not reach `X-Min-Position` in time; see `Retry-After`", body = Problem),
+    ))]
+async fn consultation_records(
+    State(app): State<AppState>,
+    PathId(id): PathId,
+    _consistent: Consistent<ConsultationRecords>,
+) -> Result<Json<Items<Record>>, ApiError> {
+    let pool = &app.read.pool;
+    ensure_found(
+        pool,
+        "select exists (select 1 from consultations where id = $1)",
+        "consultation",
+        id,
+    )
+    .await?;
+    let items =
+        sqlx::query_as::<_, Record>(select_records!("where consultation_id = $1 order by id"))
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+    Ok(Json(Items { items }))
+}

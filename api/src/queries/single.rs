@@ -1,0 +1,108 @@
+//! Answering one resource: through the read cache, with its version as `ETag`, and 304 when
+//! `If-None-Match` names that version.
+
+use std::future::Future;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::cache::Cached;
+use super::consistency::Consistent;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A read-model row that is answered on its own.
+pub trait Resource: Serialize {
+    /// The resource as projectors name it when they report a change (`patient`, …).
+    const NAME: &'static str;
+
+    fn version(&self) -> i64;
+}
+
+/// Answers resource `id`, from the cache or from `load`. A request that waited for a
+/// position skips the cache: the freshest row is what it asked for.
+pub async fn answer<T, R, F, Fut>(
+    app: &AppState,
+    id: Uuid,
+    consistent: &Consistent<R>,
+    headers: &HeaderMap,
+    load: F,
+) -> Result<Response, ApiError>
+where
+    T: Resource,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Option<T>, sqlx::Error>>,
+{
+    let cache = &app.queries.reads;
+    let key = (T::NAME, id);
+    if consistent.min_position.is_none()
+        && let Some(entry) = cache.get(key).await
+    {
+        return Ok(respond(entry, headers));
+    }
+    let ticket = cache.ticket(&app.read.progress).await;
+    let row = load()
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("{} {id} is not in the read model", T::NAME)))?;
+    let entry = Cached {
+        body: serde_json::to_vec(&row).map_err(ApiError::internal)?.into(),
+        version: row.version(),
+    };
+    cache
+        .insert(key, entry.clone(), ticket, &app.read.progress)
+        .await;
+    Ok(respond(entry, headers))
+}
+
+fn respond(entry: Cached, headers: &HeaderMap) -> Response {
+    let etag = format!("\"{}\"", entry.version);
+    let etag_header = HeaderValue::from_str(&etag).expect("a number in quotes is a header value");
+    if none_match(headers, &etag) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag_header)]).into_response();
+    }
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::ETAG, etag_header),
+        ],
+        entry.body,
+    )
+        .into_response()
+}
+
+/// Whether `If-None-Match` names `etag` (weakly compared, as RFC 9110 asks) or is `*`.
+fn none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|tag| tag.trim())
+        .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(if_none_match: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::IF_NONE_MATCH, if_none_match.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn if_none_match_is_compared_weakly_and_as_a_list() {
+        assert!(none_match(&headers("\"3\""), "\"3\""));
+        assert!(none_match(&headers("W/\"3\""), "\"3\""));
+        assert!(none_match(&headers("\"1\", \"3\""), "\"3\""));
+        assert!(none_match(&headers("*"), "\"3\""));
+        assert!(!none_match(&headers("\"2\""), "\"3\""));
+        assert!(!none_match(&HeaderMap::new(), "\"3\""));
+    }
+}

@@ -1,0 +1,202 @@
+//! Operating on dead-letter queues: list what is there and why, send messages back to the queue
+//! they came from, or drop them. Messages are taken with manual acknowledgement, and one that is
+//! not acted on is returned to the dead-letter queue untouched.
+
+use lapin::Confirmation;
+use lapin::options::{
+    BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+
+/// The dead-letter queue of `queue`: `queue` itself if it ends in `.dlq`, else `queue.dlq`.
+pub fn dead_letter_queue(queue: &str) -> String {
+    if queue.ends_with(".dlq") {
+        queue.to_owned()
+    } else {
+        format!("{queue}.dlq")
+    }
+}
+
+/// A dead letter as an operator sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub error: Option<String>,
+    pub original_queue: Option<String>,
+    pub retries: Option<i64>,
+    pub size: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error("the broker did not store the message sent back to {0}")]
+    NotStored(String),
+}
+
+fn text(headers: &FieldTable, name: &str) -> Option<String> {
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+fn number(headers: &FieldTable, name: &str) -> Option<i64> {
+    match headers.inner().get(name)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
+
+/// What to do with each message taken from a dead-letter queue.
+enum Action {
+    Keep,
+    Replay,
+}
+
+/// Takes every message of `dlq` once, decides with `choose`, and returns the kept ones to the
+/// queue when the channel closes. Returns the dead letters seen and how many were replayed.
+async fn visit(
+    amqp_url: &str,
+    dlq: &str,
+    mut choose: impl FnMut(&DeadLetter) -> Action,
+) -> Result<(Vec<DeadLetter>, usize), DlqError> {
+    let connection = eventstore::topology::connect(amqp_url, "hap-dlq", false).await?;
+    let channel = connection.create_channel().await?;
+    let publish = connection.create_channel().await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    // Only what is there now: a replayed message that fails again comes back to this queue,
+    // and must not be taken a second time.
+    let waiting = channel
+        .queue_declare(
+            dlq.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?
+        .message_count();
+    let mut seen = Vec::new();
+    let mut replayed = 0;
+    let mut kept = Vec::new();
+    while seen.len() < waiting as usize {
+        let Some(message) = channel
+            .basic_get(dlq.into(), BasicGetOptions { no_ack: false })
+            .await?
+        else {
+            break;
+        };
+        let delivery = message.delivery;
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let letter = DeadLetter {
+            event_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string()),
+            event_type: delivery.properties.kind().as_ref().map(|s| s.to_string()),
+            error: text(&headers, "x-error"),
+            original_queue: text(&headers, "x-original-queue"),
+            retries: number(&headers, "x-retry-count"),
+            size: delivery.data.len(),
+        };
+        match choose(&letter) {
+            Action::Keep => kept.push(delivery.delivery_tag),
+            Action::Replay => {
+                let target = letter
+                    .original_queue
+                    .clone()
+                    .unwrap_or_else(|| dlq.trim_end_matches(".dlq").to_owned());
+                // A fresh start: the retry count and the last error go.
+                let mut fresh = FieldTable::default();
+                for (name, value) in headers.inner() {
+                    if !["x-error", "x-retry-count", "x-original-queue", "x-death"]
+                        .contains(&name.as_str())
+                    {
+                        fresh.insert(name.clone(), value.clone());
+                    }
+                }
+                let properties = delivery.properties.clone().with_headers(fresh);
+                let confirmation = publish
+                    .basic_publish(
+                        "".into(),
+                        target.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        &delivery.data,
+                        properties,
+                    )
+                    .await?
+                    .await?;
+                if !matches!(confirmation, Confirmation::Ack(None)) {
+                    return Err(DlqError::NotStored(target));
+                }
+                delivery.ack(Default::default()).await?;
+                replayed += 1;
+            }
+        }
+        seen.push(letter);
+    }
+    for tag in kept {
+        channel
+            .basic_nack(
+                tag,
+                BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                },
+            )
+            .await?;
+    }
+    connection.close(200, "done".into()).await.ok();
+    Ok((seen, replayed))
+}
+
+/// Every dead letter of `queue`, left in place.
+pub async fn list(amqp_url: &str, queue: &str) -> Result<Vec<DeadLetter>, DlqError> {
+    let dlq = dead_letter_queue(queue);
+    visit(amqp_url, &dlq, |_| Action::Keep)
+        .await
+        .map(|(seen, _)| seen)
+}
+
+/// Sends dead letters back to their queue: the one with `event_id`, or all of them (`None`).
+/// Returns how many were sent.
+pub async fn replay(
+    amqp_url: &str,
+    queue: &str,
+    event_id: Option<&str>,
+) -> Result<usize, DlqError> {
+    let dlq = dead_letter_queue(queue);
+    visit(amqp_url, &dlq, |letter| match event_id {
+        Some(id) if letter.event_id.as_deref() != Some(id) => Action::Keep,
+        _ => Action::Replay,
+    })
+    .await
+    .map(|(_, replayed)| replayed)
+}
+
+/// Drops every dead letter of `queue`; returns how many there were.
+pub async fn purge(amqp_url: &str, queue: &str) -> Result<u32, DlqError> {
+    let connection = eventstore::topology::connect(amqp_url, "hap-dlq", false).await?;
+    let channel = connection.create_channel().await?;
+    let purged = channel
+        .queue_purge(
+            dead_letter_queue(queue).as_str().into(),
+            QueuePurgeOptions::default(),
+        )
+        .await?;
+    connection.close(200, "done".into()).await.ok();
+    Ok(purged)
+}

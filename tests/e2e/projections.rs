@@ -1,0 +1,438 @@
+//! The read side against real PostgreSQL and RabbitMQ: duplicate and out-of-order deliveries,
+//! poison messages, transient failures, and two instances building the same read model.
+
+use std::time::Duration;
+
+use api::routing::DomainRouter;
+use chrono::Utc;
+use eventstore::message::Message;
+use eventstore::{Append, EventStore, Metadata, NewEvent, RecordedEvent, Router, StreamVersion};
+use hap_tests::broker::{
+    delete_instance_queues, drain, header, publish_to_queue, unique_prefix, wait_for_queue,
+};
+use hap_tests::{TestApp, TestDb, eventually, start_projectors, start_publisher};
+use lapin::BasicProperties;
+use projections::queues::QueueNames;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn patients_queue(prefix: &str, instance: &str) -> String {
+    QueueNames::new(prefix, "patient-service", instance).main
+}
+
+/// Appends patient events to a fresh stream, as the command side would, and returns them as
+/// stored.
+async fn patient_history(store: &EventStore, names: &[&str]) -> Vec<RecordedEvent> {
+    let stream = Uuid::now_v7();
+    let mut events = vec![NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "PatientRegistered".into(),
+        payload: json!({"patientId": stream, "name": names[0], "birthDate": "1990-01-01",
+                        "documentNumber": format!("D-{stream}")}),
+        occurred_at: Utc::now(),
+    }];
+    for name in &names[1..] {
+        events.push(NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "PatientUpdated".into(),
+            payload: json!({"patientId": stream, "name": name}),
+            occurred_at: Utc::now(),
+        });
+    }
+    store
+        .append(Append {
+            stream_id: stream,
+            aggregate_type: "patient".into(),
+            expected: StreamVersion::EMPTY,
+            events,
+            claims: vec![],
+            remember: None,
+            metadata: Metadata {
+                tenant_id: "default".into(),
+                correlation_id: "test".into(),
+                causation_id: None,
+                schema_version: 1,
+            },
+        })
+        .await
+        .unwrap();
+    store
+        .read_stream(stream, StreamVersion::EMPTY)
+        .await
+        .unwrap()
+}
+
+/// Puts a stored event's message straight into a queue, bypassing the publisher.
+async fn deliver(queue: &str, event: &RecordedEvent) {
+    let route = DomainRouter.route(event).unwrap();
+    let message = Message::new(event, &route, "unused".into());
+    publish_to_queue(queue, &message.body, message.properties).await;
+}
+
+async fn patient(read: &PgPool, id: Uuid) -> Option<(String, i64)> {
+    sqlx::query_as("select name, version from patients where id = $1")
+        .bind(id)
+        .fetch_optional(read)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_delivered_twice_has_one_effect() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let (read, projectors) = start_projectors(&db, &prefix, "a").await;
+    let queue = patients_queue(&prefix, "a");
+    wait_for_queue(&queue).await;
+    let history = patient_history(&EventStore::new(db.pool.clone()), &["Ana", "Ana Souza"]).await;
+
+    for event in [&history[0], &history[0], &history[1], &history[1]] {
+        deliver(&queue, event).await;
+    }
+
+    let id = history[0].stream_id;
+    assert!(
+        eventually(PATIENCE, || async {
+            patient(&read.pool, id).await.is_some_and(|p| p.1 == 2)
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the repeats arrive too
+    assert_eq!(patient(&read.pool, id).await, Some(("Ana Souza".into(), 2)));
+    let processed: i64 =
+        sqlx::query_scalar("select count(*) from processed_events where projection = 'patients'")
+            .fetch_one(&read.pool)
+            .await
+            .unwrap();
+    assert_eq!(processed, 2);
+    projectors.cancel();
+    delete_instance_queues(&prefix, "a").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_update_redelivered_after_a_newer_one_changes_nothing() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let (read, projectors) = start_projectors(&db, &prefix, "a").await;
+    let queue = patients_queue(&prefix, "a");
+    wait_for_queue(&queue).await;
+    let history =
+        patient_history(&EventStore::new(db.pool.clone()), &["Ana", "Bia", "Carla"]).await;
+    let id = history[0].stream_id;
+    for event in &history {
+        deliver(&queue, event).await;
+    }
+    assert!(
+        eventually(PATIENCE, || async {
+            patient(&read.pool, id).await.is_some_and(|p| p.1 == 3)
+        })
+        .await
+    );
+
+    deliver(&queue, &history[1]).await; // the older rename, again
+    let marker = patient_history(&EventStore::new(db.pool.clone()), &["Marker"]).await;
+    deliver(&queue, &marker[0]).await; // arrives after it, so once it is in, the old one was seen
+
+    let marker_id = marker[0].stream_id;
+    assert!(
+        eventually(PATIENCE, || async {
+            patient(&read.pool, marker_id).await.is_some()
+        })
+        .await
+    );
+    assert_eq!(
+        patient(&read.pool, id).await,
+        Some(("Carla".into(), 3)),
+        "the newer name stays"
+    );
+    projectors.cancel();
+    delete_instance_queues(&prefix, "a").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_predecessor_is_read_from_the_event_store() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let (read, projectors) = start_projectors(&db, &prefix, "a").await;
+    let queue = patients_queue(&prefix, "a");
+    wait_for_queue(&queue).await;
+    let history =
+        patient_history(&EventStore::new(db.pool.clone()), &["Ana", "Bia", "Carla"]).await;
+
+    // Only the last event arrives (its predecessors are, say, still waiting to be retried).
+    deliver(&queue, &history[2]).await;
+
+    let id = history[0].stream_id;
+    assert!(
+        eventually(PATIENCE, || async {
+            patient(&read.pool, id).await.is_some()
+        })
+        .await
+    );
+    assert_eq!(patient(&read.pool, id).await, Some(("Carla".into(), 3)));
+    // The predecessors, arriving late, change nothing.
+    deliver(&queue, &history[0]).await;
+    deliver(&queue, &history[1]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(patient(&read.pool, id).await, Some(("Carla".into(), 3)));
+    projectors.cancel();
+    delete_instance_queues(&prefix, "a").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_and_those_behind_them_applied() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let (read, projectors) = start_projectors(&db, &prefix, "a").await;
+    let names = QueueNames::new(&prefix, "patient-service", "a");
+    wait_for_queue(&names.main).await;
+    let history = patient_history(&EventStore::new(db.pool.clone()), &["Ana"]).await;
+    let unknown = json!({
+        "eventId": Uuid::now_v7(), "eventType": "PatientTeleported", "occurredAt": Utc::now(),
+        "sourceService": "patient-service", "aggregateType": "patient",
+        "aggregateId": Uuid::now_v7(), "version": 1, "position": "1", "payload": {}
+    });
+
+    publish_to_queue(&names.main, b"not json at all", BasicProperties::default()).await;
+    publish_to_queue(
+        &names.main,
+        unknown.to_string().as_bytes(),
+        BasicProperties::default(),
+    )
+    .await;
+    deliver(&names.main, &history[0]).await;
+
+    let id = history[0].stream_id;
+    assert!(
+        eventually(PATIENCE, || async {
+            patient(&read.pool, id).await.is_some()
+        })
+        .await
+    );
+    let mut dead = vec![];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while dead.len() < 2 && tokio::time::Instant::now() < deadline {
+        dead.extend(drain(&names.dead_letters).await);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0].data, b"not json at all", "the body is kept");
+    for message in &dead {
+        assert!(header(message, "x-error").is_some_and(|e| !e.is_empty()));
+        assert_eq!(
+            header(message, "x-original-queue").as_deref(),
+            Some(names.main.as_str())
+        );
+    }
+    assert!(
+        header(&dead[1], "x-error")
+            .unwrap()
+            .contains("PatientTeleported")
+    );
+    projectors.cancel();
+    delete_instance_queues(&prefix, "a").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_then_applied() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let (read, projectors) = start_projectors(&db, &prefix, "a").await;
+    let queue = patients_queue(&prefix, "a");
+    wait_for_queue(&queue).await;
+    let history = patient_history(&EventStore::new(db.pool.clone()), &["Ana"]).await;
+
+    // The projector's table is locked for longer than its lock timeout.
+    let mut blocker = read.pool.begin().await.unwrap();
+    sqlx::query("lock table patients in access exclusive mode")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    deliver(&queue, &history[0]).await;
+    let retried = format!("hap_messages_retried_total{{queue=\"{queue}\"}}");
+    assert!(
+        eventually(PATIENCE, || async {
+            api::telemetry::metrics_handle().render().contains(&retried)
+        })
+        .await,
+        "the failure was retried"
+    );
+    blocker.rollback().await.unwrap();
+
+    let id = history[0].stream_id;
+    assert!(
+        eventually(PATIENCE, || async {
+            patient(&read.pool, id).await.is_some()
+        })
+        .await
+    );
+    projectors.cancel();
+    delete_instance_queues(&prefix, "a").await;
+}
+
+/// Every table of a read model, as sorted JSON rows, to compare two of them.
+pub async fn snapshot(read: &PgPool) -> Vec<(String, Vec<Value>)> {
+    let mut tables = vec![];
+    for table in [
+        "patients",
+        "physicians",
+        "people",
+        "consultations",
+        "records",
+    ] {
+        let rows: Vec<Value> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "select to_jsonb(t) from {table} t order by id"
+        )))
+        .fetch_all(read)
+        .await
+        .unwrap();
+        tables.push((table.to_owned(), rows));
+    }
+    tables
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_build_identical_read_models() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let (a, stop_a) = start_projectors(&db, &prefix, "a").await;
+    let (b, stop_b) = start_projectors(&db, &prefix, "b").await;
+    for instance in ["a", "b"] {
+        wait_for_queue(&QueueNames::new(&prefix, "clinical-records", instance).main).await;
+    }
+    let publisher = start_publisher(&db.pool, &prefix);
+    let app = TestApp::start(&db).await;
+
+    let physician = app.register_physician("CRM-1").await;
+    for n in 0..5 {
+        let patient = app.register_patient(&format!("DOC-{n}")).await;
+        app.patch(
+            &format!("/patients/{patient}"),
+            json!({"name": format!("Patient {n}")}),
+        )
+        .await;
+        let consultation = app.request_consultation(patient, physician).await;
+        if n % 2 == 0 {
+            app.post(&format!("/patients/{patient}/deactivate"), json!({}))
+                .await;
+        }
+        let _ = consultation;
+    }
+    app.patch(
+        &format!("/physicians/{physician}"),
+        json!({"name": "Dr. Renamed"}),
+    )
+    .await;
+
+    let stored: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    for read in [&a.pool, &b.pool] {
+        assert!(
+            eventually(PATIENCE, || async {
+                let seen: i64 =
+                    sqlx::query_scalar("select count(distinct event_id) from processed_events")
+                        .fetch_one(read)
+                        .await
+                        .unwrap();
+                seen == stored
+            })
+            .await
+        );
+    }
+    let snapshot_a = snapshot(&a.pool).await;
+    assert_eq!(snapshot_a, snapshot(&b.pool).await, "row for row");
+    let names: Vec<String> =
+        sqlx::query_scalar("select distinct physician_name from consultations")
+            .fetch_all(&a.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        names,
+        ["Dr. Renamed"],
+        "a rename reaches existing consultations"
+    );
+    stop_a.cancel();
+    stop_b.cancel();
+    publisher.cancel();
+    delete_instance_queues(&prefix, "a").await;
+    delete_instance_queues(&prefix, "b").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_replayed_by_event_id_and_purged() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let (read, projectors) = start_projectors(&db, &prefix, "a").await;
+    let names = QueueNames::new(&prefix, "patient-service", "a");
+    wait_for_queue(&names.main).await;
+    let url = hap_tests::broker::amqp_url();
+    // Two messages that failed earlier (say, while the read database was down for good).
+    let history = patient_history(&EventStore::new(db.pool.clone()), &["Ana"]).await;
+    let other = patient_history(&EventStore::new(db.pool.clone()), &["Bia"]).await;
+    for event in [&history[0], &other[0]] {
+        let route = DomainRouter.route(event).unwrap();
+        let message = Message::new(event, &route, "unused".into());
+        let mut headers = message.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            "x-error".into(),
+            lapin::types::AMQPValue::LongString("database down".into()),
+        );
+        headers.insert(
+            "x-original-queue".into(),
+            lapin::types::AMQPValue::LongString(names.main.as_str().into()),
+        );
+        publish_to_queue(
+            &names.dead_letters,
+            &message.body,
+            message.properties.with_headers(headers),
+        )
+        .await;
+    }
+
+    let listed = projections::dlq::list(&url, &names.main).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].error.as_deref(), Some("database down"));
+    assert_eq!(listed[0].event_type.as_deref(), Some("PatientRegistered"));
+    assert_eq!(
+        projections::dlq::list(&url, &names.main)
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "listing keeps them"
+    );
+
+    let event_id = history[0].event_id.to_string();
+    assert_eq!(
+        projections::dlq::replay(&url, &names.main, Some(&event_id))
+            .await
+            .unwrap(),
+        1
+    );
+    let id = history[0].stream_id;
+    assert!(
+        eventually(PATIENCE, || async {
+            patient(&read.pool, id).await.is_some()
+        })
+        .await
+    );
+    assert_eq!(
+        projections::dlq::purge(&url, &names.main).await.unwrap(),
+        1,
+        "the other one"
+    );
+    assert!(
+        projections::dlq::list(&url, &names.main)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(patient(&read.pool, other[0].stream_id).await, None);
+    projectors.cancel();
+    delete_instance_queues(&prefix, "a").await;
+}
