@@ -202,6 +202,8 @@ async fn rebuild(settings: Settings, args: RebuildArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
+    // Installed before any task starts: what is recorded before the recorder exists is lost.
+    crate::telemetry::metrics_handle();
     let pool = db::connect(
         &settings.database_url,
         settings.db_pool_size,

@@ -235,6 +235,7 @@ impl TestApp {
 /// Runs an in-process publisher over `pool` to exchanges under `prefix`, until the returned
 /// token is cancelled.
 pub fn start_publisher(pool: &PgPool, prefix: &str) -> tokio_util::sync::CancellationToken {
+    api::telemetry::metrics_handle();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let publisher = eventstore::Publisher::new(
         EventStore::new(pool.clone()),
@@ -286,6 +287,7 @@ pub async fn start_projectors(
     prefix: &str,
     instance: &str,
 ) -> (projections::ReadModel, tokio_util::sync::CancellationToken) {
+    api::telemetry::metrics_handle();
     let read = read_model(db, instance).await;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut settings =
