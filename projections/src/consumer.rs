@@ -9,13 +9,13 @@ use std::time::Duration;
 use eventstore::EventStore;
 use eventstore::topology::{self, Topology};
 use futures::{FutureExt, StreamExt};
+use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Confirmation};
 use tokio_util::sync::CancellationToken;
 
 use crate::ReadModel;
@@ -313,8 +313,6 @@ impl Consumer {
         Ok(())
     }
 
-    /// Publishes a copy of `delivery` to `queue` and acks the original once the broker has
-    /// confirmed the copy: at worst the message exists twice, never zero times.
     async fn move_to(
         &self,
         channels: &Channels,
@@ -322,26 +320,11 @@ impl Consumer {
         queue: &str,
         properties: lapin::BasicProperties,
     ) -> Result<(), SessionError> {
-        let confirmation = channels
-            .publish
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &delivery.data,
-                properties,
-            )
-            .await?
-            .await?;
-        if !matches!(confirmation, Confirmation::Ack(None)) {
-            // Not stored: leave the original unacknowledged, so the broker redelivers it.
-            return Err(SessionError::NotStored(queue.to_owned()));
+        if queues::move_delivery(&channels.publish, delivery, queue, properties).await? {
+            Ok(())
+        } else {
+            Err(SessionError::NotStored(queue.to_owned()))
         }
-        delivery.ack(BasicAckOptions::default()).await?;
-        Ok(())
     }
 
     fn report_lag(&self, applied: &[Envelope]) {

@@ -2,12 +2,12 @@
 //! they came from, or drop them. Messages are taken with manual acknowledgement, and one that is
 //! not acted on is returned to the dead-letter queue untouched.
 
-use lapin::Confirmation;
 use lapin::options::{
-    BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueuePurgeOptions,
+    BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
+
+use crate::queues::move_delivery;
 
 /// The dead-letter queue of `queue`: `queue` itself if it ends in `.dlq`, else `queue.dlq`.
 pub fn dead_letter_queue(queue: &str) -> String {
@@ -126,23 +126,9 @@ async fn visit(
                     }
                 }
                 let properties = delivery.properties.clone().with_headers(fresh);
-                let confirmation = publish
-                    .basic_publish(
-                        "".into(),
-                        target.as_str().into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..BasicPublishOptions::default()
-                        },
-                        &delivery.data,
-                        properties,
-                    )
-                    .await?
-                    .await?;
-                if !matches!(confirmation, Confirmation::Ack(None)) {
+                if !move_delivery(&publish, &delivery, &target, properties).await? {
                     return Err(DlqError::NotStored(target));
                 }
-                delivery.ack(Default::default()).await?;
                 replayed += 1;
             }
         }

@@ -2,9 +2,10 @@
 //! to, and the retry and dead-letter queues beside it.
 
 use eventstore::topology::{Topology, declare_quorum_queue};
-use lapin::Channel;
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation};
 
 use crate::consultations::Consultations;
 use crate::patients::Patients;
@@ -143,4 +144,34 @@ pub async fn declare(
             .await?;
     }
     Ok(())
+}
+
+/// Moves a delivery to `queue`: publishes a copy (with `properties`) through the default
+/// exchange on `publish`, a channel in confirm mode, and acks the original only once the broker
+/// confirmed the copy, so that at worst the message exists twice, never zero times. Returns
+/// false, leaving the original unacknowledged (to be redelivered), if the copy was not stored.
+pub async fn move_delivery(
+    publish: &Channel,
+    delivery: &Delivery,
+    queue: &str,
+    properties: BasicProperties,
+) -> lapin::Result<bool> {
+    let confirmation = publish
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &delivery.data,
+            properties,
+        )
+        .await?
+        .await?;
+    if !matches!(confirmation, Confirmation::Ack(None)) {
+        return Ok(false);
+    }
+    delivery.ack(BasicAckOptions::default()).await?;
+    Ok(true)
 }
