@@ -36,6 +36,11 @@ echo "==> clippy"
 # that needs to change it is a bug to fix, not something to paper over.
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "==> build"
+# The end-to-end tests start the real `hap` binary (to kill it, among other things); building it
+# here once keeps every test from waiting on that build.
+cargo build --workspace --locked --bins
+
 echo "==> test"
 # nextest runs each test in its own process, which keeps one test's global state (the
 # metrics recorder, a killed child process) from leaking into another's.

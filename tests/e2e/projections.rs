@@ -436,3 +436,63 @@ async fn dead_letters_are_listed_replayed_by_event_id_and_purged() {
     projectors.cancel();
     delete_instance_queues(&prefix, "a").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_followed_at_once_by_a_query_with_its_position_sees_the_write_every_time() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let app = TestApp::start(&db).await;
+    // The app's own read model (instance "test"), projected in this process.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let settings = projections::consumer::ConsumerSettings::new(
+        &hap_tests::broker::amqp_url(),
+        &prefix,
+        "test",
+        5,
+    );
+    tokio::spawn(projections::consumer::run_all(
+        app.read.clone(),
+        EventStore::new(db.pool.clone()),
+        settings,
+        shutdown.clone(),
+    ));
+    wait_for_queue(&patients_queue(&prefix, "test")).await;
+    let publisher = start_publisher(&db.pool, &prefix);
+
+    for n in 0..50 {
+        let created = app
+            .post("/patients", hap_tests::patient(&format!("DOC-{n}")))
+            .await;
+        let body: Value = created.json().await.unwrap();
+        let (id, position) = (
+            body["id"].as_str().unwrap(),
+            body["position"].as_str().unwrap(),
+        );
+        let renamed = app
+            .request(reqwest::Method::PATCH, &format!("/patients/{id}"))
+            .json(&json!({"name": format!("Name {n}")}))
+            .send()
+            .await
+            .unwrap();
+        let position_after = renamed.json::<Value>().await.unwrap()["position"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_ne!(position, position_after);
+
+        let read = app
+            .request(reqwest::Method::GET, &format!("/patients/{id}"))
+            .header("X-Min-Position", &position_after)
+            .send()
+            .await
+            .unwrap();
+
+        assert_eq!(read.status(), 200, "write {n} is visible");
+        let patient: Value = read.json().await.unwrap();
+        assert_eq!(patient["name"], format!("Name {n}"));
+        assert_eq!(patient["version"], 2);
+    }
+    shutdown.cancel();
+    publisher.cancel();
+    delete_instance_queues(&prefix, "test").await;
+}
