@@ -1,0 +1,360 @@
+//! `hap-bench append`: how fast HAP's command side records new facts, against the plainest
+//! way to record the same row.
+//!
+//! - **HAP run**: the real router in-process, driven over HTTP/1.1 keep-alive with
+//!   `POST /patients`: extraction, validation, loading the new patient's stream (a cache miss,
+//!   so one read that finds nothing), the one-statement append (event and document-number
+//!   claim), metrics, response.
+//! - **Raw run**: one-row autocommit inserts of the same event into a table shaped exactly like
+//!   `events`, from a pool with one connection per client.
+//!
+//! Both runs use the same scratch database, concurrency and duration, one after the other in
+//! one process, so the ratio between them is comparable across machines where the absolute
+//! rates are not.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use api::config::Settings;
+use chrono::{DateTime, NaiveDate, Utc};
+use domain::Event;
+use domain::event::PatientRegistered;
+use domain::ids::PatientId;
+use futures::future::try_join_all;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::database::ScratchDatabase;
+use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, closed_loop, sample_pool};
+use crate::report::{Facts, Table};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Concurrent clients in each run; the raw run also opens this many connections.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    clients: u32,
+
+    /// Measured seconds of each run, after a 1-second warm-up.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    seconds: u64,
+
+    /// PostgreSQL server to benchmark on; a scratch database is created there and dropped.
+    #[arg(
+        long,
+        env = "HAP_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+
+    /// Connections in HAP's own pool (what `HAP_DB_POOL_SIZE` sets in production).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pool_size: u32,
+}
+
+impl Args {
+    fn clients(&self) -> usize {
+        self.clients as usize
+    }
+
+    fn measure(&self) -> Duration {
+        Duration::from_secs(self.seconds)
+    }
+}
+
+/// The target from the design: HAP's command side keeps up with raw inserts.
+const TARGET_RATIO: f64 = 1.0;
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let database = ScratchDatabase::new(&args.database_url)?;
+    eprintln!("hap-bench append: scratch database {}", database.name());
+    database
+        .run(async |database| bench(&args, database).await)
+        .await
+}
+
+async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
+    let pool = database.create(args.pool_size).await?;
+    let facts = Facts::gather(&pool).await?;
+
+    eprintln!(
+        "HAP run: {} clients, {} s warm-up + {} s…",
+        args.clients,
+        WARMUP.as_secs(),
+        args.seconds
+    );
+    let (hap, hap_pool) = hap_run(args, database, pool).await?;
+    require_success("HAP run", &hap)?;
+
+    eprintln!(
+        "raw run: {} clients, {} s warm-up + {} s…",
+        args.clients,
+        WARMUP.as_secs(),
+        args.seconds
+    );
+    let raw = raw_run(args, database).await?;
+    require_success("raw run", &raw)?;
+
+    let mut table = Table::runs();
+    table.run_row("HAP", args.clients(), args.pool_size, &hap);
+    table.run_row("raw", args.clients(), args.clients, &raw);
+    println!("hap-bench append · {facts}");
+    println!(
+        "{} clients · {} s measured after {} s warm-up · POST /patients vs one-row INSERT",
+        args.clients,
+        args.seconds,
+        WARMUP.as_secs()
+    );
+    println!();
+    print!("{table}");
+    println!();
+    println!(
+        "ratio (HAP / raw): {:.2}   (target ≥ {TARGET_RATIO:.1})",
+        hap.rate() / raw.rate()
+    );
+    println!(
+        "HAP pool during the run: {:.1} of {} connections open, {:.1} idle on average",
+        hap_pool.open, args.pool_size, hap_pool.idle
+    );
+    for (name, outcome) in [("HAP", &hap), ("raw", &raw)] {
+        if let Some(error) = &outcome.first_error {
+            println!("first {name} error: {error}");
+        }
+    }
+    Ok(())
+}
+
+/// A run where nothing succeeded measured nothing; its first error is the one line to show.
+fn require_success(run: &str, outcome: &Outcome) -> anyhow::Result<()> {
+    if outcome.ok > 0 {
+        return Ok(());
+    }
+    match &outcome.first_error {
+        Some(error) => bail!("{run}: no operation succeeded; the first failed: {error}"),
+        None => bail!("{run}: no operation completed"),
+    }
+}
+
+/// One patient to register: unique per `(client, n)` where it has to be (document number), and
+/// the same shape in both runs so that both store events of the same size.
+struct BenchPatient {
+    name: String,
+    birth_date: NaiveDate,
+    document_number: String,
+    email: String,
+    phone: String,
+}
+
+impl BenchPatient {
+    fn new(client: usize, n: u64) -> Self {
+        Self {
+            name: format!("Bench Patient {client}-{n}"),
+            // A constant, valid calendar date.
+            birth_date: NaiveDate::from_ymd_opt(1980, 5, 17).expect("1980-05-17 is a date"),
+            document_number: format!("bench-{client}-{n}"),
+            email: format!("bench-{client}-{n}@example.org"),
+            phone: "+55 11 5555-0100".into(),
+        }
+    }
+
+    /// The body of `POST /patients`.
+    fn request(&self) -> Value {
+        json!({
+            "name": self.name,
+            "birthDate": self.birth_date,
+            "documentNumber": self.document_number,
+            "email": self.email,
+            "phone": self.phone,
+        })
+    }
+
+    /// The payload HAP stores for this patient, built by the domain's own serialisation so
+    /// that the raw run writes exactly the bytes HAP would.
+    fn event_payload(&self, id: PatientId) -> Value {
+        Event::PatientRegistered(PatientRegistered {
+            patient_id: id,
+            name: self.name.clone(),
+            birth_date: self.birth_date,
+            document_number: self.document_number.clone(),
+            email: Some(self.email.clone()),
+            phone: Some(self.phone.clone()),
+        })
+        .into_parts()
+        .1
+    }
+}
+
+/// Serves HAP's router on a free local port and drives it with `POST /patients`. Returns the
+/// outcome and how busy HAP's pool was; the pool is closed before returning so that the raw
+/// run has the server's connections to itself.
+async fn hap_run(
+    args: &Args,
+    database: &ScratchDatabase,
+    pool: PgPool,
+) -> anyhow::Result<(Outcome, PoolUsage)> {
+    let mut settings = Settings::defaults();
+    settings.database_url = database.url().to_owned();
+    settings.db_pool_size = args.pool_size;
+    // The command routes never read the read model; handing them the store's pool keeps this
+    // run to the command side (a `command`-role instance), as the projector has a run of its own.
+    let read = projections::ReadModel {
+        pool: pool.clone(),
+        progress: Default::default(),
+    };
+    let app = api::AppState::new(eventstore::EventStore::new(pool.clone()), read, settings);
+
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("Failed to bind a local port for HAP")?;
+    let address = listener
+        .local_addr()
+        .context("Failed to read HAP's local address")?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, api::router(app, true, false))
+            .with_graceful_shutdown(async {
+                // A dropped sender means the same as a sent stop.
+                let _ = stopped.await;
+            })
+            .await
+    });
+
+    // One client for all tasks, like a fleet of keep-alive clients sharing a proxy: at most one
+    // connection per task, kept open between requests, so connection set-up is not measured.
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .no_proxy()
+        .pool_max_idle_per_host(args.clients())
+        .build()
+        .context("Failed to build the HTTP client")?;
+    let url: Arc<str> = format!("http://{address}/patients").into();
+
+    let timeline = Timeline::starting_now(WARMUP, args.measure());
+    let sampler = sample_pool(pool.clone(), timeline);
+    let outcome = closed_loop(args.clients(), timeline, move |client_id, n| {
+        let client = client.clone();
+        let url = Arc::clone(&url);
+        async move {
+            let body = BenchPatient::new(client_id, n).request();
+            let response = client
+                .post(&*url)
+                .json(&body)
+                .send()
+                .await
+                .context("POST /patients failed")?;
+            let status = response.status();
+            // Read the body to its end even when unused: an unread body makes the client
+            // discard the connection instead of reusing it.
+            let body = response
+                .bytes()
+                .await
+                .context("Failed to read the response of POST /patients")?;
+            if status.as_u16() != 201 {
+                bail!(
+                    "POST /patients answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+            Ok(())
+        }
+    })
+    .await;
+    let usage = sampler.await;
+
+    // The client went with the load closure, so no keep-alive connection holds the server.
+    let _ = stop.send(());
+    let server_result = tokio::time::timeout(Duration::from_secs(5), server).await;
+    pool.close().await;
+    let outcome = outcome?;
+    let usage = usage.context("The pool sampler panicked")?;
+    match server_result {
+        Ok(joined) => joined
+            .context("HAP's server task panicked")?
+            .context("HAP's server failed")?,
+        // Requests are all answered by now; a server slow to close is not worth failing for.
+        Err(_) => tracing::warn!("HAP's server did not shut down within 5 s"),
+    }
+    Ok((outcome, usage))
+}
+
+/// The raw baseline's only statement: the columns HAP's append sets, one row, autocommit.
+const RAW_INSERT: &str = "insert into raw_events (event_id, stream_id, aggregate_type, version, \
+    event_type, payload, tenant_id, correlation_id, causation_id, schema_version, occurred_at) \
+    values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+/// One-row inserts of a PatientRegistered event into `raw_events`, a copy of `events` with its
+/// identity column, defaults, check and indexes (`including all` copies every one of them, so
+/// each insert maintains the same four indexes).
+async fn raw_run(args: &Args, database: &ScratchDatabase) -> anyhow::Result<Outcome> {
+    let pool = PgPoolOptions::new()
+        .max_connections(args.clients)
+        // Only setup can wait for a connection (there is one per client): fail it soon.
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(database.url())
+        .await
+        .context("Failed to connect to PostgreSQL for the raw run")?;
+    sqlx::query("create table raw_events (like events including all)")
+        .execute(&pool)
+        .await
+        .context("Failed to create raw_events")?;
+    open_connections(&pool, args.clients).await?;
+
+    let timeline = Timeline::starting_now(WARMUP, args.measure());
+    let load_pool = pool.clone();
+    let outcome = closed_loop(args.clients(), timeline, move |client_id, n| {
+        let pool = load_pool.clone();
+        async move {
+            let patient_id = PatientId::new();
+            let payload = BenchPatient::new(client_id, n).event_payload(patient_id);
+            sqlx::query(RAW_INSERT)
+                .bind(Uuid::now_v7())
+                .bind(patient_id.as_uuid())
+                .bind("patient")
+                .bind(1_i64)
+                .bind("PatientRegistered")
+                .bind(payload)
+                .bind(api::state::TENANT)
+                // What HAP stores when the request has no X-Correlation-Id.
+                .bind(Uuid::now_v7().to_string())
+                .bind(None::<Uuid>)
+                .bind(1_i32)
+                .bind(now_micros())
+                .execute(&pool)
+                .await
+                .context("insert into raw_events failed")?;
+            Ok(())
+        }
+    })
+    .await;
+    pool.close().await;
+    outcome
+}
+
+/// Opens every connection of the raw pool before the clock starts, so that a server without
+/// room for them fails here with one clear message rather than as errors in the table.
+async fn open_connections(pool: &PgPool, count: u32) -> anyhow::Result<()> {
+    // Read now: once the server is full, no connection is left to ask it with.
+    let limit: String = sqlx::query_scalar("show max_connections")
+        .fetch_one(pool)
+        .await
+        .context("Failed to read PostgreSQL's max_connections")?;
+    try_join_all((0..count).map(|_| pool.acquire()))
+        .await
+        .with_context(|| {
+            format!(
+                "Failed to open {count} connections for the raw run (max_connections is \
+                 {limit}, shared with every other client); try fewer --clients"
+            )
+        })?;
+    Ok(())
+}
+
+/// Now at PostgreSQL's precision, as HAP stamps its events.
+fn now_micros() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
