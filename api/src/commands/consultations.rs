@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{CHECKED, CommandResponse, Fields, Reply, execute};
+use super::{CHECKED, CommandResponse, Fields, Reply, Stream, execute};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
 use crate::state::AppState;
@@ -98,7 +98,7 @@ async fn request(
         consultation_status: Some("requested"),
         ..Reply::created(id.as_uuid(), format!("/consultations/{id}"))
     };
-    execute::<Consultation>(&app, &context, id.as_uuid(), command, reply).await
+    execute::<Consultation>(&app, &context, Stream::New(id.as_uuid()), command, reply).await
 }
 
 /// Changes a scheduled consultation's reason or notes.
@@ -129,7 +129,7 @@ async fn update(
         reason: reason.expect(CHECKED),
         notes: notes.expect(CHECKED),
     };
-    execute::<Consultation>(&app, &context, id, command, Reply::ok(id)).await
+    execute::<Consultation>(&app, &context, Stream::Existing(id), command, Reply::ok(id)).await
 }
 
 /// Requests the cancellation of a scheduled consultation (the cancellation saga voids its
@@ -161,7 +161,7 @@ async fn cancel(
         consultation_status: Some("cancellation_requested"),
         ..Reply::ok(id)
     };
-    execute::<Consultation>(&app, &context, id, command, reply).await
+    execute::<Consultation>(&app, &context, Stream::Existing(id), command, reply).await
 }
 
 /// Marks a scheduled consultation as done.
@@ -181,7 +181,7 @@ async fn complete(
     execute::<Consultation>(
         &app,
         &context,
-        id,
+        Stream::Existing(id),
         ConsultationCommand::Complete,
         Reply::ok(id),
     )

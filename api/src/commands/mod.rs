@@ -68,12 +68,21 @@ impl Reply {
     }
 }
 
-/// Runs one command against the aggregate in stream `stream_id`. `command` may be decided
+/// The stream a command is appended to.
+#[derive(Debug, Clone, Copy)]
+pub enum Stream {
+    /// A stream whose id the server generated for this command (a UUIDv7 no one else can
+    /// know yet): it is empty, and reading it would only cost a round trip.
+    New(Uuid),
+    Existing(Uuid),
+}
+
+/// Runs one command against the aggregate in `stream`. `command` may be decided
 /// several times (after conflicts), always on a state at least as new as the last one.
 pub async fn execute<A>(
     app: &AppState,
     context: &CommandContext,
-    stream_id: Uuid,
+    stream: Stream,
     command: A::Command,
     reply: Reply,
 ) -> Result<Response, ApiError>
@@ -89,9 +98,12 @@ where
     // cache entry. Only an append of events is protected by the version check; a refusal, a
     // no-op or a 412 decided on a stale entry would be wrong, so those are decided again on
     // the current state before they are answered.
-    let (mut loaded, mut current) = match aggregates.cached::<A>(stream_id).await {
-        Some(hit) => (hit, false),
-        None => (aggregates.current::<A>(stream_id).await?, true),
+    let (stream_id, (mut loaded, mut current)) = match stream {
+        Stream::New(id) => (id, (Loaded::<A>::default(), true)),
+        Stream::Existing(id) => match aggregates.cached::<A>(id).await {
+            Some(hit) => (id, (hit, false)),
+            None => (id, (aggregates.current::<A>(id).await?, true)),
+        },
     };
     let mut conflicts = 0;
     loop {

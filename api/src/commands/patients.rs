@@ -11,7 +11,9 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{CHECKED, CommandResponse, Deactivate, Fields, Reply, deactivation_reason, execute};
+use super::{
+    CHECKED, CommandResponse, Deactivate, Fields, Reply, Stream, deactivation_reason, execute,
+};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
 use crate::state::AppState;
@@ -78,7 +80,7 @@ async fn register(
         phone: phone.expect(CHECKED),
     };
     let reply = Reply::created(id.as_uuid(), format!("/patients/{id}"));
-    execute::<Patient>(&app, &context, id.as_uuid(), command, reply).await
+    execute::<Patient>(&app, &context, Stream::New(id.as_uuid()), command, reply).await
 }
 
 /// Changes a patient's name, e-mail or phone; only what changed is recorded.
@@ -110,7 +112,7 @@ async fn update(
         email: email.expect(CHECKED),
         phone: phone.expect(CHECKED),
     };
-    execute::<Patient>(&app, &context, id, command, Reply::ok(id)).await
+    execute::<Patient>(&app, &context, Stream::Existing(id), command, Reply::ok(id)).await
 }
 
 /// Deactivates a patient for good; deactivating again changes nothing.
@@ -130,5 +132,5 @@ async fn deactivate(
     let command = PatientCommand::Deactivate {
         reason: deactivation_reason(body)?,
     };
-    execute::<Patient>(&app, &context, id, command, Reply::ok(id)).await
+    execute::<Patient>(&app, &context, Stream::Existing(id), command, Reply::ok(id)).await
 }

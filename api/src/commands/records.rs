@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{CHECKED, CommandResponse, Fields, Reply, execute};
+use super::{CHECKED, CommandResponse, Fields, Reply, Stream, execute};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
 use crate::state::{AppState, TENANT};
@@ -74,7 +74,7 @@ async fn create(
     };
     let book = RecordBook::stream_id(ConsultationId::from(consultation_id));
     let reply = Reply::created(id.as_uuid(), format!("/records/{id}"));
-    execute::<RecordBook>(&app, &context, book, command, reply).await
+    execute::<RecordBook>(&app, &context, Stream::Existing(book), command, reply).await
 }
 
 /// Replaces a record's content, unless the record was voided.
@@ -107,5 +107,12 @@ async fn update(
         consultation_id,
         content,
     };
-    execute::<RecordBook>(&app, &context, book, command, Reply::ok(id)).await
+    execute::<RecordBook>(
+        &app,
+        &context,
+        Stream::Existing(book),
+        command,
+        Reply::ok(id),
+    )
+    .await
 }
