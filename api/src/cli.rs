@@ -105,8 +105,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = db::connect(&cli.settings.database_url, 4, true).await?;
             db::migrate(&pool).await?;
             let read = read_model(&cli.settings, true).await?;
-            let app = AppState::new(EventStore::new(pool), read, cli.settings);
-            crate::demo::run(router(app, true, false)).await
+            let store = EventStore::new(pool);
+            let app = AppState::new(store.clone(), read, cli.settings);
+            crate::demo::run(router(app, true, false), &store).await
         }
     }
 }

@@ -70,7 +70,7 @@ pub struct Settings {
     )]
     pub consistency_wait_ms: u64,
 
-    /// Connections in the event store's pool.
+    /// Connections in each of the process's two pools (event store and read model).
     #[arg(long, env = "HAP_DB_POOL_SIZE", default_value_t = 16, global = true)]
     pub db_pool_size: u32,
 }

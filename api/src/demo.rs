@@ -63,7 +63,7 @@ fn id(value: &Value) -> anyhow::Result<Uuid> {
 }
 
 /// Registers physicians and patients, updates some, deactivates one and requests consultations.
-pub async fn run(router: axum::Router) -> anyhow::Result<()> {
+pub async fn run(router: axum::Router, store: &eventstore::EventStore) -> anyhow::Result<()> {
     // Document and license numbers are unique: a suffix lets the demo run more than once.
     let run = &Uuid::now_v7().simple().to_string()[20..];
     let mut physicians = vec![];
@@ -149,6 +149,13 @@ pub async fn run(router: axum::Router) -> anyhow::Result<()> {
     )
     .await?;
     println!("deactivated patient {}", PATIENTS[9].0);
+    // A running server's publisher lives in another process: wake it rather than let it find
+    // the demo's events on its next poll.
+    sqlx::query("select pg_notify($1, '')")
+        .bind(eventstore::wakeup::CHANNEL)
+        .execute(store.pool())
+        .await
+        .context("Failed to notify the publisher")?;
     println!(
         "done: {} physicians, {} patients, {requested} consultations; try GET /patients",
         physicians.len(),

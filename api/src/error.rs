@@ -38,7 +38,7 @@ pub enum ApiError {
     #[error("the resource is at version {current}, not {expected}")]
     PreconditionFailed { expected: u64, current: u64 },
     /// 413.
-    #[error("the body is larger than {limit} bytes")]
+    #[error("the body is larger than this route accepts ({limit} bytes)")]
     PayloadTooLarge { limit: usize },
     /// 415.
     #[error("the body must be JSON (Content-Type: application/json)")]
@@ -199,4 +199,42 @@ pub fn problem_response(status: StatusCode, problem: &Problem) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Gives a problem+json body to error responses that were made without one: those of the
+/// framework and of middleware (405 for a known path with another method, the request timeout,
+/// a caught panic). Every error a client sees then has the same shape.
+pub async fn problem_for_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let (kind, detail) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method-not-allowed",
+            "this path does not accept that method",
+        ),
+        StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "the request took too long; try again"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload-too-large", "the body is too large"),
+        _ if status.is_server_error() => (
+            "internal",
+            "an unexpected error occurred; it has been logged",
+        ),
+        _ => ("bad-request", "the request cannot be served"),
+    };
+    let problem = Problem {
+        kind: format!("/problems/{kind}"),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail: detail.to_owned(),
+        errors: vec![],
+    };
+    let mut fresh = problem_response(status, &problem);
+    // Keep what the middleware set (the correlation id, Allow on a 405).
+    for (name, value) in response.headers() {
+        fresh.headers_mut().entry(name).or_insert(value.clone());
+    }
+    fresh
 }

@@ -18,6 +18,10 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Largest request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// Largest body of the record routes: a record may hold 20,000 characters, which JSON may spell
+/// with up to six bytes each (`\uXXXX`).
+pub const RECORD_BODY_LIMIT: usize = 128 * 1024;
+
 /// A command request: its body parsed as `T`, and what the headers ask of its execution.
 /// An empty body reads as JSON `null`, so `T = Option<…>` makes the body optional.
 pub struct Command<T> {
@@ -62,7 +66,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Command<T> {
             .await
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge { limit: BODY_LIMIT }
+                    let limit = if path.starts_with("/records") || path.ends_with("/records") {
+                        RECORD_BODY_LIMIT
+                    } else {
+                        BODY_LIMIT
+                    };
+                    ApiError::PayloadTooLarge { limit }
                 } else {
                     ApiError::BadRequest(format!("the body could not be read: {rejection}"))
                 }

@@ -89,6 +89,9 @@ pub fn router(app: AppState, commands: bool, queries: bool) -> Router {
                     }),
                 )
                 .layer(PropagateRequestIdLayer::new(correlation))
+                .layer(axum::middleware::map_response(
+                    error::problem_for_bare_errors,
+                ))
                 .layer(axum::middleware::from_fn(telemetry::track_requests))
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Confirmation, Connection};
 use tokio_util::sync::CancellationToken;
@@ -114,11 +113,10 @@ impl Publisher {
         };
         let mut link: Option<Link> = None;
         let mut retry = FIRST_RETRY;
-        let mut last_confirmed_at: Option<DateTime<Utc>> = None;
         let mut reported = Instant::now() - REPORT_EVERY;
         loop {
             if reported.elapsed() >= REPORT_EVERY {
-                self.report_lag(checkpoint, last_confirmed_at).await;
+                self.report_lag(checkpoint).await;
                 reported = Instant::now();
             }
             let events = match self.store.read_all(checkpoint, self.settings.window).await {
@@ -157,10 +155,7 @@ impl Publisher {
             let (confirmed, failure) = self.publish_page(&current.channel, &events).await;
             if let Some(last) = confirmed.checked_sub(1).map(|i| &events[i]) {
                 match self.save_checkpoint(last.checkpoint()).await {
-                    Ok(()) => {
-                        checkpoint = last.checkpoint();
-                        last_confirmed_at = Some(last.occurred_at);
-                    }
+                    Ok(()) => checkpoint = last.checkpoint(),
                     // Not fatal: the events are confirmed, so publishing them again after a
                     // restart only repeats them.
                     Err(error) => tracing::warn!(%error, "could not save the checkpoint"),
@@ -320,38 +315,22 @@ impl Publisher {
         .map(|_| ())
     }
 
-    /// Lag in events (committed but not confirmed) and in seconds (newest stored event versus
-    /// newest confirmed one), and the age of the oldest open write transaction on the server,
-    /// which holds every reader of the global order back.
-    async fn report_lag(&self, checkpoint: GlobalCheckpoint, confirmed_at: Option<DateTime<Utc>>) {
-        #[derive(sqlx::FromRow)]
-        struct Unconfirmed {
-            count: i64,
-            oldest: Option<DateTime<Utc>>,
-            newest: Option<DateTime<Utc>>,
-        }
-        let lag: Result<Unconfirmed, _> = sqlx::query_as(
-            "select count(*) as count, min(occurred_at) as oldest, max(occurred_at) as newest
+    /// Lag in events (committed but not confirmed) and in seconds (how long the oldest of them
+    /// has been waiting; 0 when there are none), and the age of the oldest open write
+    /// transaction on the server, which holds every reader of the global order back.
+    async fn report_lag(&self, checkpoint: GlobalCheckpoint) {
+        let lag: Result<(i64, f64), _> = sqlx::query_as(
+            "select count(*),
+                    coalesce(extract(epoch from now() - min(occurred_at)), 0)::float8
                from events where (transaction_id, position) > ($1::text::xid8, $2)",
         )
         .bind(checkpoint.transaction_id.to_string())
         .bind(checkpoint.position)
         .fetch_one(self.store.pool())
         .await;
-        if let Ok(Unconfirmed {
-            count,
-            oldest,
-            newest,
-        }) = lag
-        {
+        if let Ok((count, seconds)) = lag {
             metrics::gauge!("hap_publisher_lag_events").set(count as f64);
-            let seconds = match (newest, confirmed_at.or(oldest)) {
-                (Some(newest), Some(confirmed)) if count > 0 => {
-                    (newest - confirmed).num_milliseconds().max(0) as f64 / 1000.0
-                }
-                _ => 0.0,
-            };
-            metrics::gauge!("hap_publisher_lag_seconds").set(seconds);
+            metrics::gauge!("hap_publisher_lag_seconds").set(seconds.max(0.0));
         }
         let oldest: Result<f64, _> = sqlx::query_scalar(
             "select coalesce(extract(epoch from now() - min(xact_start)), 0)::float8

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ReadModel;
 use crate::envelope::Envelope;
-use crate::projector::{ApplyError, Projector, apply_batch};
+use crate::projector::{Applied, ApplyError, Projector, apply_batch};
 use crate::queues::{self, QUEUES, QueueNames, QueueSpec};
 
 /// How the consumers of an instance behave.
@@ -77,6 +77,7 @@ pub async fn run_all(
     settings: ConsumerSettings,
     shutdown: CancellationToken,
 ) {
+    read.progress.start_projecting();
     let consumers = QUEUES.iter().map(|spec| {
         let consumer = Consumer {
             names: settings.queue_names(spec),
@@ -203,12 +204,12 @@ impl Consumer {
         )
         .await
         {
-            Ok(touched) => {
+            Ok(applied) => {
                 channels
                     .consume
                     .basic_ack(last_tag, BasicAckOptions { multiple: true })
                     .await?;
-                self.read.progress.committed(touched);
+                self.committed(applied);
                 self.report_lag(&envelopes);
             }
             // Split the batch: apply each alone, so only the failing ones wait or go.
@@ -219,9 +220,9 @@ impl Consumer {
                     match apply_batch(&self.read.pool, &self.store, self.projector.as_ref(), one)
                         .await
                     {
-                        Ok(touched) => {
+                        Ok(applied) => {
                             delivery.ack(BasicAckOptions::default()).await?;
-                            self.read.progress.committed(touched);
+                            self.committed(applied);
                         }
                         Err(error) => self.fail(channels, &delivery, &error).await?,
                     }
@@ -325,6 +326,16 @@ impl Consumer {
         } else {
             Err(SessionError::NotStored(queue.to_owned()))
         }
+    }
+
+    fn committed(&self, applied: Applied) {
+        metrics::counter!(
+            "hap_projector_events_total",
+            "projection" => self.projector.name(),
+            "instance" => self.settings.instance.clone()
+        )
+        .increment(applied.events as u64);
+        self.read.progress.committed(applied.touched);
     }
 
     fn report_lag(&self, applied: &[Envelope]) {

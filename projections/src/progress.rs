@@ -4,6 +4,7 @@
 //! across processes the query polls.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -26,6 +27,9 @@ pub struct Touched {
 pub struct Progress {
     commits: Arc<watch::Sender<u64>>,
     touched: broadcast::Sender<Arc<Vec<Touched>>>,
+    /// Whether projectors of this read model run in this process. Only then are commits (and
+    /// the rows they touched) reported here, so only then may a cache rely on the reports.
+    projecting: Arc<AtomicBool>,
 }
 
 impl Default for Progress {
@@ -33,11 +37,21 @@ impl Default for Progress {
         Self {
             commits: Arc::new(watch::Sender::new(0)),
             touched: broadcast::Sender::new(1024),
+            projecting: Arc::new(AtomicBool::new(false)),
         }
     }
 }
 
 impl Progress {
+    /// Called when this process starts projecting into the read model.
+    pub fn start_projecting(&self) {
+        self.projecting.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether this process projects into the read model (and so reports every commit).
+    pub fn projected_here(&self) -> bool {
+        self.projecting.load(Ordering::SeqCst)
+    }
     /// Called after each projector commit, with the rows it changed.
     pub fn committed(&self, touched: Vec<Touched>) {
         if !touched.is_empty() {

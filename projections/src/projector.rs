@@ -37,14 +37,22 @@ pub enum ApplyError {
     Poison(#[from] Poison),
 }
 
+/// What a batch changed.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Events applied (new ones, and predecessors filled in from the store).
+    pub events: usize,
+    pub touched: Vec<Touched>,
+}
+
 /// Applies a batch of events (in any order, possibly repeated or already applied) to the
-/// projection in one transaction; returns the rows that changed.
+/// projection in one transaction.
 pub async fn apply_batch(
     read: &PgPool,
     store: &EventStore,
     projector: &dyn Projector,
     events: &[Envelope],
-) -> Result<Vec<Touched>, ApplyError> {
+) -> Result<Applied, ApplyError> {
     let name = projector.name();
     let mut tx = read.begin().await?;
 
@@ -58,7 +66,7 @@ pub async fn apply_batch(
         .collect();
     if events.is_empty() {
         tx.commit().await?;
-        return Ok(vec![]);
+        return Ok(Applied::default());
     }
     events.sort_by_key(|e| (e.stream_id, e.version));
 
@@ -121,9 +129,10 @@ pub async fn apply_batch(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    metrics::counter!("hap_projector_events_total", "projection" => name)
-        .increment(to_apply.len() as u64);
-    Ok(touched)
+    Ok(Applied {
+        events: to_apply.len(),
+        touched,
+    })
 }
 
 /// Records `events` as processed by `projection`; returns the ids that were not already.

@@ -79,14 +79,11 @@ impl Projector for Records {
                                 updated_at: at,
                             },
                         );
-                        changed.push(id);
                     }
                     Event::ConsultationRecordUpdated(e) => {
                         if let Some(row) = rows.get_mut(&e.record_id.as_uuid()) {
                             row.content = e.content.clone();
-                            row.version = version;
                             row.updated_at = at;
-                            changed.push(row.id);
                         }
                     }
                     Event::ConsultationRecordsVoided(e) => {
@@ -96,12 +93,21 @@ impl Projector for Records {
                             .filter(|r| r.consultation_id == consultation)
                         {
                             row.status = "voided".into();
-                            row.version = version;
                             row.updated_at = at;
-                            changed.push(row.id);
                         }
                     }
                     _ => {}
+                }
+                // A record's version is its book's: the one `If-Match` is checked against when
+                // it is changed. So every event of a book moves the version of all its records.
+                if let Some(consultation) = consultation_of(&envelope.event) {
+                    for row in rows
+                        .values_mut()
+                        .filter(|r| r.consultation_id == consultation)
+                    {
+                        row.version = version;
+                        changed.push(row.id);
+                    }
                 }
             }
             changed.sort();

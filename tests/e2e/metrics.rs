@@ -32,7 +32,7 @@ async fn metrics_show_commands_publisher_projectors_and_dead_letters() {
         "hap_publisher_lag_seconds".to_owned(),
         "hap_publisher_leader 1".to_owned(),
         "hap_oldest_write_transaction_seconds".to_owned(),
-        "hap_projector_events_total{projection=\"patients\"}".to_owned(),
+        "hap_projector_events_total{projection=\"patients\",instance=\"m\"}".to_owned(),
         "hap_projector_lag_seconds{projection=\"patients\",instance=\"m\"}".to_owned(),
         format!("hap_dead_letter_queue_depth{{queue=\"{dlq}\"}} 0"),
     ];

@@ -577,6 +577,8 @@ async fn the_agenda_shows_the_consultations_starting_on_one_utc_day_in_order() {
 async fn a_min_position_already_applied_is_answered_at_once_bypassing_the_cache() {
     let db = TestDb::new().await;
     let app = TestApp::start(&db).await;
+    // The cache works where the projectors run and report their commits: say they do here.
+    app.read.progress.start_projecting();
     let (id, position) = register(&app, "DOC-1").await;
     project_registration(&app.read.pool, id, "Ana Lima").await;
     processed(&app.read.pool, "patients", position.parse().unwrap()).await;
@@ -686,6 +688,8 @@ async fn an_unparsable_or_unknown_min_position_is_a_400_problem() {
 async fn a_cached_resource_is_answered_anew_once_a_commit_touches_it() {
     let db = TestDb::new().await;
     let app = TestApp::start(&db).await;
+    // The cache works where the projectors run and report their commits: say they do here.
+    app.read.progress.start_projecting();
     let read = &app.read.pool;
     let id = insert_patient(read, "Ana Lima", "active").await;
     let path = format!("/patients/{id}");
@@ -753,4 +757,23 @@ async fn the_openapi_document_lists_every_query_route() {
         assert!(names.contains(&name), "{names:?}");
     }
     assert!(names.contains(&"X-Min-Position"), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_projectors_in_the_process_the_cache_is_bypassed() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
+    let read = &app.read.pool;
+    let id = insert_patient(read, "Ana Lima", "active").await;
+    let path = format!("/patients/{id}");
+    get_json(&app, &path).await;
+
+    // Another process's projector changes the row; nothing reports it to this process.
+    sqlx::query("update patients set name = 'Ana Souza', version = 2 where id = $1")
+        .bind(id)
+        .execute(read)
+        .await
+        .unwrap();
+
+    assert_eq!(get_json(&app, &path).await["name"], "Ana Souza");
 }

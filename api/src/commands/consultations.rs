@@ -158,7 +158,6 @@ async fn cancel(
     };
     let reply = Reply {
         status: StatusCode::ACCEPTED,
-        consultation_status: Some("cancellation_requested"),
         ..Reply::ok(id)
     };
     execute::<Consultation>(&app, &context, Stream::Existing(id), command, reply).await

@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use domain::values::{Invalid, Reason};
 use domain::{Aggregate, Event};
-use eventstore::{Append, AppendError, Claim, Metadata, NewEvent, Remember, StoredResponse};
+use eventstore::{
+    Append, AppendError, Claim, Metadata, NewEvent, Remember, StoredResponse, StreamVersion,
+};
 use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -34,7 +36,7 @@ pub struct CommandResponse {
     pub version: u64,
     /// Opaque token for `X-Min-Position`.
     pub position: Option<String>,
-    /// Only on consultation commands that start a saga.
+    /// Only when a consultation is requested: `requested`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<&'static str>,
 }
@@ -45,7 +47,7 @@ pub struct Reply {
     /// The resource's id (a record's, even though its stream is the record book's).
     pub id: Uuid,
     pub location: Option<String>,
-    /// A consultation status to report (`requested`, `cancellation_requested`).
+    /// The consultation status to report (`requested` when scheduling starts).
     pub consultation_status: Option<&'static str>,
 }
 
@@ -108,7 +110,9 @@ where
     let mut conflicts = 0;
     loop {
         let decision = loaded.state.decide(command.clone());
-        let precondition_failed = context.if_match.is_some_and(|v| v != loaded.version);
+        // On a stream that does not exist the command's own rule answers (404), not If-Match.
+        let precondition_failed = loaded.version != StreamVersion::EMPTY
+            && context.if_match.is_some_and(|v| v != loaded.version);
         let accepted = matches!(&decision, Ok(events) if !events.is_empty());
         if !current && (precondition_failed || !accepted) {
             loaded = aggregates.current(stream_id).await?;

@@ -2,7 +2,7 @@
 //! consultation's record book (one stream per consultation); a claim maps each record id to
 //! its book.
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::response::Response;
 use domain::consultation::Consultation;
 use domain::ids::{ConsultationId, RecordId};
@@ -15,13 +15,14 @@ use utoipa_axum::routes;
 
 use super::{CHECKED, CommandResponse, Fields, Reply, Stream, execute};
 use crate::error::{ApiError, Problem};
-use crate::extract::{Command, PathId};
+use crate::extract::{Command, PathId, RECORD_BODY_LIMIT};
 use crate::state::{AppState, TENANT};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create))
         .routes(routes!(update))
+        .layer(DefaultBodyLimit::max(RECORD_BODY_LIMIT))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

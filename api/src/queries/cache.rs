@@ -10,7 +10,8 @@
 //!   invalidation and outlive it.
 //!
 //! Applying reports and inserting share one lock, so no report can slip between the check and
-//! the insert.
+//! the insert. A process that does not run the projectors gets no reports, so there the cache
+//! is bypassed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +42,9 @@ pub struct Cached {
 pub struct ReadCache {
     entries: Cache<Key, Cached>,
     reports: Arc<Mutex<Reports>>,
+    /// Says whether the projectors run in this process; when they do not, nothing reports
+    /// their commits here, and the cache stays out of the way.
+    progress: Progress,
 }
 
 /// The projectors' reports not yet applied to the cache.
@@ -71,6 +75,7 @@ impl ReadCache {
                 pending: progress.subscribe_touched(),
                 applied: 0,
             })),
+            progress: progress.clone(),
         };
         tokio::spawn(
             cache
@@ -82,6 +87,9 @@ impl ReadCache {
 
     /// A resource's entry. Counted as a hit or a miss.
     pub async fn get(&self, key: Key) -> Option<Cached> {
+        if !self.progress.projected_here() {
+            return None;
+        }
         drop(self.apply_reports().await);
         let entry = self.entries.get(&key).await;
         let result = if entry.is_some() { "hit" } else { "miss" };
@@ -102,7 +110,10 @@ impl ReadCache {
     /// row may be older than that commit.
     pub async fn insert(&self, key: Key, entry: Cached, ticket: Ticket, progress: &Progress) {
         let reports = self.apply_reports().await;
-        if reports.applied == ticket.applied && progress.generation() == ticket.generation {
+        if self.progress.projected_here()
+            && reports.applied == ticket.applied
+            && progress.generation() == ticket.generation
+        {
             self.entries.insert(key, entry).await;
         }
         drop(reports);

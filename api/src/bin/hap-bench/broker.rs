@@ -1,0 +1,208 @@
+//! The scratch broker namespace of the subcommands that use RabbitMQ: a fresh exchange prefix
+//! (`bench<random>`), so that nothing they declare meets another run's or a real HAP's names,
+//! and the HAP pieces they start in the background, which are stopped before every exchange
+//! and queue under the prefix is deleted at the end, whatever happened.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use eventstore::topology::{EXCHANGES, Topology};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Channel, Connection};
+use projections::queues::{QUEUES, QueueNames};
+use tokio_util::sync::CancellationToken;
+
+/// The servers a subcommand runs against.
+#[derive(Debug, clap::Args)]
+pub struct Servers {
+    /// PostgreSQL server to benchmark on; a scratch database is created there and dropped.
+    #[arg(
+        long,
+        env = "HAP_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub database_url: String,
+
+    /// RabbitMQ to benchmark on; everything declared there is under a scratch prefix and
+    /// deleted at the end.
+    #[arg(
+        long,
+        env = "HAP_BENCH_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+}
+
+/// How long the background pieces get to stop before their queues are deleted anyway.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct ScratchBroker {
+    url: String,
+    prefix: String,
+    /// Queues to delete at the end, named before they are declared, so that a run failing
+    /// half-way still deletes what it got to.
+    queues: Mutex<Vec<String>>,
+    /// Parent of every background piece's token: cancelled first at the end.
+    shutdown: CancellationToken,
+    /// One token per background piece, cancelled when it has returned (or panicked).
+    finished: Mutex<Vec<CancellationToken>>,
+}
+
+/// A HAP piece (publisher, projectors) running in the background on the scratch broker.
+pub struct Background {
+    stop: CancellationToken,
+    finished: CancellationToken,
+}
+
+impl Background {
+    /// Asks the piece to stop and waits until it has.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.finished.cancelled().await;
+    }
+}
+
+impl ScratchBroker {
+    /// Picks a fresh prefix on the broker at `url`; nothing is declared yet.
+    pub fn new(url: &str) -> Self {
+        // 12 hex digits of a v4 UUID, as for the scratch database: runs never meet.
+        let prefix = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let unrouted = Topology::new(prefix.as_str()).unrouted();
+        Self {
+            url: url.to_owned(),
+            prefix,
+            // The publisher declares the unrouted queue beside the exchanges.
+            queues: Mutex::new(vec![unrouted]),
+            shutdown: CancellationToken::new(),
+            finished: Mutex::new(vec![]),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn topology(&self) -> Topology {
+        Topology::new(self.prefix.as_str())
+    }
+
+    /// `{prefix}.bench.{name}`: a queue of the bench's own, deleted at the end.
+    pub fn bench_queue(&self, name: &str) -> String {
+        let queue = format!("{}.bench.{name}", self.prefix);
+        self.delete_at_end(queue.clone());
+        queue
+    }
+
+    /// Marks every queue of `instance` (main, retry and dead-letter of each projector) for
+    /// deletion at the end; call before anything declares them.
+    pub fn instance_queues(&self, instance: &str) {
+        for spec in &QUEUES {
+            let names = QueueNames::new(&self.prefix, spec.service, instance);
+            for queue in [names.main, names.retry, names.dead_letters] {
+                self.delete_at_end(queue);
+            }
+        }
+    }
+
+    fn delete_at_end(&self, queue: String) {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if !queues.contains(&queue) {
+            queues.push(queue);
+        }
+    }
+
+    /// A connection of the bench's own, named so that it is recognisable in the management UI.
+    pub async fn connect(&self, name: &str) -> anyhow::Result<Connection> {
+        eventstore::topology::connect(&self.url, &format!("hap-bench {name}"), false)
+            .await
+            .with_context(|| format!("Failed to connect to RabbitMQ at {}", self.url))
+    }
+
+    /// Runs `piece(token)` in the background until the token is cancelled: by
+    /// [`Background::stop`], or at the end of the run, before the queues are deleted (a HAP
+    /// consumer left running would declare its queue again).
+    pub fn spawn<F, Fut>(&self, piece: F) -> Background
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let stop = self.shutdown.child_token();
+        let finished = CancellationToken::new();
+        let future = piece(stop.clone());
+        let done = finished.clone().drop_guard();
+        tokio::spawn(async move {
+            // Dropped when the piece returns or panics: either way it has finished.
+            let _done = done;
+            future.await;
+        });
+        self.finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(finished.clone());
+        Background { stop, finished }
+    }
+
+    /// Stops every background piece, then deletes the queues and exchanges under the prefix.
+    /// Carries on past failures, and reports the first.
+    pub async fn destroy(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let finished = std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()));
+        let all_stopped = futures::future::join_all(finished.iter().map(|f| f.cancelled()));
+        if tokio::time::timeout(STOP_TIMEOUT, all_stopped).await.is_err() {
+            tracing::warn!("HAP's background tasks did not stop within {STOP_TIMEOUT:?}");
+        }
+
+        let connection = self.connect("clean-up").await?;
+        let mut first_error: Option<anyhow::Error> = None;
+        let mut channel: Option<Channel> = None;
+        let queues = std::mem::take(&mut *self.queues.lock().unwrap_or_else(|e| e.into_inner()));
+        let exchanges = EXCHANGES
+            .iter()
+            .map(|suffix| self.topology().exchange(suffix))
+            .chain([self.topology().unrouted()]);
+        let deletions = queues
+            .into_iter()
+            .map(|q| (q, true))
+            .chain(exchanges.map(|e| (e, false)));
+        for (name, is_queue) in deletions {
+            // A failed operation closes its channel: the next one gets a fresh channel.
+            let current = match channel.take() {
+                Some(current) => current,
+                None => connection
+                    .create_channel()
+                    .await
+                    .context("Failed to open a channel to delete the bench's queues")?,
+            };
+            let deleted = if is_queue {
+                current
+                    .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                    .await
+                    .map(|_| ())
+            } else {
+                current
+                    .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+                    .await
+            };
+            match deleted {
+                Ok(()) => channel = Some(current),
+                Err(error) => {
+                    first_error.get_or_insert(anyhow!("Failed to delete {name}: {error}"));
+                }
+            }
+        }
+        connection.close(200, "done".into()).await.ok();
+        match first_error {
+            Some(error) => Err(error.context(format!(
+                "RabbitMQ objects under prefix {} are left behind; delete them by hand",
+                self.prefix
+            ))),
+            None => Ok(()),
+        }
+    }
+}
