@@ -105,7 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = db::connect(&cli.settings.database_url, 4, true).await?;
             db::migrate(&pool).await?;
             let read = read_model(&cli.settings, true).await?;
-            let store = EventStore::new(pool);
+            let store = db::event_store(pool, 4);
             let app = AppState::new(store.clone(), read, cli.settings);
             crate::demo::run(router(app, true, false), &store).await
         }
@@ -218,7 +218,7 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("Failed to listen on {}", serve.http_addr))?;
     let address = listener.local_addr()?;
-    let store = EventStore::new(pool);
+    let store = db::event_store(pool, settings.db_pool_size);
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let commands = serve.roles.contains(&Role::Command);

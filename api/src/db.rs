@@ -56,6 +56,16 @@ async fn create_database(options: &PgConnectOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Appends written together per transaction at most (group commit).
+const GROUP_COMMIT_BATCH: usize = 64;
+
+/// The event store as `hap serve` runs it: with group commit, by half the pool's connections
+/// (the other half stays for reads), at least two.
+pub fn event_store(pool: PgPool, pool_size: u32) -> eventstore::EventStore {
+    let workers = (pool_size as usize / 2).max(2);
+    eventstore::EventStore::new(pool).with_group_commit(workers, GROUP_COMMIT_BATCH)
+}
+
 /// Applies the event store's migrations.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     eventstore::MIGRATOR

@@ -83,126 +83,194 @@ pub enum AppendError {
     Database(#[source] sqlx::Error),
 }
 
-/// One statement does the whole append, so it runs as a single implicit transaction in one
-/// round trip: the events (versions `expected + 1 …`), the claims, and the remembered response.
-/// A concurrent writer of the same version, claim or key makes it fail as a whole on the
-/// matching unique constraint.
+/// One statement writes a batch of appends (often a batch of one), so it runs as a single
+/// implicit transaction in one round trip: each append's events (versions `expected + 1 …`,
+/// positions in batch order), its claims, and its remembered response with the position of its
+/// last event filled in. A concurrent writer of the same version, claim or key makes the whole
+/// statement fail on the matching unique constraint, and nothing of it is written.
 const APPEND: &str = r#"
-with appended as (
+with input as (
+    select * from unnest($1::int[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[],
+                         $6::text[], $7::jsonb[], $8::text[], $9::text[], $10::uuid[],
+                         $11::int[], $12::timestamptz[]) with ordinality
+        as i(batch_index, event_id, stream_id, aggregate_type, version, event_type, payload,
+             tenant_id, correlation_id, causation_id, schema_version, occurred_at, n)
+),
+appended as (
     insert into events (event_id, stream_id, aggregate_type, version, event_type, payload,
                         tenant_id, correlation_id, causation_id, schema_version, occurred_at)
-    select e.event_id, $2, $3, $4 + e.n, e.event_type, e.payload, $5, $6, $7, $8, e.occurred_at
-    from unnest($1::uuid[], $9::text[], $10::jsonb[], $11::timestamptz[]) with ordinality
-         as e(event_id, event_type, payload, occurred_at, n)
-    returning position
+    select event_id, stream_id, aggregate_type, version, event_type, payload, tenant_id,
+           correlation_id, causation_id, schema_version, occurred_at
+      from input order by n
+    returning position, stream_id, version
+),
+last_positions as (
+    select i.batch_index, max(a.position) as position
+      from appended a join input i on i.stream_id = a.stream_id and i.version = a.version
+     group by i.batch_index
 ),
 claimed as (
     insert into unique_claims (tenant_id, kind, value, owner_id)
-    select $5, c.kind, c.value, $2 from unnest($12::text[], $13::text[]) as c(kind, value)
+    select * from unnest($13::text[], $14::text[], $15::text[], $16::uuid[])
 ),
 remembered as (
     insert into idempotency_keys (tenant_id, key, request_hash, response_status,
                                   response_body, response_headers)
-    select $5, $14, $15, $16,
-           case when $17::jsonb ? 'position' and exists (select 1 from appended)
-                then jsonb_set($17, '{position}', to_jsonb((select max(position) from appended)::text))
-                else $17 end,
-           $18
-    where $14::text is not null
+    select k.tenant_id, k.key, k.request_hash, k.status,
+           case when k.body ? 'position' and p.position is not null
+                then jsonb_set(k.body, '{position}', to_jsonb(p.position::text))
+                else k.body end,
+           k.headers
+      from unnest($17::int[], $18::text[], $19::text[], $20::text[], $21::smallint[],
+                  $22::jsonb[], $23::jsonb[])
+           as k(batch_index, tenant_id, key, request_hash, status, body, headers)
+      left join last_positions p using (batch_index)
 )
-select max(position) from appended
+select batch_index, position from last_positions
 "#;
+
+/// The statement's parameters, one array per column, built from a batch of appends.
+#[derive(Default)]
+struct Columns {
+    event_index: Vec<i32>,
+    event_ids: Vec<Uuid>,
+    streams: Vec<Uuid>,
+    aggregate_types: Vec<String>,
+    versions: Vec<i64>,
+    event_types: Vec<String>,
+    payloads: Vec<Value>,
+    tenants: Vec<String>,
+    correlations: Vec<String>,
+    causations: Vec<Option<Uuid>>,
+    schema_versions: Vec<i32>,
+    times: Vec<DateTime<Utc>>,
+    claim_tenants: Vec<String>,
+    claim_kinds: Vec<String>,
+    claim_values: Vec<String>,
+    claim_owners: Vec<Uuid>,
+    key_index: Vec<i32>,
+    key_tenants: Vec<String>,
+    keys: Vec<String>,
+    hashes: Vec<String>,
+    statuses: Vec<i16>,
+    bodies: Vec<Value>,
+    headers: Vec<Value>,
+}
+
+impl Columns {
+    fn of(appends: &[Append]) -> Self {
+        let mut c = Self::default();
+        for (index, append) in appends.iter().enumerate() {
+            let index = i32::try_from(index).expect("batches are small");
+            let meta = &append.metadata;
+            for (offset, event) in append.events.iter().enumerate() {
+                c.event_index.push(index);
+                c.event_ids.push(event.event_id);
+                c.streams.push(append.stream_id);
+                c.aggregate_types.push(append.aggregate_type.clone());
+                c.versions
+                    .push(append.expected.as_i64() + offset as i64 + 1);
+                c.event_types.push(event.event_type.clone());
+                c.payloads.push(event.payload.clone());
+                c.tenants.push(meta.tenant_id.clone());
+                c.correlations.push(meta.correlation_id.clone());
+                c.causations.push(meta.causation_id);
+                c.schema_versions.push(meta.schema_version);
+                c.times.push(event.occurred_at);
+            }
+            for claim in &append.claims {
+                c.claim_tenants.push(meta.tenant_id.clone());
+                c.claim_kinds.push(claim.kind.clone());
+                c.claim_values.push(claim.value.clone());
+                c.claim_owners.push(append.stream_id);
+            }
+            if let Some(r) = &append.remember {
+                c.key_index.push(index);
+                c.key_tenants.push(meta.tenant_id.clone());
+                c.keys.push(r.key.clone());
+                c.hashes.push(r.request_hash.clone());
+                c.statuses
+                    .push(i16::try_from(r.status).expect("HTTP statuses fit in i16"));
+                c.bodies.push(r.body.clone());
+                c.headers.push(r.headers.clone());
+            }
+        }
+        c
+    }
+}
 
 impl EventStore {
     /// Appends `append.events` to the stream if it is still at `append.expected`, together with
     /// the claims and the remembered response. With no events it only remembers the response.
+    /// With group commit on ([`EventStore::with_group_commit`]), concurrent appends may share a
+    /// transaction; the outcome of each is the same as alone.
     // Refusals (conflicts, taken claims) are part of normal operation: logged at debug level.
     #[tracing::instrument(skip_all, fields(stream = %append.stream_id, expected = %append.expected), err(level = "debug"))]
     pub async fn append(&self, append: Append) -> Result<Appended, AppendError> {
-        let Append {
-            stream_id,
-            aggregate_type,
-            expected,
-            events,
-            claims,
-            remember,
-            metadata,
-        } = append;
-        let count = events.len() as u64;
-        let (ids, types, payloads, times) = events.iter().fold(
-            (vec![], vec![], vec![], vec![]),
-            |(mut ids, mut types, mut payloads, mut times), e| {
-                ids.push(e.event_id);
-                types.push(e.event_type.clone());
-                payloads.push(e.payload.clone());
-                times.push(e.occurred_at);
-                (ids, types, payloads, times)
-            },
-        );
-        let (kinds, values): (Vec<String>, Vec<String>) = claims
-            .iter()
-            .map(|c| (c.kind.clone(), c.value.clone()))
-            .unzip();
-        let (key, hash, status, body, headers) = match remember {
-            Some(r) => (
-                Some(r.key),
-                Some(r.request_hash),
-                Some(i16::try_from(r.status).expect("HTTP status fits in i16")),
-                Some(r.body),
-                Some(r.headers),
-            ),
-            None => (None, None, None, None, None),
-        };
-        let result = sqlx::query_scalar::<_, Option<i64>>(APPEND)
-            .bind(ids)
-            .bind(stream_id)
-            .bind(aggregate_type)
-            .bind(expected.as_i64())
-            .bind(&metadata.tenant_id)
-            .bind(&metadata.correlation_id)
-            .bind(metadata.causation_id)
-            .bind(metadata.schema_version)
-            .bind(&types)
-            .bind(payloads)
-            .bind(times)
-            .bind(kinds)
-            .bind(values)
-            .bind(key)
-            .bind(hash)
-            .bind(status)
-            .bind(body)
-            .bind(headers)
-            .fetch_one(&self.pool)
-            .await;
-        match result {
-            Ok(position) => {
-                if count > 0 {
-                    self.appended.send_modify(|n| *n = n.wrapping_add(1));
-                }
-                for event_type in types {
-                    metrics::counter!("hap_events_appended_total", "event_type" => event_type)
-                        .increment(1);
-                }
-                Ok(Appended {
-                    version: StreamVersion::new(expected.value() + count),
-                    position: position.map(Position::new),
-                })
-            }
-            Err(error) => Err(self
-                .explain(error, stream_id, expected, &metadata, &claims)
-                .await),
+        match &self.group_commit {
+            Some(group) => group.submit(append).await,
+            None => self.append_alone(append).await,
         }
     }
 
+    /// One append in a statement of its own, and the precise reason when it fails.
+    pub(crate) async fn append_alone(&self, append: Append) -> Result<Appended, AppendError> {
+        match self.write(std::slice::from_ref(&append)).await {
+            Ok(mut appended) => Ok(appended.remove(0)),
+            Err(error) => Err(self.explain(error, &append).await),
+        }
+    }
+
+    /// Writes a batch of appends in one statement: all of them, or none.
+    pub(crate) async fn write(&self, appends: &[Append]) -> Result<Vec<Appended>, sqlx::Error> {
+        let c = Columns::of(appends);
+        let rows: Vec<(i32, i64)> = sqlx::query_as(APPEND)
+            .bind(c.event_index)
+            .bind(c.event_ids)
+            .bind(c.streams)
+            .bind(c.aggregate_types)
+            .bind(c.versions)
+            .bind(&c.event_types)
+            .bind(c.payloads)
+            .bind(c.tenants)
+            .bind(c.correlations)
+            .bind(c.causations)
+            .bind(c.schema_versions)
+            .bind(c.times)
+            .bind(c.claim_tenants)
+            .bind(c.claim_kinds)
+            .bind(c.claim_values)
+            .bind(c.claim_owners)
+            .bind(c.key_index)
+            .bind(c.key_tenants)
+            .bind(c.keys)
+            .bind(c.hashes)
+            .bind(c.statuses)
+            .bind(c.bodies)
+            .bind(c.headers)
+            .fetch_all(&self.pool)
+            .await?;
+        if !c.event_types.is_empty() {
+            self.appended.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        for event_type in c.event_types {
+            metrics::counter!("hap_events_appended_total", "event_type" => event_type).increment(1);
+        }
+        let positions: std::collections::HashMap<i32, i64> = rows.into_iter().collect();
+        Ok(appends
+            .iter()
+            .enumerate()
+            .map(|(index, append)| Appended {
+                version: StreamVersion::new(append.expected.value() + append.events.len() as u64),
+                position: positions.get(&(index as i32)).copied().map(Position::new),
+            })
+            .collect())
+    }
+
     /// Turns a failed append into the rule it broke, by the unique constraint that fired.
-    async fn explain(
-        &self,
-        error: sqlx::Error,
-        stream: Uuid,
-        expected: StreamVersion,
-        metadata: &Metadata,
-        claims: &[Claim],
-    ) -> AppendError {
+    async fn explain(&self, error: sqlx::Error, append: &Append) -> AppendError {
+        let (stream, expected) = (append.stream_id, append.expected);
+        let (metadata, claims) = (&append.metadata, &append.claims);
         let constraint = error
             .as_database_error()
             .filter(|e| e.is_unique_violation())

@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - [`position`]: the value types of the store (`StreamVersion`, `Position`, `GlobalCheckpoint`).
-//! - [`append`]: one append, all-or-nothing, with its uniqueness claims and idempotency key.
+//! - [`append`]: one append, all-or-nothing, with its uniqueness claims and idempotency key;
+//!   `group_commit` lets concurrent appends share a transaction.
 //! - [`read`]: reading one stream and the gap-safe read of all streams.
 //! - [`idempotency`]: looking up the remembered response to an idempotency key.
 //! - [`message`]: the message an event becomes on RabbitMQ, and the [`Router`] that says where.
@@ -14,6 +15,7 @@
 //!   ([`leader`]), woken soon after commits ([`wakeup`]).
 
 pub mod append;
+mod group_commit;
 pub mod idempotency;
 pub mod leader;
 pub mod message;
@@ -45,6 +47,8 @@ pub struct EventStore {
     pool: PgPool,
     /// Bumped after every committed append, to wake readers in this process at once.
     appended: Arc<watch::Sender<u64>>,
+    /// When set, appends go through group commit.
+    group_commit: Option<Arc<group_commit::GroupCommit>>,
 }
 
 impl EventStore {
@@ -52,7 +56,22 @@ impl EventStore {
         Self {
             pool,
             appended: Arc::new(watch::Sender::new(0)),
+            group_commit: None,
         }
+    }
+
+    /// The same store with group commit: concurrent appends share transactions, written by
+    /// `workers` tasks (each holding a pool connection while it writes) in batches of up to
+    /// `batch`. Needs a Tokio runtime.
+    pub fn with_group_commit(mut self, workers: usize, batch: usize) -> Self {
+        let plain = Self {
+            group_commit: None,
+            ..self.clone()
+        };
+        self.group_commit = Some(Arc::new(group_commit::GroupCommit::start(
+            plain, workers, batch,
+        )));
+        self
     }
 
     /// A receiver that changes after each committed append made through this store (or a

@@ -222,3 +222,109 @@ async fn an_event_whose_transaction_commits_late_is_read_exactly_once() {
     assert_eq!(seen.len(), 12);
     assert_eq!(seen[1], late_id, "it comes out in its transaction's place");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_shares_transactions_and_keeps_every_append_whole() {
+    let db = TestDb::new().await;
+    let store = EventStore::new(db.pool.clone()).with_group_commit(4, 64);
+    let streams: Vec<Uuid> = (0..200).map(|_| Uuid::now_v7()).collect();
+
+    let results = join_all(
+        streams
+            .iter()
+            .map(|s| store.append(test_append(*s, StreamVersion::EMPTY, 2))),
+    )
+    .await;
+
+    let mut positions = HashSet::new();
+    for result in results {
+        let appended = result.expect("every append lands");
+        assert_eq!(appended.version, StreamVersion::new(2));
+        assert!(
+            positions.insert(appended.position.unwrap()),
+            "positions are distinct"
+        );
+    }
+    let (events, transactions): (i64, i64) =
+        sqlx::query_as("select count(*), count(distinct transaction_id) from events")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(events, 400);
+    assert!(
+        transactions < 200,
+        "appends shared commits ({transactions} transactions)"
+    );
+    for stream in streams.iter().take(20) {
+        let versions: Vec<i64> = store
+            .read_stream(*stream, StreamVersion::EMPTY)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.version)
+            .collect();
+        assert_eq!(versions, [1, 2]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_group_commit_one_refused_append_does_not_take_its_batch_down() {
+    let db = TestDb::new().await;
+    let store = EventStore::new(db.pool.clone()).with_group_commit(2, 64);
+    let claim = eventstore::Claim {
+        kind: "patient.documentNumber".into(),
+        value: "123".into(),
+    };
+    let mut first = test_append(Uuid::now_v7(), StreamVersion::EMPTY, 1);
+    first.claims = vec![claim.clone()];
+    store.append(first).await.unwrap();
+    let contested = Uuid::now_v7();
+    store
+        .append(test_append(contested, StreamVersion::EMPTY, 1))
+        .await
+        .unwrap();
+
+    // Among many good appends: one whose claim is taken, one at a stale version.
+    let mut taken = test_append(Uuid::now_v7(), StreamVersion::EMPTY, 1);
+    taken.claims = vec![claim];
+    let mut appends = vec![taken, test_append(contested, StreamVersion::EMPTY, 1)];
+    appends.extend((0..30).map(|_| test_append(Uuid::now_v7(), StreamVersion::EMPTY, 1)));
+    let results = join_all(appends.into_iter().map(|a| store.append(a))).await;
+
+    assert!(
+        matches!(results[0], Err(AppendError::ClaimTaken { .. })),
+        "{:?}",
+        results[0]
+    );
+    assert!(
+        matches!(results[1], Err(AppendError::Conflict { .. })),
+        "{:?}",
+        results[1]
+    );
+    assert!(results[2..].iter().all(Result::is_ok));
+    let events: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 2 + 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_group_commit_fifty_writers_at_one_version_still_let_exactly_one_win() {
+    let db = TestDb::new().await;
+    let store = EventStore::new(db.pool.clone()).with_group_commit(4, 64);
+    let stream = Uuid::now_v7();
+
+    let results =
+        join_all((0..50).map(|_| store.append(test_append(stream, StreamVersion::EMPTY, 1)))).await;
+
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    assert_eq!(
+        store
+            .read_stream(stream, StreamVersion::EMPTY)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

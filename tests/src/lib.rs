@@ -126,7 +126,11 @@ impl TestApp {
     pub async fn start_with(db: &TestDb, settings: api::config::Settings) -> Self {
         let pool = db.pool.clone();
         let read = read_model(db, "test").await;
-        let state = api::AppState::new(EventStore::new(pool.clone()), read.clone(), settings);
+        let state = api::AppState::new(
+            api::db::event_store(pool.clone(), 8),
+            read.clone(),
+            settings,
+        );
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("port 0 is free");
