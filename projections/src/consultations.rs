@@ -180,15 +180,7 @@ impl Projector for Consultations {
             upsert(tx, &changed_rows).await?;
             // Renames reach every consultation of the person, not only this batch's.
             changed.extend(propagate_names(tx, &renamed).await?);
-            changed.sort();
-            changed.dedup();
-            Ok(changed
-                .into_iter()
-                .map(|id| Touched {
-                    resource: "consultation",
-                    id,
-                })
-                .collect())
+            Ok(Touched::rows("consultation", changed))
         }
         .boxed()
     }

@@ -91,17 +91,10 @@ impl Projector for Patients {
                 row.updated_at = envelope.occurred_at;
                 changed.push(id);
             }
-            changed.sort();
-            changed.dedup();
-            let rows: Vec<&Row> = changed.iter().filter_map(|id| rows.get(id)).collect();
+            let touched = Touched::rows("patient", changed);
+            let rows: Vec<&Row> = touched.iter().filter_map(|t| rows.get(&t.id)).collect();
             upsert(tx, &rows).await?;
-            Ok(changed
-                .into_iter()
-                .map(|id| Touched {
-                    resource: "patient",
-                    id,
-                })
-                .collect())
+            Ok(touched)
         }
         .boxed()
     }

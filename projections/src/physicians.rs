@@ -84,17 +84,10 @@ impl Projector for Physicians {
                 row.updated_at = envelope.occurred_at;
                 changed.push(id);
             }
-            changed.sort();
-            changed.dedup();
-            let rows: Vec<&Row> = changed.iter().filter_map(|id| rows.get(id)).collect();
+            let touched = Touched::rows("physician", changed);
+            let rows: Vec<&Row> = touched.iter().filter_map(|t| rows.get(&t.id)).collect();
             upsert(tx, &rows).await?;
-            Ok(changed
-                .into_iter()
-                .map(|id| Touched {
-                    resource: "physician",
-                    id,
-                })
-                .collect())
+            Ok(touched)
         }
         .boxed()
     }

@@ -22,6 +22,15 @@ pub struct Touched {
     pub id: Uuid,
 }
 
+impl Touched {
+    /// Each of `ids` once, as rows of `resource`.
+    pub fn rows(resource: &'static str, mut ids: Vec<Uuid>) -> Vec<Touched> {
+        ids.sort();
+        ids.dedup();
+        ids.into_iter().map(|id| Touched { resource, id }).collect()
+    }
+}
+
 /// Counts projector commits in this process and says which rows they changed; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Progress {

@@ -110,17 +110,10 @@ impl Projector for Records {
                     }
                 }
             }
-            changed.sort();
-            changed.dedup();
-            let rows: Vec<&Row> = changed.iter().filter_map(|id| rows.get(id)).collect();
+            let touched = Touched::rows("record", changed);
+            let rows: Vec<&Row> = touched.iter().filter_map(|t| rows.get(&t.id)).collect();
             upsert(tx, &rows).await?;
-            Ok(changed
-                .into_iter()
-                .map(|id| Touched {
-                    resource: "record",
-                    id,
-                })
-                .collect())
+            Ok(touched)
         }
         .boxed()
     }
