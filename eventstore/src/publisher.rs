@@ -6,11 +6,13 @@
 //! ([`crate::leader`]). Messages are sent on one channel in store order, so each aggregate's
 //! messages leave in version order.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{Channel, Confirmation, Connection};
+use lapin::{Channel, Confirmation, Connection, PublisherConfirm};
 use tokio_util::sync::CancellationToken;
 
 use crate::EventStore;
@@ -47,11 +49,43 @@ impl PublisherSettings {
 /// poll: events held back by a transaction that does not wake us (another database's, say)
 /// are still published within milliseconds of it ending.
 const FIRST_RETRY: Duration = Duration::from_millis(2);
+/// How long after activity empty reads keep being retried at the first pace. A wake-up that
+/// finds nothing means committed events are held back by some other open write transaction
+/// (a projector's batch, a command in flight); those last milliseconds, so backing off at once
+/// would add tens of milliseconds to every message under steady load.
+const BUSY_FOR: Duration = Duration::from_millis(250);
 /// Wait before retrying after the broker or the database failed.
 const BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often lag metrics are refreshed.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// How often, at most, the checkpoint is written while confirms keep arriving.
+const SAVE_EVERY: Duration = Duration::from_millis(100);
+
+/// A message sent and not yet confirmed.
+struct InFlight {
+    /// The checkpoint once it is confirmed (and all before it).
+    checkpoint: GlobalCheckpoint,
+    sent_at: Instant,
+    confirm: PublisherConfirm,
+}
+
+/// Whether a confirm lets the checkpoint move past its message; records its latency and count.
+fn settled(outcome: lapin::Result<Confirmation>, sent_at: Instant) -> Result<(), String> {
+    match outcome {
+        Ok(Confirmation::Ack(None)) => {
+            metrics::histogram!("hap_publisher_confirm_seconds")
+                .record(sent_at.elapsed().as_secs_f64());
+            metrics::counter!("hap_publisher_published_total").increment(1);
+            Ok(())
+        }
+        Ok(Confirmation::Ack(Some(_))) => Err("returned as unroutable".into()),
+        Ok(Confirmation::Nack(_)) => Err("nacked by the broker".into()),
+        Ok(Confirmation::NotRequested) => Err("the channel is not in confirm mode".into()),
+        Err(error) => Err(format!("confirm failed: {error}")),
+    }
+}
 
 pub struct Publisher {
     store: EventStore,
@@ -98,10 +132,13 @@ impl Publisher {
         }
     }
 
-    /// Publishes forever (returns only if it cannot even read its checkpoint table's schema).
+    /// Publishes forever. Events are sent as soon as they can be read, with up to a window of
+    /// them awaiting the broker's confirm: a slow confirm (a quorum queue writes to disk first)
+    /// delays the checkpoint, never the next messages. The checkpoint follows the oldest
+    /// unconfirmed event; on any failure, everything after it is sent again on a new channel.
     async fn publish(&self, wakeups: &mut Wakeups) {
         let mut backoff = BACKOFF;
-        let mut checkpoint = loop {
+        let mut confirmed = loop {
             match self.load_checkpoint().await {
                 Ok(checkpoint) => break checkpoint,
                 Err(error) => {
@@ -111,76 +148,197 @@ impl Publisher {
                 }
             }
         };
+        let (mut saved, mut saved_at) = (confirmed, Instant::now());
+        let mut sent = confirmed;
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut link: Option<Link> = None;
         let mut retry = FIRST_RETRY;
+        let mut active_at = Instant::now();
         let mut reported = Instant::now() - REPORT_EVERY;
         loop {
             if reported.elapsed() >= REPORT_EVERY {
-                self.report_lag(checkpoint).await;
+                self.report_lag(confirmed).await;
                 reported = Instant::now();
             }
-            let events = match self.store.read_all(checkpoint, self.settings.window).await {
-                Ok(events) => events,
-                Err(error) => {
-                    tracing::warn!(%error, "could not read events to publish");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-            };
-            if events.is_empty() {
-                let woken = wakeups.wait(retry).await;
-                retry = if woken {
-                    FIRST_RETRY
-                } else {
-                    (retry * 2).min(self.settings.idle_poll)
+            // Settle the confirms that have arrived, oldest first.
+            let mut failure = None;
+            while let Some(front) = in_flight.front_mut() {
+                let Some(outcome) = (&mut front.confirm).now_or_never() else {
+                    break;
                 };
+                match settled(outcome, front.sent_at) {
+                    Ok(()) => confirmed = front.checkpoint,
+                    Err(reason) => {
+                        failure = Some(reason);
+                        break;
+                    }
+                }
+                in_flight.pop_front();
+            }
+            // The checkpoint is one write per save: at once when all is confirmed, else at
+            // most every SAVE_EVERY (a crash in between only repeats messages).
+            if confirmed != saved && (in_flight.is_empty() || saved_at.elapsed() >= SAVE_EVERY) {
+                match self.save_checkpoint(confirmed).await {
+                    Ok(()) => (saved, saved_at) = (confirmed, Instant::now()),
+                    Err(error) => tracing::warn!(%error, "could not save the checkpoint"),
+                }
+            }
+            if let Some(reason) = failure {
+                tracing::warn!(%reason, "publishing stopped short; reconnecting");
+                metrics::counter!("hap_publisher_failures_total", "reason" => "publish")
+                    .increment(1);
+                self.restart(
+                    &mut link,
+                    &mut in_flight,
+                    &mut sent,
+                    confirmed,
+                    &mut backoff,
+                )
+                .await;
                 continue;
             }
-            retry = FIRST_RETRY;
-            let current = match link.take() {
-                Some(current) => current,
-                None => match self.connect().await {
-                    Ok(fresh) => fresh,
+
+            let room = self.settings.window - in_flight.len() as i64;
+            let events = if room > 0 {
+                match self.store.read_all(sent, room).await {
+                    Ok(events) => events,
                     Err(error) => {
-                        tracing::warn!(%error, "could not reach RabbitMQ; retrying");
-                        metrics::counter!("hap_publisher_failures_total", "reason" => "connect")
-                            .increment(1);
+                        tracing::warn!(%error, "could not read events to publish");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
                     }
-                },
+                }
+            } else {
+                vec![]
             };
-            let (confirmed, failure) = self.publish_page(&current.channel, &events).await;
-            if let Some(last) = confirmed.checked_sub(1).map(|i| &events[i]) {
-                match self.save_checkpoint(last.checkpoint()).await {
-                    Ok(()) => checkpoint = last.checkpoint(),
-                    // Not fatal: the events are confirmed, so publishing them again after a
-                    // restart only repeats them.
-                    Err(error) => tracing::warn!(%error, "could not save the checkpoint"),
+            if !events.is_empty() {
+                retry = FIRST_RETRY;
+                active_at = Instant::now();
+                if link.is_none() {
+                    match self.connect().await {
+                        Ok(fresh) => link = Some(fresh),
+                        Err(error) => {
+                            tracing::warn!(%error, "could not reach RabbitMQ; retrying");
+                            metrics::counter!("hap_publisher_failures_total", "reason" => "connect")
+                                .increment(1);
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            continue;
+                        }
+                    }
                 }
+                let channel = &link.as_ref().expect("connected just above").channel;
+                for event in &events {
+                    match self.send(channel, event).await {
+                        Ok(confirm) => {
+                            in_flight.push_back(InFlight {
+                                checkpoint: event.checkpoint(),
+                                sent_at: Instant::now(),
+                                confirm,
+                            });
+                            sent = event.checkpoint();
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "publish failed; reconnecting");
+                            metrics::counter!("hap_publisher_failures_total", "reason" => "publish")
+                                .increment(1);
+                            self.restart(
+                                &mut link,
+                                &mut in_flight,
+                                &mut sent,
+                                confirmed,
+                                &mut backoff,
+                            )
+                            .await;
+                            break;
+                        }
+                    }
+                }
+                continue;
             }
-            match failure {
-                None => {
-                    link = Some(current);
-                    backoff = BACKOFF;
+            backoff = BACKOFF;
+            // Nothing new to send: wait for the oldest confirm, or for new events.
+            match in_flight.front_mut() {
+                Some(front) => {
+                    tokio::select! {
+                        outcome = &mut front.confirm => {
+                            match settled(outcome, front.sent_at) {
+                                Ok(()) => {
+                                    confirmed = front.checkpoint;
+                                    in_flight.pop_front();
+                                }
+                                Err(reason) => {
+                                    tracing::warn!(%reason, "publishing stopped short; reconnecting");
+                                    metrics::counter!("hap_publisher_failures_total", "reason" => "publish")
+                                        .increment(1);
+                                    self.restart(&mut link, &mut in_flight, &mut sent, confirmed, &mut backoff)
+                                        .await;
+                                }
+                            }
+                        }
+                        woken = wakeups.wait(FIRST_RETRY) => if woken {
+                            active_at = Instant::now();
+                        },
+                    }
                 }
-                Some(reason) => {
-                    tracing::warn!(%reason, confirmed, "publishing stopped short; reconnecting");
-                    metrics::counter!("hap_publisher_failures_total", "reason" => "publish")
-                        .increment(1);
-                    // A fresh connection and channel: whatever broke, none of it is reused.
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        current.connection.close(320, "reconnecting".into()),
-                    )
-                    .await;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                None => {
+                    if wakeups.wait(retry).await {
+                        active_at = Instant::now();
+                    }
+                    retry = if active_at.elapsed() < BUSY_FOR {
+                        FIRST_RETRY
+                    } else {
+                        (retry * 2).min(self.settings.idle_poll)
+                    };
                 }
             }
         }
+    }
+
+    /// After a failure: drop the connection (whatever broke, none of it is reused), forget
+    /// what awaited confirms, and send again from the last confirmed event after a pause.
+    async fn restart(
+        &self,
+        link: &mut Option<Link>,
+        in_flight: &mut VecDeque<InFlight>,
+        sent: &mut GlobalCheckpoint,
+        confirmed: GlobalCheckpoint,
+        backoff: &mut Duration,
+    ) {
+        in_flight.clear();
+        *sent = confirmed;
+        if let Some(old) = link.take() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                old.connection.close(320, "reconnecting".into()),
+            )
+            .await;
+        }
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Publishes one event; the returned future resolves with the broker's confirm.
+    async fn send(
+        &self,
+        channel: &Channel,
+        event: &RecordedEvent,
+    ) -> lapin::Result<PublisherConfirm> {
+        let message = self.message(event);
+        channel
+            .basic_publish(
+                message.exchange.into(),
+                message.routing_key.into(),
+                BasicPublishOptions {
+                    // Refused rather than dropped if even the alternate exchange cannot take it.
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &message.body,
+                message.properties,
+            )
+            .await
     }
 
     async fn connect(&self) -> lapin::Result<Link> {
@@ -199,65 +357,6 @@ impl Publisher {
             connection,
             channel,
         })
-    }
-
-    /// Publishes `events` in order with up to a page of confirms outstanding. Returns how many
-    /// events, from the first, the broker confirmed, and why it stopped short if it did.
-    async fn publish_page(
-        &self,
-        channel: &Channel,
-        events: &[RecordedEvent],
-    ) -> (usize, Option<String>) {
-        let mut pending = Vec::with_capacity(events.len());
-        let mut failure = None;
-        for event in events {
-            let message = self.message(event);
-            let sent_at = Instant::now();
-            let publish = channel
-                .basic_publish(
-                    message.exchange.into(),
-                    message.routing_key.into(),
-                    BasicPublishOptions {
-                        // Refused rather than dropped if even the alternate exchange cannot
-                        // take it.
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &message.body,
-                    message.properties,
-                )
-                .await;
-            match publish {
-                Ok(confirm) => pending.push((sent_at, confirm)),
-                Err(error) => {
-                    failure = Some(format!("publish failed: {error}"));
-                    break;
-                }
-            }
-        }
-        let mut confirmed = 0;
-        for (sent_at, confirm) in pending {
-            let outcome = match confirm.await {
-                Ok(Confirmation::Ack(None)) => Ok(()),
-                Ok(Confirmation::Ack(Some(_))) => Err("returned as unroutable".to_owned()),
-                Ok(Confirmation::Nack(_)) => Err("nacked by the broker".to_owned()),
-                Ok(Confirmation::NotRequested) => Err("the channel is not in confirm mode".into()),
-                Err(error) => Err(format!("confirm failed: {error}")),
-            };
-            match outcome {
-                Ok(()) => {
-                    confirmed += 1;
-                    metrics::histogram!("hap_publisher_confirm_seconds")
-                        .record(sent_at.elapsed().as_secs_f64());
-                }
-                Err(reason) => {
-                    failure.get_or_insert(reason);
-                    break;
-                }
-            }
-        }
-        metrics::counter!("hap_publisher_published_total").increment(confirmed as u64);
-        (confirmed, failure)
     }
 
     fn message(&self, event: &RecordedEvent) -> Message {
