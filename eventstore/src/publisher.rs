@@ -198,8 +198,10 @@ impl Publisher {
                 continue;
             }
 
+            // Read only when a good part of the window is free: topping it up one event at a
+            // time would turn a backlog into many tiny reads.
             let room = self.settings.window - in_flight.len() as i64;
-            let events = if room > 0 {
+            let events = if room >= (self.settings.window / 4).max(1) {
                 match self.store.read_all(sent, room).await {
                     Ok(events) => events,
                     Err(error) => {
