@@ -205,7 +205,9 @@ async fn hap_run(
         pool: pool.clone(),
         progress: Default::default(),
     };
-    let app = api::AppState::new(eventstore::EventStore::new(pool.clone()), read, settings);
+    // The event store as `hap serve` configures it, group commit included.
+    let store = api::db::event_store(pool.clone(), args.pool_size);
+    let app = api::AppState::new(store, read, settings);
 
     let listener = TcpListener::bind("127.0.0.1:0")
         .await

@@ -152,9 +152,13 @@ impl ScratchBroker {
     /// Carries on past failures, and reports the first.
     pub async fn destroy(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        let finished = std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()));
+        let finished =
+            std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()));
         let all_stopped = futures::future::join_all(finished.iter().map(|f| f.cancelled()));
-        if tokio::time::timeout(STOP_TIMEOUT, all_stopped).await.is_err() {
+        if tokio::time::timeout(STOP_TIMEOUT, all_stopped)
+            .await
+            .is_err()
+        {
             tracing::warn!("HAP's background tasks did not stop within {STOP_TIMEOUT:?}");
         }
 

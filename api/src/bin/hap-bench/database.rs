@@ -9,6 +9,8 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 use tokio::signal::unix::{SignalKind, signal};
 use url::Url;
 
+use crate::broker::ScratchBroker;
+
 /// A database named `hap_bench_<random>` on the server of the URL given on the command line.
 pub struct ScratchDatabase {
     name: String,
@@ -66,10 +68,31 @@ impl ScratchDatabase {
         self,
         bench: impl AsyncFnOnce(&ScratchDatabase) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let result = tokio::select! {
-            result = bench(&self) => result,
-            () = interrupted() => Err(anyhow!("interrupted")),
-        };
+        let result = until_interrupted(bench(&self)).await;
+        self.finish(result).await
+    }
+
+    /// As [`ScratchDatabase::run`], with a scratch broker prefix as well: its background pieces
+    /// are stopped and its queues and exchanges deleted first (the pieces also use the
+    /// database), then the database is dropped.
+    pub async fn run_with_broker(
+        self,
+        broker: ScratchBroker,
+        bench: impl AsyncFnOnce(&ScratchDatabase, &ScratchBroker) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let result = until_interrupted(bench(&self, &broker)).await;
+        let prefix = broker.prefix().to_owned();
+        let cleaned = broker.destroy().await;
+        if cleaned.is_ok() {
+            eprintln!("deleted the exchanges and queues under prefix {prefix}");
+        }
+        // The bench's own failure, if any, is the one reported.
+        self.finish(result.and(cleaned)).await
+    }
+
+    /// Drops the database after `result`; a failure to drop is reported only if `result` is
+    /// a success.
+    async fn finish(self, result: anyhow::Result<()>) -> anyhow::Result<()> {
         let name = self.name.clone();
         let destroyed = self.destroy().await;
         match (result, destroyed) {
@@ -99,6 +122,15 @@ impl ScratchDatabase {
             .with_context(|| format!("Failed to drop database {}", self.name))?;
         admin.close().await.ok();
         Ok(())
+    }
+}
+
+/// `bench`'s result, or an error if the process is interrupted first (the bench is then
+/// dropped where it stands, and the clean-up runs).
+async fn until_interrupted(bench: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::select! {
+        result = bench => result,
+        () = interrupted() => Err(anyhow!("interrupted")),
     }
 }
 

@@ -4,14 +4,20 @@
 //!
 //! A closed loop measures what the system sustains at a given concurrency; it cannot overload
 //! it, so latency reflects queueing at that concurrency, not an arrival rate the system
-//! cannot keep up with.
+//! cannot keep up with. Latency at a given arrival rate is what [`paced`] measures: an open
+//! loop that starts operations on a fixed schedule, however long earlier ones take.
+//!
+//! Runs that drain a fixed amount of work (a backlog of events or messages) report a
+//! [`Drained`] instead: how many, and how long it took.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use hdrhistogram::Histogram;
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
 /// Warm-up before every measured window: connections opened, caches and statements prepared.
@@ -77,6 +83,31 @@ impl Outcome {
         self.latency_us.value_at_quantile(q) as f64 / 1000.0
     }
 
+    /// Counts one operation of the measured window that was answered at `answered`, `latency`
+    /// after it started (or was due).
+    pub fn record(
+        &mut self,
+        timeline: Timeline,
+        answered: Instant,
+        latency: Duration,
+        result: anyhow::Result<()>,
+    ) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_us.saturating_record(micros.max(1));
+        self.elapsed = self
+            .elapsed
+            .max(answered.saturating_duration_since(timeline.measure_from));
+        match result {
+            Ok(()) => self.ok += 1,
+            Err(error) => {
+                self.errors += 1;
+                if self.first_error.is_none() {
+                    self.first_error = Some(format!("{error:#}"));
+                }
+            }
+        }
+    }
+
     /// Folds another client's outcome into this one.
     fn merge(&mut self, other: Outcome) -> anyhow::Result<()> {
         self.ok += other.ok;
@@ -91,7 +122,7 @@ impl Outcome {
     }
 }
 
-fn latency_histogram() -> Histogram<u64> {
+pub fn latency_histogram() -> Histogram<u64> {
     // The bounds are constants within what hdrhistogram accepts (1 ≤ low, 2·low ≤ high,
     // 3 significant figures ≤ 5), so this cannot fail.
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
@@ -129,18 +160,7 @@ where
                     continue;
                 }
                 let answered = Instant::now();
-                let micros = u64::try_from((answered - started).as_micros()).unwrap_or(u64::MAX);
-                outcome.latency_us.saturating_record(micros.max(1));
-                outcome.elapsed = answered - timeline.measure_from;
-                match result {
-                    Ok(()) => outcome.ok += 1,
-                    Err(error) => {
-                        outcome.errors += 1;
-                        if outcome.first_error.is_none() {
-                            outcome.first_error = Some(format!("{error:#}"));
-                        }
-                    }
-                }
+                outcome.record(timeline, answered, answered - started, result);
             }
             outcome
         });
@@ -150,6 +170,105 @@ where
         total.merge(joined.context("A load client panicked")?)?;
     }
     Ok(total)
+}
+
+/// Runs `op(n)` at a steady `rate` per second over `timeline`: operation `n` is due `n / rate`
+/// seconds after the start and is started then, in a task of its own, whether or not earlier
+/// ones have been answered, up to `max_in_flight` at once (beyond that the schedule slips, and
+/// the achieved rate shows it). Latency counts from when an operation was due, not from when it
+/// was started, so that a stall delays the operations queued behind it in the figures too (no
+/// coordinated omission). Operations due during the warm-up are not counted; `op(n, measured)`
+/// is told whether it counts, for measurements of its own.
+pub async fn paced<F, Fut>(
+    rate: f64,
+    max_in_flight: usize,
+    timeline: Timeline,
+    op: F,
+) -> anyhow::Result<Outcome>
+where
+    F: Fn(u64, bool) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let start = Instant::now();
+    let slots = Arc::new(Semaphore::new(max_in_flight));
+    let mut tasks = JoinSet::new();
+    let mut outcome = Outcome::empty();
+    let mut take =
+        |joined: Result<(Instant, Instant, anyhow::Result<()>), _>| -> anyhow::Result<()> {
+            let (due, answered, result) = joined.context("A paced operation panicked")?;
+            if due >= timeline.measure_from {
+                outcome.record(timeline, answered, answered - due, result);
+            }
+            Ok(())
+        };
+    for n in 0u64.. {
+        let due = start + Duration::from_secs_f64(n as f64 / rate);
+        if due >= timeline.until {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let slot = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .context("The in-flight limit was closed")?;
+        let operation = op(n, due >= timeline.measure_from);
+        tasks.spawn(async move {
+            let result = operation.await;
+            let answered = Instant::now();
+            drop(slot);
+            (due, answered, result)
+        });
+        // Collect what has finished, so the set stays as small as what is in flight.
+        while let Some(joined) = tasks.try_join_next() {
+            take(joined)?;
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        take(joined)?;
+    }
+    Ok(outcome)
+}
+
+/// A backlog worked off: how many items, in how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Drained {
+    pub count: u64,
+    pub elapsed: Duration,
+}
+
+impl Drained {
+    /// Items per second.
+    pub fn rate(&self) -> f64 {
+        let seconds = self.elapsed.as_secs_f64();
+        if seconds > 0.0 {
+            self.count as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Polls `done` every `every` until it answers true, and returns how long that took from
+/// `started`. Polling resolution is `every`; use one that is small next to the run.
+pub async fn wait_until<F, Fut>(
+    started: Instant,
+    every: Duration,
+    deadline: Duration,
+    mut done: F,
+) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    loop {
+        if done().await? {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > deadline {
+            anyhow::bail!("not done after {deadline:?}");
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// How busy a connection pool was during a measured window.

@@ -2,26 +2,41 @@
 //! README can quote a ratio rather than a bare number that only means something on one machine.
 //!
 //! Every subcommand runs against a scratch database it creates and drops itself, so runs never
-//! see each other's data and never touch a real HAP database.
+//! see each other's data and never touch a real HAP database; those that use RabbitMQ also
+//! work under a scratch exchange prefix whose exchanges and queues they delete at the end. Each
+//! runs HAP and its raw baseline one after the other in the same process.
 //!
 //! # Layout
 //! - [`append`]: `hap-bench append`, command-side throughput (`POST /patients`) against raw
 //!   one-row inserts into a table shaped like `events`.
+//! - [`publish`]: `hap-bench publish`, the publisher draining the store against plain lapin
+//!   publishing with confirms, and commit-to-delivery latency at a steady rate.
+//! - [`project`]: `hap-bench project`, the projectors working off full queues against plain
+//!   consuming with acks.
+//! - [`e2e`]: `hap-bench e2e`, read-your-writes latency through the whole system at a steady
+//!   rate, beside an INSERT-then-SELECT floor.
+//! - [`rebuild`]: `hap-bench rebuild`, rebuilding the read model against a keyset scan of the
+//!   store.
 //! - [`database`]: the scratch database, shared by every subcommand.
-//! - [`load`]: the closed-loop load driver and the pool sampler.
-//! - [`report`]: machine facts and the plain-text table every subcommand prints.
-//!
-//! Later subcommands (`publish`, `project`, `e2e`, `rebuild`) are meant to be sibling modules
-//! built from the same three pieces.
+//! - [`broker`]: the scratch exchange prefix, and HAP's pieces running in the background on it.
+//! - [`system`]: HAP's pieces wired as `hap serve` wires them, and filling the store.
+//! - [`load`]: the closed-loop and paced load drivers, backlog timing and the pool sampler.
+//! - [`report`]: machine facts and the plain-text tables every subcommand prints.
 //!
 //! Progress goes to stderr and the report to stdout, so `hap-bench append > result.txt` keeps
 //! only what the README quotes. Exit status: 0 on success, 1 on failure (one line on stderr),
 //! 2 on bad usage (clap's own).
 
 mod append;
+mod broker;
 mod database;
+mod e2e;
 mod load;
+mod project;
+mod publish;
+mod rebuild;
 mod report;
+mod system;
 
 use std::process::ExitCode;
 
@@ -42,6 +57,14 @@ struct Cli {
 enum Command {
     /// Command-side throughput: HAP's `POST /patients` against raw inserts into `events`' shape.
     Append(append::Args),
+    /// Publisher throughput against plain lapin publishing, and commit-to-delivery latency.
+    Publish(publish::Args),
+    /// Projector throughput from a full queue against plain consuming with acks.
+    Project(project::Args),
+    /// Command-to-query latency through the whole system (read-your-writes) at a steady rate.
+    E2e(e2e::Args),
+    /// Rebuilding the read model from the store against a plain paged scan of the store.
+    Rebuild(rebuild::Args),
 }
 
 #[tokio::main]
@@ -50,6 +73,10 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Append(args) => append::run(args).await,
+        Command::Publish(args) => publish::run(args).await,
+        Command::Project(args) => project::run(args).await,
+        Command::E2e(args) => e2e::run(args).await,
+        Command::Rebuild(args) => rebuild::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,7 @@ use std::fmt::{self, Display};
 use anyhow::Context;
 use sqlx::PgPool;
 
-use crate::load::Outcome;
+use crate::load::{Drained, Outcome};
 
 /// The facts a reader needs to judge a result measured elsewhere.
 pub struct Facts {
@@ -88,6 +88,50 @@ impl Table {
             format!("{:.2}", outcome.latency_ms(0.99)),
             outcome.errors.to_string(),
         ]);
+    }
+
+    /// The row of a run that worked off a backlog of `unit`s (see [`Table::drains`]).
+    pub fn drain_row(&mut self, name: &str, drained: &Drained) {
+        self.row(vec![
+            name.to_owned(),
+            drained.count.to_string(),
+            format!("{:.2}", drained.elapsed.as_secs_f64()),
+            format!("{:.0}", drained.rate()),
+        ]);
+    }
+
+    /// The header of [`Table::drain_row`]'s rows, counting `unit`s (`events`, `messages`).
+    pub fn drains(unit: &str) -> Self {
+        let rate = format!("{unit}/s");
+        Self::new(["run", unit, "seconds", &rate])
+    }
+
+    /// The row of a paced run: the rate asked for and achieved, latency, errors.
+    pub fn paced_row(&mut self, name: &str, rate: u64, outcome: &Outcome) {
+        self.row(vec![
+            name.to_owned(),
+            rate.to_string(),
+            format!("{:.0}", outcome.rate()),
+            outcome.ok.to_string(),
+            format!("{:.2}", outcome.latency_ms(0.5)),
+            format!("{:.2}", outcome.latency_ms(0.99)),
+            format!("{:.2}", outcome.latency_ms(1.0)),
+            outcome.errors.to_string(),
+        ]);
+    }
+
+    /// The header of [`Table::paced_row`]'s rows.
+    pub fn paced() -> Self {
+        Self::new([
+            "run",
+            "rate/s",
+            "achieved/s",
+            "ok",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "errors",
+        ])
     }
 
     /// The header of [`Table::run_row`]'s rows.

@@ -1,0 +1,436 @@
+//! `hap-bench e2e`: how long a client waits to read its own write through the whole system, at
+//! a steady rate of writes.
+//!
+//! - **HAP run**: the whole system in-process as `hap serve` wires it (command and query
+//!   routes on one local port, the append notifier, the publisher, the projectors of the
+//!   instance whose read model the query routes read). At `--rate` per second, a client sends
+//!   `POST /patients` and, as soon as it is answered, `GET /patients/{id}` with
+//!   `X-Min-Position` set to the command's `position`, so the query waits until the patients
+//!   projection has applied the registration: database, publisher, broker, projector, database,
+//!   query. Each pair runs in a task of its own, so that a slow one delays no other.
+//! - **Raw run**: the same schedule on the floor of any write followed by a read: a one-row
+//!   `INSERT` of the same event into a copy of `events`, then a `SELECT` of it by id, from a
+//!   pool of as many connections as HAP's, with no HTTP and no broker.
+//!
+//! Latency counts from when the pair was due (it is sent then, unless the bench falls
+//! behind) until the query's answer has been read, and is the figure the targets are about.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use api::config::Settings;
+use domain::Event;
+use domain::event::PatientRegistered;
+use domain::ids::PatientId;
+use hdrhistogram::Histogram;
+use projections::queues::{self, QUEUES, QueueNames};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::broker::{ScratchBroker, Servers};
+use crate::database::ScratchDatabase;
+use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, latency_histogram, paced, sample_pool};
+use crate::report::{Facts, Table};
+use crate::system::{self, INSTANCE, POOL_SIZE};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Command-then-query pairs started per second.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: u64,
+
+    /// Measured seconds of each run, after a 1-second warm-up.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    seconds: u64,
+
+    /// Pairs in flight at most; past it the schedule slips (and the achieved rate shows it).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_in_flight: u32,
+
+    #[command(flatten)]
+    servers: Servers,
+}
+
+/// The targets from the design: read-your-writes through the whole system, p50 and p99.
+const TARGET_P50_MS: f64 = 5.0;
+const TARGET_P99_MS: f64 = 25.0;
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let database = ScratchDatabase::new(&args.servers.database_url)?;
+    let broker = ScratchBroker::new(&args.servers.amqp_url);
+    eprintln!(
+        "hap-bench e2e: scratch database {}, exchange prefix {}",
+        database.name(),
+        broker.prefix()
+    );
+    database
+        .run_with_broker(broker, async |database, broker| {
+            bench(&args, database, broker).await
+        })
+        .await
+}
+
+async fn bench(
+    args: &Args,
+    database: &ScratchDatabase,
+    broker: &ScratchBroker,
+) -> anyhow::Result<()> {
+    let pool = database.create(POOL_SIZE).await?;
+    let facts = Facts::gather(&pool).await?;
+
+    eprintln!(
+        "HAP run: {} pairs/s, {} s warm-up + {} s…",
+        args.rate,
+        WARMUP.as_secs(),
+        args.seconds
+    );
+    let (hap, legs) = hap_run(args, database, broker, pool).await?;
+
+    eprintln!(
+        "raw run: {} pairs/s, {} s warm-up + {} s…",
+        args.rate,
+        WARMUP.as_secs(),
+        args.seconds
+    );
+    let raw = raw_run(args, database).await?;
+
+    let mut table = Table::paced();
+    table.paced_row("HAP", args.rate, &hap);
+    table.paced_row("raw", args.rate, &raw);
+    println!("hap-bench e2e · {facts}");
+    println!(
+        "{} pairs/s · {} s measured after {} s warm-up · up to {} in flight · POST /patients, \
+         then GET /patients/{{id}} with X-Min-Position, vs INSERT then SELECT",
+        args.rate,
+        args.seconds,
+        WARMUP.as_secs(),
+        args.max_in_flight
+    );
+    println!();
+    print!("{table}");
+    println!();
+    println!(
+        "HAP p50 {:.2} ms (target ≤ {TARGET_P50_MS:.0}), p99 {:.2} ms (target ≤ {TARGET_P99_MS:.0})",
+        hap.latency_ms(0.5),
+        hap.latency_ms(0.99)
+    );
+    let mut breakdown = Table::new(["HAP leg", "count", "p50 ms", "p99 ms", "max ms"]);
+    for (name, histogram) in [
+        ("POST /patients (sent → 201)", &legs.command),
+        ("GET with X-Min-Position (sent → 200)", &legs.query),
+    ] {
+        let ms = |micros: u64| format!("{:.2}", micros as f64 / 1000.0);
+        breakdown.row(vec![
+            name.to_owned(),
+            histogram.len().to_string(),
+            ms(histogram.value_at_quantile(0.5)),
+            ms(histogram.value_at_quantile(0.99)),
+            ms(histogram.max()),
+        ]);
+    }
+    println!();
+    print!("{breakdown}");
+    if let Some((store, read)) = legs.pools {
+        println!(
+            "HAP pools during the run: event store {:.1} of {POOL_SIZE} connections open, {:.1} \
+             idle; read model {:.1} open, {:.1} idle (on average)",
+            store.open, store.idle, read.open, read.idle
+        );
+    }
+    for (name, outcome) in [("HAP", &hap), ("raw", &raw)] {
+        if let Some(error) = &outcome.first_error {
+            println!("first {name} error: {error}");
+        }
+    }
+    Ok(())
+}
+
+/// Latency of each leg of HAP's successful pairs in the measured window, in µs, and how busy
+/// HAP's pools were (event store, read model).
+struct Legs {
+    command: Histogram<u64>,
+    query: Histogram<u64>,
+    pools: Option<(PoolUsage, PoolUsage)>,
+}
+
+impl Legs {
+    fn new() -> Self {
+        Self {
+            command: latency_histogram(),
+            query: latency_histogram(),
+            pools: None,
+        }
+    }
+
+    fn record(&mut self, command: Duration, query: Duration) {
+        for (histogram, took) in [(&mut self.command, command), (&mut self.query, query)] {
+            let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+            histogram.saturating_record(micros.max(1));
+        }
+    }
+}
+
+/// The whole system in-process, driven by paced pairs over HTTP/1.1 keep-alive.
+async fn hap_run(
+    args: &Args,
+    database: &ScratchDatabase,
+    broker: &ScratchBroker,
+    pool: PgPool,
+) -> anyhow::Result<(Outcome, Legs)> {
+    // Installed first, as `hap serve` does: what is recorded before it exists is lost.
+    api::telemetry::metrics_handle();
+    let mut settings = Settings::defaults();
+    settings.database_url = database.url().to_owned();
+    settings.amqp_url = broker.url().to_owned();
+    settings.exchange_prefix = broker.prefix().to_owned();
+    settings.instance = INSTANCE.to_owned();
+    settings.db_pool_size = POOL_SIZE;
+    let store = system::store(&pool);
+    let read = system::read_model(database).await?;
+
+    // The instance's queues exist before the first command, so that no early message goes
+    // unrouted (the projectors declare them too, but only once they have connected).
+    broker.instance_queues(INSTANCE);
+    let setup = broker.connect("setup").await?;
+    let channel = setup
+        .create_channel()
+        .await
+        .context("Failed to open a channel")?;
+    for spec in &QUEUES {
+        let names = QueueNames::new(broker.prefix(), spec.service, INSTANCE);
+        queues::declare(&channel, &broker.topology(), spec, &names)
+            .await
+            .with_context(|| format!("Failed to declare {}", names.main))?;
+    }
+    setup.close(200, "done".into()).await.ok();
+
+    let notifier = {
+        let store = store.clone();
+        broker.spawn(|stop| eventstore::wakeup::forward_appends(store, stop))
+    };
+    let publisher = system::publisher(broker, &store);
+    let projectors = system::projectors(broker, &read, &store);
+    let read_pool = read.pool.clone();
+    let app = api::AppState::new(store, read, settings);
+
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("Failed to bind a local port for HAP")?;
+    let address = listener
+        .local_addr()
+        .context("Failed to read HAP's local address")?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, api::router(app, true, true))
+            .with_graceful_shutdown(async {
+                // A dropped sender means the same as a sent stop.
+                let _ = stopped.await;
+            })
+            .await
+    });
+
+    // One client for all pairs, keeping connections open between requests, so connection
+    // set-up is not measured (beyond the first requests of the warm-up).
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .no_proxy()
+        .pool_max_idle_per_host(args.max_in_flight as usize)
+        .build()
+        .context("Failed to build the HTTP client")?;
+    let base: Arc<str> = format!("http://{address}").into();
+    let legs = Arc::new(Mutex::new(Legs::new()));
+
+    let timeline = Timeline::starting_now(WARMUP, Duration::from_secs(args.seconds));
+    // Both of HAP's pools, to tell a run limited by connections (idle near 0) from one
+    // limited by something else.
+    let store_sampler = sample_pool(pool.clone(), timeline);
+    let read_sampler = sample_pool(read_pool, timeline);
+    let outcome = {
+        let legs = Arc::clone(&legs);
+        paced(
+            args.rate as f64,
+            args.max_in_flight as usize,
+            timeline,
+            move |n, measured| {
+                let (client, base, legs) = (client.clone(), Arc::clone(&base), Arc::clone(&legs));
+                async move {
+                    let (command, query) = pair(&client, &base, n).await?;
+                    if measured {
+                        legs.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .record(command, query);
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .await
+    };
+
+    let store_usage = store_sampler.await.context("The pool sampler panicked")?;
+    let read_usage = read_sampler.await.context("The pool sampler panicked")?;
+
+    // The client went with the load closure, so no keep-alive connection holds the server.
+    let _ = stop.send(());
+    let server_result = tokio::time::timeout(Duration::from_secs(5), server).await;
+    projectors.stop().await;
+    publisher.stop().await;
+    notifier.stop().await;
+    pool.close().await;
+    let outcome = outcome?;
+    match server_result {
+        Ok(joined) => joined
+            .context("HAP's server task panicked")?
+            .context("HAP's server failed")?,
+        Err(_) => tracing::warn!("HAP's server did not shut down within 5 s"),
+    }
+    let mut legs = std::mem::replace(
+        &mut *legs.lock().unwrap_or_else(|e| e.into_inner()),
+        Legs::new(),
+    );
+    legs.pools = Some((store_usage, read_usage));
+    Ok((outcome, legs))
+}
+
+/// One pair: registers patient `n`, then reads it back at the command's position. Returns how
+/// long each request took.
+async fn pair(
+    client: &reqwest::Client,
+    base: &str,
+    n: u64,
+) -> anyhow::Result<(Duration, Duration)> {
+    let sent = Instant::now();
+    let response = client
+        .post(format!("{base}/patients"))
+        .json(&registration(n))
+        .send()
+        .await
+        .context("POST /patients failed")?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .context("Failed to read the response of POST /patients")?;
+    if status.as_u16() != 201 {
+        bail!(
+            "POST /patients answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let created: Value =
+        serde_json::from_slice(&body).context("POST /patients answered something not JSON")?;
+    let (Some(id), Some(position)) = (created["id"].as_str(), created["position"].as_str()) else {
+        bail!("POST /patients answered no id or position: {created}");
+    };
+    let command = sent.elapsed();
+
+    let sent = Instant::now();
+    let response = client
+        .get(format!("{base}/patients/{id}"))
+        .header("X-Min-Position", position)
+        .send()
+        .await
+        .context("GET /patients/{id} failed")?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .context("Failed to read the response of GET /patients/{id}")?;
+    if status.as_u16() != 200 {
+        bail!(
+            "GET /patients/{{id}} answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let patient: Value =
+        serde_json::from_slice(&body).context("GET /patients/{id} answered something not JSON")?;
+    if patient["id"].as_str() != Some(id) {
+        bail!("GET /patients/{id} answered another patient: {patient}");
+    }
+    Ok((command, sent.elapsed()))
+}
+
+/// The body of patient `n`'s registration; the document number is unique per run.
+fn registration(n: u64) -> Value {
+    json!({
+        "name": format!("Bench Patient {n}"),
+        "birthDate": "1980-05-17",
+        "documentNumber": format!("e2e-{n}"),
+        "email": format!("e2e-{n}@example.org"),
+        "phone": "+55 11 5555-0100",
+    })
+}
+
+/// The raw run's statements: the same event row as HAP's first append writes, then a read of
+/// it by its id, as the query reads a patient by its id.
+const RAW_INSERT: &str = "insert into raw_events (event_id, stream_id, aggregate_type, version, \
+    event_type, payload, tenant_id, correlation_id, causation_id, schema_version, occurred_at) \
+    values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+const RAW_SELECT: &str = "select payload from raw_events where event_id = $1";
+
+/// Paced INSERT-then-SELECT pairs into `raw_events`, a copy of `events` with all its indexes.
+async fn raw_run(args: &Args, database: &ScratchDatabase) -> anyhow::Result<Outcome> {
+    let pool = PgPoolOptions::new()
+        .max_connections(POOL_SIZE)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(database.url())
+        .await
+        .context("Failed to connect to PostgreSQL for the raw run")?;
+    sqlx::query("create table raw_events (like events including all)")
+        .execute(&pool)
+        .await
+        .context("Failed to create raw_events")?;
+    let timeline = Timeline::starting_now(WARMUP, Duration::from_secs(args.seconds));
+    let load_pool = pool.clone();
+    let outcome = paced(
+        args.rate as f64,
+        args.max_in_flight as usize,
+        timeline,
+        move |n, _| {
+            let pool = load_pool.clone();
+            async move {
+                let patient_id = PatientId::new();
+                let (event_type, payload) = Event::PatientRegistered(PatientRegistered {
+                    patient_id,
+                    name: format!("Bench Patient {n}"),
+                    birth_date: chrono::NaiveDate::from_ymd_opt(1980, 5, 17)
+                        .expect("1980-05-17 is a date"),
+                    document_number: format!("e2e-{n}"),
+                    email: Some(format!("e2e-{n}@example.org")),
+                    phone: Some("+55 11 5555-0100".into()),
+                })
+                .into_parts();
+                let event_id = Uuid::now_v7();
+                sqlx::query(RAW_INSERT)
+                    .bind(event_id)
+                    .bind(patient_id.as_uuid())
+                    .bind("patient")
+                    .bind(1_i64)
+                    .bind(event_type)
+                    .bind(payload)
+                    .bind(api::state::TENANT)
+                    .bind(Uuid::now_v7().to_string())
+                    .bind(None::<Uuid>)
+                    .bind(1_i32)
+                    .bind(system::now_micros())
+                    .execute(&pool)
+                    .await
+                    .context("insert into raw_events failed")?;
+                let _: Value = sqlx::query_scalar(RAW_SELECT)
+                    .bind(event_id)
+                    .fetch_one(&pool)
+                    .await
+                    .context("select from raw_events failed")?;
+                Ok(())
+            }
+        },
+    )
+    .await;
+    pool.close().await;
+    outcome
+}
