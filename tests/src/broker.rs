@@ -249,7 +249,8 @@ pub async fn drain(queue: &str) -> Vec<Captured> {
     taken
 }
 
-/// Deletes every queue of `instance` under `prefix` (main, retry and dead-letter).
+/// Deletes every queue of `instance` under `prefix` (main, retry and dead-letter), and the
+/// prefix's exchanges and unrouted queue, so that a test leaves nothing on the broker.
 pub async fn delete_instance_queues(prefix: &str, instance: &str) {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
@@ -262,6 +263,23 @@ pub async fn delete_instance_queues(prefix: &str, instance: &str) {
                 .queue_delete(queue.into(), QueueDeleteOptions::default())
                 .await;
         }
+    }
+    let _ = channel
+        .queue_delete(
+            format!("{prefix}.unrouted").into(),
+            QueueDeleteOptions::default(),
+        )
+        .await;
+    for suffix in eventstore::topology::EXCHANGES
+        .into_iter()
+        .chain(["unrouted"])
+    {
+        let _ = channel
+            .exchange_delete(
+                format!("{prefix}.{suffix}").into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
     }
     connection.close(200, "done".into()).await.ok();
 }
