@@ -44,8 +44,8 @@ impl ConsumerSettings {
             topology: Topology::new(prefix),
             instance: instance.to_owned(),
             max_retries,
-            prefetch: 500,
-            batch: 250,
+            prefetch: 1000,
+            batch: 500,
         }
     }
 
