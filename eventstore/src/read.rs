@@ -72,7 +72,9 @@ impl EventStore {
         .await
     }
 
-    /// Up to `limit` committed events after `after`, in (transaction id, position) order.
+    /// Up to `limit` committed events after `after`, in (transaction id, position) order. (The
+    /// `order by` names the table's columns: the output column `transaction_id` is a cast,
+    /// and sorting by it would sort every remaining row instead of walking the index.)
     ///
     /// Only events of transactions older than the oldest one still running are returned
     /// (`pg_snapshot_xmin`). A transaction that inserted early but commits late is therefore
@@ -90,7 +92,7 @@ impl EventStore {
             " from events \
              where (transaction_id, position) > ($1::text::xid8, $2) \
                and transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-             order by transaction_id, position \
+             order by events.transaction_id, events.position \
              limit $3"
         ))
         .bind(after.transaction_id.to_string())

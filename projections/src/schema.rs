@@ -36,7 +36,13 @@ pub async fn connect(url: &str, schema: &str, size: u32) -> Result<PgPool, sqlx:
         .acquire_timeout(Duration::from_secs(5))
         // A projector that meets a lock held too long fails and retries later rather than
         // holding its batch (and its queue) hostage.
-        .connect_with(options.options([("search_path", schema), ("lock_timeout", "1s")]))
+        // Custom plans, for the same reason as the event store's: read models start empty, and a
+        // generic plan made then would scan whole tables once they have grown.
+        .connect_with(options.options([
+            ("search_path", schema),
+            ("lock_timeout", "1s"),
+            ("plan_cache_mode", "force_custom_plan"),
+        ]))
         .await
 }
 

@@ -25,13 +25,12 @@ use futures::future::try_join_all;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::database::ScratchDatabase;
 use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, closed_loop, sample_pool};
 use crate::report::{Facts, Table};
+use crate::system;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -209,21 +208,8 @@ async fn hap_run(
     let store = api::db::event_store(pool.clone(), args.pool_size);
     let app = api::AppState::new(store, read, settings);
 
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("Failed to bind a local port for HAP")?;
-    let address = listener
-        .local_addr()
-        .context("Failed to read HAP's local address")?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, api::router(app, true, false))
-            .with_graceful_shutdown(async {
-                // A dropped sender means the same as a sent stop.
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let server = system::HttpServer::start(app, true, false).await?;
+    let address = server.address;
 
     // One client for all tasks, like a fleet of keep-alive clients sharing a proxy: at most one
     // connection per task, kept open between requests, so connection set-up is not measured.
@@ -268,18 +254,11 @@ async fn hap_run(
     let usage = sampler.await;
 
     // The client went with the load closure, so no keep-alive connection holds the server.
-    let _ = stop.send(());
-    let server_result = tokio::time::timeout(Duration::from_secs(5), server).await;
+    let stopped = server.stop().await;
     pool.close().await;
     let outcome = outcome?;
     let usage = usage.context("The pool sampler panicked")?;
-    match server_result {
-        Ok(joined) => joined
-            .context("HAP's server task panicked")?
-            .context("HAP's server failed")?,
-        // Requests are all answered by now; a server slow to close is not worth failing for.
-        Err(_) => tracing::warn!("HAP's server did not shut down within 5 s"),
-    }
+    stopped?;
     Ok((outcome, usage))
 }
 

@@ -28,8 +28,6 @@ use projections::queues::{self, QUEUES, QueueNames};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::broker::{ScratchBroker, Servers};
@@ -218,21 +216,8 @@ async fn hap_run(
     let read_pool = read.pool.clone();
     let app = api::AppState::new(store, read, settings);
 
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("Failed to bind a local port for HAP")?;
-    let address = listener
-        .local_addr()
-        .context("Failed to read HAP's local address")?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, api::router(app, true, true))
-            .with_graceful_shutdown(async {
-                // A dropped sender means the same as a sent stop.
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let server = system::HttpServer::start(app, true, true).await?;
+    let address = server.address;
 
     // One client for all pairs, keeping connections open between requests, so connection
     // set-up is not measured (beyond the first requests of the warm-up).
@@ -276,19 +261,13 @@ async fn hap_run(
     let read_usage = read_sampler.await.context("The pool sampler panicked")?;
 
     // The client went with the load closure, so no keep-alive connection holds the server.
-    let _ = stop.send(());
-    let server_result = tokio::time::timeout(Duration::from_secs(5), server).await;
+    let stopped = server.stop().await;
     projectors.stop().await;
     publisher.stop().await;
     notifier.stop().await;
     pool.close().await;
     let outcome = outcome?;
-    match server_result {
-        Ok(joined) => joined
-            .context("HAP's server task panicked")?
-            .context("HAP's server failed")?,
-        Err(_) => tracing::warn!("HAP's server did not shut down within 5 s"),
-    }
+    stopped?;
     let mut legs = std::mem::replace(
         &mut *legs.lock().unwrap_or_else(|e| e.into_inner()),
         Legs::new(),

@@ -183,3 +183,50 @@ pub fn now_micros() -> DateTime<Utc> {
     let now = Utc::now();
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
+
+/// HAP's HTTP API served in-process on a free local port, as `hap serve` serves it.
+pub struct HttpServer {
+    pub address: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpServer {
+    pub async fn start(app: api::AppState, commands: bool, queries: bool) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("Failed to bind a local port for HAP")?;
+        let address = listener
+            .local_addr()
+            .context("Failed to read HAP's local address")?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, api::router(app, commands, queries))
+                .with_graceful_shutdown(async {
+                    // A dropped sender means the same as a sent stop.
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(Self {
+            address,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops the server once its clients are gone (no keep-alive connection holds it).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(std::time::Duration::from_secs(5), self.task).await {
+            Ok(joined) => joined
+                .context("HAP's server task panicked")?
+                .context("HAP's server failed"),
+            // Requests are all answered by now; a server slow to close is not worth failing for.
+            Err(_) => {
+                tracing::warn!("HAP's server did not shut down within 5 s");
+                Ok(())
+            }
+        }
+    }
+}
