@@ -228,25 +228,7 @@ async fn hap_run(
         let url = Arc::clone(&url);
         async move {
             let body = BenchPatient::new(client_id, n).request();
-            let response = client
-                .post(&*url)
-                .json(&body)
-                .send()
-                .await
-                .context("POST /patients failed")?;
-            let status = response.status();
-            // Read the body to its end even when unused: an unread body makes the client
-            // discard the connection instead of reusing it.
-            let body = response
-                .bytes()
-                .await
-                .context("Failed to read the response of POST /patients")?;
-            if status.as_u16() != 201 {
-                bail!(
-                    "POST /patients answered {status}: {}",
-                    String::from_utf8_lossy(&body)
-                );
-            }
+            system::post_patient(&client, &url, &body).await?;
             Ok(())
         }
     })

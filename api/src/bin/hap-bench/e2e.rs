@@ -284,23 +284,7 @@ async fn pair(
     n: u64,
 ) -> anyhow::Result<(Duration, Duration)> {
     let sent = Instant::now();
-    let response = client
-        .post(format!("{base}/patients"))
-        .json(&registration(n))
-        .send()
-        .await
-        .context("POST /patients failed")?;
-    let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .context("Failed to read the response of POST /patients")?;
-    if status.as_u16() != 201 {
-        bail!(
-            "POST /patients answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
+    let body = system::post_patient(client, &format!("{base}/patients"), &registration(n)).await?;
     let created: Value =
         serde_json::from_slice(&body).context("POST /patients answered something not JSON")?;
     let (Some(id), Some(position)) = (created["id"].as_str(), created["position"].as_str()) else {

@@ -230,3 +230,31 @@ impl HttpServer {
         }
     }
 }
+
+/// Sends `POST /patients` with `body`; anything but 201 is an error. The response body is read
+/// to its end even when unused: an unread body makes the client drop the connection instead of
+/// reusing it.
+pub async fn post_patient(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<axum::body::Bytes> {
+    let response = client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .context("POST /patients failed")?;
+    let status = response.status();
+    let bytes = response
+        .bytes()
+        .await
+        .context("Failed to read the response of POST /patients")?;
+    if status.as_u16() != 201 {
+        anyhow::bail!(
+            "POST /patients answered {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    Ok(bytes)
+}
