@@ -7,12 +7,6 @@ use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
-/// Plan every statement for its parameters. sqlx prepares and caches statements per connection,
-/// and after a few runs PostgreSQL may switch one to a generic plan, chosen blind to the
-/// parameters and kept for the connection's life: a scan of the whole events table for the
-/// publisher's "what is after my checkpoint", planned while the table was small.
-pub const CUSTOM_PLANS: &str = "force_custom_plan";
-
 /// A pool on `url`, creating the database first when `create` is set and it does not exist.
 pub async fn connect(url: &str, size: u32, create: bool) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url)
@@ -23,7 +17,7 @@ pub async fn connect(url: &str, size: u32, create: bool) -> anyhow::Result<PgPoo
     PgPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options.options([("plan_cache_mode", CUSTOM_PLANS)]))
+        .connect_with(options)
         .await
         .context("Failed to connect to PostgreSQL")
 }

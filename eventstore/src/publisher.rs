@@ -427,6 +427,8 @@ impl Publisher {
         )
         .bind(checkpoint.transaction_id.to_string())
         .bind(checkpoint.position)
+        // Planned for this checkpoint each time, as `read_all` is: a generic plan scans all.
+        .persistent(false)
         .fetch_one(self.store.pool())
         .await;
         if let Ok((count, seconds)) = lag {

@@ -98,6 +98,9 @@ impl EventStore {
         .bind(after.transaction_id.to_string())
         .bind(after.position)
         .bind(limit)
+        // Not a cached prepared statement: PostgreSQL would soon switch it to a generic plan,
+        // made blind to the checkpoint, that scans the whole table instead of its tail.
+        .persistent(false)
         .fetch_all(&self.pool)
         .await
     }
