@@ -12,9 +12,10 @@ use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::Projector;
+use crate::projector::{InMemory, Projector};
 
 pub struct Consultations;
 
@@ -54,6 +55,133 @@ fn name_set_by(event: &Event) -> Option<(Uuid, &str)> {
     }
 }
 
+/// Consultations' rows and people's names by id: those a batch touches, or every one during
+/// a rebuild.
+#[derive(Default)]
+struct Rows {
+    consultations: HashMap<Uuid, Row>,
+    people: HashMap<Uuid, Name>,
+}
+
+impl Rows {
+    /// Folds one event; returns the consultation whose row it changed. A rename is only noted
+    /// in `people`: the caller copies it into the consultations.
+    fn apply(&mut self, envelope: &Envelope) -> Option<Uuid> {
+        if let Some((id, name)) = name_set_by(&envelope.event) {
+            self.people.insert(
+                id,
+                Name {
+                    name: name.to_owned(),
+                    renamed: true,
+                },
+            );
+            return None;
+        }
+        let id = envelope.stream_id;
+        if let Event::ConsultationSchedulingStarted(e) = &envelope.event {
+            let name_of = |person: Uuid| self.people.get(&person).map(|p| p.name.clone());
+            let row = Row {
+                id,
+                patient_id: e.patient_id.as_uuid(),
+                patient_name: name_of(e.patient_id.as_uuid()),
+                physician_id: e.physician_id.as_uuid(),
+                physician_name: name_of(e.physician_id.as_uuid()),
+                starts_at: e.starts_at,
+                ends_at: e.ends_at,
+                status: "requested".into(),
+                reason: e.reason.clone(),
+                notes: None,
+                failure_reason: None,
+                failure_detail: None,
+                cancellation_reason: None,
+                version: 0,
+                updated_at: envelope.occurred_at,
+            };
+            self.consultations.insert(id, row);
+        }
+        let row = self.consultations.get_mut(&id)?;
+        match &envelope.event {
+            Event::ConsultationScheduled(_) => row.status = "scheduled".into(),
+            Event::ConsultationSchedulingFailed(e) => {
+                row.status = "failed".into();
+                row.failure_reason = serde_json::to_value(e.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned));
+                row.failure_detail = Some(e.detail.clone());
+            }
+            Event::ConsultationUpdated(e) => {
+                if let Some(reason) = &e.reason {
+                    row.reason = Some(reason.clone());
+                }
+                if let Some(notes) = &e.notes {
+                    row.notes = Some(notes.clone());
+                }
+            }
+            Event::ConsultationCancellationRequested(e) => {
+                row.status = "cancellation_requested".into();
+                row.cancellation_reason = Some(e.reason.clone());
+            }
+            Event::ConsultationCancelled(_) => row.status = "cancelled".into(),
+            Event::ConsultationDone(_) => row.status = "done".into(),
+            _ => {}
+        }
+        row.version = envelope.version;
+        row.updated_at = envelope.occurred_at;
+        Some(id)
+    }
+}
+
+impl InMemory for Rows {
+    fn fold(&mut self, event: &Envelope) {
+        self.apply(event);
+    }
+
+    /// Every consultation shows its people's latest names, as the live renames leave it.
+    fn into_rows(self: Box<Self>) -> Vec<CopyRows> {
+        let Rows {
+            consultations,
+            people,
+        } = *self;
+        let mut rows: Vec<Row> = consultations.into_values().collect();
+        rows.sort_unstable_by_key(|r| r.id);
+        let mut copy = CopyRows::new(
+            "consultations",
+            "id, patient_id, patient_name, physician_id, physician_name, starts_at, ends_at, \
+             status, reason, notes, failure_reason, failure_detail, cancellation_reason, \
+             version, updated_at",
+        );
+        for r in &rows {
+            let latest = |person: &Uuid, shown: &Option<String>| {
+                people.get(person).map(|p| p.name.clone()).or(shown.clone())
+            };
+            copy.row(&[
+                &r.id,
+                &r.patient_id,
+                &latest(&r.patient_id, &r.patient_name),
+                &r.physician_id,
+                &latest(&r.physician_id, &r.physician_name),
+                &r.starts_at,
+                &r.ends_at,
+                &r.status,
+                &r.reason,
+                &r.notes,
+                &r.failure_reason,
+                &r.failure_detail,
+                &r.cancellation_reason,
+                &r.version,
+                &r.updated_at,
+            ]);
+        }
+        let mut people: Vec<(Uuid, Name)> = people.into_iter().collect();
+        people.sort_unstable_by_key(|(id, _)| *id);
+        let mut names = CopyRows::new("people", "id, name");
+        for (id, person) in &people {
+            names.row(&[id, &person.name]);
+        }
+        vec![copy, names]
+    }
+}
+
 impl Projector for Consultations {
     fn name(&self) -> &'static str {
         crate::CONSULTATIONS
@@ -66,7 +194,7 @@ impl Projector for Consultations {
     ) -> BoxFuture<'a, Result<Vec<Touched>, sqlx::Error>> {
         async move {
             let mut ids: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
-            let mut rows: HashMap<Uuid, Row> =
+            let consultations =
                 sqlx::query_as::<_, Row>("select * from consultations where id = any($1)")
                     .bind(&ids)
                     .fetch_all(&mut *tx)
@@ -81,7 +209,7 @@ impl Projector for Consultations {
                     ids.push(e.physician_id.as_uuid());
                 }
             }
-            let mut people: HashMap<Uuid, Name> = sqlx::query_as::<_, (Uuid, String)>(
+            let people = sqlx::query_as::<_, (Uuid, String)>(
                 "select id, name from people where id = any($1)",
             )
             .bind(&ids)
@@ -89,86 +217,21 @@ impl Projector for Consultations {
             .await?
             .into_iter()
             .map(|(id, name)| {
-                (
-                    id,
-                    Name {
-                        name,
-                        renamed: false,
-                    },
-                )
+                let name = Name {
+                    name,
+                    renamed: false,
+                };
+                (id, name)
             })
             .collect();
+            let mut rows = Rows {
+                consultations,
+                people,
+            };
+            let mut changed: Vec<Uuid> = events.iter().filter_map(|e| rows.apply(e)).collect();
 
-            let mut changed = Vec::new();
-            for envelope in events {
-                if let Some((id, name)) = name_set_by(&envelope.event) {
-                    people.insert(
-                        id,
-                        Name {
-                            name: name.to_owned(),
-                            renamed: true,
-                        },
-                    );
-                    continue;
-                }
-                let id = envelope.stream_id;
-                if let Event::ConsultationSchedulingStarted(e) = &envelope.event {
-                    let name_of = |person: Uuid| people.get(&person).map(|p| p.name.clone());
-                    rows.insert(
-                        id,
-                        Row {
-                            id,
-                            patient_id: e.patient_id.as_uuid(),
-                            patient_name: name_of(e.patient_id.as_uuid()),
-                            physician_id: e.physician_id.as_uuid(),
-                            physician_name: name_of(e.physician_id.as_uuid()),
-                            starts_at: e.starts_at,
-                            ends_at: e.ends_at,
-                            status: "requested".into(),
-                            reason: e.reason.clone(),
-                            notes: None,
-                            failure_reason: None,
-                            failure_detail: None,
-                            cancellation_reason: None,
-                            version: 0,
-                            updated_at: envelope.occurred_at,
-                        },
-                    );
-                }
-                let Some(row) = rows.get_mut(&id) else {
-                    continue;
-                };
-                match &envelope.event {
-                    Event::ConsultationScheduled(_) => row.status = "scheduled".into(),
-                    Event::ConsultationSchedulingFailed(e) => {
-                        row.status = "failed".into();
-                        row.failure_reason = serde_json::to_value(e.reason)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned));
-                        row.failure_detail = Some(e.detail.clone());
-                    }
-                    Event::ConsultationUpdated(e) => {
-                        if let Some(reason) = &e.reason {
-                            row.reason = Some(reason.clone());
-                        }
-                        if let Some(notes) = &e.notes {
-                            row.notes = Some(notes.clone());
-                        }
-                    }
-                    Event::ConsultationCancellationRequested(e) => {
-                        row.status = "cancellation_requested".into();
-                        row.cancellation_reason = Some(e.reason.clone());
-                    }
-                    Event::ConsultationCancelled(_) => row.status = "cancelled".into(),
-                    Event::ConsultationDone(_) => row.status = "done".into(),
-                    _ => {}
-                }
-                row.version = envelope.version;
-                row.updated_at = envelope.occurred_at;
-                changed.push(id);
-            }
-
-            let renamed: Vec<(Uuid, String)> = people
+            let renamed: Vec<(Uuid, String)> = rows
+                .people
                 .iter()
                 .filter(|(_, p)| p.renamed)
                 .map(|(id, p)| (*id, p.name.clone()))
@@ -176,13 +239,20 @@ impl Projector for Consultations {
             save_people(tx, &renamed).await?;
             changed.sort();
             changed.dedup();
-            let changed_rows: Vec<&Row> = changed.iter().filter_map(|id| rows.get(id)).collect();
+            let changed_rows: Vec<&Row> = changed
+                .iter()
+                .filter_map(|id| rows.consultations.get(id))
+                .collect();
             upsert(tx, &changed_rows).await?;
             // Renames reach every consultation of the person, not only this batch's.
             changed.extend(propagate_names(tx, &renamed).await?);
             Ok(Touched::rows("consultation", changed))
         }
         .boxed()
+    }
+
+    fn in_memory(&self) -> Box<dyn InMemory> {
+        Box::new(Rows::default())
     }
 }
 
@@ -211,14 +281,17 @@ async fn propagate_names(
         return Ok(vec![]);
     }
     let (ids, names): (Vec<Uuid>, Vec<String>) = people.iter().cloned().unzip();
+    // Each name is looked up on its own: a join would match a consultation whose patient and
+    // physician were both renamed twice, and an update applies only one match per row.
     sqlx::query_scalar(
         "with renamed as (select * from unnest($1::uuid[], $2::text[]) as r(id, name))
          update consultations c
-            set patient_name = case when c.patient_id = r.id then r.name else c.patient_name end,
-                physician_name = case when c.physician_id = r.id then r.name else c.physician_name end
-           from renamed r
-          where (c.patient_id = r.id and c.patient_name is distinct from r.name)
-             or (c.physician_id = r.id and c.physician_name is distinct from r.name)
+            set patient_name = coalesce((select name from renamed where id = c.patient_id),
+                                        c.patient_name),
+                physician_name = coalesce((select name from renamed where id = c.physician_id),
+                                          c.physician_name)
+          where c.patient_id in (select id from renamed)
+             or c.physician_id in (select id from renamed)
          returning c.id",
     )
     .bind(ids)

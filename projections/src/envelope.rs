@@ -57,14 +57,14 @@ impl Envelope {
         })
     }
 
-    pub fn from_recorded(recorded: &RecordedEvent) -> Result<Self, Poison> {
+    pub fn from_recorded(recorded: RecordedEvent) -> Result<Self, Poison> {
         Ok(Self {
             event_id: recorded.event_id,
             stream_id: recorded.stream_id,
             version: recorded.version,
             position: recorded.position,
             occurred_at: recorded.occurred_at,
-            event: Event::from_parts(&recorded.event_type, recorded.payload.clone())?,
+            event: Event::from_parts(&recorded.event_type, recorded.payload)?,
         })
     }
 }

@@ -9,7 +9,8 @@
 //! - [`queues`]: each instance queue, its bindings, and its retry and dead-letter queues.
 //! - [`consumer`]: the consumer runtime (batches, ack after commit, retries, dead letters).
 //! - [`dlq`]: listing, replaying and purging dead letters.
-//! - [`rebuild`]: rebuilding (or verifying) read models from the event store, live.
+//! - [`rebuild`]: rebuilding (or verifying) read models from the event store, live; [`copy`]:
+//!   its bulk writes.
 //! - [`patients`], [`physicians`], [`consultations`] (also the agenda), [`records`]: the
 //!   projectors.
 //! - [`progress`]: read-your-writes: waiting until a projection applied a position, and which
@@ -17,6 +18,7 @@
 
 pub mod consultations;
 pub mod consumer;
+pub mod copy;
 pub mod dlq;
 pub mod envelope;
 pub mod patients;

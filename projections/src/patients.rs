@@ -9,9 +9,10 @@ use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::Projector;
+use crate::projector::{InMemory, Projector};
 
 pub struct Patients;
 
@@ -28,6 +29,83 @@ struct Row {
     updated_at: DateTime<Utc>,
 }
 
+/// Patients' rows by id: the few a batch touches, or every one during a rebuild.
+#[derive(Default)]
+struct Rows(HashMap<Uuid, Row>);
+
+impl Rows {
+    /// Folds one event; returns the patient whose row it changed.
+    fn apply(&mut self, envelope: &Envelope) -> Option<Uuid> {
+        let id = envelope.stream_id;
+        if let Event::PatientRegistered(e) = &envelope.event {
+            self.0.insert(
+                id,
+                Row {
+                    id,
+                    name: e.name.clone(),
+                    birth_date: e.birth_date,
+                    document_number: e.document_number.clone(),
+                    email: e.email.clone(),
+                    phone: e.phone.clone(),
+                    status: "active".into(),
+                    version: 0,
+                    updated_at: envelope.occurred_at,
+                },
+            );
+        }
+        // Events of streams this projection has no row for (none yet) change nothing.
+        let row = self.0.get_mut(&id)?;
+        match &envelope.event {
+            Event::PatientUpdated(e) => {
+                if let Some(name) = &e.name {
+                    row.name = name.clone();
+                }
+                if let Some(email) = &e.email {
+                    row.email = Some(email.clone());
+                }
+                if let Some(phone) = &e.phone {
+                    row.phone = Some(phone.clone());
+                }
+            }
+            Event::PatientDeactivated(_) => row.status = "inactive".into(),
+            _ => {}
+        }
+        // Every event of the stream moves its version, as the command side counts it.
+        row.version = envelope.version;
+        row.updated_at = envelope.occurred_at;
+        Some(id)
+    }
+}
+
+impl InMemory for Rows {
+    fn fold(&mut self, event: &Envelope) {
+        self.apply(event);
+    }
+
+    fn into_rows(self: Box<Self>) -> Vec<CopyRows> {
+        let mut rows: Vec<Row> = self.0.into_values().collect();
+        rows.sort_unstable_by_key(|r| r.id);
+        let mut copy = CopyRows::new(
+            "patients",
+            "id, name, birth_date, document_number, email, phone, status, version, updated_at",
+        );
+        for r in &rows {
+            copy.row(&[
+                &r.id,
+                &r.name,
+                &r.birth_date,
+                &r.document_number,
+                &r.email,
+                &r.phone,
+                &r.status,
+                &r.version,
+                &r.updated_at,
+            ]);
+        }
+        vec![copy]
+    }
+}
+
 impl Projector for Patients {
     fn name(&self) -> &'static str {
         crate::PATIENTS
@@ -40,63 +118,26 @@ impl Projector for Patients {
     ) -> BoxFuture<'a, Result<Vec<Touched>, sqlx::Error>> {
         async move {
             let ids: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
-            let mut rows: HashMap<Uuid, Row> =
+            let mut rows = Rows(
                 sqlx::query_as::<_, Row>("select * from patients where id = any($1)")
                     .bind(&ids)
                     .fetch_all(&mut *tx)
                     .await?
                     .into_iter()
                     .map(|row| (row.id, row))
-                    .collect();
-            let mut changed = Vec::new();
-            for envelope in events {
-                let id = envelope.stream_id;
-                if let Event::PatientRegistered(e) = &envelope.event {
-                    rows.insert(
-                        id,
-                        Row {
-                            id,
-                            name: e.name.clone(),
-                            birth_date: e.birth_date,
-                            document_number: e.document_number.clone(),
-                            email: e.email.clone(),
-                            phone: e.phone.clone(),
-                            status: "active".into(),
-                            version: 0,
-                            updated_at: envelope.occurred_at,
-                        },
-                    );
-                }
-                // Events of streams this projection has no row for (none yet) change nothing.
-                let Some(row) = rows.get_mut(&id) else {
-                    continue;
-                };
-                match &envelope.event {
-                    Event::PatientUpdated(e) => {
-                        if let Some(name) = &e.name {
-                            row.name = name.clone();
-                        }
-                        if let Some(email) = &e.email {
-                            row.email = Some(email.clone());
-                        }
-                        if let Some(phone) = &e.phone {
-                            row.phone = Some(phone.clone());
-                        }
-                    }
-                    Event::PatientDeactivated(_) => row.status = "inactive".into(),
-                    _ => {}
-                }
-                // Every event of the stream moves its version, as the command side counts it.
-                row.version = envelope.version;
-                row.updated_at = envelope.occurred_at;
-                changed.push(id);
-            }
+                    .collect(),
+            );
+            let changed = events.iter().filter_map(|e| rows.apply(e)).collect();
             let touched = Touched::rows("patient", changed);
-            let rows: Vec<&Row> = touched.iter().filter_map(|t| rows.get(&t.id)).collect();
+            let rows: Vec<&Row> = touched.iter().filter_map(|t| rows.0.get(&t.id)).collect();
             upsert(tx, &rows).await?;
             Ok(touched)
         }
         .boxed()
+    }
+
+    fn in_memory(&self) -> Box<dyn InMemory> {
+        Box::new(Rows::default())
     }
 }
 

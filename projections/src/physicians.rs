@@ -11,9 +11,10 @@ use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::Projector;
+use crate::projector::{InMemory, Projector};
 
 pub struct Physicians;
 
@@ -28,6 +29,75 @@ struct Row {
     updated_at: DateTime<Utc>,
 }
 
+/// Physicians' rows by id: the few a batch touches, or every one during a rebuild.
+#[derive(Default)]
+struct Rows(HashMap<Uuid, Row>);
+
+impl Rows {
+    /// Folds one event; returns the physician whose row it changed.
+    fn apply(&mut self, envelope: &Envelope) -> Option<Uuid> {
+        let id = envelope.stream_id;
+        if let Event::PhysicianRegistered(e) = &envelope.event {
+            self.0.insert(
+                id,
+                Row {
+                    id,
+                    name: e.name.clone(),
+                    specialty: e.specialty.clone(),
+                    license_number: e.license_number.clone(),
+                    status: "active".into(),
+                    version: 0,
+                    updated_at: envelope.occurred_at,
+                },
+            );
+        }
+        // Day-schedule streams have no row here.
+        let row = self.0.get_mut(&id)?;
+        match &envelope.event {
+            Event::PhysicianUpdated(e) => {
+                if let Some(name) = &e.name {
+                    row.name = name.clone();
+                }
+                if let Some(specialty) = &e.specialty {
+                    row.specialty = specialty.clone();
+                }
+            }
+            Event::PhysicianDeactivated(_) => row.status = "inactive".into(),
+            _ => {}
+        }
+        row.version = envelope.version;
+        row.updated_at = envelope.occurred_at;
+        Some(id)
+    }
+}
+
+impl InMemory for Rows {
+    fn fold(&mut self, event: &Envelope) {
+        self.apply(event);
+    }
+
+    fn into_rows(self: Box<Self>) -> Vec<CopyRows> {
+        let mut rows: Vec<Row> = self.0.into_values().collect();
+        rows.sort_unstable_by_key(|r| r.id);
+        let mut copy = CopyRows::new(
+            "physicians",
+            "id, name, specialty, license_number, status, version, updated_at",
+        );
+        for r in &rows {
+            copy.row(&[
+                &r.id,
+                &r.name,
+                &r.specialty,
+                &r.license_number,
+                &r.status,
+                &r.version,
+                &r.updated_at,
+            ]);
+        }
+        vec![copy]
+    }
+}
+
 impl Projector for Physicians {
     fn name(&self) -> &'static str {
         crate::PHYSICIANS
@@ -40,56 +110,26 @@ impl Projector for Physicians {
     ) -> BoxFuture<'a, Result<Vec<Touched>, sqlx::Error>> {
         async move {
             let ids: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
-            let mut rows: HashMap<Uuid, Row> =
+            let mut rows = Rows(
                 sqlx::query_as::<_, Row>("select * from physicians where id = any($1)")
                     .bind(&ids)
                     .fetch_all(&mut *tx)
                     .await?
                     .into_iter()
                     .map(|row| (row.id, row))
-                    .collect();
-            let mut changed = Vec::new();
-            for envelope in events {
-                let id = envelope.stream_id;
-                if let Event::PhysicianRegistered(e) = &envelope.event {
-                    rows.insert(
-                        id,
-                        Row {
-                            id,
-                            name: e.name.clone(),
-                            specialty: e.specialty.clone(),
-                            license_number: e.license_number.clone(),
-                            status: "active".into(),
-                            version: 0,
-                            updated_at: envelope.occurred_at,
-                        },
-                    );
-                }
-                let Some(row) = rows.get_mut(&id) else {
-                    continue;
-                };
-                match &envelope.event {
-                    Event::PhysicianUpdated(e) => {
-                        if let Some(name) = &e.name {
-                            row.name = name.clone();
-                        }
-                        if let Some(specialty) = &e.specialty {
-                            row.specialty = specialty.clone();
-                        }
-                    }
-                    Event::PhysicianDeactivated(_) => row.status = "inactive".into(),
-                    _ => {}
-                }
-                row.version = envelope.version;
-                row.updated_at = envelope.occurred_at;
-                changed.push(id);
-            }
+                    .collect(),
+            );
+            let changed = events.iter().filter_map(|e| rows.apply(e)).collect();
             let touched = Touched::rows("physician", changed);
-            let rows: Vec<&Row> = touched.iter().filter_map(|t| rows.get(&t.id)).collect();
+            let rows: Vec<&Row> = touched.iter().filter_map(|t| rows.0.get(&t.id)).collect();
             upsert(tx, &rows).await?;
             Ok(touched)
         }
         .boxed()
+    }
+
+    fn in_memory(&self) -> Box<dyn InMemory> {
+        Box::new(Rows::default())
     }
 }
 

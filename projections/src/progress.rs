@@ -1,5 +1,6 @@
 //! What the query side waits on for read-your-writes (`X-Min-Position`): a projection has
-//! applied the event at a position once it is in that projection's `processed_events`.
+//! applied an event once its `stream_versions` row for the event's stream has reached the
+//! event's version (which holds for every event a rebuild folded as well).
 //! Projector commits in this process bump a counter, so a waiting query re-checks at once;
 //! across processes the query polls.
 
@@ -82,13 +83,13 @@ impl Progress {
         *self.commits.borrow()
     }
 
-    /// Waits until every projection in `projections` has applied the event at `position`, or
-    /// `timeout` passes (then `Ok(false)`).
+    /// Waits until every projection in `projections` has applied version `version` of stream
+    /// `stream`, or `timeout` passes (then `Ok(false)`).
     pub async fn wait_for(
         &self,
         pool: &PgPool,
         projections: &[&str],
-        position: i64,
+        (stream, version): (Uuid, i64),
         timeout: Duration,
     ) -> Result<bool, sqlx::Error> {
         if projections.is_empty() {
@@ -99,11 +100,12 @@ impl Progress {
         let names: Vec<String> = projections.iter().map(|p| (*p).to_owned()).collect();
         loop {
             let applied: i64 = sqlx::query_scalar(
-                "select count(distinct projection) from processed_events
-                  where projection = any($1) and position = $2",
+                "select count(*) from stream_versions
+                  where projection = any($1) and stream_id = $2 and version >= $3",
             )
             .bind(&names)
-            .bind(position)
+            .bind(stream)
+            .bind(version)
             .fetch_one(pool)
             .await?;
             if applied as usize == names.len() {

@@ -8,6 +8,7 @@ use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::copy::CopyRows;
 use crate::envelope::{Envelope, Poison};
 use crate::progress::Touched;
 use eventstore::{EventStore, StreamVersion};
@@ -25,6 +26,19 @@ pub trait Projector: Send + Sync + 'static {
         tx: &'a mut PgConnection,
         events: &'a [Envelope],
     ) -> BoxFuture<'a, Result<Vec<Touched>, sqlx::Error>>;
+
+    /// An empty copy of the projection's rows in memory, for a rebuild to fold the whole
+    /// history into and write in bulk, rather than reading and writing rows batch by batch.
+    fn in_memory(&self) -> Box<dyn InMemory>;
+}
+
+/// A projection's rows held in memory, folded by the same code as the live batches.
+pub trait InMemory: Send {
+    /// Folds one event; the events of a stream come once each, in version order.
+    fn fold(&mut self, event: &Envelope);
+
+    /// The rows, encoded for the projection's tables.
+    fn into_rows(self: Box<Self>) -> Vec<CopyRows>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +114,7 @@ pub async fn apply_batch(
             let missing = store
                 .read_stream(event.stream_id, StreamVersion::new(current as u64))
                 .await?;
-            for recorded in missing.iter().filter(|r| r.version < event.version) {
+            for recorded in missing.into_iter().filter(|r| r.version < event.version) {
                 filled.push(Envelope::from_recorded(recorded)?);
             }
         }

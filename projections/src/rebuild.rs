@@ -1,24 +1,33 @@
-//! Rebuilding read models from the event store while the service keeps running: project every
-//! stored event into a shadow schema, catch up, then, under a lock that pauses only the live
+//! Rebuilding read models from the event store while the service keeps running: fold every
+//! stored event into memory with the projectors' own code and copy the rows into a shadow
+//! schema in bulk, catch up batch by batch as the live projectors do, then, under a lock that pauses only the live
 //! projectors' writes, catch up the last events and swap in one transaction. Rebuilding every
 //! projection swaps whole schemas by renaming them (instant, whatever the size); rebuilding
 //! some moves their tables across and copies their bookkeeping rows. Queries keep reading the
 //! old rows until the swap commits. `--verify` builds the same shadow and compares instead.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use domain::event::route;
-use eventstore::{EventStore, GlobalCheckpoint};
+use eventstore::{EventStore, GlobalCheckpoint, RecordedEvent};
+use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
 
+use crate::copy::CopyRows;
 use crate::envelope::Envelope;
-use crate::projector::{ApplyError, Projector, apply_batch};
+use crate::projector::{ApplyError, InMemory, Projector, apply_batch};
 use crate::queues::QUEUES;
 use crate::schema;
 
 /// Events read from the store per page.
 const PAGE: i64 = 5000;
+/// Pages read ahead of the one being folded.
+const READ_AHEAD: usize = 4;
+/// Connections of the shadow's pool, and so tables copied at once.
+const WRITERS: u32 = 4;
 
 /// The tables each projection owns (besides its rows in the bookkeeping tables).
 fn tables_of(projection: &str) -> &'static [&'static str] {
@@ -93,7 +102,7 @@ pub async fn rebuild(
         &format!("drop schema if exists {shadow_schema} cascade"),
     )
     .await?;
-    let shadow = schema::connect(read_url, &shadow_schema, 4).await?;
+    let shadow = schema::connect(read_url, &shadow_schema, WRITERS).await?;
     schema::migrate(&shadow).await?;
 
     let total: i64 = sqlx::query_scalar("select count(*) from events")
@@ -101,7 +110,8 @@ pub async fn rebuild(
         .await?;
     let bar = progress_bar(total, show_progress);
     let mut checkpoint = GlobalCheckpoint::START;
-    let mut events = catch_up(store, &shadow, &projectors, &mut checkpoint, &bar).await?;
+    let mut events = bulk_load(store, &shadow, &projectors, &mut checkpoint, &bar).await?;
+    events += catch_up(store, &shadow, &projectors, &mut checkpoint, &bar).await?;
 
     // The final stretch, with the live projectors' writes paused: nothing they apply can be
     // missing from the shadow after this.
@@ -149,7 +159,158 @@ pub async fn rebuild(
     })
 }
 
-/// Projects every event after `checkpoint` into the shadow; returns how many were read.
+/// One projection being rebuilt in memory, with the last version it folded of each stream.
+struct Folding {
+    name: &'static str,
+    rows: Box<dyn InMemory>,
+    versions: HashMap<Uuid, i64>,
+}
+
+impl Folding {
+    /// The rows and the streams' versions, encoded for their tables.
+    fn into_tables(self) -> Vec<CopyRows> {
+        let mut tables = self.rows.into_rows();
+        let mut versions: Vec<(Uuid, i64)> = self.versions.into_iter().collect();
+        versions.sort_unstable();
+        let mut copy = CopyRows::new("stream_versions", "projection, stream_id, version");
+        for (stream, version) in &versions {
+            copy.row(&[&self.name, stream, version]);
+        }
+        tables.push(copy);
+        tables
+    }
+}
+
+/// Folds every event after `checkpoint` into memory, then copies the rows (and each stream's
+/// version) into the shadow; returns how many events were read. The work is pipelined: the
+/// next pages are read and decoded (on other threads) while one is folded, and each
+/// projection's tables are written as soon as they are encoded.
+async fn bulk_load(
+    store: &EventStore,
+    shadow: &PgPool,
+    projectors: &[Box<dyn Projector>],
+    checkpoint: &mut GlobalCheckpoint,
+    bar: &ProgressBar,
+) -> Result<u64, RebuildError> {
+    let started = std::time::Instant::now();
+    let mut folding: Vec<Folding> = projectors
+        .iter()
+        .map(|p| Folding {
+            name: p.name(),
+            rows: p.in_memory(),
+            versions: HashMap::new(),
+        })
+        .collect();
+    let (pages, arriving) = tokio::sync::mpsc::channel::<Vec<RecordedEvent>>(READ_AHEAD);
+    let reader = tokio::spawn({
+        let store = store.clone();
+        let mut after = *checkpoint;
+        async move {
+            loop {
+                let page = store.read_all(after, PAGE).await?;
+                let Some(last) = page.last() else {
+                    return Ok(after);
+                };
+                after = last.checkpoint();
+                let full = page.len() as i64 == PAGE;
+                if pages.send(page).await.is_err() || !full {
+                    return Ok::<_, sqlx::Error>(after);
+                }
+            }
+        }
+    });
+    let decoded = futures::stream::unfold(arriving, |mut arriving| async move {
+        arriving.recv().await.map(|page| (page, arriving))
+    })
+    .map(|page| tokio::task::spawn_blocking(move || decode_page(page)))
+    .buffered(READ_AHEAD);
+    let mut decoded = std::pin::pin!(decoded);
+    let mut read = 0;
+    while let Some(page) = decoded.next().await {
+        let (count, envelopes) = page.expect("decoding does not panic");
+        read += count;
+        bar.inc(count);
+        for (envelope, receiving) in &envelopes {
+            for projection in folding.iter_mut().filter(|f| receiving.contains(&f.name)) {
+                projection.rows.fold(envelope);
+                projection
+                    .versions
+                    .insert(envelope.stream_id, envelope.version);
+            }
+        }
+    }
+    *checkpoint = reader.await.expect("the reader does not panic")?;
+    tracing::debug!(events = read, elapsed = ?started.elapsed(), "rebuild: history folded");
+
+    bar.set_message("writing the rows");
+    let indexes = drop_secondary_indexes(shadow).await?;
+    futures::stream::iter(folding)
+        .map(|projection| tokio::task::spawn_blocking(move || projection.into_tables()))
+        .buffer_unordered(projectors.len())
+        .flat_map(|tables| futures::stream::iter(tables.expect("encoding does not panic")))
+        .map(|table| async move {
+            let mut connection = shadow.acquire().await?;
+            table.write(&mut connection).await
+        })
+        .buffer_unordered(WRITERS as usize)
+        .try_collect::<Vec<u64>>()
+        .await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "rebuild: rows written");
+    bar.set_message("indexing the rows");
+    futures::stream::iter(indexes)
+        .map(|definition| async move { execute(&mut *shadow.acquire().await?, &definition).await })
+        .buffer_unordered(WRITERS as usize)
+        .try_collect::<Vec<()>>()
+        .await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "rebuild: rows indexed");
+    bar.set_message("");
+    Ok(read)
+}
+
+/// Drops the shadow's secondary indexes (those no constraint owns); returns the statements
+/// that build them again. Building an index over loaded rows costs a fraction of growing it
+/// row by row, and each build is a transaction of its own.
+async fn drop_secondary_indexes(shadow: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "select format('%I.%I', i.schemaname, i.indexname), i.indexdef
+           from pg_indexes i
+          where i.schemaname = current_schema()
+            and not exists (select 1 from pg_constraint c
+                             where c.conname = i.indexname
+                               and c.connamespace = current_schema()::regnamespace)",
+    )
+    .fetch_all(shadow)
+    .await?;
+    let mut definitions = Vec::with_capacity(indexes.len());
+    for (name, definition) in indexes {
+        execute(&mut *shadow.acquire().await?, &format!("drop index {name}")).await?;
+        definitions.push(definition);
+    }
+    Ok(definitions)
+}
+
+/// The page's size and its events as projectors see them, with the projections that receive
+/// each.
+fn decode_page(page: Vec<RecordedEvent>) -> (u64, Vec<(Envelope, &'static [&'static str])>) {
+    (
+        page.len() as u64,
+        page.into_iter().filter_map(decode).collect(),
+    )
+}
+
+/// The event as projectors see it and the projections that receive it; `None` for an event
+/// that cannot be decoded, which is skipped here as the live projectors dead-letter it: the
+/// rebuilt model must match the live one.
+fn decode(recorded: RecordedEvent) -> Option<(Envelope, &'static [&'static str])> {
+    let receiving =
+        route(&recorded.event_type).map(|r| crate::projections_of_exchange(r.exchange.suffix()))?;
+    Envelope::from_recorded(recorded)
+        .ok()
+        .map(|envelope| (envelope, receiving))
+}
+
+/// Projects every event after `checkpoint` into the shadow batch by batch, as the live
+/// projectors do; returns how many were read.
 async fn catch_up(
     store: &EventStore,
     shadow: &PgPool,
@@ -164,20 +325,9 @@ async fn catch_up(
             return Ok(read);
         };
         *checkpoint = last.checkpoint();
-        read += page.len() as u64;
-        bar.inc(page.len() as u64);
-        let envelopes: Vec<(Envelope, &'static [&'static str])> = page
-            .iter()
-            .filter_map(|recorded| {
-                let projections = route(&recorded.event_type)
-                    .map(|r| crate::projections_of_exchange(r.exchange.suffix()))?;
-                // An event that cannot be decoded is skipped here as the live projector
-                // dead-letters it: the rebuilt model must match the live one.
-                Envelope::from_recorded(recorded)
-                    .ok()
-                    .map(|e| (e, projections))
-            })
-            .collect();
+        let (count, envelopes) = decode_page(page);
+        read += count;
+        bar.inc(count);
         for projector in projectors {
             let mine: Vec<Envelope> = envelopes
                 .iter()
@@ -188,7 +338,7 @@ async fn catch_up(
                 apply_batch(shadow, store, projector.as_ref(), &mine).await?;
             }
         }
-        if (page.len() as i64) < PAGE {
+        if (count as i64) < PAGE {
             return Ok(read);
         }
     }
@@ -277,7 +427,7 @@ fn progress_bar(total: i64, visible: bool) -> ProgressBar {
     let bar = ProgressBar::new(total.max(0) as u64);
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events, {per_sec}, ETA {eta}",
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events, {per_sec}, ETA {eta} {msg}",
         )
         .expect("the template is valid"),
     );

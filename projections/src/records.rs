@@ -1,7 +1,7 @@
 //! The records projection: one row per clinical record. Records live in their consultation's
 //! record book stream, so a batch loads the books it touches, folds, and writes back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use domain::Event;
@@ -10,9 +10,10 @@ use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::Projector;
+use crate::projector::{InMemory, Projector};
 
 pub struct Records;
 
@@ -37,6 +38,81 @@ fn consultation_of(event: &Event) -> Option<Uuid> {
     }
 }
 
+/// Records by their consultation's book: the books a batch touches, or every one during a
+/// rebuild.
+#[derive(Default)]
+struct Books(HashMap<Uuid, Vec<Row>>);
+
+impl Books {
+    /// Folds one event; returns the records whose rows it changed.
+    fn apply(&mut self, envelope: &Envelope) -> Vec<Uuid> {
+        let Some(consultation) = consultation_of(&envelope.event) else {
+            return vec![];
+        };
+        let (version, at) = (envelope.version, envelope.occurred_at);
+        let book = self.0.entry(consultation).or_default();
+        match &envelope.event {
+            Event::ConsultationRecordCreated(e) => book.push(Row {
+                id: e.record_id.as_uuid(),
+                consultation_id: consultation,
+                patient_id: e.patient_id.as_uuid(),
+                physician_id: e.physician_id.as_uuid(),
+                content: e.content.clone(),
+                status: "active".into(),
+                version,
+                updated_at: at,
+            }),
+            Event::ConsultationRecordUpdated(e) => {
+                if let Some(row) = book.iter_mut().find(|r| r.id == e.record_id.as_uuid()) {
+                    row.content = e.content.clone();
+                    row.updated_at = at;
+                }
+            }
+            Event::ConsultationRecordsVoided(_) => {
+                for row in book.iter_mut() {
+                    row.status = "voided".into();
+                    row.updated_at = at;
+                }
+            }
+            _ => {}
+        }
+        // A record's version is its book's: the one `If-Match` is checked against when it is
+        // changed. So every event of a book moves the version of all its records.
+        for row in book.iter_mut() {
+            row.version = version;
+        }
+        book.iter().map(|r| r.id).collect()
+    }
+}
+
+impl InMemory for Books {
+    fn fold(&mut self, event: &Envelope) {
+        self.apply(event);
+    }
+
+    fn into_rows(self: Box<Self>) -> Vec<CopyRows> {
+        let mut rows: Vec<Row> = self.0.into_values().flatten().collect();
+        rows.sort_unstable_by_key(|r| r.id);
+        let mut copy = CopyRows::new(
+            "records",
+            "id, consultation_id, patient_id, physician_id, content, status, version, updated_at",
+        );
+        for r in &rows {
+            copy.row(&[
+                &r.id,
+                &r.consultation_id,
+                &r.patient_id,
+                &r.physician_id,
+                &r.content,
+                &r.status,
+                &r.version,
+                &r.updated_at,
+            ]);
+        }
+        vec![copy]
+    }
+}
+
 impl Projector for Records {
     fn name(&self) -> &'static str {
         crate::RECORDS
@@ -48,74 +124,36 @@ impl Projector for Records {
         events: &'a [Envelope],
     ) -> BoxFuture<'a, Result<Vec<Touched>, sqlx::Error>> {
         async move {
-            let books: Vec<Uuid> = events
+            let ids: Vec<Uuid> = events
                 .iter()
                 .filter_map(|e| consultation_of(&e.event))
                 .collect();
-            let mut rows: HashMap<Uuid, Row> =
+            let mut books = Books::default();
+            let stored =
                 sqlx::query_as::<_, Row>("select * from records where consultation_id = any($1)")
-                    .bind(&books)
+                    .bind(&ids)
                     .fetch_all(&mut *tx)
-                    .await?
-                    .into_iter()
-                    .map(|row| (row.id, row))
-                    .collect();
-            let mut changed = Vec::new();
-            for envelope in events {
-                let (version, at) = (envelope.version, envelope.occurred_at);
-                match &envelope.event {
-                    Event::ConsultationRecordCreated(e) => {
-                        let id = e.record_id.as_uuid();
-                        rows.insert(
-                            id,
-                            Row {
-                                id,
-                                consultation_id: e.consultation_id.as_uuid(),
-                                patient_id: e.patient_id.as_uuid(),
-                                physician_id: e.physician_id.as_uuid(),
-                                content: e.content.clone(),
-                                status: "active".into(),
-                                version,
-                                updated_at: at,
-                            },
-                        );
-                    }
-                    Event::ConsultationRecordUpdated(e) => {
-                        if let Some(row) = rows.get_mut(&e.record_id.as_uuid()) {
-                            row.content = e.content.clone();
-                            row.updated_at = at;
-                        }
-                    }
-                    Event::ConsultationRecordsVoided(e) => {
-                        let consultation = e.consultation_id.as_uuid();
-                        for row in rows
-                            .values_mut()
-                            .filter(|r| r.consultation_id == consultation)
-                        {
-                            row.status = "voided".into();
-                            row.updated_at = at;
-                        }
-                    }
-                    _ => {}
-                }
-                // A record's version is its book's: the one `If-Match` is checked against when
-                // it is changed. So every event of a book moves the version of all its records.
-                if let Some(consultation) = consultation_of(&envelope.event) {
-                    for row in rows
-                        .values_mut()
-                        .filter(|r| r.consultation_id == consultation)
-                    {
-                        row.version = version;
-                        changed.push(row.id);
-                    }
-                }
+                    .await?;
+            for row in stored {
+                books.0.entry(row.consultation_id).or_default().push(row);
             }
+            let changed = events.iter().flat_map(|e| books.apply(e)).collect();
             let touched = Touched::rows("record", changed);
-            let rows: Vec<&Row> = touched.iter().filter_map(|t| rows.get(&t.id)).collect();
+            let changed: HashSet<Uuid> = touched.iter().map(|t| t.id).collect();
+            let rows: Vec<&Row> = books
+                .0
+                .values()
+                .flatten()
+                .filter(|r| changed.contains(&r.id))
+                .collect();
             upsert(tx, &rows).await?;
             Ok(touched)
         }
         .boxed()
+    }
+
+    fn in_memory(&self) -> Box<dyn InMemory> {
+        Box::new(Books::default())
     }
 }
 

@@ -1,6 +1,6 @@
 //! The query API over real HTTP and a real PostgreSQL. No projector runs here: each test
 //! writes the read-model rows (schema `rm_test`) and the projectors' progress
-//! (`processed_events`, `Progress::committed`) itself, as a projector would.
+//! (`stream_versions`, `Progress::committed`) itself, as a projector would.
 
 use std::time::{Duration, Instant};
 
@@ -129,17 +129,15 @@ async fn insert_record(read: &PgPool, consultation: Uuid, patient: Uuid, physici
     id
 }
 
-/// Records that `projection` applied the event at `position`, as a projector's commit does.
-async fn processed(read: &PgPool, projection: &str, position: i64) {
-    sqlx::query(
-        "insert into processed_events (projection, event_id, position) values ($1, $2, $3)",
-    )
-    .bind(projection)
-    .bind(Uuid::now_v7())
-    .bind(position)
-    .execute(read)
-    .await
-    .unwrap();
+/// Records that `projection` applied `stream` up to `version`, as a projector's commit does.
+async fn processed(read: &PgPool, projection: &str, stream: Uuid, version: i64) {
+    sqlx::query("insert into stream_versions (projection, stream_id, version) values ($1, $2, $3)")
+        .bind(projection)
+        .bind(stream)
+        .bind(version)
+        .execute(read)
+        .await
+        .unwrap();
 }
 
 /// Registers a patient through the command API; returns its id and the position token.
@@ -581,7 +579,7 @@ async fn a_min_position_already_applied_is_answered_at_once_bypassing_the_cache(
     app.read.progress.start_projecting();
     let (id, position) = register(&app, "DOC-1").await;
     project_registration(&app.read.pool, id, "Ana Lima").await;
-    processed(&app.read.pool, "patients", position.parse().unwrap()).await;
+    processed(&app.read.pool, "patients", id, 1).await;
     let path = format!("/patients/{id}");
     get_json(&app, &path).await;
     // Changed without a report to the cache, which therefore keeps the old name.
@@ -612,12 +610,11 @@ async fn a_min_position_waits_until_the_projections_apply_its_event() {
     let app = TestApp::start(&db).await;
     let (id, position) = register(&app, "DOC-1").await;
     let read = app.read.clone();
-    let value: i64 = position.parse().unwrap();
     let projector = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         project_registration(&read.pool, id, "Ana Lima").await;
-        processed(&read.pool, "patients", value).await;
-        processed(&read.pool, "consultations", value).await;
+        processed(&read.pool, "patients", id, 1).await;
+        processed(&read.pool, "consultations", id, 1).await;
         read.progress.committed(vec![]);
     });
 

@@ -1,8 +1,16 @@
-//! `hap rebuild` against a running system: rebuilding while commands flow, verifying, and a
-//! projector killed mid-stream whose read model must still equal a fresh rebuild.
+//! `hap rebuild` against a running system: rebuilding while commands flow, verifying, a
+//! projector killed mid-stream whose read model must still equal a fresh rebuild, and every
+//! kind of event folded by a rebuild as the live projectors apply it.
 
 use std::time::Duration;
 
+use domain::Event;
+use domain::event::{
+    ConsultationCancelled, ConsultationDone, ConsultationRecordsVoided, ConsultationScheduled,
+    ConsultationSchedulingFailed, FailureReason,
+};
+use domain::ids::{ConsultationId, PatientId, PhysicianId};
+use domain::record::RecordBook;
 use eventstore::EventStore;
 use hap_tests::broker::{delete_instance_queues, unique_prefix, wait_for_queue};
 use hap_tests::process::{hap_binary, spawn_hap};
@@ -180,4 +188,153 @@ async fn a_projector_killed_mid_stream_and_restarted_matches_a_fresh_rebuild() {
     restarted.start_kill().unwrap();
     publisher.cancel();
     delete_instance_queues(&prefix, "k").await;
+}
+
+/// Every kind of event each projection folds, through the live projectors; then a rebuild
+/// (which folds the history in memory and copies the rows) must produce the very same rows,
+/// down to names copied into consultations, record versions and timestamps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_folds_every_kind_of_event_as_the_live_projectors_do() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let (read, projectors) = start_projectors(&db, &prefix, "e").await;
+    wait_for_instance(&prefix, "e").await;
+    let publisher = start_publisher(&db.pool, &prefix);
+    let app = TestApp::start(&db).await;
+
+    let patient = app.register_patient("DOC-1").await;
+    let other = app.register_patient("DOC-2").await;
+    let physician = app.register_physician("CRM-1").await;
+    let consultations = [
+        app.request_consultation(patient, physician).await,
+        app.request_consultation(other, physician).await,
+        app.request_consultation(patient, physician).await,
+        app.request_consultation(patient, physician).await,
+    ];
+    let [first, second, third, fourth] = consultations;
+    // Stand in for the scheduling saga.
+    for id in [first, second, third] {
+        let starts_at = chrono::Utc::now() + chrono::Duration::days(1);
+        let scheduled = Event::ConsultationScheduled(ConsultationScheduled {
+            consultation_id: id.into(),
+            patient_id: PatientId::from(patient),
+            physician_id: PhysicianId::from(physician),
+            starts_at,
+            ends_at: starts_at + chrono::Duration::minutes(30),
+        });
+        app.append_event(id, &scheduled).await;
+    }
+    let failed = Event::ConsultationSchedulingFailed(ConsultationSchedulingFailed {
+        consultation_id: fourth.into(),
+        reason: FailureReason::PhysicianUnavailable,
+        detail: "the slot is taken".into(),
+    });
+    app.append_event(fourth, &failed).await;
+    // Renames after the consultations were requested must reach them; the patient's name
+    // has every character COPY's text format would have to escape.
+    let renamed = app
+        .patch(
+            &format!("/patients/{patient}"),
+            json!({"name": "Ana\tSouza \\ \"Lima\"\nSegunda", "phone": "+55 11 5555-0000"}),
+        )
+        .await;
+    assert_eq!(renamed.status(), 200);
+    let renamed = app
+        .patch(
+            &format!("/physicians/{physician}"),
+            json!({"name": "Dr. Rui Costa Filho", "specialty": "cardiology"}),
+        )
+        .await;
+    assert_eq!(renamed.status(), 200);
+    let noted = app
+        .patch(
+            &format!("/consultations/{first}"),
+            json!({"notes": "bring the exams"}),
+        )
+        .await;
+    assert_eq!(noted.status(), 200);
+    let record = app
+        .post(
+            &format!("/consultations/{first}/records"),
+            json!({"content": "BP 12/8"}),
+        )
+        .await;
+    assert_eq!(record.status(), 201);
+    let record = hap_tests::id_of(record).await;
+    let updated = app
+        .patch(&format!("/records/{record}"), json!({"content": "BP 13/8"}))
+        .await;
+    assert_eq!(updated.status(), 200);
+    for (consultation, content) in [(first, "second note"), (second, "to be voided")] {
+        let created = app
+            .post(
+                &format!("/consultations/{consultation}/records"),
+                json!({"content": content}),
+            )
+            .await;
+        assert_eq!(created.status(), 201);
+    }
+    // The cancellation saga's steps, by hand.
+    let cancelling = app
+        .post(
+            &format!("/consultations/{second}/cancel"),
+            json!({"reason": "travel"}),
+        )
+        .await;
+    assert_eq!(cancelling.status(), 202);
+    let book = ConsultationId::from(second);
+    let voided = Event::ConsultationRecordsVoided(ConsultationRecordsVoided {
+        consultation_id: book,
+        record_ids: vec![],
+    });
+    app.append_event(RecordBook::stream_id(book), &voided).await;
+    let cancelled = Event::ConsultationCancelled(ConsultationCancelled {
+        consultation_id: book,
+        reason: "travel".into(),
+    });
+    app.append_event(second, &cancelled).await;
+    let done = Event::ConsultationDone(ConsultationDone {
+        consultation_id: third.into(),
+    });
+    app.append_event(third, &done).await;
+    let deactivated = app
+        .post(&format!("/patients/{other}/deactivate"), json!({}))
+        .await;
+    assert_eq!(deactivated.status(), 200);
+    assert!(eventually(PATIENCE, || caught_up(&db, &read)).await);
+
+    let store = EventStore::new(db.pool.clone());
+    let schema = projections::schema::schema_name("e");
+    let verified = rebuild(&store, &db.url, &schema, &all_projections(), true, false)
+        .await
+        .unwrap();
+    assert_eq!(verified.differences, vec![], "rebuilt equals live");
+    let statuses: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "select status, patient_name, physician_name from consultations order by id",
+    )
+    .fetch_all(&read.pool)
+    .await
+    .unwrap();
+    let ana = Some("Ana\tSouza \\ \"Lima\"\nSegunda".to_owned());
+    let rui = Some("Dr. Rui Costa Filho".to_owned());
+    let other_name = statuses[1].1.clone();
+    assert_eq!(
+        statuses,
+        vec![
+            ("scheduled".into(), ana.clone(), rui.clone()),
+            ("cancelled".into(), other_name, rui.clone()),
+            ("done".into(), ana.clone(), rui.clone()),
+            ("failed".into(), ana, rui),
+        ],
+        "the history reached the consultations"
+    );
+    let records: (i64, i64) =
+        sqlx::query_as("select count(*), count(*) filter (where status = 'voided') from records")
+            .fetch_one(&read.pool)
+            .await
+            .unwrap();
+    assert_eq!(records, (3, 1), "and the records");
+    projectors.cancel();
+    publisher.cancel();
+    delete_instance_queues(&prefix, "e").await;
 }

@@ -324,30 +324,35 @@ where
     }
 }
 
-/// Whether every projection of `read` has applied every stored event routed to it.
+/// Whether every projection of `read` has applied every stored event routed to it: each
+/// stream's last version, as the projection's `stream_versions` records it (a rebuild records
+/// no processed ids for the history it folds, only these versions).
 pub async fn caught_up(db: &TestDb, read: &projections::ReadModel) -> bool {
-    let types: Vec<(String, i64)> =
-        sqlx::query_as("select event_type, count(*) from events group by event_type")
+    let events: Vec<(String, uuid::Uuid, i64)> =
+        sqlx::query_as("select event_type, stream_id, version from events")
             .fetch_all(&db.pool)
             .await
-            .expect("events counted");
-    let mut expected: std::collections::HashMap<&str, i64> = Default::default();
-    for (event_type, count) in &types {
+            .expect("events read");
+    let mut expected: std::collections::HashMap<(&str, uuid::Uuid), i64> = Default::default();
+    for (event_type, stream, version) in &events {
         let Some(route) = domain::event::route(event_type) else {
             continue;
         };
         for projection in projections::projections_of_exchange(route.exchange.suffix()) {
-            *expected.entry(projection).or_default() += count;
+            let latest = expected.entry((projection, *stream)).or_default();
+            *latest = (*latest).max(*version);
         }
     }
-    let applied: Vec<(String, i64)> =
-        sqlx::query_as("select projection, count(*) from processed_events group by projection")
+    let applied: Vec<(String, uuid::Uuid, i64)> =
+        sqlx::query_as("select projection, stream_id, version from stream_versions")
             .fetch_all(&read.pool)
             .await
-            .expect("processed counted");
-    let applied: std::collections::HashMap<&str, i64> =
-        applied.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+            .expect("stream versions read");
+    let applied: std::collections::HashMap<(&str, uuid::Uuid), i64> = applied
+        .iter()
+        .map(|(projection, stream, version)| ((projection.as_str(), *stream), *version))
+        .collect();
     expected
         .iter()
-        .all(|(projection, count)| applied.get(projection) == Some(count))
+        .all(|(key, version)| applied.get(key) == Some(version))
 }

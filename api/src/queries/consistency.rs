@@ -14,6 +14,7 @@ use eventstore::Position;
 use moka::future::Cache;
 use projections::{CONSULTATIONS, PATIENTS, PHYSICIANS, RECORDS, projections_of_exchange};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -103,21 +104,17 @@ fn min_position(parts: &Parts) -> Result<Option<Position>, ApiError> {
 }
 
 async fn wait_for<R: Reads>(app: &AppState, position: Position) -> Result<(), ApiError> {
-    let receiving = app
-        .queries
-        .positions
-        .projections_at(app.pool(), position)
-        .await?;
+    let event = app.queries.positions.event_at(app.pool(), position).await?;
     let waited: Vec<&str> = R::PROJECTIONS
         .iter()
         .copied()
-        .filter(|p| receiving.contains(p))
+        .filter(|p| event.receiving.contains(p))
         .collect();
     let timeout = Duration::from_millis(app.settings.consistency_wait_ms);
     let reached = app
         .read
         .progress
-        .wait_for(&app.read.pool, &waited, position.value(), timeout)
+        .wait_for(&app.read.pool, &waited, event.written, timeout)
         .await?;
     if reached {
         Ok(())
@@ -126,11 +123,19 @@ async fn wait_for<R: Reads>(app: &AppState, position: Position) -> Result<(), Ap
     }
 }
 
-/// Which projections receive the event at a position, remembered: events never change, so
-/// neither does the answer.
+/// The event at a position, as far as waiting for it goes.
+#[derive(Clone, Copy)]
+struct Written {
+    /// Its stream and version.
+    written: (Uuid, i64),
+    /// The projections that receive it.
+    receiving: &'static [&'static str],
+}
+
+/// The events at positions, remembered: events never change, so neither does the answer.
 #[derive(Clone)]
 pub struct Positions {
-    cache: Cache<i64, &'static [&'static str]>,
+    cache: Cache<i64, Written>,
 }
 
 impl Default for Positions {
@@ -148,29 +153,28 @@ impl Positions {
 
     /// Asks the event store (`store`); a position no event has is a 400. An event no
     /// projection follows needs no wait.
-    async fn projections_at(
-        &self,
-        store: &PgPool,
-        position: Position,
-    ) -> Result<&'static [&'static str], ApiError> {
-        if let Some(projections) = self.cache.get(&position.value()).await {
-            return Ok(projections);
+    async fn event_at(&self, store: &PgPool, position: Position) -> Result<Written, ApiError> {
+        if let Some(event) = self.cache.get(&position.value()).await {
+            return Ok(event);
         }
-        let event_type: Option<String> =
-            sqlx::query_scalar("select event_type from events where position = $1")
+        let stored: Option<(String, Uuid, i64)> =
+            sqlx::query_as("select event_type, stream_id, version from events where position = $1")
                 .bind(position.value())
                 .fetch_optional(store)
                 .await?;
         // Not remembered: a position is unknown only until its event commits.
-        let event_type = event_type.ok_or_else(|| {
+        let (event_type, stream, version) = stored.ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "X-Min-Position {position} names no event; use a position a command returned"
             ))
         })?;
-        let projections = route(&event_type)
-            .map(|r| projections_of_exchange(r.exchange.suffix()))
-            .unwrap_or(&[]);
-        self.cache.insert(position.value(), projections).await;
-        Ok(projections)
+        let event = Written {
+            written: (stream, version),
+            receiving: route(&event_type)
+                .map(|r| projections_of_exchange(r.exchange.suffix()))
+                .unwrap_or(&[]),
+        };
+        self.cache.insert(position.value(), event).await;
+        Ok(event)
     }
 }

@@ -35,6 +35,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, Queu
 use lapin::types::FieldTable;
 use projections::queues::{self, QUEUES, QueueNames, QueueSpec};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::broker::{ScratchBroker, Servers};
 use crate::database::ScratchDatabase;
@@ -125,6 +126,12 @@ async fn bench(
     eprintln!("storing {} events of {patients} patients…", patients * 2);
     let stored = fill(&store, patients).await?;
     let last = system::last_checkpoint(&pool).await?;
+    let last_event: (Uuid, i64) =
+        sqlx::query_as("select stream_id, version from events where position = $1")
+            .bind(last.position)
+            .fetch_one(&pool)
+            .await
+            .context("Failed to read the last stored event")?;
 
     eprintln!("publishing them into the queues (not timed)…");
     let publisher = system::publisher(broker, &store);
@@ -159,7 +166,7 @@ async fn bench(
         let (done, read) = (&done, &read.pool);
         async move {
             for (slot, (_, projection)) in done.iter().zip(PATIENT_QUEUES) {
-                if slot.get().is_none() && applied(read, projection, last.position).await? {
+                if slot.get().is_none() && applied(read, projection, last_event).await? {
                     slot.set(Some(started.elapsed()));
                 }
             }
@@ -291,14 +298,16 @@ async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
     Ok(declared.message_count())
 }
 
-/// Whether `projection` has applied the event at `position` (an index lookup, cheap enough to
-/// poll).
-async fn applied(read: &PgPool, projection: &str, position: i64) -> anyhow::Result<bool> {
+/// Whether `projection` has applied `event`, a stream and version (an index lookup, cheap
+/// enough to poll).
+async fn applied(read: &PgPool, projection: &str, event: (Uuid, i64)) -> anyhow::Result<bool> {
     sqlx::query_scalar(
-        "select exists (select 1 from processed_events where projection = $1 and position = $2)",
+        "select exists (select 1 from stream_versions
+                         where projection = $1 and stream_id = $2 and version >= $3)",
     )
     .bind(projection)
-    .bind(position)
+    .bind(event.0)
+    .bind(event.1)
     .fetch_one(read)
     .await
     .context("Failed to read the projection's progress")
