@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ReadModel;
 use crate::envelope::Envelope;
+use crate::progress::Commit;
 use crate::projector::{Applied, ApplyError, Projector, apply_batch};
 use crate::queues::{self, QUEUES, QueueNames, QueueSpec};
 
@@ -335,7 +336,11 @@ impl Consumer {
             "instance" => self.settings.instance.clone()
         )
         .increment(applied.events as u64);
-        self.read.progress.committed(applied.touched);
+        self.read.progress.committed(Commit {
+            projection: self.projector.name(),
+            streams: applied.streams,
+            touched: applied.touched,
+        });
     }
 
     fn report_lag(&self, applied: &[Envelope]) {

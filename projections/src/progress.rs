@@ -1,19 +1,27 @@
 //! What the query side waits on for read-your-writes (`X-Min-Position`): a projection has
 //! applied an event once its `stream_versions` row for the event's stream has reached the
 //! event's version (which holds for every event a rebuild folded as well).
-//! Projector commits in this process bump a counter, so a waiting query re-checks at once;
-//! across processes the query polls.
+//!
+//! A projector commit in this process wakes exactly the queries waiting for the streams it
+//! applied (waking every waiting query on every commit made them re-check the database
+//! thousands of times a second under load). Across processes, and as a safety net for writes
+//! that report nothing (a rebuild's swap), a waiting query polls.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 use uuid::Uuid;
 
-/// How often a waiting query re-checks when no commit in this process wakes it.
+/// How often a waiting query re-checks when projectors run in another process.
 const POLL: Duration = Duration::from_millis(10);
+/// How often it re-checks when projectors here wake it, in case a write came from elsewhere.
+const SAFETY_POLL: Duration = Duration::from_millis(100);
+/// Waiters kept before the ones whose query gave up are swept out.
+const SWEEP_ABOVE: usize = 10_000;
 
 /// A read-model row a commit changed: `resource` is `patient`, `physician`, `consultation`
 /// or `record`.
@@ -32,11 +40,31 @@ impl Touched {
     }
 }
 
-/// Counts projector commits in this process and says which rows they changed; cheap to clone.
+/// What one projector commit applied, as the projector reports it.
+#[derive(Debug, Default)]
+pub struct Commit {
+    pub projection: &'static str,
+    /// Each stream the commit moved, with the version it reached.
+    pub streams: Vec<(Uuid, i64)>,
+    /// The rows it changed.
+    pub touched: Vec<Touched>,
+}
+
+/// A query waiting for a projection to reach a version of a stream.
+#[derive(Debug)]
+struct Waiter {
+    projection: String,
+    version: i64,
+    wake: oneshot::Sender<()>,
+}
+
+/// Counts projector commits in this process, says which rows they changed and wakes the
+/// queries waiting for what they applied; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Progress {
     commits: Arc<watch::Sender<u64>>,
     touched: broadcast::Sender<Arc<Vec<Touched>>>,
+    waiters: Arc<Mutex<HashMap<Uuid, Vec<Waiter>>>>,
     /// Whether projectors of this read model run in this process. Only then are commits (and
     /// the rows they touched) reported here, so only then may a cache rely on the reports.
     projecting: Arc<AtomicBool>,
@@ -47,6 +75,7 @@ impl Default for Progress {
         Self {
             commits: Arc::new(watch::Sender::new(0)),
             touched: broadcast::Sender::new(1024),
+            waiters: Arc::default(),
             projecting: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -62,13 +91,69 @@ impl Progress {
     pub fn projected_here(&self) -> bool {
         self.projecting.load(Ordering::SeqCst)
     }
-    /// Called after each projector commit, with the rows it changed.
-    pub fn committed(&self, touched: Vec<Touched>) {
-        if !touched.is_empty() {
+    /// Called after each projector commit.
+    pub fn committed(&self, commit: Commit) {
+        if !commit.touched.is_empty() {
             // No receiver (no cache) is fine.
-            let _ = self.touched.send(Arc::new(touched));
+            let _ = self.touched.send(Arc::new(commit.touched));
         }
         self.commits.send_modify(|n| *n = n.wrapping_add(1));
+        if commit.streams.is_empty() {
+            return;
+        }
+        let mut waiters = self
+            .waiters
+            .lock()
+            .expect("no panic while holding the lock");
+        for (stream, version) in &commit.streams {
+            let Some(waiting) = waiters.get_mut(stream) else {
+                continue;
+            };
+            let (reached, still): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(waiting)
+                .into_iter()
+                .filter(|w| !w.wake.is_closed())
+                .partition(|w| w.projection == commit.projection && w.version <= *version);
+            for waiter in reached {
+                let _ = waiter.wake.send(());
+            }
+            if still.is_empty() {
+                waiters.remove(stream);
+            } else {
+                *waiting = still;
+            }
+        }
+    }
+
+    /// Registers a wake-up for each of `projections` reaching `version` of `stream`.
+    fn register(
+        &self,
+        projections: &[String],
+        (stream, version): (Uuid, i64),
+    ) -> Vec<oneshot::Receiver<()>> {
+        let mut waiters = self
+            .waiters
+            .lock()
+            .expect("no panic while holding the lock");
+        if waiters.len() > SWEEP_ABOVE {
+            // Queries that gave up leave their waiter behind until its stream moves again.
+            waiters.retain(|_, waiting| {
+                waiting.retain(|w| !w.wake.is_closed());
+                !waiting.is_empty()
+            });
+        }
+        let waiting = waiters.entry(stream).or_default();
+        projections
+            .iter()
+            .map(|projection| {
+                let (wake, woken) = oneshot::channel();
+                waiting.push(Waiter {
+                    projection: projection.clone(),
+                    version,
+                    wake,
+                });
+                woken
+            })
+            .collect()
     }
 
     /// The rows each commit changed, for caches to invalidate. A receiver that lags behind
@@ -96,8 +181,13 @@ impl Progress {
             return Ok(true);
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut commits = self.commits.subscribe();
         let names: Vec<String> = projections.iter().map(|p| (*p).to_owned()).collect();
+        // Registered before the first look, so that a commit in between still wakes us.
+        let (mut wakes, poll) = if self.projected_here() {
+            (self.register(&names, (stream, version)), SAFETY_POLL)
+        } else {
+            (vec![], POLL)
+        };
         loop {
             let applied: i64 = sqlx::query_scalar(
                 "select count(*) from stream_versions
@@ -114,12 +204,54 @@ impl Progress {
             if tokio::time::Instant::now() >= deadline {
                 return Ok(false);
             }
-            commits.mark_unchanged();
             tokio::select! {
-                _ = commits.changed() => {}
-                () = tokio::time::sleep(POLL) => {}
+                _ = futures::future::join_all(wakes.iter_mut()), if !wakes.is_empty() => {
+                    wakes.clear();
+                }
+                () = tokio::time::sleep(poll) => {}
                 () = tokio::time::sleep_until(deadline) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_wakes_only_the_waiters_it_satisfies() {
+        let progress = Progress::default();
+        let stream = Uuid::now_v7();
+        let mut woken = progress.register(&["patients".to_owned()], (stream, 2));
+        let commit = |projection, streams| Commit {
+            projection,
+            streams,
+            touched: vec![],
+        };
+
+        progress.committed(commit("consultations", vec![(stream, 5)]));
+        progress.committed(commit("patients", vec![(stream, 1), (Uuid::now_v7(), 9)]));
+        assert!(woken[0].try_recv().is_err(), "not yet");
+
+        progress.committed(commit("patients", vec![(stream, 2)]));
+        assert!(woken[0].try_recv().is_ok());
+        assert!(
+            progress.waiters.lock().unwrap().is_empty(),
+            "nothing left behind"
+        );
+    }
+
+    #[test]
+    fn waiters_whose_query_gave_up_are_dropped_when_their_stream_moves() {
+        let progress = Progress::default();
+        let stream = Uuid::now_v7();
+        drop(progress.register(&["patients".to_owned()], (stream, 3)));
+        progress.committed(Commit {
+            projection: "patients",
+            streams: vec![(stream, 1)],
+            touched: vec![],
+        });
+        assert!(progress.waiters.lock().unwrap().is_empty());
     }
 }

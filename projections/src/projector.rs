@@ -56,6 +56,8 @@ pub enum ApplyError {
 pub struct Applied {
     /// Events applied (new ones, and predecessors filled in from the store).
     pub events: usize,
+    /// Each stream moved, with the version it reached.
+    pub streams: Vec<(Uuid, i64)>,
     pub touched: Vec<Touched>,
 }
 
@@ -131,7 +133,8 @@ pub async fn apply_batch(
 
     let touched = projector.apply(&mut tx, &to_apply).await?;
 
-    let (ids, latest): (Vec<Uuid>, Vec<i64>) = versions.into_iter().unzip();
+    let streams: Vec<(Uuid, i64)> = versions.into_iter().collect();
+    let (ids, latest): (Vec<Uuid>, Vec<i64>) = streams.iter().copied().unzip();
     sqlx::query(
         "insert into stream_versions (projection, stream_id, version)
          select $1, * from unnest($2::uuid[], $3::bigint[])
@@ -145,6 +148,7 @@ pub async fn apply_batch(
     tx.commit().await?;
     Ok(Applied {
         events: to_apply.len(),
+        streams,
         touched,
     })
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use hap_tests::{TestApp, TestDb, patient};
-use projections::progress::Touched;
+use projections::progress::{Commit, Touched};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -615,7 +615,11 @@ async fn a_min_position_waits_until_the_projections_apply_its_event() {
         project_registration(&read.pool, id, "Ana Lima").await;
         processed(&read.pool, "patients", id, 1).await;
         processed(&read.pool, "consultations", id, 1).await;
-        read.progress.committed(vec![]);
+        read.progress.committed(Commit {
+            projection: "patients",
+            streams: vec![(id, 1)],
+            touched: vec![],
+        });
     });
 
     let started = Instant::now();
@@ -698,10 +702,14 @@ async fn a_cached_resource_is_answered_anew_once_a_commit_touches_it() {
         .unwrap();
     let unreported = get_json(&app, &path).await;
 
-    app.read.progress.committed(vec![Touched {
-        resource: "patient",
-        id,
-    }]);
+    app.read.progress.committed(Commit {
+        projection: "patients",
+        streams: vec![(id, 2)],
+        touched: vec![Touched {
+            resource: "patient",
+            id,
+        }],
+    });
     let response = get(&app, &path).await;
 
     assert_eq!(unreported["name"], "Ana Lima", "the cache answered");
