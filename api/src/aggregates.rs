@@ -67,7 +67,7 @@ impl Aggregates {
             return Ok(loaded);
         }
         for recorded in tail {
-            let event = Event::from_parts(&recorded.event_type, recorded.payload.clone())
+            let event = Event::from_parts(&recorded.event_type, recorded.payload.get())
                 .map_err(ApiError::internal)?;
             loaded.state = loaded.state.evolve(&event);
             loaded.version = recorded.version();

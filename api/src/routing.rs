@@ -6,12 +6,23 @@ use eventstore::{MessageRoute, RecordedEvent, Router};
 
 pub struct DomainRouter;
 
+/// The one payload field a saga's messages are keyed by.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SagaKey {
+    consultation_id: Option<String>,
+}
+
 impl Router for DomainRouter {
     fn route(&self, event: &RecordedEvent) -> Option<MessageRoute> {
         let route = route(&event.event_type)?;
         let saga_id = route
             .saga
-            .then(|| event.payload["consultationId"].as_str().map(str::to_owned))
+            .then(|| {
+                serde_json::from_str::<SagaKey>(event.payload.get())
+                    .ok()
+                    .and_then(|key| key.consultation_id)
+            })
             .flatten();
         Some(MessageRoute {
             exchange: route.exchange.suffix(),

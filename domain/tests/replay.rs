@@ -108,7 +108,7 @@ proptest! {
         for command in commands {
             for event in state.decide(command).unwrap_or_default() {
                 let (event_type, payload) = event.into_parts();
-                prop_assert_eq!(&domain::Event::from_parts(event_type, payload).unwrap(), &event);
+                prop_assert_eq!(&domain::Event::from_parts(event_type, &payload.to_string()).unwrap(), &event);
                 state = state.evolve(&event);
             }
         }

@@ -4,7 +4,7 @@ use chrono::SecondsFormat;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::read::RecordedEvent;
@@ -44,7 +44,7 @@ struct Body<'a> {
     correlation_id: &'a str,
     causation_id: Option<Uuid>,
     schema_version: i32,
-    payload: &'a Value,
+    payload: &'a RawValue,
 }
 
 /// A message ready to publish.

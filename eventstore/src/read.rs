@@ -1,14 +1,14 @@
 //! Reading events back: one stream in version order, or all streams in commit-safe order.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::EventStore;
 use crate::position::{GlobalCheckpoint, Position, StreamVersion};
 
 /// An event as stored, with everything the publisher and the projectors need.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RecordedEvent {
     pub position: i64,
     pub transaction_id: i64,
@@ -17,7 +17,9 @@ pub struct RecordedEvent {
     pub aggregate_type: String,
     pub version: i64,
     pub event_type: String,
-    pub payload: Value,
+    /// As stored: JSON text, which the publisher copies into messages as it is and the
+    /// projectors parse straight into events.
+    pub payload: Box<RawValue>,
     pub tenant_id: String,
     pub correlation_id: String,
     pub causation_id: Option<Uuid>,

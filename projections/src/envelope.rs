@@ -36,7 +36,7 @@ struct Body {
     aggregate_id: Uuid,
     version: i64,
     position: String,
-    payload: serde_json::Value,
+    payload: Box<serde_json::value::RawValue>,
 }
 
 impl Envelope {
@@ -53,7 +53,7 @@ impl Envelope {
             version: body.version,
             position,
             occurred_at: body.occurred_at,
-            event: Event::from_parts(&body.event_type, body.payload)?,
+            event: Event::from_parts(&body.event_type, body.payload.get())?,
         })
     }
 
@@ -64,7 +64,7 @@ impl Envelope {
             version: recorded.version,
             position: recorded.position,
             occurred_at: recorded.occurred_at,
-            event: Event::from_parts(&recorded.event_type, recorded.payload)?,
+            event: Event::from_parts(&recorded.event_type, recorded.payload.get())?,
         })
     }
 }

@@ -281,7 +281,7 @@ async fn check_payloads(pool: &PgPool) -> anyhow::Result<()> {
     .await
     .context("Failed to read sample events")?;
     for (event_type, payload) in samples {
-        let event = Event::from_parts(&event_type, payload.clone())
+        let event = Event::from_parts(&event_type, &payload.to_string())
             .with_context(|| format!("A stored {event_type} does not decode: {payload}"))?;
         let (_, encoded) = event.into_parts();
         if encoded != payload {
