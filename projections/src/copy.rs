@@ -114,6 +114,11 @@ impl CopyRows {
         }
     }
 
+    /// The table the rows go to.
+    pub fn table(&self) -> &'static str {
+        self.table
+    }
+
     /// Adds a row: one value per column.
     pub fn row(&mut self, values: &[&dyn CopyValue]) {
         if self.in_last == CHUNK_ROWS {

@@ -22,8 +22,12 @@ use crate::projector::{ApplyError, InMemory, Projector, apply_batch};
 use crate::queues::QUEUES;
 use crate::schema;
 
-/// Events read from the store per page.
+/// Events read from the store per page by the catch-up, which applies each page as the live
+/// projectors apply a batch.
 const PAGE: i64 = 5000;
+/// Events read per page by the bulk load, which holds no transaction open while folding: larger
+/// pages cost fewer round trips.
+const BULK_PAGE: i64 = 20_000;
 /// Pages read ahead of the one being folded.
 const READ_AHEAD: usize = 4;
 /// Connections of the shadow's pool, and so tables copied at once.
@@ -207,12 +211,12 @@ async fn bulk_load(
         let mut after = *checkpoint;
         async move {
             loop {
-                let page = store.read_all(after, PAGE).await?;
+                let page = store.read_all(after, BULK_PAGE).await?;
                 let Some(last) = page.last() else {
                     return Ok(after);
                 };
                 after = last.checkpoint();
-                let full = page.len() as i64 == PAGE;
+                let full = page.len() as i64 == BULK_PAGE;
                 if pages.send(page).await.is_err() || !full {
                     return Ok::<_, sqlx::Error>(after);
                 }
@@ -243,36 +247,52 @@ async fn bulk_load(
     tracing::debug!(events = read, elapsed = ?started.elapsed(), "rebuild: history folded");
 
     bar.set_message("writing the rows");
-    let indexes = drop_secondary_indexes(shadow).await?;
+    // Each table's indexes are built as soon as its rows are in, while other tables are
+    // still being copied.
+    let indexes = std::sync::Mutex::new(drop_secondary_indexes(shadow).await?);
+    let indexes = &indexes;
     futures::stream::iter(folding)
         .map(|projection| tokio::task::spawn_blocking(move || projection.into_tables()))
         .buffer_unordered(projectors.len())
         .flat_map(|tables| futures::stream::iter(tables.expect("encoding does not panic")))
         .map(|table| async move {
             let mut connection = shadow.acquire().await?;
-            table.write(&mut connection).await
+            let name = table.table();
+            table.write(&mut connection).await?;
+            let definitions = indexes
+                .lock()
+                .expect("no panic while holding the lock")
+                .remove(name)
+                .unwrap_or_default();
+            for definition in definitions {
+                execute(&mut connection, &definition).await?;
+            }
+            Ok::<_, sqlx::Error>(())
         })
-        .buffer_unordered(WRITERS as usize)
-        .try_collect::<Vec<u64>>()
-        .await?;
-    tracing::debug!(elapsed = ?started.elapsed(), "rebuild: rows written");
-    bar.set_message("indexing the rows");
-    futures::stream::iter(indexes)
-        .map(|definition| async move { execute(&mut *shadow.acquire().await?, &definition).await })
         .buffer_unordered(WRITERS as usize)
         .try_collect::<Vec<()>>()
         .await?;
-    tracing::debug!(elapsed = ?started.elapsed(), "rebuild: rows indexed");
+    // The indexes of a table that had no rows to copy.
+    let left: Vec<String> = std::mem::take(&mut *indexes.lock().expect("no panic"))
+        .into_values()
+        .flatten()
+        .collect();
+    for definition in left {
+        execute(&mut *shadow.acquire().await?, &definition).await?;
+    }
+    tracing::debug!(elapsed = ?started.elapsed(), "rebuild: rows written and indexed");
     bar.set_message("");
     Ok(read)
 }
 
 /// Drops the shadow's secondary indexes (those no constraint owns); returns the statements
-/// that build them again. Building an index over loaded rows costs a fraction of growing it
-/// row by row, and each build is a transaction of its own.
-async fn drop_secondary_indexes(shadow: &PgPool) -> Result<Vec<String>, sqlx::Error> {
-    let indexes: Vec<(String, String)> = sqlx::query_as(
-        "select format('%I.%I', i.schemaname, i.indexname), i.indexdef
+/// that build them again, by table. Building an index over loaded rows costs a fraction of
+/// growing it row by row, and each build is a transaction of its own.
+async fn drop_secondary_indexes(
+    shadow: &PgPool,
+) -> Result<HashMap<String, Vec<String>>, sqlx::Error> {
+    let indexes: Vec<(String, String, String)> = sqlx::query_as(
+        "select i.tablename::text, format('%I.%I', i.schemaname, i.indexname), i.indexdef
            from pg_indexes i
           where i.schemaname = current_schema()
             and not exists (select 1 from pg_constraint c
@@ -281,10 +301,10 @@ async fn drop_secondary_indexes(shadow: &PgPool) -> Result<Vec<String>, sqlx::Er
     )
     .fetch_all(shadow)
     .await?;
-    let mut definitions = Vec::with_capacity(indexes.len());
-    for (name, definition) in indexes {
+    let mut definitions: HashMap<String, Vec<String>> = HashMap::new();
+    for (table, name, definition) in indexes {
         execute(&mut *shadow.acquire().await?, &format!("drop index {name}")).await?;
-        definitions.push(definition);
+        definitions.entry(table).or_default().push(definition);
     }
     Ok(definitions)
 }
