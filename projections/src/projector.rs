@@ -2,7 +2,7 @@
 //! id, in order per stream, with gaps filled from the event store, in one transaction with
 //! the projector's writes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool};
@@ -72,10 +72,7 @@ pub async fn apply_batch(
     let name = projector.name();
     let mut tx = read.begin().await?;
 
-    let fresh: std::collections::HashSet<Uuid> = mark_processed(&mut tx, name, events)
-        .await?
-        .into_iter()
-        .collect();
+    let Marked { fresh, applied } = mark_processed(&mut tx, name, events).await?;
     let mut events: Vec<&Envelope> = events
         .iter()
         .filter(|e| fresh.contains(&e.event_id))
@@ -85,18 +82,6 @@ pub async fn apply_batch(
         return Ok(Applied::default());
     }
     events.sort_by_key(|e| (e.stream_id, e.version));
-
-    let streams: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
-    let applied: HashMap<Uuid, i64> = sqlx::query_as(
-        "select stream_id, version from stream_versions
-          where projection = $1 and stream_id = any($2) for update",
-    )
-    .bind(name)
-    .bind(&streams)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
 
     let mut to_apply: Vec<Envelope> = Vec::with_capacity(events.len());
     let mut filled: Vec<Envelope> = Vec::new();
@@ -153,23 +138,57 @@ pub async fn apply_batch(
     })
 }
 
-/// Records `events` as processed by `projection`; returns the ids that were not already.
+/// What [`mark_processed`] found.
+struct Marked {
+    /// The events not processed before.
+    fresh: HashSet<Uuid>,
+    /// The version the projection has applied of each of the events' streams it has seen,
+    /// locked until the transaction ends.
+    applied: HashMap<Uuid, i64>,
+}
+
+/// Records `events` as processed by `projection` and reads (and locks) the versions applied of
+/// their streams, in one round trip.
 async fn mark_processed(
     tx: &mut PgConnection,
     projection: &str,
     events: &[Envelope],
-) -> Result<Vec<Uuid>, sqlx::Error> {
+) -> Result<Marked, sqlx::Error> {
     let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
     let positions: Vec<i64> = events.iter().map(|e| e.position).collect();
-    sqlx::query_scalar(
-        "insert into processed_events (projection, event_id, position)
-         select $1, * from unnest($2::uuid[], $3::bigint[])
-         on conflict do nothing
-         returning event_id",
+    let streams: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
+    // An event id comes back with no version, a stream with its version.
+    let rows: Vec<(Uuid, Option<i64>)> = sqlx::query_as(
+        "with fresh as (
+             insert into processed_events (projection, event_id, position)
+             select $1, * from unnest($2::uuid[], $3::bigint[])
+             on conflict do nothing
+             returning event_id
+         ), applied as (
+             select stream_id, version from stream_versions
+              where projection = $1 and stream_id = any($4)
+                for update
+         )
+         select event_id, null::bigint from fresh
+         union all
+         select stream_id, version from applied",
     )
     .bind(projection)
     .bind(ids)
     .bind(positions)
+    .bind(streams)
     .fetch_all(tx)
-    .await
+    .await?;
+    let mut marked = Marked {
+        fresh: HashSet::new(),
+        applied: HashMap::new(),
+    };
+    for (id, version) in rows {
+        if let Some(version) = version {
+            marked.applied.insert(id, version);
+        } else {
+            marked.fresh.insert(id);
+        }
+    }
+    Ok(marked)
 }
