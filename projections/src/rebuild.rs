@@ -1,7 +1,8 @@
 //! Rebuilding read models from the event store while the service keeps running: fold every
 //! stored event into memory with the projectors' own code and copy the rows into a shadow
-//! schema in bulk, catch up batch by batch as the live projectors do, then, under a lock that pauses only the live
-//! projectors' writes, catch up the last events and swap in one transaction. Rebuilding every
+//! schema in bulk, catch up batch by batch as the live projectors do, then, under a lock that
+//! pauses only the live projectors' writes, catch up the last events and swap in one
+//! transaction. Rebuilding every
 //! projection swaps whole schemas by renaming them (instant, whatever the size); rebuilding
 //! some moves their tables across and copies their bookkeeping rows. Queries keep reading the
 //! old rows until the swap commits. `--verify` builds the same shadow and compares instead.
