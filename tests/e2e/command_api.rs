@@ -3,8 +3,8 @@
 
 use chrono::Utc;
 use domain::Event;
-use domain::event::{ConsultationRecordsVoided, ConsultationScheduled};
-use domain::ids::{ConsultationId, PatientId, PhysicianId};
+use domain::event::ConsultationRecordsVoided;
+use domain::ids::ConsultationId;
 use domain::record::RecordBook;
 use futures::future::join_all;
 use hap_tests::{TestApp, TestDb, id_of, patient};
@@ -494,7 +494,7 @@ async fn only_a_scheduled_consultation_can_be_updated_completed_or_cancelled() {
     assert_eq!(requested_complete.status(), StatusCode::CONFLICT);
     assert_eq!(app.event_count().await, before);
 
-    schedule(&app, id, patient, physician).await;
+    app.schedule(id, patient, physician).await;
     let update = app
         .patch(
             &format!("/consultations/{id}"),
@@ -550,7 +550,7 @@ async fn records_are_written_to_scheduled_consultations_and_frozen_once_voided()
         .await;
     assert_eq!(on_unknown.status(), StatusCode::NOT_FOUND);
 
-    schedule(&app, id, patient, physician).await;
+    app.schedule(id, patient, physician).await;
     let created = app
         .post(
             &format!("/consultations/{id}/records"),
@@ -658,19 +658,6 @@ async fn the_openapi_document_describes_every_command_route() {
     assert_eq!(live.status(), StatusCode::OK);
 }
 
-/// Stands in for the scheduling saga (a later part of HAP): the consultation is scheduled.
-async fn schedule(app: &TestApp, id: Uuid, patient: Uuid, physician: Uuid) {
-    let starts_at = Utc::now() + chrono::Duration::days(1);
-    let scheduled = Event::ConsultationScheduled(ConsultationScheduled {
-        consultation_id: id.into(),
-        patient_id: PatientId::from(patient),
-        physician_id: PhysicianId::from(physician),
-        starts_at,
-        ends_at: starts_at + chrono::Duration::minutes(30),
-    });
-    app.append_event(id, &scheduled).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_made_by_the_framework_are_problems_too() {
     let db = TestDb::new().await;
@@ -716,7 +703,7 @@ async fn a_record_of_twenty_thousand_multibyte_characters_is_accepted() {
         app.register_physician("CRM-1").await,
     );
     let id = app.request_consultation(patient, physician).await;
-    schedule(&app, id, patient, physician).await;
+    app.schedule(id, patient, physician).await;
 
     let content = "é".repeat(20_000); // 40,000 bytes of UTF-8, over 64 KiB once escaped
     let created = app

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use domain::Event;
 use domain::event::{
-    ConsultationCancelled, ConsultationDone, ConsultationRecordsVoided, ConsultationScheduled,
+    ConsultationCancelled, ConsultationDone, ConsultationRecordsVoided,
     ConsultationSchedulingFailed, FailureReason,
 };
-use domain::ids::{ConsultationId, PatientId, PhysicianId};
+use domain::ids::ConsultationId;
 use domain::record::RecordBook;
 use eventstore::EventStore;
 use hap_tests::broker::{delete_instance_queues, unique_prefix, wait_for_queue};
@@ -212,18 +212,9 @@ async fn a_rebuild_folds_every_kind_of_event_as_the_live_projectors_do() {
         app.request_consultation(patient, physician).await,
     ];
     let [first, second, third, fourth] = consultations;
-    // Stand in for the scheduling saga.
-    for id in [first, second, third] {
-        let starts_at = chrono::Utc::now() + chrono::Duration::days(1);
-        let scheduled = Event::ConsultationScheduled(ConsultationScheduled {
-            consultation_id: id.into(),
-            patient_id: PatientId::from(patient),
-            physician_id: PhysicianId::from(physician),
-            starts_at,
-            ends_at: starts_at + chrono::Duration::minutes(30),
-        });
-        app.append_event(id, &scheduled).await;
-    }
+    app.schedule(first, patient, physician).await;
+    app.schedule(second, other, physician).await;
+    app.schedule(third, patient, physician).await;
     let failed = Event::ConsultationSchedulingFailed(ConsultationSchedulingFailed {
         consultation_id: fourth.into(),
         reason: FailureReason::PhysicianUnavailable,

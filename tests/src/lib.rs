@@ -236,6 +236,23 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Stands in for the scheduling saga (not part of HAP yet): the consultation is scheduled,
+    /// starting tomorrow.
+    pub async fn schedule(&self, consultation: Uuid, patient: Uuid, physician: Uuid) {
+        let starts_at = Utc::now() + chrono::Duration::days(1);
+        let scheduled =
+            domain::Event::ConsultationScheduled(domain::event::ConsultationScheduled {
+                consultation_id: consultation.into(),
+                patient_id: patient.into(),
+                physician_id: physician.into(),
+                starts_at,
+                ends_at: starts_at + chrono::Duration::minutes(30),
+            });
+        self.append_event(consultation, &scheduled).await;
+    }
+}
+
 /// Runs an in-process publisher over `pool` to exchanges under `prefix`, until the returned
 /// token is cancelled.
 pub fn start_publisher(pool: &PgPool, prefix: &str) -> tokio_util::sync::CancellationToken {
