@@ -33,6 +33,7 @@ pub use publisher::{Publisher, PublisherSettings};
 pub use read::RecordedEvent;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -49,6 +50,9 @@ pub struct EventStore {
     appended: Arc<watch::Sender<u64>>,
     /// When set, appends go through group commit.
     group_commit: Option<Arc<group_commit::GroupCommit>>,
+    /// Whether a publisher in this process leads: then [`Self::appended`] wakes it, and
+    /// appends need not also notify other processes.
+    publishing_here: Arc<AtomicBool>,
 }
 
 impl EventStore {
@@ -57,6 +61,7 @@ impl EventStore {
             pool,
             appended: Arc::new(watch::Sender::new(0)),
             group_commit: None,
+            publishing_here: Arc::default(),
         }
     }
 
@@ -82,5 +87,15 @@ impl EventStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Set by the publisher while it leads from this process.
+    pub(crate) fn set_publishing_here(&self, leading: bool) {
+        self.publishing_here.store(leading, Ordering::SeqCst);
+    }
+
+    /// Whether the leading publisher runs in this process.
+    pub fn publishing_here(&self) -> bool {
+        self.publishing_here.load(Ordering::SeqCst)
     }
 }

@@ -120,11 +120,13 @@ impl Publisher {
         {
             tracing::info!(publisher = %self.name(), "leading: publishing events");
             metrics::gauge!("hap_publisher_leader").set(1.0);
+            self.store.set_publishing_here(true);
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = leadership.lost() => tracing::warn!("lost the publisher lock; following"),
                 () = self.publish(&mut wakeups) => {}
             }
+            self.store.set_publishing_here(false);
             metrics::gauge!("hap_publisher_leader").set(0.0);
             if shutdown.is_cancelled() {
                 return;
@@ -418,7 +420,7 @@ impl Publisher {
 
     /// Lag in events (committed but not confirmed) and in seconds (how long the oldest of them
     /// has been waiting; 0 when there are none), and the age of the oldest open write
-    /// transaction on the server, which holds every reader of the global order back.
+    /// transaction that holds every reader of the global order back.
     async fn report_lag(&self, checkpoint: GlobalCheckpoint) {
         let lag: Result<(i64, f64), _> = sqlx::query_as(
             "select count(*),
@@ -435,10 +437,14 @@ impl Publisher {
             metrics::gauge!("hap_publisher_lag_events").set(count as f64);
             metrics::gauge!("hap_publisher_lag_seconds").set(seconds.max(0.0));
         }
+        // The transactions the gap-safe read waits for: this database's, bar the read models'.
         let oldest: Result<f64, _> = sqlx::query_scalar(
             "select coalesce(extract(epoch from now() - min(xact_start)), 0)::float8
-               from pg_stat_activity where backend_xid is not null",
+               from pg_stat_activity
+              where backend_xid is not null and datname = current_database()
+                and application_name is distinct from $1",
         )
+        .bind(crate::read::READ_MODEL_APPLICATION)
         .fetch_one(self.store.pool())
         .await;
         if let Ok(seconds) = oldest {

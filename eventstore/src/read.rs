@@ -55,6 +55,34 @@ macro_rules! recorded_event_columns {
     };
 }
 
+/// The `application_name` of every connection that writes read models. Their transactions
+/// never insert events, so the gap-safe read does not wait for them (a projector's batch would
+/// otherwise hold every publisher back for as long as it runs).
+pub const READ_MODEL_APPLICATION: &str = "hap-read-model";
+
+/// The fence of the gap-safe read, as a scalar subquery whose `$4` is [`READ_MODEL_APPLICATION`]:
+/// the oldest transaction running at the statement's snapshot that could still insert events,
+/// or the snapshot's horizon when there is none. Every event of an older transaction is
+/// visible already or will never exist.
+///
+/// The snapshot's running transactions (`pg_snapshot_xip`) are all the server's; two kinds
+/// are left out because they cannot write this database's `events`: those of another
+/// database, and those of read-model connections. A running transaction is left out only when
+/// the backends' activity (`pg_stat_activity`'s function, which plans in a fraction of the
+/// view's time), read after the snapshot was taken, shows its very id on such a backend; one
+/// that ended in between is not found and so still counts, which only delays a read.
+macro_rules! writer_fence {
+    () => {
+        "select coalesce(min(running), pg_snapshot_xmax(pg_current_snapshot())) \
+           from pg_snapshot_xip(pg_current_snapshot()) as running \
+          where running::xid not in ( \
+                select backend_xid from pg_stat_get_activity(null) as backend \
+                 where backend_xid is not null \
+                   and (datid <> (select oid from pg_database where datname = current_database()) \
+                        or application_name = $4))"
+    };
+}
+
 impl EventStore {
     /// The events of one stream after `after`, in version order.
     #[tracing::instrument(skip(self), err)]
@@ -78,10 +106,11 @@ impl EventStore {
     /// `order by` names the table's columns: the output column `transaction_id` is a cast,
     /// and sorting by it would sort every remaining row instead of walking the index.)
     ///
-    /// Only events of transactions older than the oldest one still running are returned
-    /// (`pg_snapshot_xmin`). A transaction that inserted early but commits late is therefore
-    /// still "running" while younger events wait behind it, and its events come out in their
-    /// place once it commits: no event is ever skipped, and none needs a timer or gap detection.
+    /// Only events of transactions older than the oldest one still running that could write
+    /// events are returned (see `writer_fence!`). A transaction that inserted early but
+    /// commits late is therefore still "running" while younger events wait behind it, and its
+    /// events come out in their place once it commits: no event is ever skipped, and none
+    /// needs a timer or gap detection.
     #[tracing::instrument(skip(self), err)]
     pub async fn read_all(
         &self,
@@ -93,13 +122,15 @@ impl EventStore {
             recorded_event_columns!(),
             " from events \
              where (transaction_id, position) > ($1::text::xid8, $2) \
-               and transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-             order by events.transaction_id, events.position \
+               and transaction_id < (",
+            writer_fence!(),
+            ") order by events.transaction_id, events.position \
              limit $3"
         ))
         .bind(after.transaction_id.to_string())
         .bind(after.position)
         .bind(limit)
+        .bind(READ_MODEL_APPLICATION)
         // Not a cached prepared statement: PostgreSQL would soon switch it to a generic plan,
         // made blind to the checkpoint, that scans the whole table instead of its tail.
         .persistent(false)

@@ -3,7 +3,8 @@
 //!
 //! Within a process, appends bump a watch channel ([`EventStore::subscribe_appended`]). For
 //! publishers in other processes, [`forward_appends`] sends one `NOTIFY` *after* commits,
-//! coalescing all appends that happen while one is in flight. A listener misses notifications
+//! coalescing all appends that happen while one is in flight, unless the leading publisher
+//! runs in this process. A listener misses notifications
 //! while it reconnects, so readers also poll, as the safety net.
 
 use std::time::Duration;
@@ -24,6 +25,10 @@ pub async fn forward_appends(store: EventStore, shutdown: CancellationToken) {
         tokio::select! {
             () = shutdown.cancelled() => return,
             changed = appended.changed() => if changed.is_err() { return },
+        }
+        if store.publishing_here() {
+            // The leader is woken in-process; a notification would only wake it twice.
+            continue;
         }
         let notify = sqlx::query("select pg_notify($1, '')")
             .bind(CHANNEL)

@@ -205,7 +205,12 @@ impl Progress {
                 return Ok(false);
             }
             tokio::select! {
-                _ = futures::future::join_all(wakes.iter_mut()), if !wakes.is_empty() => {
+                woken = futures::future::join_all(wakes.iter_mut()), if !wakes.is_empty() => {
+                    // Every wake-up is sent after a commit that reached the version: no need
+                    // to ask the database again.
+                    if woken.iter().all(Result::is_ok) {
+                        return Ok(true);
+                    }
                     wakes.clear();
                 }
                 () = tokio::time::sleep(poll) => {}

@@ -5,6 +5,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use eventstore::read::READ_MODEL_APPLICATION;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
@@ -41,7 +42,9 @@ pub async fn connect(url: &str, schema: &str, size: u32) -> Result<PgPool, sqlx:
         // Index probes priced as the memory reads they are: with the default (a disk seek), a
         // batch's `id = any($1)` of a few hundred ids scanned the whole table instead, until
         // autovacuum's first analyze (measured: 4 ms against 1 ms at 50,000 rows).
-        .connect_with(options.options([
+        // Named so that the event store's gap-safe read knows these transactions never
+        // write events and does not wait for them.
+        .connect_with(options.application_name(READ_MODEL_APPLICATION).options([
             ("search_path", schema),
             ("lock_timeout", "1s"),
             ("plan_cache_mode", "force_custom_plan"),

@@ -53,7 +53,8 @@ pub struct TestDb {
     name: String,
 }
 
-fn admin_url() -> String {
+/// The server-level URL tests create their databases through (`DATABASE_URL`).
+pub fn admin_url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }

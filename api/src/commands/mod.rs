@@ -165,6 +165,15 @@ where
         };
         match app.aggregates.store().append(append).await {
             Ok(appended) => {
+                if let (Some(position), Some(last)) = (appended.position, events.last()) {
+                    let version =
+                        i64::try_from(appended.version.value()).expect("versions fit i64");
+                    let written = (stream_id, version);
+                    app.queries
+                        .positions
+                        .remember(position, last.event_type(), written)
+                        .await;
+                }
                 let state = events.iter().fold(loaded.state, |s, e| s.evolve(e));
                 let position = appended.position.or(loaded.position);
                 aggregates

@@ -132,6 +132,17 @@ struct Written {
     receiving: &'static [&'static str],
 }
 
+impl Written {
+    fn new(event_type: &str, written: (Uuid, i64)) -> Self {
+        Self {
+            written,
+            receiving: route(event_type)
+                .map(|r| projections_of_exchange(r.exchange.suffix()))
+                .unwrap_or(&[]),
+        }
+    }
+}
+
 /// The events at positions, remembered: events never change, so neither does the answer.
 #[derive(Clone)]
 pub struct Positions {
@@ -168,13 +179,15 @@ impl Positions {
                 "X-Min-Position {position} names no event; use a position a command returned"
             ))
         })?;
-        let event = Written {
-            written: (stream, version),
-            receiving: route(&event_type)
-                .map(|r| projections_of_exchange(r.exchange.suffix()))
-                .unwrap_or(&[]),
-        };
+        let event = Written::new(&event_type, (stream, version));
         self.cache.insert(position.value(), event).await;
         Ok(event)
+    }
+
+    /// Remembers the event a command of this process just appended at `position`, so that a
+    /// query waiting for it need not ask the event store what it was.
+    pub async fn remember(&self, position: Position, event_type: &str, written: (Uuid, i64)) {
+        let event = Written::new(event_type, written);
+        self.cache.insert(position.value(), event).await;
     }
 }
