@@ -245,7 +245,7 @@ impl Consumer {
                 self.dead_letter(channels, delivery, &error.to_string())
                     .await
             }
-            ApplyError::Database(_) => {
+            ApplyError::Database(_) | ApplyError::Raced => {
                 self.retry_later(channels, delivery, &error.to_string())
                     .await
             }

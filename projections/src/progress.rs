@@ -16,10 +16,15 @@ use sqlx::PgPool;
 use tokio::sync::{broadcast, oneshot, watch};
 use uuid::Uuid;
 
-/// How often a waiting query re-checks when projectors run in another process.
+/// How soon a waiting query first re-checks when projectors run in another process.
 const POLL: Duration = Duration::from_millis(10);
-/// How often it re-checks when projectors here wake it, in case a write came from elsewhere.
+/// How soon it first re-checks when projectors here wake it, in case a write came from
+/// elsewhere.
 const SAFETY_POLL: Duration = Duration::from_millis(100);
+/// Each re-check waits twice as long as the one before, up to this many times the first: when
+/// the projectors fall behind, a thousand waiting queries re-checking at a fixed pace would
+/// add the most load exactly when there is least to spare.
+const POLL_GROWTH_LIMIT: u32 = 8;
 /// Waiters kept before the ones whose query gave up are swept out.
 const SWEEP_ABOVE: usize = 10_000;
 
@@ -183,11 +188,12 @@ impl Progress {
         let deadline = tokio::time::Instant::now() + timeout;
         let names: Vec<String> = projections.iter().map(|p| (*p).to_owned()).collect();
         // Registered before the first look, so that a commit in between still wakes us.
-        let (mut wakes, poll) = if self.projected_here() {
+        let (mut wakes, first_poll) = if self.projected_here() {
             (self.register(&names, (stream, version)), SAFETY_POLL)
         } else {
             (vec![], POLL)
         };
+        let mut poll = first_poll;
         loop {
             let applied: i64 = sqlx::query_scalar(
                 "select count(*) from stream_versions
@@ -213,7 +219,9 @@ impl Progress {
                     }
                     wakes.clear();
                 }
-                () = tokio::time::sleep(poll) => {}
+                () = tokio::time::sleep(poll) => {
+                    poll = (poll * 2).min(first_poll * POLL_GROWTH_LIMIT);
+                }
                 () = tokio::time::sleep_until(deadline) => {}
             }
         }

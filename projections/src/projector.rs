@@ -49,7 +49,13 @@ pub enum ApplyError {
     /// A predecessor read from the event store cannot be decoded: nothing will fix it.
     #[error("a stored event cannot be decoded: {0}")]
     Poison(#[from] Poison),
+    /// Another transaction kept applying the same stream's events while this batch did.
+    #[error("another transaction kept applying the same events")]
+    Raced,
 }
+
+/// Attempts at a batch that another transaction raced before [`ApplyError::Raced`] is given up.
+const RACE_ATTEMPTS: usize = 3;
 
 /// What a batch changed.
 #[derive(Debug, Default)]
@@ -64,6 +70,22 @@ pub struct Applied {
 /// Applies a batch of events (in any order, possibly repeated or already applied) to the
 /// projection in one transaction.
 pub async fn apply_batch(
+    read: &PgPool,
+    store: &EventStore,
+    projector: &dyn Projector,
+    events: &[Envelope],
+) -> Result<Applied, ApplyError> {
+    let mut attempt = 1;
+    loop {
+        match try_apply(read, store, projector, events).await {
+            Err(ApplyError::Raced) if attempt < RACE_ATTEMPTS => attempt += 1,
+            outcome => return outcome,
+        }
+    }
+}
+
+/// One attempt at [`apply_batch`]; `Raced` when it must start again.
+async fn try_apply(
     read: &PgPool,
     store: &EventStore,
     projector: &dyn Projector,
@@ -109,7 +131,13 @@ pub async fn apply_batch(
         to_apply.push(event.clone());
     }
     if !filled.is_empty() {
-        mark_processed(&mut tx, name, &filled).await?;
+        // A stream with no version row yet has nothing to lock, so another transaction may
+        // have applied a predecessor meanwhile (its mark made ours wait for its commit). The
+        // versions read above are stale then: start again from what it committed.
+        let marked = mark_processed(&mut tx, name, &filled).await?;
+        if filled.iter().any(|e| !marked.fresh.contains(&e.event_id)) {
+            return Err(ApplyError::Raced);
+        }
         to_apply.extend(filled);
     }
     // Position order is version order within a stream, and the order things happened across

@@ -12,6 +12,9 @@ use hap_tests::broker::{
 };
 use hap_tests::{TestApp, TestDb, eventually, start_projectors, start_publisher};
 use lapin::BasicProperties;
+use projections::envelope::Envelope;
+use projections::patients::Patients;
+use projections::projector::apply_batch;
 use projections::queues::QueueNames;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -180,6 +183,69 @@ async fn a_missing_predecessor_is_read_from_the_event_store() {
     assert_eq!(patient(&read.pool, id).await, Some(("Carla".into(), 3)));
     projectors.cancel();
     delete_instance_queues(&prefix, "a").await;
+}
+
+/// A batch that fills in a predecessor which another transaction is applying at that moment
+/// (a new stream has no version row to lock) waits for it, then starts again from what it
+/// committed rather than applying the predecessor a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_predecessor_applied_meanwhile_by_another_transaction_is_not_applied_again() {
+    let db = TestDb::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let read = hap_tests::read_model(&db, "race").await;
+    let history = patient_history(&store, &["Ana", "Bia"]).await;
+    let (registered, updated) = (&history[0], &history[1]);
+    let id = registered.stream_id;
+
+    // The other transaction has applied the registration, and not yet committed.
+    let mut other = read.pool.begin().await.unwrap();
+    sqlx::query(
+        "insert into processed_events (projection, event_id, position) values ('patients', $1, $2)",
+    )
+    .bind(registered.event_id)
+    .bind(registered.position)
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    let batch = {
+        let (pool, store) = (read.pool.clone(), store.clone());
+        let update = Envelope::from_recorded(updated.clone()).unwrap();
+        tokio::spawn(async move { apply_batch(&pool, &store, &Patients, &[update]).await })
+    };
+    let waiting = "select count(*) from pg_stat_activity
+                    where datname = current_database() and wait_event_type = 'Lock'";
+    assert!(
+        eventually(PATIENCE, || async {
+            sqlx::query_scalar::<_, i64>(waiting)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap()
+                > 0
+        })
+        .await,
+        "the batch waits for the other transaction's mark"
+    );
+    sqlx::query(
+        "insert into patients (id, name, birth_date, document_number, status, version, updated_at)
+         values ($1, 'Ana', '1990-01-01', 'D', 'active', 1, now())",
+    )
+    .bind(id)
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into stream_versions (projection, stream_id, version) values ('patients', $1, 1)",
+    )
+    .bind(id)
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    other.commit().await.unwrap();
+
+    let applied = batch.await.unwrap().unwrap();
+    assert_eq!(applied.events, 1, "only the update is applied");
+    assert_eq!(applied.streams, [(id, 2)]);
+    assert_eq!(patient(&read.pool, id).await, Some(("Bia".into(), 2)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
