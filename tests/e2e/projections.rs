@@ -8,7 +8,8 @@ use chrono::Utc;
 use eventstore::message::Message;
 use eventstore::{Append, EventStore, Metadata, NewEvent, RecordedEvent, Router, StreamVersion};
 use hap_tests::broker::{
-    delete_instance_queues, drain, header, publish_to_queue, unique_prefix, wait_for_queue,
+    close_connection, connections_named, delete_instance_queues, drain, header, publish_to_queue,
+    unique_prefix, wait_for_queue,
 };
 use hap_tests::{TestApp, TestDb, eventually, start_projectors, start_publisher};
 use lapin::BasicProperties;
@@ -335,6 +336,70 @@ async fn a_transient_failure_is_retried_then_applied() {
         })
         .await
     );
+    projectors.cancel();
+    delete_instance_queues(&prefix, "a").await;
+}
+
+/// What a broker restart does to a consumer: its connection closes under it while deliveries
+/// are unacknowledged. The projectors reconnect, the broker delivers again what was not acked,
+/// and every event is applied, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projectors_whose_broker_connections_close_mid_stream_miss_nothing() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let (read, projectors) = start_projectors(&db, &prefix, "a").await;
+    for service in ["patient-service", "scheduling-service"] {
+        wait_for_queue(&QueueNames::new(&prefix, service, "a").main).await;
+    }
+    let publisher = start_publisher(&db.pool, &prefix);
+    let store = EventStore::new(db.pool.clone());
+    let first = patient_history(&store, &["Ana"]).await[0].stream_id;
+    assert!(
+        eventually(PATIENCE, || async {
+            patient(&read.pool, first).await.is_some()
+        })
+        .await,
+        "the projectors are consuming"
+    );
+
+    let writer = tokio::spawn(async move {
+        for _ in 0..40 {
+            patient_history(&store, &["Bia", "Carla"]).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Only this test's projector connections: other tests keep theirs.
+    let connections = connections_named(&format!("hap-projector {prefix}."));
+    assert_eq!(connections.len(), 4, "one connection per projector");
+    for connection in &connections {
+        close_connection(connection);
+    }
+    writer.await.unwrap();
+
+    let processed = "select count(*) from processed_events where projection = $1";
+    let all_applied = eventually(PATIENCE, || async {
+        let mut counts = vec![];
+        for projection in [projections::PATIENTS, projections::CONSULTATIONS] {
+            let count: i64 = sqlx::query_scalar(processed)
+                .bind(projection)
+                .fetch_one(&read.pool)
+                .await
+                .unwrap();
+            counts.push(count);
+        }
+        let updated: i64 = sqlx::query_scalar("select count(*) from patients where version = 2")
+            .fetch_one(&read.pool)
+            .await
+            .unwrap();
+        counts == [81, 81] && updated == 40
+    })
+    .await;
+    assert!(
+        all_applied,
+        "every patient at version 2, every event processed once by both"
+    );
+    publisher.cancel();
     projectors.cancel();
     delete_instance_queues(&prefix, "a").await;
 }

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use domain::event::route;
 use eventstore::{Append, EventStore, Metadata, NewEvent, RecordedEvent, StreamVersion};
 use futures::future::join_all;
-use hap_tests::broker::{Capture, Captured, body, header, unique_prefix};
+use hap_tests::broker::{
+    Capture, Captured, body, close_connection, connections_named, header, unique_prefix,
+};
 use hap_tests::process::spawn_hap;
 use hap_tests::{TestApp, TestDb, start_publisher};
 use reqwest::Method;
@@ -415,25 +417,6 @@ async fn a_killed_leader_is_replaced_and_nothing_is_lost() {
     capture.clean_up().await;
 }
 
-/// Finds the broker connections whose name contains `needle`, through `rabbitmqctl`.
-fn connections_named(needle: &str) -> Vec<String> {
-    let output = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "-q",
-            "--no-table-headers",
-            "pid",
-            "client_properties",
-        ])
-        .output()
-        .expect("rabbitmqctl runs (it comes with rabbitmq-server)");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|line| line.contains(needle))
-        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_connection_closed_mid_stream_loses_nothing() {
     let db = TestDb::new().await;
@@ -449,15 +432,7 @@ async fn a_broker_connection_closed_mid_stream_loses_nothing() {
     // Only this test's publisher connection: others' tests keep theirs.
     let connections = connections_named(&format!("hap-publisher {prefix}"));
     assert_eq!(connections.len(), 1, "the publisher's connection is found");
-    let closed = std::process::Command::new("rabbitmqctl")
-        .args([
-            "close_connection",
-            &connections[0],
-            "test: closed by the broker",
-        ])
-        .status()
-        .unwrap();
-    assert!(closed.success());
+    close_connection(&connections[0]);
     writer.await.unwrap();
 
     let expected = stored_ids(&pool).await;

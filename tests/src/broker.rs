@@ -283,3 +283,32 @@ pub async fn delete_instance_queues(prefix: &str, instance: &str) {
     }
     connection.close(200, "done".into()).await.ok();
 }
+
+/// Finds the broker connections whose client properties contain `needle` (HAP names each
+/// connection after what it serves), through `rabbitmqctl`.
+pub fn connections_named(needle: &str) -> Vec<String> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl runs (it comes with rabbitmq-server)");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains(needle))
+        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// Has the broker close a connection, as it does to every client when it restarts.
+pub fn close_connection(pid: &str) {
+    let closed = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", pid, "test: closed by the broker"])
+        .status()
+        .expect("rabbitmqctl runs");
+    assert!(closed.success(), "rabbitmqctl closed {pid}");
+}
