@@ -131,9 +131,12 @@ async fn try_apply(
         to_apply.push(event.clone());
     }
     if !filled.is_empty() {
-        // A stream with no version row yet has nothing to lock, so another transaction may
-        // have applied a predecessor meanwhile (its mark made ours wait for its commit). The
-        // versions read above are stale then: start again from what it committed.
+        // The versions read above are not locked: another transaction may have applied a
+        // predecessor meanwhile (its mark made ours wait for its commit). They are stale then:
+        // start again from what it committed. Every way two transactions can apply one
+        // stream's events at once leads here: an event they both hold is fresh for one only,
+        // and one that runs ahead of the versions it read fills in, and so marks, the events
+        // in between.
         let marked = mark_processed(&mut tx, name, &filled).await?;
         if filled.iter().any(|e| !marked.fresh.contains(&e.event_id)) {
             return Err(ApplyError::Raced);
@@ -170,13 +173,13 @@ async fn try_apply(
 struct Marked {
     /// The events not processed before.
     fresh: HashSet<Uuid>,
-    /// The version the projection has applied of each of the events' streams it has seen,
-    /// locked until the transaction ends.
+    /// The version the projection had applied of each of the events' streams it has seen,
+    /// as of the statement's start (no lock: see the gap filling in [`try_apply`]).
     applied: HashMap<Uuid, i64>,
 }
 
-/// Records `events` as processed by `projection` and reads (and locks) the versions applied of
-/// their streams, in one round trip.
+/// Records `events` as processed by `projection` and reads the versions applied of their
+/// streams, in one round trip.
 async fn mark_processed(
     tx: &mut PgConnection,
     projection: &str,
@@ -195,7 +198,6 @@ async fn mark_processed(
          ), applied as (
              select stream_id, version from stream_versions
               where projection = $1 and stream_id = any($4)
-                for update
          )
          select event_id, null::bigint from fresh
          union all
