@@ -37,7 +37,7 @@ impl AppState {
     /// Needs a Tokio runtime: it starts watching the broker.
     pub fn new(store: EventStore, read: ReadModel, settings: Settings) -> Self {
         Self {
-            queries: QueryCaches::new(&read.progress),
+            queries: QueryCaches::new(&read),
             read,
             aggregates: Aggregates::new(store, AGGREGATE_CACHE_CAPACITY),
             broker: BrokerHealth::watch(settings.amqp_url.clone()),

@@ -6,6 +6,10 @@
 //! applied (waking every waiting query on every commit made them re-check the database
 //! thousands of times a second under load). Across processes, and as a safety net for writes
 //! that report nothing (a rebuild's swap), a waiting query polls.
+//!
+//! A rebuild (another process) announces each swap with a notification
+//! ([`REPLACED_CHANNEL`]); [`follow_replacements`] turns it into [`Progress::replacements`],
+//! on which caches drop everything.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
+use sqlx::postgres::PgListener;
 use tokio::sync::{broadcast, oneshot, watch};
 use uuid::Uuid;
 
@@ -27,6 +32,10 @@ const SAFETY_POLL: Duration = Duration::from_millis(100);
 const POLL_GROWTH_LIMIT: u32 = 8;
 /// Waiters kept before the ones whose query gave up are swept out.
 const SWEEP_ABOVE: usize = 10_000;
+/// The notification channel on which a rebuild names the schema whose tables it swapped.
+pub const REPLACED_CHANNEL: &str = "hap_read_model_replaced";
+/// Wait before listening again after the connection was lost.
+const RELISTEN_AFTER: Duration = Duration::from_secs(1);
 
 /// A read-model row a commit changed: `resource` is `patient`, `physician`, `consultation`
 /// or `record`.
@@ -73,6 +82,9 @@ pub struct Progress {
     /// Whether projectors of this read model run in this process. Only then are commits (and
     /// the rows they touched) reported here, so only then may a cache rely on the reports.
     projecting: Arc<AtomicBool>,
+    /// Counts the times the read model's tables were replaced wholesale (a rebuild's swap),
+    /// or may have been while nobody listened: every row may have changed then.
+    replacements: Arc<watch::Sender<u64>>,
 }
 
 impl Default for Progress {
@@ -82,6 +94,7 @@ impl Default for Progress {
             touched: broadcast::Sender::new(1024),
             waiters: Arc::default(),
             projecting: Arc::new(AtomicBool::new(false)),
+            replacements: Arc::new(watch::Sender::new(0)),
         }
     }
 }
@@ -167,6 +180,16 @@ impl Progress {
         self.touched.subscribe()
     }
 
+    /// Called when the read model's tables were (or may have been) replaced.
+    pub fn replaced(&self) {
+        self.replacements.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// How many times the tables were replaced so far: a cache that saw fewer drops everything.
+    pub fn replacements(&self) -> u64 {
+        *self.replacements.borrow()
+    }
+
     /// The number of commits so far: a generation for caches, which may keep an entry only if
     /// no commit happened between reading it and storing it.
     pub fn generation(&self) -> u64 {
@@ -224,6 +247,51 @@ impl Progress {
                 }
                 () = tokio::time::sleep_until(deadline) => {}
             }
+        }
+    }
+}
+
+/// Listens for a rebuild's announcements that the tables of the read model behind `pool`
+/// were swapped, and reports each as [`Progress::replaced`]. A swap announced while the
+/// listener was not connected is missed, so every (re)connection counts as one too. Stops
+/// once the listener is lost after every other handle on `progress` is gone.
+pub async fn follow_replacements(pool: PgPool, progress: Progress) {
+    let replacements = Arc::downgrade(&progress.replacements);
+    drop(progress);
+    let replaced = || match replacements.upgrade() {
+        Some(count) => {
+            count.send_modify(|n| *n = n.wrapping_add(1));
+            true
+        }
+        None => false,
+    };
+    loop {
+        let Err(error) = listen_for_swaps(&pool, &replaced).await;
+        tracing::debug!(%error, "lost the rebuild notifications; listening again");
+        if !replaced() {
+            return;
+        }
+        tokio::time::sleep(RELISTEN_AFTER).await;
+    }
+}
+
+/// One listening connection's life; ends only with its error.
+async fn listen_for_swaps(
+    pool: &PgPool,
+    replaced: &(dyn Fn() -> bool + Sync),
+) -> Result<std::convert::Infallible, sqlx::Error> {
+    // The pool's connections see only the read model's schema, which the notifications name.
+    let schema: String = sqlx::query_scalar("select current_schema()")
+        .fetch_one(pool)
+        .await?;
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(REPLACED_CHANNEL).await?;
+    replaced();
+    loop {
+        let notification = listener.recv().await?;
+        if notification.payload() == schema {
+            tracing::info!(%schema, "the read model was rebuilt; dropping cached rows");
+            replaced();
         }
     }
 }

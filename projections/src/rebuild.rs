@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
+use crate::progress;
 use crate::projector::{ApplyError, InMemory, Projector, apply_batch};
 use crate::queues::QUEUES;
 use crate::schema;
@@ -142,13 +143,20 @@ pub async fn rebuild(
             }
         }
         tx.rollback().await?;
-    } else if projectors.len() == QUEUES.len() {
-        swap_schemas(&mut tx, live_schema, &shadow_schema).await?;
-        tx.commit().await?;
     } else {
-        for projector in &projectors {
-            move_tables(&mut tx, live_schema, &shadow_schema, projector.name()).await?;
+        if projectors.len() == QUEUES.len() {
+            swap_schemas(&mut tx, live_schema, &shadow_schema).await?;
+        } else {
+            for projector in &projectors {
+                move_tables(&mut tx, live_schema, &shadow_schema, projector.name()).await?;
+            }
         }
+        // Delivered at commit, to the running services' caches of this read model.
+        sqlx::query("select pg_notify($1, $2)")
+            .bind(progress::REPLACED_CHANNEL)
+            .bind(live_schema)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
     }
     execute(

@@ -722,6 +722,42 @@ async fn a_cached_resource_is_answered_anew_once_a_commit_touches_it() {
     );
 }
 
+/// A rebuild (another process, as `hap rebuild` is) swaps the read model's tables and reports
+/// no row: the running service's cache must not go on answering what the old tables held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_resource_is_answered_anew_once_a_rebuild_swapped_its_table() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
+    app.read.progress.start_projecting();
+    let id = app.register_patient("DOC-1").await;
+    // The read model went wrong (no projector ran here): the row says what no event did.
+    sqlx::query(
+        "insert into patients (id, name, birth_date, document_number, status, version,
+                               updated_at)
+         values ($1, 'Wrong Name', '1990-05-01', 'DOC-1', 'active', 1, now())",
+    )
+    .bind(id)
+    .execute(&app.read.pool)
+    .await
+    .unwrap();
+    let path = format!("/patients/{id}");
+    // Answered twice from the row, so the second answer came from the cache.
+    get_json(&app, &path).await;
+    assert_eq!(get_json(&app, &path).await["name"], "Wrong Name");
+
+    let store = eventstore::EventStore::new(db.pool.clone());
+    let schema = projections::schema::schema_name("test");
+    projections::rebuild::rebuild(&store, &db.url, &schema, &["patients"], false, false)
+        .await
+        .unwrap();
+
+    let mended = hap_tests::eventually(Duration::from_secs(10), || async {
+        get_json(&app, &path).await["name"] == "Ana Lima"
+    })
+    .await;
+    assert!(mended, "the cache let go of the row the rebuild replaced");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_lists_every_query_route() {
     let db = TestDb::new().await;

@@ -11,7 +11,8 @@
 //!
 //! Applying reports and inserting share one lock, so no report can slip between the check and
 //! the insert. A process that does not run the projectors gets no reports, so there the cache
-//! is bypassed.
+//! is bypassed. A rebuild's swap reports no rows but replaces them all
+//! ([`Progress::replacements`]): the cache then drops everything.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub struct ReadCache {
 /// The projectors' reports not yet applied to the cache.
 struct Reports {
     pending: Receiver<Arc<Vec<Touched>>>,
+    /// The read model's replacements (rebuild swaps) already applied: all entries went.
+    replacements: u64,
     /// How many reports (or lags) have been applied: an insert checks that none came since
     /// its row was read.
     applied: u64,
@@ -73,6 +76,7 @@ impl ReadCache {
                 .build(),
             reports: Arc::new(Mutex::new(Reports {
                 pending: progress.subscribe_touched(),
+                replacements: progress.replacements(),
                 applied: 0,
             })),
             progress: progress.clone(),
@@ -122,6 +126,13 @@ impl ReadCache {
     /// Applies every pending report; the guard keeps others from applying or inserting.
     async fn apply_reports(&self) -> MutexGuard<'_, Reports> {
         let mut reports = self.reports.lock().await;
+        let replacements = self.progress.replacements();
+        if replacements != reports.replacements {
+            // A rebuild swapped the tables: any row may have changed, none was reported.
+            self.entries.invalidate_all();
+            reports.replacements = replacements;
+            reports.applied += 1;
+        }
         loop {
             match reports.pending.try_recv() {
                 Ok(touched) => {

@@ -45,10 +45,15 @@ pub struct QueryCaches {
 }
 
 impl QueryCaches {
-    /// Needs a Tokio runtime: the read cache starts following the projectors' commits.
-    pub fn new(progress: &projections::progress::Progress) -> Self {
+    /// Needs a Tokio runtime: the read cache starts following the projectors' commits, and
+    /// the rebuilds' swaps of `read`.
+    pub fn new(read: &projections::ReadModel) -> Self {
+        tokio::spawn(projections::progress::follow_replacements(
+            read.pool.clone(),
+            read.progress.clone(),
+        ));
         Self {
-            reads: cache::ReadCache::new(progress),
+            reads: cache::ReadCache::new(&read.progress),
             positions: consistency::Positions::new(),
         }
     }
