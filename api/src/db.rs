@@ -17,7 +17,9 @@ pub async fn connect(url: &str, size: u32, create: bool) -> anyhow::Result<PgPoo
     PgPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options)
+        // Never the read models' name, whatever the URL or PGAPPNAME say: the gap-safe read
+        // does not wait for transactions of that name, and these write events.
+        .connect_with(options.application_name("hap"))
         .await
         .context("Failed to connect to PostgreSQL")
 }

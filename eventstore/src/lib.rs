@@ -33,7 +33,7 @@ pub use publisher::{Publisher, PublisherSettings};
 pub use read::RecordedEvent;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -50,9 +50,9 @@ pub struct EventStore {
     appended: Arc<watch::Sender<u64>>,
     /// When set, appends go through group commit.
     group_commit: Option<Arc<group_commit::GroupCommit>>,
-    /// Whether a publisher in this process leads: then [`Self::appended`] wakes it, and
-    /// appends need not also notify other processes.
-    publishing_here: Arc<AtomicBool>,
+    /// How many publishers lead from this process: while one does, [`Self::appended`] wakes
+    /// it, and appends need not also notify other processes.
+    publishing_here: Arc<AtomicUsize>,
 }
 
 impl EventStore {
@@ -89,13 +89,17 @@ impl EventStore {
         &self.pool
     }
 
-    /// Set by the publisher while it leads from this process.
+    /// Told by a publisher when it starts and stops leading from this process.
     pub(crate) fn set_publishing_here(&self, leading: bool) {
-        self.publishing_here.store(leading, Ordering::SeqCst);
+        if leading {
+            self.publishing_here.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.publishing_here.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
-    /// Whether the leading publisher runs in this process.
+    /// Whether a leading publisher runs in this process.
     pub fn publishing_here(&self) -> bool {
-        self.publishing_here.load(Ordering::SeqCst)
+        self.publishing_here.load(Ordering::SeqCst) > 0
     }
 }

@@ -27,7 +27,8 @@ pub async fn forward_appends(store: EventStore, shutdown: CancellationToken) {
             changed = appended.changed() => if changed.is_err() { return },
         }
         if store.publishing_here() {
-            // The leader is woken in-process; a notification would only wake it twice.
+            // The leader is woken in-process; a notification would only wake it twice. (Just
+            // after it lost the lead, a new leader elsewhere then misses these: it polls.)
             continue;
         }
         let notify = sqlx::query("select pg_notify($1, '')")

@@ -210,12 +210,16 @@ impl Progress {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let names: Vec<String> = projections.iter().map(|p| (*p).to_owned()).collect();
-        // Registered before the first look, so that a commit in between still wakes us.
-        let (mut wakes, first_poll) = if self.projected_here() {
+        // Registered before the first look, so that a commit in between still wakes us. One
+        // future waits for all the wake-ups across the loop's turns: a wake-up that came
+        // before a poll is kept, not awaited again (a finished receiver must not be).
+        let (wakes, first_poll) = if self.projected_here() {
             (self.register(&names, (stream, version)), SAFETY_POLL)
         } else {
             (vec![], POLL)
         };
+        let waking = !wakes.is_empty();
+        let mut woken = std::pin::pin!(futures::future::join_all(wakes));
         let mut poll = first_poll;
         loop {
             let applied: i64 = sqlx::query_scalar(
@@ -234,14 +238,9 @@ impl Progress {
                 return Ok(false);
             }
             tokio::select! {
-                woken = futures::future::join_all(wakes.iter_mut()), if !wakes.is_empty() => {
-                    // Every wake-up is sent after a commit that reached the version: no need
-                    // to ask the database again.
-                    if woken.iter().all(Result::is_ok) {
-                        return Ok(true);
-                    }
-                    wakes.clear();
-                }
+                // Every wake-up is sent after a commit that reached the version: no need to
+                // ask the database again. (A receiver fails only once `self` is gone.)
+                _ = &mut woken, if waking => return Ok(true),
                 () = tokio::time::sleep(poll) => {
                     poll = (poll * 2).min(first_poll * POLL_GROWTH_LIMIT);
                 }
@@ -253,8 +252,8 @@ impl Progress {
 
 /// Listens for a rebuild's announcements that the tables of the read model behind `pool`
 /// were swapped, and reports each as [`Progress::replaced`]. A swap announced while the
-/// listener was not connected is missed, so every (re)connection counts as one too. Stops
-/// once the listener is lost after every other handle on `progress` is gone.
+/// listener was not connected is missed, so every (re)connection counts as one too. Stops at
+/// the first wake-up after every other handle on `progress` is gone.
 pub async fn follow_replacements(pool: PgPool, progress: Progress) {
     let replacements = Arc::downgrade(&progress.replacements);
     drop(progress);
@@ -266,8 +265,10 @@ pub async fn follow_replacements(pool: PgPool, progress: Progress) {
         None => false,
     };
     loop {
-        let Err(error) = listen_for_swaps(&pool, &replaced).await;
-        tracing::debug!(%error, "lost the rebuild notifications; listening again");
+        let Err(error) = listen_for_swaps(&pool, &replaced).await else {
+            return;
+        };
+        tracing::debug!(%error, "could not listen for rebuilds; trying again");
         if !replaced() {
             return;
         }
@@ -275,23 +276,33 @@ pub async fn follow_replacements(pool: PgPool, progress: Progress) {
     }
 }
 
-/// One listening connection's life; ends only with its error.
+/// Listens on one listener until `replaced` says nobody is left to tell (`Ok`) or the
+/// listener cannot go on (`Err`).
 async fn listen_for_swaps(
     pool: &PgPool,
     replaced: &(dyn Fn() -> bool + Sync),
-) -> Result<std::convert::Infallible, sqlx::Error> {
+) -> Result<(), sqlx::Error> {
     // The pool's connections see only the read model's schema, which the notifications name.
     let schema: String = sqlx::query_scalar("select current_schema()")
         .fetch_one(pool)
         .await?;
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(REPLACED_CHANNEL).await?;
-    replaced();
+    if !replaced() {
+        return Ok(());
+    }
     loop {
-        let notification = listener.recv().await?;
-        if notification.payload() == schema {
-            tracing::info!(%schema, "the read model was rebuilt; dropping cached rows");
-            replaced();
+        // `None`: the connection was lost (the next call listens again on a new one), and
+        // with it any notification sent meanwhile.
+        let swapped = match listener.try_recv().await? {
+            Some(notification) => notification.payload() == schema,
+            None => true,
+        };
+        if swapped {
+            tracing::info!(%schema, "the read model was (or may have been) rebuilt; dropping cached rows");
+            if !replaced() {
+                return Ok(());
+            }
         }
     }
 }

@@ -132,7 +132,8 @@ async fn try_apply(
     }
     if !filled.is_empty() {
         // The versions read above are not locked: another transaction may have applied a
-        // predecessor meanwhile (its mark made ours wait for its commit). They are stale then:
+        // predecessor meanwhile (committed before our mark, or making it wait until it
+        // committed). They are stale then:
         // start again from what it committed. Every way two transactions can apply one
         // stream's events at once leads here: an event they both hold is fresh for one only,
         // and one that runs ahead of the versions it read fills in, and so marks, the events

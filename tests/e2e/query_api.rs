@@ -722,6 +722,45 @@ async fn a_cached_resource_is_answered_anew_once_a_commit_touches_it() {
     );
 }
 
+/// A query of two projections (a patient's consultations) woken by the first commit, then
+/// polling, then woken by the second: the wait ends, with both applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_two_projections_woken_one_at_a_time_across_polls_ends_when_both_commit() {
+    let db = TestDb::new().await;
+    let read = hap_tests::read_model(&db, "waits").await;
+    read.progress.start_projecting();
+    let stream = Uuid::now_v7();
+    let waiting = {
+        let read = read.clone();
+        tokio::spawn(async move {
+            read.progress
+                .wait_for(
+                    &read.pool,
+                    &["patients", "consultations"],
+                    (stream, 1),
+                    Duration::from_secs(10),
+                )
+                .await
+        })
+    };
+    let commit = |projection| Commit {
+        projection,
+        streams: vec![(stream, 1)],
+        touched: vec![],
+    };
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    read.progress.committed(commit("patients"));
+    // Longer than the first poll, so the wait looks at the database again in between.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    read.progress.committed(commit("consultations"));
+
+    assert!(
+        waiting.await.unwrap().unwrap(),
+        "both projections reached it"
+    );
+}
+
 /// A rebuild (another process, as `hap rebuild` is) swaps the read model's tables and reports
 /// no row: the running service's cache must not go on answering what the old tables held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
