@@ -8,7 +8,7 @@
 //! that report nothing (a rebuild's swap), a waiting query polls.
 //!
 //! A rebuild (another process) announces each swap with a notification
-//! ([`REPLACED_CHANNEL`]); [`follow_replacements`] turns it into [`Progress::replacements`],
+//! ([`REPLACED_CHANNEL`]); [`follow_replacements`] counts it in [`Progress::replacements`],
 //! on which caches drop everything.
 
 use std::collections::HashMap;
@@ -180,11 +180,6 @@ impl Progress {
         self.touched.subscribe()
     }
 
-    /// Called when the read model's tables were (or may have been) replaced.
-    pub fn replaced(&self) {
-        self.replacements.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
     /// How many times the tables were replaced so far: a cache that saw fewer drops everything.
     pub fn replacements(&self) -> u64 {
         *self.replacements.borrow()
@@ -251,7 +246,7 @@ impl Progress {
 }
 
 /// Listens for a rebuild's announcements that the tables of the read model behind `pool`
-/// were swapped, and reports each as [`Progress::replaced`]. A swap announced while the
+/// were swapped, and counts each in [`Progress::replacements`]. A swap announced while the
 /// listener was not connected is missed, so every (re)connection counts as one too. Stops at
 /// the first wake-up after every other handle on `progress` is gone.
 pub async fn follow_replacements(pool: PgPool, progress: Progress) {
