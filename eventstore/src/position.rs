@@ -18,7 +18,8 @@ impl StreamVersion {
         self.0
     }
 
-    pub(crate) fn as_i64(self) -> i64 {
+    /// As PostgreSQL stores it.
+    pub fn as_i64(self) -> i64 {
         i64::try_from(self.0).expect("a stream never holds 2^63 events")
     }
 

@@ -247,8 +247,9 @@ impl Progress {
 
 /// Listens for a rebuild's announcements that the tables of the read model behind `pool`
 /// were swapped, and counts each in [`Progress::replacements`]. A swap announced while the
-/// listener was not connected is missed, so every (re)connection counts as one too. Stops at
-/// the first wake-up after every other handle on `progress` is gone.
+/// listener was not connected is missed, so every lost connection and every reconnection
+/// counts as one too. Stops at the first wake-up after every other handle on `progress` is
+/// gone.
 pub async fn follow_replacements(pool: PgPool, progress: Progress) {
     let replacements = Arc::downgrade(&progress.replacements);
     drop(progress);
@@ -259,11 +260,14 @@ pub async fn follow_replacements(pool: PgPool, progress: Progress) {
         }
         None => false,
     };
+    // The first listener starts with the process, before anything worth dropping is cached.
+    let mut again = false;
     loop {
-        let Err(error) = listen_for_swaps(&pool, &replaced).await else {
+        let Err(error) = listen_for_swaps(&pool, &replaced, again).await else {
             return;
         };
         tracing::debug!(%error, "could not listen for rebuilds; trying again");
+        again = true;
         if !replaced() {
             return;
         }
@@ -272,10 +276,12 @@ pub async fn follow_replacements(pool: PgPool, progress: Progress) {
 }
 
 /// Listens on one listener until `replaced` says nobody is left to tell (`Ok`) or the
-/// listener cannot go on (`Err`).
+/// listener cannot go on (`Err`). Listening `again` counts as a replacement once it listens:
+/// a swap may have come while nobody did.
 async fn listen_for_swaps(
     pool: &PgPool,
     replaced: &(dyn Fn() -> bool + Sync),
+    again: bool,
 ) -> Result<(), sqlx::Error> {
     // The pool's connections see only the read model's schema, which the notifications name.
     let schema: String = sqlx::query_scalar("select current_schema()")
@@ -283,7 +289,7 @@ async fn listen_for_swaps(
         .await?;
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(REPLACED_CHANNEL).await?;
-    if !replaced() {
+    if again && !replaced() {
         return Ok(());
     }
     loop {

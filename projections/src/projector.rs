@@ -133,11 +133,10 @@ async fn try_apply(
     if !filled.is_empty() {
         // The versions read above are not locked: another transaction may have applied a
         // predecessor meanwhile (committed before our mark, or making it wait until it
-        // committed). They are stale then:
-        // start again from what it committed. Every way two transactions can apply one
-        // stream's events at once leads here: an event they both hold is fresh for one only,
-        // and one that runs ahead of the versions it read fills in, and so marks, the events
-        // in between.
+        // committed). They are stale then: start again from what it committed. Every way two
+        // transactions can apply one stream's events at once leads here: an event they both
+        // hold is fresh for one only, and one that runs ahead of the versions it read fills
+        // in, and so marks, the events in between.
         let marked = mark_processed(&mut tx, name, &filled).await?;
         if filled.iter().any(|e| !marked.fresh.contains(&e.event_id)) {
             return Err(ApplyError::Raced);

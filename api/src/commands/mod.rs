@@ -166,9 +166,7 @@ where
         match app.aggregates.store().append(append).await {
             Ok(appended) => {
                 if let (Some(position), Some(last)) = (appended.position, events.last()) {
-                    let version =
-                        i64::try_from(appended.version.value()).expect("versions fit i64");
-                    let written = (stream_id, version);
+                    let written = (stream_id, appended.version.as_i64());
                     app.queries
                         .positions
                         .remember(position, last.event_type(), written)
