@@ -91,7 +91,7 @@ pub enum AppendError {
 const APPEND: &str = r#"
 with input as (
     select * from unnest($1::int[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[],
-                         $6::text[], $7::jsonb[], $8::text[], $9::text[], $10::uuid[],
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::uuid[],
                          $11::int[], $12::timestamptz[]) with ordinality
         as i(batch_index, event_id, stream_id, aggregate_type, version, event_type, payload,
              tenant_id, correlation_id, causation_id, schema_version, occurred_at, n)
@@ -99,7 +99,7 @@ with input as (
 appended as (
     insert into events (event_id, stream_id, aggregate_type, version, event_type, payload,
                         tenant_id, correlation_id, causation_id, schema_version, occurred_at)
-    select event_id, stream_id, aggregate_type, version, event_type, payload, tenant_id,
+    select event_id, stream_id, aggregate_type, version, event_type, payload::json, tenant_id,
            correlation_id, causation_id, schema_version, occurred_at
       from input order by n
     returning position, stream_id, version
@@ -138,7 +138,8 @@ struct Columns {
     aggregate_types: Vec<String>,
     versions: Vec<i64>,
     event_types: Vec<String>,
-    payloads: Vec<Value>,
+    /// As JSON text: the column keeps the text as it is.
+    payloads: Vec<String>,
     tenants: Vec<String>,
     correlations: Vec<String>,
     causations: Vec<Option<Uuid>>,
@@ -171,7 +172,7 @@ impl Columns {
                 c.versions
                     .push(append.expected.as_i64() + offset as i64 + 1);
                 c.event_types.push(event.event_type.clone());
-                c.payloads.push(event.payload.clone());
+                c.payloads.push(event.payload.to_string());
                 c.tenants.push(meta.tenant_id.clone());
                 c.correlations.push(meta.correlation_id.clone());
                 c.causations.push(meta.causation_id);

@@ -55,12 +55,22 @@ macro_rules! recorded_event_columns {
     };
 }
 
+/// [`READ_MODEL_APPLICATION`] in a macro, so that `concat!` can put it into statements that
+/// take no parameters.
+macro_rules! read_model_application {
+    () => {
+        "hap-read-model"
+    };
+}
+pub(crate) use read_model_application;
+
 /// The `application_name` of every connection that writes read models. Their transactions
 /// never insert events, so the gap-safe read does not wait for them (a projector's batch would
 /// otherwise hold every publisher back for as long as it runs).
-pub const READ_MODEL_APPLICATION: &str = "hap-read-model";
+pub const READ_MODEL_APPLICATION: &str = read_model_application!();
 
-/// The fence of the gap-safe read, as a scalar subquery whose `$4` is [`READ_MODEL_APPLICATION`]:
+/// The fence of the gap-safe read, as a scalar subquery; `$name` is an SQL expression for
+/// [`READ_MODEL_APPLICATION`] (a parameter, or the literal):
 /// the oldest transaction running at the statement's snapshot that could still insert events,
 /// or the snapshot's horizon when there is none. Every event of an older transaction is
 /// visible already or will never exist.
@@ -72,16 +82,21 @@ pub const READ_MODEL_APPLICATION: &str = "hap-read-model";
 /// view's time), read after the snapshot was taken, shows its very id on such a backend; one
 /// that ended in between is not found and so still counts, which only delays a read.
 macro_rules! writer_fence {
-    () => {
-        "select coalesce(min(running), pg_snapshot_xmax(pg_current_snapshot())) \
-           from pg_snapshot_xip(pg_current_snapshot()) as running \
-          where running::xid not in ( \
-                select backend_xid from pg_stat_get_activity(null) as backend \
-                 where backend_xid is not null \
-                   and (datid <> (select oid from pg_database where datname = current_database()) \
-                        or application_name = $4))"
+    ($name:expr) => {
+        concat!(
+            "select coalesce(min(running), pg_snapshot_xmax(pg_current_snapshot())) \
+               from pg_snapshot_xip(pg_current_snapshot()) as running \
+              where running::xid not in ( \
+                    select backend_xid from pg_stat_get_activity(null) as backend \
+                     where backend_xid is not null \
+                       and (datid <> (select oid from pg_database where datname = current_database()) \
+                            or application_name = ",
+            $name,
+            "))"
+        )
     };
 }
+pub(crate) use writer_fence;
 
 impl EventStore {
     /// The events of one stream after `after`, in version order.
@@ -123,7 +138,7 @@ impl EventStore {
             " from events \
              where (transaction_id, position) > ($1::text::xid8, $2) \
                and transaction_id < (",
-            writer_fence!(),
+            writer_fence!("$4"),
             ") order by events.transaction_id, events.position \
              limit $3"
         ))

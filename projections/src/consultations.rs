@@ -3,8 +3,6 @@
 //! `(physician_id, starts_at)` index). Its queue carries patient and physician events too: the
 //! names come from them, kept in `people` and copied into every consultation on a rename.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use domain::Event;
 use futures::FutureExt;
@@ -12,6 +10,7 @@ use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
@@ -59,8 +58,8 @@ fn name_set_by(event: &Event) -> Option<(Uuid, &str)> {
 /// a rebuild.
 #[derive(Default)]
 struct Rows {
-    consultations: HashMap<Uuid, Row>,
-    people: HashMap<Uuid, Name>,
+    consultations: ById<Row>,
+    people: ById<Name>,
 }
 
 impl Rows {

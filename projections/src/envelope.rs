@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use domain::Event;
 use eventstore::RecordedEvent;
+use eventstore::scan::ScannedEvent;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -54,6 +55,17 @@ impl Envelope {
             position,
             occurred_at: body.occurred_at,
             event: Event::from_parts(&body.event_type, body.payload.get())?,
+        })
+    }
+
+    pub fn from_scanned(scanned: &ScannedEvent<'_>) -> Result<Self, Poison> {
+        Ok(Self {
+            event_id: scanned.event_id,
+            stream_id: scanned.stream_id,
+            version: scanned.version,
+            position: scanned.checkpoint.position,
+            occurred_at: scanned.occurred_at,
+            event: Event::from_parts(scanned.event_type, scanned.payload)?,
         })
     }
 

@@ -1,7 +1,5 @@
 //! The patients projection: one row per patient, as `GET /patients` shows it.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, NaiveDate, Utc};
 use domain::Event;
 use futures::FutureExt;
@@ -9,6 +7,7 @@ use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
@@ -31,7 +30,7 @@ struct Row {
 
 /// Patients' rows by id: the few a batch touches, or every one during a rebuild.
 #[derive(Default)]
-struct Rows(HashMap<Uuid, Row>);
+struct Rows(ById<Row>);
 
 impl Rows {
     /// Folds one event; returns the patient whose row it changed.

@@ -2,8 +2,6 @@
 //! physicians queue also carries the day-schedule events (slots held and released), which
 //! belong to other streams and change no row here.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use domain::Event;
 use futures::FutureExt;
@@ -11,6 +9,7 @@ use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
@@ -31,7 +30,7 @@ struct Row {
 
 /// Physicians' rows by id: the few a batch touches, or every one during a rebuild.
 #[derive(Default)]
-struct Rows(HashMap<Uuid, Row>);
+struct Rows(ById<Row>);
 
 impl Rows {
     /// Folds one event; returns the physician whose row it changed.

@@ -11,12 +11,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use domain::event::route;
+use eventstore::scan::{ScanError, ScanPage};
 use eventstore::{EventStore, GlobalCheckpoint, RecordedEvent};
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress;
@@ -27,9 +29,9 @@ use crate::schema;
 /// Events read from the store per page by the catch-up, which applies each page as the live
 /// projectors apply a batch.
 const PAGE: i64 = 5000;
-/// Events read per page by the bulk load, which holds no transaction open while folding: larger
-/// pages cost fewer round trips.
-const BULK_PAGE: i64 = 20_000;
+/// Events per page of the bulk load's scan: each page is decoded on a thread of its own while
+/// the one before is folded.
+const BULK_PAGE: usize = 20_000;
 /// Pages read ahead of the one being folded.
 const READ_AHEAD: usize = 4;
 /// Connections of the shadow's pool, and so tables copied at once.
@@ -61,6 +63,8 @@ pub enum RebuildError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Scan(#[from] ScanError),
 }
 
 /// One difference `--verify` found: rows only in the live table, and only in the rebuilt one.
@@ -176,7 +180,7 @@ pub async fn rebuild(
 struct Folding {
     name: &'static str,
     rows: Box<dyn InMemory>,
-    versions: HashMap<Uuid, i64>,
+    versions: ById<i64>,
 }
 
 impl Folding {
@@ -211,39 +215,36 @@ async fn bulk_load(
         .map(|p| Folding {
             name: p.name(),
             rows: p.in_memory(),
-            versions: HashMap::new(),
+            versions: ById::default(),
         })
         .collect();
-    let (pages, arriving) = tokio::sync::mpsc::channel::<Vec<RecordedEvent>>(READ_AHEAD);
-    let reader = tokio::spawn({
-        let store = store.clone();
-        let mut after = *checkpoint;
-        async move {
-            loop {
-                let page = store.read_all(after, BULK_PAGE).await?;
-                let Some(last) = page.last() else {
-                    return Ok(after);
-                };
-                after = last.checkpoint();
-                let full = page.len() as i64 == BULK_PAGE;
-                if pages.send(page).await.is_err() || !full {
-                    return Ok::<_, sqlx::Error>(after);
-                }
+    let (pages, arriving) = tokio::sync::mpsc::channel::<ScanPage>(READ_AHEAD);
+    let scan = store.scan(*checkpoint, BULK_PAGE).await?;
+    // Reads on while the pages before are decoded and folded.
+    let reader = tokio::spawn(async move {
+        let mut scan = std::pin::pin!(scan);
+        while let Some(page) = scan.try_next().await? {
+            if pages.send(page).await.is_err() {
+                break;
             }
         }
+        Ok::<_, ScanError>(())
     });
     let decoded = futures::stream::unfold(arriving, |mut arriving| async move {
         arriving.recv().await.map(|page| (page, arriving))
     })
-    .map(|page| tokio::task::spawn_blocking(move || decode_page(page)))
+    .map(|page| tokio::task::spawn_blocking(move || decode_scanned(&page)))
     .buffered(READ_AHEAD);
     let mut decoded = std::pin::pin!(decoded);
     let mut read = 0;
     while let Some(page) = decoded.next().await {
-        let (count, envelopes) = page.expect("decoding does not panic");
-        read += count;
-        bar.inc(count);
-        for (envelope, receiving) in &envelopes {
+        let page = page.expect("decoding does not panic")?;
+        read += page.events;
+        bar.inc(page.events);
+        if let Some(last) = page.last {
+            *checkpoint = last;
+        }
+        for (envelope, receiving) in &page.envelopes {
             for projection in folding.iter_mut().filter(|f| receiving.contains(&f.name)) {
                 projection.rows.fold(envelope);
                 projection
@@ -252,7 +253,7 @@ async fn bulk_load(
             }
         }
     }
-    *checkpoint = reader.await.expect("the reader does not panic")?;
+    reader.await.expect("the reader does not panic")?;
     tracing::debug!(events = read, elapsed = ?started.elapsed(), "rebuild: history folded");
 
     bar.set_message("writing the rows");
@@ -323,19 +324,48 @@ async fn drop_secondary_indexes(
 fn decode_page(page: Vec<RecordedEvent>) -> (u64, Vec<(Envelope, &'static [&'static str])>) {
     (
         page.len() as u64,
-        page.into_iter().filter_map(decode).collect(),
+        page.into_iter()
+            .filter_map(|recorded| {
+                let receiving = receiving(&recorded.event_type)?;
+                let envelope = Envelope::from_recorded(recorded).ok()?;
+                Some((envelope, receiving))
+            })
+            .collect(),
     )
 }
 
-/// The event as projectors see it and the projections that receive it; `None` for an event
-/// that cannot be decoded, which is skipped here as the live projectors dead-letter it: the
-/// rebuilt model must match the live one.
-fn decode(recorded: RecordedEvent) -> Option<(Envelope, &'static [&'static str])> {
-    let receiving =
-        route(&recorded.event_type).map(|r| crate::projections_of_exchange(r.exchange.suffix()))?;
-    Envelope::from_recorded(recorded)
-        .ok()
-        .map(|envelope| (envelope, receiving))
+/// A page of the bulk scan, decoded.
+struct Decoded {
+    /// Events read, including those no projection takes.
+    events: u64,
+    /// The checkpoint after the page's last event.
+    last: Option<GlobalCheckpoint>,
+    envelopes: Vec<(Envelope, &'static [&'static str])>,
+}
+
+fn decode_scanned(page: &ScanPage) -> Result<Decoded, ScanError> {
+    let mut decoded = Decoded {
+        events: page.len() as u64,
+        last: None,
+        envelopes: Vec::with_capacity(page.len()),
+    };
+    for scanned in page.events() {
+        let scanned = scanned?;
+        decoded.last = Some(scanned.checkpoint);
+        if let Some(receiving) = receiving(scanned.event_type)
+            && let Ok(envelope) = Envelope::from_scanned(&scanned)
+        {
+            decoded.envelopes.push((envelope, receiving));
+        }
+    }
+    Ok(decoded)
+}
+
+/// The projections that receive events of `event_type`; `None` for a type HAP does not know.
+/// An event that cannot be decoded is skipped by a rebuild as the live projectors dead-letter
+/// it: the rebuilt model must match the live one.
+fn receiving(event_type: &str) -> Option<&'static [&'static str]> {
+    route(event_type).map(|r| crate::projections_of_exchange(r.exchange.suffix()))
 }
 
 /// Projects every event after `checkpoint` into the shadow batch by batch, as the live

@@ -1,7 +1,7 @@
 //! The records projection: one row per clinical record. Records live in their consultation's
 //! record book stream, so a batch loads the books it touches, folds, and writes back.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use domain::Event;
@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
@@ -41,7 +42,7 @@ fn consultation_of(event: &Event) -> Option<Uuid> {
 /// Records by their consultation's book: the books a batch touches, or every one during a
 /// rebuild.
 #[derive(Default)]
-struct Books(HashMap<Uuid, Vec<Row>>);
+struct Books(ById<Vec<Row>>);
 
 impl Books {
     /// Folds one event; returns the records whose rows it changed.
