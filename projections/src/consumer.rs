@@ -16,6 +16,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
+use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::ReadModel;
@@ -79,18 +80,30 @@ pub async fn run_all(
     shutdown: CancellationToken,
 ) {
     read.progress.start_projecting();
+    // The projectors' own connections, one per queue, with the read model's settings. In the
+    // pool the queries share, a batch queued for a connection behind the very queries that
+    // wait for it to commit (under load, hundreds of them), which stretched read-your-writes
+    // waits into seconds.
+    let projecting = ReadModel {
+        pool: PgPoolOptions::new()
+            .max_connections(QUEUES.len() as u32)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with((*read.pool.connect_options()).clone()),
+        progress: read.progress.clone(),
+    };
     let consumers = QUEUES.iter().map(|spec| {
         let consumer = Consumer {
             names: settings.queue_names(spec),
             spec,
             projector: (spec.projector)(),
-            read: read.clone(),
+            read: projecting.clone(),
             store: store.clone(),
             settings: settings.clone(),
         };
         consumer.run(shutdown.clone())
     });
     futures::future::join_all(consumers).await;
+    projecting.pool.close().await;
 }
 
 struct Consumer {

@@ -116,6 +116,42 @@ async fn the_same_message_delivered_twice_has_one_effect() {
     delete_instance_queues(&prefix, "a").await;
 }
 
+/// Queries waiting for a write hold read-model connections; the projector that makes the
+/// write must not queue behind them for one (it has its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projectors_keep_applying_while_queries_hold_every_read_model_connection() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let (read, projectors) = start_projectors(&db, &prefix, "a").await;
+    let queue = patients_queue(&prefix, "a");
+    wait_for_queue(&queue).await;
+    let mut held = Vec::new();
+    for _ in 0..read.pool.options().get_max_connections() {
+        held.push(read.pool.acquire().await.unwrap());
+    }
+    let history = patient_history(&EventStore::new(db.pool.clone()), &["Ana"]).await;
+
+    deliver(&queue, &history[0]).await;
+
+    // Looked at through the event store's pool: the read model's is all taken.
+    let applied = eventually(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from rm_a.patients where id = $1")
+            .bind(history[0].stream_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            == 1
+    })
+    .await;
+    drop(held);
+    assert!(
+        applied,
+        "the projector applied the event while every query connection was held"
+    );
+    projectors.cancel();
+    delete_instance_queues(&prefix, "a").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_update_redelivered_after_a_newer_one_changes_nothing() {
     let db = TestDb::new().await;
