@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use projections::ReadModel;
 use projections::consumer::{self, ConsumerSettings};
+use projections::schema::Plans;
 
 use crate::config::{Role, ServeSettings, Settings};
 use crate::routing::DomainRouter;
@@ -271,7 +272,7 @@ async fn read_model(settings: &Settings, migrate: bool) -> anyhow::Result<ReadMo
         .as_deref()
         .unwrap_or(&settings.database_url);
     let schema = projections::schema::schema_name(&settings.instance);
-    let pool = projections::schema::connect(url, &schema, settings.db_pool_size)
+    let pool = projections::schema::connect(url, &schema, settings.db_pool_size, Plans::Cached)
         .await
         .with_context(|| format!("Failed to connect to the read model (schema {schema})"))?;
     if migrate {

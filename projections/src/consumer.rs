@@ -24,6 +24,7 @@ use crate::envelope::Envelope;
 use crate::progress::Commit;
 use crate::projector::{Applied, ApplyError, Projector, apply_batch};
 use crate::queues::{self, QUEUES, QueueNames, QueueSpec};
+use crate::schema::Plans;
 
 /// How the consumers of an instance behave.
 #[derive(Debug, Clone)]
@@ -80,15 +81,15 @@ pub async fn run_all(
     shutdown: CancellationToken,
 ) {
     read.progress.start_projecting();
-    // The projectors' own connections, one per queue, with the read model's settings. In the
-    // pool the queries share, a batch queued for a connection behind the very queries that
+    // The projectors' own connections, one per queue, with the read model's settings and
+    // statements planned per call (see `Plans`). In the pool the queries share, a batch queued for a connection behind the very queries that
     // wait for it to commit (under load, hundreds of them), which stretched read-your-writes
     // waits into seconds.
     let projecting = ReadModel {
         pool: PgPoolOptions::new()
             .max_connections(QUEUES.len() as u32)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with((*read.pool.connect_options()).clone()),
+            .connect_lazy_with(Plans::PerCall.apply((*read.pool.connect_options()).clone())),
         progress: read.progress.clone(),
     };
     let consumers = QUEUES.iter().map(|spec| {

@@ -112,7 +112,7 @@ pub async fn rebuild(
         &format!("drop schema if exists {shadow_schema} cascade"),
     )
     .await?;
-    let shadow = schema::connect(read_url, &shadow_schema, WRITERS).await?;
+    let shadow = schema::connect(read_url, &shadow_schema, WRITERS, schema::Plans::PerCall).await?;
     schema::migrate(&shadow).await?;
 
     let total: i64 = sqlx::query_scalar("select count(*) from events")

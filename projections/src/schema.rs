@@ -28,28 +28,55 @@ pub fn schema_name(instance: &str) -> String {
     format!("rm_{cleaned}")
 }
 
+/// How a pool's statements are planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plans {
+    /// Cached, as PostgreSQL does by default: for the query routes, whose cached statements
+    /// look rows up by key, an index probe whatever the tables held when it was planned (the
+    /// catch-all list queries are planned per call by their own choice). Planning each call
+    /// cost PostgreSQL more than running the lookups.
+    Cached,
+    /// Planned anew on every execution, knowing the parameters: for projector batches. Read
+    /// models start empty, and a generic plan made then for `id = any($1)` of a few hundred ids
+    /// would scan whole tables once they have grown.
+    PerCall,
+}
+
+impl Plans {
+    /// `options` with this way of planning.
+    pub fn apply(self, options: PgConnectOptions) -> PgConnectOptions {
+        match self {
+            Plans::Cached => options,
+            Plans::PerCall => options.options([("plan_cache_mode", "force_custom_plan")]),
+        }
+    }
+}
+
 /// A pool on `url` whose connections see `schema` (created if missing) and nothing else.
-pub async fn connect(url: &str, schema: &str, size: u32) -> Result<PgPool, sqlx::Error> {
+pub async fn connect(
+    url: &str,
+    schema: &str,
+    size: u32,
+    plans: Plans,
+) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?;
     create_schema(&options, schema).await?;
+    // A projector that meets a lock held too long fails and retries later rather than holding
+    // its batch (and its queue) hostage.
+    // Index probes priced as the memory reads they are: with the default (a disk seek), a
+    // batch's `id = any($1)` of a few hundred ids scanned the whole table instead, until
+    // autovacuum's first analyze (measured: 4 ms against 1 ms at 50,000 rows).
+    // Named so that the event store's gap-safe read knows these transactions never write
+    // events and does not wait for them.
+    let options = options.application_name(READ_MODEL_APPLICATION).options([
+        ("search_path", schema),
+        ("lock_timeout", "1s"),
+        ("random_page_cost", "1.1"),
+    ]);
     PgPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(Duration::from_secs(5))
-        // A projector that meets a lock held too long fails and retries later rather than
-        // holding its batch (and its queue) hostage.
-        // Custom plans, for the same reason as the event store's: read models start empty, and a
-        // generic plan made then would scan whole tables once they have grown.
-        // Index probes priced as the memory reads they are: with the default (a disk seek), a
-        // batch's `id = any($1)` of a few hundred ids scanned the whole table instead, until
-        // autovacuum's first analyze (measured: 4 ms against 1 ms at 50,000 rows).
-        // Named so that the event store's gap-safe read knows these transactions never
-        // write events and does not wait for them.
-        .connect_with(options.application_name(READ_MODEL_APPLICATION).options([
-            ("search_path", schema),
-            ("lock_timeout", "1s"),
-            ("plan_cache_mode", "force_custom_plan"),
-            ("random_page_cost", "1.1"),
-        ]))
+        .connect_with(plans.apply(options))
         .await
 }
 

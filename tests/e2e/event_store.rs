@@ -326,9 +326,10 @@ async fn open_read_model_and_other_database_transactions_do_not_hold_the_read_ba
     use sqlx::Connection;
     let db = TestDb::new().await;
     let store = EventStore::new(db.pool.clone());
-    let read_model = projections::schema::connect(&db.url, "rm_fence", 2)
-        .await
-        .unwrap();
+    let read_model =
+        projections::schema::connect(&db.url, "rm_fence", 2, projections::schema::Plans::Cached)
+            .await
+            .unwrap();
     let mut projecting = read_model.begin().await.unwrap();
     let mut elsewhere = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
     let mut elsewhere = elsewhere.begin().await.unwrap();

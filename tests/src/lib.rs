@@ -271,9 +271,10 @@ pub fn start_publisher(pool: &PgPool, prefix: &str) -> tokio_util::sync::Cancell
 /// The read model of `instance` in the test's database, migrated.
 pub async fn read_model(db: &TestDb, instance: &str) -> projections::ReadModel {
     let schema = projections::schema::schema_name(instance);
-    let read = projections::schema::connect(&db.url, &schema, 8)
-        .await
-        .expect("read model pool");
+    let read =
+        projections::schema::connect(&db.url, &schema, 8, projections::schema::Plans::Cached)
+            .await
+            .expect("read model pool");
     projections::schema::migrate(&read)
         .await
         .expect("read model migrated");

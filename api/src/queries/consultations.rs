@@ -203,6 +203,8 @@ async fn list_consultations(
     .bind(filter.to)
     .bind(page.after)
     .bind(page.fetch())
+    // Planned per call: a cached plan could not drop the filters that were not given.
+    .persistent(false)
     .fetch_all(&app.read.pool)
     .await?;
     Ok(Json(page.page(rows, |consultation| consultation.id)))

@@ -124,6 +124,8 @@ async fn list_patients(
     .bind(filter.name.as_deref().map(like_prefix))
     .bind(page.after)
     .bind(page.fetch())
+    // Planned per call: a cached plan could not drop the filters that were not given.
+    .persistent(false)
     .fetch_all(&app.read.pool)
     .await?;
     Ok(Json(page.page(rows, |patient| patient.id)))

@@ -121,6 +121,8 @@ async fn list_physicians(
     .bind(filter.status.map(PersonStatus::as_str))
     .bind(page.after)
     .bind(page.fetch())
+    // Planned per call: a cached plan could not drop the filters that were not given.
+    .persistent(false)
     .fetch_all(&app.read.pool)
     .await?;
     Ok(Json(page.page(rows, |physician| physician.id)))

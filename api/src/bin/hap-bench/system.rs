@@ -14,6 +14,7 @@ use eventstore::{
 use futures::{StreamExt, TryStreamExt};
 use projections::ReadModel;
 use projections::consumer::{self, ConsumerSettings};
+use projections::schema::Plans;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -58,7 +59,7 @@ pub fn projectors(broker: &ScratchBroker, read: &ReadModel, store: &EventStore) 
 /// The read model of [`INSTANCE`] in the scratch database, migrated: what `hap serve` opens.
 pub async fn read_model(database: &ScratchDatabase) -> anyhow::Result<ReadModel> {
     let schema = projections::schema::schema_name(INSTANCE);
-    let pool = projections::schema::connect(database.url(), &schema, POOL_SIZE)
+    let pool = projections::schema::connect(database.url(), &schema, POOL_SIZE, Plans::Cached)
         .await
         .with_context(|| format!("Failed to connect to the read model (schema {schema})"))?;
     projections::schema::migrate(&pool)
