@@ -108,17 +108,8 @@ impl EventStore {
             position = after.position,
         );
         let chunks = self.pool.copy_out_raw(&statement).await?;
-        let state = Cutter {
-            chunks,
-            buffer: Vec::new(),
-            walked: 0,
-            rows_walked: 0,
-            started: false,
-            ended: false,
-            rows,
-        };
         Ok(futures::stream::try_unfold(
-            state,
+            Cutter::new(chunks, rows),
             |mut cutter| async move {
                 let page = cutter.next_page().await?;
                 Ok(page.map(|page| (page, cutter)))
@@ -149,6 +140,19 @@ where
     S: Stream<Item = Result<B, sqlx::Error>> + Unpin,
     B: AsRef<[u8]>,
 {
+    /// Cuts `chunks` into pages of `rows` rows.
+    fn new(chunks: S, rows: usize) -> Self {
+        Self {
+            chunks,
+            buffer: Vec::new(),
+            walked: 0,
+            rows_walked: 0,
+            started: false,
+            ended: false,
+            rows,
+        }
+    }
+
     async fn next_page(&mut self) -> Result<Option<ScanPage>, ScanError> {
         loop {
             if !self.started {
@@ -321,15 +325,7 @@ mod tests {
     ) -> Cutter<impl Stream<Item = Result<Vec<u8>, sqlx::Error>> + Unpin> {
         let chunks: Vec<Result<Vec<u8>, sqlx::Error>> =
             data.chunks(size).map(|c| Ok(c.to_vec())).collect();
-        Cutter {
-            chunks: futures::stream::iter(chunks),
-            buffer: Vec::new(),
-            walked: 0,
-            rows_walked: 0,
-            started: false,
-            ended: false,
-            rows,
-        }
+        Cutter::new(futures::stream::iter(chunks), rows)
     }
 
     #[tokio::test]

@@ -151,6 +151,26 @@ async fn claimed_values_are_unique_and_a_taken_claim_appends_nothing() {
     );
 }
 
+/// A writer that inserts the event `id` (taking the next position) and keeps its transaction
+/// open until the caller commits it.
+async fn insert_and_stay_open(
+    pool: &sqlx::PgPool,
+    id: Uuid,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut slow = pool.begin().await.unwrap();
+    sqlx::query(
+        "insert into events (event_id, stream_id, aggregate_type, version, event_type, payload,
+                             tenant_id, correlation_id, schema_version, occurred_at)
+         values ($1, $2, 'test', 1, 'TestHappened', '{}', 'default', 'late', 1, now())",
+    )
+    .bind(id)
+    .bind(Uuid::now_v7())
+    .execute(&mut *slow)
+    .await
+    .unwrap();
+    slow
+}
+
 /// The reason for the (transaction id, position) order: a transaction that inserts first and
 /// commits last must still be read, exactly once, by a reader that kept reading meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,17 +202,7 @@ async fn an_event_whose_transaction_commits_late_is_read_exactly_once() {
 
     // The slow writer inserts first (taking the lower position) and keeps its transaction open.
     let late_id = Uuid::now_v7();
-    let mut slow = pool.begin().await.unwrap();
-    sqlx::query(
-        "insert into events (event_id, stream_id, aggregate_type, version, event_type, payload,
-                             tenant_id, correlation_id, schema_version, occurred_at)
-         values ($1, $2, 'test', 1, 'TestHappened', '{}', 'default', 'late', 1, now())",
-    )
-    .bind(late_id)
-    .bind(Uuid::now_v7())
-    .execute(&mut *slow)
-    .await
-    .unwrap();
+    let slow = insert_and_stay_open(&pool, late_id).await;
 
     // Others commit in between; the reader keeps reading and must not move past the slow one.
     let mut quick_ids = Vec::new();
@@ -269,17 +279,7 @@ async fn the_bulk_scan_reads_what_read_all_reads_and_never_past_an_open_writer()
 
     // A writer inserts and stays open; others commit after it.
     let late_id = Uuid::now_v7();
-    let mut slow = pool.begin().await.unwrap();
-    sqlx::query(
-        "insert into events (event_id, stream_id, aggregate_type, version, event_type, payload,
-                             tenant_id, correlation_id, schema_version, occurred_at)
-         values ($1, $2, 'test', 1, 'TestHappened', '{}', 'default', 'late', 1, now())",
-    )
-    .bind(late_id)
-    .bind(Uuid::now_v7())
-    .execute(&mut *slow)
-    .await
-    .unwrap();
+    let slow = insert_and_stay_open(&pool, late_id).await;
     for _ in 0..3 {
         store
             .append(test_append(Uuid::now_v7(), StreamVersion::EMPTY, 2))
