@@ -11,9 +11,10 @@
 //! The table is vacuumed before the runs, so neither pays for setting hint bits.
 //!
 //! - **HAP run**: `projections::rebuild::rebuild` of every projection of a fresh instance, as
-//!   `hap rebuild --all` runs it (a store pool of 4): a shadow schema, pages of 5000 through
-//!   `EventStore::read_all`, decoding, each projection's batch in one transaction, the final
-//!   catch-up under the lock and the schema swap. Row counts are checked afterwards.
+//!   `hap rebuild --all` runs it (a store pool of 4): a shadow schema, the store read with one
+//!   binary `COPY` (`EventStore::scan`), decoded and folded in memory, the rows copied in, the
+//!   catch-up, the final catch-up under the lock and the schema swap. Row counts are checked
+//!   afterwards.
 //! - **Raw run**: a plain keyset scan of the same table by position, in pages of the same
 //!   size, decoded into the same `RecordedEvent`s: reading every event, and nothing else.
 //! - **read_all alone**: the pages the rebuild reads, through `EventStore::read_all`, and
