@@ -10,7 +10,6 @@
 
 use chrono::{DateTime, Utc};
 use futures::{Stream, TryStreamExt};
-use sqlx::postgres::PgPoolCopyExt;
 use uuid::Uuid;
 
 use crate::EventStore;
@@ -23,6 +22,9 @@ const FIELDS: i16 = 8;
 
 /// The binary format's signature, before its flags and header extension.
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+/// Pages a scan reads ahead of its reader: reading goes on while the pages before are decoded
+/// and folded.
+pub const PAGES_AHEAD: usize = 4;
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
@@ -80,14 +82,19 @@ impl ScanPage {
 impl EventStore {
     /// Every event committed after `after`, in (transaction id, position) order and below the
     /// same fence as [`Self::read_all`] as of the statement's start, in pages of `rows` rows
-    /// (the last one may be shorter). Holds one pool connection until the stream ends or is
-    /// dropped. Events committed later are left to a following [`Self::read_all`] from the
-    /// last page's checkpoint.
+    /// (the last one may be shorter). Events committed later are left to a following
+    /// [`Self::read_all`] from the last page's checkpoint.
+    ///
+    /// A task of its own reads [`PAGES_AHEAD`] pages ahead of the caller, on a connection taken
+    /// from the pool and closed, not returned, when the scan ends or the stream is dropped: a
+    /// `COPY` cannot be cut short, and a connection handed back in the middle of one would
+    /// fail its next statement.
     pub async fn scan(
         &self,
         after: GlobalCheckpoint,
         rows: usize,
-    ) -> Result<impl Stream<Item = Result<ScanPage, ScanError>> + Send + 'static, ScanError> {
+    ) -> Result<impl Stream<Item = Result<ScanPage, ScanError>> + Send + Unpin + 'static, ScanError>
+    {
         // COPY takes no bind parameters: the checkpoint's two integers are formatted in, which
         // no value of an i64 can turn into anything but a number.
         let statement = format!(
@@ -107,14 +114,27 @@ impl EventStore {
             transaction = after.transaction_id,
             position = after.position,
         );
-        let chunks = self.pool.copy_out_raw(&statement).await?;
-        Ok(futures::stream::try_unfold(
-            Cutter::new(chunks, rows),
-            |mut cutter| async move {
-                let page = cutter.next_page().await?;
-                Ok(page.map(|page| (page, cutter)))
-            },
-        ))
+        let mut connection = self.pool.acquire().await?;
+        connection.close_on_drop();
+        let (pages, arriving) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+        tokio::spawn(async move {
+            let mut cutter = match connection.copy_out_raw(&statement).await {
+                Ok(chunks) => Cutter::new(chunks, rows.max(1)),
+                Err(error) => {
+                    let _ = pages.send(Err(error.into())).await;
+                    return;
+                }
+            };
+            // Ends at the last page, at the first error, or when nobody reads any more.
+            while let Some(page) = cutter.next_page().await.transpose() {
+                let failed = page.is_err();
+                if pages.send(page).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut arriving = arriving;
+        Ok(futures::stream::poll_fn(move |cx| arriving.poll_recv(cx)))
     }
 }
 
@@ -255,7 +275,9 @@ fn parse_row<'a>(rest: &mut &'a [u8]) -> Result<ScannedEvent<'a>, ScanError> {
     let event_type = text(rest)?;
     let payload = text(rest)?;
     let micros = i64::from_be_bytes(fixed(rest)?);
-    let occurred_at = DateTime::from_timestamp_micros(micros + POSTGRES_EPOCH_MICROS)
+    let occurred_at = micros
+        .checked_add(POSTGRES_EPOCH_MICROS)
+        .and_then(DateTime::from_timestamp_micros)
         .ok_or(ScanError::Format("a timestamp out of range"))?;
     Ok(ScannedEvent {
         checkpoint: GlobalCheckpoint {
@@ -366,7 +388,10 @@ mod tests {
         data.extend_from_slice(&[0; 8]);
         data.extend(row(1, "PatientRegistered", "{}"));
         let mut cutter = cutter(&data[..data.len() - 3], 5, 10);
-        assert!(cutter.next_page().await.is_err());
+        assert!(matches!(
+            cutter.next_page().await,
+            Err(ScanError::Format("the data ended without a trailer"))
+        ));
     }
 
     #[test]
@@ -374,6 +399,9 @@ mod tests {
         let mut bytes = FIELDS.to_be_bytes().to_vec();
         bytes.extend_from_slice(&(-1i32).to_be_bytes());
         let mut rest = bytes.as_slice();
-        assert!(parse_row(&mut rest).is_err());
+        assert!(matches!(
+            parse_row(&mut rest),
+            Err(ScanError::Format("a null column"))
+        ));
     }
 }

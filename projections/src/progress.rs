@@ -29,7 +29,7 @@ const POLL: Duration = Duration::from_millis(10);
 /// burst re-checked thousands of times a second exactly when the database had least to spare,
 /// which kept the projectors they were waiting for behind (measured at 1,000 pairs/s: runs
 /// flipped between p50 0.2 s and 1.5 s).
-const SAFETY_POLL: Duration = Duration::from_millis(500);
+pub const SAFETY_POLL: Duration = Duration::from_millis(500);
 /// Each re-check waits twice as long as the one before, up to this many times the first: when
 /// the projectors fall behind, a thousand waiting queries re-checking at a fixed pace would
 /// add the most load exactly when there is least to spare.

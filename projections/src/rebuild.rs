@@ -32,7 +32,7 @@ const PAGE: i64 = 5000;
 /// Events per page of the bulk load's scan: each page is decoded on a thread of its own while
 /// the one before is folded.
 const BULK_PAGE: usize = 20_000;
-/// Pages read ahead of the one being folded.
+/// Pages decoded ahead of the one being folded (the scan reads further ahead on its own).
 const READ_AHEAD: usize = 4;
 /// Connections of the shadow's pool, and so tables copied at once.
 const WRITERS: u32 = 4;
@@ -218,27 +218,22 @@ async fn bulk_load(
             versions: ById::default(),
         })
         .collect();
-    let (pages, arriving) = tokio::sync::mpsc::channel::<ScanPage>(READ_AHEAD);
-    let scan = store.scan(*checkpoint, BULK_PAGE).await?;
-    // Reads on while the pages before are decoded and folded.
-    let reader = tokio::spawn(async move {
-        let mut scan = std::pin::pin!(scan);
-        while let Some(page) = scan.try_next().await? {
-            if pages.send(page).await.is_err() {
-                break;
-            }
-        }
-        Ok::<_, ScanError>(())
-    });
-    let decoded = futures::stream::unfold(arriving, |mut arriving| async move {
-        arriving.recv().await.map(|page| (page, arriving))
-    })
-    .map(|page| tokio::task::spawn_blocking(move || decode_scanned(&page)))
-    .buffered(READ_AHEAD);
+    // The scan reads ahead on its own while the pages before are decoded (each on a thread
+    // of its own) and folded here.
+    let decoded = store
+        .scan(*checkpoint, BULK_PAGE)
+        .await?
+        .map(|page| async move {
+            let page = page?;
+            tokio::task::spawn_blocking(move || decode_scanned(&page))
+                .await
+                .expect("decoding does not panic")
+        })
+        .buffered(READ_AHEAD);
     let mut decoded = std::pin::pin!(decoded);
     let mut read = 0;
     while let Some(page) = decoded.next().await {
-        let page = page.expect("decoding does not panic")?;
+        let page = page?;
         read += page.events;
         bar.inc(page.events);
         if let Some(last) = page.last {
@@ -253,7 +248,6 @@ async fn bulk_load(
             }
         }
     }
-    reader.await.expect("the reader does not panic")?;
     tracing::debug!(events = read, elapsed = ?started.elapsed(), "rebuild: history folded");
 
     bar.set_message("writing the rows");

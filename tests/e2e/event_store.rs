@@ -319,6 +319,52 @@ async fn the_bulk_scan_reads_what_read_all_reads_and_never_past_an_open_writer()
     );
 }
 
+/// A rebuild that fails midway drops its scan with the `COPY` half read: the connection it
+/// used must not go back to the pool in that state (its next statement would fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_dropped_midway_leaves_its_pool_usable() {
+    use futures::StreamExt;
+    let db = TestDb::new().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let store = EventStore::new(pool.clone());
+    store
+        .append(test_append(Uuid::now_v7(), StreamVersion::EMPTY, 40))
+        .await
+        .unwrap();
+    // Wait until the append's own writer no longer holds the fence back.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store
+        .read_all(GlobalCheckpoint::START, 100)
+        .await
+        .unwrap()
+        .len()
+        < 40
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the events became readable"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    // Pages of one event: far more than the scan reads ahead, so it is midway when dropped.
+    let mut pages = store.scan(GlobalCheckpoint::START, 1).await.unwrap();
+    assert_eq!(pages.next().await.unwrap().unwrap().len(), 1);
+    drop(pages);
+
+    for _ in 0..3 {
+        let count: i64 = sqlx::query_scalar("select count(*) from events")
+            .fetch_one(&pool)
+            .await
+            .expect("the pool's connection works");
+        assert_eq!(count, 40);
+    }
+}
+
 /// The gap-safe read waits only for transactions that could still write events: a read
 /// model's open transaction, or one in another database, does not hold it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -752,7 +752,7 @@ async fn a_wait_for_two_projections_woken_one_at_a_time_across_polls_ends_when_b
     tokio::time::sleep(Duration::from_millis(20)).await;
     read.progress.committed(commit("patients"));
     // Longer than the first poll, so the wait looks at the database again in between.
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(projections::progress::SAFETY_POLL + Duration::from_millis(150)).await;
     read.progress.committed(commit("consultations"));
 
     assert!(
