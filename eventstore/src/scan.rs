@@ -24,7 +24,7 @@ const FIELDS: i16 = 8;
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 /// Pages a scan reads ahead of its reader: reading goes on while the pages before are decoded
 /// and folded.
-pub const PAGES_AHEAD: usize = 4;
+const PAGES_AHEAD: usize = 4;
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
@@ -52,7 +52,7 @@ pub struct ScannedEvent<'a> {
 
 /// Whole rows of a scan, in store order, still in the binary format: parsing them (and what
 /// follows, such as decoding payloads) can happen on another thread than the reading.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ScanPage {
     bytes: Vec<u8>,
     rows: usize,
@@ -85,7 +85,7 @@ impl EventStore {
     /// (the last one may be shorter). Events committed later are left to a following
     /// [`Self::read_all`] from the last page's checkpoint.
     ///
-    /// A task of its own reads [`PAGES_AHEAD`] pages ahead of the caller, on a connection taken
+    /// A task of its own reads a few pages ahead of the caller, on a connection taken
     /// from the pool and closed, not returned, when the scan ends or the stream is dropped: a
     /// `COPY` cannot be cut short, and a connection handed back in the middle of one would
     /// fail its next statement.
