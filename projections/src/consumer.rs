@@ -82,9 +82,9 @@ pub async fn run_all(
 ) {
     read.progress.start_projecting();
     // The projectors' own connections, one per queue, with the read model's settings and
-    // statements planned per call (see `Plans`). In the pool the queries share, a batch queued for a connection behind the very queries that
-    // wait for it to commit (under load, hundreds of them), which stretched read-your-writes
-    // waits into seconds.
+    // statements planned per call (see `Plans`). In the pool the queries share, a batch queued
+    // for a connection behind the very queries that wait for it to commit (under load, hundreds
+    // of them), which stretched read-your-writes waits into seconds.
     let projecting = ReadModel {
         pool: PgPoolOptions::new()
             .max_connections(QUEUES.len() as u32)
