@@ -280,10 +280,7 @@ async fn read_model(settings: &Settings, migrate: bool) -> anyhow::Result<ReadMo
             .await
             .with_context(|| format!("Failed to migrate the read model (schema {schema})"))?;
     }
-    Ok(ReadModel {
-        pool,
-        progress: Default::default(),
-    })
+    Ok(ReadModel::new(pool))
 }
 
 /// Resolves on Ctrl-C or SIGTERM, so that in-flight requests finish before the process ends.

@@ -57,12 +57,19 @@ pub struct Append {
 }
 
 /// The outcome of a successful append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
     /// The stream's version after the append.
     pub version: StreamVersion,
+    /// The position of each event appended, in the order they were given.
+    pub positions: Vec<Position>,
+}
+
+impl Appended {
     /// The position of the last event appended; `None` when there were no events.
-    pub position: Option<Position>,
+    pub fn position(&self) -> Option<Position> {
+        self.positions.last().copied()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +112,8 @@ appended as (
     returning position, stream_id, version
 ),
 last_positions as (
-    select i.batch_index, max(a.position) as position
+    select i.batch_index, max(a.position) as position,
+           array_agg(a.position order by a.version) as positions
       from appended a join input i on i.stream_id = a.stream_id and i.version = a.version
      group by i.batch_index
 ),
@@ -126,7 +134,7 @@ remembered as (
            as k(batch_index, tenant_id, key, request_hash, status, body, headers)
       left join last_positions p using (batch_index)
 )
-select batch_index, position from last_positions
+select batch_index, positions from last_positions
 "#;
 
 /// The statement's parameters, one array per column, built from a batch of appends.
@@ -225,7 +233,7 @@ impl EventStore {
     /// Writes a batch of appends in one statement: all of them, or none.
     pub(crate) async fn write(&self, appends: &[Append]) -> Result<Vec<Appended>, sqlx::Error> {
         let c = Columns::of(appends);
-        let rows: Vec<(i32, i64)> = sqlx::query_as(APPEND)
+        let rows: Vec<(i32, Vec<i64>)> = sqlx::query_as(APPEND)
             .bind(c.event_index)
             .bind(c.event_ids)
             .bind(c.streams)
@@ -257,13 +265,18 @@ impl EventStore {
         for event_type in c.event_types {
             metrics::counter!("hap_events_appended_total", "event_type" => event_type).increment(1);
         }
-        let positions: std::collections::HashMap<i32, i64> = rows.into_iter().collect();
+        let mut positions: std::collections::HashMap<i32, Vec<i64>> = rows.into_iter().collect();
         Ok(appends
             .iter()
             .enumerate()
             .map(|(index, append)| Appended {
                 version: StreamVersion::new(append.expected.value() + append.events.len() as u64),
-                position: positions.get(&(index as i32)).copied().map(Position::new),
+                positions: positions
+                    .remove(&(index as i32))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(Position::new)
+                    .collect(),
             })
             .collect())
     }

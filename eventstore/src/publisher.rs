@@ -45,22 +45,13 @@ impl PublisherSettings {
     }
 }
 
-/// After activity, empty reads are retried this soon, then ever more slowly up to the idle
-/// poll: events held back by a transaction that does not wake us (another database's, say)
-/// are still published within milliseconds of it ending.
-const FIRST_RETRY: Duration = Duration::from_millis(2);
-/// How long after activity empty reads keep being retried at the first pace. A wake-up that
-/// finds nothing means committed events are held back by some other open write transaction
-/// (a projector's batch, a command in flight); those last milliseconds, so backing off at once
-/// would add tens of milliseconds to every message under steady load.
-const BUSY_FOR: Duration = Duration::from_millis(250);
 /// Wait before retrying after the broker or the database failed.
 const BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often lag metrics are refreshed.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
-/// How often, at most, the checkpoint is written while confirms keep arriving.
+/// How often, at most, the checkpoint is written.
 const SAVE_EVERY: Duration = Duration::from_millis(100);
 
 /// A message sent and not yet confirmed.
@@ -154,8 +145,9 @@ impl Publisher {
         let mut sent = confirmed;
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut link: Option<Link> = None;
-        let mut retry = FIRST_RETRY;
-        let mut active_at = Instant::now();
+        // Where a read last came back with less than it asked for, everything committed was
+        // sent: reading again finds nothing new until an append wakes us.
+        let mut caught_up_at: Option<GlobalCheckpoint> = None;
         let mut reported = Instant::now() - REPORT_EVERY;
         loop {
             if reported.elapsed() >= REPORT_EVERY {
@@ -177,9 +169,9 @@ impl Publisher {
                 }
                 in_flight.pop_front();
             }
-            // The checkpoint is one write per save: at once when all is confirmed, else at
-            // most every SAVE_EVERY (a crash in between only repeats messages).
-            if confirmed != saved && (in_flight.is_empty() || saved_at.elapsed() >= SAVE_EVERY) {
+            // The checkpoint is one write (and one flush to disk) per save, so at most every
+            // SAVE_EVERY, however many confirms came in between: a crash only repeats messages.
+            if confirmed != saved && saved_at.elapsed() >= SAVE_EVERY {
                 match self.save_checkpoint(confirmed).await {
                     Ok(()) => (saved, saved_at) = (confirmed, Instant::now()),
                     Err(error) => tracing::warn!(%error, "could not save the checkpoint"),
@@ -197,13 +189,15 @@ impl Publisher {
                     &mut backoff,
                 )
                 .await;
+                caught_up_at = None;
                 continue;
             }
 
             // Read only when a good part of the window is free: topping it up one event at a
             // time would turn a backlog into many tiny reads.
             let room = self.settings.window - in_flight.len() as i64;
-            let events = if room >= (self.settings.window / 4).max(1) {
+            let reading = caught_up_at != Some(sent) && room >= (self.settings.window / 4).max(1);
+            let events = if reading {
                 match self.store.read_all(sent, room).await {
                     Ok(events) => events,
                     Err(error) => {
@@ -217,8 +211,6 @@ impl Publisher {
                 vec![]
             };
             if !events.is_empty() {
-                retry = FIRST_RETRY;
-                active_at = Instant::now();
                 if link.is_none() {
                     match self.connect().await {
                         Ok(fresh) => link = Some(fresh),
@@ -233,6 +225,7 @@ impl Publisher {
                     }
                 }
                 let channel = &link.as_ref().expect("connected just above").channel;
+                let mut sent_all = true;
                 for event in &events {
                     match self.send(channel, event).await {
                         Ok(confirm) => {
@@ -255,14 +248,23 @@ impl Publisher {
                                 &mut backoff,
                             )
                             .await;
+                            sent_all = false;
                             break;
                         }
                     }
                 }
+                caught_up_at = (sent_all && (events.len() as i64) < room).then_some(sent);
                 continue;
             }
+            if reading {
+                caught_up_at = Some(sent);
+            }
             backoff = BACKOFF;
-            // Nothing new to send: wait for the oldest confirm, or for new events.
+            // Nothing new to send: wait for the oldest confirm, or for new events. A read that
+            // found nothing although events were committed was held back by an append still
+            // running, and that append wakes us when it commits: no need to poll for it. (Only
+            // a writer outside HAP does not, and the idle poll covers it.)
+            let idle_poll = self.settings.idle_poll;
             match in_flight.front_mut() {
                 Some(front) => {
                     tokio::select! {
@@ -278,23 +280,24 @@ impl Publisher {
                                         .increment(1);
                                     self.restart(&mut link, &mut in_flight, &mut sent, confirmed, &mut backoff)
                                         .await;
+                                    caught_up_at = None;
                                 }
                             }
                         }
-                        woken = wakeups.wait(FIRST_RETRY) => if woken {
-                            active_at = Instant::now();
-                        },
+                        () = wakeups.wait(idle_poll) => caught_up_at = None,
                     }
                 }
                 None => {
-                    if wakeups.wait(retry).await {
-                        active_at = Instant::now();
-                    }
-                    retry = if active_at.elapsed() < BUSY_FOR {
-                        FIRST_RETRY
-                    } else {
-                        (retry * 2).min(self.settings.idle_poll)
-                    };
+                    // Or until the checkpoint is due, when there is one to save.
+                    let save_due = SAVE_EVERY.saturating_sub(saved_at.elapsed());
+                    wakeups
+                        .wait(if confirmed == saved {
+                            idle_poll
+                        } else {
+                            save_due
+                        })
+                        .await;
+                    caught_up_at = None;
                 }
             }
         }

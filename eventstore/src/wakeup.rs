@@ -66,8 +66,8 @@ impl Wakeups {
         Some(listener)
     }
 
-    /// Waits for an append or `timeout`; true when woken by an append.
-    pub async fn wait(&mut self, timeout: Duration) -> bool {
+    /// Waits for an append or `timeout`.
+    pub async fn wait(&mut self, timeout: Duration) {
         if self.listener.is_none() {
             self.listener = Self::listen(&self.store).await;
         }
@@ -81,14 +81,12 @@ impl Wakeups {
             }
         };
         tokio::select! {
-            changed = appended.changed() => changed.is_ok(),
-            ok = notified => {
-                if !ok {
-                    self.listener = None;
-                }
-                ok
-            }
-            () = tokio::time::sleep(timeout) => false,
+            // It fails only once the store is gone, and this holds a handle on it.
+            _ = appended.changed() => {}
+            ok = notified => if !ok {
+                self.listener = None;
+            },
+            () = tokio::time::sleep(timeout) => {}
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::{InMemory, Projector};
+use crate::projector::{InMemory, Projector, continued_streams};
 
 pub struct Consultations;
 
@@ -192,37 +192,49 @@ impl Projector for Consultations {
         events: &'a [Envelope],
     ) -> BoxFuture<'a, Result<Vec<Touched>, sqlx::Error>> {
         async move {
-            let mut ids: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
-            let consultations =
+            let ids = continued_streams(events);
+            let consultations = if ids.is_empty() {
+                ById::default()
+            } else {
                 sqlx::query_as::<_, Row>("select * from consultations where id = any($1)")
                     .bind(&ids)
                     .fetch_all(&mut *tx)
                     .await?
                     .into_iter()
                     .map(|row| (row.id, row))
-                    .collect();
-            // The people named by consultations started in this batch, and those renamed.
-            for envelope in events {
-                if let Event::ConsultationSchedulingStarted(e) = &envelope.event {
-                    ids.push(e.patient_id.as_uuid());
-                    ids.push(e.physician_id.as_uuid());
-                }
-            }
-            let people = sqlx::query_as::<_, (Uuid, String)>(
-                "select id, name from people where id = any($1)",
-            )
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .map(|(id, name)| {
-                let name = Name {
-                    name,
-                    renamed: false,
-                };
-                (id, name)
-            })
-            .collect();
+                    .collect()
+            };
+            // The people named by consultations started in this batch: their names are copied
+            // into the new rows.
+            let named: Vec<Uuid> = events
+                .iter()
+                .filter_map(|envelope| match &envelope.event {
+                    Event::ConsultationSchedulingStarted(e) => {
+                        Some([e.patient_id.as_uuid(), e.physician_id.as_uuid()])
+                    }
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            let people = if named.is_empty() {
+                ById::default()
+            } else {
+                sqlx::query_as::<_, (Uuid, String)>(
+                    "select id, name from people where id = any($1)",
+                )
+                .bind(&named)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|(id, name)| {
+                    let name = Name {
+                        name,
+                        renamed: false,
+                    };
+                    (id, name)
+                })
+                .collect()
+            };
             let mut rows = Rows {
                 consultations,
                 people,
@@ -235,7 +247,6 @@ impl Projector for Consultations {
                 .filter(|(_, p)| p.renamed)
                 .map(|(id, p)| (*id, p.name.clone()))
                 .collect();
-            save_people(tx, &renamed).await?;
             changed.sort();
             changed.dedup();
             let changed_rows: Vec<&Row> = changed
@@ -244,7 +255,7 @@ impl Projector for Consultations {
                 .collect();
             upsert(tx, &changed_rows).await?;
             // Renames reach every consultation of the person, not only this batch's.
-            changed.extend(propagate_names(tx, &renamed).await?);
+            changed.extend(save_names(tx, &renamed).await?);
             Ok(Touched::rows("consultation", changed))
         }
         .boxed()
@@ -255,24 +266,10 @@ impl Projector for Consultations {
     }
 }
 
-async fn save_people(tx: &mut PgConnection, people: &[(Uuid, String)]) -> Result<(), sqlx::Error> {
-    if people.is_empty() {
-        return Ok(());
-    }
-    let (ids, names): (Vec<Uuid>, Vec<String>) = people.iter().cloned().unzip();
-    sqlx::query(
-        "insert into people (id, name) select * from unnest($1::uuid[], $2::text[])
-         on conflict (id) do update set name = excluded.name",
-    )
-    .bind(ids)
-    .bind(names)
-    .execute(tx)
-    .await
-    .map(|_| ())
-}
-
-/// Copies renamed people's names into their consultations; returns the consultations changed.
-async fn propagate_names(
+/// Saves people's new names and copies them into their consultations (a registration's too:
+/// a consultation applied before its patient's registration, after a retry, shows no name
+/// until then); returns the consultations changed.
+async fn save_names(
     tx: &mut PgConnection,
     people: &[(Uuid, String)],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
@@ -283,7 +280,11 @@ async fn propagate_names(
     // Each name is looked up on its own: a join would match a consultation whose patient and
     // physician were both renamed twice, and an update applies only one match per row.
     sqlx::query_scalar(
-        "with renamed as (select * from unnest($1::uuid[], $2::text[]) as r(id, name))
+        "with renamed as (select * from unnest($1::uuid[], $2::text[]) as r(id, name)),
+         saved as (
+             insert into people (id, name) select id, name from renamed
+             on conflict (id) do update set name = excluded.name
+         )
          update consultations c
             set patient_name = coalesce((select name from renamed where id = c.patient_id),
                                         c.patient_name),

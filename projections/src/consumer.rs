@@ -17,10 +17,13 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use sqlx::postgres::PgPoolOptions;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::ReadModel;
 use crate::envelope::Envelope;
+use crate::local::CommittedFed;
 use crate::progress::Commit;
 use crate::projector::{Applied, ApplyError, Projector, apply_batch};
 use crate::queues::{self, QUEUES, QueueNames, QueueSpec};
@@ -90,7 +93,7 @@ pub async fn run_all(
             .max_connections(QUEUES.len() as u32)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(Plans::PerCall.apply((*read.pool.connect_options()).clone())),
-        progress: read.progress.clone(),
+        ..read.clone()
     };
     let consumers = QUEUES.iter().map(|spec| {
         let consumer = Consumer {
@@ -125,9 +128,10 @@ struct Channels {
 
 impl Consumer {
     async fn run(self, shutdown: CancellationToken) {
+        let mut local = self.read.local.subscribe(self.projector.name());
         let mut backoff = BACKOFF;
         loop {
-            match self.session(&shutdown).await {
+            match self.session(&shutdown, &mut local).await {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(queue = %self.names.main, %error, "consumer stopped; reconnecting");
@@ -141,9 +145,14 @@ impl Consumer {
         }
     }
 
-    /// One connection's life: declare, consume, apply; returns on shutdown or a broker error
-    /// (unacknowledged deliveries are then redelivered, and deduplicated on arrival).
-    async fn session(&self, shutdown: &CancellationToken) -> Result<(), SessionError> {
+    /// One connection's life: declare, consume, apply (with the events this process's own
+    /// commands fed it meanwhile); returns on shutdown or a broker error (unacknowledged
+    /// deliveries are then redelivered, and deduplicated on arrival).
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        local: &mut mpsc::Receiver<Envelope>,
+    ) -> Result<(), SessionError> {
         let name = format!("hap-projector {}", self.names.main);
         let connection = topology::connect(&self.settings.amqp_url, &name, false).await?;
         let consume = connection.create_channel().await?;
@@ -167,8 +176,10 @@ impl Consumer {
             .await?;
         tracing::info!(queue = %self.names.main, "consuming");
         let mut report = tokio::time::interval(REPORT_EVERY);
+        let mut committed_fed = CommittedFed::default();
         loop {
-            let first = tokio::select! {
+            let (mut batch, mut fed) = (Vec::new(), Vec::new());
+            tokio::select! {
                 () = shutdown.cancelled() => {
                     connection.close(200, "shutting down".into()).await.ok();
                     return Ok(());
@@ -178,24 +189,37 @@ impl Consumer {
                     continue;
                 }
                 next = deliveries.next() => match next {
-                    Some(delivery) => delivery?,
+                    Some(delivery) => batch.push(delivery?),
                     None => return Err(SessionError::Ended),
                 },
-            };
-            let mut batch = vec![first];
+                Some(event) = local.recv() => fed.push(event),
+            }
             // Take what has already arrived, without waiting for more: batches grow with load
             // and cost no latency when it is light.
-            while batch.len() < self.settings.batch {
-                match deliveries.next().now_or_never() {
-                    Some(Some(delivery)) => batch.push(delivery?),
-                    _ => break,
+            while batch.len() + fed.len() < self.settings.batch {
+                if let Some(Some(delivery)) = deliveries.next().now_or_never() {
+                    batch.push(delivery?);
+                } else if let Ok(event) = local.try_recv() {
+                    fed.push(event);
+                } else {
+                    break;
                 }
             }
-            self.handle(&channels, batch).await?;
+            self.handle(&channels, batch, fed, &mut committed_fed)
+                .await?;
         }
     }
 
-    async fn handle(&self, channels: &Channels, batch: Vec<Delivery>) -> Result<(), SessionError> {
+    /// Applies the deliveries of `batch` and the events `fed` by this process in one
+    /// transaction, and acknowledges the deliveries once it has committed. A delivery that is
+    /// the copy of an event fed and committed before is acknowledged without a transaction.
+    async fn handle(
+        &self,
+        channels: &Channels,
+        batch: Vec<Delivery>,
+        fed: Vec<Envelope>,
+        committed_fed: &mut CommittedFed,
+    ) -> Result<(), SessionError> {
         let mut good = Vec::with_capacity(batch.len());
         for delivery in batch {
             match Envelope::from_message(&delivery.data) {
@@ -206,44 +230,60 @@ impl Consumer {
                 }
             }
         }
-        let Some((last, _)) = good.last() else {
-            return Ok(());
+        let last_tag = good.last().map(|(d, _)| d.delivery_tag);
+        let (known, good): (Vec<_>, Vec<_>) = good
+            .into_iter()
+            .partition(|(_, e)| committed_fed.take(e.event_id));
+        let fed_ids: Vec<Uuid> = fed.iter().map(|e| e.event_id).collect();
+        let mut envelopes: Vec<Envelope> = good.iter().map(|(_, e)| e.clone()).collect();
+        envelopes.extend(fed);
+        let outcome = if envelopes.is_empty() {
+            Ok(Applied::default())
+        } else {
+            apply_batch(
+                &self.read.pool,
+                &self.store,
+                self.projector.as_ref(),
+                &envelopes,
+            )
+            .await
         };
-        let last_tag = last.delivery_tag;
-        let envelopes: Vec<Envelope> = good.iter().map(|(_, e)| e.clone()).collect();
-        match apply_batch(
-            &self.read.pool,
-            &self.store,
-            self.projector.as_ref(),
-            &envelopes,
-        )
-        .await
-        {
+        let error = match outcome {
             Ok(applied) => {
-                channels
-                    .consume
-                    .basic_ack(last_tag, BasicAckOptions { multiple: true })
-                    .await?;
+                if let Some(tag) = last_tag {
+                    channels
+                        .consume
+                        .basic_ack(tag, BasicAckOptions { multiple: true })
+                        .await?;
+                }
+                committed_fed.insert(fed_ids);
                 self.committed(applied);
                 self.report_lag(&envelopes);
+                return Ok(());
             }
-            // Split the batch: apply each alone, so only the failing ones wait or go.
-            Err(error) if good.len() > 1 => {
-                tracing::warn!(queue = %self.names.main, %error, "batch failed; applying one by one");
-                for (delivery, envelope) in good {
-                    let one = std::slice::from_ref(&envelope);
-                    match apply_batch(&self.read.pool, &self.store, self.projector.as_ref(), one)
-                        .await
-                    {
-                        Ok(applied) => {
-                            delivery.ack(BasicAckOptions::default()).await?;
-                            self.committed(applied);
-                        }
-                        Err(error) => self.fail(channels, &delivery, &error).await?,
-                    }
+            Err(error) => error,
+        };
+        // The fed events are let go: their copies are on the way through the queue.
+        for (delivery, _) in known {
+            delivery.ack(BasicAckOptions::default()).await?;
+        }
+        if good.len() <= 1 {
+            if let Some((delivery, _)) = good.first() {
+                self.fail(channels, delivery, &error).await?;
+            }
+            return Ok(());
+        }
+        // Split the batch: apply each delivery alone, so only the failing ones wait or go.
+        tracing::warn!(queue = %self.names.main, %error, "batch failed; applying one by one");
+        for (delivery, envelope) in good {
+            let one = std::slice::from_ref(&envelope);
+            match apply_batch(&self.read.pool, &self.store, self.projector.as_ref(), one).await {
+                Ok(applied) => {
+                    delivery.ack(BasicAckOptions::default()).await?;
+                    self.committed(applied);
                 }
+                Err(error) => self.fail(channels, &delivery, &error).await?,
             }
-            Err(error) => self.fail(channels, &good[0].0, &error).await?,
         }
         Ok(())
     }

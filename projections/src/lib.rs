@@ -14,13 +14,15 @@
 //! - [`patients`], [`physicians`], [`consultations`] (also the agenda), [`records`]: the
 //!   projectors.
 //! - [`progress`]: read-your-writes: waiting until a projection applied a position, and which
-//!   rows each commit changed.
+//!   rows each commit changed; [`local`]: this process's own appends handed straight to its
+//!   projectors, so that waiting for them does not wait for the broker.
 
 pub mod consultations;
 pub mod consumer;
 pub mod copy;
 pub mod dlq;
 pub mod envelope;
+pub mod local;
 pub mod patients;
 pub mod physicians;
 pub mod progress;
@@ -56,9 +58,22 @@ pub fn projections_of_exchange(exchange: &str) -> &'static [&'static str] {
     }
 }
 
-/// One instance's read model: the pool that sees its schema, and its projectors' progress.
+/// One instance's read model: the pool that sees its schema, its projectors' progress, and
+/// the feed of this process's appends to them.
 #[derive(Clone, Debug)]
 pub struct ReadModel {
     pub pool: PgPool,
     pub progress: progress::Progress,
+    pub local: local::LocalFeed,
+}
+
+impl ReadModel {
+    /// The read model `pool` sees, with no projector running yet.
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            progress: Default::default(),
+            local: Default::default(),
+        }
+    }
 }

@@ -11,7 +11,7 @@ use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::{InMemory, Projector};
+use crate::projector::{InMemory, Projector, continued_streams};
 
 pub struct Patients;
 
@@ -116,16 +116,16 @@ impl Projector for Patients {
         events: &'a [Envelope],
     ) -> BoxFuture<'a, Result<Vec<Touched>, sqlx::Error>> {
         async move {
-            let ids: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
-            let mut rows = Rows(
+            let ids = continued_streams(events);
+            let existing = if ids.is_empty() {
+                vec![]
+            } else {
                 sqlx::query_as::<_, Row>("select * from patients where id = any($1)")
                     .bind(&ids)
                     .fetch_all(&mut *tx)
                     .await?
-                    .into_iter()
-                    .map(|row| (row.id, row))
-                    .collect(),
-            );
+            };
+            let mut rows = Rows(existing.into_iter().map(|row| (row.id, row)).collect());
             let changed = events.iter().filter_map(|e| rows.apply(e)).collect();
             let touched = Touched::rows("patient", changed);
             let rows: Vec<&Row> = touched.iter().filter_map(|t| rows.0.get(&t.id)).collect();

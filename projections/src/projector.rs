@@ -54,6 +54,20 @@ pub enum ApplyError {
     Raced,
 }
 
+/// The streams of `events` that may have a row already: those with an event past version 1.
+/// A stream whose first event is in the batch has none, so a projector keyed by stream need
+/// not look it up (a batch of new streams then reads nothing before it writes).
+pub fn continued_streams(events: &[Envelope]) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = events
+        .iter()
+        .filter(|e| e.version > 1)
+        .map(|e| e.stream_id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// Attempts at a batch that another transaction raced before [`ApplyError::Raced`] is given up.
 const RACE_ATTEMPTS: usize = 3;
 

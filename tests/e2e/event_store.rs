@@ -110,7 +110,7 @@ async fn a_stream_reads_back_in_version_order_from_any_version() {
         .unwrap();
 
     assert_eq!(tail.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
-    assert_eq!(tail[1].position(), appended.position.unwrap());
+    assert_eq!(tail[1].position(), appended.position().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,7 +415,7 @@ async fn group_commit_shares_transactions_and_keeps_every_append_whole() {
         let appended = result.expect("every append lands");
         assert_eq!(appended.version, StreamVersion::new(2));
         assert!(
-            positions.insert(appended.position.unwrap()),
+            positions.insert(appended.position().unwrap()),
             "positions are distinct"
         );
     }

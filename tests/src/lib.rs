@@ -278,10 +278,7 @@ pub async fn read_model(db: &TestDb, instance: &str) -> projections::ReadModel {
     projections::schema::migrate(&read)
         .await
         .expect("read model migrated");
-    projections::ReadModel {
-        pool: read,
-        progress: Default::default(),
-    }
+    projections::ReadModel::new(read)
 }
 
 /// A valid registration body.

@@ -9,12 +9,14 @@ pub mod records;
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use domain::values::{Invalid, Reason};
 use domain::{Aggregate, Event};
 use eventstore::{
-    Append, AppendError, Claim, Metadata, NewEvent, Remember, StoredResponse, StreamVersion,
+    Append, AppendError, Appended, Claim, Metadata, NewEvent, Remember, StoredResponse,
+    StreamVersion,
 };
+use projections::envelope::Envelope;
 use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -136,11 +138,14 @@ where
         if events.is_empty() && context.idempotency_key.is_none() {
             return Ok(respond(&reply, &body));
         }
+        let stored: Vec<NewEvent> = events.iter().map(new_event).collect();
+        let identities: Vec<(Uuid, DateTime<Utc>)> =
+            stored.iter().map(|e| (e.event_id, e.occurred_at)).collect();
         let append = Append {
             stream_id,
             aggregate_type: A::KIND.as_str().to_owned(),
             expected: loaded.version,
-            events: events.iter().map(new_event).collect(),
+            events: stored,
             claims: events
                 .iter()
                 .flat_map(Event::claims)
@@ -165,7 +170,10 @@ where
         };
         match app.aggregates.store().append(append).await {
             Ok(appended) => {
-                if let (Some(position), Some(last)) = (appended.position, events.last()) {
+                app.read
+                    .local
+                    .offer(&fed(stream_id, &events, &identities, &appended));
+                if let (Some(position), Some(last)) = (appended.position(), events.last()) {
                     let written = (stream_id, appended.version.as_i64());
                     app.queries
                         .positions
@@ -173,7 +181,7 @@ where
                         .await;
                 }
                 let state = events.iter().fold(loaded.state, |s, e| s.evolve(e));
-                let position = appended.position.or(loaded.position);
+                let position = appended.position().or(loaded.position);
                 aggregates
                     .remember(
                         stream_id,
@@ -277,6 +285,31 @@ fn respond(reply: &Reply, body: &CommandResponse) -> Response {
         );
     }
     response
+}
+
+/// The events just appended, as this process's own projectors take them: they need not wait
+/// for the broker's copies to apply them.
+fn fed(
+    stream_id: Uuid,
+    events: &[Event],
+    identities: &[(Uuid, DateTime<Utc>)],
+    appended: &Appended,
+) -> Vec<Envelope> {
+    let first = appended.version.as_i64() - events.len() as i64 + 1;
+    let stored = events.iter().zip(identities).zip(&appended.positions);
+    (first..)
+        .zip(stored)
+        .map(
+            |(version, ((event, &(event_id, occurred_at)), position))| Envelope {
+                event_id,
+                stream_id,
+                version,
+                position: position.value(),
+                occurred_at,
+                event: event.clone(),
+            },
+        )
+        .collect()
 }
 
 fn new_event(event: &Event) -> NewEvent {

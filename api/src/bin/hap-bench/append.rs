@@ -200,10 +200,7 @@ async fn hap_run(
     settings.db_pool_size = args.pool_size;
     // The command routes never read the read model; handing them the store's pool keeps this
     // run to the command side (a `command`-role instance), as the projector has a run of its own.
-    let read = projections::ReadModel {
-        pool: pool.clone(),
-        progress: Default::default(),
-    };
+    let read = projections::ReadModel::new(pool.clone());
     // The event store as `hap serve` configures it, group commit included.
     let store = api::db::event_store(pool.clone(), args.pool_size);
     let app = api::AppState::new(store, read, settings);

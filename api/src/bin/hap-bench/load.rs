@@ -55,6 +55,8 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Latency of every counted operation, successful or not, in µs.
     pub latency_us: Histogram<u64>,
+    /// How busy the machine was during the measured window, where it can be read.
+    pub cpu: Option<MachineCpu>,
 }
 
 impl Outcome {
@@ -65,6 +67,7 @@ impl Outcome {
             first_error: None,
             elapsed: Duration::ZERO,
             latency_us: latency_histogram(),
+            cpu: None,
         }
     }
 
@@ -190,6 +193,7 @@ where
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let start = Instant::now();
+    let cpu = sample_cpu(timeline);
     let slots = Arc::new(Semaphore::new(max_in_flight));
     let mut tasks = JoinSet::new();
     let mut outcome = Outcome::empty();
@@ -226,6 +230,7 @@ where
     while let Some(joined) = tasks.join_next().await {
         take(joined)?;
     }
+    outcome.cpu = cpu.await.context("The CPU sampler panicked")?;
     Ok(outcome)
 }
 
@@ -300,4 +305,60 @@ pub fn sample_pool(pool: PgPool, timeline: Timeline) -> JoinHandle<PoolUsage> {
             idle: idle as f64 / samples,
         }
     })
+}
+
+/// How busy the whole machine was during a measured window: every process on it (HAP,
+/// PostgreSQL, RabbitMQ, this bench's own client), as fractions of all its cores. Near 1, the
+/// run was limited by CPU and its latencies are mostly queueing; steal is time the hypervisor
+/// gave to other machines, which shows a noisy neighbour.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineCpu {
+    pub busy: f64,
+    pub steal: f64,
+}
+
+/// Reads the machine's CPU counters when the measured window of `timeline` opens and when it
+/// closes; `None` where `/proc/stat` cannot be read (not Linux).
+pub fn sample_cpu(timeline: Timeline) -> JoinHandle<Option<MachineCpu>> {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(timeline.measure_from.into()).await;
+        let before = CpuTicks::read()?;
+        tokio::time::sleep_until(timeline.until.into()).await;
+        let after = CpuTicks::read()?;
+        let total = (after.total - before.total) as f64;
+        (total > 0.0).then(|| MachineCpu {
+            busy: (after.busy - before.busy) as f64 / total,
+            steal: (after.steal - before.steal) as f64 / total,
+        })
+    })
+}
+
+/// The machine-wide line of `/proc/stat`, in clock ticks since boot.
+struct CpuTicks {
+    busy: u64,
+    steal: u64,
+    total: u64,
+}
+
+impl CpuTicks {
+    fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        // user nice system idle iowait irq softirq steal (guest time is inside user already)
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks[..] else {
+            return None;
+        };
+        Some(Self {
+            busy: user + nice + system + irq + softirq,
+            steal,
+            total: user + nice + system + idle + iowait + irq + softirq + steal,
+        })
+    }
 }

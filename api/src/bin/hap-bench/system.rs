@@ -65,10 +65,7 @@ pub async fn read_model(database: &ScratchDatabase) -> anyhow::Result<ReadModel>
     projections::schema::migrate(&pool)
         .await
         .with_context(|| format!("Failed to migrate the read model (schema {schema})"))?;
-    Ok(ReadModel {
-        pool,
-        progress: Default::default(),
-    })
+    Ok(ReadModel::new(pool))
 }
 
 /// What HAP stores beside the events of a request without an `X-Correlation-Id`.

@@ -1,0 +1,99 @@
+//! Read-your-writes without the trip through the broker. A process that both takes commands
+//! and projects hands each event it has just appended (and committed) straight to its own
+//! projectors, which apply it with their next batch. The broker's copy arrives later and is
+//! deduplicated like any redelivery.
+//!
+//! The feed only ever makes things earlier, never different: what it drops (a projector that
+//! is not keeping up, a batch that failed) still arrives through the queue, and an event it
+//! hands over out of order is put in order as any delivery is (gaps filled from the store).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use domain::event::route;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::envelope::Envelope;
+use crate::projections_of_exchange;
+
+/// Events waiting for one projector at most; past it they are dropped and come by the queue.
+const CAPACITY: usize = 4096;
+/// Fed events a projector remembers having committed until their copies arrive; past it the
+/// oldest are forgotten (their copies then cost a transaction that finds them applied).
+const REMEMBERED: usize = 4 * CAPACITY;
+
+/// The projectors of this process that take events straight from its commands; cheap to
+/// clone. With none (a process that only takes commands), offering costs a map lookup.
+#[derive(Clone, Debug, Default)]
+pub struct LocalFeed {
+    projectors: Arc<Mutex<HashMap<&'static str, mpsc::Sender<Envelope>>>>,
+}
+
+impl LocalFeed {
+    /// Called by the projector of `projection` when it starts: the events offered from then on
+    /// come to the receiver. A later call for the same projection takes over the feed.
+    pub fn subscribe(&self, projection: &'static str) -> mpsc::Receiver<Envelope> {
+        let (sender, receiver) = mpsc::channel(CAPACITY);
+        self.lock().insert(projection, sender);
+        receiver
+    }
+
+    /// Hands `events`, appended and committed by this process, to the projectors here that
+    /// receive them. Never waits.
+    pub fn offer(&self, events: &[Envelope]) {
+        let projectors = self.lock();
+        if projectors.is_empty() {
+            return;
+        }
+        for envelope in events {
+            let receiving = route(envelope.event.event_type())
+                .map(|r| projections_of_exchange(r.exchange.suffix()))
+                .unwrap_or(&[]);
+            for projection in receiving {
+                let Some(projector) = projectors.get(projection) else {
+                    continue;
+                };
+                if projector.try_send(envelope.clone()).is_err() {
+                    metrics::counter!("hap_local_feed_dropped_total", "projection" => *projection)
+                        .increment(1);
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, mpsc::Sender<Envelope>>> {
+        // A panic elsewhere while holding it leaves the map whole: senders are inserted or
+        // read, never half-written.
+        self.projectors.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The ids of fed events a projector has committed, until their copies come through the queue:
+/// a copy found here is applied already, and is acknowledged without asking the database.
+#[derive(Debug, Default)]
+pub(crate) struct CommittedFed {
+    ids: HashSet<Uuid>,
+    /// Oldest first, to forget beyond [`REMEMBERED`]; may name ids already taken.
+    order: VecDeque<Uuid>,
+}
+
+impl CommittedFed {
+    /// Remembers fed events whose batch has committed.
+    pub(crate) fn insert(&mut self, ids: Vec<Uuid>) {
+        for id in ids {
+            if self.order.len() == REMEMBERED
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.ids.remove(&oldest);
+            }
+            self.ids.insert(id);
+            self.order.push_back(id);
+        }
+    }
+
+    /// Whether the event was fed and committed; forgets it (its copy comes once).
+    pub(crate) fn take(&mut self, id: Uuid) -> bool {
+        self.ids.remove(&id)
+    }
+}
