@@ -9,7 +9,7 @@ use eventstore::message::Message;
 use eventstore::{Append, EventStore, Metadata, NewEvent, RecordedEvent, Router, StreamVersion};
 use hap_tests::broker::{
     close_connection, connections_named, delete_instance_queues, drain, header, publish_to_queue,
-    unique_prefix, wait_for_queue,
+    queue_counts, unique_prefix, wait_for_queue,
 };
 use hap_tests::{TestApp, TestDb, caught_up, eventually, start_projectors, start_publisher};
 use lapin::BasicProperties;
@@ -649,6 +649,142 @@ async fn a_command_followed_at_once_by_a_query_with_its_position_sees_the_write_
         assert_eq!(patient["version"], 2);
     }
     shutdown.cancel();
+    publisher.cancel();
+    delete_instance_queues(&prefix, "test").await;
+}
+
+/// The app's read model (instance "test") projected in this process, as `hap serve` does with
+/// every role: the app's commands feed their events straight to these projectors.
+async fn project_the_apps_read_model(
+    db: &TestDb,
+    app: &TestApp,
+    prefix: &str,
+) -> tokio_util::sync::CancellationToken {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let settings = projections::consumer::ConsumerSettings::new(
+        &hap_tests::broker::amqp_url(),
+        prefix,
+        "test",
+        5,
+    );
+    tokio::spawn(projections::consumer::run_all(
+        app.read.clone(),
+        EventStore::new(db.pool.clone()),
+        settings,
+        shutdown.clone(),
+    ));
+    wait_for_queue(&patients_queue(prefix, "test")).await;
+    shutdown
+}
+
+/// How many events the publisher has recorded as confirmed by the broker.
+async fn published(store: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from events e join publisher_checkpoints c
+             on (e.transaction_id::text::bigint, e.position) <= (c.transaction_id, c.position)",
+    )
+    .fetch_one(store)
+    .await
+    .unwrap()
+}
+
+/// How many events `projection` has recorded as processed.
+async fn processed_count(read: &PgPool, projection: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from processed_events where projection = $1")
+        .bind(projection)
+        .fetch_one(read)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_visible_to_its_own_instance_before_the_broker_carries_it_and_the_copy_changes_nothing()
+ {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let app = TestApp::start(&db).await;
+    let projectors = project_the_apps_read_model(&db, &app, &prefix).await;
+
+    // No publisher yet: nothing reaches the queues, only what this process feeds itself.
+    let created: Value = app
+        .post("/patients", hap_tests::patient("DOC-FED"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (id, position) = (
+        created["id"].as_str().unwrap(),
+        created["position"].as_str().unwrap(),
+    );
+    let read = app
+        .request(reqwest::Method::GET, &format!("/patients/{id}"))
+        .header("X-Min-Position", position)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200, "{:?}", read.text().await);
+    let before: Vec<(String, i64)> =
+        sqlx::query_as("select name, version from patients order by id")
+            .fetch_all(&app.read.pool)
+            .await
+            .unwrap();
+    assert_eq!(processed_count(&app.read.pool, "patients").await, 1);
+
+    // Now the broker delivers the same event: it is acknowledged and changes nothing.
+    let publisher = start_publisher(&db.pool, &prefix);
+    assert!(
+        eventually(PATIENCE, || async { published(&db.pool).await >= 1 }).await,
+        "the broker confirmed the copy"
+    );
+    let queue = patients_queue(&prefix, "test");
+    assert!(
+        eventually(PATIENCE, || async { queue_counts(&queue) == (0, 0) }).await,
+        "the copy was delivered and acknowledged"
+    );
+    let after: Vec<(String, i64)> =
+        sqlx::query_as("select name, version from patients order by id")
+            .fetch_all(&app.read.pool)
+            .await
+            .unwrap();
+    assert_eq!(after, before);
+    assert_eq!(processed_count(&app.read.pool, "patients").await, 1);
+    assert!(caught_up(&db, &app.read).await);
+    projectors.cancel();
+    publisher.cancel();
+    delete_instance_queues(&prefix, "test").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_feed_fails_to_apply_still_arrives_through_the_queue() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let app = TestApp::start(&db).await;
+    let projectors = project_the_apps_read_model(&db, &app, &prefix).await;
+
+    // The fed batch waits for the table past the read model's lock timeout (1 s), and fails.
+    let mut blocker = app.read.pool.begin().await.unwrap();
+    sqlx::query("lock table patients in access exclusive mode")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let id = app.register_patient("DOC-DROPPED").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    blocker.rollback().await.unwrap();
+    assert_eq!(
+        patient(&app.read.pool, id).await,
+        None,
+        "the feed let the event go"
+    );
+
+    let publisher = start_publisher(&db.pool, &prefix);
+    assert!(
+        eventually(PATIENCE, || async {
+            patient(&app.read.pool, id).await.is_some()
+        })
+        .await,
+        "the queue's copy applied it"
+    );
+    projectors.cancel();
     publisher.cancel();
     delete_instance_queues(&prefix, "test").await;
 }

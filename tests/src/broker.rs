@@ -304,6 +304,30 @@ pub fn connections_named(needle: &str) -> Vec<String> {
         .collect()
 }
 
+/// The messages of `queue` waiting to be delivered and those delivered but not yet
+/// acknowledged, through `rabbitmqctl` (a consumer's unacknowledged ones are invisible to AMQP).
+pub fn queue_counts(queue: &str) -> (u64, u64) {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ])
+        .output()
+        .expect("rabbitmqctl runs (it comes with rabbitmq-server)");
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let counts = listing
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.first() == Some(&queue))
+        .unwrap_or_else(|| panic!("{queue} is not on the broker"));
+    let count = |i: usize| counts[i].parse().expect("a count");
+    (count(1), count(2))
+}
+
 /// Has the broker close a connection, as it does to every client when it restarts.
 pub fn close_connection(pid: &str) {
     let closed = std::process::Command::new("rabbitmqctl")
