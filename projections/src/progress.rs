@@ -11,7 +11,7 @@
 //! ([`REPLACED_CHANNEL`]); [`follow_replacements`] counts it in [`Progress::replacements`],
 //! on which caches drop everything.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +36,8 @@ pub const SAFETY_POLL: Duration = Duration::from_millis(500);
 const POLL_GROWTH_LIMIT: u32 = 8;
 /// Waiters kept before the ones whose query gave up are swept out.
 const SWEEP_ABOVE: usize = 10_000;
+/// Streams whose latest versions applied here are remembered (the oldest forgotten first).
+const RECENT_STREAMS: usize = 16_384;
 /// The notification channel on which a rebuild names the schema whose tables it swapped.
 pub const REPLACED_CHANNEL: &str = "hap_read_model_replaced";
 /// Wait before listening again after the connection was lost.
@@ -76,13 +78,53 @@ struct Waiter {
     wake: oneshot::Sender<()>,
 }
 
+/// The queries waiting, by stream, and what the latest commits applied: one lock for both,
+/// so that a query registers either before a commit (which then wakes it) or after it (and
+/// finds its version here).
+#[derive(Debug, Default)]
+struct Waiting {
+    by_stream: HashMap<Uuid, Vec<Waiter>>,
+    /// The version each projection reached of the streams committed here lately: a query
+    /// arriving just after the commit it needs (typically its own command's, fed to the
+    /// projectors here) is answered without waiting or asking the database.
+    recent: HashMap<Uuid, Vec<(&'static str, i64)>>,
+    /// The streams of `recent`, oldest first.
+    recent_order: VecDeque<Uuid>,
+}
+
+impl Waiting {
+    fn applied(&mut self, projection: &'static str, stream: Uuid, version: i64) {
+        let reached = self.recent.entry(stream).or_insert_with(|| {
+            self.recent_order.push_back(stream);
+            Vec::new()
+        });
+        match reached.iter_mut().find(|(p, _)| *p == projection) {
+            Some((_, v)) => *v = (*v).max(version),
+            None => reached.push((projection, version)),
+        }
+        if self.recent_order.len() > RECENT_STREAMS
+            && let Some(oldest) = self.recent_order.pop_front()
+        {
+            self.recent.remove(&oldest);
+        }
+    }
+
+    /// Whether `projection` is known to have applied `version` of `stream` here.
+    fn reached(&self, projection: &str, stream: Uuid, version: i64) -> bool {
+        self.recent
+            .get(&stream)
+            .and_then(|reached| reached.iter().find(|(p, _)| *p == projection))
+            .is_some_and(|(_, v)| *v >= version)
+    }
+}
+
 /// Counts projector commits in this process, says which rows they changed and wakes the
 /// queries waiting for what they applied; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Progress {
     commits: Arc<watch::Sender<u64>>,
     touched: broadcast::Sender<Arc<Vec<Touched>>>,
-    waiters: Arc<Mutex<HashMap<Uuid, Vec<Waiter>>>>,
+    waiting: Arc<Mutex<Waiting>>,
     /// Whether projectors of this read model run in this process. Only then are commits (and
     /// the rows they touched) reported here, so only then may a cache rely on the reports.
     projecting: Arc<AtomicBool>,
@@ -96,7 +138,7 @@ impl Default for Progress {
         Self {
             commits: Arc::new(watch::Sender::new(0)),
             touched: broadcast::Sender::new(1024),
-            waiters: Arc::default(),
+            waiting: Arc::default(),
             projecting: Arc::new(AtomicBool::new(false)),
             replacements: Arc::new(watch::Sender::new(0)),
         }
@@ -123,12 +165,14 @@ impl Progress {
         if commit.streams.is_empty() {
             return;
         }
-        let mut waiters = self
-            .waiters
+        let mut waiting = self
+            .waiting
             .lock()
             .expect("no panic while holding the lock");
+        let waiters = &mut *waiting;
         for (stream, version) in &commit.streams {
-            let Some(waiting) = waiters.get_mut(stream) else {
+            waiters.applied(commit.projection, *stream, *version);
+            let Some(waiting) = waiters.by_stream.get_mut(stream) else {
                 continue;
             };
             let (reached, still): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(waiting)
@@ -139,23 +183,32 @@ impl Progress {
                 let _ = waiter.wake.send(());
             }
             if still.is_empty() {
-                waiters.remove(stream);
+                waiters.by_stream.remove(stream);
             } else {
                 *waiting = still;
             }
         }
     }
 
-    /// Registers a wake-up for each of `projections` reaching `version` of `stream`.
+    /// Registers a wake-up for each of `projections` reaching `version` of `stream` that has
+    /// not been seen to reach it here already; `None` when every one has.
     fn register(
         &self,
         projections: &[String],
         (stream, version): (Uuid, i64),
-    ) -> Vec<oneshot::Receiver<()>> {
-        let mut waiters = self
-            .waiters
+    ) -> Option<Vec<oneshot::Receiver<()>>> {
+        let mut waiting = self
+            .waiting
             .lock()
             .expect("no panic while holding the lock");
+        let missing: Vec<&String> = projections
+            .iter()
+            .filter(|p| !waiting.reached(p, stream, version))
+            .collect();
+        if missing.is_empty() {
+            return None;
+        }
+        let waiters = &mut waiting.by_stream;
         if waiters.len() > SWEEP_ABOVE {
             // Queries that gave up leave their waiter behind until its stream moves again.
             waiters.retain(|_, waiting| {
@@ -164,8 +217,8 @@ impl Progress {
             });
         }
         let waiting = waiters.entry(stream).or_default();
-        projections
-            .iter()
+        let wakes = missing
+            .into_iter()
             .map(|projection| {
                 let (wake, woken) = oneshot::channel();
                 waiting.push(Waiter {
@@ -175,7 +228,8 @@ impl Progress {
                 });
                 woken
             })
-            .collect()
+            .collect();
+        Some(wakes)
     }
 
     /// The rows each commit changed, for caches to invalidate. A receiver that lags behind
@@ -196,13 +250,17 @@ impl Progress {
     }
 
     /// Waits until every projection in `projections` has applied version `version` of stream
-    /// `stream`, or `timeout` passes (then `Ok(false)`).
+    /// `stream`, or `timeout` passes (then `Ok(false)`). `fed` says the event was appended by
+    /// this process a moment ago and handed to its own projectors (see [`crate::local`]):
+    /// their commit will wake the wait, so the database is not asked before waiting, only at
+    /// the safety poll.
     pub async fn wait_for(
         &self,
         pool: &PgPool,
         projections: &[&str],
         (stream, version): (Uuid, i64),
         timeout: Duration,
+        fed: bool,
     ) -> Result<bool, sqlx::Error> {
         if projections.is_empty() {
             return Ok(true);
@@ -213,26 +271,33 @@ impl Progress {
         // future waits for all the wake-ups across the loop's turns: a wake-up that came
         // before a poll is kept, not awaited again (a finished receiver must not be).
         let (wakes, first_poll) = if self.projected_here() {
-            (self.register(&names, (stream, version)), SAFETY_POLL)
+            match self.register(&names, (stream, version)) {
+                Some(wakes) => (wakes, SAFETY_POLL),
+                None => return Ok(true),
+            }
         } else {
             (vec![], POLL)
         };
         let waking = !wakes.is_empty();
         let mut woken = std::pin::pin!(futures::future::join_all(wakes));
         let mut poll = first_poll;
+        let mut look = !(fed && waking);
         loop {
-            let applied: i64 = sqlx::query_scalar(
-                "select count(*) from stream_versions
-                  where projection = any($1) and stream_id = $2 and version >= $3",
-            )
-            .bind(&names)
-            .bind(stream)
-            .bind(version)
-            .fetch_one(pool)
-            .await?;
-            if applied as usize == names.len() {
-                return Ok(true);
+            if look {
+                let applied: i64 = sqlx::query_scalar(
+                    "select count(*) from stream_versions
+                      where projection = any($1) and stream_id = $2 and version >= $3",
+                )
+                .bind(&names)
+                .bind(stream)
+                .bind(version)
+                .fetch_one(pool)
+                .await?;
+                if applied as usize == names.len() {
+                    return Ok(true);
+                }
             }
+            look = true;
             if tokio::time::Instant::now() >= deadline {
                 return Ok(false);
             }
@@ -320,7 +385,9 @@ mod tests {
     fn a_commit_wakes_only_the_waiters_it_satisfies() {
         let progress = Progress::default();
         let stream = Uuid::now_v7();
-        let mut woken = progress.register(&["patients".to_owned()], (stream, 2));
+        let mut woken = progress
+            .register(&["patients".to_owned()], (stream, 2))
+            .expect("not applied yet");
         let commit = |projection, streams| Commit {
             projection,
             streams,
@@ -334,8 +401,48 @@ mod tests {
         progress.committed(commit("patients", vec![(stream, 2)]));
         assert!(woken[0].try_recv().is_ok());
         assert!(
-            progress.waiters.lock().unwrap().is_empty(),
+            progress.waiting.lock().unwrap().by_stream.is_empty(),
             "nothing left behind"
+        );
+    }
+
+    #[test]
+    fn a_wait_registered_after_the_commit_it_needs_is_already_over() {
+        let progress = Progress::default();
+        let stream = Uuid::now_v7();
+        progress.committed(Commit {
+            projection: "patients",
+            streams: vec![(stream, 2)],
+            touched: vec![],
+        });
+        let patients = ["patients".to_owned()];
+        assert!(progress.register(&patients, (stream, 2)).is_none());
+        assert!(progress.register(&patients, (stream, 1)).is_none());
+        assert!(
+            progress.register(&patients, (stream, 3)).is_some(),
+            "a later version"
+        );
+        let both = ["patients".to_owned(), "consultations".to_owned()];
+        let wakes = progress.register(&both, (stream, 2)).expect("one missing");
+        assert_eq!(wakes.len(), 1, "only consultations is waited for");
+    }
+
+    #[test]
+    fn only_the_latest_streams_are_remembered() {
+        let progress = Progress::default();
+        let first = Uuid::now_v7();
+        for stream in std::iter::once(first).chain((0..RECENT_STREAMS).map(|_| Uuid::now_v7())) {
+            progress.committed(Commit {
+                projection: "patients",
+                streams: vec![(stream, 1)],
+                touched: vec![],
+            });
+        }
+        let waiting = progress.waiting.lock().unwrap();
+        assert_eq!(waiting.recent.len(), RECENT_STREAMS);
+        assert!(
+            !waiting.reached("patients", first, 1),
+            "the oldest is forgotten"
         );
     }
 
@@ -349,6 +456,6 @@ mod tests {
             streams: vec![(stream, 1)],
             touched: vec![],
         });
-        assert!(progress.waiters.lock().unwrap().is_empty());
+        assert!(progress.waiting.lock().unwrap().by_stream.is_empty());
     }
 }

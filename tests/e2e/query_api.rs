@@ -739,6 +739,7 @@ async fn a_wait_for_two_projections_woken_one_at_a_time_across_polls_ends_when_b
                     &["patients", "consultations"],
                     (stream, 1),
                     Duration::from_secs(10),
+                    false,
                 )
                 .await
         })

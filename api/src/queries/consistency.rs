@@ -5,7 +5,7 @@
 //! for: a query of physicians need not wait for a patient's update.
 
 use std::marker::PhantomData;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -114,7 +114,13 @@ async fn wait_for<R: Reads>(app: &AppState, position: Position) -> Result<(), Ap
     let reached = app
         .read
         .progress
-        .wait_for(&app.read.pool, &waited, event.written, timeout)
+        .wait_for(
+            &app.read.pool,
+            &waited,
+            event.written,
+            timeout,
+            event.just_fed(),
+        )
         .await?;
     if reached {
         Ok(())
@@ -130,7 +136,14 @@ struct Written {
     written: (Uuid, i64),
     /// The projections that receive it.
     receiving: &'static [&'static str],
+    /// When a command of this process appended it (and fed it to the projectors here).
+    appended_here: Option<Instant>,
 }
+
+/// How long after a command of this process appended an event a query waiting for it relies
+/// on the feed's commit to wake it, rather than asking the database first. Later, the event
+/// is likely applied already (or the projectors are far behind): asking is cheaper then.
+const JUST_APPENDED: Duration = Duration::from_millis(100);
 
 impl Written {
     fn new(event_type: &str, written: (Uuid, i64)) -> Self {
@@ -139,7 +152,14 @@ impl Written {
             receiving: route(event_type)
                 .map(|r| projections_of_exchange(r.exchange.suffix()))
                 .unwrap_or(&[]),
+            appended_here: None,
         }
+    }
+
+    /// Whether this process appended it a moment ago, so its own projectors have it in hand.
+    fn just_fed(&self) -> bool {
+        self.appended_here
+            .is_some_and(|at| at.elapsed() < JUST_APPENDED)
     }
 }
 
@@ -187,7 +207,10 @@ impl Positions {
     /// Remembers the event a command of this process just appended at `position`, so that a
     /// query waiting for it need not ask the event store what it was.
     pub async fn remember(&self, position: Position, event_type: &str, written: (Uuid, i64)) {
-        let event = Written::new(event_type, written);
+        let event = Written {
+            appended_here: Some(Instant::now()),
+            ..Written::new(event_type, written)
+        };
         self.cache.insert(position.value(), event).await;
     }
 }
