@@ -598,21 +598,7 @@ async fn a_command_followed_at_once_by_a_query_with_its_position_sees_the_write_
     let db = TestDb::new().await;
     let prefix = unique_prefix();
     let app = TestApp::start(&db).await;
-    // The app's own read model (instance "test"), projected in this process.
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let settings = projections::consumer::ConsumerSettings::new(
-        &hap_tests::broker::amqp_url(),
-        &prefix,
-        "test",
-        5,
-    );
-    tokio::spawn(projections::consumer::run_all(
-        app.read.clone(),
-        EventStore::new(db.pool.clone()),
-        settings,
-        shutdown.clone(),
-    ));
-    wait_for_queue(&patients_queue(&prefix, "test")).await;
+    let shutdown = project_the_apps_read_model(&db, &app, &prefix).await;
     let publisher = start_publisher(&db.pool, &prefix);
 
     for n in 0..50 {
