@@ -264,13 +264,18 @@ impl Consumer {
             Err(error) => error,
         };
         // The fed events are let go: their copies are on the way through the queue.
+        if !fed_ids.is_empty() {
+            tracing::debug!(queue = %self.names.main, %error, fed = fed_ids.len(), "a batch with fed events failed; their copies follow");
+        }
         for (delivery, _) in known {
             delivery.ack(BasicAckOptions::default()).await?;
         }
-        if good.len() <= 1 {
-            if let Some((delivery, _)) = good.first() {
-                self.fail(channels, delivery, &error).await?;
-            }
+        if let [(delivery, _)] = good.as_slice()
+            && fed_ids.is_empty()
+        {
+            return self.fail(channels, delivery, &error).await;
+        }
+        if good.is_empty() {
             return Ok(());
         }
         // Split the batch: apply each delivery alone, so only the failing ones wait or go.
