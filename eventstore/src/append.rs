@@ -233,7 +233,7 @@ impl EventStore {
     /// Writes a batch of appends in one statement: all of them, or none.
     pub(crate) async fn write(&self, appends: &[Append]) -> Result<Vec<Appended>, sqlx::Error> {
         let c = Columns::of(appends);
-        let rows: Vec<(i32, Vec<i64>)> = sqlx::query_as(APPEND)
+        let rows: Result<Vec<(i32, Vec<i64>)>, _> = sqlx::query_as(APPEND)
             .bind(c.event_index)
             .bind(c.event_ids)
             .bind(c.streams)
@@ -258,10 +258,12 @@ impl EventStore {
             .bind(c.bodies)
             .bind(c.headers)
             .fetch_all(&self.pool)
-            .await?;
-        if !c.event_types.is_empty() {
-            self.appended.send_modify(|n| *n = n.wrapping_add(1));
-        }
+            .await;
+        // Every write wakes the readers, refused ones too: while it ran it held back the
+        // events of younger transactions from the gap-safe read, and a reader that found
+        // nothing then waits for a wake-up.
+        self.appended.send_modify(|n| *n = n.wrapping_add(1));
+        let rows = rows?;
         for event_type in c.event_types {
             metrics::counter!("hap_events_appended_total", "event_type" => event_type).increment(1);
         }

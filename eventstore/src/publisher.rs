@@ -174,7 +174,11 @@ impl Publisher {
             if confirmed != saved && saved_at.elapsed() >= SAVE_EVERY {
                 match self.save_checkpoint(confirmed).await {
                     Ok(()) => (saved, saved_at) = (confirmed, Instant::now()),
-                    Err(error) => tracing::warn!(%error, "could not save the checkpoint"),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not save the checkpoint");
+                        // Tried again when the next save is due, not at once.
+                        saved_at = Instant::now();
+                    }
                 }
             }
             if let Some(reason) = failure {
@@ -262,8 +266,8 @@ impl Publisher {
             backoff = BACKOFF;
             // Nothing new to send: wait for the oldest confirm, or for new events. A read that
             // found nothing although events were committed was held back by an append still
-            // running, and that append wakes us when it commits: no need to poll for it. (Only
-            // a writer outside HAP does not, and the idle poll covers it.)
+            // running, and that append wakes us when it ends, committed or refused: no need to
+            // poll for it. (Only a writer outside HAP does not, and the idle poll covers it.)
             let idle_poll = self.settings.idle_poll;
             match in_flight.front_mut() {
                 Some(front) => {

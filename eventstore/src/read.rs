@@ -152,4 +152,34 @@ impl EventStore {
         .fetch_all(&self.pool)
         .await
     }
+
+    /// Up to `limit` committed events after `after`, in the order of [`read_all`], but without
+    /// its fence: the events of a transaction that committed are returned even while an older
+    /// one still runs. Only for a last read: a reader that went on from the checkpoint this
+    /// leaves would skip the events of that older transaction when it commits. A rebuild's
+    /// final catch-up reads this way, because the live projectors may already hold such events
+    /// (their own process fed them, see `projections::local`).
+    ///
+    /// [`read_all`]: EventStore::read_all
+    #[tracing::instrument(skip(self), err)]
+    pub async fn read_all_committed(
+        &self,
+        after: GlobalCheckpoint,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        sqlx::query_as(concat!(
+            "select ",
+            recorded_event_columns!(),
+            " from events \
+             where (transaction_id, position) > ($1::text::xid8, $2) \
+             order by events.transaction_id, events.position \
+             limit $3"
+        ))
+        .bind(after.transaction_id.to_string())
+        .bind(after.position)
+        .bind(limit)
+        .persistent(false)
+        .fetch_all(&self.pool)
+        .await
+    }
 }

@@ -195,14 +195,17 @@ impl Consumer {
                 Some(event) = local.recv() => fed.push(event),
             }
             // Take what has already arrived, without waiting for more: batches grow with load
-            // and cost no latency when it is light.
+            // and cost no latency when it is light. One of each in turn, so that a backlog in
+            // the queue does not keep fed events (queries wait for them) out of the batch.
             while batch.len() + fed.len() < self.settings.batch {
-                if let Some(Some(delivery)) = deliveries.next().now_or_never() {
-                    batch.push(delivery?);
-                } else if let Ok(event) = local.try_recv() {
-                    fed.push(event);
-                } else {
+                let event = local.try_recv().ok();
+                let delivery = deliveries.next().now_or_never().flatten();
+                if event.is_none() && delivery.is_none() {
                     break;
+                }
+                fed.extend(event);
+                if let Some(delivery) = delivery {
+                    batch.push(delivery?);
                 }
             }
             self.handle(&channels, batch, fed, &mut committed_fed)

@@ -121,17 +121,36 @@ pub async fn rebuild(
     let bar = progress_bar(total, show_progress);
     let mut checkpoint = GlobalCheckpoint::START;
     let mut events = bulk_load(store, &shadow, &projectors, &mut checkpoint, &bar).await?;
-    events += catch_up(store, &shadow, &projectors, &mut checkpoint, &bar).await?;
+    events += catch_up(
+        store,
+        &shadow,
+        &projectors,
+        &mut checkpoint,
+        &bar,
+        Reading::GapSafe,
+    )
+    .await?;
 
     // The final stretch, with the live projectors' writes paused: nothing they apply can be
-    // missing from the shadow after this.
+    // missing from the shadow after this. It reads every committed event, even those the
+    // gap-safe read still holds back behind an older running transaction: the live projectors
+    // may have applied them already (fed by their own process), and the swap must not take
+    // them away. The older transaction's events reach the new tables the way any event does.
     let mut tx = admin.begin().await?;
     execute(
         &mut tx,
         &format!("lock table {live_schema}.processed_events in exclusive mode"),
     )
     .await?;
-    events += catch_up(store, &shadow, &projectors, &mut checkpoint, &bar).await?;
+    events += catch_up(
+        store,
+        &shadow,
+        &projectors,
+        &mut checkpoint,
+        &bar,
+        Reading::Committed,
+    )
+    .await?;
     bar.finish_and_clear();
 
     shadow.close().await;
@@ -370,10 +389,14 @@ async fn catch_up(
     projectors: &[Box<dyn Projector>],
     checkpoint: &mut GlobalCheckpoint,
     bar: &ProgressBar,
+    reading: Reading,
 ) -> Result<u64, RebuildError> {
     let mut read = 0;
     loop {
-        let page = store.read_all(*checkpoint, PAGE).await?;
+        let page = match reading {
+            Reading::GapSafe => store.read_all(*checkpoint, PAGE).await?,
+            Reading::Committed => store.read_all_committed(*checkpoint, PAGE).await?,
+        };
         let Some(last) = page.last() else {
             return Ok(read);
         };
@@ -395,6 +418,15 @@ async fn catch_up(
             return Ok(read);
         }
     }
+}
+
+/// How [`catch_up`] reads the store.
+#[derive(Clone, Copy)]
+enum Reading {
+    /// Gap-safe ([`EventStore::read_all`]), so that the next catch-up misses nothing.
+    GapSafe,
+    /// Everything committed ([`EventStore::read_all_committed`]), for the last one.
+    Committed,
 }
 
 /// Puts the shadow schema in the live one's place. Live connections find tables by name

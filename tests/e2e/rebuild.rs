@@ -329,3 +329,61 @@ async fn a_rebuild_folds_every_kind_of_event_as_the_live_projectors_do() {
     publisher.cancel();
     delete_instance_queues(&prefix, "e").await;
 }
+
+/// A live projector may hold an event the gap-safe read still holds back: its own process fed
+/// it the moment its append committed, while an older write transaction was still running.
+/// A rebuild that swaps in the meantime must not take that event away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_keeps_what_the_live_projector_applied_past_an_older_running_writer() {
+    let db = TestDb::new().await;
+    let read = hap_tests::read_model(&db, "fed").await;
+    let store = EventStore::new(db.pool.clone());
+
+    // The older writer: its transaction id is lower, and it is still running.
+    let mut older = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "insert into events (event_id, stream_id, aggregate_type, version, event_type, payload,
+                             tenant_id, correlation_id, schema_version, occurred_at)
+         values ($1, $1, 'test', 1, 'TestHappened', '{}', 'default', 'older', 1, now())",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .execute(&mut *older)
+    .await
+    .unwrap();
+    // A younger registration commits, and is applied live as the feed applies it.
+    let app = TestApp::start(&db).await;
+    let id = app.register_patient("DOC-FED").await;
+    let registered = store
+        .read_stream(id, eventstore::StreamVersion::EMPTY)
+        .await
+        .unwrap();
+    let fed = projections::envelope::Envelope::from_recorded(registered[0].clone()).unwrap();
+    projections::projector::apply_batch(
+        &read.pool,
+        &store,
+        &projections::patients::Patients,
+        &[fed],
+    )
+    .await
+    .unwrap();
+    assert!(
+        store
+            .read_all(eventstore::GlobalCheckpoint::START, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the gap-safe read still holds the registration back"
+    );
+
+    let schema = projections::schema::schema_name("fed");
+    rebuild(&store, &db.url, &schema, &all_projections(), false, false)
+        .await
+        .unwrap();
+    let patients: i64 = sqlx::query_scalar("select count(*) from patients where id = $1")
+        .bind(id)
+        .fetch_one(&read.pool)
+        .await
+        .unwrap();
+    assert_eq!(patients, 1, "the rebuilt read model has it");
+    older.rollback().await.unwrap();
+}
