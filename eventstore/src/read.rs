@@ -132,25 +132,7 @@ impl EventStore {
         after: GlobalCheckpoint,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        sqlx::query_as(concat!(
-            "select ",
-            recorded_event_columns!(),
-            " from events \
-             where (transaction_id, position) > ($1::text::xid8, $2) \
-               and transaction_id < (",
-            writer_fence!("$4"),
-            ") order by events.transaction_id, events.position \
-             limit $3"
-        ))
-        .bind(after.transaction_id.to_string())
-        .bind(after.position)
-        .bind(limit)
-        .bind(READ_MODEL_APPLICATION)
-        // Not a cached prepared statement: PostgreSQL would soon switch it to a generic plan,
-        // made blind to the checkpoint, that scans the whole table instead of its tail.
-        .persistent(false)
-        .fetch_all(&self.pool)
-        .await
+        self.read_after(after, limit, Fence::GapSafe).await
     }
 
     /// Up to `limit` committed events after `after`, in the order of [`read_all`], but without
@@ -167,19 +149,52 @@ impl EventStore {
         after: GlobalCheckpoint,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        sqlx::query_as(concat!(
-            "select ",
-            recorded_event_columns!(),
-            " from events \
-             where (transaction_id, position) > ($1::text::xid8, $2) \
-             order by events.transaction_id, events.position \
-             limit $3"
-        ))
-        .bind(after.transaction_id.to_string())
-        .bind(after.position)
-        .bind(limit)
-        .persistent(false)
-        .fetch_all(&self.pool)
-        .await
+        self.read_after(after, limit, Fence::None).await
     }
+
+    async fn read_after(
+        &self,
+        after: GlobalCheckpoint,
+        limit: i64,
+        fence: Fence,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let statement = match fence {
+            Fence::GapSafe => concat!(
+                "select ",
+                recorded_event_columns!(),
+                " from events \
+                 where (transaction_id, position) > ($1::text::xid8, $2) \
+                   and transaction_id < (",
+                writer_fence!("$4"),
+                ") order by events.transaction_id, events.position \
+                 limit $3"
+            ),
+            Fence::None => concat!(
+                "select ",
+                recorded_event_columns!(),
+                " from events \
+                 where (transaction_id, position) > ($1::text::xid8, $2) \
+                 order by events.transaction_id, events.position \
+                 limit $3"
+            ),
+        };
+        let query = sqlx::query_as(statement)
+            .bind(after.transaction_id.to_string())
+            .bind(after.position)
+            .bind(limit);
+        let query = match fence {
+            Fence::GapSafe => query.bind(READ_MODEL_APPLICATION),
+            Fence::None => query,
+        };
+        // Not a cached prepared statement: PostgreSQL would soon switch it to a generic plan,
+        // made blind to the checkpoint, that scans the whole table instead of its tail.
+        query.persistent(false).fetch_all(&self.pool).await
+    }
+}
+
+/// Whether a read of the global order stops at the fence of `writer_fence!`.
+#[derive(Clone, Copy)]
+enum Fence {
+    GapSafe,
+    None,
 }
