@@ -58,6 +58,11 @@ pub fn projections_of_exchange(exchange: &str) -> &'static [&'static str] {
     }
 }
 
+/// The projections that receive events of `event_type`; `None` for a type HAP does not know.
+pub fn projections_of_event(event_type: &str) -> Option<&'static [&'static str]> {
+    domain::event::route(event_type).map(|r| projections_of_exchange(r.exchange.suffix()))
+}
+
 /// One instance's read model: the pool that sees its schema, its projectors' progress, and
 /// the feed of this process's appends to them.
 #[derive(Clone, Debug)]

@@ -10,12 +10,11 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use domain::event::route;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::envelope::Envelope;
-use crate::projections_of_exchange;
+use crate::projections_of_event;
 
 /// Events waiting for one projector at most; past it they are dropped and come by the queue.
 const CAPACITY: usize = 4096;
@@ -24,7 +23,7 @@ const CAPACITY: usize = 4096;
 const REMEMBERED: usize = 4 * CAPACITY;
 
 /// The projectors of this process that take events straight from its commands; cheap to
-/// clone. With none (a process that only takes commands), offering costs a map lookup.
+/// clone.
 #[derive(Clone, Debug, Default)]
 pub struct LocalFeed {
     projectors: Arc<Mutex<HashMap<&'static str, mpsc::Sender<Envelope>>>>,
@@ -39,17 +38,16 @@ impl LocalFeed {
         receiver
     }
 
-    /// Hands `events`, appended and committed by this process, to the projectors here that
-    /// receive them. Never waits.
-    pub fn offer(&self, events: &[Envelope]) {
+    /// Hands the events `appended` makes, appended and committed by this process, to the
+    /// projectors here that receive them; makes them only if there are any (a process that
+    /// only takes commands pays nothing). Never waits.
+    pub fn offer(&self, appended: impl FnOnce() -> Vec<Envelope>) {
         let projectors = self.lock();
         if projectors.is_empty() {
             return;
         }
-        for envelope in events {
-            let receiving = route(envelope.event.event_type())
-                .map(|r| projections_of_exchange(r.exchange.suffix()))
-                .unwrap_or(&[]);
+        for envelope in appended() {
+            let receiving = projections_of_event(envelope.event.event_type()).unwrap_or(&[]);
             for projection in receiving {
                 let Some(projector) = projectors.get(projection) else {
                     continue;

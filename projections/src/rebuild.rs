@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use domain::event::route;
+use crate::projections_of_event;
 use eventstore::scan::{ScanError, ScanPage};
 use eventstore::{EventStore, GlobalCheckpoint, RecordedEvent};
 use futures::{StreamExt, TryStreamExt};
@@ -333,13 +333,14 @@ async fn drop_secondary_indexes(
 }
 
 /// The page's size and its events as projectors see them, with the projections that receive
-/// each.
+/// each. An event of an unknown type, or one that cannot be decoded, is skipped, as the live
+/// projectors dead-letter it: the rebuilt model must match the live one.
 fn decode_page(page: Vec<RecordedEvent>) -> (u64, Vec<(Envelope, &'static [&'static str])>) {
     (
         page.len() as u64,
         page.into_iter()
             .filter_map(|recorded| {
-                let receiving = receiving(&recorded.event_type)?;
+                let receiving = projections_of_event(&recorded.event_type)?;
                 let envelope = Envelope::from_recorded(recorded).ok()?;
                 Some((envelope, receiving))
             })
@@ -365,20 +366,13 @@ fn decode_scanned(page: &ScanPage) -> Result<Decoded, ScanError> {
     for scanned in page.events() {
         let scanned = scanned?;
         decoded.last = Some(scanned.checkpoint);
-        if let Some(receiving) = receiving(scanned.event_type)
+        if let Some(receiving) = projections_of_event(scanned.event_type)
             && let Ok(envelope) = Envelope::from_scanned(&scanned)
         {
             decoded.envelopes.push((envelope, receiving));
         }
     }
     Ok(decoded)
-}
-
-/// The projections that receive events of `event_type`; `None` for a type HAP does not know.
-/// An event that cannot be decoded is skipped by a rebuild as the live projectors dead-letter
-/// it: the rebuilt model must match the live one.
-fn receiving(event_type: &str) -> Option<&'static [&'static str]> {
-    route(event_type).map(|r| crate::projections_of_exchange(r.exchange.suffix()))
 }
 
 /// Projects every event after `checkpoint` into the shadow batch by batch, as the live

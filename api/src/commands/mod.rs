@@ -172,7 +172,7 @@ where
             Ok(appended) => {
                 app.read
                     .local
-                    .offer(&fed(stream_id, &events, &identities, &appended));
+                    .offer(|| fed(stream_id, &events, &identities, &appended));
                 if let (Some(position), Some(last)) = (appended.position(), events.last()) {
                     let written = (stream_id, appended.version.as_i64());
                     app.queries

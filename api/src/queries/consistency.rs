@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use domain::event::route;
 use eventstore::Position;
 use moka::future::Cache;
-use projections::{CONSULTATIONS, PATIENTS, PHYSICIANS, RECORDS, projections_of_exchange};
+use projections::{CONSULTATIONS, PATIENTS, PHYSICIANS, RECORDS, projections_of_event};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -149,9 +148,7 @@ impl Written {
     fn new(event_type: &str, written: (Uuid, i64)) -> Self {
         Self {
             written,
-            receiving: route(event_type)
-                .map(|r| projections_of_exchange(r.exchange.suffix()))
-                .unwrap_or(&[]),
+            receiving: projections_of_event(event_type).unwrap_or(&[]),
             appended_here: None,
         }
     }
