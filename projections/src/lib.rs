@@ -29,6 +29,7 @@ pub mod progress;
 pub mod projector;
 pub mod queues;
 pub mod rebuild;
+mod recent;
 pub mod records;
 pub mod schema;
 

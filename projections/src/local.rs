@@ -7,7 +7,7 @@
 //! is not keeping up, a batch that failed) still arrives through the queue, and an event it
 //! hands over out of order is put in order as any delivery is (gaps filled from the store).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::envelope::Envelope;
 use crate::projections_of_event;
+use crate::recent::Recent;
 
 /// Events waiting for one projector at most; past it they are dropped and come by the queue.
 const CAPACITY: usize = 4096;
@@ -70,28 +71,18 @@ impl LocalFeed {
 /// The ids of fed events a projector has committed, until their copies come through the queue:
 /// a copy found here is applied already, and is acknowledged without asking the database.
 #[derive(Debug, Default)]
-pub(crate) struct CommittedFed {
-    ids: HashSet<Uuid>,
-    /// Oldest first, to forget beyond [`REMEMBERED`]; may name ids already taken.
-    order: VecDeque<Uuid>,
-}
+pub(crate) struct CommittedFed(Recent<(), REMEMBERED>);
 
 impl CommittedFed {
     /// Remembers fed events whose batch has committed.
     pub(crate) fn insert(&mut self, ids: Vec<Uuid>) {
         for id in ids {
-            if self.order.len() == REMEMBERED
-                && let Some(oldest) = self.order.pop_front()
-            {
-                self.ids.remove(&oldest);
-            }
-            self.ids.insert(id);
-            self.order.push_back(id);
+            self.0.entry(id);
         }
     }
 
     /// Whether the event was fed and committed; forgets it (its copy comes once).
     pub(crate) fn take(&mut self, id: Uuid) -> bool {
-        self.ids.remove(&id)
+        self.0.remove(&id).is_some()
     }
 }

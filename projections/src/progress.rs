@@ -11,7 +11,7 @@
 //! ([`REPLACED_CHANNEL`]); [`follow_replacements`] counts it in [`Progress::replacements`],
 //! on which caches drop everything.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +20,8 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::{broadcast, oneshot, watch};
 use uuid::Uuid;
+
+use crate::recent::Recent;
 
 /// How soon a waiting query first re-checks when projectors run in another process.
 const POLL: Duration = Duration::from_millis(10);
@@ -87,25 +89,15 @@ struct Waiting {
     /// The version each projection reached of the streams committed here lately: a query
     /// arriving just after the commit it needs (typically its own command's, fed to the
     /// projectors here) is answered without waiting or asking the database.
-    recent: HashMap<Uuid, Vec<(&'static str, i64)>>,
-    /// The streams of `recent`, oldest first.
-    recent_order: VecDeque<Uuid>,
+    recent: Recent<Vec<(&'static str, i64)>, RECENT_STREAMS>,
 }
 
 impl Waiting {
     fn applied(&mut self, projection: &'static str, stream: Uuid, version: i64) {
-        let reached = self.recent.entry(stream).or_insert_with(|| {
-            self.recent_order.push_back(stream);
-            Vec::new()
-        });
+        let reached = self.recent.entry(stream);
         match reached.iter_mut().find(|(p, _)| *p == projection) {
             Some((_, v)) => *v = (*v).max(version),
             None => reached.push((projection, version)),
-        }
-        if self.recent_order.len() > RECENT_STREAMS
-            && let Some(oldest) = self.recent_order.pop_front()
-        {
-            self.recent.remove(&oldest);
         }
     }
 
