@@ -58,7 +58,9 @@ fn name_set_by(event: &Event) -> Option<(Uuid, &str)> {
 /// a rebuild.
 #[derive(Default)]
 struct Rows {
-    consultations: ById<Row>,
+    /// Boxed: a rebuild holds every consultation, and a map of rows this wide would copy and
+    /// fault in hundreds of megabytes each time it grows.
+    consultations: ById<Box<Row>>,
     people: ById<Name>,
 }
 
@@ -96,7 +98,7 @@ impl Rows {
                 version: 0,
                 updated_at: envelope.occurred_at,
             };
-            self.consultations.insert(id, row);
+            self.consultations.insert(id, Box::new(row));
         }
         let row = self.consultations.get_mut(&id)?;
         match &envelope.event {
@@ -130,6 +132,18 @@ impl Rows {
     }
 }
 
+/// A person's latest name, or the one a row shows when the person is not known.
+fn latest_name<'a>(
+    people: &'a ById<Name>,
+    person: &Uuid,
+    shown: &'a Option<String>,
+) -> Option<&'a str> {
+    people
+        .get(person)
+        .map(|p| p.name.as_str())
+        .or(shown.as_deref())
+}
+
 impl InMemory for Rows {
     fn fold(&mut self, event: &Envelope) {
         self.apply(event);
@@ -141,24 +155,22 @@ impl InMemory for Rows {
             consultations,
             people,
         } = *self;
-        let mut rows: Vec<Row> = consultations.into_values().collect();
-        rows.sort_unstable_by_key(|r| r.id);
+        // Sorted by the key they are stored under, without reaching into every boxed row.
+        let mut rows: Vec<(Uuid, Box<Row>)> = consultations.into_iter().collect();
+        rows.sort_unstable_by_key(|(id, _)| *id);
         let mut copy = CopyRows::new(
             "consultations",
             "id, patient_id, patient_name, physician_id, physician_name, starts_at, ends_at, \
              status, reason, notes, failure_reason, failure_detail, cancellation_reason, \
              version, updated_at",
         );
-        for r in &rows {
-            let latest = |person: &Uuid, shown: &Option<String>| {
-                people.get(person).map(|p| p.name.clone()).or(shown.clone())
-            };
+        for (_, r) in &rows {
             copy.row(&[
                 &r.id,
                 &r.patient_id,
-                &latest(&r.patient_id, &r.patient_name),
+                &latest_name(&people, &r.patient_id, &r.patient_name),
                 &r.physician_id,
-                &latest(&r.physician_id, &r.physician_name),
+                &latest_name(&people, &r.physician_id, &r.physician_name),
                 &r.starts_at,
                 &r.ends_at,
                 &r.status,
@@ -201,7 +213,7 @@ impl Projector for Consultations {
                     .fetch_all(&mut *tx)
                     .await?
                     .into_iter()
-                    .map(|row| (row.id, row))
+                    .map(|row| (row.id, Box::new(row)))
                     .collect()
             };
             // The people named by consultations started in this batch: their names are copied
@@ -251,7 +263,7 @@ impl Projector for Consultations {
             changed.dedup();
             let changed_rows: Vec<&Row> = changed
                 .iter()
-                .filter_map(|id| rows.consultations.get(id))
+                .filter_map(|id| rows.consultations.get(id).map(|row| &**row))
                 .collect();
             upsert(tx, &changed_rows).await?;
             // Renames reach every consultation of the person, not only this batch's.

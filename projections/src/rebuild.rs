@@ -202,19 +202,19 @@ struct Folding {
     versions: ById<i64>,
 }
 
-impl Folding {
-    /// The rows and the streams' versions, encoded for their tables.
-    fn into_tables(self) -> Vec<CopyRows> {
-        let mut tables = self.rows.into_rows();
-        let mut versions: Vec<(Uuid, i64)> = self.versions.into_iter().collect();
-        versions.sort_unstable();
-        let mut copy = CopyRows::new("stream_versions", "projection, stream_id, version");
-        for (stream, version) in &versions {
-            copy.row(&[&self.name, stream, version]);
-        }
-        tables.push(copy);
-        tables
+/// Every projection's stream versions as one table's rows, in the order of its primary key
+/// `(stream_id, projection)`, so that the key is built over rows already in order.
+fn stream_versions(folded: Vec<(&'static str, ById<i64>)>) -> CopyRows {
+    let mut versions: Vec<(Uuid, &str, i64)> = folded
+        .into_iter()
+        .flat_map(|(name, versions)| versions.into_iter().map(move |(id, v)| (id, name, v)))
+        .collect();
+    versions.sort_unstable();
+    let mut copy = CopyRows::new("stream_versions", "stream_id, projection, version");
+    for (stream, projection, version) in &versions {
+        copy.row(&[stream, projection, version]);
     }
+    copy
 }
 
 /// Folds every event after `checkpoint` into memory, then copies the rows (and each stream's
@@ -270,52 +270,84 @@ async fn bulk_load(
     tracing::debug!(events = read, elapsed = ?started.elapsed(), "rebuild: history folded");
 
     bar.set_message("writing the rows");
-    // Each table's indexes are built as soon as its rows are in, while other tables are
-    // still being copied.
-    let indexes = std::sync::Mutex::new(drop_secondary_indexes(shadow).await?);
+    // The tables are loaded bare: building an index over loaded rows costs a fraction of
+    // growing it row by row (measured: the copies of a million events' rows ran 2 to 3 times
+    // faster). Each table's indexes are built as soon as its rows are in, while other tables
+    // are still being copied.
+    let indexes = std::sync::Mutex::new(drop_indexes(shadow).await?);
     let indexes = &indexes;
-    futures::stream::iter(folding)
-        .map(|projection| tokio::task::spawn_blocking(move || projection.into_tables()))
-        .buffer_unordered(projectors.len())
+    let (rows, versions): (Vec<_>, Vec<_>) = folding
+        .into_iter()
+        .map(|f| (f.rows, (f.name, f.versions)))
+        .unzip();
+    let encoding = rows
+        .into_iter()
+        .map(|rows| tokio::task::spawn_blocking(move || rows.into_rows()))
+        .chain([tokio::task::spawn_blocking(move || {
+            vec![stream_versions(versions)]
+        })]);
+    futures::stream::iter(encoding)
+        .buffer_unordered(projectors.len() + 1)
         .flat_map(|tables| futures::stream::iter(tables.expect("encoding does not panic")))
         .map(|table| async move {
-            let mut connection = shadow.acquire().await?;
             let name = table.table();
+            let mut connection = shadow.acquire().await?;
+            // The swap commits synchronously, which flushes everything logged before it: the
+            // copies need not wait for their own flushes.
+            execute(&mut connection, "set synchronous_commit = off").await?;
             table.write(&mut connection).await?;
-            let definitions = indexes
-                .lock()
-                .expect("no panic while holding the lock")
-                .remove(name)
-                .unwrap_or_default();
-            for definition in definitions {
-                execute(&mut connection, &definition).await?;
-            }
-            Ok::<_, sqlx::Error>(())
+            drop(connection);
+            let of_table = indexes.lock().expect("no panic").remove(name);
+            of_table.unwrap_or_default().build(shadow).await
         })
         .buffer_unordered(WRITERS as usize)
         .try_collect::<Vec<()>>()
         .await?;
-    // The indexes of a table that had no rows to copy.
-    let left: Vec<String> = std::mem::take(&mut *indexes.lock().expect("no panic"))
-        .into_values()
-        .flatten()
-        .collect();
-    for definition in left {
-        execute(&mut *shadow.acquire().await?, &definition).await?;
+    // The indexes of tables that had no rows to copy.
+    let left = std::mem::take(&mut *indexes.lock().expect("no panic"));
+    for of_table in left.into_values() {
+        of_table.build(shadow).await?;
     }
     tracing::debug!(elapsed = ?started.elapsed(), "rebuild: rows written and indexed");
     bar.set_message("");
     Ok(read)
 }
 
-/// Drops the shadow's secondary indexes (those no constraint owns); returns the statements
-/// that build them again, by table. Building an index over loaded rows costs a fraction of
-/// growing it row by row, and each build is a transaction of its own.
-async fn drop_secondary_indexes(
-    shadow: &PgPool,
-) -> Result<HashMap<String, Vec<String>>, sqlx::Error> {
-    let indexes: Vec<(String, String, String)> = sqlx::query_as(
-        "select i.tablename::text, format('%I.%I', i.schemaname, i.indexname), i.indexdef
+/// The statements that build one table's indexes.
+#[derive(Default)]
+struct TableIndexes {
+    primary_key: Option<String>,
+    secondary: Vec<String>,
+}
+
+impl TableIndexes {
+    /// Builds the primary key, then the other indexes side by side, each on a connection of
+    /// its own (adding the key locks the table, so it goes alone).
+    async fn build(self, shadow: &PgPool) -> Result<(), sqlx::Error> {
+        if let Some(key) = &self.primary_key {
+            execute(&mut *shadow.acquire().await?, key).await?;
+        }
+        futures::future::try_join_all(self.secondary.iter().map(|definition| async move {
+            execute(&mut *shadow.acquire().await?, definition).await
+        }))
+        .await?;
+        Ok(())
+    }
+}
+
+/// Drops the shadow's indexes, primary keys included; returns the statements that build them
+/// again, by table.
+async fn drop_indexes(shadow: &PgPool) -> Result<HashMap<String, TableIndexes>, sqlx::Error> {
+    let indexes: Vec<(String, bool, String, String)> = sqlx::query_as(
+        "select c.conrelid::regclass::text, true,
+                format('alter table %s drop constraint %I', c.conrelid::regclass, c.conname),
+                format('alter table %s add constraint %I %s', c.conrelid::regclass, c.conname,
+                       pg_get_constraintdef(c.oid))
+           from pg_constraint c
+          where c.connamespace = current_schema()::regnamespace and c.contype = 'p'
+         union all
+         select i.tablename::text, false, format('drop index %I.%I', i.schemaname, i.indexname),
+                i.indexdef
            from pg_indexes i
           where i.schemaname = current_schema()
             and not exists (select 1 from pg_constraint c
@@ -324,12 +356,17 @@ async fn drop_secondary_indexes(
     )
     .fetch_all(shadow)
     .await?;
-    let mut definitions: HashMap<String, Vec<String>> = HashMap::new();
-    for (table, name, definition) in indexes {
-        execute(&mut *shadow.acquire().await?, &format!("drop index {name}")).await?;
-        definitions.entry(table).or_default().push(definition);
+    let mut by_table: HashMap<String, TableIndexes> = HashMap::new();
+    for (table, primary_key, drop, definition) in indexes {
+        execute(&mut *shadow.acquire().await?, &drop).await?;
+        let of_table = by_table.entry(table).or_default();
+        if primary_key {
+            of_table.primary_key = Some(definition);
+        } else {
+            of_table.secondary.push(definition);
+        }
     }
-    Ok(definitions)
+    Ok(by_table)
 }
 
 /// The page's size and its events as projectors see them, with the projections that receive

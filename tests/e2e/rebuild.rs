@@ -56,6 +56,17 @@ async fn wait_for_instance(prefix: &str, instance: &str) {
     }
 }
 
+/// Every index of the read model's schema (primary keys included), as `pg_indexes` defines it.
+async fn indexes_of(db: &TestDb, schema: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "select indexdef from pg_indexes where schemaname = $1 order by tablename, indexname",
+    )
+    .bind(schema)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
     let db = TestDb::new().await;
@@ -67,6 +78,8 @@ async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
     let store = EventStore::new(db.pool.clone());
     let schema = projections::schema::schema_name("r");
     let all = all_projections();
+    let indexes = indexes_of(&db, &schema).await;
+    assert!(indexes.len() > 10, "the migrations' indexes: {indexes:?}");
 
     let stop = tokio_util::sync::CancellationToken::new();
     let writer = keep_commanding(&app, stop.clone());
@@ -92,6 +105,11 @@ async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
         .await
         .unwrap();
     assert!(patients > 0, "the swapped-in model is the one queries read");
+    assert_eq!(
+        indexes_of(&db, &schema).await,
+        indexes,
+        "the rebuilt tables have every index and key the migrations gave them"
+    );
     projectors.cancel();
     publisher.cancel();
     delete_instance_queues(&prefix, "r").await;
@@ -112,6 +130,7 @@ async fn verify_reports_a_tampered_read_model_and_a_rebuild_of_its_projection_me
     assert!(eventually(PATIENCE, || caught_up(&db, &read)).await);
     let store = EventStore::new(db.pool.clone());
     let schema = projections::schema::schema_name("v");
+    let indexes = indexes_of(&db, &schema).await;
 
     sqlx::query("update patients set name = 'Tampered' where id = (select id from patients order by id limit 1)")
         .execute(&read.pool)
@@ -142,6 +161,7 @@ async fn verify_reports_a_tampered_read_model_and_a_rebuild_of_its_projection_me
         .await
         .unwrap();
     assert_eq!(physicians, 1, "the other projections were left alone");
+    assert_eq!(indexes_of(&db, &schema).await, indexes);
     projectors.cancel();
     publisher.cancel();
     delete_instance_queues(&prefix, "v").await;
