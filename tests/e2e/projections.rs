@@ -116,6 +116,40 @@ async fn the_same_message_delivered_twice_has_one_effect() {
     delete_instance_queues(&prefix, "a").await;
 }
 
+/// A batch first marks its events processed with a plain insert; one that holds events
+/// processed before (here, the same event twice as well) must fall back to skipping them and
+/// apply the rest, not fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_holding_events_processed_before_applies_only_the_new_ones() {
+    let db = TestDb::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let read = hap_tests::read_model(&db, "dup").await;
+    let history = patient_history(&store, &["Ana", "Bia", "Carla"]).await;
+    let envelopes: Vec<Envelope> = history
+        .iter()
+        .map(|e| Envelope::from_recorded(e.clone()).unwrap())
+        .collect();
+
+    let first = apply_batch(&read.pool, &store, &Patients, &envelopes[..2])
+        .await
+        .unwrap();
+    assert_eq!(first.events, 2);
+    let batch = [&envelopes[0], &envelopes[1], &envelopes[2], &envelopes[0]].map(Clone::clone);
+    let second = apply_batch(&read.pool, &store, &Patients, &batch)
+        .await
+        .unwrap();
+    assert_eq!(second.events, 1, "only the new event is applied");
+
+    let id = history[0].stream_id;
+    assert_eq!(patient(&read.pool, id).await, Some(("Carla".into(), 3)));
+    let processed: i64 =
+        sqlx::query_scalar("select count(*) from processed_events where projection = 'patients'")
+            .fetch_one(&read.pool)
+            .await
+            .unwrap();
+    assert_eq!(processed, 3);
+}
+
 /// Queries waiting for a write hold read-model connections; the projector that makes the
 /// write must not queue behind them for one (it has its own).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
