@@ -172,15 +172,34 @@ async fn try_apply(
     let touched = projector.apply(&mut tx, &to_apply).await?;
 
     let streams: Vec<(Uuid, i64)> = versions.into_iter().collect();
-    let (ids, latest): (Vec<Uuid>, Vec<i64>) = streams.iter().copied().unzip();
+    // A stream without a version row is new to the projection: this transaction holds its
+    // first event, so no other can be adding the row (one that tried would have raced above).
+    // Plain updates and inserts cost PostgreSQL less than an upsert.
+    let (mut continued_ids, mut continued_versions) = (Vec::new(), Vec::new());
+    let (mut new_ids, mut new_versions) = (Vec::new(), Vec::new());
+    for &(id, version) in &streams {
+        if applied.contains_key(&id) {
+            continued_ids.push(id);
+            continued_versions.push(version);
+        } else {
+            new_ids.push(id);
+            new_versions.push(version);
+        }
+    }
     sqlx::query(
-        "insert into stream_versions (projection, stream_id, version)
-         select $1, * from unnest($2::uuid[], $3::bigint[])
-         on conflict (projection, stream_id) do update set version = excluded.version",
+        "with continued as (
+             update stream_versions s set version = c.version
+               from unnest($2::uuid[], $3::bigint[]) as c(stream_id, version)
+              where s.projection = $1 and s.stream_id = c.stream_id
+         )
+         insert into stream_versions (projection, stream_id, version)
+         select $1, * from unnest($4::uuid[], $5::bigint[])",
     )
     .bind(name)
-    .bind(ids)
-    .bind(latest)
+    .bind(continued_ids)
+    .bind(continued_versions)
+    .bind(new_ids)
+    .bind(new_versions)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
