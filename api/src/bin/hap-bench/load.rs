@@ -317,19 +317,40 @@ pub struct MachineCpu {
     pub steal: f64,
 }
 
-/// Reads the machine's CPU counters when the measured window of `timeline` opens and when it
-/// closes; `None` where `/proc/stat` cannot be read (not Linux).
-pub fn sample_cpu(timeline: Timeline) -> JoinHandle<Option<MachineCpu>> {
-    tokio::spawn(async move {
-        tokio::time::sleep_until(timeline.measure_from.into()).await;
-        let before = CpuTicks::read()?;
-        tokio::time::sleep_until(timeline.until.into()).await;
-        let after = CpuTicks::read()?;
+impl std::fmt::Display for MachineCpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0} / {:.0}", self.busy * 100.0, self.steal * 100.0)
+    }
+}
+
+/// The machine's CPU counters from when a window opened; `None` where `/proc/stat` cannot be
+/// read (not Linux).
+pub struct CpuWindow(Option<CpuTicks>);
+
+impl CpuWindow {
+    pub fn open() -> Self {
+        Self(CpuTicks::read())
+    }
+
+    /// How busy the machine was since the window opened.
+    pub fn close(self) -> Option<MachineCpu> {
+        let (before, after) = (self.0?, CpuTicks::read()?);
         let total = (after.total - before.total) as f64;
         (total > 0.0).then(|| MachineCpu {
             busy: (after.busy - before.busy) as f64 / total,
             steal: (after.steal - before.steal) as f64 / total,
         })
+    }
+}
+
+/// Reads the machine's CPU counters when the measured window of `timeline` opens and when it
+/// closes.
+pub fn sample_cpu(timeline: Timeline) -> JoinHandle<Option<MachineCpu>> {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(timeline.measure_from.into()).await;
+        let window = CpuWindow::open();
+        tokio::time::sleep_until(timeline.until.into()).await;
+        window.close()
     })
 }
 
@@ -361,4 +382,15 @@ impl CpuTicks {
             total: user + nice + system + idle + iowait + irq + softirq + steal,
         })
     }
+}
+
+/// One line saying how busy the machine was during a bench's HAP run and its raw run.
+pub fn machine_cpu(hap: Option<MachineCpu>, raw: Option<MachineCpu>) -> String {
+    let shown = |cpu: Option<MachineCpu>| cpu.map_or("?".to_owned(), |cpu| cpu.to_string());
+    format!(
+        "machine CPU busy / steal %: HAP run {}, raw run {} (busy near 100: the run was limited \
+         by CPU; steal: the hypervisor gave CPU to other machines)",
+        shown(hap),
+        shown(raw)
+    )
 }

@@ -39,7 +39,7 @@ use uuid::Uuid;
 
 use crate::broker::{ScratchBroker, Servers};
 use crate::database::ScratchDatabase;
-use crate::load::{Drained, wait_until};
+use crate::load::{CpuWindow, Drained, machine_cpu, wait_until};
 use crate::report::{Facts, Table};
 use crate::system::{self, INSTANCE, POOL_SIZE};
 
@@ -158,6 +158,7 @@ async fn bench(
     );
 
     eprintln!("HAP run: the projectors work off both queues…");
+    let hap_cpu = CpuWindow::open();
     let started = Instant::now();
     let projectors = system::projectors(broker, &read, &store);
     // When each queue's projection applied its last message.
@@ -175,6 +176,7 @@ async fn bench(
     })
     .await
     .context("HAP's projectors did not work off their queues")?;
+    let hap_cpu = hap_cpu.close();
     projectors.stop().await;
     for (_, projection) in PATIENT_QUEUES {
         let count = processed(&read.pool, projection).await?;
@@ -199,6 +201,7 @@ async fn bench(
     };
 
     eprintln!("raw run: plain consumers work off the copies…");
+    let raw_cpu = CpuWindow::open();
     let started = Instant::now();
     let consumers = raw_queues.iter().map(|queue| {
         drain(
@@ -211,6 +214,7 @@ async fn bench(
         )
     });
     let times = futures::future::try_join_all(consumers).await?;
+    let raw_cpu = raw_cpu.close();
     let raw_patients = Drained {
         count: stored,
         elapsed: times[0],
@@ -244,6 +248,7 @@ async fn bench(
         "ratio (HAP / raw), patient-service queue: {:.2}",
         hap_patients.rate() / raw_patients.rate()
     );
+    println!("{}", machine_cpu(hap_cpu, raw_cpu));
     println!(
         "read model afterwards: {patient_rows} patients; {stored} events in processed_events \
          for each of patients and consultations"

@@ -30,7 +30,7 @@ use sqlx::PgPool;
 
 use crate::broker::Servers;
 use crate::database::ScratchDatabase;
-use crate::load::Drained;
+use crate::load::{CpuWindow, Drained, machine_cpu};
 use crate::report::{Facts, Table};
 use crate::system::{self, INSTANCE, POOL_SIZE};
 
@@ -105,6 +105,7 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
     let projections = projections::rebuild::all_projections();
 
     eprintln!("HAP run: rebuild --all of {stored} events…");
+    let hap_cpu = CpuWindow::open();
     let started = Instant::now();
     let report =
         projections::rebuild::rebuild(&store, database.url(), &schema, &projections, false, false)
@@ -114,11 +115,14 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
         count: report.events,
         elapsed: started.elapsed(),
     };
+    let hap_cpu = hap_cpu.close();
     let rows = check_read_model(&read.pool, blocks).await?;
     read.pool.close().await;
 
     eprintln!("raw run: keyset scan of {stored} events…");
+    let raw_cpu = CpuWindow::open();
     let raw = keyset_scan(store.pool()).await?;
+    let raw_cpu = raw_cpu.close();
     eprintln!("read_all alone: {stored} events…");
     let read_all = scan(&store).await?;
     store.pool().close().await;
@@ -143,6 +147,7 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
         hap.rate()
     );
     println!("ratio (HAP / raw): {:.2}", hap.rate() / raw.rate());
+    println!("{}", machine_cpu(hap_cpu, raw_cpu));
     println!("rebuilt read model: {rows}");
     Ok(())
 }

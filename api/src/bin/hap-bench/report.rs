@@ -117,9 +117,7 @@ impl Table {
             format!("{:.2}", outcome.latency_ms(0.99)),
             format!("{:.2}", outcome.latency_ms(1.0)),
             outcome.errors.to_string(),
-            outcome.cpu.map_or("?".to_owned(), |cpu| {
-                format!("{:.0} / {:.0}", cpu.busy * 100.0, cpu.steal * 100.0)
-            }),
+            outcome.cpu.map_or("?".to_owned(), |cpu| cpu.to_string()),
         ]);
     }
 
