@@ -263,8 +263,14 @@ async fn mark_processed(
     events: &[Envelope],
     duplicates: Duplicates,
 ) -> Result<Marked, sqlx::Error> {
-    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-    let positions: Vec<i64> = events.iter().map(|e| e.position).collect();
+    // An event twice in one batch (delivered and fed, or delivered twice) is marked once, so
+    // that only events processed by earlier batches make the plain insert fail.
+    let mut seen = HashSet::with_capacity(events.len());
+    let (ids, positions): (Vec<Uuid>, Vec<i64>) = events
+        .iter()
+        .filter(|e| seen.insert(e.event_id))
+        .map(|e| (e.event_id, e.position))
+        .unzip();
     let streams: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
     let statement = match duplicates {
         Duplicates::Unexpected => mark_processed_sql!(""),
