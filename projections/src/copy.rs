@@ -1,7 +1,7 @@
 //! Bulk writes for a rebuild: rows encoded in PostgreSQL's binary `COPY` format (cheaper for
-//! both sides than text: no formatting, escaping or parsing) and sent in chunks, each its own
-//! short transaction (an open write transaction anywhere on the server holds every publisher
-//! back, so none may last long).
+//! both sides than text: no formatting, escaping or parsing) and sent in chunks of a few
+//! megabytes, each its own `COPY` statement: a table's rows are never one buffer that grows,
+//! and copies, by doubling, to hundreds of megabytes.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;

@@ -172,9 +172,12 @@ async fn try_apply(
     let touched = projector.apply(&mut tx, &to_apply).await?;
 
     let streams: Vec<(Uuid, i64)> = versions.into_iter().collect();
-    // A stream without a version row is new to the projection: this transaction holds its
-    // first event, so no other can be adding the row (one that tried would have raced above).
-    // Plain updates and inserts cost PostgreSQL less than an upsert.
+    // A stream without a version row is new to the projection: this transaction has marked
+    // its first event processed (from the batch, or filled in), so no other can be adding the
+    // row without having raced above. That holds because every writer of stream versions
+    // marks the events first and processed ids are never removed (a partial rebuild replaces
+    // both under a lock that waits for this transaction). Plain updates and inserts cost
+    // PostgreSQL less than an upsert.
     let (mut continued_ids, mut continued_versions) = (Vec::new(), Vec::new());
     let (mut new_ids, mut new_versions) = (Vec::new(), Vec::new());
     for &(id, version) in &streams {
@@ -186,22 +189,30 @@ async fn try_apply(
             new_versions.push(version);
         }
     }
-    sqlx::query(
+    let continued = continued_ids.len() as i64;
+    let updated: i64 = sqlx::query_scalar(
         "with continued as (
              update stream_versions s set version = c.version
                from unnest($2::uuid[], $3::bigint[]) as c(stream_id, version)
               where s.projection = $1 and s.stream_id = c.stream_id
+             returning 1
+         ), new as (
+             insert into stream_versions (projection, stream_id, version)
+             select $1, * from unnest($4::uuid[], $5::bigint[])
          )
-         insert into stream_versions (projection, stream_id, version)
-         select $1, * from unnest($4::uuid[], $5::bigint[])",
+         select count(*) from continued",
     )
     .bind(name)
     .bind(continued_ids)
     .bind(continued_versions)
     .bind(new_ids)
     .bind(new_versions)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
+    if updated != continued {
+        // A version row read at the start is gone: start again from what is there now.
+        return Err(ApplyError::Raced);
+    }
     tx.commit().await?;
     Ok(Applied {
         events: to_apply.len(),
@@ -229,6 +240,8 @@ macro_rules! mark_processed_sql {
         )
     };
 }
+
+/// Whether `error` is PostgreSQL refusing a row that a unique index already holds.
 fn is_unique_violation(error: &sqlx::Error) -> bool {
     error
         .as_database_error()

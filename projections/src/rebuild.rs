@@ -15,6 +15,7 @@ use eventstore::scan::{ScanError, ScanPage};
 use eventstore::{EventStore, GlobalCheckpoint, RecordedEvent};
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -34,8 +35,10 @@ const PAGE: i64 = 5000;
 const BULK_PAGE: usize = 20_000;
 /// Pages decoded ahead of the one being folded (the scan reads further ahead on its own).
 const READ_AHEAD: usize = 4;
-/// Connections of the shadow's pool, and so tables copied at once.
-const WRITERS: u32 = 4;
+/// Tables copied into the shadow at once.
+const WRITERS: usize = 4;
+/// Connections of the shadow's pool: the copies', and a few for index builds beside them.
+const SHADOW_CONNECTIONS: u32 = WRITERS as u32 + 2;
 
 /// The tables each projection owns (besides its rows in the bookkeeping tables).
 fn tables_of(projection: &str) -> &'static [&'static str] {
@@ -112,7 +115,7 @@ pub async fn rebuild(
         &format!("drop schema if exists {shadow_schema} cascade"),
     )
     .await?;
-    let shadow = schema::connect(read_url, &shadow_schema, WRITERS, schema::Plans::PerCall).await?;
+    let shadow = connect_shadow(read_url, &shadow_schema).await?;
     schema::migrate(&shadow).await?;
 
     let total: i64 = sqlx::query_scalar("select count(*) from events")
@@ -291,16 +294,12 @@ async fn bulk_load(
         .flat_map(|tables| futures::stream::iter(tables.expect("encoding does not panic")))
         .map(|table| async move {
             let name = table.table();
-            let mut connection = shadow.acquire().await?;
-            // The swap commits synchronously, which flushes everything logged before it: the
-            // copies need not wait for their own flushes.
-            execute(&mut connection, "set synchronous_commit = off").await?;
-            table.write(&mut connection).await?;
-            drop(connection);
+            table.write(&mut *shadow.acquire().await?).await?;
+            // Each table is one copy (all stream versions are one), so its rows are all in.
             let of_table = indexes.lock().expect("no panic").remove(name);
             of_table.unwrap_or_default().build(shadow).await
         })
-        .buffer_unordered(WRITERS as usize)
+        .buffer_unordered(WRITERS)
         .try_collect::<Vec<()>>()
         .await?;
     // The indexes of tables that had no rows to copy.
@@ -311,6 +310,22 @@ async fn bulk_load(
     tracing::debug!(elapsed = ?started.elapsed(), "rebuild: rows written and indexed");
     bar.set_message("");
     Ok(read)
+}
+
+/// The shadow's pool. Nothing but the rebuild touches the shadow, so its connections wait for
+/// locks as long as it takes (autovacuum may be at a freshly loaded table when its key is
+/// added, and yields only after a second) and for one another (a build waits for a copy to
+/// hand back its connection, however long the copy takes). They commit without waiting for
+/// the flush: the swap's commit is synchronous and flushes everything logged before it.
+async fn connect_shadow(read_url: &str, shadow_schema: &str) -> Result<PgPool, sqlx::Error> {
+    let options = schema::connect_options(read_url, shadow_schema, schema::Plans::PerCall)
+        .await?
+        .options([("lock_timeout", "0"), ("synchronous_commit", "off")]);
+    PgPoolOptions::new()
+        .max_connections(SHADOW_CONNECTIONS)
+        .acquire_timeout(Duration::from_secs(24 * 3600))
+        .connect_with(options)
+        .await
 }
 
 /// The statements that build one table's indexes.

@@ -59,6 +59,21 @@ pub async fn connect(
     size: u32,
     plans: Plans,
 ) -> Result<PgPool, sqlx::Error> {
+    let options = connect_options(url, schema, plans).await?;
+    PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+}
+
+/// The options of a connection on `url` that sees `schema` (created if missing) and nothing
+/// else, with the read model's settings.
+pub async fn connect_options(
+    url: &str,
+    schema: &str,
+    plans: Plans,
+) -> Result<PgConnectOptions, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?;
     create_schema(&options, schema).await?;
     // A projector that meets a lock held too long fails and retries later rather than holding
@@ -73,11 +88,7 @@ pub async fn connect(
         ("lock_timeout", "1s"),
         ("random_page_cost", "1.1"),
     ]);
-    PgPoolOptions::new()
-        .max_connections(size)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(plans.apply(options))
-        .await
+    Ok(plans.apply(options))
 }
 
 async fn create_schema(options: &PgConnectOptions, schema: &str) -> Result<(), sqlx::Error> {

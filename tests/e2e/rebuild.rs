@@ -56,10 +56,16 @@ async fn wait_for_instance(prefix: &str, instance: &str) {
     }
 }
 
-/// Every index of the read model's schema (primary keys included), as `pg_indexes` defines it.
+/// Every index and constraint of the read model's schema (primary keys included), as
+/// PostgreSQL defines them.
 async fn indexes_of(db: &TestDb, schema: &str) -> Vec<String> {
     sqlx::query_scalar(
-        "select indexdef from pg_indexes where schemaname = $1 order by tablename, indexname",
+        "select * from (
+             select indexdef from pg_indexes where schemaname = $1
+             union all
+             select format('%s %s %s', conrelid::regclass, conname, pg_get_constraintdef(oid))
+               from pg_constraint where connamespace = $1::regnamespace
+         ) definitions order by 1",
     )
     .bind(schema)
     .fetch_all(&db.pool)
