@@ -106,12 +106,7 @@ async fn the_same_message_delivered_twice_has_one_effect() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await; // let the repeats arrive too
     assert_eq!(patient(&read.pool, id).await, Some(("Ana Souza".into(), 2)));
-    let processed: i64 =
-        sqlx::query_scalar("select count(*) from processed_events where projection = 'patients'")
-            .fetch_one(&read.pool)
-            .await
-            .unwrap();
-    assert_eq!(processed, 2);
+    assert_eq!(processed_count(&read.pool, "patients").await, 2);
     projectors.cancel();
     delete_instance_queues(&prefix, "a").await;
 }
@@ -142,12 +137,7 @@ async fn a_batch_holding_events_processed_before_applies_only_the_new_ones() {
 
     let id = history[0].stream_id;
     assert_eq!(patient(&read.pool, id).await, Some(("Carla".into(), 3)));
-    let processed: i64 =
-        sqlx::query_scalar("select count(*) from processed_events where projection = 'patients'")
-            .fetch_one(&read.pool)
-            .await
-            .unwrap();
-    assert_eq!(processed, 3);
+    assert_eq!(processed_count(&read.pool, "patients").await, 3);
 }
 
 /// Queries waiting for a write hold read-model connections; the projector that makes the
@@ -447,16 +437,10 @@ async fn projectors_whose_broker_connections_close_mid_stream_miss_nothing() {
     }
     writer.await.unwrap();
 
-    let processed = "select count(*) from processed_events where projection = $1";
     let all_applied = eventually(PATIENCE, || async {
         let mut counts = vec![];
         for projection in [projections::PATIENTS, projections::CONSULTATIONS] {
-            let count: i64 = sqlx::query_scalar(processed)
-                .bind(projection)
-                .fetch_one(&read.pool)
-                .await
-                .unwrap();
-            counts.push(count);
+            counts.push(processed_count(&read.pool, projection).await);
         }
         let updated: i64 = sqlx::query_scalar("select count(*) from patients where version = 2")
             .fetch_one(&read.pool)
