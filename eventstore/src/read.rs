@@ -132,27 +132,15 @@ impl EventStore {
         after: GlobalCheckpoint,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        self.read_after(after, limit, Fence::GapSafe).await
+        self.read_all_fenced(after, limit, Fence::GapSafe).await
     }
 
-    /// Up to `limit` committed events after `after`, in the order of [`read_all`], but without
-    /// its fence: the events of a transaction that committed are returned even while an older
-    /// one still runs. Only for a last read: a reader that went on from the checkpoint this
-    /// leaves would skip the events of that older transaction when it commits. A rebuild's
-    /// final catch-up reads this way, because the live projectors may already hold such events
-    /// (their own process fed them, see `projections::local`).
+    /// Up to `limit` committed events after `after`, in the order of [`read_all`], with or
+    /// without its fence (see [`Fence`]).
     ///
     /// [`read_all`]: EventStore::read_all
     #[tracing::instrument(skip(self), err)]
-    pub async fn read_all_committed(
-        &self,
-        after: GlobalCheckpoint,
-        limit: i64,
-    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        self.read_after(after, limit, Fence::None).await
-    }
-
-    async fn read_after(
+    pub async fn read_all_fenced(
         &self,
         after: GlobalCheckpoint,
         limit: i64,
@@ -193,8 +181,16 @@ impl EventStore {
 }
 
 /// Whether a read of the global order stops at the fence of `writer_fence!`.
-#[derive(Clone, Copy)]
-enum Fence {
+#[derive(Debug, Clone, Copy)]
+pub enum Fence {
+    /// Only events older than every transaction still running that could write events, so
+    /// that a reader going on from the checkpoint it leaves skips nothing
+    /// ([`EventStore::read_all`]).
     GapSafe,
+    /// Every committed event, even while an older transaction still runs. Only for a last
+    /// read: a reader that went on from the checkpoint this leaves would skip the events of
+    /// that older transaction when it commits. A rebuild's final catch-up reads this way,
+    /// because the live projectors may already hold such events (their own process fed them,
+    /// see `projections::local`).
     None,
 }

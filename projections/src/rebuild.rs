@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::projections_of_event;
+use eventstore::read::Fence;
 use eventstore::scan::{ScanError, ScanPage};
 use eventstore::{EventStore, GlobalCheckpoint, RecordedEvent};
 use futures::{StreamExt, TryStreamExt};
@@ -130,7 +131,7 @@ pub async fn rebuild(
         &projectors,
         &mut checkpoint,
         &bar,
-        Reading::GapSafe,
+        Fence::GapSafe,
     )
     .await?;
 
@@ -151,7 +152,7 @@ pub async fn rebuild(
         &projectors,
         &mut checkpoint,
         &bar,
-        Reading::Committed,
+        Fence::None,
     )
     .await?;
     bar.finish_and_clear();
@@ -435,14 +436,11 @@ async fn catch_up(
     projectors: &[Box<dyn Projector>],
     checkpoint: &mut GlobalCheckpoint,
     bar: &ProgressBar,
-    reading: Reading,
+    fence: Fence,
 ) -> Result<u64, RebuildError> {
     let mut read = 0;
     loop {
-        let page = match reading {
-            Reading::GapSafe => store.read_all(*checkpoint, PAGE).await?,
-            Reading::Committed => store.read_all_committed(*checkpoint, PAGE).await?,
-        };
+        let page = store.read_all_fenced(*checkpoint, PAGE, fence).await?;
         let Some(last) = page.last() else {
             return Ok(read);
         };
@@ -464,15 +462,6 @@ async fn catch_up(
             return Ok(read);
         }
     }
-}
-
-/// How [`catch_up`] reads the store.
-#[derive(Clone, Copy)]
-enum Reading {
-    /// Gap-safe ([`EventStore::read_all`]), so that the next catch-up misses nothing.
-    GapSafe,
-    /// Everything committed ([`EventStore::read_all_committed`]), for the last one.
-    Committed,
 }
 
 /// Puts the shadow schema in the live one's place. Live connections find tables by name
