@@ -41,6 +41,13 @@ use uuid::Uuid;
 /// foldhash took a sixth of a rebuild's own CPU time off what the default hasher cost.
 pub(crate) type ById<V> = std::collections::HashMap<Uuid, V, foldhash::fast::RandomState>;
 
+/// Whether `error` is PostgreSQL refusing a row that a unique index already holds.
+pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|e| e.is_unique_violation())
+}
+
 /// The projections, by the name they record in `processed_events`.
 pub const PATIENTS: &str = "patients";
 pub const PHYSICIANS: &str = "physicians";

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::copy::CopyRows;
 use crate::envelope::{Envelope, Poison};
+use crate::is_unique_violation;
 use crate::progress::Touched;
 use eventstore::{EventStore, StreamVersion};
 
@@ -239,13 +240,6 @@ macro_rules! mark_processed_sql {
              select stream_id, version from applied"
         )
     };
-}
-
-/// Whether `error` is PostgreSQL refusing a row that a unique index already holds.
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .is_some_and(|e| e.is_unique_violation())
 }
 
 /// What [`mark_processed`] found.

@@ -103,12 +103,7 @@ async fn create_schema(options: &PgConnectOptions, schema: &str) -> Result<(), s
     match created {
         Ok(_) => Ok(()),
         // Two processes creating it at once: the loser sees a unique violation.
-        Err(e)
-            if e.as_database_error()
-                .is_some_and(|d| d.is_unique_violation()) =>
-        {
-            Ok(())
-        }
+        Err(e) if crate::is_unique_violation(&e) => Ok(()),
         Err(e) => Err(e),
     }
 }
