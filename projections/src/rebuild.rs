@@ -39,7 +39,7 @@ const READ_AHEAD: usize = 4;
 /// Tables copied into the shadow at once.
 const WRITERS: usize = 4;
 /// Connections of the shadow's pool: the copies', and a few for index builds beside them.
-const SHADOW_CONNECTIONS: u32 = WRITERS as u32 + 2;
+const SHADOW_CONNECTIONS: usize = WRITERS + 2;
 
 /// The tables each projection owns (besides its rows in the bookkeeping tables).
 fn tables_of(projection: &str) -> &'static [&'static str] {
@@ -280,6 +280,10 @@ async fn bulk_load(
     // are still being copied.
     let indexes = std::sync::Mutex::new(drop_indexes(shadow).await?);
     let indexes = &indexes;
+    let writers = &Writers {
+        pool: shadow,
+        slots: tokio::sync::Semaphore::new(SHADOW_CONNECTIONS),
+    };
     let (rows, versions): (Vec<_>, Vec<_>) = folding
         .into_iter()
         .map(|f| (f.rows, (f.name, f.versions)))
@@ -295,10 +299,10 @@ async fn bulk_load(
         .flat_map(|tables| futures::stream::iter(tables.expect("encoding does not panic")))
         .map(|table| async move {
             let name = table.table();
-            table.write(&mut *shadow.acquire().await?).await?;
+            writers.copy(table).await?;
             // Each table is one copy (all stream versions are one), so its rows are all in.
             let of_table = indexes.lock().expect("no panic").remove(name);
-            of_table.unwrap_or_default().build(shadow).await
+            of_table.unwrap_or_default().build(writers).await
         })
         .buffer_unordered(WRITERS)
         .try_collect::<Vec<()>>()
@@ -306,7 +310,7 @@ async fn bulk_load(
     // The indexes of tables that had no rows to copy.
     let left = std::mem::take(&mut *indexes.lock().expect("no panic"));
     for of_table in left.into_values() {
-        of_table.build(shadow).await?;
+        of_table.build(writers).await?;
     }
     tracing::debug!(elapsed = ?started.elapsed(), "rebuild: rows written and indexed");
     bar.set_message("");
@@ -315,18 +319,47 @@ async fn bulk_load(
 
 /// The shadow's pool. Nothing but the rebuild touches the shadow, so its connections wait for
 /// locks as long as it takes (autovacuum may be at a freshly loaded table when its key is
-/// added, and yields only after a second) and for one another (a build waits for a copy to
-/// hand back its connection, however long the copy takes). They commit without waiting for
-/// the flush: the swap's commit is synchronous and flushes everything logged before it.
+/// added, and yields only after a second). They commit without waiting for the flush: the
+/// swap's commit is synchronous and flushes everything logged before it.
 async fn connect_shadow(read_url: &str, shadow_schema: &str) -> Result<PgPool, sqlx::Error> {
     let options = schema::connect_options(read_url, shadow_schema, schema::Plans::PerCall)
         .await?
         .options([("lock_timeout", "0"), ("synchronous_commit", "off")]);
     PgPoolOptions::new()
-        .max_connections(SHADOW_CONNECTIONS)
-        .acquire_timeout(Duration::from_secs(24 * 3600))
+        .max_connections(SHADOW_CONNECTIONS as u32)
+        .acquire_timeout(Duration::from_secs(30))
         .connect_with(options)
         .await
+}
+
+/// The shadow's connections as the bulk load shares them between copies and index builds:
+/// each holds a slot, and there are as many slots as connections, so none waits on the pool
+/// (whose wait times out) behind a long copy. It waits for a slot instead, however long the
+/// copy takes; the pool's timeout is left for a server that does not answer.
+struct Writers<'a> {
+    pool: &'a PgPool,
+    slots: tokio::sync::Semaphore,
+}
+
+impl Writers<'_> {
+    async fn copy(&self, table: CopyRows) -> Result<(), sqlx::Error> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the slots are never closed");
+        table.write(&mut *self.pool.acquire().await?).await?;
+        Ok(())
+    }
+
+    async fn execute(&self, statement: &str) -> Result<(), sqlx::Error> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the slots are never closed");
+        execute(&mut *self.pool.acquire().await?, statement).await
+    }
 }
 
 /// The statements that build one table's indexes.
@@ -339,14 +372,11 @@ struct TableIndexes {
 impl TableIndexes {
     /// Builds the primary key, then the other indexes side by side, each on a connection of
     /// its own (adding the key locks the table, so it goes alone).
-    async fn build(self, shadow: &PgPool) -> Result<(), sqlx::Error> {
+    async fn build(self, writers: &Writers<'_>) -> Result<(), sqlx::Error> {
         if let Some(key) = &self.primary_key {
-            execute(&mut *shadow.acquire().await?, key).await?;
+            writers.execute(key).await?;
         }
-        futures::future::try_join_all(self.secondary.iter().map(|definition| async move {
-            execute(&mut *shadow.acquire().await?, definition).await
-        }))
-        .await?;
+        futures::future::try_join_all(self.secondary.iter().map(|d| writers.execute(d))).await?;
         Ok(())
     }
 }
