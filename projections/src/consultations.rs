@@ -41,6 +41,9 @@ struct Row {
 struct Name {
     name: String,
     renamed: bool,
+    /// Whether this batch holds the person's registration: fresh to this projection, so the
+    /// person has no row yet.
+    registered: bool,
 }
 
 /// The name a patient or physician event sets, if any.
@@ -69,11 +72,17 @@ impl Rows {
     /// in `people`: the caller copies it into the consultations.
     fn apply(&mut self, envelope: &Envelope) -> Option<Uuid> {
         if let Some((id, name)) = name_set_by(&envelope.event) {
+            let registration = matches!(
+                envelope.event,
+                Event::PatientRegistered(_) | Event::PhysicianRegistered(_)
+            );
+            let registered = registration || self.people.get(&id).is_some_and(|p| p.registered);
             self.people.insert(
                 id,
                 Name {
                     name: name.to_owned(),
                     renamed: true,
+                    registered,
                 },
             );
             return None;
@@ -242,6 +251,7 @@ impl Projector for Consultations {
                     let name = Name {
                         name,
                         renamed: false,
+                        registered: false,
                     };
                     (id, name)
                 })
@@ -253,11 +263,11 @@ impl Projector for Consultations {
             };
             let mut changed: Vec<Uuid> = events.iter().filter_map(|e| rows.apply(e)).collect();
 
-            let renamed: Vec<(Uuid, String)> = rows
+            let renamed: Vec<(Uuid, &Name)> = rows
                 .people
                 .iter()
                 .filter(|(_, p)| p.renamed)
-                .map(|(id, p)| (*id, p.name.clone()))
+                .map(|(id, p)| (*id, p))
                 .collect();
             changed.sort();
             changed.dedup();
@@ -280,21 +290,27 @@ impl Projector for Consultations {
 
 /// Saves people's new names and copies them into their consultations (a registration's too:
 /// a consultation applied before its patient's registration, after a retry, shows no name
-/// until then); returns the consultations changed.
+/// until then); returns the consultations changed. The people registered in this batch are
+/// inserted plainly (about half the cost of an upsert); renames are upserted.
 async fn save_names(
     tx: &mut PgConnection,
-    people: &[(Uuid, String)],
+    people: &[(Uuid, &Name)],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     if people.is_empty() {
         return Ok(vec![]);
     }
-    let (ids, names): (Vec<Uuid>, Vec<String>) = people.iter().cloned().unzip();
+    let ids: Vec<Uuid> = people.iter().map(|(id, _)| *id).collect();
+    let names: Vec<&str> = people.iter().map(|(_, p)| p.name.as_str()).collect();
+    let registered: Vec<bool> = people.iter().map(|(_, p)| p.registered).collect();
     // Each name is looked up on its own: a join would match a consultation whose patient and
     // physician were both renamed twice, and an update applies only one match per row.
     sqlx::query_scalar(
-        "with renamed as (select * from unnest($1::uuid[], $2::text[]) as r(id, name)),
-         saved as (
-             insert into people (id, name) select id, name from renamed
+        "with renamed as (
+             select * from unnest($1::uuid[], $2::text[], $3::bool[]) as r(id, name, registered)
+         ), registered as (
+             insert into people (id, name) select id, name from renamed where registered
+         ), saved as (
+             insert into people (id, name) select id, name from renamed where not registered
              on conflict (id) do update set name = excluded.name
          )
          update consultations c
@@ -308,6 +324,7 @@ async fn save_names(
     )
     .bind(ids)
     .bind(names)
+    .bind(registered)
     .fetch_all(tx)
     .await
 }
