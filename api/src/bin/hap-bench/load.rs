@@ -20,6 +20,8 @@ use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::cpu::{MachineCpu, sample_cpu};
+
 /// Warm-up before every measured window: connections opened, caches and statements prepared.
 pub const WARMUP: Duration = Duration::from_secs(1);
 
@@ -305,92 +307,4 @@ pub fn sample_pool(pool: PgPool, timeline: Timeline) -> JoinHandle<PoolUsage> {
             idle: idle as f64 / samples,
         }
     })
-}
-
-/// How busy the whole machine was during a measured window: every process on it (HAP,
-/// PostgreSQL, RabbitMQ, this bench's own client), as fractions of all its cores. Near 1, the
-/// run was limited by CPU and its latencies are mostly queueing; steal is time the hypervisor
-/// gave to other machines, which shows a noisy neighbour.
-#[derive(Debug, Clone, Copy)]
-pub struct MachineCpu {
-    pub busy: f64,
-    pub steal: f64,
-}
-
-impl std::fmt::Display for MachineCpu {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:.0} / {:.0}", self.busy * 100.0, self.steal * 100.0)
-    }
-}
-
-/// The machine's CPU counters from when a window opened; `None` where `/proc/stat` cannot be
-/// read (not Linux).
-pub struct CpuWindow(Option<CpuTicks>);
-
-impl CpuWindow {
-    pub fn open() -> Self {
-        Self(CpuTicks::read())
-    }
-
-    /// How busy the machine was since the window opened.
-    pub fn close(self) -> Option<MachineCpu> {
-        let (before, after) = (self.0?, CpuTicks::read()?);
-        let total = (after.total - before.total) as f64;
-        (total > 0.0).then(|| MachineCpu {
-            busy: (after.busy - before.busy) as f64 / total,
-            steal: (after.steal - before.steal) as f64 / total,
-        })
-    }
-}
-
-/// Reads the machine's CPU counters when the measured window of `timeline` opens and when it
-/// closes.
-pub fn sample_cpu(timeline: Timeline) -> JoinHandle<Option<MachineCpu>> {
-    tokio::spawn(async move {
-        tokio::time::sleep_until(timeline.measure_from.into()).await;
-        let window = CpuWindow::open();
-        tokio::time::sleep_until(timeline.until.into()).await;
-        window.close()
-    })
-}
-
-/// The machine-wide line of `/proc/stat`, in clock ticks since boot.
-struct CpuTicks {
-    busy: u64,
-    steal: u64,
-    total: u64,
-}
-
-impl CpuTicks {
-    fn read() -> Option<Self> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-        // user nice system idle iowait irq softirq steal (guest time is inside user already)
-        let ticks: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .take(8)
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .ok()?;
-        let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks[..] else {
-            return None;
-        };
-        Some(Self {
-            busy: user + nice + system + irq + softirq,
-            steal,
-            total: user + nice + system + idle + iowait + irq + softirq + steal,
-        })
-    }
-}
-
-/// One line saying how busy the machine was during a bench's HAP run and its raw run.
-pub fn machine_cpu(hap: Option<MachineCpu>, raw: Option<MachineCpu>) -> String {
-    let shown = |cpu: Option<MachineCpu>| cpu.map_or("?".to_owned(), |cpu| cpu.to_string());
-    format!(
-        "machine CPU busy / steal %: HAP run {}, raw run {} (busy near 100: the run was limited \
-         by CPU; steal: the hypervisor gave CPU to other machines)",
-        shown(hap),
-        shown(raw)
-    )
 }

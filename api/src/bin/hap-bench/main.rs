@@ -29,6 +29,7 @@
 
 mod append;
 mod broker;
+mod cpu;
 mod database;
 mod e2e;
 mod load;

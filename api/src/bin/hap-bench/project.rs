@@ -38,8 +38,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::broker::{ScratchBroker, Servers};
+use crate::cpu::{CpuWindow, machine_cpu};
 use crate::database::ScratchDatabase;
-use crate::load::{CpuWindow, Drained, machine_cpu, wait_until};
+use crate::load::{Drained, wait_until};
 use crate::report::{Facts, Table};
 use crate::system::{self, INSTANCE, POOL_SIZE};
 

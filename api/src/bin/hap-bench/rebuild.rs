@@ -29,8 +29,9 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::broker::Servers;
+use crate::cpu::{CpuWindow, machine_cpu};
 use crate::database::ScratchDatabase;
-use crate::load::{CpuWindow, Drained, machine_cpu};
+use crate::load::Drained;
 use crate::report::{Facts, Table};
 use crate::system::{self, INSTANCE, POOL_SIZE};
 

@@ -118,6 +118,7 @@ impl Table {
             format!("{:.2}", outcome.latency_ms(1.0)),
             outcome.errors.to_string(),
             outcome.cpu.map_or("?".to_owned(), |cpu| cpu.to_string()),
+            outcome.cpu.map_or("?".to_owned(), |cpu| cpu.by_process()),
         ]);
     }
 
@@ -133,6 +134,7 @@ impl Table {
             "max ms",
             "errors",
             "CPU busy / steal %",
+            "PostgreSQL / RabbitMQ / hap-bench %",
         ])
     }
 

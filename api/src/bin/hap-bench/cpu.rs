@@ -1,0 +1,216 @@
+//! How busy the machine was during a measured window, and which processes kept it busy: on
+//! two cores, HAP shares the CPU with PostgreSQL, RabbitMQ and the load generator, and a run
+//! whose machine is near 100 % busy measures queueing for a CPU more than HAP itself.
+//!
+//! Read from `/proc` (Linux); elsewhere the figures are left out.
+
+use std::collections::HashMap;
+
+use tokio::task::JoinHandle;
+
+use crate::load::Timeline;
+
+/// How busy the whole machine was during a measured window, as fractions of all its cores:
+/// every process on it, then the share of the processes that matter here. Near 1, the run was
+/// limited by CPU and its latencies are mostly queueing; steal is time the hypervisor gave to
+/// other machines, which shows a noisy neighbour.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineCpu {
+    pub busy: f64,
+    pub steal: f64,
+    pub by_group: Groups<f64>,
+}
+
+impl std::fmt::Display for MachineCpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0} / {:.0}", self.busy * 100.0, self.steal * 100.0)
+    }
+}
+
+impl MachineCpu {
+    /// The shares of PostgreSQL, RabbitMQ and this process (HAP and the load generator), in
+    /// percent of the machine: `41 / 18 / 33`.
+    pub fn by_process(&self) -> String {
+        let Groups {
+            postgres,
+            rabbitmq,
+            bench,
+        } = self.by_group;
+        format!(
+            "{:.0} / {:.0} / {:.0}",
+            postgres * 100.0,
+            rabbitmq * 100.0,
+            bench * 100.0
+        )
+    }
+}
+
+/// Something counted for each group of processes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Groups<T> {
+    pub postgres: T,
+    pub rabbitmq: T,
+    /// This process: HAP's pieces and the load generator, or the raw run's client.
+    pub bench: T,
+}
+
+/// The machine's CPU counters from when a window opened; `None` where `/proc/stat` cannot be
+/// read (not Linux).
+pub struct CpuWindow(Option<Ticks>);
+
+impl CpuWindow {
+    pub fn open() -> Self {
+        Self(Ticks::read())
+    }
+
+    /// How busy the machine was since the window opened.
+    pub fn close(self) -> Option<MachineCpu> {
+        let (before, after) = (self.0?, Ticks::read()?);
+        let total = (after.machine.total - before.machine.total) as f64;
+        let mut spent = Groups::<u64>::default();
+        for (pid, (group, ticks)) in &after.processes {
+            // A process started during the window counts from its start.
+            let earlier = before.processes.get(pid).map_or(0, |(_, t)| *t);
+            *spent.of(*group) += ticks.saturating_sub(earlier);
+        }
+        let share = |ticks: u64| ticks as f64 / total;
+        (total > 0.0).then(|| MachineCpu {
+            busy: share(after.machine.busy - before.machine.busy),
+            steal: share(after.machine.steal - before.machine.steal),
+            by_group: Groups {
+                postgres: share(spent.postgres),
+                rabbitmq: share(spent.rabbitmq),
+                bench: share(spent.bench),
+            },
+        })
+    }
+}
+
+/// Reads the machine's CPU counters when the measured window of `timeline` opens and when it
+/// closes.
+pub fn sample_cpu(timeline: Timeline) -> JoinHandle<Option<MachineCpu>> {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(timeline.measure_from.into()).await;
+        let window = CpuWindow::open();
+        tokio::time::sleep_until(timeline.until.into()).await;
+        window.close()
+    })
+}
+
+/// One line saying how busy the machine was during a bench's HAP run and its raw run, and
+/// who kept it busy.
+pub fn machine_cpu(hap: Option<MachineCpu>, raw: Option<MachineCpu>) -> String {
+    let shown = |cpu: Option<MachineCpu>| {
+        cpu.map_or("?".to_owned(), |cpu| {
+            format!(
+                "{cpu} (PostgreSQL / RabbitMQ / hap-bench {})",
+                cpu.by_process()
+            )
+        })
+    };
+    format!(
+        "machine CPU busy / steal %: HAP run {}, raw run {} (busy near 100: the run was limited \
+         by CPU; steal: the hypervisor gave CPU to other machines)",
+        shown(hap),
+        shown(raw)
+    )
+}
+
+/// The counters at one moment: the machine's, and each process's CPU time.
+struct Ticks {
+    machine: MachineTicks,
+    /// By process id: its group and its user + system time, in clock ticks.
+    processes: HashMap<u32, (Group, u64)>,
+}
+
+impl Ticks {
+    fn read() -> Option<Self> {
+        Some(Self {
+            machine: MachineTicks::read()?,
+            processes: process_ticks(),
+        })
+    }
+}
+
+/// The machine-wide line of `/proc/stat`, in clock ticks since boot.
+struct MachineTicks {
+    busy: u64,
+    steal: u64,
+    total: u64,
+}
+
+impl MachineTicks {
+    fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        // user nice system idle iowait irq softirq steal (guest time is inside user already)
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks[..] else {
+            return None;
+        };
+        Some(Self {
+            busy: user + nice + system + irq + softirq,
+            steal,
+            total: user + nice + system + idle + iowait + irq + softirq + steal,
+        })
+    }
+}
+
+/// The group a process is counted in, if any.
+#[derive(Debug, Clone, Copy)]
+enum Group {
+    Postgres,
+    RabbitMq,
+    Bench,
+}
+
+impl Groups<u64> {
+    fn of(&mut self, group: Group) -> &mut u64 {
+        match group {
+            Group::Postgres => &mut self.postgres,
+            Group::RabbitMq => &mut self.rabbitmq,
+            Group::Bench => &mut self.bench,
+        }
+    }
+}
+
+/// The CPU time of every process of a group, by process id. Processes that end between two
+/// readings are missed: the shares are a floor.
+fn process_ticks() -> HashMap<u32, (Group, u64)> {
+    let own = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // `pid (comm) state …`: the name may hold spaces and parentheses, so split at the
+            // last one; utime and stime are the 14th and 15th fields.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1;
+            let group = if pid == own {
+                Group::Bench
+            } else if comm == "postgres" {
+                Group::Postgres
+            } else if matches!(
+                comm,
+                "beam.smp" | "erl_child_setup" | "epmd" | "inet_gethost"
+            ) {
+                Group::RabbitMq
+            } else {
+                return None;
+            };
+            let mut fields = rest.split_whitespace().skip(11);
+            let user: u64 = fields.next()?.parse().ok()?;
+            let system: u64 = fields.next()?.parse().ok()?;
+            Some((pid, (group, user + system)))
+        })
+        .collect()
+}
