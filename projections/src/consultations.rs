@@ -14,7 +14,7 @@ use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::{InMemory, Projector, continued_streams};
+use crate::projector::{ApplyError, InMemory, Projector, continued_streams};
 
 pub struct Consultations;
 
@@ -211,7 +211,7 @@ impl Projector for Consultations {
         &'a self,
         tx: &'a mut PgConnection,
         events: &'a [Envelope],
-    ) -> BoxFuture<'a, Result<Vec<Touched>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>> {
         async move {
             let ids = continued_streams(events);
             let consultations = if ids.is_empty() {
@@ -307,7 +307,7 @@ async fn save_names(
     sqlx::query_scalar(
         "with renamed as (
              select * from unnest($1::uuid[], $2::text[], $3::bool[]) as r(id, name, registered)
-         ), registered as (
+         ), new_people as (
              insert into people (id, name) select id, name from renamed where registered
          ), saved as (
              insert into people (id, name) select id, name from renamed where not registered

@@ -13,7 +13,7 @@ use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::{InMemory, Projector, continued_streams};
+use crate::projector::{ApplyError, InMemory, Projector, all_updated, continued_streams};
 
 pub struct Patients;
 
@@ -116,7 +116,7 @@ impl Projector for Patients {
         &'a self,
         tx: &'a mut PgConnection,
         events: &'a [Envelope],
-    ) -> BoxFuture<'a, Result<Vec<Touched>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>> {
         async move {
             let ids = continued_streams(events);
             let existing = if ids.is_empty() {
@@ -149,12 +149,12 @@ impl Projector for Patients {
 /// Writes `rows`, each marked with whether it was read from the table: an update for those,
 /// a plain insert for the rest (new patients: the batch holds their registration, fresh to
 /// this projection, so no row can exist), which costs PostgreSQL about half of an upsert.
-/// A row read at the start and gone by now fails the batch, to be applied again.
-async fn save(tx: &mut PgConnection, rows: &[(&Row, bool)]) -> Result<(), sqlx::Error> {
+/// A row read at the start and gone by now starts the batch again.
+async fn save(tx: &mut PgConnection, rows: &[(&Row, bool)]) -> Result<(), ApplyError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let stored = rows.iter().filter(|(_, stored)| *stored).count() as i64;
+    let stored = rows.iter().filter(|(_, stored)| *stored).count();
     let updated: i64 = sqlx::query_scalar(
         "with changed as (
              select * from unnest($1::uuid[], $2::text[], $3::date[], $4::text[], $5::text[],
@@ -207,8 +207,5 @@ async fn save(tx: &mut PgConnection, rows: &[(&Row, bool)]) -> Result<(), sqlx::
     .bind(rows.iter().map(|(_, stored)| *stored).collect::<Vec<_>>())
     .fetch_one(tx)
     .await?;
-    if updated != stored {
-        return Err(sqlx::Error::RowNotFound);
-    }
-    Ok(())
+    all_updated(updated, stored)
 }

@@ -15,7 +15,7 @@ use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::{InMemory, Projector};
+use crate::projector::{ApplyError, InMemory, Projector, all_updated, continued_streams};
 
 pub struct Physicians;
 
@@ -108,13 +108,17 @@ impl Projector for Physicians {
         &'a self,
         tx: &'a mut PgConnection,
         events: &'a [Envelope],
-    ) -> BoxFuture<'a, Result<Vec<Touched>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>> {
         async move {
-            let ids: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
-            let existing = sqlx::query_as::<_, Row>("select * from physicians where id = any($1)")
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await?;
+            let ids = continued_streams(events);
+            let existing = if ids.is_empty() {
+                vec![]
+            } else {
+                sqlx::query_as::<_, Row>("select * from physicians where id = any($1)")
+                    .bind(&ids)
+                    .fetch_all(&mut *tx)
+                    .await?
+            };
             let stored: HashSet<Uuid> = existing.iter().map(|row| row.id).collect();
             let mut rows = Rows(existing.into_iter().map(|row| (row.id, row)).collect());
             let changed = events.iter().filter_map(|e| rows.apply(e)).collect();
@@ -137,12 +141,12 @@ impl Projector for Physicians {
 /// Writes `rows`, each marked with whether it was read from the table: an update for those,
 /// a plain insert for the rest (new physicians: the batch holds their registration, fresh to
 /// this projection, so no row can exist), which costs PostgreSQL about half of an upsert.
-/// A row read at the start and gone by now fails the batch, to be applied again.
-async fn save(tx: &mut PgConnection, rows: &[(&Row, bool)]) -> Result<(), sqlx::Error> {
+/// A row read at the start and gone by now starts the batch again.
+async fn save(tx: &mut PgConnection, rows: &[(&Row, bool)]) -> Result<(), ApplyError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let stored = rows.iter().filter(|(_, stored)| *stored).count() as i64;
+    let stored = rows.iter().filter(|(_, stored)| *stored).count();
     let updated: i64 = sqlx::query_scalar(
         "with changed as (
              select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
@@ -185,8 +189,5 @@ async fn save(tx: &mut PgConnection, rows: &[(&Row, bool)]) -> Result<(), sqlx::
     .bind(rows.iter().map(|(_, stored)| *stored).collect::<Vec<_>>())
     .fetch_one(tx)
     .await?;
-    if updated != stored {
-        return Err(sqlx::Error::RowNotFound);
-    }
-    Ok(())
+    all_updated(updated, stored)
 }

@@ -26,7 +26,7 @@ pub trait Projector: Send + Sync + 'static {
         &'a self,
         tx: &'a mut PgConnection,
         events: &'a [Envelope],
-    ) -> BoxFuture<'a, Result<Vec<Touched>, sqlx::Error>>;
+    ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>>;
 
     /// An empty copy of the projection's rows in memory, for a rebuild to fold the whole
     /// history into and write in bulk, rather than reading and writing rows batch by batch.
@@ -67,6 +67,17 @@ pub fn continued_streams(events: &[Envelope]) -> Vec<Uuid> {
     ids.sort_unstable();
     ids.dedup();
     ids
+}
+
+/// Checks that an update of rows (or stream versions) read at the start of the batch found
+/// every one: one gone since means the projection changed under the batch, which then starts
+/// again from what is there now.
+pub fn all_updated(updated: i64, expected: usize) -> Result<(), ApplyError> {
+    if usize::try_from(updated) == Ok(expected) {
+        Ok(())
+    } else {
+        Err(ApplyError::Raced)
+    }
 }
 
 /// Attempts at a batch that another transaction raced before [`ApplyError::Raced`] is given up.
@@ -173,12 +184,14 @@ async fn try_apply(
     let touched = projector.apply(&mut tx, &to_apply).await?;
 
     let streams: Vec<(Uuid, i64)> = versions.into_iter().collect();
-    // A stream without a version row is new to the projection: this transaction has marked
-    // its first event processed (from the batch, or filled in), so no other can be adding the
-    // row without having raced above. That holds because every writer of stream versions
-    // marks the events first and processed ids are never removed (a partial rebuild replaces
-    // both under a lock that waits for this transaction). Plain updates and inserts cost
-    // PostgreSQL less than an upsert.
+    // A stream without a version row is new to the projection. It had no rows when the batch
+    // read the versions: every writer (these batches, a rebuild) writes a stream's rows and
+    // its version row in one transaction. And no other transaction can be adding them now:
+    // this one has marked the stream's events it applies, from its first, and another
+    // applying them would have had to mark them too, which one of the two finds taken (a
+    // rebuild's swap waits for this transaction under its lock). The projectors' row writes
+    // rest on the same reasoning. Plain updates and inserts cost PostgreSQL less than an
+    // upsert.
     let (mut continued_ids, mut continued_versions) = (Vec::new(), Vec::new());
     let (mut new_ids, mut new_versions) = (Vec::new(), Vec::new());
     for &(id, version) in &streams {
@@ -190,7 +203,7 @@ async fn try_apply(
             new_versions.push(version);
         }
     }
-    let continued = continued_ids.len() as i64;
+    let continued = continued_ids.len();
     let updated: i64 = sqlx::query_scalar(
         "with continued as (
              update stream_versions s set version = c.version
@@ -210,10 +223,7 @@ async fn try_apply(
     .bind(new_versions)
     .fetch_one(&mut *tx)
     .await?;
-    if updated != continued {
-        // A version row read at the start is gone: start again from what is there now.
-        return Err(ApplyError::Raced);
-    }
+    all_updated(updated, continued)?;
     tx.commit().await?;
     Ok(Applied {
         events: to_apply.len(),

@@ -14,7 +14,7 @@ use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::{InMemory, Projector};
+use crate::projector::{ApplyError, InMemory, Projector};
 
 pub struct Records;
 
@@ -123,7 +123,7 @@ impl Projector for Records {
         &'a self,
         tx: &'a mut PgConnection,
         events: &'a [Envelope],
-    ) -> BoxFuture<'a, Result<Vec<Touched>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>> {
         async move {
             let ids: Vec<Uuid> = events
                 .iter()

@@ -18,7 +18,9 @@ use crate::load::Timeline;
 pub struct MachineCpu {
     pub busy: f64,
     pub steal: f64,
-    pub by_group: Groups<f64>,
+    /// `None` for a group none of whose processes could be seen (PostgreSQL on another host,
+    /// or a `/proc` that hides other users' processes).
+    pub by_group: Groups<Option<f64>>,
 }
 
 impl std::fmt::Display for MachineCpu {
@@ -29,18 +31,20 @@ impl std::fmt::Display for MachineCpu {
 
 impl MachineCpu {
     /// The shares of PostgreSQL, RabbitMQ and this process (HAP and the load generator), in
-    /// percent of the machine: `41 / 18 / 33`.
+    /// percent of the machine: `41 / 18 / 33`, with `?` for a group not seen.
     pub fn by_process(&self) -> String {
         let Groups {
             postgres,
             rabbitmq,
             bench,
         } = self.by_group;
+        let percent =
+            |share: Option<f64>| share.map_or("?".to_owned(), |s| format!("{:.0}", s * 100.0));
         format!(
-            "{:.0} / {:.0} / {:.0}",
-            postgres * 100.0,
-            rabbitmq * 100.0,
-            bench * 100.0
+            "{} / {} / {}",
+            percent(postgres),
+            percent(rabbitmq),
+            percent(bench)
         )
     }
 }
@@ -67,20 +71,20 @@ impl CpuWindow {
     pub fn close(self) -> Option<MachineCpu> {
         let (before, after) = (self.0?, Ticks::read()?);
         let total = (after.machine.total - before.machine.total) as f64;
-        let mut spent = Groups::<u64>::default();
+        let mut spent = Groups::<Option<u64>>::default();
         for (pid, (group, ticks)) in &after.processes {
             // A process started during the window counts from its start.
             let earlier = before.processes.get(pid).map_or(0, |(_, t)| *t);
-            *spent.of(*group) += ticks.saturating_sub(earlier);
+            *spent.of(*group).get_or_insert(0) += ticks.saturating_sub(earlier);
         }
         let share = |ticks: u64| ticks as f64 / total;
         (total > 0.0).then(|| MachineCpu {
             busy: share(after.machine.busy - before.machine.busy),
             steal: share(after.machine.steal - before.machine.steal),
             by_group: Groups {
-                postgres: share(spent.postgres),
-                rabbitmq: share(spent.rabbitmq),
-                bench: share(spent.bench),
+                postgres: spent.postgres.map(share),
+                rabbitmq: spent.rabbitmq.map(share),
+                bench: spent.bench.map(share),
             },
         })
     }
@@ -170,8 +174,8 @@ enum Group {
     Bench,
 }
 
-impl Groups<u64> {
-    fn of(&mut self, group: Group) -> &mut u64 {
+impl<T> Groups<T> {
+    fn of(&mut self, group: Group) -> &mut T {
         match group {
             Group::Postgres => &mut self.postgres,
             Group::RabbitMq => &mut self.rabbitmq,
