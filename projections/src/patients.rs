@@ -13,7 +13,7 @@ use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::{ApplyError, InMemory, Projector, all_updated, continued_streams};
+use crate::projector::{ApplyError, InMemory, Projector, all_updated, column, continued_streams};
 
 pub struct Patients;
 
@@ -179,31 +179,15 @@ async fn save(tx: &mut PgConnection, rows: &[(&Row, bool)]) -> Result<(), ApplyE
          )
          select count(*) from updated",
     )
-    .bind(rows.iter().map(|(r, _)| r.id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(r, _)| r.name.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(r, _)| r.birth_date).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|(r, _)| r.document_number.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|(r, _)| r.email.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|(r, _)| r.phone.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|(r, _)| r.status.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|(r, _)| r.version).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(r, _)| r.updated_at).collect::<Vec<_>>())
+    .bind(column(rows, |r| r.id))
+    .bind(column(rows, |r| r.name.as_str()))
+    .bind(column(rows, |r| r.birth_date))
+    .bind(column(rows, |r| r.document_number.as_str()))
+    .bind(column(rows, |r| r.email.as_deref()))
+    .bind(column(rows, |r| r.phone.as_deref()))
+    .bind(column(rows, |r| r.status.as_str()))
+    .bind(column(rows, |r| r.version))
+    .bind(column(rows, |r| r.updated_at))
     .bind(rows.iter().map(|(_, stored)| *stored).collect::<Vec<_>>())
     .fetch_one(tx)
     .await?;

@@ -15,7 +15,7 @@ use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::{ApplyError, InMemory, Projector, all_updated, continued_streams};
+use crate::projector::{ApplyError, InMemory, Projector, all_updated, column, continued_streams};
 
 pub struct Physicians;
 
@@ -167,25 +167,13 @@ async fn save(tx: &mut PgConnection, rows: &[(&Row, bool)]) -> Result<(), ApplyE
          )
          select count(*) from updated",
     )
-    .bind(rows.iter().map(|(r, _)| r.id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(r, _)| r.name.clone()).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|(r, _)| r.specialty.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|(r, _)| r.license_number.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|(r, _)| r.status.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|(r, _)| r.version).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(r, _)| r.updated_at).collect::<Vec<_>>())
+    .bind(column(rows, |r| r.id))
+    .bind(column(rows, |r| r.name.as_str()))
+    .bind(column(rows, |r| r.specialty.as_str()))
+    .bind(column(rows, |r| r.license_number.as_str()))
+    .bind(column(rows, |r| r.status.as_str()))
+    .bind(column(rows, |r| r.version))
+    .bind(column(rows, |r| r.updated_at))
     .bind(rows.iter().map(|(_, stored)| *stored).collect::<Vec<_>>())
     .fetch_one(tx)
     .await?;

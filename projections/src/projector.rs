@@ -80,6 +80,12 @@ pub fn all_updated(updated: i64, expected: usize) -> Result<(), ApplyError> {
     }
 }
 
+/// One column of the rows a projector writes (each with whether it was loaded), to bind as
+/// an array.
+pub fn column<'r, R, T>(rows: &[(&'r R, bool)], field: impl Fn(&'r R) -> T) -> Vec<T> {
+    rows.iter().map(|(row, _)| field(row)).collect()
+}
+
 /// Attempts at a batch that another transaction raced before [`ApplyError::Raced`] is given up.
 const RACE_ATTEMPTS: usize = 3;
 
