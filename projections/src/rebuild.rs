@@ -16,8 +16,10 @@ use eventstore::scan::{ScanError, ScanPage};
 use eventstore::{EventStore, GlobalCheckpoint, RecordedEvent};
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
+use tokio::sync::SemaphorePermit;
 use uuid::Uuid;
 
 use crate::ById;
@@ -343,22 +345,26 @@ struct Writers<'a> {
 
 impl Writers<'_> {
     async fn copy(&self, table: CopyRows) -> Result<(), sqlx::Error> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .expect("the slots are never closed");
-        table.write(&mut *self.pool.acquire().await?).await?;
+        let (_slot, mut connection) = self.connection().await?;
+        table.write(&mut connection).await?;
         Ok(())
     }
 
     async fn execute(&self, statement: &str) -> Result<(), sqlx::Error> {
-        let _slot = self
+        let (_slot, mut connection) = self.connection().await?;
+        execute(&mut connection, statement).await
+    }
+
+    /// A slot, then a connection: the connection goes back to the pool before the slot.
+    async fn connection(
+        &self,
+    ) -> Result<(SemaphorePermit<'_>, PoolConnection<Postgres>), sqlx::Error> {
+        let slot = self
             .slots
             .acquire()
             .await
             .expect("the slots are never closed");
-        execute(&mut *self.pool.acquire().await?, statement).await
+        Ok((slot, self.pool.acquire().await?))
     }
 }
 
