@@ -27,6 +27,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
+use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, closed_loop, sample_pool};
 use crate::report::{Facts, Table};
@@ -80,6 +81,7 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
     let pool = database.create(args.pool_size).await?;
     let facts = Facts::gather(&pool).await?;
 
+    settle().await;
     eprintln!(
         "HAP run: {} clients, {} s warm-up + {} s…",
         args.clients,
@@ -89,6 +91,7 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
     let (hap, hap_pool) = hap_run(args, database, pool).await?;
     require_success("HAP run", &hap)?;
 
+    settle().await;
     eprintln!(
         "raw run: {} clients, {} s warm-up + {} s…",
         args.clients,

@@ -5,6 +5,7 @@
 //! Read from `/proc` (Linux); elsewhere the figures are left out.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
@@ -99,6 +100,46 @@ pub fn sample_cpu(timeline: Timeline) -> JoinHandle<Option<MachineCpu>> {
         tokio::time::sleep_until(timeline.until.into()).await;
         window.close()
     })
+}
+
+/// Machine busy below which it counts as quiet (the idle services' own ticking stays under it).
+const QUIET: f64 = 0.15;
+/// The window over which quiet is judged.
+const QUIET_WINDOW: Duration = Duration::from_millis(500);
+/// Quiet windows in a row that count as settled: the broker's flush may start a moment after
+/// the publishing it follows ended.
+const QUIET_WINDOWS: u32 = 4;
+/// How long a run waits for quiet at most before it starts anyway.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Waits until the machine has been quiet for a while, so that the work a setup leaves behind
+/// is not charged to the run that follows it: RabbitMQ moves a backlog just published from its
+/// log into its segment files for several seconds at a core's worth of CPU, and PostgreSQL
+/// writes out what a bulk load dirtied. Says so when it waited longer than that, or gave up.
+pub async fn settle() {
+    let started = Instant::now();
+    let mut quiet = 0;
+    while quiet < QUIET_WINDOWS {
+        let window = CpuWindow::open();
+        tokio::time::sleep(QUIET_WINDOW).await;
+        let busy = window.close().map_or(0.0, |cpu| cpu.busy);
+        quiet = if busy < QUIET { quiet + 1 } else { 0 };
+        if started.elapsed() >= SETTLE_LIMIT {
+            eprintln!(
+                "the machine is still {:.0} % busy after {} s: starting anyway",
+                busy * 100.0,
+                SETTLE_LIMIT.as_secs()
+            );
+            return;
+        }
+    }
+    let waited = started.elapsed();
+    if waited > QUIET_WINDOW * (QUIET_WINDOWS + 1) {
+        eprintln!(
+            "waited {:.1} s for the machine to settle",
+            waited.as_secs_f64()
+        );
+    }
 }
 
 /// One line saying how busy the machine was during a bench's HAP run and its raw run, and

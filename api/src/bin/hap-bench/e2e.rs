@@ -31,6 +31,7 @@ use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use crate::broker::{ScratchBroker, Servers};
+use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, latency_histogram, paced, sample_pool};
 use crate::report::{Facts, Table};
@@ -81,6 +82,7 @@ async fn bench(
     let pool = database.create(POOL_SIZE).await?;
     let facts = Facts::gather(&pool).await?;
 
+    settle().await;
     eprintln!(
         "HAP run: {} pairs/s, {} s warm-up + {} s…",
         args.rate,
@@ -89,6 +91,7 @@ async fn bench(
     );
     let (hap, legs) = hap_run(args, database, broker, pool).await?;
 
+    settle().await;
     eprintln!(
         "raw run: {} pairs/s, {} s warm-up + {} s…",
         args.rate,

@@ -38,7 +38,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::broker::{ScratchBroker, Servers};
-use crate::cpu::{CpuWindow, machine_cpu};
+use crate::cpu::{CpuWindow, machine_cpu, settle};
 use crate::database::ScratchDatabase;
 use crate::load::{Drained, wait_until};
 use crate::report::{Facts, Table};
@@ -158,6 +158,7 @@ async fn bench(
         published.elapsed().as_secs_f64()
     );
 
+    settle().await;
     eprintln!("HAP run: the projectors work off both queues…");
     let hap_cpu = CpuWindow::open();
     let started = Instant::now();
@@ -201,6 +202,7 @@ async fn bench(
         elapsed: finished,
     };
 
+    settle().await;
     eprintln!("raw run: plain consumers work off the copies…");
     let raw_cpu = CpuWindow::open();
     let started = Instant::now();

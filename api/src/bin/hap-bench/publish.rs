@@ -40,6 +40,7 @@ use lapin::{Channel, Confirmation};
 use uuid::Uuid;
 
 use crate::broker::{ScratchBroker, Servers};
+use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{Drained, Timeline, WARMUP, latency_histogram, paced, wait_until};
 use crate::report::{Facts, Table};
@@ -118,6 +119,7 @@ async fn bench(
     let stored = fill(&store, args.events).await?;
     let last = system::last_checkpoint(&pool).await?;
 
+    settle().await;
     eprintln!("HAP run: the publisher drains {stored} events…");
     let started = Instant::now();
     let publisher = system::publisher(broker, &store);
@@ -133,6 +135,7 @@ async fn bench(
     };
     let hap_queued = empty_queue(&channel, &queue).await?;
 
+    settle().await;
     eprintln!("raw run: lapin publishes the same {stored} messages…");
     // Timed on its own, for the reader: the part of the publisher's work that is not publishing.
     let reading = Instant::now();

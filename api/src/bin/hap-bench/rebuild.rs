@@ -29,7 +29,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::broker::Servers;
-use crate::cpu::{CpuWindow, machine_cpu};
+use crate::cpu::{CpuWindow, machine_cpu, settle};
 use crate::database::ScratchDatabase;
 use crate::load::Drained;
 use crate::report::{Facts, Table};
@@ -105,6 +105,7 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
     );
     let projections = projections::rebuild::all_projections();
 
+    settle().await;
     eprintln!("HAP run: rebuild --all of {stored} events…");
     let hap_cpu = CpuWindow::open();
     let started = Instant::now();
@@ -120,10 +121,12 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
     let rows = check_read_model(&read.pool, blocks).await?;
     read.pool.close().await;
 
+    settle().await;
     eprintln!("raw run: keyset scan of {stored} events…");
     let raw_cpu = CpuWindow::open();
     let raw = keyset_scan(store.pool()).await?;
     let raw_cpu = raw_cpu.close();
+    settle().await;
     eprintln!("read_all alone: {stored} events…");
     let read_all = scan(&store).await?;
     store.pool().close().await;
