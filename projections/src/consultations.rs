@@ -14,7 +14,7 @@ use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::{ApplyError, InMemory, Projector, continued_streams};
+use crate::projector::{ApplyError, InMemory, Projector, load_continued};
 
 pub struct Consultations;
 
@@ -213,18 +213,12 @@ impl Projector for Consultations {
         events: &'a [Envelope],
     ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>> {
         async move {
-            let ids = continued_streams(events);
-            let consultations = if ids.is_empty() {
-                ById::default()
-            } else {
-                sqlx::query_as::<_, Row>("select * from consultations where id = any($1)")
-                    .bind(&ids)
-                    .fetch_all(&mut *tx)
+            let consultations: ById<Box<Row>> =
+                load_continued::<Row>(tx, events, "select * from consultations where id = any($1)")
                     .await?
                     .into_iter()
                     .map(|row| (row.id, Box::new(row)))
-                    .collect()
-            };
+                    .collect();
             // The people named by consultations started in this batch: their names are copied
             // into the new rows.
             let named: Vec<Uuid> = events

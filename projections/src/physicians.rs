@@ -15,7 +15,7 @@ use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::{ApplyError, InMemory, Projector, all_updated, column, continued_streams};
+use crate::projector::{ApplyError, InMemory, Projector, all_updated, column, load_continued};
 
 pub struct Physicians;
 
@@ -110,15 +110,8 @@ impl Projector for Physicians {
         events: &'a [Envelope],
     ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>> {
         async move {
-            let ids = continued_streams(events);
-            let existing = if ids.is_empty() {
-                vec![]
-            } else {
-                sqlx::query_as::<_, Row>("select * from physicians where id = any($1)")
-                    .bind(&ids)
-                    .fetch_all(&mut *tx)
-                    .await?
-            };
+            let existing: Vec<Row> =
+                load_continued(tx, events, "select * from physicians where id = any($1)").await?;
             let stored: HashSet<Uuid> = existing.iter().map(|row| row.id).collect();
             let mut rows = Rows(existing.into_iter().map(|row| (row.id, row)).collect());
             let changed = events.iter().filter_map(|e| rows.apply(e)).collect();

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use futures::future::BoxFuture;
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -55,10 +56,26 @@ pub enum ApplyError {
     Raced,
 }
 
+/// The rows of a projection keyed by stream that `events` continue, read with `select`
+/// (`… where id = any($1)`, bound to their ids). A stream whose first event is in the batch
+/// has no row yet, so a batch of new streams reads nothing before it writes.
+pub async fn load_continued<R>(
+    tx: &mut PgConnection,
+    events: &[Envelope],
+    select: &'static str,
+) -> Result<Vec<R>, sqlx::Error>
+where
+    R: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin,
+{
+    let ids = continued_streams(events);
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(select).bind(&ids).fetch_all(tx).await
+}
+
 /// The streams of `events` that may have a row already: those with an event past version 1.
-/// A stream whose first event is in the batch has none, so a projector keyed by stream need
-/// not look it up (a batch of new streams then reads nothing before it writes).
-pub fn continued_streams(events: &[Envelope]) -> Vec<Uuid> {
+fn continued_streams(events: &[Envelope]) -> Vec<Uuid> {
     let mut ids: Vec<Uuid> = events
         .iter()
         .filter(|e| e.version > 1)
