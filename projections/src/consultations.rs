@@ -297,7 +297,10 @@ async fn save_names(
     let names: Vec<&str> = people.iter().map(|(_, p)| p.name.as_str()).collect();
     let registered: Vec<bool> = people.iter().map(|(_, p)| p.registered).collect();
     // Each name is looked up on its own: a join would match a consultation whose patient and
-    // physician were both renamed twice, and an update applies only one match per row.
+    // physician were both renamed twice, and an update applies only one match per row. The
+    // consultations are found through their patient and physician indexes (`= any($1)`): an
+    // `in (select … from renamed)` there scanned the whole table for every batch of names
+    // (44 ms at 200,000 consultations against 0.6 ms).
     sqlx::query_scalar(
         "with renamed as (
              select * from unnest($1::uuid[], $2::text[], $3::bool[]) as r(id, name, registered)
@@ -312,8 +315,7 @@ async fn save_names(
                                         c.patient_name),
                 physician_name = coalesce((select name from renamed where id = c.physician_id),
                                           c.physician_name)
-          where c.patient_id in (select id from renamed)
-             or c.physician_id in (select id from renamed)
+          where c.patient_id = any($1) or c.physician_id = any($1)
          returning c.id",
     )
     .bind(ids)
