@@ -89,14 +89,15 @@ pub async fn run_all(
 ) {
     read.progress.start_projecting();
     // The projectors' own connections, one per queue, with the read model's settings and
-    // statements planned per call (see `Plans`). In the pool the queries share, a batch queued
-    // for a connection behind the very queries that wait for it to commit (under load, hundreds
-    // of them), which stretched read-your-writes waits into seconds.
+    // statements planned once, for key access only (see `Plans`). In the pool the queries
+    // share, a batch queued for a connection behind the very queries that wait for it to
+    // commit (under load, hundreds of them), which stretched read-your-writes waits into
+    // seconds.
     let projecting = ReadModel {
         pool: PgPoolOptions::new()
             .max_connections(QUEUES.len() as u32)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(Plans::PerCall.apply((*read.pool.connect_options()).clone())),
+            .connect_lazy_with(Plans::ByKey.apply((*read.pool.connect_options()).clone())),
         ..read.clone()
     };
     let consumers = QUEUES.iter().map(|spec| {

@@ -360,7 +360,7 @@ impl ShadowBuild<'_> {
 /// added, and yields only after a second). They commit without waiting for the flush: the
 /// swap's commit is synchronous and flushes everything logged before it.
 async fn connect_shadow(read_url: &str, shadow_schema: &str) -> Result<PgPool, sqlx::Error> {
-    let options = schema::connect_options(read_url, shadow_schema, schema::Plans::PerCall)
+    let options = schema::connect_options(read_url, shadow_schema, schema::Plans::ByKey)
         .await?
         .options([("lock_timeout", "0"), ("synchronous_commit", "off")]);
     PgPoolOptions::new()
