@@ -19,7 +19,7 @@ use crate::EventStore;
 use crate::leader;
 use crate::message::{Message, MessageRoute, Router};
 use crate::position::GlobalCheckpoint;
-use crate::read::RecordedEvent;
+use crate::read::{RecordedEvent, TailReader};
 use crate::topology::{self, Topology};
 use crate::wakeup::Wakeups;
 
@@ -107,6 +107,7 @@ impl Publisher {
     pub async fn run(self, shutdown: CancellationToken) {
         let lock = format!("hap.publisher:{}", self.name());
         let mut wakeups = Wakeups::new(&self.store);
+        let reader = self.store.tail_reader();
         while let Some(mut leadership) = leader::acquire(self.store.pool(), &lock, &shutdown).await
         {
             tracing::info!(publisher = %self.name(), "leading: publishing events");
@@ -115,21 +116,22 @@ impl Publisher {
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = leadership.lost() => tracing::warn!("lost the publisher lock; following"),
-                () = self.publish(&mut wakeups) => {}
+                () = self.publish(&reader, &mut wakeups) => {}
             }
             self.store.set_publishing_here(false);
             metrics::gauge!("hap_publisher_leader").set(0.0);
             if shutdown.is_cancelled() {
-                return;
+                break;
             }
         }
+        reader.close().await;
     }
 
     /// Publishes forever. Events are sent as soon as they can be read, with up to a window of
     /// them awaiting the broker's confirm: a slow confirm (a quorum queue writes to disk first)
     /// delays the checkpoint, never the next messages. The checkpoint follows the oldest
     /// unconfirmed event; on any failure, everything after it is sent again on a new channel.
-    async fn publish(&self, wakeups: &mut Wakeups) {
+    async fn publish(&self, reader: &TailReader, wakeups: &mut Wakeups) {
         let mut backoff = BACKOFF;
         let mut confirmed = loop {
             match self.load_checkpoint().await {
@@ -202,7 +204,7 @@ impl Publisher {
             let room = self.settings.window - in_flight.len() as i64;
             let reading = caught_up_at != Some(sent) && room >= (self.settings.window / 4).max(1);
             let events = if reading {
-                match self.store.read_all(sent, room).await {
+                match reader.read(sent, room).await {
                     Ok(events) => events,
                     Err(error) => {
                         tracing::warn!(%error, "could not read events to publish");

@@ -2,6 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use crate::EventStore;
@@ -146,37 +148,92 @@ impl EventStore {
         limit: i64,
         fence: Fence,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        let statement = match fence {
-            Fence::GapSafe => concat!(
-                "select ",
-                recorded_event_columns!(),
-                " from events \
-                 where (transaction_id, position) > ($1::text::xid8, $2) \
-                   and transaction_id < (",
-                writer_fence!("$4"),
-                ") order by events.transaction_id, events.position \
-                 limit $3"
-            ),
-            Fence::None => concat!(
+        let query = match fence {
+            Fence::GapSafe => gap_safe_read(after, limit),
+            Fence::None => sqlx::query_as(concat!(
                 "select ",
                 recorded_event_columns!(),
                 " from events \
                  where (transaction_id, position) > ($1::text::xid8, $2) \
                  order by events.transaction_id, events.position \
                  limit $3"
-            ),
-        };
-        let query = sqlx::query_as(statement)
+            ))
             .bind(after.transaction_id.to_string())
             .bind(after.position)
-            .bind(limit);
-        let query = match fence {
-            Fence::GapSafe => query.bind(READ_MODEL_APPLICATION),
-            Fence::None => query,
+            .bind(limit),
         };
-        // Not a cached prepared statement: PostgreSQL would soon switch it to a generic plan,
-        // made blind to the checkpoint, that scans the whole table instead of its tail.
+        // Not a cached prepared statement: on a connection planning as PostgreSQL does by
+        // default, it would soon switch to a generic plan, which is free to scan the whole
+        // table instead of its tail (a `TailReader` rules that out on a connection of its own).
         query.persistent(false).fetch_all(&self.pool).await
+    }
+
+    /// A reader of the tail of the global order, for the publisher, which reads it at every
+    /// wake-up.
+    pub fn tail_reader(&self) -> TailReader {
+        TailReader::new(self)
+    }
+}
+
+/// The gap-safe read of [`EventStore::read_all`], bound.
+fn gap_safe_read<'q>(
+    after: GlobalCheckpoint,
+    limit: i64,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, RecordedEvent, sqlx::postgres::PgArguments> {
+    sqlx::query_as(concat!(
+        "select ",
+        recorded_event_columns!(),
+        " from events \
+         where (transaction_id, position) > ($1::text::xid8, $2) \
+           and transaction_id < (",
+        writer_fence!("$4"),
+        ") order by events.transaction_id, events.position \
+         limit $3"
+    ))
+    .bind(after.transaction_id.to_string())
+    .bind(after.position)
+    .bind(limit)
+    .bind(READ_MODEL_APPLICATION)
+}
+
+/// Reads what [`EventStore::read_all`] reads, on a connection of its own whose statement is
+/// planned once, walking the `(transaction_id, position)` index: the only plan it is left
+/// (sequential and bitmap scans and sorts are ruled out), right whatever the table held when
+/// it was made. Planning the read per call cost PostgreSQL four times what running it did
+/// (0.8 ms against 0.2 ms), once for every wake-up of the publisher.
+#[derive(Debug, Clone)]
+pub struct TailReader {
+    pool: PgPool,
+}
+
+impl TailReader {
+    fn new(store: &EventStore) -> Self {
+        let options = (*store.pool.connect_options()).clone().options([
+            ("plan_cache_mode", "force_generic_plan"),
+            ("enable_seqscan", "off"),
+            ("enable_bitmapscan", "off"),
+            ("enable_sort", "off"),
+            // Plans ruled out cost 10^10, which would otherwise compile the rest to no end.
+            ("jit", "off"),
+        ]);
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(options);
+        Self { pool }
+    }
+
+    /// Up to `limit` committed events after `after`, as [`EventStore::read_all`] returns them.
+    pub async fn read(
+        &self,
+        after: GlobalCheckpoint,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        gap_safe_read(after, limit).fetch_all(&self.pool).await
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 }
 
