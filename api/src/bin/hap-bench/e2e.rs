@@ -8,9 +8,13 @@
 //!   `X-Min-Position` set to the command's `position`, so the query waits until the patients
 //!   projection has applied the registration: database, publisher, broker, projector, database,
 //!   query. Each pair runs in a task of its own, so that a slow one delays no other.
-//! - **Raw run**: the same schedule on the floor of any write followed by a read: a one-row
-//!   `INSERT` of the same event into a copy of `events`, then a `SELECT` of it by id, from a
-//!   pool of as many connections as HAP's, with no HTTP and no broker.
+//! - **Raw SQL run**: the same schedule on the floor of any write followed by a read: a
+//!   one-row `INSERT` of the same event into a copy of `events`, then a `SELECT` of it by id,
+//!   from a pool of as many connections as HAP's, with no HTTP and no broker.
+//! - **Raw pipeline run** ([`pipeline`]): the floor of the same trip through a broker, in plain
+//!   SQL and plain lapin: the `INSERT`, a publish with confirm to one quorum queue, a plain
+//!   consumer that writes the row and acks, then the `SELECT`. It tells how much of HAP's
+//!   latency the machine itself imposes on database, broker, database.
 //!
 //! Latency counts from when the pair was due (it is sent then, unless the bench falls
 //! behind) until the query's answer has been read, and is the figure the targets are about.
@@ -36,6 +40,8 @@ use crate::database::ScratchDatabase;
 use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, latency_histogram, paced, sample_pool};
 use crate::report::{Facts, Table};
 use crate::system::{self, INSTANCE, POOL_SIZE};
+
+mod pipeline;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -91,22 +97,35 @@ async fn bench(
     );
     let (hap, legs) = hap_run(args, database, broker, pool).await?;
 
+    let raw_pool = raw_pool(database).await?;
     settle().await;
     eprintln!(
-        "raw run: {} pairs/s, {} s warm-up + {} s…",
+        "raw SQL run: {} pairs/s, {} s warm-up + {} s…",
         args.rate,
         WARMUP.as_secs(),
         args.seconds
     );
-    let raw = raw_run(args, database).await?;
+    let raw = raw_run(args, &raw_pool).await?;
+    settle().await;
+    eprintln!(
+        "raw pipeline run: {} pairs/s, {} s warm-up + {} s…",
+        args.rate,
+        WARMUP.as_secs(),
+        args.seconds
+    );
+    let raw_pipeline = pipeline::run(args, broker, &raw_pool).await?;
+    raw_pool.close().await;
 
     let mut table = Table::paced();
     table.paced_row("HAP", args.rate, &hap);
-    table.paced_row("raw", args.rate, &raw);
+    table.paced_row("raw SQL", args.rate, &raw);
+    table.paced_row("raw pipeline", args.rate, &raw_pipeline);
     println!("hap-bench e2e · {facts}");
     println!(
-        "{} pairs/s · {} s measured after {} s warm-up · up to {} in flight · POST /patients, \
-         then GET /patients/{{id}} with X-Min-Position, vs INSERT then SELECT",
+        "{} pairs/s · {} s measured after {} s warm-up · up to {} in flight · HAP: POST \
+         /patients, then GET /patients/{{id}} with X-Min-Position · raw SQL: INSERT, then \
+         SELECT · raw pipeline: INSERT, publish with confirm to one quorum queue, a plain \
+         consumer writes the row and acks, then SELECT",
         args.rate,
         args.seconds,
         WARMUP.as_secs(),
@@ -119,6 +138,11 @@ async fn bench(
         "HAP p50 {:.2} ms (target ≤ {TARGET_P50_MS:.0}), p99 {:.2} ms (target ≤ {TARGET_P99_MS:.0})",
         hap.latency_ms(0.5),
         hap.latency_ms(0.99)
+    );
+    println!(
+        "ratio (HAP / raw pipeline): p50 {:.2}, p99 {:.2}",
+        hap.latency_ms(0.5) / raw_pipeline.latency_ms(0.5),
+        hap.latency_ms(0.99) / raw_pipeline.latency_ms(0.99)
     );
     let mut breakdown = Table::new(["HAP leg", "count", "p50 ms", "p99 ms", "max ms"]);
     for (name, histogram) in [
@@ -143,7 +167,11 @@ async fn bench(
             store.open, store.idle, read.open, read.idle
         );
     }
-    for (name, outcome) in [("HAP", &hap), ("raw", &raw)] {
+    for (name, outcome) in [
+        ("HAP", &hap),
+        ("raw SQL", &raw),
+        ("raw pipeline", &raw_pipeline),
+    ] {
         if let Some(error) = &outcome.first_error {
             println!("first {name} error: {error}");
         }
@@ -339,54 +367,66 @@ const RAW_INSERT: &str = "insert into raw_events (event_id, stream_id, aggregate
     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 const RAW_SELECT: &str = "select payload from raw_events where event_id = $1";
 
-/// Paced INSERT-then-SELECT pairs into `raw_events`, a copy of `events` with all its indexes.
-async fn raw_run(args: &Args, database: &ScratchDatabase) -> anyhow::Result<Outcome> {
+/// A pool of as many connections as HAP's on the scratch database, with `raw_events`, a copy
+/// of `events` with all its indexes, for the raw runs.
+async fn raw_pool(database: &ScratchDatabase) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(POOL_SIZE)
         .acquire_timeout(Duration::from_secs(30))
         .connect(database.url())
         .await
-        .context("Failed to connect to PostgreSQL for the raw run")?;
+        .context("Failed to connect to PostgreSQL for the raw runs")?;
     sqlx::query("create table raw_events (like events including all)")
         .execute(&pool)
         .await
         .context("Failed to create raw_events")?;
+    Ok(pool)
+}
+
+/// Inserts patient `n`'s registration into `raw_events` in a transaction of its own, as HAP's
+/// first append of it would store it; returns the event's id, the patient's id and the payload.
+async fn insert_raw_event(pool: &PgPool, n: u64) -> anyhow::Result<(Uuid, Uuid, Value)> {
+    let patient_id = PatientId::new();
+    let (event_type, payload) = Event::PatientRegistered(PatientRegistered {
+        patient_id,
+        name: format!("Bench Patient {n}"),
+        birth_date: chrono::NaiveDate::from_ymd_opt(1980, 5, 17).expect("1980-05-17 is a date"),
+        document_number: format!("e2e-{n}"),
+        email: Some(format!("e2e-{n}@example.org")),
+        phone: Some("+55 11 5555-0100".into()),
+    })
+    .into_parts();
+    let event_id = Uuid::now_v7();
+    sqlx::query(RAW_INSERT)
+        .bind(event_id)
+        .bind(patient_id.as_uuid())
+        .bind("patient")
+        .bind(1_i64)
+        .bind(event_type)
+        .bind(&payload)
+        .bind(api::state::TENANT)
+        .bind(Uuid::now_v7().to_string())
+        .bind(None::<Uuid>)
+        .bind(1_i32)
+        .bind(system::now_micros())
+        .execute(pool)
+        .await
+        .context("insert into raw_events failed")?;
+    Ok((event_id, patient_id.as_uuid(), payload))
+}
+
+/// Paced INSERT-then-SELECT pairs on `raw_events`.
+async fn raw_run(args: &Args, pool: &PgPool) -> anyhow::Result<Outcome> {
     let timeline = Timeline::starting_now(WARMUP, Duration::from_secs(args.seconds));
-    let load_pool = pool.clone();
-    let outcome = paced(
+    let pool = pool.clone();
+    paced(
         args.rate as f64,
         args.max_in_flight as usize,
         timeline,
         move |n, _| {
-            let pool = load_pool.clone();
+            let pool = pool.clone();
             async move {
-                let patient_id = PatientId::new();
-                let (event_type, payload) = Event::PatientRegistered(PatientRegistered {
-                    patient_id,
-                    name: format!("Bench Patient {n}"),
-                    birth_date: chrono::NaiveDate::from_ymd_opt(1980, 5, 17)
-                        .expect("1980-05-17 is a date"),
-                    document_number: format!("e2e-{n}"),
-                    email: Some(format!("e2e-{n}@example.org")),
-                    phone: Some("+55 11 5555-0100".into()),
-                })
-                .into_parts();
-                let event_id = Uuid::now_v7();
-                sqlx::query(RAW_INSERT)
-                    .bind(event_id)
-                    .bind(patient_id.as_uuid())
-                    .bind("patient")
-                    .bind(1_i64)
-                    .bind(event_type)
-                    .bind(payload)
-                    .bind(api::state::TENANT)
-                    .bind(Uuid::now_v7().to_string())
-                    .bind(None::<Uuid>)
-                    .bind(1_i32)
-                    .bind(system::now_micros())
-                    .execute(&pool)
-                    .await
-                    .context("insert into raw_events failed")?;
+                let (event_id, _, _) = insert_raw_event(&pool, n).await?;
                 let _: Value = sqlx::query_scalar(RAW_SELECT)
                     .bind(event_id)
                     .fetch_one(&pool)
@@ -396,7 +436,5 @@ async fn raw_run(args: &Args, database: &ScratchDatabase) -> anyhow::Result<Outc
             }
         },
     )
-    .await;
-    pool.close().await;
-    outcome
+    .await
 }

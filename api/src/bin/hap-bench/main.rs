@@ -14,7 +14,8 @@
 //! - [`project`]: `hap-bench project`, the projectors working off full queues against plain
 //!   consuming with acks.
 //! - [`e2e`]: `hap-bench e2e`, read-your-writes latency through the whole system at a steady
-//!   rate, beside an INSERT-then-SELECT floor.
+//!   rate, beside an INSERT-then-SELECT floor and the same trip through a broker in plain SQL
+//!   and plain lapin.
 //! - [`rebuild`]: `hap-bench rebuild`, rebuilding the read model against a keyset scan of the
 //!   store.
 //! - [`database`]: the scratch database, shared by every subcommand.
