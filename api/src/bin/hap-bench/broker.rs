@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use eventstore::topology::{EXCHANGES, Topology};
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-use lapin::{Channel, Connection};
+use lapin::options::{
+    BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
 use projections::queues::{QUEUES, QueueNames};
 use tokio_util::sync::CancellationToken;
 
@@ -209,4 +212,26 @@ impl ScratchBroker {
             None => Ok(()),
         }
     }
+}
+
+/// Consumes `queue` on `channel` with manual acks, letting the broker send up to `prefetch`
+/// deliveries ahead: how the raw consumers take their messages, as HAP's do.
+pub async fn consume_with_acks(
+    channel: &Channel,
+    queue: &str,
+    prefetch: u16,
+) -> anyhow::Result<Consumer> {
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .context("basic.qos failed")?;
+    channel
+        .basic_consume(
+            queue.into(),
+            "hap-bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("Failed to consume {queue}"))
 }

@@ -31,13 +31,13 @@ use domain::ids::PatientId;
 use eventstore::EventStore;
 use futures::{FutureExt, StreamExt};
 use lapin::Channel;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use projections::queues::{self, QUEUES, QueueNames, QueueSpec};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::broker::{ScratchBroker, Servers};
+use crate::broker::{ScratchBroker, Servers, consume_with_acks};
 use crate::cpu::{CpuWindow, machine_cpu, settle};
 use crate::database::ScratchDatabase;
 use crate::load::{Drained, wait_until};
@@ -348,19 +348,7 @@ async fn drain(
         .create_channel()
         .await
         .context("Failed to open a channel")?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .context("basic.qos failed")?;
-    let mut deliveries = channel
-        .basic_consume(
-            queue.into(),
-            "hap-bench".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("Failed to consume {queue}"))?;
+    let mut deliveries = consume_with_acks(&channel, queue, prefetch).await?;
     let consume = async {
         let mut taken = 0;
         while taken < count {

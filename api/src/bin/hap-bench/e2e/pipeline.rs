@@ -9,10 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use futures::{FutureExt, StreamExt};
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation};
 use serde_json::Value;
@@ -22,7 +19,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::{Args, insert_raw_event};
-use crate::broker::ScratchBroker;
+use crate::broker::{ScratchBroker, consume_with_acks};
 use crate::load::{Outcome, Timeline, WARMUP, paced};
 use eventstore::topology::declare_quorum_queue;
 
@@ -132,19 +129,7 @@ async fn consume(
     waiting: Waiting,
 ) -> anyhow::Result<JoinHandle<()>> {
     let channel = channel.clone();
-    channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await
-        .context("basic.qos failed")?;
-    let mut deliveries = channel
-        .basic_consume(
-            queue.into(),
-            "hap-bench".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("Failed to consume {queue}"))?;
+    let mut deliveries = consume_with_acks(&channel, queue, PREFETCH).await?;
     Ok(tokio::spawn(async move {
         while let Some(Ok(first)) = deliveries.next().await {
             let mut batch = vec![first];
