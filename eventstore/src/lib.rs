@@ -8,8 +8,8 @@
 //! - [`append`]: one append, all-or-nothing, with its uniqueness claims and idempotency key;
 //!   `group_commit` lets concurrent appends share a transaction.
 //! - [`read`]: reading one stream and the gap-safe read of all streams (for the publisher, on
-//!   a connection of its own: `TailReader`); [`scan`]: the same
-//!   read of the whole store in bulk, for rebuilds.
+//!   a connection of its own: `TailReader`); [`scan`]: the same read of the whole store in
+//!   bulk, for rebuilds.
 //! - [`idempotency`]: looking up the remembered response to an idempotency key.
 //! - [`message`]: the message an event becomes on RabbitMQ, and the [`Router`] that says where.
 //! - [`topology`]: exchange and queue names under a prefix, and declaring them.
