@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::{FutureExt, StreamExt};
@@ -26,6 +27,10 @@ use eventstore::topology::declare_quorum_queue;
 /// Deliveries the consumer may hold and the most it writes at once: HAP's consumer settings.
 const PREFETCH: u16 = 2000;
 const BATCH: usize = 500;
+
+/// How long a pair waits for its row before it counts as failed (the consumer may have
+/// stopped: it says why in the log).
+const WAIT_LIMIT: Duration = Duration::from_secs(30);
 
 const INSERT_ROWS: &str = "insert into raw_patients (id, payload) \
     select id, payload::jsonb from unnest($1::uuid[], $2::text[]) as row(id, payload)";
@@ -60,7 +65,7 @@ pub async fn run(args: &Args, broker: &ScratchBroker, pool: &PgPool) -> anyhow::
         .context("Failed to open a channel")?;
     let consumer = consume(&consuming, &queue, pool.clone(), Arc::clone(&waiting)).await?;
 
-    let timeline = Timeline::starting_now(WARMUP, std::time::Duration::from_secs(args.seconds));
+    let timeline = Timeline::starting_now(WARMUP, Duration::from_secs(args.seconds));
     let queue: Arc<str> = queue.into();
     let pool = pool.clone();
     let outcome = paced(
@@ -78,7 +83,9 @@ pub async fn run(args: &Args, broker: &ScratchBroker, pool: &PgPool) -> anyhow::
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(patient_id, written);
                 send(&publish, &queue, patient_id, &payload).await?;
-                seen.await
+                tokio::time::timeout(WAIT_LIMIT, seen)
+                    .await
+                    .context("The raw consumer wrote no row in time")?
                     .context("The raw consumer stopped before writing the row")?;
                 let _: Value = sqlx::query_scalar(SELECT_ROW)
                     .bind(patient_id)
