@@ -7,13 +7,13 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use eventstore::topology::{EXCHANGES, Topology};
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, Consumer};
+use lapin::{Channel, Confirmation, Connection, Consumer, PublisherConfirm};
 use projections::queues::{QUEUES, QueueNames};
 use tokio_util::sync::CancellationToken;
 
@@ -234,4 +234,14 @@ pub async fn consume_with_acks(
         )
         .await
         .with_context(|| format!("Failed to consume {queue}"))
+}
+
+/// Waits for a publish's confirm; anything but a plain ack fails the run.
+pub async fn confirmed(confirm: PublisherConfirm) -> anyhow::Result<()> {
+    match confirm.await.context("Waiting for a confirm failed")? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => bail!("a message was returned as unroutable"),
+        Confirmation::Nack(_) => bail!("the broker nacked a message"),
+        Confirmation::NotRequested => bail!("the channel is not in confirm mode"),
+    }
 }

@@ -23,7 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use domain::Event;
 use domain::event::PhysicianUpdated;
 use domain::ids::PhysicianId;
@@ -31,15 +31,15 @@ use eventstore::message::{Message, Router};
 use eventstore::topology::declare_quorum_queue;
 use eventstore::{EventStore, GlobalCheckpoint, PublisherSettings};
 use futures::StreamExt;
+use lapin::Channel;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
     QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Confirmation};
 use uuid::Uuid;
 
-use crate::broker::{ScratchBroker, Servers};
+use crate::broker::{ScratchBroker, Servers, confirmed};
 use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{Drained, Timeline, WARMUP, latency_histogram, paced, wait_until};
@@ -355,16 +355,6 @@ async fn raw_run(
         count: messages.len() as u64,
         elapsed,
     })
-}
-
-/// Waits for a publish's confirm; anything but a plain ack fails the run.
-async fn confirmed(confirm: lapin::PublisherConfirm) -> anyhow::Result<()> {
-    match confirm.await.context("Waiting for a confirm failed")? {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) => bail!("a message was returned as unroutable"),
-        Confirmation::Nack(_) => bail!("the broker nacked a message"),
-        Confirmation::NotRequested => bail!("the channel is not in confirm mode"),
-    }
 }
 
 /// What the latency part measured.

@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::{Args, insert_raw_event};
-use crate::broker::{ScratchBroker, consume_with_acks};
+use crate::broker::{ScratchBroker, confirmed, consume_with_acks};
 use crate::load::{Outcome, Timeline, WARMUP, paced};
 use eventstore::topology::declare_quorum_queue;
 
@@ -105,7 +105,8 @@ pub async fn run(args: &Args, broker: &ScratchBroker, pool: &PgPool) -> anyhow::
     outcome
 }
 
-/// Publishes the event as a persistent message to `queue` and waits for its confirm.
+/// Publishes the event as a persistent, mandatory message to `queue`, as HAP's publisher
+/// does, and waits for its confirm.
 async fn send(channel: &Channel, queue: &str, id: Uuid, payload: &Value) -> anyhow::Result<()> {
     let body = serde_json::to_vec(payload).context("Failed to encode the payload")?;
     let properties = BasicProperties::default()
@@ -115,17 +116,16 @@ async fn send(channel: &Channel, queue: &str, id: Uuid, payload: &Value) -> anyh
         .basic_publish(
             "".into(),
             queue.into(),
-            BasicPublishOptions::default(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
             &body,
             properties,
         )
         .await
         .context("basic.publish failed")?;
-    match confirm.await.context("Waiting for a confirm failed")? {
-        Confirmation::Ack(_) => Ok(()),
-        Confirmation::Nack(_) => bail!("the broker nacked a message"),
-        Confirmation::NotRequested => bail!("the channel is not in confirm mode"),
-    }
+    confirmed(confirm).await
 }
 
 /// Starts the consumer of `queue` on `channel`; it ends when the channel closes.
