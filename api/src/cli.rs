@@ -5,13 +5,14 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use eventstore::{EventStore, Publisher, PublisherSettings, wakeup};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use projections::ReadModel;
-use projections::consumer::{self, ConsumerSettings};
+use projections::consumer::ConsumerSettings;
 use projections::schema::Plans;
 
 use crate::config::{Role, ServeSettings, Settings};
@@ -243,14 +244,36 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
             &settings.instance,
             settings.max_retries,
         );
-        tasks.spawn(consumer::run_all(
+        tasks.spawn(projections::live::run_all(
             read.clone(),
             store.clone(),
             consumers,
             shutdown.clone(),
         ));
     }
+    let consumers = ConsumerSettings::new(
+        &settings.amqp_url,
+        &settings.exchange_prefix,
+        &settings.instance,
+        settings.max_retries,
+    );
     let app = AppState::new(store, read, settings);
+    // Saga steps and deadlines run commands through the same pipeline as the HTTP handlers,
+    // observers included.
+    if serve.roles.contains(&Role::Saga) {
+        tasks.spawn(sagas::run_all(
+            app.commands.clone(),
+            consumers.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if serve.roles.contains(&Role::Timer) {
+        let timer = sagas::Timer {
+            pipeline: app.commands.clone(),
+            timeout: Duration::from_millis(app.settings.scheduling_timeout_ms),
+        };
+        tasks.spawn(timer.run(shutdown.clone()));
+    }
     tracing::info!(%address, roles = ?serve.roles, "HAP is listening");
     let stopping = shutdown.clone();
     let queries = serve.roles.contains(&Role::Query);

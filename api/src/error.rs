@@ -4,7 +4,8 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use domain::DomainError;
-use eventstore::{AppendError, Position};
+use commands::{CommandError, LoadError};
+use eventstore::Position;
 use serde::Serialize;
 
 /// One invalid field of a request.
@@ -142,12 +143,30 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-impl From<AppendError> for ApiError {
-    fn from(error: AppendError) -> Self {
+impl From<CommandError> for ApiError {
+    fn from(error: CommandError) -> Self {
         match error {
-            AppendError::Database(e) => e.into(),
+            CommandError::Rejected(rule) => rule.into(),
+            CommandError::PreconditionFailed { expected, current } => Self::PreconditionFailed {
+                expected: expected.value(),
+                current: current.value(),
+            },
+            CommandError::ClaimTaken { kind, value } => {
+                Self::Conflict(format!("{kind} {value:?} already exists"))
+            }
+            CommandError::KeyReused => Self::IdempotencyKeyReused,
+            CommandError::KeptChanging => Self::Conflict(
+                "the resource kept changing concurrently; try again".into(),
+            ),
+            CommandError::Load(LoadError::Store(e)) | CommandError::Store(e) => e.into(),
             other => Self::internal(other),
         }
+    }
+}
+
+impl From<LoadError> for ApiError {
+    fn from(error: LoadError) -> Self {
+        CommandError::Load(error).into()
     }
 }
 

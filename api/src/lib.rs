@@ -7,8 +7,8 @@
 //! - [`db`]: connecting, creating the database, migrating.
 //! - [`demo`]: sample data through the command path.
 //! - [`state`]: [`AppState`], shared by every handler.
-//! - [`aggregates`]: loading aggregates, with the moka cache in front.
-//! - [`commands`]: the command routes and the pipeline they share.
+//! - [`commands`]: the command routes, which run through the `commands` crate's pipeline.
+//! - [`observers`]: what this process does after each append (feeding its own projectors).
 //! - [`queries`]: the query routes over the read model, read-your-writes and their cache.
 //! - [`extract`]: request extractors (body, headers, path ids) that map malformed input to
 //!   400/413/415/422.
@@ -16,7 +16,6 @@
 //! - [`routing`]: the domain's routing table, as the publisher needs it.
 //! - [`health`], [`broker`], [`openapi`], [`telemetry`]: operations.
 
-pub mod aggregates;
 pub mod broker;
 pub mod cli;
 pub mod commands;
@@ -26,6 +25,7 @@ pub mod demo;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod observers;
 pub mod openapi;
 pub mod queries;
 pub mod routing;

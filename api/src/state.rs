@@ -1,15 +1,17 @@
 //! The state every handler shares: cheap clones of pools, caches and settings.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use commands::Pipeline;
 use eventstore::EventStore;
 use metrics_exporter_prometheus::PrometheusHandle;
 use projections::ReadModel;
 use sqlx::PgPool;
 
-use crate::aggregates::Aggregates;
 use crate::broker::BrokerHealth;
 use crate::config::Settings;
+use crate::observers::ReadSideObserver;
 use crate::queries::QueryCaches;
 
 /// The tenant every request acts for. The store and the messages carry a tenant id so that
@@ -21,7 +23,8 @@ const AGGREGATE_CACHE_CAPACITY: u64 = 100_000;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub aggregates: Aggregates,
+    /// Runs every command, for the HTTP handlers as for the sagas of this process.
+    pub commands: Pipeline,
     pub settings: Arc<Settings>,
     /// Renders `/metrics`; the recorder behind it is global to the process.
     pub metrics: PrometheusHandle,
@@ -36,10 +39,15 @@ pub struct AppState {
 impl AppState {
     /// Needs a Tokio runtime: it starts watching the broker.
     pub fn new(store: EventStore, read: ReadModel, settings: Settings) -> Self {
+        let queries = QueryCaches::new(&read);
+        let commands = pipeline(store, &settings).observed_by(Arc::new(ReadSideObserver {
+            read: read.clone(),
+            queries: queries.clone(),
+        }));
         Self {
-            queries: QueryCaches::new(&read),
+            queries,
             read,
-            aggregates: Aggregates::new(store, AGGREGATE_CACHE_CAPACITY),
+            commands,
             broker: BrokerHealth::watch(settings.amqp_url.clone()),
             settings: Arc::new(settings),
             metrics: crate::telemetry::metrics_handle(),
@@ -47,6 +55,15 @@ impl AppState {
     }
 
     pub fn pool(&self) -> &PgPool {
-        self.aggregates.store().pool()
+        self.commands.store().pool()
     }
+}
+
+/// The command pipeline over `store` as `settings` configure it, with no observer yet.
+pub fn pipeline(store: EventStore, settings: &Settings) -> Pipeline {
+    Pipeline::new(
+        store,
+        AGGREGATE_CACHE_CAPACITY,
+        Duration::from_millis(settings.scheduling_timeout_ms),
+    )
 }

@@ -13,6 +13,8 @@
 //! - [`values`]: parse-don't-validate value types (names, dates, document numbers, …).
 //! - [`event`]: every event type, its payload, and where it travels on the broker.
 //! - [`patient`], [`physician`], [`schedule`], [`consultation`], [`record`]: the aggregates.
+//! - [`saga`]: which service reacts to which event in the scheduling and cancellation sagas,
+//!   and the deactivation follow-up, with what step.
 
 pub mod aggregate;
 pub mod consultation;
@@ -21,6 +23,7 @@ pub mod ids;
 pub mod patient;
 pub mod physician;
 pub mod record;
+pub mod saga;
 pub mod schedule;
 pub mod values;
 

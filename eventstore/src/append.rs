@@ -5,6 +5,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::EventStore;
+use crate::deadlines::DeadlineStart;
 use crate::position::{Position, StreamVersion};
 
 /// An event not yet stored.
@@ -54,6 +55,11 @@ pub struct Append {
     pub claims: Vec<Claim>,
     pub remember: Option<Remember>,
     pub metadata: Metadata,
+    /// Deadlines the appended events start (a saga's), stored with them.
+    pub deadlines: Vec<DeadlineStart>,
+    /// The running deadline (by id) that this append fires: the append takes place only if
+    /// it moves that deadline from running to fired, in the same statement, under its row lock.
+    pub fires: Option<Uuid>,
 }
 
 /// The outcome of a successful append.
@@ -86,22 +92,36 @@ pub enum AppendError {
     /// The idempotency key was used by a request that committed first; nothing was appended.
     #[error("idempotency key already used")]
     KeyTaken,
+    /// The deadline the append was to fire is no longer running (paused, or fired by another
+    /// timer); nothing was appended.
+    #[error("deadline {0} is not running")]
+    DeadlineNotRunning(Uuid),
     #[error("appending to the event store failed")]
     Database(#[source] sqlx::Error),
 }
 
 /// One statement writes a batch of appends (often a batch of one), so it runs as a single
 /// implicit transaction in one round trip: each append's events (versions `expected + 1 …`,
-/// positions in batch order), its claims, and its remembered response with the position of its
-/// last event filled in. A concurrent writer of the same version, claim or key makes the whole
+/// positions in batch order), its claims, the deadlines it starts, and its remembered response
+/// with the position of its last event filled in. An append that fires a deadline is written
+/// alone, and writes nothing unless its conditional update moved the deadline to fired. A concurrent writer of the same version, claim or key makes the whole
 /// statement fail on the matching unique constraint, and nothing of it is written.
 const APPEND: &str = r#"
-with input as (
+with fired as (
+    update deadlines set state = 'fired', updated_at = now()
+     where id = $29 and state = 'running'
+    returning id
+),
+go as (
+    select $29::uuid is null or exists (select 1 from fired) as ok
+),
+input as (
     select * from unnest($1::int[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[],
                          $6::text[], $7::text[], $8::text[], $9::text[], $10::uuid[],
                          $11::int[], $12::timestamptz[]) with ordinality
         as i(batch_index, event_id, stream_id, aggregate_type, version, event_type, payload,
              tenant_id, correlation_id, causation_id, schema_version, occurred_at, n)
+     where (select ok from go)
 ),
 appended as (
     insert into events (event_id, stream_id, aggregate_type, version, event_type, payload,
@@ -120,6 +140,12 @@ last_positions as (
 claimed as (
     insert into unique_claims (tenant_id, kind, value, owner_id)
     select * from unnest($13::text[], $14::text[], $15::text[], $16::uuid[])
+     where (select ok from go)
+),
+started as (
+    insert into deadlines (id, tenant_id, kind, due_at, correlation_id)
+    select * from unnest($24::uuid[], $25::text[], $26::text[], $27::timestamptz[], $28::text[])
+     where (select ok from go)
 ),
 remembered as (
     insert into idempotency_keys (tenant_id, key, request_hash, response_status,
@@ -133,6 +159,7 @@ remembered as (
                   $22::jsonb[], $23::jsonb[])
            as k(batch_index, tenant_id, key, request_hash, status, body, headers)
       left join last_positions p using (batch_index)
+     where (select ok from go)
 )
 select batch_index, positions from last_positions
 "#;
@@ -164,6 +191,13 @@ struct Columns {
     statuses: Vec<i16>,
     bodies: Vec<Value>,
     headers: Vec<Value>,
+    deadline_ids: Vec<Uuid>,
+    deadline_tenants: Vec<String>,
+    deadline_kinds: Vec<String>,
+    deadline_due: Vec<DateTime<Utc>>,
+    deadline_correlations: Vec<String>,
+    /// Only ever set for a batch of one (see [`EventStore::append`]).
+    fires: Option<Uuid>,
 }
 
 impl Columns {
@@ -203,6 +237,17 @@ impl Columns {
                 c.bodies.push(r.body.clone());
                 c.headers.push(r.headers.clone());
             }
+            for deadline in &append.deadlines {
+                c.deadline_ids.push(deadline.id);
+                c.deadline_tenants.push(meta.tenant_id.clone());
+                c.deadline_kinds.push(deadline.kind.clone());
+                c.deadline_due.push(deadline.due_at);
+                c.deadline_correlations.push(meta.correlation_id.clone());
+            }
+            if append.fires.is_some() {
+                assert_eq!(appends.len(), 1, "an append that fires a deadline is written alone");
+                c.fires = append.fires;
+            }
         }
         c
     }
@@ -217,14 +262,21 @@ impl EventStore {
     #[tracing::instrument(skip_all, fields(stream = %append.stream_id, expected = %append.expected), err(level = "debug"))]
     pub async fn append(&self, append: Append) -> Result<Appended, AppendError> {
         match &self.group_commit {
-            Some(group) => group.submit(append).await,
-            None => self.append_alone(append).await,
+            // A deadline's guard decides whether its append happens at all: it cannot share a
+            // statement whose other appends must not depend on it.
+            Some(group) if append.fires.is_none() => group.submit(append).await,
+            _ => self.append_alone(append).await,
         }
     }
 
     /// One append in a statement of its own, and the precise reason when it fails.
     pub(crate) async fn append_alone(&self, append: Append) -> Result<Appended, AppendError> {
         match self.write(std::slice::from_ref(&append)).await {
+            Ok(appended) if append.fires.is_some_and(|_| appended[0].positions.is_empty()) => {
+                Err(AppendError::DeadlineNotRunning(
+                    append.fires.expect("checked by the guard above"),
+                ))
+            }
             Ok(mut appended) => Ok(appended.remove(0)),
             Err(error) => Err(self.explain(error, &append).await),
         }
@@ -257,6 +309,12 @@ impl EventStore {
             .bind(c.statuses)
             .bind(c.bodies)
             .bind(c.headers)
+            .bind(c.deadline_ids)
+            .bind(c.deadline_tenants)
+            .bind(c.deadline_kinds)
+            .bind(c.deadline_due)
+            .bind(c.deadline_correlations)
+            .bind(c.fires)
             .fetch_all(&self.pool)
             .await;
         // Every write wakes the readers, refused ones too: while it ran it held back the
@@ -264,7 +322,12 @@ impl EventStore {
         // nothing then waits for a wake-up.
         self.appended.send_modify(|n| *n = n.wrapping_add(1));
         let rows = rows?;
-        for event_type in c.event_types {
+        if appends.iter().any(|a| !a.deadlines.is_empty()) {
+            self.deadlines_changed.notify_waiters();
+        }
+        // A refused guard appended nothing.
+        let guard_refused = c.fires.is_some() && rows.is_empty();
+        for event_type in c.event_types.into_iter().filter(|_| !guard_refused) {
             metrics::counter!("hap_events_appended_total", "event_type" => event_type).increment(1);
         }
         let mut positions: std::collections::HashMap<i32, Vec<i64>> = rows.into_iter().collect();

@@ -11,12 +11,15 @@
 //!   a connection of its own: `TailReader`); [`scan`]: the same read of the whole store in
 //!   bulk, for rebuilds.
 //! - [`idempotency`]: looking up the remembered response to an idempotency key.
+//! - [`deadlines`]: durable saga deadlines (running, paused, fired), started and fired with
+//!   appends.
 //! - [`message`]: the message an event becomes on RabbitMQ, and the [`Router`] that says where.
 //! - [`topology`]: exchange and queue names under a prefix, and declaring them.
 //! - [`publisher`]: streaming committed events to RabbitMQ with confirms, one leader at a time
 //!   ([`leader`]), woken soon after commits ([`wakeup`]).
 
 pub mod append;
+pub mod deadlines;
 mod group_commit;
 pub mod idempotency;
 pub mod leader;
@@ -29,6 +32,7 @@ pub mod topology;
 pub mod wakeup;
 
 pub use append::{Append, AppendError, Appended, Claim, Metadata, NewEvent, Remember};
+pub use deadlines::{DeadlineStart, Due, Pause};
 pub use idempotency::StoredResponse;
 pub use message::{MessageRoute, Router};
 pub use position::{GlobalCheckpoint, Position, StreamVersion};
@@ -56,6 +60,9 @@ pub struct EventStore {
     /// How many publishers lead from this process: while one does, [`Self::appended`] wakes
     /// it, and appends need not also notify other processes.
     publishing_here: Arc<AtomicUsize>,
+    /// Woken when an append here starts a deadline or a deadline is resumed, so that a timer
+    /// in this process looks again at once.
+    deadlines_changed: Arc<tokio::sync::Notify>,
 }
 
 impl EventStore {
@@ -65,6 +72,7 @@ impl EventStore {
             appended: Arc::new(watch::Sender::new(0)),
             group_commit: None,
             publishing_here: Arc::default(),
+            deadlines_changed: Arc::default(),
         }
     }
 

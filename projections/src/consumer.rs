@@ -1,13 +1,15 @@
-//! The consumer runtime: takes deliveries from one instance queue in batches, applies each
-//! batch in one transaction, and acks only after commit. Messages that can never be applied go
-//! to the dead-letter queue at once; failures that may pass are retried with growing delay
-//! through the retry queue, counting in `x-retry-count`, then dead-lettered. A failing batch is
-//! split so that one bad message never holds back the ones beside it.
+//! The consumer runtime: takes deliveries from a queue in batches, hands each batch to a
+//! [`Handler`] (a projector, a saga service), and acks only once the handler is done. Messages
+//! that can never be handled go to the dead-letter queue at once; failures that may pass are
+//! retried with growing delay through the retry queue, counting in `x-retry-count`, then
+//! dead-lettered. A failing batch is split so that one bad message never holds back the ones
+//! beside it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use eventstore::EventStore;
 use eventstore::topology::{self, Topology};
+use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use lapin::Channel;
 use lapin::message::Delivery;
@@ -16,20 +18,15 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use sqlx::postgres::PgPoolOptions;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::ReadModel;
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Origin};
 use crate::local::CommittedFed;
-use crate::progress::Commit;
-use crate::projector::{Applied, ApplyError, Projector, apply_batch};
-use crate::queues::{self, QUEUES, QueueNames, QueueSpec};
-use crate::schema::Plans;
+use crate::queues::{self, QueueNames};
 
-/// How the consumers of an instance behave.
+/// How the consumers of a process behave.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
     pub amqp_url: String,
@@ -39,11 +36,9 @@ pub struct ConsumerSettings {
     pub max_retries: u32,
     /// Unacknowledged deliveries the broker may send ahead: four batches, so that a backlog
     /// gives full batches. With two, the broker refilled what one batch's ack freed only while
-    /// the next was applied; the consumer waited for deliveries 6–12 % of the time, and its
-    /// batches averaged 270 messages (the project bench: 0.62–0.73 of plain consuming; with
-    /// four, 0.65–0.81 over seven runs).
+    /// the next was applied, and the consumer waited for deliveries (docs/benchmarks.md).
     pub prefetch: u16,
-    /// Deliveries applied in one transaction at most.
+    /// Deliveries handled in one batch at most.
     pub batch: usize,
 }
 
@@ -59,9 +54,67 @@ impl ConsumerSettings {
         }
     }
 
-    pub fn queue_names(&self, spec: &QueueSpec) -> QueueNames {
+    pub fn queue_names(&self, spec: &queues::QueueSpec) -> QueueNames {
         QueueNames::new(self.topology.prefix(), spec.service, &self.instance)
     }
+}
+
+/// One message as a handler gets it: the event, and what its message said about its origin
+/// (`None` for an event this process fed its own projectors straight after appending it).
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub envelope: Envelope,
+    pub origin: Option<Origin>,
+}
+
+/// Why a handler could not handle a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// Nothing will ever make it pass (an undecodable event, a payload that does not fit):
+    /// dead-letter it.
+    #[error("{0}")]
+    Poison(String),
+    /// It may pass later (the database is down, a lock timed out): retry it.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// What a consumer does with its queue's messages: a projector, a saga service.
+pub trait Handler: Send + Sync + 'static {
+    /// For logs and metrics (`patients`, `scheduling-service`).
+    fn name(&self) -> &'static str;
+
+    /// Handles a batch (in delivery order, fed events after deliveries); the runtime acks the
+    /// batch's deliveries when it returns `Ok`. On an error the runtime handles each message
+    /// alone, so handling must be idempotent: a message may come again after it succeeded.
+    fn handle<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Result<(), HandleError>>;
+
+    /// The events this process feeds the handler straight after appending them, if it takes
+    /// any: taken once, when the consumer starts.
+    fn local_feed(&self) -> Option<mpsc::Receiver<Envelope>> {
+        None
+    }
+
+    /// Told when the queue was found empty: whatever lag it reports is none now.
+    fn caught_up(&self) {}
+}
+
+/// Consumes `names` (declared with its `bindings`) with `handler` until `shutdown`,
+/// reconnecting after broker failures.
+pub async fn consume(
+    handler: Arc<dyn Handler>,
+    names: QueueNames,
+    bindings: Vec<(&'static str, &'static str)>,
+    settings: ConsumerSettings,
+    shutdown: CancellationToken,
+) {
+    let consumer = Consumer {
+        handler,
+        names,
+        bindings,
+        settings,
+    };
+    consumer.run(shutdown).await;
 }
 
 /// Why a consumer's connection was given up (it reconnects and carries on).
@@ -80,47 +133,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often queue depths are reported.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 
-/// Runs the consumers of every projection of the instance until `shutdown`.
-pub async fn run_all(
-    read: ReadModel,
-    store: EventStore,
-    settings: ConsumerSettings,
-    shutdown: CancellationToken,
-) {
-    read.progress.start_projecting();
-    // The projectors' own connections, one per queue, with the read model's settings and
-    // statements planned once, for key access only (see `Plans`). In the pool the queries
-    // share, a batch queued for a connection behind the very queries that wait for it to
-    // commit (under load, hundreds of them), which stretched read-your-writes waits into
-    // seconds.
-    let projecting = ReadModel {
-        pool: PgPoolOptions::new()
-            .max_connections(QUEUES.len() as u32)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(Plans::ByKey.apply((*read.pool.connect_options()).clone())),
-        ..read.clone()
-    };
-    let consumers = QUEUES.iter().map(|spec| {
-        let consumer = Consumer {
-            names: settings.queue_names(spec),
-            spec,
-            projector: (spec.projector)(),
-            read: projecting.clone(),
-            store: store.clone(),
-            settings: settings.clone(),
-        };
-        consumer.run(shutdown.clone())
-    });
-    futures::future::join_all(consumers).await;
-    projecting.pool.close().await;
-}
-
 struct Consumer {
-    spec: &'static QueueSpec,
+    handler: Arc<dyn Handler>,
     names: QueueNames,
-    projector: Box<dyn Projector>,
-    read: ReadModel,
-    store: EventStore,
+    bindings: Vec<(&'static str, &'static str)>,
     settings: ConsumerSettings,
 }
 
@@ -133,7 +149,7 @@ struct Channels {
 
 impl Consumer {
     async fn run(self, shutdown: CancellationToken) {
-        let mut local = self.read.local.subscribe(self.projector.name());
+        let mut local = self.handler.local_feed();
         let mut backoff = BACKOFF;
         loop {
             match self.session(&shutdown, &mut local).await {
@@ -150,18 +166,24 @@ impl Consumer {
         }
     }
 
-    /// One connection's life: declare, consume, apply (with the events this process's own
+    /// One connection's life: declare, consume, handle (with the events this process's own
     /// commands fed it meanwhile); returns on shutdown or a broker error (unacknowledged
     /// deliveries are then redelivered, and deduplicated on arrival).
     async fn session(
         &self,
         shutdown: &CancellationToken,
-        local: &mut mpsc::Receiver<Envelope>,
+        local: &mut Option<mpsc::Receiver<Envelope>>,
     ) -> Result<(), SessionError> {
-        let name = format!("hap-projector {}", self.names.main);
+        let name = format!("hap-consumer {}", self.names.main);
         let connection = topology::connect(&self.settings.amqp_url, &name, false).await?;
         let consume = connection.create_channel().await?;
-        queues::declare(&consume, &self.settings.topology, self.spec, &self.names).await?;
+        queues::declare_bound(
+            &consume,
+            &self.settings.topology,
+            &self.bindings,
+            &self.names,
+        )
+        .await?;
         consume
             .basic_qos(self.settings.prefetch, BasicQosOptions::default())
             .await?;
@@ -197,13 +219,13 @@ impl Consumer {
                     Some(delivery) => batch.push(delivery?),
                     None => return Err(SessionError::Ended),
                 },
-                Some(event) = local.recv() => fed.push(event),
+                Some(event) = next_fed(local) => fed.push(event),
             }
             // Take what has already arrived, without waiting for more: batches grow with load
             // and cost no latency when it is light. One of each in turn, so that a backlog in
             // the queue does not keep fed events (queries wait for them) out of the batch.
             while batch.len() + fed.len() < self.settings.batch {
-                let event = local.try_recv().ok();
+                let event = local.as_mut().and_then(|l| l.try_recv().ok());
                 let delivery = deliveries.next().now_or_never().flatten();
                 if event.is_none() && delivery.is_none() {
                     break;
@@ -218,9 +240,9 @@ impl Consumer {
         }
     }
 
-    /// Applies the deliveries of `batch` and the events `fed` by this process in one
-    /// transaction, and acknowledges the deliveries once it has committed. A delivery that is
-    /// the copy of an event fed and committed before is acknowledged without a transaction.
+    /// Handles the deliveries of `batch` and the events `fed` by this process together, and
+    /// acknowledges the deliveries once the handler is done. A delivery that is the copy of an
+    /// event fed and handled before is acknowledged without the handler.
     async fn handle(
         &self,
         channels: &Channels,
@@ -231,7 +253,13 @@ impl Consumer {
         let mut good = Vec::with_capacity(batch.len());
         for delivery in batch {
             match Envelope::from_message(&delivery.data) {
-                Ok(envelope) => good.push((delivery, envelope)),
+                Ok((envelope, origin)) => good.push((
+                    delivery,
+                    Message {
+                        envelope,
+                        origin: Some(origin),
+                    },
+                )),
                 Err(poison) => {
                     self.dead_letter(channels, &delivery, &poison.to_string())
                         .await?
@@ -241,23 +269,20 @@ impl Consumer {
         let last_tag = good.last().map(|(d, _)| d.delivery_tag);
         let (known, good): (Vec<_>, Vec<_>) = good
             .into_iter()
-            .partition(|(_, e)| committed_fed.take(e.event_id));
+            .partition(|(_, m)| committed_fed.take(m.envelope.event_id));
         let fed_ids: Vec<Uuid> = fed.iter().map(|e| e.event_id).collect();
-        let mut envelopes: Vec<Envelope> = good.iter().map(|(_, e)| e.clone()).collect();
-        envelopes.extend(fed);
-        let outcome = if envelopes.is_empty() {
-            Ok(Applied::default())
+        let mut messages: Vec<Message> = good.iter().map(|(_, m)| m.clone()).collect();
+        messages.extend(fed.into_iter().map(|envelope| Message {
+            envelope,
+            origin: None,
+        }));
+        let outcome = if messages.is_empty() {
+            Ok(())
         } else {
-            apply_batch(
-                &self.read.pool,
-                &self.store,
-                self.projector.as_ref(),
-                &envelopes,
-            )
-            .await
+            self.handler.handle(&messages).await
         };
         let error = match outcome {
-            Ok(applied) => {
+            Ok(()) => {
                 if let Some(tag) = last_tag {
                     channels
                         .consume
@@ -265,8 +290,6 @@ impl Consumer {
                         .await?;
                 }
                 committed_fed.insert(fed_ids);
-                self.committed(applied);
-                self.report_lag(&envelopes);
                 return Ok(());
             }
             Err(error) => error,
@@ -286,14 +309,12 @@ impl Consumer {
         if good.is_empty() {
             return Ok(());
         }
-        // Split the batch: apply each delivery alone, so only the failing ones wait or go.
-        tracing::warn!(queue = %self.names.main, %error, "batch failed; applying one by one");
-        for (delivery, envelope) in good {
-            let one = std::slice::from_ref(&envelope);
-            match apply_batch(&self.read.pool, &self.store, self.projector.as_ref(), one).await {
-                Ok(applied) => {
+        // Split the batch: handle each delivery alone, so only the failing ones wait or go.
+        tracing::warn!(queue = %self.names.main, %error, "batch failed; handling one by one");
+        for (delivery, message) in good {
+            match self.handler.handle(std::slice::from_ref(&message)).await {
+                Ok(()) => {
                     delivery.ack(BasicAckOptions::default()).await?;
-                    self.committed(applied);
                 }
                 Err(error) => self.fail(channels, &delivery, &error).await?,
             }
@@ -305,17 +326,11 @@ impl Consumer {
         &self,
         channels: &Channels,
         delivery: &Delivery,
-        error: &ApplyError,
+        error: &HandleError,
     ) -> Result<(), SessionError> {
         match error {
-            ApplyError::Poison(_) => {
-                self.dead_letter(channels, delivery, &error.to_string())
-                    .await
-            }
-            ApplyError::Database(_) | ApplyError::Raced => {
-                self.retry_later(channels, delivery, &error.to_string())
-                    .await
-            }
+            HandleError::Poison(reason) => self.dead_letter(channels, delivery, reason).await,
+            HandleError::Transient(reason) => self.retry_later(channels, delivery, reason).await,
         }
     }
 
@@ -396,32 +411,6 @@ impl Consumer {
         }
     }
 
-    fn committed(&self, applied: Applied) {
-        metrics::counter!(
-            "hap_projector_events_total",
-            "projection" => self.projector.name(),
-            "instance" => self.settings.instance.clone()
-        )
-        .increment(applied.events as u64);
-        self.read.progress.committed(Commit {
-            projection: self.projector.name(),
-            streams: applied.streams,
-            touched: applied.touched,
-        });
-    }
-
-    fn report_lag(&self, applied: &[Envelope]) {
-        if let Some(newest) = applied.iter().map(|e| e.occurred_at).max() {
-            let lag = (chrono::Utc::now() - newest).num_milliseconds().max(0) as f64 / 1000.0;
-            metrics::gauge!(
-                "hap_projector_lag_seconds",
-                "projection" => self.projector.name(),
-                "instance" => self.settings.instance.clone()
-            )
-            .set(lag);
-        }
-    }
-
     async fn report_depth(&self, channel: &Channel) {
         for (queue, metric) in [
             (&self.names.main, "hap_projector_queue_depth"),
@@ -438,15 +427,18 @@ impl Consumer {
                 let depth = declared.message_count();
                 metrics::gauge!(metric, "queue" => queue.clone()).set(f64::from(depth));
                 if queue == &self.names.main && depth == 0 {
-                    metrics::gauge!(
-                        "hap_projector_lag_seconds",
-                        "projection" => self.projector.name(),
-                        "instance" => self.settings.instance.clone()
-                    )
-                    .set(0.0);
+                    self.handler.caught_up();
                 }
             }
         }
+    }
+}
+
+/// The next event fed by this process, if the handler takes any (else never).
+async fn next_fed(local: &mut Option<mpsc::Receiver<Envelope>>) -> Option<Envelope> {
+    match local {
+        Some(local) => local.recv().await,
+        None => std::future::pending().await,
     }
 }
 

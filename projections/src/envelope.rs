@@ -27,11 +27,21 @@ pub enum Poison {
     Undecodable(#[from] domain::event::DecodeError),
 }
 
-/// The fields of a message body a projector uses (the others are for other consumers).
+/// Where a message's event came from, as its body says: what a saga step carries on into the
+/// commands it sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub tenant_id: String,
+    pub correlation_id: String,
+}
+
+/// The fields of a message body the consumers use (the others are for other systems).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Body {
     event_id: Uuid,
+    tenant_id: String,
+    correlation_id: String,
     event_type: String,
     occurred_at: DateTime<Utc>,
     aggregate_id: Uuid,
@@ -41,21 +51,27 @@ struct Body {
 }
 
 impl Envelope {
-    pub fn from_message(body: &[u8]) -> Result<Self, Poison> {
+    /// The event of a message body, and where it came from.
+    pub fn from_message(body: &[u8]) -> Result<(Self, Origin), Poison> {
         let body: Body =
             serde_json::from_slice(body).map_err(|e| Poison::NotAnEvent(e.to_string()))?;
         let position = body
             .position
             .parse()
             .map_err(|_| Poison::NotAnEvent(format!("position {:?}", body.position)))?;
-        Ok(Self {
+        let envelope = Self {
             event_id: body.event_id,
             stream_id: body.aggregate_id,
             version: body.version,
             position,
             occurred_at: body.occurred_at,
             event: Event::from_parts(&body.event_type, body.payload.get())?,
-        })
+        };
+        let origin = Origin {
+            tenant_id: body.tenant_id,
+            correlation_id: body.correlation_id,
+        };
+        Ok((envelope, origin))
     }
 
     pub fn from_scanned(scanned: &ScannedEvent<'_>) -> Result<Self, Poison> {

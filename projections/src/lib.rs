@@ -7,7 +7,9 @@
 //! - [`projector`]: the projector contract and how every batch is applied (deduplicated, in
 //!   stream order, gaps filled from the store, one transaction).
 //! - [`queues`]: each instance queue, its bindings, and its retry and dead-letter queues.
-//! - [`consumer`]: the consumer runtime (batches, ack after commit, retries, dead letters).
+//! - [`consumer`]: the consumer runtime (batches, ack after the handler is done, retries, dead
+//!   letters) that projectors and saga services plug into as [`consumer::Handler`]s.
+//! - [`live`]: the instance's projectors as handlers of that runtime.
 //! - [`dlq`]: listing, replaying and purging dead letters.
 //! - [`rebuild`]: rebuilding (or verifying) read models from the event store, live; [`copy`]:
 //!   its bulk writes.
@@ -22,6 +24,7 @@ pub mod consumer;
 pub mod copy;
 pub mod dlq;
 pub mod envelope;
+pub mod live;
 pub mod local;
 pub mod patients;
 pub mod physicians;

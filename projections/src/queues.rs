@@ -1,5 +1,6 @@
-//! The per-instance queues and their companions: which projector each feeds, what it is bound
-//! to, and the retry and dead-letter queues beside it.
+//! The queues and their companions: each instance's projector queues (which projector each
+//! feeds, what it is bound to), the saga queues all instances share, and the retry and
+//! dead-letter queues beside every one.
 
 use eventstore::topology::{Topology, declare_quorum_queue};
 use lapin::message::Delivery;
@@ -66,8 +67,19 @@ pub struct QueueNames {
 }
 
 impl QueueNames {
+    /// The names of an instance's own queue for `service`'s projector:
+    /// `{prefix}.{service}.{instance}.events`.
     pub fn new(prefix: &str, service: &str, instance: &str) -> Self {
-        let main = format!("{prefix}.{service}.{instance}.events");
+        Self::of(format!("{prefix}.{service}.{instance}.events"))
+    }
+
+    /// The names of the queue `service`'s saga steps share across every instance (competing
+    /// consumers): `{prefix}.{service}.saga`.
+    pub fn shared(prefix: &str, service: &str) -> Self {
+        Self::of(format!("{prefix}.{service}.saga"))
+    }
+
+    fn of(main: String) -> Self {
         Self {
             dead_letters: format!("{main}.dlq"),
             retry: format!("{main}.retry"),
@@ -76,11 +88,23 @@ impl QueueNames {
     }
 }
 
-/// Declares the exchanges, the queue with its dead-letter and retry queues, and the bindings.
+/// Declares the exchanges, a projector's queue with its dead-letter and retry queues, and
+/// the bindings.
 pub async fn declare(
     channel: &Channel,
     topology: &Topology,
     spec: &QueueSpec,
+    names: &QueueNames,
+) -> lapin::Result<()> {
+    declare_bound(channel, topology, spec.bindings, names).await
+}
+
+/// Declares the exchanges, the queue `names` with its dead-letter and retry queues, and its
+/// `bindings` as (exchange suffix, binding key) pairs.
+pub async fn declare_bound(
+    channel: &Channel,
+    topology: &Topology,
+    bindings: &[(&'static str, &'static str)],
     names: &QueueNames,
 ) -> lapin::Result<()> {
     topology.declare(channel).await?;
@@ -132,7 +156,7 @@ pub async fn declare(
         )
         .await?;
 
-    for (exchange, key) in spec.bindings {
+    for (exchange, key) in bindings {
         channel
             .queue_bind(
                 names.main.as_str().into(),

@@ -60,6 +60,8 @@ async fn patient_history(store: &EventStore, names: &[&str]) -> Vec<RecordedEven
                 causation_id: None,
                 schema_version: 1,
             },
+            deadlines: vec![],
+            fires: None,
         })
         .await
         .unwrap();
@@ -671,7 +673,7 @@ async fn project_the_apps_read_model(
         "test",
         5,
     );
-    tokio::spawn(projections::consumer::run_all(
+    tokio::spawn(projections::live::run_all(
         app.read.clone(),
         EventStore::new(db.pool.clone()),
         settings,

@@ -43,6 +43,8 @@ fn renames(stream: Uuid, after: u64, count: u64) -> Append {
             causation_id: None,
             schema_version: 1,
         },
+        deadlines: vec![],
+        fires: None,
     }
 }
 

@@ -33,6 +33,8 @@ pub fn test_append(stream: Uuid, expected: StreamVersion, count: usize) -> Appen
         claims: vec![],
         remember: None,
         metadata: metadata(),
+        deadlines: vec![],
+        fires: None,
     }
 }
 
@@ -213,8 +215,7 @@ impl TestApp {
             .await
             .unwrap()
             .len();
-        let (event_type, payload) = event.into_parts();
-        let kind = domain::event::route(event_type)
+        let kind = domain::event::route(event.event_type())
             .expect("a known event")
             .aggregate;
         store
@@ -222,15 +223,12 @@ impl TestApp {
                 stream_id: stream,
                 aggregate_type: kind.as_str().into(),
                 expected: StreamVersion::new(version as u64),
-                events: vec![NewEvent {
-                    event_id: Uuid::now_v7(),
-                    event_type: event_type.into(),
-                    payload,
-                    occurred_at: Utc::now(),
-                }],
+                events: vec![commands::stored::new_event(event)],
                 claims: vec![],
                 remember: None,
                 metadata: metadata(),
+                deadlines: vec![],
+                fires: None,
             })
             .await
             .expect("appended");
@@ -313,7 +311,7 @@ pub async fn start_projectors(
     let mut settings =
         projections::consumer::ConsumerSettings::new(&broker::amqp_url(), prefix, instance, 5);
     settings.batch = 50;
-    tokio::spawn(projections::consumer::run_all(
+    tokio::spawn(projections::live::run_all(
         read.clone(),
         EventStore::new(db.pool.clone()),
         settings,

@@ -16,7 +16,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{CHECKED, CommandResponse, Fields, Reply, Stream, execute};
+use commands::Target;
+
+use super::{CHECKED, CommandResponse, Fields, Reply, execute};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
 use crate::state::AppState;
@@ -79,8 +81,8 @@ async fn request(
 
     // Facts from other streams: read current, never from the cache alone.
     let (patient, physician) = tokio::try_join!(
-        app.aggregates.current::<Patient>(body.patient_id),
-        app.aggregates.current::<Physician>(body.physician_id),
+        app.commands.aggregates().current::<Patient>(body.patient_id),
+        app.commands.aggregates().current::<Physician>(body.physician_id),
     )?;
     let id = ConsultationId::new();
     let command = ConsultationCommand::Request {
@@ -98,7 +100,7 @@ async fn request(
         consultation_status: Some("requested"),
         ..Reply::created(id.as_uuid(), format!("/consultations/{id}"))
     };
-    execute::<Consultation>(&app, &context, Stream::New(id.as_uuid()), command, reply).await
+    execute::<Consultation>(&app, &context, Target::New(id.as_uuid()), command, reply).await
 }
 
 /// Changes a scheduled consultation's reason or notes.
@@ -129,7 +131,7 @@ async fn update(
         reason: reason.expect(CHECKED),
         notes: notes.expect(CHECKED),
     };
-    execute::<Consultation>(&app, &context, Stream::Existing(id), command, Reply::ok(id)).await
+    execute::<Consultation>(&app, &context, Target::Existing(id), command, Reply::ok(id)).await
 }
 
 /// Requests the cancellation of a scheduled consultation (the cancellation saga voids its
@@ -160,7 +162,7 @@ async fn cancel(
         status: StatusCode::ACCEPTED,
         ..Reply::ok(id)
     };
-    execute::<Consultation>(&app, &context, Stream::Existing(id), command, reply).await
+    execute::<Consultation>(&app, &context, Target::Existing(id), command, reply).await
 }
 
 /// Marks a scheduled consultation as done.
@@ -180,7 +182,7 @@ async fn complete(
     execute::<Consultation>(
         &app,
         &context,
-        Stream::Existing(id),
+        Target::Existing(id),
         ConsultationCommand::Complete,
         Reply::ok(id),
     )

@@ -11,8 +11,9 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{
-    CHECKED, CommandResponse, Deactivate, Fields, Reply, Stream, deactivation_reason, execute,
+use commands::Target;
+
+use super::{CHECKED, CommandResponse, Deactivate, Fields, Reply, deactivation_reason, execute,
 };
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
@@ -80,7 +81,7 @@ async fn register(
         phone: phone.expect(CHECKED),
     };
     let reply = Reply::created(id.as_uuid(), format!("/patients/{id}"));
-    execute::<Patient>(&app, &context, Stream::New(id.as_uuid()), command, reply).await
+    execute::<Patient>(&app, &context, Target::New(id.as_uuid()), command, reply).await
 }
 
 /// Changes a patient's name, e-mail or phone; only what changed is recorded.
@@ -112,7 +113,7 @@ async fn update(
         email: email.expect(CHECKED),
         phone: phone.expect(CHECKED),
     };
-    execute::<Patient>(&app, &context, Stream::Existing(id), command, Reply::ok(id)).await
+    execute::<Patient>(&app, &context, Target::Existing(id), command, Reply::ok(id)).await
 }
 
 /// Deactivates a patient for good; deactivating again changes nothing.
@@ -132,5 +133,5 @@ async fn deactivate(
     let command = PatientCommand::Deactivate {
         reason: deactivation_reason(body)?,
     };
-    execute::<Patient>(&app, &context, Stream::Existing(id), command, Reply::ok(id)).await
+    execute::<Patient>(&app, &context, Target::Existing(id), command, Reply::ok(id)).await
 }

@@ -10,8 +10,9 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{
-    CHECKED, CommandResponse, Deactivate, Fields, Reply, Stream, deactivation_reason, execute,
+use commands::Target;
+
+use super::{CHECKED, CommandResponse, Deactivate, Fields, Reply, deactivation_reason, execute,
 };
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
@@ -66,7 +67,7 @@ async fn register(
         license_number: license_number.expect(CHECKED),
     };
     let reply = Reply::created(id.as_uuid(), format!("/physicians/{id}"));
-    execute::<Physician>(&app, &context, Stream::New(id.as_uuid()), command, reply).await
+    execute::<Physician>(&app, &context, Target::New(id.as_uuid()), command, reply).await
 }
 
 /// Changes a physician's name or specialty.
@@ -96,7 +97,7 @@ async fn update(
         name: name.expect(CHECKED),
         specialty: specialty.expect(CHECKED),
     };
-    execute::<Physician>(&app, &context, Stream::Existing(id), command, Reply::ok(id)).await
+    execute::<Physician>(&app, &context, Target::Existing(id), command, Reply::ok(id)).await
 }
 
 /// Deactivates a physician for good.
@@ -116,5 +117,5 @@ async fn deactivate(
     let command = PhysicianCommand::Deactivate {
         reason: deactivation_reason(body)?,
     };
-    execute::<Physician>(&app, &context, Stream::Existing(id), command, Reply::ok(id)).await
+    execute::<Physician>(&app, &context, Target::Existing(id), command, Reply::ok(id)).await
 }

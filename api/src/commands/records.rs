@@ -13,7 +13,9 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{CHECKED, CommandResponse, Fields, Reply, Stream, execute};
+use commands::Target;
+
+use super::{CHECKED, CommandResponse, Fields, Reply, execute};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId, RECORD_BODY_LIMIT};
 use crate::state::{AppState, TENANT};
@@ -56,7 +58,8 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let content = content(&body)?;
     let consultation = app
-        .aggregates
+        .commands
+        .aggregates()
         .current::<Consultation>(consultation_id)
         .await?;
     let Some(facts) = consultation.state.data() else {
@@ -75,7 +78,7 @@ async fn create(
     };
     let book = RecordBook::stream_id(ConsultationId::from(consultation_id));
     let reply = Reply::created(id.as_uuid(), format!("/records/{id}"));
-    execute::<RecordBook>(&app, &context, Stream::Existing(book), command, reply).await
+    execute::<RecordBook>(&app, &context, Target::Existing(book), command, reply).await
 }
 
 /// Replaces a record's content, unless the record was voided.
@@ -94,11 +97,11 @@ async fn update(
     Command { body, context }: Command<RecordBody>,
 ) -> Result<Response, ApiError> {
     let content = content(&body)?;
-    let store = app.aggregates.store();
+    let store = app.commands.store();
     let Some(book) = store.claim_owner(TENANT, "record", &id.to_string()).await? else {
         return Err(ApiError::NotFound("record not found".into()));
     };
-    let loaded = app.aggregates.current::<RecordBook>(book).await?;
+    let loaded = app.commands.aggregates().current::<RecordBook>(book).await?;
     let consultation_id = loaded
         .state
         .consultation_id
@@ -111,7 +114,7 @@ async fn update(
     execute::<RecordBook>(
         &app,
         &context,
-        Stream::Existing(book),
+        Target::Existing(book),
         command,
         Reply::ok(id),
     )

@@ -13,7 +13,7 @@ use eventstore::{
 };
 use futures::{StreamExt, TryStreamExt};
 use projections::ReadModel;
-use projections::consumer::{self, ConsumerSettings};
+use projections::consumer::ConsumerSettings;
 use projections::schema::Plans;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -53,7 +53,7 @@ pub fn projectors(broker: &ScratchBroker, read: &ReadModel, store: &EventStore) 
     broker.instance_queues(INSTANCE);
     let settings = consumer_settings(broker);
     let (read, store) = (read.clone(), store.clone());
-    broker.spawn(|stop| consumer::run_all(read, store, settings, stop))
+    broker.spawn(|stop| projections::live::run_all(read, store, settings, stop))
 }
 
 /// The read model of [`INSTANCE`] in the scratch database, migrated: what `hap serve` opens.
@@ -110,6 +110,8 @@ pub fn new_stream(stream_id: Uuid, events: &[Event]) -> Append {
             .collect(),
         remember: None,
         metadata: metadata(),
+        deadlines: vec![],
+        fires: None,
     }
 }
 

@@ -10,12 +10,11 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
+use domain::event::DecodeError;
 use domain::{Aggregate, Event};
 use eventstore::{EventStore, Position, StreamVersion};
 use moka::future::Cache;
 use uuid::Uuid;
-
-use crate::error::ApiError;
 
 /// An aggregate's state as of a version of its stream.
 #[derive(Debug, Clone, Default)]
@@ -24,6 +23,16 @@ pub struct Loaded<A> {
     pub version: StreamVersion,
     /// The position of the stream's last event (the token a no-op command returns).
     pub position: Option<Position>,
+}
+
+/// Why an aggregate could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading the stream failed")]
+    Store(#[from] sqlx::Error),
+    /// A stored event this version of HAP cannot read: nothing a retry would fix.
+    #[error("a stored event cannot be decoded")]
+    Undecodable(#[from] DecodeError),
 }
 
 #[derive(Clone)]
@@ -47,28 +56,23 @@ impl Aggregates {
         &self.store
     }
 
-    async fn get<A: Aggregate>(&self, id: Uuid) -> Option<Loaded<A>> {
+    /// The cached state, which may be stale: only for the aggregate a command is appended
+    /// to, whose version check catches a stale entry.
+    pub async fn cached<A: Aggregate>(&self, id: Uuid) -> Option<Loaded<A>> {
         let entry = self.cache.get(&id).await?;
         entry.downcast_ref::<Loaded<A>>().cloned()
     }
 
-    /// The cached state, which may be stale: only for the aggregate a command is appended
-    /// to, whose version check catches a stale entry.
-    pub async fn cached<A: Aggregate>(&self, id: Uuid) -> Option<Loaded<A>> {
-        self.get(id).await
-    }
-
     /// The state as of now: the cached state (or the empty one) caught up with the stream.
     #[tracing::instrument(skip(self), fields(aggregate = A::KIND.as_str()), err)]
-    pub async fn current<A: Aggregate>(&self, id: Uuid) -> Result<Loaded<A>, ApiError> {
-        let mut loaded = self.get::<A>(id).await.unwrap_or_default();
+    pub async fn current<A: Aggregate>(&self, id: Uuid) -> Result<Loaded<A>, LoadError> {
+        let mut loaded = self.cached::<A>(id).await.unwrap_or_default();
         let tail = self.store.read_stream(id, loaded.version).await?;
         if tail.is_empty() {
             return Ok(loaded);
         }
         for recorded in tail {
-            let event = Event::from_parts(&recorded.event_type, recorded.payload.get())
-                .map_err(ApiError::internal)?;
+            let event = Event::from_parts(&recorded.event_type, recorded.payload.get())?;
             loaded.state = loaded.state.evolve(&event);
             loaded.version = recorded.version();
             loaded.position = Some(recorded.position());

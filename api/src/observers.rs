@@ -1,0 +1,45 @@
+//! What this process does after each command it appended: the one place where the command
+//! side is wired to the read side of the same process.
+
+use commands::{AppendObserver, Committed};
+use futures::future::BoxFuture;
+use projections::ReadModel;
+use projections::envelope::Envelope;
+
+use crate::queries::QueryCaches;
+
+/// Hands committed events to this process's own projectors (so a query here waits for one
+/// read-model transaction, not for the broker) and remembers the last event's position for
+/// read-your-writes.
+pub struct ReadSideObserver {
+    pub read: ReadModel,
+    pub queries: QueryCaches,
+}
+
+impl AppendObserver for ReadSideObserver {
+    fn committed<'a>(&'a self, committed: &'a Committed) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.read.local.offer(|| {
+                committed
+                    .events
+                    .iter()
+                    .map(|e| Envelope {
+                        event_id: e.event_id,
+                        stream_id: committed.stream_id,
+                        version: e.version,
+                        position: e.position.value(),
+                        occurred_at: e.occurred_at,
+                        event: e.event.clone(),
+                    })
+                    .collect()
+            });
+            if let Some(last) = committed.events.last() {
+                let written = (committed.stream_id, last.version);
+                self.queries
+                    .positions
+                    .remember(last.position, last.event.event_type(), written)
+                    .await;
+            }
+        })
+    }
+}

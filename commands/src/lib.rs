@@ -1,0 +1,21 @@
+//! HAP's command side without HTTP: the pipeline every command goes through, whoever sends
+//! it, and the typed outcome or error it answers. The HTTP layer maps these to status codes;
+//! saga steps, deadlines and jobs act on them directly.
+//!
+//! # Layout
+//! - [`pipeline`]: [`Pipeline::execute`]: replay, load, decide, append (with claims,
+//!   deadlines and the idempotency key in one statement), retry on conflict.
+//! - [`aggregates`]: loading aggregates, with the moka cache in front.
+//! - [`stored`]: the one conversion of domain events into events to store.
+//! - [`observer`]: what the pipeline tells its process after each committed append.
+
+pub mod aggregates;
+pub mod observer;
+pub mod pipeline;
+pub mod stored;
+
+pub use aggregates::{Aggregates, LoadError, Loaded};
+pub use observer::{AppendObserver, Committed, CommittedEvent};
+pub use pipeline::{
+    CommandError, CommandMeta, Done, Idempotency, Outcome, Pipeline, Remembered, Target,
+};

@@ -1,0 +1,362 @@
+//! The one way every command runs, whoever sends it (an HTTP request, `hap demo`, a saga step,
+//! a deadline, the deactivation follow-up): replay a remembered outcome, load, check the
+//! expected version, decide, append with claims, deadlines and the idempotency key in one
+//! statement, retry on a version conflict, tell the observers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::{Aggregate, DomainError, Event};
+use eventstore::{
+    Append, AppendError, DeadlineStart, EventStore, Metadata, Position, Remember,
+    StoredResponse, StreamVersion,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::aggregates::{Aggregates, LoadError, Loaded};
+use crate::observer::{AppendObserver, Committed, CommittedEvent};
+use crate::stored;
+
+/// How many times a command is decided again after another writer got to its stream first.
+/// Each retry reloads only the events appended meanwhile.
+const ATTEMPTS: usize = 10;
+
+/// Who asks, on whose behalf, and what the command's execution must respect.
+#[derive(Debug, Clone)]
+pub struct CommandMeta {
+    /// The clinic the command acts in: every event, key and claim is scoped by it.
+    pub tenant_id: String,
+    /// The request (or saga) the command belongs to; stored with every event.
+    pub correlation_id: String,
+    /// The event that caused this command, when a saga step or a job sends it.
+    pub causation_id: Option<Uuid>,
+    /// Makes the command safe to repeat: the first outcome is remembered with its events.
+    pub idempotency: Option<Idempotency>,
+    /// The version the aggregate must be at (`If-Match`).
+    pub expected: Option<StreamVersion>,
+    /// A running deadline the command's events fire: they are appended only if the deadline
+    /// is still running, and it is fired in the same statement.
+    pub fires: Option<Uuid>,
+}
+
+impl CommandMeta {
+    pub fn new(tenant_id: impl Into<String>, correlation_id: impl Into<String>) -> Self {
+        Self {
+            tenant_id: tenant_id.into(),
+            correlation_id: correlation_id.into(),
+            causation_id: None,
+            idempotency: None,
+            expected: None,
+            fires: None,
+        }
+    }
+}
+
+/// An idempotency key and the digest of the request it was first used with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    pub request_hash: String,
+}
+
+/// The stream a command is appended to.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// A stream whose id the caller generated for this command (a UUIDv7 no one else can
+    /// know yet): it is empty, and reading it would only cost a round trip.
+    New(Uuid),
+    Existing(Uuid),
+}
+
+impl Target {
+    fn id(self) -> Uuid {
+        match self {
+            Self::New(id) | Self::Existing(id) => id,
+        }
+    }
+}
+
+/// A command carried out: the stream's version and last position after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Done {
+    pub stream_id: Uuid,
+    pub version: StreamVersion,
+    /// The position of the stream's last event (`None` for a stream with none).
+    pub position: Option<Position>,
+    /// How many events the command appended (0: it changed nothing).
+    pub appended: usize,
+}
+
+/// What the caller wants remembered under its idempotency key, made from the outcome.
+#[derive(Debug, Clone)]
+pub struct Remembered {
+    pub status: u16,
+    /// If it has a `position` member and events are appended, that member is set to the last
+    /// event's position once it is known.
+    pub body: Value,
+    pub headers: Value,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Done(Done),
+    /// The idempotency key was used before with the same request: its remembered outcome.
+    Replayed(StoredResponse),
+}
+
+/// Why a command was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// A rule of the domain refuses it.
+    #[error(transparent)]
+    Rejected(#[from] DomainError),
+    #[error("the aggregate is at version {current}, not {expected}")]
+    PreconditionFailed {
+        expected: StreamVersion,
+        current: StreamVersion,
+    },
+    /// A value that must be unique belongs to another aggregate.
+    #[error("{kind} {value:?} is already taken")]
+    ClaimTaken { kind: String, value: String },
+    /// The idempotency key was used with a different request.
+    #[error("the idempotency key was used with a different request")]
+    KeyReused,
+    /// Other writers kept appending to the stream through every retry.
+    #[error("the aggregate kept changing concurrently")]
+    KeptChanging,
+    /// The deadline the command was to fire is no longer running.
+    #[error("the deadline is no longer running")]
+    DeadlineNotRunning,
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("the event store failed")]
+    Store(#[source] sqlx::Error),
+}
+
+impl CommandError {
+    /// Whether the same command may succeed later (the database answers again, the writers
+    /// racing it are done).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::KeptChanging | Self::Store(_) | Self::Load(LoadError::Store(_))
+        )
+    }
+}
+
+/// The command pipeline; cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    aggregates: Aggregates,
+    observers: Arc<Vec<Arc<dyn AppendObserver>>>,
+    /// How long a saga deadline runs after the event that starts it.
+    deadline: Duration,
+}
+
+impl Pipeline {
+    /// A pipeline over `store` keeping up to `cache_capacity` aggregate states in memory;
+    /// the deadlines the events start fall due `deadline` later.
+    pub fn new(store: EventStore, cache_capacity: u64, deadline: Duration) -> Self {
+        Self {
+            aggregates: Aggregates::new(store, cache_capacity),
+            observers: Arc::default(),
+            deadline,
+        }
+    }
+
+    /// The same pipeline, also telling `observer` of every committed append.
+    pub fn observed_by(mut self, observer: Arc<dyn AppendObserver>) -> Self {
+        Arc::make_mut(&mut self.observers).push(observer);
+        self
+    }
+
+    pub fn aggregates(&self) -> &Aggregates {
+        &self.aggregates
+    }
+
+    pub fn store(&self) -> &EventStore {
+        self.aggregates.store()
+    }
+
+    /// Runs `command` against the aggregate in `target`. The command may be decided several
+    /// times (after conflicts), always on a state at least as new as the last one.
+    /// `remember` makes the outcome to keep under the idempotency key, if there is one.
+    #[tracing::instrument(skip_all, fields(aggregate = A::KIND.as_str(), stream = %target.id()), err(level = "debug"))]
+    pub async fn execute<A>(
+        &self,
+        meta: &CommandMeta,
+        target: Target,
+        command: A::Command,
+        remember: impl Fn(&Done) -> Remembered,
+    ) -> Result<Outcome, CommandError>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+    {
+        if let Some(replayed) = self.replay(meta).await? {
+            return Ok(Outcome::Replayed(replayed));
+        }
+        let aggregates = &self.aggregates;
+        // `current` says whether `loaded` was read from the store just now, or may be a stale
+        // cache entry. Only an append of events is protected by the version check; a refusal,
+        // a no-op or a failed precondition decided on a stale entry would be wrong, so those
+        // are decided again on the current state before they are answered.
+        let stream_id = target.id();
+        let (mut loaded, mut current) = match target {
+            Target::New(_) => (Loaded::<A>::default(), true),
+            Target::Existing(id) => match aggregates.cached::<A>(id).await {
+                Some(hit) => (hit, false),
+                None => (aggregates.current::<A>(id).await?, true),
+            },
+        };
+        for _ in 0..ATTEMPTS {
+            let decision = loaded.state.decide(command.clone());
+            // On a stream that does not exist the command's own rule answers (not found),
+            // not the precondition.
+            let precondition_failed = loaded.version != StreamVersion::EMPTY
+                && meta.expected.is_some_and(|v| v != loaded.version);
+            let accepted = matches!(&decision, Ok(events) if !events.is_empty());
+            if !current && (precondition_failed || !accepted) {
+                loaded = aggregates.current(stream_id).await?;
+                current = true;
+                continue;
+            }
+            if let Some(expected) = meta.expected.filter(|_| precondition_failed) {
+                return Err(CommandError::PreconditionFailed {
+                    expected,
+                    current: loaded.version,
+                });
+            }
+            let events = decision?;
+            let done = Done {
+                stream_id,
+                version: StreamVersion::new(loaded.version.value() + events.len() as u64),
+                position: loaded.position,
+                appended: events.len(),
+            };
+            if events.is_empty() && meta.idempotency.is_none() {
+                return Ok(Outcome::Done(done));
+            }
+            let append = self.append_of(meta, stream_id, &loaded, &events, remember(&done));
+            let stored: Vec<_> = append
+                .events
+                .iter()
+                .map(|e| (e.event_id, e.occurred_at))
+                .collect();
+            match self.store().append(append).await {
+                Ok(appended) => {
+                    let position = appended.position().or(loaded.position);
+                    let committed = Committed {
+                        stream_id,
+                        tenant_id: meta.tenant_id.clone(),
+                        correlation_id: meta.correlation_id.clone(),
+                        causation_id: meta.causation_id,
+                        events: (loaded.version.as_i64() + 1..)
+                            .zip(events.iter().zip(stored).zip(&appended.positions))
+                            .map(|(version, ((event, (event_id, occurred_at)), position))| {
+                                CommittedEvent {
+                                    event_id,
+                                    version,
+                                    position: *position,
+                                    occurred_at,
+                                    event: event.clone(),
+                                }
+                            })
+                            .collect(),
+                    };
+                    let state = events.iter().fold(loaded.state, |s, e| s.evolve(e));
+                    let now = Loaded {
+                        state,
+                        version: appended.version,
+                        position,
+                    };
+                    aggregates.remember(stream_id, now).await;
+                    if !committed.events.is_empty() {
+                        for observer in self.observers.iter() {
+                            observer.committed(&committed).await;
+                        }
+                    }
+                    return Ok(Outcome::Done(Done { position, ..done }));
+                }
+                Err(AppendError::Conflict { .. }) => {
+                    tracing::debug!("version conflict, deciding again");
+                    loaded = aggregates.current(stream_id).await?;
+                    current = true;
+                }
+                Err(AppendError::KeyTaken) => {
+                    // A request with the same key committed first: answer as it did.
+                    return match self.replay(meta).await? {
+                        Some(replayed) => Ok(Outcome::Replayed(replayed)),
+                        None => Err(CommandError::KeptChanging),
+                    };
+                }
+                Err(AppendError::ClaimTaken { kind, value }) => {
+                    return Err(CommandError::ClaimTaken { kind, value });
+                }
+                Err(AppendError::DeadlineNotRunning(_)) => {
+                    return Err(CommandError::DeadlineNotRunning);
+                }
+                Err(AppendError::Database(error)) => return Err(CommandError::Store(error)),
+            }
+        }
+        Err(CommandError::KeptChanging)
+    }
+
+    /// The append that stores `events` after `loaded`, with everything that must commit with
+    /// them.
+    fn append_of<A: Aggregate>(
+        &self,
+        meta: &CommandMeta,
+        stream_id: Uuid,
+        loaded: &Loaded<A>,
+        events: &[Event],
+        remembered: Remembered,
+    ) -> Append {
+        let metadata = Metadata {
+            tenant_id: meta.tenant_id.clone(),
+            correlation_id: meta.correlation_id.clone(),
+            causation_id: meta.causation_id,
+            schema_version: 1,
+        };
+        let mut append = stored::append::<A>(stream_id, loaded.version, events, metadata);
+        append.remember = meta.idempotency.as_ref().map(|i| Remember {
+            key: i.key.clone(),
+            request_hash: i.request_hash.clone(),
+            status: remembered.status,
+            body: remembered.body,
+            headers: remembered.headers,
+        });
+        let due_at = stored::now()
+            + chrono::TimeDelta::from_std(self.deadline).unwrap_or(chrono::TimeDelta::MAX);
+        append.deadlines = events
+            .iter()
+            .filter_map(Event::starts_deadline)
+            .map(|(id, kind)| DeadlineStart {
+                id,
+                kind: kind.to_owned(),
+                due_at,
+            })
+            .collect();
+        append.fires = meta.fires;
+        append
+    }
+
+    /// The remembered outcome of the command's idempotency key, if there is one.
+    async fn replay(&self, meta: &CommandMeta) -> Result<Option<StoredResponse>, CommandError> {
+        let Some(idempotency) = &meta.idempotency else {
+            return Ok(None);
+        };
+        let stored = self
+            .store()
+            .remembered_response(&meta.tenant_id, &idempotency.key)
+            .await
+            .map_err(CommandError::Store)?;
+        match stored {
+            Some(stored) if stored.request_hash != idempotency.request_hash => {
+                Err(CommandError::KeyReused)
+            }
+            stored => Ok(stored),
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The sagas' decisions: which service reacts to which event, and with what step. Pure, like
+//! the rest of the domain: the steps are carried out elsewhere, each as a command.
+//!
+//! **Scheduling** runs its hops one after another: the consultation is requested (and its
+//! deadline starts) → the patient service validates the patient → the physician service holds
+//! the slot on the physician's day → the scheduling service pauses the deadline and confirms.
+//! Any refusal fails the consultation, and a failed consultation releases whatever slot it
+//! holds. A deadline that fires first fails it with `timed_out`.
+//!
+//! **Cancellation**: cancellation requested → the records service voids the consultation's
+//! records → the scheduling service confirms the cancellation → the physician service releases
+//! the slot.
+//!
+//! **Follow-up on deactivation**: a deactivated patient's or physician's future scheduled
+//! consultations are cancelled, each through the cancellation saga.
+
+use crate::event::{Event, FailureReason};
+use crate::ids::{ConsultationId, PatientId, PhysicianId};
+
+/// The kind of deadline a scheduling saga runs under.
+pub const SCHEDULING_DEADLINE: &str = "scheduling";
+
+/// The services that run saga steps, each from a queue shared by all of its processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SagaService {
+    Patients,
+    Physicians,
+    Scheduling,
+    Records,
+}
+
+impl SagaService {
+    pub const ALL: [SagaService; 4] = [
+        SagaService::Patients,
+        SagaService::Physicians,
+        SagaService::Scheduling,
+        SagaService::Records,
+    ];
+
+    /// The service part of its queue's name (`hap.{service}.saga`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Patients => "patient-service",
+            Self::Physicians => "physician-service",
+            Self::Scheduling => "scheduling-service",
+            Self::Records => "clinical-records",
+        }
+    }
+
+    /// The event types this service reacts to: its queue's bindings.
+    pub fn triggers(self) -> &'static [&'static str] {
+        match self {
+            Self::Patients => &["ConsultationSchedulingStarted"],
+            Self::Physicians => &[
+                "PatientValidatedForConsultation",
+                "ConsultationSchedulingFailed",
+                "ConsultationCancelled",
+            ],
+            Self::Scheduling => &[
+                "PatientValidationFailed",
+                "PhysicianAvailabilityConfirmed",
+                "PhysicianAvailabilityRejected",
+                "ConsultationRecordsVoided",
+                "PatientDeactivated",
+                "PhysicianDeactivated",
+            ],
+            Self::Records => &["ConsultationCancellationRequested"],
+        }
+    }
+
+    /// What this service does about `event`; `None` when it does not concern it.
+    pub fn react(self, event: &Event) -> Option<Step> {
+        use Event as E;
+        let step = match (self, event) {
+            (Self::Patients, E::ConsultationSchedulingStarted(e)) => Step::ValidatePatient {
+                patient_id: e.patient_id,
+                consultation_id: e.consultation_id,
+            },
+            (Self::Physicians, E::PatientValidatedForConsultation(e)) => Step::HoldSlot {
+                consultation_id: e.consultation_id,
+            },
+            (Self::Physicians, E::ConsultationSchedulingFailed(e)) => Step::ReleaseSlot {
+                consultation_id: e.consultation_id,
+            },
+            (Self::Physicians, E::ConsultationCancelled(e)) => Step::ReleaseSlot {
+                consultation_id: e.consultation_id,
+            },
+            (Self::Scheduling, E::PatientValidationFailed(e)) => Step::FailScheduling {
+                consultation_id: e.consultation_id,
+                reason: FailureReason::PatientInvalid,
+                detail: e.reason.clone(),
+            },
+            (Self::Scheduling, E::PhysicianAvailabilityRejected(e)) => Step::FailScheduling {
+                consultation_id: e.consultation_id,
+                reason: FailureReason::PhysicianUnavailable,
+                detail: e.reason.clone(),
+            },
+            (Self::Scheduling, E::PhysicianAvailabilityConfirmed(e)) => Step::ConfirmScheduling {
+                consultation_id: e.consultation_id,
+                physician_id: e.physician_id,
+            },
+            (Self::Scheduling, E::ConsultationRecordsVoided(e)) => Step::ConfirmCancellation {
+                consultation_id: e.consultation_id,
+            },
+            (Self::Scheduling, E::PatientDeactivated(e)) => {
+                Step::CancelFutureConsultations(Person::Patient(e.patient_id))
+            }
+            (Self::Scheduling, E::PhysicianDeactivated(e)) => {
+                Step::CancelFutureConsultations(Person::Physician(e.physician_id))
+            }
+            (Self::Records, E::ConsultationCancellationRequested(e)) => Step::VoidRecords {
+                consultation_id: e.consultation_id,
+            },
+            _ => return None,
+        };
+        Some(step)
+    }
+}
+
+/// Someone whose deactivation cancels their future consultations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Person {
+    Patient(PatientId),
+    Physician(PhysicianId),
+}
+
+/// One step of a saga, to be carried out as one or more commands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Is the patient active? (`PatientValidatedForConsultation` or `…ValidationFailed`.)
+    ValidatePatient {
+        patient_id: PatientId,
+        consultation_id: ConsultationId,
+    },
+    /// Hold the consultation's slot on its physician's day, unless the consultation is no
+    /// longer waiting for it.
+    HoldSlot { consultation_id: ConsultationId },
+    /// Release the consultation's slot, if its physician's day holds one for it.
+    ReleaseSlot { consultation_id: ConsultationId },
+    /// Pause the deadline and schedule the consultation; if it can no longer be scheduled
+    /// (the deadline fired first), release the slot that was just held.
+    ConfirmScheduling {
+        consultation_id: ConsultationId,
+        physician_id: PhysicianId,
+    },
+    FailScheduling {
+        consultation_id: ConsultationId,
+        reason: FailureReason,
+        detail: String,
+    },
+    VoidRecords { consultation_id: ConsultationId },
+    ConfirmCancellation { consultation_id: ConsultationId },
+    CancelFutureConsultations(Person),
+}
+
+impl Step {
+    /// The name metrics and logs know the step by.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::ValidatePatient { .. } => "validate_patient",
+            Self::HoldSlot { .. } => "hold_slot",
+            Self::ReleaseSlot { .. } => "release_slot",
+            Self::ConfirmScheduling { .. } => "confirm_scheduling",
+            Self::FailScheduling { .. } => "fail_scheduling",
+            Self::VoidRecords { .. } => "void_records",
+            Self::ConfirmCancellation { .. } => "confirm_cancellation",
+            Self::CancelFutureConsultations(_) => "cancel_future_consultations",
+        }
+    }
+}
+
+impl Event {
+    /// The deadline this event starts, as (saga id, kind): requesting a consultation starts
+    /// its scheduling deadline.
+    pub fn starts_deadline(&self) -> Option<(uuid::Uuid, &'static str)> {
+        match self {
+            Event::ConsultationSchedulingStarted(e) => {
+                Some((e.consultation_id.as_uuid(), SCHEDULING_DEADLINE))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{self, route};
+
+    #[test]
+    fn every_trigger_is_a_known_event_that_its_service_reacts_to() {
+        for service in SagaService::ALL {
+            for trigger in service.triggers() {
+                assert!(route(trigger).is_some(), "{trigger}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_requested_consultation_is_validated_by_the_patient_service_only() {
+        let started = Event::ConsultationSchedulingStarted(event::ConsultationSchedulingStarted {
+            consultation_id: ConsultationId::new(),
+            patient_id: PatientId::new(),
+            physician_id: PhysicianId::new(),
+            starts_at: chrono::Utc::now(),
+            ends_at: chrono::Utc::now(),
+            reason: None,
+        });
+        let reacting: Vec<_> = SagaService::ALL
+            .into_iter()
+            .filter_map(|s| s.react(&started).map(|step| (s, step.name())))
+            .collect();
+        assert_eq!(
+            reacting,
+            [(SagaService::Patients, "validate_patient")],
+            "one hop at a time"
+        );
+        assert!(started.starts_deadline().is_some());
+    }
+
+    #[test]
+    fn refusals_fail_the_consultation_with_their_reason() {
+        let consultation_id = ConsultationId::new();
+        let rejected =
+            Event::PhysicianAvailabilityRejected(event::PhysicianAvailabilityRejected {
+                physician_id: PhysicianId::new(),
+                consultation_id,
+                reason: "booked".into(),
+            });
+        assert_eq!(
+            SagaService::Scheduling.react(&rejected),
+            Some(Step::FailScheduling {
+                consultation_id,
+                reason: FailureReason::PhysicianUnavailable,
+                detail: "booked".into()
+            })
+        );
+    }
+
+    #[test]
+    fn reactions_and_triggers_agree() {
+        // A service reacts to an event exactly when its queue is bound to that event's type.
+        let consultation_id = ConsultationId::new();
+        let samples = [
+            Event::ConsultationCancelled(event::ConsultationCancelled {
+                consultation_id,
+                reason: "x".into(),
+            }),
+            Event::ConsultationRecordsVoided(event::ConsultationRecordsVoided {
+                consultation_id,
+                record_ids: vec![],
+            }),
+            Event::ConsultationDone(event::ConsultationDone { consultation_id }),
+        ];
+        for service in SagaService::ALL {
+            for sample in &samples {
+                assert_eq!(
+                    service.react(sample).is_some(),
+                    service.triggers().contains(&sample.event_type()),
+                    "{service:?} {}",
+                    sample.event_type()
+                );
+            }
+        }
+    }
+}

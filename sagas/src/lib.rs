@@ -1,0 +1,27 @@
+//! HAP's sagas: scheduling and cancelling consultations across the patient, physician,
+//! scheduling and records services, with a durable deadline, and cancelling a deactivated
+//! person's future consultations. What to do is the domain's (`domain::saga`); this crate
+//! carries it out.
+//!
+//! Every step is a command through the same pipeline as an HTTP request
+//! (`commands::Pipeline`), with the triggering event as its causation, its correlation id
+//! carried on, and an idempotency key made of the step and the triggering event, so a
+//! redelivered or duplicated message has no second effect. Saga state is the events
+//! themselves (the consultation's stream, the physician's day), so it is rebuilt like any
+//! aggregate and never disagrees with them.
+//!
+//! # Layout
+//! - [`service`]: a saga service as a handler of the shared consumer runtime, on its queue
+//!   `{prefix}.{service}.saga`, shared by every process (competing consumers).
+//! - [`steps`]: each step as commands.
+//! - [`follow_up`]: the deactivation follow-up's lookup and cancellations.
+//! - [`timer`]: the `timer` role: firing due deadlines, once each, from any number of
+//!   processes.
+
+pub mod follow_up;
+pub mod service;
+pub mod steps;
+pub mod timer;
+
+pub use service::run_all;
+pub use timer::Timer;

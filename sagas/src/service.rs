@@ -1,0 +1,109 @@
+//! The saga services as handlers of the shared consumer runtime: each consumes its queue
+//! `{prefix}.{service}.saga`, shared by every process that runs the `saga` role, so each step
+//! runs once in the cluster.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use commands::Pipeline;
+use domain::event::route;
+use domain::saga::SagaService;
+use futures::future::{BoxFuture, join_all};
+use projections::consumer::{self, ConsumerSettings, HandleError, Handler, Message};
+use projections::queues::QueueNames;
+use tokio_util::sync::CancellationToken;
+
+use crate::steps::{StepError, Steps, Trigger};
+
+/// Saga messages taken in one batch at most; their steps run side by side.
+const BATCH: usize = 64;
+
+/// Runs every saga service's consumer until `shutdown`.
+pub async fn run_all(pipeline: Pipeline, settings: ConsumerSettings, shutdown: CancellationToken) {
+    let settings = ConsumerSettings {
+        batch: BATCH,
+        prefetch: (BATCH * 4) as u16,
+        ..settings
+    };
+    let consumers = SagaService::ALL.into_iter().map(|service| {
+        let handler = SagaHandler {
+            service,
+            steps: Steps {
+                pipeline: pipeline.clone(),
+            },
+        };
+        consumer::consume(
+            Arc::new(handler),
+            QueueNames::shared(settings.topology.prefix(), service.name()),
+            bindings(service),
+            settings.clone(),
+            shutdown.clone(),
+        )
+    });
+    join_all(consumers).await;
+}
+
+/// What `service`'s queue is bound to: the routing key of each event it reacts to.
+pub fn bindings(service: SagaService) -> Vec<(&'static str, &'static str)> {
+    service
+        .triggers()
+        .iter()
+        .map(|trigger| {
+            let route = route(trigger).expect("saga triggers are known events");
+            (route.exchange.suffix(), route.routing_key)
+        })
+        .collect()
+}
+
+struct SagaHandler {
+    service: SagaService,
+    steps: Steps,
+}
+
+impl Handler for SagaHandler {
+    fn name(&self) -> &'static str {
+        self.service.name()
+    }
+
+    fn handle<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Result<(), HandleError>> {
+        Box::pin(async move {
+            // Steps of different sagas are independent; one saga's steps come one after the
+            // other, each triggered by the previous one's event.
+            let outcomes = join_all(batch.iter().map(|m| self.step(m))).await;
+            outcomes.into_iter().collect()
+        })
+    }
+}
+
+impl SagaHandler {
+    async fn step(&self, message: &Message) -> Result<(), HandleError> {
+        let Some(step) = self.service.react(&message.envelope.event) else {
+            return Ok(());
+        };
+        let Some(origin) = &message.origin else {
+            return Err(HandleError::Poison(
+                "a saga step needs the message's tenant and correlation id".into(),
+            ));
+        };
+        let trigger = Trigger {
+            event_id: message.envelope.event_id,
+            tenant_id: origin.tenant_id.clone(),
+            correlation_id: origin.correlation_id.clone(),
+        };
+        let started = Instant::now();
+        let result = self.steps.run(&step, &trigger).await;
+        let outcome = match &result {
+            Ok(()) => "done",
+            Err(StepError::Transient(_)) => "retried",
+            Err(StepError::Permanent(_)) => "dead_lettered",
+        };
+        metrics::histogram!("hap_saga_step_seconds", "service" => self.service.name(), "step" => step.name())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("hap_saga_steps_total", "service" => self.service.name(), "step" => step.name(), "outcome" => outcome)
+            .increment(1);
+        result.map_err(|error| match error {
+            StepError::Transient(e) => HandleError::Transient(e.to_string()),
+            StepError::Permanent(e) => HandleError::Poison(e.to_string()),
+        })
+    }
+}

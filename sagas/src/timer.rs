@@ -1,0 +1,107 @@
+//! The `timer` role: fires the deadlines that fall due. Any number of processes may run it: a
+//! deadline's failure is appended only together with its conditional move from running to
+//! fired (`CommandMeta::fires`), so it fires once, and never after its saga paused it.
+//!
+//! A fired deadline is a request, not a verdict: the consultation's own state decides. One
+//! already scheduled or failed refuses the failure, and the deadline is retired unchanged.
+
+use std::time::Duration;
+
+use commands::{CommandError, CommandMeta, Outcome, Pipeline, Target};
+use domain::consultation::{Consultation, ConsultationCommand};
+use domain::event::FailureReason;
+use domain::saga::SCHEDULING_DEADLINE;
+use eventstore::Due;
+use tokio_util::sync::CancellationToken;
+
+use crate::steps::{failure_name, outcome, remembered};
+
+/// How often a timer looks for due deadlines when nothing wakes it: deadlines started by other
+/// processes are found this late at most.
+const POLL: Duration = Duration::from_millis(250);
+/// Due deadlines fired per round.
+const ROUND: i64 = 100;
+
+#[derive(Clone)]
+pub struct Timer {
+    pub pipeline: Pipeline,
+    /// The deadlines' length, for the words of the failure.
+    pub timeout: Duration,
+}
+
+impl Timer {
+    /// Fires due deadlines until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let store = self.pipeline.store().clone();
+        loop {
+            let fired_all = match self.fire_due().await {
+                Ok(count) => count < ROUND as usize,
+                Err(error) => {
+                    tracing::warn!(%error, "firing deadlines failed; trying again");
+                    true
+                }
+            };
+            if !fired_all {
+                continue;
+            }
+            let wait = match store.next_deadline().await {
+                Ok(Some(due)) => (due - chrono::Utc::now()).to_std().unwrap_or_default().min(POLL),
+                _ => POLL,
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+                () = store.deadlines_changed() => {}
+            }
+        }
+    }
+
+    /// Fires one round of due deadlines; how many were due.
+    pub async fn fire_due(&self) -> Result<usize, sqlx::Error> {
+        let due = self.pipeline.store().due_deadlines(ROUND).await?;
+        let count = due.len();
+        for deadline in due {
+            if let Err(error) = self.fire(&deadline).await {
+                tracing::warn!(deadline = %deadline.id, %error, "a deadline could not fire; it will be tried again");
+            }
+        }
+        Ok(count)
+    }
+
+    async fn fire(&self, due: &Due) -> Result<(), CommandError> {
+        let store = self.pipeline.store();
+        if due.kind != SCHEDULING_DEADLINE {
+            tracing::error!(deadline = %due.id, kind = %due.kind, "a deadline of an unknown kind is retired");
+            return store.retire_deadline(due.id).await.map_err(CommandError::Store);
+        }
+        let meta = CommandMeta {
+            fires: Some(due.id),
+            ..CommandMeta::new(&due.tenant_id, &due.correlation_id)
+        };
+        let command = ConsultationCommand::FailScheduling {
+            reason: FailureReason::TimedOut,
+            detail: format!(
+                "the consultation was not confirmed within {} ms",
+                self.timeout.as_millis()
+            ),
+        };
+        let result = self
+            .pipeline
+            .execute::<Consultation>(&meta, Target::Existing(due.id), command, remembered)
+            .await;
+        match result {
+            Ok(Outcome::Done(done)) if done.appended > 0 => {
+                metrics::counter!("hap_deadlines_total", "transition" => "fired").increment(1);
+                outcome("scheduling", failure_name(FailureReason::TimedOut));
+                Ok(())
+            }
+            // The consultation decided: it had already ended one way or the other.
+            Ok(_) | Err(CommandError::Rejected(_)) => {
+                store.retire_deadline(due.id).await.map_err(CommandError::Store)
+            }
+            // Paused by its saga, or fired by another timer, first.
+            Err(CommandError::DeadlineNotRunning) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}
