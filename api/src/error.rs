@@ -3,8 +3,8 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use domain::DomainError;
 use commands::{CommandError, LoadError};
+use domain::DomainError;
 use eventstore::Position;
 use serde::Serialize;
 
@@ -155,9 +155,9 @@ impl From<CommandError> for ApiError {
                 Self::Conflict(format!("{kind} {value:?} already exists"))
             }
             CommandError::KeyReused => Self::IdempotencyKeyReused,
-            CommandError::KeptChanging => Self::Conflict(
-                "the resource kept changing concurrently; try again".into(),
-            ),
+            CommandError::KeptChanging => {
+                Self::Conflict("the resource kept changing concurrently; try again".into())
+            }
             CommandError::Load(LoadError::Store(e)) | CommandError::Store(e) => e.into(),
             other => Self::internal(other),
         }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use domain::{Aggregate, DomainError, Event};
 use eventstore::{
-    Append, AppendError, DeadlineStart, EventStore, Metadata, Position, Remember,
-    StoredResponse, StreamVersion,
+    Append, AppendError, DeadlineStart, EventStore, Metadata, Position, Remember, StoredResponse,
+    StreamVersion,
 };
 use serde_json::Value;
 use uuid::Uuid;

@@ -134,9 +134,13 @@ pub enum Step {
     },
     /// Hold the consultation's slot on its physician's day, unless the consultation is no
     /// longer waiting for it.
-    HoldSlot { consultation_id: ConsultationId },
+    HoldSlot {
+        consultation_id: ConsultationId,
+    },
     /// Release the consultation's slot, if its physician's day holds one for it.
-    ReleaseSlot { consultation_id: ConsultationId },
+    ReleaseSlot {
+        consultation_id: ConsultationId,
+    },
     /// Pause the deadline and schedule the consultation; if it can no longer be scheduled
     /// (the deadline fired first), release the slot that was just held.
     ConfirmScheduling {
@@ -148,8 +152,12 @@ pub enum Step {
         reason: FailureReason,
         detail: String,
     },
-    VoidRecords { consultation_id: ConsultationId },
-    ConfirmCancellation { consultation_id: ConsultationId },
+    VoidRecords {
+        consultation_id: ConsultationId,
+    },
+    ConfirmCancellation {
+        consultation_id: ConsultationId,
+    },
     CancelFutureConsultations(Person),
 }
 
@@ -221,12 +229,11 @@ mod tests {
     #[test]
     fn refusals_fail_the_consultation_with_their_reason() {
         let consultation_id = ConsultationId::new();
-        let rejected =
-            Event::PhysicianAvailabilityRejected(event::PhysicianAvailabilityRejected {
-                physician_id: PhysicianId::new(),
-                consultation_id,
-                reason: "booked".into(),
-            });
+        let rejected = Event::PhysicianAvailabilityRejected(event::PhysicianAvailabilityRejected {
+            physician_id: PhysicianId::new(),
+            consultation_id,
+            reason: "booked".into(),
+        });
         assert_eq!(
             SagaService::Scheduling.react(&rejected),
             Some(Step::FailScheduling {

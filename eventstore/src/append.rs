@@ -245,7 +245,11 @@ impl Columns {
                 c.deadline_correlations.push(meta.correlation_id.clone());
             }
             if append.fires.is_some() {
-                assert_eq!(appends.len(), 1, "an append that fires a deadline is written alone");
+                assert_eq!(
+                    appends.len(),
+                    1,
+                    "an append that fires a deadline is written alone"
+                );
                 c.fires = append.fires;
             }
         }
@@ -272,7 +276,11 @@ impl EventStore {
     /// One append in a statement of its own, and the precise reason when it fails.
     pub(crate) async fn append_alone(&self, append: Append) -> Result<Appended, AppendError> {
         match self.write(std::slice::from_ref(&append)).await {
-            Ok(appended) if append.fires.is_some_and(|_| appended[0].positions.is_empty()) => {
+            Ok(appended)
+                if append
+                    .fires
+                    .is_some_and(|_| appended[0].positions.is_empty()) =>
+            {
                 Err(AppendError::DeadlineNotRunning(
                     append.fires.expect("checked by the guard above"),
                 ))

@@ -40,7 +40,11 @@ pub struct Origin {
 #[serde(rename_all = "camelCase")]
 struct Body {
     event_id: Uuid,
+    // Checked by the consumers that need them (saga steps), so that a message without them
+    // is still judged by its event first.
+    #[serde(default)]
     tenant_id: String,
+    #[serde(default)]
     correlation_id: String,
     event_type: String,
     occurred_at: DateTime<Utc>,

@@ -8,8 +8,8 @@
 
 use chrono::Utc;
 use commands::CommandError;
-use domain::consultation::{ConsultationCommand, Status};
 use domain::consultation::Consultation;
+use domain::consultation::{ConsultationCommand, Status};
 use domain::ids::ConsultationId;
 use domain::saga::Person;
 use domain::values::Reason;
@@ -67,7 +67,10 @@ pub async fn cancel_future_consultations(
         }
     }
     if cancelled > 0 {
-        tracing::info!(cancelled, "cancelled the future consultations of a deactivated person");
+        tracing::info!(
+            cancelled,
+            "cancelled the future consultations of a deactivated person"
+        );
     }
     Ok(cancelled)
 }

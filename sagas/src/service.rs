@@ -80,9 +80,9 @@ impl SagaHandler {
         let Some(step) = self.service.react(&message.envelope.event) else {
             return Ok(());
         };
-        let Some(origin) = &message.origin else {
+        let Some(origin) = message.origin.as_ref().filter(|o| !o.tenant_id.is_empty()) else {
             return Err(HandleError::Poison(
-                "a saga step needs the message's tenant and correlation id".into(),
+                "a saga step needs the message's tenantId".into(),
             ));
         };
         let trigger = Trigger {

@@ -1,6 +1,8 @@
 //! Each saga step carried out as commands through the pipeline.
 
-use commands::{CommandError, CommandMeta, Done, Idempotency, Outcome, Pipeline, Remembered, Target};
+use commands::{
+    CommandError, CommandMeta, Done, Idempotency, Outcome, Pipeline, Remembered, Target,
+};
 use domain::consultation::{Consultation, ConsultationCommand, ConsultationData, Status};
 use domain::event::FailureReason;
 use domain::ids::ConsultationId;
@@ -151,11 +153,7 @@ impl Steps {
             return self.release(trigger, consultation_id).await;
         }
         let scheduled = self
-            .send::<Consultation>(
-                trigger,
-                deadline,
-                ConsultationCommand::ConfirmScheduling,
-            )
+            .send::<Consultation>(trigger, deadline, ConsultationCommand::ConfirmScheduling)
             .await;
         match scheduled {
             Ok(Sent::Appended) => outcome("scheduling", "scheduled"),
@@ -197,10 +195,7 @@ impl Steps {
     }
 
     /// The consultation if it is still waiting to be scheduled.
-    async fn requested(
-        &self,
-        id: ConsultationId,
-    ) -> Result<Option<ConsultationData>, StepError> {
+    async fn requested(&self, id: ConsultationId) -> Result<Option<ConsultationData>, StepError> {
         Ok(self
             .consultation(id)
             .await?
@@ -279,8 +274,7 @@ pub(crate) fn remembered(done: &Done) -> Remembered {
 
 /// Counts how a saga ended.
 pub(crate) fn outcome(saga: &'static str, outcome: &'static str) {
-    metrics::counter!("hap_saga_outcomes_total", "saga" => saga, "outcome" => outcome)
-        .increment(1);
+    metrics::counter!("hap_saga_outcomes_total", "saga" => saga, "outcome" => outcome).increment(1);
 }
 
 pub(crate) fn failure_name(reason: FailureReason) -> &'static str {

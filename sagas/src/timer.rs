@@ -45,7 +45,10 @@ impl Timer {
                 continue;
             }
             let wait = match store.next_deadline().await {
-                Ok(Some(due)) => (due - chrono::Utc::now()).to_std().unwrap_or_default().min(POLL),
+                Ok(Some(due)) => (due - chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(POLL),
                 _ => POLL,
             };
             tokio::select! {
@@ -72,7 +75,10 @@ impl Timer {
         let store = self.pipeline.store();
         if due.kind != SCHEDULING_DEADLINE {
             tracing::error!(deadline = %due.id, kind = %due.kind, "a deadline of an unknown kind is retired");
-            return store.retire_deadline(due.id).await.map_err(CommandError::Store);
+            return store
+                .retire_deadline(due.id)
+                .await
+                .map_err(CommandError::Store);
         }
         let meta = CommandMeta {
             fires: Some(due.id),
@@ -96,9 +102,10 @@ impl Timer {
                 Ok(())
             }
             // The consultation decided: it had already ended one way or the other.
-            Ok(_) | Err(CommandError::Rejected(_)) => {
-                store.retire_deadline(due.id).await.map_err(CommandError::Store)
-            }
+            Ok(_) | Err(CommandError::Rejected(_)) => store
+                .retire_deadline(due.id)
+                .await
+                .map_err(CommandError::Store),
             // Paused by its saga, or fired by another timer, first.
             Err(CommandError::DeadlineNotRunning) => Ok(()),
             Err(error) => Err(error),

@@ -432,7 +432,7 @@ async fn projectors_whose_broker_connections_close_mid_stream_miss_nothing() {
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     // Only this test's projector connections: other tests keep theirs.
-    let connections = connections_named(&format!("hap-projector {prefix}."));
+    let connections = connections_named(&format!("hap-consumer {prefix}."));
     assert_eq!(connections.len(), 4, "one connection per projector");
     for connection in &connections {
         close_connection(connection);

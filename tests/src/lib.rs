@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod process;
+pub mod system;
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -127,6 +128,15 @@ impl TestApp {
     }
 
     pub async fn start_with(db: &TestDb, settings: api::config::Settings) -> Self {
+        Self::start_state(db, settings).await.0
+    }
+
+    /// Starts the HTTP API and returns it with the state it serves, for a test that runs more
+    /// of the system (projectors, sagas) on the same state.
+    pub async fn start_state(
+        db: &TestDb,
+        settings: api::config::Settings,
+    ) -> (Self, api::AppState) {
         let pool = db.pool.clone();
         let read = read_model(db, "test").await;
         let state = api::AppState::new(
@@ -138,13 +148,15 @@ impl TestApp {
             .await
             .expect("port 0 is free");
         let base = format!("http://{}", listener.local_addr().expect("bound"));
-        tokio::spawn(axum::serve(listener, api::router(state, true, true)).into_future());
-        Self {
+        let router = api::router(state.clone(), true, true);
+        tokio::spawn(axum::serve(listener, router).into_future());
+        let app = Self {
             base,
             client: reqwest::Client::new(),
             pool,
             read,
-        }
+        };
+        (app, state)
     }
 
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -255,10 +267,16 @@ impl TestApp {
 /// Runs an in-process publisher over `pool` to exchanges under `prefix`, until the returned
 /// token is cancelled.
 pub fn start_publisher(pool: &PgPool, prefix: &str) -> tokio_util::sync::CancellationToken {
+    start_publisher_on(EventStore::new(pool.clone()), prefix)
+}
+
+/// Runs an in-process publisher over `store`: appends through the same store (or a clone)
+/// wake it at once, as in `hap serve`.
+pub fn start_publisher_on(store: EventStore, prefix: &str) -> tokio_util::sync::CancellationToken {
     api::telemetry::metrics_handle();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let publisher = eventstore::Publisher::new(
-        EventStore::new(pool.clone()),
+        store,
         Arc::new(api::routing::DomainRouter),
         eventstore::PublisherSettings::new(broker::amqp_url(), prefix),
     );

@@ -81,8 +81,12 @@ async fn request(
 
     // Facts from other streams: read current, never from the cache alone.
     let (patient, physician) = tokio::try_join!(
-        app.commands.aggregates().current::<Patient>(body.patient_id),
-        app.commands.aggregates().current::<Physician>(body.physician_id),
+        app.commands
+            .aggregates()
+            .current::<Patient>(body.patient_id),
+        app.commands
+            .aggregates()
+            .current::<Physician>(body.physician_id),
     )?;
     let id = ConsultationId::new();
     let command = ConsultationCommand::Request {

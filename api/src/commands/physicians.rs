@@ -12,8 +12,7 @@ use utoipa_axum::routes;
 
 use commands::Target;
 
-use super::{CHECKED, CommandResponse, Deactivate, Fields, Reply, deactivation_reason, execute,
-};
+use super::{CHECKED, CommandResponse, Deactivate, Fields, Reply, deactivation_reason, execute};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
 use crate::state::AppState;

@@ -101,7 +101,11 @@ async fn update(
     let Some(book) = store.claim_owner(TENANT, "record", &id.to_string()).await? else {
         return Err(ApiError::NotFound("record not found".into()));
     };
-    let loaded = app.commands.aggregates().current::<RecordBook>(book).await?;
+    let loaded = app
+        .commands
+        .aggregates()
+        .current::<RecordBook>(book)
+        .await?;
     let consultation_id = loaded
         .state
         .consultation_id

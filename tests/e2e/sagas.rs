@@ -1,0 +1,476 @@
+//! The sagas as a clinic meets them: consultations scheduled, refused, timed out and
+//! cancelled through the API alone, with every process the sagas need running for real
+//! against PostgreSQL and RabbitMQ.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Duration as Span, Utc};
+use hap_tests::system::{Parts, System};
+use hap_tests::{TestDb, eventually, id_of};
+use reqwest::Method;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// A deadline long enough never to fire in a test that is not about deadlines.
+const NEVER: Duration = Duration::from_secs(600);
+
+/// Tomorrow at `hour`:`minute` UTC: a slot no other test of the same system takes.
+fn tomorrow_at(hour: u32, minute: u32) -> DateTime<Utc> {
+    (Utc::now() + Span::days(1))
+        .date_naive()
+        .and_hms_opt(hour, minute, 0)
+        .expect("a valid time")
+        .and_utc()
+}
+
+async fn request(system: &System, patient: Uuid, physician: Uuid, at: DateTime<Utc>) -> Uuid {
+    let response = system
+        .app
+        .post(
+            "/consultations",
+            json!({"patientId": patient, "physicianId": physician,
+                   "startsAt": at.to_rfc3339(), "durationMinutes": 30}),
+        )
+        .await;
+    assert_eq!(response.status(), 202, "{:?}", response.text().await);
+    id_of(response).await
+}
+
+/// The event types of a stream, in order.
+async fn stream_events(db: &TestDb, stream: Uuid) -> Vec<String> {
+    sqlx::query_scalar("select event_type from events where stream_id = $1 order by version")
+        .bind(stream)
+        .fetch_all(&db.pool)
+        .await
+        .expect("events read")
+}
+
+async fn count_events(db: &TestDb, event_type: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from events where event_type = $1")
+        .bind(event_type)
+        .fetch_one(&db.pool)
+        .await
+        .expect("events counted")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consultation_is_scheduled_through_the_api_alone() {
+    let db = TestDb::new().await;
+    let system = System::start(&db, NEVER, Parts::ALL).await;
+    let patient = system.app.register_patient("DOC-1").await;
+    let physician = system.app.register_physician("CRM-1").await;
+    let at = tomorrow_at(9, 0);
+
+    let id = request(&system, patient, physician, at).await;
+    let consultation = system.settled(id).await;
+
+    assert_eq!(consultation["status"], "scheduled", "{consultation}");
+    assert_eq!(consultation["failureReason"], Value::Null);
+    let agenda: Value = system
+        .app
+        .request(
+            Method::GET,
+            &format!("/physicians/{physician}/agenda?date={}", at.date_naive()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        agenda["consultations"][0]["status"], "scheduled",
+        "{agenda}"
+    );
+    // Every step was caused by the previous one's event and carries the request's trail.
+    let trail: Vec<(String, String, Option<Uuid>, Uuid)> = sqlx::query_as(
+        "select event_type, correlation_id, causation_id, event_id from events
+          where event_type in ('ConsultationSchedulingStarted', 'PatientValidatedForConsultation',
+                               'PhysicianAvailabilityConfirmed', 'ConsultationScheduled')
+          order by position",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let types: Vec<&str> = trail.iter().map(|t| t.0.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "ConsultationSchedulingStarted",
+            "PatientValidatedForConsultation",
+            "PhysicianAvailabilityConfirmed",
+            "ConsultationScheduled"
+        ]
+    );
+    for pair in trail.windows(2) {
+        assert_eq!(
+            pair[1].2,
+            Some(pair[0].3),
+            "{} caused {}",
+            pair[0].0,
+            pair[1].0
+        );
+        assert_eq!(pair[1].1, pair[0].1, "the correlation id is carried on");
+    }
+    let deadline: String = sqlx::query_scalar("select state from deadlines where id = $1")
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(deadline, "paused", "confirming paused the deadline");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inactive_patient_or_physician_fails_the_consultation_with_its_reason() {
+    let db = TestDb::new().await;
+    let system = System::start(&db, NEVER, Parts::ALL).await;
+    let patient = system.app.register_patient("DOC-1").await;
+    let inactive_patient = system.app.register_patient("DOC-2").await;
+    let physician = system.app.register_physician("CRM-1").await;
+    let inactive_physician = system.app.register_physician("CRM-2").await;
+    for path in [
+        format!("/patients/{inactive_patient}/deactivate"),
+        format!("/physicians/{inactive_physician}/deactivate"),
+    ] {
+        assert_eq!(system.app.post(&path, json!({})).await.status(), 200);
+    }
+
+    let by_patient = request(&system, inactive_patient, physician, tomorrow_at(9, 0)).await;
+    let by_physician = request(&system, patient, inactive_physician, tomorrow_at(9, 0)).await;
+
+    let failed = system.settled(by_patient).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["failureReason"], "patient_invalid");
+    let failed = system.settled(by_physician).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["failureReason"], "physician_unavailable");
+    // Nothing was held for either: the physician's 09:00 is still free.
+    let again = request(&system, patient, physician, tomorrow_at(9, 0)).await;
+    assert_eq!(system.settled(again).await["status"], "scheduled");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_slot_requested_twenty_times_at_once_is_scheduled_once() {
+    let db = TestDb::new().await;
+    let system = System::start(&db, NEVER, Parts::ALL).await;
+    let physician = system.app.register_physician("CRM-1").await;
+    let mut patients = Vec::new();
+    for n in 0..20 {
+        patients.push(system.app.register_patient(&format!("DOC-{n}")).await);
+    }
+    let at = tomorrow_at(10, 0);
+
+    let requests = patients.iter().map(|p| request(&system, *p, physician, at));
+    let ids = futures::future::join_all(requests).await;
+
+    let mut statuses = std::collections::HashMap::<String, usize>::new();
+    for id in ids {
+        let c = system.settled(id).await;
+        let key = format!("{} {}", c["status"], c["failureReason"]);
+        *statuses.entry(key).or_default() += 1;
+    }
+    assert_eq!(statuses.get("\"scheduled\" null"), Some(&1), "{statuses:?}");
+    assert_eq!(
+        statuses.get("\"failed\" \"physician_unavailable\""),
+        Some(&19),
+        "{statuses:?}"
+    );
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_fires_with_no_saga_process_and_a_later_saga_neither_schedules_nor_holds() {
+    let db = TestDb::new().await;
+    let timeout = Duration::from_millis(300);
+    let system = System::start(
+        &db,
+        timeout,
+        Parts {
+            sagas: false,
+            timer: true,
+        },
+    )
+    .await;
+    let patient = system.app.register_patient("DOC-1").await;
+    let physician = system.app.register_physician("CRM-1").await;
+    let at = tomorrow_at(11, 0);
+
+    let id = request(&system, patient, physician, at).await;
+    let failed = system
+        .wait_for_status(id, "failed", Duration::from_secs(20))
+        .await;
+    assert_eq!(failed["failureReason"], "timed_out", "{failed}");
+
+    // The saga process comes up late and works through the messages waiting for it.
+    system.start_sagas();
+    let drained = eventually(Duration::from_secs(20), || async {
+        domain::saga::SagaService::ALL.iter().all(|service| {
+            let queue = projections::queues::QueueNames::shared(&system.prefix, service.name());
+            hap_tests::broker::queue_counts(&queue.main) == (0, 0)
+        })
+    })
+    .await;
+    assert!(drained, "the saga queues were worked through");
+    assert_eq!(system.consultation(id).await["status"], "failed");
+    assert_eq!(count_events(&db, "ConsultationScheduled").await, 0);
+    let day = domain::schedule::DaySchedule::stream_id(physician.into(), at.date_naive());
+    let held = stream_events(&db, day).await;
+    assert!(
+        held.iter().all(|e| e != "PhysicianAvailabilityConfirmed")
+            || held.iter().any(|e| e == "PhysicianSlotReleased"),
+        "the timed-out consultation keeps no slot: {held:?}"
+    );
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_fire_race_and_never_both_schedule_and_time_out() {
+    let db = TestDb::new().await;
+    // How long the saga's hops take here, measured on a system whose deadline never fires...
+    let calm = System::start(&db, NEVER, Parts::ALL).await;
+    let patient = calm.app.register_patient("DOC-1").await;
+    let physician = calm.app.register_physician("CRM-1").await;
+    let mut latencies = Vec::new();
+    for n in 0..3 {
+        let started = std::time::Instant::now();
+        scheduled(&calm, patient, physician, tomorrow_at(20 + n, 0)).await;
+        latencies.push(started.elapsed());
+    }
+    calm.stop().await;
+    latencies.sort();
+    // ... then a deadline about that long, so that pause and fire meet.
+    let timeout = latencies[2];
+    let system = System::start(&db, timeout, Parts::ALL).await;
+
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        // Each on its own slot: only the deadline can fail them.
+        ids.push(
+            request(
+                &system,
+                patient,
+                physician,
+                tomorrow_at(4 + n / 2, (n % 2) * 30),
+            )
+            .await,
+        );
+    }
+    let mut outcomes = std::collections::HashMap::<String, usize>::new();
+    for id in &ids {
+        let c = system.settled(*id).await;
+        *outcomes
+            .entry(c["status"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+        let events = stream_events(&db, *id).await;
+        let scheduled = events.iter().any(|e| e == "ConsultationScheduled");
+        let failed = events.iter().any(|e| e == "ConsultationSchedulingFailed");
+        assert!(!(scheduled && failed), "{id}: {events:?}");
+        assert!(scheduled || failed, "{id} settled: {events:?}");
+    }
+    eprintln!("deadline {timeout:?}, outcomes: {outcomes:?}");
+    // Every slot of a timed-out consultation is free again (released when the hold came
+    // after the failure, or never taken).
+    let free = eventually(Duration::from_secs(20), || async {
+        let holds: Vec<(Uuid, String)> = sqlx::query_as(
+            "select (payload ->> 'consultationId')::uuid, event_type from events
+              where event_type in ('PhysicianAvailabilityConfirmed', 'PhysicianSlotReleased')
+              order by position",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let mut held = std::collections::HashSet::new();
+        for (consultation, event_type) in holds {
+            if event_type == "PhysicianAvailabilityConfirmed" {
+                held.insert(consultation);
+            } else {
+                held.remove(&consultation);
+            }
+        }
+        let scheduled: std::collections::HashSet<Uuid> = sqlx::query_scalar(
+            "select stream_id from events where event_type = 'ConsultationScheduled'",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+        held == scheduled
+    })
+    .await;
+    assert!(free, "every slot held belongs to a scheduled consultation");
+    system.stop().await;
+}
+
+/// Schedules a consultation and waits until it is.
+async fn scheduled(system: &System, patient: Uuid, physician: Uuid, at: DateTime<Utc>) -> Uuid {
+    let id = request(system, patient, physician, at).await;
+    let c = system.settled(id).await;
+    assert_eq!(c["status"], "scheduled", "{c}");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_voids_the_records_and_frees_the_slot() {
+    let db = TestDb::new().await;
+    let system = System::start(&db, NEVER, Parts::ALL).await;
+    let patient = system.app.register_patient("DOC-1").await;
+    let physician = system.app.register_physician("CRM-1").await;
+    let with_records = scheduled(&system, patient, physician, tomorrow_at(9, 0)).await;
+    let without = scheduled(&system, patient, physician, tomorrow_at(10, 0)).await;
+    let record = system
+        .app
+        .post(
+            &format!("/consultations/{with_records}/records"),
+            json!({"content": "allergic to penicillin"}),
+        )
+        .await;
+    assert_eq!(record.status(), 201);
+    let record = id_of(record).await;
+
+    for id in [with_records, without] {
+        let response = system
+            .app
+            .post(
+                &format!("/consultations/{id}/cancel"),
+                json!({"reason": "travel"}),
+            )
+            .await;
+        assert_eq!(response.status(), 202, "{:?}", response.text().await);
+    }
+    for id in [with_records, without] {
+        let c = system
+            .wait_for_status(id, "cancelled", Duration::from_secs(30))
+            .await;
+        assert_eq!(c["status"], "cancelled", "{c}");
+        assert_eq!(c["cancellationReason"], "travel");
+    }
+    let voided = eventually(Duration::from_secs(10), || async {
+        let r: Value = system
+            .app
+            .request(Method::GET, &format!("/records/{record}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["status"] == "voided"
+    })
+    .await;
+    assert!(voided, "the record is voided");
+    assert_eq!(count_events(&db, "ConsultationRecordsVoided").await, 2);
+    // Both slots are free again.
+    let released = eventually(Duration::from_secs(10), || async {
+        count_events(&db, "PhysicianSlotReleased").await == 2
+    })
+    .await;
+    assert!(released);
+    scheduled(&system, patient, physician, tomorrow_at(9, 0)).await;
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deactivating_a_physician_or_a_patient_cancels_their_future_consultations() {
+    let db = TestDb::new().await;
+    let system = System::start(&db, NEVER, Parts::ALL).await;
+    let patient = system.app.register_patient("DOC-1").await;
+    let other_patient = system.app.register_patient("DOC-2").await;
+    let physician = system.app.register_physician("CRM-1").await;
+    let other_physician = system.app.register_physician("CRM-2").await;
+    let mut of_physician = Vec::new();
+    for hour in [8, 9, 10] {
+        of_physician.push(scheduled(&system, other_patient, physician, tomorrow_at(hour, 0)).await);
+    }
+    let of_patient = scheduled(&system, patient, other_physician, tomorrow_at(12, 0)).await;
+    let untouched = scheduled(&system, other_patient, other_physician, tomorrow_at(13, 0)).await;
+
+    let deactivate = system
+        .app
+        .post(
+            &format!("/physicians/{physician}/deactivate"),
+            json!({"reason": "retired"}),
+        )
+        .await;
+    assert_eq!(deactivate.status(), 200);
+    let deactivate = system
+        .app
+        .post(&format!("/patients/{patient}/deactivate"), json!({}))
+        .await;
+    assert_eq!(deactivate.status(), 200);
+
+    for id in of_physician.iter().chain([&of_patient]) {
+        let c = system
+            .wait_for_status(*id, "cancelled", Duration::from_secs(30))
+            .await;
+        assert_eq!(c["status"], "cancelled", "{c}");
+    }
+    assert_eq!(system.consultation(untouched).await["status"], "scheduled");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_message_published_twice_by_hand_has_no_second_effect() {
+    use lapin::BasicProperties;
+    let db = TestDb::new().await;
+    let system = System::start(&db, NEVER, Parts::ALL).await;
+    let patient = system.app.register_patient("DOC-1").await;
+    let physician = system.app.register_physician("CRM-1").await;
+    let id = scheduled(&system, patient, physician, tomorrow_at(9, 0)).await;
+    let before: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+
+    // The message that scheduled it, exactly as the publisher sent it, twice more; and the
+    // one that started it, which would otherwise validate the patient again.
+    let store = eventstore::EventStore::new(db.pool.clone());
+    let router = api::routing::DomainRouter;
+    for (event_type, service) in [
+        ("PhysicianAvailabilityConfirmed", "scheduling-service"),
+        ("ConsultationSchedulingStarted", "patient-service"),
+    ] {
+        let (stream, version): (Uuid, i64) =
+            sqlx::query_as("select stream_id, version from events where event_type = $1")
+                .bind(event_type)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        let recorded = store
+            .read_stream(stream, eventstore::StreamVersion::new(version as u64 - 1))
+            .await
+            .unwrap()
+            .remove(0);
+        let route = eventstore::Router::route(&router, &recorded).expect("a route");
+        let message = eventstore::message::Message::new(&recorded, &route, String::new());
+        let queue = projections::queues::QueueNames::shared(&system.prefix, service).main;
+        for _ in 0..2 {
+            hap_tests::broker::publish_to_queue(
+                &queue,
+                &message.body,
+                BasicProperties::default()
+                    .with_headers(message.properties.headers().clone().unwrap_or_default()),
+            )
+            .await;
+        }
+    }
+    // Give the steps time to run (they find their keys used and append nothing).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(after, before, "no event was appended twice");
+    assert_eq!(system.consultation(id).await["status"], "scheduled");
+    for service in domain::saga::SagaService::ALL {
+        let dlq = projections::queues::QueueNames::shared(&system.prefix, service.name());
+        assert_eq!(
+            hap_tests::broker::queue_counts(&dlq.dead_letters).0,
+            0,
+            "nothing dead-lettered"
+        );
+    }
+    system.stop().await;
+}

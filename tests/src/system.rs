@@ -1,0 +1,180 @@
+//! The whole of HAP in the test's process: the HTTP API, the publisher, the projectors of
+//! instance `test`, and (as asked) the saga services and the deadlines' timer, under an
+//! exchange prefix of the test's own.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Connection, ConnectionProperties};
+use projections::consumer::ConsumerSettings;
+use projections::queues::QueueNames;
+use reqwest::Method;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::broker::{amqp_url, delete_instance_queues, unique_prefix, wait_for_queue};
+use crate::{TestApp, TestDb, start_publisher_on};
+
+/// What runs beside the API, publisher and projectors.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts {
+    pub sagas: bool,
+    pub timer: bool,
+}
+
+impl Parts {
+    pub const ALL: Self = Self {
+        sagas: true,
+        timer: true,
+    };
+}
+
+pub struct System {
+    pub app: TestApp,
+    pub state: api::AppState,
+    pub prefix: String,
+    pub settings: ConsumerSettings,
+    shutdown: CancellationToken,
+}
+
+impl System {
+    /// Starts a system whose scheduling deadline is `timeout`.
+    pub async fn start(db: &TestDb, timeout: Duration, parts: Parts) -> Self {
+        api::telemetry::metrics_handle();
+        let prefix = unique_prefix();
+        let mut settings = api::config::Settings::defaults();
+        settings.exchange_prefix = prefix.clone();
+        settings.scheduling_timeout_ms = timeout.as_millis() as u64;
+        let (app, state) = TestApp::start_state(db, settings).await;
+        let consumers = ConsumerSettings::new(&amqp_url(), &prefix, "test", 5);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(projections::live::run_all(
+            state.read.clone(),
+            state.commands.store().clone(),
+            consumers.clone(),
+            shutdown.child_token(),
+        ));
+        let system = Self {
+            app,
+            state,
+            prefix,
+            settings: consumers,
+            shutdown,
+        };
+        if parts.sagas {
+            system.start_sagas();
+        }
+        if parts.timer {
+            system.start_timer();
+        }
+        // Consumers bind their queues as they start; events published before would be lost
+        // to them (kept only in the unrouted queue).
+        wait_for_queue(&QueueNames::new(&system.prefix, "scheduling-service", "test").main).await;
+        if parts.sagas {
+            for service in domain::saga::SagaService::ALL {
+                wait_for_queue(&QueueNames::shared(&system.prefix, service.name()).main).await;
+            }
+        }
+        let publisher = start_publisher_on(system.state.commands.store().clone(), &system.prefix);
+        let stop = system.shutdown.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            publisher.cancel();
+        });
+        system
+    }
+
+    /// Starts the saga services in this process (again, or for the first time).
+    pub fn start_sagas(&self) {
+        tokio::spawn(sagas::run_all(
+            self.state.commands.clone(),
+            self.settings.clone(),
+            self.shutdown.child_token(),
+        ));
+    }
+
+    pub fn start_timer(&self) {
+        let timer = sagas::Timer {
+            pipeline: self.state.commands.clone(),
+            timeout: Duration::from_millis(self.state.settings.scheduling_timeout_ms),
+        };
+        tokio::spawn(timer.run(self.shutdown.child_token()));
+    }
+
+    /// `GET /consultations/{id}`, once the read model shows it.
+    pub async fn consultation(&self, id: Uuid) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let response = self
+                .app
+                .request(Method::GET, &format!("/consultations/{id}"))
+                .send()
+                .await
+                .expect("query sent");
+            if response.status() == 200 {
+                return response.json().await.expect("a JSON body");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "consultation {id} never showed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The consultation once its status is `wanted` (or whatever it is after `timeout`).
+    pub async fn wait_for_status(&self, id: Uuid, wanted: &str, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let consultation = self.consultation(id).await;
+            if consultation["status"] == wanted || tokio::time::Instant::now() > deadline {
+                return consultation;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The consultation once scheduling has ended, one way or the other.
+    pub async fn settled(&self, id: Uuid) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let consultation = self.consultation(id).await;
+            if consultation["status"] != "requested" || tokio::time::Instant::now() > deadline {
+                return consultation;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops everything and deletes every queue and exchange of the prefix.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        delete_saga_queues(&self.prefix).await;
+        delete_instance_queues(&self.prefix, "test").await;
+    }
+}
+
+/// Deletes the saga queues of `prefix` and their companions.
+pub async fn delete_saga_queues(prefix: &str) {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ is reachable");
+    let channel = connection.create_channel().await.expect("a channel");
+    for service in domain::saga::SagaService::ALL {
+        let names = QueueNames::shared(prefix, service.name());
+        for queue in [names.main, names.retry, names.dead_letters] {
+            let _ = channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+    let _ = channel
+        .exchange_delete(
+            format!("{prefix}.unrouted").into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+    connection.close(200, "done".into()).await.ok();
+}
