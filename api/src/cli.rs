@@ -224,8 +224,10 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let commands = serve.roles.contains(&Role::Command);
-    if commands {
-        // Wakes publishers in other processes after this one's appends.
+    let appends = [Role::Command, Role::Saga, Role::Timer];
+    if appends.iter().any(|role| serve.roles.contains(role)) {
+        // Wakes publishers in other processes after this one's appends (commands, saga
+        // steps, fired deadlines).
         tasks.spawn(wakeup::forward_appends(store.clone(), shutdown.clone()));
     }
     if serve.roles.contains(&Role::Publisher) {

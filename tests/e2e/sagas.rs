@@ -474,3 +474,63 @@ async fn a_saga_message_published_twice_by_hand_has_no_second_effect() {
     }
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_saga_processes_one_killed_mid_flight_settle_every_consultation_once() {
+    use hap_tests::process::spawn_hap;
+    let db = TestDb::new().await;
+    let system = System::start(
+        &db,
+        NEVER,
+        Parts {
+            sagas: false,
+            timer: true,
+        },
+    )
+    .await;
+    let mut first = spawn_hap(&db, &system.prefix, "saga", "saga-a");
+    let mut second = spawn_hap(&db, &system.prefix, "saga", "saga-b");
+    for service in domain::saga::SagaService::ALL {
+        hap_tests::broker::wait_for_queue(
+            &projections::queues::QueueNames::shared(&system.prefix, service.name()).main,
+        )
+        .await;
+    }
+    let patient = system.app.register_patient("DOC-1").await;
+    let physician = system.app.register_physician("CRM-1").await;
+
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        ids.push(request(&system, patient, physician, tomorrow_at(4 + n / 2, (n % 2) * 30)).await);
+        if n == 10 {
+            first.start_kill().expect("killed");
+            first.wait().await.ok();
+        }
+        if n == 20 {
+            first = spawn_hap(&db, &system.prefix, "saga", "saga-a");
+        }
+    }
+
+    for id in &ids {
+        let c = system.settled(*id).await;
+        assert_eq!(c["status"], "scheduled", "{c}");
+    }
+    let per_consultation: Vec<(String, i64)> = sqlx::query_as(
+        "select event_type, count(*) from events
+          where event_type in ('ConsultationScheduled', 'PhysicianAvailabilityConfirmed',
+                               'PatientValidatedForConsultation')
+          group by event_type, payload ->> 'consultationId'
+         having count(*) > 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(per_consultation.is_empty(), "nothing happened twice: {per_consultation:?}");
+    for service in domain::saga::SagaService::ALL {
+        let names = projections::queues::QueueNames::shared(&system.prefix, service.name());
+        assert_eq!(hap_tests::broker::queue_counts(&names.dead_letters).0, 0);
+    }
+    first.start_kill().ok();
+    second.start_kill().ok();
+    system.stop().await;
+}
