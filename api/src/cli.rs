@@ -44,7 +44,15 @@ pub enum Command {
     #[command(subcommand)]
     Dlq(DlqCommand),
     /// Fill a fresh system with realistic sample data through the command path.
-    Demo,
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// How long to wait, in seconds, for the sagas of a running `hap serve` to schedule the
+    /// demo's consultations (0: do not wait).
+    #[arg(long, default_value_t = 30)]
+    pub settle_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,13 +111,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rebuild(args) => rebuild(cli.settings, args).await,
         Command::Dlq(command) => dlq(&cli.settings.amqp_url, command).await,
-        Command::Demo => {
+        Command::Demo(args) => {
             let pool = db::connect(&cli.settings.database_url, 4, true).await?;
             db::migrate(&pool).await?;
-            let read = read_model(&cli.settings, true).await?;
-            let store = db::event_store(pool, 4);
-            let app = AppState::new(store.clone(), read, cli.settings);
-            crate::demo::run(router(app, true, false), &store).await
+            let pipeline = crate::state::pipeline(db::event_store(pool, 4), &cli.settings);
+            crate::demo::run_demo(&pipeline, Duration::from_secs(args.settle_secs)).await
         }
     }
 }

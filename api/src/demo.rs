@@ -1,13 +1,24 @@
-//! `hap demo`: fills a system with realistic sample data through the real command path (the
-//! same router `hap serve` runs, called in-process), and prints what it did.
+//! `hap demo`: fills a system with realistic sample data through the command pipeline (the
+//! same one the HTTP handlers and the sagas use), prints what it did, and waits for the
+//! consultations it requested to be scheduled by the sagas of a running `hap serve`.
+
+use std::time::Duration;
 
 use anyhow::Context;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use chrono::{Duration, Timelike, Utc};
-use serde_json::{Value, json};
-use tower::ServiceExt;
+use chrono::{Timelike, Utc};
+use commands::{CommandMeta, Outcome, Pipeline, Remembered, Target};
+use domain::Aggregate;
+use domain::consultation::{Consultation, ConsultationCommand, Status};
+use domain::ids::{ConsultationId, PatientId, PhysicianId};
+use domain::patient::{Patient, PatientCommand};
+use domain::physician::{Physician, PhysicianCommand};
+use domain::values::{
+    BirthDate, DocumentNumber, DurationMinutes, Email, LicenseNumber, PersonName, Phone, Reason,
+    Specialty, StartsAt,
+};
 use uuid::Uuid;
+
+use crate::state::TENANT;
 
 const PHYSICIANS: [(&str, &str); 4] = [
     ("Dra. Helena Prado", "cardiology"),
@@ -29,123 +40,113 @@ const PATIENTS: [(&str, &str); 10] = [
     ("João Pedro Alves", "1975-07-19"),
 ];
 
-/// Sends one command through the router; anything but `expected` is an error.
-async fn send(
-    router: &axum::Router,
-    method: &str,
-    path: &str,
-    body: Value,
-    expected: StatusCode,
-) -> anyhow::Result<Value> {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .header("x-correlation-id", "hap-demo")
-        .body(Body::from(body.to_string()))
-        .expect("a valid request");
-    let response = router.clone().oneshot(request).await?;
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await?;
-    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    anyhow::ensure!(
-        status == expected,
-        "{method} {path} answered {status}: {value}"
-    );
-    Ok(value)
+/// Runs one command through the pipeline, on behalf of the demo.
+async fn run<A>(pipeline: &Pipeline, target: Target, command: A::Command) -> anyhow::Result<()>
+where
+    A: Aggregate,
+    A::Command: Clone,
+{
+    let meta = CommandMeta::new(TENANT, "hap-demo");
+    let outcome = pipeline
+        .execute::<A>(&meta, target, command, |_| Remembered {
+            status: 200,
+            body: serde_json::Value::Null,
+            headers: serde_json::Value::Null,
+        })
+        .await
+        .with_context(|| format!("a {} command was refused", A::KIND.as_str()))?;
+    anyhow::ensure!(matches!(outcome, Outcome::Done(_)), "nothing to replay");
+    Ok(())
 }
 
-fn id(value: &Value) -> anyhow::Result<Uuid> {
-    value["id"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .context("a command response without an id")
-}
-
-/// Registers physicians and patients, updates some, deactivates one and requests consultations.
-pub async fn run(router: axum::Router, store: &eventstore::EventStore) -> anyhow::Result<()> {
+/// Registers physicians and patients, updates some, requests consultations and deactivates a
+/// patient; then waits up to `settle` for the sagas to decide every consultation.
+pub async fn run_demo(pipeline: &Pipeline, settle: Duration) -> anyhow::Result<()> {
     // Document and license numbers are unique: a suffix lets the demo run more than once.
-    let run = &Uuid::now_v7().simple().to_string()[20..];
+    let run_id = &Uuid::now_v7().simple().to_string()[20..];
     let mut physicians = vec![];
     for (n, (name, specialty)) in PHYSICIANS.iter().enumerate() {
-        let body = json!({"name": name, "specialty": specialty,
-                          "licenseNumber": format!("CRM-{run}-{n}")});
-        physicians.push(id(&send(
-            &router,
-            "POST",
-            "/physicians",
-            body,
-            StatusCode::CREATED,
-        )
-        .await?)?);
+        let id = PhysicianId::new();
+        let command = PhysicianCommand::Register {
+            id,
+            name: PersonName::parse(name)?,
+            specialty: Specialty::parse(specialty)?,
+            license_number: LicenseNumber::parse(&format!("CRM-{run_id}-{n}"))?,
+        };
+        run::<Physician>(pipeline, Target::New(id.as_uuid()), command).await?;
+        physicians.push(id);
         println!("registered physician {name} ({specialty})");
     }
+    let today = Utc::now().date_naive();
     let mut patients = vec![];
     for (n, (name, birth)) in PATIENTS.iter().enumerate() {
         let email = format!(
             "{}@example.org",
             name.split(' ').next().unwrap_or("patient").to_lowercase()
         );
-        let body = json!({"name": name, "birthDate": birth,
-                          "documentNumber": format!("DOC-{run}-{n}"), "email": email});
-        patients.push(id(&send(
-            &router,
-            "POST",
-            "/patients",
-            body,
-            StatusCode::CREATED,
-        )
-        .await?)?);
+        let id = PatientId::new();
+        let command = PatientCommand::Register {
+            id,
+            name: PersonName::parse(name)?,
+            birth_date: BirthDate::parse(birth.parse()?, today)?,
+            document_number: DocumentNumber::parse(&format!("DOC-{run_id}-{n}"))?,
+            email: Some(Email::parse(&email)?),
+            phone: None,
+        };
+        run::<Patient>(pipeline, Target::New(id.as_uuid()), command).await?;
+        patients.push(id);
         println!("registered patient {name}");
     }
-    send(
-        &router,
-        "PATCH",
-        &format!("/patients/{}", patients[1]),
-        json!({"phone": "+55 11 98765-4321"}),
-        StatusCode::OK,
-    )
-    .await?;
+    let update = PatientCommand::Update {
+        name: None,
+        email: None,
+        phone: Some(Phone::parse("+55 11 98765-4321")?),
+    };
+    run::<Patient>(pipeline, Target::Existing(patients[1].as_uuid()), update).await?;
     println!("updated the phone of {}", PATIENTS[1].0);
-    send(
-        &router,
-        "PATCH",
-        &format!("/physicians/{}", physicians[3]),
-        json!({"specialty": "sports medicine"}),
-        StatusCode::OK,
-    )
-    .await?;
+    let update = PhysicianCommand::Update {
+        name: None,
+        specialty: Some(Specialty::parse("sports medicine")?),
+    };
+    run::<Physician>(pipeline, Target::Existing(physicians[3].as_uuid()), update).await?;
     println!("updated the specialty of {}", PHYSICIANS[3].0);
 
-    let tomorrow = (Utc::now() + Duration::days(1))
+    let now = Utc::now();
+    let tomorrow = (now + chrono::Duration::days(1))
         .with_hour(9)
         .and_then(|t| t.with_minute(0))
         .and_then(|t| t.with_second(0))
+        .and_then(|t| t.with_nanosecond(0))
         .context("a valid time")?;
-    let mut requested = 0;
+    let mut consultations = vec![];
     for (n, patient) in patients.iter().enumerate() {
         let physician = physicians[n % physicians.len()];
-        let starts_at = tomorrow + Duration::minutes(30 * (n / physicians.len()) as i64);
-        let body = json!({"patientId": patient, "physicianId": physician,
-                          "startsAt": starts_at.to_rfc3339(), "durationMinutes": 30,
-                          "reason": "routine check-up"});
-        send(
-            &router,
-            "POST",
-            "/consultations",
-            body,
-            StatusCode::ACCEPTED,
-        )
-        .await?;
-        requested += 1;
+        let starts_at = tomorrow + chrono::Duration::minutes(30 * (n / physicians.len()) as i64);
+        let id = ConsultationId::new();
+        let command = ConsultationCommand::Request {
+            id,
+            patient_id: *patient,
+            patient_exists: true,
+            physician_id: physician,
+            physician_exists: true,
+            starts_at: StartsAt::parse(starts_at, now)?,
+            duration: DurationMinutes::DEFAULT,
+            reason: Some(Reason::parse("routine check-up")?),
+        };
+        run::<Consultation>(pipeline, Target::New(id.as_uuid()), command).await?;
+        consultations.push(id);
     }
-    println!("requested {requested} consultations for tomorrow from 09:00 UTC");
-    send(
-        &router,
-        "POST",
-        &format!("/patients/{}/deactivate", patients[9]),
-        json!({"reason": "moved abroad"}),
-        StatusCode::OK,
+    println!(
+        "requested {} consultations for tomorrow from 09:00 UTC",
+        consultations.len()
+    );
+    let deactivate = PatientCommand::Deactivate {
+        reason: Some(Reason::parse("moved abroad")?),
+    };
+    run::<Patient>(
+        pipeline,
+        Target::Existing(patients[9].as_uuid()),
+        deactivate,
     )
     .await?;
     println!("deactivated patient {}", PATIENTS[9].0);
@@ -153,13 +154,51 @@ pub async fn run(router: axum::Router, store: &eventstore::EventStore) -> anyhow
     // the demo's events on its next poll.
     sqlx::query("select pg_notify($1, '')")
         .bind(eventstore::wakeup::CHANNEL)
-        .execute(store.pool())
+        .execute(pipeline.store().pool())
         .await
         .context("Failed to notify the publisher")?;
     println!(
-        "done: {} physicians, {} patients, {requested} consultations; try GET /patients",
+        "done: {} physicians, {} patients, {} consultations",
         physicians.len(),
-        patients.len()
+        patients.len(),
+        consultations.len()
     );
-    Ok(())
+    settled(pipeline, &consultations, settle).await
+}
+
+/// Waits up to `settle` for the sagas to decide `consultations`, and says how they ended.
+async fn settled(
+    pipeline: &Pipeline,
+    consultations: &[ConsultationId],
+    settle: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + settle;
+    loop {
+        let mut statuses = std::collections::BTreeMap::<&str, usize>::new();
+        for id in consultations {
+            let loaded = pipeline
+                .aggregates()
+                .current::<Consultation>(id.as_uuid())
+                .await?;
+            let status = loaded.state.data().map_or("unknown", |c| c.status.as_str());
+            *statuses.entry(status).or_default() += 1;
+        }
+        let waiting = statuses
+            .get(Status::Requested.as_str())
+            .copied()
+            .unwrap_or(0);
+        if waiting == 0 || tokio::time::Instant::now() >= deadline {
+            let summary: Vec<String> = statuses.iter().map(|(s, n)| format!("{n} {s}")).collect();
+            println!("consultations: {}", summary.join(", "));
+            if waiting > 0 {
+                println!(
+                    "{waiting} still requested: the sagas run in `hap serve` (roles saga and timer)"
+                );
+            } else {
+                println!("try GET /consultations?status=scheduled");
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

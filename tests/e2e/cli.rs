@@ -24,7 +24,7 @@ async fn hap(db: &TestDb, args: &[&str]) -> (i32, String, String) {
 async fn demo_fills_the_system_through_the_command_path() {
     let db = TestDb::new().await;
 
-    let (code, stdout, stderr) = hap(&db, &["demo"]).await;
+    let (code, stdout, stderr) = hap(&db, &["demo", "--settle-secs", "0"]).await;
 
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("registered patient"), "{stdout}");
@@ -33,7 +33,7 @@ async fn demo_fills_the_system_through_the_command_path() {
         .await
         .unwrap();
     assert!(events >= 25, "{events} events");
-    let (again, _, stderr) = hap(&db, &["demo"]).await;
+    let (again, _, stderr) = hap(&db, &["demo", "--settle-secs", "0"]).await;
     assert_eq!(again, 0, "the demo runs twice without conflicts: {stderr}");
 }
 

@@ -501,7 +501,15 @@ async fn two_saga_processes_one_killed_mid_flight_settle_every_consultation_once
 
     let mut ids = Vec::new();
     for n in 0..30 {
-        ids.push(request(&system, patient, physician, tomorrow_at(4 + n / 2, (n % 2) * 30)).await);
+        ids.push(
+            request(
+                &system,
+                patient,
+                physician,
+                tomorrow_at(4 + n / 2, (n % 2) * 30),
+            )
+            .await,
+        );
         if n == 10 {
             first.start_kill().expect("killed");
             first.wait().await.ok();
@@ -525,7 +533,10 @@ async fn two_saga_processes_one_killed_mid_flight_settle_every_consultation_once
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert!(per_consultation.is_empty(), "nothing happened twice: {per_consultation:?}");
+    assert!(
+        per_consultation.is_empty(),
+        "nothing happened twice: {per_consultation:?}"
+    );
     for service in domain::saga::SagaService::ALL {
         let names = projections::queues::QueueNames::shared(&system.prefix, service.name());
         assert_eq!(hap_tests::broker::queue_counts(&names.dead_letters).0, 0);
