@@ -118,6 +118,23 @@ async fn a_consultation_is_scheduled_through_the_api_alone() {
         .await
         .unwrap();
     assert_eq!(deadline, "paused", "confirming paused the deadline");
+    let metrics = system
+        .app
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "hap_saga_outcomes_total{saga=\"scheduling\",outcome=\"scheduled\"} 1",
+        "hap_deadlines_total{transition=\"paused\"} 1",
+        "hap_saga_step_seconds_bucket{service=\"physician-service\",step=\"hold_slot\"",
+        "hap_saga_steps_total{service=\"patient-service\",step=\"validate_patient\",outcome=\"done\"} 1",
+    ] {
+        assert!(metrics.contains(expected), "{expected} in /metrics");
+    }
     system.stop().await;
 }
 
@@ -202,6 +219,16 @@ async fn a_deadline_fires_with_no_saga_process_and_a_later_saga_neither_schedule
         .wait_for_status(id, "failed", Duration::from_secs(20))
         .await;
     assert_eq!(failed["failureReason"], "timed_out", "{failed}");
+    let metrics = system
+        .app
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("hap_deadlines_total{transition=\"fired\"} 1"), "{metrics}");
 
     // The saga process comes up late and works through the messages waiting for it.
     system.start_sagas();
