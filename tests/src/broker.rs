@@ -28,7 +28,7 @@ pub fn amqp_url() -> String {
 
 /// An exchange prefix no other test (or run) uses.
 pub fn unique_prefix() -> String {
-    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    hap_support::broker::scratch_prefix("t")
 }
 
 /// A queue bound to every HAP exchange under `prefix` with `#`, collecting what arrives.
@@ -169,7 +169,7 @@ pub fn header(delivery: &Captured, name: &str) -> Option<String> {
 /// Publishes `body` straight into `queue` (through the default exchange), confirmed, as a
 /// broker redelivery or a stray producer would put it there.
 pub async fn publish_to_queue(queue: &str, body: &[u8], properties: BasicProperties) {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::options::ConfirmSelectOptions;
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .expect("RabbitMQ is reachable");
@@ -178,25 +178,9 @@ pub async fn publish_to_queue(queue: &str, body: &[u8], properties: BasicPropert
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirms");
-    let confirmation = channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            body,
-            properties,
-        )
+    hap_support::broker::publish_to_queue(&channel, queue, body, properties)
         .await
-        .expect("published")
-        .await
-        .expect("confirmed");
-    assert!(
-        confirmation.is_ack() && confirmation.take_message().is_none(),
-        "{queue} took it"
-    );
+        .unwrap_or_else(|error| panic!("{queue} did not take it: {error:#}"));
     connection.close(200, "done".into()).await.ok();
 }
 

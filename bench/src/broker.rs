@@ -7,13 +7,13 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
 use eventstore::topology::{EXCHANGES, Topology};
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Confirmation, Connection, Consumer, PublisherConfirm};
+use lapin::{Channel, Connection, Consumer};
 use projections::queues::{QUEUES, QueueNames};
 use tokio_util::sync::CancellationToken;
 
@@ -70,8 +70,7 @@ impl Background {
 impl ScratchBroker {
     /// Picks a fresh prefix on the broker at `url`; nothing is declared yet.
     pub fn new(url: &str) -> Self {
-        // 12 hex digits of a v4 UUID, as for the scratch database: runs never meet.
-        let prefix = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let prefix = hap_support::broker::scratch_prefix("bench");
         let unrouted = Topology::new(prefix.as_str()).unrouted();
         Self {
             url: url.to_owned(),
@@ -234,14 +233,4 @@ pub async fn consume_with_acks(
         )
         .await
         .with_context(|| format!("Failed to consume {queue}"))
-}
-
-/// Waits for a publish's confirm; anything but a plain ack fails the run.
-pub async fn confirmed(confirm: PublisherConfirm) -> anyhow::Result<()> {
-    match confirm.await.context("Waiting for a confirm failed")? {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) => bail!("a message was returned as unroutable"),
-        Confirmation::Nack(_) => bail!("the broker nacked a message"),
-        Confirmation::NotRequested => bail!("the channel is not in confirm mode"),
-    }
 }

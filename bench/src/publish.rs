@@ -31,6 +31,7 @@ use eventstore::message::{Message, Router};
 use eventstore::topology::declare_quorum_queue;
 use eventstore::{EventStore, GlobalCheckpoint, PublisherSettings};
 use futures::StreamExt;
+use hap_support::broker::confirmed;
 use lapin::Channel;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
@@ -39,7 +40,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use uuid::Uuid;
 
-use crate::broker::{ScratchBroker, Servers, confirmed};
+use crate::broker::{ScratchBroker, Servers};
 use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{Drained, Timeline, WARMUP, latency_histogram, paced, wait_until};
