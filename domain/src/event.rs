@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::AggregateKind;
 use crate::ids::{ConsultationId, PatientId, PhysicianId, RecordId};
+use crate::names::named_enum;
 
 /// Declares every event type once, with where it travels: from this one table come the
 /// [`Event`] enum (serde's tag is the variant's name), [`Event::event_type`], [`EVENTS`] and
@@ -321,13 +322,15 @@ pub struct ConsultationScheduled {
     pub ends_at: DateTime<Utc>,
 }
 
-/// Why scheduling failed, as the query API reports it in `failureReason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureReason {
-    PatientInvalid,
-    PhysicianUnavailable,
-    TimedOut,
+named_enum! {
+    /// Why scheduling failed, as events carry it and the query API reports it in
+    /// `failureReason`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum FailureReason {
+        PatientInvalid = "patient_invalid",
+        PhysicianUnavailable = "physician_unavailable",
+        TimedOut = "timed_out",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -446,7 +449,6 @@ mod tests {
         assert_eq!(voided.saga_id(), Some(consultation_id));
     }
 
-
     #[test]
     fn an_event_survives_the_store_round_trip() {
         let event = Event::PatientUpdated(PatientUpdated {
@@ -464,6 +466,25 @@ mod tests {
         assert_eq!(
             Event::from_parts(event_type, &payload.to_string()).unwrap(),
             event
+        );
+    }
+
+    #[test]
+    fn a_failure_reason_travels_as_its_name() {
+        for reason in FailureReason::ALL {
+            let json = serde_json::to_value(reason).unwrap();
+            assert_eq!(json, reason.as_str());
+            assert_eq!(
+                serde_json::from_value::<FailureReason>(json).unwrap(),
+                *reason
+            );
+        }
+        let unknown = serde_json::from_str::<FailureReason>(r#""bored""#).unwrap_err();
+        assert!(
+            unknown
+                .to_string()
+                .starts_with("unknown variant `bored`, expected one of"),
+            "{unknown}"
         );
     }
 

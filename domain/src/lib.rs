@@ -12,12 +12,14 @@
 //! - [`ids`]: typed identifiers, one per aggregate.
 //! - [`values`]: parse-don't-validate value types (names, dates, document numbers, …).
 //! - [`event`]: every event type, its payload, and where it travels on the broker.
+//! - `names`: enums whose variants travel as names, each name written once.
 //! - [`patient`], [`physician`], [`schedule`], [`consultation`], [`record`]: the aggregates.
 
 pub mod aggregate;
 pub mod consultation;
 pub mod event;
 pub mod ids;
+mod names;
 pub mod patient;
 pub mod physician;
 pub mod record;

@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use domain::Event;
+use domain::consultation::Status;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::PgConnection;
@@ -98,7 +99,7 @@ impl Rows {
                 physician_name: name_of(e.physician_id.as_uuid()),
                 starts_at: e.starts_at,
                 ends_at: e.ends_at,
-                status: "requested".into(),
+                status: Status::Requested.as_str().into(),
                 reason: e.reason.clone(),
                 notes: None,
                 failure_reason: None,
@@ -111,12 +112,10 @@ impl Rows {
         }
         let row = self.consultations.get_mut(&id)?;
         match &envelope.event {
-            Event::ConsultationScheduled(_) => row.status = "scheduled".into(),
+            Event::ConsultationScheduled(_) => row.status = Status::Scheduled.as_str().into(),
             Event::ConsultationSchedulingFailed(e) => {
-                row.status = "failed".into();
-                row.failure_reason = serde_json::to_value(e.reason)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned));
+                row.status = Status::Failed.as_str().into();
+                row.failure_reason = Some(e.reason.as_str().into());
                 row.failure_detail = Some(e.detail.clone());
             }
             Event::ConsultationUpdated(e) => {
@@ -128,11 +127,11 @@ impl Rows {
                 }
             }
             Event::ConsultationCancellationRequested(e) => {
-                row.status = "cancellation_requested".into();
+                row.status = Status::CancellationRequested.as_str().into();
                 row.cancellation_reason = Some(e.reason.clone());
             }
-            Event::ConsultationCancelled(_) => row.status = "cancelled".into(),
-            Event::ConsultationDone(_) => row.status = "done".into(),
+            Event::ConsultationCancelled(_) => row.status = Status::Cancelled.as_str().into(),
+            Event::ConsultationDone(_) => row.status = Status::Done.as_str().into(),
             _ => {}
         }
         row.version = envelope.version;
