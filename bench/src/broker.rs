@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use eventstore::topology::{EXCHANGES, Topology};
+use eventstore::topology::Topology;
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
@@ -71,7 +71,7 @@ impl ScratchBroker {
     /// Picks a fresh prefix on the broker at `url`; nothing is declared yet.
     pub fn new(url: &str) -> Self {
         let prefix = hap_support::broker::scratch_prefix("bench");
-        let unrouted = Topology::new(prefix.as_str()).unrouted();
+        let unrouted = projections::topology(&prefix).unrouted();
         Self {
             url: url.to_owned(),
             prefix,
@@ -91,7 +91,7 @@ impl ScratchBroker {
     }
 
     pub fn topology(&self) -> Topology {
-        Topology::new(self.prefix.as_str())
+        projections::topology(&self.prefix)
     }
 
     /// `{prefix}.bench.{name}`: a queue of the bench's own, deleted at the end.
@@ -168,10 +168,8 @@ impl ScratchBroker {
         let mut first_error: Option<anyhow::Error> = None;
         let mut channel: Option<Channel> = None;
         let queues = std::mem::take(&mut *self.queues.lock().unwrap_or_else(|e| e.into_inner()));
-        let exchanges = EXCHANGES
-            .iter()
-            .map(|suffix| self.topology().exchange(suffix))
-            .chain([self.topology().unrouted()]);
+        let topology = self.topology();
+        let exchanges = topology.exchanges().chain([topology.unrouted()]);
         let deletions = queues
             .into_iter()
             .map(|q| (q, true))

@@ -106,7 +106,7 @@ async fn bench(
     // production.
     api::telemetry::metrics_handle();
     let store = system::store(&pool);
-    let window = PublisherSettings::new(broker.url(), broker.prefix()).window;
+    let window = PublisherSettings::new(broker.url(), broker.topology()).window;
 
     let setup = broker.connect("setup").await?;
     let channel = setup
@@ -232,11 +232,11 @@ async fn declare_bench_queue(
     declare_quorum_queue(channel, queue, FieldTable::default())
         .await
         .with_context(|| format!("Failed to declare {queue}"))?;
-    for suffix in eventstore::topology::EXCHANGES {
+    for exchange in topology.exchanges() {
         channel
             .queue_bind(
                 queue.into(),
-                topology.exchange(suffix).as_str().into(),
+                exchange.into(),
                 "#".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),

@@ -35,10 +35,10 @@ pub struct PublisherSettings {
 }
 
 impl PublisherSettings {
-    pub fn new(amqp_url: impl Into<String>, prefix: impl Into<String>) -> Self {
+    pub fn new(amqp_url: impl Into<String>, topology: Topology) -> Self {
         Self {
             amqp_url: amqp_url.into(),
-            topology: Topology::new(prefix),
+            topology,
             window: 1000,
             idle_poll: Duration::from_secs(1),
         }

@@ -33,6 +33,8 @@ mod recent;
 pub mod records;
 pub mod schema;
 
+use domain::event::Exchange;
+use eventstore::topology::Topology;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -64,6 +66,11 @@ pub fn projections_of_exchange(exchange: &str) -> &'static [&'static str] {
         "records" => &[RECORDS],
         _ => &[],
     }
+}
+
+/// The broker's exchanges under `prefix`: one per exchange of the domain's routing table.
+pub fn topology(prefix: &str) -> Topology {
+    Topology::new(prefix, Exchange::ALL.map(Exchange::suffix))
 }
 
 /// The projections that receive events of `event_type`; `None` for a type HAP does not know.

@@ -14,7 +14,7 @@ pub fn publisher(store: EventStore, amqp_url: &str, prefix: &str) -> Publisher {
     Publisher::new(
         store,
         Arc::new(api::routing::DomainRouter),
-        PublisherSettings::new(amqp_url, prefix),
+        PublisherSettings::new(amqp_url, projections::topology(prefix)),
     )
 }
 

@@ -45,7 +45,7 @@ impl Capture {
             .await
             .expect("RabbitMQ is reachable");
         let channel = connection.create_channel().await.expect("a channel");
-        eventstore::topology::Topology::new(prefix)
+        projections::topology(prefix)
             .declare(&channel)
             .await
             .expect("topology declared");
@@ -62,11 +62,11 @@ impl Capture {
             )
             .await
             .expect("capture queue");
-        for suffix in eventstore::topology::EXCHANGES {
+        for exchange in projections::topology(prefix).exchanges() {
             channel
                 .queue_bind(
                     queue.clone().into(),
-                    format!("{prefix}.{suffix}").into(),
+                    exchange.into(),
                     "#".into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
@@ -129,16 +129,11 @@ impl Capture {
 
     /// Deletes the exchanges and the unrouted queue of this prefix.
     pub async fn clean_up(self) {
-        for suffix in eventstore::topology::EXCHANGES
-            .into_iter()
-            .chain(["unrouted"])
-        {
+        let topology = projections::topology(&self.prefix);
+        for exchange in topology.exchanges().chain([topology.unrouted()]) {
             let _ = self
                 .channel
-                .exchange_delete(
-                    format!("{}.{suffix}", self.prefix).into(),
-                    ExchangeDeleteOptions::default(),
-                )
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
                 .await;
         }
         let _ = self
@@ -209,6 +204,45 @@ pub async fn wait_for_queue(queue: &str) {
     panic!("{queue} was never declared");
 }
 
+/// Whether every exchange of `prefix` (the topic exchanges and the unrouted one) and the
+/// unrouted queue exist, by declaring them passively: nothing is created.
+pub async fn topology_exists(prefix: &str) -> bool {
+    use lapin::options::ExchangeDeclareOptions;
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ is reachable");
+    let topology = projections::topology(prefix);
+    let mut exists = true;
+    for exchange in topology.exchanges().chain([topology.unrouted()]) {
+        // A failed passive declare closes the channel, so each check gets a new one.
+        let channel = connection.create_channel().await.expect("a channel");
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        exists &= channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Topic,
+                passive,
+                FieldTable::default(),
+            )
+            .await
+            .is_ok();
+    }
+    let channel = connection.create_channel().await.expect("a channel");
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    exists &= channel
+        .queue_declare(topology.unrouted().into(), passive, FieldTable::default())
+        .await
+        .is_ok();
+    connection.close(200, "done".into()).await.ok();
+    exists
+}
+
 /// Takes every message waiting in `queue` (acknowledging them).
 pub async fn drain(queue: &str) -> Vec<Captured> {
     use lapin::options::BasicGetOptions;
@@ -254,15 +288,10 @@ pub async fn delete_instance_queues(prefix: &str, instance: &str) {
             QueueDeleteOptions::default(),
         )
         .await;
-    for suffix in eventstore::topology::EXCHANGES
-        .into_iter()
-        .chain(["unrouted"])
-    {
+    let topology = projections::topology(prefix);
+    for exchange in topology.exchanges().chain([topology.unrouted()]) {
         let _ = channel
-            .exchange_delete(
-                format!("{prefix}.{suffix}").into(),
-                ExchangeDeleteOptions::default(),
-            )
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
             .await;
     }
     connection.close(200, "done".into()).await.ok();
