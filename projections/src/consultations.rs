@@ -284,7 +284,7 @@ impl Projector for Consultations {
 /// Saves people's new names and copies them into their consultations (a registration's too:
 /// a consultation applied before its patient's registration, after a retry, shows no name
 /// until then); returns the consultations changed. The people registered in this batch are
-/// inserted plainly (about half the cost of an upsert); renames are upserted.
+/// inserted plainly (cheaper than an upsert, docs/benchmarks.md); renames are upserted.
 async fn save_names(
     tx: &mut PgConnection,
     people: &[(Uuid, &Name)],
@@ -299,7 +299,7 @@ async fn save_names(
     // physician were both renamed twice, and an update applies only one match per row. The
     // consultations are found through their patient and physician indexes (`= any($1)`): an
     // `in (select … from renamed)` there scanned the whole table for every batch of names
-    // (44 ms at 200,000 consultations against 0.6 ms).
+    // (docs/benchmarks.md, 2026-12-03).
     sqlx::query_scalar(
         "with renamed as (
              select * from unnest($1::uuid[], $2::text[], $3::bool[]) as r(id, name, registered)

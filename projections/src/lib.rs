@@ -40,7 +40,8 @@ use uuid::Uuid;
 
 /// Rows or versions by id. The ids are UUIDs that HAP made, so a hash built to resist crafted
 /// keys buys nothing here, and a rebuild inserts into these maps once or twice per event:
-/// foldhash took a sixth of a rebuild's own CPU time off what the default hasher cost.
+/// foldhash took a good part of a rebuild's own CPU time off what the default hasher cost
+/// (docs/benchmarks.md).
 pub(crate) type ById<V> = std::collections::HashMap<Uuid, V, foldhash::fast::RandomState>;
 
 /// Whether `error` is PostgreSQL refusing a row that a unique index already holds.
