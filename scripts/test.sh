@@ -21,8 +21,9 @@ echo "==> services"
 # Through bash, so that a checkout that lost the executable bits still works.
 bash scripts/services.sh
 
-# #[sqlx::test] connects here and creates a throw-away database per test, so
-# this must be a server-level URL (the `postgres` maintenance database).
+# The end-to-end tests connect here to create a scratch database per test
+# (TestDb in tests/src/lib.rs), so this must be a server-level URL (the
+# `postgres` maintenance database).
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 # What HAP itself (and the end-to-end tests driving it) connect to.
 export HAP_DATABASE_URL="${HAP_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/hap}"

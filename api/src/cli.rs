@@ -240,7 +240,10 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
         let publisher = Publisher::new(
             store.clone(),
             Arc::new(DomainRouter),
-            PublisherSettings::new(&settings.amqp_url, &settings.exchange_prefix),
+            PublisherSettings::new(
+                &settings.amqp_url,
+                projections::topology(&settings.exchange_prefix),
+            ),
         );
         tasks.spawn(publisher.run(shutdown.clone()));
     }

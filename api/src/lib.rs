@@ -53,8 +53,8 @@ use error::ApiError;
 use extract::{BODY_LIMIT, CORRELATION_ID};
 
 /// Every HAP process allocates through mimalloc: under load, glibc's malloc (its arenas,
-/// consolidation and frees across threads) took a sixth of the process's own CPU time, as
-/// much as the handlers themselves.
+/// consolidation and frees across threads) took as much of the process's own CPU time as the
+/// handlers themselves (docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -7,30 +7,23 @@ use chrono::{DateTime, Utc};
 use crate::aggregate::{Aggregate, AggregateKind, DomainError};
 use crate::event::{self, Event, FailureReason};
 use crate::ids::{ConsultationId, PatientId, PhysicianId};
+use crate::names::named_enum;
 use crate::patient::changed;
 use crate::values::{DurationMinutes, Notes, Reason, StartsAt};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Requested,
-    Scheduled,
-    Failed,
-    CancellationRequested,
-    Cancelled,
-    Done,
-}
-
-impl Status {
-    /// The name the query API and the rules' messages use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Requested => "requested",
-            Self::Scheduled => "scheduled",
-            Self::Failed => "failed",
-            Self::CancellationRequested => "cancellation_requested",
-            Self::Cancelled => "cancelled",
-            Self::Done => "done",
-        }
+named_enum! {
+    /// Where a consultation is in its life. Its name is what the read model stores, the query
+    /// API shows and filters on, and the rules' messages use.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Status {
+        /// Waiting for the patient's and the physician's checks.
+        Requested = "requested",
+        Scheduled = "scheduled",
+        /// A check refused it; see the failure reason.
+        Failed = "failed",
+        CancellationRequested = "cancellation_requested",
+        Cancelled = "cancelled",
+        Done = "done",
     }
 }
 

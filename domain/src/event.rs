@@ -10,31 +10,64 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::AggregateKind;
 use crate::ids::{ConsultationId, PatientId, PhysicianId, RecordId};
+use crate::names::named_enum;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "eventType", content = "payload")]
-pub enum Event {
-    PatientRegistered(PatientRegistered),
-    PatientUpdated(PatientUpdated),
-    PatientDeactivated(PatientDeactivated),
-    PatientValidatedForConsultation(PatientValidatedForConsultation),
-    PatientValidationFailed(PatientValidationFailed),
-    PhysicianRegistered(PhysicianRegistered),
-    PhysicianUpdated(PhysicianUpdated),
-    PhysicianDeactivated(PhysicianDeactivated),
-    PhysicianAvailabilityConfirmed(PhysicianAvailabilityConfirmed),
-    PhysicianAvailabilityRejected(PhysicianAvailabilityRejected),
-    PhysicianSlotReleased(PhysicianSlotReleased),
-    ConsultationSchedulingStarted(ConsultationSchedulingStarted),
-    ConsultationScheduled(ConsultationScheduled),
-    ConsultationSchedulingFailed(ConsultationSchedulingFailed),
-    ConsultationUpdated(ConsultationUpdated),
-    ConsultationCancellationRequested(ConsultationCancellationRequested),
-    ConsultationCancelled(ConsultationCancelled),
-    ConsultationDone(ConsultationDone),
-    ConsultationRecordCreated(ConsultationRecordCreated),
-    ConsultationRecordUpdated(ConsultationRecordUpdated),
-    ConsultationRecordsVoided(ConsultationRecordsVoided),
+/// Declares every event type once, with where it travels: from this one table come the
+/// [`Event`] enum (serde's tag is the variant's name), [`Event::event_type`], [`EVENTS`] and
+/// [`route`]. Each variant's payload is the struct of the same name.
+macro_rules! events {
+    ($($name:ident => $exchange:ident, $routing_key:literal, $aggregate:ident, saga: $saga:literal;)*) => {
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "eventType", content = "payload")]
+        pub enum Event {
+            $($name($name),)*
+        }
+
+        impl Event {
+            pub fn event_type(&self) -> &'static str {
+                match self {
+                    $(Self::$name(_) => stringify!($name),)*
+                }
+            }
+        }
+
+        /// Every event type and its route, in the order of the table.
+        pub const EVENTS: &[EventSpec] = &[
+            $(EventSpec {
+                name: stringify!($name),
+                route: Route {
+                    exchange: Exchange::$exchange,
+                    routing_key: $routing_key,
+                    aggregate: AggregateKind::$aggregate,
+                    saga: $saga,
+                },
+            },)*
+        ];
+    };
+}
+
+events! {
+    PatientRegistered => Patients, "patient.registered", Patient, saga: false;
+    PatientUpdated => Patients, "patient.updated", Patient, saga: false;
+    PatientDeactivated => Patients, "patient.deactivated", Patient, saga: false;
+    PatientValidatedForConsultation => Patients, "patient.validated.for.consultation", Patient, saga: true;
+    PatientValidationFailed => Patients, "patient.validation.failed", Patient, saga: true;
+    PhysicianRegistered => Physicians, "physician.registered", Physician, saga: false;
+    PhysicianUpdated => Physicians, "physician.updated", Physician, saga: false;
+    PhysicianDeactivated => Physicians, "physician.deactivated", Physician, saga: false;
+    PhysicianAvailabilityConfirmed => Physicians, "physician.availability.confirmed", PhysicianSchedule, saga: true;
+    PhysicianAvailabilityRejected => Physicians, "physician.availability.rejected", PhysicianSchedule, saga: true;
+    PhysicianSlotReleased => Physicians, "physician.slot.released", PhysicianSchedule, saga: true;
+    ConsultationSchedulingStarted => Consultations, "consultation.scheduling.started", Consultation, saga: true;
+    ConsultationScheduled => Consultations, "consultation.scheduled", Consultation, saga: true;
+    ConsultationSchedulingFailed => Consultations, "consultation.scheduling.failed", Consultation, saga: true;
+    ConsultationUpdated => Consultations, "consultation.updated", Consultation, saga: false;
+    ConsultationCancellationRequested => Consultations, "consultation.cancellation.requested", Consultation, saga: true;
+    ConsultationCancelled => Consultations, "consultation.cancelled", Consultation, saga: true;
+    ConsultationDone => Consultations, "consultation.done", Consultation, saga: false;
+    ConsultationRecordCreated => Records, "record.created", ClinicalRecord, saga: false;
+    ConsultationRecordUpdated => Records, "record.updated", ClinicalRecord, saga: false;
+    ConsultationRecordsVoided => Records, "record.voided", ClinicalRecord, saga: true;
 }
 
 /// Why a payload could not be read back as an event.
@@ -72,33 +105,6 @@ impl Event {
             .map(serde_json::Value::take)
             .expect("every event has a payload");
         (self.event_type(), payload)
-    }
-
-    pub fn event_type(&self) -> &'static str {
-        use Event::*;
-        match self {
-            PatientRegistered(_) => "PatientRegistered",
-            PatientUpdated(_) => "PatientUpdated",
-            PatientDeactivated(_) => "PatientDeactivated",
-            PatientValidatedForConsultation(_) => "PatientValidatedForConsultation",
-            PatientValidationFailed(_) => "PatientValidationFailed",
-            PhysicianRegistered(_) => "PhysicianRegistered",
-            PhysicianUpdated(_) => "PhysicianUpdated",
-            PhysicianDeactivated(_) => "PhysicianDeactivated",
-            PhysicianAvailabilityConfirmed(_) => "PhysicianAvailabilityConfirmed",
-            PhysicianAvailabilityRejected(_) => "PhysicianAvailabilityRejected",
-            PhysicianSlotReleased(_) => "PhysicianSlotReleased",
-            ConsultationSchedulingStarted(_) => "ConsultationSchedulingStarted",
-            ConsultationScheduled(_) => "ConsultationScheduled",
-            ConsultationSchedulingFailed(_) => "ConsultationSchedulingFailed",
-            ConsultationUpdated(_) => "ConsultationUpdated",
-            ConsultationCancellationRequested(_) => "ConsultationCancellationRequested",
-            ConsultationCancelled(_) => "ConsultationCancelled",
-            ConsultationDone(_) => "ConsultationDone",
-            ConsultationRecordCreated(_) => "ConsultationRecordCreated",
-            ConsultationRecordUpdated(_) => "ConsultationRecordUpdated",
-            ConsultationRecordsVoided(_) => "ConsultationRecordsVoided",
-        }
     }
 
     /// Values this event takes for its stream alone, as (kind, value): they must be unique per
@@ -176,110 +182,20 @@ pub struct Route {
     pub saga: bool,
 }
 
-/// The routing table: exchange, routing key and aggregate for each event type, or `None` for a
-/// name HAP does not know.
-pub fn route(event_type: &str) -> Option<Route> {
-    use AggregateKind as A;
-    use Exchange as X;
-    let (exchange, routing_key, aggregate) = match event_type {
-        "PatientRegistered" => (X::Patients, "patient.registered", A::Patient),
-        "PatientUpdated" => (X::Patients, "patient.updated", A::Patient),
-        "PatientDeactivated" => (X::Patients, "patient.deactivated", A::Patient),
-        "PatientValidatedForConsultation" => (
-            X::Patients,
-            "patient.validated.for.consultation",
-            A::Patient,
-        ),
-        "PatientValidationFailed" => (X::Patients, "patient.validation.failed", A::Patient),
-        "PhysicianRegistered" => (X::Physicians, "physician.registered", A::Physician),
-        "PhysicianUpdated" => (X::Physicians, "physician.updated", A::Physician),
-        "PhysicianDeactivated" => (X::Physicians, "physician.deactivated", A::Physician),
-        "PhysicianAvailabilityConfirmed" => (
-            X::Physicians,
-            "physician.availability.confirmed",
-            A::PhysicianSchedule,
-        ),
-        "PhysicianAvailabilityRejected" => (
-            X::Physicians,
-            "physician.availability.rejected",
-            A::PhysicianSchedule,
-        ),
-        "PhysicianSlotReleased" => (
-            X::Physicians,
-            "physician.slot.released",
-            A::PhysicianSchedule,
-        ),
-        "ConsultationSchedulingStarted" => (
-            X::Consultations,
-            "consultation.scheduling.started",
-            A::Consultation,
-        ),
-        "ConsultationScheduled" => (X::Consultations, "consultation.scheduled", A::Consultation),
-        "ConsultationSchedulingFailed" => (
-            X::Consultations,
-            "consultation.scheduling.failed",
-            A::Consultation,
-        ),
-        "ConsultationUpdated" => (X::Consultations, "consultation.updated", A::Consultation),
-        "ConsultationCancellationRequested" => (
-            X::Consultations,
-            "consultation.cancellation.requested",
-            A::Consultation,
-        ),
-        "ConsultationCancelled" => (X::Consultations, "consultation.cancelled", A::Consultation),
-        "ConsultationDone" => (X::Consultations, "consultation.done", A::Consultation),
-        "ConsultationRecordCreated" => (X::Records, "record.created", A::ClinicalRecord),
-        "ConsultationRecordUpdated" => (X::Records, "record.updated", A::ClinicalRecord),
-        "ConsultationRecordsVoided" => (X::Records, "record.voided", A::ClinicalRecord),
-        _ => return None,
-    };
-    Some(Route {
-        exchange,
-        routing_key,
-        aggregate,
-        saga: SAGA_EVENT_TYPES.contains(&event_type),
-    })
+/// One row of the routing table: an event type's name and its route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventSpec {
+    pub name: &'static str,
+    pub route: Route,
 }
 
-/// The event types that take part in the scheduling and cancellation sagas.
-const SAGA_EVENT_TYPES: [&str; 11] = [
-    "PatientValidatedForConsultation",
-    "PatientValidationFailed",
-    "PhysicianAvailabilityConfirmed",
-    "PhysicianAvailabilityRejected",
-    "PhysicianSlotReleased",
-    "ConsultationSchedulingStarted",
-    "ConsultationScheduled",
-    "ConsultationSchedulingFailed",
-    "ConsultationCancellationRequested",
-    "ConsultationCancelled",
-    "ConsultationRecordsVoided",
-];
-
-/// Every event type name, in the order of the routing table.
-pub const EVENT_TYPES: [&str; 21] = [
-    "PatientRegistered",
-    "PatientUpdated",
-    "PatientDeactivated",
-    "PatientValidatedForConsultation",
-    "PatientValidationFailed",
-    "PhysicianRegistered",
-    "PhysicianUpdated",
-    "PhysicianDeactivated",
-    "PhysicianAvailabilityConfirmed",
-    "PhysicianAvailabilityRejected",
-    "PhysicianSlotReleased",
-    "ConsultationSchedulingStarted",
-    "ConsultationScheduled",
-    "ConsultationSchedulingFailed",
-    "ConsultationUpdated",
-    "ConsultationCancellationRequested",
-    "ConsultationCancelled",
-    "ConsultationDone",
-    "ConsultationRecordCreated",
-    "ConsultationRecordUpdated",
-    "ConsultationRecordsVoided",
-];
+/// The route of `event_type`, or `None` for a name HAP does not know.
+pub fn route(event_type: &str) -> Option<Route> {
+    EVENTS
+        .iter()
+        .find(|spec| spec.name == event_type)
+        .map(|spec| spec.route)
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -406,13 +322,15 @@ pub struct ConsultationScheduled {
     pub ends_at: DateTime<Utc>,
 }
 
-/// Why scheduling failed, as the query API reports it in `failureReason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureReason {
-    PatientInvalid,
-    PhysicianUnavailable,
-    TimedOut,
+named_enum! {
+    /// Why scheduling failed, as events carry it and the query API reports it in
+    /// `failureReason`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum FailureReason {
+        PatientInvalid = "patient_invalid",
+        PhysicianUnavailable = "physician_unavailable",
+        TimedOut = "timed_out",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -506,9 +424,8 @@ mod tests {
     }
 
     #[test]
-    fn every_event_type_has_a_route() {
-        for event_type in EVENT_TYPES {
-            let route = route(event_type).expect(event_type);
+    fn every_routing_key_names_its_exchange() {
+        for EventSpec { name, route } in EVENTS {
             let noun = route.routing_key.split('.').next().unwrap();
             let expected_noun = match route.exchange {
                 Exchange::Patients => "patient",
@@ -516,7 +433,7 @@ mod tests {
                 Exchange::Consultations => "consultation",
                 Exchange::Records => "record",
             };
-            assert_eq!(noun, expected_noun, "{event_type}");
+            assert_eq!(noun, expected_noun, "{name}");
         }
     }
 
@@ -530,9 +447,6 @@ mod tests {
             record_ids: vec![],
         });
         assert_eq!(voided.saga_id(), Some(consultation_id));
-        for event_type in SAGA_EVENT_TYPES {
-            assert!(route(event_type).is_some(), "{event_type}");
-        }
     }
 
     #[test]
@@ -552,6 +466,25 @@ mod tests {
         assert_eq!(
             Event::from_parts(event_type, &payload.to_string()).unwrap(),
             event
+        );
+    }
+
+    #[test]
+    fn a_failure_reason_travels_as_its_name() {
+        for reason in FailureReason::ALL {
+            let json = serde_json::to_value(reason).unwrap();
+            assert_eq!(json, reason.as_str());
+            assert_eq!(
+                serde_json::from_value::<FailureReason>(json).unwrap(),
+                *reason
+            );
+        }
+        let unknown = serde_json::from_str::<FailureReason>(r#""bored""#).unwrap_err();
+        assert!(
+            unknown
+                .to_string()
+                .starts_with("unknown variant `bored`, expected one of"),
+            "{unknown}"
         );
     }
 

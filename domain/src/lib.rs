@@ -12,6 +12,7 @@
 //! - [`ids`]: typed identifiers, one per aggregate.
 //! - [`values`]: parse-don't-validate value types (names, dates, document numbers, …).
 //! - [`event`]: every event type, its payload, and where it travels on the broker.
+//! - `names`: enums whose variants travel as names, each name written once.
 //! - [`patient`], [`physician`], [`schedule`], [`consultation`], [`record`]: the aggregates.
 //! - [`saga`]: which service reacts to which event in the scheduling and cancellation sagas,
 //!   and the deactivation follow-up, with what step.
@@ -20,6 +21,7 @@ pub mod aggregate;
 pub mod consultation;
 pub mod event;
 pub mod ids;
+mod names;
 pub mod patient;
 pub mod physician;
 pub mod record;

@@ -1,8 +1,11 @@
 //! Value types that can only hold valid values: each is built by `parse`, which says which
 //! rule the input broke, so a command made of them is valid by construction.
+//!
+//! None implements `Deserialize`: deserialising would build one without `parse` (and the rules
+//! of birth dates and start times need today's date, which serde cannot be given). Requests are
+//! read into plain types and parsed; events carry plain types (see [`crate::event`]).
 
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::{Deserialize, Serialize};
 
 /// Why a value was refused; `field` is filled in by the caller, which knows the field's name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,8 +37,7 @@ fn text(input: &str, min: usize, max: usize) -> Result<String, Invalid> {
 macro_rules! text_type {
     ($(#[$doc:meta])* $name:ident, $min:expr, $max:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(transparent)]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
         pub struct $name(String);
 
         impl $name {
@@ -90,8 +92,7 @@ text_type!(
 
 /// An e-mail address: one `@` with something on both sides and a dot in the domain. Deeper
 /// checks need a message to be sent, which is not the domain's job.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Email(String);
 
 impl Email {
@@ -124,8 +125,7 @@ impl Email {
 
 /// A phone number as people write it: digits with optional `+`, spaces, dashes, dots and
 /// parentheses, and between 6 and 20 digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Phone(String);
 
 impl Phone {
@@ -151,8 +151,7 @@ impl Phone {
 }
 
 /// A birth date: not in the future and not before 1900.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BirthDate(NaiveDate);
 
 impl BirthDate {
@@ -174,8 +173,7 @@ impl BirthDate {
 }
 
 /// How long a consultation lasts, in minutes: 5 to 240.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DurationMinutes(u16);
 
 impl DurationMinutes {
@@ -196,8 +194,7 @@ impl DurationMinutes {
 
 /// When a consultation starts: strictly after `now`. Stored to the millisecond, the precision
 /// that survives JSON and PostgreSQL round trips unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StartsAt(DateTime<Utc>);
 
 impl StartsAt {

@@ -35,10 +35,10 @@ pub struct PublisherSettings {
 }
 
 impl PublisherSettings {
-    pub fn new(amqp_url: impl Into<String>, prefix: impl Into<String>) -> Self {
+    pub fn new(amqp_url: impl Into<String>, topology: Topology) -> Self {
         Self {
             amqp_url: amqp_url.into(),
-            topology: Topology::new(prefix),
+            topology,
             window: 1000,
             idle_poll: Duration::from_secs(1),
         }
@@ -199,6 +199,24 @@ impl Publisher {
                 continue;
             }
 
+            // Connected before anything is read, and again at once after every failure: the
+            // connection declares the topology, so the exchanges exist from the moment this
+            // publisher leads, not from its first event, and a consumer that starts before
+            // any event is appended finds them.
+            if link.is_none() {
+                match self.connect().await {
+                    Ok(fresh) => link = Some(fresh),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not reach RabbitMQ; retrying");
+                        metrics::counter!("hap_publisher_failures_total", "reason" => "connect")
+                            .increment(1);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                }
+            }
+
             // Read only when a good part of the window is free: topping it up one event at a
             // time would turn a backlog into many tiny reads.
             let room = self.settings.window - in_flight.len() as i64;
@@ -217,20 +235,7 @@ impl Publisher {
                 vec![]
             };
             if !events.is_empty() {
-                if link.is_none() {
-                    match self.connect().await {
-                        Ok(fresh) => link = Some(fresh),
-                        Err(error) => {
-                            tracing::warn!(%error, "could not reach RabbitMQ; retrying");
-                            metrics::counter!("hap_publisher_failures_total", "reason" => "connect")
-                                .increment(1);
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                            continue;
-                        }
-                    }
-                }
-                let channel = &link.as_ref().expect("connected just above").channel;
+                let channel = &link.as_ref().expect("connected before reading").channel;
                 let mut sent_all = true;
                 for event in &events {
                     match self.send(channel, event).await {

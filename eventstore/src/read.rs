@@ -199,8 +199,8 @@ fn gap_safe_read<'q>(
 /// Reads what [`EventStore::read_all`] reads, on a connection of its own whose statement is
 /// planned once, walking the `(transaction_id, position)` index: the only plan it is left
 /// (sequential and bitmap scans and sorts are ruled out), right whatever the table held when
-/// it was made. Parsed and planned on every call, the read cost PostgreSQL 0.96 ms against
-/// 0.08 ms of running it, at every wake-up of the publisher; now it costs about 0.2 ms in all.
+/// it was made. Parsed and planned on every call, the read cost PostgreSQL many times more
+/// than running it, at every wake-up of the publisher (docs/benchmarks.md).
 #[derive(Debug)]
 pub struct TailReader {
     pool: PgPool,

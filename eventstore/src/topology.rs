@@ -1,23 +1,28 @@
 //! The broker side of the contract: exchange names, their alternate exchange, and the
-//! unrouted queue. Declared at start and after every reconnect; declaring is idempotent.
+//! unrouted queue. Declared at start and after every reconnect; declaring is idempotent. Which
+//! exchanges there are is the application's to say (HAP's domain has one per aggregate
+//! family); this module only prefixes and declares them.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
-/// The four topic exchanges, by suffix.
-pub const EXCHANGES: [&str; 4] = ["patients", "physicians", "consultations", "records"];
-
 /// Names under one prefix (`hap` unless configured otherwise).
 #[derive(Debug, Clone)]
 pub struct Topology {
     prefix: String,
+    /// The topic exchanges, by suffix, as the application names them.
+    exchanges: Vec<String>,
 }
 
 impl Topology {
-    pub fn new(prefix: impl Into<String>) -> Self {
+    pub fn new<S: Into<String>>(
+        prefix: impl Into<String>,
+        exchanges: impl IntoIterator<Item = S>,
+    ) -> Self {
         Self {
             prefix: prefix.into(),
+            exchanges: exchanges.into_iter().map(Into::into).collect(),
         }
     }
 
@@ -28,6 +33,11 @@ impl Topology {
     /// `{prefix}.{suffix}`, e.g. `hap.patients`.
     pub fn exchange(&self, suffix: &str) -> String {
         format!("{}.{suffix}", self.prefix)
+    }
+
+    /// Every topic exchange's full name.
+    pub fn exchanges(&self) -> impl Iterator<Item = String> + '_ {
+        self.exchanges.iter().map(|suffix| self.exchange(suffix))
     }
 
     /// The alternate exchange and the queue behind it, both `{prefix}.unrouted`: messages no
@@ -66,10 +76,10 @@ impl Topology {
             "alternate-exchange".into(),
             AMQPValue::LongString(unrouted.into()),
         );
-        for suffix in EXCHANGES {
+        for exchange in self.exchanges() {
             channel
                 .exchange_declare(
-                    self.exchange(suffix).into(),
+                    exchange.into(),
                     ExchangeKind::Topic,
                     durable,
                     arguments.clone(),

@@ -46,7 +46,7 @@ impl ConsumerSettings {
     pub fn new(amqp_url: &str, prefix: &str, instance: &str, max_retries: u32) -> Self {
         Self {
             amqp_url: amqp_url.to_owned(),
-            topology: Topology::new(prefix),
+            topology: crate::topology(prefix),
             instance: instance.to_owned(),
             max_retries,
             prefetch: 2000,

@@ -36,12 +36,15 @@ mod recent;
 pub mod records;
 pub mod schema;
 
+use domain::event::Exchange;
+use eventstore::topology::Topology;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 /// Rows or versions by id. The ids are UUIDs that HAP made, so a hash built to resist crafted
 /// keys buys nothing here, and a rebuild inserts into these maps once or twice per event:
-/// foldhash took a sixth of a rebuild's own CPU time off what the default hasher cost.
+/// foldhash took a good part of a rebuild's own CPU time off what the default hasher cost
+/// (docs/benchmarks.md).
 pub(crate) type ById<V> = std::collections::HashMap<Uuid, V, foldhash::fast::RandomState>;
 
 /// Whether `error` is PostgreSQL refusing a row that a unique index already holds.
@@ -67,6 +70,11 @@ pub fn projections_of_exchange(exchange: &str) -> &'static [&'static str] {
         "records" => &[RECORDS],
         _ => &[],
     }
+}
+
+/// The broker's exchanges under `prefix`: one per exchange of the domain's routing table.
+pub fn topology(prefix: &str) -> Topology {
+    Topology::new(prefix, Exchange::ALL.map(Exchange::suffix))
 }
 
 /// The projections that receive events of `event_type`; `None` for a type HAP does not know.

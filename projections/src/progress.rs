@@ -29,8 +29,7 @@ const POLL: Duration = Duration::from_millis(10);
 /// elsewhere (another process projecting this instance, a rebuild's swap), both rare. Each
 /// waiting query re-checks on its own clock: at 100 ms, a thousand queries waiting through a
 /// burst re-checked thousands of times a second exactly when the database had least to spare,
-/// which kept the projectors they were waiting for behind (measured at 1,000 pairs/s: runs
-/// flipped between p50 0.2 s and 1.5 s).
+/// which kept the projectors they were waiting for behind (docs/benchmarks.md).
 pub const SAFETY_POLL: Duration = Duration::from_millis(500);
 /// Each re-check waits twice as long as the one before, up to this many times the first: when
 /// the projectors fall behind, a thousand waiting queries re-checking at a fixed pace would

@@ -277,9 +277,8 @@ impl ShadowBuild<'_> {
 
         self.bar.set_message("writing the rows");
         // The tables are loaded bare: building an index over loaded rows costs a fraction of
-        // growing it row by row (measured: the copies of a million events' rows ran 2 to 3 times
-        // faster). Each table's indexes are built as soon as its rows are in, while other tables
-        // are still being copied.
+        // growing it row by row (docs/benchmarks.md, 2026-12-02). Each table's indexes are
+        // built as soon as its rows are in, while other tables are still being copied.
         let indexes = std::sync::Mutex::new(drop_indexes(shadow).await?);
         let indexes = &indexes;
         let writers = &Writers {

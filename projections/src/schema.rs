@@ -38,8 +38,8 @@ pub enum Plans {
     Cached,
     /// Planned once per connection, with only key access to choose from: for projector
     /// batches, whose statements reach every row they read or change through its key.
-    /// Planning them per call cost PostgreSQL more than running them (at 300 commands/s,
-    /// 1,769 ms of planning against 691 ms of execution). A plan made once must not depend on
+    /// Planning them per call cost PostgreSQL more than running them (docs/benchmarks.md,
+    /// 2026-12-03). A plan made once must not depend on
     /// what the tables held then: read models start empty, and the plan of `id = any($1)` made
     /// on an empty table would scan it whole once it had grown. So sequential scans, hash and
     /// merge joins are ruled out, which leaves index probes and nested loops, right for one
@@ -90,11 +90,12 @@ pub async fn connect_options(
     // its batch (and its queue) hostage.
     // Index probes priced as the memory reads they are: with the default (a disk seek), a
     // batch's `id = any($1)` of a few hundred ids scanned the whole table instead, until
-    // autovacuum's first analyze (measured: 4 ms against 1 ms at 50,000 rows).
+    // autovacuum's first analyze, several times slower (docs/benchmarks.md).
     // Named so that the event store's gap-safe read knows these transactions never write
     // events and does not wait for them.
     // No JIT: it pays off for long analytical queries, never for these short ones, and a plan
-    // priced high (as one with a ruled-out strategy left in is) spent 500 ms compiling.
+    // priced high (as one with a ruled-out strategy left in is) spent longer compiling than
+    // any of these statements takes to run.
     let options = options.application_name(READ_MODEL_APPLICATION).options([
         ("search_path", schema),
         ("lock_timeout", "1s"),

@@ -4,7 +4,6 @@ use commands::{
     CommandError, CommandMeta, Done, Idempotency, Outcome, Pipeline, Remembered, Target,
 };
 use domain::consultation::{Consultation, ConsultationCommand, ConsultationData, Status};
-use domain::event::FailureReason;
 use domain::ids::ConsultationId;
 use domain::patient::{Patient, PatientCommand};
 use domain::physician::Physician;
@@ -109,7 +108,7 @@ impl Steps {
                     .send::<Consultation>(trigger, consultation_id.as_uuid(), command)
                     .await?;
                 if sent == Sent::Appended {
-                    outcome("scheduling", failure_name(*reason));
+                    outcome("scheduling", reason.as_str());
                 }
             }
             Step::VoidRecords { consultation_id } => {
@@ -275,12 +274,4 @@ pub(crate) fn remembered(done: &Done) -> Remembered {
 /// Counts how a saga ended.
 pub(crate) fn outcome(saga: &'static str, outcome: &'static str) {
     metrics::counter!("hap_saga_outcomes_total", "saga" => saga, "outcome" => outcome).increment(1);
-}
-
-pub(crate) fn failure_name(reason: FailureReason) -> &'static str {
-    match reason {
-        FailureReason::PatientInvalid => "patient_invalid",
-        FailureReason::PhysicianUnavailable => "physician_unavailable",
-        FailureReason::TimedOut => "timed_out",
-    }
 }

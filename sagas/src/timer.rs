@@ -14,7 +14,7 @@ use domain::saga::SCHEDULING_DEADLINE;
 use eventstore::Due;
 use tokio_util::sync::CancellationToken;
 
-use crate::steps::{failure_name, outcome, remembered};
+use crate::steps::{outcome, remembered};
 
 /// How often a timer looks for due deadlines when nothing wakes it: deadlines started by other
 /// processes are found this late at most.
@@ -98,7 +98,7 @@ impl Timer {
         match result {
             Ok(Outcome::Done(done)) if done.appended > 0 => {
                 metrics::counter!("hap_deadlines_total", "transition" => "fired").increment(1);
-                outcome("scheduling", failure_name(FailureReason::TimedOut));
+                outcome("scheduling", FailureReason::TimedOut.as_str());
                 Ok(())
             }
             // The consultation decided: it had already ended one way or the other.

@@ -1,5 +1,5 @@
-//! `/metrics` shows what an operator needs: commands, appends, publisher lag and confirms,
-//! projector progress and lag, and dead-letter queue depth.
+//! `/metrics` shows what an operator needs: commands, queries, appends, publisher lag and
+//! confirms, projector progress and lag, and dead-letter queue depth.
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use projections::queues::QueueNames;
 use reqwest::Method;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_show_commands_publisher_projectors_and_dead_letters() {
+async fn metrics_show_commands_queries_publisher_projectors_and_dead_letters() {
     let db = TestDb::new().await;
     let prefix = unique_prefix();
     let (read, projectors) = start_projectors(&db, &prefix, "m").await;
@@ -21,10 +21,14 @@ async fn metrics_show_commands_publisher_projectors_and_dead_letters() {
     app.register_patient("DOC-1").await;
     app.register_physician("CRM-1").await;
     assert!(eventually(Duration::from_secs(30), || caught_up(&db, &read)).await);
+    let listed = app.request(Method::GET, "/patients").send().await.unwrap();
+    assert_eq!(listed.status(), 200);
 
     let expected = [
         "hap_commands_total{route=\"POST /patients\",status=\"201\"}".to_owned(),
         "hap_command_duration_seconds_bucket{route=\"POST /patients\"".to_owned(),
+        "hap_queries_total{route=\"GET /patients\",status=\"200\"}".to_owned(),
+        "hap_query_duration_seconds_bucket{route=\"GET /patients\"".to_owned(),
         "hap_events_appended_total{event_type=\"PatientRegistered\"}".to_owned(),
         "hap_publisher_published_total".to_owned(),
         "hap_publisher_confirm_seconds_bucket".to_owned(),

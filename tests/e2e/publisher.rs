@@ -10,7 +10,8 @@ use domain::event::route;
 use eventstore::{Append, EventStore, Metadata, NewEvent, RecordedEvent, StreamVersion};
 use futures::future::join_all;
 use hap_tests::broker::{
-    Capture, Captured, body, close_connection, connections_named, header, unique_prefix,
+    Capture, Captured, body, close_connection, connections_named, header, topology_exists,
+    unique_prefix,
 };
 use hap_tests::process::spawn_hap;
 use hap_tests::{TestApp, TestDb, start_publisher};
@@ -417,6 +418,29 @@ async fn a_killed_leader_is_replaced_and_nothing_is_lost() {
     );
     follower.start_kill().unwrap();
     capture.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_declares_the_topology_before_the_first_event() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    assert!(
+        !topology_exists(&prefix).await,
+        "a fresh prefix has nothing"
+    );
+
+    let publisher = start_publisher(&db.pool, &prefix);
+    let declared = hap_tests::eventually(PATIENCE, || topology_exists(&prefix)).await;
+
+    let events: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 0, "nothing was appended");
+    assert!(declared, "the exchanges and the unrouted queue exist");
+    publisher.cancel();
+    // Its clean-up deletes the prefix's exchanges and unrouted queue.
+    Capture::start(&prefix).await.clean_up().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

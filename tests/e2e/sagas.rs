@@ -228,7 +228,10 @@ async fn a_deadline_fires_with_no_saga_process_and_a_later_saga_neither_schedule
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("hap_deadlines_total{transition=\"fired\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("hap_deadlines_total{transition=\"fired\"} 1"),
+        "{metrics}"
+    );
 
     // The saga process comes up late and works through the messages waiting for it.
     system.start_sagas();

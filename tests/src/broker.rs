@@ -28,7 +28,7 @@ pub fn amqp_url() -> String {
 
 /// An exchange prefix no other test (or run) uses.
 pub fn unique_prefix() -> String {
-    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    hap_support::broker::scratch_prefix("t")
 }
 
 /// A queue bound to every HAP exchange under `prefix` with `#`, collecting what arrives.
@@ -45,7 +45,7 @@ impl Capture {
             .await
             .expect("RabbitMQ is reachable");
         let channel = connection.create_channel().await.expect("a channel");
-        eventstore::topology::Topology::new(prefix)
+        projections::topology(prefix)
             .declare(&channel)
             .await
             .expect("topology declared");
@@ -62,11 +62,11 @@ impl Capture {
             )
             .await
             .expect("capture queue");
-        for suffix in eventstore::topology::EXCHANGES {
+        for exchange in projections::topology(prefix).exchanges() {
             channel
                 .queue_bind(
                     queue.clone().into(),
-                    format!("{prefix}.{suffix}").into(),
+                    exchange.into(),
                     "#".into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
@@ -129,16 +129,11 @@ impl Capture {
 
     /// Deletes the exchanges and the unrouted queue of this prefix.
     pub async fn clean_up(self) {
-        for suffix in eventstore::topology::EXCHANGES
-            .into_iter()
-            .chain(["unrouted"])
-        {
+        let topology = projections::topology(&self.prefix);
+        for exchange in topology.exchanges().chain([topology.unrouted()]) {
             let _ = self
                 .channel
-                .exchange_delete(
-                    format!("{}.{suffix}", self.prefix).into(),
-                    ExchangeDeleteOptions::default(),
-                )
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
                 .await;
         }
         let _ = self
@@ -169,7 +164,7 @@ pub fn header(delivery: &Captured, name: &str) -> Option<String> {
 /// Publishes `body` straight into `queue` (through the default exchange), confirmed, as a
 /// broker redelivery or a stray producer would put it there.
 pub async fn publish_to_queue(queue: &str, body: &[u8], properties: BasicProperties) {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::options::ConfirmSelectOptions;
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .expect("RabbitMQ is reachable");
@@ -178,25 +173,9 @@ pub async fn publish_to_queue(queue: &str, body: &[u8], properties: BasicPropert
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirms");
-    let confirmation = channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            body,
-            properties,
-        )
+    hap_support::broker::publish_to_queue(&channel, queue, body, properties)
         .await
-        .expect("published")
-        .await
-        .expect("confirmed");
-    assert!(
-        confirmation.is_ack() && confirmation.take_message().is_none(),
-        "{queue} took it"
-    );
+        .unwrap_or_else(|error| panic!("{queue} did not take it: {error:#}"));
     connection.close(200, "done".into()).await.ok();
 }
 
@@ -223,6 +202,45 @@ pub async fn wait_for_queue(queue: &str) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("{queue} was never declared");
+}
+
+/// Whether every exchange of `prefix` (the topic exchanges and the unrouted one) and the
+/// unrouted queue exist, by declaring them passively: nothing is created.
+pub async fn topology_exists(prefix: &str) -> bool {
+    use lapin::options::ExchangeDeclareOptions;
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ is reachable");
+    let topology = projections::topology(prefix);
+    let mut exists = true;
+    for exchange in topology.exchanges().chain([topology.unrouted()]) {
+        // A failed passive declare closes the channel, so each check gets a new one.
+        let channel = connection.create_channel().await.expect("a channel");
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        exists &= channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Topic,
+                passive,
+                FieldTable::default(),
+            )
+            .await
+            .is_ok();
+    }
+    let channel = connection.create_channel().await.expect("a channel");
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    exists &= channel
+        .queue_declare(topology.unrouted().into(), passive, FieldTable::default())
+        .await
+        .is_ok();
+    connection.close(200, "done".into()).await.ok();
+    exists
 }
 
 /// Takes every message waiting in `queue` (acknowledging them).
@@ -270,15 +288,10 @@ pub async fn delete_instance_queues(prefix: &str, instance: &str) {
             QueueDeleteOptions::default(),
         )
         .await;
-    for suffix in eventstore::topology::EXCHANGES
-        .into_iter()
-        .chain(["unrouted"])
-    {
+    let topology = projections::topology(prefix);
+    for exchange in topology.exchanges().chain([topology.unrouted()]) {
         let _ = channel
-            .exchange_delete(
-                format!("{prefix}.{suffix}").into(),
-                ExchangeDeleteOptions::default(),
-            )
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
             .await;
     }
     connection.close(200, "done".into()).await.ok();

@@ -1,20 +1,23 @@
-//! Shared helpers for HAP's end-to-end tests: each test gets its own database (through
-//! `#[sqlx::test]`, which drops it after a passing test) and, where it needs one, its own HTTP
-//! server on port 0 running the real router.
+//! Shared helpers for HAP's end-to-end tests: each test gets its own database ([`TestDb`], a
+//! scratch database dropped with it, whether the test passed or not) and, where it needs one,
+//! its own HTTP server on port 0 running the real router. What the benchmarks need as well
+//! lives in `hap-support`.
 
 pub mod broker;
 pub mod process;
 pub mod system;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 
 use chrono::Utc;
-use eventstore::{Append, EventStore, Metadata, NewEvent, StreamVersion};
+use eventstore::{Append, EventStore, NewEvent, StreamVersion};
+use hap_support::database::ScratchDatabase;
+use hap_support::server::HttpServer;
+use hap_support::system::metadata;
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use uuid::Uuid;
 
 /// An append of `count` opaque events to `stream`, as a writer at `expected` would make it.
@@ -39,21 +42,12 @@ pub fn test_append(stream: Uuid, expected: StreamVersion, count: usize) -> Appen
     }
 }
 
-fn metadata() -> Metadata {
-    Metadata {
-        tenant_id: "default".into(),
-        correlation_id: Uuid::now_v7().to_string(),
-        causation_id: None,
-        schema_version: 1,
-    }
-}
-
 /// A database of the test's own, migrated, and dropped (forcibly) when the value is dropped,
 /// whatever connections the test left open to it.
 pub struct TestDb {
     pub pool: PgPool,
     pub url: String,
-    name: String,
+    scratch: ScratchDatabase,
 }
 
 /// The server-level URL tests create their databases through (`DATABASE_URL`).
@@ -64,32 +58,22 @@ pub fn admin_url() -> String {
 
 impl TestDb {
     pub async fn new() -> Self {
-        use sqlx::Connection;
-        let name = format!("hap_test_{}", Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&admin_url())
+        let scratch = ScratchDatabase::new(&admin_url(), "test").expect("DATABASE_URL is a URL");
+        let pool = scratch
+            .create(16)
             .await
             .expect("PostgreSQL is reachable at DATABASE_URL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("test database created");
-        admin.close().await.ok();
-        let mut url = url::Url::parse(&admin_url()).expect("DATABASE_URL is a URL");
-        url.set_path(&name);
-        let url = url.to_string();
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(16)
-            .connect(&url)
-            .await
-            .expect("test database reachable");
-        eventstore::MIGRATOR.run(&pool).await.expect("migrated");
-        Self { pool, url, name }
+        Self {
+            pool,
+            url: scratch.url().to_owned(),
+            scratch,
+        }
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
+        let scratch = self.scratch.clone();
         // Drop cannot await, and the test's runtime may be single-threaded: a thread with a
         // runtime of its own does the clean-up, and is joined so it finishes before the test.
         let cleanup = std::thread::spawn(move || {
@@ -97,15 +81,8 @@ impl Drop for TestDb {
                 .enable_all()
                 .build()
                 .expect("a runtime");
-            runtime.block_on(async move {
-                use sqlx::Connection;
-                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
-                    let drop = format!("drop database if exists {name} with (force)");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
-                        .execute(&mut admin)
-                        .await;
-                }
-            });
+            // Best effort: a database left behind only costs disk space.
+            let _ = runtime.block_on(scratch.destroy());
         });
         let _ = cleanup.join();
     }
@@ -115,6 +92,8 @@ impl Drop for TestDb {
 #[derive(Clone)]
 pub struct TestApp {
     pub base: String,
+    /// Shared by the clones; the server stops when the last one is dropped.
+    _server: Arc<HttpServer>,
     pub client: reqwest::Client,
     pub pool: PgPool,
     /// The app's own read model (schema `rm_test`): its `progress` is the one the app's
@@ -144,14 +123,12 @@ impl TestApp {
             read.clone(),
             settings,
         );
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let server = HttpServer::start(state.clone(), true, true)
             .await
-            .expect("port 0 is free");
-        let base = format!("http://{}", listener.local_addr().expect("bound"));
-        let router = api::router(state.clone(), true, true);
-        tokio::spawn(axum::serve(listener, router).into_future());
+            .expect("HAP serves on a free port");
         let app = Self {
-            base,
+            base: server.base_url(),
+            _server: Arc::new(server),
             client: reqwest::Client::new(),
             pool,
             read,
@@ -275,26 +252,16 @@ pub fn start_publisher(pool: &PgPool, prefix: &str) -> tokio_util::sync::Cancell
 pub fn start_publisher_on(store: EventStore, prefix: &str) -> tokio_util::sync::CancellationToken {
     api::telemetry::metrics_handle();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let publisher = eventstore::Publisher::new(
-        store,
-        Arc::new(api::routing::DomainRouter),
-        eventstore::PublisherSettings::new(broker::amqp_url(), prefix),
-    );
+    let publisher = hap_support::system::publisher(store, &broker::amqp_url(), prefix);
     tokio::spawn(publisher.run(shutdown.clone()));
     shutdown
 }
 
 /// The read model of `instance` in the test's database, migrated.
 pub async fn read_model(db: &TestDb, instance: &str) -> projections::ReadModel {
-    let schema = projections::schema::schema_name(instance);
-    let read =
-        projections::schema::connect(&db.url, &schema, 8, projections::schema::Plans::Cached)
-            .await
-            .expect("read model pool");
-    projections::schema::migrate(&read)
+    hap_support::system::read_model(&db.url, instance, 8)
         .await
-        .expect("read model migrated");
-    projections::ReadModel::new(read)
+        .expect("read model migrated")
 }
 
 /// A valid registration body.

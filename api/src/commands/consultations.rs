@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use domain::consultation::{Consultation, ConsultationCommand};
+use domain::consultation::{Consultation, ConsultationCommand, Status};
 use domain::ids::{ConsultationId, PatientId, PhysicianId};
 use domain::patient::Patient;
 use domain::physician::Physician;
@@ -101,7 +101,7 @@ async fn request(
     };
     let reply = Reply {
         status: StatusCode::ACCEPTED,
-        consultation_status: Some("requested"),
+        consultation_status: Some(Status::Requested.as_str()),
         ..Reply::created(id.as_uuid(), format!("/consultations/{id}"))
     };
     execute::<Consultation>(&app, &context, Target::New(id.as_uuid()), command, reply).await

@@ -6,8 +6,11 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use domain::consultation::Status;
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -41,32 +44,21 @@ macro_rules! select_consultations {
     };
 }
 
-/// Where a consultation is in its life.
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ConsultationStatus {
-    /// Waiting for the patient's and the physician's checks.
-    Requested,
-    Scheduled,
-    /// A check refused it; see `failureReason`.
-    Failed,
-    CancellationRequested,
-    Cancelled,
-    Done,
-}
+/// The OpenAPI schema of a consultation's `status`: the names of the domain's [`Status`],
+/// which the projector writes and the filter parses. Only documents; nothing holds one.
+pub struct ConsultationStatus;
 
-impl ConsultationStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Requested => "requested",
-            Self::Scheduled => "scheduled",
-            Self::Failed => "failed",
-            Self::CancellationRequested => "cancellation_requested",
-            Self::Cancelled => "cancelled",
-            Self::Done => "done",
-        }
+impl PartialSchema for ConsultationStatus {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("Where a consultation is in its life."))
+            .enum_values(Some(Status::NAMES.iter().copied()))
+            .into()
     }
 }
+
+impl ToSchema for ConsultationStatus {}
 
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -106,7 +98,8 @@ impl Resource for Consultation {
 pub struct ConsultationFilter {
     patient_id: Option<Uuid>,
     physician_id: Option<Uuid>,
-    status: Option<ConsultationStatus>,
+    #[param(value_type = Option<ConsultationStatus>)]
+    status: Option<Status>,
     /// Consultations starting at or after this instant (RFC 3339).
     from: Option<DateTime<Utc>>,
     /// Consultations starting before this instant (RFC 3339).
@@ -198,7 +191,7 @@ async fn list_consultations(
     ))
     .bind(filter.patient_id)
     .bind(filter.physician_id)
-    .bind(filter.status.map(ConsultationStatus::as_str))
+    .bind(filter.status.map(Status::as_str))
     .bind(filter.from)
     .bind(filter.to)
     .bind(page.after)

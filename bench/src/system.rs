@@ -1,20 +1,15 @@
 //! HAP's pieces as the subcommands start them in-process, wired as `hap serve` wires them
 //! (`api/src/cli.rs`), and the helpers that fill the store and tell when a piece is done.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use domain::Event;
-use eventstore::{
-    Append, Claim, EventStore, GlobalCheckpoint, Metadata, NewEvent, Publisher, PublisherSettings,
-    StreamVersion,
-};
+use eventstore::{Append, Claim, EventStore, GlobalCheckpoint, NewEvent, StreamVersion};
 use futures::{StreamExt, TryStreamExt};
 use projections::ReadModel;
 use projections::consumer::ConsumerSettings;
-use projections::schema::Plans;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -34,11 +29,7 @@ pub fn store(pool: &PgPool) -> EventStore {
 
 /// HAP's publisher on the scratch prefix, with production settings.
 pub fn publisher(broker: &ScratchBroker, store: &EventStore) -> Background {
-    let publisher = Publisher::new(
-        store.clone(),
-        Arc::new(api::routing::DomainRouter),
-        PublisherSettings::new(broker.url(), broker.prefix()),
-    );
+    let publisher = hap_support::system::publisher(store.clone(), broker.url(), broker.prefix());
     broker.spawn(|stop| publisher.run(stop))
 }
 
@@ -58,24 +49,7 @@ pub fn projectors(broker: &ScratchBroker, read: &ReadModel, store: &EventStore) 
 
 /// The read model of [`INSTANCE`] in the scratch database, migrated: what `hap serve` opens.
 pub async fn read_model(database: &ScratchDatabase) -> anyhow::Result<ReadModel> {
-    let schema = projections::schema::schema_name(INSTANCE);
-    let pool = projections::schema::connect(database.url(), &schema, POOL_SIZE, Plans::Cached)
-        .await
-        .with_context(|| format!("Failed to connect to the read model (schema {schema})"))?;
-    projections::schema::migrate(&pool)
-        .await
-        .with_context(|| format!("Failed to migrate the read model (schema {schema})"))?;
-    Ok(ReadModel::new(pool))
-}
-
-/// What HAP stores beside the events of a request without an `X-Correlation-Id`.
-pub fn metadata() -> Metadata {
-    Metadata {
-        tenant_id: api::state::TENANT.into(),
-        correlation_id: Uuid::now_v7().to_string(),
-        causation_id: None,
-        schema_version: 1,
-    }
+    hap_support::system::read_model(database.url(), INSTANCE, POOL_SIZE).await
 }
 
 /// An append of domain `events` to a new stream, with the claims HAP would take for them.
@@ -109,7 +83,7 @@ pub fn new_stream(stream_id: Uuid, events: &[Event]) -> Append {
             })
             .collect(),
         remember: None,
-        metadata: metadata(),
+        metadata: hap_support::system::metadata(),
         deadlines: vec![],
         fires: None,
     }
@@ -182,53 +156,6 @@ pub async fn publisher_reached(
 pub fn now_micros() -> DateTime<Utc> {
     let now = Utc::now();
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
-}
-
-/// HAP's HTTP API served in-process on a free local port, as `hap serve` serves it.
-pub struct HttpServer {
-    pub address: std::net::SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl HttpServer {
-    pub async fn start(app: api::AppState, commands: bool, queries: bool) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("Failed to bind a local port for HAP")?;
-        let address = listener
-            .local_addr()
-            .context("Failed to read HAP's local address")?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, api::router(app, commands, queries))
-                .with_graceful_shutdown(async {
-                    // A dropped sender means the same as a sent stop.
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        Ok(Self {
-            address,
-            stop,
-            task,
-        })
-    }
-
-    /// Stops the server once its clients are gone (no keep-alive connection holds it).
-    pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        match tokio::time::timeout(std::time::Duration::from_secs(5), self.task).await {
-            Ok(joined) => joined
-                .context("HAP's server task panicked")?
-                .context("HAP's server failed"),
-            // Requests are all answered by now; a server slow to close is not worth failing for.
-            Err(_) => {
-                tracing::warn!("HAP's server did not shut down within 5 s");
-                Ok(())
-            }
-        }
-    }
 }
 
 /// Sends `POST /patients` with `body`; anything but 201 is an error. The response body is read

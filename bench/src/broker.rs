@@ -7,13 +7,13 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
-use eventstore::topology::{EXCHANGES, Topology};
+use anyhow::{Context, anyhow};
+use eventstore::topology::Topology;
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Confirmation, Connection, Consumer, PublisherConfirm};
+use lapin::{Channel, Connection, Consumer};
 use projections::queues::{QUEUES, QueueNames};
 use tokio_util::sync::CancellationToken;
 
@@ -70,9 +70,8 @@ impl Background {
 impl ScratchBroker {
     /// Picks a fresh prefix on the broker at `url`; nothing is declared yet.
     pub fn new(url: &str) -> Self {
-        // 12 hex digits of a v4 UUID, as for the scratch database: runs never meet.
-        let prefix = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let unrouted = Topology::new(prefix.as_str()).unrouted();
+        let prefix = hap_support::broker::scratch_prefix("bench");
+        let unrouted = projections::topology(&prefix).unrouted();
         Self {
             url: url.to_owned(),
             prefix,
@@ -92,7 +91,7 @@ impl ScratchBroker {
     }
 
     pub fn topology(&self) -> Topology {
-        Topology::new(self.prefix.as_str())
+        projections::topology(&self.prefix)
     }
 
     /// `{prefix}.bench.{name}`: a queue of the bench's own, deleted at the end.
@@ -169,10 +168,8 @@ impl ScratchBroker {
         let mut first_error: Option<anyhow::Error> = None;
         let mut channel: Option<Channel> = None;
         let queues = std::mem::take(&mut *self.queues.lock().unwrap_or_else(|e| e.into_inner()));
-        let exchanges = EXCHANGES
-            .iter()
-            .map(|suffix| self.topology().exchange(suffix))
-            .chain([self.topology().unrouted()]);
+        let topology = self.topology();
+        let exchanges = topology.exchanges().chain([topology.unrouted()]);
         let deletions = queues
             .into_iter()
             .map(|q| (q, true))
@@ -234,14 +231,4 @@ pub async fn consume_with_acks(
         )
         .await
         .with_context(|| format!("Failed to consume {queue}"))
-}
-
-/// Waits for a publish's confirm; anything but a plain ack fails the run.
-pub async fn confirmed(confirm: PublisherConfirm) -> anyhow::Result<()> {
-    match confirm.await.context("Waiting for a confirm failed")? {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) => bail!("a message was returned as unroutable"),
-        Confirmation::Nack(_) => bail!("the broker nacked a message"),
-        Confirmation::NotRequested => bail!("the channel is not in confirm mode"),
-    }
 }

@@ -1,64 +1,36 @@
 //! The scratch database every subcommand runs in: created fresh on the given server, migrated
 //! by HAP's own code, and dropped at the end whatever happened.
 
-use std::str::FromStr;
-
-use anyhow::{Context, anyhow};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgPool};
+use anyhow::anyhow;
+use hap_support::database::ScratchDatabase as Scratch;
+use sqlx::PgPool;
 use tokio::signal::unix::{SignalKind, signal};
-use url::Url;
 
 use crate::broker::ScratchBroker;
 
 /// A database named `hap_bench_<random>` on the server of the URL given on the command line.
-pub struct ScratchDatabase {
-    name: String,
-    /// The server's URL with the scratch database in place of the given one.
-    url: String,
-    /// Where to connect to drop it: the server's `postgres` database, which `api::db` also uses
-    /// to create it (the database named in the given URL need not exist).
-    admin: PgConnectOptions,
-}
+pub struct ScratchDatabase(Scratch);
 
 impl ScratchDatabase {
     /// Picks a fresh name on the server of `server_url`; nothing is created yet.
     pub fn new(server_url: &str) -> anyhow::Result<Self> {
-        let mut url = Url::parse(server_url)
-            .with_context(|| format!("--database-url is not a URL: {server_url}"))?;
-        let admin = PgConnectOptions::from_str(server_url)
-            .with_context(|| format!("--database-url is not a PostgreSQL URL: {server_url}"))?
-            .database("postgres");
-        // 12 hex digits of a v4 UUID: enough that two runs on one server never meet, short
-        // enough to read in `\l`.
-        let name = format!(
-            "hap_bench_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        url.set_path(&format!("/{name}"));
-        Ok(Self {
-            name,
-            url: url.into(),
-            admin,
-        })
+        Scratch::new(server_url, "bench")
+            .map(Self)
+            .map_err(|e| e.context("--database-url"))
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.0.name()
     }
 
     pub fn url(&self) -> &str {
-        &self.url
+        self.0.url()
     }
 
     /// Creates and migrates the database through HAP's own code, and returns a pool of `size`
     /// connections on it: the pool HAP itself would run with.
     pub async fn create(&self, size: u32) -> anyhow::Result<PgPool> {
-        let pool = api::db::connect(&self.url, size, true)
-            .await
-            .with_context(|| format!("Failed to create database {}", self.name))?;
-        api::db::migrate(&pool).await?;
-        Ok(pool)
+        self.0.create(size).await
     }
 
     /// Runs `bench` on this database and drops it afterwards, also when `bench` fails or the
@@ -93,8 +65,8 @@ impl ScratchDatabase {
     /// Drops the database after `result`; a failure to drop is reported only if `result` is
     /// a success.
     async fn finish(self, result: anyhow::Result<()>) -> anyhow::Result<()> {
-        let name = self.name.clone();
-        let destroyed = self.destroy().await;
+        let name = self.name().to_owned();
+        let destroyed = self.0.destroy().await;
         match (result, destroyed) {
             (Err(error), _) => Err(error),
             (Ok(()), Err(error)) => {
@@ -102,26 +74,6 @@ impl ScratchDatabase {
             }
             (Ok(()), Ok(())) => Ok(()),
         }
-    }
-
-    /// Drops the database, disconnecting whoever is still on it. Safe to call when it was never
-    /// created.
-    async fn destroy(self) -> anyhow::Result<()> {
-        let mut admin =
-            self.admin.connect().await.context(
-                "Failed to connect to PostgreSQL (database postgres) to drop the database",
-            )?;
-        // The name is ours and only [a-z0-9_], but quote it as any identifier must be.
-        let statement = format!(
-            "drop database if exists \"{}\" with (force)",
-            self.name.replace('"', "\"\"")
-        );
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .execute(&mut admin)
-            .await
-            .with_context(|| format!("Failed to drop database {}", self.name))?;
-        admin.close().await.ok();
-        Ok(())
     }
 }
 

@@ -94,8 +94,13 @@ async fn main() -> ExitCode {
 /// which only adds HAP's per-request span, not log lines; `warn` keeps the bench's output to the
 /// report while still showing anything that goes wrong inside HAP. Run with `RUST_LOG=info` to
 /// include the span's cost.
+///
+/// sqlx warns of every statement slower than a second (`sqlx::query`), and a saturated machine
+/// is what the bench makes: those lines would interleave with the progress and the report, and
+/// say nothing the latencies do not. Only their errors are shown.
 fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,sqlx::query=error"));
     // Fails only if a subscriber is installed already, which nothing in this binary does.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::{FutureExt, StreamExt};
-use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
+use hap_support::broker::publish_to_queue;
+use lapin::options::{BasicAckOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use serde_json::Value;
@@ -20,7 +21,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::{Args, insert_raw_event};
-use crate::broker::{ScratchBroker, confirmed, consume_with_acks};
+use crate::broker::{ScratchBroker, consume_with_acks};
 use crate::load::{Outcome, Timeline, WARMUP, paced};
 use eventstore::topology::declare_quorum_queue;
 
@@ -112,20 +113,7 @@ async fn send(channel: &Channel, queue: &str, id: Uuid, payload: &Value) -> anyh
     let properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_message_id(id.to_string().into());
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &body,
-            properties,
-        )
-        .await
-        .context("basic.publish failed")?;
-    confirmed(confirm).await
+    publish_to_queue(channel, queue, &body, properties).await
 }
 
 /// Starts the consumer of `queue` on `channel`; it ends when the channel closes.

@@ -31,6 +31,7 @@ use eventstore::message::{Message, Router};
 use eventstore::topology::declare_quorum_queue;
 use eventstore::{EventStore, GlobalCheckpoint, PublisherSettings};
 use futures::StreamExt;
+use hap_support::broker::confirmed;
 use lapin::Channel;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
@@ -39,7 +40,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use uuid::Uuid;
 
-use crate::broker::{ScratchBroker, Servers, confirmed};
+use crate::broker::{ScratchBroker, Servers};
 use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{Drained, Timeline, WARMUP, latency_histogram, paced, wait_until};
@@ -105,7 +106,7 @@ async fn bench(
     // production.
     api::telemetry::metrics_handle();
     let store = system::store(&pool);
-    let window = PublisherSettings::new(broker.url(), broker.prefix()).window;
+    let window = PublisherSettings::new(broker.url(), broker.topology()).window;
 
     let setup = broker.connect("setup").await?;
     let channel = setup
@@ -231,11 +232,11 @@ async fn declare_bench_queue(
     declare_quorum_queue(channel, queue, FieldTable::default())
         .await
         .with_context(|| format!("Failed to declare {queue}"))?;
-    for suffix in eventstore::topology::EXCHANGES {
+    for exchange in topology.exchanges() {
         channel
             .queue_bind(
                 queue.into(),
-                topology.exchange(suffix).as_str().into(),
+                exchange.into(),
                 "#".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),

@@ -22,6 +22,7 @@ use domain::Event;
 use domain::event::PatientRegistered;
 use domain::ids::PatientId;
 use futures::future::try_join_all;
+use hap_support::server::HttpServer;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -208,7 +209,7 @@ async fn hap_run(
     let store = api::db::event_store(pool.clone(), args.pool_size);
     let app = api::AppState::new(store, read, settings);
 
-    let server = system::HttpServer::start(app, true, false).await?;
+    let server = HttpServer::start(app, true, false).await?;
     let address = server.address;
 
     // One client for all tasks, like a fleet of keep-alive clients sharing a proxy: at most one

@@ -27,6 +27,7 @@ use api::config::Settings;
 use domain::Event;
 use domain::event::PatientRegistered;
 use domain::ids::PatientId;
+use hap_support::server::HttpServer;
 use hdrhistogram::Histogram;
 use projections::queues::{self, QUEUES, QueueNames};
 use serde_json::{Value, json};
@@ -247,7 +248,7 @@ async fn hap_run(
     let read_pool = read.pool.clone();
     let app = api::AppState::new(store, read, settings);
 
-    let server = system::HttpServer::start(app, true, true).await?;
+    let server = HttpServer::start(app, true, true).await?;
     let address = server.address;
 
     // One client for all pairs, keeping connections open between requests, so connection

@@ -1,0 +1,49 @@
+//! RabbitMQ: scratch exchange prefixes, and publishing straight into a queue with a confirm.
+
+use anyhow::{Context, bail};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
+
+/// `{label}{random}`: an exchange prefix no other test or run uses (12 hex digits of a v4 UUID,
+/// as for scratch databases).
+pub fn scratch_prefix(label: &str) -> String {
+    format!(
+        "{label}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Publishes `body` into `queue` through the default exchange as a mandatory message (an absent
+/// queue fails it rather than dropping it), and waits for the broker's confirm. `channel` must
+/// be in confirm mode.
+pub async fn publish_to_queue(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> anyhow::Result<()> {
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        )
+        .await
+        .with_context(|| format!("basic.publish to {queue} failed"))?;
+    confirmed(confirm).await
+}
+
+/// Waits for a publish's confirm; anything but a plain ack is an error.
+pub async fn confirmed(confirm: PublisherConfirm) -> anyhow::Result<()> {
+    match confirm.await.context("Waiting for a confirm failed")? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => bail!("a message was returned as unroutable"),
+        Confirmation::Nack(_) => bail!("the broker nacked a message"),
+        Confirmation::NotRequested => bail!("the channel is not in confirm mode"),
+    }
+}

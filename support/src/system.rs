@@ -1,0 +1,41 @@
+//! HAP's pieces wired as `hap serve` wires them (`api/src/cli.rs`), for callers that start
+//! them in-process.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use eventstore::{EventStore, Metadata, Publisher, PublisherSettings};
+use projections::ReadModel;
+use projections::schema::Plans;
+use uuid::Uuid;
+
+/// HAP's publisher over `store`, to the exchanges under `prefix`, with production settings.
+pub fn publisher(store: EventStore, amqp_url: &str, prefix: &str) -> Publisher {
+    Publisher::new(
+        store,
+        Arc::new(api::routing::DomainRouter),
+        PublisherSettings::new(amqp_url, projections::topology(prefix)),
+    )
+}
+
+/// The read model of `instance` in the database at `url`, migrated: what `hap serve` opens.
+pub async fn read_model(url: &str, instance: &str, size: u32) -> anyhow::Result<ReadModel> {
+    let schema = projections::schema::schema_name(instance);
+    let pool = projections::schema::connect(url, &schema, size, Plans::Cached)
+        .await
+        .with_context(|| format!("Failed to connect to the read model (schema {schema})"))?;
+    projections::schema::migrate(&pool)
+        .await
+        .with_context(|| format!("Failed to migrate the read model (schema {schema})"))?;
+    Ok(ReadModel::new(pool))
+}
+
+/// What HAP stores beside the events of a request without an `X-Correlation-Id`.
+pub fn metadata() -> Metadata {
+    Metadata {
+        tenant_id: api::state::TENANT.into(),
+        correlation_id: Uuid::now_v7().to_string(),
+        causation_id: None,
+        schema_version: 1,
+    }
+}
