@@ -45,6 +45,24 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Fill a fresh system with realistic sample data through the command path.
     Demo(DemoArgs),
+    /// Print a bearer token signed with HAP_AUTH_SECRET.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// The tenant (clinic) the token acts in.
+    #[arg(long)]
+    pub tenant: String,
+    /// Who acts: stored with every event the token's requests cause.
+    #[arg(long)]
+    pub sub: String,
+    /// Space-separated scopes, e.g. "patients:read patients:write".
+    #[arg(long, default_value = "")]
+    pub scope: String,
+    /// How long the token is valid, e.g. 1h, 30m, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -53,6 +71,9 @@ pub struct DemoArgs {
     /// demo's consultations (0: do not wait).
     #[arg(long, default_value_t = 30)]
     pub settle_secs: u64,
+    /// The tenant (clinic) the sample data belongs to.
+    #[arg(long, default_value = crate::auth::INSECURE_TENANT)]
+    pub tenant: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,11 +132,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rebuild(args) => rebuild(cli.settings, args).await,
         Command::Dlq(command) => dlq(&cli.settings.amqp_url, command).await,
+        Command::Token(args) => {
+            let unknown: Vec<&str> = args
+                .scope
+                .split_whitespace()
+                .filter(|s| !crate::auth::SCOPES.contains(s))
+                .collect();
+            anyhow::ensure!(
+                unknown.is_empty(),
+                "unknown scopes {unknown:?}; HAP knows {}",
+                crate::auth::SCOPES.join(" ")
+            );
+            let request = crate::auth::TokenRequest {
+                tenant: args.tenant,
+                subject: args.sub,
+                scope: args.scope,
+                ttl: args.ttl,
+            };
+            println!("{}", crate::auth::mint(&cli.settings, &request)?);
+            Ok(())
+        }
         Command::Demo(args) => {
             let pool = db::connect(&cli.settings.database_url, 4, true).await?;
             db::migrate(&pool).await?;
             let pipeline = crate::state::pipeline(db::event_store(pool, 4), &cli.settings);
-            crate::demo::run_demo(&pipeline, Duration::from_secs(args.settle_secs)).await
+            crate::demo::run_demo(
+                &pipeline,
+                &args.tenant,
+                Duration::from_secs(args.settle_secs),
+            )
+            .await
         }
     }
 }
@@ -268,7 +314,13 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
         &settings.instance,
         settings.max_retries,
     );
-    let app = AppState::new(store, read, settings);
+    let app = AppState::new(store, read, settings)?;
+    if app.auth.is_insecure() {
+        tracing::warn!(
+            "authentication is OFF (--insecure-no-auth): every request acts as tenant `default` \
+             with every scope; never expose this server to anyone"
+        );
+    }
     // Saga steps and deadlines run commands through the same pipeline as the HTTP handlers,
     // observers included.
     if serve.roles.contains(&Role::Saga) {

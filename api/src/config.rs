@@ -2,6 +2,7 @@
 //! of precedence (flag over variable over default).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Args;
 
@@ -70,6 +71,28 @@ pub struct Settings {
     )]
     pub consistency_wait_ms: u64,
 
+    /// The HS256 secret that tokens are signed with (and that `hap token` signs with).
+    #[arg(long, env = "HAP_AUTH_SECRET", hide_env_values = true, global = true)]
+    pub auth_secret: Option<Secret>,
+
+    /// A PEM file with the public key (RSA or EC P-256) of an identity provider whose RS256 or
+    /// ES256 tokens are accepted.
+    #[arg(long, env = "HAP_AUTH_PUBLIC_KEY_FILE", global = true)]
+    pub auth_public_key_file: Option<PathBuf>,
+
+    /// The `iss` every token must carry, when set.
+    #[arg(long, env = "HAP_AUTH_ISSUER", global = true)]
+    pub auth_issuer: Option<String>,
+
+    /// The `aud` every token must carry, when set.
+    #[arg(long, env = "HAP_AUTH_AUDIENCE", global = true)]
+    pub auth_audience: Option<String>,
+
+    /// Serve every request as tenant `default` with every scope, without a token: for local
+    /// experiments and tests only.
+    #[arg(long, env = "HAP_INSECURE_NO_AUTH", global = true)]
+    pub insecure_no_auth: bool,
+
     /// Connections in each of the process's two pools (event store and read model).
     #[arg(long, env = "HAP_DB_POOL_SIZE", default_value_t = 16, global = true)]
     pub db_pool_size: u32,
@@ -118,5 +141,33 @@ impl Settings {
         // Parsing an empty command line yields the declared defaults (and the environment's
         // HAP_* values, which is what a test run configures).
         <Defaults as clap::Parser>::parse_from(["hap"]).settings
+    }
+}
+
+/// A secret from the command line or the environment; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        // HS256 with a short secret can be brute-forced offline from any token.
+        if value.len() < 32 {
+            return Err("the secret must be at least 32 characters long".into());
+        }
+        Ok(Self(value.to_owned()))
     }
 }

@@ -18,8 +18,6 @@ use domain::values::{
 };
 use uuid::Uuid;
 
-use crate::state::TENANT;
-
 const PHYSICIANS: [(&str, &str); 4] = [
     ("Dra. Helena Prado", "cardiology"),
     ("Dr. Tomás Ribeiro", "dermatology"),
@@ -41,12 +39,20 @@ const PATIENTS: [(&str, &str); 10] = [
 ];
 
 /// Runs one command through the pipeline, on behalf of the demo.
-async fn run<A>(pipeline: &Pipeline, target: Target, command: A::Command) -> anyhow::Result<()>
+async fn run<A>(
+    pipeline: &Pipeline,
+    tenant: &str,
+    target: Target,
+    command: A::Command,
+) -> anyhow::Result<()>
 where
     A: Aggregate,
     A::Command: Clone,
 {
-    let meta = CommandMeta::new(TENANT, "hap-demo");
+    let meta = CommandMeta {
+        actor_id: Some("hap-demo".to_owned()),
+        ..CommandMeta::new(tenant, "hap-demo")
+    };
     let outcome = pipeline
         .execute::<A>(&meta, target, command, |_| Remembered {
             status: 200,
@@ -61,7 +67,7 @@ where
 
 /// Registers physicians and patients, updates some, requests consultations and deactivates a
 /// patient; then waits up to `settle` for the sagas to decide every consultation.
-pub async fn run_demo(pipeline: &Pipeline, settle: Duration) -> anyhow::Result<()> {
+pub async fn run_demo(pipeline: &Pipeline, tenant: &str, settle: Duration) -> anyhow::Result<()> {
     // Document and license numbers are unique: a suffix lets the demo run more than once.
     let run_id = &Uuid::now_v7().simple().to_string()[20..];
     let mut physicians = vec![];
@@ -73,7 +79,7 @@ pub async fn run_demo(pipeline: &Pipeline, settle: Duration) -> anyhow::Result<(
             specialty: Specialty::parse(specialty)?,
             license_number: LicenseNumber::parse(&format!("CRM-{run_id}-{n}"))?,
         };
-        run::<Physician>(pipeline, Target::New(id.as_uuid()), command).await?;
+        run::<Physician>(pipeline, tenant, Target::New(id.as_uuid()), command).await?;
         physicians.push(id);
         println!("registered physician {name} ({specialty})");
     }
@@ -93,7 +99,7 @@ pub async fn run_demo(pipeline: &Pipeline, settle: Duration) -> anyhow::Result<(
             email: Some(Email::parse(&email)?),
             phone: None,
         };
-        run::<Patient>(pipeline, Target::New(id.as_uuid()), command).await?;
+        run::<Patient>(pipeline, tenant, Target::New(id.as_uuid()), command).await?;
         patients.push(id);
         println!("registered patient {name}");
     }
@@ -102,13 +108,25 @@ pub async fn run_demo(pipeline: &Pipeline, settle: Duration) -> anyhow::Result<(
         email: None,
         phone: Some(Phone::parse("+55 11 98765-4321")?),
     };
-    run::<Patient>(pipeline, Target::Existing(patients[1].as_uuid()), update).await?;
+    run::<Patient>(
+        pipeline,
+        tenant,
+        Target::Existing(patients[1].as_uuid()),
+        update,
+    )
+    .await?;
     println!("updated the phone of {}", PATIENTS[1].0);
     let update = PhysicianCommand::Update {
         name: None,
         specialty: Some(Specialty::parse("sports medicine")?),
     };
-    run::<Physician>(pipeline, Target::Existing(physicians[3].as_uuid()), update).await?;
+    run::<Physician>(
+        pipeline,
+        tenant,
+        Target::Existing(physicians[3].as_uuid()),
+        update,
+    )
+    .await?;
     println!("updated the specialty of {}", PHYSICIANS[3].0);
 
     let now = Utc::now();
@@ -133,7 +151,7 @@ pub async fn run_demo(pipeline: &Pipeline, settle: Duration) -> anyhow::Result<(
             duration: DurationMinutes::DEFAULT,
             reason: Some(Reason::parse("routine check-up")?),
         };
-        run::<Consultation>(pipeline, Target::New(id.as_uuid()), command).await?;
+        run::<Consultation>(pipeline, tenant, Target::New(id.as_uuid()), command).await?;
         consultations.push(id);
     }
     println!(
@@ -145,6 +163,7 @@ pub async fn run_demo(pipeline: &Pipeline, settle: Duration) -> anyhow::Result<(
     };
     run::<Patient>(
         pipeline,
+        tenant,
         Target::Existing(patients[9].as_uuid()),
         deactivate,
     )
@@ -163,12 +182,13 @@ pub async fn run_demo(pipeline: &Pipeline, settle: Duration) -> anyhow::Result<(
         patients.len(),
         consultations.len()
     );
-    settled(pipeline, &consultations, settle).await
+    settled(pipeline, tenant, &consultations, settle).await
 }
 
 /// Waits up to `settle` for the sagas to decide `consultations`, and says how they ended.
 async fn settled(
     pipeline: &Pipeline,
+    tenant: &str,
     consultations: &[ConsultationId],
     settle: Duration,
 ) -> anyhow::Result<()> {
@@ -178,7 +198,7 @@ async fn settled(
         for id in consultations {
             let loaded = pipeline
                 .aggregates()
-                .current::<Consultation>(id.as_uuid())
+                .current_in::<Consultation>(tenant, id.as_uuid())
                 .await?;
             let status = loaded.state.data().map_or("unknown", |c| c.status.as_str());
             *statuses.entry(status).or_default() += 1;

@@ -50,6 +50,12 @@ pub enum ApiError {
     /// 422: an idempotency key reused with a different request.
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyKeyReused,
+    /// 401 with `WWW-Authenticate: Bearer`: no token, or why the token is not accepted.
+    #[error("{}", .0.unwrap_or("this route needs a bearer token"))]
+    Unauthorized(Option<&'static str>),
+    /// 403: a valid token without the scope the route needs.
+    #[error("the token does not grant the scope {0}")]
+    Forbidden(&'static str),
     /// 503: a dependency does not answer.
     #[error("{0}")]
     Unavailable(String),
@@ -80,6 +86,8 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -94,6 +102,8 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => "bad-request",
             Self::NotFound(_) => "not-found",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::Conflict(_) => "conflict",
             Self::PreconditionFailed { .. } => "precondition-failed",
             Self::PayloadTooLarge { .. } => "payload-too-large",
@@ -177,6 +187,15 @@ impl IntoResponse for ApiError {
         // The projectors are usually a moment behind, not stuck: a retry soon is likely to
         // succeed.
         let retry_after = matches!(self, Self::ReadModelBehind(_));
+        // RFC 6750: a request without credentials gets the bare challenge; a bad token gets
+        // `error="invalid_token"` too.
+        let challenge = match &self {
+            Self::Unauthorized(None) => Some(HeaderValue::from_static("Bearer")),
+            Self::Unauthorized(Some(_)) => {
+                Some(HeaderValue::from_static("Bearer error=\"invalid_token\""))
+            }
+            _ => None,
+        };
         let detail = match &self {
             Self::Internal(cause) => {
                 // The span carries the correlation id, so the log line can be matched to the
@@ -202,6 +221,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(challenge) = challenge {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
     }

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`cli`]: the `hap` subcommands.
+//! - [`auth`]: bearer tokens, the caller's tenant and subject, the scope each route needs.
 //! - [`config`]: settings from flags, `HAP_*` variables and defaults.
 //! - [`db`]: connecting, creating the database, migrating.
 //! - [`demo`]: sample data through the command path.
@@ -16,6 +17,7 @@
 //! - [`routing`]: the domain's routing table, as the publisher needs it.
 //! - [`health`], [`broker`], [`openapi`], [`telemetry`]: operations.
 
+pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod commands;

@@ -29,6 +29,7 @@ impl AppendObserver for ReadSideObserver {
                         version: e.version,
                         position: e.position.value(),
                         occurred_at: e.occurred_at,
+                        tenant_id: committed.tenant_id.clone(),
                         event: e.event.clone(),
                     })
                     .collect()
@@ -37,7 +38,12 @@ impl AppendObserver for ReadSideObserver {
                 let written = (committed.stream_id, last.version);
                 self.queries
                     .positions
-                    .remember(last.position, last.event.event_type(), written)
+                    .remember(
+                        last.position,
+                        last.event.event_type(),
+                        written,
+                        &committed.tenant_id,
+                    )
                     .await;
             }
         })

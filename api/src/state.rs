@@ -9,14 +9,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use projections::ReadModel;
 use sqlx::PgPool;
 
+use crate::auth::{AuthConfigError, Verifier};
 use crate::broker::BrokerHealth;
 use crate::config::Settings;
 use crate::observers::ReadSideObserver;
 use crate::queries::QueryCaches;
-
-/// The tenant every request acts for. The store and the messages carry a tenant id so that
-/// more can be added; the API has no way yet to name another one.
-pub const TENANT: &str = "default";
 
 /// How many aggregate states the command side keeps in memory.
 const AGGREGATE_CACHE_CAPACITY: u64 = 100_000;
@@ -34,24 +31,33 @@ pub struct AppState {
     pub read: ReadModel,
     /// The query side's caches, which follow `read`'s projector commits.
     pub queries: QueryCaches,
+    /// Verifies every request's bearer token.
+    pub auth: Arc<Verifier>,
 }
 
 impl AppState {
-    /// Needs a Tokio runtime: it starts watching the broker.
-    pub fn new(store: EventStore, read: ReadModel, settings: Settings) -> Self {
+    /// Needs a Tokio runtime: it starts watching the broker. Fails if `settings` configure no
+    /// way to verify tokens and do not switch authentication off.
+    pub fn new(
+        store: EventStore,
+        read: ReadModel,
+        settings: Settings,
+    ) -> Result<Self, AuthConfigError> {
+        let auth = Arc::new(Verifier::from_settings(&settings)?);
         let queries = QueryCaches::new(&read);
         let commands = pipeline(store, &settings).observed_by(Arc::new(ReadSideObserver {
             read: read.clone(),
             queries: queries.clone(),
         }));
-        Self {
+        Ok(Self {
+            auth,
             queries,
             read,
             commands,
             broker: BrokerHealth::watch(settings.amqp_url.clone()),
             settings: Arc::new(settings),
             metrics: crate::telemetry::metrics_handle(),
-        }
+        })
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -23,6 +23,15 @@ pub struct Loaded<A> {
     pub version: StreamVersion,
     /// The position of the stream's last event (the token a no-op command returns).
     pub position: Option<Position>,
+    /// The tenant the stream belongs to (`None` while it has no event).
+    pub tenant_id: Option<String>,
+}
+
+impl<A> Loaded<A> {
+    /// Whether `tenant` may see this aggregate: it is theirs, or it does not exist yet.
+    pub fn belongs_to(&self, tenant: &str) -> bool {
+        self.tenant_id.as_deref().is_none_or(|t| t == tenant)
+    }
 }
 
 /// Why an aggregate could not be loaded.
@@ -76,9 +85,25 @@ impl Aggregates {
             loaded.state = loaded.state.evolve(&event);
             loaded.version = recorded.version();
             loaded.position = Some(recorded.position());
+            loaded.tenant_id = Some(recorded.tenant_id);
         }
         self.remember(id, loaded.clone()).await;
         Ok(loaded)
+    }
+
+    /// The state as of now as `tenant` sees it: the empty state if the stream is another
+    /// tenant's. For facts a command needs from other aggregates.
+    pub async fn current_in<A: Aggregate>(
+        &self,
+        tenant: &str,
+        id: Uuid,
+    ) -> Result<Loaded<A>, LoadError> {
+        let loaded = self.current::<A>(id).await?;
+        Ok(if loaded.belongs_to(tenant) {
+            loaded
+        } else {
+            Loaded::default()
+        })
     }
 
     /// Caches a state the caller knows to be current (it just appended it).

@@ -31,6 +31,8 @@ pub struct CommandMeta {
     pub correlation_id: String,
     /// The event that caused this command, when a saga step or a job sends it.
     pub causation_id: Option<Uuid>,
+    /// Who acts: the token's `sub` of the request (or of the request that started the saga).
+    pub actor_id: Option<String>,
     /// Makes the command safe to repeat: the first outcome is remembered with its events.
     pub idempotency: Option<Idempotency>,
     /// The version the aggregate must be at (`If-Match`).
@@ -46,6 +48,7 @@ impl CommandMeta {
             tenant_id: tenant_id.into(),
             correlation_id: correlation_id.into(),
             causation_id: None,
+            actor_id: None,
             idempotency: None,
             expected: None,
             fires: None,
@@ -203,13 +206,22 @@ impl Pipeline {
         // a no-op or a failed precondition decided on a stale entry would be wrong, so those
         // are decided again on the current state before they are answered.
         let stream_id = target.id();
+        let tenant = meta.tenant_id.as_str();
         let (mut loaded, mut current) = match target {
             Target::New(_) => (Loaded::<A>::default(), true),
             Target::Existing(id) => match aggregates.cached::<A>(id).await {
-                Some(hit) => (hit, false),
-                None => (aggregates.current::<A>(id).await?, true),
+                Some(hit) if hit.belongs_to(tenant) => (hit, false),
+                _ => (aggregates.current::<A>(id).await?, true),
             },
         };
+        // Another tenant's aggregate does not exist for this one: its commands are decided on
+        // the empty state (not found), and never appended to its stream.
+        if !loaded.belongs_to(tenant) {
+            let refusal = A::default().decide(command).err();
+            return Err(CommandError::Rejected(
+                refusal.unwrap_or(DomainError::NotFound(A::KIND.as_str())),
+            ));
+        }
         for _ in 0..ATTEMPTS {
             let decision = loaded.state.decide(command.clone());
             // On a stream that does not exist the command's own rule answers (not found),
@@ -221,6 +233,11 @@ impl Pipeline {
                 loaded = aggregates.current(stream_id).await?;
                 current = true;
                 continue;
+            }
+            if !loaded.belongs_to(tenant) {
+                return Err(CommandError::Rejected(DomainError::NotFound(
+                    A::KIND.as_str(),
+                )));
             }
             if let Some(expected) = meta.expected.filter(|_| precondition_failed) {
                 return Err(CommandError::PreconditionFailed {
@@ -270,6 +287,7 @@ impl Pipeline {
                         state,
                         version: appended.version,
                         position,
+                        tenant_id: Some(meta.tenant_id.clone()),
                     };
                     aggregates.remember(stream_id, now).await;
                     if !committed.events.is_empty() {
@@ -317,6 +335,7 @@ impl Pipeline {
             tenant_id: meta.tenant_id.clone(),
             correlation_id: meta.correlation_id.clone(),
             causation_id: meta.causation_id,
+            actor_id: meta.actor_id.clone(),
             schema_version: 1,
         };
         let mut append = stored::append::<A>(stream_id, loaded.version, events, metadata);

@@ -23,6 +23,8 @@ pub struct Metadata {
     pub tenant_id: String,
     pub correlation_id: String,
     pub causation_id: Option<Uuid>,
+    /// Who acted (a token's `sub`).
+    pub actor_id: Option<String>,
     pub schema_version: i32,
 }
 
@@ -118,16 +120,17 @@ go as (
 input as (
     select * from unnest($1::int[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[],
                          $6::text[], $7::text[], $8::text[], $9::text[], $10::uuid[],
-                         $11::int[], $12::timestamptz[]) with ordinality
+                         $11::int[], $12::timestamptz[], $31::text[]) with ordinality
         as i(batch_index, event_id, stream_id, aggregate_type, version, event_type, payload,
-             tenant_id, correlation_id, causation_id, schema_version, occurred_at, n)
+             tenant_id, correlation_id, causation_id, schema_version, occurred_at, actor_id, n)
      where (select ok from go)
 ),
 appended as (
     insert into events (event_id, stream_id, aggregate_type, version, event_type, payload,
-                        tenant_id, correlation_id, causation_id, schema_version, occurred_at)
+                        tenant_id, correlation_id, causation_id, schema_version, occurred_at,
+                        actor_id)
     select event_id, stream_id, aggregate_type, version, event_type, payload::json, tenant_id,
-           correlation_id, causation_id, schema_version, occurred_at
+           correlation_id, causation_id, schema_version, occurred_at, actor_id
       from input order by n
     returning position, stream_id, version
 ),
@@ -143,8 +146,9 @@ claimed as (
      where (select ok from go)
 ),
 started as (
-    insert into deadlines (id, tenant_id, kind, due_at, correlation_id)
-    select * from unnest($24::uuid[], $25::text[], $26::text[], $27::timestamptz[], $28::text[])
+    insert into deadlines (id, tenant_id, kind, due_at, correlation_id, actor_id)
+    select * from unnest($24::uuid[], $25::text[], $26::text[], $27::timestamptz[], $28::text[],
+                         $30::text[])
      where (select ok from go)
 ),
 remembered as (
@@ -196,6 +200,8 @@ struct Columns {
     deadline_kinds: Vec<String>,
     deadline_due: Vec<DateTime<Utc>>,
     deadline_correlations: Vec<String>,
+    deadline_actors: Vec<Option<String>>,
+    actors: Vec<Option<String>>,
     /// Only ever set for a batch of one (see [`EventStore::append`]).
     fires: Option<Uuid>,
 }
@@ -218,6 +224,7 @@ impl Columns {
                 c.tenants.push(meta.tenant_id.clone());
                 c.correlations.push(meta.correlation_id.clone());
                 c.causations.push(meta.causation_id);
+                c.actors.push(meta.actor_id.clone());
                 c.schema_versions.push(meta.schema_version);
                 c.times.push(event.occurred_at);
             }
@@ -243,6 +250,7 @@ impl Columns {
                 c.deadline_kinds.push(deadline.kind.clone());
                 c.deadline_due.push(deadline.due_at);
                 c.deadline_correlations.push(meta.correlation_id.clone());
+                c.deadline_actors.push(meta.actor_id.clone());
             }
             if append.fires.is_some() {
                 assert_eq!(
@@ -323,6 +331,8 @@ impl EventStore {
             .bind(c.deadline_due)
             .bind(c.deadline_correlations)
             .bind(c.fires)
+            .bind(c.deadline_actors)
+            .bind(c.actors)
             .fetch_all(&self.pool)
             .await;
         // Every write wakes the readers, refused ones too: while it ran it held back the

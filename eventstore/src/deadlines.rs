@@ -33,12 +33,14 @@ pub enum Pause {
 }
 
 /// A deadline that has fallen due, as a timer needs it to fire.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Due {
     pub id: Uuid,
     pub tenant_id: String,
     pub kind: String,
     pub correlation_id: String,
+    /// Who started the saga: the failure a firing appends is theirs too.
+    pub actor_id: Option<String>,
     pub due_at: DateTime<Utc>,
 }
 
@@ -113,8 +115,8 @@ impl EventStore {
     /// (see [`crate::Append::fires`]).
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn due_deadlines(&self, limit: i64) -> Result<Vec<Due>, sqlx::Error> {
-        let rows: Vec<(Uuid, String, String, String, DateTime<Utc>)> = sqlx::query_as(
-            "select id, tenant_id, kind, correlation_id, due_at from deadlines
+        sqlx::query_as(
+            "select id, tenant_id, kind, correlation_id, actor_id, due_at from deadlines
               where state = 'running' and due_at <= now()
               order by due_at
               limit $1
@@ -122,17 +124,7 @@ impl EventStore {
         )
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, tenant_id, kind, correlation_id, due_at)| Due {
-                id,
-                tenant_id,
-                kind,
-                correlation_id,
-                due_at,
-            })
-            .collect())
+        .await
     }
 
     /// When the next running deadline falls due, if any runs.

@@ -43,6 +43,7 @@ struct Body<'a> {
     tenant_id: &'a str,
     correlation_id: &'a str,
     causation_id: Option<Uuid>,
+    actor_id: Option<&'a str>,
     schema_version: i32,
     payload: &'a RawValue,
 }
@@ -74,6 +75,7 @@ impl Message {
             tenant_id: &event.tenant_id,
             correlation_id: &event.correlation_id,
             causation_id: event.causation_id,
+            actor_id: event.actor_id.as_deref(),
             schema_version: event.schema_version,
             payload: &event.payload,
         };

@@ -25,6 +25,8 @@ pub struct RecordedEvent {
     pub tenant_id: String,
     pub correlation_id: String,
     pub causation_id: Option<Uuid>,
+    /// Who acted (a token's `sub`); `None` for events stored before authentication.
+    pub actor_id: Option<String>,
     pub schema_version: i32,
     pub occurred_at: DateTime<Utc>,
 }
@@ -53,7 +55,7 @@ macro_rules! recorded_event_columns {
     () => {
         "position, transaction_id::text::bigint as transaction_id, event_id, stream_id, \
          aggregate_type, version, event_type, payload, tenant_id, correlation_id, causation_id, \
-         schema_version, occurred_at"
+         actor_id, schema_version, occurred_at"
     };
 }
 

@@ -17,8 +17,8 @@ use crate::position::GlobalCheckpoint;
 
 /// The columns of a scanned row, in order. No column may be null.
 const COLUMNS: &str = "transaction_id, position, event_id, stream_id, version, event_type, \
-                       payload, occurred_at";
-const FIELDS: i16 = 8;
+                       payload, occurred_at, tenant_id";
+const FIELDS: i16 = 9;
 
 /// The binary format's signature, before its flags and header extension.
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
@@ -48,6 +48,7 @@ pub struct ScannedEvent<'a> {
     /// JSON text, as stored.
     pub payload: &'a str,
     pub occurred_at: DateTime<Utc>,
+    pub tenant_id: &'a str,
 }
 
 /// Whole rows of a scan, in store order, still in the binary format: parsing them (and what
@@ -279,6 +280,7 @@ fn parse_row<'a>(rest: &mut &'a [u8]) -> Result<ScannedEvent<'a>, ScanError> {
         .checked_add(POSTGRES_EPOCH_MICROS)
         .and_then(DateTime::from_timestamp_micros)
         .ok_or(ScanError::Format("a timestamp out of range"))?;
+    let tenant_id = text(rest)?;
     Ok(ScannedEvent {
         checkpoint: GlobalCheckpoint {
             transaction_id,
@@ -290,6 +292,7 @@ fn parse_row<'a>(rest: &mut &'a [u8]) -> Result<ScannedEvent<'a>, ScanError> {
         event_type,
         payload,
         occurred_at,
+        tenant_id,
     })
 }
 
@@ -336,6 +339,7 @@ mod tests {
         push(event_type.as_bytes());
         push(payload.as_bytes());
         push(&0i64.to_be_bytes());
+        push(b"default");
         out
     }
 

@@ -29,3 +29,8 @@ create index events_consultation_patient_idx on events (tenant_id, (payload ->> 
     where event_type = 'ConsultationSchedulingStarted';
 create index events_consultation_physician_idx on events (tenant_id, (payload ->> 'physicianId'))
     where event_type = 'ConsultationSchedulingStarted';
+
+-- Who acted: the `sub` of the token of the request that caused the event (saga steps keep the
+-- one of the request that started their saga). Null for events from before authentication.
+alter table events add column actor_id text;
+alter table deadlines add column actor_id text;

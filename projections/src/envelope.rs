@@ -15,6 +15,9 @@ pub struct Envelope {
     pub version: i64,
     pub position: i64,
     pub occurred_at: DateTime<Utc>,
+    /// The tenant (clinic) whose stream the event belongs to: every read-model row is shown
+    /// only to it.
+    pub tenant_id: String,
     pub event: Event,
 }
 
@@ -33,6 +36,8 @@ pub enum Poison {
 pub struct Origin {
     pub tenant_id: String,
     pub correlation_id: String,
+    /// Who acted (`actorId`), when the message says.
+    pub actor_id: Option<String>,
 }
 
 /// The fields of a message body the consumers use (the others are for other systems).
@@ -46,6 +51,8 @@ struct Body {
     tenant_id: String,
     #[serde(default)]
     correlation_id: String,
+    #[serde(default)]
+    actor_id: Option<String>,
     event_type: String,
     occurred_at: DateTime<Utc>,
     aggregate_id: Uuid,
@@ -69,11 +76,13 @@ impl Envelope {
             version: body.version,
             position,
             occurred_at: body.occurred_at,
+            tenant_id: body.tenant_id.clone(),
             event: Event::from_parts(&body.event_type, body.payload.get())?,
         };
         let origin = Origin {
             tenant_id: body.tenant_id,
             correlation_id: body.correlation_id,
+            actor_id: body.actor_id,
         };
         Ok((envelope, origin))
     }
@@ -85,6 +94,7 @@ impl Envelope {
             version: scanned.version,
             position: scanned.checkpoint.position,
             occurred_at: scanned.occurred_at,
+            tenant_id: scanned.tenant_id.to_owned(),
             event: Event::from_parts(scanned.event_type, scanned.payload)?,
         })
     }
@@ -97,6 +107,7 @@ impl Envelope {
             position: recorded.position,
             occurred_at: recorded.occurred_at,
             event: Event::from_parts(&recorded.event_type, recorded.payload.get())?,
+            tenant_id: recorded.tenant_id,
         })
     }
 }

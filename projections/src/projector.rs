@@ -215,8 +215,12 @@ async fn try_apply(
     // rebuild's swap waits for this transaction under its lock). The projectors' row writes
     // rest on the same reasoning. Plain updates and inserts cost PostgreSQL less than an
     // upsert.
+    let tenants: HashMap<Uuid, &str> = to_apply
+        .iter()
+        .map(|e| (e.stream_id, e.tenant_id.as_str()))
+        .collect();
     let (mut continued_ids, mut continued_versions) = (Vec::new(), Vec::new());
-    let (mut new_ids, mut new_versions) = (Vec::new(), Vec::new());
+    let (mut new_ids, mut new_versions, mut new_tenants) = (Vec::new(), Vec::new(), Vec::new());
     for &(id, version) in &streams {
         if applied.contains_key(&id) {
             continued_ids.push(id);
@@ -224,6 +228,7 @@ async fn try_apply(
         } else {
             new_ids.push(id);
             new_versions.push(version);
+            new_tenants.push(tenants[&id]);
         }
     }
     let continued = continued_ids.len();
@@ -234,8 +239,8 @@ async fn try_apply(
               where s.projection = $1 and s.stream_id = c.stream_id
              returning 1
          ), new as (
-             insert into stream_versions (projection, stream_id, version)
-             select $1, * from unnest($4::uuid[], $5::bigint[])
+             insert into stream_versions (projection, stream_id, version, tenant_id)
+             select $1, * from unnest($4::uuid[], $5::bigint[], $6::text[])
          )
          select count(*) from continued",
     )
@@ -244,6 +249,7 @@ async fn try_apply(
     .bind(continued_versions)
     .bind(new_ids)
     .bind(new_versions)
+    .bind(new_tenants)
     .fetch_one(&mut *tx)
     .await?;
     all_updated(updated, continued)?;

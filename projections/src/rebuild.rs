@@ -194,20 +194,28 @@ pub async fn rebuild(
 struct Folding {
     name: &'static str,
     rows: Box<dyn InMemory>,
-    versions: ById<i64>,
+    /// Each stream's last version folded, and its tenant.
+    versions: ById<(i64, String)>,
 }
 
 /// Every projection's stream versions as one table's rows, in the order of its primary key
 /// `(stream_id, projection)`, so that the key is built over rows already in order.
-fn stream_versions(folded: Vec<(&'static str, ById<i64>)>) -> CopyRows {
-    let mut versions: Vec<(Uuid, &str, i64)> = folded
+fn stream_versions(folded: Vec<(&'static str, ById<(i64, String)>)>) -> CopyRows {
+    let mut versions: Vec<(Uuid, &str, i64, String)> = folded
         .into_iter()
-        .flat_map(|(name, versions)| versions.into_iter().map(move |(id, v)| (id, name, v)))
+        .flat_map(|(name, versions)| {
+            versions
+                .into_iter()
+                .map(move |(id, (v, tenant))| (id, name, v, tenant))
+        })
         .collect();
     versions.sort_unstable();
-    let mut copy = CopyRows::new("stream_versions", "stream_id, projection, version");
-    for (stream, projection, version) in &versions {
-        copy.row(&[stream, projection, version]);
+    let mut copy = CopyRows::new(
+        "stream_versions",
+        "stream_id, projection, version, tenant_id",
+    );
+    for (stream, projection, version, tenant) in &versions {
+        copy.row(&[stream, projection, version, tenant]);
     }
     copy
 }
@@ -267,9 +275,14 @@ impl ShadowBuild<'_> {
             for (envelope, receiving) in &page.envelopes {
                 for projection in folding.iter_mut().filter(|f| receiving.contains(&f.name)) {
                     projection.rows.fold(envelope);
-                    projection
-                        .versions
-                        .insert(envelope.stream_id, envelope.version);
+                    match projection.versions.entry(envelope.stream_id) {
+                        std::collections::hash_map::Entry::Occupied(mut known) => {
+                            known.get_mut().0 = envelope.version
+                        }
+                        std::collections::hash_map::Entry::Vacant(new) => {
+                            new.insert((envelope.version, envelope.tenant_id.clone()));
+                        }
+                    }
                 }
             }
         }

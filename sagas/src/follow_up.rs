@@ -49,7 +49,7 @@ pub async fn cancel_future_consultations(
     let mut cancelled = 0;
     for id in consultations {
         let id = ConsultationId::from(id);
-        let Some(consultation) = steps.consultation(id).await? else {
+        let Some(consultation) = steps.consultation(trigger, id).await? else {
             continue;
         };
         if consultation.status != Status::Scheduled || consultation.starts_at <= now {

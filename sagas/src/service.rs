@@ -89,6 +89,7 @@ impl SagaHandler {
             event_id: message.envelope.event_id,
             tenant_id: origin.tenant_id.clone(),
             correlation_id: origin.correlation_id.clone(),
+            actor_id: origin.actor_id.clone(),
         };
         let started = Instant::now();
         let result = self.steps.run(&step, &trigger).await;

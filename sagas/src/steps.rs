@@ -22,6 +22,8 @@ pub struct Trigger {
     pub event_id: Uuid,
     pub tenant_id: String,
     pub correlation_id: String,
+    /// Who started the saga; every step acts for them.
+    pub actor_id: Option<String>,
 }
 
 /// Why a step did not complete.
@@ -68,14 +70,17 @@ impl Steps {
                     .await?;
             }
             Step::HoldSlot { consultation_id } => {
-                let Some(consultation) = self.requested(*consultation_id).await? else {
+                let Some(consultation) = self.requested(trigger, *consultation_id).await? else {
                     // Failed (timed out) before its slot was asked for: hold nothing.
                     return Ok(());
                 };
                 let physician = self
                     .pipeline
                     .aggregates()
-                    .current::<Physician>(consultation.physician_id.as_uuid())
+                    .current_in::<Physician>(
+                        &trigger.tenant_id,
+                        consultation.physician_id.as_uuid(),
+                    )
                     .await
                     .map_err(CommandError::from)?;
                 let day = consultation.starts_at.date_naive();
@@ -180,7 +185,7 @@ impl Steps {
         trigger: &Trigger,
         consultation_id: ConsultationId,
     ) -> Result<(), StepError> {
-        let Some(consultation) = self.consultation(consultation_id).await? else {
+        let Some(consultation) = self.consultation(trigger, consultation_id).await? else {
             return Ok(());
         };
         let day = consultation.starts_at.date_naive();
@@ -194,21 +199,26 @@ impl Steps {
     }
 
     /// The consultation if it is still waiting to be scheduled.
-    async fn requested(&self, id: ConsultationId) -> Result<Option<ConsultationData>, StepError> {
+    async fn requested(
+        &self,
+        trigger: &Trigger,
+        id: ConsultationId,
+    ) -> Result<Option<ConsultationData>, StepError> {
         Ok(self
-            .consultation(id)
+            .consultation(trigger, id)
             .await?
             .filter(|c| c.status == Status::Requested))
     }
 
     pub(crate) async fn consultation(
         &self,
+        trigger: &Trigger,
         id: ConsultationId,
     ) -> Result<Option<ConsultationData>, StepError> {
         let loaded = self
             .pipeline
             .aggregates()
-            .current::<Consultation>(id.as_uuid())
+            .current_in::<Consultation>(&trigger.tenant_id, id.as_uuid())
             .await
             .map_err(CommandError::from)?;
         Ok(loaded.state.data().cloned())
@@ -230,6 +240,7 @@ impl Steps {
         let key = format!("saga:{}:{}:{stream}", trigger.event_id, A::KIND.as_str());
         let meta = CommandMeta {
             causation_id: Some(trigger.event_id),
+            actor_id: trigger.actor_id.clone(),
             idempotency: Some(Idempotency {
                 request_hash: key.clone(),
                 key,

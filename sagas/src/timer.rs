@@ -82,6 +82,7 @@ impl Timer {
         }
         let meta = CommandMeta {
             fires: Some(due.id),
+            actor_id: due.actor_id.clone(),
             ..CommandMeta::new(&due.tenant_id, &due.correlation_id)
         };
         let command = ConsultationCommand::FailScheduling {

@@ -33,9 +33,10 @@ pub async fn read_model(url: &str, instance: &str, size: u32) -> anyhow::Result<
 /// What HAP stores beside the events of a request without an `X-Correlation-Id`.
 pub fn metadata() -> Metadata {
     Metadata {
-        tenant_id: api::state::TENANT.into(),
+        tenant_id: api::auth::INSECURE_TENANT.into(),
         correlation_id: Uuid::now_v7().to_string(),
         causation_id: None,
+        actor_id: None,
         schema_version: 1,
     }
 }

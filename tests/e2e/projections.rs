@@ -58,6 +58,7 @@ async fn patient_history(store: &EventStore, names: &[&str]) -> Vec<RecordedEven
                 tenant_id: "default".into(),
                 correlation_id: "test".into(),
                 causation_id: None,
+                actor_id: None,
                 schema_version: 1,
             },
             deadlines: vec![],

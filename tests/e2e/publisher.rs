@@ -42,6 +42,7 @@ fn renames(stream: Uuid, after: u64, count: u64) -> Append {
             tenant_id: "default".into(),
             correlation_id: Uuid::now_v7().to_string(),
             causation_id: None,
+            actor_id: None,
             schema_version: 1,
         },
         deadlines: vec![],

@@ -637,7 +637,7 @@ async fn a_min_position_waits_until_the_projections_apply_its_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_min_position_never_applied_is_a_503_with_retry_after_after_the_wait() {
     let db = TestDb::new().await;
-    let mut settings = api::config::Settings::defaults();
+    let mut settings = hap_tests::insecure_settings();
     settings.consistency_wait_ms = 300;
     let app = TestApp::start_with(&db, settings).await;
     let (id, position) = register(&app, "DOC-1").await;
@@ -656,7 +656,7 @@ async fn a_min_position_never_applied_is_a_503_with_retry_after_after_the_wait()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_min_position_waits_only_for_the_projections_the_route_reads() {
     let db = TestDb::new().await;
-    let mut settings = api::config::Settings::defaults();
+    let mut settings = hap_tests::insecure_settings();
     settings.consistency_wait_ms = 5_000;
     let app = TestApp::start_with(&db, settings).await;
     let (_, position) = register(&app, "DOC-1").await;

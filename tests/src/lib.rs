@@ -102,8 +102,10 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// The API with authentication switched off (`--insecure-no-auth`): every request acts as
+    /// tenant `default` with every scope. The tests of authentication configure a key.
     pub async fn start(db: &TestDb) -> Self {
-        Self::start_with(db, api::config::Settings::defaults()).await
+        Self::start_with(db, insecure_settings()).await
     }
 
     pub async fn start_with(db: &TestDb, settings: api::config::Settings) -> Self {
@@ -122,7 +124,8 @@ impl TestApp {
             api::db::event_store(pool.clone(), 8),
             read.clone(),
             settings,
-        );
+        )
+        .expect("authentication is configured");
         let server = HttpServer::start(state.clone(), true, true)
             .await
             .expect("HAP serves on a free port");
@@ -354,4 +357,11 @@ pub async fn caught_up(db: &TestDb, read: &projections::ReadModel) -> bool {
     expected
         .iter()
         .all(|(key, version)| applied.get(key) == Some(version))
+}
+
+/// Settings with authentication switched off, as `--insecure-no-auth` does.
+pub fn insecure_settings() -> api::config::Settings {
+    let mut settings = api::config::Settings::defaults();
+    settings.insecure_no_auth = true;
+    settings
 }

@@ -37,6 +37,7 @@ pub fn spawn_hap(db: &TestDb, prefix: &str, roles: &str, instance: &str) -> Chil
         .env("HAP_DATABASE_URL", &db.url)
         .env("HAP_EXCHANGE_PREFIX", prefix)
         .env("HAP_INSTANCE", instance)
+        .env("HAP_INSECURE_NO_AUTH", "true")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true)

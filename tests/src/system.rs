@@ -43,7 +43,7 @@ impl System {
     pub async fn start(db: &TestDb, timeout: Duration, parts: Parts) -> Self {
         api::telemetry::metrics_handle();
         let prefix = unique_prefix();
-        let mut settings = api::config::Settings::defaults();
+        let mut settings = crate::insecure_settings();
         settings.exchange_prefix = prefix.clone();
         settings.scheduling_timeout_ms = timeout.as_millis() as u64;
         let (app, state) = TestApp::start_state(db, settings).await;

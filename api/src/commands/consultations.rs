@@ -19,6 +19,7 @@ use uuid::Uuid;
 use commands::Target;
 
 use super::{CHECKED, CommandResponse, Fields, Reply, execute};
+use crate::auth::{Authorized, ConsultationsWrite};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
 use crate::state::AppState;
@@ -59,6 +60,7 @@ pub struct CancelConsultation {
 /// Requests a consultation. Answers 202: whether the patient is active and the physician free
 /// is decided by the scheduling saga, and shows as the consultation's status.
 #[utoipa::path(post, path = "/consultations", tag = "consultations",
+    security(("bearer" = ["consultations:write"])),
     request_body = RequestConsultation,
     params(crate::openapi::CommandHeaders),
     responses(
@@ -67,6 +69,7 @@ pub struct CancelConsultation {
     ))]
 async fn request(
     State(app): State<AppState>,
+    caller: Authorized<ConsultationsWrite>,
     Command { body, context }: Command<RequestConsultation>,
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
@@ -83,10 +86,10 @@ async fn request(
     let (patient, physician) = tokio::try_join!(
         app.commands
             .aggregates()
-            .current::<Patient>(body.patient_id),
+            .current_in::<Patient>(&caller.tenant_id, body.patient_id),
         app.commands
             .aggregates()
-            .current::<Physician>(body.physician_id),
+            .current_in::<Physician>(&caller.tenant_id, body.physician_id),
     )?;
     let id = ConsultationId::new();
     let command = ConsultationCommand::Request {
@@ -104,11 +107,20 @@ async fn request(
         consultation_status: Some(Status::Requested.as_str()),
         ..Reply::created(id.as_uuid(), format!("/consultations/{id}"))
     };
-    execute::<Consultation>(&app, &context, Target::New(id.as_uuid()), command, reply).await
+    execute::<Consultation>(
+        &app,
+        &caller,
+        &context,
+        Target::New(id.as_uuid()),
+        command,
+        reply,
+    )
+    .await
 }
 
 /// Changes a scheduled consultation's reason or notes.
 #[utoipa::path(patch, path = "/consultations/{id}", tag = "consultations",
+    security(("bearer" = ["consultations:write"])),
     request_body = UpdateConsultation,
     params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
     responses(
@@ -120,6 +132,7 @@ async fn request(
     ))]
 async fn update(
     State(app): State<AppState>,
+    caller: Authorized<ConsultationsWrite>,
     PathId(id): PathId,
     Command { body, context }: Command<UpdateConsultation>,
 ) -> Result<Response, ApiError> {
@@ -135,12 +148,21 @@ async fn update(
         reason: reason.expect(CHECKED),
         notes: notes.expect(CHECKED),
     };
-    execute::<Consultation>(&app, &context, Target::Existing(id), command, Reply::ok(id)).await
+    execute::<Consultation>(
+        &app,
+        &caller,
+        &context,
+        Target::Existing(id),
+        command,
+        Reply::ok(id),
+    )
+    .await
 }
 
 /// Requests the cancellation of a scheduled consultation (the cancellation saga voids its
 /// records, then cancels it and releases the slot).
 #[utoipa::path(post, path = "/consultations/{id}/cancel", tag = "consultations",
+    security(("bearer" = ["consultations:write"])),
     request_body = CancelConsultation,
     params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
     responses(
@@ -152,6 +174,7 @@ async fn update(
     ))]
 async fn cancel(
     State(app): State<AppState>,
+    caller: Authorized<ConsultationsWrite>,
     PathId(id): PathId,
     Command { body, context }: Command<CancelConsultation>,
 ) -> Result<Response, ApiError> {
@@ -166,11 +189,20 @@ async fn cancel(
         status: StatusCode::ACCEPTED,
         ..Reply::ok(id)
     };
-    execute::<Consultation>(&app, &context, Target::Existing(id), command, reply).await
+    execute::<Consultation>(
+        &app,
+        &caller,
+        &context,
+        Target::Existing(id),
+        command,
+        reply,
+    )
+    .await
 }
 
 /// Marks a scheduled consultation as done.
 #[utoipa::path(post, path = "/consultations/{id}/complete", tag = "consultations",
+    security(("bearer" = ["consultations:write"])),
     params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
     responses(
         (status = 200, body = CommandResponse),
@@ -180,11 +212,13 @@ async fn cancel(
     ))]
 async fn complete(
     State(app): State<AppState>,
+    caller: Authorized<ConsultationsWrite>,
     PathId(id): PathId,
     Command { context, .. }: Command<Option<serde_json::Map<String, serde_json::Value>>>,
 ) -> Result<Response, ApiError> {
     execute::<Consultation>(
         &app,
+        &caller,
         &context,
         Target::Existing(id),
         ConsultationCommand::Complete,

@@ -17,9 +17,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::{ApiError, FieldError};
 use crate::extract::CommandContext;
-use crate::state::{AppState, TENANT};
+use crate::state::AppState;
 
 /// What every successful command answers.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -87,6 +88,7 @@ impl Reply {
 /// Runs a request's command against the aggregate in `target` and answers as `reply` says.
 pub async fn execute<A>(
     app: &AppState,
+    caller: &Caller,
     context: &CommandContext,
     target: Target,
     command: A::Command,
@@ -102,7 +104,8 @@ where
             request_hash: context.request_hash.clone(),
         }),
         expected: context.if_match,
-        ..CommandMeta::new(TENANT, context.correlation_id.clone())
+        actor_id: Some(caller.subject.clone()),
+        ..CommandMeta::new(&caller.tenant_id, context.correlation_id.clone())
     };
     let outcome = app
         .commands

@@ -14,6 +14,7 @@ use utoipa_axum::routes;
 use commands::Target;
 
 use super::{CHECKED, CommandResponse, Deactivate, Fields, Reply, deactivation_reason, execute};
+use crate::auth::{Authorized, PatientsWrite};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
 use crate::state::AppState;
@@ -47,7 +48,8 @@ pub struct UpdatePatient {
 }
 
 /// Registers a patient.
-#[utoipa::path(post, path = "/patients", tag = "patients", request_body = RegisterPatient,
+#[utoipa::path(post, path = "/patients", tag = "patients",
+    security(("bearer" = ["patients:write"])), request_body = RegisterPatient,
     params(crate::openapi::CommandHeaders),
     responses(
         (status = 201, description = "Registered; `Location` names the patient", body = CommandResponse),
@@ -56,6 +58,7 @@ pub struct UpdatePatient {
     ))]
 async fn register(
     State(app): State<AppState>,
+    caller: Authorized<PatientsWrite>,
     Command { body, context }: Command<RegisterPatient>,
 ) -> Result<Response, ApiError> {
     let today = Utc::now().date_naive();
@@ -80,11 +83,20 @@ async fn register(
         phone: phone.expect(CHECKED),
     };
     let reply = Reply::created(id.as_uuid(), format!("/patients/{id}"));
-    execute::<Patient>(&app, &context, Target::New(id.as_uuid()), command, reply).await
+    execute::<Patient>(
+        &app,
+        &caller,
+        &context,
+        Target::New(id.as_uuid()),
+        command,
+        reply,
+    )
+    .await
 }
 
 /// Changes a patient's name, e-mail or phone; only what changed is recorded.
-#[utoipa::path(patch, path = "/patients/{id}", tag = "patients", request_body = UpdatePatient,
+#[utoipa::path(patch, path = "/patients/{id}", tag = "patients",
+    security(("bearer" = ["patients:write"])), request_body = UpdatePatient,
     params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
     responses(
         (status = 200, body = CommandResponse),
@@ -95,6 +107,7 @@ async fn register(
     ))]
 async fn update(
     State(app): State<AppState>,
+    caller: Authorized<PatientsWrite>,
     PathId(id): PathId,
     Command { body, context }: Command<UpdatePatient>,
 ) -> Result<Response, ApiError> {
@@ -112,11 +125,20 @@ async fn update(
         email: email.expect(CHECKED),
         phone: phone.expect(CHECKED),
     };
-    execute::<Patient>(&app, &context, Target::Existing(id), command, Reply::ok(id)).await
+    execute::<Patient>(
+        &app,
+        &caller,
+        &context,
+        Target::Existing(id),
+        command,
+        Reply::ok(id),
+    )
+    .await
 }
 
 /// Deactivates a patient for good; deactivating again changes nothing.
 #[utoipa::path(post, path = "/patients/{id}/deactivate", tag = "patients",
+    security(("bearer" = ["patients:write"])),
     request_body(content = Option<Deactivate>, description = "Optional"),
     params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
     responses(
@@ -126,11 +148,20 @@ async fn update(
     ))]
 async fn deactivate(
     State(app): State<AppState>,
+    caller: Authorized<PatientsWrite>,
     PathId(id): PathId,
     Command { body, context }: Command<Option<Deactivate>>,
 ) -> Result<Response, ApiError> {
     let command = PatientCommand::Deactivate {
         reason: deactivation_reason(body)?,
     };
-    execute::<Patient>(&app, &context, Target::Existing(id), command, Reply::ok(id)).await
+    execute::<Patient>(
+        &app,
+        &caller,
+        &context,
+        Target::Existing(id),
+        command,
+        Reply::ok(id),
+    )
+    .await
 }

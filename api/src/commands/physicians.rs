@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 use commands::Target;
 
 use super::{CHECKED, CommandResponse, Deactivate, Fields, Reply, deactivation_reason, execute};
+use crate::auth::{Authorized, PhysiciansWrite};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
 use crate::state::AppState;
@@ -41,7 +42,8 @@ pub struct UpdatePhysician {
 }
 
 /// Registers a physician.
-#[utoipa::path(post, path = "/physicians", tag = "physicians", request_body = RegisterPhysician,
+#[utoipa::path(post, path = "/physicians", tag = "physicians",
+    security(("bearer" = ["physicians:write"])), request_body = RegisterPhysician,
     params(crate::openapi::CommandHeaders),
     responses(
         (status = 201, body = CommandResponse),
@@ -50,6 +52,7 @@ pub struct UpdatePhysician {
     ))]
 async fn register(
     State(app): State<AppState>,
+    caller: Authorized<PhysiciansWrite>,
     Command { body, context }: Command<RegisterPhysician>,
 ) -> Result<Response, ApiError> {
     let mut fields = Fields::default();
@@ -66,11 +69,20 @@ async fn register(
         license_number: license_number.expect(CHECKED),
     };
     let reply = Reply::created(id.as_uuid(), format!("/physicians/{id}"));
-    execute::<Physician>(&app, &context, Target::New(id.as_uuid()), command, reply).await
+    execute::<Physician>(
+        &app,
+        &caller,
+        &context,
+        Target::New(id.as_uuid()),
+        command,
+        reply,
+    )
+    .await
 }
 
 /// Changes a physician's name or specialty.
-#[utoipa::path(patch, path = "/physicians/{id}", tag = "physicians", request_body = UpdatePhysician,
+#[utoipa::path(patch, path = "/physicians/{id}", tag = "physicians",
+    security(("bearer" = ["physicians:write"])), request_body = UpdatePhysician,
     params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
     responses(
         (status = 200, body = CommandResponse),
@@ -81,6 +93,7 @@ async fn register(
     ))]
 async fn update(
     State(app): State<AppState>,
+    caller: Authorized<PhysiciansWrite>,
     PathId(id): PathId,
     Command { body, context }: Command<UpdatePhysician>,
 ) -> Result<Response, ApiError> {
@@ -96,11 +109,20 @@ async fn update(
         name: name.expect(CHECKED),
         specialty: specialty.expect(CHECKED),
     };
-    execute::<Physician>(&app, &context, Target::Existing(id), command, Reply::ok(id)).await
+    execute::<Physician>(
+        &app,
+        &caller,
+        &context,
+        Target::Existing(id),
+        command,
+        Reply::ok(id),
+    )
+    .await
 }
 
 /// Deactivates a physician for good.
 #[utoipa::path(post, path = "/physicians/{id}/deactivate", tag = "physicians",
+    security(("bearer" = ["physicians:write"])),
     request_body(content = Option<Deactivate>, description = "Optional"),
     params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
     responses(
@@ -110,11 +132,20 @@ async fn update(
     ))]
 async fn deactivate(
     State(app): State<AppState>,
+    caller: Authorized<PhysiciansWrite>,
     PathId(id): PathId,
     Command { body, context }: Command<Option<Deactivate>>,
 ) -> Result<Response, ApiError> {
     let command = PhysicianCommand::Deactivate {
         reason: deactivation_reason(body)?,
     };
-    execute::<Physician>(&app, &context, Target::Existing(id), command, Reply::ok(id)).await
+    execute::<Physician>(
+        &app,
+        &caller,
+        &context,
+        Target::Existing(id),
+        command,
+        Reply::ok(id),
+    )
+    .await
 }

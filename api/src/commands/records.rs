@@ -16,9 +16,10 @@ use utoipa_axum::routes;
 use commands::Target;
 
 use super::{CHECKED, CommandResponse, Fields, Reply, execute};
+use crate::auth::{Authorized, RecordsWrite};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId, RECORD_BODY_LIMIT};
-use crate::state::{AppState, TENANT};
+use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -43,6 +44,7 @@ fn content(body: &RecordBody) -> Result<RecordContent, ApiError> {
 
 /// Writes a clinical record for a scheduled or done consultation.
 #[utoipa::path(post, path = "/consultations/{id}/records", tag = "records",
+    security(("bearer" = ["records:write"])),
     request_body = RecordBody,
     params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
     responses(
@@ -53,6 +55,7 @@ fn content(body: &RecordBody) -> Result<RecordContent, ApiError> {
     ))]
 async fn create(
     State(app): State<AppState>,
+    caller: Authorized<RecordsWrite>,
     PathId(consultation_id): PathId,
     Command { body, context }: Command<RecordBody>,
 ) -> Result<Response, ApiError> {
@@ -60,7 +63,7 @@ async fn create(
     let consultation = app
         .commands
         .aggregates()
-        .current::<Consultation>(consultation_id)
+        .current_in::<Consultation>(&caller.tenant_id, consultation_id)
         .await?;
     let Some(facts) = consultation.state.data() else {
         return Err(ApiError::NotFound("consultation not found".into()));
@@ -78,11 +81,20 @@ async fn create(
     };
     let book = RecordBook::stream_id(ConsultationId::from(consultation_id));
     let reply = Reply::created(id.as_uuid(), format!("/records/{id}"));
-    execute::<RecordBook>(&app, &context, Target::Existing(book), command, reply).await
+    execute::<RecordBook>(
+        &app,
+        &caller,
+        &context,
+        Target::Existing(book),
+        command,
+        reply,
+    )
+    .await
 }
 
 /// Replaces a record's content, unless the record was voided.
-#[utoipa::path(patch, path = "/records/{id}", tag = "records", request_body = RecordBody,
+#[utoipa::path(patch, path = "/records/{id}", tag = "records",
+    security(("bearer" = ["records:write"])), request_body = RecordBody,
     params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
     responses(
         (status = 200, description = "`version` is the record book's", body = CommandResponse),
@@ -93,18 +105,22 @@ async fn create(
     ))]
 async fn update(
     State(app): State<AppState>,
+    caller: Authorized<RecordsWrite>,
     PathId(id): PathId,
     Command { body, context }: Command<RecordBody>,
 ) -> Result<Response, ApiError> {
     let content = content(&body)?;
     let store = app.commands.store();
-    let Some(book) = store.claim_owner(TENANT, "record", &id.to_string()).await? else {
+    let Some(book) = store
+        .claim_owner(&caller.tenant_id, "record", &id.to_string())
+        .await?
+    else {
         return Err(ApiError::NotFound("record not found".into()));
     };
     let loaded = app
         .commands
         .aggregates()
-        .current::<RecordBook>(book)
+        .current_in::<RecordBook>(&caller.tenant_id, book)
         .await?;
     let consultation_id = loaded
         .state
@@ -117,6 +133,7 @@ async fn update(
     };
     execute::<RecordBook>(
         &app,
+        &caller,
         &context,
         Target::Existing(book),
         command,

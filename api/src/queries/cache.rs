@@ -37,6 +37,8 @@ pub type Key = (&'static str, Uuid);
 pub struct Cached {
     pub body: Bytes,
     pub version: i64,
+    /// The tenant the row belongs to.
+    pub tenant_id: String,
 }
 
 #[derive(Clone)]

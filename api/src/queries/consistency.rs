@@ -5,6 +5,7 @@
 //! for: a query of physicians need not wait for a patient's update.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
@@ -77,7 +78,10 @@ impl<R: Reads> FromRequestParts<AppState> for Consistent<R> {
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
         let min_position = min_position(parts)?;
         if let Some(position) = min_position {
-            wait_for::<R>(app, position).await?;
+            // Only the caller's tenant's positions can be waited for: another tenant's is as
+            // unknown as one no event has.
+            let caller = app.auth.authenticate(&parts.headers)?;
+            wait_for::<R>(app, &caller.tenant_id, position).await?;
         }
         Ok(Self {
             min_position,
@@ -102,8 +106,16 @@ fn min_position(parts: &Parts) -> Result<Option<Position>, ApiError> {
         })
 }
 
-async fn wait_for<R: Reads>(app: &AppState, position: Position) -> Result<(), ApiError> {
-    let event = app.queries.positions.event_at(app.pool(), position).await?;
+async fn wait_for<R: Reads>(
+    app: &AppState,
+    tenant: &str,
+    position: Position,
+) -> Result<(), ApiError> {
+    let event = app
+        .queries
+        .positions
+        .event_at(app.pool(), tenant, position)
+        .await?;
     let waited: Vec<&str> = R::PROJECTIONS
         .iter()
         .copied()
@@ -129,8 +141,10 @@ async fn wait_for<R: Reads>(app: &AppState, position: Position) -> Result<(), Ap
 }
 
 /// The event at a position, as far as waiting for it goes.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Written {
+    /// The tenant whose event it is.
+    tenant_id: Arc<str>,
     /// Its stream and version.
     written: (Uuid, i64),
     /// The projections that receive it.
@@ -145,8 +159,9 @@ struct Written {
 const JUST_APPENDED: Duration = Duration::from_millis(100);
 
 impl Written {
-    fn new(event_type: &str, written: (Uuid, i64)) -> Self {
+    fn new(event_type: &str, written: (Uuid, i64), tenant_id: &str) -> Self {
         Self {
+            tenant_id: tenant_id.into(),
             written,
             receiving: projections_of_event(event_type).unwrap_or(&[]),
             appended_here: None,
@@ -181,32 +196,52 @@ impl Positions {
 
     /// Asks the event store (`store`); a position no event has is a 400. An event no
     /// projection follows needs no wait.
-    async fn event_at(&self, store: &PgPool, position: Position) -> Result<Written, ApiError> {
-        if let Some(event) = self.cache.get(&position.value()).await {
-            return Ok(event);
-        }
-        let stored: Option<(String, Uuid, i64)> =
-            sqlx::query_as("select event_type, stream_id, version from events where position = $1")
-                .bind(position.value())
-                .fetch_optional(store)
-                .await?;
-        // Not remembered: a position is unknown only until its event commits.
-        let (event_type, stream, version) = stored.ok_or_else(|| {
+    async fn event_at(
+        &self,
+        store: &PgPool,
+        tenant: &str,
+        position: Position,
+    ) -> Result<Written, ApiError> {
+        let unknown = || {
             ApiError::BadRequest(format!(
                 "X-Min-Position {position} names no event; use a position a command returned"
             ))
-        })?;
-        let event = Written::new(&event_type, (stream, version));
-        self.cache.insert(position.value(), event).await;
+        };
+        if let Some(event) = self.cache.get(&position.value()).await {
+            return if &*event.tenant_id == tenant {
+                Ok(event)
+            } else {
+                Err(unknown())
+            };
+        }
+        let stored: Option<(String, Uuid, i64, String)> = sqlx::query_as(
+            "select event_type, stream_id, version, tenant_id from events where position = $1",
+        )
+        .bind(position.value())
+        .fetch_optional(store)
+        .await?;
+        // Not remembered: a position is unknown only until its event commits.
+        let (event_type, stream, version, owner) = stored.ok_or_else(unknown)?;
+        let event = Written::new(&event_type, (stream, version), &owner);
+        self.cache.insert(position.value(), event.clone()).await;
+        if owner != tenant {
+            return Err(unknown());
+        }
         Ok(event)
     }
 
     /// Remembers the event a command of this process just appended at `position`, so that a
     /// query waiting for it need not ask the event store what it was.
-    pub async fn remember(&self, position: Position, event_type: &str, written: (Uuid, i64)) {
+    pub async fn remember(
+        &self,
+        position: Position,
+        event_type: &str,
+        written: (Uuid, i64),
+        tenant: &str,
+    ) {
         let event = Written {
             appended_here: Some(Instant::now()),
-            ..Written::new(event_type, written)
+            ..Written::new(event_type, written, tenant)
         };
         self.cache.insert(position.value(), event).await;
     }

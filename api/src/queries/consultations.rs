@@ -7,6 +7,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use domain::consultation::Status;
+use projections::{PATIENTS, PHYSICIANS};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
@@ -19,6 +20,7 @@ use super::consistency::{Consistent, Consultations, PatientConsultations, Physic
 use super::pagination::{Page, PageRequest};
 use super::single::{self, Resource};
 use super::{Items, Params, QueryHeaders, ensure_found};
+use crate::auth::{Authorized, ConsultationsRead};
 use crate::error::{ApiError, Problem};
 use crate::extract::PathId;
 use crate::state::AppState;
@@ -143,6 +145,7 @@ pub struct AgendaEntry {
 
 /// A consultation as the read model has it.
 #[utoipa::path(get, path = "/consultations/{id}", tag = "consultations",
+    security(("bearer" = ["consultations:read"])),
     params(("id" = uuid::Uuid, Path), QueryHeaders),
     responses(
         (status = 200, body = Consultation, headers(("ETag" = String, description = "The version, as `\"3\"`"))),
@@ -153,20 +156,27 @@ pub struct AgendaEntry {
     ))]
 async fn get_consultation(
     State(app): State<AppState>,
+    caller: Authorized<ConsultationsRead>,
     PathId(id): PathId,
     consistent: Consistent<Consultations>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    single::answer(&app, id, &consistent, &headers, || {
-        sqlx::query_as::<_, Consultation>(select_consultations!("where id = $1"))
-            .bind(id)
-            .fetch_optional(&app.read.pool)
+    single::answer(&app, &caller, id, &consistent, &headers, || {
+        sqlx::query_as::<_, Consultation>(select_consultations!(
+            "where id = $1
+               and exists (select 1 from stream_versions t where t.stream_id = consultations.id
+                              and t.projection = 'consultations' and t.tenant_id = $2)"
+        ))
+        .bind(id)
+        .bind(&caller.tenant_id)
+        .fetch_optional(&app.read.pool)
     })
     .await
 }
 
 /// Consultations in creation order, a page at a time.
 #[utoipa::path(get, path = "/consultations", tag = "consultations",
+    security(("bearer" = ["consultations:read"])),
     params(ConsultationFilter, QueryHeaders),
     responses(
         (status = 200, body = Page<Consultation>),
@@ -175,6 +185,7 @@ async fn get_consultation(
     ))]
 async fn list_consultations(
     State(app): State<AppState>,
+    caller: Authorized<ConsultationsRead>,
     Params(filter): Params<ConsultationFilter>,
     _consistent: Consistent<Consultations>,
 ) -> Result<Json<Page<Consultation>>, ApiError> {
@@ -186,6 +197,8 @@ async fn list_consultations(
            and ($4::timestamptz is null or starts_at >= $4)
            and ($5::timestamptz is null or starts_at < $5)
            and ($6::uuid is null or id > $6)
+           and exists (select 1 from stream_versions t where t.stream_id = consultations.id
+                              and t.projection = 'consultations' and t.tenant_id = $8)
          order by id
          limit $7"
     ))
@@ -196,6 +209,7 @@ async fn list_consultations(
     .bind(filter.to)
     .bind(page.after)
     .bind(page.fetch())
+    .bind(&caller.tenant_id)
     // Planned per call: a cached plan could not drop the filters that were not given.
     .persistent(false)
     .fetch_all(&app.read.pool)
@@ -205,6 +219,7 @@ async fn list_consultations(
 
 /// A patient's consultations, the latest `startsAt` first.
 #[utoipa::path(get, path = "/patients/{id}/consultations", tag = "patients",
+    security(("bearer" = ["consultations:read"])),
     params(("id" = uuid::Uuid, Path), QueryHeaders),
     responses(
         (status = 200, body = Items<Consultation>),
@@ -214,17 +229,12 @@ async fn list_consultations(
     ))]
 async fn patient_consultations(
     State(app): State<AppState>,
+    caller: Authorized<ConsultationsRead>,
     PathId(id): PathId,
     _consistent: Consistent<PatientConsultations>,
 ) -> Result<Json<Items<Consultation>>, ApiError> {
     let pool = &app.read.pool;
-    ensure_found(
-        pool,
-        "select exists (select 1 from patients where id = $1)",
-        "patient",
-        id,
-    )
-    .await?;
+    ensure_found(pool, PATIENTS, "patient", id, &caller.tenant_id).await?;
     let items = sqlx::query_as::<_, Consultation>(select_consultations!(
         "where patient_id = $1 order by starts_at desc, id desc"
     ))
@@ -236,6 +246,7 @@ async fn patient_consultations(
 
 /// A physician's consultations starting on one UTC day, in order.
 #[utoipa::path(get, path = "/physicians/{id}/agenda", tag = "physicians",
+    security(("bearer" = ["consultations:read"])),
     params(("id" = uuid::Uuid, Path), AgendaDay, QueryHeaders),
     responses(
         (status = 200, body = Agenda),
@@ -245,19 +256,14 @@ async fn patient_consultations(
     ))]
 async fn physician_agenda(
     State(app): State<AppState>,
+    caller: Authorized<ConsultationsRead>,
     PathId(id): PathId,
     Params(AgendaDay { date }): Params<AgendaDay>,
     _consistent: Consistent<PhysicianAgenda>,
 ) -> Result<Json<Agenda>, ApiError> {
     let (start, end) = utc_day(date)?;
     let pool = &app.read.pool;
-    ensure_found(
-        pool,
-        "select exists (select 1 from physicians where id = $1)",
-        "physician",
-        id,
-    )
-    .await?;
+    ensure_found(pool, PHYSICIANS, "physician", id, &caller.tenant_id).await?;
     let consultations = sqlx::query_as::<_, AgendaEntry>(
         "select id, starts_at, ends_at, status, patient_id, patient_name
            from consultations

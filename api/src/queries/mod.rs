@@ -108,15 +108,24 @@ impl PersonStatus {
     }
 }
 
-/// 404 unless `exists` (a `select exists (…)` of id `$1`) finds the `what` with `id`: a list
-/// that belongs to a resource is not answered for one the read model does not have.
+/// 404 unless `projection` has the `what` with `id` for `tenant`: a list that belongs to a
+/// resource is not answered for one the read model does not have, nor for another tenant's.
 pub async fn ensure_found(
     pool: &PgPool,
-    exists: &'static str,
+    projection: &'static str,
     what: &str,
     id: Uuid,
+    tenant: &str,
 ) -> Result<(), ApiError> {
-    let found: bool = sqlx::query_scalar(exists).bind(id).fetch_one(pool).await?;
+    let found: bool = sqlx::query_scalar(
+        "select exists (select 1 from stream_versions
+                         where stream_id = $1 and projection = $2 and tenant_id = $3)",
+    )
+    .bind(id)
+    .bind(projection)
+    .bind(tenant)
+    .fetch_one(pool)
+    .await?;
     if found {
         Ok(())
     } else {

@@ -15,6 +15,7 @@ use super::consistency::{Consistent, Patients};
 use super::pagination::{Page, PageRequest};
 use super::single::{self, Resource};
 use super::{Params, PersonStatus, QueryHeaders, like_prefix};
+use crate::auth::{Authorized, PatientsRead};
 use crate::error::{ApiError, Problem};
 use crate::extract::PathId;
 use crate::state::AppState;
@@ -77,6 +78,7 @@ pub struct PatientFilter {
 
 /// A patient as the read model has it.
 #[utoipa::path(get, path = "/patients/{id}", tag = "patients",
+    security(("bearer" = ["patients:read"])),
     params(("id" = uuid::Uuid, Path), QueryHeaders),
     responses(
         (status = 200, body = Patient, headers(("ETag" = String, description = "The version, as `\"3\"`"))),
@@ -87,20 +89,27 @@ pub struct PatientFilter {
     ))]
 async fn get_patient(
     State(app): State<AppState>,
+    caller: Authorized<PatientsRead>,
     PathId(id): PathId,
     consistent: Consistent<Patients>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    single::answer(&app, id, &consistent, &headers, || {
-        sqlx::query_as::<_, Patient>(select_patients!("where id = $1"))
-            .bind(id)
-            .fetch_optional(&app.read.pool)
+    single::answer(&app, &caller, id, &consistent, &headers, || {
+        sqlx::query_as::<_, Patient>(select_patients!(
+            "where id = $1
+               and exists (select 1 from stream_versions t where t.stream_id = patients.id
+                              and t.projection = 'patients' and t.tenant_id = $2)"
+        ))
+        .bind(id)
+        .bind(&caller.tenant_id)
+        .fetch_optional(&app.read.pool)
     })
     .await
 }
 
 /// Patients in creation order, a page at a time.
 #[utoipa::path(get, path = "/patients", tag = "patients",
+    security(("bearer" = ["patients:read"])),
     params(PatientFilter, QueryHeaders),
     responses(
         (status = 200, body = Page<Patient>),
@@ -109,6 +118,7 @@ async fn get_patient(
     ))]
 async fn list_patients(
     State(app): State<AppState>,
+    caller: Authorized<PatientsRead>,
     Params(filter): Params<PatientFilter>,
     _consistent: Consistent<Patients>,
 ) -> Result<Json<Page<Patient>>, ApiError> {
@@ -117,6 +127,8 @@ async fn list_patients(
         "where ($1::text is null or status = $1)
            and ($2::text is null or lower(name) like lower($2))
            and ($3::uuid is null or id > $3)
+           and exists (select 1 from stream_versions t where t.stream_id = patients.id
+                          and t.projection = 'patients' and t.tenant_id = $5)
          order by id
          limit $4"
     ))
@@ -124,6 +136,7 @@ async fn list_patients(
     .bind(filter.name.as_deref().map(like_prefix))
     .bind(page.after)
     .bind(page.fetch())
+    .bind(&caller.tenant_id)
     // Planned per call: a cached plan could not drop the filters that were not given.
     .persistent(false)
     .fetch_all(&app.read.pool)

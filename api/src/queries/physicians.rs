@@ -15,6 +15,7 @@ use super::consistency::{Consistent, Physicians};
 use super::pagination::{Page, PageRequest};
 use super::single::{self, Resource};
 use super::{Params, PersonStatus, QueryHeaders};
+use crate::auth::{Authorized, PhysiciansRead};
 use crate::error::{ApiError, Problem};
 use crate::extract::PathId;
 use crate::state::AppState;
@@ -74,6 +75,7 @@ pub struct PhysicianFilter {
 
 /// A physician as the read model has it.
 #[utoipa::path(get, path = "/physicians/{id}", tag = "physicians",
+    security(("bearer" = ["physicians:read"])),
     params(("id" = uuid::Uuid, Path), QueryHeaders),
     responses(
         (status = 200, body = Physician, headers(("ETag" = String, description = "The version, as `\"3\"`"))),
@@ -84,20 +86,27 @@ pub struct PhysicianFilter {
     ))]
 async fn get_physician(
     State(app): State<AppState>,
+    caller: Authorized<PhysiciansRead>,
     PathId(id): PathId,
     consistent: Consistent<Physicians>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    single::answer(&app, id, &consistent, &headers, || {
-        sqlx::query_as::<_, Physician>(select_physicians!("where id = $1"))
-            .bind(id)
-            .fetch_optional(&app.read.pool)
+    single::answer(&app, &caller, id, &consistent, &headers, || {
+        sqlx::query_as::<_, Physician>(select_physicians!(
+            "where id = $1
+               and exists (select 1 from stream_versions t where t.stream_id = physicians.id
+                              and t.projection = 'physicians' and t.tenant_id = $2)"
+        ))
+        .bind(id)
+        .bind(&caller.tenant_id)
+        .fetch_optional(&app.read.pool)
     })
     .await
 }
 
 /// Physicians in creation order, a page at a time.
 #[utoipa::path(get, path = "/physicians", tag = "physicians",
+    security(("bearer" = ["physicians:read"])),
     params(PhysicianFilter, QueryHeaders),
     responses(
         (status = 200, body = Page<Physician>),
@@ -106,6 +115,7 @@ async fn get_physician(
     ))]
 async fn list_physicians(
     State(app): State<AppState>,
+    caller: Authorized<PhysiciansRead>,
     Params(filter): Params<PhysicianFilter>,
     _consistent: Consistent<Physicians>,
 ) -> Result<Json<Page<Physician>>, ApiError> {
@@ -114,6 +124,8 @@ async fn list_physicians(
         "where ($1::text is null or specialty = $1)
            and ($2::text is null or status = $2)
            and ($3::uuid is null or id > $3)
+           and exists (select 1 from stream_versions t where t.stream_id = physicians.id
+                              and t.projection = 'physicians' and t.tenant_id = $5)
          order by id
          limit $4"
     ))
@@ -121,6 +133,7 @@ async fn list_physicians(
     .bind(filter.status.map(PersonStatus::as_str))
     .bind(page.after)
     .bind(page.fetch())
+    .bind(&caller.tenant_id)
     // Planned per call: a cached plan could not drop the filters that were not given.
     .persistent(false)
     .fetch_all(&app.read.pool)

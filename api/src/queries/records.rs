@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
+use projections::CONSULTATIONS;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -14,6 +15,7 @@ use uuid::Uuid;
 use super::consistency::{Consistent, ConsultationRecords, Records};
 use super::single::{self, Resource};
 use super::{Items, QueryHeaders, ensure_found};
+use crate::auth::{Authorized, RecordsRead};
 use crate::error::{ApiError, Problem};
 use crate::extract::PathId;
 use crate::state::AppState;
@@ -69,6 +71,7 @@ impl Resource for Record {
 
 /// A clinical record as the read model has it.
 #[utoipa::path(get, path = "/records/{id}", tag = "records",
+    security(("bearer" = ["records:read"])),
     params(("id" = uuid::Uuid, Path), QueryHeaders),
     responses(
         (status = 200, body = Record, headers(("ETag" = String, description = "The version, as `\"3\"`"))),
@@ -79,20 +82,28 @@ impl Resource for Record {
     ))]
 async fn get_record(
     State(app): State<AppState>,
+    caller: Authorized<RecordsRead>,
     PathId(id): PathId,
     consistent: Consistent<Records>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    single::answer(&app, id, &consistent, &headers, || {
-        sqlx::query_as::<_, Record>(select_records!("where id = $1"))
-            .bind(id)
-            .fetch_optional(&app.read.pool)
+    single::answer(&app, &caller, id, &consistent, &headers, || {
+        // A record's tenant is its consultation's.
+        sqlx::query_as::<_, Record>(select_records!(
+            "where id = $1
+               and exists (select 1 from stream_versions t where t.stream_id = records.consultation_id
+                              and t.projection = 'consultations' and t.tenant_id = $2)"
+        ))
+        .bind(id)
+        .bind(&caller.tenant_id)
+        .fetch_optional(&app.read.pool)
     })
     .await
 }
 
 /// A consultation's records, in creation order, voided ones included.
 #[utoipa::path(get, path = "/consultations/{id}/records", tag = "consultations",
+    security(("bearer" = ["records:read"])),
     params(("id" = uuid::Uuid, Path), QueryHeaders),
     responses(
         (status = 200, body = Items<Record>),
@@ -102,17 +113,12 @@ async fn get_record(
     ))]
 async fn consultation_records(
     State(app): State<AppState>,
+    caller: Authorized<RecordsRead>,
     PathId(id): PathId,
     _consistent: Consistent<ConsultationRecords>,
 ) -> Result<Json<Items<Record>>, ApiError> {
     let pool = &app.read.pool;
-    ensure_found(
-        pool,
-        "select exists (select 1 from consultations where id = $1)",
-        "consultation",
-        id,
-    )
-    .await?;
+    ensure_found(pool, CONSULTATIONS, "consultation", id, &caller.tenant_id).await?;
     let items =
         sqlx::query_as::<_, Record>(select_records!("where consultation_id = $1 order by id"))
             .bind(id)

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::cache::Cached;
 use super::consistency::Consistent;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -25,6 +26,7 @@ pub trait Resource: Serialize {
 /// position skips the cache: the freshest row is what it asked for.
 pub async fn answer<T, R, F, Fut>(
     app: &AppState,
+    caller: &Caller,
     id: Uuid,
     consistent: &Consistent<R>,
     headers: &HeaderMap,
@@ -37,18 +39,24 @@ where
 {
     let cache = &app.queries.reads;
     let key = (T::NAME, id);
+    let not_found = || ApiError::NotFound(format!("{} {id} is not in the read model", T::NAME));
     if consistent.min_position.is_none()
         && let Some(entry) = cache.get(key).await
     {
+        // A row belongs to one tenant: an entry cached for another is a resource this caller
+        // cannot see.
+        if entry.tenant_id != caller.tenant_id {
+            return Err(not_found());
+        }
         return Ok(respond(entry, headers));
     }
     let ticket = cache.ticket(&app.read.progress).await;
-    let row = load()
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("{} {id} is not in the read model", T::NAME)))?;
+    // `load` finds only the caller's tenant's row.
+    let row = load().await?.ok_or_else(not_found)?;
     let entry = Cached {
         body: serde_json::to_vec(&row).map_err(ApiError::internal)?.into(),
         version: row.version(),
+        tenant_id: caller.tenant_id.clone(),
     };
     cache
         .insert(key, entry.clone(), ticket, &app.read.progress)
