@@ -1,16 +1,34 @@
 //! The OpenAPI document: routes register themselves through `utoipa_axum`, so the document
 //! cannot miss one; this module holds what they share.
 
-use utoipa::{IntoParams, OpenApi};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi};
 
 #[derive(OpenApi)]
-#[openapi(info(
-    title = "HAP",
-    description = "Event-sourced clinic scheduling: patients, physicians, consultations and \
-                   clinical records. Commands answer `{id, version, position}`; errors are \
-                   `application/problem+json`."
-))]
+#[openapi(
+    info(
+        title = "HAP",
+        description = "Event-sourced clinic scheduling: patients, physicians, consultations \
+                       and clinical records. Every route but health, metrics and this document \
+                       needs `Authorization: Bearer <JWT>` whose `scope` grants the route's \
+                       scope; the token's `tenant` scopes everything. Commands answer \
+                       `{id, version, position}`; errors are `application/problem+json`."
+    ),
+    modifiers(&BearerScheme)
+)]
 pub struct ApiDoc;
+
+/// The `bearer` security scheme each route's `security(("bearer" = [scope]))` names.
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut http = Http::new(HttpAuthScheme::Bearer);
+        http.bearer_format = Some("JWT".to_owned());
+        components.add_security_scheme("bearer", SecurityScheme::Http(http));
+    }
+}
 
 /// The headers every command understands.
 #[derive(IntoParams)]

@@ -298,7 +298,8 @@ async fn a_predecessor_applied_meanwhile_by_another_transaction_is_not_applied_a
     .await
     .unwrap();
     sqlx::query(
-        "insert into stream_versions (projection, stream_id, version) values ('patients', $1, 1)",
+        "insert into stream_versions (projection, stream_id, version, tenant_id)
+         values ('patients', $1, 1, 'default')",
     )
     .bind(id)
     .execute(&mut *other)

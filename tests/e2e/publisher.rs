@@ -201,7 +201,7 @@ async fn every_event_the_api_produces_is_published_in_the_contract_format() {
     let stored: Vec<RecordedEvent> = sqlx::query_as(
         "select position, transaction_id::text::bigint as transaction_id, event_id, stream_id,
                 aggregate_type, version, event_type, payload, tenant_id, correlation_id,
-                causation_id, schema_version, occurred_at
+                causation_id, actor_id, schema_version, occurred_at
            from events order by position",
     )
     .fetch_all(&pool)
@@ -305,6 +305,10 @@ async fn every_event_the_api_produces_is_published_in_the_contract_format() {
         assert_eq!(body["tenantId"], "default");
         assert_eq!(body["correlationId"], correlation);
         assert_eq!(body["causationId"], Value::Null);
+        assert_eq!(
+            body["actorId"], "anonymous",
+            "insecure mode acts as anonymous"
+        );
         assert_eq!(body["schemaVersion"], 1);
         assert_eq!(body["payload"], payload);
     }

@@ -39,11 +39,20 @@ pub struct System {
 }
 
 impl System {
-    /// Starts a system whose scheduling deadline is `timeout`.
+    /// Starts a system whose scheduling deadline is `timeout`, with authentication off.
     pub async fn start(db: &TestDb, timeout: Duration, parts: Parts) -> Self {
+        Self::start_with(db, timeout, parts, crate::insecure_settings()).await
+    }
+
+    /// Starts a system with `settings` (their prefix and deadline replaced).
+    pub async fn start_with(
+        db: &TestDb,
+        timeout: Duration,
+        parts: Parts,
+        mut settings: api::config::Settings,
+    ) -> Self {
         api::telemetry::metrics_handle();
         let prefix = unique_prefix();
-        let mut settings = crate::insecure_settings();
         settings.exchange_prefix = prefix.clone();
         settings.scheduling_timeout_ms = timeout.as_millis() as u64;
         let (app, state) = TestApp::start_state(db, settings).await;
@@ -133,6 +142,23 @@ impl System {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits until the consultation's status is `wanted`, reading it with `token`.
+    pub async fn wait_for_status_as(&self, id: Uuid, wanted: &str, token: &str, timeout: Duration) {
+        let reached = crate::eventually(timeout, || async {
+            let response = self
+                .app
+                .request(Method::GET, &format!("/consultations/{id}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("query sent");
+            response.status() == 200
+                && response.json::<Value>().await.expect("a JSON body")["status"] == wanted
+        })
+        .await;
+        assert!(reached, "consultation {id} never became {wanted}");
     }
 
     /// The consultation once scheduling has ended, one way or the other.

@@ -1,0 +1,463 @@
+//! Nobody reads or writes clinical data anonymously, and one clinic never sees another's:
+//! every way a token can be wrong, the scope each route needs, two tenants side by side, who
+//! acted in the store and on the wire, and what the logs never say.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hap_tests::system::{Parts, System};
+use hap_tests::{TestApp, TestDb, id_of, patient};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
+const ISSUER: &str = "https://id.clinic.example";
+const AUDIENCE: &str = "hap";
+const ALL: &str = "patients:read patients:write physicians:read physicians:write \
+                   consultations:read consultations:write records:read records:write";
+
+fn settings() -> api::config::Settings {
+    let mut settings = api::config::Settings::defaults();
+    settings.auth_secret = Some(SECRET.parse().unwrap());
+    settings.auth_issuer = Some(ISSUER.into());
+    settings.auth_audience = Some(AUDIENCE.into());
+    settings
+}
+
+/// A token signed with `secret`, carrying `claims`.
+fn signed(secret: &str, claims: Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn claims(tenant: &str, scope: &str) -> Value {
+    json!({"sub": format!("user@{tenant}"), "tenant": tenant, "scope": scope,
+           "iss": ISSUER, "aud": AUDIENCE,
+           "exp": jsonwebtoken::get_current_timestamp() + 600})
+}
+
+/// A valid token for `tenant` with `scope`, as `hap token` makes it.
+fn token(tenant: &str, scope: &str) -> String {
+    let request = api::auth::TokenRequest {
+        tenant: tenant.into(),
+        subject: format!("user@{tenant}"),
+        scope: scope.into(),
+        ttl: Duration::from_secs(600),
+    };
+    api::auth::mint(&settings(), &request).unwrap()
+}
+
+async fn send(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut request = app.request(method, path).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_a_token_can_be_wrong_is_a_401_with_a_bearer_challenge() {
+    let db = TestDb::new().await;
+    let app = TestApp::start_with(&db, settings()).await;
+    let expired = {
+        let mut c = claims("a", ALL);
+        c["exp"] = json!(jsonwebtoken::get_current_timestamp() - 600);
+        signed(SECRET, c)
+    };
+    let unsigned = {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(claims("a", ALL).to_string());
+        format!("{header}.{payload}.")
+    };
+    let wrong_issuer = {
+        let mut c = claims("a", ALL);
+        c["iss"] = json!("https://elsewhere.example");
+        signed(SECRET, c)
+    };
+    let wrong_audience = {
+        let mut c = claims("a", ALL);
+        c["aud"] = json!("another-service");
+        signed(SECRET, c)
+    };
+    let no_tenant = {
+        let mut c = claims("a", ALL);
+        c.as_object_mut().unwrap().remove("tenant");
+        signed(SECRET, c)
+    };
+    let cases = [
+        ("no token", None),
+        ("not bearer", Some("Basic dXNlcjpwYXNz".to_owned())),
+        ("malformed", Some("Bearer not.a.token".to_owned())),
+        ("expired", Some(format!("Bearer {expired}"))),
+        (
+            "bad signature",
+            Some(format!(
+                "Bearer {}",
+                signed(
+                    "another-secret-that-is-long-enough-0123456789",
+                    claims("a", ALL)
+                )
+            )),
+        ),
+        ("wrong issuer", Some(format!("Bearer {wrong_issuer}"))),
+        ("wrong audience", Some(format!("Bearer {wrong_audience}"))),
+        ("alg none", Some(format!("Bearer {unsigned}"))),
+        ("no tenant", Some(format!("Bearer {no_tenant}"))),
+    ];
+    for (case, authorization) in cases {
+        let mut request = app
+            .request(Method::POST, "/patients")
+            .json(&patient("DOC-1"));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{case}");
+        let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+        assert!(challenge.starts_with("Bearer"), "{case}: {challenge}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{case}"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["status"], 401, "{case}");
+    }
+    assert_eq!(app.event_count().await, 0, "nothing was appended");
+    // Health, metrics and the OpenAPI document stay open.
+    for path in ["/health/live", "/metrics", "/openapi.json"] {
+        let response = app.request(Method::GET, path).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_scope_family_guards_its_routes_with_a_403() {
+    let db = TestDb::new().await;
+    let app = TestApp::start_with(&db, settings()).await;
+    let id = Uuid::now_v7();
+    // (method, path, body, the scope it needs)
+    let routes = [
+        (
+            Method::POST,
+            "/patients".to_owned(),
+            Some(patient("DOC-1")),
+            "patients:write",
+        ),
+        (
+            Method::GET,
+            format!("/patients/{id}"),
+            None,
+            "patients:read",
+        ),
+        (
+            Method::POST,
+            "/physicians".to_owned(),
+            Some(json!({"name": "Dr. Rui", "specialty": "cardiology", "licenseNumber": "C-1"})),
+            "physicians:write",
+        ),
+        (
+            Method::GET,
+            "/physicians".to_owned(),
+            None,
+            "physicians:read",
+        ),
+        (
+            Method::POST,
+            format!("/consultations/{id}/cancel"),
+            Some(json!({"reason": "x"})),
+            "consultations:write",
+        ),
+        (
+            Method::GET,
+            format!("/consultations/{id}"),
+            None,
+            "consultations:read",
+        ),
+        (
+            Method::POST,
+            format!("/consultations/{id}/records"),
+            Some(json!({"content": "x"})),
+            "records:write",
+        ),
+        (Method::GET, format!("/records/{id}"), None, "records:read"),
+        (
+            Method::GET,
+            format!("/consultations/{id}/records"),
+            None,
+            "records:read",
+        ),
+    ];
+    for (method, path, body, scope) in routes {
+        let others: Vec<&str> = ALL.split_whitespace().filter(|s| *s != scope).collect();
+        let without = token("a", &others.join(" "));
+        let response = send(&app, method.clone(), &path, &without, body.clone()).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::FORBIDDEN,
+            "{method} {path} without {scope}"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert!(problem["detail"].as_str().unwrap().contains(scope));
+        let with = token("a", scope);
+        let response = send(&app, method.clone(), &path, &with, body).await;
+        assert_ne!(
+            response.status(),
+            StatusCode::FORBIDDEN,
+            "{method} {path} with {scope}"
+        );
+        assert_ne!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} with {scope}"
+        );
+    }
+    // The document names the scheme and each route's scope.
+    let openapi: Value = app
+        .request(Method::GET, "/openapi.json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        openapi["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(
+        openapi["paths"]["/records/{id}"]["get"]["security"][0]["bearer"][0],
+        "records:read"
+    );
+    for (path, operations) in openapi["paths"].as_object().unwrap() {
+        if path.starts_with("/health") || path == "/metrics" {
+            continue;
+        }
+        for (method, operation) in operations.as_object().unwrap() {
+            assert!(
+                operation["security"][0]["bearer"][0].is_string(),
+                "{method} {path} names its scope"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clinics_share_a_deployment_and_never_see_each_other() {
+    let db = TestDb::new().await;
+    let system = System::start_with(&db, Duration::from_secs(600), Parts::ALL, settings()).await;
+    let app = &system.app;
+    let (a, b) = (token("clinic-a", ALL), token("clinic-b", ALL));
+
+    // The same document number in both clinics.
+    let mut patients = vec![];
+    for t in [&a, &b] {
+        let response = send(app, Method::POST, "/patients", t, Some(patient("DOC-SAME"))).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        patients.push(id_of(response).await);
+    }
+    let physician = json!({"name": "Dr. Rui", "specialty": "cardiology", "licenseNumber": "C-1"});
+    let response = send(app, Method::POST, "/physicians", &a, Some(physician)).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let physician_a = id_of(response).await;
+
+    // Clinic b cannot book clinic a's physician: it does not exist for b.
+    let at = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let response = send(
+        app,
+        Method::POST,
+        "/consultations",
+        &b,
+        Some(json!({"patientId": patients[1], "physicianId": physician_a, "startsAt": at})),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Clinic a schedules one and writes a record; its saga stays in clinic a.
+    let response = send(
+        app,
+        Method::POST,
+        "/consultations",
+        &a,
+        Some(json!({"patientId": patients[0], "physicianId": physician_a, "startsAt": at})),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let consultation = id_of(response).await;
+    let scheduled = hap_tests::eventually(Duration::from_secs(30), || async {
+        let response = send(
+            app,
+            Method::GET,
+            &format!("/consultations/{consultation}"),
+            &a,
+            None,
+        )
+        .await;
+        response.status() == 200 && response.json::<Value>().await.unwrap()["status"] == "scheduled"
+    })
+    .await;
+    assert!(scheduled);
+    let response = send(
+        app,
+        Method::POST,
+        &format!("/consultations/{consultation}/records"),
+        &a,
+        Some(json!({"content": "blood pressure 12/8"})),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let record = id_of(response).await;
+    let tenants: Vec<String> =
+        sqlx::query_scalar("select distinct tenant_id from events where stream_id <> $1")
+            .bind(patients[1])
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(tenants, ["clinic-a"], "every saga step stayed in clinic a");
+
+    // Each id of clinic a is unknown to clinic b, for reads and writes alike.
+    let readable = hap_tests::eventually(Duration::from_secs(10), || async {
+        send(app, Method::GET, &format!("/records/{record}"), &a, None)
+            .await
+            .status()
+            == 200
+    })
+    .await;
+    assert!(readable);
+    for path in [
+        format!("/patients/{}", patients[0]),
+        format!("/physicians/{physician_a}"),
+        format!("/consultations/{consultation}"),
+        format!("/consultations/{consultation}/records"),
+        format!("/records/{record}"),
+        format!("/patients/{}/consultations", patients[0]),
+    ] {
+        let response = send(app, Method::GET, &path, &b, None).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::NOT_FOUND,
+            "GET {path} as clinic b"
+        );
+        let response = send(app, Method::GET, &path, &a, None).await;
+        assert_eq!(response.status(), StatusCode::OK, "GET {path} as clinic a");
+    }
+    let response = send(
+        app,
+        Method::PATCH,
+        &format!("/patients/{}", patients[0]),
+        &b,
+        Some(json!({"name": "Someone Else"})),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    // Lists show only the caller's own.
+    for (t, own) in [(&a, patients[0]), (&b, patients[1])] {
+        let listed = hap_tests::eventually(Duration::from_secs(10), || async {
+            let page: Value = send(app, Method::GET, "/patients", t, None)
+                .await
+                .json()
+                .await
+                .unwrap();
+            let ids: Vec<&str> = page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["id"].as_str().unwrap())
+                .collect();
+            ids == [own.to_string().as_str()]
+        })
+        .await;
+        assert!(listed, "each clinic lists its own patient only");
+    }
+    let page: Value = send(app, Method::GET, "/consultations", &b, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["items"], json!([]));
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_acted_is_stored_with_every_event_and_sent_as_actor_id() {
+    let db = TestDb::new().await;
+    let system = System::start_with(&db, Duration::from_secs(600), Parts::ALL, settings()).await;
+    let capture = hap_tests::broker::Capture::start(&system.prefix).await;
+    let a = token("clinic-a", ALL);
+    let response = send(
+        &system.app,
+        Method::POST,
+        "/patients",
+        &a,
+        Some(patient("DOC-1")),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let physician = json!({"name": "Dr. Rui", "specialty": "cardiology", "licenseNumber": "C-1"});
+    let physician = id_of(
+        send(
+            &system.app,
+            Method::POST,
+            "/physicians",
+            &a,
+            Some(physician),
+        )
+        .await,
+    )
+    .await;
+    let patient_id = sqlx::query_scalar::<_, Uuid>("select stream_id from events limit 1")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let at = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let response = send(
+        &system.app,
+        Method::POST,
+        "/consultations",
+        &a,
+        Some(json!({"patientId": patient_id, "physicianId": physician, "startsAt": at})),
+    )
+    .await;
+    let consultation = id_of(response).await;
+    system
+        .wait_for_status_as(consultation, "scheduled", &a, Duration::from_secs(30))
+        .await;
+
+    let actors: Vec<(String, Option<String>)> =
+        sqlx::query_as("select event_type, actor_id from events order by position")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert!(actors.len() >= 6, "{actors:?}");
+    for (event_type, actor) in &actors {
+        assert_eq!(
+            actor.as_deref(),
+            Some("user@clinic-a"),
+            "{event_type}: saga steps too"
+        );
+    }
+    let messages = capture
+        .wait_until(Duration::from_secs(10), |m| m.len() >= actors.len())
+        .await;
+    for message in &messages {
+        let body = hap_tests::broker::body(message);
+        assert_eq!(body["actorId"], "user@clinic-a", "{body}");
+        assert_eq!(body["tenantId"], "clinic-a");
+    }
+    capture.clean_up().await;
+    system.stop().await;
+}
