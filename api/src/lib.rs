@@ -91,7 +91,8 @@ pub fn router(app: AppState, commands: bool, queries: bool) -> Router {
                         tracing::info_span!(
                             "request",
                             method = %request.method(),
-                            uri = %request.uri(),
+                            // The path only: a query string can carry a patient's name.
+                            path = %request.uri().path(),
                             correlation_id,
                         )
                     }),

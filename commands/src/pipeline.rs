@@ -119,8 +119,9 @@ pub enum CommandError {
         expected: StreamVersion,
         current: StreamVersion,
     },
-    /// A value that must be unique belongs to another aggregate.
-    #[error("{kind} {value:?} is already taken")]
+    /// A value that must be unique belongs to another aggregate. (Not the value itself in the
+    /// message: it is personal data, and messages end up in logs.)
+    #[error("a {kind} is already taken")]
     ClaimTaken { kind: String, value: String },
     /// The idempotency key was used with a different request.
     #[error("the idempotency key was used with a different request")]

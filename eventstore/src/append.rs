@@ -88,8 +88,9 @@ pub enum AppendError {
         stream: Uuid,
         expected: StreamVersion,
     },
-    /// A claimed value belongs to another stream already; nothing was appended.
-    #[error("{kind} {value:?} is already taken")]
+    /// A claimed value belongs to another stream already; nothing was appended. (The value,
+    /// personal data, is not in the message: messages end up in logs.)
+    #[error("a {kind} is already taken")]
     ClaimTaken { kind: String, value: String },
     /// The idempotency key was used by a request that committed first; nothing was appended.
     #[error("idempotency key already used")]
@@ -398,7 +399,8 @@ impl EventStore {
     }
 
     /// The stream that holds a claimed value, if any.
-    #[tracing::instrument(skip(self), err)]
+    // The value is a document or license number: personal data stays out of the logs.
+    #[tracing::instrument(skip(self, value), err)]
     pub async fn claim_owner(
         &self,
         tenant_id: &str,

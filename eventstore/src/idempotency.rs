@@ -14,7 +14,7 @@ pub struct StoredResponse {
 }
 
 impl EventStore {
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self, key), err)]
     pub async fn remembered_response(
         &self,
         tenant_id: &str,

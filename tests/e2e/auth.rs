@@ -461,3 +461,198 @@ async fn who_acted_is_stored_with_every_event_and_sent_as_actor_id() {
     capture.clean_up().await;
     system.stop().await;
 }
+
+/// `hap serve` as a user starts it, logging at `rust_log` into a file; its address.
+struct Served {
+    child: tokio::process::Child,
+    base: String,
+    log: std::path::PathBuf,
+}
+
+async fn serve(db: &TestDb, prefix: &str, env: &[(&str, &str)], rust_log: &str) -> Served {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::env::temp_dir().join(format!("hap-auth-{}.log", Uuid::now_v7()));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut command = tokio::process::Command::new(hap_tests::process::hap_binary());
+    command
+        .args(["serve", "--http-addr", &format!("127.0.0.1:{port}")])
+        .env("HAP_DATABASE_URL", &db.url)
+        .env("HAP_EXCHANGE_PREFIX", prefix)
+        .env("HAP_INSTANCE", "logs")
+        .env("RUST_LOG", rust_log)
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let child = command.spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let up = hap_tests::eventually(Duration::from_secs(30), || async {
+        reqwest::get(format!("{base}/health/live")).await.is_ok()
+    })
+    .await;
+    assert!(up, "hap serve answers");
+    Served { child, base, log }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_hap_serve_refuses_to_start_unless_told_it_is_insecure() {
+    let db = TestDb::new().await;
+    let output = tokio::process::Command::new(hap_tests::process::hap_binary())
+        .args(["serve", "--http-addr", "127.0.0.1:0"])
+        .env("HAP_DATABASE_URL", &db.url)
+        .env_remove("HAP_AUTH_SECRET")
+        .env_remove("HAP_AUTH_PUBLIC_KEY_FILE")
+        .env_remove("HAP_INSECURE_NO_AUTH")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("HAP_AUTH_SECRET"), "{stderr}");
+
+    let prefix = hap_tests::broker::unique_prefix();
+    let mut served = serve(&db, &prefix, &[("HAP_INSECURE_NO_AUTH", "true")], "warn").await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/patients", served.base))
+        .json(&patient("DOC-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "anonymous, on purpose"
+    );
+    served.child.start_kill().unwrap();
+    served.child.wait().await.unwrap();
+    let log = std::fs::read_to_string(&served.log).unwrap();
+    assert!(log.contains("authentication is OFF"), "{log}");
+    std::fs::remove_file(&served.log).ok();
+    hap_tests::system::delete_saga_queues(&prefix).await;
+    hap_tests::broker::delete_instance_queues(&prefix, "logs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hap_token_mints_what_hap_serve_accepts_and_debug_logs_hold_no_personal_data() {
+    let db = TestDb::new().await;
+    let prefix = hap_tests::broker::unique_prefix();
+    let env = [
+        ("HAP_AUTH_SECRET", SECRET),
+        ("HAP_SCHEDULING_TIMEOUT_MS", "600000"),
+    ];
+    let mut served = serve(&db, &prefix, &env, "debug").await;
+    let token = tokio::process::Command::new(hap_tests::process::hap_binary())
+        .args([
+            "token", "--tenant", "clinic-a", "--sub", "dr-who", "--scope", ALL, "--ttl", "10m",
+        ])
+        .env("HAP_AUTH_SECRET", SECRET)
+        .output()
+        .await
+        .unwrap();
+    assert!(token.status.success());
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let client = reqwest::Client::new();
+    let call = |method: Method, path: &str, body: Option<Value>| {
+        let mut request = client
+            .request(method, format!("{}{path}", served.base))
+            .bearer_auth(&token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move { request.send().await.unwrap() }
+    };
+
+    // Personal data, as distinctive as can be so that any trace of it is found.
+    let (name, document, email, phone, content) = (
+        "Zuleika Quintanilha",
+        "DOC-PHI-97315",
+        "zuleika.q@example.org",
+        "+55 11 97777-3151",
+        "diagnosis-xylophone-7731",
+    );
+    let response = call(
+        Method::POST,
+        "/patients",
+        Some(
+            json!({"name": name, "birthDate": "1980-02-03", "documentNumber": document,
+                    "email": email, "phone": phone}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "hap token's token is accepted"
+    );
+    let patient_id = id_of(response).await;
+    // Error paths too: a duplicate document, an invalid e-mail, a name search.
+    let duplicate = call(
+        Method::POST,
+        "/patients",
+        Some(json!({"name": name, "birthDate": "1980-02-03", "documentNumber": document})),
+    )
+    .await;
+    assert_eq!(duplicate.status(), StatusCode::CONFLICT);
+    let invalid = call(
+        Method::PATCH,
+        &format!("/patients/{patient_id}"),
+        Some(json!({"email": format!("{name} not an email")})),
+    )
+    .await;
+    assert_eq!(invalid.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    call(Method::GET, &format!("/patients?name={}", &name[..7]), None).await;
+    let physician = call(
+        Method::POST,
+        "/physicians",
+        Some(json!({"name": "Dr. Rui", "specialty": "cardiology", "licenseNumber": "C-1"})),
+    )
+    .await;
+    let physician = id_of(physician).await;
+    let at = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let consultation = call(
+        Method::POST,
+        "/consultations",
+        Some(json!({"patientId": patient_id, "physicianId": physician, "startsAt": at})),
+    )
+    .await;
+    let consultation = id_of(consultation).await;
+    let scheduled = hap_tests::eventually(Duration::from_secs(30), || async {
+        let response = call(Method::GET, &format!("/consultations/{consultation}"), None).await;
+        response.status() == 200 && response.json::<Value>().await.unwrap()["status"] == "scheduled"
+    })
+    .await;
+    assert!(scheduled, "the sagas run in hap serve");
+    let record = call(
+        Method::POST,
+        &format!("/consultations/{consultation}/records"),
+        Some(json!({"content": content})),
+    )
+    .await;
+    assert_eq!(record.status(), StatusCode::CREATED);
+    let record = id_of(record).await;
+    let read = hap_tests::eventually(Duration::from_secs(10), || async {
+        call(Method::GET, &format!("/records/{record}"), None)
+            .await
+            .status()
+            == 200
+    })
+    .await;
+    assert!(read);
+
+    served.child.start_kill().unwrap();
+    served.child.wait().await.unwrap();
+    let log = std::fs::read_to_string(&served.log).unwrap();
+    std::fs::remove_file(&served.log).ok();
+    assert!(log.lines().count() > 100, "debug logging was on");
+    for secret in [name, &name[..7], document, email, phone, content] {
+        assert!(!log.contains(secret), "the log holds {secret:?}");
+    }
+    hap_tests::system::delete_saga_queues(&prefix).await;
+    hap_tests::broker::delete_instance_queues(&prefix, "logs").await;
+}
