@@ -15,6 +15,33 @@ fi
 # Through bash, so that a checkout that lost the executable bits still works.
 bash scripts/services.sh
 
+# Tokens are verified with HAP_AUTH_SECRET (or an identity provider's public key). With
+# neither, and authentication not switched off, this checkout gets a random secret of its
+# own in .hap/secret (ignored by git, readable by its owner only), so that the quick start
+# needs nothing more.
+if [ -z "${HAP_AUTH_SECRET:-}" ] && [ -z "${HAP_AUTH_PUBLIC_KEY_FILE:-}" ] \
+	&& [ "${HAP_INSECURE_NO_AUTH:-false}" != "true" ]; then
+	mkdir -p .hap
+	if [ ! -s .hap/secret ]; then
+		(umask 077 && head -c 48 /dev/urandom | base64 | tr -d '\n/+=' > .hap/secret)
+	fi
+	HAP_AUTH_SECRET="$(cat .hap/secret)"
+	export HAP_AUTH_SECRET
+fi
+
+# --locked: run exactly the committed Cargo.lock.
+cargo build --release --locked --bin hap
+
+# A token with every scope for the README's tour, valid for 12 hours.
+if [ -n "${HAP_AUTH_SECRET:-}" ]; then
+	mkdir -p .hap
+	scopes="patients:read patients:write physicians:read physicians:write"
+	scopes="$scopes consultations:read consultations:write records:read records:write"
+	(umask 077 && cargo run --quiet --release --locked --bin hap -- token \
+		--tenant default --sub "$(id -un)" --scope "$scopes" --ttl 12h > .hap/token)
+	echo "==> a token for the tour is in .hap/token: export TOKEN=\$(cat .hap/token)"
+fi
+
 # exec: the server replaces this shell, so Ctrl-C and signals from a process
-# supervisor reach it directly. --locked: run exactly the committed Cargo.lock.
+# supervisor reach it directly.
 exec cargo run --release --locked --bin hap -- serve "$@"
