@@ -2,9 +2,10 @@
 //! way to record the same row.
 //!
 //! - **HAP run**: the real router in-process, driven over HTTP/1.1 keep-alive with
-//!   `POST /patients`: extraction, validation, loading the new patient's stream (a cache miss,
-//!   so one read that finds nothing), the one-statement append (event and document-number
-//!   claim), metrics, response.
+//!   `POST /patients`: verifying the client's bearer token (each client has its own, HS256, as
+//!   `hap token` makes them; `--no-auth` runs without), extraction, validation, loading the
+//!   new patient's stream (a cache miss, so one read that finds nothing), the one-statement
+//!   append (event and document-number claim), metrics, response.
 //! - **Raw run**: one-row autocommit inserts of the same event into a table shaped exactly like
 //!   `events`, from a pool with one connection per client.
 //!
@@ -55,6 +56,10 @@ pub struct Args {
     /// Connections in HAP's own pool (what `HAP_DB_POOL_SIZE` sets in production).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pool_size: u32,
+
+    /// Run HAP with authentication off (`--insecure-no-auth`) instead of a token per client.
+    #[arg(long)]
+    no_auth: bool,
 }
 
 impl Args {
@@ -103,7 +108,12 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
     require_success("raw run", &raw)?;
 
     let mut table = Table::runs();
-    table.run_row("HAP", args.clients(), args.pool_size, &hap);
+    let hap_row = if args.no_auth {
+        "HAP (no auth)"
+    } else {
+        "HAP (tokens)"
+    };
+    table.run_row(hap_row, args.clients(), args.pool_size, &hap);
     table.run_row("raw", args.clients(), args.clients, &raw);
     println!("hap-bench append · {facts}");
     println!(
@@ -200,8 +210,15 @@ async fn hap_run(
     pool: PgPool,
 ) -> anyhow::Result<(Outcome, PoolUsage)> {
     let mut settings = Settings::defaults();
-    // The benchmarks measure the data path; `append --auth` measures it with tokens.
-    settings.insecure_no_auth = true;
+    if args.no_auth {
+        settings.insecure_no_auth = true;
+    } else {
+        settings.auth_secret = Some(
+            "hap-bench-secret-long-enough-for-hs256-0123456789"
+                .parse()
+                .map_err(anyhow::Error::msg)?,
+        );
+    }
     settings.database_url = database.url().to_owned();
     settings.db_pool_size = args.pool_size;
     // The command routes never read the read model; handing them the store's pool keeps this
@@ -209,6 +226,22 @@ async fn hap_run(
     let read = projections::ReadModel::new(pool.clone());
     // The event store as `hap serve` configures it, group commit included.
     let store = api::db::event_store(pool.clone(), args.pool_size);
+    // One token per client, as `hap token` signs them.
+    let tokens: Arc<Vec<Option<String>>> = Arc::new(
+        (0..args.clients())
+            .map(|client| {
+                let request = api::auth::TokenRequest {
+                    tenant: "bench".into(),
+                    subject: format!("client-{client}"),
+                    scope: "patients:write".into(),
+                    ttl: Duration::from_secs(3600),
+                };
+                (!args.no_auth)
+                    .then(|| api::auth::mint(&settings, &request))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?,
+    );
     let app = api::AppState::new(store, read, settings)?;
 
     let server = HttpServer::start(app, true, false).await?;
@@ -229,9 +262,11 @@ async fn hap_run(
     let outcome = closed_loop(args.clients(), timeline, move |client_id, n| {
         let client = client.clone();
         let url = Arc::clone(&url);
+        let tokens = Arc::clone(&tokens);
         async move {
             let body = BenchPatient::new(client_id, n).request();
-            system::post_patient(&client, &url, &body).await?;
+            let token = tokens[client_id].as_deref();
+            system::post_patient(&client, &url, token, &body).await?;
             Ok(())
         }
     })

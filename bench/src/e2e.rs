@@ -318,7 +318,8 @@ async fn pair(
     n: u64,
 ) -> anyhow::Result<(Duration, Duration)> {
     let sent = Instant::now();
-    let body = system::post_patient(client, &format!("{base}/patients"), &registration(n)).await?;
+    let body =
+        system::post_patient(client, &format!("{base}/patients"), None, &registration(n)).await?;
     let created: Value =
         serde_json::from_slice(&body).context("POST /patients answered something not JSON")?;
     let (Some(id), Some(position)) = (created["id"].as_str(), created["position"].as_str()) else {

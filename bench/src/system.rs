@@ -164,14 +164,14 @@ pub fn now_micros() -> DateTime<Utc> {
 pub async fn post_patient(
     client: &reqwest::Client,
     url: &str,
+    token: Option<&str>,
     body: &serde_json::Value,
 ) -> anyhow::Result<axum::body::Bytes> {
-    let response = client
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .context("POST /patients failed")?;
+    let mut request = client.post(url).json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.context("POST /patients failed")?;
     let status = response.status();
     let bytes = response
         .bytes()
