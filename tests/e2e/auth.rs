@@ -242,6 +242,24 @@ async fn each_scope_family_guards_its_routes_with_a_403() {
         openapi["paths"]["/records/{id}"]["get"]["security"][0]["bearer"][0],
         "records:read"
     );
+    // The schemas carry the rules the handlers enforce, so generated clients send valid data.
+    let schemas = &openapi["components"]["schemas"];
+    assert_eq!(
+        schemas["RegisterPatient"]["properties"]["name"]["maxLength"],
+        200
+    );
+    assert_eq!(
+        schemas["RegisterPatient"]["properties"]["documentNumber"]["maxLength"],
+        40
+    );
+    assert_eq!(
+        schemas["RequestConsultation"]["properties"]["durationMinutes"]["minimum"],
+        5
+    );
+    assert_eq!(
+        schemas["RecordBody"]["properties"]["content"]["maxLength"],
+        20000
+    );
     for (path, operations) in openapi["paths"].as_object().unwrap() {
         if path.starts_with("/health") || path == "/metrics" {
             continue;

@@ -40,20 +40,25 @@ pub struct RequestConsultation {
     /// In the future.
     starts_at: DateTime<Utc>,
     /// 5 to 240; 30 when absent.
+    #[schema(minimum = 5, maximum = 240)]
     duration_minutes: Option<i64>,
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
     reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateConsultation {
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
     reason: Option<String>,
+    #[schema(min_length = 1, max_length = 5000, pattern = r"\S")]
     notes: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CancelConsultation {
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
     reason: String,
 }
 

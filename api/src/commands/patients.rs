@@ -30,20 +30,43 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterPatient {
     /// 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: String,
     /// Not in the future, not before 1900.
     birth_date: NaiveDate,
     /// 1 to 40 characters, unique per tenant.
+    #[schema(min_length = 1, max_length = 40, pattern = r"\S")]
     document_number: String,
+    #[schema(
+        min_length = 3,
+        max_length = 254,
+        pattern = r"^\s*[^@\s]+@[^@\s.][^@\s]*\.[^@\s]*[^@\s.]\s*$"
+    )]
     email: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 30,
+        pattern = r"^\s*[ +\-.()]*([0-9][ +\-.()]*){6,20}\s*$"
+    )]
     phone: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdatePatient {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: Option<String>,
+    #[schema(
+        min_length = 3,
+        max_length = 254,
+        pattern = r"^\s*[^@\s]+@[^@\s.][^@\s]*\.[^@\s]*[^@\s.]\s*$"
+    )]
     email: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 30,
+        pattern = r"^\s*[ +\-.()]*([0-9][ +\-.()]*){6,20}\s*$"
+    )]
     phone: Option<String>,
 }
 

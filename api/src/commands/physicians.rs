@@ -28,16 +28,21 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterPhysician {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: String,
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     specialty: String,
     /// Unique per tenant.
+    #[schema(min_length = 1, max_length = 40, pattern = r"\S")]
     license_number: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdatePhysician {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: Option<String>,
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     specialty: Option<String>,
 }
 
