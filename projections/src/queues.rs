@@ -180,7 +180,23 @@ pub async fn move_delivery(
     queue: &str,
     properties: BasicProperties,
 ) -> lapin::Result<bool> {
-    let confirmation = publish
+    if !publish_to_queue(publish, queue, &delivery.data, properties).await? {
+        return Ok(false);
+    }
+    delivery.ack(BasicAckOptions::default()).await?;
+    Ok(true)
+}
+
+/// Publishes `body` into `queue` through the default exchange as a mandatory message (an absent
+/// queue returns it rather than dropping it) on `channel`, in confirm mode, and waits for the
+/// broker's confirm: whether the broker stored it.
+pub async fn publish_to_queue(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> lapin::Result<bool> {
+    let confirmation = channel
         .basic_publish(
             "".into(),
             queue.into(),
@@ -188,14 +204,10 @@ pub async fn move_delivery(
                 mandatory: true,
                 ..BasicPublishOptions::default()
             },
-            &delivery.data,
+            body,
             properties,
         )
         .await?
         .await?;
-    if !matches!(confirmation, Confirmation::Ack(None)) {
-        return Ok(false);
-    }
-    delivery.ack(BasicAckOptions::default()).await?;
-    Ok(true)
+    Ok(matches!(confirmation, Confirmation::Ack(None)))
 }

@@ -1,7 +1,6 @@
 //! RabbitMQ: scratch exchange prefixes, and publishing straight into a queue with a confirm.
 
 use anyhow::{Context, bail};
-use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 
 /// `{label}{random}`: an exchange prefix no other test or run uses (12 hex digits of a v4 UUID,
@@ -22,20 +21,11 @@ pub async fn publish_to_queue(
     body: &[u8],
     properties: BasicProperties,
 ) -> anyhow::Result<()> {
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            body,
-            properties,
-        )
+    let stored = projections::queues::publish_to_queue(channel, queue, body, properties)
         .await
         .with_context(|| format!("basic.publish to {queue} failed"))?;
-    confirmed(confirm).await
+    anyhow::ensure!(stored, "{queue} did not take the message");
+    Ok(())
 }
 
 /// Waits for a publish's confirm; anything but a plain ack is an error.
