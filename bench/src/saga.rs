@@ -162,6 +162,7 @@ async fn bench(
     );
     let (scheduling, posts) = paced_run(args, &ctx).await?;
     let hops = hops(&pool).await?;
+    let inside = inside_hops(&ctx).await?;
 
     settle().await;
     eprintln!(
@@ -197,6 +198,7 @@ async fn bench(
             scheduling,
             posts,
             hops,
+            inside,
             burst,
             floor,
         },
@@ -446,6 +448,66 @@ async fn hops(pool: &PgPool) -> anyhow::Result<Vec<Hop>> {
         .collect())
 }
 
+/// Something HAP's own metrics time, on average.
+struct Timed {
+    what: String,
+    count: u64,
+    mean_ms: f64,
+}
+
+/// What HAP's metrics time inside a hop, from its `/metrics` so far: each saga step's commands
+/// (`hap_saga_step_seconds`, by step), and the broker's confirm of a published message
+/// (`hap_publisher_confirm_seconds`). The rest of a hop is the publisher's wake-up and read,
+/// the delivery and the consumer's turn. Prometheus histograms give no exact quantiles, so
+/// means.
+async fn inside_hops(ctx: &Client) -> anyhow::Result<Vec<Timed>> {
+    let response = ctx
+        .http
+        .get(format!("{}/metrics", ctx.base))
+        .send()
+        .await
+        .context("GET /metrics failed")?;
+    let text = response
+        .text()
+        .await
+        .context("Failed to read the response of GET /metrics")?;
+    let sample = |line: &str, suffix: &str| -> Option<(String, f64)> {
+        let (name, value) = line.rsplit_once(' ')?;
+        let (metric, labels) = name.split_once('{').map_or((name, ""), |(m, l)| (m, l));
+        let metric = metric.strip_suffix(suffix)?;
+        let wanted = ["hap_saga_step_seconds", "hap_publisher_confirm_seconds"];
+        if !wanted.contains(&metric) {
+            return None;
+        }
+        let labels = labels.trim_end_matches('}');
+        let what = if labels.is_empty() {
+            metric.to_owned()
+        } else {
+            format!("{metric} {labels}")
+        };
+        Some((what, value.parse().ok()?))
+    };
+    let mut timed = vec![];
+    for line in text.lines() {
+        let Some((what, sum)) = sample(line, "_sum") else {
+            continue;
+        };
+        let count = text
+            .lines()
+            .filter_map(|l| sample(l, "_count"))
+            .find(|(w, _)| *w == what)
+            .map_or(0.0, |(_, count)| count);
+        if count > 0.0 {
+            timed.push(Timed {
+                what,
+                count: count as u64,
+                mean_ms: sum / count * 1000.0,
+            });
+        }
+    }
+    Ok(timed)
+}
+
 /// The saturated phase's result.
 struct Burst {
     scheduled: Drained,
@@ -523,6 +585,7 @@ struct Figures {
     /// Paced `POST /consultations`, sent → 202, in µs.
     posts: Histogram<u64>,
     hops: Vec<Hop>,
+    inside: Vec<Timed>,
     burst: Burst,
     /// e2e's HAP run at the same rate.
     floor: Outcome,
@@ -534,6 +597,7 @@ fn report(args: &Args, facts: &Facts, figures: &Figures) {
         scheduling,
         posts,
         hops,
+        inside,
         burst,
         floor,
     } = figures;
@@ -585,6 +649,21 @@ fn report(args: &Args, facts: &Facts, figures: &Figures) {
     }
     println!();
     print!("{legs}");
+
+    let mut means = Table::new([
+        "inside the hops (HAP's metrics, to the paced phase's end)",
+        "count",
+        "mean ms",
+    ]);
+    for timed in inside {
+        means.row(vec![
+            timed.what.clone(),
+            timed.count.to_string(),
+            format!("{:.2}", timed.mean_ms),
+        ]);
+    }
+    println!();
+    print!("{means}");
 
     let mut saturated = Table::drains("consultations");
     saturated.drain_row("HAP: scheduled, saturated", &burst.scheduled);
