@@ -14,7 +14,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
-use projections::queues::{QUEUES, QueueNames};
+use projections::queues::{self, QUEUES, QueueNames};
 use tokio_util::sync::CancellationToken;
 
 /// The servers a subcommand runs against.
@@ -110,6 +110,51 @@ impl ScratchBroker {
                 self.delete_at_end(queue);
             }
         }
+    }
+
+    /// Marks the saga services' shared queues (`{prefix}.{service}.saga`, with their retry and
+    /// dead-letter queues) for deletion at the end; call before anything declares them.
+    pub fn saga_queues(&self) {
+        for service in domain::saga::SagaService::ALL {
+            let names = QueueNames::shared(&self.prefix, service.name());
+            for queue in [names.main, names.retry, names.dead_letters] {
+                self.delete_at_end(queue);
+            }
+        }
+    }
+
+    /// Declares every queue of `instance` and, with `sagas`, the saga services' queues, each
+    /// bound as HAP binds it, and marks them for deletion. HAP's consumers declare their queues
+    /// too, but only once they have connected: declared first, no early message goes unrouted.
+    pub async fn declare_queues(&self, instance: &str, sagas: bool) -> anyhow::Result<()> {
+        self.instance_queues(instance);
+        let topology = self.topology();
+        let mut declared = QUEUES
+            .iter()
+            .map(|spec| {
+                let names = QueueNames::new(&self.prefix, spec.service, instance);
+                (spec.bindings.to_vec(), names)
+            })
+            .collect::<Vec<_>>();
+        if sagas {
+            self.saga_queues();
+            declared.extend(domain::saga::SagaService::ALL.into_iter().map(|service| {
+                let names = QueueNames::shared(&self.prefix, service.name());
+                (sagas::service::bindings(service), names)
+            }));
+        }
+        let connection = self.connect("setup").await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .context("Failed to open a channel")?;
+        for (bindings, names) in &declared {
+            queues::declare_bound(&channel, &topology, bindings, names)
+                .await
+                .with_context(|| format!("Failed to declare {}", names.main))?;
+        }
+        connection.close(200, "done".into()).await.ok();
+        Ok(())
     }
 
     fn delete_at_end(&self, queue: String) {

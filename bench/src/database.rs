@@ -33,6 +33,12 @@ impl ScratchDatabase {
         self.0.create(size).await
     }
 
+    /// Another pool of `size` connections on the database [`ScratchDatabase::create`] made, as
+    /// HAP opens it: for a run after one that closed its pool.
+    pub async fn connect(&self, size: u32) -> anyhow::Result<PgPool> {
+        api::db::connect(self.url(), size, false).await
+    }
+
     /// Runs `bench` on this database and drops it afterwards, also when `bench` fails or the
     /// process is interrupted (Ctrl-C, SIGTERM). Dropping is best effort after a failure: the
     /// failure is the one error reported.

@@ -23,13 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use api::config::Settings;
 use domain::Event;
 use domain::event::PatientRegistered;
 use domain::ids::PatientId;
-use hap_support::server::HttpServer;
 use hdrhistogram::Histogram;
-use projections::queues::{self, QUEUES, QueueNames};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -40,7 +37,7 @@ use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, latency_histogram, paced, sample_pool};
 use crate::report::{Facts, Table};
-use crate::system::{self, INSTANCE, POOL_SIZE};
+use crate::system::{self, Hap, POOL_SIZE};
 
 mod pipeline;
 
@@ -96,7 +93,7 @@ async fn bench(
         WARMUP.as_secs(),
         args.seconds
     );
-    let (hap, legs) = hap_run(args, database, broker, pool).await?;
+    let (hap, legs) = hap_run(args.pace(), database, broker, pool).await?;
 
     let raw_pool = raw_pool(database).await?;
     settle().await;
@@ -182,7 +179,7 @@ async fn bench(
 
 /// Latency of each leg of HAP's successful pairs in the measured window, in µs, and how busy
 /// HAP's pools were (event store, read model).
-struct Legs {
+pub struct Legs {
     command: Histogram<u64>,
     query: Histogram<u64>,
     pools: Option<(PoolUsage, PoolUsage)>,
@@ -205,53 +202,45 @@ impl Legs {
     }
 }
 
-/// The whole system in-process, driven by paced pairs over HTTP/1.1 keep-alive.
-async fn hap_run(
-    args: &Args,
+/// How a paced run is driven; `hap-bench saga` drives [`hap_run`] at its own pace, as its floor.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Started per second.
+    pub rate: u64,
+    /// Measured seconds, after [`WARMUP`].
+    pub seconds: u64,
+    /// In flight at most.
+    pub max_in_flight: u32,
+}
+
+impl Args {
+    fn pace(&self) -> Pace {
+        Pace {
+            rate: self.rate,
+            seconds: self.seconds,
+            max_in_flight: self.max_in_flight,
+        }
+    }
+}
+
+/// The whole system in-process, driven by paced pairs over HTTP/1.1 keep-alive. Closes `pool`
+/// at the end.
+pub async fn hap_run(
+    args: Pace,
     database: &ScratchDatabase,
     broker: &ScratchBroker,
     pool: PgPool,
 ) -> anyhow::Result<(Outcome, Legs)> {
-    // Installed first, as `hap serve` does: what is recorded before it exists is lost.
-    api::telemetry::metrics_handle();
-    let mut settings = Settings::defaults();
-    // The benchmarks measure the data path; `append --auth` measures it with tokens.
-    settings.insecure_no_auth = true;
-    settings.database_url = database.url().to_owned();
-    settings.amqp_url = broker.url().to_owned();
-    settings.exchange_prefix = broker.prefix().to_owned();
-    settings.instance = INSTANCE.to_owned();
-    settings.db_pool_size = POOL_SIZE;
-    let store = system::store(&pool);
-    let read = system::read_model(database).await?;
-
-    // The instance's queues exist before the first command, so that no early message goes
-    // unrouted (the projectors declare them too, but only once they have connected).
-    broker.instance_queues(INSTANCE);
-    let setup = broker.connect("setup").await?;
-    let channel = setup
-        .create_channel()
-        .await
-        .context("Failed to open a channel")?;
-    for spec in &QUEUES {
-        let names = QueueNames::new(broker.prefix(), spec.service, INSTANCE);
-        queues::declare(&channel, &broker.topology(), spec, &names)
-            .await
-            .with_context(|| format!("Failed to declare {}", names.main))?;
-    }
-    setup.close(200, "done".into()).await.ok();
-
-    let notifier = {
-        let store = store.clone();
-        broker.spawn(|stop| eventstore::wakeup::forward_appends(store, stop))
-    };
-    let publisher = system::publisher(broker, &store);
-    let projectors = system::projectors(broker, &read, &store);
-    let read_pool = read.pool.clone();
-    let app = api::AppState::new(store, read, settings)?;
-
-    let server = HttpServer::start(app, true, true).await?;
-    let address = server.address;
+    let hap = Hap::start(
+        broker,
+        database,
+        &pool,
+        system::settings(database, broker),
+        false,
+    )
+    .await?;
+    let address = hap.server.address;
+    let read_pool = hap.app.read.pool.clone();
 
     // One client for all pairs, keeping connections open between requests, so connection
     // set-up is not measured (beyond the first requests of the warm-up).
@@ -295,10 +284,7 @@ async fn hap_run(
     let read_usage = read_sampler.await.context("The pool sampler panicked")?;
 
     // The client went with the load closure, so no keep-alive connection holds the server.
-    let stopped = server.stop().await;
-    projectors.stop().await;
-    publisher.stop().await;
-    notifier.stop().await;
+    let stopped = hap.stop().await;
     pool.close().await;
     let outcome = outcome?;
     stopped?;

@@ -16,6 +16,8 @@
 //! - [`e2e`]: `hap-bench e2e`, read-your-writes latency through the whole system at a steady
 //!   rate, beside an INSERT-then-SELECT floor and the same trip through a broker in plain SQL
 //!   and plain lapin.
+//! - [`saga`]: `hap-bench saga`, consultations requested → scheduled by the scheduling saga,
+//!   paced and saturated, beside e2e's one-trip floor at the same rate.
 //! - [`rebuild`]: `hap-bench rebuild`, rebuilding the read model against a keyset scan of the
 //!   store.
 //! - [`database`]: the scratch database, shared by every subcommand.
@@ -38,6 +40,7 @@ mod project;
 mod publish;
 mod rebuild;
 mod report;
+mod saga;
 mod system;
 
 use std::process::ExitCode;
@@ -65,6 +68,9 @@ enum Command {
     Project(project::Args),
     /// Command-to-query latency through the whole system (read-your-writes) at a steady rate.
     E2e(e2e::Args),
+    /// Consultations requested → scheduled through the scheduling saga, paced and saturated,
+    /// against e2e's command → visible at the same rate.
+    Saga(saga::Args),
     /// Rebuilding the read model from the store against a plain paged scan of the store.
     Rebuild(rebuild::Args),
 }
@@ -78,6 +84,7 @@ async fn main() -> ExitCode {
         Command::Publish(args) => publish::run(args).await,
         Command::Project(args) => project::run(args).await,
         Command::E2e(args) => e2e::run(args).await,
+        Command::Saga(args) => saga::run(args).await,
         Command::Rebuild(args) => rebuild::run(args).await,
     };
     match result {

@@ -1,13 +1,15 @@
 //! HAP's pieces as the subcommands start them in-process, wired as `hap serve` wires them
 //! (`api/src/cli.rs`), and the helpers that fill the store and tell when a piece is done.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use api::config::Settings;
 use chrono::{DateTime, Utc};
 use domain::Event;
 use eventstore::{Append, Claim, EventStore, GlobalCheckpoint, NewEvent, StreamVersion};
 use futures::{StreamExt, TryStreamExt};
+use hap_support::server::HttpServer;
 use projections::ReadModel;
 use projections::consumer::ConsumerSettings;
 use sqlx::PgPool;
@@ -45,6 +47,81 @@ pub fn projectors(broker: &ScratchBroker, read: &ReadModel, store: &EventStore) 
     let settings = consumer_settings(broker);
     let (read, store) = (read.clone(), store.clone());
     broker.spawn(|stop| projections::live::run_all(read, store, settings, stop))
+}
+
+/// `hap serve`'s settings on the scratch database and prefix, for [`INSTANCE`].
+pub fn settings(database: &ScratchDatabase, broker: &ScratchBroker) -> Settings {
+    let mut settings = Settings::defaults();
+    // These runs measure the data path; `append` measures it with tokens.
+    settings.insecure_no_auth = true;
+    settings.database_url = database.url().to_owned();
+    settings.amqp_url = broker.url().to_owned();
+    settings.exchange_prefix = broker.prefix().to_owned();
+    settings.instance = INSTANCE.to_owned();
+    settings.db_pool_size = POOL_SIZE;
+    settings
+}
+
+/// The whole of HAP in-process, as `hap serve` runs it: command and query routes on one local
+/// port, the append notifier, the publisher and the projectors of [`INSTANCE`] over the same
+/// event store as the routes (so an append wakes the publisher at once and is fed to the
+/// projectors), and, when asked, the saga services and the deadlines' timer.
+pub struct Hap {
+    pub app: api::AppState,
+    pub server: HttpServer,
+    /// Stopped after the server, first to last: what consumes before what feeds it.
+    pieces: Vec<Background>,
+}
+
+impl Hap {
+    /// Starts HAP on `pool` with `settings` (see [`settings`]); with `sagas`, the saga services
+    /// and the timer too, their deadlines `settings.scheduling_timeout_ms` long.
+    pub async fn start(
+        broker: &ScratchBroker,
+        database: &ScratchDatabase,
+        pool: &PgPool,
+        settings: Settings,
+        sagas: bool,
+    ) -> anyhow::Result<Self> {
+        // Installed first, as `hap serve` does: what is recorded before it exists is lost.
+        api::telemetry::metrics_handle();
+        let store = store(pool);
+        let read = read_model(database).await?;
+        broker.declare_queues(INSTANCE, sagas).await?;
+        let mut pieces = vec![];
+        let app = api::AppState::new(store.clone(), read.clone(), settings)?;
+        if sagas {
+            // Steps and deadlines run their commands through the routes' pipeline, whose
+            // appends are fed to this process's projectors as the routes' are.
+            let pipeline = app.commands.clone();
+            let settings = consumer_settings(broker);
+            pieces.push(broker.spawn(|stop| sagas::run_all(pipeline, settings, stop)));
+            let timer = sagas::Timer {
+                pipeline: app.commands.clone(),
+                timeout: Duration::from_millis(app.settings.scheduling_timeout_ms),
+            };
+            pieces.push(broker.spawn(|stop| timer.run(stop)));
+        }
+        pieces.push(projectors(broker, &read, &store));
+        pieces.push(publisher(broker, &store));
+        pieces.push(broker.spawn(|stop| eventstore::wakeup::forward_appends(store, stop)));
+        let server = HttpServer::start(app.clone(), true, true).await?;
+        Ok(Self {
+            app,
+            server,
+            pieces,
+        })
+    }
+
+    /// Stops the server (once no client holds a keep-alive connection to it), then every
+    /// piece; the server's failure, if any, is reported after all have stopped.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let stopped = self.server.stop().await;
+        for piece in self.pieces {
+            piece.stop().await;
+        }
+        stopped
+    }
 }
 
 /// The read model of [`INSTANCE`] in the scratch database, migrated: what `hap serve` opens.
@@ -158,9 +235,7 @@ pub fn now_micros() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
 
-/// Sends `POST /patients` with `body`; anything but 201 is an error. The response body is read
-/// to its end even when unused: an unread body makes the client drop the connection instead of
-/// reusing it.
+/// Sends `POST /patients` with `body`; anything but 201 is an error.
 pub async fn post_patient(
     client: &reqwest::Client,
     url: &str,
@@ -171,15 +246,29 @@ pub async fn post_patient(
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.context("POST /patients failed")?;
+    post(request, "POST /patients", 201).await
+}
+
+/// Sends `request` (named `what` in errors); any status but `expected` is an error. The
+/// response body is read to its end even when unused: an unread body makes the client drop
+/// the connection instead of reusing it.
+pub async fn post(
+    request: reqwest::RequestBuilder,
+    what: &str,
+    expected: u16,
+) -> anyhow::Result<axum::body::Bytes> {
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("{what} failed"))?;
     let status = response.status();
     let bytes = response
         .bytes()
         .await
-        .context("Failed to read the response of POST /patients")?;
-    if status.as_u16() != 201 {
+        .with_context(|| format!("Failed to read the response of {what}"))?;
+    if status.as_u16() != expected {
         anyhow::bail!(
-            "POST /patients answered {status}: {}",
+            "{what} answered {status}: {}",
             String::from_utf8_lossy(&bytes)
         );
     }
