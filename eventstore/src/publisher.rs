@@ -184,10 +184,8 @@ impl Publisher {
                 }
             }
             if let Some(reason) = failure {
-                tracing::warn!(%reason, "publishing stopped short; reconnecting");
-                metrics::counter!("hap_publisher_failures_total", "reason" => "publish")
-                    .increment(1);
                 self.restart(
+                    &reason,
                     &mut link,
                     &mut in_flight,
                     &mut sent,
@@ -248,10 +246,8 @@ impl Publisher {
                             sent = event.checkpoint();
                         }
                         Err(error) => {
-                            tracing::warn!(%error, "publish failed; reconnecting");
-                            metrics::counter!("hap_publisher_failures_total", "reason" => "publish")
-                                .increment(1);
                             self.restart(
+                                &error,
                                 &mut link,
                                 &mut in_flight,
                                 &mut sent,
@@ -286,10 +282,7 @@ impl Publisher {
                                     in_flight.pop_front();
                                 }
                                 Err(reason) => {
-                                    tracing::warn!(%reason, "publishing stopped short; reconnecting");
-                                    metrics::counter!("hap_publisher_failures_total", "reason" => "publish")
-                                        .increment(1);
-                                    self.restart(&mut link, &mut in_flight, &mut sent, confirmed, &mut backoff)
+                                    self.restart(&reason, &mut link, &mut in_flight, &mut sent, confirmed, &mut backoff)
                                         .await;
                                     caught_up_at = None;
                                 }
@@ -314,16 +307,20 @@ impl Publisher {
         }
     }
 
-    /// After a failure: drop the connection (whatever broke, none of it is reused), forget
-    /// what awaited confirms, and send again from the last confirmed event after a pause.
+    /// After a publishing failure (`reason`): count it, drop the connection (whatever broke,
+    /// none of it is reused), forget what awaited confirms, and send again from the last
+    /// confirmed event after a pause.
     async fn restart(
         &self,
+        reason: &dyn std::fmt::Display,
         link: &mut Option<Link>,
         in_flight: &mut VecDeque<InFlight>,
         sent: &mut GlobalCheckpoint,
         confirmed: GlobalCheckpoint,
         backoff: &mut Duration,
     ) {
+        tracing::warn!(%reason, "publishing stopped short; reconnecting");
+        metrics::counter!("hap_publisher_failures_total", "reason" => "publish").increment(1);
         in_flight.clear();
         *sent = confirmed;
         if let Some(old) = link.take() {
