@@ -312,7 +312,7 @@ impl Publisher {
     /// confirmed event after a pause.
     async fn restart(
         &self,
-        reason: &dyn std::fmt::Display,
+        reason: &(dyn std::fmt::Display + Sync),
         link: &mut Option<Link>,
         in_flight: &mut VecDeque<InFlight>,
         sent: &mut GlobalCheckpoint,
