@@ -61,6 +61,12 @@ impl CommandMeta {
 pub struct Idempotency {
     pub key: String,
     pub request_hash: String,
+    /// Look the key up before deciding. A client's request needs it: a repeat must get the
+    /// first answer even where deciding again would now fail differently (a document number
+    /// its own first request took). A saga step does not: its commands take no claims, a
+    /// repeat decides again and its append fails on the key (`KeyTaken`), appending nothing,
+    /// and the round trip is saved on every step.
+    pub check_first: bool,
 }
 
 /// The stream a command is appended to.
@@ -198,7 +204,9 @@ impl Pipeline {
         A: Aggregate,
         A::Command: Clone,
     {
-        if let Some(replayed) = self.replay(meta).await? {
+        if meta.idempotency.as_ref().is_some_and(|i| i.check_first)
+            && let Some(replayed) = self.replay(meta).await?
+        {
             return Ok(Outcome::Replayed(replayed));
         }
         let aggregates = &self.aggregates;

@@ -244,6 +244,7 @@ impl Steps {
             idempotency: Some(Idempotency {
                 request_hash: key.clone(),
                 key,
+                check_first: false,
             }),
             ..CommandMeta::new(&trigger.tenant_id, &trigger.correlation_id)
         };

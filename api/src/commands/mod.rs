@@ -102,6 +102,7 @@ where
         idempotency: context.idempotency_key.clone().map(|key| Idempotency {
             key,
             request_hash: context.request_hash.clone(),
+            check_first: true,
         }),
         expected: context.if_match,
         actor_id: Some(caller.subject.clone()),
