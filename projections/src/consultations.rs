@@ -15,7 +15,9 @@ use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::{ApplyError, InMemory, Projector, load_continued};
+use crate::projector::{
+    ApplyError, Bookkeeping, InMemory, Projector, batch_statement, bind, load_continued,
+};
 
 pub struct Consultations;
 
@@ -208,16 +210,20 @@ impl Projector for Consultations {
 
     fn apply<'a>(
         &'a self,
-        tx: &'a mut PgConnection,
+        conn: &'a mut PgConnection,
         events: &'a [Envelope],
+        batch: &'a Bookkeeping,
     ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>> {
         async move {
-            let consultations: ById<Box<Row>> =
-                load_continued::<Row>(tx, events, "select * from consultations where id = any($1)")
-                    .await?
-                    .into_iter()
-                    .map(|row| (row.id, Box::new(row)))
-                    .collect();
+            let consultations: ById<Box<Row>> = load_continued::<Row>(
+                conn,
+                events,
+                "select * from consultations where id = any($1)",
+            )
+            .await?
+            .into_iter()
+            .map(|row| (row.id, Box::new(row)))
+            .collect();
             // The people named by consultations started in this batch: their names are copied
             // into the new rows.
             let named: Vec<Uuid> = events
@@ -237,7 +243,7 @@ impl Projector for Consultations {
                     "select id, name from people where id = any($1)",
                 )
                 .bind(&named)
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut *conn)
                 .await?
                 .into_iter()
                 .map(|(id, name)| {
@@ -256,21 +262,39 @@ impl Projector for Consultations {
             };
             let mut changed: Vec<Uuid> = events.iter().filter_map(|e| rows.apply(e)).collect();
 
-            let renamed: Vec<(Uuid, &Name)> = rows
-                .people
+            // The rows this batch writes show their people's latest names already; the
+            // statement copies renames into the other consultations only (a row changed
+            // twice by one statement keeps one change of the two).
+            let Rows {
+                mut consultations,
+                people,
+            } = rows;
+            changed.sort();
+            changed.dedup();
+            let mut changed_rows: Vec<&Row> = Vec::with_capacity(changed.len());
+            for id in &changed {
+                if let Some(row) = consultations.get_mut(id) {
+                    let names = (
+                        latest_name(&people, &row.patient_id, &row.patient_name).map(str::to_owned),
+                        latest_name(&people, &row.physician_id, &row.physician_name)
+                            .map(str::to_owned),
+                    );
+                    (row.patient_name, row.physician_name) = names;
+                }
+            }
+            for id in &changed {
+                if let Some(row) = consultations.get(id) {
+                    changed_rows.push(row);
+                }
+            }
+            let renamed: Vec<(Uuid, &Name)> = people
                 .iter()
                 .filter(|(_, p)| p.renamed)
                 .map(|(id, p)| (*id, p))
                 .collect();
-            changed.sort();
-            changed.dedup();
-            let changed_rows: Vec<&Row> = changed
-                .iter()
-                .filter_map(|id| rows.consultations.get(id).map(|row| &**row))
-                .collect();
-            upsert(tx, &changed_rows).await?;
             // Renames reach every consultation of the person, not only this batch's.
-            changed.extend(save_names(tx, &renamed).await?);
+            let copied = save(conn, batch, &changed_rows, &renamed).await?;
+            changed.extend(copied);
             Ok(Touched::rows("consultation", changed))
         }
         .boxed()
@@ -281,104 +305,119 @@ impl Projector for Consultations {
     }
 }
 
-/// Saves people's new names and copies them into their consultations (a registration's too:
-/// a consultation applied before its patient's registration, after a retry, shows no name
-/// until then); returns the consultations changed. The people registered in this batch are
-/// inserted plainly (cheaper than an upsert, docs/benchmarks.md); renames are upserted.
-async fn save_names(
-    tx: &mut PgConnection,
+/// Upserts `rows`, saves people's new names and copies them into their other
+/// consultations (a registration's too: a consultation applied before its patient's
+/// registration, after a retry, shows no name until then), with the batch's bookkeeping, in
+/// one statement; returns the other consultations changed. The people registered in this
+/// batch are inserted plainly (cheaper than an upsert, docs/benchmarks.md); renames are
+/// upserted.
+async fn save(
+    conn: &mut PgConnection,
+    batch: &Bookkeeping,
+    rows: &[&Row],
     people: &[(Uuid, &Name)],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    if people.is_empty() {
-        return Ok(vec![]);
-    }
-    let ids: Vec<Uuid> = people.iter().map(|(id, _)| *id).collect();
-    let names: Vec<&str> = people.iter().map(|(_, p)| p.name.as_str()).collect();
-    let registered: Vec<bool> = people.iter().map(|(_, p)| p.registered).collect();
+    let mut arguments = batch.arguments()?;
+    let column = |field: fn(&Row) -> Option<&str>| -> Vec<Option<&str>> {
+        rows.iter().map(|r| field(r)).collect()
+    };
+    bind(
+        &mut arguments,
+        rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+    )?;
+    bind(
+        &mut arguments,
+        rows.iter().map(|r| r.patient_id).collect::<Vec<_>>(),
+    )?;
+    bind(&mut arguments, column(|r| r.patient_name.as_deref()))?;
+    bind(
+        &mut arguments,
+        rows.iter().map(|r| r.physician_id).collect::<Vec<_>>(),
+    )?;
+    bind(&mut arguments, column(|r| r.physician_name.as_deref()))?;
+    bind(
+        &mut arguments,
+        rows.iter().map(|r| r.starts_at).collect::<Vec<_>>(),
+    )?;
+    bind(
+        &mut arguments,
+        rows.iter().map(|r| r.ends_at).collect::<Vec<_>>(),
+    )?;
+    bind(&mut arguments, column(|r| Some(r.status.as_str())))?;
+    bind(&mut arguments, column(|r| r.reason.as_deref()))?;
+    bind(&mut arguments, column(|r| r.notes.as_deref()))?;
+    bind(&mut arguments, column(|r| r.failure_reason.as_deref()))?;
+    bind(&mut arguments, column(|r| r.failure_detail.as_deref()))?;
+    bind(&mut arguments, column(|r| r.cancellation_reason.as_deref()))?;
+    bind(
+        &mut arguments,
+        rows.iter().map(|r| r.version).collect::<Vec<_>>(),
+    )?;
+    bind(
+        &mut arguments,
+        rows.iter().map(|r| r.updated_at).collect::<Vec<_>>(),
+    )?;
+    bind(
+        &mut arguments,
+        people.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+    )?;
+    bind(
+        &mut arguments,
+        people
+            .iter()
+            .map(|(_, p)| p.name.as_str())
+            .collect::<Vec<_>>(),
+    )?;
+    bind(
+        &mut arguments,
+        people.iter().map(|(_, p)| p.registered).collect::<Vec<_>>(),
+    )?;
     // Each name is looked up on its own: a join would match a consultation whose patient and
     // physician were both renamed twice, and an update applies only one match per row. The
-    // consultations are found through their patient and physician indexes (`= any($1)`): an
+    // consultations are found through their patient and physician indexes (`= any($24)`): an
     // `in (select … from renamed)` there scanned the whole table for every batch of names
     // (docs/benchmarks.md, 2026-12-03).
-    sqlx::query_scalar(
-        "with renamed as (
-             select * from unnest($1::uuid[], $2::text[], $3::bool[]) as r(id, name, registered)
-         ), new_people as (
-             insert into people (id, name) select id, name from renamed where registered
-         ), saved as (
-             insert into people (id, name) select id, name from renamed where not registered
-             on conflict (id) do update set name = excluded.name
-         )
-         update consultations c
-            set patient_name = coalesce((select name from renamed where id = c.patient_id),
-                                        c.patient_name),
-                physician_name = coalesce((select name from renamed where id = c.physician_id),
-                                          c.physician_name)
-          where c.patient_id = any($1) or c.physician_id = any($1)
-         returning c.id",
+    sqlx::query_scalar_with(
+        batch_statement!(
+            ", upserted as (
+                 insert into consultations (id, patient_id, patient_name, physician_id,
+                                            physician_name, starts_at, ends_at, status, reason,
+                                            notes, failure_reason, failure_detail,
+                                            cancellation_reason, version, updated_at)
+                 select * from unnest($10::uuid[], $11::uuid[], $12::text[], $13::uuid[],
+                                      $14::text[], $15::timestamptz[], $16::timestamptz[],
+                                      $17::text[], $18::text[], $19::text[], $20::text[],
+                                      $21::text[], $22::text[], $23::bigint[],
+                                      $24::timestamptz[])
+                 on conflict (id) do update set
+                     patient_name = excluded.patient_name,
+                     physician_name = excluded.physician_name, status = excluded.status,
+                     reason = excluded.reason, notes = excluded.notes,
+                     failure_reason = excluded.failure_reason,
+                     failure_detail = excluded.failure_detail,
+                     cancellation_reason = excluded.cancellation_reason,
+                     version = excluded.version, updated_at = excluded.updated_at
+             ), renamed as (
+                 select * from unnest($25::uuid[], $26::text[], $27::bool[])
+                     as r(id, name, registered)
+             ), new_people as (
+                 insert into people (id, name) select id, name from renamed where registered
+             ), saved as (
+                 insert into people (id, name) select id, name from renamed where not registered
+                 on conflict (id) do update set name = excluded.name
+             )
+             update consultations c
+                set patient_name = coalesce((select name from renamed where id = c.patient_id),
+                                            c.patient_name),
+                    physician_name = coalesce((select name from renamed
+                                                where id = c.physician_id),
+                                              c.physician_name)
+              where (c.patient_id = any($25) or c.physician_id = any($25))
+                and c.id <> all($10)
+             returning c.id"
+        ),
+        arguments,
     )
-    .bind(ids)
-    .bind(names)
-    .bind(registered)
-    .fetch_all(tx)
+    .fetch_all(conn)
     .await
-}
-
-async fn upsert(tx: &mut PgConnection, rows: &[&Row]) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "insert into consultations (id, patient_id, patient_name, physician_id, physician_name,
-                                    starts_at, ends_at, status, reason, notes, failure_reason,
-                                    failure_detail, cancellation_reason, version, updated_at)
-         select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[],
-                              $6::timestamptz[], $7::timestamptz[], $8::text[], $9::text[],
-                              $10::text[], $11::text[], $12::text[], $13::text[], $14::bigint[],
-                              $15::timestamptz[])
-         on conflict (id) do update set
-             patient_name = excluded.patient_name, physician_name = excluded.physician_name,
-             status = excluded.status, reason = excluded.reason, notes = excluded.notes,
-             failure_reason = excluded.failure_reason, failure_detail = excluded.failure_detail,
-             cancellation_reason = excluded.cancellation_reason, version = excluded.version,
-             updated_at = excluded.updated_at",
-    )
-    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.patient_id).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| r.patient_name.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.physician_id).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| r.physician_name.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.starts_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.ends_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.status.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.reason.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.notes.clone()).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| r.failure_reason.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|r| r.failure_detail.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|r| r.cancellation_reason.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-    .execute(tx)
-    .await
-    .map(|_| ())
 }

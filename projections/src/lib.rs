@@ -5,7 +5,7 @@
 //! - [`schema`]: the read model's schema per instance, its pool and migrations.
 //! - [`envelope`]: an event as a projector sees it, from a message or the store.
 //! - [`projector`]: the projector contract and how every batch is applied (deduplicated, in
-//!   stream order, gaps filled from the store, one transaction).
+//!   stream order, gaps filled from the store, atomically: the common batch in one statement).
 //! - [`queues`]: each instance queue, its bindings, and its retry and dead-letter queues.
 //! - [`consumer`]: the consumer runtime (batches, ack after the handler is done, retries, dead
 //!   letters) that projectors and saga services plug into as [`consumer::Handler`]s.

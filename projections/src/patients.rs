@@ -13,7 +13,9 @@ use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::{ApplyError, InMemory, Projector, all_updated, column, load_continued};
+use crate::projector::{
+    ApplyError, Bookkeeping, InMemory, Projector, batch_statement, bind, column, load_continued,
+};
 
 pub struct Patients;
 
@@ -114,12 +116,13 @@ impl Projector for Patients {
 
     fn apply<'a>(
         &'a self,
-        tx: &'a mut PgConnection,
+        conn: &'a mut PgConnection,
         events: &'a [Envelope],
+        batch: &'a Bookkeeping,
     ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>> {
         async move {
             let existing: Vec<Row> =
-                load_continued(tx, events, "select * from patients where id = any($1)").await?;
+                load_continued(conn, events, "select * from patients where id = any($1)").await?;
             let stored: HashSet<Uuid> = existing.iter().map(|row| row.id).collect();
             let mut rows = Rows(existing.into_iter().map(|row| (row.id, row)).collect());
             let changed = events.iter().filter_map(|e| rows.apply(e)).collect();
@@ -128,7 +131,7 @@ impl Projector for Patients {
                 .iter()
                 .filter_map(|t| rows.0.get(&t.id).map(|row| (row, stored.contains(&t.id))))
                 .collect();
-            save(tx, &rows).await?;
+            save(conn, batch, &rows).await?;
             Ok(touched)
         }
         .boxed()
@@ -139,50 +142,56 @@ impl Projector for Patients {
     }
 }
 
-/// Writes `rows`, each marked with whether it was read from the table: an update for those,
-/// a plain insert for the rest (new patients: the batch holds their registration, fresh to
-/// this projection, so no row can exist), which costs PostgreSQL about half of an upsert.
-/// A row read at the start and gone by now starts the batch again.
-async fn save(tx: &mut PgConnection, rows: &[(&Row, bool)]) -> Result<(), ApplyError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let stored = rows.iter().filter(|(_, stored)| *stored).count();
-    let updated: i64 = sqlx::query_scalar(
-        "with changed as (
-             select * from unnest($1::uuid[], $2::text[], $3::date[], $4::text[], $5::text[],
-                                  $6::text[], $7::text[], $8::bigint[], $9::timestamptz[],
-                                  $10::bool[])
-                 as c(id, name, birth_date, document_number, email, phone, status, version,
-                      updated_at, stored)
-         ), updated as (
-             update patients p set
-                 name = c.name, birth_date = c.birth_date, document_number = c.document_number,
-                 email = c.email, phone = c.phone, status = c.status, version = c.version,
-                 updated_at = c.updated_at
-               from changed c
-              where c.stored and p.id = c.id
-             returning 1
-         ), inserted as (
+/// Writes `rows` with the batch's bookkeeping, each row marked with whether it was read from
+/// the table: an update for those, a plain insert for the rest (new patients: the batch holds
+/// their registration, fresh to this projection, so no row can exist), which costs
+/// PostgreSQL about half of an upsert. A row read and gone since (deleted by hand) is
+/// inserted again as the batch folded it.
+async fn save(
+    conn: &mut PgConnection,
+    batch: &Bookkeeping,
+    rows: &[(&Row, bool)],
+) -> Result<(), sqlx::Error> {
+    let mut arguments = batch.arguments()?;
+    bind(&mut arguments, column(rows, |r| r.id))?;
+    bind(&mut arguments, column(rows, |r| r.name.as_str()))?;
+    bind(&mut arguments, column(rows, |r| r.birth_date))?;
+    bind(&mut arguments, column(rows, |r| r.document_number.as_str()))?;
+    bind(&mut arguments, column(rows, |r| r.email.as_deref()))?;
+    bind(&mut arguments, column(rows, |r| r.phone.as_deref()))?;
+    bind(&mut arguments, column(rows, |r| r.status.as_str()))?;
+    bind(&mut arguments, column(rows, |r| r.version))?;
+    bind(&mut arguments, column(rows, |r| r.updated_at))?;
+    bind(
+        &mut arguments,
+        rows.iter().map(|(_, stored)| *stored).collect::<Vec<_>>(),
+    )?;
+    sqlx::query_with(
+        batch_statement!(
+            ", changed as (
+                 select * from unnest($10::uuid[], $11::text[], $12::date[], $13::text[],
+                                      $14::text[], $15::text[], $16::text[], $17::bigint[],
+                                      $18::timestamptz[], $19::bool[])
+                     as c(id, name, birth_date, document_number, email, phone, status, version,
+                          updated_at, stored)
+             ), updated as (
+                 update patients p set
+                     name = c.name, birth_date = c.birth_date,
+                     document_number = c.document_number, email = c.email, phone = c.phone,
+                     status = c.status, version = c.version, updated_at = c.updated_at
+                   from changed c
+                  where c.stored and p.id = c.id
+                 returning p.id
+             )
              insert into patients (id, name, birth_date, document_number, email, phone, status,
                                    version, updated_at)
              select id, name, birth_date, document_number, email, phone, status, version,
                     updated_at
-               from changed where not stored
-         )
-         select count(*) from updated",
+               from changed where not stored or id not in (select id from updated)"
+        ),
+        arguments,
     )
-    .bind(column(rows, |r| r.id))
-    .bind(column(rows, |r| r.name.as_str()))
-    .bind(column(rows, |r| r.birth_date))
-    .bind(column(rows, |r| r.document_number.as_str()))
-    .bind(column(rows, |r| r.email.as_deref()))
-    .bind(column(rows, |r| r.phone.as_deref()))
-    .bind(column(rows, |r| r.status.as_str()))
-    .bind(column(rows, |r| r.version))
-    .bind(column(rows, |r| r.updated_at))
-    .bind(rows.iter().map(|(_, stored)| *stored).collect::<Vec<_>>())
-    .fetch_one(tx)
-    .await?;
-    all_updated(updated, stored)
+    .execute(conn)
+    .await
+    .map(|_| ())
 }

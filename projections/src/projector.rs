@@ -1,17 +1,17 @@
 //! The contract of a projector, and the one way every batch is applied: deduplicated by event
-//! id, in order per stream, with gaps filled from the event store, in one transaction with
-//! the projector's writes.
+//! id, in order per stream, with gaps filled from the event store, atomically with the
+//! projector's writes. The common batch is one statement: marks, rows and versions together.
 
 use std::collections::{HashMap, HashSet};
 
 use futures::future::BoxFuture;
-use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool};
+use sqlx::error::ErrorKind;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{Arguments, PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::copy::CopyRows;
 use crate::envelope::{Envelope, Poison};
-use crate::is_unique_violation;
 use crate::progress::Touched;
 use eventstore::{EventStore, StreamVersion};
 
@@ -20,13 +20,19 @@ pub trait Projector: Send + Sync + 'static {
     /// The name recorded with its processed events (`patients`, …).
     fn name(&self) -> &'static str;
 
-    /// Applies `events` inside the caller's transaction and says which rows changed. Every
-    /// event is new to this projection, and each stream's events are contiguous and in
-    /// version order (the runtime sees to it), so a projector only folds.
+    /// Folds `events` and writes the rows they change together with `batch`'s bookkeeping, in
+    /// **one statement** made with [`batch_statement!`] and [`Bookkeeping::arguments`]
+    /// (always, even with no rows to write), and says which rows changed. It may read the
+    /// rows it needs first. `conn` is not always in a transaction: for a batch of fresh
+    /// events that continue the versions applied, the statement is the batch's only write
+    /// and its own transaction, so a failure leaves nothing behind. Every event is new to
+    /// this projection, and each stream's events are contiguous and in version order (the
+    /// runtime sees to it), so a projector only folds.
     fn apply<'a>(
         &'a self,
-        tx: &'a mut PgConnection,
+        conn: &'a mut PgConnection,
         events: &'a [Envelope],
+        batch: &'a Bookkeeping,
     ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>>;
 
     /// An empty copy of the projection's rows in memory, for a rebuild to fold the whole
@@ -41,6 +47,130 @@ pub trait InMemory: Send {
 
     /// The rows, encoded for the projection's tables.
     fn into_rows(self: Box<Self>) -> Vec<CopyRows>;
+}
+
+/// The start of a batch's one write statement: the runtime's bookkeeping as common table
+/// expressions, bound to `$1`–`$9` by [`Bookkeeping::arguments`], followed by the projector's
+/// own (`, rows as (…) …`, its parameters from `$10`) and its final statement.
+///
+/// - `marked` records the events as processed, with a plain insert: one processed before
+///   fails the statement with a unique violation.
+/// - `versions_continued` moves each continued stream's version on only from the version
+///   the batch was built on; `versions_new` inserts the new streams' versions with their
+///   tenant (whose rows the queries show to that tenant only), which fails on
+///   the key if a stream has one after all, and a null version for every continued stream
+///   whose version moved (or went) meanwhile, which fails on `not null`. The statement
+///   commits only if the batch was built on what is there.
+#[macro_export]
+macro_rules! batch_statement {
+    ($projector:literal) => {
+        concat!(
+            "with marked as (
+                 insert into processed_events (projection, event_id, position)
+                 select $1, * from unnest($2::uuid[], $3::bigint[])
+             ), versions_continued as (
+                 update stream_versions s set version = c.version
+                   from unnest($6::uuid[], $7::bigint[], $8::bigint[])
+                        as c(stream_id, applied, version)
+                  where s.projection = $1 and s.stream_id = c.stream_id
+                    and s.version = c.applied
+                 returning s.stream_id
+             ), versions_new as (
+                 insert into stream_versions (projection, stream_id, version, tenant_id)
+                 select $1, * from unnest($4::uuid[], $5::bigint[], $9::text[])
+                 union all
+                 select $1, c.stream_id, null::bigint, null::text
+                   from unnest($6::uuid[]) as c(stream_id)
+                  where c.stream_id not in (select stream_id from versions_continued)
+             )",
+            $projector
+        )
+    };
+}
+pub use batch_statement;
+
+/// What the runtime writes with a projector's rows, in the same statement: the events to
+/// mark processed, and the stream versions the batch reaches.
+#[derive(Debug, Default)]
+pub struct Bookkeeping {
+    projection: &'static str,
+    /// Marked in the statement; empty when the batch marked its events first (the careful
+    /// path, which skips those processed before).
+    marks: Vec<Uuid>,
+    positions: Vec<i64>,
+    /// Streams without a version row, the version they reach, and their tenant.
+    new_ids: Vec<Uuid>,
+    new_versions: Vec<i64>,
+    new_tenants: Vec<String>,
+    /// Streams with one, the version the batch was built on, and the one it reaches.
+    continued_ids: Vec<Uuid>,
+    continued_from: Vec<i64>,
+    continued_to: Vec<i64>,
+}
+
+impl Bookkeeping {
+    fn new(projection: &'static str) -> Self {
+        Self {
+            projection,
+            ..Self::default()
+        }
+    }
+
+    fn mark(&mut self, event: &Envelope) {
+        self.marks.push(event.event_id);
+        self.positions.push(event.position);
+    }
+
+    /// Records that `stream` (of `tenant`) reaches `version`, from `applied` (none: no
+    /// version row).
+    fn stream(&mut self, stream: Uuid, applied: Option<i64>, version: i64, tenant: &str) {
+        if let Some(applied) = applied {
+            self.continued_ids.push(stream);
+            self.continued_from.push(applied);
+            self.continued_to.push(version);
+        } else {
+            self.new_ids.push(stream);
+            self.new_versions.push(version);
+            self.new_tenants.push(tenant.to_owned());
+        }
+    }
+
+    fn streams(&self) -> Vec<(Uuid, i64)> {
+        let new = self.new_ids.iter().zip(&self.new_versions);
+        let continued = self.continued_ids.iter().zip(&self.continued_to);
+        new.chain(continued).map(|(id, v)| (*id, *v)).collect()
+    }
+
+    /// The arguments `$1`–`$9` of a [`batch_statement!`]; the projector adds its own.
+    pub fn arguments(&self) -> Result<PgArguments, sqlx::Error> {
+        let mut arguments = PgArguments::default();
+        bind(&mut arguments, self.projection)?;
+        bind(&mut arguments, &self.marks)?;
+        bind(&mut arguments, &self.positions)?;
+        bind(&mut arguments, &self.new_ids)?;
+        bind(&mut arguments, &self.new_versions)?;
+        bind(&mut arguments, &self.continued_ids)?;
+        bind(&mut arguments, &self.continued_from)?;
+        bind(&mut arguments, &self.continued_to)?;
+        bind(&mut arguments, &self.new_tenants)?;
+        Ok(arguments)
+    }
+}
+
+/// Each stream's tenant, from its events.
+fn tenants_of<'e>(events: impl IntoIterator<Item = &'e Envelope>) -> HashMap<Uuid, &'e str> {
+    events
+        .into_iter()
+        .map(|e| (e.stream_id, e.tenant_id.as_str()))
+        .collect()
+}
+
+/// Adds the next parameter of a statement.
+pub fn bind<'t, T>(arguments: &mut PgArguments, value: T) -> Result<(), sqlx::Error>
+where
+    T: sqlx::Encode<'t, Postgres> + sqlx::Type<Postgres>,
+{
+    arguments.add(value).map_err(sqlx::Error::Encode)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,17 +216,6 @@ fn continued_streams(events: &[Envelope]) -> Vec<Uuid> {
     ids
 }
 
-/// Checks that an update of rows (or stream versions) read at the start of the batch found
-/// every one: one gone since means the projection changed under the batch, which then starts
-/// again from what is there now.
-pub fn all_updated(updated: i64, expected: usize) -> Result<(), ApplyError> {
-    if usize::try_from(updated) == Ok(expected) {
-        Ok(())
-    } else {
-        Err(ApplyError::Raced)
-    }
-}
-
 /// One column of the rows a projector writes (each with whether it was loaded), to bind as
 /// an array.
 pub fn column<'r, R, T>(rows: &[(&'r R, bool)], field: impl Fn(&'r R) -> T) -> Vec<T> {
@@ -140,18 +259,119 @@ async fn try_apply(
     projector: &dyn Projector,
     events: &[Envelope],
 ) -> Result<Applied, ApplyError> {
+    match apply_at_once(read, projector, events).await? {
+        Some(applied) => Ok(applied),
+        None => apply_carefully(read, store, projector, events).await,
+    }
+}
+
+/// Applies a batch in one statement (the projector's, carrying the marks and versions) when
+/// the batch is the common case: fresh events, each stream's contiguous and continuing the
+/// version applied. A single statement is its own transaction, so there is no `begin` or
+/// `commit` to send, and a batch of new streams costs one round trip in all. `None` when the
+/// batch is not that case (some events processed before, a gap, old news, a race), and
+/// nothing was written: the careful path takes it.
+async fn apply_at_once(
+    read: &PgPool,
+    projector: &dyn Projector,
+    events: &[Envelope],
+) -> Result<Option<Applied>, ApplyError> {
+    // An event twice in one batch (delivered and fed, or delivered twice) is applied once.
+    let mut seen = HashSet::with_capacity(events.len());
+    let mut events: Vec<&Envelope> = events.iter().filter(|e| seen.insert(e.event_id)).collect();
+    events.sort_by_key(|e| (e.stream_id, e.version));
+    // Each stream's first and last version in the batch.
+    let mut streams: Vec<(Uuid, i64, i64)> = Vec::new();
+    for event in &events {
+        match streams.last_mut() {
+            Some((stream, _, last)) if *stream == event.stream_id => {
+                if event.version != *last + 1 {
+                    return Ok(None); // a gap within the batch
+                }
+                *last = event.version;
+            }
+            _ => streams.push((event.stream_id, event.version, event.version)),
+        }
+    }
+    let mut conn = read.acquire().await?;
+    // A stream that starts in the batch has no version row: nothing to read. The others must
+    // be exactly one version behind their first event here. Read without a lock: once a
+    // stream's version is the one before an event this batch holds, only a transaction that
+    // applies that event can move it, and its mark and ours collide.
+    let continued: Vec<Uuid> = streams
+        .iter()
+        .filter(|(_, first, _)| *first > 1)
+        .map(|(id, _, _)| *id)
+        .collect();
+    let applied: HashMap<Uuid, i64> = if continued.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query_as(
+            "select stream_id, version from stream_versions
+              where projection = $1 and stream_id = any($2)",
+        )
+        .bind(projector.name())
+        .bind(&continued)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect()
+    };
+    let tenants = tenants_of(events.iter().copied());
+    let mut batch = Bookkeeping::new(projector.name());
+    for &(stream, first, last) in &streams {
+        let before = (first > 1).then_some(first - 1);
+        if applied.get(&stream).copied() != before {
+            return Ok(None); // a gap before the batch, or old news
+        }
+        batch.stream(stream, before, last, tenants[&stream]);
+    }
+    for event in &events {
+        batch.mark(event);
+    }
+    // Position order is version order within a stream, and the order things happened across
+    // streams (a patient is registered before a consultation names them).
+    let mut to_apply: Vec<Envelope> = events.into_iter().cloned().collect();
+    to_apply.sort_by_key(|e| e.position);
+    match projector.apply(&mut conn, &to_apply, &batch).await {
+        Ok(touched) => Ok(Some(Applied {
+            events: to_apply.len(),
+            streams: batch.streams(),
+            touched,
+        })),
+        // The statement failed whole: an event processed before, a stream's version moved
+        // or present after all, or another batch of the same streams at the same moment.
+        Err(ApplyError::Database(error)) if built_on_stale_state(&error) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether a batch statement failed because the batch was not built on what is there (see
+/// [`batch_statement!`]), or deadlocked with another batch of the same events and streams.
+fn built_on_stale_state(error: &sqlx::Error) -> bool {
+    error.as_database_error().is_some_and(|e| {
+        matches!(
+            e.kind(),
+            ErrorKind::UniqueViolation | ErrorKind::NotNullViolation
+        ) || e.code().as_deref() == Some(DEADLOCK_DETECTED)
+    })
+}
+
+/// PostgreSQL's SQLSTATE for a deadlock it broke by failing one transaction.
+const DEADLOCK_DETECTED: &str = "40P01";
+
+/// Applies a batch that may hold events processed before, old news or gaps, in one
+/// transaction: mark first (skipping those processed before) and read the versions, then
+/// fill the gaps from the store, then the projector's statement with the versions.
+async fn apply_carefully(
+    read: &PgPool,
+    store: &EventStore,
+    projector: &dyn Projector,
+    events: &[Envelope],
+) -> Result<Applied, ApplyError> {
     let name = projector.name();
     let mut tx = read.begin().await?;
-    let Marked { fresh, applied } =
-        match mark_processed(&mut tx, name, events, Duplicates::Unexpected).await {
-            // Some were processed before (a redelivery): mark again, keeping those out.
-            Err(error) if is_unique_violation(&error) => {
-                tx.rollback().await?;
-                tx = read.begin().await?;
-                mark_processed(&mut tx, name, events, Duplicates::Expected).await?
-            }
-            marked => marked?,
-        };
+    let Marked { fresh, applied } = mark_processed(&mut tx, name, events).await?;
     let mut events: Vec<&Envelope> = events
         .iter()
         .filter(|e| fresh.contains(&e.event_id))
@@ -194,91 +414,44 @@ async fn try_apply(
         // transactions can apply one stream's events at once leads here: an event they both
         // hold is fresh for one only, and one that runs ahead of the versions it read fills
         // in, and so marks, the events in between.
-        let marked = mark_processed(&mut tx, name, &filled, Duplicates::Expected).await?;
+        let marked = mark_processed(&mut tx, name, &filled).await?;
         if filled.iter().any(|e| !marked.fresh.contains(&e.event_id)) {
             return Err(ApplyError::Raced);
         }
         to_apply.extend(filled);
     }
-    // Position order is version order within a stream, and the order things happened across
-    // streams (a patient is registered before a consultation names them).
     to_apply.sort_by_key(|e| e.position);
 
-    let touched = projector.apply(&mut tx, &to_apply).await?;
-
-    let streams: Vec<(Uuid, i64)> = versions.into_iter().collect();
-    // A stream without a version row is new to the projection. It had no rows when the batch
-    // read the versions: every writer (these batches, a rebuild) writes a stream's rows and
-    // its version row in one transaction. And no other transaction can be adding them now:
-    // this one has marked the stream's events it applies, from its first, and another
-    // applying them would have had to mark them too, which one of the two finds taken (a
-    // rebuild's swap waits for this transaction under its lock). The projectors' row writes
-    // rest on the same reasoning. Plain updates and inserts cost PostgreSQL less than an
-    // upsert.
-    let tenants: HashMap<Uuid, &str> = to_apply
-        .iter()
-        .map(|e| (e.stream_id, e.tenant_id.as_str()))
-        .collect();
-    let (mut continued_ids, mut continued_versions) = (Vec::new(), Vec::new());
-    let (mut new_ids, mut new_versions, mut new_tenants) = (Vec::new(), Vec::new(), Vec::new());
-    for &(id, version) in &streams {
-        if applied.contains_key(&id) {
-            continued_ids.push(id);
-            continued_versions.push(version);
-        } else {
-            new_ids.push(id);
-            new_versions.push(version);
-            new_tenants.push(tenants[&id]);
-        }
+    // The events are marked already; the statement writes the versions, each continued one
+    // only from the version read above (see `batch_statement!`).
+    let tenants = tenants_of(&to_apply);
+    let mut batch = Bookkeeping::new(name);
+    for (&stream, &version) in &versions {
+        batch.stream(
+            stream,
+            applied.get(&stream).copied(),
+            version,
+            tenants[&stream],
+        );
     }
-    let continued = continued_ids.len();
-    let updated: i64 = sqlx::query_scalar(
-        "with continued as (
-             update stream_versions s set version = c.version
-               from unnest($2::uuid[], $3::bigint[]) as c(stream_id, version)
-              where s.projection = $1 and s.stream_id = c.stream_id
-             returning 1
-         ), new as (
-             insert into stream_versions (projection, stream_id, version, tenant_id)
-             select $1, * from unnest($4::uuid[], $5::bigint[], $6::text[])
-         )
-         select count(*) from continued",
-    )
-    .bind(name)
-    .bind(continued_ids)
-    .bind(continued_versions)
-    .bind(new_ids)
-    .bind(new_versions)
-    .bind(new_tenants)
-    .fetch_one(&mut *tx)
-    .await?;
-    all_updated(updated, continued)?;
+    let touched = match projector.apply(&mut tx, &to_apply, &batch).await {
+        Err(ApplyError::Database(error)) if is_not_null_violation(&error) => {
+            return Err(ApplyError::Raced); // a version moved since it was read
+        }
+        touched => touched?,
+    };
     tx.commit().await?;
     Ok(Applied {
         events: to_apply.len(),
-        streams,
+        streams: batch.streams(),
         touched,
     })
 }
 
-/// The statement of [`mark_processed`], with what to do on a conflict.
-macro_rules! mark_processed_sql {
-    ($on_conflict:literal) => {
-        concat!(
-            "with fresh as (
-                 insert into processed_events (projection, event_id, position)
-                 select $1, * from unnest($2::uuid[], $3::bigint[]) ",
-            $on_conflict,
-            " returning event_id
-             ), applied as (
-                 select stream_id, version from stream_versions
-                  where projection = $1 and stream_id = any($4)
-             )
-             select event_id, null::bigint from fresh
-             union all
-             select stream_id, version from applied"
-        )
-    };
+fn is_not_null_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|e| e.kind() == ErrorKind::NotNullViolation)
 }
 
 /// What [`mark_processed`] found.
@@ -286,31 +459,18 @@ struct Marked {
     /// The events not processed before.
     fresh: HashSet<Uuid>,
     /// The version the projection had applied of each of the events' streams it has seen,
-    /// as of the statement's start (no lock: see the gap filling in [`try_apply`]).
+    /// as of the statement's start (no lock: see the gap filling in [`apply_carefully`]).
     applied: HashMap<Uuid, i64>,
 }
 
-/// Whether some of the events marked may have been processed before.
-#[derive(Clone, Copy)]
-enum Duplicates {
-    /// Rarely (a batch of new deliveries): a plain insert, which costs PostgreSQL about half
-    /// of one that skips conflicts, and fails with a unique violation if any was.
-    Unexpected,
-    /// Likely (a batch that met a duplicate; predecessors read from the store): conflicts are
-    /// skipped, and only the events inserted come back as fresh.
-    Expected,
-}
-
-/// Records `events` as processed by `projection` and reads the versions applied of their
-/// streams, in one round trip.
+/// Records `events` as processed by `projection`, skipping those processed before, and reads
+/// the versions applied of their streams, in one round trip.
 async fn mark_processed(
     tx: &mut PgConnection,
     projection: &str,
     events: &[Envelope],
-    duplicates: Duplicates,
 ) -> Result<Marked, sqlx::Error> {
-    // An event twice in one batch (delivered and fed, or delivered twice) is marked once, so
-    // that only events processed by earlier batches make the plain insert fail.
+    // An event twice in one batch (delivered and fed, or delivered twice) is marked once.
     let mut seen = HashSet::with_capacity(events.len());
     let (ids, positions): (Vec<Uuid>, Vec<i64>) = events
         .iter()
@@ -318,18 +478,27 @@ async fn mark_processed(
         .map(|e| (e.event_id, e.position))
         .unzip();
     let streams: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
-    let statement = match duplicates {
-        Duplicates::Unexpected => mark_processed_sql!(""),
-        Duplicates::Expected => mark_processed_sql!("on conflict do nothing"),
-    };
     // An event id comes back with no version, a stream with its version.
-    let rows: Vec<(Uuid, Option<i64>)> = sqlx::query_as(statement)
-        .bind(projection)
-        .bind(ids)
-        .bind(positions)
-        .bind(streams)
-        .fetch_all(tx)
-        .await?;
+    let rows: Vec<(Uuid, Option<i64>)> = sqlx::query_as(
+        "with fresh as (
+             insert into processed_events (projection, event_id, position)
+             select $1, * from unnest($2::uuid[], $3::bigint[])
+             on conflict do nothing
+             returning event_id
+         ), applied as (
+             select stream_id, version from stream_versions
+              where projection = $1 and stream_id = any($4)
+         )
+         select event_id, null::bigint from fresh
+         union all
+         select stream_id, version from applied",
+    )
+    .bind(projection)
+    .bind(ids)
+    .bind(positions)
+    .bind(streams)
+    .fetch_all(tx)
+    .await?;
     let mut marked = Marked {
         fresh: HashSet::new(),
         applied: HashMap::new(),

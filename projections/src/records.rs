@@ -14,7 +14,7 @@ use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::{ApplyError, InMemory, Projector};
+use crate::projector::{ApplyError, Bookkeeping, InMemory, Projector, batch_statement, bind};
 
 pub struct Records;
 
@@ -121,8 +121,9 @@ impl Projector for Records {
 
     fn apply<'a>(
         &'a self,
-        tx: &'a mut PgConnection,
+        conn: &'a mut PgConnection,
         events: &'a [Envelope],
+        batch: &'a Bookkeeping,
     ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>> {
         async move {
             let ids: Vec<Uuid> = events
@@ -133,7 +134,7 @@ impl Projector for Records {
             let stored =
                 sqlx::query_as::<_, Row>("select * from records where consultation_id = any($1)")
                     .bind(&ids)
-                    .fetch_all(&mut *tx)
+                    .fetch_all(&mut *conn)
                     .await?;
             for row in stored {
                 books.0.entry(row.consultation_id).or_default().push(row);
@@ -147,7 +148,7 @@ impl Projector for Records {
                 .flatten()
                 .filter(|r| changed.contains(&r.id))
                 .collect();
-            upsert(tx, &rows).await?;
+            upsert(conn, batch, &rows).await?;
             Ok(touched)
         }
         .boxed()
@@ -158,28 +159,59 @@ impl Projector for Records {
     }
 }
 
-async fn upsert(tx: &mut PgConnection, rows: &[&Row]) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "insert into records (id, consultation_id, patient_id, physician_id, content, status,
-                              version, updated_at)
-         select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
-                              $6::text[], $7::bigint[], $8::timestamptz[])
-         on conflict (id) do update set
-             content = excluded.content, status = excluded.status, version = excluded.version,
-             updated_at = excluded.updated_at",
+/// Upserts `rows` with the batch's bookkeeping, in one statement.
+async fn upsert(
+    conn: &mut PgConnection,
+    batch: &Bookkeeping,
+    rows: &[&Row],
+) -> Result<(), sqlx::Error> {
+    let mut arguments = batch.arguments()?;
+    bind(
+        &mut arguments,
+        rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+    )?;
+    bind(
+        &mut arguments,
+        rows.iter().map(|r| r.consultation_id).collect::<Vec<_>>(),
+    )?;
+    bind(
+        &mut arguments,
+        rows.iter().map(|r| r.patient_id).collect::<Vec<_>>(),
+    )?;
+    bind(
+        &mut arguments,
+        rows.iter().map(|r| r.physician_id).collect::<Vec<_>>(),
+    )?;
+    bind(
+        &mut arguments,
+        rows.iter().map(|r| r.content.as_str()).collect::<Vec<_>>(),
+    )?;
+    bind(
+        &mut arguments,
+        rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(),
+    )?;
+    bind(
+        &mut arguments,
+        rows.iter().map(|r| r.version).collect::<Vec<_>>(),
+    )?;
+    bind(
+        &mut arguments,
+        rows.iter().map(|r| r.updated_at).collect::<Vec<_>>(),
+    )?;
+    sqlx::query_with(
+        batch_statement!(
+            "
+             insert into records (id, consultation_id, patient_id, physician_id, content, status,
+                                  version, updated_at)
+             select * from unnest($10::uuid[], $11::uuid[], $12::uuid[], $13::uuid[], $14::text[],
+                                  $15::text[], $16::bigint[], $17::timestamptz[])
+             on conflict (id) do update set
+                 content = excluded.content, status = excluded.status,
+                 version = excluded.version, updated_at = excluded.updated_at"
+        ),
+        arguments,
     )
-    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.consultation_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.patient_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.physician_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.content.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.status.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-    .execute(tx)
+    .execute(conn)
     .await
     .map(|_| ())
 }
