@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventstore::{EventStore, Publisher, PublisherSettings, wakeup};
+use eventstore::{EventStore, Publisher, wakeup};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -283,14 +283,9 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
         tasks.spawn(wakeup::forward_appends(store.clone(), shutdown.clone()));
     }
     if serve.roles.contains(&Role::Publisher) {
-        let publisher = Publisher::new(
-            store.clone(),
-            Arc::new(DomainRouter),
-            PublisherSettings::new(
-                &settings.amqp_url,
-                projections::topology(&settings.exchange_prefix),
-            ),
-        );
+        let publisher_settings =
+            crate::routing::publisher_settings(&settings.amqp_url, &settings.exchange_prefix);
+        let publisher = Publisher::new(store.clone(), Arc::new(DomainRouter), publisher_settings);
         tasks.spawn(publisher.run(shutdown.clone()));
     }
     let read = read_model(&settings, !serve.no_migrate).await?;

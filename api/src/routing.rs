@@ -32,3 +32,18 @@ impl Router for DomainRouter {
         })
     }
 }
+
+/// The publisher's settings as HAP runs it: the domain's exchanges under `prefix`, and the saga
+/// queues declared with them. The saga queues are the cluster's, not an instance's: they must
+/// exist before the first trigger is published, whether or not a saga process has started.
+pub fn publisher_settings(amqp_url: &str, prefix: &str) -> eventstore::PublisherSettings {
+    let topology = projections::topology(prefix);
+    let saga_topology = topology.clone();
+    eventstore::PublisherSettings {
+        declare_also: Some(std::sync::Arc::new(move |channel| {
+            let topology = saga_topology.clone();
+            Box::pin(async move { sagas::declare_queues(&channel, &topology).await })
+        })),
+        ..eventstore::PublisherSettings::new(amqp_url, topology)
+    }
+}

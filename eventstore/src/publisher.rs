@@ -23,11 +23,18 @@ use crate::read::{RecordedEvent, TailReader};
 use crate::topology::{self, Topology};
 use crate::wakeup::Wakeups;
 
+/// Declares more of the application's topology on a channel (queues that must exist before the
+/// first message is published, so that nothing they are bound for goes unrouted).
+pub type DeclareAlso =
+    Arc<dyn Fn(Channel) -> futures::future::BoxFuture<'static, lapin::Result<()>> + Send + Sync>;
+
 /// How the publisher behaves; the defaults suit production.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PublisherSettings {
     pub amqp_url: String,
     pub topology: Topology,
+    /// Declared with the topology on every connection, before anything is published.
+    pub declare_also: Option<DeclareAlso>,
     /// Events read per page; also the number of unconfirmed publishes in flight.
     pub window: i64,
     /// The slowest poll, when nothing wakes the publisher.
@@ -39,6 +46,7 @@ impl PublisherSettings {
         Self {
             amqp_url: amqp_url.into(),
             topology,
+            declare_also: None,
             window: 1000,
             idle_poll: Duration::from_secs(1),
         }
@@ -368,6 +376,9 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         self.settings.topology.declare(&channel).await?;
+        if let Some(declare) = &self.settings.declare_also {
+            declare(channel.clone()).await?;
+        }
         Ok(Link {
             connection,
             channel,

@@ -23,5 +23,5 @@ pub mod service;
 pub mod steps;
 pub mod timer;
 
-pub use service::run_all;
+pub use service::{declare_queues, run_all};
 pub use timer::Timer;

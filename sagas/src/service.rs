@@ -8,6 +8,7 @@ use std::time::Instant;
 use commands::Pipeline;
 use domain::event::route;
 use domain::saga::SagaService;
+use eventstore::topology::Topology;
 use futures::future::{BoxFuture, join_all};
 use projections::consumer::{self, ConsumerSettings, HandleError, Handler, Message};
 use projections::queues::QueueNames;
@@ -41,6 +42,17 @@ pub async fn run_all(pipeline: Pipeline, settings: ConsumerSettings, shutdown: C
         )
     });
     join_all(consumers).await;
+}
+
+/// Declares every saga queue under `topology` with its companions and bindings. The publisher
+/// does this before it publishes anything, so a trigger appended before any saga process has
+/// started waits in its queue instead of going unrouted.
+pub async fn declare_queues(channel: &lapin::Channel, topology: &Topology) -> lapin::Result<()> {
+    for service in SagaService::ALL {
+        let names = QueueNames::shared(topology.prefix(), service.name());
+        projections::queues::declare_bound(channel, topology, &bindings(service), &names).await?;
+    }
+    Ok(())
 }
 
 /// What `service`'s queue is bound to: the routing key of each event it reacts to.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use eventstore::{EventStore, Metadata, Publisher, PublisherSettings};
+use eventstore::{EventStore, Metadata, Publisher};
 use projections::ReadModel;
 use projections::schema::Plans;
 use uuid::Uuid;
@@ -14,7 +14,7 @@ pub fn publisher(store: EventStore, amqp_url: &str, prefix: &str) -> Publisher {
     Publisher::new(
         store,
         Arc::new(api::routing::DomainRouter),
-        PublisherSettings::new(amqp_url, projections::topology(prefix)),
+        api::routing::publisher_settings(amqp_url, prefix),
     )
 }
 

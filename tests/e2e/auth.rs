@@ -552,7 +552,6 @@ async fn without_a_key_hap_serve_refuses_to_start_unless_told_it_is_insecure() {
     let log = std::fs::read_to_string(&served.log).unwrap();
     assert!(log.contains("authentication is OFF"), "{log}");
     std::fs::remove_file(&served.log).ok();
-    hap_tests::system::delete_saga_queues(&prefix).await;
     hap_tests::broker::delete_instance_queues(&prefix, "logs").await;
 }
 
@@ -671,6 +670,5 @@ async fn hap_token_mints_what_hap_serve_accepts_and_debug_logs_hold_no_personal_
     for secret in [name, &name[..7], document, email, phone, content] {
         assert!(!log.contains(secret), "the log holds {secret:?}");
     }
-    hap_tests::system::delete_saga_queues(&prefix).await;
     hap_tests::broker::delete_instance_queues(&prefix, "logs").await;
 }

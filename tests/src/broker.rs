@@ -267,15 +267,21 @@ pub async fn drain(queue: &str) -> Vec<Captured> {
     taken
 }
 
-/// Deletes every queue of `instance` under `prefix` (main, retry and dead-letter), and the
-/// prefix's exchanges and unrouted queue, so that a test leaves nothing on the broker.
+/// Deletes every queue of `instance` under `prefix` (main, retry and dead-letter), the
+/// prefix's saga queues (a publisher declares them), exchanges and unrouted queue, so that a
+/// test leaves nothing on the broker.
 pub async fn delete_instance_queues(prefix: &str, instance: &str) {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .expect("RabbitMQ is reachable");
     let channel = connection.create_channel().await.expect("a channel");
-    for spec in &projections::queues::QUEUES {
-        let names = projections::queues::QueueNames::new(prefix, spec.service, instance);
+    let instance_queues = projections::queues::QUEUES
+        .iter()
+        .map(|spec| projections::queues::QueueNames::new(prefix, spec.service, instance));
+    let saga_queues = domain::saga::SagaService::ALL
+        .iter()
+        .map(|service| projections::queues::QueueNames::shared(prefix, service.name()));
+    for names in instance_queues.chain(saga_queues) {
         for queue in [names.main, names.retry, names.dead_letters] {
             let _ = channel
                 .queue_delete(queue.into(), QueueDeleteOptions::default())

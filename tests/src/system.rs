@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-use lapin::{Connection, ConnectionProperties};
 use projections::consumer::ConsumerSettings;
 use projections::queues::QueueNames;
 use reqwest::Method;
@@ -177,30 +175,6 @@ impl System {
     pub async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        delete_saga_queues(&self.prefix).await;
         delete_instance_queues(&self.prefix, "test").await;
     }
-}
-
-/// Deletes the saga queues of `prefix` and their companions.
-pub async fn delete_saga_queues(prefix: &str) {
-    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ is reachable");
-    let channel = connection.create_channel().await.expect("a channel");
-    for service in domain::saga::SagaService::ALL {
-        let names = QueueNames::shared(prefix, service.name());
-        for queue in [names.main, names.retry, names.dead_letters] {
-            let _ = channel
-                .queue_delete(queue.into(), QueueDeleteOptions::default())
-                .await;
-        }
-    }
-    let _ = channel
-        .exchange_delete(
-            format!("{prefix}.unrouted").into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await;
-    connection.close(200, "done".into()).await.ok();
 }
