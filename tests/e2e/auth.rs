@@ -672,3 +672,60 @@ async fn hap_token_mints_what_hap_serve_accepts_and_debug_logs_hold_no_personal_
     }
     hap_tests::broker::delete_instance_queues(&prefix, "logs").await;
 }
+
+/// A token signed by an identity provider's private key (`tests/fixtures`).
+fn signed_by_provider(algorithm: Algorithm, private_pem: &str, claims: Value) -> String {
+    let pem = std::fs::read(fixture(private_pem)).unwrap();
+    let key = match algorithm {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        _ => EncodingKey::from_ec_pem(&pem).unwrap(),
+    };
+    jsonwebtoken::encode(&Header::new(algorithm), &claims, &key).unwrap()
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_of_an_identity_provider_are_verified_with_its_rsa_or_ec_public_key() {
+    for (algorithm, public, private) in [
+        (
+            Algorithm::RS256,
+            "idp-rsa-public.pem",
+            "idp-rsa-private.pem",
+        ),
+        (Algorithm::ES256, "idp-ec-public.pem", "idp-ec-private.pem"),
+    ] {
+        let db = TestDb::new().await;
+        let mut settings = api::config::Settings::defaults();
+        settings.auth_public_key_file = Some(fixture(public));
+        settings.auth_issuer = Some(ISSUER.into());
+        settings.auth_audience = Some(AUDIENCE.into());
+        let app = TestApp::start_with(&db, settings).await;
+
+        let provided = signed_by_provider(algorithm, private, claims("clinic-a", ALL));
+        let response = send(
+            &app,
+            Method::POST,
+            "/patients",
+            &provided,
+            Some(patient("DOC-1")),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{algorithm:?}");
+
+        // A token HAP could have signed itself is no good here: no secret is configured.
+        let response = send(
+            &app,
+            Method::POST,
+            "/patients",
+            &token("clinic-a", ALL),
+            Some(patient("DOC-2")),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{algorithm:?}");
+    }
+}
