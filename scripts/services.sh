@@ -441,6 +441,11 @@ if [[ "$MQ_LOCAL" == 1 ]] && rabbit_cli_usable; then
 	if [[ "$mq_version" =~ ^[0-9]+\.[0-9]+ ]] && ! version_at_least "$mq_version" 3.10; then
 		die "RabbitMQ on $MQ_HOST:$MQ_PORT is version $mq_version; HAP needs 3.10 or newer"
 	fi
+	# A node under a disk or memory alarm answers pings but blocks every
+	# publisher: HAP would start and then wait forever on its first confirm.
+	if ! alarms="$(timeout 30 rabbitmq-diagnostics -q check_local_alarms </dev/null 2>&1)"; then
+		die "RabbitMQ on $MQ_HOST:$MQ_PORT reports a resource alarm, so it blocks publishers (free disk space or memory, then retry): $alarms"
+	fi
 fi
 
 log "PostgreSQL ($PG_HOST:$PG_PORT) and RabbitMQ ($MQ_HOST:$MQ_PORT) are up"
