@@ -127,22 +127,10 @@ impl Capture {
         }
     }
 
-    /// Deletes the exchanges and the unrouted queue of this prefix.
+    /// Deletes what the prefix declared outside any instance: the exchanges, the unrouted
+    /// queue and the shared saga queues (a publisher declares them when it starts).
     pub async fn clean_up(self) {
-        let topology = projections::topology(&self.prefix);
-        for exchange in topology.exchanges().chain([topology.unrouted()]) {
-            let _ = self
-                .channel
-                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-                .await;
-        }
-        let _ = self
-            .channel
-            .queue_delete(
-                format!("{}.unrouted", self.prefix).into(),
-                QueueDeleteOptions::default(),
-            )
-            .await;
+        delete_shared(&self.channel, &self.prefix).await;
     }
 }
 
@@ -275,32 +263,41 @@ pub async fn delete_instance_queues(prefix: &str, instance: &str) {
         .await
         .expect("RabbitMQ is reachable");
     let channel = connection.create_channel().await.expect("a channel");
-    let instance_queues = projections::queues::QUEUES
-        .iter()
-        .map(|spec| projections::queues::QueueNames::new(prefix, spec.service, instance));
-    let saga_queues = domain::saga::SagaService::ALL
-        .iter()
-        .map(|service| projections::queues::QueueNames::shared(prefix, service.name()));
-    for names in instance_queues.chain(saga_queues) {
-        for queue in [names.main, names.retry, names.dead_letters] {
-            let _ = channel
-                .queue_delete(queue.into(), QueueDeleteOptions::default())
-                .await;
-        }
+    for spec in projections::queues::QUEUES {
+        let names = projections::queues::QueueNames::new(prefix, spec.service, instance);
+        delete_queues(&channel, names).await;
     }
-    let _ = channel
-        .queue_delete(
-            format!("{prefix}.unrouted").into(),
-            QueueDeleteOptions::default(),
+    delete_shared(&channel, prefix).await;
+    connection.close(200, "done".into()).await.ok();
+}
+
+/// Deletes the saga queues, the unrouted queue and the exchanges of `prefix`; a queue or
+/// exchange already gone is no error.
+async fn delete_shared(channel: &Channel, prefix: &str) {
+    for service in domain::saga::SagaService::ALL {
+        delete_queues(
+            channel,
+            projections::queues::QueueNames::shared(prefix, service.name()),
         )
         .await;
+    }
     let topology = projections::topology(prefix);
+    let _ = channel
+        .queue_delete(topology.unrouted().into(), QueueDeleteOptions::default())
+        .await;
     for exchange in topology.exchanges().chain([topology.unrouted()]) {
         let _ = channel
             .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
             .await;
     }
-    connection.close(200, "done".into()).await.ok();
+}
+
+async fn delete_queues(channel: &Channel, names: projections::queues::QueueNames) {
+    for queue in [names.main, names.retry, names.dead_letters] {
+        let _ = channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
 }
 
 /// Finds the broker connections whose client properties contain `needle` (HAP names each
