@@ -1,7 +1,5 @@
 //! The patients projection: one row per patient, as `GET /patients` shows it.
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, NaiveDate, Utc};
 use domain::Event;
 use futures::FutureExt;
@@ -14,7 +12,7 @@ use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
 use crate::projector::{
-    ApplyError, Bookkeeping, InMemory, Projector, batch_statement, bind, column, load_continued,
+    ApplyError, Bookkeeping, InMemory, Projector, batch_statement, bind, column, fold_stream_rows,
 };
 
 pub struct Patients;
@@ -36,53 +34,51 @@ struct Row {
 #[derive(Default)]
 struct Rows(ById<Row>);
 
-impl Rows {
-    /// Folds one event; returns the patient whose row it changed.
-    fn apply(&mut self, envelope: &Envelope) -> Option<Uuid> {
-        let id = envelope.stream_id;
-        if let Event::PatientRegistered(e) = &envelope.event {
-            self.0.insert(
+/// Folds one event into `rows`; returns the patient whose row it changed.
+fn fold(rows: &mut ById<Row>, envelope: &Envelope) -> Option<Uuid> {
+    let id = envelope.stream_id;
+    if let Event::PatientRegistered(e) = &envelope.event {
+        rows.insert(
+            id,
+            Row {
                 id,
-                Row {
-                    id,
-                    name: e.name.clone(),
-                    birth_date: e.birth_date,
-                    document_number: e.document_number.clone(),
-                    email: e.email.clone(),
-                    phone: e.phone.clone(),
-                    status: "active".into(),
-                    version: 0,
-                    updated_at: envelope.occurred_at,
-                },
-            );
-        }
-        // Events of streams this projection has no row for (none yet) change nothing.
-        let row = self.0.get_mut(&id)?;
-        match &envelope.event {
-            Event::PatientUpdated(e) => {
-                if let Some(name) = &e.name {
-                    row.name = name.clone();
-                }
-                if let Some(email) = &e.email {
-                    row.email = Some(email.clone());
-                }
-                if let Some(phone) = &e.phone {
-                    row.phone = Some(phone.clone());
-                }
-            }
-            Event::PatientDeactivated(_) => row.status = "inactive".into(),
-            _ => {}
-        }
-        // Every event of the stream moves its version, as the command side counts it.
-        row.version = envelope.version;
-        row.updated_at = envelope.occurred_at;
-        Some(id)
+                name: e.name.clone(),
+                birth_date: e.birth_date,
+                document_number: e.document_number.clone(),
+                email: e.email.clone(),
+                phone: e.phone.clone(),
+                status: "active".into(),
+                version: 0,
+                updated_at: envelope.occurred_at,
+            },
+        );
     }
+    // Events of streams this projection has no row for (none yet) change nothing.
+    let row = rows.get_mut(&id)?;
+    match &envelope.event {
+        Event::PatientUpdated(e) => {
+            if let Some(name) = &e.name {
+                row.name = name.clone();
+            }
+            if let Some(email) = &e.email {
+                row.email = Some(email.clone());
+            }
+            if let Some(phone) = &e.phone {
+                row.phone = Some(phone.clone());
+            }
+        }
+        Event::PatientDeactivated(_) => row.status = "inactive".into(),
+        _ => {}
+    }
+    // Every event of the stream moves its version, as the command side counts it.
+    row.version = envelope.version;
+    row.updated_at = envelope.occurred_at;
+    Some(id)
 }
 
 impl InMemory for Rows {
     fn fold(&mut self, event: &Envelope) {
-        self.apply(event);
+        fold(&mut self.0, event);
     }
 
     fn into_rows(self: Box<Self>) -> Vec<CopyRows> {
@@ -121,16 +117,16 @@ impl Projector for Patients {
         batch: &'a Bookkeeping,
     ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>> {
         async move {
-            let existing: Vec<Row> =
-                load_continued(conn, events, "select * from patients where id = any($1)").await?;
-            let stored: HashSet<Uuid> = existing.iter().map(|row| row.id).collect();
-            let mut rows = Rows(existing.into_iter().map(|row| (row.id, row)).collect());
-            let changed = events.iter().filter_map(|e| rows.apply(e)).collect();
-            let touched = Touched::rows("patient", changed);
-            let rows: Vec<(&Row, bool)> = touched
-                .iter()
-                .filter_map(|t| rows.0.get(&t.id).map(|row| (row, stored.contains(&t.id))))
-                .collect();
+            let (touched, rows) = fold_stream_rows(
+                conn,
+                events,
+                "select * from patients where id = any($1)",
+                "patient",
+                |row: &Row| row.id,
+                fold,
+            )
+            .await?;
+            let rows: Vec<(&Row, bool)> = rows.iter().map(|(row, stored)| (row, *stored)).collect();
             save(conn, batch, &rows).await?;
             Ok(touched)
         }

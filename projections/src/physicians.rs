@@ -2,8 +2,6 @@
 //! physicians queue also carries the day-schedule events (slots held and released), which
 //! belong to other streams and change no row here.
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, Utc};
 use domain::Event;
 use futures::FutureExt;
@@ -16,7 +14,7 @@ use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
 use crate::projector::{
-    ApplyError, Bookkeeping, InMemory, Projector, batch_statement, bind, column, load_continued,
+    ApplyError, Bookkeeping, InMemory, Projector, batch_statement, bind, column, fold_stream_rows,
 };
 
 pub struct Physicians;
@@ -36,47 +34,45 @@ struct Row {
 #[derive(Default)]
 struct Rows(ById<Row>);
 
-impl Rows {
-    /// Folds one event; returns the physician whose row it changed.
-    fn apply(&mut self, envelope: &Envelope) -> Option<Uuid> {
-        let id = envelope.stream_id;
-        if let Event::PhysicianRegistered(e) = &envelope.event {
-            self.0.insert(
+/// Folds one event into `rows`; returns the physician whose row it changed.
+fn fold(rows: &mut ById<Row>, envelope: &Envelope) -> Option<Uuid> {
+    let id = envelope.stream_id;
+    if let Event::PhysicianRegistered(e) = &envelope.event {
+        rows.insert(
+            id,
+            Row {
                 id,
-                Row {
-                    id,
-                    name: e.name.clone(),
-                    specialty: e.specialty.clone(),
-                    license_number: e.license_number.clone(),
-                    status: "active".into(),
-                    version: 0,
-                    updated_at: envelope.occurred_at,
-                },
-            );
-        }
-        // Day-schedule streams have no row here.
-        let row = self.0.get_mut(&id)?;
-        match &envelope.event {
-            Event::PhysicianUpdated(e) => {
-                if let Some(name) = &e.name {
-                    row.name = name.clone();
-                }
-                if let Some(specialty) = &e.specialty {
-                    row.specialty = specialty.clone();
-                }
-            }
-            Event::PhysicianDeactivated(_) => row.status = "inactive".into(),
-            _ => {}
-        }
-        row.version = envelope.version;
-        row.updated_at = envelope.occurred_at;
-        Some(id)
+                name: e.name.clone(),
+                specialty: e.specialty.clone(),
+                license_number: e.license_number.clone(),
+                status: "active".into(),
+                version: 0,
+                updated_at: envelope.occurred_at,
+            },
+        );
     }
+    // Day-schedule streams have no row here.
+    let row = rows.get_mut(&id)?;
+    match &envelope.event {
+        Event::PhysicianUpdated(e) => {
+            if let Some(name) = &e.name {
+                row.name = name.clone();
+            }
+            if let Some(specialty) = &e.specialty {
+                row.specialty = specialty.clone();
+            }
+        }
+        Event::PhysicianDeactivated(_) => row.status = "inactive".into(),
+        _ => {}
+    }
+    row.version = envelope.version;
+    row.updated_at = envelope.occurred_at;
+    Some(id)
 }
 
 impl InMemory for Rows {
     fn fold(&mut self, event: &Envelope) {
-        self.apply(event);
+        fold(&mut self.0, event);
     }
 
     fn into_rows(self: Box<Self>) -> Vec<CopyRows> {
@@ -113,16 +109,16 @@ impl Projector for Physicians {
         batch: &'a Bookkeeping,
     ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>> {
         async move {
-            let existing: Vec<Row> =
-                load_continued(conn, events, "select * from physicians where id = any($1)").await?;
-            let stored: HashSet<Uuid> = existing.iter().map(|row| row.id).collect();
-            let mut rows = Rows(existing.into_iter().map(|row| (row.id, row)).collect());
-            let changed = events.iter().filter_map(|e| rows.apply(e)).collect();
-            let touched = Touched::rows("physician", changed);
-            let rows: Vec<(&Row, bool)> = touched
-                .iter()
-                .filter_map(|t| rows.0.get(&t.id).map(|row| (row, stored.contains(&t.id))))
-                .collect();
+            let (touched, rows) = fold_stream_rows(
+                conn,
+                events,
+                "select * from physicians where id = any($1)",
+                "physician",
+                |row: &Row| row.id,
+                fold,
+            )
+            .await?;
+            let rows: Vec<(&Row, bool)> = rows.iter().map(|(row, stored)| (row, *stored)).collect();
             save(conn, batch, &rows).await?;
             Ok(touched)
         }

@@ -10,6 +10,7 @@ use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Arguments, PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
+use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::{Envelope, Poison};
 use crate::progress::Touched;
@@ -202,6 +203,33 @@ where
         return Ok(Vec::new());
     }
     sqlx::query_as(select).bind(&ids).fetch_all(tx).await
+}
+
+/// What a projection with one row per stream (patients, physicians) writes for a batch: the
+/// rows `events` continue, read with `select` ([`load_continued`]), folded with `fold` (which
+/// answers the stream whose row an event changed), and each changed row with whether it was
+/// read from the table (an update) or is new (an insert).
+pub async fn fold_stream_rows<R>(
+    conn: &mut PgConnection,
+    events: &[Envelope],
+    select: &'static str,
+    kind: &'static str,
+    id: fn(&R) -> Uuid,
+    fold: fn(&mut ById<R>, &Envelope) -> Option<Uuid>,
+) -> Result<(Vec<Touched>, Vec<(R, bool)>), sqlx::Error>
+where
+    R: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin,
+{
+    let existing: Vec<R> = load_continued(conn, events, select).await?;
+    let stored: HashSet<Uuid> = existing.iter().map(id).collect();
+    let mut rows: ById<R> = existing.into_iter().map(|row| (id(&row), row)).collect();
+    let changed = events.iter().filter_map(|e| fold(&mut rows, e)).collect();
+    let touched = Touched::rows(kind, changed);
+    let written = touched
+        .iter()
+        .filter_map(|t| rows.remove(&t.id).map(|row| (row, stored.contains(&t.id))))
+        .collect();
+    Ok((touched, written))
 }
 
 /// The streams of `events` that may have a row already: those with an event past version 1.
