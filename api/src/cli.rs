@@ -335,12 +335,15 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
     tracing::info!(%address, roles = ?serve.roles, "HAP is listening");
     let stopping = shutdown.clone();
     let queries = serve.roles.contains(&Role::Query);
-    let served = axum::serve(listener, router(app, commands, queries))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            stopping.cancel();
-        })
-        .await;
+    let served = axum::serve(
+        crate::without_delay(listener),
+        router(app, commands, queries),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        stopping.cancel();
+    })
+    .await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     served.context("The HTTP server failed")

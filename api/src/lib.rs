@@ -63,6 +63,21 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// How long a request may take before it is answered with 503.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `listener` with `TCP_NODELAY` on every connection it accepts, so that an answer leaves as
+/// soon as it is written: with Nagle's algorithm on, a small write that follows another one
+/// waits for the client's delayed acknowledgement (tens of milliseconds) on a kept-alive
+/// connection.
+pub fn without_delay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY on a connection");
+        }
+    })
+}
+
 /// The whole HTTP API with its middleware. Command routes are served when `commands` is set,
 /// query routes when `queries` is.
 pub fn router(app: AppState, commands: bool, queries: bool) -> Router {

@@ -26,12 +26,15 @@ impl HttpServer {
             .context("Failed to read HAP's local address")?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            axum::serve(listener, api::router(app, commands, queries))
-                .with_graceful_shutdown(async {
-                    // A dropped sender means the same as a sent stop.
-                    let _ = stopped.await;
-                })
-                .await
+            axum::serve(
+                api::without_delay(listener),
+                api::router(app, commands, queries),
+            )
+            .with_graceful_shutdown(async {
+                // A dropped sender means the same as a sent stop.
+                let _ = stopped.await;
+            })
+            .await
         });
         Ok(Self {
             address,
