@@ -1,5 +1,6 @@
 //! The state every handler shares: cheap clones of pools, caches and settings.
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +19,13 @@ use crate::queries::QueryCaches;
 /// How many aggregate states the command side keeps in memory.
 const AGGREGATE_CACHE_CAPACITY: u64 = 100_000;
 
+/// What the handlers share, behind one `Arc`: axum clones the state for every request, and
+/// cloning the parts one by one (pools, caches, settings) was a dozen reference counts each
+/// time (docs/benchmarks.md, "Figures behind choices in the code").
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
     /// Runs every command, for the HTTP handlers as for the sagas of this process.
     pub commands: Pipeline,
     pub settings: Arc<Settings>,
@@ -49,7 +55,7 @@ impl AppState {
             read: read.clone(),
             queries: queries.clone(),
         }));
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             auth,
             queries,
             read,
@@ -57,11 +63,19 @@ impl AppState {
             broker: BrokerHealth::watch(settings.amqp_url.clone()),
             settings: Arc::new(settings),
             metrics: crate::telemetry::metrics_handle(),
-        })
+        })))
     }
 
     pub fn pool(&self) -> &PgPool {
         self.commands.store().pool()
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
     }
 }
 
