@@ -113,8 +113,9 @@ impl ScratchBroker {
     }
 
     /// Marks the saga services' shared queues (`{prefix}.{service}.saga`, with their retry and
-    /// dead-letter queues) for deletion at the end; call before anything declares them.
-    pub fn saga_queues(&self) {
+    /// dead-letter queues) for deletion at the end. Every run's are: a publisher declares them
+    /// when it starts, whether or not saga services run.
+    fn saga_queues(&self) {
         for service in domain::saga::SagaService::ALL {
             let names = QueueNames::shared(&self.prefix, service.name());
             for queue in [names.main, names.retry, names.dead_letters] {
@@ -124,7 +125,7 @@ impl ScratchBroker {
     }
 
     /// Declares every queue of `instance` and, with `sagas`, the saga services' queues, each
-    /// bound as HAP binds it, and marks them for deletion. HAP's consumers declare their queues
+    /// bound as HAP binds it; all are deleted at the end. HAP's consumers declare their queues
     /// too, but only once they have connected: declared first, no early message goes unrouted.
     pub async fn declare_queues(&self, instance: &str, sagas: bool) -> anyhow::Result<()> {
         self.instance_queues(instance);
@@ -137,7 +138,6 @@ impl ScratchBroker {
             })
             .collect::<Vec<_>>();
         if sagas {
-            self.saga_queues();
             declared.extend(domain::saga::SagaService::ALL.into_iter().map(|service| {
                 let names = QueueNames::shared(&self.prefix, service.name());
                 (sagas::service::bindings(service), names)
@@ -199,6 +199,7 @@ impl ScratchBroker {
     /// Carries on past failures, and reports the first.
     pub async fn destroy(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
+        self.saga_queues();
         let finished =
             std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()));
         let all_stopped = futures::future::join_all(finished.iter().map(|f| f.cancelled()));

@@ -5,6 +5,7 @@
 //! Read from `/proc` (Linux); elsewhere the figures are left out.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
@@ -109,14 +110,29 @@ const QUIET_WINDOW: Duration = Duration::from_millis(500);
 /// Quiet windows in a row that count as settled: the broker's flush may start a moment after
 /// the publishing it follows ended.
 const QUIET_WINDOWS: u32 = 4;
-/// How long a run waits for quiet at most before it starts anyway.
+/// How long a run waits for quiet at most before it starts anyway, unless `--settle-limit`
+/// says otherwise.
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// `--settle-limit`, set once by `main` before any run.
+static SETTLE_LIMIT_SET: OnceLock<Duration> = OnceLock::new();
+
+/// Sets how long [`settle`] waits at most; zero starts every run at once (the bench's own
+/// smoke tests, which run on a machine busy with the rest of the suite).
+pub fn set_settle_limit(limit: Duration) {
+    // Set once, by `main`; a second call would be a bug, and the first value stands.
+    let _ = SETTLE_LIMIT_SET.set(limit);
+}
 
 /// Waits until the machine has been quiet for a while, so that the work a setup leaves behind
 /// is not charged to the run that follows it: RabbitMQ moves a backlog just published from its
 /// log into its segment files for several seconds at a core's worth of CPU, and PostgreSQL
 /// writes out what a bulk load dirtied. Says so when it waited longer than that, or gave up.
 pub async fn settle() {
+    let limit = SETTLE_LIMIT_SET.get().copied().unwrap_or(SETTLE_LIMIT);
+    if limit.is_zero() {
+        return;
+    }
     let started = Instant::now();
     let mut quiet = 0;
     while quiet < QUIET_WINDOWS {
@@ -124,11 +140,11 @@ pub async fn settle() {
         tokio::time::sleep(QUIET_WINDOW).await;
         let busy = window.close().map_or(0.0, |cpu| cpu.busy);
         quiet = if busy < QUIET { quiet + 1 } else { 0 };
-        if started.elapsed() >= SETTLE_LIMIT {
+        if started.elapsed() >= limit {
             eprintln!(
                 "the machine is still {:.0} % busy after {} s: starting anyway",
                 busy * 100.0,
-                SETTLE_LIMIT.as_secs()
+                limit.as_secs()
             );
             return;
         }

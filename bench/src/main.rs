@@ -56,6 +56,11 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+
+    /// Seconds each timed run waits at most for a quiet machine before it starts anyway; 0
+    /// starts at once.
+    #[arg(long, global = true, default_value_t = 60)]
+    settle_limit: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +84,7 @@ enum Command {
 async fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
+    cpu::set_settle_limit(std::time::Duration::from_secs(cli.settle_limit));
     let result = match cli.command {
         Command::Append(args) => append::run(args).await,
         Command::Publish(args) => publish::run(args).await,

@@ -344,19 +344,18 @@ async fn check_read_model(read: &PgPool, blocks: u64) -> anyhow::Result<String> 
     ))
 }
 
-/// Every column of `RecordedEvent`, a page after a position.
-const KEYSET_PAGE: &str = "select position, transaction_id::text::bigint as transaction_id, \
-    event_id, stream_id, aggregate_type, version, event_type, payload, tenant_id, \
-    correlation_id, causation_id, schema_version, occurred_at \
-    from events where position > $1 order by position limit $2";
-
 /// Reads every event in pages of `PAGE` by a plain keyset scan of the primary key.
 async fn keyset_scan(pool: &PgPool) -> anyhow::Result<Drained> {
+    // Every column of `RecordedEvent`, as the store names them, a page after a position.
+    let keyset_page = format!(
+        "select {} from events where position > $1 order by position limit $2",
+        eventstore::RECORDED_EVENT_COLUMNS
+    );
     let started = Instant::now();
     let mut after = 0_i64;
     let mut count = 0;
     loop {
-        let page: Vec<RecordedEvent> = sqlx::query_as(KEYSET_PAGE)
+        let page: Vec<RecordedEvent> = sqlx::query_as(sqlx::AssertSqlSafe(keyset_page.as_str()))
             .bind(after)
             .bind(PAGE)
             .fetch_all(pool)

@@ -37,7 +37,7 @@ pub use idempotency::StoredResponse;
 pub use message::{MessageRoute, Router};
 pub use position::{GlobalCheckpoint, Position, StreamVersion};
 pub use publisher::{Publisher, PublisherSettings};
-pub use read::RecordedEvent;
+pub use read::{RECORDED_EVENT_COLUMNS, RecordedEvent};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

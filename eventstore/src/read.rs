@@ -59,6 +59,10 @@ macro_rules! recorded_event_columns {
     };
 }
 
+/// The same columns as one string, for SQL built outside this crate (the benchmarks' plain
+/// scan of the store).
+pub const RECORDED_EVENT_COLUMNS: &str = recorded_event_columns!();
+
 /// [`READ_MODEL_APPLICATION`] in a macro, so that `concat!` can put it into statements that
 /// take no parameters.
 macro_rules! read_model_application {

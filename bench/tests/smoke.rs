@@ -1,0 +1,146 @@
+//! Every `hap-bench` subcommand run end to end at a tiny size, against the same PostgreSQL and
+//! RabbitMQ as the rest of the suite: a bench that no longer runs (a column the store gained, a
+//! queue it no longer cleans up) fails here rather than on the day someone measures. Nothing
+//! here looks at a figure; the machine is busy with the other tests.
+
+use std::process::Command;
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use projections::queues::{QUEUES, QueueNames};
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn amqp_url() -> String {
+    std::env::var("HAP_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Runs `hap-bench` with `args`, starting each timed run at once, and returns its stderr (the
+/// progress, which names the scratch prefix) after checking that it succeeded and reported a
+/// ratio.
+fn bench(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_hap-bench"))
+        .args(args)
+        .args(["--settle-limit", "0"])
+        .env("HAP_BENCH_DATABASE_URL", database_url())
+        .env("HAP_BENCH_AMQP_URL", amqp_url())
+        .output()
+        .expect("hap-bench starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "hap-bench {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("ratio"),
+        "hap-bench {args:?} reported no ratio:\n{stdout}"
+    );
+    stderr.into_owned()
+}
+
+/// The scratch exchange prefix a run announced on stderr.
+fn prefix(stderr: &str) -> &str {
+    stderr
+        .split("exchange prefix ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no exchange prefix in:\n{stderr}"))
+}
+
+/// Checks that none of the queues a run can declare under `prefix` is left on the broker: the
+/// instance queues of the bench's HAP and raw consumers and the saga services' shared queues.
+fn assert_no_queues_left(prefix: &str) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(look_for_queues(prefix));
+}
+
+async fn look_for_queues(prefix: &str) {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ is reachable");
+    let instances = QUEUES.iter().flat_map(|spec| {
+        ["bench", "raw"].map(|instance| QueueNames::new(prefix, spec.service, instance))
+    });
+    let sagas = domain::saga::SagaService::ALL
+        .into_iter()
+        .map(|service| QueueNames::shared(prefix, service.name()));
+    for names in instances.chain(sagas) {
+        for queue in [names.main, names.retry, names.dead_letters] {
+            // A passive declaration of a queue that does not exist closes the channel: a fresh
+            // channel for each.
+            let channel = connection.create_channel().await.expect("a channel");
+            let found = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            assert!(found.is_err(), "{queue} was left behind");
+        }
+    }
+    connection.close(200, "done".into()).await.ok();
+}
+
+#[test]
+fn append_runs() {
+    bench(&["append", "--clients", "2", "--seconds", "1"]);
+}
+
+#[test]
+fn publish_runs_and_cleans_up() {
+    let stderr = bench(&[
+        "publish",
+        "--events",
+        "100",
+        "--rate",
+        "50",
+        "--seconds",
+        "1",
+    ]);
+    assert_no_queues_left(prefix(&stderr));
+}
+
+#[test]
+fn project_runs_and_cleans_up() {
+    let stderr = bench(&["project", "--events", "100"]);
+    assert_no_queues_left(prefix(&stderr));
+}
+
+#[test]
+fn e2e_runs_and_cleans_up() {
+    let stderr = bench(&["e2e", "--rate", "50", "--seconds", "1"]);
+    assert_no_queues_left(prefix(&stderr));
+}
+
+#[test]
+fn saga_runs_and_cleans_up() {
+    let stderr = bench(&[
+        "saga",
+        "--rate",
+        "10",
+        "--seconds",
+        "1",
+        "--burst",
+        "10",
+        "--concurrency",
+        "4",
+    ]);
+    assert_no_queues_left(prefix(&stderr));
+}
+
+#[test]
+fn rebuild_runs() {
+    bench(&["rebuild", "--events", "200"]);
+}
