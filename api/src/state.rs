@@ -25,6 +25,7 @@ const AGGREGATE_CACHE_CAPACITY: u64 = 100_000;
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
+/// The parts of an [`AppState`], which its handlers reach through `Deref`.
 pub struct Shared {
     /// Runs every command, for the HTTP handlers as for the sagas of this process.
     pub commands: Pipeline,
