@@ -231,14 +231,14 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The media type of every error answer (RFC 9457).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
 pub fn problem_response(status: StatusCode, problem: &Problem) -> Response {
     let body = serde_json::to_vec(problem).expect("problems serialise");
     (
         status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        )],
+        [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
         body,
     )
         .into_response()

@@ -46,7 +46,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use utoipa::OpenApi;
+use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
 pub use state::AppState;
@@ -81,7 +81,7 @@ pub fn without_delay(
 /// The whole HTTP API with its middleware. Command routes are served when `commands` is set,
 /// query routes when `queries` is.
 pub fn router(app: AppState, commands: bool, queries: bool) -> Router {
-    let (routes, openapi) = api_routes(commands, queries).split_for_parts();
+    let (routes, openapi) = split(api_routes(commands, queries));
     let openapi = Arc::new(openapi);
     let correlation = HeaderName::from_static(CORRELATION_ID);
     routes
@@ -146,5 +146,12 @@ fn api_routes(commands: bool, queries: bool) -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of the full API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_routes(true, true).split_for_parts().1
+    split(api_routes(true, true)).1
+}
+
+/// The router and its OpenAPI document, with the answers every operation shares filled in.
+fn split(routes: OpenApiRouter<AppState>) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, mut openapi) = routes.split_for_parts();
+    openapi::ProblemAnswers.modify(&mut openapi);
+    (routes, openapi)
 }

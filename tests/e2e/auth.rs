@@ -269,8 +269,38 @@ async fn each_scope_family_guards_its_routes_with_a_403() {
                 operation["security"][0]["bearer"][0].is_string(),
                 "{method} {path} names its scope"
             );
+            // The answers any request can get are documented, as problem+json, as HAP serves
+            // them.
+            let answers = operation["responses"].as_object().unwrap();
+            for status in ["400", "401", "403"] {
+                assert!(
+                    answers[status]["content"]["application/problem+json"].is_object(),
+                    "{method} {path} documents {status}"
+                );
+            }
+            for (status, answer) in answers {
+                assert!(
+                    !answer["content"]["application/json"]["schema"]["$ref"]
+                        .as_str()
+                        .is_some_and(|r| r.ends_with("/Problem")),
+                    "{method} {path} {status} is documented as application/problem+json"
+                );
+            }
+            // Headers are strings with their rules, never `null`.
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                if parameter["in"] == "header" {
+                    assert_eq!(parameter["schema"]["type"], "string", "{parameter}");
+                    assert!(parameter["schema"]["pattern"].is_string(), "{parameter}");
+                }
+            }
         }
     }
+    // A body that must change something says so.
+    assert_eq!(schemas["UpdatePatient"]["minProperties"], 1);
+    assert_eq!(
+        schemas["UpdatePatient"]["properties"]["name"]["type"],
+        "string"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,23 +42,25 @@ pub struct RequestConsultation {
     /// 5 to 240; 30 when absent.
     #[schema(minimum = 5, maximum = 240)]
     duration_minutes: Option<i64>,
-    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
+    #[schema(schema_with = crate::openapi::text::<{ domain::values::Reason::MAX_CHARS }>)]
     reason: Option<String>,
 }
 
+/// At least one field; an absent field is left as it is.
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(min_properties = 1)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateConsultation {
-    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
+    #[schema(schema_with = crate::openapi::text::<{ domain::values::Reason::MAX_CHARS }>)]
     reason: Option<String>,
-    #[schema(min_length = 1, max_length = 5000, pattern = r"\S")]
+    #[schema(schema_with = crate::openapi::text::<{ domain::values::Notes::MAX_CHARS }>)]
     notes: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CancelConsultation {
-    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
+    #[schema(schema_with = crate::openapi::text::<{ domain::values::Reason::MAX_CHARS }>)]
     reason: String,
 }
 

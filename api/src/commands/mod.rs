@@ -170,7 +170,7 @@ fn claim_conflict(kind: &str, value: &str) -> ApiError {
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Deactivate {
-    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
+    #[schema(schema_with = crate::openapi::text::<{ domain::values::Reason::MAX_CHARS }>)]
     reason: Option<String>,
 }
 

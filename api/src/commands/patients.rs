@@ -30,12 +30,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterPatient {
     /// 1 to 200 characters.
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(schema_with = crate::openapi::text::<{ domain::values::PersonName::MAX_CHARS }>)]
     name: String,
     /// Not in the future, not before 1900.
     birth_date: NaiveDate,
     /// 1 to 40 characters, unique per tenant.
-    #[schema(min_length = 1, max_length = 40, pattern = r"\S")]
+    #[schema(schema_with = crate::openapi::text::<{ domain::values::DocumentNumber::MAX_CHARS }>)]
     document_number: String,
     #[schema(
         min_length = 3,
@@ -51,18 +51,22 @@ pub struct RegisterPatient {
     phone: Option<String>,
 }
 
+/// At least one field; an absent field is left as it is.
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(min_properties = 1)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdatePatient {
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(schema_with = crate::openapi::text::<{ domain::values::PersonName::MAX_CHARS }>)]
     name: Option<String>,
     #[schema(
+        nullable = false,
         min_length = 3,
         max_length = 254,
         pattern = r"^\s*[^@\s]+@[^@\s.][^@\s]*\.[^@\s]*[^@\s.]\s*$"
     )]
     email: Option<String>,
     #[schema(
+        nullable = false,
         min_length = 1,
         max_length = 30,
         pattern = r"^\s*[ +\-.()]*([0-9][ +\-.()]*){6,20}\s*$"

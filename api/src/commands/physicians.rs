@@ -28,21 +28,23 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterPhysician {
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(schema_with = crate::openapi::text::<{ domain::values::PersonName::MAX_CHARS }>)]
     name: String,
-    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
+    #[schema(schema_with = crate::openapi::text::<{ domain::values::Specialty::MAX_CHARS }>)]
     specialty: String,
     /// Unique per tenant.
-    #[schema(min_length = 1, max_length = 40, pattern = r"\S")]
+    #[schema(schema_with = crate::openapi::text::<{ domain::values::LicenseNumber::MAX_CHARS }>)]
     license_number: String,
 }
 
+/// At least one field; an absent field is left as it is.
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(min_properties = 1)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdatePhysician {
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(schema_with = crate::openapi::text::<{ domain::values::PersonName::MAX_CHARS }>)]
     name: Option<String>,
-    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
+    #[schema(schema_with = crate::openapi::text::<{ domain::values::Specialty::MAX_CHARS }>)]
     specialty: Option<String>,
 }
 

@@ -32,7 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecordBody {
     /// 1 to 20,000 characters.
-    #[schema(min_length = 1, max_length = 20000, pattern = r"\S")]
+    #[schema(schema_with = crate::openapi::text::<{ domain::values::RecordContent::MAX_CHARS }>)]
     content: String,
 }
 

@@ -110,6 +110,7 @@ pub struct ConsultationFilter {
     #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `nextCursor` of the previous page.
+    #[param(nullable = false, pattern = "^[A-Za-z0-9_-]{21}[AQgw]$")]
     cursor: Option<String>,
 }
 

@@ -64,9 +64,14 @@ impl QueryCaches {
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)]
 pub struct QueryHeaders {
-    /// A `position` a command answered: the response then includes that command's effect,
-    /// or is a 503 with `Retry-After` if the read model does not catch up in time.
-    #[param(rename = "X-Min-Position")]
+    /// A `position` a command of the caller's tenant answered: the response then includes
+    /// that command's effect, or is a 503 with `Retry-After` if the read model does not catch
+    /// up in time. A position no event of the tenant has is a 400.
+    #[param(
+        rename = "X-Min-Position",
+        nullable = false,
+        pattern = "^0*[1-9][0-9]{0,17}$"
+    )]
     min_position: Option<String>,
 }
 

@@ -61,6 +61,8 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+/// The id's 16 bytes in base64url without padding: 22 characters, the last of which carries
+/// only two bits (one of `AQgw`), as the routes' `cursor` parameter says.
 fn encode(id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(id.as_bytes())
 }
@@ -83,6 +85,23 @@ mod tests {
         assert_eq!(decode(&encode(id)).unwrap(), id);
         assert!(decode("not a cursor").is_err());
         assert!(decode(&URL_SAFE_NO_PAD.encode([1, 2, 3])).is_err());
+    }
+
+    #[test]
+    fn every_cursor_is_22_characters_ending_in_one_of_aqgw() {
+        for id in [Uuid::nil(), Uuid::max(), Uuid::now_v7()] {
+            let cursor = encode(id);
+            assert_eq!(cursor.len(), 22);
+            assert!("AQgw".contains(cursor.chars().last().unwrap()), "{cursor}");
+        }
+        // And every such string is a cursor.
+        for cursor in [
+            "AAAAAAAAAAAAAAAAAAAAAA",
+            "_____________________w",
+            "abcdefghij-_012345678Q",
+        ] {
+            assert!(decode(cursor).is_ok(), "{cursor}");
+        }
     }
 
     #[test]
