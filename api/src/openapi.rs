@@ -39,7 +39,7 @@ impl Modify for BearerScheme {
 /// Documents every error answer as `application/problem+json`, which is what
 /// `problem_response` serves (the routes declare their `Problem` bodies with utoipa's JSON
 /// default), and adds the answers any request to an operation can get, which the routes leave
-/// out: 400 for a header, path or query string that cannot be parsed; where a token is needed,
+/// out: 400 for a header, path, query string or body that cannot be parsed; where a token is needed,
 /// 401 and 403; and for a command (it takes an `Idempotency-Key`), 422. A schema-driven client
 /// (or fuzzer) then expects what HAP answers. Applied once the routes have added their
 /// operations (`api::split`), not as one of `ApiDoc`'s modifiers, which run before there are
@@ -66,7 +66,7 @@ impl Modify for ProblemAnswers {
                 let answers = &mut operation.responses.responses;
                 if takes_input {
                     answers.entry("400".into()).or_insert_with(|| {
-                        problem("A header, the path or the query string cannot be parsed")
+                        problem("A header, the path, the query string or the body cannot be parsed")
                     });
                 }
                 if is_command {

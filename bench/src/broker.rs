@@ -114,7 +114,8 @@ impl ScratchBroker {
 
     /// Marks the saga services' shared queues (`{prefix}.{service}.saga`, with their retry and
     /// dead-letter queues) for deletion at the end. Every run's are: a publisher declares them
-    /// when it starts, whether or not saga services run.
+    /// when it starts, whether or not saga services run (as it declares the unrouted queue,
+    /// marked in `new`).
     fn saga_queues(&self) {
         for service in domain::saga::SagaService::ALL {
             let names = QueueNames::shared(&self.prefix, service.name());

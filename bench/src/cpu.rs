@@ -112,7 +112,7 @@ const QUIET_WINDOW: Duration = Duration::from_millis(500);
 const QUIET_WINDOWS: u32 = 4;
 /// How long a run waits for quiet at most before it starts anyway, unless `--settle-limit`
 /// says otherwise.
-const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+pub const SETTLE_LIMIT_SECS: u64 = 60;
 
 /// `--settle-limit`, set once by `main` before any run.
 static SETTLE_LIMIT_SET: OnceLock<Duration> = OnceLock::new();
@@ -129,7 +129,10 @@ pub fn set_settle_limit(limit: Duration) {
 /// log into its segment files for several seconds at a core's worth of CPU, and PostgreSQL
 /// writes out what a bulk load dirtied. Says so when it waited longer than that, or gave up.
 pub async fn settle() {
-    let limit = SETTLE_LIMIT_SET.get().copied().unwrap_or(SETTLE_LIMIT);
+    let limit = SETTLE_LIMIT_SET
+        .get()
+        .copied()
+        .unwrap_or(Duration::from_secs(SETTLE_LIMIT_SECS));
     if limit.is_zero() {
         return;
     }

@@ -59,7 +59,7 @@ struct Cli {
 
     /// Seconds each timed run waits at most for a quiet machine before it starts anyway; 0
     /// starts at once.
-    #[arg(long, global = true, default_value_t = 60)]
+    #[arg(long, global = true, default_value_t = cpu::SETTLE_LIMIT_SECS)]
     settle_limit: u64,
 }
 

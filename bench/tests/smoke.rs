@@ -53,7 +53,9 @@ fn prefix(stderr: &str) -> &str {
 }
 
 /// Checks that none of the queues a run can declare under `prefix` is left on the broker: the
-/// instance queues of the bench's HAP and raw consumers and the saga services' shared queues.
+/// instance queues of the bench's HAP and raw consumers (named as `system::INSTANCE` and
+/// `project::RAW_INSTANCE` name them in the binary), the bench's own queues, the saga services'
+/// shared queues and the unrouted queue.
 fn assert_no_queues_left(prefix: &str) {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -72,29 +74,33 @@ async fn look_for_queues(prefix: &str) {
     let sagas = domain::saga::SagaService::ALL
         .into_iter()
         .map(|service| QueueNames::shared(prefix, service.name()));
-    for names in instances.chain(sagas) {
-        for queue in [names.main, names.retry, names.dead_letters] {
-            // A passive declaration of a queue that does not exist closes the channel: a fresh
-            // channel for each.
-            let channel = connection.create_channel().await.expect("a channel");
-            let declared = channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            match declared {
-                Ok(_) => panic!("{queue} was left behind"),
-                // 404 NOT_FOUND: the queue is gone. Any other failure says nothing either way.
-                Err(error) => assert!(
-                    matches!(error.kind(), ErrorKind::ProtocolError(e) if e.get_id() == 404),
-                    "could not look for {queue}: {error}"
-                ),
-            }
+    let own = ["all", "pipeline"].map(|name| format!("{prefix}.bench.{name}"));
+    let queues = instances
+        .chain(sagas)
+        .flat_map(|names| [names.main, names.retry, names.dead_letters])
+        .chain(own)
+        .chain([projections::topology(prefix).unrouted()]);
+    for queue in queues {
+        // A passive declaration of a queue that does not exist closes the channel: a fresh
+        // channel for each.
+        let channel = connection.create_channel().await.expect("a channel");
+        let declared = channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(_) => panic!("{queue} was left behind"),
+            // 404 NOT_FOUND: the queue is gone. Any other failure says nothing either way.
+            Err(error) => assert!(
+                matches!(error.kind(), ErrorKind::ProtocolError(e) if e.get_id() == 404),
+                "could not look for {queue}: {error}"
+            ),
         }
     }
     connection.close(200, "done".into()).await.ok();

@@ -26,6 +26,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(deactivate))
 }
 
+/// `documentNumber` is unique per tenant. (A field's own description is lost where its
+/// schema comes from `schema_with`.)
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterPatient {

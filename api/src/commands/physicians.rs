@@ -25,6 +25,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(deactivate))
 }
 
+/// `licenseNumber` is unique per tenant. (A field's own description is lost where its schema
+/// comes from `schema_with`.)
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterPhysician {
