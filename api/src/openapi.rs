@@ -39,9 +39,9 @@ impl Modify for BearerScheme {
 /// Documents every error answer as `application/problem+json`, which is what
 /// `problem_response` serves (the routes declare their `Problem` bodies with utoipa's JSON
 /// default), and adds the answers any request to an operation can get, which the routes leave
-/// out: 400 for a header, path, query string or body that cannot be parsed; where a token is needed,
-/// 401 and 403; and for a command (it takes an `Idempotency-Key`), 422. A schema-driven client
-/// (or fuzzer) then expects what HAP answers. Applied once the routes have added their
+/// out: 400 for a header, path, query string or body that cannot be parsed; where a token is
+/// needed, 401 and 403; and for a command (it takes an `Idempotency-Key`), 422. A schema-driven
+/// client (or fuzzer) then expects what HAP answers. Applied once the routes have added their
 /// operations (`api::split`), not as one of `ApiDoc`'s modifiers, which run before there are
 /// any.
 pub(crate) struct ProblemAnswers;
@@ -71,7 +71,10 @@ impl Modify for ProblemAnswers {
                 }
                 if is_command {
                     answers.entry("422".into()).or_insert_with(|| {
-                        problem("A field is invalid, or the Idempotency-Key was used with another request")
+                        problem(
+                            "A field is invalid, or the Idempotency-Key was used with another \
+                             request",
+                        )
                     });
                 }
                 if needs_token {

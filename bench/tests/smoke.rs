@@ -5,19 +5,10 @@
 
 use std::process::Command;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ErrorKind};
+use hap_tests::admin_url;
+use hap_tests::broker::{amqp_url, queue_exists};
+use lapin::{Connection, ConnectionProperties};
 use projections::queues::{QUEUES, QueueNames};
-
-fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn amqp_url() -> String {
-    std::env::var("HAP_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 /// Runs `hap-bench` with `args`, starting each timed run at once, and returns its stderr (the
 /// progress, which names the scratch prefix) after checking that it succeeded and reported a
@@ -26,7 +17,7 @@ fn bench(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_hap-bench"))
         .args(args)
         .args(["--settle-limit", "0"])
-        .env("HAP_BENCH_DATABASE_URL", database_url())
+        .env("HAP_BENCH_DATABASE_URL", admin_url())
         .env("HAP_BENCH_AMQP_URL", amqp_url())
         .output()
         .expect("hap-bench starts");
@@ -81,27 +72,10 @@ async fn look_for_queues(prefix: &str) {
         .chain(own)
         .chain([projections::topology(prefix).unrouted()]);
     for queue in queues {
-        // A passive declaration of a queue that does not exist closes the channel: a fresh
-        // channel for each.
-        let channel = connection.create_channel().await.expect("a channel");
-        let declared = channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        match declared {
-            Ok(_) => panic!("{queue} was left behind"),
-            // 404 NOT_FOUND: the queue is gone. Any other failure says nothing either way.
-            Err(error) => assert!(
-                matches!(error.kind(), ErrorKind::ProtocolError(e) if e.get_id() == 404),
-                "could not look for {queue}: {error}"
-            ),
-        }
+        assert!(
+            !queue_exists(&connection, &queue).await,
+            "{queue} was left behind"
+        );
     }
     connection.close(200, "done".into()).await.ok();
 }

@@ -192,6 +192,30 @@ pub async fn wait_for_queue(queue: &str) {
     panic!("{queue} was never declared");
 }
 
+/// Whether `queue` exists, by declaring it passively: nothing is created. Panics if the broker
+/// cannot say (any failure but 404 NOT_FOUND), so that a broken connection never reads as
+/// "gone".
+pub async fn queue_exists(connection: &Connection, queue: &str) -> bool {
+    // A failed passive declare closes the channel, so each check gets a new one.
+    let channel = connection.create_channel().await.expect("a channel");
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+    {
+        Ok(_) => true,
+        Err(error) => {
+            let gone =
+                matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 404);
+            assert!(gone, "could not look for {queue}: {error}");
+            false
+        }
+    }
+}
+
 /// Whether every exchange of `prefix` (the topic exchanges and the unrouted one) and the
 /// unrouted queue exist, by declaring them passively: nothing is created.
 pub async fn topology_exists(prefix: &str) -> bool {
