@@ -20,6 +20,9 @@
 //!   paced and saturated, beside e2e's one-trip floor at the same rate.
 //! - [`rebuild`]: `hap-bench rebuild`, rebuilding the read model against a keyset scan of the
 //!   store.
+//! - [`chaos`]: `hap-bench chaos`, no benchmark but a trial: the clinic as separate `hap`
+//!   processes under a workload while processes are killed and servers fail, then the books
+//!   checked (exit status 1 if any invariant is violated).
 //! - [`database`]: the scratch database, shared by every subcommand.
 //! - [`broker`]: the scratch exchange prefix, and HAP's pieces running in the background on it.
 //! - [`system`]: HAP's pieces wired as `hap serve` wires them, and filling the store.
@@ -32,6 +35,7 @@
 
 mod append;
 mod broker;
+mod chaos;
 mod cpu;
 mod database;
 mod e2e;
@@ -78,6 +82,9 @@ enum Command {
     Saga(saga::Args),
     /// Rebuilding the read model from the store against a plain paged scan of the store.
     Rebuild(rebuild::Args),
+    /// The clinic as separate processes under a workload, broken on purpose (processes
+    /// killed, connections cut), then the books checked; exit status 1 on any violation.
+    Chaos(chaos::Args),
 }
 
 #[tokio::main]
@@ -92,6 +99,7 @@ async fn main() -> ExitCode {
         Command::E2e(args) => e2e::run(args).await,
         Command::Saga(args) => saga::run(args).await,
         Command::Rebuild(args) => rebuild::run(args).await,
+        Command::Chaos(args) => chaos::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

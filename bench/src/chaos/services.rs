@@ -1,0 +1,183 @@
+//! The PostgreSQL server and the RabbitMQ broker a run uses, and what can be done to them.
+//!
+//! The machine's shared servers serve other runs and tests too, so a fault never stops them:
+//! on them a "database fault" terminates the connections to this run's own scratch database,
+//! and a "broker fault" has the broker close this run's own connections (those whose name
+//! holds the run's exchange prefix, which is how HAP names them), which is what a restart
+//! does to its clients. A private server of the run's own could be restarted or killed
+//! outright; each kind of server is one variant here, with its faults beside it.
+
+use anyhow::{Context, bail};
+use sqlx::{ConnectOptions, Connection};
+
+/// A fault of a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceFault {
+    /// Every connection to the run's database is terminated by the server.
+    DatabaseConnectionsDropped,
+    /// The broker closes every connection of the run's processes.
+    BrokerConnectionsDropped,
+}
+
+impl ServiceFault {
+    /// What the report calls it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DatabaseConnectionsDropped => "PostgreSQL drops the run's connections",
+            Self::BrokerConnectionsDropped => "RabbitMQ closes the run's connections",
+        }
+    }
+}
+
+/// Where the run's database lives.
+enum Database {
+    /// A server other runs use too: faults touch only the run's database.
+    Shared { server_url: String },
+}
+
+/// Where the run's messages go.
+enum Broker {
+    /// A broker other runs use too: faults touch only the run's connections.
+    Shared { url: String },
+}
+
+/// The servers of a run.
+pub struct Services {
+    database: Database,
+    broker: Broker,
+}
+
+impl Services {
+    /// The shared servers at `database_url` (server level; the run creates its database
+    /// there) and `amqp_url`.
+    pub fn shared(database_url: &str, amqp_url: &str) -> Self {
+        Self {
+            database: Database::Shared {
+                server_url: database_url.to_owned(),
+            },
+            broker: Broker::Shared {
+                url: amqp_url.to_owned(),
+            },
+        }
+    }
+
+    /// The server-level PostgreSQL URL the scratch database is made on.
+    pub fn database_url(&self) -> &str {
+        match &self.database {
+            Database::Shared { server_url } => server_url,
+        }
+    }
+
+    /// The broker URL HAP's processes get (`HAP_AMQP_URL`).
+    pub fn amqp_url(&self) -> &str {
+        match &self.broker {
+            Broker::Shared { url } => url,
+        }
+    }
+
+    /// Every fault these servers can suffer; a run injects each at least once.
+    pub fn faults(&self) -> Vec<ServiceFault> {
+        let mut faults = vec![];
+        match self.database {
+            Database::Shared { .. } => faults.push(ServiceFault::DatabaseConnectionsDropped),
+        }
+        match self.broker {
+            Broker::Shared { .. } => faults.push(ServiceFault::BrokerConnectionsDropped),
+        }
+        faults
+    }
+
+    /// Injects `fault` into the servers of the run whose database is `database` and whose
+    /// exchange prefix is `prefix`. Returns what was done, for the log of faults.
+    pub async fn inject(
+        &self,
+        fault: ServiceFault,
+        database: &str,
+        prefix: &str,
+    ) -> anyhow::Result<String> {
+        match (fault, &self.database, &self.broker) {
+            (ServiceFault::DatabaseConnectionsDropped, Database::Shared { server_url }, _) => {
+                let dropped = terminate_connections(server_url, database).await?;
+                Ok(format!("terminated {dropped} connections to {database}"))
+            }
+            (ServiceFault::BrokerConnectionsDropped, _, Broker::Shared { .. }) => {
+                let closed = close_connections(prefix).await?;
+                Ok(format!("closed {closed} broker connections under {prefix}"))
+            }
+        }
+    }
+
+    /// Undoes `fault` after its pause: starts again what it stopped. Returns what was done,
+    /// or `None` when the fault left nothing down (cut connections come back by themselves).
+    pub async fn recover(&self, fault: ServiceFault) -> anyhow::Result<Option<String>> {
+        match fault {
+            ServiceFault::DatabaseConnectionsDropped | ServiceFault::BrokerConnectionsDropped => {
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Has PostgreSQL terminate every backend connected to `database`; how many it terminated.
+async fn terminate_connections(server_url: &str, database: &str) -> anyhow::Result<i64> {
+    let options: sqlx::postgres::PgConnectOptions = server_url
+        .parse()
+        .with_context(|| format!("{server_url} is not a PostgreSQL URL"))?;
+    let mut admin = options
+        .database("postgres")
+        .connect()
+        .await
+        .context("Failed to connect to PostgreSQL to drop the run's connections")?;
+    let terminated: i64 = sqlx::query_scalar(
+        "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity
+          where datname = $1 and pid <> pg_backend_pid()",
+    )
+    .bind(database)
+    .fetch_one(&mut admin)
+    .await
+    .context("Failed to terminate the run's connections")?;
+    admin.close().await.ok();
+    Ok(terminated)
+}
+
+/// Has the broker close every connection whose properties name `prefix` (HAP names its
+/// publisher and consumer connections after their exchange prefix or queue), through
+/// `rabbitmqctl`; how many it closed.
+async fn close_connections(prefix: &str) -> anyhow::Result<usize> {
+    let listing = tokio::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .await
+        .context("Failed to run rabbitmqctl (it comes with rabbitmq-server)")?;
+    if !listing.status.success() {
+        bail!(
+            "rabbitmqctl list_connections failed: {}",
+            String::from_utf8_lossy(&listing.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&listing.stdout);
+    let pids: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains(prefix))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    let mut closed = 0;
+    for pid in pids {
+        // A connection that went away meanwhile fails to close; that is no failure here.
+        let status = tokio::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "hap-bench chaos: closed by the broker"])
+            .output()
+            .await
+            .context("Failed to run rabbitmqctl")?;
+        if status.status.success() {
+            closed += 1;
+        }
+    }
+    Ok(closed)
+}
