@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -105,7 +105,7 @@ pub async fn check(context: &Context<'_>) -> anyhow::Result<Vec<Check>> {
                 .collect(),
         ),
         deadlines_not_overdue(pool).await?,
-        no_deactivated_person_scheduled(&consultations, &deactivations),
+        no_deactivated_person_scheduled(pool, &consultations, &deactivations).await?,
         one_tenant_per_stream(pool).await?,
     ];
     for instance in INSTANCES {
@@ -264,7 +264,7 @@ fn slots_match(consultations: &[Consultation], held: &BTreeMap<Uuid, u32>) -> Ch
 }
 
 async fn deadlines_not_overdue(pool: &PgPool) -> anyhow::Result<Check> {
-    let rows: Vec<(Uuid, String, chrono::DateTime<Utc>)> = sqlx::query_as(
+    let rows: Vec<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
         "select id, tenant_id, due_at from deadlines
           where state = 'running' and due_at < now()
           order by due_at",
@@ -283,10 +283,11 @@ async fn deadlines_not_overdue(pool: &PgPool) -> anyhow::Result<Check> {
     ))
 }
 
-fn no_deactivated_person_scheduled(
+async fn no_deactivated_person_scheduled(
+    pool: &PgPool,
     consultations: &[Consultation],
-    deactivations: &BTreeMap<Uuid, chrono::DateTime<Utc>>,
-) -> Check {
+    deactivations: &BTreeMap<Uuid, DateTime<Utc>>,
+) -> anyhow::Result<Check> {
     let mut checked = 0;
     let mut breaches = vec![];
     for c in consultations {
@@ -299,24 +300,49 @@ fn no_deactivated_person_scheduled(
             }
             checked += 1;
             if c.status == domain::consultation::Status::Scheduled {
-                let scheduled = c
-                    .scheduled_at
-                    .map_or("?".to_owned(), |at| at.to_rfc3339());
+                let timeline = timeline(pool, c.id, *deactivated).await?;
                 breaches.push(format!(
-                    "consultation {} ({}) is scheduled (at {scheduled}) for {role} {person}, \
-                     deactivated at {}",
-                    c.id,
-                    c.tenant,
-                    deactivated.to_rfc3339()
+                    "consultation {} ({}) is scheduled for {role} {person}, deactivated while \
+                     it was being scheduled: {timeline}",
+                    c.id, c.tenant,
                 ));
             }
         }
     }
-    Check::new(
+    Ok(Check::new(
         "no deactivated person's future consultation is scheduled",
         checked,
         breaches,
+    ))
+}
+
+/// The saga of `consultation` as its events tell it, with the deactivation at
+/// `deactivated` in its place, each at its time from the request (`+12 ms`).
+async fn timeline(
+    pool: &PgPool,
+    consultation: Uuid,
+    deactivated: DateTime<Utc>,
+) -> anyhow::Result<String> {
+    let mut events: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "select event_type, occurred_at from events
+          where stream_id = $1 or (payload ->> 'consultationId') = $1::text
+          order by occurred_at, position",
     )
+    .bind(consultation)
+    .fetch_all(pool)
+    .await?;
+    let Some(requested) = events.first().map(|(_, at)| *at) else {
+        return Ok("no events".to_owned());
+    };
+    events.push(("(deactivated)".to_owned(), deactivated));
+    events.sort_by_key(|(_, at)| *at);
+    Ok(events
+        .iter()
+        .map(|(event_type, at)| {
+            format!("{event_type} +{} ms", (*at - requested).num_milliseconds())
+        })
+        .collect::<Vec<_>>()
+        .join(", "))
 }
 
 async fn one_tenant_per_stream(pool: &PgPool) -> anyhow::Result<Check> {

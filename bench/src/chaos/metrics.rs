@@ -83,16 +83,18 @@ impl Scraper {
 
     /// The sum over every process and incarnation of the counter `metric`, over its series
     /// whose labels contain every one of `labels` (as `name="value"`).
-    pub fn total(&self, metric: &str, labels: &[&str]) -> f64 {
+    pub fn total(&self, metric: &str, labels: &[&str]) -> u64 {
         let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        series
+        let sum: f64 = series
             .iter()
             .filter(|((_, name), _)| {
                 let (base, rest) = name.split_once('{').unwrap_or((name, ""));
                 base == metric && labels.iter().all(|label| rest.contains(label))
             })
             .map(|(_, s)| s.banked + s.last)
-            .sum()
+            .sum();
+        // Counters are whole numbers; an empty sum is -0.0.
+        sum.round() as u64
     }
 }
 

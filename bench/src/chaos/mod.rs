@@ -311,7 +311,7 @@ async fn exercise(
         injected: &injected,
         duplicates: report::Duplicates {
             published: scraper.total("hap_publisher_published_total", &[]),
-            events,
+            events: u64::try_from(events).unwrap_or(0),
             saga_steps_retried: scraper.total("hap_saga_steps_total", &["outcome=\"retried\""]),
             messages_retried: scraper.total("hap_messages_retried_total", &[]),
         },

@@ -15,12 +15,12 @@ const SHOWN_BREACHES: usize = 20;
 /// What the duplicates table says, from HAP's metrics and the store.
 pub struct Duplicates {
     /// `hap_publisher_published_total` over every publisher incarnation.
-    pub published: f64,
-    pub events: i64,
+    pub published: u64,
+    pub events: u64,
     /// `hap_saga_steps_total{outcome="retried"}`.
-    pub saga_steps_retried: f64,
+    pub saga_steps_retried: u64,
     /// `hap_messages_retried_total`.
-    pub messages_retried: f64,
+    pub messages_retried: u64,
 }
 
 pub struct Report<'a> {
@@ -138,15 +138,15 @@ impl Report<'_> {
         ]);
         table.row(vec![
             "messages published again (confirmed ≥ published − stored events)".to_owned(),
-            format!("≥ {:.0}", (d.published - d.events as f64).max(0.0)),
+            format!("≥ {}", d.published.saturating_sub(d.events)),
         ]);
         table.row(vec![
             "saga steps retried (hap_saga_steps_total, outcome retried)".to_owned(),
-            format!("≥ {:.0}", d.saga_steps_retried),
+            format!("≥ {}", d.saga_steps_retried),
         ]);
         table.row(vec![
             "messages sent to a retry queue (hap_messages_retried_total)".to_owned(),
-            format!("≥ {:.0}", d.messages_retried),
+            format!("≥ {}", d.messages_retried),
         ]);
         println!();
         print!("{table}");

@@ -5,7 +5,9 @@
 //! Each tenant has few physicians and few start times (two days of four half-hour slots,
 //! some requests an hour long), so several requests compete for one slot and most lose it;
 //! cancellations and deactivations free slots for later requests. Deactivations pick the
-//! person whose consultation was requested last, so that it is still being scheduled. What
+//! person whose consultation was requested last, and one accepted consultation request in
+//! eight is chased by the deactivation of its patient or physician within 300 ms, so that the
+//! deactivation meets a consultation still being scheduled. What
 //! is scheduled is learnt the way a client would: each tenant polls
 //! `GET /consultations?status=scheduled` every second, on the API processes in turn.
 //!
@@ -53,6 +55,10 @@ const SLOTS: [(u32, u32); 4] = [(9, 0), (9, 30), (10, 0), (10, 30)];
 /// A request that names someone who asked for a consultation this recently counts as "in
 /// flight" for a deactivation.
 const IN_FLIGHT: Duration = Duration::from_secs(3);
+/// One accepted consultation request in this many is chased by the deactivation of its
+/// patient or physician, this many ms after the answer: while the saga schedules it.
+const CHASE_ONE_IN: u32 = 8;
+const CHASE_DELAY_MS: std::ops::RangeInclusive<u64> = 0..=300;
 /// One accepted command in this many is sent again with its key.
 const REPLAY_ONE_IN: u32 = 20;
 
@@ -106,6 +112,9 @@ struct Planned {
     tenant: usize,
     call: Call,
     replay: bool,
+    /// For a consultation request: deactivate this person (with this kind of command) this
+    /// long after it is accepted, while the saga is scheduling it.
+    chase: Option<(Kind, Uuid, Duration)>,
 }
 
 /// The workload: the tenants' clinics, the client and what it learnt.
@@ -231,6 +240,7 @@ impl Workload {
                     tenant,
                     call,
                     replay: false,
+                    chase: None,
                 },
                 sent,
             )
@@ -284,6 +294,7 @@ impl Workload {
         let n = self.number();
         let mut state = self.tenants[tenant].lock().unwrap_or_else(|e| e.into_inner());
         let active_physicians = Tenant::active(&state.physicians).count();
+        let mut chase = None;
         let fallback = Kind::RequestConsultation;
         let (path, method, body) = match kind {
             Kind::RegisterPatient => (
@@ -346,16 +357,7 @@ impl Workload {
                     drop(state);
                     return self.build(tenant, fallback);
                 };
-                let collection = if kind == Kind::DeactivatePatient {
-                    "patients"
-                } else {
-                    "physicians"
-                };
-                (
-                    format!("/{collection}/{target}/deactivate"),
-                    Method::POST,
-                    Some(json!({ "reason": format!("leaves the clinic ({n})") })),
-                )
+                deactivation(kind, target, n)
             }
             Kind::RequestConsultation => {
                 let drawn = self.draw(|rng| {
@@ -379,6 +381,18 @@ impl Workload {
                     drop(state);
                     return self.build(tenant, Kind::RegisterPatient);
                 };
+                chase = self.draw(|rng| {
+                    if !rng.random_ratio(1, CHASE_ONE_IN) {
+                        return None;
+                    }
+                    let delay = Duration::from_millis(rng.random_range(CHASE_DELAY_MS));
+                    if rng.random_ratio(2, 3) {
+                        Some((Kind::DeactivatePatient, patient, delay))
+                    } else {
+                        (active_physicians > MIN_PHYSICIANS)
+                            .then_some((Kind::DeactivatePhysician, physician, delay))
+                    }
+                });
                 // Both are "in flight" from now, for the deactivations.
                 let now = Instant::now();
                 let state = &mut *state;
@@ -456,7 +470,29 @@ impl Workload {
             tenant,
             call,
             replay,
+            chase,
         })
+    }
+
+    /// The deactivation of `person` (`kind` says patient or physician) for `tenant`.
+    fn deactivate(&self, tenant: usize, kind: Kind, person: Uuid) -> Planned {
+        let n = self.number();
+        let state = self.tenants[tenant].lock().unwrap_or_else(|e| e.into_inner());
+        let (path, method, body) = deactivation(kind, person, n);
+        Planned {
+            kind,
+            tenant,
+            call: Call {
+                method,
+                path,
+                body,
+                token: state.token.clone(),
+                key: Some(format!("chaos-{n}")),
+                correlation: format!("chaos-{}-{n}", state.name),
+            },
+            replay: false,
+            chase: None,
+        }
     }
 
     /// Sends a command and learns from its answer.
@@ -504,6 +540,11 @@ impl Workload {
         }
         if let (true, Some(id)) = (accepted, id) {
             self.learn(planned.tenant, planned.kind, id);
+        }
+        if let (true, Some((kind, person, delay))) = (accepted, planned.chase) {
+            tokio::time::sleep(delay).await;
+            let chaser = self.deactivate(planned.tenant, kind, person);
+            Box::pin(self.execute(chaser)).await;
         }
         if accepted && planned.replay {
             let again = self.api.send(&planned.call, RUN_BUDGET).await;
@@ -613,4 +654,18 @@ impl Workload {
             }
         }
     }
+}
+
+/// Path, method and body of the deactivation of `person` (`kind` says patient or physician).
+fn deactivation(kind: Kind, person: Uuid, n: u64) -> (String, Method, Option<serde_json::Value>) {
+    let collection = if kind == Kind::DeactivatePatient {
+        "patients"
+    } else {
+        "physicians"
+    };
+    (
+        format!("/{collection}/{person}/deactivate"),
+        Method::POST,
+        Some(json!({ "reason": format!("leaves the clinic ({n})") })),
+    )
 }
