@@ -139,7 +139,10 @@ impl Api {
     async fn attempt(&self, address: SocketAddr, call: &Call) -> reqwest::Result<Answer> {
         let mut request = self
             .http
-            .request(call.method.clone(), format!("http://{address}{}", call.path))
+            .request(
+                call.method.clone(),
+                format!("http://{address}{}", call.path),
+            )
             .bearer_auth(&call.token)
             .header("X-Correlation-Id", &call.correlation);
         if let Some(key) = &call.key {

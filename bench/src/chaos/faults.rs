@@ -115,7 +115,10 @@ impl Injector<'_> {
         if let Some(last) = plan.last()
             && last.at + last.pause + Duration::from_secs(5) > until
         {
-            say(self.started, "the last fault ran late: the calm before the end is shorter than asked");
+            say(
+                self.started,
+                "the last fault ran late: the calm before the end is shorter than asked",
+            );
         }
         self.watch_until(until, &mut injected).await?;
         Ok(injected)
@@ -136,12 +139,14 @@ impl Injector<'_> {
                 Ok(kind)
             }
             Fault::Service(fault) => {
+                // Printed with the time it began: some faults take a while to inject.
+                let began = self.started.elapsed();
                 let done = self
                     .services
                     .inject(fault, self.database, self.prefix)
                     .await
                     .with_context(|| format!("Failed to inject: {}", fault.name()))?;
-                say(self.started, &format!("{}: {done}", fault.name()));
+                eprintln!("[{:6.1} s] {}: {done}", began.as_secs_f64(), fault.name());
                 tokio::time::sleep(planned.pause).await;
                 if let Some(done) = self.services.recover(fault).await? {
                     say(self.started, &done);
@@ -159,11 +164,17 @@ impl Injector<'_> {
             match process.start(self.hap).await {
                 Ok(address) => {
                     let (name, pid) = (process.name.clone(), process.pid().unwrap_or(0));
-                    say(self.started, &format!("{name} started again on {address} (pid {pid})"));
+                    say(
+                        self.started,
+                        &format!("{name} started again on {address} (pid {pid})"),
+                    );
                     return Ok(());
                 }
                 Err(error) if attempt < RESTART_ATTEMPTS => {
-                    say(self.started, &format!("{} did not start: {error:#}", process.name));
+                    say(
+                        self.started,
+                        &format!("{} did not start: {error:#}", process.name),
+                    );
                     attempt += 1;
                     tokio::time::sleep(WATCH).await;
                 }

@@ -56,7 +56,12 @@ pub async fn check(context: &Context<'_>) -> anyhow::Result<Vec<Check>> {
         accepted_commands_stored(pool, context.ledger).await?,
         Check::new(
             "every request's outcome is known",
-            context.ledger.by_kind.values().map(|k| k.requests as usize).sum(),
+            context
+                .ledger
+                .by_kind
+                .values()
+                .map(|k| k.requests as usize)
+                .sum(),
             context
                 .ledger
                 .unanswered
@@ -85,7 +90,12 @@ pub async fn check(context: &Context<'_>) -> anyhow::Result<Vec<Check>> {
             consultations
                 .iter()
                 .filter(|c| c.scheduled > 1)
-                .map(|c| format!("consultation {} has {} ConsultationScheduled", c.id, c.scheduled))
+                .map(|c| {
+                    format!(
+                        "consultation {} has {} ConsultationScheduled",
+                        c.id, c.scheduled
+                    )
+                })
                 .collect(),
         ),
         Check::new(
@@ -334,6 +344,10 @@ async fn timeline(
     let Some(requested) = events.first().map(|(_, at)| *at) else {
         return Ok("no events".to_owned());
     };
+    // The saga ends at the consultation's scheduling; what follows is the workload's.
+    if let Some(end) = events.iter().position(|(t, _)| t == store::SCHEDULED) {
+        events.truncate(end + 1);
+    }
     events.push(("(deactivated)".to_owned(), deactivated));
     events.sort_by_key(|(_, at)| *at);
     Ok(events
@@ -370,9 +384,7 @@ async fn one_tenant_per_stream(pool: &PgPool) -> anyhow::Result<Check> {
 /// `hap rebuild --all --verify` on `instance`: exit 0 means its read model equals a fresh
 /// rebuild from the store.
 async fn read_model_rebuilds_equal(hap: &Hap, instance: &str) -> anyhow::Result<Check> {
-    let (equal, output) = hap
-        .run(instance, &["rebuild", "--all", "--verify"])
-        .await?;
+    let (equal, output) = hap.run(instance, &["rebuild", "--all", "--verify"]).await?;
     let breaches = if equal {
         vec![]
     } else {
@@ -415,4 +427,74 @@ async fn dead_letters(amqp_url: &str, prefix: &str) -> anyhow::Result<Check> {
         queues.len(),
         breaches,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::consultation::Status;
+
+    fn consultation(id: u128, physician: u128, hour: u32, status: Status) -> Consultation {
+        let at = |h: u32, m: u32| {
+            chrono::NaiveDate::from_ymd_opt(2030, 1, 7)
+                .and_then(|d| d.and_hms_opt(h, m, 0))
+                .map(|t| t.and_utc())
+                .expect("a valid time")
+        };
+        Consultation {
+            id: Uuid::from_u128(id),
+            tenant: "clinic-1".into(),
+            patient: Uuid::from_u128(100),
+            physician: Uuid::from_u128(physician),
+            starts_at: at(hour, 0),
+            ends_at: at(hour, 45),
+            status,
+            scheduled: u32::from(status == Status::Scheduled),
+            scheduled_at: None,
+            failed: 0,
+            failure: None,
+        }
+    }
+
+    #[test]
+    fn overlapping_scheduled_consultations_of_one_physician_are_found() {
+        let apart = [
+            consultation(1, 7, 9, Status::Scheduled),
+            consultation(2, 7, 10, Status::Scheduled),
+            // Another physician, or not holding the slot: no overlap.
+            consultation(3, 8, 9, Status::Scheduled),
+            consultation(4, 7, 9, Status::Failed),
+        ];
+        assert!(no_overlaps(&apart).holds());
+        let overlapping = [
+            consultation(1, 7, 9, Status::Scheduled),
+            consultation(2, 7, 9, Status::Done),
+        ];
+        assert_eq!(no_overlaps(&overlapping).breaches.len(), 1);
+    }
+
+    #[test]
+    fn slots_must_be_held_by_exactly_the_scheduled_consultations_once() {
+        let consultations = [
+            consultation(1, 7, 9, Status::Scheduled),
+            consultation(2, 7, 10, Status::Cancelled),
+            consultation(3, 7, 11, Status::Scheduled),
+        ];
+        let (one, two, three) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let right = BTreeMap::from([(one, 1), (three, 1)]);
+        assert!(slots_match(&consultations, &right).holds());
+        // A cancelled one still holding, a scheduled one without, one holding twice.
+        let wrong = BTreeMap::from([(one, 2), (two, 1)]);
+        assert_eq!(slots_match(&consultations, &wrong).breaches.len(), 3);
+    }
+
+    #[test]
+    fn a_consultation_left_requested_or_cancelling_is_not_at_rest() {
+        let consultations = [
+            consultation(1, 7, 9, Status::Scheduled),
+            consultation(2, 7, 10, Status::Requested),
+            consultation(3, 7, 11, Status::CancellationRequested),
+        ];
+        assert_eq!(at_rest(&consultations).breaches.len(), 2);
+    }
 }

@@ -222,7 +222,11 @@ async fn exercise(
 ) -> anyhow::Result<usize> {
     let api = Arc::new(Api::new(cluster.api_endpoints())?);
     let scraper = metrics::Scraper::new(
-        cluster.processes.iter().map(|p| p.endpoint.clone()).collect(),
+        cluster
+            .processes
+            .iter()
+            .map(|p| p.endpoint.clone())
+            .collect(),
     )?;
     let tenants = tokens(secret, args.tenants, args.seconds + args.settle_secs)?;
     let workload = Arc::new(Workload::new(Arc::clone(&api), tenants, args.seed));
@@ -244,7 +248,7 @@ async fn exercise(
             Fault::Service(fault) => fault.name().to_owned(),
         };
         eprintln!(
-            "  at {:5.1} s: {what} (down {:.1} s)",
+            "  at {:5.1} s: {what} (pause {:.1} s)",
             planned.at.as_secs_f64(),
             planned.pause.as_secs_f64()
         );
@@ -333,7 +337,10 @@ async fn exercise(
         FAULTS_FROM.as_secs(),
         args.seconds - args.calm_secs,
         if settled.quiet {
-            format!("quiet {:.1} s after the workload", settled.waited.as_secs_f64())
+            format!(
+                "quiet {:.1} s after the workload",
+                settled.waited.as_secs_f64()
+            )
         } else {
             format!(
                 "NOT quiet after {:.0} s: {}",
@@ -372,8 +379,7 @@ fn tokens(secret: &str, count: u64, seconds: u64) -> anyhow::Result<Vec<(String,
                 scope: api::auth::SCOPES.join(" "),
                 ttl: Duration::from_secs(seconds + 600),
             };
-            let token = api::auth::mint(&settings, &request)
-                .context("Failed to sign a token")?;
+            let token = api::auth::mint(&settings, &request).context("Failed to sign a token")?;
             Ok((tenant, token))
         })
         .collect()

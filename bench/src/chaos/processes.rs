@@ -189,10 +189,7 @@ impl Process {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("Failed to start {}", self.name))?;
-        let stderr = child
-            .stderr
-            .take()
-            .context("the child's stderr is piped")?;
+        let stderr = child.stderr.take().context("the child's stderr is piped")?;
         let (listening, address) = oneshot::channel();
         tokio::spawn(copy_log(stderr, log, listening));
         let started = tokio::time::timeout(START_TIMEOUT, address).await;
@@ -238,7 +235,9 @@ impl Process {
 
     /// Whether it has exited by itself (a crash, not one of ours).
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 }
 
@@ -328,8 +327,7 @@ impl Cluster {
     /// Starts every process: the API processes first (each migrates its instance's read
     /// model), then the rest side by side.
     pub async fn start(&mut self, hap: &Hap) -> anyhow::Result<()> {
-        let (api, rest): (Vec<_>, Vec<_>) =
-            self.processes.iter_mut().partition(|p| p.serves_api());
+        let (api, rest): (Vec<_>, Vec<_>) = self.processes.iter_mut().partition(|p| p.serves_api());
         for wave in [api, rest] {
             let started = futures::future::join_all(wave.into_iter().map(|process| async {
                 let address = process.start(hap).await?;

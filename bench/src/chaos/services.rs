@@ -146,7 +146,10 @@ async fn terminate_connections(server_url: &str, database: &str) -> anyhow::Resu
 /// connection takes a second each.
 async fn close_connections(prefix: &str) -> anyhow::Result<usize> {
     // The prefix is embedded in Erlang source: it must be a plain name.
-    if !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+    if !prefix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
         bail!("exchange prefix {prefix} is not a plain name");
     }
     let program = format!(

@@ -16,12 +16,15 @@ const STATUS_EVENTS: [(&str, Status); 6] = [
     (STARTED, Status::Requested),
     (SCHEDULED, Status::Scheduled),
     (FAILED, Status::Failed),
-    ("ConsultationCancellationRequested", Status::CancellationRequested),
+    (
+        "ConsultationCancellationRequested",
+        Status::CancellationRequested,
+    ),
     ("ConsultationCancelled", Status::Cancelled),
     ("ConsultationDone", Status::Done),
 ];
 const STARTED: &str = "ConsultationSchedulingStarted";
-const SCHEDULED: &str = "ConsultationScheduled";
+pub const SCHEDULED: &str = "ConsultationScheduled";
 const FAILED: &str = "ConsultationSchedulingFailed";
 /// A slot held on, and given back to, a physician's day.
 const HELD: &str = "PhysicianAvailabilityConfirmed";
@@ -73,6 +76,13 @@ pub async fn consultations(pool: &PgPool) -> anyhow::Result<Vec<Consultation>> {
     .fetch_all(pool)
     .await
     .context("Failed to read the consultations' events")?;
+    fold_consultations(rows)
+}
+
+/// Folds consultation events, in stream and version order, into consultations.
+fn fold_consultations(
+    rows: Vec<(Uuid, String, String, DateTime<Utc>, String)>,
+) -> anyhow::Result<Vec<Consultation>> {
     let mut consultations: Vec<Consultation> = vec![];
     for (id, tenant, event_type, occurred_at, payload) in rows {
         let payload: Value = serde_json::from_str(&payload)
@@ -124,6 +134,12 @@ pub async fn held_slots(pool: &PgPool) -> anyhow::Result<BTreeMap<Uuid, u32>> {
     .fetch_all(pool)
     .await
     .context("Failed to read the physicians' days")?;
+    fold_days(rows)
+}
+
+/// Folds the days' hold and release events, in stream and version order, into the slots each
+/// consultation holds.
+fn fold_days(rows: Vec<(Uuid, String, String)>) -> anyhow::Result<BTreeMap<Uuid, u32>> {
     let mut days: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
     for (day, event_type, payload) in rows {
         let payload: Value = serde_json::from_str(&payload)
@@ -202,9 +218,7 @@ pub async fn record_events(pool: &PgPool) -> anyhow::Result<BTreeMap<Uuid, Vec<S
     )))
 }
 
-fn group(
-    rows: impl Iterator<Item = (Uuid, i64, String, String)>,
-) -> BTreeMap<Uuid, Vec<Stored>> {
+fn group(rows: impl Iterator<Item = (Uuid, i64, String, String)>) -> BTreeMap<Uuid, Vec<Stored>> {
     let mut grouped: BTreeMap<Uuid, Vec<Stored>> = BTreeMap::new();
     for (key, version, event_type, tenant) in rows {
         grouped.entry(key).or_default().push(Stored {
@@ -234,6 +248,73 @@ fn time_field(payload: &Value, field: &str) -> anyhow::Result<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(
+        id: Uuid,
+        event_type: &str,
+        payload: Value,
+    ) -> (Uuid, String, String, DateTime<Utc>, String) {
+        (
+            id,
+            "clinic-1".into(),
+            event_type.into(),
+            Utc::now(),
+            payload.to_string(),
+        )
+    }
+
+    fn requested(id: Uuid) -> (Uuid, String, String, DateTime<Utc>, String) {
+        row(
+            id,
+            STARTED,
+            serde_json::json!({
+                "consultationId": id,
+                "patientId": Uuid::nil(),
+                "physicianId": Uuid::nil(),
+                "startsAt": "2030-01-07T09:00:00Z",
+                "endsAt": "2030-01-07T09:30:00Z",
+            }),
+        )
+    }
+
+    #[test]
+    fn a_consultation_folds_to_its_last_status_and_counts_its_outcomes() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let folded = fold_consultations(vec![
+            requested(a),
+            row(a, SCHEDULED, serde_json::json!({})),
+            row(a, "ConsultationUpdated", serde_json::json!({})),
+            row(a, FAILED, serde_json::json!({ "reason": "timed_out" })),
+            requested(b),
+        ])
+        .unwrap();
+        assert_eq!(folded.len(), 2);
+        assert_eq!(folded[0].status, Status::Failed);
+        assert_eq!((folded[0].scheduled, folded[0].failed), (1, 1));
+        assert_eq!(folded[0].failure.as_deref(), Some("timed_out"));
+        assert_eq!(folded[1].status, Status::Requested);
+    }
+
+    #[test]
+    fn a_released_slot_is_no_longer_held_and_a_slot_held_on_two_days_counts_twice() {
+        let (day1, day2) = (Uuid::from_u128(10), Uuid::from_u128(11));
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let event = |day, event_type: &str, consultation: Uuid| {
+            (
+                day,
+                event_type.to_owned(),
+                serde_json::json!({ "consultationId": consultation }).to_string(),
+            )
+        };
+        let held = fold_days(vec![
+            event(day1, HELD, a),
+            event(day1, HELD, b),
+            event(day1, RELEASED, a),
+            event(day2, HELD, b),
+        ])
+        .unwrap();
+        assert_eq!(held, BTreeMap::from([(b, 2)]));
+    }
 
     #[test]
     fn every_event_type_read_here_is_one_hap_knows() {

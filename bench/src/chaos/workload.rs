@@ -223,29 +223,31 @@ impl Workload {
                 unanswered.len()
             );
         }
-        let resolved = unanswered.into_iter().map(|Unanswered { kind, tenant, call }| async move {
-            self.ledger
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .uncount_unanswered(kind);
-            let sent = self.api.send(&call, RESOLVE_BUDGET).await;
-            // It was sent before: count it as retried whatever this attempt took.
-            let sent = Sent {
-                attempts: sent.attempts + 1,
-                ..sent
-            };
-            self.settle(
-                Planned {
-                    kind,
-                    tenant,
-                    call,
-                    replay: false,
-                    chase: None,
-                },
-                sent,
-            )
-            .await;
-        });
+        let resolved = unanswered
+            .into_iter()
+            .map(|Unanswered { kind, tenant, call }| async move {
+                self.ledger
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .uncount_unanswered(kind);
+                let sent = self.api.send(&call, RESOLVE_BUDGET).await;
+                // It was sent before: count it as retried whatever this attempt took.
+                let sent = Sent {
+                    attempts: sent.attempts + 1,
+                    ..sent
+                };
+                self.settle(
+                    Planned {
+                        kind,
+                        tenant,
+                        call,
+                        replay: false,
+                        chase: None,
+                    },
+                    sent,
+                )
+                .await;
+            });
         futures::future::join_all(resolved).await;
         self.ledger
             .lock()
@@ -272,7 +274,9 @@ impl Workload {
             (tenant, kind)
         });
         let kind = {
-            let state = self.tenants[tenant].lock().unwrap_or_else(|e| e.into_inner());
+            let state = self.tenants[tenant]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let active_physicians = Tenant::active(&state.physicians).count();
             // What the clinic lacks comes first.
             if active_physicians < MIN_PHYSICIANS {
@@ -292,7 +296,9 @@ impl Workload {
     /// nothing to apply it to (a patient to register, a consultation to request).
     fn build(&self, tenant: usize, kind: Kind) -> Option<Planned> {
         let n = self.number();
-        let mut state = self.tenants[tenant].lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.tenants[tenant]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let active_physicians = Tenant::active(&state.physicians).count();
         let mut chase = None;
         let fallback = Kind::RequestConsultation;
@@ -329,8 +335,7 @@ impl Workload {
                 )
             }
             Kind::UpdatePhysician => {
-                let Some(physician) =
-                    self.draw(|rng| state.physicians.choose(rng).map(|p| p.id))
+                let Some(physician) = self.draw(|rng| state.physicians.choose(rng).map(|p| p.id))
                 else {
                     drop(state);
                     return self.build(tenant, fallback);
@@ -364,10 +369,8 @@ impl Workload {
                     // Mostly active people; now and then anyone, so the saga refuses some.
                     let anyone = rng.random_ratio(1, 10);
                     let pick = |people: &[Person], rng: &mut StdRng| {
-                        let candidates: Vec<&Person> = people
-                            .iter()
-                            .filter(|p| anyone || p.active)
-                            .collect();
+                        let candidates: Vec<&Person> =
+                            people.iter().filter(|p| anyone || p.active).collect();
                         candidates.choose(rng).map(|p| p.id)
                     };
                     let patient = pick(&state.patients, rng)?;
@@ -389,8 +392,11 @@ impl Workload {
                     if rng.random_ratio(2, 3) {
                         Some((Kind::DeactivatePatient, patient, delay))
                     } else {
-                        (active_physicians > MIN_PHYSICIANS)
-                            .then_some((Kind::DeactivatePhysician, physician, delay))
+                        (active_physicians > MIN_PHYSICIANS).then_some((
+                            Kind::DeactivatePhysician,
+                            physician,
+                            delay,
+                        ))
                     }
                 });
                 // Both are "in flight" from now, for the deactivations.
@@ -477,7 +483,9 @@ impl Workload {
     /// The deactivation of `person` (`kind` says patient or physician) for `tenant`.
     fn deactivate(&self, tenant: usize, kind: Kind, person: Uuid) -> Planned {
         let n = self.number();
-        let state = self.tenants[tenant].lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.tenants[tenant]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let (path, method, body) = deactivation(kind, person, n);
         Planned {
             kind,
@@ -515,7 +523,9 @@ impl Workload {
             return;
         };
         let accepted = (200..300).contains(&answer.status);
-        let id = answer.body["id"].as_str().and_then(|id| id.parse::<Uuid>().ok());
+        let id = answer.body["id"]
+            .as_str()
+            .and_then(|id| id.parse::<Uuid>().ok());
         let version = answer.body["version"].as_i64();
         {
             let mut ledger = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
@@ -576,7 +586,9 @@ impl Workload {
 
     /// What an accepted command adds to the clinic the client knows.
     fn learn(&self, tenant: usize, kind: Kind, id: Uuid) {
-        let mut state = self.tenants[tenant].lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.tenants[tenant]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let person = Person {
             id,
             active: true,
