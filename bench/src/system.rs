@@ -162,7 +162,7 @@ pub fn new_stream(stream_id: Uuid, events: &[Event]) -> Append {
         remember: None,
         metadata: hap_support::system::metadata(),
         deadlines: vec![],
-        fires: None,
+        ends: None,
     }
 }
 

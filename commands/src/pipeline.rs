@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use domain::{Aggregate, DomainError, Event};
 use eventstore::{
-    Append, AppendError, DeadlineStart, EventStore, Metadata, Position, Remember, StoredResponse,
-    StreamVersion,
+    Append, AppendError, DeadlineEnd, DeadlineStart, Ending, EventStore, Metadata, Position,
+    Remember, StoredResponse, StreamVersion,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -135,7 +135,8 @@ pub enum CommandError {
     /// Other writers kept appending to the stream through every retry.
     #[error("the aggregate kept changing concurrently")]
     KeptChanging,
-    /// The deadline the command was to fire is no longer running.
+    /// The deadline the command was to end (fire, or pause by confirming its saga) is no
+    /// longer running: the other of the two came first.
     #[error("the deadline is no longer running")]
     DeadlineNotRunning,
     #[error(transparent)]
@@ -366,7 +367,21 @@ impl Pipeline {
                 due_at,
             })
             .collect();
-        append.fires = meta.fires;
+        // The timer's failure fires its deadline; a saga's confirmation pauses it.
+        let fired = meta.fires.map(|id| DeadlineEnd {
+            id,
+            how: Ending::Fired,
+        });
+        let paused = || {
+            events
+                .iter()
+                .find_map(Event::pauses_deadline)
+                .map(|id| DeadlineEnd {
+                    id,
+                    how: Ending::Paused,
+                })
+        };
+        append.ends = fired.or_else(paused);
         append
     }
 

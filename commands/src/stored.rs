@@ -53,6 +53,6 @@ pub fn append<A: Aggregate>(
         remember: None,
         metadata,
         deadlines: Vec::new(),
-        fires: None,
+        ends: None,
     }
 }

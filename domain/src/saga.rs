@@ -141,8 +141,8 @@ pub enum Step {
     ReleaseSlot {
         consultation_id: ConsultationId,
     },
-    /// Pause the deadline and schedule the consultation; if it can no longer be scheduled
-    /// (the deadline fired first), release the slot that was just held.
+    /// Schedule the consultation, pausing its deadline in the same write; if it can no longer
+    /// be scheduled (the deadline fired first), release the slot that was just held.
     ConfirmScheduling {
         consultation_id: ConsultationId,
         physician_id: PhysicianId,
@@ -185,6 +185,15 @@ impl Event {
             Event::ConsultationSchedulingStarted(e) => {
                 Some((e.consultation_id.as_uuid(), SCHEDULING_DEADLINE))
             }
+            _ => None,
+        }
+    }
+
+    /// The deadline this event pauses, by saga id: scheduling a consultation stops its
+    /// scheduling deadline, in the same write, so that it can never also time out.
+    pub fn pauses_deadline(&self) -> Option<uuid::Uuid> {
+        match self {
+            Event::ConsultationScheduled(e) => Some(e.consultation_id.as_uuid()),
             _ => None,
         }
     }

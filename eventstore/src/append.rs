@@ -5,7 +5,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::EventStore;
-use crate::deadlines::DeadlineStart;
+use crate::deadlines::{DeadlineEnd, DeadlineStart};
 use crate::position::{Position, StreamVersion};
 
 /// An event not yet stored.
@@ -59,9 +59,10 @@ pub struct Append {
     pub metadata: Metadata,
     /// Deadlines the appended events start (a saga's), stored with them.
     pub deadlines: Vec<DeadlineStart>,
-    /// The running deadline (by id) that this append fires: the append takes place only if
-    /// it moves that deadline from running to fired, in the same statement, under its row lock.
-    pub fires: Option<Uuid>,
+    /// The running deadline this append ends (fires, or pauses because its saga confirmed):
+    /// the append takes place only if it moves that deadline out of running, in the same
+    /// statement, under its row lock.
+    pub ends: Option<DeadlineEnd>,
 }
 
 /// The outcome of a successful append.
@@ -95,8 +96,8 @@ pub enum AppendError {
     /// The idempotency key was used by a request that committed first; nothing was appended.
     #[error("idempotency key already used")]
     KeyTaken,
-    /// The deadline the append was to fire is no longer running (paused, or fired by another
-    /// timer); nothing was appended.
+    /// The deadline the append was to end is no longer running (its saga confirmed, or it
+    /// fired first); nothing was appended.
     #[error("deadline {0} is not running")]
     DeadlineNotRunning(Uuid),
     #[error("appending to the event store failed")]
@@ -106,17 +107,22 @@ pub enum AppendError {
 /// One statement writes a batch of appends (often a batch of one), so it runs as a single
 /// implicit transaction in one round trip: each append's events (versions `expected + 1 …`,
 /// positions in batch order), its claims, the deadlines it starts, and its remembered response
-/// with the position of its last event filled in. An append that fires a deadline is written
-/// alone, and writes nothing unless its conditional update moved the deadline to fired. A concurrent writer of the same version, claim or key makes the whole
+/// with the position of its last event filled in. An append that ends a deadline is written
+/// alone, and writes nothing unless its conditional update moved the deadline out of running
+/// (`go` reads that update, so it runs before the inserts and holds the row lock until the
+/// commit). A pause also passes when there is no deadline at all (a saga from before
+/// deadlines). A concurrent writer of the same version, claim or key makes the whole
 /// statement fail on the matching unique constraint, and nothing of it is written.
 const APPEND: &str = r#"
-with fired as (
-    update deadlines set state = 'fired', updated_at = now()
+with ended as (
+    update deadlines set state = $32, updated_at = now()
      where id = $29 and state = 'running'
     returning id
 ),
 go as (
-    select $29::uuid is null or exists (select 1 from fired) as ok
+    select $29::uuid is null
+        or exists (select 1 from ended)
+        or ($32 = 'paused' and not exists (select 1 from deadlines where id = $29)) as ok
 ),
 input as (
     select * from unnest($1::int[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[],
@@ -204,7 +210,7 @@ struct Columns {
     deadline_actors: Vec<Option<String>>,
     actors: Vec<Option<String>>,
     /// Only ever set for a batch of one (see [`EventStore::append`]).
-    fires: Option<Uuid>,
+    ends: Option<DeadlineEnd>,
 }
 
 impl Columns {
@@ -253,13 +259,13 @@ impl Columns {
                 c.deadline_correlations.push(meta.correlation_id.clone());
                 c.deadline_actors.push(meta.actor_id.clone());
             }
-            if append.fires.is_some() {
+            if append.ends.is_some() {
                 assert_eq!(
                     appends.len(),
                     1,
-                    "an append that fires a deadline is written alone"
+                    "an append that ends a deadline is written alone"
                 );
-                c.fires = append.fires;
+                c.ends = append.ends;
             }
         }
         c
@@ -277,7 +283,7 @@ impl EventStore {
         match &self.group_commit {
             // A deadline's guard decides whether its append happens at all: it cannot share a
             // statement whose other appends must not depend on it.
-            Some(group) if append.fires.is_none() => group.submit(append).await,
+            Some(group) if append.ends.is_none() => group.submit(append).await,
             _ => self.append_alone(append).await,
         }
     }
@@ -285,14 +291,9 @@ impl EventStore {
     /// One append in a statement of its own, and the precise reason when it fails.
     pub(crate) async fn append_alone(&self, append: Append) -> Result<Appended, AppendError> {
         match self.write(std::slice::from_ref(&append)).await {
-            Ok(appended)
-                if append
-                    .fires
-                    .is_some_and(|_| appended[0].positions.is_empty()) =>
-            {
-                Err(AppendError::DeadlineNotRunning(
-                    append.fires.expect("checked by the guard above"),
-                ))
+            Ok(appended) if appended[0].positions.is_empty() && append.ends.is_some() => {
+                let ended = append.ends.expect("checked by the guard above");
+                Err(AppendError::DeadlineNotRunning(ended.id))
             }
             Ok(mut appended) => Ok(appended.remove(0)),
             Err(error) => Err(self.explain(error, &append).await),
@@ -331,9 +332,10 @@ impl EventStore {
             .bind(c.deadline_kinds)
             .bind(c.deadline_due)
             .bind(c.deadline_correlations)
-            .bind(c.fires)
+            .bind(c.ends.map(|e| e.id))
             .bind(c.deadline_actors)
             .bind(c.actors)
+            .bind(c.ends.map(|e| e.how.as_str()))
             .fetch_all(&self.pool)
             .await;
         // Every write wakes the readers, refused ones too: while it ran it held back the
@@ -345,7 +347,11 @@ impl EventStore {
             self.deadlines_changed.notify_waiters();
         }
         // A refused guard appended nothing.
-        let guard_refused = c.fires.is_some() && rows.is_empty();
+        let guard_refused = c.ends.is_some() && rows.is_empty();
+        if let Some(ended) = c.ends.filter(|_| !guard_refused) {
+            metrics::counter!("hap_deadlines_total", "transition" => ended.how.as_str())
+                .increment(1);
+        }
         for event_type in c.event_types.into_iter().filter(|_| !guard_refused) {
             metrics::counter!("hap_events_appended_total", "event_type" => event_type).increment(1);
         }

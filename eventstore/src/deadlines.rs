@@ -1,10 +1,10 @@
 //! Durable deadlines: a row per saga deadline, started with the event that starts the saga
-//! and moved between running, paused and fired only by conditional updates.
+//! and moved out of running only by conditional updates.
 //!
-//! Firing is not done here: a timer appends the event a deadline causes through
-//! [`crate::Append::fires`], which moves the deadline to fired in the same statement as the
-//! append. Pausing and firing both update only a running deadline, so whichever takes the row
-//! lock first wins and the other changes nothing.
+//! Pausing and firing are not done here: the append of the saga's confirmation pauses its
+//! deadline, and a timer's append of the failure a deadline causes fires it, each in the same
+//! statement as its events ([`crate::Append::ends`]). Both update only a running deadline, so
+//! whichever takes the row lock first wins and the other appends nothing.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -21,15 +21,33 @@ pub struct DeadlineStart {
     pub due_at: DateTime<Utc>,
 }
 
-/// What an attempt to pause a deadline found.
+/// How an append ends a running deadline (see [`crate::Append::ends`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pause {
-    /// It was running and is paused now, or was paused already (a repeated confirmation).
+pub struct DeadlineEnd {
+    /// The saga's id.
+    pub id: Uuid,
+    pub how: Ending,
+}
+
+/// The state an append moves a running deadline to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Its saga confirmed first: it never fires. The pause commits with the confirmation, so
+    /// a confirmation that fails leaves the deadline running (an overdue one then fires at
+    /// once), and no pause outlives the step that took it.
     Paused,
-    /// It fired first: the saga has timed out.
+    /// It fell due, and the failure it causes is the append.
     Fired,
-    /// There is no such deadline.
-    Missing,
+}
+
+impl Ending {
+    /// The deadline's state afterwards, as the `deadlines` table and metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Paused => "paused",
+            Self::Fired => "fired",
+        }
+    }
 }
 
 /// A deadline that has fallen due, as a timer needs it to fire.
@@ -45,57 +63,6 @@ pub struct Due {
 }
 
 impl EventStore {
-    /// Pauses a running deadline, so that it cannot fire while its saga confirms.
-    #[tracing::instrument(skip(self), err)]
-    pub async fn pause_deadline(&self, id: Uuid) -> Result<Pause, sqlx::Error> {
-        loop {
-            // The update waits for a firing that holds the row, then re-checks the state the
-            // firing left: one of the two wins.
-            let paused = sqlx::query(
-                "update deadlines set state = 'paused', updated_at = now()
-                  where id = $1 and state = 'running'",
-            )
-            .bind(id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
-                == 1;
-            if paused {
-                metrics::counter!("hap_deadlines_total", "transition" => "paused").increment(1);
-                return Ok(Pause::Paused);
-            }
-            // Read what won, in a statement of its own so that its snapshot includes the
-            // winner's commit. A deadline paused already (a repeated step) stays paused; one
-            // resumed in between is paused again.
-            match self.deadline_state(id).await?.as_deref() {
-                Some("paused") => return Ok(Pause::Paused),
-                Some("fired") => return Ok(Pause::Fired),
-                Some(_) => continue,
-                None => return Ok(Pause::Missing),
-            }
-        }
-    }
-
-    /// Lets a paused deadline run again (the confirmation it waited for failed). Returns
-    /// whether it was paused; a deadline already overdue then falls due at once.
-    #[tracing::instrument(skip(self), err)]
-    pub async fn resume_deadline(&self, id: Uuid) -> Result<bool, sqlx::Error> {
-        let resumed = sqlx::query(
-            "update deadlines set state = 'running', updated_at = now()
-              where id = $1 and state = 'paused'",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1;
-        if resumed {
-            metrics::counter!("hap_deadlines_total", "transition" => "resumed").increment(1);
-            self.deadlines_changed.notify_waiters();
-        }
-        Ok(resumed)
-    }
-
     /// Marks a running deadline fired without appending anything: its saga had ended already,
     /// so the failure it would cause is refused by the saga's own state.
     #[tracing::instrument(skip(self), err)]
@@ -112,7 +79,7 @@ impl EventStore {
 
     /// Running deadlines due by now, oldest first. Rows another timer is firing right now
     /// are skipped, so several timers share the work; a row read by two still fires once
-    /// (see [`crate::Append::fires`]).
+    /// (see [`crate::Append::ends`]).
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn due_deadlines(&self, limit: i64) -> Result<Vec<Due>, sqlx::Error> {
         sqlx::query_as(
@@ -142,8 +109,8 @@ impl EventStore {
             .await
     }
 
-    /// Resolves when a deadline was started or resumed through this store (or a clone), so a
-    /// timer in this process need not wait for its next poll.
+    /// Resolves when a deadline was started through this store (or a clone), so a timer in
+    /// this process need not wait for its next poll.
     pub async fn deadlines_changed(&self) {
         self.deadlines_changed.notified().await;
     }

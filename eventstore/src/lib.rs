@@ -32,7 +32,7 @@ pub mod topology;
 pub mod wakeup;
 
 pub use append::{Append, AppendError, Appended, Claim, Metadata, NewEvent, Remember};
-pub use deadlines::{DeadlineStart, Due, Pause};
+pub use deadlines::{DeadlineEnd, DeadlineStart, Due, Ending};
 pub use idempotency::StoredResponse;
 pub use message::{MessageRoute, Router};
 pub use position::{GlobalCheckpoint, Position, StreamVersion};

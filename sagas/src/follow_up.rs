@@ -1,5 +1,6 @@
-//! The follow-up on deactivation: a deactivated patient's or physician's future scheduled
-//! consultations are cancelled, each through the cancellation saga.
+//! The follow-up on deactivation: a deactivated patient's or physician's consultations that are
+//! still to come end: scheduled ones are cancelled, each through the cancellation saga, and
+//! ones still being scheduled fail.
 //!
 //! It runs as a saga step of the scheduling service, triggered by the deactivation's message
 //! on the shared saga queue: a queued job that survives a restart (the message stays until
@@ -10,12 +11,13 @@ use chrono::Utc;
 use commands::CommandError;
 use domain::consultation::Consultation;
 use domain::consultation::{ConsultationCommand, Status};
+use domain::event::FailureReason;
 use domain::ids::ConsultationId;
 use domain::saga::Person;
 use domain::values::Reason;
 use uuid::Uuid;
 
-use crate::steps::{Sent, StepError, Steps, Trigger};
+use crate::steps::{Sent, StepError, Steps, Trigger, outcome};
 
 /// The consultations ever requested for a patient, in the trigger's tenant.
 const OF_PATIENT: &str = "select stream_id from events
@@ -27,16 +29,20 @@ const OF_PHYSICIAN: &str = "select stream_id from events
   where event_type = 'ConsultationSchedulingStarted'
     and tenant_id = $1 and (payload ->> 'physicianId') = $2";
 
-/// Cancels `person`'s scheduled consultations that have not started yet; how many it asked to
-/// cancel.
+/// How many times one consultation is read again when its status changed between the read and
+/// the command (a confirmation racing the follow-up).
+const ATTEMPTS: usize = 3;
+
+/// Ends `person`'s consultations that are still to come: those still being scheduled fail,
+/// scheduled ones that have not started are cancelled. How many it ended.
 pub async fn cancel_future_consultations(
     steps: &Steps,
     trigger: &Trigger,
     person: Person,
 ) -> Result<usize, StepError> {
-    let (query, id, reason) = match person {
-        Person::Patient(id) => (OF_PATIENT, id.as_uuid(), "the patient was deactivated"),
-        Person::Physician(id) => (OF_PHYSICIAN, id.as_uuid(), "the physician was deactivated"),
+    let (query, id) = match person {
+        Person::Patient(id) => (OF_PATIENT, id.as_uuid()),
+        Person::Physician(id) => (OF_PHYSICIAN, id.as_uuid()),
     };
     let consultations: Vec<Uuid> = sqlx::query_scalar(query)
         .bind(&trigger.tenant_id)
@@ -44,33 +50,70 @@ pub async fn cancel_future_consultations(
         .fetch_all(steps.pipeline.store().pool())
         .await
         .map_err(|e| StepError::Transient(CommandError::Store(e)))?;
-    let reason = Reason::parse(reason).expect("a valid reason");
-    let now = Utc::now();
-    let mut cancelled = 0;
+    let mut ended = 0;
     for id in consultations {
-        let id = ConsultationId::from(id);
-        let Some(consultation) = steps.consultation(trigger, id).await? else {
-            continue;
-        };
-        if consultation.status != Status::Scheduled || consultation.starts_at <= now {
-            continue;
-        }
-        let command = ConsultationCommand::Cancel {
-            reason: reason.clone(),
-        };
-        if steps
-            .send::<Consultation>(trigger, id.as_uuid(), command)
-            .await?
-            == Sent::Appended
-        {
-            cancelled += 1;
+        if end(steps, trigger, person, ConsultationId::from(id)).await? {
+            ended += 1;
         }
     }
-    if cancelled > 0 {
+    if ended > 0 {
         tracing::info!(
-            cancelled,
-            "cancelled the future consultations of a deactivated person"
+            ended,
+            "ended the future consultations of a deactivated person"
         );
     }
-    Ok(cancelled)
+    Ok(ended)
+}
+
+/// Ends one consultation of a deactivated `person` if it is still to come; whether it did.
+///
+/// One still being scheduled fails, with the reason its own saga would have given: the saga's
+/// validation and hold may both have passed before the deactivation, so only this step can
+/// stop it. Its confirmation may race this: both are commands on the consultation's stream, so
+/// one of them is refused. A refused failure means it was scheduled meanwhile: it is read
+/// again and cancelled.
+async fn end(
+    steps: &Steps,
+    trigger: &Trigger,
+    person: Person,
+    id: ConsultationId,
+) -> Result<bool, StepError> {
+    let (failure, why) = match person {
+        Person::Patient(_) => (FailureReason::PatientInvalid, "the patient was deactivated"),
+        Person::Physician(_) => (
+            FailureReason::PhysicianUnavailable,
+            "the physician was deactivated",
+        ),
+    };
+    for _ in 0..ATTEMPTS {
+        let Some(consultation) = steps.consultation(trigger, id).await? else {
+            return Ok(false);
+        };
+        let command = match consultation.status {
+            Status::Requested => ConsultationCommand::FailScheduling {
+                reason: failure,
+                detail: why.to_owned(),
+            },
+            Status::Scheduled if consultation.starts_at > Utc::now() => {
+                ConsultationCommand::Cancel {
+                    reason: Reason::parse(why).expect("a valid reason"),
+                }
+            }
+            _ => return Ok(false),
+        };
+        match steps
+            .send::<Consultation>(trigger, id.as_uuid(), command)
+            .await?
+        {
+            Sent::Appended => {
+                if matches!(consultation.status, Status::Requested) {
+                    outcome("scheduling", failure.as_str());
+                }
+                return Ok(true);
+            }
+            Sent::Unchanged => return Ok(false),
+            Sent::Refused(_) | Sent::TooLate => {}
+        }
+    }
+    Err(StepError::Transient(CommandError::KeptChanging))
 }

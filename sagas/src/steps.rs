@@ -11,7 +11,6 @@ use domain::record::{RecordBook, RecordCommand};
 use domain::saga::Step;
 use domain::schedule::{DaySchedule, ScheduleCommand};
 use domain::{Aggregate, DomainError};
-use eventstore::Pause;
 use uuid::Uuid;
 
 use crate::follow_up;
@@ -139,40 +138,29 @@ impl Steps {
         Ok(())
     }
 
-    /// The last hop of scheduling: pause the deadline, then schedule. Whichever of the pause
-    /// and the deadline's firing takes the deadline's row first wins. A consultation that can
-    /// no longer be scheduled (it timed out) gives back the slot it was just given.
+    /// The last hop of scheduling: schedule, which pauses the deadline in the same write.
+    /// Whichever of that write and the deadline's firing takes the deadline's row first wins.
+    /// A consultation that can no longer be scheduled (it timed out, or failed otherwise)
+    /// gives back the slot it was just given. A write that fails rolls its pause back with it:
+    /// the deadline counts again while the message waits for its retry (or for ever, in the
+    /// dead-letter queue), and fires at once if it is overdue by then.
     async fn confirm_scheduling(
         &self,
         trigger: &Trigger,
         consultation_id: ConsultationId,
     ) -> Result<(), StepError> {
-        let store = self.pipeline.store();
-        let deadline = consultation_id.as_uuid();
-        let pause = store
-            .pause_deadline(deadline)
-            .await
-            .map_err(|e| StepError::Transient(CommandError::Store(e)))?;
-        if pause == Pause::Fired {
-            return self.release(trigger, consultation_id).await;
-        }
+        let stream = consultation_id.as_uuid();
         let scheduled = self
-            .send::<Consultation>(trigger, deadline, ConsultationCommand::ConfirmScheduling)
+            .send::<Consultation>(trigger, stream, ConsultationCommand::ConfirmScheduling)
             .await;
         match scheduled {
             Ok(Sent::Appended) => outcome("scheduling", "scheduled"),
             Ok(Sent::Unchanged) => {}
-            // It failed first (the deadline fired before it was paused).
-            Ok(Sent::Refused(_)) => return self.release(trigger, consultation_id).await,
+            Ok(Sent::Refused(_) | Sent::TooLate) => {
+                return self.release(trigger, consultation_id).await;
+            }
             Err(error) => {
-                // The deadline counts again while the message waits for its retry; if it
-                // is overdue by now, it fires at once.
-                if pause == Pause::Paused {
-                    store
-                        .resume_deadline(deadline)
-                        .await
-                        .map_err(|e| StepError::Transient(CommandError::Store(e)))?;
-                }
+                metrics::counter!("hap_deadlines_total", "transition" => "resumed").increment(1);
                 return Err(error);
             }
         }
@@ -259,6 +247,7 @@ impl Steps {
                 tracing::debug!(%rule, aggregate = A::KIND.as_str(), %stream, "a saga command was refused");
                 Ok(Sent::Refused(rule))
             }
+            Err(CommandError::DeadlineNotRunning) => Ok(Sent::TooLate),
             Err(error) => Err(error.into()),
         }
     }
@@ -272,6 +261,8 @@ pub(crate) enum Sent {
     Unchanged,
     /// A rule refused it: the saga's state had moved on.
     Refused(DomainError),
+    /// The deadline it would have paused had fired first.
+    TooLate,
 }
 
 /// What a saga step remembers under its idempotency key: only that it happened.

@@ -19,6 +19,9 @@ use crate::steps::{outcome, remembered};
 /// How often a timer looks for due deadlines when nothing wakes it: deadlines started by other
 /// processes are found this late at most.
 const POLL: Duration = Duration::from_millis(250);
+/// The shortest wait between rounds: a due deadline that a round could not take is held by a
+/// confirmation (or another timer) for a moment, and looking again at once would spin.
+const BUSY: Duration = Duration::from_millis(20);
 /// Due deadlines fired per round.
 const ROUND: i64 = 100;
 
@@ -48,7 +51,7 @@ impl Timer {
                 Ok(Some(due)) => (due - chrono::Utc::now())
                     .to_std()
                     .unwrap_or_default()
-                    .min(POLL),
+                    .clamp(BUSY, POLL),
                 _ => POLL,
             };
             tokio::select! {
@@ -98,7 +101,6 @@ impl Timer {
             .await;
         match result {
             Ok(Outcome::Done(done)) if done.appended > 0 => {
-                metrics::counter!("hap_deadlines_total", "transition" => "fired").increment(1);
                 outcome("scheduling", FailureReason::TimedOut.as_str());
                 Ok(())
             }

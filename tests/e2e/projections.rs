@@ -62,7 +62,7 @@ async fn patient_history(store: &EventStore, names: &[&str]) -> Vec<RecordedEven
                 schema_version: 1,
             },
             deadlines: vec![],
-            fires: None,
+            ends: None,
         })
         .await
         .unwrap();

@@ -46,7 +46,7 @@ fn renames(stream: Uuid, after: u64, count: u64) -> Append {
             schema_version: 1,
         },
         deadlines: vec![],
-        fires: None,
+        ends: None,
     }
 }
 

@@ -38,7 +38,7 @@ pub fn test_append(stream: Uuid, expected: StreamVersion, count: usize) -> Appen
         remember: None,
         metadata: metadata(),
         deadlines: vec![],
-        fires: None,
+        ends: None,
     }
 }
 
@@ -220,7 +220,7 @@ impl TestApp {
                 remember: None,
                 metadata: metadata(),
                 deadlines: vec![],
-                fires: None,
+                ends: None,
             })
             .await
             .expect("appended");

@@ -53,8 +53,9 @@ impl System {
         let prefix = unique_prefix();
         settings.exchange_prefix = prefix.clone();
         settings.scheduling_timeout_ms = timeout.as_millis() as u64;
+        let max_retries = settings.max_retries;
         let (app, state) = TestApp::start_state(db, settings).await;
-        let consumers = ConsumerSettings::new(&amqp_url(), &prefix, "test", 5);
+        let consumers = ConsumerSettings::new(&amqp_url(), &prefix, "test", max_retries);
         let shutdown = CancellationToken::new();
         tokio::spawn(projections::live::run_all(
             state.read.clone(),
