@@ -171,105 +171,164 @@ async fn chaos(
         ],
         logs.clone(),
     )?;
+    let run = Run {
+        args,
+        services,
+        database,
+        broker,
+        pool: &pool,
+        hap: &hap,
+        tenants: tokens(&secret, args.tenants, args.seconds + args.settle_secs)?,
+        facts: &facts,
+    };
     let mut cluster = Cluster::new();
     let outcome = async {
         cluster.start(&hap).await?;
-        exercise(
-            args,
-            services,
-            database,
-            broker,
-            &pool,
-            &hap,
-            &mut cluster,
-            &secret,
-            &facts,
-        )
-        .await
+        run.exercise(&mut cluster).await
     }
     .await;
     // Nothing may consume (and declare queues again) once the broker's clean-up starts.
     cluster.stop().await;
     pool.close().await;
-    let violated = outcome?;
-    if violated == 0 && !args.keep_logs {
+    if matches!(outcome, Ok(0)) && !args.keep_logs {
         std::fs::remove_dir_all(&logs).ok();
     } else {
         eprintln!("the processes' logs are in {}", logs.display());
     }
-    if violated > 0 {
-        bail!(
+    match outcome? {
+        0 => Ok(()),
+        violated => bail!(
             "{violated} invariants violated (seed {}); the report is on stdout",
             args.seed
-        );
+        ),
     }
-    Ok(())
 }
 
-/// The workload under faults, the settling and the checks; returns how many invariants were
-/// violated.
-#[allow(clippy::too_many_arguments)]
-async fn exercise(
-    args: &Args,
-    services: &Services,
-    database: &ScratchDatabase,
-    broker: &ScratchBroker,
-    pool: &sqlx::PgPool,
-    hap: &Hap,
-    cluster: &mut Cluster,
-    secret: &str,
-    facts: &Facts,
-) -> anyhow::Result<usize> {
-    let api = Arc::new(Api::new(cluster.api_endpoints())?);
-    let scraper = metrics::Scraper::new(
-        cluster
-            .processes
-            .iter()
-            .map(|p| p.endpoint.clone())
-            .collect(),
-    )?;
-    let tenants = tokens(secret, args.tenants, args.seconds + args.settle_secs)?;
-    let workload = Arc::new(Workload::new(Arc::clone(&api), tenants, args.seed));
-    eprintln!("registering each clinic's first physicians and patients…");
-    workload.set_up().await;
+/// What one run works with.
+struct Run<'a> {
+    args: &'a Args,
+    services: &'a Services,
+    database: &'a ScratchDatabase,
+    broker: &'a ScratchBroker,
+    pool: &'a sqlx::PgPool,
+    hap: &'a Hap,
+    /// Each clinic's name and token.
+    tenants: Vec<(String, String)>,
+    facts: &'a Facts,
+}
 
-    let duration = Duration::from_secs(args.seconds);
-    let window = FAULTS_FROM..duration.saturating_sub(Duration::from_secs(args.calm_secs));
-    let plan = faults::plan(
-        args.seed,
-        cluster.processes.len(),
-        &services.faults(),
-        window,
-    );
-    eprintln!("fault schedule for seed {}:", args.seed);
-    for planned in &plan {
-        let what = match planned.fault {
-            Fault::Kill(index) => format!("kill -9 {}", cluster.processes[index].name),
-            Fault::Service(fault) => fault.name().to_owned(),
+impl Run<'_> {
+    /// The workload under faults, the settling and the checks; returns how many invariants
+    /// were violated.
+    async fn exercise(&self, cluster: &mut Cluster) -> anyhow::Result<usize> {
+        let api = Arc::new(Api::new(cluster.api_endpoints())?);
+        let scraper = metrics::Scraper::new(
+            cluster
+                .processes
+                .iter()
+                .map(|p| p.endpoint.clone())
+                .collect(),
+        )?;
+        let workload = Arc::new(Workload::new(
+            Arc::clone(&api),
+            self.tenants.clone(),
+            self.args.seed,
+        ));
+        eprintln!("registering each clinic's first physicians and patients…");
+        workload.set_up().await;
+        let plan = self.plan(cluster);
+        let scraping = CancellationToken::new();
+        let run = async {
+            // However this ends, the scraper stops with it.
+            let _stop_scraping = scraping.clone().drop_guard();
+            self.under_faults(cluster, &workload, &plan).await
         };
-        eprintln!(
-            "  at {:5.1} s: {what} (pause {:.1} s)",
-            planned.at.as_secs_f64(),
-            planned.pause.as_secs_f64()
-        );
+        let (ran, ()) = tokio::join!(run, scraper.run(scraping.clone()));
+        let (injected, settled) = ran?;
+        scraper.scrape().await;
+
+        eprintln!("checking the invariants…");
+        let ledger = workload.ledger();
+        let checks = invariants::check(&invariants::Context {
+            pool: self.pool,
+            ledger: &ledger,
+            hap: self.hap,
+            amqp_url: self.services.amqp_url(),
+            prefix: self.broker.prefix(),
+        })
+        .await?;
+        let events: i64 = sqlx::query_scalar("select count(*) from events")
+            .fetch_one(self.pool)
+            .await
+            .context("Failed to count the events")?;
+        let report = report::Report {
+            ledger: &ledger,
+            attempt_failures: &api.failures(),
+            injected: &injected,
+            duplicates: report::Duplicates {
+                published: scraper.total("hap_publisher_published_total", &[]),
+                events: u64::try_from(events).unwrap_or(0),
+                saga_steps_retried: scraper.total("hap_saga_steps_total", &["outcome=\"retried\""]),
+                messages_retried: scraper.total("hap_messages_retried_total", &[]),
+            },
+            outcomes: outcomes(&store::consultations(self.pool).await?),
+            checks: &checks,
+        };
+        println!("hap-bench chaos · {}", self.facts);
+        println!("{}", self.header(&settled));
+        report.print();
+        Ok(checks.iter().filter(|c| !c.holds()).count())
     }
-    eprintln!(
-        "workload: {} requests/s for {} s from {} clinics…",
-        args.rate, args.seconds, args.tenants
-    );
-    let scraping = CancellationToken::new();
-    let mut injector = Injector {
-        cluster,
-        hap,
-        services,
-        database: database.name(),
-        prefix: broker.prefix(),
-        started: Instant::now(),
-    };
-    let run = async {
-        // However this ends, the scraper stops with it.
-        let _stop_scraping = scraping.clone().drop_guard();
-        let (injected, ()) = tokio::try_join!(injector.run(&plan, duration), async {
+
+    /// The fault schedule for the seed, printed.
+    fn plan(&self, cluster: &Cluster) -> Vec<faults::Planned> {
+        let args = self.args;
+        let duration = Duration::from_secs(args.seconds);
+        let window = FAULTS_FROM..duration.saturating_sub(Duration::from_secs(args.calm_secs));
+        let plan = faults::plan(
+            args.seed,
+            cluster.processes.len(),
+            &self.services.faults(),
+            window,
+        );
+        eprintln!("fault schedule for seed {}:", args.seed);
+        for planned in &plan {
+            let what = match planned.fault {
+                Fault::Kill(index) => format!("kill -9 {}", cluster.processes[index].name),
+                Fault::Service(fault) => fault.name().to_owned(),
+            };
+            eprintln!(
+                "  at {:5.1} s: {what} (pause {:.1} s)",
+                planned.at.as_secs_f64(),
+                planned.pause.as_secs_f64()
+            );
+        }
+        plan
+    }
+
+    /// The workload with the faults of `plan`, then the unanswered commands sent again, then
+    /// the wait for quiet.
+    async fn under_faults(
+        &self,
+        cluster: &mut Cluster,
+        workload: &Arc<Workload>,
+        plan: &[faults::Planned],
+    ) -> anyhow::Result<(faults::Injected, settle::Settled)> {
+        let args = self.args;
+        let duration = Duration::from_secs(args.seconds);
+        eprintln!(
+            "workload: {} requests/s for {} s from {} clinics…",
+            args.rate, args.seconds, args.tenants
+        );
+        let mut injector = Injector {
+            cluster,
+            hap: self.hap,
+            services: self.services,
+            database: self.database.name(),
+            prefix: self.broker.prefix(),
+            started: Instant::now(),
+        };
+        let (injected, ()) = tokio::try_join!(injector.run(plan, duration), async {
             workload.run(args.rate, duration).await;
             Ok(())
         })?;
@@ -278,65 +337,24 @@ async fn exercise(
             "waiting up to {} s for the system to go quiet…",
             args.settle_secs
         );
-        let settled =
-            settle::wait_for_quiet(pool, broker, Duration::from_secs(args.settle_secs)).await?;
-        anyhow::Ok((injected, settled))
-    };
-    let (ran, ()) = tokio::join!(run, scraper.run(scraping.clone()));
-    let (injected, settled) = ran?;
-    if settled.quiet {
-        eprintln!("quiet after {:.1} s", settled.waited.as_secs_f64());
-    } else {
-        eprintln!(
-            "not quiet after {:.1} s: {}",
-            settled.waited.as_secs_f64(),
-            settled.pending.join("; ")
-        );
-    }
-    scraper.scrape().await;
-
-    eprintln!("checking the invariants…");
-    let ledger = workload.ledger();
-    let checks = invariants::check(&invariants::Context {
-        pool,
-        ledger: &ledger,
-        hap,
-        amqp_url: services.amqp_url(),
-        prefix: broker.prefix(),
-    })
-    .await?;
-    let events: i64 = sqlx::query_scalar("select count(*) from events")
-        .fetch_one(pool)
-        .await
-        .context("Failed to count the events")?;
-    let report = report::Report {
-        ledger: &ledger,
-        attempt_failures: &api.failures(),
-        injected: &injected,
-        duplicates: report::Duplicates {
-            published: scraper.total("hap_publisher_published_total", &[]),
-            events: u64::try_from(events).unwrap_or(0),
-            saga_steps_retried: scraper.total("hap_saga_steps_total", &["outcome=\"retried\""]),
-            messages_retried: scraper.total("hap_messages_retried_total", &[]),
-        },
-        outcomes: outcomes(&store::consultations(pool).await?),
-        checks: &checks,
-    };
-    println!("hap-bench chaos · {facts}");
-    println!(
-        "seed {} · {} s at {} requests/s from {} clinics · 8 processes: API on {} and {} \
-         (command, query, projector), 2 publishers, 2 saga, 2 timer · saga deadline {} ms · \
-         faults from {} s to {} s · {}",
-        args.seed,
-        args.seconds,
-        args.rate,
-        args.tenants,
-        INSTANCES[0],
-        INSTANCES[1],
-        args.scheduling_timeout_ms,
-        FAULTS_FROM.as_secs(),
-        args.seconds - args.calm_secs,
+        let limit = Duration::from_secs(args.settle_secs);
+        let settled = settle::wait_for_quiet(self.pool, self.broker, limit).await?;
         if settled.quiet {
+            eprintln!("quiet after {:.1} s", settled.waited.as_secs_f64());
+        } else {
+            eprintln!(
+                "not quiet after {:.1} s: {}",
+                settled.waited.as_secs_f64(),
+                settled.pending.join("; ")
+            );
+        }
+        Ok((injected, settled))
+    }
+
+    /// The report's second line: what ran, and how it settled.
+    fn header(&self, settled: &settle::Settled) -> String {
+        let args = self.args;
+        let quiet = if settled.quiet {
             format!(
                 "quiet {:.1} s after the workload",
                 settled.waited.as_secs_f64()
@@ -347,10 +365,22 @@ async fn exercise(
                 settled.waited.as_secs_f64(),
                 settled.pending.join("; ")
             )
-        }
-    );
-    report.print();
-    Ok(checks.iter().filter(|c| !c.holds()).count())
+        };
+        format!(
+            "seed {} · {} s at {} requests/s from {} clinics · 8 processes: API on {} and {} \
+             (command, query, projector), 2 publishers, 2 saga, 2 timer · saga deadline {} ms · \
+             faults from {} s to {} s · {quiet}",
+            args.seed,
+            args.seconds,
+            args.rate,
+            args.tenants,
+            INSTANCES[0],
+            INSTANCES[1],
+            args.scheduling_timeout_ms,
+            FAULTS_FROM.as_secs(),
+            args.seconds - args.calm_secs,
+        )
+    }
 }
 
 /// A random HS256 secret of 48 characters.
