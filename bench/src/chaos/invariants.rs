@@ -44,6 +44,9 @@ pub struct Context<'a> {
     pub hap: &'a Hap,
     pub amqp_url: &'a str,
     pub prefix: &'a str,
+    /// How many processes ran, and those that exited without being killed.
+    pub processes: usize,
+    pub exits: &'a [String],
 }
 
 /// Runs every check.
@@ -122,6 +125,11 @@ pub async fn check(context: &Context<'_>) -> anyhow::Result<Vec<Check>> {
         checks.push(read_model_rebuilds_equal(context.hap, instance).await?);
     }
     checks.push(dead_letters(context.amqp_url, context.prefix).await?);
+    checks.push(Check::new(
+        "no process exited by itself",
+        context.processes,
+        context.exits.to_vec(),
+    ));
     Ok(checks)
 }
 

@@ -255,6 +255,8 @@ impl Run<'_> {
             hap: self.hap,
             amqp_url: self.services.amqp_url(),
             prefix: self.broker.prefix(),
+            processes: cluster.processes.len(),
+            exits: &injected.unexpected_exits,
         })
         .await?;
         let events: i64 = sqlx::query_scalar("select count(*) from events")
@@ -321,14 +323,14 @@ impl Run<'_> {
             args.rate, args.seconds, args.tenants
         );
         let mut injector = Injector {
-            cluster,
+            cluster: &mut *cluster,
             hap: self.hap,
             services: self.services,
             database: self.database.name(),
             prefix: self.broker.prefix(),
             started: Instant::now(),
         };
-        let (injected, ()) = tokio::try_join!(injector.run(plan, duration), async {
+        let (mut injected, ()) = tokio::try_join!(injector.run(plan, duration), async {
             workload.run(args.rate, duration).await;
             Ok(())
         })?;
@@ -339,6 +341,15 @@ impl Run<'_> {
         );
         let limit = Duration::from_secs(args.settle_secs);
         let settled = settle::wait_for_quiet(self.pool, self.broker, limit).await?;
+        // The injector watched for crashes until the workload ended; the rest of the run is
+        // looked at here.
+        for process in &mut cluster.processes {
+            if let Some(status) = process.exited() {
+                injected
+                    .unexpected_exits
+                    .push(format!("{} exited by itself ({status})", process.name));
+            }
+        }
         if settled.quiet {
             eprintln!("quiet after {:.1} s", settled.waited.as_secs_f64());
         } else {
