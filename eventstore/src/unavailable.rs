@@ -1,7 +1,7 @@
 //! Which database errors mean "PostgreSQL cannot be reached or is going away" rather than
 //! "this request or this code is wrong". It is the one place that tells them apart: the HTTP
-//! layer answers the first kind with 503 and `Retry-After`, and whoever retries (saga steps,
-//! consumers) can tell an outage from a bug.
+//! layer answers the first kind with 503 and `Retry-After` (and the second with 500), and any
+//! other part that needs to tell an outage from a bug should ask here too.
 //!
 //! A restart of PostgreSQL under load shows every one of these: a fast shutdown ends each
 //! session with `57P01`, an immediate one resets the connections, a connection attempt while

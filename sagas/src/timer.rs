@@ -53,7 +53,12 @@ impl Timer {
                 () = shutdown.cancelled() => return,
                 _ = every.tick() => {}
             }
-            match self.housekeep().await {
+            // A backlog takes many batches; shutting down need not wait for them all.
+            let round = tokio::select! {
+                () = shutdown.cancelled() => return,
+                round = self.housekeep() => round,
+            };
+            match round {
                 Ok(forgotten) if forgotten != Forgotten::default() => tracing::info!(
                     idempotency_keys = forgotten.idempotency_keys,
                     deadlines = forgotten.deadlines,

@@ -149,3 +149,20 @@ async fn a_request_repeating_a_forgotten_key_is_a_new_request() {
         "a new patient, not the first answer"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_timer_keeps_house_as_it_starts() {
+    let db = TestDb::new().await;
+    insert_key(&db, "old", "2 hours").await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(timer(&db).run(stop.clone()));
+
+    let forgotten = hap_tests::eventually(Duration::from_secs(10), || async {
+        keys(&db).await.is_empty()
+    })
+    .await;
+    stop.cancel();
+    running.await.expect("the timer stops when told");
+
+    assert!(forgotten, "the old key is deleted by the first round");
+}
