@@ -329,6 +329,7 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
         let timer = sagas::Timer {
             pipeline: app.commands.clone(),
             timeout: Duration::from_millis(app.settings.scheduling_timeout_ms),
+            retention: app.settings.idempotency_retention,
         };
         tasks.spawn(timer.run(shutdown.clone()));
     }

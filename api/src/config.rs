@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 
@@ -96,6 +97,18 @@ pub struct Settings {
     /// Connections in each of the process's two pools (event store and read model).
     #[arg(long, env = "HAP_DB_POOL_SIZE", default_value_t = 16, global = true)]
     pub db_pool_size: u32,
+
+    /// How long an idempotency key is remembered (`24h`, `7days`, `90min`): the `timer` role
+    /// then forgets it, and a request repeating it is a new request. Deadlines that stopped
+    /// running are deleted as long after.
+    #[arg(
+        long,
+        env = "HAP_IDEMPOTENCY_RETENTION",
+        default_value = "24h",
+        value_parser = humantime::parse_duration,
+        global = true
+    )]
+    pub idempotency_retention: Duration,
 }
 
 /// Settings of `hap serve` alone.

@@ -56,7 +56,8 @@ pub enum ApiError {
     /// 403: a valid token without the scope the route needs.
     #[error("the token does not grant the scope {0}")]
     Forbidden(&'static str),
-    /// 503: a dependency does not answer.
+    /// 503 with `Retry-After`: a dependency does not answer (the database is down,
+    /// restarting or out of connections).
     #[error("{0}")]
     Unavailable(String),
     /// 503 with `Retry-After`: the read model did not apply the event at the position the
@@ -143,12 +144,11 @@ impl From<DomainError> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                tracing::error!(error = %error, "database unavailable");
-                Self::Unavailable("the database is not answering".into())
-            }
-            other => Self::internal(other),
+        if eventstore::is_unavailable(&error) {
+            tracing::warn!(%error, "database unavailable");
+            Self::Unavailable("the database is not answering; try again shortly".into())
+        } else {
+            Self::internal(error)
         }
     }
 }
@@ -184,9 +184,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let kind = self.kind();
-        // The projectors are usually a moment behind, not stuck: a retry soon is likely to
-        // succeed.
-        let retry_after = matches!(self, Self::ReadModelBehind(_));
+        // The projectors are usually a moment behind, not stuck, and a database restart takes
+        // seconds: a retry soon is likely to succeed.
+        let retry_after = status == StatusCode::SERVICE_UNAVAILABLE;
         // RFC 6750: a request without credentials gets the bare challenge; a bad token gets
         // `error="invalid_token"` too.
         let challenge = match &self {
@@ -220,7 +220,7 @@ impl IntoResponse for ApiError {
         if retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
         }
         if let Some(challenge) = challenge {
             response
@@ -233,6 +233,9 @@ impl IntoResponse for ApiError {
 
 /// The media type of every error answer (RFC 9457).
 pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Seconds every 503 asks the client to wait before trying again (`Retry-After`).
+pub const RETRY_AFTER: &str = "1";
 
 pub fn problem_response(status: StatusCode, problem: &Problem) -> Response {
     let body = serde_json::to_vec(problem).expect("problems serialise");
@@ -275,9 +278,72 @@ pub async fn problem_for_bare_errors(response: Response) -> Response {
         errors: vec![],
     };
     let mut fresh = problem_response(status, &problem);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        fresh
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER));
+    }
     // Keep what the middleware set (the correlation id, Allow on a 405).
     for (name, value) in response.headers() {
         fresh.headers_mut().entry(name).or_insert(value.clone());
     }
     fresh
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(error: impl Into<ApiError>) -> Response {
+        error.into().into_response()
+    }
+
+    fn retry_after(response: &Response) -> Option<&str> {
+        response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn a_database_that_does_not_answer_is_a_503_with_retry_after() {
+        let refused = || {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "refused",
+            ))
+        };
+        for response in [
+            answer(sqlx::Error::PoolTimedOut),
+            answer(refused()),
+            answer(CommandError::Store(refused())),
+            answer(CommandError::Load(LoadError::Store(
+                sqlx::Error::PoolClosed,
+            ))),
+        ] {
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(retry_after(&response), Some(RETRY_AFTER));
+        }
+    }
+
+    #[test]
+    fn a_database_error_of_the_request_or_the_code_stays_a_500_without_retry_after() {
+        let response = answer(CommandError::Store(sqlx::Error::RowNotFound));
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(retry_after(&response), None);
+    }
+
+    #[test]
+    fn a_read_model_behind_is_a_503_with_retry_after() {
+        let response = answer(ApiError::ReadModelBehind(Position::parse("7").unwrap()));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after(&response), Some(RETRY_AFTER));
+    }
+
+    #[tokio::test]
+    async fn a_bare_503_of_the_middleware_gets_retry_after_too() {
+        let bare = StatusCode::SERVICE_UNAVAILABLE.into_response();
+        let response = problem_for_bare_errors(bare).await;
+        assert_eq!(retry_after(&response), Some(RETRY_AFTER));
+    }
 }

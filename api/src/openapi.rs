@@ -2,6 +2,7 @@
 //! cannot miss one; this module holds what they share.
 
 use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -40,7 +41,8 @@ impl Modify for BearerScheme {
 /// `problem_response` serves (the routes declare their `Problem` bodies with utoipa's JSON
 /// default), and adds the answers any request to an operation can get, which the routes leave
 /// out: 400 for a header, path, query string or body that cannot be parsed; where a token is
-/// needed, 401 and 403; and for a command (it takes an `Idempotency-Key`), 422. A schema-driven
+/// needed, 401, 403 and 503 (the database unavailable); and for a command (it takes an
+/// `Idempotency-Key`), 422. Every 503 carries `Retry-After`. A schema-driven
 /// client (or fuzzer) then expects what HAP answers. Applied once the routes have added their
 /// operations (`api::split`), not as one of `ApiDoc`'s modifiers, which run before there are
 /// any.
@@ -86,15 +88,35 @@ impl Modify for ProblemAnswers {
                     answers
                         .entry("403".into())
                         .or_insert_with(|| problem("The token's scope does not grant this route"));
+                    // Every route behind a token reads or writes PostgreSQL.
+                    answers.entry("503".into()).or_insert_with(|| {
+                        problem(
+                            "The database is unavailable (down, restarting, out of connections); \
+                             try again after `Retry-After`",
+                        )
+                    });
                 }
-                for answer in answers.values_mut() {
+                for (status, answer) in answers.iter_mut() {
                     if let RefOr::T(response) = answer {
                         as_problem_json(response);
+                        if status == "503" {
+                            response
+                                .headers
+                                .insert("Retry-After".into(), retry_after().into());
+                        }
                     }
                 }
             }
         }
     }
+}
+
+/// The `Retry-After` header every 503 carries.
+fn retry_after() -> Header {
+    HeaderBuilder::new()
+        .schema(Some(ObjectBuilder::new().schema_type(Type::Integer)))
+        .description(Some("Seconds to wait before trying again"))
+        .build()
 }
 
 /// An error answer with a `Problem` body.

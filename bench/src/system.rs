@@ -99,6 +99,7 @@ impl Hap {
             let timer = sagas::Timer {
                 pipeline: app.commands.clone(),
                 timeout: Duration::from_millis(app.settings.scheduling_timeout_ms),
+                retention: app.settings.idempotency_retention,
             };
             pieces.push(broker.spawn(|stop| timer.run(stop)));
         }

@@ -147,12 +147,19 @@ pub enum CommandError {
 
 impl CommandError {
     /// Whether the same command may succeed later (the database answers again, the writers
-    /// racing it are done).
+    /// racing it are done). Every store error counts: besides an outage (which
+    /// [`eventstore::is_unavailable`] tells apart, for the HTTP answer) a lock timeout or a
+    /// deadlock passes too.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::KeptChanging | Self::Store(_) | Self::Load(LoadError::Store(_))
-        )
+        matches!(self, Self::KeptChanging) || self.store_error().is_some()
+    }
+
+    /// The database error behind a failure of the store, if that is what failed.
+    pub fn store_error(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Store(error) | Self::Load(LoadError::Store(error)) => Some(error),
+            _ => None,
+        }
     }
 }
 

@@ -11,6 +11,9 @@
 //!   a connection of its own: `TailReader`); [`scan`]: the same read of the whole store in
 //!   bulk, for rebuilds.
 //! - [`idempotency`]: looking up the remembered response to an idempotency key.
+//! - [`housekeeping`]: forgetting old idempotency keys and finished deadlines, in small batches.
+//! - [`unavailable`]: which database errors mean PostgreSQL is unavailable for now
+//!   ([`is_unavailable`]), the one classification every layer uses.
 //! - [`deadlines`]: durable saga deadlines (running, paused, fired), started and fired with
 //!   appends.
 //! - [`message`]: the message an event becomes on RabbitMQ, and the [`Router`] that says where.
@@ -21,6 +24,7 @@
 pub mod append;
 pub mod deadlines;
 mod group_commit;
+pub mod housekeeping;
 pub mod idempotency;
 pub mod leader;
 pub mod message;
@@ -29,6 +33,7 @@ pub mod publisher;
 pub mod read;
 pub mod scan;
 pub mod topology;
+pub mod unavailable;
 pub mod wakeup;
 
 pub use append::{Append, AppendError, Appended, Claim, Metadata, NewEvent, Remember};
@@ -38,6 +43,7 @@ pub use message::{MessageRoute, Router};
 pub use position::{GlobalCheckpoint, Position, StreamVersion};
 pub use publisher::{Publisher, PublisherSettings};
 pub use read::{RECORDED_EVENT_COLUMNS, RecordedEvent};
+pub use unavailable::is_unavailable;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

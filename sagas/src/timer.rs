@@ -4,6 +4,10 @@
 //!
 //! A fired deadline is a request, not a verdict: the consultation's own state decides. One
 //! already scheduled or failed refuses the failure, and the deadline is retired unchanged.
+//!
+//! The timer also keeps the store tidy, beside the firing and without delaying it: once at
+//! start and every [`HOUSEKEEPING`] it forgets idempotency keys older than the retention and
+//! deadlines that stopped running as long ago ([`eventstore::EventStore::forget_older_than`]).
 
 use std::time::Duration;
 
@@ -12,6 +16,7 @@ use domain::consultation::{Consultation, ConsultationCommand};
 use domain::event::FailureReason;
 use domain::saga::SCHEDULING_DEADLINE;
 use eventstore::Due;
+use eventstore::housekeeping::Forgotten;
 use tokio_util::sync::CancellationToken;
 
 use crate::steps::{outcome, remembered};
@@ -24,17 +29,62 @@ const POLL: Duration = Duration::from_millis(250);
 const BUSY: Duration = Duration::from_millis(20);
 /// Due deadlines fired per round.
 const ROUND: i64 = 100;
+/// How often old idempotency keys and finished deadlines are deleted.
+pub const HOUSEKEEPING: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Timer {
     pub pipeline: Pipeline,
     /// The deadlines' length, for the words of the failure.
     pub timeout: Duration,
+    /// How long idempotency keys, and deadlines that stopped running, are kept.
+    pub retention: Duration,
 }
 
 impl Timer {
-    /// Fires due deadlines until `shutdown`.
+    /// Fires due deadlines, and keeps house, until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
+        tokio::join!(self.fire_until(&shutdown), self.keep_house_until(&shutdown));
+    }
+
+    /// Deletes what the retention let go of now, then every [`HOUSEKEEPING`].
+    async fn keep_house_until(&self, shutdown: &CancellationToken) {
+        let mut every = tokio::time::interval(HOUSEKEEPING);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            // A backlog takes many batches; shutting down need not wait for them all.
+            let round = tokio::select! {
+                () = shutdown.cancelled() => return,
+                round = self.housekeep() => round,
+            };
+            match round {
+                Ok(forgotten) if forgotten != Forgotten::default() => tracing::info!(
+                    idempotency_keys = forgotten.idempotency_keys,
+                    deadlines = forgotten.deadlines,
+                    "forgot what the retention let go of"
+                ),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "housekeeping failed; trying again at the next round");
+                }
+            }
+        }
+    }
+
+    /// One round of housekeeping: deletes idempotency keys older than the retention, and
+    /// deadlines that stopped running longer ago than that.
+    pub async fn housekeep(&self) -> Result<Forgotten, sqlx::Error> {
+        self.pipeline
+            .store()
+            .forget_older_than(self.retention)
+            .await
+    }
+
+    async fn fire_until(&self, shutdown: &CancellationToken) {
         let store = self.pipeline.store().clone();
         loop {
             let fired_all = match self.fire_due().await {

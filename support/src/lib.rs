@@ -11,8 +11,10 @@
 //! - [`server`]: HAP's HTTP API served in-process on a free local port.
 //! - [`broker`]: scratch exchange prefixes and publishing straight into a queue with a confirm.
 //! - [`system`]: HAP's pieces wired as `hap serve` wires them.
+//! - [`postgres`]: a private PostgreSQL server to stop, restart and crash under HAP.
 
 pub mod broker;
 pub mod database;
+pub mod postgres;
 pub mod server;
 pub mod system;

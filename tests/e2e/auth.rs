@@ -271,13 +271,18 @@ async fn each_scope_family_guards_its_routes_with_a_403() {
             );
             // The answers any request can get are documented, as problem+json, as HAP serves
             // them.
-            for status in ["400", "401", "403"] {
+            for status in ["400", "401", "403", "503"] {
                 assert!(
                     operation["responses"][status]["content"]["application/problem+json"]
                         .is_object(),
                     "{method} {path} documents {status}"
                 );
             }
+            assert_eq!(
+                operation["responses"]["503"]["headers"]["Retry-After"]["schema"]["type"],
+                "integer",
+                "{method} {path} documents Retry-After with its 503"
+            );
             for (status, answer) in operation["responses"].as_object().unwrap() {
                 assert!(
                     !answer["content"]["application/json"]["schema"]["$ref"]

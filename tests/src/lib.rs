@@ -58,11 +58,17 @@ pub fn admin_url() -> String {
 
 impl TestDb {
     pub async fn new() -> Self {
-        let scratch = ScratchDatabase::new(&admin_url(), "test").expect("DATABASE_URL is a URL");
+        Self::on(&admin_url()).await
+    }
+
+    /// A database of the test's own on the server of `server_url` (a private server that the
+    /// test may stop, say).
+    pub async fn on(server_url: &str) -> Self {
+        let scratch = ScratchDatabase::new(server_url, "test").expect("the server URL is a URL");
         let pool = scratch
             .create(16)
             .await
-            .expect("PostgreSQL is reachable at DATABASE_URL");
+            .expect("PostgreSQL is reachable at the server URL");
         Self {
             pool,
             url: scratch.url().to_owned(),

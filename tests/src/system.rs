@@ -106,6 +106,7 @@ impl System {
         let timer = sagas::Timer {
             pipeline: self.state.commands.clone(),
             timeout: Duration::from_millis(self.state.settings.scheduling_timeout_ms),
+            retention: self.state.settings.idempotency_retention,
         };
         tokio::spawn(timer.run(self.shutdown.child_token()));
     }
