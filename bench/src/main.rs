@@ -118,10 +118,11 @@ async fn main() -> ExitCode {
 ///
 /// sqlx warns of every statement slower than a second (`sqlx::query`), and a saturated machine
 /// is what the bench makes: those lines would interleave with the progress and the report, and
-/// say nothing the latencies do not. Only their errors are shown.
+/// say nothing the latencies do not. Nor do the server's notices (`sqlx::postgres::notice`),
+/// which `chaos` causes on purpose when it crashes its PostgreSQL. Only their errors are shown.
 fn init_logging() {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("warn,sqlx::query=error"));
+        .unwrap_or_else(|_| EnvFilter::new("warn,sqlx::query=error,sqlx::postgres::notice=error"));
     // Fails only if a subscriber is installed already, which nothing in this binary does.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

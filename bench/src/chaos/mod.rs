@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{ScratchBroker, Servers};
+use crate::broker::ScratchBroker;
 use crate::database::ScratchDatabase;
 use crate::report::Facts;
 use client::Api;
@@ -110,8 +110,20 @@ pub struct Args {
     #[arg(long)]
     keep_logs: bool,
 
-    #[command(flatten)]
-    servers: Servers,
+    /// A PostgreSQL server to run on (server level; a scratch database is made there, and
+    /// database faults only cut that database's connections). By default a private server of
+    /// the run's own, which database faults crash and restart.
+    #[arg(long)]
+    database_url: Option<String>,
+
+    /// RabbitMQ to run on; everything declared there is under a scratch prefix and deleted at
+    /// the end, and broker faults only close the run's own connections.
+    #[arg(
+        long,
+        env = "HAP_BENCH_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
 }
 
 /// Faults start this long after the workload.
@@ -124,8 +136,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             FAULTS_FROM.as_secs() + args.calm_secs
         );
     }
-    let services = Services::shared(&args.servers.database_url, &args.servers.amqp_url);
-    let database = ScratchDatabase::new(services.database_url())?;
+    let services = Services::start(args.database_url.as_deref(), &args.amqp_url).await?;
+    let database = ScratchDatabase::new(&services.database_url())?;
     let broker = ScratchBroker::new(services.amqp_url());
     eprintln!(
         "hap-bench chaos: seed {}, scratch database {}, exchange prefix {}",

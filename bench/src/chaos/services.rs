@@ -1,18 +1,25 @@
 //! The PostgreSQL server and the RabbitMQ broker a run uses, and what can be done to them.
 //!
-//! The machine's shared servers serve other runs and tests too, so a fault never stops them:
-//! on them a "database fault" terminates the connections to this run's own scratch database,
-//! and a "broker fault" has the broker close this run's own connections (those whose name
-//! holds the run's exchange prefix, which is how HAP names them), which is what a restart
-//! does to its clients. A private server of the run's own could be restarted or killed
-//! outright; each kind of server is one variant here, with its faults beside it.
+//! By default the run's database lives on a private PostgreSQL of its own
+//! ([`LocalPostgres`]), which a fault crashes (an immediate stop: connections reset, no
+//! checkpoint) and starts again after a pause, recovering from its write-ahead log. A server
+//! given with `--database-url` serves others too, so a fault there never stops it: it
+//! terminates the connections to the run's own database instead. The broker given with
+//! `--amqp-url` (the machine's, by default) is treated the same way: a fault has it close the
+//! run's own connections (those whose name holds the run's exchange prefix, which is how HAP
+//! names them), which is what a restart does to its clients. Each kind of server is one
+//! variant here, with its faults beside it.
 
 use anyhow::{Context, bail};
+use hap_support::postgres::{LocalPostgres, Shutdown};
 use sqlx::{ConnectOptions, Connection};
 
 /// A fault of a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServiceFault {
+    /// The private PostgreSQL is stopped at once, as if it crashed, and started again after
+    /// the pause.
+    PostgresCrashed,
     /// Every connection to the run's database is terminated by the server.
     DatabaseConnectionsDropped,
     /// The broker closes every connection of the run's processes.
@@ -23,6 +30,7 @@ impl ServiceFault {
     /// What the report calls it.
     pub fn name(self) -> &'static str {
         match self {
+            Self::PostgresCrashed => "PostgreSQL crashes and restarts",
             Self::DatabaseConnectionsDropped => "PostgreSQL drops the run's connections",
             Self::BrokerConnectionsDropped => "RabbitMQ closes the run's connections",
         }
@@ -31,6 +39,8 @@ impl ServiceFault {
 
 /// Where the run's database lives.
 enum Database {
+    /// A server of the run's own.
+    Private(LocalPostgres),
     /// A server other runs use too: faults touch only the run's database.
     Shared { server_url: String },
 }
@@ -41,30 +51,41 @@ enum Broker {
     Shared { url: String },
 }
 
-/// The servers of a run.
+/// The servers of a run. A private server is removed when this is dropped.
 pub struct Services {
     database: Database,
     broker: Broker,
 }
 
 impl Services {
-    /// The shared servers at `database_url` (server level; the run creates its database
-    /// there) and `amqp_url`.
-    pub fn shared(database_url: &str, amqp_url: &str) -> Self {
-        Self {
-            database: Database::Shared {
-                server_url: database_url.to_owned(),
+    /// The PostgreSQL server at `database_url` (server level; the run creates its database
+    /// there), or a private one when `None`; and the broker at `amqp_url`.
+    pub async fn start(database_url: Option<&str>, amqp_url: &str) -> anyhow::Result<Self> {
+        let database = match database_url {
+            Some(url) => Database::Shared {
+                server_url: url.to_owned(),
             },
+            None => {
+                let postgres = LocalPostgres::new()
+                    .await
+                    .context("Failed to start a private PostgreSQL (or pass --database-url)")?;
+                eprintln!("started a private PostgreSQL on port {}", postgres.port());
+                Database::Private(postgres)
+            }
+        };
+        Ok(Self {
+            database,
             broker: Broker::Shared {
                 url: amqp_url.to_owned(),
             },
-        }
+        })
     }
 
     /// The server-level PostgreSQL URL the scratch database is made on.
-    pub fn database_url(&self) -> &str {
+    pub fn database_url(&self) -> String {
         match &self.database {
-            Database::Shared { server_url } => server_url,
+            Database::Private(postgres) => postgres.url(),
+            Database::Shared { server_url } => server_url.clone(),
         }
     }
 
@@ -77,14 +98,14 @@ impl Services {
 
     /// Every fault these servers can suffer; a run injects each at least once.
     pub fn faults(&self) -> Vec<ServiceFault> {
-        let mut faults = vec![];
-        match self.database {
-            Database::Shared { .. } => faults.push(ServiceFault::DatabaseConnectionsDropped),
-        }
-        match self.broker {
-            Broker::Shared { .. } => faults.push(ServiceFault::BrokerConnectionsDropped),
-        }
-        faults
+        let database = match self.database {
+            Database::Private(_) => ServiceFault::PostgresCrashed,
+            Database::Shared { .. } => ServiceFault::DatabaseConnectionsDropped,
+        };
+        let broker = match self.broker {
+            Broker::Shared { .. } => ServiceFault::BrokerConnectionsDropped,
+        };
+        vec![database, broker]
     }
 
     /// Injects `fault` into the servers of the run whose database is `database` and whose
@@ -96,6 +117,10 @@ impl Services {
         prefix: &str,
     ) -> anyhow::Result<String> {
         match (fault, &self.database, &self.broker) {
+            (ServiceFault::PostgresCrashed, Database::Private(postgres), _) => {
+                postgres.stop(Shutdown::Immediate).await?;
+                Ok("stopped immediately".to_owned())
+            }
             (ServiceFault::DatabaseConnectionsDropped, Database::Shared { server_url }, _) => {
                 let dropped = terminate_connections(server_url, database).await?;
                 Ok(format!("terminated {dropped} connections to {database}"))
@@ -104,16 +129,21 @@ impl Services {
                 let closed = close_connections(prefix).await?;
                 Ok(format!("closed {closed} broker connections under {prefix}"))
             }
+            (fault, _, _) => bail!("{} is not a fault of this run's servers", fault.name()),
         }
     }
 
     /// Undoes `fault` after its pause: starts again what it stopped. Returns what was done,
     /// or `None` when the fault left nothing down (cut connections come back by themselves).
     pub async fn recover(&self, fault: ServiceFault) -> anyhow::Result<Option<String>> {
-        match fault {
-            ServiceFault::DatabaseConnectionsDropped | ServiceFault::BrokerConnectionsDropped => {
-                Ok(None)
+        match (fault, &self.database) {
+            (ServiceFault::PostgresCrashed, Database::Private(postgres)) => {
+                postgres.start().await?;
+                Ok(Some(
+                    "PostgreSQL started again (after crash recovery)".to_owned(),
+                ))
             }
+            _ => Ok(None),
         }
     }
 }

@@ -1,11 +1,9 @@
 //! What the bench's test suites share: reading what a run announced, and checking that it
 //! left nothing behind.
 
-use hap_tests::admin_url;
 use hap_tests::broker::{amqp_url, queue_exists};
 use lapin::{Connection, ConnectionProperties};
 use projections::queues::{QUEUES, QueueNames};
-use sqlx::Connection as _;
 
 /// The word after `label ` in a run's stderr (`exchange prefix`, `scratch database`).
 fn announced<'a>(stderr: &'a str, label: &str) -> &'a str {
@@ -19,12 +17,6 @@ fn announced<'a>(stderr: &'a str, label: &str) -> &'a str {
 /// The scratch exchange prefix a run announced on stderr.
 pub fn prefix(stderr: &str) -> &str {
     announced(stderr, "exchange prefix")
-}
-
-/// The scratch database a run announced on stderr.
-#[allow(dead_code)] // Each test binary compiles this module; not all of them use everything.
-pub fn database(stderr: &str) -> &str {
-    announced(stderr, "scratch database")
 }
 
 /// Checks that none of the queues a run can declare under `prefix` is left on the broker: the
@@ -66,21 +58,4 @@ async fn look_for_queues(prefix: &str, instances: &[&str]) {
         );
     }
     connection.close(200, "done".into()).await.ok();
-}
-
-/// Checks that the database `name` is gone from the server the suite uses.
-#[allow(dead_code)] // Each test binary compiles this module; not all of them use everything.
-pub fn assert_database_dropped(name: &str) {
-    runtime().block_on(async {
-        let mut admin = sqlx::PgConnection::connect(&admin_url())
-            .await
-            .expect("PostgreSQL is reachable");
-        let exists: bool =
-            sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-                .bind(name)
-                .fetch_one(&mut admin)
-                .await
-                .expect("pg_database can be read");
-        assert!(!exists, "database {name} was left behind");
-    });
 }
