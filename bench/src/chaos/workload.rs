@@ -165,7 +165,7 @@ impl Workload {
             .flat_map(|tenant| {
                 std::iter::repeat_n(Kind::RegisterPhysician, FIRST_PHYSICIANS)
                     .chain(std::iter::repeat_n(Kind::RegisterPatient, FIRST_PATIENTS))
-                    .filter_map(move |kind| self.build(tenant, kind))
+                    .map(move |kind| self.build(tenant, kind))
             })
             .collect();
         futures::future::join_all(planned.into_iter().map(|p| self.execute(p))).await;
@@ -190,9 +190,7 @@ impl Workload {
                 break;
             }
             tokio::time::sleep_until(due).await;
-            let Some(planned) = self.next_operation() else {
-                continue;
-            };
+            let planned = self.next_operation();
             let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
                 break;
             };
@@ -208,8 +206,8 @@ impl Workload {
     }
 
     /// Sends every command that got no answer once more with its key, each for up to
-    /// [`RESOLVE_BUDGET`]; returns how many are still unanswered.
-    pub async fn resolve(&self) -> usize {
+    /// [`RESOLVE_BUDGET`]; those still unanswered stay in the ledger.
+    pub async fn resolve(&self) {
         let unanswered = std::mem::take(
             &mut self
                 .ledger
@@ -249,11 +247,6 @@ impl Workload {
                 .await;
             });
         futures::future::join_all(resolved).await;
-        self.ledger
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .unanswered
-            .len()
     }
 
     fn draw<T>(&self, draw: impl FnOnce(&mut StdRng) -> T) -> T {
@@ -265,7 +258,7 @@ impl Workload {
     }
 
     /// The next operation of the mix, for a tenant drawn at random.
-    fn next_operation(&self) -> Option<Planned> {
+    fn next_operation(&self) -> Planned {
         let (tenant, kind) = self.draw(|rng| {
             let tenant = rng.random_range(0..self.tenants.len());
             let kind = MIX
@@ -294,7 +287,7 @@ impl Workload {
 
     /// A command of `kind` for `tenant`, or what the clinic needs instead when there is
     /// nothing to apply it to (a patient to register, a consultation to request).
-    fn build(&self, tenant: usize, kind: Kind) -> Option<Planned> {
+    fn build(&self, tenant: usize, kind: Kind) -> Planned {
         let n = self.number();
         let mut state = self.tenants[tenant]
             .lock()
@@ -471,13 +464,13 @@ impl Workload {
         };
         drop(state);
         let replay = self.draw(|rng| rng.random_ratio(1, REPLAY_ONE_IN));
-        Some(Planned {
+        Planned {
             kind,
             tenant,
             call,
             replay,
             chase,
-        })
+        }
     }
 
     /// The deactivation of `person` (`kind` says patient or physician) for `tenant`.
