@@ -1,19 +1,12 @@
 //! `hap-bench chaos` in the suite: the clinic as eight `hap` processes under a workload for
 //! 40 seconds while every process is killed and restarted and the database and broker fail
 //! under it; then every invariant must hold. The database is on a private PostgreSQL of the
-//! run's own, which it crashes; the broker is the suite's (the run's faults close only its
-//! own connections). It must leave no process, server or queue behind.
-
-mod common;
+//! run's own, which the run crashes and restarts; on the suite's RabbitMQ the run closes only
+//! its own connections. It must leave no process or private server behind.
 
 use std::process::Command;
 
-use common::{assert_no_queues_left, prefix};
-use hap_tests::broker::amqp_url;
 use hap_tests::process::hap_binary;
-
-/// The instances of the run's two API processes (`processes::INSTANCES` in the binary).
-const INSTANCES: [&str; 2] = ["chaos-a", "chaos-b"];
 
 #[test]
 fn every_invariant_holds_through_kills_and_failing_servers() {
@@ -33,15 +26,17 @@ fn every_invariant_holds_through_kills_and_failing_servers() {
         ])
         .arg("--hap-bin")
         .arg(hap_binary())
-        .env("HAP_BENCH_AMQP_URL", amqp_url())
         .output()
         .expect("hap-bench starts");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     // Whatever the verdict, the run cleans up after itself.
-    assert_no_queues_left(prefix(&stderr), &INSTANCES);
     assert_processes_gone(&stderr);
-    assert_private_postgres_gone(&stderr);
+    assert_nothing_listens(&stderr, "a private PostgreSQL on port ");
+    assert_nothing_listens(
+        &stderr,
+        "a private RabbitMQ cluster of 1 nodes: amqp://guest:guest@127.0.0.1:",
+    );
 
     assert!(
         output.status.success(),
@@ -93,17 +88,17 @@ fn assert_processes_gone(stderr: &str) {
     }
 }
 
-/// Checks that the private PostgreSQL the run announced no longer listens.
-fn assert_private_postgres_gone(stderr: &str) {
+/// Checks that the server announced as `announced` followed by its port no longer listens.
+fn assert_nothing_listens(stderr: &str, announced: &str) {
     let port: u16 = stderr
-        .split("private PostgreSQL on port ")
+        .split(announced)
         .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|port| port.parse().ok())
-        .unwrap_or_else(|| panic!("no private PostgreSQL announced in:\n{stderr}"));
+        .unwrap_or_else(|| panic!("no {announced}… in:\n{stderr}"));
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "the private PostgreSQL on port {port} was left running"
+        "{announced}{port} was left running"
     );
 }
 

@@ -3,17 +3,12 @@
 //! queue it no longer cleans up) fails here rather than on the day someone measures. Nothing
 //! here looks at a figure; the machine is busy with the other tests.
 
-mod common;
-
 use std::process::Command;
 
-use common::{assert_no_queues_left, prefix};
 use hap_tests::admin_url;
-use hap_tests::broker::amqp_url;
-
-/// The instances whose queues the subcommands declare (`system::INSTANCE` and
-/// `project::RAW_INSTANCE` in the binary).
-const INSTANCES: [&str; 2] = ["bench", "raw"];
+use hap_tests::broker::{amqp_url, queue_exists};
+use lapin::{Connection, ConnectionProperties};
+use projections::queues::{QUEUES, QueueNames};
 
 /// Runs `hap-bench` with `args`, starting each timed run at once, and returns its stderr (the
 /// progress, which names the scratch prefix) after checking that it succeeded and reported a
@@ -39,6 +34,52 @@ fn bench(args: &[&str]) -> String {
     stderr.into_owned()
 }
 
+/// The scratch exchange prefix a run announced on stderr.
+fn prefix(stderr: &str) -> &str {
+    stderr
+        .split("exchange prefix ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no exchange prefix in:\n{stderr}"))
+}
+
+/// Checks that none of the queues a run can declare under `prefix` is left on the broker: the
+/// instance queues of the bench's HAP and raw consumers (named as `system::INSTANCE` and
+/// `project::RAW_INSTANCE` name them in the binary), the bench's own queues, the saga services'
+/// shared queues and the unrouted queue.
+fn assert_no_queues_left(prefix: &str) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(look_for_queues(prefix));
+}
+
+async fn look_for_queues(prefix: &str) {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ is reachable");
+    let instances = QUEUES.iter().flat_map(|spec| {
+        ["bench", "raw"].map(|instance| QueueNames::new(prefix, spec.service, instance))
+    });
+    let sagas = domain::saga::SagaService::ALL
+        .into_iter()
+        .map(|service| QueueNames::shared(prefix, service.name()));
+    let own = ["all", "pipeline"].map(|name| format!("{prefix}.bench.{name}"));
+    let queues = instances
+        .chain(sagas)
+        .flat_map(|names| [names.main, names.retry, names.dead_letters])
+        .chain(own)
+        .chain([projections::topology(prefix).unrouted()]);
+    for queue in queues {
+        assert!(
+            !queue_exists(&connection, &queue).await,
+            "{queue} was left behind"
+        );
+    }
+    connection.close(200, "done".into()).await.ok();
+}
+
 #[test]
 fn append_runs() {
     bench(&["append", "--clients", "2", "--seconds", "1"]);
@@ -55,19 +96,19 @@ fn publish_runs_and_cleans_up() {
         "--seconds",
         "1",
     ]);
-    assert_no_queues_left(prefix(&stderr), &INSTANCES);
+    assert_no_queues_left(prefix(&stderr));
 }
 
 #[test]
 fn project_runs_and_cleans_up() {
     let stderr = bench(&["project", "--events", "100"]);
-    assert_no_queues_left(prefix(&stderr), &INSTANCES);
+    assert_no_queues_left(prefix(&stderr));
 }
 
 #[test]
 fn e2e_runs_and_cleans_up() {
     let stderr = bench(&["e2e", "--rate", "50", "--seconds", "1"]);
-    assert_no_queues_left(prefix(&stderr), &INSTANCES);
+    assert_no_queues_left(prefix(&stderr));
 }
 
 #[test]
@@ -83,7 +124,7 @@ fn saga_runs_and_cleans_up() {
         "--concurrency",
         "4",
     ]);
-    assert_no_queues_left(prefix(&stderr), &INSTANCES);
+    assert_no_queues_left(prefix(&stderr));
 }
 
 #[test]

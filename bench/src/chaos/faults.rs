@@ -151,7 +151,7 @@ impl Injector<'_> {
                 if let Some(done) = self.services.recover(fault).await? {
                     say(self.started, &done);
                 }
-                Ok(fault.name().to_owned())
+                Ok(fault.name())
             }
         }
     }

@@ -22,6 +22,7 @@
 //! # Layout
 //! - [`processes`]: `hap serve` processes started, killed and started again; `hap` commands.
 //! - [`services`]: the PostgreSQL and RabbitMQ servers and their faults.
+//! - [`cluster`]: a private RabbitMQ cluster through `scripts/cluster.sh`.
 //! - [`faults`]: the seeded schedule and the injector.
 //! - [`client`]: HTTP with retries under the same idempotency key across the API processes.
 //! - [`workload`]: the clinic's mix of commands, and what it learns from the answers.
@@ -33,6 +34,7 @@
 //! - [`report`]: the tables.
 
 mod client;
+mod cluster;
 mod faults;
 mod invariants;
 mod ledger;
@@ -58,7 +60,7 @@ use crate::report::Facts;
 use client::Api;
 use faults::{Fault, Injector};
 use processes::{Cluster, Hap, INSTANCES};
-use services::Services;
+use services::{Broker, Services};
 use workload::Workload;
 
 #[derive(Debug, clap::Args)]
@@ -116,15 +118,25 @@ pub struct Args {
     #[arg(long)]
     database_url: Option<String>,
 
-    /// RabbitMQ to run on; everything declared there is under a scratch prefix and deleted at
-    /// the end, and broker faults only close the run's own connections.
+    /// RabbitMQ to run on: one URL, or a cluster's nodes comma-separated (everything declared
+    /// there is under a scratch prefix and deleted at the end, and broker faults only close
+    /// the run's own connections, through `rabbitmqctl`). By default the machine's RabbitMQ
+    /// at 127.0.0.1:5672.
+    #[arg(long)]
+    amqp_url: Option<String>,
+
+    /// Run on a private RabbitMQ cluster of this many nodes instead (`scripts/cluster.sh`),
+    /// whose nodes broker faults kill and start again.
     #[arg(
         long,
-        env = "HAP_BENCH_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        conflicts_with = "amqp_url",
+        value_parser = clap::value_parser!(u16).range(1..=9)
     )]
-    amqp_url: String,
+    cluster_nodes: Option<u16>,
 }
+
+/// The broker a run uses when told of none.
+const MACHINE_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Faults start this long after the workload.
 const FAULTS_FROM: Duration = Duration::from_secs(2);
@@ -136,9 +148,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             FAULTS_FROM.as_secs() + args.calm_secs
         );
     }
-    let services = Services::start(args.database_url.as_deref(), &args.amqp_url).await?;
+    let broker = match (&args.amqp_url, args.cluster_nodes) {
+        (Some(urls), _) => Broker::Given(urls),
+        (None, Some(nodes)) => Broker::Cluster(nodes),
+        (None, None) => Broker::Given(MACHINE_BROKER),
+    };
+    let services = Services::start(args.database_url.as_deref(), broker).await?;
     let database = ScratchDatabase::new(&services.database_url())?;
-    let broker = ScratchBroker::new(services.amqp_url());
+    let broker = ScratchBroker::new(services.amqp_urls());
     eprintln!(
         "hap-bench chaos: seed {}, scratch database {}, exchange prefix {}",
         args.seed,
@@ -171,7 +188,7 @@ async fn chaos(
         args.hap_bin.clone(),
         vec![
             ("HAP_DATABASE_URL".into(), database.url().to_owned()),
-            ("HAP_AMQP_URL".into(), services.amqp_url().to_owned()),
+            ("HAP_AMQP_URL".into(), services.amqp_urls().to_owned()),
             ("HAP_EXCHANGE_PREFIX".into(), broker.prefix().to_owned()),
             ("HAP_AUTH_SECRET".into(), secret.clone()),
             (
@@ -265,7 +282,7 @@ impl Run<'_> {
             pool: self.pool,
             ledger: &ledger,
             hap: self.hap,
-            amqp_url: self.services.amqp_url(),
+            amqp_url: self.services.amqp_urls(),
             prefix: self.broker.prefix(),
             processes: cluster.processes.len(),
             exits: &injected.unexpected_exits,
@@ -309,7 +326,7 @@ impl Run<'_> {
         for planned in &plan {
             let what = match planned.fault {
                 Fault::Kill(index) => format!("kill -9 {}", cluster.processes[index].name),
-                Fault::Service(fault) => fault.name().to_owned(),
+                Fault::Service(fault) => fault.name(),
             };
             eprintln!(
                 "  at {:5.1} s: {what} (pause {:.1} s)",

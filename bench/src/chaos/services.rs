@@ -1,18 +1,21 @@
 //! The PostgreSQL server and the RabbitMQ broker a run uses, and what can be done to them.
 //!
-//! By default the run's database lives on a private PostgreSQL of its own
-//! ([`LocalPostgres`]), which a fault crashes (an immediate stop: connections reset, no
-//! checkpoint) and starts again after a pause, recovering from its write-ahead log. A server
-//! given with `--database-url` serves others too, so a fault there never stops it: it
-//! terminates the connections to the run's own database instead. The broker given with
-//! `--amqp-url` (the machine's, by default) is treated the same way: a fault has it close the
-//! run's own connections (those whose name holds the run's exchange prefix, which is how HAP
-//! names them), which is what a restart does to its clients. Each kind of server is one
-//! variant here, with its faults beside it.
+//! A private PostgreSQL of the run's own ([`LocalPostgres`], the default) is crashed by a
+//! fault (an immediate stop: connections reset, no checkpoint) and started again after a
+//! pause, recovering from its write-ahead log; a private RabbitMQ cluster
+//! (`--cluster-nodes`; [`Cluster`], `scripts/cluster.sh`) has each node killed with `kill -9`
+//! and started again after a pause. A server given with `--database-url` or `--amqp-url`, or
+//! the machine's RabbitMQ by default, serves others too, so a fault there never stops it:
+//! PostgreSQL terminates the connections to the run's own database instead, and RabbitMQ
+//! closes the run's own connections (those whose name holds the run's exchange prefix, which
+//! is how HAP names them), which is what a restart does to its clients. Each kind of server is
+//! one variant here, with its faults beside it.
 
 use anyhow::{Context, bail};
 use hap_support::postgres::{LocalPostgres, Shutdown};
 use sqlx::{ConnectOptions, Connection};
+
+use super::cluster::Cluster;
 
 /// A fault of a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,17 +25,21 @@ pub enum ServiceFault {
     PostgresCrashed,
     /// Every connection to the run's database is terminated by the server.
     DatabaseConnectionsDropped,
+    /// This node of the private cluster (from 1) is killed with `kill -9`, and started again
+    /// after the pause.
+    BrokerNodeKilled(u16),
     /// The broker closes every connection of the run's processes.
     BrokerConnectionsDropped,
 }
 
 impl ServiceFault {
     /// What the report calls it.
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
-            Self::PostgresCrashed => "PostgreSQL crashes and restarts",
-            Self::DatabaseConnectionsDropped => "PostgreSQL drops the run's connections",
-            Self::BrokerConnectionsDropped => "RabbitMQ closes the run's connections",
+            Self::PostgresCrashed => "PostgreSQL crashes and restarts".to_owned(),
+            Self::DatabaseConnectionsDropped => "PostgreSQL drops the run's connections".to_owned(),
+            Self::BrokerNodeKilled(node) => format!("kill -9 RabbitMQ node {node}"),
+            Self::BrokerConnectionsDropped => "RabbitMQ closes the run's connections".to_owned(),
         }
     }
 }
@@ -45,22 +52,32 @@ enum Database {
     Shared { server_url: String },
 }
 
+/// Which broker a run asks for.
+pub enum Broker<'a> {
+    /// The one at these URLs (a cluster's comma-separated), which others use too.
+    Given(&'a str),
+    /// A private cluster of this many nodes.
+    Cluster(u16),
+}
+
 /// Where the run's messages go.
-enum Broker {
-    /// A broker other runs use too: faults touch only the run's connections.
-    Shared { url: String },
+enum Messaging {
+    /// A cluster of the run's own.
+    Private(Cluster),
+    /// A broker (or cluster) other runs use too: faults touch only the run's connections.
+    Shared { urls: String },
 }
 
 /// The servers of a run. A private server is removed when this is dropped.
 pub struct Services {
     database: Database,
-    broker: Broker,
+    broker: Messaging,
 }
 
 impl Services {
     /// The PostgreSQL server at `database_url` (server level; the run creates its database
-    /// there), or a private one when `None`; and the broker at `amqp_url`.
-    pub async fn start(database_url: Option<&str>, amqp_url: &str) -> anyhow::Result<Self> {
+    /// there), or a private one when `None`; and `broker`.
+    pub async fn start(database_url: Option<&str>, broker: Broker<'_>) -> anyhow::Result<Self> {
         let database = match database_url {
             Some(url) => Database::Shared {
                 server_url: url.to_owned(),
@@ -73,12 +90,22 @@ impl Services {
                 Database::Private(postgres)
             }
         };
-        Ok(Self {
-            database,
-            broker: Broker::Shared {
-                url: amqp_url.to_owned(),
+        let broker = match broker {
+            Broker::Given(urls) => Messaging::Shared {
+                urls: urls.to_owned(),
             },
-        })
+            Broker::Cluster(nodes) => {
+                let cluster = Cluster::up(nodes)
+                    .await
+                    .context("Failed to start a private RabbitMQ cluster (or pass --amqp-url)")?;
+                eprintln!(
+                    "started a private RabbitMQ cluster of {nodes} nodes: {}",
+                    cluster.urls()
+                );
+                Messaging::Private(cluster)
+            }
+        };
+        Ok(Self { database, broker })
     }
 
     /// The server-level PostgreSQL URL the scratch database is made on.
@@ -89,10 +116,11 @@ impl Services {
         }
     }
 
-    /// The broker URL HAP's processes get (`HAP_AMQP_URL`).
-    pub fn amqp_url(&self) -> &str {
+    /// The broker URLs HAP's processes get (`HAP_AMQP_URL`), comma-separated.
+    pub fn amqp_urls(&self) -> &str {
         match &self.broker {
-            Broker::Shared { url } => url,
+            Messaging::Private(cluster) => cluster.urls(),
+            Messaging::Shared { urls } => urls,
         }
     }
 
@@ -102,10 +130,13 @@ impl Services {
             Database::Private(_) => ServiceFault::PostgresCrashed,
             Database::Shared { .. } => ServiceFault::DatabaseConnectionsDropped,
         };
-        let broker = match self.broker {
-            Broker::Shared { .. } => ServiceFault::BrokerConnectionsDropped,
+        let broker = match &self.broker {
+            Messaging::Private(cluster) => (1..=cluster.nodes())
+                .map(ServiceFault::BrokerNodeKilled)
+                .collect(),
+            Messaging::Shared { .. } => vec![ServiceFault::BrokerConnectionsDropped],
         };
-        vec![database, broker]
+        std::iter::once(database).chain(broker).collect()
     }
 
     /// Injects `fault` into the servers of the run whose database is `database` and whose
@@ -125,7 +156,11 @@ impl Services {
                 let dropped = terminate_connections(server_url, database).await?;
                 Ok(format!("terminated {dropped} connections to {database}"))
             }
-            (ServiceFault::BrokerConnectionsDropped, _, Broker::Shared { .. }) => {
+            (ServiceFault::BrokerNodeKilled(node), _, Messaging::Private(cluster)) => {
+                cluster.kill(node).await?;
+                Ok("killed".to_owned())
+            }
+            (ServiceFault::BrokerConnectionsDropped, _, Messaging::Shared { .. }) => {
                 let closed = close_connections(prefix).await?;
                 Ok(format!("closed {closed} broker connections under {prefix}"))
             }
@@ -136,12 +171,16 @@ impl Services {
     /// Undoes `fault` after its pause: starts again what it stopped. Returns what was done,
     /// or `None` when the fault left nothing down (cut connections come back by themselves).
     pub async fn recover(&self, fault: ServiceFault) -> anyhow::Result<Option<String>> {
-        match (fault, &self.database) {
-            (ServiceFault::PostgresCrashed, Database::Private(postgres)) => {
+        match (fault, &self.database, &self.broker) {
+            (ServiceFault::PostgresCrashed, Database::Private(postgres), _) => {
                 postgres.start().await?;
                 Ok(Some(
                     "PostgreSQL started again (after crash recovery)".to_owned(),
                 ))
+            }
+            (ServiceFault::BrokerNodeKilled(node), _, Messaging::Private(cluster)) => {
+                cluster.start(node).await?;
+                Ok(Some(format!("RabbitMQ node {node} is back in the cluster")))
             }
             _ => Ok(None),
         }
