@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
+use eventstore::broker::AmqpUrls;
+use eventstore::readiness::Readiness;
+use eventstore::topology::Topology;
+use projections::consumer::ConsumerSettings;
 
 /// The settings every subcommand shares.
 #[derive(Debug, Clone, Args)]
@@ -22,14 +26,21 @@ pub struct Settings {
     #[arg(long, env = "HAP_READ_DATABASE_URL", global = true)]
     pub read_database_url: Option<String>,
 
-    /// RabbitMQ.
+    /// RabbitMQ: the AMQP URL of each node of the cluster, comma-separated, tried in order.
     #[arg(
         long,
         env = "HAP_AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
         global = true
     )]
-    pub amqp_url: String,
+    pub amqp_url: AmqpUrls,
+
+    /// How many nodes hold a copy of each quorum queue HAP creates; by default as many as there
+    /// are URLs in HAP_AMQP_URL, up to three.
+    #[arg(long, env = "HAP_QUORUM_SIZE", global = true,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub quorum_size: Option<u16>,
 
     /// Prefix of every exchange and queue name, so that systems sharing a broker stay apart.
     #[arg(
@@ -130,7 +141,40 @@ pub enum Role {
     Timer,
 }
 
+/// Quorum queues' default replication: one copy per node up to this many, as RabbitMQ's own
+/// default, so that the loss of any one node of three loses nothing and leaves a majority.
+const DEFAULT_MAX_QUORUM_SIZE: usize = 3;
+
 impl Settings {
+    /// How many nodes each quorum queue is created on: `quorum_size`, else one per node of
+    /// `amqp_url`, up to three.
+    pub fn quorum_size(&self) -> u16 {
+        self.quorum_size.unwrap_or_else(|| {
+            let nodes = self.amqp_url.node_count().min(DEFAULT_MAX_QUORUM_SIZE);
+            u16::try_from(nodes).expect("at most three")
+        })
+    }
+
+    /// The exchanges and queues under `exchange_prefix`, declared as every role declares them.
+    pub fn topology(&self) -> Topology {
+        projections::topology(&self.exchange_prefix).with_quorum_size(self.quorum_size())
+    }
+
+    /// How this instance's consumers (projectors and saga services) run; each registers with
+    /// `readiness`.
+    pub fn consumers(&self, readiness: &Readiness) -> ConsumerSettings {
+        ConsumerSettings {
+            topology: self.topology(),
+            readiness: readiness.clone(),
+            ..ConsumerSettings::new(
+                &self.amqp_url,
+                &self.exchange_prefix,
+                &self.instance,
+                self.max_retries,
+            )
+        }
+    }
+
     /// Settings as they are when no flag or variable is given; what tests start from.
     pub fn defaults() -> Self {
         #[derive(clap::Parser)]

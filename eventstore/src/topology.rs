@@ -5,14 +5,20 @@
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
-/// Names under one prefix (`hap` unless configured otherwise).
+/// The queue argument that says how many members a quorum queue starts with.
+const QUORUM_SIZE_ARGUMENT: &str = "x-quorum-initial-group-size";
+
+/// Names under one prefix (`hap` unless configured otherwise), and how quorum queues are made.
 #[derive(Debug, Clone)]
 pub struct Topology {
     prefix: String,
     /// The topic exchanges, by suffix, as the application names them.
     exchanges: Vec<String>,
+    /// How many nodes hold a copy of each quorum queue created; `None` leaves it to the broker
+    /// (RabbitMQ's default is up to three).
+    quorum_size: Option<u16>,
 }
 
 impl Topology {
@@ -23,6 +29,15 @@ impl Topology {
         Self {
             prefix: prefix.into(),
             exchanges: exchanges.into_iter().map(Into::into).collect(),
+            quorum_size: None,
+        }
+    }
+
+    /// The same names, with every quorum queue created on `size` nodes.
+    pub fn with_quorum_size(self, size: u16) -> Self {
+        Self {
+            quorum_size: Some(size),
+            ..self
         }
     }
 
@@ -47,7 +62,8 @@ impl Topology {
     }
 
     /// Declares the exchanges, the alternate exchange and the unrouted queue.
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+    pub async fn declare(&self, connection: &Connection) -> lapin::Result<()> {
+        let channel = connection.create_channel().await?;
         let unrouted = self.unrouted();
         let durable = ExchangeDeclareOptions {
             durable: true,
@@ -61,7 +77,8 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        declare_quorum_queue(channel, &unrouted, FieldTable::default()).await?;
+        self.declare_quorum_queue(connection, &unrouted, FieldTable::default())
+            .await?;
         channel
             .queue_bind(
                 unrouted.clone().into(),
@@ -86,44 +103,67 @@ impl Topology {
                 )
                 .await?;
         }
-        Ok(())
+        close(channel).await
+    }
+
+    /// Declares a durable quorum queue with extra `arguments` (e.g. dead-lettering), created
+    /// on [`Self::with_quorum_size`] nodes. A queue that exists already keeps the size it was
+    /// created with: RabbitMQ refuses to declare it again with another size (or with one at
+    /// all, when it was created without), and the size only counts at creation anyway. Its own
+    /// channels, since a refused declaration closes the one it was made on.
+    pub async fn declare_quorum_queue(
+        &self,
+        connection: &Connection,
+        name: &str,
+        mut arguments: FieldTable,
+    ) -> lapin::Result<()> {
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        if let Some(size) = self.quorum_size {
+            arguments.insert(
+                QUORUM_SIZE_ARGUMENT.into(),
+                AMQPValue::LongInt(i32::from(size)),
+            );
+        }
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let channel = connection.create_channel().await?;
+        match channel.queue_declare(name.into(), durable, arguments).await {
+            Ok(_) => close(channel).await,
+            Err(error) if refuses_quorum_size(&error) => {
+                tracing::info!(
+                    queue = name,
+                    "the queue exists with another replication factor, which it keeps"
+                );
+                let channel = connection.create_channel().await?;
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                };
+                channel
+                    .queue_declare(name.into(), passive, FieldTable::default())
+                    .await?;
+                close(channel).await
+            }
+            Err(error) => Err(error),
+        }
     }
 }
 
-/// Declares a durable quorum queue with extra `arguments` (e.g. dead-lettering).
-pub async fn declare_quorum_queue(
-    channel: &Channel,
-    name: &str,
-    mut arguments: FieldTable,
-) -> lapin::Result<()> {
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            arguments,
-        )
-        .await
-        .map(|_| ())
+/// Whether RabbitMQ refused a declaration because the queue exists with another group size.
+fn refuses_quorum_size(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(refusal)
+            if refusal.get_id() == 406 && refusal.get_message().as_str().contains(QUORUM_SIZE_ARGUMENT)
+    )
 }
 
-/// A named connection. With `auto_recover`, lapin re-establishes it (and its channels and
-/// consumers) by itself after a network failure or a broker restart; without, the caller
-/// reconnects, as the publisher does to keep its confirm bookkeeping simple.
-pub async fn connect(
-    url: &str,
-    name: &str,
-    auto_recover: bool,
-) -> lapin::Result<lapin::Connection> {
-    let mut properties = lapin::ConnectionProperties::default().with_connection_name(name.into());
-    if auto_recover {
-        properties = properties.enable_auto_recover();
-    }
-    lapin::Connection::connect(url, properties).await
+/// Closes a channel that declared what it had to.
+async fn close(channel: Channel) -> lapin::Result<()> {
+    channel.close(200, "declared".into()).await
 }

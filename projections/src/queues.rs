@@ -2,11 +2,11 @@
 //! feeds, what it is bound to), the saga queues all instances share, and the retry and
 //! dead-letter queues beside every one.
 
-use eventstore::topology::{Topology, declare_quorum_queue};
+use eventstore::topology::Topology;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 use crate::consultations::Consultations;
 use crate::patients::Patients;
@@ -91,24 +91,26 @@ impl QueueNames {
 /// Declares the exchanges, a projector's queue with its dead-letter and retry queues, and
 /// the bindings.
 pub async fn declare(
-    channel: &Channel,
+    connection: &Connection,
     topology: &Topology,
     spec: &QueueSpec,
     names: &QueueNames,
 ) -> lapin::Result<()> {
-    declare_bound(channel, topology, spec.bindings, names).await
+    declare_bound(connection, topology, spec.bindings, names).await
 }
 
 /// Declares the exchanges, the queue `names` with its dead-letter and retry queues, and its
 /// `bindings` as (exchange suffix, binding key) pairs.
 pub async fn declare_bound(
-    channel: &Channel,
+    connection: &Connection,
     topology: &Topology,
     bindings: &[(&'static str, &'static str)],
     names: &QueueNames,
 ) -> lapin::Result<()> {
-    topology.declare(channel).await?;
-    declare_quorum_queue(channel, &names.dead_letters, FieldTable::default()).await?;
+    topology.declare(connection).await?;
+    topology
+        .declare_quorum_queue(connection, &names.dead_letters, FieldTable::default())
+        .await?;
 
     let mut main = FieldTable::default();
     main.insert(
@@ -132,7 +134,10 @@ pub async fn declare_bound(
         "x-overflow".into(),
         AMQPValue::LongString("reject-publish".into()),
     );
-    declare_quorum_queue(channel, &names.main, main).await?;
+    topology
+        .declare_quorum_queue(connection, &names.main, main)
+        .await?;
+    let channel = connection.create_channel().await?;
 
     // A classic queue, because only classic queues honour per-message expiry here: a message
     // published with `expiration = delay` returns to the main queue when it expires.
@@ -167,7 +172,7 @@ pub async fn declare_bound(
             )
             .await?;
     }
-    Ok(())
+    channel.close(200, "declared".into()).await
 }
 
 /// Moves a delivery to `queue`: publishes a copy (with `properties`) through the default

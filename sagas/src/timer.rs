@@ -12,6 +12,7 @@ use domain::consultation::{Consultation, ConsultationCommand};
 use domain::event::FailureReason;
 use domain::saga::SCHEDULING_DEADLINE;
 use eventstore::Due;
+use eventstore::readiness::Part;
 use tokio_util::sync::CancellationToken;
 
 use crate::steps::{outcome, remembered};
@@ -27,6 +28,8 @@ pub struct Timer {
     pub pipeline: Pipeline,
     /// The deadlines' length, for the words of the failure.
     pub timeout: Duration,
+    /// Ready once a round of looking for due deadlines has worked, until one fails.
+    pub ready: Part,
 }
 
 impl Timer {
@@ -34,7 +37,9 @@ impl Timer {
     pub async fn run(self, shutdown: CancellationToken) {
         let store = self.pipeline.store().clone();
         loop {
-            let fired_all = match self.fire_due().await {
+            let round = self.fire_due().await;
+            self.ready.set(round.is_ok());
+            let fired_all = match round {
                 Ok(count) => count < ROUND as usize,
                 Err(error) => {
                     tracing::warn!(%error, "firing deadlines failed; trying again");

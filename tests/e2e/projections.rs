@@ -548,7 +548,7 @@ async fn dead_letters_are_listed_replayed_by_event_id_and_purged() {
     let (read, projectors) = start_projectors(&db, &prefix, "a").await;
     let names = QueueNames::new(&prefix, "patient-service", "a");
     wait_for_queue(&names.main).await;
-    let url = hap_tests::broker::amqp_url();
+    let url = hap_tests::broker::amqp_urls();
     // Two messages that failed earlier (say, while the read database was down for good).
     let history = patient_history(&EventStore::new(db.pool.clone()), &["Ana"]).await;
     let other = patient_history(&EventStore::new(db.pool.clone()), &["Bia"]).await;
@@ -670,7 +670,7 @@ async fn project_the_apps_read_model(
 ) -> tokio_util::sync::CancellationToken {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let settings = projections::consumer::ConsumerSettings::new(
-        &hap_tests::broker::amqp_url(),
+        &hap_tests::broker::amqp_urls(),
         prefix,
         "test",
         5,

@@ -124,6 +124,7 @@ impl TestApp {
             api::db::event_store(pool.clone(), 8),
             read.clone(),
             settings,
+            Default::default(),
         )
         .expect("authentication is configured");
         let server = HttpServer::start(state.clone(), true, true)
@@ -255,7 +256,7 @@ pub fn start_publisher(pool: &PgPool, prefix: &str) -> tokio_util::sync::Cancell
 pub fn start_publisher_on(store: EventStore, prefix: &str) -> tokio_util::sync::CancellationToken {
     api::telemetry::metrics_handle();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let publisher = hap_support::system::publisher(store, &broker::amqp_url(), prefix);
+    let publisher = hap_support::system::publisher(store, &broker::amqp_urls(), prefix);
     tokio::spawn(publisher.run(shutdown.clone()));
     shutdown
 }
@@ -297,7 +298,7 @@ pub async fn start_projectors(
     let read = read_model(db, instance).await;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut settings =
-        projections::consumer::ConsumerSettings::new(&broker::amqp_url(), prefix, instance, 5);
+        projections::consumer::ConsumerSettings::new(&broker::amqp_urls(), prefix, instance, 5);
     settings.batch = 50;
     tokio::spawn(projections::live::run_all(
         read.clone(),
