@@ -13,7 +13,7 @@
 #   kill N       kill -9 node N's Erlang VM (nodes count from 1).
 #   start N      Start node N again, and wait until it is back in the cluster.
 #   status       Each node, running or down, and the nodes running in the cluster.
-#   urls         Print the HAP_AMQP_URL value again.
+#   urls         Print the HAP_AMQP_URL value (also before `up`, from the options).
 #   ctl N ARG…   Run `rabbitmqctl ARG…` against node N, e.g. `ctl 1 list_queues name members`.
 #
 # Options, or the variables in brackets. `up` records them in DIR, so later commands need only
@@ -263,11 +263,10 @@ down() {
 }
 
 case "$command" in
-up | down) "$command" ;;
-urls | kill | start | status | ctl)
+up | down | urls) "$command" ;;
+kill | start | status | ctl)
 	[[ -f "$settings" ]] || die "no cluster in $dir (run up first)"
 	case "$command" in
-	urls) urls ;;
 	kill)
 		check_node "${1:-}"
 		pid="$(vm_pid "$1")" || die "node $1 is not running"

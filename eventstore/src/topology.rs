@@ -107,10 +107,12 @@ impl Topology {
     }
 
     /// Declares a durable quorum queue with extra `arguments` (e.g. dead-lettering), created
-    /// on [`Self::with_quorum_size`] nodes. A queue that exists already keeps the size it was
-    /// created with: RabbitMQ refuses to declare it again with another size (or with one at
-    /// all, when it was created without), and the size only counts at creation anyway. Its own
-    /// channels, since a refused declaration closes the one it was made on.
+    /// on [`Self::with_quorum_size`] nodes. A queue that exists already with other arguments
+    /// is kept as it is, with a warning: RabbitMQ refuses to declare it again otherwise, and a
+    /// consumer that cannot declare its queue cannot consume at all. That is how queues made
+    /// by an earlier HAP live on: without a replication factor (which only counts at creation
+    /// anyway), or a retry queue that was a classic queue. Its own channels, since a refused
+    /// declaration closes the one it was made on.
     pub async fn declare_quorum_queue(
         &self,
         connection: &Connection,
@@ -132,35 +134,40 @@ impl Topology {
             ..QueueDeclareOptions::default()
         };
         let channel = connection.create_channel().await?;
-        match channel.queue_declare(name.into(), durable, arguments).await {
-            Ok(_) => close(channel).await,
-            Err(error) if refuses_quorum_size(&error) => {
-                tracing::info!(
-                    queue = name,
-                    "the queue exists with another replication factor, which it keeps"
-                );
-                let channel = connection.create_channel().await?;
-                let passive = QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                };
-                channel
-                    .queue_declare(name.into(), passive, FieldTable::default())
-                    .await?;
-                close(channel).await
-            }
-            Err(error) => Err(error),
+        let refusal = match channel.queue_declare(name.into(), durable, arguments).await {
+            Ok(_) => return close(channel).await,
+            Err(error) => match inequivalent_arguments(&error) {
+                Some(refusal) => refusal,
+                None => return Err(error),
+            },
+        };
+        if refusal.contains(QUORUM_SIZE_ARGUMENT) {
+            tracing::debug!(queue = name, %refusal, "an existing queue keeps its replication factor");
+        } else {
+            tracing::warn!(queue = name, %refusal, "an existing queue keeps the arguments it was declared with; delete it (once empty) to have it declared anew");
         }
+        let channel = connection.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(name.into(), passive, FieldTable::default())
+            .await?;
+        close(channel).await
     }
 }
 
-/// Whether RabbitMQ refused a declaration because the queue exists with another group size.
-fn refuses_quorum_size(error: &lapin::Error) -> bool {
-    matches!(
-        error.kind(),
-        lapin::ErrorKind::ProtocolError(refusal)
-            if refusal.get_id() == 406 && refusal.get_message().as_str().contains(QUORUM_SIZE_ARGUMENT)
-    )
+/// RabbitMQ's words when it refused a declaration because the queue exists with other
+/// arguments (406 PRECONDITION_FAILED, "inequivalent arg …").
+fn inequivalent_arguments(error: &lapin::Error) -> Option<String> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(refusal) if refusal.get_id() == 406 => {
+            let text = refusal.get_message().as_str();
+            text.contains("inequivalent arg").then(|| text.to_owned())
+        }
+        _ => None,
+    }
 }
 
 /// Closes a channel that declared what it had to.

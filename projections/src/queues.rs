@@ -4,7 +4,7 @@
 
 use eventstore::topology::Topology;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueBindOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
@@ -137,10 +137,12 @@ pub async fn declare_bound(
     topology
         .declare_quorum_queue(connection, &names.main, main)
         .await?;
-    let channel = connection.create_channel().await?;
-
-    // A classic queue, because only classic queues honour per-message expiry here: a message
-    // published with `expiration = delay` returns to the main queue when it expires.
+    // A quorum queue too, so that retries outlive a node: a classic queue lives on one node,
+    // and while that node is down it cannot even be declared, which kept every consumer and
+    // the publisher from reconnecting. A message published into it with `expiration = delay`
+    // returns to the main queue once it expires at the head of the queue (RabbitMQ 3.10 and
+    // later honour per-message expiry in quorum queues as in classic ones), removed only once
+    // the main queue has it.
     let mut retry = FieldTable::default();
     retry.insert(
         "x-dead-letter-exchange".into(),
@@ -150,17 +152,19 @@ pub async fn declare_bound(
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString(names.main.as_str().into()),
     );
-    channel
-        .queue_declare(
-            names.retry.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            retry,
-        )
+    retry.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    retry.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    topology
+        .declare_quorum_queue(connection, &names.retry, retry)
         .await?;
 
+    let channel = connection.create_channel().await?;
     for (exchange, key) in bindings {
         channel
             .queue_bind(
