@@ -57,10 +57,7 @@ impl Hap {
                 let status = response.status();
                 return (status, response.json().await.expect("a JSON body"));
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "hap never answered"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "hap never answered");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -124,8 +121,7 @@ fn consumer_queues(prefix: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hap_on_a_cluster_is_ready_once_its_roles_run_and_keeps_every_command_when_its_node_dies()
-{
+async fn hap_on_a_cluster_is_ready_once_its_roles_run_and_keeps_every_command_when_its_node_dies() {
     let db = TestDb::new().await;
     let prefix = unique_prefix();
     let cluster = Cluster::new(3).await;
@@ -171,7 +167,14 @@ async fn hap_on_a_cluster_is_ready_once_its_roles_run_and_keeps_every_command_wh
     let listing = cluster
         .ctl(
             2,
-            &["list_queues", "-q", "--no-table-headers", "name", "type", "members"],
+            &[
+                "list_queues",
+                "-q",
+                "--no-table-headers",
+                "name",
+                "type",
+                "members",
+            ],
         )
         .await;
     let quorum_queues = consumer_queues(&prefix)
