@@ -32,12 +32,32 @@ impl Cluster {
             base_port: free_base_port(nodes),
             urls: String::new(),
         };
+        cluster.watch_over();
         let output = cluster.run(&["urls"]).await;
         cluster.urls = String::from_utf8(output.stdout)
             .expect("URLs are text")
             .trim()
             .to_owned();
         cluster
+    }
+
+    /// Brings the cluster down when this process ends however it ends, `Drop` or not (a test
+    /// killed for taking too long unwinds nothing): a watcher outside the test's process group,
+    /// which the test runner signals, polls for this process and then runs `down`.
+    fn watch_over(&self) {
+        use std::os::unix::process::CommandExt;
+        let watcher = "while kill -0 \"$0\" 2>/dev/null; do sleep 1; done; exec bash \"$1\" --dir \"$2\" down";
+        std::process::Command::new("bash")
+            .args(["-c", watcher])
+            .arg(std::process::id().to_string())
+            .arg(script())
+            .arg(&self.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("bash runs");
     }
 
     /// Starts every node and waits until all run in one cluster.
