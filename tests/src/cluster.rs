@@ -42,22 +42,22 @@ impl Cluster {
     }
 
     /// Brings the cluster down when this process ends however it ends, `Drop` or not (a test
-    /// killed for taking too long unwinds nothing): a watcher outside the test's process group,
-    /// which the test runner signals, polls for this process and then runs `down`.
+    /// killed for taking too long unwinds nothing): a watcher in a session of its own, out of
+    /// reach of the signals the test runner sends, polls for this process and then runs `down`.
     fn watch_over(&self) {
-        use std::os::unix::process::CommandExt;
         let watcher = "while kill -0 \"$0\" 2>/dev/null; do sleep 1; done; exec bash \"$1\" --dir \"$2\" down";
-        std::process::Command::new("bash")
-            .args(["-c", watcher])
+        // `setsid -f` returns at once, leaving the watcher to run on.
+        let started = std::process::Command::new("setsid")
+            .args(["-f", "bash", "-c", watcher])
             .arg(std::process::id().to_string())
             .arg(script())
             .arg(&self.dir)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("bash runs");
+            .status()
+            .expect("setsid runs");
+        assert!(started.success(), "the cluster's watcher did not start");
     }
 
     /// Starts every node and waits until all run in one cluster.
