@@ -11,7 +11,9 @@
 #                up in DIR already is left as it is (its URLs are printed again).
 #   down         Stop every node (kill -9) and delete DIR. Succeeds when nothing is there.
 #   kill N       kill -9 node N's Erlang VM (nodes count from 1).
-#   start N      Start node N again, and wait until it is back in the cluster.
+#   start N      Start node N again, and wait until it is back in the cluster. (A node that was
+#                not the last of its cluster to stop waits for that one: when every node is
+#                down, start them together, e.g. `start 1 & start 2 & start 3 & wait`.)
 #   status       Each node, running or down, and the nodes running in the cluster.
 #   urls         Print the HAP_AMQP_URL value (also before `up`, from the options).
 #   ctl N ARG…   Run `rabbitmqctl ARG…` against node N, e.g. `ctl 1 list_queues name members`.
@@ -112,11 +114,6 @@ with_node_env() {
 	local i="$1" at
 	shift
 	at="$(node_dir "$i")"
-	local config=advanced
-	# Node 1 founds the cluster; every other node joins it when it first boots (classic peer
-	# discovery), retrying until node 1 runs, so that all can boot at once. Node 1 must not
-	# take part in discovery: a joining node holds the discovery lock while it retries.
-	((i == 1)) && config=advanced-1
 	env -u ERL_FLAGS -u RABBITMQ_ERLANG_COOKIE \
 		HOME="$dir" \
 		ERL_EPMD_ADDRESS=127.0.0.1 \
@@ -126,7 +123,7 @@ with_node_env() {
 		RABBITMQ_DIST_PORT=$(($(amqp_port "$i") + 20000)) \
 		RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf" \
 		RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
-		RABBITMQ_ADVANCED_CONFIG_FILE="$dir/$config.config" \
+		RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config" \
 		RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" \
 		RABBITMQ_MNESIA_BASE="$at/mnesia" \
 		RABBITMQ_MNESIA_DIR="$at/mnesia/$(name "$i")" \
@@ -165,11 +162,11 @@ await_boot() {
 	local i="$1" deadline=$((SECONDS + TIMEOUT)) logs
 	logs="$(node_dir "$i")/log"
 	until answers "$(amqp_port "$i")"; do
-		if [[ -f "$(node_dir "$i")/pid" ]] && ! vm_pid "$i" >/dev/null; then
-			die "node $i ($(name "$i")) stopped while booting; see $logs"
+		if grep -qs 'BOOT FAILED\|Kernel pid terminated' "$logs/stdout.log"; then
+			die "node $i ($(name "$i")) failed to boot; see $logs"
 		fi
 		((SECONDS < deadline)) || die "node $i ($(name "$i")) did not boot within ${TIMEOUT}s; see $logs"
-		sleep 0.2
+		sleep 0.1
 	done
 }
 
@@ -227,15 +224,18 @@ up() {
 	printf 'NODES=%s\nBASE_PORT=%s\n' "$nodes" "$base_port" >"$settings"
 	: >"$dir/rabbitmq-env.conf"
 	echo '[].' >"$dir/enabled_plugins"
-	# Erlang terms, and no rabbitmq.conf: its schema costs every node a second of CPU at boot.
-	echo '[].' >"$dir/advanced-1.config"
-	printf '%s\n' "[{rabbit, [{cluster_nodes, {['$(name 1)'], disc}}," \
-		"  {cluster_formation, [{discovery_retry_limit, $((TIMEOUT * 2))}, {discovery_retry_interval, 500}]}]}]." \
-		>"$dir/advanced.config"
-	for ((i = 1; i <= nodes; i++)); do
+	# A blank node joins node 1 as it boots (classic peer discovery), so no node restarts to
+	# join. Erlang terms, and no rabbitmq.conf: its schema costs every node a second of CPU.
+	echo "[{rabbit, [{cluster_nodes, {['$(name 1)'], disc}}]}]." >"$dir/advanced.config"
+	# Node 1 first, and the others once it has booted: a node that joins node 1 while node 1
+	# is still setting up its database can fail to boot (RabbitMQ 3.10 checks the tables'
+	# shapes, which node 1 is still migrating).
+	start_node 1
+	await_boot 1
+	for ((i = 2; i <= nodes; i++)); do
 		start_node "$i"
 	done
-	for ((i = 1; i <= nodes; i++)); do
+	for ((i = 2; i <= nodes; i++)); do
 		await_boot "$i"
 	done
 	await_cluster 1
