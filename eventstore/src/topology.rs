@@ -1,7 +1,8 @@
-//! The broker side of the contract: exchange names, their alternate exchange, and the
-//! unrouted queue. Declared at start and after every reconnect; declaring is idempotent. Which
-//! exchanges there are is the application's to say (HAP's domain has one per aggregate
-//! family); this module only prefixes and declares them.
+//! The broker side of the contract: exchange names, their alternate exchange, the unrouted
+//! queue, and how quorum queues are declared (on how many nodes; an existing queue used as it
+//! is). Declared at start and after every reconnect; declaring is idempotent. Which exchanges
+//! there are is the application's to say (HAP's domain has one per aggregate family); this
+//! module only prefixes and declares them.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
