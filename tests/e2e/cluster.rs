@@ -162,8 +162,8 @@ async fn hap_on_a_cluster_is_ready_once_its_roles_run_and_keeps_every_command_wh
     }
     hap.shows_all(&patients, FAILOVER).await;
 
-    // Every quorum queue (each consumer's queue and dead-letter queue, and the unrouted one)
-    // has a member on each of the three nodes.
+    // Every queue (each consumer's, with its retry and dead-letter queues, and the unrouted
+    // one) is a quorum queue with a member on each of the three nodes.
     let listing = cluster
         .ctl(
             2,
@@ -179,7 +179,7 @@ async fn hap_on_a_cluster_is_ready_once_its_roles_run_and_keeps_every_command_wh
         .await;
     let quorum_queues = consumer_queues(&prefix)
         .into_iter()
-        .flat_map(|queue| [format!("{queue}.dlq"), queue])
+        .flat_map(|queue| [format!("{queue}.dlq"), format!("{queue}.retry"), queue])
         .chain([format!("{prefix}.unrouted")]);
     for queue in quorum_queues {
         let line = listing
@@ -191,6 +191,32 @@ async fn hap_on_a_cluster_is_ready_once_its_roles_run_and_keeps_every_command_wh
     }
 
     // HAP connected to the first node, which answered; it goes.
+    let first = format!("<{}.", cluster.node_name(1).await);
+    let connections = cluster
+        .ctl(
+            2,
+            &[
+                "list_connections",
+                "-q",
+                "--no-table-headers",
+                "pid",
+                "client_properties",
+            ],
+        )
+        .await;
+    let haps: Vec<&str> = connections
+        .lines()
+        .filter(|line| line.contains("hap-publisher") || line.contains("hap-consumer"))
+        .collect();
+    assert_eq!(
+        haps.len(),
+        9,
+        "the publisher and 8 consumers:\n{connections}"
+    );
+    assert!(
+        haps.iter().all(|line| line.starts_with(&first)),
+        "{connections}"
+    );
     cluster.kill(1).await;
     for n in 0..3 {
         patients.push(hap.register(&format!("AFTER-{n}")).await);

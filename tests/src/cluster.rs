@@ -75,6 +75,18 @@ impl Cluster {
         self.run(&["start", &node.to_string()]).await;
     }
 
+    /// Node `node`'s Erlang node name, as `status` shows it.
+    pub async fn node_name(&self, node: u16) -> String {
+        let output = self.run(&["status"]).await;
+        let status = String::from_utf8_lossy(&output.stdout);
+        status
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|fields| fields.first() == Some(&node.to_string().as_str()))
+            .and_then(|fields| fields.get(1).map(|name| name.to_string()))
+            .unwrap_or_else(|| panic!("no node {node} in:\n{status}"))
+    }
+
     /// `rabbitmqctl` against node `node`: what it printed.
     pub async fn ctl(&self, node: u16, arguments: &[&str]) -> String {
         let node = node.to_string();
