@@ -1,10 +1,15 @@
 //! Settings: every one has a default, a `HAP_*` environment variable and a flag, in that order
 //! of precedence (flag over variable over default).
 
+use std::ffi::OsStr;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use clap::Args;
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
 use eventstore::broker::AmqpUrls;
 use eventstore::readiness::Readiness;
 use eventstore::topology::Topology;
@@ -32,6 +37,7 @@ pub struct Settings {
         env = "HAP_AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
         hide_env_values = true,
+        value_parser = Unquoted::<AmqpUrls>::new(),
         global = true
     )]
     pub amqp_url: AmqpUrls,
@@ -83,7 +89,8 @@ pub struct Settings {
     pub consistency_wait_ms: u64,
 
     /// The HS256 secret that tokens are signed with (and that `hap token` signs with).
-    #[arg(long, env = "HAP_AUTH_SECRET", hide_env_values = true, global = true)]
+    #[arg(long, env = "HAP_AUTH_SECRET", hide_env_values = true, global = true,
+          value_parser = Unquoted::<Secret>::new())]
     pub auth_secret: Option<Secret>,
 
     /// A PEM file with the public key (RSA or EC P-256) of an identity provider whose RS256 or
@@ -185,6 +192,43 @@ impl Settings {
         // Parsing an empty command line yields the declared defaults (and the environment's
         // HAP_* values, which is what a test run configures).
         <Defaults as clap::Parser>::parse_from(["hap"]).settings
+    }
+}
+
+/// Parses a setting that may hold a password or a secret: clap's own refusal quotes the value
+/// given, this one says only what is wrong with it.
+#[derive(Clone)]
+struct Unquoted<T>(PhantomData<fn() -> T>);
+
+impl<T> Unquoted<T> {
+    fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T> TypedValueParser for Unquoted<T>
+where
+    T: FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
+{
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        argument: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let refuse = |reason: &dyn std::fmt::Display| {
+            let name = argument.map_or_else(|| "a setting".to_owned(), ToString::to_string);
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid value for '{name}': {reason}\n"),
+            )
+            .with_cmd(command)
+        };
+        let text = value.to_str().ok_or_else(|| refuse(&"not valid UTF-8"))?;
+        text.parse().map_err(|error: T::Err| refuse(&error))
     }
 }
 
