@@ -176,7 +176,9 @@ readonly PG_HOST="$URL_HOST" PG_PORT="$URL_PORT" PG_USER="${URL_USER:-postgres}"
 PG_PASSWORD="$(printf '%b' "${URL_PASSWORD//%/\\x}")"
 readonly PG_PASSWORD
 
-parse_url "${HAP_AMQP_URL:-$DEFAULT_AMQP_URL}" 5672
+# The first node of a cluster's comma-separated list stands for the broker.
+AMQP_URL="${HAP_AMQP_URL:-$DEFAULT_AMQP_URL}"
+parse_url "${AMQP_URL%%,*}" 5672
 readonly MQ_HOST="$URL_HOST" MQ_PORT="$URL_PORT"
 
 PG_LOCAL=0 MQ_LOCAL=0

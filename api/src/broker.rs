@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use eventstore::broker::AmqpUrls;
 use tokio::sync::RwLock;
 
 #[derive(Clone)]
@@ -12,8 +13,9 @@ pub struct BrokerHealth {
 }
 
 impl BrokerHealth {
-    /// Starts watching the broker at `url`, for as long as the Tokio runtime runs.
-    pub fn watch(url: String) -> Self {
+    /// Starts watching the broker at `urls` (connected to the first node that answers), for as
+    /// long as the Tokio runtime runs.
+    pub fn watch(urls: AmqpUrls) -> Self {
         let health = Self {
             connection: Arc::new(RwLock::new(None)),
         };
@@ -26,7 +28,7 @@ impl BrokerHealth {
                     .as_ref()
                     .is_some_and(|c| c.status().connected());
                 if !connected {
-                    let fresh = eventstore::topology::connect(&url, "hap-health", false).await;
+                    let fresh = eventstore::broker::connect(&urls, "hap-health").await;
                     *slot.write().await = fresh.ok();
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;

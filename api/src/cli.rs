@@ -7,12 +7,13 @@ use tokio::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventstore::{EventStore, Publisher, wakeup};
+use eventstore::broker::AmqpUrls;
+use eventstore::readiness::Readiness;
+use eventstore::{EventStore, Publisher, PublisherSettings, wakeup};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use projections::ReadModel;
-use projections::consumer::ConsumerSettings;
 use projections::schema::Plans;
 
 use crate::config::{Role, ServeSettings, Settings};
@@ -166,7 +167,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn dlq(amqp_url: &str, command: DlqCommand) -> anyhow::Result<()> {
+async fn dlq(amqp_url: &AmqpUrls, command: DlqCommand) -> anyhow::Result<()> {
     use projections::dlq;
     match command {
         DlqCommand::List { queue } => {
@@ -274,6 +275,8 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let store = db::event_store(pool, settings.db_pool_size);
     let shutdown = CancellationToken::new();
+    // Every role registers its parts here before it starts: `/health/ready` waits for them all.
+    let readiness = Readiness::default();
     let mut tasks = JoinSet::new();
     let commands = serve.roles.contains(&Role::Command);
     let appends = [Role::Command, Role::Saga, Role::Timer];
@@ -283,33 +286,24 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
         tasks.spawn(wakeup::forward_appends(store.clone(), shutdown.clone()));
     }
     if serve.roles.contains(&Role::Publisher) {
-        let publisher_settings =
-            crate::routing::publisher_settings(&settings.amqp_url, &settings.exchange_prefix);
+        let publisher_settings = PublisherSettings {
+            ready: readiness.part("publisher"),
+            ..crate::routing::publisher_settings(&settings.amqp_url, settings.topology())
+        };
         let publisher = Publisher::new(store.clone(), Arc::new(DomainRouter), publisher_settings);
         tasks.spawn(publisher.run(shutdown.clone()));
     }
     let read = read_model(&settings, !serve.no_migrate).await?;
+    let consumers = settings.consumers(&readiness);
     if serve.roles.contains(&Role::Projector) {
-        let consumers = ConsumerSettings::new(
-            &settings.amqp_url,
-            &settings.exchange_prefix,
-            &settings.instance,
-            settings.max_retries,
-        );
         tasks.spawn(projections::live::run_all(
             read.clone(),
             store.clone(),
-            consumers,
+            consumers.clone(),
             shutdown.clone(),
         ));
     }
-    let consumers = ConsumerSettings::new(
-        &settings.amqp_url,
-        &settings.exchange_prefix,
-        &settings.instance,
-        settings.max_retries,
-    );
-    let app = AppState::new(store, read, settings)?;
+    let app = AppState::new(store, read, settings, readiness.clone())?;
     if app.auth.is_insecure() {
         tracing::warn!(
             "authentication is OFF (--insecure-no-auth): every request acts as tenant `default` \
@@ -330,10 +324,11 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
             pipeline: app.commands.clone(),
             timeout: Duration::from_millis(app.settings.scheduling_timeout_ms),
             retention: app.settings.idempotency_retention,
+            ready: readiness.part("timer"),
         };
         tasks.spawn(timer.run(shutdown.clone()));
     }
-    tracing::info!(%address, roles = ?serve.roles, "HAP is listening");
+    tracing::info!(%address, roles = ?serve.roles, rabbitmq = %app.settings.amqp_url, "HAP is listening");
     let stopping = shutdown.clone();
     let queries = serve.roles.contains(&Role::Query);
     let served = axum::serve(

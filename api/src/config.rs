@@ -1,11 +1,20 @@
 //! Settings: every one has a default, a `HAP_*` environment variable and a flag, in that order
 //! of precedence (flag over variable over default).
 
+use std::ffi::OsStr;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
+use eventstore::broker::AmqpUrls;
+use eventstore::readiness::Readiness;
+use eventstore::topology::Topology;
+use projections::consumer::ConsumerSettings;
 
 /// The settings every subcommand shares.
 #[derive(Debug, Clone, Args)]
@@ -23,14 +32,22 @@ pub struct Settings {
     #[arg(long, env = "HAP_READ_DATABASE_URL", global = true)]
     pub read_database_url: Option<String>,
 
-    /// RabbitMQ.
+    /// RabbitMQ: the AMQP URL of each node of the cluster, comma-separated, tried in order.
     #[arg(
         long,
         env = "HAP_AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        value_parser = Unquoted::<AmqpUrls>::new(),
         global = true
     )]
-    pub amqp_url: String,
+    pub amqp_url: AmqpUrls,
+
+    /// How many nodes hold a copy of each quorum queue HAP creates; by default as many as there
+    /// are URLs in HAP_AMQP_URL, up to three.
+    #[arg(long, env = "HAP_QUORUM_SIZE", global = true,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub quorum_size: Option<u16>,
 
     /// Prefix of every exchange and queue name, so that systems sharing a broker stay apart.
     #[arg(
@@ -73,7 +90,8 @@ pub struct Settings {
     pub consistency_wait_ms: u64,
 
     /// The HS256 secret that tokens are signed with (and that `hap token` signs with).
-    #[arg(long, env = "HAP_AUTH_SECRET", hide_env_values = true, global = true)]
+    #[arg(long, env = "HAP_AUTH_SECRET", hide_env_values = true, global = true,
+          value_parser = Unquoted::<Secret>::new())]
     pub auth_secret: Option<Secret>,
 
     /// A PEM file with the public key (RSA or EC P-256) of an identity provider whose RS256 or
@@ -143,7 +161,40 @@ pub enum Role {
     Timer,
 }
 
+/// Quorum queues' default replication: one copy per node up to this many, as RabbitMQ's own
+/// default, so that the loss of any one node of three loses nothing and leaves a majority.
+const DEFAULT_MAX_QUORUM_SIZE: usize = 3;
+
 impl Settings {
+    /// How many nodes each quorum queue is created on: `quorum_size`, else one per node of
+    /// `amqp_url`, up to three.
+    pub fn quorum_size(&self) -> u16 {
+        self.quorum_size.unwrap_or_else(|| {
+            let nodes = self.amqp_url.node_count().min(DEFAULT_MAX_QUORUM_SIZE);
+            u16::try_from(nodes).expect("at most three")
+        })
+    }
+
+    /// The exchanges and queues under `exchange_prefix`, declared as every role declares them.
+    pub fn topology(&self) -> Topology {
+        projections::topology(&self.exchange_prefix).with_quorum_size(self.quorum_size())
+    }
+
+    /// How this instance's consumers (projectors and saga services) run; each registers with
+    /// `readiness`.
+    pub fn consumers(&self, readiness: &Readiness) -> ConsumerSettings {
+        ConsumerSettings {
+            topology: self.topology(),
+            readiness: readiness.clone(),
+            ..ConsumerSettings::new(
+                &self.amqp_url,
+                &self.exchange_prefix,
+                &self.instance,
+                self.max_retries,
+            )
+        }
+    }
+
     /// Settings as they are when no flag or variable is given; what tests start from.
     pub fn defaults() -> Self {
         #[derive(clap::Parser)]
@@ -154,6 +205,43 @@ impl Settings {
         // Parsing an empty command line yields the declared defaults (and the environment's
         // HAP_* values, which is what a test run configures).
         <Defaults as clap::Parser>::parse_from(["hap"]).settings
+    }
+}
+
+/// Parses a setting that may hold a password or a secret: clap's own refusal quotes the value
+/// given, this one says only what is wrong with it.
+#[derive(Clone)]
+struct Unquoted<T>(PhantomData<fn() -> T>);
+
+impl<T> Unquoted<T> {
+    fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T> TypedValueParser for Unquoted<T>
+where
+    T: FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
+{
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        argument: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let refuse = |reason: &dyn std::fmt::Display| {
+            let name = argument.map_or_else(|| "a setting".to_owned(), ToString::to_string);
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid value for '{name}': {reason}\n"),
+            )
+            .with_cmd(command)
+        };
+        let text = value.to_str().ok_or_else(|| refuse(&"not valid UTF-8"))?;
+        text.parse().map_err(|error: T::Err| refuse(&error))
     }
 }
 

@@ -21,11 +21,16 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Health {
     status: &'static str,
     /// Dependencies that do not answer.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     failing: Vec<&'static str>,
+    /// Parts of this process that do not run (yet, or again): a consumer by its queue's name,
+    /// `publisher`, `timer`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    not_ready: Vec<String>,
 }
 
 /// 200 while the process runs.
@@ -35,10 +40,13 @@ async fn live() -> Json<Health> {
     Json(Health {
         status: "live",
         failing: vec![],
+        not_ready: vec![],
     })
 }
 
-/// 200 when PostgreSQL and RabbitMQ answer; 503 naming what does not.
+/// 200 when PostgreSQL and RabbitMQ answer and every role of the process runs: each consumer
+/// consumes, the publisher leads with a broker connection or stands by, the timer has looked
+/// for due deadlines. Else 503, naming what does not.
 #[utoipa::path(get, path = "/health/ready", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 async fn ready(State(app): State<AppState>) -> impl IntoResponse {
@@ -53,18 +61,17 @@ async fn ready(State(app): State<AppState>) -> impl IntoResponse {
     if !app.broker.is_connected().await {
         failing.push("rabbitmq");
     }
-    let status = if failing.is_empty() {
+    let not_ready = app.readiness.not_ready();
+    let ready = failing.is_empty() && not_ready.is_empty();
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = Health {
-        status: if failing.is_empty() {
-            "ready"
-        } else {
-            "unavailable"
-        },
+        status: if ready { "ready" } else { "unavailable" },
         failing,
+        not_ready,
     };
     (status, Json(body))
 }

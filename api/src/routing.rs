@@ -2,7 +2,12 @@
 //! event store's publisher, which knows nothing clinical itself.
 
 use domain::event::route;
-use eventstore::{MessageRoute, RecordedEvent, Router};
+use std::sync::Arc;
+
+use eventstore::broker::AmqpUrls;
+use eventstore::publisher::DeclareAlso;
+use eventstore::topology::Topology;
+use eventstore::{MessageRoute, PublisherSettings, RecordedEvent, Router};
 
 pub struct DomainRouter;
 
@@ -33,17 +38,17 @@ impl Router for DomainRouter {
     }
 }
 
-/// The publisher's settings as HAP runs it: the domain's exchanges under `prefix`, and the saga
+/// The publisher's settings as HAP runs it: the domain's exchanges of `topology`, and the saga
 /// queues declared with them. The saga queues are the cluster's, not an instance's: they must
 /// exist before the first trigger is published, whether or not a saga process has started.
-pub fn publisher_settings(amqp_url: &str, prefix: &str) -> eventstore::PublisherSettings {
-    let topology = projections::topology(prefix);
+pub fn publisher_settings(amqp_url: &AmqpUrls, topology: Topology) -> PublisherSettings {
     let saga_topology = topology.clone();
-    eventstore::PublisherSettings {
-        declare_also: Some(std::sync::Arc::new(move |channel| {
-            let topology = saga_topology.clone();
-            Box::pin(async move { sagas::declare_queues(&channel, &topology).await })
-        })),
-        ..eventstore::PublisherSettings::new(amqp_url, topology)
+    let declare_also: DeclareAlso = Arc::new(move |connection| {
+        let topology = saga_topology.clone();
+        Box::pin(async move { sagas::declare_queues(connection, &topology).await })
+    });
+    PublisherSettings {
+        declare_also: Some(declare_also),
+        ..PublisherSettings::new(amqp_url.clone(), topology)
     }
 }

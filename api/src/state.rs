@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use commands::Pipeline;
 use eventstore::EventStore;
+use eventstore::readiness::Readiness;
 use metrics_exporter_prometheus::PrometheusHandle;
 use projections::ReadModel;
 use sqlx::PgPool;
@@ -32,8 +33,9 @@ pub struct Shared {
     pub settings: Arc<Settings>,
     /// Renders `/metrics`; the recorder behind it is global to the process.
     pub metrics: PrometheusHandle,
-    /// For `/health/ready`.
+    /// For `/health/ready`: the broker connection, and whether this process's roles run.
     pub broker: BrokerHealth,
+    pub readiness: Readiness,
     /// This instance's read model, which answers every query.
     pub read: ReadModel,
     /// The query side's caches, which follow `read`'s projector commits.
@@ -44,11 +46,13 @@ pub struct Shared {
 
 impl AppState {
     /// Needs a Tokio runtime: it starts watching the broker. Fails if `settings` configure no
-    /// way to verify tokens and do not switch authentication off.
+    /// way to verify tokens and do not switch authentication off. `readiness` holds the parts
+    /// of the process that `/health/ready` waits for (none, for a process of HTTP routes only).
     pub fn new(
         store: EventStore,
         read: ReadModel,
         settings: Settings,
+        readiness: Readiness,
     ) -> Result<Self, AuthConfigError> {
         let auth = Arc::new(Verifier::from_settings(&settings)?);
         let queries = QueryCaches::new(&read);
@@ -62,6 +66,7 @@ impl AppState {
             read,
             commands,
             broker: BrokerHealth::watch(settings.amqp_url.clone()),
+            readiness,
             settings: Arc::new(settings),
             metrics: crate::telemetry::metrics_handle(),
         })))

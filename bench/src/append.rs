@@ -242,7 +242,7 @@ async fn hap_run(
             })
             .collect::<Result<_, _>>()?,
     );
-    let app = api::AppState::new(store, read, settings)?;
+    let app = api::AppState::new(store, read, settings, Default::default())?;
 
     let server = HttpServer::start(app, true, false).await?;
     let address = server.address;

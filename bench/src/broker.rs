@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use eventstore::broker::AmqpUrls;
 use eventstore::topology::Topology;
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions, QueueDeleteOptions,
@@ -28,21 +29,22 @@ pub struct Servers {
     )]
     pub database_url: String,
 
-    /// RabbitMQ to benchmark on; everything declared there is under a scratch prefix and
-    /// deleted at the end.
+    /// RabbitMQ to benchmark on (the URL of each node, comma-separated); everything declared
+    /// there is under a scratch prefix and deleted at the end.
     #[arg(
         long,
         env = "HAP_BENCH_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
     )]
-    pub amqp_url: String,
+    pub amqp_url: AmqpUrls,
 }
 
 /// How long the background pieces get to stop before their queues are deleted anyway.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct ScratchBroker {
-    url: String,
+    url: AmqpUrls,
     prefix: String,
     /// Queues to delete at the end, named before they are declared, so that a run failing
     /// half-way still deletes what it got to.
@@ -69,11 +71,11 @@ impl Background {
 
 impl ScratchBroker {
     /// Picks a fresh prefix on the broker at `url`; nothing is declared yet.
-    pub fn new(url: &str) -> Self {
+    pub fn new(url: &AmqpUrls) -> Self {
         let prefix = hap_support::broker::scratch_prefix("bench");
         let unrouted = projections::topology(&prefix).unrouted();
         Self {
-            url: url.to_owned(),
+            url: url.clone(),
             prefix,
             // The publisher declares the unrouted queue beside the exchanges.
             queues: Mutex::new(vec![unrouted]),
@@ -82,7 +84,7 @@ impl ScratchBroker {
         }
     }
 
-    pub fn url(&self) -> &str {
+    pub fn url(&self) -> &AmqpUrls {
         &self.url
     }
 
@@ -145,12 +147,8 @@ impl ScratchBroker {
             }));
         }
         let connection = self.connect("setup").await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .context("Failed to open a channel")?;
         for (bindings, names) in &declared {
-            queues::declare_bound(&channel, &topology, bindings, names)
+            queues::declare_bound(&connection, &topology, bindings, names)
                 .await
                 .with_context(|| format!("Failed to declare {}", names.main))?;
         }
@@ -167,7 +165,7 @@ impl ScratchBroker {
 
     /// A connection of the bench's own, named so that it is recognisable in the management UI.
     pub async fn connect(&self, name: &str) -> anyhow::Result<Connection> {
-        eventstore::topology::connect(&self.url, &format!("hap-bench {name}"), false)
+        eventstore::broker::connect(&self.url, &format!("hap-bench {name}"))
             .await
             .with_context(|| format!("Failed to connect to RabbitMQ at {}", self.url))
     }

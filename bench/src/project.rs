@@ -108,7 +108,7 @@ async fn bench(
     let topology = broker.topology();
     for spec in &QUEUES {
         let names = QueueNames::new(broker.prefix(), spec.service, INSTANCE);
-        queues::declare(&channel, &topology, spec, &names)
+        queues::declare(&setup, &topology, spec, &names)
             .await
             .with_context(|| format!("Failed to declare {}", names.main))?;
     }
@@ -118,7 +118,7 @@ async fn bench(
         .collect();
     for (service, _) in PATIENT_QUEUES {
         let names = QueueNames::new(broker.prefix(), service, RAW_INSTANCE);
-        queues::declare(&channel, &topology, spec_of(service)?, &names)
+        queues::declare(&setup, &topology, spec_of(service)?, &names)
             .await
             .with_context(|| format!("Failed to declare {}", names.main))?;
     }

@@ -28,16 +28,15 @@ use domain::Event;
 use domain::event::PhysicianUpdated;
 use domain::ids::PhysicianId;
 use eventstore::message::{Message, Router};
-use eventstore::topology::declare_quorum_queue;
 use eventstore::{EventStore, GlobalCheckpoint, PublisherSettings};
 use futures::StreamExt;
 use hap_support::broker::confirmed;
-use lapin::Channel;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
     QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
 use uuid::Uuid;
 
 use crate::broker::{ScratchBroker, Servers};
@@ -106,7 +105,7 @@ async fn bench(
     // production.
     api::telemetry::metrics_handle();
     let store = system::store(&pool);
-    let window = PublisherSettings::new(broker.url(), broker.topology()).window;
+    let window = PublisherSettings::new(broker.url().clone(), broker.topology()).window;
 
     let setup = broker.connect("setup").await?;
     let channel = setup
@@ -114,7 +113,7 @@ async fn bench(
         .await
         .context("Failed to open a channel")?;
     let queue = broker.bench_queue("all");
-    declare_bench_queue(broker, &channel, &queue).await?;
+    declare_bench_queue(broker, &setup, &channel, &queue).await?;
 
     eprintln!("storing {} events…", args.events);
     let stored = fill(&store, args.events).await?;
@@ -221,15 +220,17 @@ async fn bench(
 /// every message the publisher sends.
 async fn declare_bench_queue(
     broker: &ScratchBroker,
+    connection: &Connection,
     channel: &Channel,
     queue: &str,
 ) -> anyhow::Result<()> {
     let topology = broker.topology();
     topology
-        .declare(channel)
+        .declare(connection)
         .await
         .context("Failed to declare HAP's exchanges")?;
-    declare_quorum_queue(channel, queue, FieldTable::default())
+    topology
+        .declare_quorum_queue(connection, queue, FieldTable::default())
         .await
         .with_context(|| format!("Failed to declare {queue}"))?;
     for exchange in topology.exchanges() {

@@ -55,7 +55,7 @@ pub fn settings(database: &ScratchDatabase, broker: &ScratchBroker) -> Settings 
     // These runs measure the data path; `append` measures it with tokens.
     settings.insecure_no_auth = true;
     settings.database_url = database.url().to_owned();
-    settings.amqp_url = broker.url().to_owned();
+    settings.amqp_url = broker.url().clone();
     settings.exchange_prefix = broker.prefix().to_owned();
     settings.instance = INSTANCE.to_owned();
     settings.db_pool_size = POOL_SIZE;
@@ -89,7 +89,7 @@ impl Hap {
         let read = read_model(database).await?;
         broker.declare_queues(INSTANCE, sagas).await?;
         let mut pieces = vec![];
-        let app = api::AppState::new(store.clone(), read.clone(), settings)?;
+        let app = api::AppState::new(store.clone(), read.clone(), settings, Default::default())?;
         if sagas {
             // Steps and deadlines run their commands through the routes' pipeline, whose
             // appends are fed to this process's projectors as the routes' are.
@@ -100,6 +100,7 @@ impl Hap {
                 pipeline: app.commands.clone(),
                 timeout: Duration::from_millis(app.settings.scheduling_timeout_ms),
                 retention: app.settings.idempotency_retention,
+                ready: Default::default(),
             };
             pieces.push(broker.spawn(|stop| timer.run(stop)));
         }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
+use crate::readiness::Part;
+
 /// How often a follower tries to take the lock, and a leader checks it still holds it.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 
@@ -15,17 +17,22 @@ pub struct Leadership {
     connection: PgConnection,
 }
 
-/// Waits until this process holds the lock `name`, or `shutdown` (then `None`).
+/// Waits until this process holds the lock `name`, or `shutdown` (then `None`). Meanwhile
+/// `standing_by` says whether the last try worked (and found the lock held elsewhere).
 pub async fn acquire(
     pool: &PgPool,
     name: &str,
     shutdown: &CancellationToken,
+    standing_by: &Part,
 ) -> Option<Leadership> {
     loop {
         match try_acquire(pool, name).await {
             Ok(Some(leadership)) => return Some(leadership),
-            Ok(None) => {}
-            Err(error) => tracing::warn!(%error, lock = name, "could not try the leader lock"),
+            Ok(None) => standing_by.set(true),
+            Err(error) => {
+                standing_by.set(false);
+                tracing::warn!(%error, lock = name, "could not try the leader lock");
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return None,

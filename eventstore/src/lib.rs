@@ -17,11 +17,14 @@
 //! - [`deadlines`]: durable saga deadlines (running, paused, fired), started and fired with
 //!   appends.
 //! - [`message`]: the message an event becomes on RabbitMQ, and the [`Router`] that says where.
+//! - [`broker`]: the RabbitMQ nodes (`AmqpUrls`) and connecting to the first that answers.
 //! - [`topology`]: exchange and queue names under a prefix, and declaring them.
 //! - [`publisher`]: streaming committed events to RabbitMQ with confirms, one leader at a time
 //!   ([`leader`]), woken soon after commits ([`wakeup`]).
+//! - [`readiness`]: which parts of a process run, for its readiness check.
 
 pub mod append;
+pub mod broker;
 pub mod deadlines;
 mod group_commit;
 pub mod housekeeping;
@@ -31,6 +34,7 @@ pub mod message;
 pub mod position;
 pub mod publisher;
 pub mod read;
+pub mod readiness;
 pub mod scan;
 pub mod topology;
 pub mod unavailable;

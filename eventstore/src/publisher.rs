@@ -16,22 +16,27 @@ use lapin::{Channel, Confirmation, Connection, PublisherConfirm};
 use tokio_util::sync::CancellationToken;
 
 use crate::EventStore;
+use crate::broker::{self, AmqpUrls};
 use crate::leader;
 use crate::message::{Message, MessageRoute, Router};
 use crate::position::GlobalCheckpoint;
 use crate::read::{RecordedEvent, TailReader};
-use crate::topology::{self, Topology};
+use crate::readiness::Part;
+use crate::topology::Topology;
 use crate::wakeup::Wakeups;
 
-/// Declares more of the application's topology on a channel (queues that must exist before the
-/// first message is published, so that nothing they are bound for goes unrouted).
-pub type DeclareAlso =
-    Arc<dyn Fn(Channel) -> futures::future::BoxFuture<'static, lapin::Result<()>> + Send + Sync>;
+/// Declares more of the application's topology on a connection (queues that must exist before
+/// the first message is published, so that nothing they are bound for goes unrouted).
+pub type DeclareAlso = Arc<
+    dyn for<'a> Fn(&'a Connection) -> futures::future::BoxFuture<'a, lapin::Result<()>>
+        + Send
+        + Sync,
+>;
 
 /// How the publisher behaves; the defaults suit production.
 #[derive(Clone)]
 pub struct PublisherSettings {
-    pub amqp_url: String,
+    pub amqp_url: AmqpUrls,
     pub topology: Topology,
     /// Declared with the topology on every connection, before anything is published.
     pub declare_also: Option<DeclareAlso>,
@@ -39,16 +44,20 @@ pub struct PublisherSettings {
     pub window: i64,
     /// The slowest poll, when nothing wakes the publisher.
     pub idle_poll: Duration,
+    /// Ready while this process stands by (it tried the leader lock and another process holds
+    /// it) or leads with a connection to the broker.
+    pub ready: Part,
 }
 
 impl PublisherSettings {
-    pub fn new(amqp_url: impl Into<String>, topology: Topology) -> Self {
+    pub fn new(amqp_url: AmqpUrls, topology: Topology) -> Self {
         Self {
-            amqp_url: amqp_url.into(),
+            amqp_url,
             topology,
             declare_also: None,
             window: 1000,
             idle_poll: Duration::from_secs(1),
+            ready: Part::default(),
         }
     }
 }
@@ -116,8 +125,12 @@ impl Publisher {
         let lock = format!("hap.publisher:{}", self.name());
         let mut wakeups = Wakeups::new(&self.store);
         let reader = self.store.tail_reader();
-        while let Some(mut leadership) = leader::acquire(self.store.pool(), &lock, &shutdown).await
+        let ready = &self.settings.ready;
+        while let Some(mut leadership) =
+            leader::acquire(self.store.pool(), &lock, &shutdown, ready).await
         {
+            // Not ready again until connected.
+            ready.set(false);
             tracing::info!(publisher = %self.name(), "leading: publishing events");
             metrics::gauge!("hap_publisher_leader").set(1.0);
             self.store.set_publishing_here(true);
@@ -211,7 +224,10 @@ impl Publisher {
             // any event is appended finds them.
             if link.is_none() {
                 match self.connect().await {
-                    Ok(fresh) => link = Some(fresh),
+                    Ok(fresh) => {
+                        link = Some(fresh);
+                        self.settings.ready.set(true);
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "could not reach RabbitMQ; retrying");
                         metrics::counter!("hap_publisher_failures_total", "reason" => "connect")
@@ -328,6 +344,7 @@ impl Publisher {
         backoff: &mut Duration,
     ) {
         tracing::warn!(%reason, "publishing stopped short; reconnecting");
+        self.settings.ready.set(false);
         metrics::counter!("hap_publisher_failures_total", "reason" => "publish").increment(1);
         in_flight.clear();
         *sent = confirmed;
@@ -365,20 +382,19 @@ impl Publisher {
     }
 
     async fn connect(&self) -> lapin::Result<Link> {
-        let connection = topology::connect(
+        let connection = broker::connect(
             &self.settings.amqp_url,
             &format!("hap-publisher {}", self.settings.topology.prefix()),
-            false,
         )
         .await?;
+        self.settings.topology.declare(&connection).await?;
+        if let Some(declare) = &self.settings.declare_also {
+            declare(&connection).await?;
+        }
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        self.settings.topology.declare(&channel).await?;
-        if let Some(declare) = &self.settings.declare_also {
-            declare(channel.clone()).await?;
-        }
         Ok(Link {
             connection,
             channel,

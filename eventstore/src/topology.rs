@@ -1,18 +1,25 @@
-//! The broker side of the contract: exchange names, their alternate exchange, and the
-//! unrouted queue. Declared at start and after every reconnect; declaring is idempotent. Which
-//! exchanges there are is the application's to say (HAP's domain has one per aggregate
-//! family); this module only prefixes and declares them.
+//! The broker side of the contract: exchange names, their alternate exchange, the unrouted
+//! queue, and how quorum queues are declared (on how many nodes; an existing queue used as it
+//! is). Declared at start and after every reconnect; declaring is idempotent. Which exchanges
+//! there are is the application's to say (HAP's domain has one per aggregate family); this
+//! module only prefixes and declares them.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
-/// Names under one prefix (`hap` unless configured otherwise).
+/// The queue argument that says how many members a quorum queue starts with.
+const QUORUM_SIZE_ARGUMENT: &str = "x-quorum-initial-group-size";
+
+/// Names under one prefix (`hap` unless configured otherwise), and how quorum queues are made.
 #[derive(Debug, Clone)]
 pub struct Topology {
     prefix: String,
     /// The topic exchanges, by suffix, as the application names them.
     exchanges: Vec<String>,
+    /// How many nodes hold a copy of each quorum queue created; `None` leaves it to the broker
+    /// (RabbitMQ's default is up to three).
+    quorum_size: Option<u16>,
 }
 
 impl Topology {
@@ -23,6 +30,15 @@ impl Topology {
         Self {
             prefix: prefix.into(),
             exchanges: exchanges.into_iter().map(Into::into).collect(),
+            quorum_size: None,
+        }
+    }
+
+    /// The same names, with every quorum queue created on `size` nodes.
+    pub fn with_quorum_size(self, size: u16) -> Self {
+        Self {
+            quorum_size: Some(size),
+            ..self
         }
     }
 
@@ -47,7 +63,8 @@ impl Topology {
     }
 
     /// Declares the exchanges, the alternate exchange and the unrouted queue.
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+    pub async fn declare(&self, connection: &Connection) -> lapin::Result<()> {
+        let channel = connection.create_channel().await?;
         let unrouted = self.unrouted();
         let durable = ExchangeDeclareOptions {
             durable: true,
@@ -61,7 +78,8 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        declare_quorum_queue(channel, &unrouted, FieldTable::default()).await?;
+        self.declare_quorum_queue(connection, &unrouted, FieldTable::default())
+            .await?;
         channel
             .queue_bind(
                 unrouted.clone().into(),
@@ -86,44 +104,74 @@ impl Topology {
                 )
                 .await?;
         }
-        Ok(())
+        close(channel).await
     }
-}
 
-/// Declares a durable quorum queue with extra `arguments` (e.g. dead-lettering).
-pub async fn declare_quorum_queue(
-    channel: &Channel,
-    name: &str,
-    mut arguments: FieldTable,
-) -> lapin::Result<()> {
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
+    /// Declares a durable quorum queue with extra `arguments` (e.g. dead-lettering), created
+    /// on [`Self::with_quorum_size`] nodes. A queue that exists already with other arguments
+    /// is kept as it is, with a warning: RabbitMQ refuses to declare it again otherwise, and a
+    /// consumer that cannot declare its queue cannot consume at all. That is how queues made
+    /// by an earlier HAP live on: without a replication factor (which only counts at creation
+    /// anyway), or a retry queue that was a classic queue. Its own channels, since a refused
+    /// declaration closes the one it was made on.
+    pub async fn declare_quorum_queue(
+        &self,
+        connection: &Connection,
+        name: &str,
+        mut arguments: FieldTable,
+    ) -> lapin::Result<()> {
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        if let Some(size) = self.quorum_size {
+            arguments.insert(
+                QUORUM_SIZE_ARGUMENT.into(),
+                AMQPValue::LongInt(i32::from(size)),
+            );
+        }
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let channel = connection.create_channel().await?;
+        let refusal = match channel.queue_declare(name.into(), durable, arguments).await {
+            Ok(_) => return close(channel).await,
+            Err(error) => match inequivalent_arguments(&error) {
+                Some(refusal) => refusal,
+                None => return Err(error),
             },
-            arguments,
-        )
-        .await
-        .map(|_| ())
+        };
+        if refusal.contains(QUORUM_SIZE_ARGUMENT) {
+            tracing::debug!(queue = name, %refusal, "an existing queue keeps its replication factor");
+        } else {
+            tracing::warn!(queue = name, %refusal, "an existing queue keeps the arguments it was declared with; delete it (once empty) to have it declared anew");
+        }
+        let channel = connection.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(name.into(), passive, FieldTable::default())
+            .await?;
+        close(channel).await
+    }
 }
 
-/// A named connection. With `auto_recover`, lapin re-establishes it (and its channels and
-/// consumers) by itself after a network failure or a broker restart; without, the caller
-/// reconnects, as the publisher does to keep its confirm bookkeeping simple.
-pub async fn connect(
-    url: &str,
-    name: &str,
-    auto_recover: bool,
-) -> lapin::Result<lapin::Connection> {
-    let mut properties = lapin::ConnectionProperties::default().with_connection_name(name.into());
-    if auto_recover {
-        properties = properties.enable_auto_recover();
+/// RabbitMQ's words when it refused a declaration because the queue exists with other
+/// arguments (406 PRECONDITION_FAILED, "inequivalent arg …").
+fn inequivalent_arguments(error: &lapin::Error) -> Option<String> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(refusal) if refusal.get_id() == 406 => {
+            let text = refusal.get_message().as_str();
+            text.contains("inequivalent arg").then(|| text.to_owned())
+        }
+        _ => None,
     }
-    lapin::Connection::connect(url, properties).await
+}
+
+/// Closes a channel that declared what it had to.
+async fn close(channel: Channel) -> lapin::Result<()> {
+    channel.close(200, "declared".into()).await
 }

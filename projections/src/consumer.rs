@@ -5,10 +5,13 @@
 //! dead-lettered. A failing batch is split so that one bad message never holds back the ones
 //! beside it.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventstore::topology::{self, Topology};
+use eventstore::broker::{self, AmqpUrls};
+use eventstore::readiness::{Part, Readiness};
+use eventstore::topology::Topology;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use lapin::Channel;
@@ -29,7 +32,7 @@ use crate::queues::{self, QueueNames};
 /// How the consumers of a process behave.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
-    pub amqp_url: String,
+    pub amqp_url: AmqpUrls,
     pub topology: Topology,
     pub instance: String,
     /// Retries of a message whose failure may pass, before it is dead-lettered.
@@ -40,17 +43,20 @@ pub struct ConsumerSettings {
     pub prefetch: u16,
     /// Deliveries handled in one batch at most.
     pub batch: usize,
+    /// Where each consumer registers, by its queue's name, and says whether it consumes.
+    pub readiness: Readiness,
 }
 
 impl ConsumerSettings {
-    pub fn new(amqp_url: &str, prefix: &str, instance: &str, max_retries: u32) -> Self {
+    pub fn new(amqp_url: &AmqpUrls, prefix: &str, instance: &str, max_retries: u32) -> Self {
         Self {
-            amqp_url: amqp_url.to_owned(),
+            amqp_url: amqp_url.clone(),
             topology: crate::topology(prefix),
             instance: instance.to_owned(),
             max_retries,
             prefetch: 2000,
             batch: 500,
+            readiness: Readiness::default(),
         }
     }
 
@@ -100,21 +106,23 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Consumes `names` (declared with its `bindings`) with `handler` until `shutdown`,
-/// reconnecting after broker failures.
-pub async fn consume(
+/// reconnecting after broker failures. The consumer is registered with the settings'
+/// readiness, under its queue's name, at once: ready while it consumes.
+pub fn consume(
     handler: Arc<dyn Handler>,
     names: QueueNames,
     bindings: Vec<(&'static str, &'static str)>,
     settings: ConsumerSettings,
     shutdown: CancellationToken,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let consumer = Consumer {
+        ready: settings.readiness.part(names.main.clone()),
         handler,
         names,
         bindings,
         settings,
     };
-    consumer.run(shutdown).await;
+    consumer.run(shutdown)
 }
 
 /// Why a consumer's connection was given up (it reconnects and carries on).
@@ -138,6 +146,8 @@ struct Consumer {
     names: QueueNames,
     bindings: Vec<(&'static str, &'static str)>,
     settings: ConsumerSettings,
+    /// Set once the queue is declared, bound and consumed; cleared when the connection goes.
+    ready: Part,
 }
 
 /// The channels of one connection: one to consume, one in confirm mode to move messages to
@@ -152,7 +162,14 @@ impl Consumer {
         let mut local = self.handler.local_feed();
         let mut backoff = BACKOFF;
         loop {
-            match self.session(&shutdown, &mut local).await {
+            let ended = self.session(&shutdown, &mut local).await;
+            // A session that got to consume starts the backoff afresh: the node it was on may
+            // be gone, and the next one answers at once.
+            if self.ready.is_ready() {
+                backoff = BACKOFF;
+            }
+            self.ready.set(false);
+            match ended {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(queue = %self.names.main, %error, "consumer stopped; reconnecting");
@@ -175,15 +192,15 @@ impl Consumer {
         local: &mut Option<mpsc::Receiver<Envelope>>,
     ) -> Result<(), SessionError> {
         let name = format!("hap-consumer {}", self.names.main);
-        let connection = topology::connect(&self.settings.amqp_url, &name, false).await?;
-        let consume = connection.create_channel().await?;
+        let connection = broker::connect(&self.settings.amqp_url, &name).await?;
         queues::declare_bound(
-            &consume,
+            &connection,
             &self.settings.topology,
             &self.bindings,
             &self.names,
         )
         .await?;
+        let consume = connection.create_channel().await?;
         consume
             .basic_qos(self.settings.prefetch, BasicQosOptions::default())
             .await?;
@@ -202,6 +219,7 @@ impl Consumer {
             )
             .await?;
         tracing::info!(queue = %self.names.main, "consuming");
+        self.ready.set(true);
         let mut report = tokio::time::interval(REPORT_EVERY);
         let mut committed_fed = CommittedFed::default();
         loop {

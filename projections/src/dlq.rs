@@ -7,6 +7,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 
+use eventstore::broker::AmqpUrls;
+
 use crate::queues::move_delivery;
 
 /// The dead-letter queue of `queue`: `queue` itself if it ends in `.dlq`, else `queue.dlq`.
@@ -62,11 +64,11 @@ enum Action {
 /// Takes every message of `dlq` once, decides with `choose`, and returns the kept ones to the
 /// queue when the channel closes. Returns the dead letters seen and how many were replayed.
 async fn visit(
-    amqp_url: &str,
+    amqp_url: &AmqpUrls,
     dlq: &str,
     mut choose: impl FnMut(&DeadLetter) -> Action,
 ) -> Result<(Vec<DeadLetter>, usize), DlqError> {
-    let connection = eventstore::topology::connect(amqp_url, "hap-dlq", false).await?;
+    let connection = eventstore::broker::connect(amqp_url, "hap-dlq").await?;
     let channel = connection.create_channel().await?;
     let publish = connection.create_channel().await?;
     publish
@@ -150,7 +152,7 @@ async fn visit(
 }
 
 /// Every dead letter of `queue`, left in place.
-pub async fn list(amqp_url: &str, queue: &str) -> Result<Vec<DeadLetter>, DlqError> {
+pub async fn list(amqp_url: &AmqpUrls, queue: &str) -> Result<Vec<DeadLetter>, DlqError> {
     let dlq = dead_letter_queue(queue);
     visit(amqp_url, &dlq, |_| Action::Keep)
         .await
@@ -160,7 +162,7 @@ pub async fn list(amqp_url: &str, queue: &str) -> Result<Vec<DeadLetter>, DlqErr
 /// Sends dead letters back to their queue: the one with `event_id`, or all of them (`None`).
 /// Returns how many were sent.
 pub async fn replay(
-    amqp_url: &str,
+    amqp_url: &AmqpUrls,
     queue: &str,
     event_id: Option<&str>,
 ) -> Result<usize, DlqError> {
@@ -174,8 +176,8 @@ pub async fn replay(
 }
 
 /// Drops every dead letter of `queue`; returns how many there were.
-pub async fn purge(amqp_url: &str, queue: &str) -> Result<u32, DlqError> {
-    let connection = eventstore::topology::connect(amqp_url, "hap-dlq", false).await?;
+pub async fn purge(amqp_url: &AmqpUrls, queue: &str) -> Result<u32, DlqError> {
+    let connection = eventstore::broker::connect(amqp_url, "hap-dlq").await?;
     let channel = connection.create_channel().await?;
     let purged = channel
         .queue_purge(

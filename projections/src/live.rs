@@ -2,6 +2,7 @@
 //! own queue, applying batches with [`apply_batch`] and reporting what they committed to the
 //! queries of the same process.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,13 +20,14 @@ use crate::projector::{Applied, ApplyError, Projector, apply_batch};
 use crate::queues::QUEUES;
 use crate::schema::Plans;
 
-/// Runs the consumers of every projection of the instance until `shutdown`.
-pub async fn run_all(
+/// Runs the consumers of every projection of the instance until `shutdown`. They are
+/// registered with the settings' readiness at once, before the returned future first runs.
+pub fn run_all(
     read: ReadModel,
     store: EventStore,
     settings: ConsumerSettings,
     shutdown: CancellationToken,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     read.progress.start_projecting();
     // The projectors' own connections, one per queue, with the read model's settings and
     // statements planned once, for key access only (see `Plans`). In the pool the queries
@@ -39,23 +41,28 @@ pub async fn run_all(
             .connect_lazy_with(Plans::ByKey.apply((*read.pool.connect_options()).clone())),
         ..read.clone()
     };
-    let consumers = QUEUES.iter().map(|spec| {
-        let handler = LiveProjector {
-            projector: (spec.projector)(),
-            read: projecting.clone(),
-            store: store.clone(),
-            instance: settings.instance.clone(),
-        };
-        consumer::consume(
-            Arc::new(handler),
-            settings.queue_names(spec),
-            spec.bindings.to_vec(),
-            settings.clone(),
-            shutdown.clone(),
-        )
-    });
-    futures::future::join_all(consumers).await;
-    projecting.pool.close().await;
+    let consumers: Vec<_> = QUEUES
+        .iter()
+        .map(|spec| {
+            let handler = LiveProjector {
+                projector: (spec.projector)(),
+                read: projecting.clone(),
+                store: store.clone(),
+                instance: settings.instance.clone(),
+            };
+            consumer::consume(
+                Arc::new(handler),
+                settings.queue_names(spec),
+                spec.bindings.to_vec(),
+                settings.clone(),
+                shutdown.clone(),
+            )
+        })
+        .collect();
+    async move {
+        futures::future::join_all(consumers).await;
+        projecting.pool.close().await;
+    }
 }
 
 /// One projector, live.

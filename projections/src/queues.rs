@@ -2,11 +2,11 @@
 //! feeds, what it is bound to), the saga queues all instances share, and the retry and
 //! dead-letter queues beside every one.
 
-use eventstore::topology::{Topology, declare_quorum_queue};
+use eventstore::topology::Topology;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueBindOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 use crate::consultations::Consultations;
 use crate::patients::Patients;
@@ -91,24 +91,26 @@ impl QueueNames {
 /// Declares the exchanges, a projector's queue with its dead-letter and retry queues, and
 /// the bindings.
 pub async fn declare(
-    channel: &Channel,
+    connection: &Connection,
     topology: &Topology,
     spec: &QueueSpec,
     names: &QueueNames,
 ) -> lapin::Result<()> {
-    declare_bound(channel, topology, spec.bindings, names).await
+    declare_bound(connection, topology, spec.bindings, names).await
 }
 
 /// Declares the exchanges, the queue `names` with its dead-letter and retry queues, and its
 /// `bindings` as (exchange suffix, binding key) pairs.
 pub async fn declare_bound(
-    channel: &Channel,
+    connection: &Connection,
     topology: &Topology,
     bindings: &[(&'static str, &'static str)],
     names: &QueueNames,
 ) -> lapin::Result<()> {
-    topology.declare(channel).await?;
-    declare_quorum_queue(channel, &names.dead_letters, FieldTable::default()).await?;
+    topology.declare(connection).await?;
+    topology
+        .declare_quorum_queue(connection, &names.dead_letters, FieldTable::default())
+        .await?;
 
     let mut main = FieldTable::default();
     main.insert(
@@ -132,10 +134,15 @@ pub async fn declare_bound(
         "x-overflow".into(),
         AMQPValue::LongString("reject-publish".into()),
     );
-    declare_quorum_queue(channel, &names.main, main).await?;
-
-    // A classic queue, because only classic queues honour per-message expiry here: a message
-    // published with `expiration = delay` returns to the main queue when it expires.
+    topology
+        .declare_quorum_queue(connection, &names.main, main)
+        .await?;
+    // A quorum queue too, so that retries outlive a node: a classic queue lives on one node,
+    // and while that node is down it cannot even be declared, which kept every consumer and
+    // the publisher from reconnecting. A message published into it with `expiration = delay`
+    // returns to the main queue once it expires at the head of the queue (RabbitMQ 3.10 and
+    // later honour per-message expiry in quorum queues as in classic ones), removed only once
+    // the main queue has it.
     let mut retry = FieldTable::default();
     retry.insert(
         "x-dead-letter-exchange".into(),
@@ -145,17 +152,19 @@ pub async fn declare_bound(
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString(names.main.as_str().into()),
     );
-    channel
-        .queue_declare(
-            names.retry.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            retry,
-        )
+    retry.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    retry.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    topology
+        .declare_quorum_queue(connection, &names.retry, retry)
         .await?;
 
+    let channel = connection.create_channel().await?;
     for (exchange, key) in bindings {
         channel
             .queue_bind(
@@ -167,7 +176,7 @@ pub async fn declare_bound(
             )
             .await?;
     }
-    Ok(())
+    channel.close(200, "declared".into()).await
 }
 
 /// Moves a delivery to `queue`: publishes a copy (with `properties`) through the default

@@ -2,6 +2,7 @@
 //! `{prefix}.{service}.saga`, shared by every process that runs the `saga` role, so each step
 //! runs once in the cluster.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,38 +20,52 @@ use crate::steps::{StepError, Steps, Trigger};
 /// Saga messages taken in one batch at most; their steps run side by side.
 const BATCH: usize = 64;
 
-/// Runs every saga service's consumer until `shutdown`.
-pub async fn run_all(pipeline: Pipeline, settings: ConsumerSettings, shutdown: CancellationToken) {
+/// Runs every saga service's consumer until `shutdown`. They are registered with the settings'
+/// readiness at once, before the returned future first runs.
+pub fn run_all(
+    pipeline: Pipeline,
+    settings: ConsumerSettings,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> + Send + 'static {
     let settings = ConsumerSettings {
         batch: BATCH,
         prefetch: (BATCH * 4) as u16,
         ..settings
     };
-    let consumers = SagaService::ALL.into_iter().map(|service| {
-        let handler = SagaHandler {
-            service,
-            steps: Steps {
-                pipeline: pipeline.clone(),
-            },
-        };
-        consumer::consume(
-            Arc::new(handler),
-            QueueNames::shared(settings.topology.prefix(), service.name()),
-            bindings(service),
-            settings.clone(),
-            shutdown.clone(),
-        )
-    });
-    join_all(consumers).await;
+    let consumers: Vec<_> = SagaService::ALL
+        .into_iter()
+        .map(|service| {
+            let handler = SagaHandler {
+                service,
+                steps: Steps {
+                    pipeline: pipeline.clone(),
+                },
+            };
+            consumer::consume(
+                Arc::new(handler),
+                QueueNames::shared(settings.topology.prefix(), service.name()),
+                bindings(service),
+                settings.clone(),
+                shutdown.clone(),
+            )
+        })
+        .collect();
+    async move {
+        join_all(consumers).await;
+    }
 }
 
 /// Declares every saga queue under `topology` with its companions and bindings. The publisher
 /// does this before it publishes anything, so a trigger appended before any saga process has
 /// started waits in its queue instead of going unrouted.
-pub async fn declare_queues(channel: &lapin::Channel, topology: &Topology) -> lapin::Result<()> {
+pub async fn declare_queues(
+    connection: &lapin::Connection,
+    topology: &Topology,
+) -> lapin::Result<()> {
     for service in SagaService::ALL {
         let names = QueueNames::shared(topology.prefix(), service.name());
-        projections::queues::declare_bound(channel, topology, &bindings(service), &names).await?;
+        projections::queues::declare_bound(connection, topology, &bindings(service), &names)
+            .await?;
     }
     Ok(())
 }

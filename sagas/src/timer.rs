@@ -17,6 +17,7 @@ use domain::event::FailureReason;
 use domain::saga::SCHEDULING_DEADLINE;
 use eventstore::Due;
 use eventstore::housekeeping::Forgotten;
+use eventstore::readiness::Part;
 use tokio_util::sync::CancellationToken;
 
 use crate::steps::{outcome, remembered};
@@ -39,6 +40,8 @@ pub struct Timer {
     pub timeout: Duration,
     /// How long idempotency keys, and deadlines that stopped running, are kept.
     pub retention: Duration,
+    /// Ready once a round of looking for due deadlines has worked, until one fails.
+    pub ready: Part,
 }
 
 impl Timer {
@@ -87,7 +90,9 @@ impl Timer {
     async fn fire_until(&self, shutdown: &CancellationToken) {
         let store = self.pipeline.store().clone();
         loop {
-            let fired_all = match self.fire_due().await {
+            let round = self.fire_due().await;
+            self.ready.set(round.is_ok());
+            let fired_all = match round {
                 Ok(count) => count < ROUND as usize,
                 Err(error) => {
                     tracing::warn!(%error, "firing deadlines failed; trying again");

@@ -4,17 +4,19 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use eventstore::broker::AmqpUrls;
 use eventstore::{EventStore, Metadata, Publisher};
 use projections::ReadModel;
 use projections::schema::Plans;
 use uuid::Uuid;
 
-/// HAP's publisher over `store`, to the exchanges under `prefix`, with production settings.
-pub fn publisher(store: EventStore, amqp_url: &str, prefix: &str) -> Publisher {
+/// HAP's publisher over `store`, to the exchanges under `prefix`, with production settings
+/// (its quorum queues created on as many nodes as the broker's default says).
+pub fn publisher(store: EventStore, amqp_url: &AmqpUrls, prefix: &str) -> Publisher {
     Publisher::new(
         store,
         Arc::new(api::routing::DomainRouter),
-        api::routing::publisher_settings(amqp_url, prefix),
+        api::routing::publisher_settings(amqp_url, projections::topology(prefix)),
     )
 }
 

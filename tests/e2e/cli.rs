@@ -78,6 +78,21 @@ async fn bad_usage_exits_2_and_failures_exit_1_with_one_line() {
     assert_eq!(usage, 2, "rebuild needs --all or --projection");
     let (unknown, _, _) = hap(&db, &["frobnicate"]).await;
     assert_eq!(unknown, 2);
+    // A refused setting that may hold a password is not quoted back.
+    for refused in [
+        [
+            "--amqp-url",
+            "amqp://guest:hunter2hunter2@127.0.0.1:5672,http://x:hunter2@h",
+        ],
+        ["--auth-secret", "hunter2hunter2"],
+    ] {
+        let (code, _, stderr) = hap(&db, &[&refused[..], &["migrate"]].concat()).await;
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains(refused[0]) && !stderr.contains("hunter2"),
+            "{stderr}"
+        );
+    }
 
     let (failed, _, stderr) = hap(&db, &["rebuild", "--projection", "nope"]).await;
     assert_eq!(failed, 1);

@@ -18,6 +18,7 @@ fn timer(db: &TestDb) -> sagas::Timer {
         pipeline: commands::Pipeline::new(store, 100, Duration::from_secs(30)),
         timeout: Duration::from_secs(30),
         retention: RETENTION,
+        ready: Default::default(),
     }
 }
 

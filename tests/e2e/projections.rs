@@ -548,7 +548,7 @@ async fn dead_letters_are_listed_replayed_by_event_id_and_purged() {
     let (read, projectors) = start_projectors(&db, &prefix, "a").await;
     let names = QueueNames::new(&prefix, "patient-service", "a");
     wait_for_queue(&names.main).await;
-    let url = hap_tests::broker::amqp_url();
+    let url = hap_tests::broker::amqp_urls();
     // Two messages that failed earlier (say, while the read database was down for good).
     let history = patient_history(&EventStore::new(db.pool.clone()), &["Ana"]).await;
     let other = patient_history(&EventStore::new(db.pool.clone()), &["Bia"]).await;
@@ -670,7 +670,7 @@ async fn project_the_apps_read_model(
 ) -> tokio_util::sync::CancellationToken {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let settings = projections::consumer::ConsumerSettings::new(
-        &hap_tests::broker::amqp_url(),
+        &hap_tests::broker::amqp_urls(),
         prefix,
         "test",
         5,
@@ -795,4 +795,69 @@ async fn an_event_the_feed_fails_to_apply_still_arrives_through_the_queue() {
     projectors.cancel();
     publisher.cancel();
     delete_instance_queues(&prefix, "test").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_an_earlier_version_declared_are_consumed_as_they_are() {
+    use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    // As HAP declared them before: quorum queues without a replication factor, and classic
+    // retry queues.
+    let connection = lapin::Connection::connect(
+        &hap_tests::broker::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("RabbitMQ is reachable");
+    let before = projections::topology(&prefix);
+    for spec in &projections::queues::QUEUES {
+        let names = QueueNames::new(&prefix, spec.service, "old");
+        projections::queues::declare(&connection, &before, spec, &names)
+            .await
+            .expect("declared");
+        let channel = connection.create_channel().await.expect("a channel");
+        channel
+            .queue_delete(names.retry.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .expect("deleted");
+        let mut retry = FieldTable::default();
+        retry.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        retry.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(names.main.as_str().into()),
+        );
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(names.retry.as_str().into(), durable, retry)
+            .await
+            .expect("a classic retry queue");
+    }
+    connection.close(200, "done".into()).await.ok();
+
+    // This version declares them with a replication factor, and retry queues as quorum queues.
+    let mut settings = hap_tests::insecure_settings();
+    settings.exchange_prefix = prefix.clone();
+    settings.instance = "old".into();
+    let readiness = eventstore::readiness::Readiness::default();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(projections::live::run_all(
+        hap_tests::read_model(&db, "old").await,
+        EventStore::new(db.pool.clone()),
+        settings.consumers(&readiness),
+        shutdown.clone(),
+    ));
+
+    let consuming = eventually(PATIENCE, || async { readiness.not_ready().is_empty() }).await;
+    assert!(consuming, "not consuming: {:?}", readiness.not_ready());
+    shutdown.cancel();
+    delete_instance_queues(&prefix, "old").await;
 }

@@ -21,9 +21,14 @@ pub struct Captured {
     pub data: Vec<u8>,
 }
 
-/// The broker the tests use (`HAP_AMQP_URL`, else the local default).
+/// The broker the tests use (`HAP_AMQP_URL`, else the local default): one node.
 pub fn amqp_url() -> String {
     std::env::var("HAP_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// [`amqp_url`] as HAP takes it.
+pub fn amqp_urls() -> eventstore::broker::AmqpUrls {
+    amqp_url().parse().expect("HAP_AMQP_URL is an AMQP URL")
 }
 
 /// An exchange prefix no other test (or run) uses.
@@ -46,7 +51,7 @@ impl Capture {
             .expect("RabbitMQ is reachable");
         let channel = connection.create_channel().await.expect("a channel");
         projections::topology(prefix)
-            .declare(&channel)
+            .declare(&connection)
             .await
             .expect("topology declared");
         let queue = format!("{prefix}.capture");

@@ -1,9 +1,10 @@
 //! Shared helpers for HAP's end-to-end tests: each test gets its own database ([`TestDb`], a
 //! scratch database dropped with it, whether the test passed or not) and, where it needs one,
-//! its own HTTP server on port 0 running the real router. What the benchmarks need as well
-//! lives in `hap-support`.
+//! its own HTTP server on port 0 running the real router, or its own RabbitMQ cluster
+//! ([`cluster`]). What the benchmarks need as well lives in `hap-support`.
 
 pub mod broker;
+pub mod cluster;
 pub mod process;
 pub mod system;
 
@@ -130,6 +131,7 @@ impl TestApp {
             api::db::event_store(pool.clone(), 8),
             read.clone(),
             settings,
+            Default::default(),
         )
         .expect("authentication is configured");
         let server = HttpServer::start(state.clone(), true, true)
@@ -261,7 +263,7 @@ pub fn start_publisher(pool: &PgPool, prefix: &str) -> tokio_util::sync::Cancell
 pub fn start_publisher_on(store: EventStore, prefix: &str) -> tokio_util::sync::CancellationToken {
     api::telemetry::metrics_handle();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let publisher = hap_support::system::publisher(store, &broker::amqp_url(), prefix);
+    let publisher = hap_support::system::publisher(store, &broker::amqp_urls(), prefix);
     tokio::spawn(publisher.run(shutdown.clone()));
     shutdown
 }
@@ -303,7 +305,7 @@ pub async fn start_projectors(
     let read = read_model(db, instance).await;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut settings =
-        projections::consumer::ConsumerSettings::new(&broker::amqp_url(), prefix, instance, 5);
+        projections::consumer::ConsumerSettings::new(&broker::amqp_urls(), prefix, instance, 5);
     settings.batch = 50;
     tokio::spawn(projections::live::run_all(
         read.clone(),

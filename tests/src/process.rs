@@ -32,15 +32,30 @@ pub fn hap_binary() -> PathBuf {
 /// `hap serve` as `instance` with `roles`, against the test's database and exchanges under
 /// `prefix`.
 pub fn spawn_hap(db: &TestDb, prefix: &str, roles: &str, instance: &str) -> Child {
-    Command::new(hap_binary())
-        .args(["serve", "--roles", roles, "--http-addr", "127.0.0.1:0"])
+    serve(db, prefix, roles, instance, "127.0.0.1:0")
+        .spawn()
+        .expect("hap starts")
+}
+
+/// The command of `hap serve` as [`spawn_hap`] runs it, listening on `http_addr`, for a test
+/// that sets more (its broker, say) before it spawns it. Killed when dropped; its log (warnings
+/// and errors) goes to the test's output.
+pub fn serve(db: &TestDb, prefix: &str, roles: &str, instance: &str, http_addr: &str) -> Command {
+    let mut command = Command::new(hap_binary());
+    command
+        .args(["serve", "--roles", roles, "--http-addr", http_addr])
         .env("HAP_DATABASE_URL", &db.url)
         .env("HAP_EXCHANGE_PREFIX", prefix)
         .env("HAP_INSTANCE", instance)
         .env("HAP_INSECURE_NO_AUTH", "true")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("hap starts")
+        .kill_on_drop(true);
+    command
+}
+
+/// A local address for a server to listen on: a port free now, picked by the kernel.
+pub fn free_address() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("a bound address")
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::broker::{amqp_url, delete_instance_queues, unique_prefix, wait_for_queue};
+use crate::broker::{amqp_urls, delete_instance_queues, unique_prefix, wait_for_queue};
 use crate::{TestApp, TestDb, start_publisher_on};
 
 /// What runs beside the API, publisher and projectors.
@@ -55,7 +55,7 @@ impl System {
         settings.scheduling_timeout_ms = timeout.as_millis() as u64;
         let max_retries = settings.max_retries;
         let (app, state) = TestApp::start_state(db, settings).await;
-        let consumers = ConsumerSettings::new(&amqp_url(), &prefix, "test", max_retries);
+        let consumers = ConsumerSettings::new(&amqp_urls(), &prefix, "test", max_retries);
         let shutdown = CancellationToken::new();
         tokio::spawn(projections::live::run_all(
             state.read.clone(),
@@ -107,6 +107,7 @@ impl System {
             pipeline: self.state.commands.clone(),
             timeout: Duration::from_millis(self.state.settings.scheduling_timeout_ms),
             retention: self.state.settings.idempotency_retention,
+            ready: Default::default(),
         };
         tokio::spawn(timer.run(self.shutdown.child_token()));
     }

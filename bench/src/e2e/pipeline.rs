@@ -23,7 +23,6 @@ use uuid::Uuid;
 use super::{Args, insert_raw_event};
 use crate::broker::{ScratchBroker, consume_with_acks};
 use crate::load::{Outcome, Timeline, WARMUP, paced};
-use eventstore::topology::declare_quorum_queue;
 
 /// Deliveries the consumer may hold and the most it writes at once: HAP's consumer settings.
 const PREFETCH: u16 = 2000;
@@ -52,7 +51,9 @@ pub async fn run(args: &Args, broker: &ScratchBroker, pool: &PgPool) -> anyhow::
         .create_channel()
         .await
         .context("Failed to open a channel")?;
-    declare_quorum_queue(&publish, &queue, FieldTable::default())
+    broker
+        .topology()
+        .declare_quorum_queue(&connection, &queue, FieldTable::default())
         .await
         .with_context(|| format!("Failed to declare {queue}"))?;
     publish
