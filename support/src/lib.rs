@@ -12,8 +12,11 @@
 //! - [`broker`]: scratch exchange prefixes and publishing straight into a queue with a confirm.
 //! - [`system`]: HAP's pieces wired as `hap serve` wires them.
 //! - [`postgres`]: a private PostgreSQL server to stop, restart and crash under HAP.
+//! - [`cluster`]: a private RabbitMQ cluster (`scripts/cluster.sh`) whose nodes can be killed
+//!   under HAP.
 
 pub mod broker;
+pub mod cluster;
 pub mod database;
 pub mod postgres;
 pub mod server;

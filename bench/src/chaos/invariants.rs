@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
+use eventstore::broker::AmqpUrls;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -42,7 +43,7 @@ pub struct Context<'a> {
     pub pool: &'a PgPool,
     pub ledger: &'a Ledger,
     pub hap: &'a Hap,
-    pub amqp_url: &'a str,
+    pub amqp_url: &'a AmqpUrls,
     pub prefix: &'a str,
     /// How many processes ran, and those that exited without being killed.
     pub processes: usize,
@@ -411,7 +412,7 @@ async fn read_model_rebuilds_equal(hap: &Hap, instance: &str) -> anyhow::Result<
 
 /// Every dead-letter queue of the run is empty; each message found is a breach, listed with
 /// the reason HAP gave it (`x-error`), or none when the broker dead-lettered it itself.
-async fn dead_letters(amqp_url: &str, prefix: &str) -> anyhow::Result<Check> {
+async fn dead_letters(amqp_url: &AmqpUrls, prefix: &str) -> anyhow::Result<Check> {
     let queues = consumed_queues(prefix);
     let mut breaches = vec![];
     for names in &queues {

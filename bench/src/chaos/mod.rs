@@ -22,7 +22,6 @@
 //! # Layout
 //! - [`processes`]: `hap serve` processes started, killed and started again; `hap` commands.
 //! - [`services`]: the PostgreSQL and RabbitMQ servers and their faults.
-//! - [`cluster`]: a private RabbitMQ cluster through `scripts/cluster.sh`.
 //! - [`faults`]: the seeded schedule and the injector.
 //! - [`client`]: HTTP with retries under the same idempotency key across the API processes.
 //! - [`workload`]: the clinic's mix of commands, and what it learns from the answers.
@@ -34,7 +33,6 @@
 //! - [`report`]: the tables.
 
 mod client;
-mod cluster;
 mod faults;
 mod invariants;
 mod ledger;
@@ -120,23 +118,20 @@ pub struct Args {
 
     /// RabbitMQ to run on: one URL, or a cluster's nodes comma-separated (everything declared
     /// there is under a scratch prefix and deleted at the end, and broker faults only close
-    /// the run's own connections, through `rabbitmqctl`). By default the machine's RabbitMQ
-    /// at 127.0.0.1:5672.
+    /// the run's own connections, through `rabbitmqctl`). By default a private cluster of the
+    /// run's own (`scripts/cluster.sh`), whose nodes broker faults kill and start again.
     #[arg(long)]
     amqp_url: Option<String>,
 
-    /// Run on a private RabbitMQ cluster of this many nodes instead (`scripts/cluster.sh`),
-    /// whose nodes broker faults kill and start again.
+    /// Nodes of the private RabbitMQ cluster.
     #[arg(
         long,
+        default_value_t = 1,
         conflicts_with = "amqp_url",
         value_parser = clap::value_parser!(u16).range(1..=9)
     )]
-    cluster_nodes: Option<u16>,
+    cluster_nodes: u16,
 }
-
-/// The broker a run uses when told of none.
-const MACHINE_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Faults start this long after the workload.
 const FAULTS_FROM: Duration = Duration::from_secs(2);
@@ -148,10 +143,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             FAULTS_FROM.as_secs() + args.calm_secs
         );
     }
-    let broker = match (&args.amqp_url, args.cluster_nodes) {
-        (Some(urls), _) => Broker::Given(urls),
-        (None, Some(nodes)) => Broker::Cluster(nodes),
-        (None, None) => Broker::Given(MACHINE_BROKER),
+    let broker = match &args.amqp_url {
+        Some(urls) => Broker::Given(urls),
+        None => Broker::Cluster(args.cluster_nodes),
     };
     let services = Services::start(args.database_url.as_deref(), broker).await?;
     let database = ScratchDatabase::new(&services.database_url())?;
@@ -188,7 +182,7 @@ async fn chaos(
         args.hap_bin.clone(),
         vec![
             ("HAP_DATABASE_URL".into(), database.url().to_owned()),
-            ("HAP_AMQP_URL".into(), services.amqp_urls().to_owned()),
+            ("HAP_AMQP_URL".into(), services.amqp_env().to_owned()),
             ("HAP_EXCHANGE_PREFIX".into(), broker.prefix().to_owned()),
             ("HAP_AUTH_SECRET".into(), secret.clone()),
             (

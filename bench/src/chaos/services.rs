@@ -1,21 +1,21 @@
 //! The PostgreSQL server and the RabbitMQ broker a run uses, and what can be done to them.
 //!
-//! A private PostgreSQL of the run's own ([`LocalPostgres`], the default) is crashed by a
-//! fault (an immediate stop: connections reset, no checkpoint) and started again after a
-//! pause, recovering from its write-ahead log; a private RabbitMQ cluster
-//! (`--cluster-nodes`; [`Cluster`], `scripts/cluster.sh`) has each node killed with `kill -9`
-//! and started again after a pause. A server given with `--database-url` or `--amqp-url`, or
-//! the machine's RabbitMQ by default, serves others too, so a fault there never stops it:
-//! PostgreSQL terminates the connections to the run's own database instead, and RabbitMQ
-//! closes the run's own connections (those whose name holds the run's exchange prefix, which
-//! is how HAP names them), which is what a restart does to its clients. Each kind of server is
-//! one variant here, with its faults beside it.
+//! By default both are the run's own: a private PostgreSQL ([`LocalPostgres`]), which a fault
+//! crashes (an immediate stop: connections reset, no checkpoint) and starts again after a
+//! pause, recovering from its write-ahead log; and a RabbitMQ cluster of `--cluster-nodes`
+//! nodes ([`LocalCluster`], `scripts/cluster.sh`), each of which a fault kills with `kill -9`
+//! and starts again after a pause. A server given with `--database-url` or `--amqp-url` serves
+//! others too, so a fault there never stops it: PostgreSQL terminates the connections to the
+//! run's own database instead, and RabbitMQ closes the run's own connections (those whose name
+//! holds the run's exchange prefix, which is how HAP names them), which is what a restart does
+//! to its clients. Each kind of server is one variant here, with its faults beside it.
 
 use anyhow::{Context, bail};
 use hap_support::postgres::{LocalPostgres, Shutdown};
 use sqlx::{ConnectOptions, Connection};
 
-use super::cluster::Cluster;
+use eventstore::broker::AmqpUrls;
+use hap_support::cluster::LocalCluster;
 
 /// A fault of a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub enum Broker<'a> {
 /// Where the run's messages go.
 enum Messaging {
     /// A cluster of the run's own.
-    Private(Cluster),
+    Private(LocalCluster),
     /// A broker (or cluster) other runs use too: faults touch only the run's connections.
     Shared { urls: String },
 }
@@ -72,6 +72,8 @@ enum Messaging {
 pub struct Services {
     database: Database,
     broker: Messaging,
+    /// The broker's URLs as the bench connects to them.
+    amqp: AmqpUrls,
 }
 
 impl Services {
@@ -95,7 +97,9 @@ impl Services {
                 urls: urls.to_owned(),
             },
             Broker::Cluster(nodes) => {
-                let cluster = Cluster::up(nodes)
+                let cluster = LocalCluster::new(nodes).await?;
+                cluster
+                    .up()
                     .await
                     .context("Failed to start a private RabbitMQ cluster (or pass --amqp-url)")?;
                 eprintln!(
@@ -105,7 +109,17 @@ impl Services {
                 Messaging::Private(cluster)
             }
         };
-        Ok(Self { database, broker })
+        let amqp = match &broker {
+            Messaging::Private(cluster) => cluster.urls(),
+            Messaging::Shared { urls } => urls,
+        }
+        .parse()
+        .context("--amqp-url")?;
+        Ok(Self {
+            database,
+            broker,
+            amqp,
+        })
     }
 
     /// The server-level PostgreSQL URL the scratch database is made on.
@@ -116,12 +130,17 @@ impl Services {
         }
     }
 
-    /// The broker URLs HAP's processes get (`HAP_AMQP_URL`), comma-separated.
-    pub fn amqp_urls(&self) -> &str {
+    /// The broker URLs as HAP's processes get them (`HAP_AMQP_URL`), comma-separated.
+    pub fn amqp_env(&self) -> &str {
         match &self.broker {
             Messaging::Private(cluster) => cluster.urls(),
             Messaging::Shared { urls } => urls,
         }
+    }
+
+    /// The broker URLs, for the bench's own connections.
+    pub fn amqp_urls(&self) -> &AmqpUrls {
+        &self.amqp
     }
 
     /// Every fault these servers can suffer; a run injects each at least once.
