@@ -42,6 +42,9 @@ pub struct Planned {
     pub at: Duration,
     pub fault: Fault,
     pub pause: Duration,
+    /// One of the faults every run injects (each process killed, each server fault); the
+    /// others fill the window, and are left out when the run falls behind its schedule.
+    pub required: bool,
 }
 
 /// The schedule for `seed`: every process of `processes` killed once and every one of
@@ -61,6 +64,7 @@ pub fn plan(
         .collect();
     let mut faults = kinds.clone();
     faults.shuffle(&mut rng);
+    let required = faults.len();
     let length = window.end.saturating_sub(window.start);
     let room = (length.as_millis() / MEAN_GAP.as_millis().max(1)) as usize;
     while faults.len() < room {
@@ -76,6 +80,7 @@ pub fn plan(
                 at: window.start + share * i as u32 + Duration::from_millis(offset_ms),
                 fault,
                 pause: Duration::from_millis(rng.random_range(PAUSE_MS)),
+                required: i < required,
             }
         })
         .collect()
@@ -104,20 +109,38 @@ pub struct Injector<'a> {
 
 impl Injector<'_> {
     /// Injects the `plan`'s faults at their times, then keeps watching the processes until
-    /// `until` (from the start).
-    pub async fn run(&mut self, plan: &[Planned], until: Duration) -> anyhow::Result<Injected> {
+    /// `until` (from the start). A fault that is not required is left out when the run is
+    /// behind its schedule (some faults, a broker node's restart, take seconds) or it would
+    /// reach into the calm from `calm_from` on.
+    pub async fn run(
+        &mut self,
+        plan: &[Planned],
+        calm_from: Duration,
+        until: Duration,
+    ) -> anyhow::Result<Injected> {
         let mut injected = Injected::default();
+        let mut left_out = 0;
         for planned in plan {
+            let now = self.started.elapsed();
+            if !planned.required && (now > planned.at + MEAN_GAP || now + planned.pause > calm_from)
+            {
+                left_out += 1;
+                continue;
+            }
             self.watch_until(planned.at, &mut injected).await?;
             let kind = self.inject(planned).await?;
             *injected.by_kind.entry(kind).or_default() += 1;
         }
-        if let Some(last) = plan.last()
-            && last.at + last.pause + Duration::from_secs(5) > until
-        {
+        if left_out > 0 {
             say(
                 self.started,
-                "the last fault ran late: the calm before the end is shorter than asked",
+                &format!("left out {left_out} of the extra faults: the run fell behind"),
+            );
+        }
+        if self.started.elapsed() > calm_from {
+            say(
+                self.started,
+                "the required faults ran into the calm: it is shorter than asked",
             );
         }
         self.watch_until(until, &mut injected).await?;
@@ -232,6 +255,10 @@ mod tests {
         }
         assert!(plan.windows(2).all(|w| w[0].at <= w[1].at));
         assert!(plan.iter().all(|p| WINDOW.contains(&p.at)));
+        // The required ones come first, so that falling behind leaves out only extras.
+        let required = plan.iter().take_while(|p| p.required).count();
+        assert_eq!(required, 8 + services.len());
+        assert!(plan[required..].iter().all(|p| !p.required));
     }
 
     #[test]

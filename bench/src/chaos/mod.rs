@@ -305,11 +305,15 @@ impl Run<'_> {
         Ok(checks.iter().filter(|c| !c.holds()).count())
     }
 
+    /// When the calm at the end of the workload starts, from its start: no fault after it.
+    fn calm_from(&self) -> Duration {
+        Duration::from_secs(self.args.seconds.saturating_sub(self.args.calm_secs))
+    }
+
     /// The fault schedule for the seed, printed.
     fn plan(&self, cluster: &Cluster) -> Vec<faults::Planned> {
         let args = self.args;
-        let duration = Duration::from_secs(args.seconds);
-        let window = FAULTS_FROM..duration.saturating_sub(Duration::from_secs(args.calm_secs));
+        let window = FAULTS_FROM..self.calm_from();
         let plan = faults::plan(
             args.seed,
             cluster.processes.len(),
@@ -323,9 +327,14 @@ impl Run<'_> {
                 Fault::Service(fault) => fault.name(),
             };
             eprintln!(
-                "  at {:5.1} s: {what} (pause {:.1} s)",
+                "  at {:5.1} s: {what} (pause {:.1} s){}",
                 planned.at.as_secs_f64(),
-                planned.pause.as_secs_f64()
+                planned.pause.as_secs_f64(),
+                if planned.required {
+                    ""
+                } else {
+                    ", extra: left out if the run is behind"
+                }
             );
         }
         plan
@@ -353,10 +362,12 @@ impl Run<'_> {
             prefix: self.broker.prefix(),
             started: Instant::now(),
         };
-        let (mut injected, ()) = tokio::try_join!(injector.run(plan, duration), async {
-            workload.run(args.rate, duration).await;
-            Ok(())
-        })?;
+        let calm_from = duration.saturating_sub(Duration::from_secs(args.calm_secs));
+        let (mut injected, ()) =
+            tokio::try_join!(injector.run(plan, calm_from, duration), async {
+                workload.run(args.rate, duration).await;
+                Ok(())
+            })?;
         workload.resolve().await;
         eprintln!(
             "waiting up to {} s for the system to go quiet…",
