@@ -53,16 +53,24 @@ impl Books {
         let (version, at) = (envelope.version, envelope.occurred_at);
         let book = self.0.entry(consultation).or_default();
         match &envelope.event {
-            Event::ConsultationRecordCreated(e) => book.push(Row {
-                id: e.record_id.as_uuid(),
-                consultation_id: consultation,
-                patient_id: e.patient_id.as_uuid(),
-                physician_id: e.physician_id.as_uuid(),
-                content: e.content.clone(),
-                status: "active".into(),
-                version,
-                updated_at: at,
-            }),
+            // A record the book holds already was created by this very event, delivered
+            // again: the batch's statement then fails on the event's processed mark and the
+            // careful path skips it. Two rows of one id would fail the statement first, on
+            // the upsert, with an error no retry can mend.
+            Event::ConsultationRecordCreated(e)
+                if !book.iter().any(|r| r.id == e.record_id.as_uuid()) =>
+            {
+                book.push(Row {
+                    id: e.record_id.as_uuid(),
+                    consultation_id: consultation,
+                    patient_id: e.patient_id.as_uuid(),
+                    physician_id: e.physician_id.as_uuid(),
+                    content: e.content.clone(),
+                    status: "active".into(),
+                    version,
+                    updated_at: at,
+                })
+            }
             Event::ConsultationRecordUpdated(e) => {
                 if let Some(row) = book.iter_mut().find(|r| r.id == e.record_id.as_uuid()) {
                     row.content = e.content.clone();

@@ -143,6 +143,64 @@ async fn a_batch_holding_events_processed_before_applies_only_the_new_ones() {
     assert_eq!(processed_count(&read.pool, "patients").await, 3);
 }
 
+/// A record's first event, delivered again after it was applied (a publisher restart, a
+/// closed connection), finds its row in the book: applying it again changes nothing and fails
+/// nothing, where it once failed for ever and was dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_records_first_event_delivered_again_changes_nothing() {
+    use domain::event::{ConsultationRecordCreated, Event};
+    use domain::ids::{ConsultationId, PatientId, PhysicianId, RecordId};
+    let db = TestDb::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let read = hap_tests::read_model(&db, "again").await;
+    let consultation = ConsultationId::new();
+    let book = domain::record::RecordBook::stream_id(consultation);
+    let app = hap_tests::TestApp::start(&db).await;
+    app.append_event(
+        book,
+        &Event::ConsultationRecordCreated(ConsultationRecordCreated {
+            record_id: RecordId::new(),
+            consultation_id: consultation,
+            patient_id: PatientId::new(),
+            physician_id: PhysicianId::new(),
+            content: "BP 12/8".into(),
+        }),
+    )
+    .await;
+    let created = Envelope::from_recorded(
+        store
+            .read_stream(book, eventstore::StreamVersion::EMPTY)
+            .await
+            .unwrap()
+            .remove(0),
+    )
+    .unwrap();
+
+    let first = apply_batch(
+        &read.pool,
+        &store,
+        &projections::records::Records,
+        &[created.clone()],
+    )
+    .await
+    .unwrap();
+    let again = apply_batch(
+        &read.pool,
+        &store,
+        &projections::records::Records,
+        &[created],
+    )
+    .await
+    .unwrap();
+
+    assert_eq!((first.events, again.events), (1, 0));
+    let rows: i64 = sqlx::query_scalar("select count(*) from rm_again.records")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
 /// Queries waiting for a write hold read-model connections; the projector that makes the
 /// write must not queue behind them for one (it has its own).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
