@@ -180,7 +180,7 @@ async fn a_records_first_event_delivered_again_changes_nothing() {
         &read.pool,
         &store,
         &projections::records::Records,
-        &[created.clone()],
+        std::slice::from_ref(&created),
     )
     .await
     .unwrap();
