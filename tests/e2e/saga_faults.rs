@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Duration as Span, Utc};
 use hap_tests::system::{Parts, System};
-use hap_tests::{TestDb, eventually, id_of};
+use hap_tests::{TestDb, eventually};
 use reqwest::Method;
 use serde_json::json;
 use uuid::Uuid;
@@ -23,19 +23,6 @@ fn tomorrow_at(hour: u32) -> DateTime<Utc> {
         .and_hms_opt(hour, 0, 0)
         .expect("a valid time")
         .and_utc()
-}
-
-async fn request(system: &System, patient: Uuid, physician: Uuid, at: DateTime<Utc>) -> Uuid {
-    let response = system
-        .app
-        .post(
-            "/consultations",
-            json!({"patientId": patient, "physicianId": physician,
-                   "startsAt": at.to_rfc3339(), "durationMinutes": 30}),
-        )
-        .await;
-    assert_eq!(response.status(), 202, "{:?}", response.text().await);
-    id_of(response).await
 }
 
 /// Makes every write that schedules a consultation fail, after holding its transaction open
@@ -87,14 +74,6 @@ async fn let_confirmations_pass(db: &TestDb) {
         .unwrap();
 }
 
-async fn stream_events(db: &TestDb, stream: Uuid) -> Vec<String> {
-    sqlx::query_scalar("select event_type from events where stream_id = $1 order by version")
-        .bind(stream)
-        .fetch_all(&db.pool)
-        .await
-        .unwrap()
-}
-
 /// Whether the consultation's physician's day holds its slot: confirmed and not released.
 async fn holds_slot(db: &TestDb, consultation: Uuid) -> bool {
     let types: Vec<String> = sqlx::query_scalar(
@@ -135,7 +114,10 @@ async fn a_failed_confirmation_lets_its_paused_deadline_run_again_and_an_overdue
     let patient = system.app.register_patient("DOC-1").await;
     let physician = system.app.register_physician("CRM-1").await;
 
-    let id = request(&system, patient, physician, tomorrow_at(9)).await;
+    let id = system
+        .app
+        .request_consultation_at(patient, physician, tomorrow_at(9))
+        .await;
 
     // While the confirmation's write is open, it holds the deadline's row: paused.
     let confirming = eventually(Duration::from_secs(20), || async {
@@ -171,7 +153,7 @@ async fn a_failed_confirmation_lets_its_paused_deadline_run_again_and_an_overdue
     .await;
     assert!(overdue);
     assert!(
-        !stream_events(&db, id)
+        !db.stream_events(id)
             .await
             .contains(&"ConsultationSchedulingFailed".to_owned()),
         "nothing fires a paused deadline"
@@ -200,7 +182,7 @@ async fn a_failed_confirmation_lets_its_paused_deadline_run_again_and_an_overdue
     .await;
     assert!(released, "the slot held for it is free again");
     assert!(
-        !stream_events(&db, id)
+        !db.stream_events(id)
             .await
             .contains(&"ConsultationScheduled".to_owned())
     );
@@ -223,7 +205,10 @@ async fn a_confirmation_dead_lettered_mid_flight_still_ends_its_consultation_by_
     let patient = system.app.register_patient("DOC-1").await;
     let physician = system.app.register_physician("CRM-1").await;
 
-    let id = request(&system, patient, physician, tomorrow_at(9)).await;
+    let id = system
+        .app
+        .request_consultation_at(patient, physician, tomorrow_at(9))
+        .await;
 
     let dead_letters =
         projections::queues::QueueNames::shared(&system.prefix, "scheduling-service").dead_letters;
@@ -257,8 +242,14 @@ async fn a_consultation_whose_patient_or_physician_is_deactivated_while_it_is_sc
     let other_patient = system.app.register_patient("DOC-2").await;
     let physician = system.app.register_physician("CRM-1").await;
     let other_physician = system.app.register_physician("CRM-2").await;
-    let of_patient = request(&system, patient, other_physician, tomorrow_at(9)).await;
-    let of_physician = request(&system, other_patient, physician, tomorrow_at(10)).await;
+    let of_patient = system
+        .app
+        .request_consultation_at(patient, other_physician, tomorrow_at(9))
+        .await;
+    let of_physician = system
+        .app
+        .request_consultation_at(other_patient, physician, tomorrow_at(10))
+        .await;
     // Both validated and holding their slots: only the confirmation is missing.
     for id in [of_patient, of_physician] {
         let held = eventually(Duration::from_secs(20), || holds_slot(&db, id)).await;
@@ -291,7 +282,7 @@ async fn a_consultation_whose_patient_or_physician_is_deactivated_while_it_is_sc
         assert!(released, "{id}'s slot is free again");
         assert_eq!(system.consultation(id).await["status"], "failed");
         assert!(
-            !stream_events(&db, id)
+            !db.stream_events(id)
                 .await
                 .contains(&"ConsultationScheduled".to_owned())
         );

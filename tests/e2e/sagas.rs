@@ -23,28 +23,6 @@ fn tomorrow_at(hour: u32, minute: u32) -> DateTime<Utc> {
         .and_utc()
 }
 
-async fn request(system: &System, patient: Uuid, physician: Uuid, at: DateTime<Utc>) -> Uuid {
-    let response = system
-        .app
-        .post(
-            "/consultations",
-            json!({"patientId": patient, "physicianId": physician,
-                   "startsAt": at.to_rfc3339(), "durationMinutes": 30}),
-        )
-        .await;
-    assert_eq!(response.status(), 202, "{:?}", response.text().await);
-    id_of(response).await
-}
-
-/// The event types of a stream, in order.
-async fn stream_events(db: &TestDb, stream: Uuid) -> Vec<String> {
-    sqlx::query_scalar("select event_type from events where stream_id = $1 order by version")
-        .bind(stream)
-        .fetch_all(&db.pool)
-        .await
-        .expect("events read")
-}
-
 async fn count_events(db: &TestDb, event_type: &str) -> i64 {
     sqlx::query_scalar("select count(*) from events where event_type = $1")
         .bind(event_type)
@@ -61,7 +39,10 @@ async fn a_consultation_is_scheduled_through_the_api_alone() {
     let physician = system.app.register_physician("CRM-1").await;
     let at = tomorrow_at(9, 0);
 
-    let id = request(&system, patient, physician, at).await;
+    let id = system
+        .app
+        .request_consultation_at(patient, physician, at)
+        .await;
     let consultation = system.settled(id).await;
 
     assert_eq!(consultation["status"], "scheduled", "{consultation}");
@@ -153,8 +134,14 @@ async fn an_inactive_patient_or_physician_fails_the_consultation_with_its_reason
         assert_eq!(system.app.post(&path, json!({})).await.status(), 200);
     }
 
-    let by_patient = request(&system, inactive_patient, physician, tomorrow_at(9, 0)).await;
-    let by_physician = request(&system, patient, inactive_physician, tomorrow_at(9, 0)).await;
+    let by_patient = system
+        .app
+        .request_consultation_at(inactive_patient, physician, tomorrow_at(9, 0))
+        .await;
+    let by_physician = system
+        .app
+        .request_consultation_at(patient, inactive_physician, tomorrow_at(9, 0))
+        .await;
 
     let failed = system.settled(by_patient).await;
     assert_eq!(failed["status"], "failed", "{failed}");
@@ -163,7 +150,10 @@ async fn an_inactive_patient_or_physician_fails_the_consultation_with_its_reason
     assert_eq!(failed["status"], "failed", "{failed}");
     assert_eq!(failed["failureReason"], "physician_unavailable");
     // Nothing was held for either: the physician's 09:00 is still free.
-    let again = request(&system, patient, physician, tomorrow_at(9, 0)).await;
+    let again = system
+        .app
+        .request_consultation_at(patient, physician, tomorrow_at(9, 0))
+        .await;
     assert_eq!(system.settled(again).await["status"], "scheduled");
     system.stop().await;
 }
@@ -179,7 +169,9 @@ async fn the_same_slot_requested_twenty_times_at_once_is_scheduled_once() {
     }
     let at = tomorrow_at(10, 0);
 
-    let requests = patients.iter().map(|p| request(&system, *p, physician, at));
+    let requests = patients
+        .iter()
+        .map(|p| system.app.request_consultation_at(*p, physician, at));
     let ids = futures::future::join_all(requests).await;
 
     let mut statuses = std::collections::HashMap::<String, usize>::new();
@@ -214,7 +206,10 @@ async fn a_deadline_fires_with_no_saga_process_and_a_later_saga_neither_schedule
     let physician = system.app.register_physician("CRM-1").await;
     let at = tomorrow_at(11, 0);
 
-    let id = request(&system, patient, physician, at).await;
+    let id = system
+        .app
+        .request_consultation_at(patient, physician, at)
+        .await;
     let failed = system
         .wait_for_status(id, "failed", Duration::from_secs(20))
         .await;
@@ -246,7 +241,7 @@ async fn a_deadline_fires_with_no_saga_process_and_a_later_saga_neither_schedule
     assert_eq!(system.consultation(id).await["status"], "failed");
     assert_eq!(count_events(&db, "ConsultationScheduled").await, 0);
     let day = domain::schedule::DaySchedule::stream_id(physician.into(), at.date_naive());
-    let held = stream_events(&db, day).await;
+    let held = db.stream_events(day).await;
     assert!(
         held.iter().all(|e| e != "PhysicianAvailabilityConfirmed")
             || held.iter().any(|e| e == "PhysicianSlotReleased"),
@@ -278,13 +273,10 @@ async fn pause_and_fire_race_and_never_both_schedule_and_time_out() {
     for n in 0..30 {
         // Each on its own slot: only the deadline can fail them.
         ids.push(
-            request(
-                &system,
-                patient,
-                physician,
-                tomorrow_at(4 + n / 2, (n % 2) * 30),
-            )
-            .await,
+            system
+                .app
+                .request_consultation_at(patient, physician, tomorrow_at(4 + n / 2, (n % 2) * 30))
+                .await,
         );
     }
     let mut outcomes = std::collections::HashMap::<String, usize>::new();
@@ -293,7 +285,7 @@ async fn pause_and_fire_race_and_never_both_schedule_and_time_out() {
         *outcomes
             .entry(c["status"].as_str().unwrap().to_owned())
             .or_default() += 1;
-        let events = stream_events(&db, *id).await;
+        let events = db.stream_events(*id).await;
         let scheduled = events.iter().any(|e| e == "ConsultationScheduled");
         let failed = events.iter().any(|e| e == "ConsultationSchedulingFailed");
         assert!(!(scheduled && failed), "{id}: {events:?}");
@@ -336,7 +328,10 @@ async fn pause_and_fire_race_and_never_both_schedule_and_time_out() {
 
 /// Schedules a consultation and waits until it is.
 async fn scheduled(system: &System, patient: Uuid, physician: Uuid, at: DateTime<Utc>) -> Uuid {
-    let id = request(system, patient, physician, at).await;
+    let id = system
+        .app
+        .request_consultation_at(patient, physician, at)
+        .await;
     let c = system.settled(id).await;
     assert_eq!(c["status"], "scheduled", "{c}");
     id
@@ -532,13 +527,10 @@ async fn two_saga_processes_one_killed_mid_flight_settle_every_consultation_once
     let mut ids = Vec::new();
     for n in 0..30 {
         ids.push(
-            request(
-                &system,
-                patient,
-                physician,
-                tomorrow_at(4 + n / 2, (n % 2) * 30),
-            )
-            .await,
+            system
+                .app
+                .request_consultation_at(patient, physician, tomorrow_at(4 + n / 2, (n % 2) * 30))
+                .await,
         );
         if n == 10 {
             first.start_kill().expect("killed");

@@ -58,6 +58,15 @@ pub fn admin_url() -> String {
 }
 
 impl TestDb {
+    /// The event types of a stream, in order.
+    pub async fn stream_events(&self, stream: Uuid) -> Vec<String> {
+        sqlx::query_scalar("select event_type from events where stream_id = $1 order by version")
+            .bind(stream)
+            .fetch_all(&self.pool)
+            .await
+            .expect("events read")
+    }
+
     pub async fn new() -> Self {
         Self::on(&admin_url()).await
     }
@@ -197,10 +206,23 @@ impl TestApp {
 
     /// Requests a consultation tomorrow and returns its id.
     pub async fn request_consultation(&self, patient: Uuid, physician: Uuid) -> Uuid {
+        let tomorrow = Utc::now() + chrono::Duration::days(1);
+        self.request_consultation_at(patient, physician, tomorrow)
+            .await
+    }
+
+    /// Requests a 30-minute consultation at `at` and returns its id (202: the saga starts).
+    pub async fn request_consultation_at(
+        &self,
+        patient: Uuid,
+        physician: Uuid,
+        at: chrono::DateTime<Utc>,
+    ) -> Uuid {
         let body = serde_json::json!({
             "patientId": patient,
             "physicianId": physician,
-            "startsAt": (Utc::now() + chrono::Duration::days(1)).to_rfc3339(),
+            "startsAt": at.to_rfc3339(),
+            "durationMinutes": 30,
         });
         let response = self.post("/consultations", body).await;
         assert_eq!(response.status(), 202, "{:?}", response.text().await);
