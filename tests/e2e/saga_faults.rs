@@ -91,6 +91,14 @@ async fn holds_slot(db: &TestDb, consultation: Uuid) -> bool {
         .is_some_and(|t| t == "PhysicianAvailabilityConfirmed")
 }
 
+/// Waits until the consultation's slot is free again: released, or never held.
+async fn slot_released(db: &TestDb, consultation: Uuid) -> bool {
+    eventually(Duration::from_secs(20), || async {
+        !holds_slot(db, consultation).await
+    })
+    .await
+}
+
 async fn deadline_state(db: &TestDb, id: Uuid) -> String {
     sqlx::query_scalar("select state from deadlines where id = $1")
         .bind(id)
@@ -176,10 +184,7 @@ async fn a_failed_confirmation_lets_its_paused_deadline_run_again_and_an_overdue
         fired_after_the_pause,
         "it fired only once the confirmation let go"
     );
-    let released = eventually(Duration::from_secs(20), || async {
-        !holds_slot(&db, id).await
-    })
-    .await;
+    let released = slot_released(&db, id).await;
     assert!(released, "the slot held for it is free again");
     assert!(
         !db.stream_events(id)
@@ -221,10 +226,7 @@ async fn a_confirmation_dead_lettered_mid_flight_still_ends_its_consultation_by_
         .wait_for_status(id, "failed", Duration::from_secs(30))
         .await;
     assert_eq!(failed["failureReason"], "timed_out", "{failed}");
-    let released = eventually(Duration::from_secs(20), || async {
-        !holds_slot(&db, id).await
-    })
-    .await;
+    let released = slot_released(&db, id).await;
     assert!(released, "the slot held for it is free again");
     assert_eq!(deadline_state(&db, id).await, "fired");
     hap_tests::broker::drain(&dead_letters).await;
@@ -275,10 +277,7 @@ async fn a_consultation_whose_patient_or_physician_is_deactivated_while_it_is_sc
     // The confirmations may pass now: they find the consultations failed.
     let_confirmations_pass(&db).await;
     for id in [of_patient, of_physician] {
-        let released = eventually(Duration::from_secs(20), || async {
-            !holds_slot(&db, id).await
-        })
-        .await;
+        let released = slot_released(&db, id).await;
         assert!(released, "{id}'s slot is free again");
         assert_eq!(system.consultation(id).await["status"], "failed");
         assert!(
