@@ -101,6 +101,17 @@ impl EventStore {
             .await
     }
 
+    /// How many running deadlines are more than `grace` past due: ones no timer has fired.
+    pub async fn overdue_deadlines(&self, grace: std::time::Duration) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "select count(*) from deadlines
+              where state = 'running' and due_at < now() - make_interval(secs => $1)",
+        )
+        .bind(grace.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await
+    }
+
     /// The state of a deadline (`running`, `paused`, `fired`), for tests and operators.
     pub async fn deadline_state(&self, id: Uuid) -> Result<Option<String>, sqlx::Error> {
         sqlx::query_scalar("select state from deadlines where id = $1")

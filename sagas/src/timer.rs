@@ -7,7 +7,8 @@
 //!
 //! The timer also keeps the store tidy, beside the firing and without delaying it: once at
 //! start and every [`HOUSEKEEPING`] it forgets idempotency keys older than the retention and
-//! deadlines that stopped running as long ago ([`eventstore::EventStore::forget_older_than`]).
+//! deadlines that stopped running as long ago ([`eventstore::EventStore::forget_older_than`]),
+//! and counts the deadlines left running past due, for operators' alerts.
 
 use std::time::Duration;
 
@@ -32,6 +33,9 @@ const BUSY: Duration = Duration::from_millis(20);
 const ROUND: i64 = 100;
 /// How often old idempotency keys and finished deadlines are deleted.
 pub const HOUSEKEEPING: Duration = Duration::from_secs(60);
+/// How often the overdue deadlines are counted (`hap_deadlines_overdue`), and how far past due
+/// a deadline must be to count: a healthy timer fires one within a poll or two.
+const OVERDUE: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Timer {
@@ -47,7 +51,28 @@ pub struct Timer {
 impl Timer {
     /// Fires due deadlines, and keeps house, until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        tokio::join!(self.fire_until(&shutdown), self.keep_house_until(&shutdown));
+        tokio::join!(
+            self.fire_until(&shutdown),
+            self.keep_house_until(&shutdown),
+            self.count_overdue_until(&shutdown)
+        );
+    }
+
+    /// Sets `hap_deadlines_overdue` every [`OVERDUE`], apart from the firing, so that a timer
+    /// stuck in a round still reports the deadlines it leaves behind.
+    async fn count_overdue_until(&self, shutdown: &CancellationToken) {
+        let mut every = tokio::time::interval(OVERDUE);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            match self.pipeline.store().overdue_deadlines(OVERDUE).await {
+                Ok(count) => metrics::gauge!("hap_deadlines_overdue").set(count as f64),
+                Err(error) => tracing::debug!(%error, "counting overdue deadlines failed"),
+            }
+        }
     }
 
     /// Deletes what the retention let go of now, then every [`HOUSEKEEPING`].
