@@ -22,6 +22,7 @@
 //! - [`publisher`]: streaming committed events to RabbitMQ with confirms, one leader at a time
 //!   ([`leader`]), woken soon after commits ([`wakeup`]).
 //! - [`readiness`]: which parts of a process run, for its readiness check.
+//! - [`processes`]: every running process recorded with its heartbeat, for operators.
 
 pub mod append;
 pub mod broker;
@@ -32,6 +33,7 @@ pub mod idempotency;
 pub mod leader;
 pub mod message;
 pub mod position;
+pub mod processes;
 pub mod publisher;
 pub mod read;
 pub mod readiness;
