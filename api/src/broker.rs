@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventstore::broker::AmqpUrls;
+use messaging::AmqpUrls;
 use tokio::sync::RwLock;
 
 #[derive(Clone)]
@@ -28,7 +28,7 @@ impl BrokerHealth {
                     .as_ref()
                     .is_some_and(|c| c.status().connected());
                 if !connected {
-                    let fresh = eventstore::broker::connect(&urls, "hap-health").await;
+                    let fresh = messaging::broker::connect(&urls, "hap-health").await;
                     *slot.write().await = fresh.ok();
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
