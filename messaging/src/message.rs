@@ -129,3 +129,97 @@ impl Outgoing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::envelope::{Envelope, Poison};
+
+    fn recorded() -> RecordedEvent {
+        RecordedEvent {
+            position: 42,
+            transaction_id: 7,
+            event_id: Uuid::from_u128(1),
+            stream_id: Uuid::from_u128(2),
+            aggregate_type: "patient".into(),
+            version: 3,
+            event_type: "PatientDeactivated".into(),
+            payload: RawValue::from_string(format!(r#"{{"patientId":"{}"}}"#, Uuid::from_u128(2)))
+                .unwrap(),
+            tenant_id: "clinic-1".into(),
+            correlation_id: "corr-1".into(),
+            causation_id: None,
+            actor_id: Some("dr-who".into()),
+            schema_version: 1,
+            occurred_at: Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_body_keeps_its_field_order_and_formats() {
+        let event = recorded();
+        let route = crate::routes::route(&event).unwrap();
+        let message = Outgoing::new(&event, &route, "hap.patients".into());
+        let expected = concat!(
+            r#"{"eventId":"00000000-0000-0000-0000-000000000001","#,
+            r#""eventType":"PatientDeactivated","occurredAt":"2026-01-02T03:04:05.000000Z","#,
+            r#""sourceService":"patient-service","aggregateType":"patient","#,
+            r#""aggregateId":"00000000-0000-0000-0000-000000000002","version":3,"#,
+            r#""position":"42","tenantId":"clinic-1","correlationId":"corr-1","#,
+            r#""causationId":null,"actorId":"dr-who","schemaVersion":1,"#,
+            r#""payload":{"patientId":"00000000-0000-0000-0000-000000000002"}}"#,
+        );
+        assert_eq!(std::str::from_utf8(&message.body).unwrap(), expected);
+        assert_eq!(message.routing_key, "patient.deactivated");
+    }
+
+    #[test]
+    fn what_is_written_reads_back_as_the_same_event() {
+        let event = recorded();
+        let route = crate::routes::route(&event).unwrap();
+        let message = Outgoing::new(&event, &route, String::new());
+        let read = EventMessage::read(&message.body).unwrap();
+        assert_eq!(read.source_service, "patient-service");
+        assert_eq!(read.schema_version, 1);
+        let (envelope, origin) = Envelope::from_message(&message.body).unwrap();
+        assert_eq!(envelope.event_id, event.event_id);
+        assert_eq!(envelope.position, 42);
+        assert_eq!(envelope.occurred_at, event.occurred_at);
+        assert_eq!(origin.tenant_id, "clinic-1");
+        assert_eq!(origin.actor_id.as_deref(), Some("dr-who"));
+    }
+
+    #[test]
+    fn a_body_with_only_the_event_and_its_place_is_read() {
+        let body = format!(
+            r#"{{"eventId":"{id}","eventType":"PatientDeactivated",
+                "occurredAt":"2026-01-02T03:04:05Z","aggregateId":"{id}","version":1,
+                "position":"5","payload":{{"patientId":"{id}"}}}}"#,
+            id = Uuid::from_u128(9)
+        );
+        let (envelope, origin) = Envelope::from_message(body.as_bytes()).unwrap();
+        assert_eq!(envelope.position, 5);
+        assert_eq!(origin.tenant_id, "");
+        assert_eq!(origin.actor_id, None);
+    }
+
+    #[test]
+    fn a_bad_position_is_poison() {
+        let body = recorded_body_with_position("five");
+        let error = Envelope::from_message(body.as_bytes()).unwrap_err();
+        assert!(matches!(error, Poison::NotAnEvent(_)));
+        assert_eq!(
+            error.to_string(),
+            r#"the body is not a HAP event message: position "five""#
+        );
+    }
+
+    fn recorded_body_with_position(position: &str) -> String {
+        let event = recorded();
+        let mut body = EventMessage::of(&event, "patient-service");
+        body.position = Cow::Borrowed(position);
+        serde_json::to_string(&body).unwrap()
+    }
+}

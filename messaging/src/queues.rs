@@ -209,3 +209,42 @@ pub async fn publish_to_queue(
         .await?;
     Ok(matches!(confirmation, Confirmation::Ack(None)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn projector_queues_are_bound_as_the_contract_says() {
+        let bound: Vec<_> = Service::ALL
+            .into_iter()
+            .map(|service| (service.name(), projector_bindings(service)))
+            .collect();
+        assert_eq!(
+            bound,
+            [
+                ("patient-service", vec![("patients", "patient.#")]),
+                ("physician-service", vec![("physicians", "physician.#")]),
+                (
+                    "scheduling-service",
+                    vec![
+                        ("consultations", "consultation.#"),
+                        ("patients", "patient.#"),
+                        ("physicians", "physician.#"),
+                    ]
+                ),
+                ("clinical-records", vec![("records", "record.#")]),
+            ]
+        );
+    }
+
+    #[test]
+    fn queue_names_follow_the_contract() {
+        let names = QueueNames::new("hap", Service::Records.name(), "a");
+        assert_eq!(names.main, "hap.clinical-records.a.events");
+        assert_eq!(names.retry, "hap.clinical-records.a.events.retry");
+        assert_eq!(names.dead_letters, "hap.clinical-records.a.events.dlq");
+        let saga = QueueNames::shared("hap", Service::Scheduling.name());
+        assert_eq!(saga.main, "hap.scheduling-service.saga");
+    }
+}
