@@ -101,27 +101,10 @@ pub async fn declare_bound(
         .declare_quorum_queue(connection, &names.dead_letters, FieldTable::default())
         .await?;
 
-    let mut main = FieldTable::default();
+    let mut main = dead_lettering_to(&names.dead_letters);
     main.insert(
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(DELIVERY_LIMIT),
-    );
-    main.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    main.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(names.dead_letters.as_str().into()),
-    );
-    // At-least-once dead-lettering: a message is removed only once the DLQ has it.
-    main.insert(
-        "x-dead-letter-strategy".into(),
-        AMQPValue::LongString("at-least-once".into()),
-    );
-    main.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
     );
     topology
         .declare_quorum_queue(connection, &names.main, main)
@@ -132,25 +115,8 @@ pub async fn declare_bound(
     // returns to the main queue once it expires at the head of the queue (RabbitMQ 3.10 and
     // later honour per-message expiry in quorum queues as in classic ones), removed only once
     // the main queue has it.
-    let mut retry = FieldTable::default();
-    retry.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    retry.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(names.main.as_str().into()),
-    );
-    retry.insert(
-        "x-dead-letter-strategy".into(),
-        AMQPValue::LongString("at-least-once".into()),
-    );
-    retry.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
     topology
-        .declare_quorum_queue(connection, &names.retry, retry)
+        .declare_quorum_queue(connection, &names.retry, dead_lettering_to(&names.main))
         .await?;
 
     let channel = connection.create_channel().await?;
@@ -166,6 +132,30 @@ pub async fn declare_bound(
             .await?;
     }
     channel.close(200, "declared".into()).await
+}
+
+/// The arguments of a queue whose dead letters go to `queue` through the default exchange,
+/// at least once: a message is removed only once `queue` has it. (RabbitMQ dead-letters at
+/// least once only from a queue that refuses publishes when full.)
+fn dead_lettering_to(queue: &str) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    arguments.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(queue.into()),
+    );
+    arguments.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    arguments
 }
 
 /// Moves a delivery to `queue`: publishes a copy (with `properties`) through the default
