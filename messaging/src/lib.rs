@@ -9,7 +9,8 @@
 //! the store has no AMQP client, and this crate has no SQL.
 //!
 //! # Layout
-//! - [`broker`]: the RabbitMQ nodes (`AmqpUrls`) and connecting to the first that answers.
+//! - [`broker`]: the RabbitMQ nodes (`AmqpUrls`) and connecting to the first that answers;
+//!   [`health`]: a connection kept open, for the readiness check.
 //! - [`message`]: the message an event becomes ([`EventMessage`], its JSON body, written and
 //!   read as one type); [`headers`]: the AMQP headers HAP reads and writes.
 //! - [`envelope`]: an event as its consumers see it, read from a message or from the store.
@@ -32,6 +33,7 @@ pub mod dlq;
 pub mod envelope;
 mod fed;
 pub mod headers;
+pub mod health;
 pub mod message;
 pub mod publisher;
 pub mod queues;
