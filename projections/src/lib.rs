@@ -29,7 +29,8 @@ pub mod rebuild;
 pub mod records;
 pub mod schema;
 
-// Every projector takes events as the consumer runtime hands them over.
+// Every projector takes events as the consumer runtime hands them over, as
+// `crate::envelope::Envelope`.
 use messaging::envelope;
 use sqlx::PgPool;
 use uuid::Uuid;
