@@ -10,8 +10,8 @@ use domain::Event;
 use eventstore::{Append, Claim, EventStore, GlobalCheckpoint, NewEvent, StreamVersion};
 use futures::{StreamExt, TryStreamExt};
 use hap_support::server::HttpServer;
+use messaging::consumer::ConsumerSettings;
 use projections::ReadModel;
-use projections::consumer::ConsumerSettings;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -38,7 +38,7 @@ pub fn publisher(broker: &ScratchBroker, store: &EventStore) -> Background {
 /// The consumer settings of [`INSTANCE`] on the scratch prefix, as `hap serve` makes them.
 pub fn consumer_settings(broker: &ScratchBroker) -> ConsumerSettings {
     let max_retries = api::config::Settings::defaults().max_retries;
-    ConsumerSettings::new(broker.url(), broker.prefix(), INSTANCE, max_retries)
+    ConsumerSettings::new(broker.url(), broker.topology(), INSTANCE, max_retries)
 }
 
 /// Every projector of [`INSTANCE`], consuming its queues into `read`.

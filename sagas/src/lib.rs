@@ -11,8 +11,9 @@
 //! aggregate and never disagrees with them.
 //!
 //! # Layout
-//! - [`service`]: a saga service as a handler of the shared consumer runtime, on its queue
-//!   `{prefix}.{service}.saga`, shared by every process (competing consumers).
+//! - [`service`]: a saga service as a handler of `messaging`'s consumer runtime, on its queue
+//!   `{prefix}.{service}.saga`, shared by every process (competing consumers); the queues
+//!   themselves are declared from the domain's table of services, by `messaging`.
 //! - [`steps`]: each step as commands.
 //! - [`follow_up`]: the deactivation follow-up's lookup and cancellations.
 //! - [`timer`]: the `timer` role: firing due deadlines, once each, from any number of
@@ -23,5 +24,5 @@ pub mod service;
 pub mod steps;
 pub mod timer;
 
-pub use service::{declare_queues, run_all};
+pub use service::run_all;
 pub use timer::Timer;
