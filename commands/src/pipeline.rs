@@ -163,6 +163,50 @@ impl CommandError {
     }
 }
 
+/// A loaded state, and whether it was read from the store just now (`fresh`) or may be a stale
+/// cache entry.
+struct Current<A> {
+    loaded: Loaded<A>,
+    fresh: bool,
+}
+
+impl<A> Current<A> {
+    fn fresh(loaded: Loaded<A>) -> Self {
+        Self {
+            loaded,
+            fresh: true,
+        }
+    }
+
+    /// What appending `appended` events to this state does (the position is the last one
+    /// known before them).
+    fn done(&self, stream_id: Uuid, appended: usize) -> Done {
+        Done {
+            stream_id,
+            version: StreamVersion::new(self.loaded.version.value() + appended as u64),
+            position: self.loaded.position,
+            appended,
+        }
+    }
+}
+
+impl<A> std::ops::Deref for Current<A> {
+    type Target = Loaded<A>;
+
+    fn deref(&self) -> &Loaded<A> {
+        &self.loaded
+    }
+}
+
+/// What deciding a command once comes to.
+enum Decided {
+    /// It was decided on a cache entry that may be stale, and must be decided again.
+    Stale,
+    /// It changes nothing, and there is nothing to remember.
+    Nothing(Done),
+    Append(Vec<Event>),
+}
+
 /// The command pipeline; cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
@@ -217,125 +261,175 @@ impl Pipeline {
         {
             return Ok(Outcome::Replayed(replayed));
         }
-        let aggregates = &self.aggregates;
-        // `current` says whether `loaded` was read from the store just now, or may be a stale
-        // cache entry. Only an append of events is protected by the version check; a refusal,
-        // a no-op or a failed precondition decided on a stale entry would be wrong, so those
-        // are decided again on the current state before they are answered.
-        let stream_id = target.id();
+        let mut loaded = self.load::<A>(meta, target, &command).await?;
+        for _ in 0..ATTEMPTS {
+            let events = match self.decide(meta, target.id(), &loaded, command.clone())? {
+                Decided::Stale => {
+                    loaded = self.reload(target).await?;
+                    continue;
+                }
+                Decided::Nothing(done) => return Ok(Outcome::Done(done)),
+                Decided::Append(events) => events,
+            };
+            let remembered = remember(&loaded.done(target.id(), events.len()));
+            match self
+                .commit(meta, target.id(), loaded, events, remembered)
+                .await?
+            {
+                Some(outcome) => return Ok(outcome),
+                None => {
+                    tracing::debug!("version conflict, deciding again");
+                    loaded = self.reload(target).await?;
+                }
+            }
+        }
+        Err(CommandError::KeptChanging)
+    }
+
+    /// The state the command is first decided on: the empty one for a new stream, else the
+    /// cached one if there is one (a stale entry ends in a conflict), else the stored one.
+    /// Another tenant's aggregate does not exist for this one: its commands are decided on
+    /// the empty state (not found), and never appended to its stream.
+    async fn load<A: Aggregate>(
+        &self,
+        meta: &CommandMeta,
+        target: Target,
+        command: &A::Command,
+    ) -> Result<Current<A>, CommandError>
+    where
+        A::Command: Clone,
+    {
         let tenant = meta.tenant_id.as_str();
-        let (mut loaded, mut current) = match target {
-            Target::New(_) => (Loaded::<A>::default(), true),
-            Target::Existing(id) => match aggregates.cached::<A>(id).await {
-                Some(hit) if hit.belongs_to(tenant) => (hit, false),
-                _ => (aggregates.current::<A>(id).await?, true),
+        let loaded = match target {
+            Target::New(_) => Current::fresh(Loaded::default()),
+            Target::Existing(id) => match self.aggregates.cached::<A>(id).await {
+                Some(hit) if hit.belongs_to(tenant) => Current {
+                    loaded: hit,
+                    fresh: false,
+                },
+                _ => Current::fresh(self.aggregates.current::<A>(id).await?),
             },
         };
-        // Another tenant's aggregate does not exist for this one: its commands are decided on
-        // the empty state (not found), and never appended to its stream.
         if !loaded.belongs_to(tenant) {
-            let refusal = A::default().decide(command).err();
+            let refusal = A::default().decide(command.clone()).err();
             return Err(CommandError::Rejected(
                 refusal.unwrap_or(DomainError::NotFound(A::KIND.as_str())),
             ));
         }
-        for _ in 0..ATTEMPTS {
-            let decision = loaded.state.decide(command.clone());
-            // On a stream that does not exist the command's own rule answers (not found),
-            // not the precondition.
-            let precondition_failed = loaded.version != StreamVersion::EMPTY
-                && meta.expected.is_some_and(|v| v != loaded.version);
-            let accepted = matches!(&decision, Ok(events) if !events.is_empty());
-            if !current && (precondition_failed || !accepted) {
-                loaded = aggregates.current(stream_id).await?;
-                current = true;
-                continue;
+        Ok(loaded)
+    }
+
+    /// The state of `target` as stored now.
+    async fn reload<A: Aggregate>(&self, target: Target) -> Result<Current<A>, CommandError> {
+        Ok(Current::fresh(self.aggregates.current(target.id()).await?))
+    }
+
+    /// Decides the command on `loaded`. Only an append of events is protected by the version
+    /// check; a refusal, a no-op or a failed precondition decided on a stale cache entry
+    /// would be wrong, so those ask to be decided again on the stored state first.
+    fn decide<A: Aggregate>(
+        &self,
+        meta: &CommandMeta,
+        stream_id: Uuid,
+        loaded: &Current<A>,
+        command: A::Command,
+    ) -> Result<Decided, CommandError> {
+        let decision = loaded.state.decide(command);
+        // On a stream that does not exist the command's own rule answers (not found), not
+        // the precondition.
+        let precondition_failed = loaded.version != StreamVersion::EMPTY
+            && meta.expected.is_some_and(|v| v != loaded.version);
+        let accepted = matches!(&decision, Ok(events) if !events.is_empty());
+        if !loaded.fresh && (precondition_failed || !accepted) {
+            return Ok(Decided::Stale);
+        }
+        if !loaded.belongs_to(&meta.tenant_id) {
+            return Err(CommandError::Rejected(DomainError::NotFound(
+                A::KIND.as_str(),
+            )));
+        }
+        if let Some(expected) = meta.expected.filter(|_| precondition_failed) {
+            return Err(CommandError::PreconditionFailed {
+                expected,
+                current: loaded.version,
+            });
+        }
+        let events = decision?;
+        // A no-op with a key still appends, to remember its outcome.
+        if events.is_empty() && meta.idempotency.is_none() {
+            return Ok(Decided::Nothing(loaded.done(stream_id, 0)));
+        }
+        Ok(Decided::Append(events))
+    }
+    /// Appends `events` after `loaded` and, once they are committed, caches the new state and
+    /// tells the observers. `None` when another writer appended to the stream first.
+    async fn commit<A: Aggregate>(
+        &self,
+        meta: &CommandMeta,
+        stream_id: Uuid,
+        loaded: Current<A>,
+        events: Vec<Event>,
+        remembered: Remembered,
+    ) -> Result<Option<Outcome>, CommandError> {
+        let append = self.append_of(meta, stream_id, &loaded, &events, remembered);
+        let stored: Vec<_> = append
+            .events
+            .iter()
+            .map(|e| (e.event_id, e.occurred_at))
+            .collect();
+        let appended = match self.store().append(append).await {
+            Ok(appended) => appended,
+            Err(AppendError::Conflict { .. }) => return Ok(None),
+            Err(AppendError::KeyTaken) => {
+                // A request with the same key committed first: answer as it did.
+                return match self.replay(meta).await? {
+                    Some(replayed) => Ok(Some(Outcome::Replayed(replayed))),
+                    None => Err(CommandError::KeptChanging),
+                };
             }
-            if !loaded.belongs_to(tenant) {
-                return Err(CommandError::Rejected(DomainError::NotFound(
-                    A::KIND.as_str(),
-                )));
+            Err(AppendError::ClaimTaken { kind, value }) => {
+                return Err(CommandError::ClaimTaken { kind, value });
             }
-            if let Some(expected) = meta.expected.filter(|_| precondition_failed) {
-                return Err(CommandError::PreconditionFailed {
-                    expected,
-                    current: loaded.version,
-                });
+            Err(AppendError::DeadlineNotRunning(_)) => {
+                return Err(CommandError::DeadlineNotRunning);
             }
-            let events = decision?;
-            let done = Done {
-                stream_id,
-                version: StreamVersion::new(loaded.version.value() + events.len() as u64),
-                position: loaded.position,
-                appended: events.len(),
-            };
-            if events.is_empty() && meta.idempotency.is_none() {
-                return Ok(Outcome::Done(done));
-            }
-            let append = self.append_of(meta, stream_id, &loaded, &events, remember(&done));
-            let stored: Vec<_> = append
-                .events
-                .iter()
-                .map(|e| (e.event_id, e.occurred_at))
-                .collect();
-            match self.store().append(append).await {
-                Ok(appended) => {
-                    let position = appended.position().or(loaded.position);
-                    let committed = Committed {
-                        stream_id,
-                        tenant_id: meta.tenant_id.clone(),
-                        correlation_id: meta.correlation_id.clone(),
-                        causation_id: meta.causation_id,
-                        events: (loaded.version.as_i64() + 1..)
-                            .zip(events.iter().zip(stored).zip(&appended.positions))
-                            .map(|(version, ((event, (event_id, occurred_at)), position))| {
-                                CommittedEvent {
-                                    event_id,
-                                    version,
-                                    position: *position,
-                                    occurred_at,
-                                    event: event.clone(),
-                                }
-                            })
-                            .collect(),
-                    };
-                    let state = events.iter().fold(loaded.state, |s, e| s.evolve(e));
-                    let now = Loaded {
-                        state,
-                        version: appended.version,
-                        position,
-                        tenant_id: Some(meta.tenant_id.clone()),
-                    };
-                    aggregates.remember(stream_id, now).await;
-                    if !committed.events.is_empty() {
-                        for observer in self.observers.iter() {
-                            observer.committed(&committed).await;
-                        }
-                    }
-                    return Ok(Outcome::Done(Done { position, ..done }));
-                }
-                Err(AppendError::Conflict { .. }) => {
-                    tracing::debug!("version conflict, deciding again");
-                    loaded = aggregates.current(stream_id).await?;
-                    current = true;
-                }
-                Err(AppendError::KeyTaken) => {
-                    // A request with the same key committed first: answer as it did.
-                    return match self.replay(meta).await? {
-                        Some(replayed) => Ok(Outcome::Replayed(replayed)),
-                        None => Err(CommandError::KeptChanging),
-                    };
-                }
-                Err(AppendError::ClaimTaken { kind, value }) => {
-                    return Err(CommandError::ClaimTaken { kind, value });
-                }
-                Err(AppendError::DeadlineNotRunning(_)) => {
-                    return Err(CommandError::DeadlineNotRunning);
-                }
-                Err(AppendError::Database(error)) => return Err(CommandError::Store(error)),
+            Err(AppendError::Database(error)) => return Err(CommandError::Store(error)),
+        };
+        let done = Done {
+            position: appended.position().or(loaded.position),
+            ..loaded.done(stream_id, events.len())
+        };
+        let committed = Committed {
+            stream_id,
+            tenant_id: meta.tenant_id.clone(),
+            correlation_id: meta.correlation_id.clone(),
+            causation_id: meta.causation_id,
+            events: (loaded.version.as_i64() + 1..)
+                .zip(events.iter().zip(stored).zip(&appended.positions))
+                .map(
+                    |(version, ((event, (event_id, occurred_at)), position))| CommittedEvent {
+                        event_id,
+                        version,
+                        position: *position,
+                        occurred_at,
+                        event: event.clone(),
+                    },
+                )
+                .collect(),
+        };
+        let now = Loaded {
+            state: events.iter().fold(loaded.loaded.state, |s, e| s.evolve(e)),
+            version: appended.version,
+            position: done.position,
+            tenant_id: Some(meta.tenant_id.clone()),
+        };
+        self.aggregates.remember(stream_id, now).await;
+        if !committed.events.is_empty() {
+            for observer in self.observers.iter() {
+                observer.committed(&committed).await;
             }
         }
-        Err(CommandError::KeptChanging)
+        Ok(Some(Outcome::Done(done)))
     }
 
     /// The append that stores `events` after `loaded`, with everything that must commit with

@@ -8,7 +8,7 @@
 //! own idempotency key, so a job run again after a crash cancels nothing twice.
 
 use chrono::Utc;
-use commands::CommandError;
+use commands::{CommandError, Pipeline};
 use domain::consultation::Consultation;
 use domain::consultation::{ConsultationCommand, Status};
 use domain::event::FailureReason;
@@ -17,7 +17,7 @@ use domain::saga::Person;
 use domain::values::Reason;
 use uuid::Uuid;
 
-use crate::steps::{Sent, StepError, Steps, Trigger, outcome};
+use crate::send::{Sent, StepError, Trigger, consultation, outcome, send};
 
 /// The consultations ever requested for a patient, in the trigger's tenant.
 const OF_PATIENT: &str = "select stream_id from events
@@ -36,7 +36,7 @@ const ATTEMPTS: usize = 3;
 /// Ends `person`'s consultations that are still to come: those still being scheduled fail,
 /// scheduled ones that have not started are cancelled. How many it ended.
 pub async fn cancel_future_consultations(
-    steps: &Steps,
+    pipeline: &Pipeline,
     trigger: &Trigger,
     person: Person,
 ) -> Result<usize, StepError> {
@@ -47,12 +47,12 @@ pub async fn cancel_future_consultations(
     let consultations: Vec<Uuid> = sqlx::query_scalar(query)
         .bind(&trigger.tenant_id)
         .bind(id.to_string())
-        .fetch_all(steps.pipeline.store().pool())
+        .fetch_all(pipeline.store().pool())
         .await
         .map_err(|e| StepError::Transient(CommandError::Store(e)))?;
     let mut ended = 0;
     for id in consultations {
-        if end(steps, trigger, person, ConsultationId::from(id)).await? {
+        if end(pipeline, trigger, person, ConsultationId::from(id)).await? {
             ended += 1;
         }
     }
@@ -73,7 +73,7 @@ pub async fn cancel_future_consultations(
 /// one of them is refused. A refused failure means it was scheduled meanwhile: it is read
 /// again and cancelled.
 async fn end(
-    steps: &Steps,
+    pipeline: &Pipeline,
     trigger: &Trigger,
     person: Person,
     id: ConsultationId,
@@ -86,7 +86,7 @@ async fn end(
         ),
     };
     for _ in 0..ATTEMPTS {
-        let Some(consultation) = steps.consultation(trigger, id).await? else {
+        let Some(consultation) = consultation(pipeline, trigger, id).await? else {
             return Ok(false);
         };
         let command = match consultation.status {
@@ -101,10 +101,7 @@ async fn end(
             }
             _ => return Ok(false),
         };
-        match steps
-            .send::<Consultation>(trigger, id.as_uuid(), command)
-            .await?
-        {
+        match send::<Consultation>(pipeline, trigger, id.as_uuid(), command).await? {
             Sent::Appended => {
                 if matches!(consultation.status, Status::Requested) {
                     outcome("scheduling", failure.as_str());

@@ -14,11 +14,13 @@
 //! - [`service`]: a saga service as a handler of the shared consumer runtime, on its queue
 //!   `{prefix}.{service}.saga`, shared by every process (competing consumers).
 //! - [`steps`]: each step as commands.
+//! - [`send`]: how a step sends a command through the pipeline, and what became of it.
 //! - [`follow_up`]: the deactivation follow-up's lookup and cancellations.
 //! - [`timer`]: the `timer` role: firing due deadlines, once each, from any number of
 //!   processes.
 
 pub mod follow_up;
+pub mod send;
 pub mod service;
 pub mod steps;
 pub mod timer;

@@ -15,7 +15,8 @@ use projections::consumer::{self, ConsumerSettings, HandleError, Handler, Messag
 use projections::queues::QueueNames;
 use tokio_util::sync::CancellationToken;
 
-use crate::steps::{StepError, Steps, Trigger};
+use crate::send::{StepError, Trigger};
+use crate::steps::Steps;
 
 /// Saga messages taken in one batch at most; their steps run side by side.
 const BATCH: usize = 64;

@@ -1,8 +1,6 @@
 //! Each saga step carried out as commands through the pipeline.
 
-use commands::{
-    CommandError, CommandMeta, Done, Idempotency, Outcome, Pipeline, Remembered, Target,
-};
+use commands::{CommandError, Pipeline};
 use domain::consultation::{Consultation, ConsultationCommand, ConsultationData, Status};
 use domain::ids::ConsultationId;
 use domain::patient::{Patient, PatientCommand};
@@ -10,41 +8,9 @@ use domain::physician::Physician;
 use domain::record::{RecordBook, RecordCommand};
 use domain::saga::Step;
 use domain::schedule::{DaySchedule, ScheduleCommand};
-use domain::{Aggregate, DomainError};
-use uuid::Uuid;
 
 use crate::follow_up;
-
-/// What a step knows of the event that triggered it.
-#[derive(Debug, Clone)]
-pub struct Trigger {
-    pub event_id: Uuid,
-    pub tenant_id: String,
-    pub correlation_id: String,
-    /// Who started the saga; every step acts for them.
-    pub actor_id: Option<String>,
-}
-
-/// Why a step did not complete.
-#[derive(Debug, thiserror::Error)]
-pub enum StepError {
-    /// It may pass later (the database, a race that kept conflicting): retry the message.
-    #[error("{0}")]
-    Transient(#[source] CommandError),
-    /// It never will (a stored event that cannot be read): dead-letter the message.
-    #[error("{0}")]
-    Permanent(#[source] CommandError),
-}
-
-impl From<CommandError> for StepError {
-    fn from(error: CommandError) -> Self {
-        if error.is_transient() {
-            Self::Transient(error)
-        } else {
-            Self::Permanent(error)
-        }
-    }
-}
+use crate::send::{Sent, StepError, Trigger, consultation, outcome, send};
 
 /// Carries out sagas' steps for one tenant's triggers.
 #[derive(Clone)]
@@ -65,8 +31,7 @@ impl Steps {
                 let command = PatientCommand::ValidateForConsultation {
                     consultation_id: *consultation_id,
                 };
-                self.send::<Patient>(trigger, patient_id.as_uuid(), command)
-                    .await?;
+                send::<Patient>(&self.pipeline, trigger, patient_id.as_uuid(), command).await?;
             }
             Step::HoldSlot { consultation_id } => {
                 let Some(consultation) = self.requested(trigger, *consultation_id).await? else {
@@ -91,7 +56,7 @@ impl Steps {
                     ends_at: consultation.ends_at,
                 };
                 let stream = DaySchedule::stream_id(consultation.physician_id, day);
-                self.send::<DaySchedule>(trigger, stream, command).await?;
+                send::<DaySchedule>(&self.pipeline, trigger, stream, command).await?;
             }
             Step::ReleaseSlot { consultation_id } => {
                 self.release(trigger, *consultation_id).await?;
@@ -108,9 +73,13 @@ impl Steps {
                     reason: *reason,
                     detail: detail.clone(),
                 };
-                let sent = self
-                    .send::<Consultation>(trigger, consultation_id.as_uuid(), command)
-                    .await?;
+                let sent = send::<Consultation>(
+                    &self.pipeline,
+                    trigger,
+                    consultation_id.as_uuid(),
+                    command,
+                )
+                .await?;
                 if sent == Sent::Appended {
                     outcome("scheduling", reason.as_str());
                 }
@@ -120,19 +89,23 @@ impl Steps {
                     consultation_id: *consultation_id,
                 };
                 let book = RecordBook::stream_id(*consultation_id);
-                self.send::<RecordBook>(trigger, book, command).await?;
+                send::<RecordBook>(&self.pipeline, trigger, book, command).await?;
             }
             Step::ConfirmCancellation { consultation_id } => {
                 let command = ConsultationCommand::ConfirmCancellation;
-                let sent = self
-                    .send::<Consultation>(trigger, consultation_id.as_uuid(), command)
-                    .await?;
+                let sent = send::<Consultation>(
+                    &self.pipeline,
+                    trigger,
+                    consultation_id.as_uuid(),
+                    command,
+                )
+                .await?;
                 if sent == Sent::Appended {
                     outcome("cancellation", "cancelled");
                 }
             }
             Step::CancelFutureConsultations(person) => {
-                follow_up::cancel_future_consultations(self, trigger, *person).await?;
+                follow_up::cancel_future_consultations(&self.pipeline, trigger, *person).await?;
             }
         }
         Ok(())
@@ -150,9 +123,13 @@ impl Steps {
         consultation_id: ConsultationId,
     ) -> Result<(), StepError> {
         let stream = consultation_id.as_uuid();
-        let scheduled = self
-            .send::<Consultation>(trigger, stream, ConsultationCommand::ConfirmScheduling)
-            .await;
+        let scheduled = send::<Consultation>(
+            &self.pipeline,
+            trigger,
+            stream,
+            ConsultationCommand::ConfirmScheduling,
+        )
+        .await;
         match scheduled {
             Ok(Sent::Appended) => outcome("scheduling", "scheduled"),
             Ok(Sent::Unchanged) => {}
@@ -173,7 +150,8 @@ impl Steps {
         trigger: &Trigger,
         consultation_id: ConsultationId,
     ) -> Result<(), StepError> {
-        let Some(consultation) = self.consultation(trigger, consultation_id).await? else {
+        let Some(consultation) = consultation(&self.pipeline, trigger, consultation_id).await?
+        else {
             return Ok(());
         };
         let day = consultation.starts_at.date_naive();
@@ -182,7 +160,7 @@ impl Steps {
             physician_id: consultation.physician_id,
             consultation_id,
         };
-        self.send::<DaySchedule>(trigger, stream, command).await?;
+        send::<DaySchedule>(&self.pipeline, trigger, stream, command).await?;
         Ok(())
     }
 
@@ -192,89 +170,8 @@ impl Steps {
         trigger: &Trigger,
         id: ConsultationId,
     ) -> Result<Option<ConsultationData>, StepError> {
-        Ok(self
-            .consultation(trigger, id)
+        Ok(consultation(&self.pipeline, trigger, id)
             .await?
             .filter(|c| c.status == Status::Requested))
     }
-
-    pub(crate) async fn consultation(
-        &self,
-        trigger: &Trigger,
-        id: ConsultationId,
-    ) -> Result<Option<ConsultationData>, StepError> {
-        let loaded = self
-            .pipeline
-            .aggregates()
-            .current_in::<Consultation>(&trigger.tenant_id, id.as_uuid())
-            .await
-            .map_err(CommandError::from)?;
-        Ok(loaded.state.data().cloned())
-    }
-
-    /// Sends `command` to the aggregate in `stream` on behalf of `trigger`. A refusal by a
-    /// rule is an answer, not an error.
-    pub(crate) async fn send<A>(
-        &self,
-        trigger: &Trigger,
-        stream: Uuid,
-        command: A::Command,
-    ) -> Result<Sent, StepError>
-    where
-        A: Aggregate,
-        A::Command: Clone,
-    {
-        // One key per trigger and target: a redelivered trigger replays, and appends nothing.
-        let key = format!("saga:{}:{}:{stream}", trigger.event_id, A::KIND.as_str());
-        let meta = CommandMeta {
-            causation_id: Some(trigger.event_id),
-            actor_id: trigger.actor_id.clone(),
-            idempotency: Some(Idempotency {
-                request_hash: key.clone(),
-                key,
-                check_first: false,
-            }),
-            ..CommandMeta::new(&trigger.tenant_id, &trigger.correlation_id)
-        };
-        let outcome = self
-            .pipeline
-            .execute::<A>(&meta, Target::Existing(stream), command, remembered)
-            .await;
-        match outcome {
-            Ok(Outcome::Done(done)) if done.appended > 0 => Ok(Sent::Appended),
-            Ok(_) => Ok(Sent::Unchanged),
-            Err(CommandError::Rejected(rule)) => {
-                tracing::debug!(%rule, aggregate = A::KIND.as_str(), %stream, "a saga command was refused");
-                Ok(Sent::Refused(rule))
-            }
-            Err(CommandError::DeadlineNotRunning) => Ok(Sent::TooLate),
-            Err(error) => Err(error.into()),
-        }
-    }
-}
-
-/// What became of a command a step sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Sent {
-    Appended,
-    /// It changed nothing (the state had it already), or it was sent before (a redelivery).
-    Unchanged,
-    /// A rule refused it: the saga's state had moved on.
-    Refused(DomainError),
-    /// The deadline it would have paused had fired first.
-    TooLate,
-}
-
-/// What a saga step remembers under its idempotency key: only that it happened.
-pub(crate) fn remembered(done: &Done) -> Remembered {
-    Remembered {
-        status: 200,
-        body: serde_json::json!({ "version": done.version.value() }),
-        headers: serde_json::json!({}),
-    }
-}
-
-/// Counts how a saga ended.
-pub(crate) fn outcome(saga: &'static str, outcome: &'static str) {
-    metrics::counter!("hap_saga_outcomes_total", "saga" => saga, "outcome" => outcome).increment(1);
 }

@@ -20,7 +20,7 @@ use eventstore::housekeeping::Forgotten;
 use eventstore::readiness::Part;
 use tokio_util::sync::CancellationToken;
 
-use crate::steps::{outcome, remembered};
+use crate::send::{outcome, remembered};
 
 /// How often a timer looks for due deadlines when nothing wakes it: deadlines started by other
 /// processes are found this late at most.
