@@ -322,7 +322,6 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
     if serve.roles.contains(&Role::Timer) {
         let timer = sagas::Timer {
             pipeline: app.commands.clone(),
-            timeout: Duration::from_millis(app.settings.scheduling_timeout_ms),
             retention: app.settings.idempotency_retention,
             ready: readiness.part("timer"),
         };

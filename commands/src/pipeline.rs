@@ -7,15 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::{Aggregate, DomainError, Event};
-use eventstore::{
-    Append, AppendError, DeadlineEnd, DeadlineStart, Ending, EventStore, Metadata, Position,
-    Remember, StoredResponse, StreamVersion,
-};
-use serde_json::Value;
+use eventstore::{Append, AppendError, EventStore, Metadata, Remember, Store, StreamVersion};
 use uuid::Uuid;
 
 use crate::aggregates::{Aggregates, LoadError, Loaded};
+use crate::deadlines::Deadlines;
 use crate::observer::{AppendObserver, Committed, CommittedEvent};
+use crate::outcome::{Done, Outcome, Remembered};
 use crate::stored;
 
 /// How many times a command is decided again after another writer got to its stream first.
@@ -35,6 +33,9 @@ pub struct CommandMeta {
     pub actor_id: Option<String>,
     /// Makes the command safe to repeat: the first outcome is remembered with its events.
     pub idempotency: Option<Idempotency>,
+    /// What the command makes or changes when that is not its stream as a whole (a record, in
+    /// its consultation's record book): the id its outcome is remembered by.
+    pub subject: Option<Uuid>,
     /// The version the aggregate must be at (`If-Match`).
     pub expected: Option<StreamVersion>,
     /// A running deadline the command's events fire: they are appended only if the deadline
@@ -50,6 +51,7 @@ impl CommandMeta {
             causation_id: None,
             actor_id: None,
             idempotency: None,
+            subject: None,
             expected: None,
             fires: None,
         }
@@ -84,34 +86,6 @@ impl Target {
             Self::New(id) | Self::Existing(id) => id,
         }
     }
-}
-
-/// A command carried out: the stream's version and last position after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Done {
-    pub stream_id: Uuid,
-    pub version: StreamVersion,
-    /// The position of the stream's last event (`None` for a stream with none).
-    pub position: Option<Position>,
-    /// How many events the command appended (0: it changed nothing).
-    pub appended: usize,
-}
-
-/// What the caller wants remembered under its idempotency key, made from the outcome.
-#[derive(Debug, Clone)]
-pub struct Remembered {
-    pub status: u16,
-    /// If it has a `position` member and events are appended, that member is set to the last
-    /// event's position once it is known.
-    pub body: Value,
-    pub headers: Value,
-}
-
-#[derive(Debug)]
-pub enum Outcome {
-    Done(Done),
-    /// The idempotency key was used before with the same request: its remembered outcome.
-    Replayed(StoredResponse),
 }
 
 /// Why a command was not carried out.
@@ -207,23 +181,24 @@ enum Decided {
     Append(Vec<Event>),
 }
 
-/// The command pipeline; cheap to clone.
+/// The command pipeline over a store (PostgreSQL's, unless a test gives another); cheap to
+/// clone.
 #[derive(Clone)]
-pub struct Pipeline {
-    aggregates: Aggregates,
+pub struct Pipeline<S = EventStore> {
+    aggregates: Aggregates<S>,
     observers: Arc<Vec<Arc<dyn AppendObserver>>>,
-    /// How long a saga deadline runs after the event that starts it.
-    deadline: Duration,
+    /// The deadlines its appends start.
+    deadlines: Deadlines,
 }
 
-impl Pipeline {
+impl<S: Store> Pipeline<S> {
     /// A pipeline over `store` keeping up to `cache_capacity` aggregate states in memory;
     /// the deadlines the events start fall due `deadline` later.
-    pub fn new(store: EventStore, cache_capacity: u64, deadline: Duration) -> Self {
+    pub fn new(store: S, cache_capacity: u64, deadline: Duration) -> Self {
         Self {
             aggregates: Aggregates::new(store, cache_capacity),
             observers: Arc::default(),
-            deadline,
+            deadlines: Deadlines::new(deadline),
         }
     }
 
@@ -233,24 +208,26 @@ impl Pipeline {
         self
     }
 
-    pub fn aggregates(&self) -> &Aggregates {
+    pub fn aggregates(&self) -> &Aggregates<S> {
         &self.aggregates
     }
 
-    pub fn store(&self) -> &EventStore {
+    pub fn deadlines(&self) -> &Deadlines {
+        &self.deadlines
+    }
+
+    pub fn store(&self) -> &S {
         self.aggregates.store()
     }
 
     /// Runs `command` against the aggregate in `target`. The command may be decided several
     /// times (after conflicts), always on a state at least as new as the last one.
-    /// `remember` makes the outcome to keep under the idempotency key, if there is one.
     #[tracing::instrument(skip_all, fields(aggregate = A::KIND.as_str(), stream = %target.id()), err(level = "debug"))]
     pub async fn execute<A>(
         &self,
         meta: &CommandMeta,
         target: Target,
         command: A::Command,
-        remember: impl Fn(&Done) -> Remembered,
     ) -> Result<Outcome, CommandError>
     where
         A: Aggregate,
@@ -271,11 +248,7 @@ impl Pipeline {
                 Decided::Nothing(done) => return Ok(Outcome::Done(done)),
                 Decided::Append(events) => events,
             };
-            let remembered = remember(&loaded.done(target.id(), events.len()));
-            match self
-                .commit(meta, target.id(), loaded, events, remembered)
-                .await?
-            {
+            match self.commit(meta, target.id(), loaded, events).await? {
                 Some(outcome) => return Ok(outcome),
                 None => {
                     tracing::debug!("version conflict, deciding again");
@@ -369,9 +342,8 @@ impl Pipeline {
         stream_id: Uuid,
         loaded: Current<A>,
         events: Vec<Event>,
-        remembered: Remembered,
     ) -> Result<Option<Outcome>, CommandError> {
-        let append = self.append_of(meta, stream_id, &loaded, &events, remembered);
+        let append = self.append_of(meta, stream_id, &loaded, &events);
         let stored: Vec<_> = append
             .events
             .iter()
@@ -438,9 +410,8 @@ impl Pipeline {
         &self,
         meta: &CommandMeta,
         stream_id: Uuid,
-        loaded: &Loaded<A>,
+        loaded: &Current<A>,
         events: &[Event],
-        remembered: Remembered,
     ) -> Append {
         let metadata = Metadata {
             tenant_id: meta.tenant_id.clone(),
@@ -450,57 +421,36 @@ impl Pipeline {
             schema_version: 1,
         };
         let mut append = stored::append::<A>(stream_id, loaded.version, events, metadata);
+        let done = loaded.done(stream_id, events.len());
         append.remember = meta.idempotency.as_ref().map(|i| Remember {
             key: i.key.clone(),
             request_hash: i.request_hash.clone(),
-            status: remembered.status,
-            body: remembered.body,
-            headers: remembered.headers,
+            outcome: serde_json::to_value(Remembered::of(&done, meta.subject))
+                .expect("an outcome is plain JSON"),
         });
-        let due_at = stored::now()
-            + chrono::TimeDelta::from_std(self.deadline).unwrap_or(chrono::TimeDelta::MAX);
-        append.deadlines = events
-            .iter()
-            .filter_map(Event::starts_deadline)
-            .map(|(id, kind)| DeadlineStart {
-                id,
-                kind: kind.to_owned(),
-                due_at,
-            })
-            .collect();
-        // The timer's failure fires its deadline; a saga's confirmation pauses it.
-        let fired = meta.fires.map(|id| DeadlineEnd {
-            id,
-            how: Ending::Fired,
-        });
-        let paused = || {
-            events
-                .iter()
-                .find_map(Event::pauses_deadline)
-                .map(|id| DeadlineEnd {
-                    id,
-                    how: Ending::Paused,
-                })
-        };
-        append.ends = fired.or_else(paused);
+        append.deadlines = self.deadlines.started_by(events);
+        append.ends = Deadlines::ended_by(meta.fires, events);
         append
     }
 
     /// The remembered outcome of the command's idempotency key, if there is one.
-    async fn replay(&self, meta: &CommandMeta) -> Result<Option<StoredResponse>, CommandError> {
+    async fn replay(&self, meta: &CommandMeta) -> Result<Option<Remembered>, CommandError> {
         let Some(idempotency) = &meta.idempotency else {
             return Ok(None);
         };
         let stored = self
             .store()
-            .remembered_response(&meta.tenant_id, &idempotency.key)
+            .remembered_outcome(&meta.tenant_id, &idempotency.key)
             .await
             .map_err(CommandError::Store)?;
-        match stored {
-            Some(stored) if stored.request_hash != idempotency.request_hash => {
-                Err(CommandError::KeyReused)
-            }
-            stored => Ok(stored),
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        if stored.request_hash != idempotency.request_hash {
+            return Err(CommandError::KeyReused);
         }
+        serde_json::from_value(stored.outcome)
+            .map(Some)
+            .map_err(|error| CommandError::Store(sqlx::Error::Decode(error.into())))
     }
 }

@@ -1,12 +1,11 @@
 //! How a saga step sends its commands through the pipeline, and what it makes of their
 //! answers: the trigger it acts for, what became of each command, and why a step failed.
 
-use commands::{
-    CommandError, CommandMeta, Done, Idempotency, Outcome, Pipeline, Remembered, Target,
-};
+use commands::{CommandError, CommandMeta, Idempotency, Outcome, Pipeline, Target};
 use domain::consultation::{Consultation, ConsultationData};
 use domain::ids::ConsultationId;
 use domain::{Aggregate, DomainError};
+use eventstore::Store;
 use uuid::Uuid;
 
 /// What a step knows of the event that triggered it.
@@ -54,8 +53,8 @@ pub enum Sent {
 
 /// Sends `command` to the aggregate in `stream` on behalf of `trigger`. A refusal by a rule
 /// is an answer, not an error.
-pub async fn send<A>(
-    pipeline: &Pipeline,
+pub async fn send<A, S: Store>(
+    pipeline: &Pipeline<S>,
     trigger: &Trigger,
     stream: Uuid,
     command: A::Command,
@@ -77,7 +76,7 @@ where
         ..CommandMeta::new(&trigger.tenant_id, &trigger.correlation_id)
     };
     let outcome = pipeline
-        .execute::<A>(&meta, Target::Existing(stream), command, remembered)
+        .execute::<A>(&meta, Target::Existing(stream), command)
         .await;
     match outcome {
         Ok(Outcome::Done(done)) if done.appended > 0 => Ok(Sent::Appended),
@@ -92,8 +91,8 @@ where
 }
 
 /// The consultation as of now, if it exists in the trigger's tenant.
-pub async fn consultation(
-    pipeline: &Pipeline,
+pub async fn consultation<S: Store>(
+    pipeline: &Pipeline<S>,
     trigger: &Trigger,
     id: ConsultationId,
 ) -> Result<Option<ConsultationData>, StepError> {
@@ -103,15 +102,6 @@ pub async fn consultation(
         .await
         .map_err(CommandError::from)?;
     Ok(loaded.state.data().cloned())
-}
-
-/// What a saga step remembers under its idempotency key: only that it happened.
-pub(crate) fn remembered(done: &Done) -> Remembered {
-    Remembered {
-        status: 200,
-        body: serde_json::json!({ "version": done.version.value() }),
-        headers: serde_json::json!({}),
-    }
 }
 
 /// Counts how a saga ended.

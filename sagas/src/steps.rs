@@ -1,6 +1,6 @@
 //! Each saga step carried out as commands through the pipeline.
 
-use commands::{CommandError, Pipeline};
+use commands::{CommandError, Deadlines, Pipeline};
 use domain::consultation::{Consultation, ConsultationCommand, ConsultationData, Status};
 use domain::ids::ConsultationId;
 use domain::patient::{Patient, PatientCommand};
@@ -8,17 +8,18 @@ use domain::physician::Physician;
 use domain::record::{RecordBook, RecordCommand};
 use domain::saga::Step;
 use domain::schedule::{DaySchedule, ScheduleCommand};
+use eventstore::EventStore;
 
-use crate::follow_up;
+use crate::follow_up::{self, SagaStore};
 use crate::send::{Sent, StepError, Trigger, consultation, outcome, send};
 
-/// Carries out sagas' steps for one tenant's triggers.
+/// Carries out sagas' steps, over a store (PostgreSQL's, unless a test gives another).
 #[derive(Clone)]
-pub struct Steps {
-    pub pipeline: Pipeline,
+pub struct Steps<S = EventStore> {
+    pub pipeline: Pipeline<S>,
 }
 
-impl Steps {
+impl<S: SagaStore> Steps<S> {
     /// Carries out `step`, triggered by `trigger`. A rule that refuses a command is an
     /// answer, not a failure: the saga's state already moved on (a deadline fired first, a
     /// consultation was cancelled meanwhile).
@@ -31,7 +32,7 @@ impl Steps {
                 let command = PatientCommand::ValidateForConsultation {
                     consultation_id: *consultation_id,
                 };
-                send::<Patient>(&self.pipeline, trigger, patient_id.as_uuid(), command).await?;
+                send::<Patient, S>(&self.pipeline, trigger, patient_id.as_uuid(), command).await?;
             }
             Step::HoldSlot { consultation_id } => {
                 let Some(consultation) = self.requested(trigger, *consultation_id).await? else {
@@ -56,7 +57,7 @@ impl Steps {
                     ends_at: consultation.ends_at,
                 };
                 let stream = DaySchedule::stream_id(consultation.physician_id, day);
-                send::<DaySchedule>(&self.pipeline, trigger, stream, command).await?;
+                send::<DaySchedule, S>(&self.pipeline, trigger, stream, command).await?;
             }
             Step::ReleaseSlot { consultation_id } => {
                 self.release(trigger, *consultation_id).await?;
@@ -73,7 +74,7 @@ impl Steps {
                     reason: *reason,
                     detail: detail.clone(),
                 };
-                let sent = send::<Consultation>(
+                let sent = send::<Consultation, S>(
                     &self.pipeline,
                     trigger,
                     consultation_id.as_uuid(),
@@ -89,11 +90,11 @@ impl Steps {
                     consultation_id: *consultation_id,
                 };
                 let book = RecordBook::stream_id(*consultation_id);
-                send::<RecordBook>(&self.pipeline, trigger, book, command).await?;
+                send::<RecordBook, S>(&self.pipeline, trigger, book, command).await?;
             }
             Step::ConfirmCancellation { consultation_id } => {
                 let command = ConsultationCommand::ConfirmCancellation;
-                let sent = send::<Consultation>(
+                let sent = send::<Consultation, S>(
                     &self.pipeline,
                     trigger,
                     consultation_id.as_uuid(),
@@ -123,7 +124,7 @@ impl Steps {
         consultation_id: ConsultationId,
     ) -> Result<(), StepError> {
         let stream = consultation_id.as_uuid();
-        let scheduled = send::<Consultation>(
+        let scheduled = send::<Consultation, S>(
             &self.pipeline,
             trigger,
             stream,
@@ -137,7 +138,7 @@ impl Steps {
                 return self.release(trigger, consultation_id).await;
             }
             Err(error) => {
-                metrics::counter!("hap_deadlines_total", "transition" => "resumed").increment(1);
+                Deadlines::resumed();
                 return Err(error);
             }
         }
@@ -160,7 +161,7 @@ impl Steps {
             physician_id: consultation.physician_id,
             consultation_id,
         };
-        send::<DaySchedule>(&self.pipeline, trigger, stream, command).await?;
+        send::<DaySchedule, S>(&self.pipeline, trigger, stream, command).await?;
         Ok(())
     }
 
