@@ -10,6 +10,7 @@
 //!   pause and fire them; what a due one sends; retiring and resuming one.
 //! - [`aggregates`]: loading aggregates, with the moka cache in front.
 //! - [`stored`]: the one conversion of domain events into events to store.
+//! - `testing` (feature `testing`): given/when/then tests over a store in memory.
 //! - [`observer`]: what the pipeline tells its process after each committed append.
 
 pub mod aggregates;
@@ -18,6 +19,8 @@ pub mod observer;
 pub mod outcome;
 pub mod pipeline;
 pub mod stored;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use aggregates::{Aggregates, LoadError, Loaded};
 pub use deadlines::{Deadlines, Firing};
