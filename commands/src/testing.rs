@@ -4,7 +4,7 @@
 //! ```ignore
 //! given()
 //!     .events::<Patient>(id, [registered])
-//!     .when_command::<Patient>(Target::Existing(id), PatientCommand::Deactivate { reason: None })
+//!     .when_command::<Patient>(meta(), Target::Existing(id), deactivate)
 //!     .await
 //!     .then_events([deactivated]);
 //! ```
@@ -116,21 +116,8 @@ impl Given {
         }
     }
 
-    /// Runs `command` on the aggregate in `target`, with [`meta`].
+    /// Runs `command` on the aggregate in `target`, with `meta` ([`meta`] for a plain one).
     pub async fn when_command<A>(
-        self,
-        target: Target,
-        command: A::Command,
-    ) -> Then<Result<Outcome, CommandError>>
-    where
-        A: Aggregate,
-        A::Command: Clone,
-    {
-        self.when_sent::<A>(meta(), target, command).await
-    }
-
-    /// Runs `command` with `meta` (a key, an expected version, another tenant).
-    pub async fn when_sent<A>(
         self,
         meta: CommandMeta,
         target: Target,
@@ -197,20 +184,27 @@ impl<T: Debug, E: Debug> Then<Result<T, E>> {
     /// Then the `when` succeeded, with `check` true of what it answered.
     #[track_caller]
     pub fn then_ok(self, check: impl FnOnce(&T) -> bool) -> Self {
-        match &self.result {
-            Ok(answer) => assert!(check(answer), "unexpected answer: {answer:?}"),
-            Err(error) => panic!("expected success, got {error:?}"),
-        }
+        expect(self.result.as_ref(), check, "answer");
         self
     }
 
     /// Then the `when` failed, with `check` true of its error.
     #[track_caller]
     pub fn then_error(self, check: impl FnOnce(&E) -> bool) -> Self {
-        match &self.result {
-            Err(error) => assert!(check(error), "unexpected error: {error:?}"),
-            Ok(answer) => panic!("expected an error, got {answer:?}"),
-        }
+        let error = match &self.result {
+            Err(error) => Ok(error),
+            Ok(answer) => Err(answer),
+        };
+        expect(error, check, "error");
         self
+    }
+}
+
+/// Asserts that `got` is the `wanted` side, and that `check` is true of it.
+#[track_caller]
+fn expect<W: Debug, O: Debug>(got: Result<&W, &O>, check: impl FnOnce(&W) -> bool, wanted: &str) {
+    match got {
+        Ok(value) => assert!(check(value), "unexpected {wanted}: {value:?}"),
+        Err(other) => panic!("expected an {wanted}, got {other:?}"),
     }
 }

@@ -74,7 +74,7 @@ fn with_key(key: &str, request: &str) -> CommandMeta {
 async fn a_command_on_a_new_stream_appends_its_events() {
     let id = PatientId::new();
     given()
-        .when_command::<Patient>(Target::New(id.as_uuid()), register(id, "DOC-1"))
+        .when_command::<Patient>(meta(), Target::New(id.as_uuid()), register(id, "DOC-1"))
         .await
         .then_events([registered(id, "DOC-1")])
         .then_ok(|outcome| {
@@ -87,7 +87,7 @@ async fn a_command_that_changes_nothing_appends_nothing() {
     let id = PatientId::new();
     given()
         .events::<Patient>(id.as_uuid(), [registered(id, "DOC-1")])
-        .when_command::<Patient>(Target::Existing(id.as_uuid()), rename("Ana Lima"))
+        .when_command::<Patient>(meta(), Target::Existing(id.as_uuid()), rename("Ana Lima"))
         .await
         .then_no_events()
         .then_ok(|outcome| matches!(outcome, Outcome::Done(done) if done.appended == 0));
@@ -102,7 +102,7 @@ async fn a_rule_that_refuses_is_the_error_and_appends_nothing() {
     });
     given()
         .events::<Patient>(id.as_uuid(), [registered(id, "DOC-1"), deactivated])
-        .when_command::<Patient>(Target::Existing(id.as_uuid()), rename("Bia Lima"))
+        .when_command::<Patient>(meta(), Target::Existing(id.as_uuid()), rename("Bia Lima"))
         .await
         .then_no_events()
         .then_error(|e| matches!(e, CommandError::Rejected(DomainError::Deactivated(_))));
@@ -113,7 +113,7 @@ async fn another_tenants_aggregate_is_not_found_and_untouched() {
     let id = PatientId::new();
     given()
         .events_in::<Patient>("tenant-b", id.as_uuid(), [registered(id, "DOC-1")])
-        .when_command::<Patient>(Target::Existing(id.as_uuid()), rename("Bia Lima"))
+        .when_command::<Patient>(meta(), Target::Existing(id.as_uuid()), rename("Bia Lima"))
         .await
         .then_no_events()
         .then_error(|e| matches!(e, CommandError::Rejected(DomainError::NotFound(_))));
@@ -124,7 +124,7 @@ async fn a_value_claimed_by_another_aggregate_is_taken() {
     let (first, second) = (PatientId::new(), PatientId::new());
     given()
         .events::<Patient>(first.as_uuid(), [registered(first, "DOC-1")])
-        .when_command::<Patient>(Target::New(second.as_uuid()), register(second, "DOC-1"))
+        .when_command::<Patient>(meta(), Target::New(second.as_uuid()), register(second, "DOC-1"))
         .await
         .then_no_events()
         .then_error(|e| matches!(e, CommandError::ClaimTaken { kind, .. } if kind == "patient.documentNumber"));
@@ -139,7 +139,7 @@ async fn an_expected_version_that_is_not_the_current_one_fails_the_precondition(
     };
     given()
         .events::<Patient>(id.as_uuid(), [registered(id, "DOC-1"), renamed(id, "Bia Lima")])
-        .when_sent::<Patient>(meta, Target::Existing(id.as_uuid()), rename("Cris Lima"))
+        .when_command::<Patient>(meta, Target::Existing(id.as_uuid()), rename("Cris Lima"))
         .await
         .then_no_events()
         .then_error(|e| {
@@ -159,7 +159,7 @@ async fn a_command_decided_on_a_stale_cache_entry_conflicts_and_is_decided_again
     assert!(registering.is_ok(), "{registering:?}");
     let given = given.events::<Patient>(id.as_uuid(), [renamed(id, "Bia Lima")]);
     given
-        .when_command::<Patient>(Target::Existing(id.as_uuid()), rename("Cris Lima"))
+        .when_command::<Patient>(meta(), Target::Existing(id.as_uuid()), rename("Cris Lima"))
         .await
         .then_events([renamed(id, "Cris Lima")])
         .then_ok(|outcome| {
@@ -246,6 +246,7 @@ async fn scheduling_pauses_the_deadline_its_request_started() {
     };
     given
         .when_command::<Consultation>(
+            meta(),
             Target::Existing(id.as_uuid()),
             ConsultationCommand::ConfirmScheduling,
         )
@@ -269,6 +270,7 @@ async fn a_confirmation_after_its_deadline_fired_is_too_late_and_appends_nothing
     assert!(retired.is_ok());
     given
         .when_command::<Consultation>(
+            meta(),
             Target::Existing(id.as_uuid()),
             ConsultationCommand::ConfirmScheduling,
         )
@@ -291,7 +293,7 @@ async fn a_failure_that_fires_the_deadline_appends_with_it_once() {
     };
     given()
         .events::<Consultation>(id.as_uuid(), [requested(id)])
-        .when_sent::<Consultation>(fires, Target::Existing(id.as_uuid()), fail)
+        .when_command::<Consultation>(fires, Target::Existing(id.as_uuid()), fail)
         .await
         .then_events([Event::ConsultationSchedulingFailed(
             ConsultationSchedulingFailed {

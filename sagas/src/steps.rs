@@ -11,7 +11,7 @@ use domain::schedule::{DaySchedule, ScheduleCommand};
 use eventstore::EventStore;
 
 use crate::follow_up::{self, SagaStore};
-use crate::send::{Sent, StepError, Trigger, consultation, outcome, send};
+use crate::send::{self, Sent, StepError, Trigger, consultation, outcome};
 
 /// Carries out sagas' steps, over a store (PostgreSQL's, unless a test gives another).
 #[derive(Clone)]
@@ -32,7 +32,8 @@ impl<S: SagaStore> Steps<S> {
                 let command = PatientCommand::ValidateForConsultation {
                     consultation_id: *consultation_id,
                 };
-                send::<Patient, S>(&self.pipeline, trigger, patient_id.as_uuid(), command).await?;
+                self.send::<Patient>(trigger, patient_id.as_uuid(), command)
+                    .await?;
             }
             Step::HoldSlot { consultation_id } => {
                 let Some(consultation) = self.requested(trigger, *consultation_id).await? else {
@@ -57,7 +58,7 @@ impl<S: SagaStore> Steps<S> {
                     ends_at: consultation.ends_at,
                 };
                 let stream = DaySchedule::stream_id(consultation.physician_id, day);
-                send::<DaySchedule, S>(&self.pipeline, trigger, stream, command).await?;
+                self.send::<DaySchedule>(trigger, stream, command).await?;
             }
             Step::ReleaseSlot { consultation_id } => {
                 self.release(trigger, *consultation_id).await?;
@@ -74,13 +75,9 @@ impl<S: SagaStore> Steps<S> {
                     reason: *reason,
                     detail: detail.clone(),
                 };
-                let sent = send::<Consultation, S>(
-                    &self.pipeline,
-                    trigger,
-                    consultation_id.as_uuid(),
-                    command,
-                )
-                .await?;
+                let sent = self
+                    .send::<Consultation>(trigger, consultation_id.as_uuid(), command)
+                    .await?;
                 if sent == Sent::Appended {
                     outcome("scheduling", reason.as_str());
                 }
@@ -90,17 +87,13 @@ impl<S: SagaStore> Steps<S> {
                     consultation_id: *consultation_id,
                 };
                 let book = RecordBook::stream_id(*consultation_id);
-                send::<RecordBook, S>(&self.pipeline, trigger, book, command).await?;
+                self.send::<RecordBook>(trigger, book, command).await?;
             }
             Step::ConfirmCancellation { consultation_id } => {
                 let command = ConsultationCommand::ConfirmCancellation;
-                let sent = send::<Consultation, S>(
-                    &self.pipeline,
-                    trigger,
-                    consultation_id.as_uuid(),
-                    command,
-                )
-                .await?;
+                let sent = self
+                    .send::<Consultation>(trigger, consultation_id.as_uuid(), command)
+                    .await?;
                 if sent == Sent::Appended {
                     outcome("cancellation", "cancelled");
                 }
@@ -124,13 +117,9 @@ impl<S: SagaStore> Steps<S> {
         consultation_id: ConsultationId,
     ) -> Result<(), StepError> {
         let stream = consultation_id.as_uuid();
-        let scheduled = send::<Consultation, S>(
-            &self.pipeline,
-            trigger,
-            stream,
-            ConsultationCommand::ConfirmScheduling,
-        )
-        .await;
+        let scheduled = self
+            .send::<Consultation>(trigger, stream, ConsultationCommand::ConfirmScheduling)
+            .await;
         match scheduled {
             Ok(Sent::Appended) => outcome("scheduling", "scheduled"),
             Ok(Sent::Unchanged) => {}
@@ -161,8 +150,22 @@ impl<S: SagaStore> Steps<S> {
             physician_id: consultation.physician_id,
             consultation_id,
         };
-        send::<DaySchedule, S>(&self.pipeline, trigger, stream, command).await?;
+        self.send::<DaySchedule>(trigger, stream, command).await?;
         Ok(())
+    }
+
+    /// Sends `command` to the aggregate in `stream` for `trigger` (see [`send::send`]).
+    async fn send<A>(
+        &self,
+        trigger: &Trigger,
+        stream: uuid::Uuid,
+        command: A::Command,
+    ) -> Result<Sent, StepError>
+    where
+        A: domain::Aggregate,
+        A::Command: Clone,
+    {
+        send::send::<A, S>(&self.pipeline, trigger, stream, command).await
     }
 
     /// The consultation if it is still waiting to be scheduled.

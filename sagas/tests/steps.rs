@@ -2,8 +2,8 @@
 //! events: over a store in memory, no services.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use commands::Pipeline;
-use commands::testing::{DEADLINE, Given, TENANT, given};
+use commands::testing::{DEADLINE, Given, TENANT, Then, given};
+use commands::{CommandError, Pipeline};
 use domain::Event;
 use domain::consultation::Consultation;
 use domain::event::{
@@ -145,9 +145,27 @@ fn trigger() -> Trigger {
     }
 }
 
-/// Runs `step` once, as the saga's consumer would for a fresh trigger.
-async fn run(pipeline: Pipeline<MemoryStore>, step: Step) -> Result<(), StepError> {
-    Steps { pipeline }.run(&step, &trigger()).await
+/// The `when` of a step's test.
+trait WhenStep {
+    /// When `step` runs once, as the saga's consumer runs it for a fresh trigger; then it
+    /// succeeded.
+    async fn when_step(self, step: Step) -> Then<Result<(), StepError>>;
+
+    /// When the timer fires the deadline of saga `id`; then that went through.
+    async fn when_deadline_fires(self, id: Uuid) -> Then<Result<(), CommandError>>;
+}
+
+impl WhenStep for Given {
+    async fn when_step(self, step: Step) -> Then<Result<(), StepError>> {
+        let run = |pipeline| async move { Steps { pipeline }.run(&step, &trigger()).await };
+        self.when(run).await.then_ok(|_| true)
+    }
+
+    async fn when_deadline_fires(self, id: Uuid) -> Then<Result<(), CommandError>> {
+        let deadline = self.store().deadline(id).expect("a deadline was started");
+        let fire = |pipeline| async move { timer(pipeline).fire(&deadline.due).await };
+        self.when(fire).await.then_ok(|_| true)
+    }
 }
 
 #[tokio::test]
@@ -158,9 +176,8 @@ async fn validate_patient_validates_an_active_patient() {
         consultation_id: b.consultation,
     };
     b.requested()
-        .when(|p| run(p, step))
+        .when_step(step)
         .await
-        .then_ok(|_| true)
         .then_events([Event::PatientValidatedForConsultation(
             PatientValidatedForConsultation {
                 patient_id: b.patient,
@@ -182,7 +199,7 @@ async fn validate_patient_fails_a_deactivated_patient() {
     };
     b.requested()
         .events::<Patient>(b.patient.as_uuid(), [deactivated])
-        .when(|p| run(p, step))
+        .when_step(step)
         .await
         .then_events([Event::PatientValidationFailed(PatientValidationFailed {
             patient_id: b.patient,
@@ -197,10 +214,7 @@ async fn hold_slot_holds_the_slot_of_a_requested_consultation() {
     let step = Step::HoldSlot {
         consultation_id: b.consultation,
     };
-    b.requested()
-        .when(|p| run(p, step))
-        .await
-        .then_events([b.held()]);
+    b.requested().when_step(step).await.then_events([b.held()]);
 }
 
 #[tokio::test]
@@ -212,9 +226,8 @@ async fn hold_slot_holds_nothing_for_a_consultation_that_already_failed() {
     };
     b.requested()
         .events::<Consultation>(b.stream(), [failed])
-        .when(|p| run(p, step))
+        .when_step(step)
         .await
-        .then_ok(|_| true)
         .then_no_events();
 }
 
@@ -226,14 +239,10 @@ async fn release_slot_releases_a_held_slot_and_nothing_else() {
     };
     b.requested()
         .events::<DaySchedule>(b.day(), [b.held()])
-        .when(|p| run(p, step.clone()))
+        .when_step(step.clone())
         .await
         .then_events([b.released()]);
-    b.requested()
-        .when(|p| run(p, step))
-        .await
-        .then_ok(|_| true)
-        .then_no_events();
+    b.requested().when_step(step).await.then_no_events();
 }
 
 #[tokio::test]
@@ -245,7 +254,7 @@ async fn confirm_scheduling_schedules_and_pauses_the_deadline() {
     };
     b.requested()
         .events::<DaySchedule>(b.day(), [b.held()])
-        .when(|p| run(p, step))
+        .when_step(step)
         .await
         .then_events([b.scheduled()])
         .then_deadline(b.stream(), DeadlineState::Paused);
@@ -262,9 +271,8 @@ async fn confirm_scheduling_after_the_deadline_fired_gives_the_slot_back() {
     b.requested()
         .events::<DaySchedule>(b.day(), [b.held()])
         .events::<Consultation>(b.stream(), [timed_out])
-        .when(|p| run(p, step))
+        .when_step(step)
         .await
-        .then_ok(|_| true)
         .then_events([b.released()]);
 }
 
@@ -277,7 +285,7 @@ async fn fail_scheduling_fails_a_requested_consultation() {
         detail: "booked".into(),
     };
     b.requested()
-        .when(|p| run(p, step))
+        .when_step(step)
         .await
         .then_events([b.failed(FailureReason::PhysicianUnavailable, "booked")]);
 }
@@ -290,7 +298,7 @@ async fn void_records_voids_the_consultations_record_book() {
     };
     b.scheduled_given()
         .events::<Consultation>(b.stream(), [b.cancellation_requested("ill")])
-        .when(|p| run(p, step))
+        .when_step(step)
         .await
         .then_events([Event::ConsultationRecordsVoided(
             ConsultationRecordsVoided {
@@ -308,7 +316,7 @@ async fn confirm_cancellation_cancels() {
     };
     b.scheduled_given()
         .events::<Consultation>(b.stream(), [b.cancellation_requested("ill")])
-        .when(|p| run(p, step))
+        .when_step(step)
         .await
         .then_events([Event::ConsultationCancelled(ConsultationCancelled {
             consultation_id: b.consultation,
@@ -321,7 +329,7 @@ async fn the_follow_up_cancels_a_deactivated_patients_scheduled_consultation() {
     let b = Booking::new();
     let step = Step::CancelFutureConsultations(Person::Patient(b.patient));
     b.scheduled_given()
-        .when(|p| run(p, step))
+        .when_step(step)
         .await
         .then_events([b.cancellation_requested("the patient was deactivated")]);
 }
@@ -330,13 +338,10 @@ async fn the_follow_up_cancels_a_deactivated_patients_scheduled_consultation() {
 async fn the_follow_up_fails_a_deactivated_physicians_consultation_still_being_scheduled() {
     let b = Booking::new();
     let step = Step::CancelFutureConsultations(Person::Physician(b.physician));
-    b.requested()
-        .when(|p| run(p, step))
-        .await
-        .then_events([b.failed(
-            FailureReason::PhysicianUnavailable,
-            "the physician was deactivated",
-        )]);
+    b.requested().when_step(step).await.then_events([b.failed(
+        FailureReason::PhysicianUnavailable,
+        "the physician was deactivated",
+    )]);
 }
 
 #[tokio::test]
@@ -394,15 +399,9 @@ async fn a_deadline_whose_consultation_already_failed_is_retired_without_events(
     let b = Booking::new();
     let failed = b.failed(FailureReason::PatientInvalid, "inactive");
     let given = b.requested().events::<Consultation>(b.stream(), [failed]);
-    let due = given
-        .store()
-        .deadline(b.stream())
-        .expect("the request started a deadline")
-        .due;
     given
-        .when(|p| async move { timer(p).fire(&due).await })
+        .when_deadline_fires(b.stream())
         .await
-        .then_ok(|_| true)
         .then_no_events()
         .then_deadline(b.stream(), DeadlineState::Fired);
 }
@@ -411,15 +410,9 @@ async fn a_deadline_whose_consultation_already_failed_is_retired_without_events(
 async fn a_paused_deadline_does_not_fire() {
     let b = Booking::new();
     let given = b.scheduled_given();
-    let due = given
-        .store()
-        .deadline(b.stream())
-        .expect("the request started a deadline")
-        .due;
     given
-        .when(|p| async move { timer(p).fire(&due).await })
+        .when_deadline_fires(b.stream())
         .await
-        .then_ok(|_| true)
         .then_no_events()
         .then_deadline(b.stream(), DeadlineState::Paused);
 }
