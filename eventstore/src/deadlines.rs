@@ -4,7 +4,9 @@
 //! Pausing and firing are not done here: the append of the saga's confirmation pauses its
 //! deadline, and a timer's append of the failure a deadline causes fires it, each in the same
 //! statement as its events ([`crate::Append::ends`]). Both update only a running deadline, so
-//! whichever takes the row lock first wins and the other appends nothing.
+//! whichever takes the row lock first wins and the other appends nothing. What starts, pauses,
+//! fires and retires a deadline, and for how long it runs, is the command side's
+//! (`commands::deadlines`).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
