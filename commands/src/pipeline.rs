@@ -351,21 +351,7 @@ impl<S: Store> Pipeline<S> {
             .collect();
         let appended = match self.store().append(append).await {
             Ok(appended) => appended,
-            Err(AppendError::Conflict { .. }) => return Ok(None),
-            Err(AppendError::KeyTaken) => {
-                // A request with the same key committed first: answer as it did.
-                return match self.replay(meta).await? {
-                    Some(replayed) => Ok(Some(Outcome::Replayed(replayed))),
-                    None => Err(CommandError::KeptChanging),
-                };
-            }
-            Err(AppendError::ClaimTaken { kind, value }) => {
-                return Err(CommandError::ClaimTaken { kind, value });
-            }
-            Err(AppendError::DeadlineNotRunning(_)) => {
-                return Err(CommandError::DeadlineNotRunning);
-            }
-            Err(AppendError::Database(error)) => return Err(CommandError::Store(error)),
+            Err(refusal) => return self.refused(meta, refusal).await,
         };
         let done = Done {
             position: appended.position().or(loaded.position),
@@ -396,12 +382,38 @@ impl<S: Store> Pipeline<S> {
             tenant_id: Some(meta.tenant_id.clone()),
         };
         self.aggregates.remember(stream_id, now).await;
-        if !committed.events.is_empty() {
-            for observer in self.observers.iter() {
-                observer.committed(&committed).await;
-            }
-        }
+        self.tell_observers(&committed).await;
         Ok(Some(Outcome::Done(done)))
+    }
+
+    /// What a refused append answers: `None` for a version conflict (decide again).
+    async fn refused(
+        &self,
+        meta: &CommandMeta,
+        refusal: AppendError,
+    ) -> Result<Option<Outcome>, CommandError> {
+        match refusal {
+            AppendError::Conflict { .. } => Ok(None),
+            // A request with the same key committed first: answer as it did.
+            AppendError::KeyTaken => match self.replay(meta).await? {
+                Some(replayed) => Ok(Some(Outcome::Replayed(replayed))),
+                None => Err(CommandError::KeptChanging),
+            },
+            AppendError::ClaimTaken { kind, value } => {
+                Err(CommandError::ClaimTaken { kind, value })
+            }
+            AppendError::DeadlineNotRunning(_) => Err(CommandError::DeadlineNotRunning),
+            AppendError::Database(error) => Err(CommandError::Store(error)),
+        }
+    }
+
+    async fn tell_observers(&self, committed: &Committed) {
+        if committed.events.is_empty() {
+            return;
+        }
+        for observer in self.observers.iter() {
+            observer.committed(committed).await;
+        }
     }
 
     /// The append that stores `events` after `loaded`, with everything that must commit with

@@ -237,3 +237,105 @@ impl Store for MemoryStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Claim, DeadlineEnd, Metadata, NewEvent, Remember};
+
+    fn append(stream: Uuid, expected: u64, claims: &[&str]) -> Append {
+        Append {
+            stream_id: stream,
+            aggregate_type: "test".into(),
+            expected: StreamVersion::new(expected),
+            events: vec![NewEvent {
+                event_id: Uuid::now_v7(),
+                event_type: "TestHappened".into(),
+                payload: serde_json::json!({}),
+                occurred_at: Utc::now(),
+            }],
+            claims: claims
+                .iter()
+                .map(|value| Claim {
+                    kind: "test".into(),
+                    value: (*value).into(),
+                })
+                .collect(),
+            remember: None,
+            metadata: Metadata {
+                tenant_id: "t".into(),
+                correlation_id: "c".into(),
+                causation_id: None,
+                actor_id: None,
+                schema_version: 1,
+            },
+            deadlines: vec![],
+            ends: None,
+        }
+    }
+
+    #[test]
+    fn a_refused_append_writes_nothing_of_itself() {
+        let store = MemoryStore::new();
+        let stream = Uuid::now_v7();
+        assert!(store.append_now(append(stream, 0, &["a"])).is_ok());
+        let stale = store.append_now(append(stream, 0, &[]));
+        assert!(matches!(stale, Err(AppendError::Conflict { .. })));
+        // The claim of "b" is refused with the taken "a": neither is written.
+        let taken = store.append_now(append(Uuid::now_v7(), 0, &["b", "a"]));
+        assert!(matches!(taken, Err(AppendError::ClaimTaken { value, .. }) if value == "a"));
+        assert!(store.append_now(append(Uuid::now_v7(), 0, &["b"])).is_ok());
+        assert_eq!(store.events().len(), 2);
+    }
+
+    #[test]
+    fn a_key_is_taken_once_and_remembers_the_last_position() {
+        let store = MemoryStore::new();
+        let remembered = |outcome| Remember {
+            key: "k".into(),
+            request_hash: "h".into(),
+            outcome,
+        };
+        let mut first = append(Uuid::now_v7(), 0, &[]);
+        first.remember = Some(remembered(serde_json::json!({ "position": null })));
+        assert!(store.append_now(first).is_ok());
+        let mut again = append(Uuid::now_v7(), 0, &[]);
+        again.remember = Some(remembered(serde_json::json!({})));
+        assert!(matches!(
+            store.append_now(again),
+            Err(AppendError::KeyTaken)
+        ));
+        let key = ("t".to_owned(), "k".to_owned());
+        let stored = store.lock().keys.get(&key).cloned().map(|k| k.outcome);
+        assert_eq!(stored, Some(serde_json::json!({ "position": "1" })));
+    }
+
+    #[test]
+    fn only_a_running_deadline_is_ended_and_only_with_its_append() {
+        let store = MemoryStore::new();
+        let id = Uuid::now_v7();
+        store.start_deadline(Due {
+            id,
+            tenant_id: "t".into(),
+            kind: "scheduling".into(),
+            correlation_id: "c".into(),
+            actor_id: None,
+            due_at: Utc::now(),
+        });
+        let ending = |how, expected| Append {
+            ends: Some(DeadlineEnd { id, how }),
+            ..append(id, expected, &[])
+        };
+        // A conflict takes the pause back with it.
+        let stale = store.append_now(ending(Ending::Paused, 1));
+        assert!(matches!(stale, Err(AppendError::Conflict { .. })));
+        assert!(store.append_now(ending(Ending::Paused, 0)).is_ok());
+        let late = store.append_now(ending(Ending::Fired, 1));
+        assert!(matches!(late, Err(AppendError::DeadlineNotRunning(_))));
+        assert_eq!(
+            store.deadline(id).map(|d| d.state),
+            Some(DeadlineState::Paused)
+        );
+        assert_eq!(store.events().len(), 1);
+    }
+}
