@@ -355,7 +355,6 @@ impl Roles {
         if self.has(Role::Timer) {
             let timer = sagas::Timer {
                 pipeline: app.commands.clone(),
-                timeout: Duration::from_millis(app.settings.scheduling_timeout_ms),
                 retention: app.settings.idempotency_retention,
                 ready: self.readiness.part("timer"),
             };

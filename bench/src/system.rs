@@ -1,7 +1,7 @@
 //! HAP's pieces as the subcommands start them in-process, wired as `hap serve` wires them
 //! (`api/src/cli.rs`), and the helpers that fill the store and tell when a piece is done.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use api::config::Settings;
@@ -98,7 +98,6 @@ impl Hap {
             pieces.push(broker.spawn(|stop| sagas::run_all(pipeline, settings, stop)));
             let timer = sagas::Timer {
                 pipeline: app.commands.clone(),
-                timeout: Duration::from_millis(app.settings.scheduling_timeout_ms),
                 retention: app.settings.idempotency_retention,
                 ready: Default::default(),
             };

@@ -13,12 +13,14 @@
 //! - [`read`]: reading one stream and the gap-safe read of all streams (for the publisher, on
 //!   a connection of its own: `TailReader`); [`scan`]: the same read of the whole store in
 //!   bulk, for rebuilds.
-//! - [`idempotency`]: looking up the remembered response to an idempotency key.
+//! - [`store`]: the [`Store`] trait, what commands need of a store; [`memory`]: a store in
+//!   memory with the same rules, for unit tests.
+//! - [`idempotency`]: looking up the outcome remembered under an idempotency key.
 //! - [`housekeeping`]: forgetting old idempotency keys and finished deadlines, in small batches.
 //! - [`unavailable`]: which database errors mean PostgreSQL is unavailable for now
 //!   ([`is_unavailable`]), the one classification every layer uses.
-//! - [`deadlines`]: durable saga deadlines (running, paused, fired), started and fired with
-//!   appends.
+//! - [`deadlines`]: durable saga deadlines' rows and their states ([`DeadlineState`]),
+//!   started and ended with appends.
 //! - [`publishing`]: the publisher's durable checkpoint and its lag; the publisher leads one at
 //!   a time ([`leader`]) and is woken soon after commits ([`wakeup`]).
 //! - [`readiness`]: which parts of a process run, for its readiness check.
@@ -30,21 +32,25 @@ mod group_commit;
 pub mod housekeeping;
 pub mod idempotency;
 pub mod leader;
+pub mod memory;
 pub mod position;
 pub mod processes;
 pub mod publishing;
 pub mod read;
 pub mod readiness;
 pub mod scan;
+pub mod store;
 pub mod unavailable;
 pub mod wakeup;
 
 pub use append::{Append, AppendError, Appended, Claim, Metadata, NewEvent, Remember};
-pub use deadlines::{DeadlineEnd, DeadlineStart, Due, Ending};
-pub use idempotency::StoredResponse;
+pub use deadlines::{DeadlineEnd, DeadlineStart, DeadlineState, Due, Ending};
+pub use idempotency::StoredOutcome;
+pub use memory::MemoryStore;
 pub use position::{GlobalCheckpoint, Position, StreamVersion};
 pub use publishing::Lag;
 pub use read::{RECORDED_EVENT_COLUMNS, RecordedEvent};
+pub use store::Store;
 pub use unavailable::is_unavailable;
 
 use std::sync::Arc;

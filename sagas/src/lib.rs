@@ -15,11 +15,14 @@
 //!   `{prefix}.{service}.saga`, shared by every process (competing consumers); the queues
 //!   themselves are declared from the domain's table of services, by `messaging`.
 //! - [`steps`]: each step as commands.
-//! - [`follow_up`]: the deactivation follow-up's lookup and cancellations.
-//! - [`timer`]: the `timer` role: firing due deadlines, once each, from any number of
-//!   processes.
+//! - [`send`]: how a step sends a command through the pipeline, and what became of it.
+//! - [`follow_up`]: the deactivation follow-up's lookup ([`follow_up::SagaStore`], on
+//!   PostgreSQL and in memory) and cancellations.
+//! - [`timer`]: the `timer` role: firing due deadlines (as `commands::deadlines` says), once
+//!   each, from any number of processes.
 
 pub mod follow_up;
+pub mod send;
 pub mod service;
 pub mod steps;
 pub mod timer;

@@ -14,7 +14,8 @@ use messaging::consumer::{self, ConsumerSettings, HandleError, Handler, Message}
 use messaging::queues::saga_bindings;
 use tokio_util::sync::CancellationToken;
 
-use crate::steps::{StepError, Steps, Trigger};
+use crate::send::{StepError, Trigger};
+use crate::steps::Steps;
 
 /// Saga messages taken in one batch at most; their steps run side by side.
 const BATCH: usize = 64;

@@ -110,7 +110,6 @@ impl System {
     pub fn start_timer(&self) {
         let timer = sagas::Timer {
             pipeline: self.state.commands.clone(),
-            timeout: Duration::from_millis(self.state.settings.scheduling_timeout_ms),
             retention: self.state.settings.idempotency_retention,
             ready: Default::default(),
         };
