@@ -1,11 +1,13 @@
 //! The `hap` command line.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use eventstore::processes::{self, ProcessInfo};
 use eventstore::readiness::Readiness;
 use eventstore::{EventStore, wakeup};
 use messaging::consumer::ConsumerSettings;
@@ -269,6 +271,7 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
         .with_context(|| format!("Failed to listen on {}", serve.http_addr))?;
     let store = db::event_store(pool, settings.db_pool_size);
     let mut roles = Roles::new(&serve.roles);
+    roles.record_process(&store, &settings, listener.local_addr()?);
     roles.start_store_side(&store, &settings);
     let read = read_model(&settings, migrate).await?;
     // One set of consumer settings for projectors and saga services alike.
@@ -307,6 +310,26 @@ impl Roles {
 
     fn has(&self, role: Role) -> bool {
         self.roles.contains(&role)
+    }
+
+    /// Records this process for operators, with a heartbeat until it stops.
+    fn record_process(&mut self, store: &EventStore, settings: &Settings, address: SocketAddr) {
+        let info = ProcessInfo {
+            instance: settings.instance.clone(),
+            // As `--roles` names them.
+            roles: (self.roles.iter())
+                .filter_map(|role| role.to_possible_value())
+                .map(|name| name.get_name().to_owned())
+                .collect(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".to_owned()),
+            pid: i32::try_from(std::process::id()).unwrap_or(-1),
+            http_addr: address.to_string(),
+        };
+        let recorded = processes::keep_recorded(store.clone(), info, self.shutdown.clone());
+        self.tasks.spawn(recorded);
     }
 
     /// What runs on the event store alone: the wakeups of other processes' publishers after

@@ -66,3 +66,58 @@ async fn a_process_whose_row_was_lost_records_itself_again() {
     store.record_process(id, &info("i-2")).await.unwrap();
     assert_eq!(store.processes().await.unwrap()[0].id, id);
 }
+
+/// The rows of `instance`'s processes.
+async fn rows_of(
+    store: &EventStore,
+    instance: &str,
+) -> Vec<eventstore::processes::RecordedProcess> {
+    let all = store.processes().await.unwrap();
+    all.into_iter().filter(|p| p.instance == instance).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hap_serve_records_itself_and_deletes_its_row_when_stopped_but_not_when_killed() {
+    let db = TestDb::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let prefix = hap_tests::broker::unique_prefix();
+
+    let stopped = hap_tests::process::spawn_hap(&db, &prefix, "timer,query", "proc-a");
+    let pid = stopped.id().expect("a running child");
+    let recorded = eventually(Duration::from_secs(30), || async {
+        rows_of(&store, "proc-a").await.len() == 1
+    })
+    .await;
+    assert!(recorded, "hap serve recorded itself");
+    let row = &rows_of(&store, "proc-a").await[0];
+    assert_eq!(row.roles, ["timer", "query"]);
+    assert_eq!(row.pid, pid as i32);
+    assert_eq!(row.version, env!("CARGO_PKG_VERSION"));
+    assert!(row.http_addr.starts_with("127.0.0.1:"), "{}", row.http_addr);
+
+    // SIGTERM: a clean stop deletes the row.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deleted = eventually(Duration::from_secs(30), || async {
+        rows_of(&store, "proc-a").await.is_empty()
+    })
+    .await;
+    assert!(deleted, "a stopped process's row is deleted");
+
+    // kill -9: the row stays, and its heartbeat stops.
+    let mut killed = hap_tests::process::spawn_hap(&db, &prefix, "timer", "proc-b");
+    let recorded = eventually(Duration::from_secs(30), || async {
+        rows_of(&store, "proc-b").await.len() == 1
+    })
+    .await;
+    assert!(recorded);
+    killed.kill().await.unwrap();
+    let last_beat = rows_of(&store, "proc-b").await[0].heartbeat_at;
+    tokio::time::sleep(eventstore::processes::HEARTBEAT + Duration::from_secs(1)).await;
+    let rows = rows_of(&store, "proc-b").await;
+    assert_eq!(rows.len(), 1, "a killed process leaves its row");
+    assert_eq!(rows[0].heartbeat_at, last_beat, "and its heartbeat stops");
+}
