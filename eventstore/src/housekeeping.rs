@@ -1,5 +1,6 @@
-//! Forgetting what is no longer needed: idempotency keys older than the retention, and
-//! deadlines that stopped running longer ago than that.
+//! Forgetting what is no longer needed: idempotency keys older than the retention, deadlines
+//! that stopped running longer ago than that, and the rows of processes whose heartbeat stopped
+//! as long ago.
 //!
 //! Rows go in batches of [`BATCH`], each its own short statement: one `delete` of a whole
 //! backlog would be one long write transaction, and every write transaction of this database
@@ -18,6 +19,7 @@ pub const BATCH: i64 = 1_000;
 pub struct Forgotten {
     pub idempotency_keys: u64,
     pub deadlines: u64,
+    pub processes: u64,
 }
 
 /// Keys stored before the cutoff. A key is looked up by `(tenant_id, key)`, so the batch is
@@ -42,9 +44,17 @@ const FORGET_DEADLINES: &str = concat!(
         limit $2)"
 );
 
+/// Processes killed (their rows left behind) whose last heartbeat is older than the cutoff.
+const FORGET_PROCESSES: &str = "
+delete from processes
+ where id in (
+       select id from processes
+        where heartbeat_at < now() - make_interval(secs => $1)
+        limit $2)";
+
 impl EventStore {
-    /// Deletes idempotency keys stored more than `retention` ago and deadlines that stopped
-    /// running more than `retention` ago (by the database's clock), [`BATCH`] rows per
+    /// Deletes idempotency keys stored more than `retention` ago, and deadlines that stopped
+    /// running and processes that stopped beating more than `retention` ago (by the database's clock), [`BATCH`] rows per
     /// statement until none is left. Counted in `hap_housekeeping_deleted_total{what}` as
     /// each batch commits.
     pub async fn forget_older_than(&self, retention: Duration) -> Result<Forgotten, sqlx::Error> {
@@ -54,6 +64,9 @@ impl EventStore {
                 .await?,
             deadlines: self
                 .delete_in_batches(FORGET_DEADLINES, "deadlines", retention)
+                .await?,
+            processes: self
+                .delete_in_batches(FORGET_PROCESSES, "processes", retention)
                 .await?,
         })
     }

@@ -92,6 +92,7 @@ impl Timer {
                 Ok(forgotten) if forgotten != Forgotten::default() => tracing::info!(
                     idempotency_keys = forgotten.idempotency_keys,
                     deadlines = forgotten.deadlines,
+                    processes = forgotten.processes,
                     "forgot what the retention let go of"
                 ),
                 Ok(_) => {}

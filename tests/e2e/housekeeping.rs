@@ -73,11 +73,30 @@ async fn a_timer_round_forgets_old_keys_and_finished_deadlines_and_keeps_the_res
     let old_paused = insert_deadline(&db, "paused", "2 hours").await;
     let old_running = insert_deadline(&db, "running", "2 hours").await;
     let recent_fired = insert_deadline(&db, "fired", "10 minutes").await;
+    // A process killed long ago, and one that beat a moment ago.
+    for (instance, silent_for) in [("killed", "2 hours"), ("alive", "5 seconds")] {
+        sqlx::query(
+            "insert into processes (id, instance, roles, version, host, pid, http_addr, heartbeat_at)
+             values ($1, $2, '{timer}', '0', 'h', 1, 'a', now() - $3::interval)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(instance)
+        .bind(silent_for)
+        .execute(&db.pool)
+        .await
+        .expect("process inserted");
+    }
 
     let forgotten = timer(&db).housekeep().await.expect("housekeeping ran");
 
     assert_eq!(forgotten.idempotency_keys, 1);
     assert_eq!(forgotten.deadlines, 2);
+    assert_eq!(forgotten.processes, 1);
+    let left: Vec<String> = sqlx::query_scalar("select instance from processes")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["alive"]);
     assert_eq!(keys(&db).await, ["recent"]);
     assert!(!deadline_exists(&db, old_fired).await);
     assert!(!deadline_exists(&db, old_paused).await);
