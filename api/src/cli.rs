@@ -299,10 +299,18 @@ struct Roles {
 }
 
 impl Roles {
+    /// Listens for Ctrl-C and SIGTERM from here on, so that a signal while the roles start
+    /// still stops them cleanly (a killed process's row in `processes` would stay behind).
     fn new(roles: &[Role]) -> Self {
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stop.cancel();
+        });
         Self {
             roles: roles.to_vec(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             readiness: Readiness::default(),
             tasks: JoinSet::new(),
         }
@@ -389,13 +397,9 @@ impl Roles {
     async fn serve_http(mut self, listener: TcpListener, app: AppState) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
         tracing::info!(%address, roles = ?self.roles, rabbitmq = %app.settings.amqp_url, "HAP is listening");
-        let stopping = self.shutdown.clone();
         let routes = router(app, self.has(Role::Command), self.has(Role::Query));
         let served = axum::serve(crate::without_delay(listener), routes)
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                stopping.cancel();
-            })
+            .with_graceful_shutdown(self.shutdown.clone().cancelled_owned())
             .await;
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
