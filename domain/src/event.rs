@@ -8,7 +8,6 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::AggregateKind;
 use crate::ids::{ConsultationId, PatientId, PhysicianId, RecordId};
 use crate::names::named_enum;
 
@@ -195,6 +194,32 @@ pub fn route(event_type: &str) -> Option<Route> {
         .iter()
         .find(|spec| spec.name == event_type)
         .map(|spec| spec.route)
+}
+
+/// The kinds of event stream HAP keeps; each stream belongs to exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AggregateKind {
+    Patient,
+    Physician,
+    /// One physician's bookings on one calendar day (UTC): the unit that holds slots, so two
+    /// consultations racing for the same hour conflict on one small stream.
+    PhysicianSchedule,
+    Consultation,
+    /// The clinical record book of one consultation: its records, and whether they were voided.
+    ClinicalRecord,
+}
+
+impl AggregateKind {
+    /// The `aggregateType` written with every event and sent on the broker.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Patient => "patient",
+            Self::Physician => "physician",
+            Self::PhysicianSchedule => "physician-schedule",
+            Self::Consultation => "consultation",
+            Self::ClinicalRecord => "record",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
