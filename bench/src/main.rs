@@ -26,7 +26,10 @@
 //! - [`database`]: the scratch database, shared by every subcommand.
 //! - [`broker`]: the scratch exchange prefix, and HAP's pieces running in the background on it.
 //! - [`system`]: HAP's pieces wired as `hap serve` wires them, and filling the store.
-//! - [`load`]: the closed-loop and paced load drivers, backlog timing and the pool sampler.
+//! - [`load`]: the closed-loop and paced load drivers, backlog timing, and the samplers of the
+//!   pool and the CPU over a measured window.
+//! - [`cpu`]: how busy the machine was over a window, by process group, and waiting for it to
+//!   settle before a run.
 //! - [`report`]: machine facts and the plain-text tables every subcommand prints.
 //!
 //! Progress goes to stderr and the report to stdout, so `hap-bench append > result.txt` keeps
