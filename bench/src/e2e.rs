@@ -36,7 +36,8 @@ use crate::broker::{ScratchBroker, Servers};
 use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, latency_histogram, paced, sample_pool};
-use crate::report::{Facts, Table};
+use crate::report::Table;
+use crate::scratch::{self, Scratch};
 use crate::system::{self, Hap, POOL_SIZE};
 
 mod pipeline;
@@ -64,27 +65,19 @@ const TARGET_P50_MS: f64 = 5.0;
 const TARGET_P99_MS: f64 = 25.0;
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let database = ScratchDatabase::new(&args.servers.database_url)?;
-    let broker = ScratchBroker::new(&args.servers.amqp_url);
-    eprintln!(
-        "hap-bench e2e: scratch database {}, exchange prefix {}",
-        database.name(),
-        broker.prefix()
-    );
-    database
-        .run_with_broker(broker, async |database, broker| {
-            bench(&args, database, broker).await
-        })
-        .await
+    scratch::run("e2e", &args.servers, async |scratch| {
+        bench(&args, scratch).await
+    })
+    .await
 }
 
-async fn bench(
-    args: &Args,
-    database: &ScratchDatabase,
-    broker: &ScratchBroker,
-) -> anyhow::Result<()> {
-    let pool = database.create(POOL_SIZE).await?;
-    let facts = Facts::gather(&pool).await?;
+async fn bench(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
+    let Scratch {
+        database,
+        broker,
+        pool,
+        facts,
+    } = scratch;
 
     settle().await;
     eprintln!(

@@ -23,7 +23,8 @@
 //! - [`chaos`]: `hap-bench chaos`, no benchmark but a trial: the clinic as separate `hap`
 //!   processes under a workload while processes are killed and servers fail, then the books
 //!   checked (exit status 1 if any invariant is violated).
-//! - [`database`]: the scratch database, shared by every subcommand.
+//! - [`database`]: the scratch database, shared by every subcommand; [`scratch`]: the
+//!   opening of every subcommand that also uses the broker.
 //! - [`broker`]: the scratch exchange prefix, and HAP's pieces running in the background on it.
 //! - [`system`]: HAP's pieces wired as `hap serve` wires them, and filling the store.
 //! - [`load`]: the closed-loop and paced load drivers, backlog timing, and the samplers of the
@@ -48,6 +49,7 @@ mod publish;
 mod rebuild;
 mod report;
 mod saga;
+mod scratch;
 mod system;
 
 use std::process::ExitCode;

@@ -39,10 +39,10 @@ use uuid::Uuid;
 
 use crate::broker::{ScratchBroker, Servers, consume_with_acks};
 use crate::cpu::{CpuWindow, machine_cpu, settle};
-use crate::database::ScratchDatabase;
 use crate::load::{Drained, wait_until};
-use crate::report::{Facts, Table};
-use crate::system::{self, INSTANCE, POOL_SIZE};
+use crate::report::Table;
+use crate::scratch::{self, Scratch};
+use crate::system::{self, INSTANCE};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -71,27 +71,19 @@ const POLL: Duration = Duration::from_millis(5);
 const DRAIN_DEADLINE: Duration = Duration::from_secs(1800);
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let database = ScratchDatabase::new(&args.servers.database_url)?;
-    let broker = ScratchBroker::new(&args.servers.amqp_url);
-    eprintln!(
-        "hap-bench project: scratch database {}, exchange prefix {}",
-        database.name(),
-        broker.prefix()
-    );
-    database
-        .run_with_broker(broker, async |database, broker| {
-            bench(&args, database, broker).await
-        })
-        .await
+    scratch::run("project", &args.servers, async |scratch| {
+        bench(&args, scratch).await
+    })
+    .await
 }
 
-async fn bench(
-    args: &Args,
-    database: &ScratchDatabase,
-    broker: &ScratchBroker,
-) -> anyhow::Result<()> {
-    let pool = database.create(POOL_SIZE).await?;
-    let facts = Facts::gather(&pool).await?;
+async fn bench(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
+    let Scratch {
+        database,
+        broker,
+        pool,
+        facts,
+    } = scratch;
     api::telemetry::metrics_handle();
     let store = system::store(&pool);
     let read = system::read_model(database).await?;

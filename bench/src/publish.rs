@@ -41,10 +41,10 @@ use uuid::Uuid;
 
 use crate::broker::{ScratchBroker, Servers};
 use crate::cpu::settle;
-use crate::database::ScratchDatabase;
 use crate::load::{Drained, Timeline, WARMUP, latency_histogram, paced, wait_until};
-use crate::report::{Facts, Table};
-use crate::system::{self, POOL_SIZE};
+use crate::report::Table;
+use crate::scratch::{self, Scratch};
+use crate::system;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -80,27 +80,19 @@ const MAX_IN_FLIGHT: usize = 1000;
 const DELIVERY_GRACE: Duration = Duration::from_secs(30);
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let database = ScratchDatabase::new(&args.servers.database_url)?;
-    let broker = ScratchBroker::new(&args.servers.amqp_url);
-    eprintln!(
-        "hap-bench publish: scratch database {}, exchange prefix {}",
-        database.name(),
-        broker.prefix()
-    );
-    database
-        .run_with_broker(broker, async |database, broker| {
-            bench(&args, database, broker).await
-        })
-        .await
+    scratch::run("publish", &args.servers, async |scratch| {
+        bench(&args, scratch).await
+    })
+    .await
 }
 
-async fn bench(
-    args: &Args,
-    database: &ScratchDatabase,
-    broker: &ScratchBroker,
-) -> anyhow::Result<()> {
-    let pool = database.create(POOL_SIZE).await?;
-    let facts = Facts::gather(&pool).await?;
+async fn bench(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
+    let Scratch {
+        broker,
+        pool,
+        facts,
+        ..
+    } = scratch;
     // Installed as `hap serve` installs it, so the publisher pays for its metrics as in
     // production.
     api::telemetry::metrics_handle();

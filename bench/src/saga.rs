@@ -50,12 +50,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::broker::{ScratchBroker, Servers};
+use crate::broker::Servers;
 use crate::cpu::{CpuWindow, MachineCpu, settle};
-use crate::database::ScratchDatabase;
 use crate::e2e::{self, Pace};
 use crate::load::{Drained, Outcome, Timeline, WARMUP, latency_histogram, paced};
 use crate::report::{Facts, Table};
+use crate::scratch::{self, Scratch};
 use crate::system::{self, Hap, POOL_SIZE};
 
 #[derive(Debug, clap::Args)]
@@ -106,27 +106,19 @@ const OUTCOME_VERSION: i64 = 2;
 const SETUP_CONCURRENCY: usize = 16;
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let database = ScratchDatabase::new(&args.servers.database_url)?;
-    let broker = ScratchBroker::new(&args.servers.amqp_url);
-    eprintln!(
-        "hap-bench saga: scratch database {}, exchange prefix {}",
-        database.name(),
-        broker.prefix()
-    );
-    database
-        .run_with_broker(broker, async |database, broker| {
-            bench(&args, database, broker).await
-        })
-        .await
+    scratch::run("saga", &args.servers, async |scratch| {
+        bench(&args, scratch).await
+    })
+    .await
 }
 
-async fn bench(
-    args: &Args,
-    database: &ScratchDatabase,
-    broker: &ScratchBroker,
-) -> anyhow::Result<()> {
-    let pool = database.create(POOL_SIZE).await?;
-    let facts = Facts::gather(&pool).await?;
+async fn bench(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
+    let Scratch {
+        database,
+        broker,
+        pool,
+        facts,
+    } = scratch;
 
     let mut settings = system::settings(database, broker);
     settings.scheduling_timeout_ms = SCHEDULING_TIMEOUT.as_millis() as u64;
