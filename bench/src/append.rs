@@ -32,7 +32,7 @@ use uuid::Uuid;
 use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, closed_loop, sample_pool};
-use crate::report::{Facts, Table};
+use crate::report::{self, Facts, Table};
 use crate::system;
 
 #[derive(Debug, clap::Args)]
@@ -122,13 +122,7 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
         args.seconds,
         WARMUP.as_secs()
     );
-    println!();
-    print!("{table}");
-    println!();
-    println!(
-        "ratio (HAP / raw): {:.2}   (target ≥ {TARGET_RATIO:.1})",
-        hap.rate() / raw.rate()
-    );
+    report::print_with_ratio(&table, hap.rate(), raw.rate(), TARGET_RATIO);
     println!(
         "HAP pool during the run: {:.1} of {} connections open, {:.1} idle on average",
         hap_pool.open, args.pool_size, hap_pool.idle

@@ -99,10 +99,10 @@ async fn main() -> ExitCode {
     cpu::set_settle_limit(std::time::Duration::from_secs(cli.settle_limit));
     let result = match cli.command {
         Command::Append(args) => append::run(args).await,
-        Command::Publish(args) => publish::run(args).await,
-        Command::Project(args) => project::run(args).await,
-        Command::E2e(args) => e2e::run(args).await,
-        Command::Saga(args) => saga::run(args).await,
+        Command::Publish(args) => scratch::run("publish", &args.servers, &args, publish::run).await,
+        Command::Project(args) => scratch::run("project", &args.servers, &args, project::run).await,
+        Command::E2e(args) => scratch::run("e2e", &args.servers, &args, e2e::run).await,
+        Command::Saga(args) => scratch::run("saga", &args.servers, &args, saga::run).await,
         Command::Rebuild(args) => rebuild::run(args).await,
         Command::Chaos(args) => chaos::run(args).await,
     };

@@ -41,7 +41,7 @@ use crate::broker::{ScratchBroker, Servers, consume_with_acks};
 use crate::cpu::{CpuWindow, machine_cpu, settle};
 use crate::load::{Drained, wait_until};
 use crate::report::Table;
-use crate::scratch::{self, Scratch};
+use crate::scratch::Scratch;
 use crate::system::{self, INSTANCE};
 
 #[derive(Debug, clap::Args)]
@@ -51,7 +51,7 @@ pub struct Args {
     events: u64,
 
     #[command(flatten)]
-    servers: Servers,
+    pub servers: Servers,
 }
 
 /// The target from the design: HAP's projectors keep up with plain consuming.
@@ -70,20 +70,9 @@ const POLL: Duration = Duration::from_millis(5);
 /// A drain that takes longer than this is reported as a failure rather than waited for.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(1800);
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    scratch::run("project", &args.servers, async |scratch| {
-        bench(&args, scratch).await
-    })
-    .await
-}
-
-async fn bench(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
-    let Scratch {
-        database,
-        broker,
-        pool,
-        facts,
-    } = scratch;
+/// Runs the benchmark on the scratch servers that [`scratch::run`] opened.
+pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
+    let (database, broker, pool) = (scratch.database, scratch.broker, scratch.pool);
     api::telemetry::metrics_handle();
     let store = system::store(&pool);
     let read = system::read_model(database).await?;
@@ -225,7 +214,7 @@ async fn bench(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     table.drain_row("HAP, both queues", &hap_both);
     table.drain_row("raw, patient-service copy", &raw_patients);
     table.drain_row("raw, both copies", &raw_both);
-    println!("hap-bench project · {facts}");
+    println!("hap-bench project · {}", scratch.facts);
     println!(
         "{patients} patients × (PatientRegistered + PatientUpdated) = {stored} messages in each \
          of the patient-service and scheduling-service queues · prefetch {}, batches of {} · \

@@ -18,12 +18,13 @@ pub struct Scratch<'a> {
     pub facts: Facts,
 }
 
-/// Runs `bench` (the subcommand `name`) on a scratch database and exchange prefix of
-/// `servers`, then deletes both.
-pub async fn run(
+/// Runs `bench` (the subcommand `name`, with its `args`) on a scratch database and exchange
+/// prefix of `servers`, then deletes both.
+pub async fn run<A>(
     name: &str,
     servers: &Servers,
-    bench: impl AsyncFnOnce(Scratch<'_>) -> anyhow::Result<()>,
+    args: &A,
+    bench: impl AsyncFnOnce(&A, Scratch<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let database = ScratchDatabase::new(&servers.database_url)?;
     let broker = ScratchBroker::new(&servers.amqp_url);
@@ -36,13 +37,13 @@ pub async fn run(
         .run_with_broker(broker, async |database, broker| {
             let pool = database.create(POOL_SIZE).await?;
             let facts = Facts::gather(&pool).await?;
-            bench(Scratch {
+            let scratch = Scratch {
                 database,
                 broker,
                 pool,
                 facts,
-            })
-            .await
+            };
+            bench(args, scratch).await
         })
         .await
 }
