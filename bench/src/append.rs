@@ -19,9 +19,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use api::config::Settings;
 use chrono::{DateTime, NaiveDate, Utc};
-use domain::Event;
 use domain::event::PatientRegistered;
 use domain::ids::PatientId;
+use domain::{AggregateKind, Event};
 use futures::future::try_join_all;
 use hap_support::server::HttpServer;
 use serde_json::{Value, json};
@@ -308,9 +308,9 @@ async fn raw_run(args: &Args, database: &ScratchDatabase) -> anyhow::Result<Outc
             sqlx::query(RAW_INSERT)
                 .bind(Uuid::now_v7())
                 .bind(patient_id.as_uuid())
-                .bind("patient")
+                .bind(AggregateKind::Patient.as_str())
                 .bind(1_i64)
-                .bind("PatientRegistered")
+                .bind(PatientRegistered::EVENT_TYPE)
                 .bind(payload)
                 .bind(api::auth::INSECURE_TENANT)
                 // What HAP stores when the request has no X-Correlation-Id.

@@ -12,8 +12,9 @@ use crate::ids::{ConsultationId, PatientId, PhysicianId, RecordId};
 use crate::names::named_enum;
 
 /// Declares every event type once, with where it travels: from this one table come the
-/// [`Event`] enum (serde's tag is the variant's name), [`Event::event_type`], [`EVENTS`] and
-/// [`route`]. Each variant's payload is the struct of the same name.
+/// [`Event`] enum (serde's tag is the variant's name), [`Event::event_type`], each payload's
+/// `EVENT_TYPE`, [`EVENTS`] and [`route`]. Each variant's payload is the struct of the same
+/// name.
 macro_rules! events {
     ($($name:ident => $exchange:ident, $routing_key:literal, $aggregate:ident, saga: $saga:literal;)*) => {
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,10 +26,15 @@ macro_rules! events {
         impl Event {
             pub fn event_type(&self) -> &'static str {
                 match self {
-                    $(Self::$name(_) => stringify!($name),)*
+                    $(Self::$name(_) => $name::EVENT_TYPE,)*
                 }
             }
         }
+
+        $(impl $name {
+            /// The name this event is stored and sent under.
+            pub const EVENT_TYPE: &'static str = stringify!($name);
+        })*
 
         /// Every event type and its route, in the order of the table.
         pub const EVENTS: &[EventSpec] = &[
