@@ -238,10 +238,8 @@ async fn a_consultation_whose_patient_or_physician_is_deactivated_while_it_is_sc
     // Confirmations keep failing (and are retried) until the deactivations are in.
     fail_confirmations(&db, Duration::ZERO).await;
     let system = System::start(&db, NEVER, Parts::ALL).await;
-    let patient = system.app.register_patient("DOC-1").await;
-    let other_patient = system.app.register_patient("DOC-2").await;
-    let physician = system.app.register_physician("CRM-1").await;
-    let other_physician = system.app.register_physician("CRM-2").await;
+    let ([patient, other_patient], [physician, other_physician]) =
+        system.app.register_two_of_each().await;
     let of_patient = system
         .app
         .request_consultation_at(patient, other_physician, tomorrow_at(9))

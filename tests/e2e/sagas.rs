@@ -108,10 +108,8 @@ async fn a_consultation_is_scheduled_through_the_api_alone() {
 async fn an_inactive_patient_or_physician_fails_the_consultation_with_its_reason() {
     let db = TestDb::new().await;
     let system = System::start(&db, NEVER, Parts::ALL).await;
-    let patient = system.app.register_patient("DOC-1").await;
-    let inactive_patient = system.app.register_patient("DOC-2").await;
-    let physician = system.app.register_physician("CRM-1").await;
-    let inactive_physician = system.app.register_physician("CRM-2").await;
+    let ([patient, inactive_patient], [physician, inactive_physician]) =
+        system.app.register_two_of_each().await;
     for path in [
         format!("/patients/{inactive_patient}/deactivate"),
         format!("/physicians/{inactive_physician}/deactivate"),
@@ -367,10 +365,8 @@ async fn cancelling_voids_the_records_and_frees_the_slot() {
 async fn deactivating_a_physician_or_a_patient_cancels_their_future_consultations() {
     let db = TestDb::new().await;
     let system = System::start(&db, NEVER, Parts::ALL).await;
-    let patient = system.app.register_patient("DOC-1").await;
-    let other_patient = system.app.register_patient("DOC-2").await;
-    let physician = system.app.register_physician("CRM-1").await;
-    let other_physician = system.app.register_physician("CRM-2").await;
+    let ([patient, other_patient], [physician, other_physician]) =
+        system.app.register_two_of_each().await;
     let mut of_physician = Vec::new();
     for hour in [8, 9, 10] {
         of_physician.push(scheduled(&system, other_patient, physician, tomorrow_at(hour, 0)).await);

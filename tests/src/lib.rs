@@ -215,6 +215,20 @@ impl TestApp {
         (patient, self.register_physician("CRM-1").await)
     }
 
+    /// Registers patients `DOC-1` and `DOC-2`, then physicians `CRM-1` and `CRM-2`: for a
+    /// consultation whose people change while another pair's does not.
+    pub async fn register_two_of_each(&self) -> ([Uuid; 2], [Uuid; 2]) {
+        let patients = [
+            self.register_patient("DOC-1").await,
+            self.register_patient("DOC-2").await,
+        ];
+        let physicians = [
+            self.register_physician("CRM-1").await,
+            self.register_physician("CRM-2").await,
+        ];
+        (patients, physicians)
+    }
+
     /// Registers a physician and returns its id.
     pub async fn register_physician(&self, license_number: &str) -> Uuid {
         let body = serde_json::json!({
