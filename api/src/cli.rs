@@ -1,15 +1,17 @@
 //! The `hap` command line.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use eventstore::broker::AmqpUrls;
+use eventstore::processes::{self, ProcessInfo};
 use eventstore::readiness::Readiness;
-use eventstore::{EventStore, Publisher, PublisherSettings, wakeup};
+use eventstore::{EventStore, wakeup};
+use messaging::consumer::ConsumerSettings;
+use messaging::{AmqpUrls, Publisher, PublisherSettings};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +19,6 @@ use projections::ReadModel;
 use projections::schema::Plans;
 
 use crate::config::{Role, ServeSettings, Settings};
-use crate::routing::DomainRouter;
 use crate::{AppState, db, router};
 
 #[derive(Debug, Parser)]
@@ -168,7 +169,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn dlq(amqp_url: &AmqpUrls, command: DlqCommand) -> anyhow::Result<()> {
-    use projections::dlq;
+    use messaging::dlq;
     match command {
         DlqCommand::List { queue } => {
             let letters = dlq::list(amqp_url, &queue).await?;
@@ -260,89 +261,146 @@ async fn rebuild(settings: Settings, args: RebuildArgs) -> anyhow::Result<()> {
 async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
     // Installed before any task starts: what is recorded before the recorder exists is lost.
     crate::telemetry::metrics_handle();
-    let pool = db::connect(
-        &settings.database_url,
-        settings.db_pool_size,
-        !serve.no_migrate,
-    )
-    .await?;
-    if !serve.no_migrate {
+    let migrate = !serve.no_migrate;
+    let pool = db::connect(&settings.database_url, settings.db_pool_size, migrate).await?;
+    if migrate {
         db::migrate(&pool).await?;
     }
     let listener = TcpListener::bind(serve.http_addr)
         .await
         .with_context(|| format!("Failed to listen on {}", serve.http_addr))?;
-    let address = listener.local_addr()?;
     let store = db::event_store(pool, settings.db_pool_size);
-    let shutdown = CancellationToken::new();
-    // Every role registers its parts here before it starts: `/health/ready` waits for them all.
-    let readiness = Readiness::default();
-    let mut tasks = JoinSet::new();
-    let commands = serve.roles.contains(&Role::Command);
-    let appends = [Role::Command, Role::Saga, Role::Timer];
-    if appends.iter().any(|role| serve.roles.contains(role)) {
-        // Wakes publishers in other processes after this one's appends (commands, saga
-        // steps, fired deadlines).
-        tasks.spawn(wakeup::forward_appends(store.clone(), shutdown.clone()));
-    }
-    if serve.roles.contains(&Role::Publisher) {
-        let publisher_settings = PublisherSettings {
-            ready: readiness.part("publisher"),
-            ..crate::routing::publisher_settings(&settings.amqp_url, settings.topology())
-        };
-        let publisher = Publisher::new(store.clone(), Arc::new(DomainRouter), publisher_settings);
-        tasks.spawn(publisher.run(shutdown.clone()));
-    }
-    let read = read_model(&settings, !serve.no_migrate).await?;
-    let consumers = settings.consumers(&readiness);
-    if serve.roles.contains(&Role::Projector) {
-        tasks.spawn(projections::live::run_all(
-            read.clone(),
-            store.clone(),
-            consumers.clone(),
-            shutdown.clone(),
-        ));
-    }
-    let app = AppState::new(store, read, settings, readiness.clone())?;
+    let mut roles = Roles::new(&serve.roles);
+    roles.record_process(&store, &settings, listener.local_addr()?);
+    roles.start_store_side(&store, &settings);
+    let read = read_model(&settings, migrate).await?;
+    // One set of consumer settings for projectors and saga services alike.
+    let consumers = settings.consumers(&roles.readiness);
+    roles.start_projectors(&read, &store, &consumers);
+    let app = AppState::new(store, read, settings, roles.readiness.clone())?;
     if app.auth.is_insecure() {
         tracing::warn!(
             "authentication is OFF (--insecure-no-auth): every request acts as tenant `default` \
              with every scope; never expose this server to anyone"
         );
     }
-    // Saga steps and deadlines run commands through the same pipeline as the HTTP handlers,
-    // observers included.
-    if serve.roles.contains(&Role::Saga) {
-        tasks.spawn(sagas::run_all(
-            app.commands.clone(),
-            consumers.clone(),
-            shutdown.clone(),
-        ));
+    roles.start_saga_side(&app, consumers);
+    roles.serve_http(listener, app).await
+}
+
+/// The roles a `hap serve` runs: the tasks it started for them, the readiness each
+/// registered a part with, and the token that stops them all.
+struct Roles {
+    roles: Vec<Role>,
+    shutdown: CancellationToken,
+    /// Every role registers its parts here before it starts: `/health/ready` waits for them.
+    readiness: Readiness,
+    tasks: JoinSet<()>,
+}
+
+impl Roles {
+    fn new(roles: &[Role]) -> Self {
+        Self {
+            roles: roles.to_vec(),
+            shutdown: CancellationToken::new(),
+            readiness: Readiness::default(),
+            tasks: JoinSet::new(),
+        }
     }
-    if serve.roles.contains(&Role::Timer) {
-        let timer = sagas::Timer {
-            pipeline: app.commands.clone(),
-            timeout: Duration::from_millis(app.settings.scheduling_timeout_ms),
-            retention: app.settings.idempotency_retention,
-            ready: readiness.part("timer"),
+
+    fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// Records this process for operators, with a heartbeat until it stops.
+    fn record_process(&mut self, store: &EventStore, settings: &Settings, address: SocketAddr) {
+        let info = ProcessInfo {
+            instance: settings.instance.clone(),
+            // As `--roles` names them.
+            roles: (self.roles.iter())
+                .filter_map(|role| role.to_possible_value())
+                .map(|name| name.get_name().to_owned())
+                .collect(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".to_owned()),
+            pid: i32::try_from(std::process::id()).unwrap_or(-1),
+            http_addr: address.to_string(),
         };
-        tasks.spawn(timer.run(shutdown.clone()));
+        let recorded = processes::keep_recorded(store.clone(), info, self.shutdown.clone());
+        self.tasks.spawn(recorded);
     }
-    tracing::info!(%address, roles = ?serve.roles, rabbitmq = %app.settings.amqp_url, "HAP is listening");
-    let stopping = shutdown.clone();
-    let queries = serve.roles.contains(&Role::Query);
-    let served = axum::serve(
-        crate::without_delay(listener),
-        router(app, commands, queries),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        stopping.cancel();
-    })
-    .await;
-    shutdown.cancel();
-    while tasks.join_next().await.is_some() {}
-    served.context("The HTTP server failed")
+
+    /// What runs on the event store alone: the wakeups of other processes' publishers after
+    /// this one's appends (commands, saga steps, fired deadlines), and the publisher.
+    fn start_store_side(&mut self, store: &EventStore, settings: &Settings) {
+        if [Role::Command, Role::Saga, Role::Timer]
+            .into_iter()
+            .any(|role| self.has(role))
+        {
+            let forward = wakeup::forward_appends(store.clone(), self.shutdown.clone());
+            self.tasks.spawn(forward);
+        }
+        if self.has(Role::Publisher) {
+            let publisher_settings = PublisherSettings {
+                ready: self.readiness.part("publisher"),
+                ..PublisherSettings::new(settings.amqp_url.clone(), settings.topology())
+            };
+            let publisher = Publisher::new(store.clone(), publisher_settings);
+            self.tasks.spawn(publisher.run(self.shutdown.clone()));
+        }
+    }
+
+    fn start_projectors(
+        &mut self,
+        read: &ReadModel,
+        store: &EventStore,
+        consumers: &ConsumerSettings,
+    ) {
+        if self.has(Role::Projector) {
+            self.tasks.spawn(projections::live::run_all(
+                read.clone(),
+                store.clone(),
+                consumers.clone(),
+                self.shutdown.clone(),
+            ));
+        }
+    }
+
+    /// Saga steps and deadlines: they run commands through the same pipeline as the HTTP
+    /// handlers, observers included.
+    fn start_saga_side(&mut self, app: &AppState, consumers: ConsumerSettings) {
+        if self.has(Role::Saga) {
+            let sagas = sagas::run_all(app.commands.clone(), consumers, self.shutdown.clone());
+            self.tasks.spawn(sagas);
+        }
+        if self.has(Role::Timer) {
+            let timer = sagas::Timer {
+                pipeline: app.commands.clone(),
+                retention: app.settings.idempotency_retention,
+                ready: self.readiness.part("timer"),
+            };
+            self.tasks.spawn(timer.run(self.shutdown.clone()));
+        }
+    }
+
+    /// Serves HTTP until Ctrl-C or SIGTERM, then stops every role's tasks and waits for them.
+    async fn serve_http(mut self, listener: TcpListener, app: AppState) -> anyhow::Result<()> {
+        let address = listener.local_addr()?;
+        tracing::info!(%address, roles = ?self.roles, rabbitmq = %app.settings.amqp_url, "HAP is listening");
+        let stopping = self.shutdown.clone();
+        let routes = router(app, self.has(Role::Command), self.has(Role::Query));
+        let served = axum::serve(crate::without_delay(listener), routes)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                stopping.cancel();
+            })
+            .await;
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        served.context("The HTTP server failed")
+    }
 }
 
 /// This instance's read model: its schema on the read database, migrated unless told not to.

@@ -11,10 +11,9 @@ use std::time::Duration;
 use clap::Args;
 use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
-use eventstore::broker::AmqpUrls;
 use eventstore::readiness::Readiness;
-use eventstore::topology::Topology;
-use projections::consumer::ConsumerSettings;
+use messaging::consumer::ConsumerSettings;
+use messaging::{AmqpUrls, Topology};
 
 /// The settings every subcommand shares.
 #[derive(Debug, Clone, Args)]
@@ -177,18 +176,17 @@ impl Settings {
 
     /// The exchanges and queues under `exchange_prefix`, declared as every role declares them.
     pub fn topology(&self) -> Topology {
-        projections::topology(&self.exchange_prefix).with_quorum_size(self.quorum_size())
+        Topology::new(&self.exchange_prefix).with_quorum_size(self.quorum_size())
     }
 
     /// How this instance's consumers (projectors and saga services) run; each registers with
     /// `readiness`.
     pub fn consumers(&self, readiness: &Readiness) -> ConsumerSettings {
         ConsumerSettings {
-            topology: self.topology(),
             readiness: readiness.clone(),
             ..ConsumerSettings::new(
                 &self.amqp_url,
-                &self.exchange_prefix,
+                self.topology(),
                 &self.instance,
                 self.max_retries,
             )

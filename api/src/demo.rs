@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{Timelike, Utc};
-use commands::{CommandMeta, Outcome, Pipeline, Remembered, Target};
+use commands::{CommandMeta, Outcome, Pipeline, Target};
 use domain::Aggregate;
 use domain::consultation::{Consultation, ConsultationCommand, Status};
 use domain::ids::{ConsultationId, PatientId, PhysicianId};
@@ -54,11 +54,7 @@ where
         ..CommandMeta::new(tenant, "hap-demo")
     };
     let outcome = pipeline
-        .execute::<A>(&meta, target, command, |_| Remembered {
-            status: 200,
-            body: serde_json::Value::Null,
-            headers: serde_json::Value::Null,
-        })
+        .execute::<A>(&meta, target, command)
         .await
         .with_context(|| format!("a {} command was refused", A::KIND.as_str()))?;
     anyhow::ensure!(matches!(outcome, Outcome::Done(_)), "nothing to replay");

@@ -85,13 +85,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Command<T> {
                 .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?
         };
 
-        let mut digest = Sha256::new();
-        digest.update(method.as_str());
-        digest.update(b" ");
-        digest.update(path.as_bytes());
-        digest.update(b"\n");
-        digest.update(value.to_string().as_bytes());
-        let request_hash = format!("{:x}", digest.finalize());
+        let request_hash = request_hash(method.as_str(), &path, &value);
 
         let body = parse_body(value)?;
         Ok(Self {
@@ -104,6 +98,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Command<T> {
             },
         })
     }
+}
+
+/// The digest an idempotency key is remembered with: of the method, the path and the body, so
+/// that the same key with another request is refused.
+pub fn request_hash(method: &str, path: &str, body: &serde_json::Value) -> String {
+    let mut digest = Sha256::new();
+    digest.update(method);
+    digest.update(b" ");
+    digest.update(path.as_bytes());
+    digest.update(b"\n");
+    digest.update(body.to_string().as_bytes());
+    format!("{:x}", digest.finalize())
 }
 
 /// Deserialises a JSON body, naming the field at fault when it does not fit.

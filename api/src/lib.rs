@@ -15,11 +15,10 @@
 //! - [`extract`]: request extractors (body, headers, path ids) that map malformed input to
 //!   400/413/415/422.
 //! - [`error`]: [`error::ApiError`] and its problem+json form.
-//! - [`routing`]: the domain's routing table, as the publisher needs it.
-//! - [`health`], [`broker`], [`openapi`], [`telemetry`]: operations.
+//! - [`health`], [`openapi`], [`telemetry`]: operations (the broker's health is watched by
+//!   `messaging::health`).
 
 pub mod auth;
-pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -31,7 +30,6 @@ pub mod health;
 pub mod observers;
 pub mod openapi;
 pub mod queries;
-pub mod routing;
 pub mod state;
 pub mod telemetry;
 

@@ -3,8 +3,8 @@
 
 use commands::{AppendObserver, Committed};
 use futures::future::BoxFuture;
+use messaging::Envelope;
 use projections::ReadModel;
-use projections::envelope::Envelope;
 
 use crate::queries::cache::QueryCaches;
 

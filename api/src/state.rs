@@ -7,12 +7,12 @@ use std::time::Duration;
 use commands::Pipeline;
 use eventstore::EventStore;
 use eventstore::readiness::Readiness;
+use messaging::health::BrokerHealth;
 use metrics_exporter_prometheus::PrometheusHandle;
 use projections::ReadModel;
 use sqlx::PgPool;
 
 use crate::auth::token::{AuthConfigError, Verifier};
-use crate::broker::BrokerHealth;
 use crate::config::Settings;
 use crate::observers::ReadSideObserver;
 use crate::queries::cache::QueryCaches;

@@ -8,14 +8,15 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use eventstore::broker::AmqpUrls;
-use eventstore::topology::Topology;
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
-use projections::queues::{self, QUEUES, QueueNames};
+use messaging::AmqpUrls;
+use messaging::QueueNames;
+use messaging::Topology;
+use projections::queues::QUEUES;
 use tokio_util::sync::CancellationToken;
 
 /// The servers a subcommand runs against.
@@ -73,7 +74,7 @@ impl ScratchBroker {
     /// Picks a fresh prefix on the broker at `url`; nothing is declared yet.
     pub fn new(url: &AmqpUrls) -> Self {
         let prefix = hap_support::broker::scratch_prefix("bench");
-        let unrouted = projections::topology(&prefix).unrouted();
+        let unrouted = messaging::Topology::new(&prefix).unrouted();
         Self {
             url: url.clone(),
             prefix,
@@ -93,7 +94,7 @@ impl ScratchBroker {
     }
 
     pub fn topology(&self) -> Topology {
-        projections::topology(&self.prefix)
+        messaging::Topology::new(&self.prefix)
     }
 
     /// `{prefix}.bench.{name}`: a queue of the bench's own, deleted at the end.
@@ -107,7 +108,7 @@ impl ScratchBroker {
     /// deletion at the end; call before anything declares them.
     pub fn instance_queues(&self, instance: &str) {
         for spec in &QUEUES {
-            let names = QueueNames::new(&self.prefix, spec.service, instance);
+            let names = QueueNames::new(&self.prefix, spec.service.name(), instance);
             for queue in [names.main, names.retry, names.dead_letters] {
                 self.delete_at_end(queue);
             }
@@ -119,7 +120,7 @@ impl ScratchBroker {
     /// when it starts, whether or not saga services run (as it declares the unrouted queue,
     /// marked in `new`).
     fn saga_queues(&self) {
-        for service in domain::saga::SagaService::ALL {
+        for service in domain::service::Service::ALL {
             let names = QueueNames::shared(&self.prefix, service.name());
             for queue in [names.main, names.retry, names.dead_letters] {
                 self.delete_at_end(queue);
@@ -136,19 +137,19 @@ impl ScratchBroker {
         let mut declared = QUEUES
             .iter()
             .map(|spec| {
-                let names = QueueNames::new(&self.prefix, spec.service, instance);
-                (spec.bindings.to_vec(), names)
+                let names = QueueNames::new(&self.prefix, spec.service.name(), instance);
+                (spec.bindings(), names)
             })
             .collect::<Vec<_>>();
         if sagas {
-            declared.extend(domain::saga::SagaService::ALL.into_iter().map(|service| {
+            declared.extend(domain::service::Service::ALL.into_iter().map(|service| {
                 let names = QueueNames::shared(&self.prefix, service.name());
-                (sagas::service::bindings(service), names)
+                (messaging::queues::saga_bindings(service), names)
             }));
         }
         let connection = self.connect("setup").await?;
         for (bindings, names) in &declared {
-            queues::declare_bound(&connection, &topology, bindings, names)
+            messaging::queues::declare_bound(&connection, &topology, bindings, names)
                 .await
                 .with_context(|| format!("Failed to declare {}", names.main))?;
         }
@@ -165,7 +166,7 @@ impl ScratchBroker {
 
     /// A connection of the bench's own, named so that it is recognisable in the management UI.
     pub async fn connect(&self, name: &str) -> anyhow::Result<Connection> {
-        eventstore::broker::connect(&self.url, &format!("hap-bench {name}"))
+        messaging::broker::connect(&self.url, &format!("hap-bench {name}"))
             .await
             .with_context(|| format!("Failed to connect to RabbitMQ at {}", self.url))
     }

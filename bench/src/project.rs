@@ -28,12 +28,15 @@ use anyhow::{Context, bail};
 use domain::Event;
 use domain::event::{PatientRegistered, PatientUpdated};
 use domain::ids::PatientId;
+use domain::service::Service;
 use eventstore::EventStore;
 use futures::{FutureExt, StreamExt};
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use projections::queues::{self, QUEUES, QueueNames, QueueSpec};
+use messaging::QueueNames;
+use messaging::queues::declare_bound;
+use projections::queues::{QUEUES, QueueSpec};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -59,9 +62,9 @@ const TARGET_RATIO: f64 = 0.7;
 /// The instance whose queues get the plain copies.
 const RAW_INSTANCE: &str = "raw";
 /// The queues that receive patient events, by service, and the projection each feeds.
-const PATIENT_QUEUES: [(&str, &str); 2] = [
-    ("patient-service", projections::PATIENTS),
-    ("scheduling-service", projections::CONSULTATIONS),
+const PATIENT_QUEUES: [(Service, &str); 2] = [
+    (Service::Patients, projections::PATIENTS),
+    (Service::Scheduling, projections::CONSULTATIONS),
 ];
 /// Appends in flight when filling the store.
 const FILL_CONCURRENCY: usize = 16;
@@ -88,18 +91,18 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
         .context("Failed to open a channel")?;
     let topology = broker.topology();
     for spec in &QUEUES {
-        let names = QueueNames::new(broker.prefix(), spec.service, INSTANCE);
-        queues::declare(&setup, &topology, spec, &names)
+        let names = QueueNames::new(broker.prefix(), spec.service.name(), INSTANCE);
+        declare_bound(&setup, &topology, &spec.bindings(), &names)
             .await
             .with_context(|| format!("Failed to declare {}", names.main))?;
     }
     let raw_queues: Vec<String> = PATIENT_QUEUES
         .iter()
-        .map(|(service, _)| QueueNames::new(broker.prefix(), service, RAW_INSTANCE).main)
+        .map(|(service, _)| QueueNames::new(broker.prefix(), service.name(), RAW_INSTANCE).main)
         .collect();
     for (service, _) in PATIENT_QUEUES {
-        let names = QueueNames::new(broker.prefix(), service, RAW_INSTANCE);
-        queues::declare(&setup, &topology, spec_of(service)?, &names)
+        let names = QueueNames::new(broker.prefix(), service.name(), RAW_INSTANCE);
+        declare_bound(&setup, &topology, &spec_of(service)?.bindings(), &names)
             .await
             .with_context(|| format!("Failed to declare {}", names.main))?;
     }
@@ -126,7 +129,7 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     publisher.stop().await;
     let hap_queues: Vec<String> = PATIENT_QUEUES
         .iter()
-        .map(|(service, _)| QueueNames::new(broker.prefix(), service, INSTANCE).main)
+        .map(|(service, _)| QueueNames::new(broker.prefix(), service.name(), INSTANCE).main)
         .collect();
     for queue in hap_queues.iter().chain(&raw_queues) {
         let depth = depth(&channel, queue).await?;
@@ -240,11 +243,11 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spec_of(service: &str) -> anyhow::Result<&'static QueueSpec> {
+fn spec_of(service: Service) -> anyhow::Result<&'static QueueSpec> {
     QUEUES
         .iter()
         .find(|spec| spec.service == service)
-        .with_context(|| format!("HAP has no {service} queue"))
+        .with_context(|| format!("HAP has no {} queue", service.name()))
 }
 
 /// Stores a registration and an update (a new phone number) for each of `patients` patients,

@@ -8,7 +8,7 @@
 //!   (a whole page outstanding, all confirmed before the next page is read) and checkpoint
 //!   saves. Done when its checkpoint reaches the last event, which means the broker confirmed
 //!   every message.
-//! - **Raw run**: the same messages, built by HAP's own `Message::new` before the clock starts,
+//! - **Raw run**: the same messages, built by HAP's own `Outgoing::new` before the clock starts,
 //!   published by plain lapin on one confirm-mode channel with a sliding window of the same
 //!   1000 outstanding confirms, to the same exchanges and into the same queue, emptied between
 //!   the runs. Both clocks include connecting to the broker.
@@ -27,8 +27,7 @@ use anyhow::Context;
 use domain::Event;
 use domain::event::PhysicianUpdated;
 use domain::ids::PhysicianId;
-use eventstore::message::{Message, Router};
-use eventstore::{EventStore, GlobalCheckpoint, PublisherSettings};
+use eventstore::{EventStore, GlobalCheckpoint};
 use futures::StreamExt;
 use hap_support::broker::confirmed;
 use lapin::options::{
@@ -37,6 +36,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
+use messaging::{Outgoing, PublisherSettings};
 use uuid::Uuid;
 
 use crate::broker::{ScratchBroker, Servers};
@@ -153,7 +153,7 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     );
     println!(
         "reading the store and building the messages alone, as the publisher does (read_all in \
-         pages of {window}, Message::new): {:.2} s, {:.0} events/s",
+         pages of {window}, Outgoing::new): {:.2} s, {:.0} events/s",
         read.elapsed.as_secs_f64(),
         read.rate()
     );
@@ -252,14 +252,13 @@ async fn empty_queue(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
 }
 
 /// Every stored event as HAP's publisher sends it: read in its order and pages of `page_size`,
-/// routed by its router and built by `Message::new`.
+/// routed and built as the publisher does (`messaging::routes::route`, `Outgoing::new`).
 async fn messages(
     store: &EventStore,
     broker: &ScratchBroker,
     page_size: i64,
-) -> anyhow::Result<Vec<Message>> {
+) -> anyhow::Result<Vec<Outgoing>> {
     let topology = broker.topology();
-    let router = api::routing::DomainRouter;
     let mut messages = Vec::new();
     let mut checkpoint = GlobalCheckpoint::START;
     loop {
@@ -272,10 +271,9 @@ async fn messages(
         };
         checkpoint = last.checkpoint();
         for event in &page {
-            let route = router
-                .route(event)
+            let route = messaging::routes::route(event)
                 .with_context(|| format!("{} has no route", event.event_type))?;
-            messages.push(Message::new(
+            messages.push(Outgoing::new(
                 event,
                 &route,
                 topology.exchange(route.exchange),
@@ -288,7 +286,7 @@ async fn messages(
 /// outstanding, as mandatory messages, like HAP's; timed from connecting to the last confirm.
 async fn raw_run(
     broker: &ScratchBroker,
-    messages: &[Message],
+    messages: &[Outgoing],
     window: usize,
 ) -> anyhow::Result<Drained> {
     let started = Instant::now();

@@ -1,7 +1,7 @@
 //! HAP's pieces as the subcommands start them in-process, wired as `hap serve` wires them
 //! (`api/src/cli.rs`), and the helpers that fill the store and tell when a piece is done.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use api::config::Settings;
@@ -10,8 +10,8 @@ use domain::Event;
 use eventstore::{Append, Claim, EventStore, GlobalCheckpoint, NewEvent, StreamVersion};
 use futures::{StreamExt, TryStreamExt};
 use hap_support::server::HttpServer;
+use messaging::consumer::ConsumerSettings;
 use projections::ReadModel;
-use projections::consumer::ConsumerSettings;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -38,7 +38,7 @@ pub fn publisher(broker: &ScratchBroker, store: &EventStore) -> Background {
 /// The consumer settings of [`INSTANCE`] on the scratch prefix, as `hap serve` makes them.
 pub fn consumer_settings(broker: &ScratchBroker) -> ConsumerSettings {
     let max_retries = api::config::Settings::defaults().max_retries;
-    ConsumerSettings::new(broker.url(), broker.prefix(), INSTANCE, max_retries)
+    ConsumerSettings::new(broker.url(), broker.topology(), INSTANCE, max_retries)
 }
 
 /// Every projector of [`INSTANCE`], consuming its queues into `read`.
@@ -98,7 +98,6 @@ impl Hap {
             pieces.push(broker.spawn(|stop| sagas::run_all(pipeline, settings, stop)));
             let timer = sagas::Timer {
                 pipeline: app.commands.clone(),
-                timeout: Duration::from_millis(app.settings.scheduling_timeout_ms),
                 retention: app.settings.idempotency_retention,
                 ready: Default::default(),
             };

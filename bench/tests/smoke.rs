@@ -8,7 +8,8 @@ use std::process::Command;
 use hap_tests::admin_url;
 use hap_tests::broker::{amqp_url, queue_exists};
 use lapin::{Connection, ConnectionProperties};
-use projections::queues::{QUEUES, QueueNames};
+use messaging::QueueNames;
+use projections::queues::QUEUES;
 
 /// Runs `hap-bench` with `args`, starting each timed run at once, and returns its stderr (the
 /// progress, which names the scratch prefix) after checking that it succeeded and reported a
@@ -60,9 +61,9 @@ async fn look_for_queues(prefix: &str) {
         .await
         .expect("RabbitMQ is reachable");
     let instances = QUEUES.iter().flat_map(|spec| {
-        ["bench", "raw"].map(|instance| QueueNames::new(prefix, spec.service, instance))
+        ["bench", "raw"].map(|instance| QueueNames::new(prefix, spec.service.name(), instance))
     });
-    let sagas = domain::saga::SagaService::ALL
+    let sagas = domain::service::Service::ALL
         .into_iter()
         .map(|service| QueueNames::shared(prefix, service.name()));
     let own = ["all", "pipeline"].map(|name| format!("{prefix}.bench.{name}"));
@@ -70,7 +71,7 @@ async fn look_for_queues(prefix: &str) {
         .chain(sagas)
         .flat_map(|names| [names.main, names.retry, names.dead_letters])
         .chain(own)
-        .chain([projections::topology(prefix).unrouted()]);
+        .chain([messaging::Topology::new(prefix).unrouted()]);
     for queue in queues {
         assert!(
             !queue_exists(&connection, &queue).await,

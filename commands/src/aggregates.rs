@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use domain::event::DecodeError;
 use domain::{Aggregate, Event};
-use eventstore::{EventStore, Position, StreamVersion};
+use eventstore::{EventStore, Position, Store, StreamVersion};
 use moka::future::Cache;
 use uuid::Uuid;
 
@@ -44,16 +44,17 @@ pub enum LoadError {
     Undecodable(#[from] DecodeError),
 }
 
+/// The aggregates in a store (PostgreSQL's, unless a test gives another).
 #[derive(Clone)]
-pub struct Aggregates {
-    store: EventStore,
+pub struct Aggregates<S = EventStore> {
+    store: S,
     /// Stream id → `Loaded<A>` of the stream's aggregate type. Stream ids are unique across
     /// types, so one cache serves all of them.
     cache: Cache<Uuid, Arc<dyn Any + Send + Sync>>,
 }
 
-impl Aggregates {
-    pub fn new(store: EventStore, capacity: u64) -> Self {
+impl<S: Store> Aggregates<S> {
+    pub fn new(store: S, capacity: u64) -> Self {
         let cache = Cache::builder()
             .max_capacity(capacity)
             .time_to_idle(Duration::from_secs(600))
@@ -61,7 +62,7 @@ impl Aggregates {
         Self { store, cache }
     }
 
-    pub fn store(&self) -> &EventStore {
+    pub fn store(&self) -> &S {
         &self.store
     }
 

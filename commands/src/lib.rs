@@ -5,17 +5,25 @@
 //! # Layout
 //! - [`pipeline`]: [`Pipeline::execute`]: replay, load, decide, append (with claims,
 //!   deadlines and the idempotency key in one statement), retry on conflict.
+//! - [`outcome`]: what a command comes to, and what its idempotency key remembers of it.
+//! - [`deadlines`]: saga deadlines in one place: their duration, and the appends that start,
+//!   pause and fire them; what a due one sends; retiring and resuming one.
 //! - [`aggregates`]: loading aggregates, with the moka cache in front.
 //! - [`stored`]: the one conversion of domain events into events to store.
+//! - `testing` (feature `testing`): given/when/then tests over a store in memory.
 //! - [`observer`]: what the pipeline tells its process after each committed append.
 
 pub mod aggregates;
+pub mod deadlines;
 pub mod observer;
+pub mod outcome;
 pub mod pipeline;
 pub mod stored;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use aggregates::{Aggregates, LoadError, Loaded};
+pub use deadlines::{Deadlines, Firing};
 pub use observer::{AppendObserver, Committed, CommittedEvent};
-pub use pipeline::{
-    CommandError, CommandMeta, Done, Idempotency, Outcome, Pipeline, Remembered, Target,
-};
+pub use outcome::{Done, Outcome, Remembered};
+pub use pipeline::{CommandError, CommandMeta, Idempotency, Pipeline, Target};

@@ -7,15 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::{Aggregate, DomainError, Event};
-use eventstore::{
-    Append, AppendError, DeadlineEnd, DeadlineStart, Ending, EventStore, Metadata, Position,
-    Remember, StoredResponse, StreamVersion,
-};
-use serde_json::Value;
+use eventstore::{Append, AppendError, EventStore, Metadata, Remember, Store, StreamVersion};
 use uuid::Uuid;
 
 use crate::aggregates::{Aggregates, LoadError, Loaded};
+use crate::deadlines::Deadlines;
 use crate::observer::{AppendObserver, Committed, CommittedEvent};
+use crate::outcome::{Done, Outcome, Remembered};
 use crate::stored;
 
 /// How many times a command is decided again after another writer got to its stream first.
@@ -35,6 +33,9 @@ pub struct CommandMeta {
     pub actor_id: Option<String>,
     /// Makes the command safe to repeat: the first outcome is remembered with its events.
     pub idempotency: Option<Idempotency>,
+    /// What the command makes or changes when that is not its stream as a whole (a record, in
+    /// its consultation's record book): the id its outcome is remembered by.
+    pub subject: Option<Uuid>,
     /// The version the aggregate must be at (`If-Match`).
     pub expected: Option<StreamVersion>,
     /// A running deadline the command's events fire: they are appended only if the deadline
@@ -50,6 +51,7 @@ impl CommandMeta {
             causation_id: None,
             actor_id: None,
             idempotency: None,
+            subject: None,
             expected: None,
             fires: None,
         }
@@ -84,34 +86,6 @@ impl Target {
             Self::New(id) | Self::Existing(id) => id,
         }
     }
-}
-
-/// A command carried out: the stream's version and last position after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Done {
-    pub stream_id: Uuid,
-    pub version: StreamVersion,
-    /// The position of the stream's last event (`None` for a stream with none).
-    pub position: Option<Position>,
-    /// How many events the command appended (0: it changed nothing).
-    pub appended: usize,
-}
-
-/// What the caller wants remembered under its idempotency key, made from the outcome.
-#[derive(Debug, Clone)]
-pub struct Remembered {
-    pub status: u16,
-    /// If it has a `position` member and events are appended, that member is set to the last
-    /// event's position once it is known.
-    pub body: Value,
-    pub headers: Value,
-}
-
-#[derive(Debug)]
-pub enum Outcome {
-    Done(Done),
-    /// The idempotency key was used before with the same request: its remembered outcome.
-    Replayed(StoredResponse),
 }
 
 /// Why a command was not carried out.
@@ -163,23 +137,68 @@ impl CommandError {
     }
 }
 
-/// The command pipeline; cheap to clone.
-#[derive(Clone)]
-pub struct Pipeline {
-    aggregates: Aggregates,
-    observers: Arc<Vec<Arc<dyn AppendObserver>>>,
-    /// How long a saga deadline runs after the event that starts it.
-    deadline: Duration,
+/// A loaded state, and whether it was read from the store just now (`fresh`) or may be a stale
+/// cache entry.
+struct Current<A> {
+    loaded: Loaded<A>,
+    fresh: bool,
 }
 
-impl Pipeline {
+impl<A> Current<A> {
+    fn fresh(loaded: Loaded<A>) -> Self {
+        Self {
+            loaded,
+            fresh: true,
+        }
+    }
+
+    /// What appending `appended` events to this state does (the position is the last one
+    /// known before them).
+    fn done(&self, stream_id: Uuid, appended: usize) -> Done {
+        Done {
+            stream_id,
+            version: StreamVersion::new(self.loaded.version.value() + appended as u64),
+            position: self.loaded.position,
+            appended,
+        }
+    }
+}
+
+impl<A> std::ops::Deref for Current<A> {
+    type Target = Loaded<A>;
+
+    fn deref(&self) -> &Loaded<A> {
+        &self.loaded
+    }
+}
+
+/// What deciding a command once comes to.
+enum Decided {
+    /// It was decided on a cache entry that may be stale, and must be decided again.
+    Stale,
+    /// It changes nothing, and there is nothing to remember.
+    Nothing(Done),
+    Append(Vec<Event>),
+}
+
+/// The command pipeline over a store (PostgreSQL's, unless a test gives another); cheap to
+/// clone.
+#[derive(Clone)]
+pub struct Pipeline<S = EventStore> {
+    aggregates: Aggregates<S>,
+    observers: Arc<Vec<Arc<dyn AppendObserver>>>,
+    /// The deadlines its appends start.
+    deadlines: Deadlines,
+}
+
+impl<S: Store> Pipeline<S> {
     /// A pipeline over `store` keeping up to `cache_capacity` aggregate states in memory;
     /// the deadlines the events start fall due `deadline` later.
-    pub fn new(store: EventStore, cache_capacity: u64, deadline: Duration) -> Self {
+    pub fn new(store: S, cache_capacity: u64, deadline: Duration) -> Self {
         Self {
             aggregates: Aggregates::new(store, cache_capacity),
             observers: Arc::default(),
-            deadline,
+            deadlines: Deadlines::new(deadline),
         }
     }
 
@@ -189,24 +208,26 @@ impl Pipeline {
         self
     }
 
-    pub fn aggregates(&self) -> &Aggregates {
+    pub fn aggregates(&self) -> &Aggregates<S> {
         &self.aggregates
     }
 
-    pub fn store(&self) -> &EventStore {
+    pub fn deadlines(&self) -> &Deadlines {
+        &self.deadlines
+    }
+
+    pub fn store(&self) -> &S {
         self.aggregates.store()
     }
 
     /// Runs `command` against the aggregate in `target`. The command may be decided several
     /// times (after conflicts), always on a state at least as new as the last one.
-    /// `remember` makes the outcome to keep under the idempotency key, if there is one.
     #[tracing::instrument(skip_all, fields(aggregate = A::KIND.as_str(), stream = %target.id()), err(level = "debug"))]
     pub async fn execute<A>(
         &self,
         meta: &CommandMeta,
         target: Target,
         command: A::Command,
-        remember: impl Fn(&Done) -> Remembered,
     ) -> Result<Outcome, CommandError>
     where
         A: Aggregate,
@@ -217,125 +238,182 @@ impl Pipeline {
         {
             return Ok(Outcome::Replayed(replayed));
         }
-        let aggregates = &self.aggregates;
-        // `current` says whether `loaded` was read from the store just now, or may be a stale
-        // cache entry. Only an append of events is protected by the version check; a refusal,
-        // a no-op or a failed precondition decided on a stale entry would be wrong, so those
-        // are decided again on the current state before they are answered.
-        let stream_id = target.id();
+        let mut loaded = self.load::<A>(meta, target, &command).await?;
+        for _ in 0..ATTEMPTS {
+            let events = match self.decide(meta, target.id(), &loaded, command.clone())? {
+                Decided::Stale => {
+                    loaded = self.reload(target).await?;
+                    continue;
+                }
+                Decided::Nothing(done) => return Ok(Outcome::Done(done)),
+                Decided::Append(events) => events,
+            };
+            match self.commit(meta, target.id(), loaded, events).await? {
+                Some(outcome) => return Ok(outcome),
+                None => {
+                    tracing::debug!("version conflict, deciding again");
+                    loaded = self.reload(target).await?;
+                }
+            }
+        }
+        Err(CommandError::KeptChanging)
+    }
+
+    /// The state the command is first decided on: the empty one for a new stream, else the
+    /// cached one if there is one (a stale entry ends in a conflict), else the stored one.
+    /// Another tenant's aggregate does not exist for this one: its commands are decided on
+    /// the empty state (not found), and never appended to its stream.
+    async fn load<A: Aggregate>(
+        &self,
+        meta: &CommandMeta,
+        target: Target,
+        command: &A::Command,
+    ) -> Result<Current<A>, CommandError>
+    where
+        A::Command: Clone,
+    {
         let tenant = meta.tenant_id.as_str();
-        let (mut loaded, mut current) = match target {
-            Target::New(_) => (Loaded::<A>::default(), true),
-            Target::Existing(id) => match aggregates.cached::<A>(id).await {
-                Some(hit) if hit.belongs_to(tenant) => (hit, false),
-                _ => (aggregates.current::<A>(id).await?, true),
+        let loaded = match target {
+            Target::New(_) => Current::fresh(Loaded::default()),
+            Target::Existing(id) => match self.aggregates.cached::<A>(id).await {
+                Some(hit) if hit.belongs_to(tenant) => Current {
+                    loaded: hit,
+                    fresh: false,
+                },
+                _ => Current::fresh(self.aggregates.current::<A>(id).await?),
             },
         };
-        // Another tenant's aggregate does not exist for this one: its commands are decided on
-        // the empty state (not found), and never appended to its stream.
         if !loaded.belongs_to(tenant) {
-            let refusal = A::default().decide(command).err();
+            let refusal = A::default().decide(command.clone()).err();
             return Err(CommandError::Rejected(
                 refusal.unwrap_or(DomainError::NotFound(A::KIND.as_str())),
             ));
         }
-        for _ in 0..ATTEMPTS {
-            let decision = loaded.state.decide(command.clone());
-            // On a stream that does not exist the command's own rule answers (not found),
-            // not the precondition.
-            let precondition_failed = loaded.version != StreamVersion::EMPTY
-                && meta.expected.is_some_and(|v| v != loaded.version);
-            let accepted = matches!(&decision, Ok(events) if !events.is_empty());
-            if !current && (precondition_failed || !accepted) {
-                loaded = aggregates.current(stream_id).await?;
-                current = true;
-                continue;
-            }
-            if !loaded.belongs_to(tenant) {
-                return Err(CommandError::Rejected(DomainError::NotFound(
-                    A::KIND.as_str(),
-                )));
-            }
-            if let Some(expected) = meta.expected.filter(|_| precondition_failed) {
-                return Err(CommandError::PreconditionFailed {
-                    expected,
-                    current: loaded.version,
-                });
-            }
-            let events = decision?;
-            let done = Done {
-                stream_id,
-                version: StreamVersion::new(loaded.version.value() + events.len() as u64),
-                position: loaded.position,
-                appended: events.len(),
-            };
-            if events.is_empty() && meta.idempotency.is_none() {
-                return Ok(Outcome::Done(done));
-            }
-            let append = self.append_of(meta, stream_id, &loaded, &events, remember(&done));
-            let stored: Vec<_> = append
-                .events
-                .iter()
-                .map(|e| (e.event_id, e.occurred_at))
-                .collect();
-            match self.store().append(append).await {
-                Ok(appended) => {
-                    let position = appended.position().or(loaded.position);
-                    let committed = Committed {
-                        stream_id,
-                        tenant_id: meta.tenant_id.clone(),
-                        correlation_id: meta.correlation_id.clone(),
-                        causation_id: meta.causation_id,
-                        events: (loaded.version.as_i64() + 1..)
-                            .zip(events.iter().zip(stored).zip(&appended.positions))
-                            .map(|(version, ((event, (event_id, occurred_at)), position))| {
-                                CommittedEvent {
-                                    event_id,
-                                    version,
-                                    position: *position,
-                                    occurred_at,
-                                    event: event.clone(),
-                                }
-                            })
-                            .collect(),
-                    };
-                    let state = events.iter().fold(loaded.state, |s, e| s.evolve(e));
-                    let now = Loaded {
-                        state,
-                        version: appended.version,
-                        position,
-                        tenant_id: Some(meta.tenant_id.clone()),
-                    };
-                    aggregates.remember(stream_id, now).await;
-                    if !committed.events.is_empty() {
-                        for observer in self.observers.iter() {
-                            observer.committed(&committed).await;
-                        }
-                    }
-                    return Ok(Outcome::Done(Done { position, ..done }));
-                }
-                Err(AppendError::Conflict { .. }) => {
-                    tracing::debug!("version conflict, deciding again");
-                    loaded = aggregates.current(stream_id).await?;
-                    current = true;
-                }
-                Err(AppendError::KeyTaken) => {
-                    // A request with the same key committed first: answer as it did.
-                    return match self.replay(meta).await? {
-                        Some(replayed) => Ok(Outcome::Replayed(replayed)),
-                        None => Err(CommandError::KeptChanging),
-                    };
-                }
-                Err(AppendError::ClaimTaken { kind, value }) => {
-                    return Err(CommandError::ClaimTaken { kind, value });
-                }
-                Err(AppendError::DeadlineNotRunning(_)) => {
-                    return Err(CommandError::DeadlineNotRunning);
-                }
-                Err(AppendError::Database(error)) => return Err(CommandError::Store(error)),
-            }
+        Ok(loaded)
+    }
+
+    /// The state of `target` as stored now.
+    async fn reload<A: Aggregate>(&self, target: Target) -> Result<Current<A>, CommandError> {
+        Ok(Current::fresh(self.aggregates.current(target.id()).await?))
+    }
+
+    /// Decides the command on `loaded`. Only an append of events is protected by the version
+    /// check; a refusal, a no-op or a failed precondition decided on a stale cache entry
+    /// would be wrong, so those ask to be decided again on the stored state first.
+    fn decide<A: Aggregate>(
+        &self,
+        meta: &CommandMeta,
+        stream_id: Uuid,
+        loaded: &Current<A>,
+        command: A::Command,
+    ) -> Result<Decided, CommandError> {
+        let decision = loaded.state.decide(command);
+        // On a stream that does not exist the command's own rule answers (not found), not
+        // the precondition.
+        let precondition_failed = loaded.version != StreamVersion::EMPTY
+            && meta.expected.is_some_and(|v| v != loaded.version);
+        let accepted = matches!(&decision, Ok(events) if !events.is_empty());
+        if !loaded.fresh && (precondition_failed || !accepted) {
+            return Ok(Decided::Stale);
         }
-        Err(CommandError::KeptChanging)
+        if !loaded.belongs_to(&meta.tenant_id) {
+            return Err(CommandError::Rejected(DomainError::NotFound(
+                A::KIND.as_str(),
+            )));
+        }
+        if let Some(expected) = meta.expected.filter(|_| precondition_failed) {
+            return Err(CommandError::PreconditionFailed {
+                expected,
+                current: loaded.version,
+            });
+        }
+        let events = decision?;
+        // A no-op with a key still appends, to remember its outcome.
+        if events.is_empty() && meta.idempotency.is_none() {
+            return Ok(Decided::Nothing(loaded.done(stream_id, 0)));
+        }
+        Ok(Decided::Append(events))
+    }
+    /// Appends `events` after `loaded` and, once they are committed, caches the new state and
+    /// tells the observers. `None` when another writer appended to the stream first.
+    async fn commit<A: Aggregate>(
+        &self,
+        meta: &CommandMeta,
+        stream_id: Uuid,
+        loaded: Current<A>,
+        events: Vec<Event>,
+    ) -> Result<Option<Outcome>, CommandError> {
+        let append = self.append_of(meta, stream_id, &loaded, &events);
+        let stored: Vec<_> = append
+            .events
+            .iter()
+            .map(|e| (e.event_id, e.occurred_at))
+            .collect();
+        let appended = match self.store().append(append).await {
+            Ok(appended) => appended,
+            Err(refusal) => return self.refused(meta, refusal).await,
+        };
+        let done = Done {
+            position: appended.position().or(loaded.position),
+            ..loaded.done(stream_id, events.len())
+        };
+        let committed = Committed {
+            stream_id,
+            tenant_id: meta.tenant_id.clone(),
+            correlation_id: meta.correlation_id.clone(),
+            causation_id: meta.causation_id,
+            events: (loaded.version.as_i64() + 1..)
+                .zip(events.iter().zip(stored).zip(&appended.positions))
+                .map(
+                    |(version, ((event, (event_id, occurred_at)), position))| CommittedEvent {
+                        event_id,
+                        version,
+                        position: *position,
+                        occurred_at,
+                        event: event.clone(),
+                    },
+                )
+                .collect(),
+        };
+        let now = Loaded {
+            state: events.iter().fold(loaded.loaded.state, |s, e| s.evolve(e)),
+            version: appended.version,
+            position: done.position,
+            tenant_id: Some(meta.tenant_id.clone()),
+        };
+        self.aggregates.remember(stream_id, now).await;
+        self.tell_observers(&committed).await;
+        Ok(Some(Outcome::Done(done)))
+    }
+
+    /// What a refused append answers: `None` for a version conflict (decide again).
+    async fn refused(
+        &self,
+        meta: &CommandMeta,
+        refusal: AppendError,
+    ) -> Result<Option<Outcome>, CommandError> {
+        match refusal {
+            AppendError::Conflict { .. } => Ok(None),
+            // A request with the same key committed first: answer as it did.
+            AppendError::KeyTaken => match self.replay(meta).await? {
+                Some(replayed) => Ok(Some(Outcome::Replayed(replayed))),
+                None => Err(CommandError::KeptChanging),
+            },
+            AppendError::ClaimTaken { kind, value } => {
+                Err(CommandError::ClaimTaken { kind, value })
+            }
+            AppendError::DeadlineNotRunning(_) => Err(CommandError::DeadlineNotRunning),
+            AppendError::Database(error) => Err(CommandError::Store(error)),
+        }
+    }
+
+    async fn tell_observers(&self, committed: &Committed) {
+        if committed.events.is_empty() {
+            return;
+        }
+        for observer in self.observers.iter() {
+            observer.committed(committed).await;
+        }
     }
 
     /// The append that stores `events` after `loaded`, with everything that must commit with
@@ -344,9 +422,8 @@ impl Pipeline {
         &self,
         meta: &CommandMeta,
         stream_id: Uuid,
-        loaded: &Loaded<A>,
+        loaded: &Current<A>,
         events: &[Event],
-        remembered: Remembered,
     ) -> Append {
         let metadata = Metadata {
             tenant_id: meta.tenant_id.clone(),
@@ -356,57 +433,36 @@ impl Pipeline {
             schema_version: 1,
         };
         let mut append = stored::append::<A>(stream_id, loaded.version, events, metadata);
+        let done = loaded.done(stream_id, events.len());
         append.remember = meta.idempotency.as_ref().map(|i| Remember {
             key: i.key.clone(),
             request_hash: i.request_hash.clone(),
-            status: remembered.status,
-            body: remembered.body,
-            headers: remembered.headers,
+            outcome: serde_json::to_value(Remembered::of(&done, meta.subject))
+                .expect("an outcome is plain JSON"),
         });
-        let due_at = stored::now()
-            + chrono::TimeDelta::from_std(self.deadline).unwrap_or(chrono::TimeDelta::MAX);
-        append.deadlines = events
-            .iter()
-            .filter_map(Event::starts_deadline)
-            .map(|(id, kind)| DeadlineStart {
-                id,
-                kind: kind.to_owned(),
-                due_at,
-            })
-            .collect();
-        // The timer's failure fires its deadline; a saga's confirmation pauses it.
-        let fired = meta.fires.map(|id| DeadlineEnd {
-            id,
-            how: Ending::Fired,
-        });
-        let paused = || {
-            events
-                .iter()
-                .find_map(Event::pauses_deadline)
-                .map(|id| DeadlineEnd {
-                    id,
-                    how: Ending::Paused,
-                })
-        };
-        append.ends = fired.or_else(paused);
+        append.deadlines = self.deadlines.started_by(events);
+        append.ends = Deadlines::ended_by(meta.fires, events);
         append
     }
 
     /// The remembered outcome of the command's idempotency key, if there is one.
-    async fn replay(&self, meta: &CommandMeta) -> Result<Option<StoredResponse>, CommandError> {
+    async fn replay(&self, meta: &CommandMeta) -> Result<Option<Remembered>, CommandError> {
         let Some(idempotency) = &meta.idempotency else {
             return Ok(None);
         };
         let stored = self
             .store()
-            .remembered_response(&meta.tenant_id, &idempotency.key)
+            .remembered_outcome(&meta.tenant_id, &idempotency.key)
             .await
             .map_err(CommandError::Store)?;
-        match stored {
-            Some(stored) if stored.request_hash != idempotency.request_hash => {
-                Err(CommandError::KeyReused)
-            }
-            stored => Ok(stored),
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        if stored.request_hash != idempotency.request_hash {
+            return Err(CommandError::KeyReused);
         }
+        serde_json::from_value(stored.outcome)
+            .map(Some)
+            .map_err(|error| CommandError::Store(sqlx::Error::Decode(error.into())))
     }
 }

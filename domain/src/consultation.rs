@@ -27,6 +27,13 @@ named_enum! {
     }
 }
 
+impl Status {
+    /// Whether the consultation's status can no longer change.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Failed | Self::Cancelled | Self::Done)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum Consultation {
     #[default]

@@ -165,13 +165,13 @@ impl Exchange {
         }
     }
 
-    /// The service that owns this exchange's events (`sourceService` on the wire).
-    pub fn source_service(self) -> &'static str {
+    /// The binding key that takes every event of this exchange (`patient.#`).
+    pub fn every_event(self) -> &'static str {
         match self {
-            Self::Patients => "patient-service",
-            Self::Physicians => "physician-service",
-            Self::Consultations => "scheduling-service",
-            Self::Records => "clinical-records-service",
+            Self::Patients => "patient.#",
+            Self::Physicians => "physician.#",
+            Self::Consultations => "consultation.#",
+            Self::Records => "record.#",
         }
     }
 }

@@ -15,6 +15,7 @@
 //!   ([`AggregateKind`]), and where it travels on the broker.
 //! - `names`: enums whose variants travel as names, each name written once.
 //! - [`patient`], [`physician`], [`schedule`], [`consultation`], [`record`]: the aggregates.
+//! - [`service`]: the table of services, and every name they go by on the broker.
 //! - [`saga`]: which service reacts to which event in the scheduling and cancellation sagas,
 //!   and the deactivation follow-up, with what step.
 
@@ -28,6 +29,7 @@ pub mod physician;
 pub mod record;
 pub mod saga;
 pub mod schedule;
+pub mod service;
 pub mod values;
 
 pub use aggregate::{Aggregate, DomainError};

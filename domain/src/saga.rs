@@ -16,37 +16,14 @@
 
 use crate::event::{Event, FailureReason};
 use crate::ids::{ConsultationId, PatientId, PhysicianId};
+use crate::service::Service;
 
 /// The kind of deadline a scheduling saga runs under.
 pub const SCHEDULING_DEADLINE: &str = "scheduling";
 
-/// The services that run saga steps, each from a queue shared by all of its processes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SagaService {
-    Patients,
-    Physicians,
-    Scheduling,
-    Records,
-}
-
-impl SagaService {
-    pub const ALL: [SagaService; 4] = [
-        SagaService::Patients,
-        SagaService::Physicians,
-        SagaService::Scheduling,
-        SagaService::Records,
-    ];
-
-    /// The service part of its queue's name (`hap.{service}.saga`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Patients => "patient-service",
-            Self::Physicians => "physician-service",
-            Self::Scheduling => "scheduling-service",
-            Self::Records => "clinical-records",
-        }
-    }
-
+/// What each service does in the sagas: it runs its steps from a queue shared by all of its
+/// processes.
+impl Service {
     /// The event types this service reacts to: its queue's bindings.
     pub fn triggers(self) -> &'static [&'static str] {
         match self {
@@ -206,7 +183,7 @@ mod tests {
 
     #[test]
     fn every_trigger_is_a_known_event_that_its_service_reacts_to() {
-        for service in SagaService::ALL {
+        for service in Service::ALL {
             for trigger in service.triggers() {
                 assert!(route(trigger).is_some(), "{trigger}");
             }
@@ -223,13 +200,13 @@ mod tests {
             ends_at: chrono::Utc::now(),
             reason: None,
         });
-        let reacting: Vec<_> = SagaService::ALL
+        let reacting: Vec<_> = Service::ALL
             .into_iter()
             .filter_map(|s| s.react(&started).map(|step| (s, step.name())))
             .collect();
         assert_eq!(
             reacting,
-            [(SagaService::Patients, "validate_patient")],
+            [(Service::Patients, "validate_patient")],
             "one hop at a time"
         );
         assert!(started.starts_deadline().is_some());
@@ -244,7 +221,7 @@ mod tests {
             reason: "booked".into(),
         });
         assert_eq!(
-            SagaService::Scheduling.react(&rejected),
+            Service::Scheduling.react(&rejected),
             Some(Step::FailScheduling {
                 consultation_id,
                 reason: FailureReason::PhysicianUnavailable,
@@ -268,7 +245,7 @@ mod tests {
             }),
             Event::ConsultationDone(event::ConsultationDone { consultation_id }),
         ];
-        for service in SagaService::ALL {
+        for service in Service::ALL {
             for sample in &samples {
                 assert_eq!(
                     service.react(sample).is_some(),

@@ -5,7 +5,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::EventStore;
-use crate::deadlines::{DeadlineEnd, DeadlineStart};
+use crate::deadlines::{DeadlineEnd, DeadlineStart, DeadlineState};
 use crate::position::{Position, StreamVersion};
 
 /// An event not yet stored.
@@ -35,16 +35,14 @@ pub struct Claim {
     pub value: String,
 }
 
-/// The response to remember under an idempotency key, in the same transaction as the events.
-/// If `body` has a `position` member and events were appended, it is set to the position of the
-/// last one, which is only known once they are inserted.
+/// The outcome to remember under an idempotency key, in the same transaction as the events.
+/// If `outcome` has a `position` member and events were appended, it is set to the position of
+/// the last one (as text), which is only known once they are inserted.
 #[derive(Debug, Clone)]
 pub struct Remember {
     pub key: String,
     pub request_hash: String,
-    pub status: u16,
-    pub body: Value,
-    pub headers: Value,
+    pub outcome: Value,
 }
 
 /// One append: events for one stream, expected to be at `expected` beforehand.
@@ -106,7 +104,7 @@ pub enum AppendError {
 
 /// One statement writes a batch of appends (often a batch of one), so it runs as a single
 /// implicit transaction in one round trip: each append's events (versions `expected + 1 …`,
-/// positions in batch order), its claims, the deadlines it starts, and its remembered response
+/// positions in batch order), its claims, the deadlines it starts, and its remembered outcome
 /// with the position of its last event filled in. An append that ends a deadline is written
 /// alone, and writes nothing unless its conditional update moved the deadline out of running
 /// (`go` reads that update, so it runs before the inserts and holds the row lock until the
@@ -115,19 +113,19 @@ pub enum AppendError {
 /// statement fail on the matching unique constraint, and nothing of it is written.
 const APPEND: &str = r#"
 with ended as (
-    update deadlines set state = $32, updated_at = now()
-     where id = $29 and state = 'running'
+    update deadlines set state = $30, updated_at = now()
+     where id = $27 and state = $31
     returning id
 ),
 go as (
-    select $29::uuid is null
+    select $27::uuid is null
         or exists (select 1 from ended)
-        or ($32 = 'paused' and not exists (select 1 from deadlines where id = $29)) as ok
+        or ($30 = $32 and not exists (select 1 from deadlines where id = $27)) as ok
 ),
 input as (
     select * from unnest($1::int[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[],
                          $6::text[], $7::text[], $8::text[], $9::text[], $10::uuid[],
-                         $11::int[], $12::timestamptz[], $31::text[]) with ordinality
+                         $11::int[], $12::timestamptz[], $29::text[]) with ordinality
         as i(batch_index, event_id, stream_id, aggregate_type, version, event_type, payload,
              tenant_id, correlation_id, causation_id, schema_version, occurred_at, actor_id, n)
      where (select ok from go)
@@ -154,21 +152,18 @@ claimed as (
 ),
 started as (
     insert into deadlines (id, tenant_id, kind, due_at, correlation_id, actor_id)
-    select * from unnest($24::uuid[], $25::text[], $26::text[], $27::timestamptz[], $28::text[],
-                         $30::text[])
+    select * from unnest($22::uuid[], $23::text[], $24::text[], $25::timestamptz[], $26::text[],
+                         $28::text[])
      where (select ok from go)
 ),
 remembered as (
-    insert into idempotency_keys (tenant_id, key, request_hash, response_status,
-                                  response_body, response_headers)
-    select k.tenant_id, k.key, k.request_hash, k.status,
-           case when k.body ? 'position' and p.position is not null
-                then jsonb_set(k.body, '{position}', to_jsonb(p.position::text))
-                else k.body end,
-           k.headers
-      from unnest($17::int[], $18::text[], $19::text[], $20::text[], $21::smallint[],
-                  $22::jsonb[], $23::jsonb[])
-           as k(batch_index, tenant_id, key, request_hash, status, body, headers)
+    insert into idempotency_keys (tenant_id, key, request_hash, outcome)
+    select k.tenant_id, k.key, k.request_hash,
+           case when k.outcome ? 'position' and p.position is not null
+                then jsonb_set(k.outcome, '{position}', to_jsonb(p.position::text))
+                else k.outcome end
+      from unnest($17::int[], $18::text[], $19::text[], $20::text[], $21::jsonb[])
+           as k(batch_index, tenant_id, key, request_hash, outcome)
       left join last_positions p using (batch_index)
      where (select ok from go)
 )
@@ -199,9 +194,7 @@ struct Columns {
     key_tenants: Vec<String>,
     keys: Vec<String>,
     hashes: Vec<String>,
-    statuses: Vec<i16>,
-    bodies: Vec<Value>,
-    headers: Vec<Value>,
+    outcomes: Vec<Value>,
     deadline_ids: Vec<Uuid>,
     deadline_tenants: Vec<String>,
     deadline_kinds: Vec<String>,
@@ -246,10 +239,7 @@ impl Columns {
                 c.key_tenants.push(meta.tenant_id.clone());
                 c.keys.push(r.key.clone());
                 c.hashes.push(r.request_hash.clone());
-                c.statuses
-                    .push(i16::try_from(r.status).expect("HTTP statuses fit in i16"));
-                c.bodies.push(r.body.clone());
-                c.headers.push(r.headers.clone());
+                c.outcomes.push(r.outcome.clone());
             }
             for deadline in &append.deadlines {
                 c.deadline_ids.push(deadline.id);
@@ -274,7 +264,7 @@ impl Columns {
 
 impl EventStore {
     /// Appends `append.events` to the stream if it is still at `append.expected`, together with
-    /// the claims and the remembered response. With no events it only remembers the response.
+    /// the claims and the remembered outcome. With no events it only remembers the outcome.
     /// With group commit on ([`EventStore::with_group_commit`]), concurrent appends may share a
     /// transaction; the outcome of each is the same as alone.
     // Refusals (conflicts, taken claims) are part of normal operation: logged at debug level.
@@ -324,9 +314,7 @@ impl EventStore {
             .bind(c.key_tenants)
             .bind(c.keys)
             .bind(c.hashes)
-            .bind(c.statuses)
-            .bind(c.bodies)
-            .bind(c.headers)
+            .bind(c.outcomes)
             .bind(c.deadline_ids)
             .bind(c.deadline_tenants)
             .bind(c.deadline_kinds)
@@ -336,6 +324,8 @@ impl EventStore {
             .bind(c.deadline_actors)
             .bind(c.actors)
             .bind(c.ends.map(|e| e.how.as_str()))
+            .bind(DeadlineState::Running.as_str())
+            .bind(DeadlineState::Paused.as_str())
             .fetch_all(&self.pool)
             .await;
         // Every write wakes the readers, refused ones too: while it ran it held back the

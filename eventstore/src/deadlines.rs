@@ -4,7 +4,9 @@
 //! Pausing and firing are not done here: the append of the saga's confirmation pauses its
 //! deadline, and a timer's append of the failure a deadline causes fires it, each in the same
 //! statement as its events ([`crate::Append::ends`]). Both update only a running deadline, so
-//! whichever takes the row lock first wins and the other appends nothing.
+//! whichever takes the row lock first wins and the other appends nothing. What starts, pauses,
+//! fires and retires a deadline, and for how long it runs, is the command side's
+//! (`commands::deadlines`).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -41,12 +43,51 @@ pub enum Ending {
 }
 
 impl Ending {
-    /// The deadline's state afterwards, as the `deadlines` table and metrics name it.
+    /// The deadline's state afterwards.
+    pub fn state(self) -> DeadlineState {
+        match self {
+            Self::Paused => DeadlineState::Paused,
+            Self::Fired => DeadlineState::Fired,
+        }
+    }
+
+    /// The state's name, as the `deadlines` table and metrics give it.
+    pub fn as_str(self) -> &'static str {
+        self.state().as_str()
+    }
+}
+
+/// The running state's name in a macro, for SQL that `concat!` builds whole (housekeeping's).
+macro_rules! running {
+    () => {
+        "running"
+    };
+}
+pub(crate) use running;
+
+/// Where a deadline is: the one place its states are named (SQL binds these names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlineState {
+    /// Counting down; only a running deadline can be paused or fired.
+    Running,
+    Paused,
+    Fired,
+}
+
+impl DeadlineState {
+    /// As the `deadlines` table stores it.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Running => running!(),
             Self::Paused => "paused",
             Self::Fired => "fired",
         }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Running, Self::Paused, Self::Fired]
+            .into_iter()
+            .find(|state| state.as_str() == name)
     }
 }
 
@@ -68,10 +109,11 @@ impl EventStore {
     #[tracing::instrument(skip(self), err)]
     pub async fn retire_deadline(&self, id: Uuid) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "update deadlines set state = 'fired', updated_at = now()
-              where id = $1 and state = 'running'",
+            "update deadlines set state = $2, updated_at = now() where id = $1 and state = $3",
         )
         .bind(id)
+        .bind(DeadlineState::Fired.as_str())
+        .bind(DeadlineState::Running.as_str())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -82,13 +124,17 @@ impl EventStore {
     /// (see [`crate::Append::ends`]).
     #[tracing::instrument(skip(self), err(level = "debug"))]
     pub async fn due_deadlines(&self, limit: i64) -> Result<Vec<Due>, sqlx::Error> {
-        sqlx::query_as(
+        // The state is spelled out, not bound: only then does the planner use the partial
+        // index of running deadlines.
+        sqlx::query_as(concat!(
             "select id, tenant_id, kind, correlation_id, actor_id, due_at from deadlines
-              where state = 'running' and due_at <= now()
+              where state = '",
+            running!(),
+            "' and due_at <= now()
               order by due_at
               limit $1
-              for update skip locked",
-        )
+              for update skip locked"
+        ))
         .bind(limit)
         .fetch_all(&self.pool)
         .await
@@ -96,9 +142,25 @@ impl EventStore {
 
     /// When the next running deadline falls due, if any runs.
     pub async fn next_deadline(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        sqlx::query_scalar("select min(due_at) from deadlines where state = 'running'")
-            .fetch_one(&self.pool)
-            .await
+        sqlx::query_scalar(concat!(
+            "select min(due_at) from deadlines where state = '",
+            running!(),
+            "'"
+        ))
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// How many running deadlines are more than `grace` past due: ones no timer has fired.
+    pub async fn overdue_deadlines(&self, grace: std::time::Duration) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(concat!(
+            "select count(*) from deadlines where state = '",
+            running!(),
+            "' and due_at < now() - make_interval(secs => $1)"
+        ))
+        .bind(grace.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await
     }
 
     /// The state of a deadline (`running`, `paused`, `fired`), for tests and operators.

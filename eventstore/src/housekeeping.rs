@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::EventStore;
+use crate::deadlines::running;
 
 /// Rows deleted by one statement.
 pub const BATCH: i64 = 1_000;
@@ -31,12 +32,15 @@ delete from idempotency_keys
 /// Deadlines that no longer run (fired, paused, or any state a later version adds for a saga
 /// that ended) and have not changed since the cutoff. A running deadline is never deleted: a
 /// timer still has to fire it.
-const FORGET_DEADLINES: &str = "
-delete from deadlines
+const FORGET_DEADLINES: &str = concat!(
+    "delete from deadlines
  where id in (
        select id from deadlines
-        where state <> 'running' and updated_at < now() - make_interval(secs => $1)
-        limit $2)";
+        where state <> '",
+    running!(),
+    "' and updated_at < now() - make_interval(secs => $1)
+        limit $2)"
+);
 
 impl EventStore {
     /// Deletes idempotency keys stored more than `retention` ago and deadlines that stopped

@@ -1,40 +1,35 @@
-//! Reading back the response remembered under an idempotency key.
+//! Reading back the outcome remembered under an idempotency key.
 
 use serde_json::Value;
 
 use crate::EventStore;
 
-/// The first successful response to a request made with an idempotency key.
+/// The outcome of the first request made with an idempotency key, as its sender gave it to
+/// remember (see [`crate::Remember`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct StoredResponse {
+pub struct StoredOutcome {
     pub request_hash: String,
-    pub status: u16,
-    pub body: Value,
-    pub headers: Value,
+    pub outcome: Value,
 }
 
 impl EventStore {
     #[tracing::instrument(skip(self, key), err)]
-    pub async fn remembered_response(
+    pub async fn remembered_outcome(
         &self,
         tenant_id: &str,
         key: &str,
-    ) -> Result<Option<StoredResponse>, sqlx::Error> {
-        let row: Option<(String, i16, Value, Value)> = sqlx::query_as(
-            "select request_hash, response_status, response_body, response_headers
-             from idempotency_keys where tenant_id = $1 and key = $2",
+    ) -> Result<Option<StoredOutcome>, sqlx::Error> {
+        let row: Option<(String, Value)> = sqlx::query_as(
+            "select request_hash, outcome from idempotency_keys
+              where tenant_id = $1 and key = $2",
         )
         .bind(tenant_id)
         .bind(key)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(
-            row.map(|(request_hash, status, body, headers)| StoredResponse {
-                request_hash,
-                status: u16::try_from(status).expect("stored statuses are HTTP statuses"),
-                body,
-                headers,
-            }),
-        )
+        Ok(row.map(|(request_hash, outcome)| StoredOutcome {
+            request_hash,
+            outcome,
+        }))
     }
 }

@@ -1,7 +1,10 @@
 //! HAP's event store on PostgreSQL: appending events to streams with optimistic concurrency,
 //! reading a stream, and reading every event in a global order that never skips one whose
-//! transaction commits late. The `events` table is also the outbox the publisher streams to
-//! RabbitMQ. Nothing here is clinical: events are typed by name and carry JSON payloads.
+//! transaction commits late. The `events` table is also the outbox that the publisher (in the
+//! `messaging` crate) streams to RabbitMQ; what the publisher needs of the store and of the
+//! process stays here: its checkpoint, its leadership, its wakeups, and readiness, all
+//! PostgreSQL or process concerns that know no broker. Nothing here is clinical: events are
+//! typed by name and carry JSON payloads.
 //!
 //! # Layout
 //! - [`position`]: the value types of the store (`StreamVersion`, `Position`, `GlobalCheckpoint`).
@@ -10,43 +13,44 @@
 //! - [`read`]: reading one stream and the gap-safe read of all streams (for the publisher, on
 //!   a connection of its own: `TailReader`); [`scan`]: the same read of the whole store in
 //!   bulk, for rebuilds.
-//! - [`idempotency`]: looking up the remembered response to an idempotency key.
+//! - [`store`]: the [`Store`] trait, what commands need of a store; [`memory`]: a store in
+//!   memory with the same rules, for unit tests.
+//! - [`idempotency`]: looking up the outcome remembered under an idempotency key.
 //! - [`housekeeping`]: forgetting old idempotency keys and finished deadlines, in small batches.
 //! - [`unavailable`]: which database errors mean PostgreSQL is unavailable for now
 //!   ([`is_unavailable`]), the one classification every layer uses.
-//! - [`deadlines`]: durable saga deadlines (running, paused, fired), started and fired with
-//!   appends.
-//! - [`message`]: the message an event becomes on RabbitMQ, and the [`Router`] that says where.
-//! - [`broker`]: the RabbitMQ nodes (`AmqpUrls`) and connecting to the first that answers.
-//! - [`topology`]: exchange and queue names under a prefix, and declaring them.
-//! - [`publisher`]: streaming committed events to RabbitMQ with confirms, one leader at a time
-//!   ([`leader`]), woken soon after commits ([`wakeup`]).
+//! - [`deadlines`]: durable saga deadlines' rows and their states ([`DeadlineState`]),
+//!   started and ended with appends.
+//! - [`publishing`]: the publisher's durable checkpoint and its lag; the publisher leads one at
+//!   a time ([`leader`]) and is woken soon after commits ([`wakeup`]).
 //! - [`readiness`]: which parts of a process run, for its readiness check.
+//! - [`processes`]: every running process recorded with its heartbeat, for operators.
 
 pub mod append;
-pub mod broker;
 pub mod deadlines;
 mod group_commit;
 pub mod housekeeping;
 pub mod idempotency;
 pub mod leader;
-pub mod message;
+pub mod memory;
 pub mod position;
-pub mod publisher;
+pub mod processes;
+pub mod publishing;
 pub mod read;
 pub mod readiness;
 pub mod scan;
-pub mod topology;
+pub mod store;
 pub mod unavailable;
 pub mod wakeup;
 
 pub use append::{Append, AppendError, Appended, Claim, Metadata, NewEvent, Remember};
-pub use deadlines::{DeadlineEnd, DeadlineStart, Due, Ending};
-pub use idempotency::StoredResponse;
-pub use message::{MessageRoute, Router};
+pub use deadlines::{DeadlineEnd, DeadlineStart, DeadlineState, Due, Ending};
+pub use idempotency::StoredOutcome;
+pub use memory::MemoryStore;
 pub use position::{GlobalCheckpoint, Position, StreamVersion};
-pub use publisher::{Publisher, PublisherSettings};
+pub use publishing::Lag;
 pub use read::{RECORDED_EVENT_COLUMNS, RecordedEvent};
+pub use store::Store;
 pub use unavailable::is_unavailable;
 
 use std::sync::Arc;
@@ -111,7 +115,7 @@ impl EventStore {
     }
 
     /// Told by a publisher when it starts and stops leading from this process.
-    pub(crate) fn set_publishing_here(&self, leading: bool) {
+    pub fn set_publishing_here(&self, leading: bool) {
         if leading {
             self.publishing_here.fetch_add(1, Ordering::SeqCst);
         } else {

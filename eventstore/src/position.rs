@@ -2,9 +2,14 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 /// How many events a stream holds; 0 for a stream that does not exist yet. After an append of
-/// `n` events at version `v`, the stream is at `v + n`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+/// `n` events at version `v`, the stream is at `v + n`. In JSON, a number.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
 pub struct StreamVersion(u64);
 
 impl StreamVersion {
@@ -57,6 +62,22 @@ impl Position {
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+/// In JSON, the token as clients see it: its text form (the store fills remembered outcomes'
+/// positions in that form too).
+impl Serialize for Position {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Position {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let token = String::deserialize(deserializer)?;
+        Self::parse(&token)
+            .ok_or_else(|| serde::de::Error::custom(format!("{token:?} is not a position")))
     }
 }
 

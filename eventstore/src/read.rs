@@ -125,6 +125,34 @@ impl EventStore {
         .await
     }
 
+    /// Up to `limit` events of one tenant's stream of `aggregate_type` after version `after`,
+    /// in version order: a page of its history. Another tenant's stream, or another kind's,
+    /// reads as empty.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn read_history(
+        &self,
+        tenant_id: &str,
+        aggregate_type: &str,
+        stream_id: Uuid,
+        after: StreamVersion,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        sqlx::query_as(concat!(
+            "select ",
+            recorded_event_columns!(),
+            " from events where stream_id = $1 and version > $2
+                and tenant_id = $3 and aggregate_type = $4
+              order by version limit $5"
+        ))
+        .bind(stream_id)
+        .bind(after.as_i64())
+        .bind(tenant_id)
+        .bind(aggregate_type)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// Up to `limit` committed events after `after`, in (transaction id, position) order. (The
     /// `order by` names the table's columns: the output column `transaction_id` is a cast,
     /// and sorting by it would sort every remaining row instead of walking the index.)

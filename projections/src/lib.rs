@@ -3,14 +3,11 @@
 //!
 //! # Layout
 //! - [`schema`]: the read model's schema per instance, its pool and migrations.
-//! - [`envelope`]: an event as a projector sees it, from a message or the store.
 //! - [`projector`]: the projector contract and how every batch is applied (deduplicated, in
 //!   stream order, gaps filled from the store, atomically: the common batch in one statement).
-//! - [`queues`]: each instance queue, its bindings, and its retry and dead-letter queues.
-//! - [`consumer`]: the consumer runtime (batches, ack after the handler is done, retries, dead
-//!   letters) that projectors and saga services plug into as [`consumer::Handler`]s.
-//! - [`live`]: the instance's projectors as handlers of that runtime.
-//! - [`dlq`]: listing, replaying and purging dead letters.
+//! - [`queues`]: each projector of an instance with the service whose queue feeds it.
+//! - [`live`]: the instance's projectors as handlers of `messaging`'s consumer runtime, which
+//!   hands them each event as a `messaging::Envelope`.
 //! - [`rebuild`]: rebuilding (or verifying) read models from the event store, live; [`copy`]:
 //!   its bulk writes.
 //! - [`patients`], [`physicians`], [`consultations`] (also the agenda), [`records`]: the
@@ -20,10 +17,7 @@
 //!   projectors, so that waiting for them does not wait for the broker.
 
 pub mod consultations;
-pub mod consumer;
 pub mod copy;
-pub mod dlq;
-pub mod envelope;
 pub mod live;
 pub mod local;
 pub mod patients;
@@ -32,13 +26,13 @@ pub mod progress;
 pub mod projector;
 pub mod queues;
 pub mod rebuild;
-mod recent;
 pub mod records;
 pub mod registry;
 pub mod schema;
 
-use domain::event::Exchange;
-use eventstore::topology::Topology;
+// Every projector takes events as the consumer runtime hands them over, as
+// `crate::envelope::Envelope`.
+use messaging::envelope;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -71,11 +65,6 @@ pub fn projections_of_exchange(exchange: &str) -> &'static [&'static str] {
         "records" => &[RECORDS],
         _ => &[],
     }
-}
-
-/// The broker's exchanges under `prefix`: one per exchange of the domain's routing table.
-pub fn topology(prefix: &str) -> Topology {
-    Topology::new(prefix, Exchange::ALL.map(Exchange::suffix))
 }
 
 /// The projections that receive events of `event_type`; `None` for a type HAP does not know.

@@ -13,12 +13,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::ReadModel;
-use crate::consumer::{self, ConsumerSettings, HandleError, Handler, Message};
-use crate::envelope::Envelope;
 use crate::progress::Commit;
 use crate::projector::{Applied, ApplyError, Projector, apply_batch};
 use crate::queues::QUEUES;
 use crate::schema::Plans;
+use messaging::Envelope;
+use messaging::consumer::{self, ConsumerSettings, HandleError, Handler, Message};
 
 /// Runs the consumers of every projection of the instance until `shutdown`. They are
 /// registered with the settings' readiness at once, before the returned future first runs.
@@ -52,8 +52,8 @@ pub fn run_all(
             };
             consumer::consume(
                 Arc::new(handler),
-                settings.queue_names(spec),
-                spec.bindings.to_vec(),
+                settings.queue_names(spec.service),
+                spec.bindings(),
                 settings.clone(),
                 shutdown.clone(),
             )

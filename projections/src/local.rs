@@ -10,18 +10,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use messaging::Envelope;
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
-use crate::envelope::Envelope;
 use crate::projections_of_event;
-use crate::recent::Recent;
 
 /// Events waiting for one projector at most; past it they are dropped and come by the queue.
+/// (The consumer runtime remembers four times as many committed, until their copies come.)
 const CAPACITY: usize = 4096;
-/// Fed events a projector remembers having committed until their copies arrive; past it the
-/// oldest are forgotten (their copies then cost a transaction that finds them applied).
-const REMEMBERED: usize = 4 * CAPACITY;
 
 /// The projectors of this process that take events straight from its commands; cheap to
 /// clone.
@@ -65,24 +61,5 @@ impl LocalFeed {
         // A panic elsewhere while holding it leaves the map whole: senders are inserted or
         // read, never half-written.
         self.projectors.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// The ids of fed events a projector has committed, until their copies come through the queue:
-/// a copy found here is applied already, and is acknowledged without asking the database.
-#[derive(Debug, Default)]
-pub(crate) struct CommittedFed(Recent<(), REMEMBERED>);
-
-impl CommittedFed {
-    /// Remembers fed events whose batch has committed.
-    pub(crate) fn insert(&mut self, ids: Vec<Uuid>) {
-        for id in ids {
-            self.0.entry(id);
-        }
-    }
-
-    /// Whether the event was fed and committed; forgets it (its copy comes once).
-    pub(crate) fn take(&mut self, id: Uuid) -> bool {
-        self.0.remove(&id).is_some()
     }
 }

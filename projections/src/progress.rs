@@ -21,7 +21,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{broadcast, oneshot, watch};
 use uuid::Uuid;
 
-use crate::recent::Recent;
+use messaging::recent::Recent;
 
 /// How soon a waiting query first re-checks when projectors run in another process.
 const POLL: Duration = Duration::from_millis(10);

@@ -1,12 +1,8 @@
-//! The queues and their companions: each instance's projector queues (which projector each
-//! feeds, what it is bound to), the saga queues all instances share, and the retry and
-//! dead-letter queues beside every one.
+//! Each projector of an instance with the service whose queue feeds it; the queues' names and
+//! bindings come from that service's row of the domain's table (`messaging::queues`).
 
-use eventstore::topology::Topology;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueBindOptions};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use domain::service::Service;
+use messaging::queues::{Binding, projector_bindings};
 
 use crate::consultations::Consultations;
 use crate::patients::Patients;
@@ -14,209 +10,36 @@ use crate::physicians::Physicians;
 use crate::projector::Projector;
 use crate::records::Records;
 
-/// How many times the broker delivers a message before dead-lettering it by itself: the net
-/// under the consumer's own retry counting, for a message that crashes the consumer.
-const DELIVERY_LIMIT: i64 = 20;
-
-/// One projector's queue.
+/// One projector and its queue.
 pub struct QueueSpec {
-    /// The service part of the queue name (`patient-service`).
-    pub service: &'static str,
-    /// (exchange suffix, binding key) pairs.
-    pub bindings: &'static [(&'static str, &'static str)],
+    /// Whose queue it is (`{prefix}.{service}.{instance}.events`).
+    pub service: Service,
     pub projector: fn() -> Box<dyn Projector>,
+}
+
+impl QueueSpec {
+    /// What the queue is bound to, as (exchange suffix, binding key) pairs.
+    pub fn bindings(&self) -> Vec<Binding> {
+        projector_bindings(self.service)
+    }
 }
 
 /// Every projector of an instance with its queue.
 pub const QUEUES: [QueueSpec; 4] = [
     QueueSpec {
-        service: "patient-service",
-        bindings: &[("patients", "patient.#")],
+        service: Service::Patients,
         projector: || Box::new(Patients),
     },
     QueueSpec {
-        service: "physician-service",
-        bindings: &[("physicians", "physician.#")],
+        service: Service::Physicians,
         projector: || Box::new(Physicians),
     },
     QueueSpec {
-        service: "scheduling-service",
-        bindings: &[
-            ("consultations", "consultation.#"),
-            ("patients", "patient.#"),
-            ("physicians", "physician.#"),
-        ],
+        service: Service::Scheduling,
         projector: || Box::new(Consultations),
     },
     QueueSpec {
-        service: "clinical-records",
-        bindings: &[("records", "record.#")],
+        service: Service::Records,
         projector: || Box::new(Records),
     },
 ];
-
-/// The names of one instance's queue and its companions.
-#[derive(Debug, Clone)]
-pub struct QueueNames {
-    /// `{prefix}.{service}.{instance}.events`
-    pub main: String,
-    /// Where messages that cannot be applied end, with `x-error`.
-    pub dead_letters: String,
-    /// Where a message waits out its retry delay before returning to `main`.
-    pub retry: String,
-}
-
-impl QueueNames {
-    /// The names of an instance's own queue for `service`'s projector:
-    /// `{prefix}.{service}.{instance}.events`.
-    pub fn new(prefix: &str, service: &str, instance: &str) -> Self {
-        Self::of(format!("{prefix}.{service}.{instance}.events"))
-    }
-
-    /// The names of the queue `service`'s saga steps share across every instance (competing
-    /// consumers): `{prefix}.{service}.saga`.
-    pub fn shared(prefix: &str, service: &str) -> Self {
-        Self::of(format!("{prefix}.{service}.saga"))
-    }
-
-    fn of(main: String) -> Self {
-        Self {
-            dead_letters: format!("{main}.dlq"),
-            retry: format!("{main}.retry"),
-            main,
-        }
-    }
-}
-
-/// Declares the exchanges, a projector's queue with its dead-letter and retry queues, and
-/// the bindings.
-pub async fn declare(
-    connection: &Connection,
-    topology: &Topology,
-    spec: &QueueSpec,
-    names: &QueueNames,
-) -> lapin::Result<()> {
-    declare_bound(connection, topology, spec.bindings, names).await
-}
-
-/// Declares the exchanges, the queue `names` with its dead-letter and retry queues, and its
-/// `bindings` as (exchange suffix, binding key) pairs.
-pub async fn declare_bound(
-    connection: &Connection,
-    topology: &Topology,
-    bindings: &[(&'static str, &'static str)],
-    names: &QueueNames,
-) -> lapin::Result<()> {
-    topology.declare(connection).await?;
-    topology
-        .declare_quorum_queue(connection, &names.dead_letters, FieldTable::default())
-        .await?;
-
-    let mut main = FieldTable::default();
-    main.insert(
-        "x-delivery-limit".into(),
-        AMQPValue::LongLongInt(DELIVERY_LIMIT),
-    );
-    main.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    main.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(names.dead_letters.as_str().into()),
-    );
-    // At-least-once dead-lettering: a message is removed only once the DLQ has it.
-    main.insert(
-        "x-dead-letter-strategy".into(),
-        AMQPValue::LongString("at-least-once".into()),
-    );
-    main.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
-    topology
-        .declare_quorum_queue(connection, &names.main, main)
-        .await?;
-    // A quorum queue too, so that retries outlive a node: a classic queue lives on one node,
-    // and while that node is down it cannot even be declared, which kept every consumer and
-    // the publisher from reconnecting. A message published into it with `expiration = delay`
-    // returns to the main queue once it expires at the head of the queue (RabbitMQ 3.10 and
-    // later honour per-message expiry in quorum queues as in classic ones), removed only once
-    // the main queue has it.
-    let mut retry = FieldTable::default();
-    retry.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    retry.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(names.main.as_str().into()),
-    );
-    retry.insert(
-        "x-dead-letter-strategy".into(),
-        AMQPValue::LongString("at-least-once".into()),
-    );
-    retry.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
-    topology
-        .declare_quorum_queue(connection, &names.retry, retry)
-        .await?;
-
-    let channel = connection.create_channel().await?;
-    for (exchange, key) in bindings {
-        channel
-            .queue_bind(
-                names.main.as_str().into(),
-                topology.exchange(exchange).into(),
-                (*key).into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
-    channel.close(200, "declared".into()).await
-}
-
-/// Moves a delivery to `queue`: publishes a copy (with `properties`) through the default
-/// exchange on `publish`, a channel in confirm mode, and acks the original only once the broker
-/// confirmed the copy, so that at worst the message exists twice, never zero times. Returns
-/// false, leaving the original unacknowledged (to be redelivered), if the copy was not stored.
-pub async fn move_delivery(
-    publish: &Channel,
-    delivery: &Delivery,
-    queue: &str,
-    properties: BasicProperties,
-) -> lapin::Result<bool> {
-    if !publish_to_queue(publish, queue, &delivery.data, properties).await? {
-        return Ok(false);
-    }
-    delivery.ack(BasicAckOptions::default()).await?;
-    Ok(true)
-}
-
-/// Publishes `body` into `queue` through the default exchange as a mandatory message (an absent
-/// queue returns it rather than dropping it) on `channel`, in confirm mode, and waits for the
-/// broker's confirm: whether the broker stored it.
-pub async fn publish_to_queue(
-    channel: &Channel,
-    queue: &str,
-    body: &[u8],
-    properties: BasicProperties,
-) -> lapin::Result<bool> {
-    let confirmation = channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            body,
-            properties,
-        )
-        .await?
-        .await?;
-    Ok(matches!(confirmation, Confirmation::Ack(None)))
-}

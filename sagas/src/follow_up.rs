@@ -7,17 +7,21 @@
 //! the step is done) and runs once in the cluster. Each cancellation is a command with its
 //! own idempotency key, so a job run again after a crash cancels nothing twice.
 
+use std::future::Future;
+
 use chrono::Utc;
-use commands::CommandError;
+use commands::{CommandError, Pipeline};
+use domain::Event;
 use domain::consultation::Consultation;
 use domain::consultation::{ConsultationCommand, Status};
 use domain::event::FailureReason;
 use domain::ids::ConsultationId;
 use domain::saga::Person;
 use domain::values::Reason;
+use eventstore::{EventStore, MemoryStore, Store};
 use uuid::Uuid;
 
-use crate::steps::{Sent, StepError, Steps, Trigger, outcome};
+use crate::send::{Sent, StepError, Trigger, consultation, outcome, send};
 
 /// The consultations ever requested for a patient, in the trigger's tenant.
 const OF_PATIENT: &str = "select stream_id from events
@@ -29,30 +33,76 @@ const OF_PHYSICIAN: &str = "select stream_id from events
   where event_type = 'ConsultationSchedulingStarted'
     and tenant_id = $1 and (payload ->> 'physicianId') = $2";
 
+/// What the follow-up needs of a store besides what the pipeline needs: a lookup of a
+/// person's consultations.
+pub trait SagaStore: Store {
+    /// The consultations ever requested for `person`, in `tenant`.
+    fn consultations_of(
+        &self,
+        tenant: &str,
+        person: Person,
+    ) -> impl Future<Output = Result<Vec<Uuid>, sqlx::Error>> + Send;
+}
+
+impl SagaStore for EventStore {
+    async fn consultations_of(
+        &self,
+        tenant: &str,
+        person: Person,
+    ) -> Result<Vec<Uuid>, sqlx::Error> {
+        let (query, id) = match person {
+            Person::Patient(id) => (OF_PATIENT, id.as_uuid()),
+            Person::Physician(id) => (OF_PHYSICIAN, id.as_uuid()),
+        };
+        sqlx::query_scalar(query)
+            .bind(tenant)
+            .bind(id.to_string())
+            .fetch_all(self.pool())
+            .await
+    }
+}
+
+/// The same lookup over the events in memory.
+impl SagaStore for MemoryStore {
+    async fn consultations_of(
+        &self,
+        tenant: &str,
+        person: Person,
+    ) -> Result<Vec<Uuid>, sqlx::Error> {
+        let requested = self.events().into_iter().filter_map(|recorded| {
+            let event = Event::from_parts(&recorded.event_type, recorded.payload.get()).ok()?;
+            let Event::ConsultationSchedulingStarted(started) = event else {
+                return None;
+            };
+            let of = match person {
+                Person::Patient(id) => started.patient_id == id,
+                Person::Physician(id) => started.physician_id == id,
+            };
+            (of && recorded.tenant_id == tenant).then_some(recorded.stream_id)
+        });
+        Ok(requested.collect())
+    }
+}
+
 /// How many times one consultation is read again when its status changed between the read and
 /// the command (a confirmation racing the follow-up).
 const ATTEMPTS: usize = 3;
 
 /// Ends `person`'s consultations that are still to come: those still being scheduled fail,
 /// scheduled ones that have not started are cancelled. How many it ended.
-pub async fn cancel_future_consultations(
-    steps: &Steps,
+pub async fn cancel_future_consultations<S: SagaStore>(
+    pipeline: &Pipeline<S>,
     trigger: &Trigger,
     person: Person,
 ) -> Result<usize, StepError> {
-    let (query, id) = match person {
-        Person::Patient(id) => (OF_PATIENT, id.as_uuid()),
-        Person::Physician(id) => (OF_PHYSICIAN, id.as_uuid()),
-    };
-    let consultations: Vec<Uuid> = sqlx::query_scalar(query)
-        .bind(&trigger.tenant_id)
-        .bind(id.to_string())
-        .fetch_all(steps.pipeline.store().pool())
+    let consultations = pipeline
+        .store()
+        .consultations_of(&trigger.tenant_id, person)
         .await
         .map_err(|e| StepError::Transient(CommandError::Store(e)))?;
     let mut ended = 0;
     for id in consultations {
-        if end(steps, trigger, person, ConsultationId::from(id)).await? {
+        if end(pipeline, trigger, person, ConsultationId::from(id)).await? {
             ended += 1;
         }
     }
@@ -72,8 +122,8 @@ pub async fn cancel_future_consultations(
 /// stop it. Its confirmation may race this: both are commands on the consultation's stream, so
 /// one of them is refused. A refused failure means it was scheduled meanwhile: it is read
 /// again and cancelled.
-async fn end(
-    steps: &Steps,
+async fn end<S: SagaStore>(
+    pipeline: &Pipeline<S>,
     trigger: &Trigger,
     person: Person,
     id: ConsultationId,
@@ -86,7 +136,7 @@ async fn end(
         ),
     };
     for _ in 0..ATTEMPTS {
-        let Some(consultation) = steps.consultation(trigger, id).await? else {
+        let Some(consultation) = consultation(pipeline, trigger, id).await? else {
             return Ok(false);
         };
         let command = match consultation.status {
@@ -101,10 +151,7 @@ async fn end(
             }
             _ => return Ok(false),
         };
-        match steps
-            .send::<Consultation>(trigger, id.as_uuid(), command)
-            .await?
-        {
+        match send::<Consultation, S>(pipeline, trigger, id.as_uuid(), command).await? {
             Sent::Appended => {
                 if matches!(consultation.status, Status::Requested) {
                     outcome("scheduling", failure.as_str());

@@ -11,17 +11,21 @@
 //! aggregate and never disagrees with them.
 //!
 //! # Layout
-//! - [`service`]: a saga service as a handler of the shared consumer runtime, on its queue
-//!   `{prefix}.{service}.saga`, shared by every process (competing consumers).
+//! - [`service`]: a saga service as a handler of `messaging`'s consumer runtime, on its queue
+//!   `{prefix}.{service}.saga`, shared by every process (competing consumers); the queues
+//!   themselves are declared from the domain's table of services, by `messaging`.
 //! - [`steps`]: each step as commands.
-//! - [`follow_up`]: the deactivation follow-up's lookup and cancellations.
-//! - [`timer`]: the `timer` role: firing due deadlines, once each, from any number of
-//!   processes.
+//! - [`send`]: how a step sends a command through the pipeline, and what became of it.
+//! - [`follow_up`]: the deactivation follow-up's lookup ([`follow_up::SagaStore`], on
+//!   PostgreSQL and in memory) and cancellations.
+//! - [`timer`]: the `timer` role: firing due deadlines (as `commands::deadlines` says), once
+//!   each, from any number of processes.
 
 pub mod follow_up;
+pub mod send;
 pub mod service;
 pub mod steps;
 pub mod timer;
 
-pub use service::{declare_queues, run_all};
+pub use service::run_all;
 pub use timer::Timer;

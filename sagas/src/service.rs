@@ -7,15 +7,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use commands::Pipeline;
-use domain::event::route;
-use domain::saga::SagaService;
-use eventstore::topology::Topology;
+use domain::service::Service;
 use futures::future::{BoxFuture, join_all};
-use projections::consumer::{self, ConsumerSettings, HandleError, Handler, Message};
-use projections::queues::QueueNames;
+use messaging::QueueNames;
+use messaging::consumer::{self, ConsumerSettings, HandleError, Handler, Message};
+use messaging::queues::saga_bindings;
 use tokio_util::sync::CancellationToken;
 
-use crate::steps::{StepError, Steps, Trigger};
+use crate::send::{StepError, Trigger};
+use crate::steps::Steps;
 
 /// Saga messages taken in one batch at most; their steps run side by side.
 const BATCH: usize = 64;
@@ -32,7 +32,7 @@ pub fn run_all(
         prefetch: (BATCH * 4) as u16,
         ..settings
     };
-    let consumers: Vec<_> = SagaService::ALL
+    let consumers: Vec<_> = Service::ALL
         .into_iter()
         .map(|service| {
             let handler = SagaHandler {
@@ -44,7 +44,7 @@ pub fn run_all(
             consumer::consume(
                 Arc::new(handler),
                 QueueNames::shared(settings.topology.prefix(), service.name()),
-                bindings(service),
+                saga_bindings(service),
                 settings.clone(),
                 shutdown.clone(),
             )
@@ -55,35 +55,8 @@ pub fn run_all(
     }
 }
 
-/// Declares every saga queue under `topology` with its companions and bindings. The publisher
-/// does this before it publishes anything, so a trigger appended before any saga process has
-/// started waits in its queue instead of going unrouted.
-pub async fn declare_queues(
-    connection: &lapin::Connection,
-    topology: &Topology,
-) -> lapin::Result<()> {
-    for service in SagaService::ALL {
-        let names = QueueNames::shared(topology.prefix(), service.name());
-        projections::queues::declare_bound(connection, topology, &bindings(service), &names)
-            .await?;
-    }
-    Ok(())
-}
-
-/// What `service`'s queue is bound to: the routing key of each event it reacts to.
-pub fn bindings(service: SagaService) -> Vec<(&'static str, &'static str)> {
-    service
-        .triggers()
-        .iter()
-        .map(|trigger| {
-            let route = route(trigger).expect("saga triggers are known events");
-            (route.exchange.suffix(), route.routing_key)
-        })
-        .collect()
-}
-
 struct SagaHandler {
-    service: SagaService,
+    service: Service,
     steps: Steps,
 }
 

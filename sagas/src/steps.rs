@@ -1,8 +1,6 @@
 //! Each saga step carried out as commands through the pipeline.
 
-use commands::{
-    CommandError, CommandMeta, Done, Idempotency, Outcome, Pipeline, Remembered, Target,
-};
+use commands::{CommandError, Deadlines, Pipeline};
 use domain::consultation::{Consultation, ConsultationCommand, ConsultationData, Status};
 use domain::ids::ConsultationId;
 use domain::patient::{Patient, PatientCommand};
@@ -10,49 +8,18 @@ use domain::physician::Physician;
 use domain::record::{RecordBook, RecordCommand};
 use domain::saga::Step;
 use domain::schedule::{DaySchedule, ScheduleCommand};
-use domain::{Aggregate, DomainError};
-use uuid::Uuid;
+use eventstore::EventStore;
 
-use crate::follow_up;
+use crate::follow_up::{self, SagaStore};
+use crate::send::{self, Sent, StepError, Trigger, consultation, outcome};
 
-/// What a step knows of the event that triggered it.
-#[derive(Debug, Clone)]
-pub struct Trigger {
-    pub event_id: Uuid,
-    pub tenant_id: String,
-    pub correlation_id: String,
-    /// Who started the saga; every step acts for them.
-    pub actor_id: Option<String>,
-}
-
-/// Why a step did not complete.
-#[derive(Debug, thiserror::Error)]
-pub enum StepError {
-    /// It may pass later (the database, a race that kept conflicting): retry the message.
-    #[error("{0}")]
-    Transient(#[source] CommandError),
-    /// It never will (a stored event that cannot be read): dead-letter the message.
-    #[error("{0}")]
-    Permanent(#[source] CommandError),
-}
-
-impl From<CommandError> for StepError {
-    fn from(error: CommandError) -> Self {
-        if error.is_transient() {
-            Self::Transient(error)
-        } else {
-            Self::Permanent(error)
-        }
-    }
-}
-
-/// Carries out sagas' steps for one tenant's triggers.
+/// Carries out sagas' steps, over a store (PostgreSQL's, unless a test gives another).
 #[derive(Clone)]
-pub struct Steps {
-    pub pipeline: Pipeline,
+pub struct Steps<S = EventStore> {
+    pub pipeline: Pipeline<S>,
 }
 
-impl Steps {
+impl<S: SagaStore> Steps<S> {
     /// Carries out `step`, triggered by `trigger`. A rule that refuses a command is an
     /// answer, not a failure: the saga's state already moved on (a deadline fired first, a
     /// consultation was cancelled meanwhile).
@@ -132,7 +99,7 @@ impl Steps {
                 }
             }
             Step::CancelFutureConsultations(person) => {
-                follow_up::cancel_future_consultations(self, trigger, *person).await?;
+                follow_up::cancel_future_consultations(&self.pipeline, trigger, *person).await?;
             }
         }
         Ok(())
@@ -160,7 +127,7 @@ impl Steps {
                 return self.release(trigger, consultation_id).await;
             }
             Err(error) => {
-                metrics::counter!("hap_deadlines_total", "transition" => "resumed").increment(1);
+                Deadlines::resumed();
                 return Err(error);
             }
         }
@@ -173,7 +140,8 @@ impl Steps {
         trigger: &Trigger,
         consultation_id: ConsultationId,
     ) -> Result<(), StepError> {
-        let Some(consultation) = self.consultation(trigger, consultation_id).await? else {
+        let Some(consultation) = consultation(&self.pipeline, trigger, consultation_id).await?
+        else {
             return Ok(());
         };
         let day = consultation.starts_at.date_naive();
@@ -186,95 +154,28 @@ impl Steps {
         Ok(())
     }
 
+    /// Sends `command` to the aggregate in `stream` for `trigger` (see [`send::send`]).
+    async fn send<A>(
+        &self,
+        trigger: &Trigger,
+        stream: uuid::Uuid,
+        command: A::Command,
+    ) -> Result<Sent, StepError>
+    where
+        A: domain::Aggregate,
+        A::Command: Clone,
+    {
+        send::send::<A, S>(&self.pipeline, trigger, stream, command).await
+    }
+
     /// The consultation if it is still waiting to be scheduled.
     async fn requested(
         &self,
         trigger: &Trigger,
         id: ConsultationId,
     ) -> Result<Option<ConsultationData>, StepError> {
-        Ok(self
-            .consultation(trigger, id)
+        Ok(consultation(&self.pipeline, trigger, id)
             .await?
             .filter(|c| c.status == Status::Requested))
     }
-
-    pub(crate) async fn consultation(
-        &self,
-        trigger: &Trigger,
-        id: ConsultationId,
-    ) -> Result<Option<ConsultationData>, StepError> {
-        let loaded = self
-            .pipeline
-            .aggregates()
-            .current_in::<Consultation>(&trigger.tenant_id, id.as_uuid())
-            .await
-            .map_err(CommandError::from)?;
-        Ok(loaded.state.data().cloned())
-    }
-
-    /// Sends `command` to the aggregate in `stream` on behalf of `trigger`. A refusal by a
-    /// rule is an answer, not an error.
-    pub(crate) async fn send<A>(
-        &self,
-        trigger: &Trigger,
-        stream: Uuid,
-        command: A::Command,
-    ) -> Result<Sent, StepError>
-    where
-        A: Aggregate,
-        A::Command: Clone,
-    {
-        // One key per trigger and target: a redelivered trigger replays, and appends nothing.
-        let key = format!("saga:{}:{}:{stream}", trigger.event_id, A::KIND.as_str());
-        let meta = CommandMeta {
-            causation_id: Some(trigger.event_id),
-            actor_id: trigger.actor_id.clone(),
-            idempotency: Some(Idempotency {
-                request_hash: key.clone(),
-                key,
-                check_first: false,
-            }),
-            ..CommandMeta::new(&trigger.tenant_id, &trigger.correlation_id)
-        };
-        let outcome = self
-            .pipeline
-            .execute::<A>(&meta, Target::Existing(stream), command, remembered)
-            .await;
-        match outcome {
-            Ok(Outcome::Done(done)) if done.appended > 0 => Ok(Sent::Appended),
-            Ok(_) => Ok(Sent::Unchanged),
-            Err(CommandError::Rejected(rule)) => {
-                tracing::debug!(%rule, aggregate = A::KIND.as_str(), %stream, "a saga command was refused");
-                Ok(Sent::Refused(rule))
-            }
-            Err(CommandError::DeadlineNotRunning) => Ok(Sent::TooLate),
-            Err(error) => Err(error.into()),
-        }
-    }
-}
-
-/// What became of a command a step sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Sent {
-    Appended,
-    /// It changed nothing (the state had it already), or it was sent before (a redelivery).
-    Unchanged,
-    /// A rule refused it: the saga's state had moved on.
-    Refused(DomainError),
-    /// The deadline it would have paused had fired first.
-    TooLate,
-}
-
-/// What a saga step remembers under its idempotency key: only that it happened.
-pub(crate) fn remembered(done: &Done) -> Remembered {
-    Remembered {
-        status: 200,
-        body: serde_json::json!({ "version": done.version.value() }),
-        headers: serde_json::json!({}),
-    }
-}
-
-/// Counts how a saga ended.
-pub(crate) fn outcome(saga: &'static str, outcome: &'static str) {
-    metrics::counter!("hap_saga_outcomes_total", "saga" => saga, "outcome" => outcome).increment(1);
 }

@@ -7,20 +7,20 @@
 //!
 //! The timer also keeps the store tidy, beside the firing and without delaying it: once at
 //! start and every [`HOUSEKEEPING`] it forgets idempotency keys older than the retention and
-//! deadlines that stopped running as long ago ([`eventstore::EventStore::forget_older_than`]).
+//! deadlines that stopped running as long ago ([`eventstore::EventStore::forget_older_than`]),
+//! and counts the deadlines left running past due, for operators' alerts.
 
 use std::time::Duration;
 
-use commands::{CommandError, CommandMeta, Outcome, Pipeline, Target};
-use domain::consultation::{Consultation, ConsultationCommand};
+use commands::{CommandError, CommandMeta, Deadlines, Outcome, Pipeline, Target};
+use domain::consultation::Consultation;
 use domain::event::FailureReason;
-use domain::saga::SCHEDULING_DEADLINE;
-use eventstore::Due;
 use eventstore::housekeeping::Forgotten;
 use eventstore::readiness::Part;
+use eventstore::{Due, EventStore, Store};
 use tokio_util::sync::CancellationToken;
 
-use crate::steps::{outcome, remembered};
+use crate::send::outcome;
 
 /// How often a timer looks for due deadlines when nothing wakes it: deadlines started by other
 /// processes are found this late at most.
@@ -32,12 +32,15 @@ const BUSY: Duration = Duration::from_millis(20);
 const ROUND: i64 = 100;
 /// How often old idempotency keys and finished deadlines are deleted.
 pub const HOUSEKEEPING: Duration = Duration::from_secs(60);
+/// How often the overdue deadlines are counted (`hap_deadlines_overdue`), and how far past due
+/// a deadline must be to count: a healthy timer fires one within a poll or two.
+const OVERDUE: Duration = Duration::from_secs(5);
 
+/// The timer over a store (PostgreSQL's, unless a test gives another); the deadlines' length
+/// is its pipeline's.
 #[derive(Clone)]
-pub struct Timer {
-    pub pipeline: Pipeline,
-    /// The deadlines' length, for the words of the failure.
-    pub timeout: Duration,
+pub struct Timer<S = EventStore> {
+    pub pipeline: Pipeline<S>,
     /// How long idempotency keys, and deadlines that stopped running, are kept.
     pub retention: Duration,
     /// Ready once a round of looking for due deadlines has worked, until one fails.
@@ -47,7 +50,28 @@ pub struct Timer {
 impl Timer {
     /// Fires due deadlines, and keeps house, until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        tokio::join!(self.fire_until(&shutdown), self.keep_house_until(&shutdown));
+        tokio::join!(
+            self.fire_until(&shutdown),
+            self.keep_house_until(&shutdown),
+            self.count_overdue_until(&shutdown)
+        );
+    }
+
+    /// Sets `hap_deadlines_overdue` every [`OVERDUE`], apart from the firing, so that a timer
+    /// stuck in a round still reports the deadlines it leaves behind.
+    async fn count_overdue_until(&self, shutdown: &CancellationToken) {
+        let mut every = tokio::time::interval(OVERDUE);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            match self.pipeline.store().overdue_deadlines(OVERDUE).await {
+                Ok(count) => metrics::gauge!("hap_deadlines_overdue").set(count as f64),
+                Err(error) => tracing::debug!(%error, "counting overdue deadlines failed"),
+            }
+        }
     }
 
     /// Deletes what the retention let go of now, then every [`HOUSEKEEPING`].
@@ -116,7 +140,9 @@ impl Timer {
             }
         }
     }
+}
 
+impl<S: Store> Timer<S> {
     /// Fires one round of due deadlines; how many were due.
     pub async fn fire_due(&self) -> Result<usize, sqlx::Error> {
         let due = self.pipeline.store().due_deadlines(ROUND).await?;
@@ -129,30 +155,24 @@ impl Timer {
         Ok(count)
     }
 
-    async fn fire(&self, due: &Due) -> Result<(), CommandError> {
+    /// Fires `due`: appends the failure it causes together with its move to fired, or
+    /// retires it if its saga has ended already.
+    pub async fn fire(&self, due: &Due) -> Result<(), CommandError> {
         let store = self.pipeline.store();
-        if due.kind != SCHEDULING_DEADLINE {
+        let Some(firing) = self.pipeline.deadlines().firing(due) else {
             tracing::error!(deadline = %due.id, kind = %due.kind, "a deadline of an unknown kind is retired");
-            return store
-                .retire_deadline(due.id)
+            return Deadlines::retire(store, due.id)
                 .await
                 .map_err(CommandError::Store);
-        }
+        };
         let meta = CommandMeta {
             fires: Some(due.id),
             actor_id: due.actor_id.clone(),
             ..CommandMeta::new(&due.tenant_id, &due.correlation_id)
         };
-        let command = ConsultationCommand::FailScheduling {
-            reason: FailureReason::TimedOut,
-            detail: format!(
-                "the consultation was not confirmed within {} ms",
-                self.timeout.as_millis()
-            ),
-        };
         let result = self
             .pipeline
-            .execute::<Consultation>(&meta, Target::Existing(due.id), command, remembered)
+            .execute::<Consultation>(&meta, Target::Existing(firing.stream), firing.command)
             .await;
         match result {
             Ok(Outcome::Done(done)) if done.appended > 0 => {
@@ -160,8 +180,7 @@ impl Timer {
                 Ok(())
             }
             // The consultation decided: it had already ended one way or the other.
-            Ok(_) | Err(CommandError::Rejected(_)) => store
-                .retire_deadline(due.id)
+            Ok(_) | Err(CommandError::Rejected(_)) => Deadlines::retire(store, due.id)
                 .await
                 .map_err(CommandError::Store),
             // Paused by its saga, or fired by another timer, first.

@@ -21,7 +21,7 @@ pub async fn publish_to_queue(
     body: &[u8],
     properties: BasicProperties,
 ) -> anyhow::Result<()> {
-    let stored = projections::queues::publish_to_queue(channel, queue, body, properties)
+    let stored = messaging::queues::publish_to_queue(channel, queue, body, properties)
         .await
         .with_context(|| format!("basic.publish to {queue} failed"))?;
     anyhow::ensure!(stored, "{queue} did not take the message");

@@ -1,11 +1,9 @@
 //! HAP's pieces wired as `hap serve` wires them (`api/src/cli.rs`), for callers that start
 //! them in-process.
 
-use std::sync::Arc;
-
 use anyhow::Context;
-use eventstore::broker::AmqpUrls;
-use eventstore::{EventStore, Metadata, Publisher};
+use eventstore::{EventStore, Metadata};
+use messaging::{AmqpUrls, Publisher, PublisherSettings, Topology};
 use projections::ReadModel;
 use projections::schema::Plans;
 use uuid::Uuid;
@@ -15,8 +13,7 @@ use uuid::Uuid;
 pub fn publisher(store: EventStore, amqp_url: &AmqpUrls, prefix: &str) -> Publisher {
     Publisher::new(
         store,
-        Arc::new(api::routing::DomainRouter),
-        api::routing::publisher_settings(amqp_url, projections::topology(prefix)),
+        PublisherSettings::new(amqp_url.clone(), Topology::new(prefix)),
     )
 }
 

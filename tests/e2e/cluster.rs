@@ -6,12 +6,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use domain::saga::SagaService;
+use domain::service::Service;
 use hap_tests::broker::{amqp_url, delete_instance_queues, unique_prefix};
 use hap_tests::cluster::Cluster;
 use hap_tests::process::{free_address, serve};
 use hap_tests::{TestDb, eventually, patient};
-use projections::queues::{QUEUES, QueueNames};
+use messaging::QueueNames;
+use projections::queues::QUEUES;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::process::Child;
@@ -113,8 +114,8 @@ impl Hap {
 fn consumer_queues(prefix: &str) -> Vec<String> {
     let projectors = QUEUES
         .iter()
-        .map(|spec| QueueNames::new(prefix, spec.service, INSTANCE));
-    let sagas = SagaService::ALL
+        .map(|spec| QueueNames::new(prefix, spec.service.name(), INSTANCE));
+    let sagas = Service::ALL
         .into_iter()
         .map(|service| QueueNames::shared(prefix, service.name()));
     projectors.chain(sagas).map(|names| names.main).collect()

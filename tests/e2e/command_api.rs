@@ -700,3 +700,72 @@ async fn a_record_of_twenty_thousand_multibyte_characters_is_accepted() {
             .unwrap();
     assert_eq!(stored, content);
 }
+
+/// The migration before idempotency keys remembered outcomes instead of HTTP responses.
+const BEFORE_OUTCOMES: i64 = 20261206000001;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_remembered_as_a_response_before_outcomes_replays_the_same_answer() {
+    let db = TestDb::new().await;
+    // The schema as it was before: a fresh one migrated up to the migration before outcomes.
+    sqlx::raw_sql("drop schema public cascade; create schema public")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    eventstore::MIGRATOR
+        .run_to(BEFORE_OUTCOMES, &db.pool)
+        .await
+        .unwrap();
+    let (id, stream) = (Uuid::now_v7(), Uuid::now_v7());
+    let body = patient("DOC-1");
+    let remember = "insert into idempotency_keys
+         (tenant_id, key, request_hash, response_status, response_body, response_headers)
+         values ('default', $1, $2, $3, $4, $5)";
+    let first = json!({ "id": id, "version": 1, "position": "7" });
+    let headers = json!({ "etag": "\"1\"", "location": format!("/patients/{id}") });
+    sqlx::query(remember)
+        .bind("old")
+        .bind(api::extract::request_hash("POST", "/patients", &body))
+        .bind(201_i16)
+        .bind(&first)
+        .bind(headers)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let step = format!("saga:{}:consultation:{stream}", Uuid::now_v7());
+    sqlx::query(remember)
+        .bind(&step)
+        .bind(&step)
+        .bind(200_i16)
+        .bind(json!({ "version": 3 }))
+        .bind(json!({}))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    eventstore::MIGRATOR.run(&db.pool).await.unwrap();
+    let app = TestApp::start(&db).await;
+
+    let again = app
+        .request(Method::POST, "/patients")
+        .header("Idempotency-Key", "old")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["etag"], "\"1\"");
+    assert_eq!(again.headers()["location"], format!("/patients/{id}"));
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    assert_eq!(app.event_count().await, 0, "a replay appends nothing");
+    let step_outcome: Value =
+        sqlx::query_scalar("select outcome from idempotency_keys where key = $1")
+            .bind(&step)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        step_outcome,
+        json!({ "id": stream, "version": 3, "position": null })
+    );
+}

@@ -16,7 +16,6 @@ fn timer(db: &TestDb) -> sagas::Timer {
     let store = eventstore::EventStore::new(db.pool.clone());
     sagas::Timer {
         pipeline: commands::Pipeline::new(store, 100, Duration::from_secs(30)),
-        timeout: Duration::from_secs(30),
         retention: RETENTION,
         ready: Default::default(),
     }
@@ -25,8 +24,8 @@ fn timer(db: &TestDb) -> sagas::Timer {
 async fn insert_key(db: &TestDb, key: &str, age: &str) {
     sqlx::query(
         "insert into idempotency_keys
-             (tenant_id, key, request_hash, response_status, response_body, created_at)
-         values ('default', $1, 'hash', 201, '{}', now() - $2::interval)",
+             (tenant_id, key, request_hash, outcome, created_at)
+         values ('default', $1, 'hash', '{}', now() - $2::interval)",
     )
     .bind(key)
     .bind(age)
@@ -101,8 +100,8 @@ async fn a_backlog_larger_than_a_batch_is_forgotten_whole() {
     let backlog = eventstore::housekeeping::BATCH * 2 + 500;
     sqlx::query(
         "insert into idempotency_keys
-             (tenant_id, key, request_hash, response_status, response_body, created_at)
-         select 'default', 'key-' || n, 'hash', 201, '{}', now() - interval '2 hours'
+             (tenant_id, key, request_hash, outcome, created_at)
+         select 'default', 'key-' || n, 'hash', '{}', now() - interval '2 hours'
            from generate_series(1, $1) as n",
     )
     .bind(backlog)

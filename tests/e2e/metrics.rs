@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hap_tests::broker::{delete_instance_queues, unique_prefix, wait_for_queue};
 use hap_tests::{TestApp, TestDb, caught_up, eventually, start_projectors, start_publisher};
-use projections::queues::QueueNames;
+use messaging::QueueNames;
 use reqwest::Method;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,21 +3,18 @@
 
 use std::time::Duration;
 
-use api::routing::DomainRouter;
 use chrono::Utc;
-use eventstore::message::Message;
-use eventstore::{Append, EventStore, Metadata, NewEvent, RecordedEvent, Router, StreamVersion};
+use eventstore::{Append, EventStore, Metadata, NewEvent, RecordedEvent, StreamVersion};
 use hap_tests::broker::{
     close_connection, connections_named, delete_instance_queues, drain, header, publish_to_queue,
     queue_counts, unique_prefix, wait_for_queue,
 };
 use hap_tests::{TestApp, TestDb, caught_up, eventually, start_projectors, start_publisher};
 use lapin::BasicProperties;
+use messaging::{Envelope, Outgoing, QueueNames};
 use projections::ReadModel;
-use projections::envelope::Envelope;
 use projections::patients::Patients;
 use projections::projector::apply_batch;
-use projections::queues::QueueNames;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -86,8 +83,8 @@ async fn patient_history(store: &EventStore, names: &[&str]) -> Vec<RecordedEven
 
 /// Puts a stored event's message straight into a queue, bypassing the publisher.
 async fn deliver(queue: &str, event: &RecordedEvent) {
-    let route = DomainRouter.route(event).unwrap();
-    let message = Message::new(event, &route, "unused".into());
+    let route = messaging::routes::route(event).unwrap();
+    let message = Outgoing::new(event, &route, "unused".into());
     publish_to_queue(queue, &message.body, message.properties).await;
 }
 
@@ -608,8 +605,8 @@ async fn dead_letters_are_listed_replayed_by_event_id_and_purged() {
     let history = patient_history(&EventStore::new(db.pool.clone()), &["Ana"]).await;
     let other = patient_history(&EventStore::new(db.pool.clone()), &["Bia"]).await;
     for event in [&history[0], &other[0]] {
-        let route = DomainRouter.route(event).unwrap();
-        let message = Message::new(event, &route, "unused".into());
+        let route = messaging::routes::route(event).unwrap();
+        let message = Outgoing::new(event, &route, "unused".into());
         let mut headers = message.properties.headers().clone().unwrap_or_default();
         headers.insert(
             "x-error".into(),
@@ -627,22 +624,19 @@ async fn dead_letters_are_listed_replayed_by_event_id_and_purged() {
         .await;
     }
 
-    let listed = projections::dlq::list(&url, &names.main).await.unwrap();
+    let listed = messaging::dlq::list(&url, &names.main).await.unwrap();
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0].error.as_deref(), Some("database down"));
     assert_eq!(listed[0].event_type.as_deref(), Some("PatientRegistered"));
     assert_eq!(
-        projections::dlq::list(&url, &names.main)
-            .await
-            .unwrap()
-            .len(),
+        messaging::dlq::list(&url, &names.main).await.unwrap().len(),
         2,
         "listing keeps them"
     );
 
     let event_id = history[0].event_id.to_string();
     assert_eq!(
-        projections::dlq::replay(&url, &names.main, Some(&event_id))
+        messaging::dlq::replay(&url, &names.main, Some(&event_id))
             .await
             .unwrap(),
         1
@@ -655,12 +649,12 @@ async fn dead_letters_are_listed_replayed_by_event_id_and_purged() {
         .await
     );
     assert_eq!(
-        projections::dlq::purge(&url, &names.main).await.unwrap(),
+        messaging::dlq::purge(&url, &names.main).await.unwrap(),
         1,
         "the other one"
     );
     assert!(
-        projections::dlq::list(&url, &names.main)
+        messaging::dlq::list(&url, &names.main)
             .await
             .unwrap()
             .is_empty()
@@ -724,9 +718,9 @@ async fn project_the_apps_read_model(
     prefix: &str,
 ) -> tokio_util::sync::CancellationToken {
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let settings = projections::consumer::ConsumerSettings::new(
+    let settings = messaging::consumer::ConsumerSettings::new(
         &hap_tests::broker::amqp_urls(),
-        prefix,
+        messaging::Topology::new(prefix),
         "test",
         5,
     );
@@ -867,10 +861,10 @@ async fn queues_an_earlier_version_declared_are_consumed_as_they_are() {
     )
     .await
     .expect("RabbitMQ is reachable");
-    let before = projections::topology(&prefix);
+    let before = messaging::Topology::new(&prefix);
     for spec in &projections::queues::QUEUES {
-        let names = QueueNames::new(&prefix, spec.service, "old");
-        projections::queues::declare(&connection, &before, spec, &names)
+        let names = QueueNames::new(&prefix, spec.service.name(), "old");
+        messaging::queues::declare_bound(&connection, &before, &spec.bindings(), &names)
             .await
             .expect("declared");
         let channel = connection.create_channel().await.expect("a channel");

@@ -296,7 +296,10 @@ async fn every_event_the_api_produces_is_published_in_the_contract_format() {
         assert_eq!(body["eventType"], *event_type);
         let sent_at: DateTime<Utc> = body["occurredAt"].as_str().unwrap().parse().unwrap();
         assert_eq!(sent_at.timestamp_millis(), occurred_at.timestamp_millis());
-        assert_eq!(body["sourceService"], route.exchange.source_service());
+        assert_eq!(
+            body["sourceService"],
+            domain::service::Service::publishing(route.exchange).source_service()
+        );
         assert_eq!(body["aggregateType"], *aggregate_type);
         assert_eq!(body["aggregateType"], route.aggregate.as_str());
         assert_eq!(body["aggregateId"], stream.to_string());

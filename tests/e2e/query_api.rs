@@ -825,6 +825,10 @@ async fn the_openapi_document_lists_every_query_route() {
         "/consultations/{id}",
         "/consultations/{id}/records",
         "/records/{id}",
+        "/patients/{id}/history",
+        "/physicians/{id}/history",
+        "/consultations/{id}/history",
+        "/consultations/{id}/status/stream",
     ] {
         assert!(document["paths"][path]["get"].is_object(), "{path}");
     }

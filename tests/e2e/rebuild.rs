@@ -15,7 +15,7 @@ use eventstore::EventStore;
 use hap_tests::broker::{delete_instance_queues, unique_prefix, wait_for_queue};
 use hap_tests::process::{hap_binary, spawn_hap};
 use hap_tests::{TestApp, TestDb, caught_up, eventually, start_projectors, start_publisher};
-use projections::queues::QueueNames;
+use messaging::QueueNames;
 use projections::rebuild::{all_projections, rebuild};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -383,7 +383,7 @@ async fn a_rebuild_keeps_what_the_live_projector_applied_past_an_older_running_w
         .read_stream(id, eventstore::StreamVersion::EMPTY)
         .await
         .unwrap();
-    let fed = projections::envelope::Envelope::from_recorded(registered[0].clone()).unwrap();
+    let fed = messaging::Envelope::from_recorded(registered[0].clone()).unwrap();
     projections::projector::apply_batch(
         &read.pool,
         &store,

@@ -214,7 +214,7 @@ async fn a_confirmation_dead_lettered_mid_flight_still_ends_its_consultation_by_
     let id = consultation_tomorrow_at_nine(&system).await;
 
     let dead_letters =
-        projections::queues::QueueNames::shared(&system.prefix, "scheduling-service").dead_letters;
+        messaging::QueueNames::shared(&system.prefix, "scheduling-service").dead_letters;
     let dead_lettered = eventually(Duration::from_secs(20), || async {
         hap_tests::broker::queue_counts(&dead_letters).0 == 1
     })

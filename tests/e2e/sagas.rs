@@ -205,8 +205,8 @@ async fn a_deadline_fires_with_no_saga_process_and_a_later_saga_neither_schedule
     // The saga process comes up late and works through the messages waiting for it.
     system.start_sagas();
     let drained = eventually(Duration::from_secs(20), || async {
-        domain::saga::SagaService::ALL.iter().all(|service| {
-            let queue = projections::queues::QueueNames::shared(&system.prefix, service.name());
+        domain::service::Service::ALL.iter().all(|service| {
+            let queue = messaging::QueueNames::shared(&system.prefix, service.name());
             hap_tests::broker::queue_counts(&queue.main) == (0, 0)
         })
     })
@@ -413,7 +413,6 @@ async fn a_saga_message_published_twice_by_hand_has_no_second_effect() {
     // The message that scheduled it, exactly as the publisher sent it, twice more; and the
     // one that started it, which would otherwise validate the patient again.
     let store = eventstore::EventStore::new(db.pool.clone());
-    let router = api::routing::DomainRouter;
     for (event_type, service) in [
         ("PhysicianAvailabilityConfirmed", "scheduling-service"),
         ("ConsultationSchedulingStarted", "patient-service"),
@@ -429,9 +428,9 @@ async fn a_saga_message_published_twice_by_hand_has_no_second_effect() {
             .await
             .unwrap()
             .remove(0);
-        let route = eventstore::Router::route(&router, &recorded).expect("a route");
-        let message = eventstore::message::Message::new(&recorded, &route, String::new());
-        let queue = projections::queues::QueueNames::shared(&system.prefix, service).main;
+        let route = messaging::routes::route(&recorded).expect("a route");
+        let message = messaging::Outgoing::new(&recorded, &route, String::new());
+        let queue = messaging::QueueNames::shared(&system.prefix, service).main;
         for _ in 0..2 {
             hap_tests::broker::publish_to_queue(
                 &queue,
@@ -450,8 +449,8 @@ async fn a_saga_message_published_twice_by_hand_has_no_second_effect() {
         .unwrap();
     assert_eq!(after, before, "no event was appended twice");
     assert_eq!(system.consultation(id).await["status"], "scheduled");
-    for service in domain::saga::SagaService::ALL {
-        let dlq = projections::queues::QueueNames::shared(&system.prefix, service.name());
+    for service in domain::service::Service::ALL {
+        let dlq = messaging::QueueNames::shared(&system.prefix, service.name());
         assert_eq!(
             hap_tests::broker::queue_counts(&dlq.dead_letters).0,
             0,
@@ -476,9 +475,9 @@ async fn two_saga_processes_one_killed_mid_flight_settle_every_consultation_once
     .await;
     let mut first = spawn_hap(&db, &system.prefix, "saga", "saga-a");
     let mut second = spawn_hap(&db, &system.prefix, "saga", "saga-b");
-    for service in domain::saga::SagaService::ALL {
+    for service in domain::service::Service::ALL {
         hap_tests::broker::wait_for_queue(
-            &projections::queues::QueueNames::shared(&system.prefix, service.name()).main,
+            &messaging::QueueNames::shared(&system.prefix, service.name()).main,
         )
         .await;
     }
@@ -519,8 +518,8 @@ async fn two_saga_processes_one_killed_mid_flight_settle_every_consultation_once
         per_consultation.is_empty(),
         "nothing happened twice: {per_consultation:?}"
     );
-    for service in domain::saga::SagaService::ALL {
-        let names = projections::queues::QueueNames::shared(&system.prefix, service.name());
+    for service in domain::service::Service::ALL {
+        let names = messaging::QueueNames::shared(&system.prefix, service.name());
         assert_eq!(hap_tests::broker::queue_counts(&names.dead_letters).0, 0);
     }
     first.start_kill().ok();

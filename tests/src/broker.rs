@@ -27,7 +27,7 @@ pub fn amqp_url() -> String {
 }
 
 /// [`amqp_url`] as HAP takes it.
-pub fn amqp_urls() -> eventstore::broker::AmqpUrls {
+pub fn amqp_urls() -> messaging::AmqpUrls {
     amqp_url().parse().expect("HAP_AMQP_URL is an AMQP URL")
 }
 
@@ -50,7 +50,7 @@ impl Capture {
             .await
             .expect("RabbitMQ is reachable");
         let channel = connection.create_channel().await.expect("a channel");
-        projections::topology(prefix)
+        messaging::Topology::new(prefix)
             .declare(&connection)
             .await
             .expect("topology declared");
@@ -67,7 +67,7 @@ impl Capture {
             )
             .await
             .expect("capture queue");
-        for exchange in projections::topology(prefix).exchanges() {
+        for exchange in messaging::Topology::new(prefix).exchanges() {
             channel
                 .queue_bind(
                     queue.clone().into(),
@@ -228,7 +228,7 @@ pub async fn topology_exists(prefix: &str) -> bool {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .expect("RabbitMQ is reachable");
-    let topology = projections::topology(prefix);
+    let topology = messaging::Topology::new(prefix);
     let mut exists = true;
     for exchange in topology.exchanges().chain([topology.unrouted()]) {
         // A failed passive declare closes the channel, so each check gets a new one.
@@ -293,7 +293,7 @@ pub async fn delete_instance_queues(prefix: &str, instance: &str) {
         .expect("RabbitMQ is reachable");
     let channel = connection.create_channel().await.expect("a channel");
     for spec in projections::queues::QUEUES {
-        let names = projections::queues::QueueNames::new(prefix, spec.service, instance);
+        let names = messaging::QueueNames::new(prefix, spec.service.name(), instance);
         delete_queues(&channel, names).await;
     }
     delete_shared(&channel, prefix).await;
@@ -303,14 +303,14 @@ pub async fn delete_instance_queues(prefix: &str, instance: &str) {
 /// Deletes the saga queues, the unrouted queue and the exchanges of `prefix`; a queue or
 /// exchange already gone is no error.
 async fn delete_shared(channel: &Channel, prefix: &str) {
-    for service in domain::saga::SagaService::ALL {
+    for service in domain::service::Service::ALL {
         delete_queues(
             channel,
-            projections::queues::QueueNames::shared(prefix, service.name()),
+            messaging::QueueNames::shared(prefix, service.name()),
         )
         .await;
     }
-    let topology = projections::topology(prefix);
+    let topology = messaging::Topology::new(prefix);
     let _ = channel
         .queue_delete(topology.unrouted().into(), QueueDeleteOptions::default())
         .await;
@@ -321,7 +321,7 @@ async fn delete_shared(channel: &Channel, prefix: &str) {
     }
 }
 
-async fn delete_queues(channel: &Channel, names: projections::queues::QueueNames) {
+async fn delete_queues(channel: &Channel, names: messaging::QueueNames) {
     for queue in [names.main, names.retry, names.dead_letters] {
         let _ = channel
             .queue_delete(queue.into(), QueueDeleteOptions::default())

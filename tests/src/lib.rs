@@ -361,8 +361,12 @@ pub async fn start_projectors(
     api::telemetry::metrics_handle();
     let read = read_model(db, instance).await;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let mut settings =
-        projections::consumer::ConsumerSettings::new(&broker::amqp_urls(), prefix, instance, 5);
+    let mut settings = messaging::consumer::ConsumerSettings::new(
+        &broker::amqp_urls(),
+        messaging::Topology::new(prefix),
+        instance,
+        5,
+    );
     settings.batch = 50;
     tokio::spawn(projections::live::run_all(
         read.clone(),

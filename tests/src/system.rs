@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use projections::consumer::ConsumerSettings;
-use projections::queues::QueueNames;
+use messaging::QueueNames;
+use messaging::consumer::ConsumerSettings;
 use reqwest::Method;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -55,7 +55,12 @@ impl System {
         settings.scheduling_timeout_ms = timeout.as_millis() as u64;
         let max_retries = settings.max_retries;
         let (app, state) = TestApp::start_state(db, settings).await;
-        let consumers = ConsumerSettings::new(&amqp_urls(), &prefix, "test", max_retries);
+        let consumers = ConsumerSettings::new(
+            &amqp_urls(),
+            messaging::Topology::new(&prefix),
+            "test",
+            max_retries,
+        );
         let shutdown = CancellationToken::new();
         tokio::spawn(projections::live::run_all(
             state.read.clone(),
@@ -80,7 +85,7 @@ impl System {
         // to them (kept only in the unrouted queue).
         wait_for_queue(&QueueNames::new(&system.prefix, "scheduling-service", "test").main).await;
         if parts.sagas {
-            for service in domain::saga::SagaService::ALL {
+            for service in domain::service::Service::ALL {
                 wait_for_queue(&QueueNames::shared(&system.prefix, service.name()).main).await;
             }
         }
@@ -105,7 +110,6 @@ impl System {
     pub fn start_timer(&self) {
         let timer = sagas::Timer {
             pipeline: self.state.commands.clone(),
-            timeout: Duration::from_millis(self.state.settings.scheduling_timeout_ms),
             retention: self.state.settings.idempotency_retention,
             ready: Default::default(),
         };

@@ -112,7 +112,7 @@ async fn request(
     let reply = Reply {
         status: StatusCode::ACCEPTED,
         consultation_status: Some(Status::Requested.as_str()),
-        ..Reply::created(id.as_uuid(), format!("/consultations/{id}"))
+        ..Reply::created(id.as_uuid(), "/consultations")
     };
     execute::<Consultation>(
         &app,

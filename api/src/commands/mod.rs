@@ -7,14 +7,12 @@ pub mod patients;
 pub mod physicians;
 pub mod records;
 
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use commands::{CommandError, CommandMeta, Done, Idempotency, Outcome, Remembered, Target};
+use commands::{CommandError, CommandMeta, Idempotency, Outcome, Remembered, Target};
 use domain::Aggregate;
 use domain::values::{Invalid, Reason};
-use eventstore::StoredResponse;
 use serde::Serialize;
-use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -35,12 +33,14 @@ pub struct CommandResponse {
     pub status: Option<&'static str>,
 }
 
-/// How a command answers when it succeeds.
+/// How a command answers when it succeeds: the first time, from what it did, and on a repeat
+/// under the same idempotency key, from what the key remembered of that.
 pub struct Reply {
     pub status: StatusCode,
     /// The resource's id (a record's, even though its stream is the record book's).
     pub id: Uuid,
-    pub location: Option<String>,
+    /// Where a created resource's collection is (`/patients`): its `Location` is in it.
+    pub collection: Option<&'static str>,
     /// The consultation status to report (`requested` when scheduling starts).
     pub consultation_status: Option<&'static str>,
 }
@@ -50,38 +50,42 @@ impl Reply {
         Self {
             status: StatusCode::OK,
             id,
-            location: None,
+            collection: None,
             consultation_status: None,
         }
     }
 
-    pub fn created(id: Uuid, location: String) -> Self {
+    pub fn created(id: Uuid, collection: &'static str) -> Self {
         Self {
             status: StatusCode::CREATED,
-            location: Some(location),
+            collection: Some(collection),
             ..Self::ok(id)
         }
     }
 
-    fn body(&self, done: &Done) -> CommandResponse {
-        CommandResponse {
-            id: self.id,
-            version: done.version.value(),
-            position: done.position.map(|p| p.to_string()),
+    /// The response to a command whose outcome is `outcome`. On a repeat, the id is the one
+    /// the first request created, not the one this request would have.
+    fn respond(&self, outcome: &Remembered) -> Response {
+        let body = CommandResponse {
+            id: outcome.id,
+            version: outcome.version.value(),
+            position: outcome.position.map(|p| p.to_string()),
             status: self.consultation_status,
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::ETAG,
+            HeaderValue::from_str(&format!("\"{}\"", outcome.version)).expect("an ETag is ASCII"),
+        );
+        if let Some(collection) = self.collection {
+            headers.insert(
+                header::LOCATION,
+                HeaderValue::from_str(&format!("{collection}/{}", outcome.id))
+                    .expect("locations are ASCII paths"),
+            );
         }
-    }
-
-    fn remembered(&self, done: &Done) -> Remembered {
-        let mut headers = json!({ "etag": etag(done.version.value()) });
-        if let Some(location) = &self.location {
-            headers["location"] = json!(location);
-        }
-        Remembered {
-            status: self.status.as_u16(),
-            body: serde_json::to_value(self.body(done)).expect("responses serialise"),
-            headers,
-        }
+        response
     }
 }
 
@@ -104,56 +108,17 @@ where
             request_hash: context.request_hash.clone(),
             check_first: true,
         }),
+        subject: Some(reply.id),
         expected: context.if_match,
         actor_id: Some(caller.subject.clone()),
         ..CommandMeta::new(&caller.tenant_id, context.correlation_id.clone())
     };
-    let outcome = app
-        .commands
-        .execute::<A>(&meta, target, command, |done| reply.remembered(done))
-        .await;
-    match outcome {
-        Ok(Outcome::Done(done)) => Ok(respond(&reply, &reply.body(&done))),
-        Ok(Outcome::Replayed(stored)) => Ok(replayed(stored)),
+    match app.commands.execute::<A>(&meta, target, command).await {
+        Ok(Outcome::Done(done)) => Ok(reply.respond(&Remembered::of(&done, Some(reply.id)))),
+        Ok(Outcome::Replayed(remembered)) => Ok(reply.respond(&remembered)),
         Err(CommandError::ClaimTaken { kind, value }) => Err(claim_conflict(&kind, &value)),
         Err(error) => Err(error.into()),
     }
-}
-
-fn replayed(stored: StoredResponse) -> Response {
-    let status = StatusCode::from_u16(stored.status).expect("stored statuses are valid");
-    let mut response = (status, axum::Json(stored.body)).into_response();
-    if let Value::Object(headers) = stored.headers {
-        for (name, value) in headers {
-            if let (Ok(name), Some(Ok(value))) = (
-                HeaderName::try_from(name),
-                value.as_str().map(HeaderValue::from_str),
-            ) {
-                response.headers_mut().insert(name, value);
-            }
-        }
-    }
-    response
-}
-
-fn etag(version: u64) -> String {
-    format!("\"{version}\"")
-}
-
-fn respond(reply: &Reply, body: &CommandResponse) -> Response {
-    let mut response = (reply.status, axum::Json(body)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::ETAG,
-        HeaderValue::from_str(&etag(body.version)).expect("an ETag is ASCII"),
-    );
-    if let Some(location) = &reply.location {
-        headers.insert(
-            header::LOCATION,
-            HeaderValue::from_str(location).expect("locations are ASCII paths"),
-        );
-    }
-    response
 }
 
 /// The 409 for a value another aggregate holds already.

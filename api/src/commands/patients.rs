@@ -111,7 +111,7 @@ async fn register(
         email: email.expect(CHECKED),
         phone: phone.expect(CHECKED),
     };
-    let reply = Reply::created(id.as_uuid(), format!("/patients/{id}"));
+    let reply = Reply::created(id.as_uuid(), "/patients");
     execute::<Patient>(
         &app,
         &caller,

@@ -77,7 +77,7 @@ async fn register(
         specialty: specialty.expect(CHECKED),
         license_number: license_number.expect(CHECKED),
     };
-    let reply = Reply::created(id.as_uuid(), format!("/physicians/{id}"));
+    let reply = Reply::created(id.as_uuid(), "/physicians");
     execute::<Physician>(
         &app,
         &caller,

@@ -81,7 +81,7 @@ async fn create(
         content,
     };
     let book = RecordBook::stream_id(ConsultationId::from(consultation_id));
-    let reply = Reply::created(id.as_uuid(), format!("/records/{id}"));
+    let reply = Reply::created(id.as_uuid(), "/records");
     execute::<RecordBook>(
         &app,
         &caller,

@@ -8,16 +8,20 @@
 //! - [`single`]: answering one resource with its `ETag`, through the cache.
 //! - [`pagination`]: `limit` and the opaque `cursor` of keyset pagination.
 //! - One module per resource, with its rows and routes.
+//! - [`history`]: an aggregate's audit trail, from the event store.
+//! - [`status_stream`]: a consultation's status pushed as Server-Sent Events.
 
 pub mod cache;
 pub mod consistency;
 pub mod consultations;
+pub mod history;
 pub mod pagination;
 pub mod patients;
 pub mod physicians;
 pub mod positions;
 pub mod records;
 pub mod single;
+pub mod status_stream;
 
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
@@ -37,6 +41,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(physicians::router())
         .merge(consultations::router())
         .merge(records::router())
+        .merge(history::router())
+        .merge(status_stream::router())
 }
 
 /// The headers every query understands.

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use eventstore::broker::AmqpUrls;
+use messaging::AmqpUrls;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -416,7 +416,7 @@ async fn dead_letters(amqp_url: &AmqpUrls, prefix: &str) -> anyhow::Result<Check
     let queues = consumed_queues(prefix);
     let mut breaches = vec![];
     for names in &queues {
-        let letters = projections::dlq::list(amqp_url, &names.main).await?;
+        let letters = messaging::dlq::list(amqp_url, &names.main).await?;
         for letter in letters {
             breaches.push(format!(
                 "{}: {} {} after {} retries: {}",

@@ -14,8 +14,8 @@ use anyhow::{Context, bail};
 use hap_support::postgres::{LocalPostgres, Shutdown};
 use sqlx::{ConnectOptions, Connection};
 
-use eventstore::broker::AmqpUrls;
 use hap_support::cluster::LocalCluster;
+use messaging::AmqpUrls;
 
 /// A fault of a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,8 @@ use anyhow::Context;
 use domain::event::EVENTS;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use projections::queues::{QUEUES, QueueNames, QueueSpec};
+use messaging::QueueNames;
+use projections::queues::{QUEUES, QueueSpec};
 use sqlx::PgPool;
 
 use super::processes::INSTANCES;
@@ -145,10 +146,10 @@ pub fn consumed_queues(prefix: &str) -> Vec<QueueNames> {
         .flat_map(|instance| {
             QUEUES
                 .iter()
-                .map(move |spec| QueueNames::new(prefix, spec.service, instance))
+                .map(move |spec| QueueNames::new(prefix, spec.service.name(), instance))
         })
         .chain(
-            domain::saga::SagaService::ALL
+            domain::service::Service::ALL
                 .into_iter()
                 .map(|service| QueueNames::shared(prefix, service.name())),
         )
@@ -162,7 +163,7 @@ async fn streams_behind(pool: &PgPool, instance: &str, spec: &QueueSpec) -> anyh
     let mut aggregates: Vec<&str> = EVENTS
         .iter()
         .filter(|event| {
-            spec.bindings
+            spec.bindings()
                 .iter()
                 .any(|(exchange, _)| *exchange == event.route.exchange.suffix())
         })

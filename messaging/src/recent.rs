@@ -5,11 +5,13 @@ use std::collections::VecDeque;
 
 use uuid::Uuid;
 
-use crate::ById;
+/// The ids are UUIDs that HAP made, so a hash built to resist crafted keys buys nothing here
+/// (see `projections::ById`).
+type ById<V> = std::collections::HashMap<Uuid, V, foldhash::fast::RandomState>;
 
 /// Up to `CAPACITY` ids with their values; inserting one more forgets the oldest.
 #[derive(Debug)]
-pub(crate) struct Recent<V, const CAPACITY: usize> {
+pub struct Recent<V, const CAPACITY: usize> {
     values: ById<V>,
     /// Oldest first; may name ids removed since (forgetting them again is harmless).
     order: VecDeque<Uuid>,
@@ -26,7 +28,7 @@ impl<V, const CAPACITY: usize> Default for Recent<V, CAPACITY> {
 
 impl<V: Default, const CAPACITY: usize> Recent<V, CAPACITY> {
     /// The value of `id`, inserted as the default if it is not remembered.
-    pub(crate) fn entry(&mut self, id: Uuid) -> &mut V {
+    pub fn entry(&mut self, id: Uuid) -> &mut V {
         if !self.values.contains_key(&id) {
             if self.order.len() == CAPACITY
                 && let Some(oldest) = self.order.pop_front()
@@ -40,16 +42,20 @@ impl<V: Default, const CAPACITY: usize> Recent<V, CAPACITY> {
 }
 
 impl<V, const CAPACITY: usize> Recent<V, CAPACITY> {
-    pub(crate) fn get(&self, id: &Uuid) -> Option<&V> {
+    pub fn get(&self, id: &Uuid) -> Option<&V> {
         self.values.get(id)
     }
 
-    pub(crate) fn remove(&mut self, id: &Uuid) -> Option<V> {
+    pub fn remove(&mut self, id: &Uuid) -> Option<V> {
         self.values.remove(id)
     }
 
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
+    /// How many ids are remembered.
+    pub fn len(&self) -> usize {
         self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
     }
 }

@@ -1,11 +1,15 @@
-//! An event as a projector sees it, read from a message body or from the event store.
+//! An event as its consumers (projectors, saga steps) see it, read from a message body or
+//! from the event store.
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use domain::Event;
 use eventstore::RecordedEvent;
 use eventstore::scan::ScannedEvent;
-use serde::Deserialize;
 use uuid::Uuid;
+
+use crate::message::EventMessage;
 
 /// A decoded event with what the runtime needs to order and deduplicate it.
 #[derive(Debug, Clone)]
@@ -40,32 +44,10 @@ pub struct Origin {
     pub actor_id: Option<String>,
 }
 
-/// The fields of a message body the consumers use (the others are for other systems).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Body {
-    event_id: Uuid,
-    // Checked by the consumers that need them (saga steps), so that a message without them
-    // is still judged by its event first.
-    #[serde(default)]
-    tenant_id: String,
-    #[serde(default)]
-    correlation_id: String,
-    #[serde(default)]
-    actor_id: Option<String>,
-    event_type: String,
-    occurred_at: DateTime<Utc>,
-    aggregate_id: Uuid,
-    version: i64,
-    position: String,
-    payload: Box<serde_json::value::RawValue>,
-}
-
 impl Envelope {
     /// The event of a message body, and where it came from.
     pub fn from_message(body: &[u8]) -> Result<(Self, Origin), Poison> {
-        let body: Body =
-            serde_json::from_slice(body).map_err(|e| Poison::NotAnEvent(e.to_string()))?;
+        let body = EventMessage::read(body).map_err(|e| Poison::NotAnEvent(e.to_string()))?;
         let position = body
             .position
             .parse()
@@ -76,13 +58,13 @@ impl Envelope {
             version: body.version,
             position,
             occurred_at: body.occurred_at,
-            tenant_id: body.tenant_id.clone(),
+            tenant_id: body.tenant_id.clone().into_owned(),
             event: Event::from_parts(&body.event_type, body.payload.get())?,
         };
         let origin = Origin {
-            tenant_id: body.tenant_id,
-            correlation_id: body.correlation_id,
-            actor_id: body.actor_id,
+            tenant_id: body.tenant_id.into_owned(),
+            correlation_id: body.correlation_id.into_owned(),
+            actor_id: body.actor_id.map(Cow::into_owned),
         };
         Ok((envelope, origin))
     }

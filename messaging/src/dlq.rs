@@ -7,8 +7,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 
-use eventstore::broker::AmqpUrls;
-
+use crate::broker::{self, AmqpUrls};
+use crate::headers;
 use crate::queues::move_delivery;
 
 /// The dead-letter queue of `queue`: `queue` itself if it ends in `.dlq`, else `queue.dlq`.
@@ -68,7 +68,7 @@ async fn visit(
     dlq: &str,
     mut choose: impl FnMut(&DeadLetter) -> Action,
 ) -> Result<(Vec<DeadLetter>, usize), DlqError> {
-    let connection = eventstore::broker::connect(amqp_url, "hap-dlq").await?;
+    let connection = broker::connect(amqp_url, "hap-dlq").await?;
     let channel = connection.create_channel().await?;
     let publish = connection.create_channel().await?;
     publish
@@ -98,7 +98,7 @@ async fn visit(
             break;
         };
         let delivery = message.delivery;
-        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let fields = delivery.properties.headers().clone().unwrap_or_default();
         let letter = DeadLetter {
             event_id: delivery
                 .properties
@@ -106,9 +106,9 @@ async fn visit(
                 .as_ref()
                 .map(|s| s.to_string()),
             event_type: delivery.properties.kind().as_ref().map(|s| s.to_string()),
-            error: text(&headers, "x-error"),
-            original_queue: text(&headers, "x-original-queue"),
-            retries: number(&headers, "x-retry-count"),
+            error: text(&fields, headers::ERROR),
+            original_queue: text(&fields, headers::ORIGINAL_QUEUE),
+            retries: number(&fields, headers::RETRY_COUNT),
             size: delivery.data.len(),
         };
         match choose(&letter) {
@@ -120,9 +120,14 @@ async fn visit(
                     .unwrap_or_else(|| dlq.trim_end_matches(".dlq").to_owned());
                 // A fresh start: the retry count and the last error go.
                 let mut fresh = FieldTable::default();
-                for (name, value) in headers.inner() {
-                    if !["x-error", "x-retry-count", "x-original-queue", "x-death"]
-                        .contains(&name.as_str())
+                for (name, value) in fields.inner() {
+                    if ![
+                        headers::ERROR,
+                        headers::RETRY_COUNT,
+                        headers::ORIGINAL_QUEUE,
+                        headers::DEATH,
+                    ]
+                    .contains(&name.as_str())
                     {
                         fresh.insert(name.clone(), value.clone());
                     }
@@ -177,7 +182,7 @@ pub async fn replay(
 
 /// Drops every dead letter of `queue`; returns how many there were.
 pub async fn purge(amqp_url: &AmqpUrls, queue: &str) -> Result<u32, DlqError> {
-    let connection = eventstore::broker::connect(amqp_url, "hap-dlq").await?;
+    let connection = broker::connect(amqp_url, "hap-dlq").await?;
     let channel = connection.create_channel().await?;
     let purged = channel
         .queue_purge(

@@ -1,9 +1,9 @@
 //! The broker side of the contract: exchange names, their alternate exchange, the unrouted
 //! queue, and how quorum queues are declared (on how many nodes; an existing queue used as it
-//! is). Declared at start and after every reconnect; declaring is idempotent. Which exchanges
-//! there are is the application's to say (HAP's domain has one per aggregate family); this
-//! module only prefixes and declares them.
+//! is). Declared at start and after every reconnect; declaring is idempotent. The exchanges
+//! are the domain's, one per aggregate family (`domain::event::Exchange`).
 
+use domain::event::Exchange;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ExchangeKind};
@@ -15,21 +15,16 @@ const QUORUM_SIZE_ARGUMENT: &str = "x-quorum-initial-group-size";
 #[derive(Debug, Clone)]
 pub struct Topology {
     prefix: String,
-    /// The topic exchanges, by suffix, as the application names them.
-    exchanges: Vec<String>,
     /// How many nodes hold a copy of each quorum queue created; `None` leaves it to the broker
     /// (RabbitMQ's default is up to three).
     quorum_size: Option<u16>,
 }
 
 impl Topology {
-    pub fn new<S: Into<String>>(
-        prefix: impl Into<String>,
-        exchanges: impl IntoIterator<Item = S>,
-    ) -> Self {
+    /// HAP's exchanges under `prefix`, with quorum queues sized by the broker.
+    pub fn new(prefix: impl Into<String>) -> Self {
         Self {
             prefix: prefix.into(),
-            exchanges: exchanges.into_iter().map(Into::into).collect(),
             quorum_size: None,
         }
     }
@@ -53,7 +48,9 @@ impl Topology {
 
     /// Every topic exchange's full name.
     pub fn exchanges(&self) -> impl Iterator<Item = String> + '_ {
-        self.exchanges.iter().map(|suffix| self.exchange(suffix))
+        Exchange::ALL
+            .into_iter()
+            .map(|exchange| self.exchange(exchange.suffix()))
     }
 
     /// The alternate exchange and the queue behind it, both `{prefix}.unrouted`: messages no

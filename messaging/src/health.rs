@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventstore::broker::AmqpUrls;
 use tokio::sync::RwLock;
+
+use crate::broker::{self, AmqpUrls};
 
 #[derive(Clone)]
 pub struct BrokerHealth {
@@ -28,7 +29,7 @@ impl BrokerHealth {
                     .as_ref()
                     .is_some_and(|c| c.status().connected());
                 if !connected {
-                    let fresh = eventstore::broker::connect(&urls, "hap-health").await;
+                    let fresh = broker::connect(&urls, "hap-health").await;
                     *slot.write().await = fresh.ok();
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -9,9 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventstore::broker::{self, AmqpUrls};
 use eventstore::readiness::{Part, Readiness};
-use eventstore::topology::Topology;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use lapin::Channel;
@@ -25,9 +23,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use domain::service::Service;
+
+use crate::backoff::Backoff;
+use crate::broker::{self, AmqpUrls};
 use crate::envelope::{Envelope, Origin};
-use crate::local::CommittedFed;
-use crate::queues::{self, QueueNames};
+use crate::fed::CommittedFed;
+use crate::headers;
+use crate::queues::{self, Binding, QueueNames};
+use crate::topology::Topology;
 
 /// How the consumers of a process behave.
 #[derive(Debug, Clone)]
@@ -48,10 +52,11 @@ pub struct ConsumerSettings {
 }
 
 impl ConsumerSettings {
-    pub fn new(amqp_url: &AmqpUrls, prefix: &str, instance: &str, max_retries: u32) -> Self {
+    /// Settings with the default prefetch and batch, and a readiness of their own.
+    pub fn new(amqp_url: &AmqpUrls, topology: Topology, instance: &str, max_retries: u32) -> Self {
         Self {
             amqp_url: amqp_url.clone(),
-            topology: crate::topology(prefix),
+            topology,
             instance: instance.to_owned(),
             max_retries,
             prefetch: 2000,
@@ -60,8 +65,9 @@ impl ConsumerSettings {
         }
     }
 
-    pub fn queue_names(&self, spec: &queues::QueueSpec) -> QueueNames {
-        QueueNames::new(self.topology.prefix(), spec.service, &self.instance)
+    /// The names of this instance's own queue for `service`'s projector.
+    pub fn queue_names(&self, service: Service) -> QueueNames {
+        QueueNames::new(self.topology.prefix(), service.name(), &self.instance)
     }
 }
 
@@ -111,7 +117,7 @@ pub trait Handler: Send + Sync + 'static {
 pub fn consume(
     handler: Arc<dyn Handler>,
     names: QueueNames,
-    bindings: Vec<(&'static str, &'static str)>,
+    bindings: Vec<Binding>,
     settings: ConsumerSettings,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
@@ -136,15 +142,13 @@ enum SessionError {
     NotStored(String),
 }
 
-const BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often queue depths are reported.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 
 struct Consumer {
     handler: Arc<dyn Handler>,
     names: QueueNames,
-    bindings: Vec<(&'static str, &'static str)>,
+    bindings: Vec<Binding>,
     settings: ConsumerSettings,
     /// Set once the queue is declared, bound and consumed; cleared when the connection goes.
     ready: Part,
@@ -160,13 +164,13 @@ struct Channels {
 impl Consumer {
     async fn run(self, shutdown: CancellationToken) {
         let mut local = self.handler.local_feed();
-        let mut backoff = BACKOFF;
+        let mut backoff = Backoff::default();
         loop {
             let ended = self.session(&shutdown, &mut local).await;
             // A session that got to consume starts the backoff afresh: the node it was on may
             // be gone, and the next one answers at once.
             if self.ready.is_ready() {
-                backoff = BACKOFF;
+                backoff.reset();
             }
             self.ready.set(false);
             match ended {
@@ -175,9 +179,8 @@ impl Consumer {
                     tracing::warn!(queue = %self.names.main, %error, "consumer stopped; reconnecting");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = backoff.sleep() => {}
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
@@ -369,15 +372,15 @@ impl Consumer {
             return self.dead_letter(channels, delivery, &reason).await;
         }
         let delay = Duration::from_millis(500) * 2u32.pow(retries - 1);
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            "x-retry-count".into(),
+        let mut fields = delivery.properties.headers().clone().unwrap_or_default();
+        fields.insert(
+            headers::RETRY_COUNT.into(),
             AMQPValue::LongLongInt(i64::from(retries)),
         );
         let properties = delivery
             .properties
             .clone()
-            .with_headers(headers)
+            .with_headers(fields)
             .with_expiration(
                 delay
                     .min(Duration::from_secs(60))
@@ -400,13 +403,13 @@ impl Consumer {
         delivery: &Delivery,
         reason: &str,
     ) -> Result<(), SessionError> {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert("x-error".into(), AMQPValue::LongString(reason.into()));
-        headers.insert(
-            "x-original-queue".into(),
+        let mut fields = delivery.properties.headers().clone().unwrap_or_default();
+        fields.insert(headers::ERROR.into(), AMQPValue::LongString(reason.into()));
+        fields.insert(
+            headers::ORIGINAL_QUEUE.into(),
             AMQPValue::LongString(self.names.main.as_str().into()),
         );
-        let properties = delivery.properties.clone().with_headers(headers);
+        let properties = delivery.properties.clone().with_headers(fields);
         self.move_to(channels, delivery, &self.names.dead_letters, properties)
             .await?;
         tracing::warn!(queue = %self.names.main, %reason, "dead-lettered a message");
@@ -466,7 +469,7 @@ fn retry_count(delivery: &Delivery) -> u32 {
         .properties
         .headers()
         .as_ref()
-        .and_then(|h| h.inner().get("x-retry-count").cloned());
+        .and_then(|h| h.inner().get(headers::RETRY_COUNT).cloned());
     let count = match value {
         Some(AMQPValue::LongLongInt(n)) => n,
         Some(AMQPValue::LongInt(n)) => i64::from(n),

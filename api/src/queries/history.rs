@@ -1,0 +1,238 @@
+//! `GET /{patients|physicians|consultations}/{id}/history`: the audit trail of one aggregate,
+//! every event of its stream with who, when and what it changed, oldest first.
+//!
+//! The trail is read from the event store, not the read model: it is the record itself, and
+//! always complete. A clinical record's content lives on the record's own stream, which has no
+//! history route here, so no trail shows it.
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use domain::AggregateKind;
+use eventstore::{RecordedEvent, StreamVersion};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::Params;
+use super::pagination::{DEFAULT_LIMIT, MAX_LIMIT};
+use crate::auth::{Authorized, Caller, ConsultationsRead, PatientsRead, PhysiciansRead};
+use crate::error::{ApiError, Problem};
+use crate::extract::PathId;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(patient_history))
+        .routes(routes!(physician_history))
+        .routes(routes!(consultation_history))
+}
+
+/// One event of the trail.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Change {
+    /// The stream's version after the event: 1 for the first.
+    pub version: i64,
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    /// Who acted (a token's `sub`); `null` for events stored before authentication.
+    pub actor_id: Option<String>,
+    /// The request (or saga) the event belongs to.
+    pub correlation_id: String,
+    /// The event that caused this one, when a saga step or a job wrote it.
+    pub causation_id: Option<Uuid>,
+    /// The fields the event set, as it recorded them.
+    #[schema(value_type = Object)]
+    pub changes: Value,
+}
+
+/// A page of a trail.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct History {
+    pub items: Vec<Change>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryPage {
+    /// Events per page, 1–200 (default 50).
+    limit: Option<u32>,
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Which events a request asks for: after version `after`, at most `limit`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Window {
+    after: u64,
+    limit: u32,
+}
+
+impl Window {
+    fn parse(page: &HistoryPage) -> Result<Self, ApiError> {
+        let limit = page.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be between 1 and {MAX_LIMIT}, not {limit}"
+            )));
+        }
+        // The cursor is the last version of the previous page; opaque to clients all the same.
+        let after = match &page.cursor {
+            None => 0,
+            Some(cursor) => cursor
+                .parse::<u64>()
+                .ok()
+                .filter(|version| *version > 0)
+                .ok_or_else(|| {
+                    ApiError::BadRequest("cursor is not one this API returned".into())
+                })?,
+        };
+        Ok(Self { after, limit })
+    }
+}
+
+async fn history(
+    app: &AppState,
+    caller: &Caller,
+    kind: AggregateKind,
+    id: Uuid,
+    page: &HistoryPage,
+) -> Result<Json<History>, ApiError> {
+    let window = Window::parse(page)?;
+    let mut events = app
+        .commands
+        .store()
+        .read_history(
+            &caller.tenant_id,
+            kind.as_str(),
+            id,
+            StreamVersion::new(window.after),
+            i64::from(window.limit) + 1,
+        )
+        .await?;
+    if events.is_empty() && window.after == 0 {
+        return Err(ApiError::NotFound(format!(
+            "{} {id} has no events",
+            kind.as_str()
+        )));
+    }
+    let more = events.len() > window.limit as usize;
+    events.truncate(window.limit as usize);
+    let next = more
+        .then(|| events.last().map(|event| event.version.to_string()))
+        .flatten();
+    let items = events.into_iter().map(change).collect::<Result<_, _>>()?;
+    Ok(Json(History { items, next }))
+}
+
+fn change(event: RecordedEvent) -> Result<Change, ApiError> {
+    Ok(Change {
+        changes: serde_json::from_str(event.payload.get()).map_err(ApiError::internal)?,
+        version: event.version,
+        event_type: event.event_type,
+        occurred_at: event.occurred_at,
+        actor_id: event.actor_id,
+        correlation_id: event.correlation_id,
+        causation_id: event.causation_id,
+    })
+}
+
+/// A patient's audit trail.
+#[utoipa::path(get, path = "/patients/{id}/history", tag = "patients",
+    security(("bearer" = ["patients:read"])),
+    params(("id" = uuid::Uuid, Path), HistoryPage),
+    responses(
+        (status = 200, body = History),
+        (status = 400, description = "The id, `limit` or `cursor` cannot be parsed", body = Problem),
+        (status = 404, description = "No patient of the caller's tenant has this id", body = Problem),
+    ))]
+async fn patient_history(
+    State(app): State<AppState>,
+    caller: Authorized<PatientsRead>,
+    PathId(id): PathId,
+    Params(page): Params<HistoryPage>,
+) -> Result<Json<History>, ApiError> {
+    history(&app, &caller, AggregateKind::Patient, id, &page).await
+}
+
+/// A physician's audit trail.
+#[utoipa::path(get, path = "/physicians/{id}/history", tag = "physicians",
+    security(("bearer" = ["physicians:read"])),
+    params(("id" = uuid::Uuid, Path), HistoryPage),
+    responses(
+        (status = 200, body = History),
+        (status = 400, description = "The id, `limit` or `cursor` cannot be parsed", body = Problem),
+        (status = 404, description = "No physician of the caller's tenant has this id", body = Problem),
+    ))]
+async fn physician_history(
+    State(app): State<AppState>,
+    caller: Authorized<PhysiciansRead>,
+    PathId(id): PathId,
+    Params(page): Params<HistoryPage>,
+) -> Result<Json<History>, ApiError> {
+    history(&app, &caller, AggregateKind::Physician, id, &page).await
+}
+
+/// A consultation's audit trail: its request, the saga's steps on it, and what came after.
+#[utoipa::path(get, path = "/consultations/{id}/history", tag = "consultations",
+    security(("bearer" = ["consultations:read"])),
+    params(("id" = uuid::Uuid, Path), HistoryPage),
+    responses(
+        (status = 200, body = History),
+        (status = 400, description = "The id, `limit` or `cursor` cannot be parsed", body = Problem),
+        (status = 404, description = "No consultation of the caller's tenant has this id", body = Problem),
+    ))]
+async fn consultation_history(
+    State(app): State<AppState>,
+    caller: Authorized<ConsultationsRead>,
+    PathId(id): PathId,
+    Params(page): Params<HistoryPage>,
+) -> Result<Json<History>, ApiError> {
+    history(&app, &caller, AggregateKind::Consultation, id, &page).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(limit: Option<u32>, cursor: Option<&str>) -> HistoryPage {
+        HistoryPage {
+            limit,
+            cursor: cursor.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_window_starts_after_the_cursors_version() {
+        assert_eq!(
+            Window::parse(&page(None, None)).unwrap(),
+            Window {
+                after: 0,
+                limit: 50
+            }
+        );
+        assert_eq!(
+            Window::parse(&page(Some(2), Some("7"))).unwrap(),
+            Window { after: 7, limit: 2 }
+        );
+    }
+
+    #[test]
+    fn a_bad_limit_or_cursor_is_refused() {
+        for bad in [page(Some(0), None), page(Some(201), None)] {
+            assert!(Window::parse(&bad).is_err());
+        }
+        for cursor in ["", "0", "-3", "x", "AAAAAAAAAAAAAAAAAAAAAA"] {
+            assert!(
+                Window::parse(&page(None, Some(cursor))).is_err(),
+                "{cursor}"
+            );
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Every running process is recorded with a heartbeat, so that operators see what runs and
+//! what died: a clean stop deletes the row, a killed process's heartbeat stops.
+
+use std::time::Duration;
+
+use eventstore::EventStore;
+use eventstore::processes::{GONE_AFTER, ProcessInfo, keep_recorded};
+use hap_tests::{TestDb, eventually};
+use tokio_util::sync::CancellationToken;
+
+fn info(instance: &str) -> ProcessInfo {
+    ProcessInfo {
+        instance: instance.into(),
+        roles: vec!["command".into(), "query".into()],
+        version: "0.1.0".into(),
+        host: "test-host".into(),
+        pid: 4242,
+        http_addr: "127.0.0.1:8080".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_is_listed_while_it_beats_and_deleted_when_it_stops() {
+    let db = TestDb::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(keep_recorded(store.clone(), info("i-1"), shutdown.clone()));
+
+    let listed = eventually(Duration::from_secs(10), || async {
+        store.processes().await.unwrap().len() == 1
+    })
+    .await;
+    assert!(listed);
+    let process = &store.processes().await.unwrap()[0];
+    assert_eq!(process.instance, "i-1");
+    assert_eq!(process.roles, ["command", "query"]);
+    assert_eq!((process.pid, process.host.as_str()), (4242, "test-host"));
+    assert!(!process.is_gone(chrono::Utc::now()));
+
+    // A heartbeat that stopped reads as gone.
+    let later = process.heartbeat_at + GONE_AFTER + chrono::Duration::seconds(1);
+    assert!(process.is_gone(later));
+
+    shutdown.cancel();
+    running.await.unwrap();
+    assert!(store.processes().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_whose_row_was_lost_records_itself_again() {
+    let db = TestDb::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let id = uuid::Uuid::now_v7();
+    store.record_process(id, &info("i-2")).await.unwrap();
+    let first = store.processes().await.unwrap()[0].clone();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.record_process(id, &info("i-2")).await.unwrap();
+    let beat = store.processes().await.unwrap()[0].clone();
+    assert_eq!(beat.started_at, first.started_at);
+    assert!(beat.heartbeat_at > first.heartbeat_at);
+
+    sqlx::query("delete from processes")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    store.record_process(id, &info("i-2")).await.unwrap();
+    assert_eq!(store.processes().await.unwrap()[0].id, id);
+}
+
+/// The rows of `instance`'s processes.
+async fn rows_of(
+    store: &EventStore,
+    instance: &str,
+) -> Vec<eventstore::processes::RecordedProcess> {
+    let all = store.processes().await.unwrap();
+    all.into_iter().filter(|p| p.instance == instance).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hap_serve_records_itself_and_deletes_its_row_when_stopped_but_not_when_killed() {
+    let db = TestDb::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let prefix = hap_tests::broker::unique_prefix();
+
+    let stopped = hap_tests::process::spawn_hap(&db, &prefix, "timer,query", "proc-a");
+    let pid = stopped.id().expect("a running child");
+    let recorded = eventually(Duration::from_secs(30), || async {
+        rows_of(&store, "proc-a").await.len() == 1
+    })
+    .await;
+    assert!(recorded, "hap serve recorded itself");
+    let row = &rows_of(&store, "proc-a").await[0];
+    assert_eq!(row.roles, ["timer", "query"]);
+    assert_eq!(row.pid, pid as i32);
+    assert_eq!(row.version, env!("CARGO_PKG_VERSION"));
+    assert!(row.http_addr.starts_with("127.0.0.1:"), "{}", row.http_addr);
+
+    // SIGTERM: a clean stop deletes the row.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deleted = eventually(Duration::from_secs(30), || async {
+        rows_of(&store, "proc-a").await.is_empty()
+    })
+    .await;
+    assert!(deleted, "a stopped process's row is deleted");
+
+    // kill -9: the row stays, and its heartbeat stops.
+    let mut killed = hap_tests::process::spawn_hap(&db, &prefix, "timer", "proc-b");
+    let recorded = eventually(Duration::from_secs(30), || async {
+        rows_of(&store, "proc-b").await.len() == 1
+    })
+    .await;
+    assert!(recorded);
+    killed.kill().await.unwrap();
+    let last_beat = rows_of(&store, "proc-b").await[0].heartbeat_at;
+    tokio::time::sleep(eventstore::processes::HEARTBEAT + Duration::from_secs(1)).await;
+    let rows = rows_of(&store, "proc-b").await;
+    assert_eq!(rows.len(), 1, "a killed process leaves its row");
+    assert_eq!(rows[0].heartbeat_at, last_beat, "and its heartbeat stops");
+}
