@@ -3,14 +3,15 @@
 //!
 //! # Layout
 //! - [`cli`]: the `hap` subcommands.
-//! - [`auth`]: bearer tokens, the caller's tenant and subject, the scope each route needs.
+//! - [`auth`]: the scope each route needs, checked against the caller's bearer token;
+//!   verifying and minting tokens in [`auth::token`].
 //! - [`config`]: settings from flags, `HAP_*` variables and defaults.
 //! - [`db`]: connecting, creating the database, migrating.
 //! - [`demo`]: sample data through the command path.
 //! - [`state`]: [`AppState`], shared by every handler.
 //! - [`commands`]: the command routes, which run through the `commands` crate's pipeline.
 //! - [`observers`]: what this process does after each append (feeding its own projectors).
-//! - [`queries`]: the query routes over the read model, read-your-writes and their cache.
+//! - [`queries`]: the query routes over the read model, read-your-writes and their caches.
 //! - [`extract`]: request extractors (body, headers, path ids) that map malformed input to
 //!   400/413/415/422.
 //! - [`error`]: [`error::ApiError`] and its problem+json form.

@@ -6,7 +6,7 @@ use futures::future::BoxFuture;
 use messaging::Envelope;
 use projections::ReadModel;
 
-use crate::queries::QueryCaches;
+use crate::queries::cache::QueryCaches;
 
 /// Hands committed events to this process's own projectors (so a query here waits for one
 /// read-model transaction, not for the broker) and remembers the last event's position for

@@ -12,10 +12,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use projections::ReadModel;
 use sqlx::PgPool;
 
-use crate::auth::{AuthConfigError, Verifier};
+use crate::auth::token::{AuthConfigError, Verifier};
 use crate::config::Settings;
 use crate::observers::ReadSideObserver;
-use crate::queries::QueryCaches;
+use crate::queries::cache::QueryCaches;
 
 /// How many aggregate states the command side keeps in memory.
 const AGGREGATE_CACHE_CAPACITY: u64 = 100_000;

@@ -19,9 +19,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use api::config::Settings;
 use chrono::{DateTime, NaiveDate, Utc};
-use domain::Event;
 use domain::event::PatientRegistered;
 use domain::ids::PatientId;
+use domain::{AggregateKind, Event};
 use futures::future::try_join_all;
 use hap_support::server::HttpServer;
 use serde_json::{Value, json};
@@ -32,7 +32,7 @@ use uuid::Uuid;
 use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, closed_loop, sample_pool};
-use crate::report::{Facts, Table};
+use crate::report::{self, Facts, Table};
 use crate::system;
 
 #[derive(Debug, clap::Args)]
@@ -122,13 +122,7 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
         args.seconds,
         WARMUP.as_secs()
     );
-    println!();
-    print!("{table}");
-    println!();
-    println!(
-        "ratio (HAP / raw): {:.2}   (target ≥ {TARGET_RATIO:.1})",
-        hap.rate() / raw.rate()
-    );
+    report::print_with_ratio(&table, hap.rate(), raw.rate(), TARGET_RATIO);
     println!(
         "HAP pool during the run: {:.1} of {} connections open, {:.1} idle on average",
         hap_pool.open, args.pool_size, hap_pool.idle
@@ -314,9 +308,9 @@ async fn raw_run(args: &Args, database: &ScratchDatabase) -> anyhow::Result<Outc
             sqlx::query(RAW_INSERT)
                 .bind(Uuid::now_v7())
                 .bind(patient_id.as_uuid())
-                .bind("patient")
+                .bind(AggregateKind::Patient.as_str())
                 .bind(1_i64)
-                .bind("PatientRegistered")
+                .bind(PatientRegistered::EVENT_TYPE)
                 .bind(payload)
                 .bind(api::auth::INSECURE_TENANT)
                 // What HAP stores when the request has no X-Correlation-Id.

@@ -8,10 +8,6 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinHandle;
-
-use crate::load::Timeline;
-
 /// How busy the whole machine was during a measured window, as fractions of all its cores:
 /// every process on it, then the share of the processes that matter here. Near 1, the run was
 /// limited by CPU and its latencies are mostly queueing; steal is time the hypervisor gave to
@@ -90,17 +86,6 @@ impl CpuWindow {
             },
         })
     }
-}
-
-/// Reads the machine's CPU counters when the measured window of `timeline` opens and when it
-/// closes.
-pub fn sample_cpu(timeline: Timeline) -> JoinHandle<Option<MachineCpu>> {
-    tokio::spawn(async move {
-        tokio::time::sleep_until(timeline.measure_from.into()).await;
-        let window = CpuWindow::open();
-        tokio::time::sleep_until(timeline.until.into()).await;
-        window.close()
-    })
 }
 
 /// Machine busy below which it counts as quiet (the idle services' own ticking stays under it).

@@ -36,7 +36,8 @@ use crate::broker::{ScratchBroker, Servers};
 use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, latency_histogram, paced, sample_pool};
-use crate::report::{Facts, Table};
+use crate::report::Table;
+use crate::scratch::Scratch;
 use crate::system::{self, Hap, POOL_SIZE};
 
 mod pipeline;
@@ -56,36 +57,15 @@ pub struct Args {
     max_in_flight: u32,
 
     #[command(flatten)]
-    servers: Servers,
+    pub servers: Servers,
 }
 
 /// The targets from the design: read-your-writes through the whole system, p50 and p99.
 const TARGET_P50_MS: f64 = 5.0;
 const TARGET_P99_MS: f64 = 25.0;
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let database = ScratchDatabase::new(&args.servers.database_url)?;
-    let broker = ScratchBroker::new(&args.servers.amqp_url);
-    eprintln!(
-        "hap-bench e2e: scratch database {}, exchange prefix {}",
-        database.name(),
-        broker.prefix()
-    );
-    database
-        .run_with_broker(broker, async |database, broker| {
-            bench(&args, database, broker).await
-        })
-        .await
-}
-
-async fn bench(
-    args: &Args,
-    database: &ScratchDatabase,
-    broker: &ScratchBroker,
-) -> anyhow::Result<()> {
-    let pool = database.create(POOL_SIZE).await?;
-    let facts = Facts::gather(&pool).await?;
-
+/// Runs the benchmark on the scratch servers that [`scratch::run`] opened.
+pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     settle().await;
     eprintln!(
         "HAP run: {} pairs/s, {} s warm-up + {} s…",
@@ -93,9 +73,9 @@ async fn bench(
         WARMUP.as_secs(),
         args.seconds
     );
-    let (hap, legs) = hap_run(args.pace(), database, broker, pool).await?;
+    let (hap, legs) = hap_run(args.pace(), scratch.database, scratch.broker, scratch.pool).await?;
 
-    let raw_pool = raw_pool(database).await?;
+    let raw_pool = raw_pool(scratch.database).await?;
     settle().await;
     eprintln!(
         "raw SQL run: {} pairs/s, {} s warm-up + {} s…",
@@ -111,14 +91,14 @@ async fn bench(
         WARMUP.as_secs(),
         args.seconds
     );
-    let raw_pipeline = pipeline::run(args, broker, &raw_pool).await?;
+    let raw_pipeline = pipeline::run(args, scratch.broker, &raw_pool).await?;
     raw_pool.close().await;
 
     let mut table = Table::paced();
     table.paced_row("HAP", args.rate, &hap);
     table.paced_row("raw SQL", args.rate, &raw);
     table.paced_row("raw pipeline", args.rate, &raw_pipeline);
-    println!("hap-bench e2e · {facts}");
+    println!("hap-bench e2e · {}", scratch.facts);
     println!(
         "{} pairs/s · {} s measured after {} s warm-up · up to {} in flight · HAP: POST \
          /patients, then GET /patients/{{id}} with X-Min-Position · raw SQL: INSERT, then \
@@ -314,23 +294,10 @@ async fn pair(
     let command = sent.elapsed();
 
     let sent = Instant::now();
-    let response = client
+    let request = client
         .get(format!("{base}/patients/{id}"))
-        .header("X-Min-Position", position)
-        .send()
-        .await
-        .context("GET /patients/{id} failed")?;
-    let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .context("Failed to read the response of GET /patients/{id}")?;
-    if status.as_u16() != 200 {
-        bail!(
-            "GET /patients/{{id}} answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
+        .header("X-Min-Position", position);
+    let body = system::send(request, "GET /patients/{id}", 200).await?;
     let patient: Value =
         serde_json::from_slice(&body).context("GET /patients/{id} answered something not JSON")?;
     if patient["id"].as_str() != Some(id) {

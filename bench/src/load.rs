@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::cpu::{MachineCpu, sample_cpu};
+use crate::cpu::{CpuWindow, MachineCpu};
 
 /// Warm-up before every measured window: connections opened, caches and statements prepared.
 pub const WARMUP: Duration = Duration::from_secs(1);
@@ -276,6 +276,17 @@ where
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// Reads the machine's CPU counters when the measured window of `timeline` opens and when it
+/// closes.
+pub fn sample_cpu(timeline: Timeline) -> JoinHandle<Option<MachineCpu>> {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(timeline.measure_from.into()).await;
+        let window = CpuWindow::open();
+        tokio::time::sleep_until(timeline.until.into()).await;
+        window.close()
+    })
 }
 
 /// How busy a connection pool was during a measured window.

@@ -23,10 +23,14 @@
 //! - [`chaos`]: `hap-bench chaos`, no benchmark but a trial: the clinic as separate `hap`
 //!   processes under a workload while processes are killed and servers fail, then the books
 //!   checked (exit status 1 if any invariant is violated).
-//! - [`database`]: the scratch database, shared by every subcommand.
+//! - [`database`]: the scratch database, shared by every subcommand; [`scratch`]: the
+//!   opening of every subcommand that also uses the broker.
 //! - [`broker`]: the scratch exchange prefix, and HAP's pieces running in the background on it.
 //! - [`system`]: HAP's pieces wired as `hap serve` wires them, and filling the store.
-//! - [`load`]: the closed-loop and paced load drivers, backlog timing and the pool sampler.
+//! - [`load`]: the closed-loop and paced load drivers, backlog timing, and the samplers of the
+//!   pool and the CPU over a measured window.
+//! - [`cpu`]: how busy the machine was over a window, by process group, and waiting for it to
+//!   settle before a run.
 //! - [`report`]: machine facts and the plain-text tables every subcommand prints.
 //!
 //! Progress goes to stderr and the report to stdout, so `hap-bench append > result.txt` keeps
@@ -45,6 +49,7 @@ mod publish;
 mod rebuild;
 mod report;
 mod saga;
+mod scratch;
 mod system;
 
 use std::process::ExitCode;
@@ -94,10 +99,10 @@ async fn main() -> ExitCode {
     cpu::set_settle_limit(std::time::Duration::from_secs(cli.settle_limit));
     let result = match cli.command {
         Command::Append(args) => append::run(args).await,
-        Command::Publish(args) => publish::run(args).await,
-        Command::Project(args) => project::run(args).await,
-        Command::E2e(args) => e2e::run(args).await,
-        Command::Saga(args) => saga::run(args).await,
+        Command::Publish(args) => scratch::run("publish", &args.servers, &args, publish::run).await,
+        Command::Project(args) => scratch::run("project", &args.servers, &args, project::run).await,
+        Command::E2e(args) => scratch::run("e2e", &args.servers, &args, e2e::run).await,
+        Command::Saga(args) => scratch::run("saga", &args.servers, &args, saga::run).await,
         Command::Rebuild(args) => rebuild::run(args).await,
         Command::Chaos(args) => chaos::run(args).await,
     };

@@ -42,10 +42,10 @@ use uuid::Uuid;
 
 use crate::broker::{ScratchBroker, Servers, consume_with_acks};
 use crate::cpu::{CpuWindow, machine_cpu, settle};
-use crate::database::ScratchDatabase;
 use crate::load::{Drained, wait_until};
-use crate::report::{Facts, Table};
-use crate::system::{self, INSTANCE, POOL_SIZE};
+use crate::report::Table;
+use crate::scratch::Scratch;
+use crate::system::{self, INSTANCE};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -54,7 +54,7 @@ pub struct Args {
     events: u64,
 
     #[command(flatten)]
-    servers: Servers,
+    pub servers: Servers,
 }
 
 /// The target from the design: HAP's projectors keep up with plain consuming.
@@ -73,28 +73,9 @@ const POLL: Duration = Duration::from_millis(5);
 /// A drain that takes longer than this is reported as a failure rather than waited for.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(1800);
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let database = ScratchDatabase::new(&args.servers.database_url)?;
-    let broker = ScratchBroker::new(&args.servers.amqp_url);
-    eprintln!(
-        "hap-bench project: scratch database {}, exchange prefix {}",
-        database.name(),
-        broker.prefix()
-    );
-    database
-        .run_with_broker(broker, async |database, broker| {
-            bench(&args, database, broker).await
-        })
-        .await
-}
-
-async fn bench(
-    args: &Args,
-    database: &ScratchDatabase,
-    broker: &ScratchBroker,
-) -> anyhow::Result<()> {
-    let pool = database.create(POOL_SIZE).await?;
-    let facts = Facts::gather(&pool).await?;
+/// Runs the benchmark on the scratch servers that [`scratch::run`] opened.
+pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
+    let (database, broker, pool) = (scratch.database, scratch.broker, scratch.pool);
     api::telemetry::metrics_handle();
     let store = system::store(&pool);
     let read = system::read_model(database).await?;
@@ -236,7 +217,7 @@ async fn bench(
     table.drain_row("HAP, both queues", &hap_both);
     table.drain_row("raw, patient-service copy", &raw_patients);
     table.drain_row("raw, both copies", &raw_both);
-    println!("hap-bench project · {facts}");
+    println!("hap-bench project · {}", scratch.facts);
     println!(
         "{patients} patients × (PatientRegistered + PatientUpdated) = {stored} messages in each \
          of the patient-service and scheduling-service queues · prefetch {}, batches of {} · \

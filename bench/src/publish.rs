@@ -41,10 +41,10 @@ use uuid::Uuid;
 
 use crate::broker::{ScratchBroker, Servers};
 use crate::cpu::settle;
-use crate::database::ScratchDatabase;
 use crate::load::{Drained, Timeline, WARMUP, latency_histogram, paced, wait_until};
-use crate::report::{Facts, Table};
-use crate::system::{self, POOL_SIZE};
+use crate::report::{self, Table};
+use crate::scratch::Scratch;
+use crate::system;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -61,7 +61,7 @@ pub struct Args {
     seconds: u64,
 
     #[command(flatten)]
-    servers: Servers,
+    pub servers: Servers,
 }
 
 /// The target from the design: HAP's publisher keeps up with a plain confirmed publisher.
@@ -79,28 +79,9 @@ const MAX_IN_FLIGHT: usize = 1000;
 /// How long the latency part waits for the last messages after the last append.
 const DELIVERY_GRACE: Duration = Duration::from_secs(30);
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let database = ScratchDatabase::new(&args.servers.database_url)?;
-    let broker = ScratchBroker::new(&args.servers.amqp_url);
-    eprintln!(
-        "hap-bench publish: scratch database {}, exchange prefix {}",
-        database.name(),
-        broker.prefix()
-    );
-    database
-        .run_with_broker(broker, async |database, broker| {
-            bench(&args, database, broker).await
-        })
-        .await
-}
-
-async fn bench(
-    args: &Args,
-    database: &ScratchDatabase,
-    broker: &ScratchBroker,
-) -> anyhow::Result<()> {
-    let pool = database.create(POOL_SIZE).await?;
-    let facts = Facts::gather(&pool).await?;
+/// Runs the benchmark on the scratch servers that [`scratch::run`] opened.
+pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
+    let (broker, pool) = (scratch.broker, scratch.pool);
     // Installed as `hap serve` installs it, so the publisher pays for its metrics as in
     // production.
     api::telemetry::metrics_handle();
@@ -161,18 +142,12 @@ async fn bench(
     let mut table = Table::drains("events");
     table.drain_row("HAP", &hap);
     table.drain_row("raw", &raw);
-    println!("hap-bench publish · {facts}");
+    println!("hap-bench publish · {}", scratch.facts);
     println!(
         "{stored} PhysicianUpdated events · one quorum queue bound to every exchange with # · \
          confirms, {window} outstanding · HAP's publisher vs plain lapin"
     );
-    println!();
-    print!("{table}");
-    println!();
-    println!(
-        "ratio (HAP / raw): {:.2}   (target ≥ {TARGET_RATIO:.1})",
-        hap.rate() / raw.rate()
-    );
+    report::print_with_ratio(&table, hap.rate(), raw.rate(), TARGET_RATIO);
     println!(
         "messages in the queue after each run: HAP {hap_queued}, raw {raw_queued} (of {stored})"
     );

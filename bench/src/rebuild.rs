@@ -23,7 +23,11 @@
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use domain::Event;
+use domain::event::{
+    ConsultationSchedulingStarted, PatientRegistered, PatientUpdated, PhysicianRegistered,
+    PhysicianUpdated,
+};
+use domain::{AggregateKind, Event};
 use eventstore::{EventStore, GlobalCheckpoint, RecordedEvent};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -182,8 +186,8 @@ async fn fill(pool: &PgPool, first: u64, last: u64) -> anyhow::Result<()> {
     );
     let statements = [
         insert(
-            "PatientRegistered",
-            "patient",
+            PatientRegistered::EVENT_TYPE,
+            AggregateKind::Patient.as_str(),
             1,
             PATIENT,
             patients,
@@ -192,8 +196,8 @@ async fn fill(pool: &PgPool, first: u64, last: u64) -> anyhow::Result<()> {
              'email', 'bench-' || n || '@example.org', 'phone', '+55 11 5555-0100'::text)",
         ),
         insert(
-            "PhysicianRegistered",
-            "physician",
+            PhysicianRegistered::EVENT_TYPE,
+            AggregateKind::Physician.as_str(),
             1,
             PHYSICIAN,
             physicians,
@@ -201,8 +205,8 @@ async fn fill(pool: &PgPool, first: u64, last: u64) -> anyhow::Result<()> {
              'specialty', 'cardiology'::text, 'licenseNumber', 'CRM-' || n)",
         ),
         insert(
-            "ConsultationSchedulingStarted",
-            "consultation",
+            ConsultationSchedulingStarted::EVENT_TYPE,
+            AggregateKind::Consultation.as_str(),
             1,
             CONSULTATION,
             consultations,
@@ -226,16 +230,16 @@ async fn fill(pool: &PgPool, first: u64, last: u64) -> anyhow::Result<()> {
             ),
         ),
         insert(
-            "PatientUpdated",
-            "patient",
+            PatientUpdated::EVENT_TYPE,
+            AggregateKind::Patient.as_str(),
             2,
             PATIENT,
             patients,
             "jsonb_build_object('patientId', stream_id, 'phone', '+55 11 5555-0199'::text)",
         ),
         insert(
-            "PhysicianUpdated",
-            "physician",
+            PhysicianUpdated::EVENT_TYPE,
+            AggregateKind::Physician.as_str(),
             2,
             PHYSICIAN,
             physicians,

@@ -146,6 +146,18 @@ impl Table {
     }
 }
 
+/// Prints `table` between blank lines, then HAP's rate over the raw baseline's beside the
+/// design's `target` for it.
+pub fn print_with_ratio(table: &Table, hap_rate: f64, raw_rate: f64, target: f64) {
+    println!();
+    print!("{table}");
+    println!();
+    println!(
+        "ratio (HAP / raw): {:.2}   (target ≥ {target:.1})",
+        hap_rate / raw_rate
+    );
+}
+
 impl Display for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();

@@ -50,12 +50,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::broker::{ScratchBroker, Servers};
+use crate::broker::Servers;
 use crate::cpu::{CpuWindow, MachineCpu, settle};
-use crate::database::ScratchDatabase;
 use crate::e2e::{self, Pace};
 use crate::load::{Drained, Outcome, Timeline, WARMUP, latency_histogram, paced};
 use crate::report::{Facts, Table};
+use crate::scratch::Scratch;
 use crate::system::{self, Hap, POOL_SIZE};
 
 #[derive(Debug, clap::Args)]
@@ -81,7 +81,7 @@ pub struct Args {
     concurrency: u32,
 
     #[command(flatten)]
-    servers: Servers,
+    pub servers: Servers,
 }
 
 /// The targets from the design: at 100 requests/s, request → scheduled within four times the
@@ -105,28 +105,14 @@ const OUTCOME_VERSION: i64 = 2;
 /// Registrations in flight at once while the clinic is set up.
 const SETUP_CONCURRENCY: usize = 16;
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let database = ScratchDatabase::new(&args.servers.database_url)?;
-    let broker = ScratchBroker::new(&args.servers.amqp_url);
-    eprintln!(
-        "hap-bench saga: scratch database {}, exchange prefix {}",
-        database.name(),
-        broker.prefix()
-    );
-    database
-        .run_with_broker(broker, async |database, broker| {
-            bench(&args, database, broker).await
-        })
-        .await
-}
-
-async fn bench(
-    args: &Args,
-    database: &ScratchDatabase,
-    broker: &ScratchBroker,
-) -> anyhow::Result<()> {
-    let pool = database.create(POOL_SIZE).await?;
-    let facts = Facts::gather(&pool).await?;
+/// Runs the benchmark on the scratch servers that [`scratch::run`] opened.
+pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
+    let Scratch {
+        database,
+        broker,
+        pool,
+        facts,
+    } = scratch;
 
     let mut settings = system::settings(database, broker);
     settings.scheduling_timeout_ms = SCHEDULING_TIMEOUT.as_millis() as u64;
@@ -279,7 +265,7 @@ async fn register_all(
             let request = client.post(&url).json(&body(n));
             let what = &what;
             async move {
-                let answer = system::post(request, what, 201).await?;
+                let answer = system::send(request, what, 201).await?;
                 created_id(&answer, what)
             }
         })
@@ -316,7 +302,7 @@ impl Client {
             .post(format!("{}/consultations", self.base))
             .header("X-Correlation-Id", correlation)
             .json(&self.clinic.request(n));
-        let answer = system::post(request, "POST /consultations", 202).await?;
+        let answer = system::send(request, "POST /consultations", 202).await?;
         created_id(&answer, "POST /consultations")
     }
 
@@ -338,23 +324,8 @@ impl Client {
         if !settled {
             bail!("consultation {id} still requested after {SETTLED_WITHIN:?}");
         }
-        let response = self
-            .http
-            .get(format!("{}/consultations/{id}", self.base))
-            .send()
-            .await
-            .context("GET /consultations/{id} failed")?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .context("Failed to read the response of GET /consultations/{id}")?;
-        if status.as_u16() != 200 {
-            bail!(
-                "GET /consultations/{id} answered {status}: {}",
-                String::from_utf8_lossy(&body)
-            );
-        }
+        let request = self.http.get(format!("{}/consultations/{id}", self.base));
+        let body = system::send(request, &format!("GET /consultations/{id}"), 200).await?;
         let consultation: Value = serde_json::from_slice(&body)
             .context("GET /consultations/{id} answered something not JSON")?;
         if consultation["status"] != "scheduled" {

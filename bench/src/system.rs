@@ -247,13 +247,13 @@ pub async fn post_patient(
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    post(request, "POST /patients", 201).await
+    send(request, "POST /patients", 201).await
 }
 
 /// Sends `request` (named `what` in errors); any status but `expected` is an error. The
 /// response body is read to its end even when unused: an unread body makes the client drop
 /// the connection instead of reusing it.
-pub async fn post(
+pub async fn send(
     request: reqwest::RequestBuilder,
     what: &str,
     expected: u16,

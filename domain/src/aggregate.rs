@@ -1,32 +1,6 @@
 //! The contract every aggregate follows, and the ways a command can be refused.
 
-use crate::event::Event;
-
-/// The kinds of event stream HAP keeps; each stream belongs to exactly one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AggregateKind {
-    Patient,
-    Physician,
-    /// One physician's bookings on one calendar day (UTC): the unit that holds slots, so two
-    /// consultations racing for the same hour conflict on one small stream.
-    PhysicianSchedule,
-    Consultation,
-    /// The clinical record book of one consultation: its records, and whether they were voided.
-    ClinicalRecord,
-}
-
-impl AggregateKind {
-    /// The `aggregateType` written with every event and sent on the broker.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Patient => "patient",
-            Self::Physician => "physician",
-            Self::PhysicianSchedule => "physician-schedule",
-            Self::Consultation => "consultation",
-            Self::ClinicalRecord => "record",
-        }
-    }
-}
+use crate::event::{AggregateKind, Event};
 
 /// An aggregate: a consistency boundary whose state is the fold of its stream's events.
 pub trait Aggregate: Default + Clone + Send + Sync + 'static {

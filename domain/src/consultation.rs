@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::aggregate::{Aggregate, AggregateKind, DomainError};
-use crate::event::{self, Event, FailureReason};
+use crate::aggregate::{Aggregate, DomainError};
+use crate::event::{self, AggregateKind, Event, FailureReason};
 use crate::ids::{ConsultationId, PatientId, PhysicianId};
 use crate::names::named_enum;
 use crate::patient::changed;

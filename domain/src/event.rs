@@ -8,13 +8,13 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::AggregateKind;
 use crate::ids::{ConsultationId, PatientId, PhysicianId, RecordId};
 use crate::names::named_enum;
 
 /// Declares every event type once, with where it travels: from this one table come the
-/// [`Event`] enum (serde's tag is the variant's name), [`Event::event_type`], [`EVENTS`] and
-/// [`route`]. Each variant's payload is the struct of the same name.
+/// [`Event`] enum (serde's tag is the variant's name), [`Event::event_type`], each payload's
+/// `EVENT_TYPE`, [`EVENTS`] and [`route`]. Each variant's payload is the struct of the same
+/// name.
 macro_rules! events {
     ($($name:ident => $exchange:ident, $routing_key:literal, $aggregate:ident, saga: $saga:literal;)*) => {
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,10 +26,15 @@ macro_rules! events {
         impl Event {
             pub fn event_type(&self) -> &'static str {
                 match self {
-                    $(Self::$name(_) => stringify!($name),)*
+                    $(Self::$name(_) => $name::EVENT_TYPE,)*
                 }
             }
         }
+
+        $(impl $name {
+            /// The name this event is stored and sent under.
+            pub const EVENT_TYPE: &'static str = stringify!($name);
+        })*
 
         /// Every event type and its route, in the order of the table.
         pub const EVENTS: &[EventSpec] = &[
@@ -195,6 +200,32 @@ pub fn route(event_type: &str) -> Option<Route> {
         .iter()
         .find(|spec| spec.name == event_type)
         .map(|spec| spec.route)
+}
+
+/// The kinds of event stream HAP keeps; each stream belongs to exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AggregateKind {
+    Patient,
+    Physician,
+    /// One physician's bookings on one calendar day (UTC): the unit that holds slots, so two
+    /// consultations racing for the same hour conflict on one small stream.
+    PhysicianSchedule,
+    Consultation,
+    /// The clinical record book of one consultation: its records, and whether they were voided.
+    ClinicalRecord,
+}
+
+impl AggregateKind {
+    /// The `aggregateType` written with every event and sent on the broker.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Patient => "patient",
+            Self::Physician => "physician",
+            Self::PhysicianSchedule => "physician-schedule",
+            Self::Consultation => "consultation",
+            Self::ClinicalRecord => "record",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,7 +11,8 @@
 //! - [`aggregate`]: the [`Aggregate`] contract and [`DomainError`], the rules' verdicts.
 //! - [`ids`]: typed identifiers, one per aggregate.
 //! - [`values`]: parse-don't-validate value types (names, dates, document numbers, …).
-//! - [`event`]: every event type, its payload, and where it travels on the broker.
+//! - [`event`]: every event type, its payload, the kind of stream it belongs to
+//!   ([`AggregateKind`]), and where it travels on the broker.
 //! - `names`: enums whose variants travel as names, each name written once.
 //! - [`patient`], [`physician`], [`schedule`], [`consultation`], [`record`]: the aggregates.
 //! - [`service`]: the table of services, and every name they go by on the broker.
@@ -31,5 +32,5 @@ pub mod schedule;
 pub mod service;
 pub mod values;
 
-pub use aggregate::{Aggregate, AggregateKind, DomainError};
-pub use event::Event;
+pub use aggregate::{Aggregate, DomainError};
+pub use event::{AggregateKind, Event};

@@ -1,7 +1,7 @@
 //! A patient: registered once, updated while active, deactivated for good.
 
-use crate::aggregate::{Aggregate, AggregateKind, DomainError};
-use crate::event::{self, Event};
+use crate::aggregate::{Aggregate, DomainError};
+use crate::event::{self, AggregateKind, Event};
 use crate::ids::{ConsultationId, PatientId};
 use crate::values::{BirthDate, DocumentNumber, Email, PersonName, Phone, Reason};
 

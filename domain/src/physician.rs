@@ -2,8 +2,8 @@
 //! a physician's days live in [`crate::schedule`], one stream per day, so that scheduling does
 //! not contend with edits to the physician's profile.
 
-use crate::aggregate::{Aggregate, AggregateKind, DomainError};
-use crate::event::{self, Event};
+use crate::aggregate::{Aggregate, DomainError};
+use crate::event::{self, AggregateKind, Event};
 use crate::ids::PhysicianId;
 use crate::patient::changed;
 use crate::values::{LicenseNumber, PersonName, Reason, Specialty};

@@ -2,9 +2,9 @@
 //! cancellation saga voided them. One stream per consultation keeps "add a record" and "void
 //! every record" on the same consistency boundary, so no record can slip in after the voiding.
 
-use crate::aggregate::{Aggregate, AggregateKind, DomainError};
+use crate::aggregate::{Aggregate, DomainError};
 use crate::consultation::Status;
-use crate::event::{self, Event};
+use crate::event::{self, AggregateKind, Event};
 use crate::ids::{ConsultationId, PatientId, PhysicianId, RecordId};
 use crate::values::RecordContent;
 

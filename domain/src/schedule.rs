@@ -5,8 +5,8 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
-use crate::aggregate::{Aggregate, AggregateKind, DomainError};
-use crate::event::{self, Event};
+use crate::aggregate::{Aggregate, DomainError};
+use crate::event::{self, AggregateKind, Event};
 use crate::ids::{ConsultationId, PhysicianId};
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -9,6 +9,7 @@ use domain::consultation::Status;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
 use uuid::Uuid;
 
 use crate::ById;
@@ -16,7 +17,7 @@ use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
 use crate::projector::{
-    ApplyError, Bookkeeping, InMemory, Projector, batch_statement, bind, load_continued,
+    ApplyError, Bookkeeping, InMemory, Projector, batch_statement, bind, each, load_continued,
 };
 
 pub struct Consultations;
@@ -203,45 +204,33 @@ impl InMemory for Rows {
     }
 }
 
-impl Projector for Consultations {
-    fn name(&self) -> &'static str {
-        crate::CONSULTATIONS
-    }
-
-    fn apply<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        events: &'a [Envelope],
-        batch: &'a Bookkeeping,
-    ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>> {
-        async move {
-            let consultations: ById<Box<Row>> = load_continued::<Row>(
-                conn,
-                events,
-                "select * from consultations where id = any($1)",
-            )
-            .await?
-            .into_iter()
-            .map(|row| (row.id, Box::new(row)))
+impl Rows {
+    /// The consultations `events` continue, and the people named by consultations started in
+    /// this batch: their names are copied into the new rows.
+    async fn load(conn: &mut PgConnection, events: &[Envelope]) -> Result<Self, sqlx::Error> {
+        let consultations: ById<Box<Row>> = load_continued::<Row>(
+            &mut *conn,
+            events,
+            "select * from consultations where id = any($1)",
+        )
+        .await?
+        .into_iter()
+        .map(|row| (row.id, Box::new(row)))
+        .collect();
+        let named: Vec<Uuid> = events
+            .iter()
+            .filter_map(|envelope| match &envelope.event {
+                Event::ConsultationSchedulingStarted(e) => {
+                    Some([e.patient_id.as_uuid(), e.physician_id.as_uuid()])
+                }
+                _ => None,
+            })
+            .flatten()
             .collect();
-            // The people named by consultations started in this batch: their names are copied
-            // into the new rows.
-            let named: Vec<Uuid> = events
-                .iter()
-                .filter_map(|envelope| match &envelope.event {
-                    Event::ConsultationSchedulingStarted(e) => {
-                        Some([e.patient_id.as_uuid(), e.physician_id.as_uuid()])
-                    }
-                    _ => None,
-                })
-                .flatten()
-                .collect();
-            let people = if named.is_empty() {
-                ById::default()
-            } else {
-                sqlx::query_as::<_, (Uuid, String)>(
-                    "select id, name from people where id = any($1)",
-                )
+        let people = if named.is_empty() {
+            ById::default()
+        } else {
+            sqlx::query_as::<_, (Uuid, String)>("select id, name from people where id = any($1)")
                 .bind(&named)
                 .fetch_all(&mut *conn)
                 .await?
@@ -255,38 +244,55 @@ impl Projector for Consultations {
                     (id, name)
                 })
                 .collect()
-            };
-            let mut rows = Rows {
-                consultations,
-                people,
-            };
-            let mut changed: Vec<Uuid> = events.iter().filter_map(|e| rows.apply(e)).collect();
+        };
+        Ok(Self {
+            consultations,
+            people,
+        })
+    }
+}
 
-            // The rows this batch writes show their people's latest names already; the
-            // statement copies renames into the other consultations only (a row changed
-            // twice by one statement keeps one change of the two).
+/// Makes the `changed` consultations show their people's latest names, so that the rows this
+/// batch writes need no rename afterwards: the statement copies renames into the other
+/// consultations only (a row changed twice by one statement keeps one change of the two).
+fn show_latest_names(consultations: &mut ById<Box<Row>>, people: &ById<Name>, changed: &[Uuid]) {
+    for id in changed {
+        if let Some(row) = consultations.get_mut(id) {
+            let names = (
+                latest_name(people, &row.patient_id, &row.patient_name).map(str::to_owned),
+                latest_name(people, &row.physician_id, &row.physician_name).map(str::to_owned),
+            );
+            (row.patient_name, row.physician_name) = names;
+        }
+    }
+}
+
+impl Projector for Consultations {
+    fn name(&self) -> &'static str {
+        crate::CONSULTATIONS
+    }
+
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [Envelope],
+        batch: &'a Bookkeeping,
+    ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>> {
+        async move {
+            let mut rows = Rows::load(conn, events).await?;
+            let mut changed: Vec<Uuid> = events.iter().filter_map(|e| rows.apply(e)).collect();
+            changed.sort();
+            changed.dedup();
             let Rows {
                 mut consultations,
                 people,
             } = rows;
-            changed.sort();
-            changed.dedup();
-            let mut changed_rows: Vec<&Row> = Vec::with_capacity(changed.len());
-            for id in &changed {
-                if let Some(row) = consultations.get_mut(id) {
-                    let names = (
-                        latest_name(&people, &row.patient_id, &row.patient_name).map(str::to_owned),
-                        latest_name(&people, &row.physician_id, &row.physician_name)
-                            .map(str::to_owned),
-                    );
-                    (row.patient_name, row.physician_name) = names;
-                }
-            }
-            for id in &changed {
-                if let Some(row) = consultations.get(id) {
-                    changed_rows.push(row);
-                }
-            }
+            show_latest_names(&mut consultations, &people, &changed);
+            let changed_rows: Vec<&Row> = changed
+                .iter()
+                .filter_map(|id| consultations.get(id))
+                .map(|row| &**row)
+                .collect();
             let renamed: Vec<(Uuid, &Name)> = people
                 .iter()
                 .filter(|(_, p)| p.renamed)
@@ -318,106 +324,81 @@ async fn save(
     people: &[(Uuid, &Name)],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     let mut arguments = batch.arguments()?;
-    let column = |field: fn(&Row) -> Option<&str>| -> Vec<Option<&str>> {
-        rows.iter().map(|r| field(r)).collect()
-    };
-    bind(
-        &mut arguments,
-        rows.iter().map(|r| r.id).collect::<Vec<_>>(),
-    )?;
-    bind(
-        &mut arguments,
-        rows.iter().map(|r| r.patient_id).collect::<Vec<_>>(),
-    )?;
-    bind(&mut arguments, column(|r| r.patient_name.as_deref()))?;
-    bind(
-        &mut arguments,
-        rows.iter().map(|r| r.physician_id).collect::<Vec<_>>(),
-    )?;
-    bind(&mut arguments, column(|r| r.physician_name.as_deref()))?;
-    bind(
-        &mut arguments,
-        rows.iter().map(|r| r.starts_at).collect::<Vec<_>>(),
-    )?;
-    bind(
-        &mut arguments,
-        rows.iter().map(|r| r.ends_at).collect::<Vec<_>>(),
-    )?;
-    bind(&mut arguments, column(|r| Some(r.status.as_str())))?;
-    bind(&mut arguments, column(|r| r.reason.as_deref()))?;
-    bind(&mut arguments, column(|r| r.notes.as_deref()))?;
-    bind(&mut arguments, column(|r| r.failure_reason.as_deref()))?;
-    bind(&mut arguments, column(|r| r.failure_detail.as_deref()))?;
-    bind(&mut arguments, column(|r| r.cancellation_reason.as_deref()))?;
-    bind(
-        &mut arguments,
-        rows.iter().map(|r| r.version).collect::<Vec<_>>(),
-    )?;
-    bind(
-        &mut arguments,
-        rows.iter().map(|r| r.updated_at).collect::<Vec<_>>(),
-    )?;
-    bind(
-        &mut arguments,
-        people.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-    )?;
-    bind(
-        &mut arguments,
-        people
-            .iter()
-            .map(|(_, p)| p.name.as_str())
-            .collect::<Vec<_>>(),
-    )?;
-    bind(
-        &mut arguments,
-        people.iter().map(|(_, p)| p.registered).collect::<Vec<_>>(),
-    )?;
-    // Each name is looked up on its own: a join would match a consultation whose patient and
-    // physician were both renamed twice, and an update applies only one match per row. The
-    // consultations are found through their patient and physician indexes (`= any($24)`): an
-    // `in (select … from renamed)` there scanned the whole table for every batch of names
-    // (docs/benchmarks.md, 2026-12-03).
-    sqlx::query_scalar_with(
-        batch_statement!(
-            ", upserted as (
-                 insert into consultations (id, patient_id, patient_name, physician_id,
-                                            physician_name, starts_at, ends_at, status, reason,
-                                            notes, failure_reason, failure_detail,
-                                            cancellation_reason, version, updated_at)
-                 select * from unnest($10::uuid[], $11::uuid[], $12::text[], $13::uuid[],
-                                      $14::text[], $15::timestamptz[], $16::timestamptz[],
-                                      $17::text[], $18::text[], $19::text[], $20::text[],
-                                      $21::text[], $22::text[], $23::bigint[],
-                                      $24::timestamptz[])
-                 on conflict (id) do update set
-                     patient_name = excluded.patient_name,
-                     physician_name = excluded.physician_name, status = excluded.status,
-                     reason = excluded.reason, notes = excluded.notes,
-                     failure_reason = excluded.failure_reason,
-                     failure_detail = excluded.failure_detail,
-                     cancellation_reason = excluded.cancellation_reason,
-                     version = excluded.version, updated_at = excluded.updated_at
-             ), renamed as (
-                 select * from unnest($25::uuid[], $26::text[], $27::bool[])
-                     as r(id, name, registered)
-             ), new_people as (
-                 insert into people (id, name) select id, name from renamed where registered
-             ), saved as (
-                 insert into people (id, name) select id, name from renamed where not registered
-                 on conflict (id) do update set name = excluded.name
-             )
-             update consultations c
-                set patient_name = coalesce((select name from renamed where id = c.patient_id),
-                                            c.patient_name),
-                    physician_name = coalesce((select name from renamed
-                                                where id = c.physician_id),
-                                              c.physician_name)
-              where (c.patient_id = any($25) or c.physician_id = any($25))
-                and c.id <> all($10)
-             returning c.id"
-        ),
-        arguments,
-    )
-    .fetch_all(conn)
-    .await
+    bind_rows(&mut arguments, rows)?;
+    bind_people(&mut arguments, people)?;
+    sqlx::query_scalar_with(SAVE, arguments)
+        .fetch_all(conn)
+        .await
 }
+
+/// The consultations' columns, as `$10` to `$24` of [`SAVE`].
+fn bind_rows(arguments: &mut PgArguments, rows: &[&Row]) -> Result<(), sqlx::Error> {
+    bind(arguments, each(rows, |r| r.id))?;
+    bind(arguments, each(rows, |r| r.patient_id))?;
+    bind(arguments, each(rows, |r| r.patient_name.as_deref()))?;
+    bind(arguments, each(rows, |r| r.physician_id))?;
+    bind(arguments, each(rows, |r| r.physician_name.as_deref()))?;
+    bind(arguments, each(rows, |r| r.starts_at))?;
+    bind(arguments, each(rows, |r| r.ends_at))?;
+    bind(arguments, each(rows, |r| r.status.as_str()))?;
+    bind(arguments, each(rows, |r| r.reason.as_deref()))?;
+    bind(arguments, each(rows, |r| r.notes.as_deref()))?;
+    bind(arguments, each(rows, |r| r.failure_reason.as_deref()))?;
+    bind(arguments, each(rows, |r| r.failure_detail.as_deref()))?;
+    bind(arguments, each(rows, |r| r.cancellation_reason.as_deref()))?;
+    bind(arguments, each(rows, |r| r.version))?;
+    bind(arguments, each(rows, |r| r.updated_at))
+}
+
+/// The people's ids, names and whether this batch registered them, as `$25` to `$27` of
+/// [`SAVE`].
+fn bind_people(arguments: &mut PgArguments, people: &[(Uuid, &Name)]) -> Result<(), sqlx::Error> {
+    let people: Vec<&(Uuid, &Name)> = people.iter().collect();
+    bind(arguments, each(&people, |(id, _)| *id))?;
+    bind(arguments, each(&people, |(_, p)| p.name.as_str()))?;
+    bind(arguments, each(&people, |(_, p)| p.registered))
+}
+
+// Each name is looked up on its own: a join would match a consultation whose patient and
+// physician were both renamed twice, and an update applies only one match per row. The
+// consultations are found through their patient and physician indexes (`= any($24)`): an
+// `in (select … from renamed)` there scanned the whole table for every batch of names
+// (docs/benchmarks.md, 2026-12-03).
+const SAVE: &str = batch_statement!(
+    ", upserted as (
+             insert into consultations (id, patient_id, patient_name, physician_id,
+                                        physician_name, starts_at, ends_at, status, reason,
+                                        notes, failure_reason, failure_detail,
+                                        cancellation_reason, version, updated_at)
+             select * from unnest($10::uuid[], $11::uuid[], $12::text[], $13::uuid[],
+                                  $14::text[], $15::timestamptz[], $16::timestamptz[],
+                                  $17::text[], $18::text[], $19::text[], $20::text[],
+                                  $21::text[], $22::text[], $23::bigint[],
+                                  $24::timestamptz[])
+             on conflict (id) do update set
+                 patient_name = excluded.patient_name,
+                 physician_name = excluded.physician_name, status = excluded.status,
+                 reason = excluded.reason, notes = excluded.notes,
+                 failure_reason = excluded.failure_reason,
+                 failure_detail = excluded.failure_detail,
+                 cancellation_reason = excluded.cancellation_reason,
+                 version = excluded.version, updated_at = excluded.updated_at
+         ), renamed as (
+             select * from unnest($25::uuid[], $26::text[], $27::bool[])
+                 as r(id, name, registered)
+         ), new_people as (
+             insert into people (id, name) select id, name from renamed where registered
+         ), saved as (
+             insert into people (id, name) select id, name from renamed where not registered
+             on conflict (id) do update set name = excluded.name
+         )
+         update consultations c
+            set patient_name = coalesce((select name from renamed where id = c.patient_id),
+                                        c.patient_name),
+                physician_name = coalesce((select name from renamed
+                                            where id = c.physician_id),
+                                          c.physician_name)
+          where (c.patient_id = any($25) or c.physician_id = any($25))
+            and c.id <> all($10)
+         returning c.id"
+);

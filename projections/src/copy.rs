@@ -3,6 +3,8 @@
 //! megabytes, each its own `COPY` statement: a table's rows are never one buffer that grows,
 //! and copies, by doubling, to hundreds of megabytes.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -95,7 +97,7 @@ impl<T: CopyValue> CopyValue for Option<T> {
 #[derive(Debug)]
 pub struct CopyRows {
     table: &'static str,
-    columns: &'static str,
+    columns: Cow<'static, str>,
     /// Each chunk holds up to [`CHUNK_ROWS`] encoded rows, after the header.
     chunks: Vec<Vec<u8>>,
     in_last: usize,
@@ -104,10 +106,10 @@ pub struct CopyRows {
 
 impl CopyRows {
     /// `columns` lists the table's columns in the order each row gives its values.
-    pub fn new(table: &'static str, columns: &'static str) -> Self {
+    pub fn new(table: &'static str, columns: impl Into<Cow<'static, str>>) -> Self {
         Self {
             table,
-            columns,
+            columns: columns.into(),
             chunks: vec![],
             in_last: CHUNK_ROWS,
             rows: 0,

@@ -11,7 +11,7 @@
 //! - [`rebuild`]: rebuilding (or verifying) read models from the event store, live; [`copy`]:
 //!   its bulk writes.
 //! - [`patients`], [`physicians`], [`consultations`] (also the agenda), [`records`]: the
-//!   projectors.
+//!   projectors; [`registry`]: what the patients and physicians projectors share.
 //! - [`progress`]: read-your-writes: waiting until a projection applied a position, and which
 //!   rows each commit changed; [`local`]: this process's own appends handed straight to its
 //!   projectors, so that waiting for them does not wait for the broker.
@@ -27,6 +27,7 @@ pub mod projector;
 pub mod queues;
 pub mod rebuild;
 pub mod records;
+pub mod registry;
 pub mod schema;
 
 // Every projector takes events as the consumer runtime hands them over, as

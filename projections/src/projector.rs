@@ -193,7 +193,7 @@ pub enum ApplyError {
 pub async fn load_continued<R>(
     tx: &mut PgConnection,
     events: &[Envelope],
-    select: &'static str,
+    select: impl sqlx::SqlSafeStr,
 ) -> Result<Vec<R>, sqlx::Error>
 where
     R: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin,
@@ -212,7 +212,7 @@ where
 pub async fn fold_stream_rows<R>(
     conn: &mut PgConnection,
     events: &[Envelope],
-    select: &'static str,
+    select: impl sqlx::SqlSafeStr,
     kind: &'static str,
     id: fn(&R) -> Uuid,
     fold: fn(&mut ById<R>, &Envelope) -> Option<Uuid>,
@@ -248,6 +248,11 @@ fn continued_streams(events: &[Envelope]) -> Vec<Uuid> {
 /// an array.
 pub fn column<'r, R, T>(rows: &[(&'r R, bool)], field: impl Fn(&'r R) -> T) -> Vec<T> {
     rows.iter().map(|(row, _)| field(row)).collect()
+}
+
+/// One field of each of `rows`, to bind as an array.
+pub fn each<'r, R, T>(rows: &[&'r R], field: impl Fn(&'r R) -> T) -> Vec<T> {
+    rows.iter().map(|row| field(row)).collect()
 }
 
 /// Attempts at a batch that another transaction raced before [`ApplyError::Raced`] is given up.

@@ -14,7 +14,7 @@ use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::{ApplyError, Bookkeeping, InMemory, Projector, batch_statement, bind};
+use crate::projector::{ApplyError, Bookkeeping, InMemory, Projector, batch_statement, bind, each};
 
 pub struct Records;
 
@@ -174,38 +174,14 @@ async fn upsert(
     rows: &[&Row],
 ) -> Result<(), sqlx::Error> {
     let mut arguments = batch.arguments()?;
-    bind(
-        &mut arguments,
-        rows.iter().map(|r| r.id).collect::<Vec<_>>(),
-    )?;
-    bind(
-        &mut arguments,
-        rows.iter().map(|r| r.consultation_id).collect::<Vec<_>>(),
-    )?;
-    bind(
-        &mut arguments,
-        rows.iter().map(|r| r.patient_id).collect::<Vec<_>>(),
-    )?;
-    bind(
-        &mut arguments,
-        rows.iter().map(|r| r.physician_id).collect::<Vec<_>>(),
-    )?;
-    bind(
-        &mut arguments,
-        rows.iter().map(|r| r.content.as_str()).collect::<Vec<_>>(),
-    )?;
-    bind(
-        &mut arguments,
-        rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(),
-    )?;
-    bind(
-        &mut arguments,
-        rows.iter().map(|r| r.version).collect::<Vec<_>>(),
-    )?;
-    bind(
-        &mut arguments,
-        rows.iter().map(|r| r.updated_at).collect::<Vec<_>>(),
-    )?;
+    bind(&mut arguments, each(rows, |r| r.id))?;
+    bind(&mut arguments, each(rows, |r| r.consultation_id))?;
+    bind(&mut arguments, each(rows, |r| r.patient_id))?;
+    bind(&mut arguments, each(rows, |r| r.physician_id))?;
+    bind(&mut arguments, each(rows, |r| r.content.as_str()))?;
+    bind(&mut arguments, each(rows, |r| r.status.as_str()))?;
+    bind(&mut arguments, each(rows, |r| r.version))?;
+    bind(&mut arguments, each(rows, |r| r.updated_at))?;
     sqlx::query_with(
         batch_statement!(
             "

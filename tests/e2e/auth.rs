@@ -226,14 +226,7 @@ async fn each_scope_family_guards_its_routes_with_a_403() {
         );
     }
     // The document names the scheme and each route's scope.
-    let openapi: Value = app
-        .request(Method::GET, "/openapi.json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi: Value = app.get_json("/openapi.json").await;
     assert_eq!(
         openapi["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"

@@ -396,10 +396,7 @@ async fn physicians_are_registered_updated_and_deactivated() {
 async fn a_consultation_request_starts_scheduling_and_answers_202() {
     let db = TestDb::new().await;
     let app = TestApp::start(&db).await;
-    let (patient, physician) = (
-        app.register_patient("DOC-1").await,
-        app.register_physician("CRM-1").await,
-    );
+    let (patient, physician) = app.register_patient_and_physician().await;
     let starts_at = (Utc::now() + chrono::Duration::days(2)).to_rfc3339();
 
     let response = app
@@ -432,10 +429,7 @@ async fn a_consultation_request_starts_scheduling_and_answers_202() {
 async fn a_consultation_with_unknown_people_or_a_past_start_is_a_422() {
     let db = TestDb::new().await;
     let app = TestApp::start(&db).await;
-    let (patient, physician) = (
-        app.register_patient("DOC-1").await,
-        app.register_physician("CRM-1").await,
-    );
+    let (patient, physician) = app.register_patient_and_physician().await;
     let tomorrow = (Utc::now() + chrono::Duration::days(1)).to_rfc3339();
     let yesterday = (Utc::now() - chrono::Duration::days(1)).to_rfc3339();
     let cases = [
@@ -477,10 +471,7 @@ async fn a_consultation_with_unknown_people_or_a_past_start_is_a_422() {
 async fn only_a_scheduled_consultation_can_be_updated_completed_or_cancelled() {
     let db = TestDb::new().await;
     let app = TestApp::start(&db).await;
-    let (patient, physician) = (
-        app.register_patient("DOC-1").await,
-        app.register_physician("CRM-1").await,
-    );
+    let (patient, physician) = app.register_patient_and_physician().await;
     let id = app.request_consultation(patient, physician).await;
     let before = app.event_count().await;
 
@@ -530,10 +521,7 @@ async fn only_a_scheduled_consultation_can_be_updated_completed_or_cancelled() {
 async fn records_are_written_to_scheduled_consultations_and_frozen_once_voided() {
     let db = TestDb::new().await;
     let app = TestApp::start(&db).await;
-    let (patient, physician) = (
-        app.register_patient("DOC-1").await,
-        app.register_physician("CRM-1").await,
-    );
+    let (patient, physician) = app.register_patient_and_physician().await;
     let id = app.request_consultation(patient, physician).await;
     let on_requested = app
         .post(
@@ -618,14 +606,7 @@ async fn the_openapi_document_describes_every_command_route() {
     let db = TestDb::new().await;
     let app = TestApp::start(&db).await;
 
-    let document: Value = app
-        .request(Method::GET, "/openapi.json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document: Value = app.get_json("/openapi.json").await;
 
     let routes = [
         ("/patients", "post"),
@@ -698,10 +679,7 @@ async fn if_match_on_an_unknown_resource_is_a_404_not_a_412() {
 async fn a_record_of_twenty_thousand_multibyte_characters_is_accepted() {
     let db = TestDb::new().await;
     let app = TestApp::start(&db).await;
-    let (patient, physician) = (
-        app.register_patient("DOC-1").await,
-        app.register_physician("CRM-1").await,
-    );
+    let (patient, physician) = app.register_patient_and_physician().await;
     let id = app.request_consultation(patient, physician).await;
     app.schedule(id, patient, physician).await;
 

@@ -44,14 +44,7 @@ async fn metrics_show_commands_queries_publisher_projectors_and_dead_letters() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut text = String::new();
     while tokio::time::Instant::now() < deadline {
-        text = app
-            .request(Method::GET, "/metrics")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        text = app.get_text("/metrics").await;
         if expected.iter().all(|m| text.contains(m.as_str())) {
             break;
         }

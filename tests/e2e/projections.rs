@@ -12,16 +12,28 @@ use hap_tests::broker::{
 use hap_tests::{TestApp, TestDb, caught_up, eventually, start_projectors, start_publisher};
 use lapin::BasicProperties;
 use messaging::{Envelope, Outgoing, QueueNames};
+use projections::ReadModel;
 use projections::patients::Patients;
 use projections::projector::apply_batch;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn patients_queue(prefix: &str, instance: &str) -> String {
     QueueNames::new(prefix, "patient-service", instance).main
+}
+
+/// Projectors of instance `a` under a fresh prefix, once their patients queue is declared:
+/// the prefix, the read model, the token that stops them, and that queue's name.
+async fn patients_projector(db: &TestDb) -> (String, ReadModel, CancellationToken, String) {
+    let prefix = unique_prefix();
+    let (read, projectors) = start_projectors(db, &prefix, "a").await;
+    let queue = patients_queue(&prefix, "a");
+    wait_for_queue(&queue).await;
+    (prefix, read, projectors, queue)
 }
 
 /// Appends patient events to a fresh stream, as the command side would, and returns them as
@@ -87,10 +99,7 @@ async fn patient(read: &PgPool, id: Uuid) -> Option<(String, i64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_message_delivered_twice_has_one_effect() {
     let db = TestDb::new().await;
-    let prefix = unique_prefix();
-    let (read, projectors) = start_projectors(&db, &prefix, "a").await;
-    let queue = patients_queue(&prefix, "a");
-    wait_for_queue(&queue).await;
+    let (prefix, read, projectors, queue) = patients_projector(&db).await;
     let history = patient_history(&EventStore::new(db.pool.clone()), &["Ana", "Ana Souza"]).await;
 
     for event in [&history[0], &history[0], &history[1], &history[1]] {
@@ -203,10 +212,7 @@ async fn a_records_first_event_delivered_again_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projectors_keep_applying_while_queries_hold_every_read_model_connection() {
     let db = TestDb::new().await;
-    let prefix = unique_prefix();
-    let (read, projectors) = start_projectors(&db, &prefix, "a").await;
-    let queue = patients_queue(&prefix, "a");
-    wait_for_queue(&queue).await;
+    let (prefix, read, projectors, queue) = patients_projector(&db).await;
     let mut held = Vec::new();
     for _ in 0..read.pool.options().get_max_connections() {
         held.push(read.pool.acquire().await.unwrap());
@@ -237,10 +243,7 @@ async fn projectors_keep_applying_while_queries_hold_every_read_model_connection
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_update_redelivered_after_a_newer_one_changes_nothing() {
     let db = TestDb::new().await;
-    let prefix = unique_prefix();
-    let (read, projectors) = start_projectors(&db, &prefix, "a").await;
-    let queue = patients_queue(&prefix, "a");
-    wait_for_queue(&queue).await;
+    let (prefix, read, projectors, queue) = patients_projector(&db).await;
     let history =
         patient_history(&EventStore::new(db.pool.clone()), &["Ana", "Bia", "Carla"]).await;
     let id = history[0].stream_id;
@@ -277,10 +280,7 @@ async fn an_old_update_redelivered_after_a_newer_one_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_predecessor_is_read_from_the_event_store() {
     let db = TestDb::new().await;
-    let prefix = unique_prefix();
-    let (read, projectors) = start_projectors(&db, &prefix, "a").await;
-    let queue = patients_queue(&prefix, "a");
-    wait_for_queue(&queue).await;
+    let (prefix, read, projectors, queue) = patients_projector(&db).await;
     let history =
         patient_history(&EventStore::new(db.pool.clone()), &["Ana", "Bia", "Carla"]).await;
 
@@ -425,10 +425,7 @@ async fn poison_messages_are_dead_lettered_and_those_behind_them_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_failure_is_retried_then_applied() {
     let db = TestDb::new().await;
-    let prefix = unique_prefix();
-    let (read, projectors) = start_projectors(&db, &prefix, "a").await;
-    let queue = patients_queue(&prefix, "a");
-    wait_for_queue(&queue).await;
+    let (prefix, read, projectors, queue) = patients_projector(&db).await;
     let history = patient_history(&EventStore::new(db.pool.clone()), &["Ana"]).await;
 
     // The projector's table is locked for longer than its lock timeout.

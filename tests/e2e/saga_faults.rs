@@ -25,6 +25,16 @@ fn tomorrow_at(hour: u32) -> DateTime<Utc> {
         .and_utc()
 }
 
+/// Registers a patient and a physician, and requests a consultation between them tomorrow at
+/// 9:00.
+async fn consultation_tomorrow_at_nine(system: &System) -> Uuid {
+    let (patient, physician) = system.app.register_patient_and_physician().await;
+    system
+        .app
+        .request_consultation_at(patient, physician, tomorrow_at(9))
+        .await
+}
+
 /// Makes every write that schedules a consultation fail, after holding its transaction open
 /// for `hold` (a transient error to HAP: the step is retried).
 async fn fail_confirmations(db: &TestDb, hold: Duration) {
@@ -119,13 +129,7 @@ async fn a_failed_confirmation_lets_its_paused_deadline_run_again_and_an_overdue
     // The confirmation holds its write open well past the deadline, then fails.
     fail_confirmations(&db, Duration::from_secs(6)).await;
     let system = System::start(&db, Duration::from_secs(2), Parts::ALL).await;
-    let patient = system.app.register_patient("DOC-1").await;
-    let physician = system.app.register_physician("CRM-1").await;
-
-    let id = system
-        .app
-        .request_consultation_at(patient, physician, tomorrow_at(9))
-        .await;
+    let id = consultation_tomorrow_at_nine(&system).await;
 
     // While the confirmation's write is open, it holds the deadline's row: paused.
     let confirming = eventually(Duration::from_secs(20), || async {
@@ -207,13 +211,7 @@ async fn a_confirmation_dead_lettered_mid_flight_still_ends_its_consultation_by_
     let mut settings = hap_tests::insecure_settings();
     settings.max_retries = 1;
     let system = System::start_with(&db, Duration::from_secs(4), Parts::ALL, settings).await;
-    let patient = system.app.register_patient("DOC-1").await;
-    let physician = system.app.register_physician("CRM-1").await;
-
-    let id = system
-        .app
-        .request_consultation_at(patient, physician, tomorrow_at(9))
-        .await;
+    let id = consultation_tomorrow_at_nine(&system).await;
 
     let dead_letters =
         messaging::QueueNames::shared(&system.prefix, "scheduling-service").dead_letters;
@@ -240,10 +238,8 @@ async fn a_consultation_whose_patient_or_physician_is_deactivated_while_it_is_sc
     // Confirmations keep failing (and are retried) until the deactivations are in.
     fail_confirmations(&db, Duration::ZERO).await;
     let system = System::start(&db, NEVER, Parts::ALL).await;
-    let patient = system.app.register_patient("DOC-1").await;
-    let other_patient = system.app.register_patient("DOC-2").await;
-    let physician = system.app.register_physician("CRM-1").await;
-    let other_physician = system.app.register_physician("CRM-2").await;
+    let ([patient, other_patient], [physician, other_physician]) =
+        system.app.register_two_of_each().await;
     let of_patient = system
         .app
         .request_consultation_at(patient, other_physician, tomorrow_at(9))

@@ -7,7 +7,6 @@ use std::time::Duration;
 use chrono::{DateTime, Duration as Span, Utc};
 use hap_tests::system::{Parts, System};
 use hap_tests::{TestDb, eventually, id_of};
-use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -35,8 +34,7 @@ async fn count_events(db: &TestDb, event_type: &str) -> i64 {
 async fn a_consultation_is_scheduled_through_the_api_alone() {
     let db = TestDb::new().await;
     let system = System::start(&db, NEVER, Parts::ALL).await;
-    let patient = system.app.register_patient("DOC-1").await;
-    let physician = system.app.register_physician("CRM-1").await;
+    let (patient, physician) = system.app.register_patient_and_physician().await;
     let at = tomorrow_at(9, 0);
 
     let id = system
@@ -49,16 +47,11 @@ async fn a_consultation_is_scheduled_through_the_api_alone() {
     assert_eq!(consultation["failureReason"], Value::Null);
     let agenda: Value = system
         .app
-        .request(
-            Method::GET,
-            &format!("/physicians/{physician}/agenda?date={}", at.date_naive()),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!(
+            "/physicians/{physician}/agenda?date={}",
+            at.date_naive()
+        ))
+        .await;
     assert_eq!(
         agenda["consultations"][0]["status"], "scheduled",
         "{agenda}"
@@ -99,15 +92,7 @@ async fn a_consultation_is_scheduled_through_the_api_alone() {
         .await
         .unwrap();
     assert_eq!(deadline, "paused", "confirming paused the deadline");
-    let metrics = system
-        .app
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = system.app.get_text("/metrics").await;
     for expected in [
         "hap_saga_outcomes_total{saga=\"scheduling\",outcome=\"scheduled\"} 1",
         "hap_deadlines_total{transition=\"paused\"} 1",
@@ -123,10 +108,8 @@ async fn a_consultation_is_scheduled_through_the_api_alone() {
 async fn an_inactive_patient_or_physician_fails_the_consultation_with_its_reason() {
     let db = TestDb::new().await;
     let system = System::start(&db, NEVER, Parts::ALL).await;
-    let patient = system.app.register_patient("DOC-1").await;
-    let inactive_patient = system.app.register_patient("DOC-2").await;
-    let physician = system.app.register_physician("CRM-1").await;
-    let inactive_physician = system.app.register_physician("CRM-2").await;
+    let ([patient, inactive_patient], [physician, inactive_physician]) =
+        system.app.register_two_of_each().await;
     for path in [
         format!("/patients/{inactive_patient}/deactivate"),
         format!("/physicians/{inactive_physician}/deactivate"),
@@ -202,8 +185,7 @@ async fn a_deadline_fires_with_no_saga_process_and_a_later_saga_neither_schedule
         },
     )
     .await;
-    let patient = system.app.register_patient("DOC-1").await;
-    let physician = system.app.register_physician("CRM-1").await;
+    let (patient, physician) = system.app.register_patient_and_physician().await;
     let at = tomorrow_at(11, 0);
 
     let id = system
@@ -214,15 +196,7 @@ async fn a_deadline_fires_with_no_saga_process_and_a_later_saga_neither_schedule
         .wait_for_status(id, "failed", Duration::from_secs(20))
         .await;
     assert_eq!(failed["failureReason"], "timed_out", "{failed}");
-    let metrics = system
-        .app
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = system.app.get_text("/metrics").await;
     assert!(
         metrics.contains("hap_deadlines_total{transition=\"fired\"} 1"),
         "{metrics}"
@@ -255,8 +229,7 @@ async fn pause_and_fire_race_and_never_both_schedule_and_time_out() {
     let db = TestDb::new().await;
     // How long the saga's hops take here, measured on a system whose deadline never fires...
     let calm = System::start(&db, NEVER, Parts::ALL).await;
-    let patient = calm.app.register_patient("DOC-1").await;
-    let physician = calm.app.register_physician("CRM-1").await;
+    let (patient, physician) = calm.app.register_patient_and_physician().await;
     let mut latencies = Vec::new();
     for n in 0..3 {
         let started = std::time::Instant::now();
@@ -341,8 +314,7 @@ async fn scheduled(system: &System, patient: Uuid, physician: Uuid, at: DateTime
 async fn cancelling_voids_the_records_and_frees_the_slot() {
     let db = TestDb::new().await;
     let system = System::start(&db, NEVER, Parts::ALL).await;
-    let patient = system.app.register_patient("DOC-1").await;
-    let physician = system.app.register_physician("CRM-1").await;
+    let (patient, physician) = system.app.register_patient_and_physician().await;
     let with_records = scheduled(&system, patient, physician, tomorrow_at(9, 0)).await;
     let without = scheduled(&system, patient, physician, tomorrow_at(10, 0)).await;
     let record = system
@@ -373,15 +345,7 @@ async fn cancelling_voids_the_records_and_frees_the_slot() {
         assert_eq!(c["cancellationReason"], "travel");
     }
     let voided = eventually(Duration::from_secs(10), || async {
-        let r: Value = system
-            .app
-            .request(Method::GET, &format!("/records/{record}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = system.app.get_json(&format!("/records/{record}")).await;
         r["status"] == "voided"
     })
     .await;
@@ -401,10 +365,8 @@ async fn cancelling_voids_the_records_and_frees_the_slot() {
 async fn deactivating_a_physician_or_a_patient_cancels_their_future_consultations() {
     let db = TestDb::new().await;
     let system = System::start(&db, NEVER, Parts::ALL).await;
-    let patient = system.app.register_patient("DOC-1").await;
-    let other_patient = system.app.register_patient("DOC-2").await;
-    let physician = system.app.register_physician("CRM-1").await;
-    let other_physician = system.app.register_physician("CRM-2").await;
+    let ([patient, other_patient], [physician, other_physician]) =
+        system.app.register_two_of_each().await;
     let mut of_physician = Vec::new();
     for hour in [8, 9, 10] {
         of_physician.push(scheduled(&system, other_patient, physician, tomorrow_at(hour, 0)).await);
@@ -441,8 +403,7 @@ async fn a_saga_message_published_twice_by_hand_has_no_second_effect() {
     use lapin::BasicProperties;
     let db = TestDb::new().await;
     let system = System::start(&db, NEVER, Parts::ALL).await;
-    let patient = system.app.register_patient("DOC-1").await;
-    let physician = system.app.register_physician("CRM-1").await;
+    let (patient, physician) = system.app.register_patient_and_physician().await;
     let id = scheduled(&system, patient, physician, tomorrow_at(9, 0)).await;
     let before: i64 = sqlx::query_scalar("select count(*) from events")
         .fetch_one(&db.pool)
@@ -520,8 +481,7 @@ async fn two_saga_processes_one_killed_mid_flight_settle_every_consultation_once
         )
         .await;
     }
-    let patient = system.app.register_patient("DOC-1").await;
-    let physician = system.app.register_physician("CRM-1").await;
+    let (patient, physician) = system.app.register_patient_and_physician().await;
 
     let mut ids = Vec::new();
     for n in 0..30 {

@@ -160,6 +160,21 @@ impl TestApp {
         self.client.request(method, format!("{}{path}", self.base))
     }
 
+    /// `GET path`, its body as JSON, whatever the status.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.expect("a JSON body")
+    }
+
+    /// `GET path`, its body as text, whatever the status.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.get(path).await.text().await.expect("a text body")
+    }
+
+    async fn get(&self, path: &str) -> Response {
+        let request = self.request(Method::GET, path).send();
+        request.await.expect("request sent")
+    }
+
     /// Sends a JSON body; the future borrows neither `self` nor `path`, so many can run at once.
     pub fn send(
         &self,
@@ -192,6 +207,26 @@ impl TestApp {
         let response = self.post("/patients", patient(document_number)).await;
         assert_eq!(response.status(), 201, "{:?}", response.text().await);
         id_of(response).await
+    }
+
+    /// Registers a patient (`DOC-1`) and a physician (`CRM-1`): what most consultations need.
+    pub async fn register_patient_and_physician(&self) -> (Uuid, Uuid) {
+        let patient = self.register_patient("DOC-1").await;
+        (patient, self.register_physician("CRM-1").await)
+    }
+
+    /// Registers patients `DOC-1` and `DOC-2`, then physicians `CRM-1` and `CRM-2`: for a
+    /// consultation whose people change while another pair's does not.
+    pub async fn register_two_of_each(&self) -> ([Uuid; 2], [Uuid; 2]) {
+        let patients = [
+            self.register_patient("DOC-1").await,
+            self.register_patient("DOC-2").await,
+        ];
+        let physicians = [
+            self.register_physician("CRM-1").await,
+            self.register_physician("CRM-2").await,
+        ];
+        (patients, physicians)
     }
 
     /// Registers a physician and returns its id.

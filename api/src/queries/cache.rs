@@ -13,6 +13,9 @@
 //! the insert. A process that does not run the projectors gets no reports, so there the cache
 //! is bypassed. A rebuild's swap reports no rows but replaces them all
 //! ([`Progress::replacements`]): the cache then drops everything.
+//!
+//! [`QueryCaches`] holds it together with the [`Positions`] that read-your-writes waits for:
+//! all the query side keeps in memory.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,9 +28,33 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 
+use super::positions::Positions;
+
 const CAPACITY: u64 = 10_000;
 /// A backstop only: invalidation is what keeps entries current.
 const TIME_TO_LIVE: Duration = Duration::from_secs(60);
+
+/// What the query side keeps in memory; cheap to clone.
+#[derive(Clone)]
+pub struct QueryCaches {
+    pub reads: ReadCache,
+    pub positions: Positions,
+}
+
+impl QueryCaches {
+    /// Needs a Tokio runtime: the read cache starts following the projectors' commits, and
+    /// the rebuilds' swaps of `read`.
+    pub fn new(read: &projections::ReadModel) -> Self {
+        tokio::spawn(projections::progress::follow_replacements(
+            read.pool.clone(),
+            read.progress.clone(),
+        ));
+        Self {
+            reads: ReadCache::new(&read.progress),
+            positions: Positions::new(),
+        }
+    }
+}
 
 /// The resource (as named in [`Touched`]) and its id.
 pub type Key = (&'static str, Uuid);

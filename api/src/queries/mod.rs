@@ -2,8 +2,9 @@
 //!
 //! - [`consistency`]: `X-Min-Position`, waiting until the projections a route reads have
 //!   applied the client's last write.
+//! - [`positions`]: what the event at a position was, remembered for `X-Min-Position`.
 //! - [`cache`]: single-resource reads, which must never be older than what the projectors
-//!   committed.
+//!   committed, and [`cache::QueryCaches`], all the query side keeps in memory.
 //! - [`single`]: answering one resource with its `ETag`, through the cache.
 //! - [`pagination`]: `limit` and the opaque `cursor` of keyset pagination.
 //! - One module per resource, with its rows and routes.
@@ -17,6 +18,7 @@ pub mod history;
 pub mod pagination;
 pub mod patients;
 pub mod physicians;
+pub mod positions;
 pub mod records;
 pub mod single;
 pub mod status_stream;
@@ -41,28 +43,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(records::router())
         .merge(history::router())
         .merge(status_stream::router())
-}
-
-/// What the query side keeps in memory; cheap to clone.
-#[derive(Clone)]
-pub struct QueryCaches {
-    pub reads: cache::ReadCache,
-    pub positions: consistency::Positions,
-}
-
-impl QueryCaches {
-    /// Needs a Tokio runtime: the read cache starts following the projectors' commits, and
-    /// the rebuilds' swaps of `read`.
-    pub fn new(read: &projections::ReadModel) -> Self {
-        tokio::spawn(projections::progress::follow_replacements(
-            read.pool.clone(),
-            read.progress.clone(),
-        ));
-        Self {
-            reads: cache::ReadCache::new(&read.progress),
-            positions: consistency::Positions::new(),
-        }
-    }
 }
 
 /// The headers every query understands.

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use domain::event;
 use uuid::Uuid;
 
 use super::client::Call;
@@ -68,17 +69,17 @@ impl Kind {
     /// changed nothing, that its stream holds already).
     pub fn event_type(self) -> &'static str {
         match self {
-            Self::RegisterPatient => "PatientRegistered",
-            Self::UpdatePatient => "PatientUpdated",
-            Self::DeactivatePatient => "PatientDeactivated",
-            Self::RegisterPhysician => "PhysicianRegistered",
-            Self::UpdatePhysician => "PhysicianUpdated",
-            Self::DeactivatePhysician => "PhysicianDeactivated",
-            Self::RequestConsultation => "ConsultationSchedulingStarted",
-            Self::UpdateConsultation => "ConsultationUpdated",
-            Self::CancelConsultation => "ConsultationCancellationRequested",
-            Self::CreateRecord => "ConsultationRecordCreated",
-            Self::UpdateRecord => "ConsultationRecordUpdated",
+            Self::RegisterPatient => event::PatientRegistered::EVENT_TYPE,
+            Self::UpdatePatient => event::PatientUpdated::EVENT_TYPE,
+            Self::DeactivatePatient => event::PatientDeactivated::EVENT_TYPE,
+            Self::RegisterPhysician => event::PhysicianRegistered::EVENT_TYPE,
+            Self::UpdatePhysician => event::PhysicianUpdated::EVENT_TYPE,
+            Self::DeactivatePhysician => event::PhysicianDeactivated::EVENT_TYPE,
+            Self::RequestConsultation => event::ConsultationSchedulingStarted::EVENT_TYPE,
+            Self::UpdateConsultation => event::ConsultationUpdated::EVENT_TYPE,
+            Self::CancelConsultation => event::ConsultationCancellationRequested::EVENT_TYPE,
+            Self::CreateRecord => event::ConsultationRecordCreated::EVENT_TYPE,
+            Self::UpdateRecord => event::ConsultationRecordUpdated::EVENT_TYPE,
         }
     }
 

@@ -7,6 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use domain::consultation::Status;
+use domain::event::{
+    ConsultationCancellationRequested, ConsultationCancelled, ConsultationDone,
+    ConsultationRecordCreated, ConsultationRecordUpdated, ConsultationScheduled,
+    ConsultationSchedulingFailed, ConsultationSchedulingStarted, PatientDeactivated,
+    PhysicianAvailabilityConfirmed, PhysicianDeactivated, PhysicianSlotReleased,
+};
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -17,21 +23,27 @@ const STATUS_EVENTS: [(&str, Status); 6] = [
     (SCHEDULED, Status::Scheduled),
     (FAILED, Status::Failed),
     (
-        "ConsultationCancellationRequested",
+        ConsultationCancellationRequested::EVENT_TYPE,
         Status::CancellationRequested,
     ),
-    ("ConsultationCancelled", Status::Cancelled),
-    ("ConsultationDone", Status::Done),
+    (ConsultationCancelled::EVENT_TYPE, Status::Cancelled),
+    (ConsultationDone::EVENT_TYPE, Status::Done),
 ];
-const STARTED: &str = "ConsultationSchedulingStarted";
-pub const SCHEDULED: &str = "ConsultationScheduled";
-const FAILED: &str = "ConsultationSchedulingFailed";
+const STARTED: &str = ConsultationSchedulingStarted::EVENT_TYPE;
+pub const SCHEDULED: &str = ConsultationScheduled::EVENT_TYPE;
+const FAILED: &str = ConsultationSchedulingFailed::EVENT_TYPE;
 /// A slot held on, and given back to, a physician's day.
-const HELD: &str = "PhysicianAvailabilityConfirmed";
-const RELEASED: &str = "PhysicianSlotReleased";
-const DEACTIVATED: [&str; 2] = ["PatientDeactivated", "PhysicianDeactivated"];
+const HELD: &str = PhysicianAvailabilityConfirmed::EVENT_TYPE;
+const RELEASED: &str = PhysicianSlotReleased::EVENT_TYPE;
+const DEACTIVATED: [&str; 2] = [
+    PatientDeactivated::EVENT_TYPE,
+    PhysicianDeactivated::EVENT_TYPE,
+];
 /// The record events the workload's record commands append.
-pub const RECORD_EVENTS: [&str; 2] = ["ConsultationRecordCreated", "ConsultationRecordUpdated"];
+pub const RECORD_EVENTS: [&str; 2] = [
+    ConsultationRecordCreated::EVENT_TYPE,
+    ConsultationRecordUpdated::EVENT_TYPE,
+];
 
 /// The statuses a consultation may rest in: the saga has nothing left to do.
 pub const TERMINAL: [Status; 4] = [

@@ -1,24 +1,14 @@
-//! Who is calling: bearer tokens (JWT) verified with the configured key, the caller's tenant
-//! and subject, and the scope each route needs.
-//!
-//! Every route that touches clinical data takes an [`Authorized<S>`] extractor, where `S` is
-//! the scope it needs: the requirement is written in the handler's own signature, next to its
-//! `#[utoipa::path]` (whose `security` names the same scope for `/openapi.json`). A request
-//! without a valid token is a 401 before its body is even read; a valid token without the
-//! scope is a 403.
+//! Bearer tokens (JWT): verifying them with the configured keys, minting them for `hap token`,
+//! the caller a valid token proves and the scopes a token may grant.
 
-use std::marker::PhantomData;
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// A permission a token grants; each route needs one.
 pub trait Scope: Send + Sync + 'static {
@@ -69,29 +59,6 @@ pub struct Caller {
 impl Caller {
     pub fn may(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope)
-    }
-}
-
-/// A caller whose token grants scope `S`.
-pub struct Authorized<S>(pub Caller, PhantomData<S>);
-
-impl<S> std::ops::Deref for Authorized<S> {
-    type Target = Caller;
-
-    fn deref(&self) -> &Caller {
-        &self.0
-    }
-}
-
-impl<S: Scope> FromRequestParts<AppState> for Authorized<S> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let caller = app.auth.authenticate(&parts.headers)?;
-        if !caller.may(S::NAME) {
-            return Err(ApiError::Forbidden(S::NAME));
-        }
-        Ok(Self(caller, PhantomData))
     }
 }
 
