@@ -430,7 +430,7 @@ impl<S: Store> Pipeline<S> {
             correlation_id: meta.correlation_id.clone(),
             causation_id: meta.causation_id,
             actor_id: meta.actor_id.clone(),
-            schema_version: 1,
+            schema_version: domain::event::SCHEMA_VERSION,
         };
         let mut append = stored::append::<A>(stream_id, loaded.version, events, metadata);
         let done = loaded.done(stream_id, events.len());

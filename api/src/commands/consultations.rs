@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use commands::Target;
 
-use super::{CHECKED, CommandResponse, Fields, Reply, execute};
+use super::{CHECKED, CommandResponse, Fields, Reply, execute, execute_on};
 use crate::auth::{Authorized, ConsultationsWrite};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
@@ -155,15 +155,7 @@ async fn update(
         reason: reason.expect(CHECKED),
         notes: notes.expect(CHECKED),
     };
-    execute::<Consultation>(
-        &app,
-        &caller,
-        &context,
-        Target::Existing(id),
-        command,
-        Reply::ok(id),
-    )
-    .await
+    execute_on::<Consultation>(&app, &caller, &context, id, command).await
 }
 
 /// Requests the cancellation of a scheduled consultation (the cancellation saga voids its
@@ -223,13 +215,6 @@ async fn complete(
     PathId(id): PathId,
     Command { context, .. }: Command<Option<serde_json::Map<String, serde_json::Value>>>,
 ) -> Result<Response, ApiError> {
-    execute::<Consultation>(
-        &app,
-        &caller,
-        &context,
-        Target::Existing(id),
-        ConsultationCommand::Complete,
-        Reply::ok(id),
-    )
-    .await
+    let command = ConsultationCommand::Complete;
+    execute_on::<Consultation>(&app, &caller, &context, id, command).await
 }

@@ -89,6 +89,22 @@ impl Reply {
     }
 }
 
+/// Runs a request's command against the existing aggregate `id`: 200 with its new version.
+pub async fn execute_on<A>(
+    app: &AppState,
+    caller: &Caller,
+    context: &CommandContext,
+    id: Uuid,
+    command: A::Command,
+) -> Result<Response, ApiError>
+where
+    A: Aggregate,
+    A::Command: Clone,
+{
+    let target = Target::Existing(id);
+    execute::<A>(app, caller, context, target, command, Reply::ok(id)).await
+}
+
 /// Runs a request's command against the aggregate in `target` and answers as `reply` says.
 pub async fn execute<A>(
     app: &AppState,

@@ -13,7 +13,9 @@ use utoipa_axum::routes;
 
 use commands::Target;
 
-use super::{CHECKED, CommandResponse, Deactivate, Fields, Reply, deactivation_reason, execute};
+use super::{
+    CHECKED, CommandResponse, Deactivate, Fields, Reply, deactivation_reason, execute, execute_on,
+};
 use crate::auth::{Authorized, PatientsWrite};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
@@ -154,15 +156,7 @@ async fn update(
         email: email.expect(CHECKED),
         phone: phone.expect(CHECKED),
     };
-    execute::<Patient>(
-        &app,
-        &caller,
-        &context,
-        Target::Existing(id),
-        command,
-        Reply::ok(id),
-    )
-    .await
+    execute_on::<Patient>(&app, &caller, &context, id, command).await
 }
 
 /// Deactivates a patient for good; deactivating again changes nothing.
@@ -184,13 +178,5 @@ async fn deactivate(
     let command = PatientCommand::Deactivate {
         reason: deactivation_reason(body)?,
     };
-    execute::<Patient>(
-        &app,
-        &caller,
-        &context,
-        Target::Existing(id),
-        command,
-        Reply::ok(id),
-    )
-    .await
+    execute_on::<Patient>(&app, &caller, &context, id, command).await
 }

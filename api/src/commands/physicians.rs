@@ -12,7 +12,9 @@ use utoipa_axum::routes;
 
 use commands::Target;
 
-use super::{CHECKED, CommandResponse, Deactivate, Fields, Reply, deactivation_reason, execute};
+use super::{
+    CHECKED, CommandResponse, Deactivate, Fields, Reply, deactivation_reason, execute, execute_on,
+};
 use crate::auth::{Authorized, PhysiciansWrite};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
@@ -118,15 +120,7 @@ async fn update(
         name: name.expect(CHECKED),
         specialty: specialty.expect(CHECKED),
     };
-    execute::<Physician>(
-        &app,
-        &caller,
-        &context,
-        Target::Existing(id),
-        command,
-        Reply::ok(id),
-    )
-    .await
+    execute_on::<Physician>(&app, &caller, &context, id, command).await
 }
 
 /// Deactivates a physician for good.
@@ -148,13 +142,5 @@ async fn deactivate(
     let command = PhysicianCommand::Deactivate {
         reason: deactivation_reason(body)?,
     };
-    execute::<Physician>(
-        &app,
-        &caller,
-        &context,
-        Target::Existing(id),
-        command,
-        Reply::ok(id),
-    )
-    .await
+    execute_on::<Physician>(&app, &caller, &context, id, command).await
 }
