@@ -1,0 +1,289 @@
+//! The operators' console (`/console`): who may see it (a token with `ops:read`, from the
+//! `Authorization` header or the session cookie of the sign-in form), what a tenant's
+//! operator sees and a platform operator sees, cross-site writes refused, and the pages
+//! answering what is wrong: the processes, a stuck consultation, the live numbers.
+
+use std::time::Duration;
+
+use eventstore::EventStore;
+use eventstore::processes::{ProcessInfo, keep_recorded};
+use hap_tests::system::{Parts, System};
+use hap_tests::{TestApp, TestDb, eventually, id_of, patient};
+use reqwest::{Method, StatusCode, header};
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
+
+fn settings() -> api::config::Settings {
+    let mut settings = api::config::Settings::defaults();
+    settings.auth_secret = Some(SECRET.parse().unwrap());
+    settings
+}
+
+fn token(tenant: &str, scope: &str) -> String {
+    let request = api::auth::TokenRequest {
+        tenant: tenant.into(),
+        subject: format!("ops@{tenant}"),
+        scope: scope.into(),
+        ttl: Duration::from_secs(600),
+    };
+    api::auth::mint(&settings(), &request).unwrap()
+}
+
+/// A client that shows redirects instead of following them: the sign-in answers one.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// `GET path` with `token` as bearer (none if `None`): the status and the page.
+async fn page(app: &TestApp, path: &str, token: Option<&str>) -> (StatusCode, String) {
+    let mut request = app.request(Method::GET, path);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+/// `POST /console/session` with the sign-in form's body and `headers`.
+async fn sign_in(app: &TestApp, token: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = client()
+        .post(format!("{}/console/session", app.base))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(format!("token={token}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_console_asks_to_sign_in_and_without_ops_read_it_refuses() {
+    let db = TestDb::new().await;
+    let app = TestApp::start_with(&db, settings()).await;
+
+    let (status, body) = page(&app, "/console", None).await;
+    assert_eq!(status, 200);
+    assert!(body.contains(r#"action="/console/session""#), "{body}");
+    assert!(!body.contains("Processes"), "{body}");
+
+    let clinician = token("north", "patients:read consultations:read");
+    let (status, body) = page(&app, "/console", Some(&clinician)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("ops:read"), "{body}");
+    assert_eq!(page(&app, "/console/sagas", Some(&clinician)).await.0, 403);
+    assert_eq!(page(&app, "/console/live", Some(&clinician)).await.0, 403);
+    assert_eq!(sign_in(&app, &clinician, &[]).await.status(), 403);
+
+    let (status, body) = page(&app, "/console", Some("not-a-token")).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("The token was refused"), "{body}");
+    assert_eq!(sign_in(&app, "not-a-token", &[]).await.status(), 401);
+
+    // A platform operator's token opens the console, never the clinical API.
+    let platform = token("*", "ops:read ops:platform patients:read");
+    assert_eq!(page(&app, "/console", Some(&platform)).await.0, 200);
+    let response = app
+        .request(Method::GET, "/patients")
+        .bearer_auth(&platform)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_operator_sees_the_running_processes_on_the_overview() {
+    let db = TestDb::new().await;
+    let app = TestApp::start_with(&db, settings()).await;
+    let instance = format!("console-{}", uuid::Uuid::now_v7().simple());
+    let info = ProcessInfo {
+        instance: instance.clone(),
+        roles: vec!["query".into()],
+        version: "0.1.0".into(),
+        host: "test-host".into(),
+        pid: 4242,
+        http_addr: app.base.clone(),
+    };
+    let shutdown = CancellationToken::new();
+    let store = EventStore::new(db.pool.clone());
+    tokio::spawn(keep_recorded(store.clone(), info, shutdown.clone()));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !store.processes().await.unwrap().is_empty()
+        })
+        .await
+    );
+
+    let operator = token("north", "ops:read");
+    let signed_in = sign_in(&app, &operator, &[("origin", app.base.as_str())]).await;
+    assert_eq!(signed_in.status(), 303);
+    assert_eq!(signed_in.headers()[header::LOCATION], "/console");
+    let cookie = signed_in.headers()[header::SET_COOKIE].to_str().unwrap();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/console", "Max-Age="] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let session = cookie.split(';').next().unwrap().to_owned();
+
+    let overview = app
+        .request(Method::GET, "/console")
+        .header(header::COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(overview.status(), 200);
+    let body = overview.text().await.unwrap();
+    assert!(body.contains(&instance), "{body}");
+    assert!(body.contains("publisher lag"), "{body}");
+    assert!(body.contains("tenant north"), "{body}");
+
+    let signed_out = client()
+        .post(format!("{}/console/session/end", app.base))
+        .header(header::COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_out.status(), 303);
+    let cleared = signed_out.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(cleared.starts_with("hap_console=;"), "{cleared}");
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_from_another_site_is_refused() {
+    let db = TestDb::new().await;
+    let app = TestApp::start_with(&db, settings()).await;
+    let operator = token("north", "ops:read");
+    for headers in [
+        [("origin", "https://evil.example")],
+        [("sec-fetch-site", "cross-site")],
+    ] {
+        let response = sign_in(&app, &operator, &headers).await;
+        assert_eq!(response.status(), 403, "{headers:?}");
+        assert!(response.headers().get(header::SET_COOKIE).is_none());
+    }
+    let sign_out = client()
+        .post(format!("{}/console/session/end", app.base))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sign_out.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_operator_sees_only_its_streams_and_a_platform_operator_every_one() {
+    let db = TestDb::new().await;
+    let app = TestApp::start_with(&db, settings()).await;
+    let registered = app
+        .request(Method::POST, "/patients")
+        .bearer_auth(token("north", "patients:write"))
+        .json(&patient("DOC-C1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    let id = id_of(registered).await;
+    let path = format!("/console/streams/{id}");
+
+    let (status, body) = page(&app, &path, Some(&token("north", "ops:read"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("PatientRegistered"), "{body}");
+    assert!(body.contains("DOC-C1"), "{body}");
+
+    let (status, body) = page(&app, &path, Some(&token("south", "ops:read"))).await;
+    assert_eq!(status, 404);
+    assert!(!body.contains("DOC-C1"), "{body}");
+    // `*` without `ops:platform` is no platform operator.
+    assert_eq!(
+        page(&app, &path, Some(&token("*", "ops:read"))).await.0,
+        404
+    );
+
+    let platform = token("*", "ops:read ops:platform");
+    let (status, body) = page(&app, &path, Some(&platform)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("PatientRegistered"), "{body}");
+    assert!(body.contains("every tenant"), "{body}");
+
+    // The search form leads to the stream's page; no id in it is no page.
+    let found = client()
+        .get(format!("{}/console/streams?id={id}", app.base))
+        .bearer_auth(&platform)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(found.status(), 303);
+    assert_eq!(found.headers()[header::LOCATION], path.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sagas_page_shows_a_consultation_stuck_past_its_deadline() {
+    let db = TestDb::new().await;
+    // No saga and no timer: the request is never validated, and its deadline never fires.
+    let parts = Parts {
+        sagas: false,
+        timer: false,
+    };
+    let system = System::start(&db, Duration::from_millis(500), parts).await;
+    let (patient, physician) = system.app.register_patient_and_physician().await;
+    let id = system.app.request_consultation(patient, physician).await;
+    system.consultation(id).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (status, body) = page(&system.app, "/console/sagas", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&id.to_string()), "{body}");
+    assert!(body.contains("stuck: past its deadline"), "{body}");
+
+    // Its stream shows the request, and the trail of the request across streams.
+    let (status, body) = page(&system.app, &format!("/console/streams/{id}"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Causal trail"), "{body}");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_endpoint_sends_the_overviews_numbers() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
+    let mut response = app
+        .request(Method::GET, "/console/live")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut text = String::new();
+    let event = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+            if let Some(block) = text.split("\n\n").find(|b| b.contains("event: overview")) {
+                return block.to_owned();
+            }
+        }
+        panic!("the stream ended: {text}");
+    })
+    .await
+    .expect("an event within seconds");
+    let data = event
+        .lines()
+        .find_map(|line| line.strip_prefix("data: "))
+        .expect("a data line");
+    let numbers: serde_json::Value = serde_json::from_str(data).unwrap();
+    for name in [
+        "processesUp",
+        "lagEvents",
+        "deadlinesOverdue",
+        "deadLetters",
+    ] {
+        assert!(numbers[name].is_i64(), "{numbers}");
+    }
+}
