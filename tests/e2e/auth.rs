@@ -7,21 +7,19 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hap_tests::system::{Parts, System};
-use hap_tests::{TestApp, TestDb, id_of, patient};
+use hap_tests::{TEST_SECRET, TestApp, TestDb, id_of, patient, secured_settings, token_for};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
 const ISSUER: &str = "https://id.clinic.example";
 const AUDIENCE: &str = "hap";
 const ALL: &str = "patients:read patients:write physicians:read physicians:write \
                    consultations:read consultations:write records:read records:write";
 
 fn settings() -> api::config::Settings {
-    let mut settings = api::config::Settings::defaults();
-    settings.auth_secret = Some(SECRET.parse().unwrap());
+    let mut settings = secured_settings();
     settings.auth_issuer = Some(ISSUER.into());
     settings.auth_audience = Some(AUDIENCE.into());
     settings
@@ -45,13 +43,7 @@ fn claims(tenant: &str, scope: &str) -> Value {
 
 /// A valid token for `tenant` with `scope`, as `hap token` makes it.
 fn token(tenant: &str, scope: &str) -> String {
-    let request = api::auth::TokenRequest {
-        tenant: tenant.into(),
-        subject: format!("user@{tenant}"),
-        scope: scope.into(),
-        ttl: Duration::from_secs(600),
-    };
-    api::auth::mint(&settings(), &request).unwrap()
+    token_for(&settings(), tenant, scope)
 }
 
 async fn send(
@@ -75,7 +67,7 @@ async fn every_way_a_token_can_be_wrong_is_a_401_with_a_bearer_challenge() {
     let expired = {
         let mut c = claims("a", ALL);
         c["exp"] = json!(jsonwebtoken::get_current_timestamp() - 600);
-        signed(SECRET, c)
+        signed(TEST_SECRET, c)
     };
     let unsigned = {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
@@ -85,17 +77,17 @@ async fn every_way_a_token_can_be_wrong_is_a_401_with_a_bearer_challenge() {
     let wrong_issuer = {
         let mut c = claims("a", ALL);
         c["iss"] = json!("https://elsewhere.example");
-        signed(SECRET, c)
+        signed(TEST_SECRET, c)
     };
     let wrong_audience = {
         let mut c = claims("a", ALL);
         c["aud"] = json!("another-service");
-        signed(SECRET, c)
+        signed(TEST_SECRET, c)
     };
     let no_tenant = {
         let mut c = claims("a", ALL);
         c.as_object_mut().unwrap().remove("tenant");
-        signed(SECRET, c)
+        signed(TEST_SECRET, c)
     };
     let cases = [
         ("no token", None),
@@ -588,7 +580,7 @@ async fn hap_token_mints_what_hap_serve_accepts_and_debug_logs_hold_no_personal_
     let db = TestDb::new().await;
     let prefix = hap_tests::broker::unique_prefix();
     let env = [
-        ("HAP_AUTH_SECRET", SECRET),
+        ("HAP_AUTH_SECRET", TEST_SECRET),
         ("HAP_SCHEDULING_TIMEOUT_MS", "600000"),
     ];
     let mut served = serve(&db, &prefix, &env, "debug").await;
@@ -596,7 +588,7 @@ async fn hap_token_mints_what_hap_serve_accepts_and_debug_logs_hold_no_personal_
         .args([
             "token", "--tenant", "clinic-a", "--sub", "dr-who", "--scope", ALL, "--ttl", "10m",
         ])
-        .env("HAP_AUTH_SECRET", SECRET)
+        .env("HAP_AUTH_SECRET", TEST_SECRET)
         .output()
         .await
         .unwrap();

@@ -8,26 +8,16 @@ use std::time::Duration;
 use eventstore::EventStore;
 use eventstore::processes::{ProcessInfo, keep_recorded};
 use hap_tests::system::{Parts, System};
-use hap_tests::{TestApp, TestDb, eventually, id_of, patient};
+use hap_tests::{TestApp, TestDb, eventually, id_of, patient, secured_settings, token_for};
 use reqwest::{Method, StatusCode, header};
 use tokio_util::sync::CancellationToken;
 
-const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
-
 fn settings() -> api::config::Settings {
-    let mut settings = api::config::Settings::defaults();
-    settings.auth_secret = Some(SECRET.parse().unwrap());
-    settings
+    secured_settings()
 }
 
 fn token(tenant: &str, scope: &str) -> String {
-    let request = api::auth::TokenRequest {
-        tenant: tenant.into(),
-        subject: format!("ops@{tenant}"),
-        scope: scope.into(),
-        ttl: Duration::from_secs(600),
-    };
-    api::auth::mint(&settings(), &request).unwrap()
+    token_for(&settings(), tenant, scope)
 }
 
 /// A client that shows redirects instead of following them: the sign-in answers one.

@@ -48,20 +48,16 @@ impl FromRequestParts<AppState> for Operator {
             }
         };
         match app.auth.verify(token) {
-            Ok(verified) => operator(verified),
+            Ok(verified) => operator(verified).ok_or_else(|| forbidden(OpsRead::NAME)),
             Err(ApiError::Unauthorized(None)) => Err(sign_in_page(StatusCode::OK, None)),
             Err(error) => Err(refused(&error)),
         }
     }
 }
 
-/// The operator a verified token makes, or the 403 page when it lacks `ops:read`.
-fn operator(verified: Verified) -> Result<Operator, Response> {
-    if verified.caller.may(OpsRead::NAME) {
-        Ok(Operator(verified.caller))
-    } else {
-        Err(forbidden(OpsRead::NAME))
-    }
+/// The operator a verified token makes; `None` when it lacks `ops:read`.
+fn operator(verified: Verified) -> Option<Operator> {
+    (verified.caller.may(OpsRead::NAME)).then_some(Operator(verified.caller))
 }
 
 /// The token in the request's session cookie, if any.
@@ -167,8 +163,8 @@ pub async fn sign_in(
         Err(error) => return refused(&error),
     };
     let expires_at = verified.expires_at;
-    if let Err(page) = operator(verified) {
-        return page;
+    if operator(verified).is_none() {
+        return forbidden(OpsRead::NAME);
     }
     let mut response = Redirect::to("/console").into_response();
     // With authentication off there is nothing to keep.
