@@ -7,9 +7,14 @@ use std::time::Duration;
 
 use eventstore::EventStore;
 use eventstore::processes::{ProcessInfo, keep_recorded};
+use hap_tests::broker::{publish_to_queue, wait_for_queue};
 use hap_tests::system::{Parts, System};
 use hap_tests::{TestApp, TestDb, eventually, id_of, patient, secured_settings, token_for};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use messaging::QueueNames;
 use reqwest::{Method, StatusCode, header};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 fn settings() -> api::config::Settings {
@@ -276,4 +281,127 @@ async fn the_live_endpoint_sends_the_overviews_numbers() {
     ] {
         assert!(numbers[name].is_i64(), "{numbers}");
     }
+}
+
+/// `POST /console/dead-letters/resolve` as `token`, from the console's own page unless
+/// `origin` says otherwise.
+async fn resolve(
+    app: &TestApp,
+    token: &str,
+    form: &[(&str, &str)],
+    origin: &str,
+) -> reqwest::Response {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    client()
+        .post(format!("{}/console/dead-letters/resolve", app.base))
+        .bearer_auth(token)
+        .header("origin", origin)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_shows_under_its_failure_and_is_replayed_or_discarded_after_a_confirmation() {
+    let db = TestDb::new().await;
+    let mut settings = settings();
+    settings.instance = "test".into();
+    let parts = Parts {
+        sagas: false,
+        timer: false,
+    };
+    let system = System::start_with(&db, Duration::from_secs(600), parts, settings).await;
+    let app = &system.app;
+    let names = QueueNames::new(&system.prefix, "scheduling-service", "test");
+    wait_for_queue(&names.dead_letters).await;
+    let event = uuid::Uuid::now_v7().to_string();
+    let body = json!({
+        "eventId": event, "eventType": "Nonsense", "occurredAt": "2026-01-02T03:04:05.000000Z",
+        "sourceService": "patient-service", "aggregateType": "patient",
+        "aggregateId": uuid::Uuid::now_v7(), "version": 1, "position": "42",
+        "tenantId": "north", "correlationId": "corr-1", "causationId": null, "actorId": null,
+        "schemaVersion": 1, "payload": {}
+    });
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-error".into(),
+        AMQPValue::LongString("unknown event type Nonsense at position 42".into()),
+    );
+    let properties = BasicProperties::default()
+        .with_message_id(event.as_str().into())
+        .with_type("Nonsense".into())
+        .with_headers(headers);
+    publish_to_queue(&names.dead_letters, body.to_string().as_bytes(), properties).await;
+
+    let reader = token("north", "ops:read");
+    let (status, page_text) = page(app, "/console/dead-letters", Some(&reader)).await;
+    assert_eq!(status, 200, "{page_text}");
+    assert!(page_text.contains(&event), "{page_text}");
+    assert!(
+        page_text.contains("unknown event type Nonsense at position #"),
+        "{page_text}"
+    );
+    assert!(page_text.contains("needs ops:write"), "{page_text}");
+    let (_, elsewhere) = page(
+        app,
+        "/console/dead-letters",
+        Some(&token("south", "ops:read")),
+    )
+    .await;
+    assert!(!elsewhere.contains(&event), "{elsewhere}");
+
+    let confirm = format!(
+        "/console/dead-letters/confirm?queue={}&event={event}&action=discard",
+        names.main
+    );
+    assert_eq!(page(app, &confirm, Some(&reader)).await.0, 403);
+    let writer = token("north", "ops:read ops:write");
+    let (status, form) = page(app, &confirm, Some(&writer)).await;
+    assert_eq!(status, 200, "{form}");
+    assert!(
+        form.contains(r#"action="/console/dead-letters/resolve""#),
+        "{form}"
+    );
+
+    let choice = [
+        ("queue", names.main.as_str()),
+        ("event", event.as_str()),
+        ("action", "discard"),
+    ];
+    let ours = app.base.as_str();
+    assert_eq!(
+        resolve(app, &writer, &choice, "https://evil.example")
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(resolve(app, &reader, &choice, ours).await.status(), 403);
+    let other = token("south", "ops:read ops:write");
+    assert_eq!(resolve(app, &other, &choice, ours).await.status(), 404);
+
+    // Replayed, the poisoned message goes back to its queue, whose projector dead-letters it
+    // again; discarded, it is gone.
+    let replay = [choice[0], choice[1], ("action", "replay")];
+    assert_eq!(resolve(app, &writer, &replay, ours).await.status(), 303);
+    let back = eventually(Duration::from_secs(15), || async {
+        page(app, "/console/dead-letters", Some(&reader))
+            .await
+            .1
+            .contains(&event)
+    })
+    .await;
+    assert!(
+        back,
+        "the replayed message failed again into its dead-letter queue"
+    );
+    let done = resolve(app, &writer, &choice, ours).await;
+    assert_eq!(done.status(), 303);
+
+    let (_, after) = page(app, "/console/dead-letters", Some(&reader)).await;
+    assert!(!after.contains(&event), "{after}");
+    system.stop().await;
 }

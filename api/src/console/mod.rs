@@ -8,7 +8,7 @@
 //!
 //! - [`session`]: who the operator is (bearer token or session cookie), signing in and out,
 //!   and refusing cross-site writes.
-//! - [`pages`]: the overview, sagas and streams pages, and the frame they share.
+//! - [`pages`]: the overview, sagas, streams and dead-letters pages, and the frame they share.
 //! - [`live`]: the overview's numbers pushed as Server-Sent Events.
 //! - [`assets`]: the embedded stylesheet and script.
 
@@ -30,6 +30,15 @@ pub fn router() -> Router<AppState> {
         .route("/console/sagas", get(pages::sagas::page))
         .route("/console/streams", get(pages::streams::find))
         .route("/console/streams/{id}", get(pages::streams::page))
+        .route("/console/dead-letters", get(pages::dead_letters::page))
+        .route(
+            "/console/dead-letters/confirm",
+            get(pages::dead_letters::confirm),
+        )
+        .route(
+            "/console/dead-letters/resolve",
+            post(pages::dead_letters::resolve),
+        )
         .route("/console/live", get(live::overview))
         .route("/console/session", post(session::sign_in))
         .route("/console/session/end", post(session::sign_out))

@@ -3,7 +3,9 @@
 //! - [`overview`]: processes, publisher lag, deadlines and queue depths at a glance.
 //! - [`sagas`]: consultations in flight, stuck ones first, deadlines and failures by reason.
 //! - [`streams`]: one aggregate's events, and a consultation's causal trail.
+//! - [`dead_letters`]: dead letters grouped by failure; replaying or discarding one.
 
+pub mod dead_letters;
 pub mod overview;
 pub mod sagas;
 pub mod streams;
@@ -32,6 +34,7 @@ pub fn frame(title: &str, operator: Option<&Operator>, body: Markup) -> Markup {
                         a href="/console" { "Overview" }
                         a href="/console/sagas" { "Sagas" }
                         a href="/console/streams" { "Streams" }
+                        a href="/console/dead-letters" { "Dead letters" }
                         span.muted {
                             (operator.0.subject) " · "
                             @match operator.tenant() {
