@@ -8,11 +8,13 @@
 //!
 //! - [`session`]: who the operator is (bearer token or session cookie), signing in and out,
 //!   and refusing cross-site writes.
-//! - [`pages`]: the overview, sagas, streams and dead-letters pages, and the frame they share.
+//! - [`pages`]: the overview, sagas, streams and dead-letters pages.
+//! - [`layout`]: the frame every page shares, and the pieces pages are made of.
 //! - [`live`]: the overview's numbers pushed as Server-Sent Events.
 //! - [`assets`]: the embedded stylesheet and script.
 
 pub mod assets;
+pub mod layout;
 pub mod live;
 pub mod pages;
 pub mod session;

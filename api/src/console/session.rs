@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
 
-use super::pages::frame;
+use super::layout::frame;
 use crate::auth::{Caller, OpsRead, Scope, Verified, bearer};
 use crate::error::ApiError;
 use crate::state::AppState;

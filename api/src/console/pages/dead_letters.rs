@@ -20,8 +20,8 @@ use messaging::QueueNames;
 use messaging::dlq::{self, Action, DeadLetter};
 use serde::Deserialize;
 
-use super::frame;
 use crate::auth::{OpsWrite, Scope};
+use crate::console::layout::frame;
 use crate::console::session::{Operator, cross_site, forbidden, same_site};
 use crate::queries::Params;
 use crate::state::AppState;
@@ -153,7 +153,7 @@ pub async fn page(State(app): State<AppState>, operator: Operator) -> Markup {
             p.muted { "Not found or not reachable: " (unread.join(", ")) }
         }
     };
-    frame("Dead letters", Some(&operator), body)
+    frame("Dead letters", Some(&operator.0), body)
 }
 
 /// The address of the page that confirms `action` on dead letter `event` of `queue`.
@@ -183,7 +183,7 @@ pub async fn confirm(operator: Operator, Params(choice): Params<Choice>) -> Resp
             " " a href="/console/dead-letters" { "Cancel" }
         }
     };
-    frame("Confirm", Some(&operator), body).into_response()
+    frame("Confirm", Some(&operator.0), body).into_response()
 }
 
 /// `POST /console/dead-letters/resolve`: replays or discards one dead letter of the operator's
@@ -222,7 +222,7 @@ pub async fn resolve(
             };
             (
                 StatusCode::NOT_FOUND,
-                frame("Not found", Some(&operator), body),
+                frame("Not found", Some(&operator.0), body),
             )
                 .into_response()
         }
@@ -248,7 +248,7 @@ pub async fn resolve(
             };
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                frame("Not done", Some(&operator), body),
+                frame("Not done", Some(&operator.0), body),
             )
                 .into_response()
         }

@@ -8,7 +8,7 @@ use eventstore::{DeadlineCounts, Lag};
 use maud::{Markup, html};
 use serde::Serialize;
 
-use super::{age, card, frame, moment};
+use crate::console::layout::{age, card, frame, moment};
 use crate::console::session::Operator;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -165,7 +165,7 @@ pub async fn page(State(app): State<AppState>, operator: Operator) -> Result<Mar
         p.muted { "Numbers follow live; the tables are as of " (moment(now)) " UTC." }
         script src="/console/assets/live.js" defer {}
     };
-    Ok(frame("Overview", Some(&operator), body))
+    Ok(frame("Overview", Some(&operator.0), body))
 }
 
 #[cfg(test)]

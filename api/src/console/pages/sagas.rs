@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use maud::{Markup, html};
 use uuid::Uuid;
 
-use super::{age, card, frame, moment};
+use crate::console::layout::{age, card, frame, moment};
 use crate::console::session::Operator;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -175,5 +175,5 @@ pub async fn page(State(app): State<AppState>, operator: Operator) -> Result<Mar
             }
         }
     };
-    Ok(frame("Sagas", Some(&operator), body))
+    Ok(frame("Sagas", Some(&operator.0), body))
 }

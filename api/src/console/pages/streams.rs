@@ -12,8 +12,8 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{frame, moment};
 use crate::auth::{RecordsRead, Scope};
+use crate::console::layout::{frame, moment};
 use crate::console::session::Operator;
 use crate::error::ApiError;
 use crate::extract::PathId;
@@ -48,7 +48,7 @@ pub async fn find(operator: Operator, Params(find): Params<Find>) -> Response {
             " " button type="submit" { "Show its events" }
         }
     };
-    frame("Streams", Some(&operator), body).into_response()
+    frame("Streams", Some(&operator.0), body).into_response()
 }
 
 /// `GET /console/streams/{id}`.
@@ -67,7 +67,7 @@ pub async fn page(
         };
         return Ok((
             StatusCode::NOT_FOUND,
-            frame("Not found", Some(&operator), body),
+            frame("Not found", Some(&operator.0), body),
         )
             .into_response());
     };
@@ -117,7 +117,7 @@ pub async fn page(
             }
         }
     };
-    Ok(frame("Stream", Some(&operator), body).into_response())
+    Ok(frame("Stream", Some(&operator.0), body).into_response())
 }
 
 /// An event's payload, pretty-printed; a clinical record's content only for an operator whose
