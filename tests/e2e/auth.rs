@@ -7,25 +7,15 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hap_tests::system::{Parts, System};
+use hap_tests::tokens::{AUDIENCE, ISSUER, SECRET, settings, token};
 use hap_tests::{TestApp, TestDb, id_of, patient};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
-const ISSUER: &str = "https://id.clinic.example";
-const AUDIENCE: &str = "hap";
 const ALL: &str = "patients:read patients:write physicians:read physicians:write \
                    consultations:read consultations:write records:read records:write";
-
-fn settings() -> api::config::Settings {
-    let mut settings = api::config::Settings::defaults();
-    settings.auth_secret = Some(SECRET.parse().unwrap());
-    settings.auth_issuer = Some(ISSUER.into());
-    settings.auth_audience = Some(AUDIENCE.into());
-    settings
-}
 
 /// A token signed with `secret`, carrying `claims`.
 fn signed(secret: &str, claims: Value) -> String {
@@ -41,17 +31,6 @@ fn claims(tenant: &str, scope: &str) -> Value {
     json!({"sub": format!("user@{tenant}"), "tenant": tenant, "scope": scope,
            "iss": ISSUER, "aud": AUDIENCE,
            "exp": jsonwebtoken::get_current_timestamp() + 600})
-}
-
-/// A valid token for `tenant` with `scope`, as `hap token` makes it.
-fn token(tenant: &str, scope: &str) -> String {
-    let request = api::auth::TokenRequest {
-        tenant: tenant.into(),
-        subject: format!("user@{tenant}"),
-        scope: scope.into(),
-        ttl: Duration::from_secs(600),
-    };
-    api::auth::mint(&settings(), &request).unwrap()
 }
 
 async fn send(

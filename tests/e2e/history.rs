@@ -5,28 +5,11 @@
 use std::time::Duration;
 
 use hap_tests::system::{Parts, System};
+use hap_tests::tokens::{settings, token};
 use hap_tests::{TestApp, TestDb, id_of, patient};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
-
-fn settings() -> api::config::Settings {
-    let mut settings = api::config::Settings::defaults();
-    settings.auth_secret = Some(SECRET.parse().unwrap());
-    settings
-}
-
-fn token(tenant: &str, scope: &str) -> String {
-    let request = api::auth::TokenRequest {
-        tenant: tenant.into(),
-        subject: format!("user@{tenant}"),
-        scope: scope.into(),
-        ttl: Duration::from_secs(600),
-    };
-    api::auth::mint(&settings(), &request).unwrap()
-}
 
 async fn get(app: &TestApp, path: &str, token: &str) -> (StatusCode, Value) {
     let response = app

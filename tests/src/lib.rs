@@ -7,6 +7,7 @@ pub mod broker;
 pub mod cluster;
 pub mod process;
 pub mod system;
+pub mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
