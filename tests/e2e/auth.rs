@@ -7,23 +7,15 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hap_tests::system::{Parts, System};
-use hap_tests::{TEST_SECRET, TestApp, TestDb, id_of, patient, secured_settings, token_for};
+use hap_tests::tokens::{AUDIENCE, ISSUER, SECRET, settings, token};
+use hap_tests::{TestApp, TestDb, id_of, patient};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-const ISSUER: &str = "https://id.clinic.example";
-const AUDIENCE: &str = "hap";
 const ALL: &str = "patients:read patients:write physicians:read physicians:write \
                    consultations:read consultations:write records:read records:write";
-
-fn settings() -> api::config::Settings {
-    let mut settings = secured_settings();
-    settings.auth_issuer = Some(ISSUER.into());
-    settings.auth_audience = Some(AUDIENCE.into());
-    settings
-}
 
 /// A token signed with `secret`, carrying `claims`.
 fn signed(secret: &str, claims: Value) -> String {
@@ -39,11 +31,6 @@ fn claims(tenant: &str, scope: &str) -> Value {
     json!({"sub": format!("user@{tenant}"), "tenant": tenant, "scope": scope,
            "iss": ISSUER, "aud": AUDIENCE,
            "exp": jsonwebtoken::get_current_timestamp() + 600})
-}
-
-/// A valid token for `tenant` with `scope`, as `hap token` makes it.
-fn token(tenant: &str, scope: &str) -> String {
-    token_for(&settings(), tenant, scope)
 }
 
 async fn send(
@@ -67,7 +54,7 @@ async fn every_way_a_token_can_be_wrong_is_a_401_with_a_bearer_challenge() {
     let expired = {
         let mut c = claims("a", ALL);
         c["exp"] = json!(jsonwebtoken::get_current_timestamp() - 600);
-        signed(TEST_SECRET, c)
+        signed(SECRET, c)
     };
     let unsigned = {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
@@ -77,17 +64,17 @@ async fn every_way_a_token_can_be_wrong_is_a_401_with_a_bearer_challenge() {
     let wrong_issuer = {
         let mut c = claims("a", ALL);
         c["iss"] = json!("https://elsewhere.example");
-        signed(TEST_SECRET, c)
+        signed(SECRET, c)
     };
     let wrong_audience = {
         let mut c = claims("a", ALL);
         c["aud"] = json!("another-service");
-        signed(TEST_SECRET, c)
+        signed(SECRET, c)
     };
     let no_tenant = {
         let mut c = claims("a", ALL);
         c.as_object_mut().unwrap().remove("tenant");
-        signed(TEST_SECRET, c)
+        signed(SECRET, c)
     };
     let cases = [
         ("no token", None),
@@ -580,7 +567,7 @@ async fn hap_token_mints_what_hap_serve_accepts_and_debug_logs_hold_no_personal_
     let db = TestDb::new().await;
     let prefix = hap_tests::broker::unique_prefix();
     let env = [
-        ("HAP_AUTH_SECRET", TEST_SECRET),
+        ("HAP_AUTH_SECRET", SECRET),
         ("HAP_SCHEDULING_TIMEOUT_MS", "600000"),
     ];
     let mut served = serve(&db, &prefix, &env, "debug").await;
@@ -588,7 +575,7 @@ async fn hap_token_mints_what_hap_serve_accepts_and_debug_logs_hold_no_personal_
         .args([
             "token", "--tenant", "clinic-a", "--sub", "dr-who", "--scope", ALL, "--ttl", "10m",
         ])
-        .env("HAP_AUTH_SECRET", TEST_SECRET)
+        .env("HAP_AUTH_SECRET", SECRET)
         .output()
         .await
         .unwrap();

@@ -9,21 +9,14 @@ use eventstore::EventStore;
 use eventstore::processes::{ProcessInfo, keep_recorded};
 use hap_tests::broker::{publish_to_queue, wait_for_queue};
 use hap_tests::system::{Parts, System};
-use hap_tests::{TestApp, TestDb, eventually, id_of, patient, secured_settings, token_for};
+use hap_tests::tokens::{settings, token};
+use hap_tests::{TestApp, TestDb, eventually, id_of, patient};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use messaging::QueueNames;
 use reqwest::{Method, StatusCode, header};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-
-fn settings() -> api::config::Settings {
-    secured_settings()
-}
-
-fn token(tenant: &str, scope: &str) -> String {
-    token_for(&settings(), tenant, scope)
-}
 
 /// A client that shows redirects instead of following them: the sign-in answers one.
 fn client() -> reqwest::Client {

@@ -5,18 +5,11 @@
 use std::time::Duration;
 
 use hap_tests::system::{Parts, System};
-use hap_tests::{TestApp, TestDb, id_of, patient, secured_settings, token_for};
+use hap_tests::tokens::{settings, token};
+use hap_tests::{TestApp, TestDb, id_of, patient};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-fn settings() -> api::config::Settings {
-    secured_settings()
-}
-
-fn token(tenant: &str, scope: &str) -> String {
-    token_for(&settings(), tenant, scope)
-}
 
 async fn get(app: &TestApp, path: &str, token: &str) -> (StatusCode, Value) {
     let response = app

@@ -7,6 +7,7 @@ pub mod broker;
 pub mod cluster;
 pub mod process;
 pub mod system;
+pub mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -426,28 +427,6 @@ pub async fn caught_up(db: &TestDb, read: &projections::ReadModel) -> bool {
     expected
         .iter()
         .all(|(key, version)| applied.get(key) == Some(version))
-}
-
-/// The secret of the tests' HS256 tokens.
-pub const TEST_SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
-
-/// Settings that verify tokens signed with [`TEST_SECRET`].
-pub fn secured_settings() -> api::config::Settings {
-    let mut settings = api::config::Settings::defaults();
-    settings.auth_secret = Some(TEST_SECRET.parse().expect("a valid secret"));
-    settings
-}
-
-/// A token that `settings` verify, as `hap token` makes it: subject `user@{tenant}` of
-/// `tenant` with `scope`, for ten minutes.
-pub fn token_for(settings: &api::config::Settings, tenant: &str, scope: &str) -> String {
-    let request = api::auth::TokenRequest {
-        tenant: tenant.into(),
-        subject: format!("user@{tenant}"),
-        scope: scope.into(),
-        ttl: std::time::Duration::from_secs(600),
-    };
-    api::auth::mint(settings, &request).expect("the settings have a secret")
 }
 
 /// Settings with authentication switched off, as `--insecure-no-auth` does.
