@@ -3,7 +3,12 @@
 //! operator sees and a platform operator sees, cross-site writes refused, and the pages
 //! answering what is wrong: the processes, a stuck consultation, the live numbers.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use chromiumoxide::browser::{Browser, BrowserConfig};
+use chromiumoxide::page::ScreenshotParams;
+use futures::StreamExt;
 
 use eventstore::EventStore;
 use eventstore::processes::{ProcessInfo, keep_recorded};
@@ -34,6 +39,30 @@ async fn page(app: &TestApp, path: &str, token: Option<&str>) -> (StatusCode, St
     }
     let response = request.send().await.unwrap();
     (response.status(), response.text().await.unwrap())
+}
+
+/// Records a process of a fresh instance name, as `hap serve` does, until the token is
+/// cancelled; returns once the store lists it.
+async fn record_a_process(db: &TestDb, app: &TestApp) -> (String, CancellationToken) {
+    let instance = format!("console-{}", uuid::Uuid::now_v7().simple());
+    let info = ProcessInfo {
+        instance: instance.clone(),
+        roles: vec!["query".into()],
+        version: "0.1.0".into(),
+        host: "test-host".into(),
+        pid: 4242,
+        http_addr: app.base.clone(),
+    };
+    let shutdown = CancellationToken::new();
+    let store = EventStore::new(db.pool.clone());
+    tokio::spawn(keep_recorded(store.clone(), info, shutdown.clone()));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !store.processes().await.unwrap().is_empty()
+        })
+        .await
+    );
+    (instance, shutdown)
 }
 
 /// `POST /console/session` with the sign-in form's body and `headers`.
@@ -87,24 +116,7 @@ async fn without_a_token_the_console_asks_to_sign_in_and_without_ops_read_it_ref
 async fn a_signed_in_operator_sees_the_running_processes_on_the_overview() {
     let db = TestDb::new().await;
     let app = TestApp::start_with(&db, settings()).await;
-    let instance = format!("console-{}", uuid::Uuid::now_v7().simple());
-    let info = ProcessInfo {
-        instance: instance.clone(),
-        roles: vec!["query".into()],
-        version: "0.1.0".into(),
-        host: "test-host".into(),
-        pid: 4242,
-        http_addr: app.base.clone(),
-    };
-    let shutdown = CancellationToken::new();
-    let store = EventStore::new(db.pool.clone());
-    tokio::spawn(keep_recorded(store.clone(), info, shutdown.clone()));
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            !store.processes().await.unwrap().is_empty()
-        })
-        .await
-    );
+    let (instance, shutdown) = record_a_process(&db, &app).await;
 
     let operator = token("north", "ops:read");
     let signed_in = sign_in(&app, &operator, &[("origin", app.base.as_str())]).await;
@@ -397,4 +409,87 @@ async fn a_dead_letter_shows_under_its_failure_and_is_replayed_or_discarded_afte
     let (_, after) = page(app, "/console/dead-letters", Some(&reader)).await;
     assert!(!after.contains(&event), "{after}");
     system.stop().await;
+}
+
+/// Debian's Chromium, which the browser test drives headless.
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Where the browser test leaves its screenshots: `target/console/`.
+fn screenshots() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes() {
+    if !Path::new(CHROMIUM).exists() {
+        eprintln!("skipped: {CHROMIUM} is not installed (scripts/services.sh installs it)");
+        return;
+    }
+    let db = TestDb::new().await;
+    let app = TestApp::start_with(&db, settings()).await;
+    let (instance, shutdown) = record_a_process(&db, &app).await;
+    let profile = std::env::temp_dir().join(format!("hap-chromium-{}", uuid::Uuid::now_v7()));
+    let config = BrowserConfig::builder()
+        .chrome_executable(CHROMIUM)
+        .no_sandbox()
+        .user_data_dir(&profile)
+        .window_size(1280, 900)
+        .build()
+        .unwrap();
+    let (mut browser, mut handler) = Browser::launch(config).await.unwrap();
+    let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    std::fs::create_dir_all(screenshots()).unwrap();
+    let shot = || ScreenshotParams::builder().full_page(true).build();
+
+    let page = browser
+        .new_page(format!("{}/console", app.base))
+        .await
+        .unwrap();
+    let html = page.content().await.unwrap();
+    assert!(html.contains("Sign in to the HAP console"), "{html}");
+    page.save_screenshot(shot(), screenshots().join("sign-in.png"))
+        .await
+        .unwrap();
+
+    // The browser posts the form itself: its own Origin and Sec-Fetch-Site pass the check,
+    // and it keeps the cookie the answer sets.
+    let operator = token("north", "ops:read");
+    page.find_element("textarea")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    page.evaluate(format!(
+        "document.querySelector('textarea').value = '{operator}'"
+    ))
+    .await
+    .unwrap();
+    page.find_element("form[action='/console/session'] button")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let signed_in = eventually(Duration::from_secs(10), || async {
+        // While the page navigates, its document is briefly not there to read.
+        (page.content().await).is_ok_and(|html| html.contains(&instance))
+    })
+    .await;
+    assert!(signed_in, "{}", page.content().await.unwrap());
+    page.save_screenshot(shot(), screenshots().join("overview.png"))
+        .await
+        .unwrap();
+    let cookies = page.evaluate("document.cookie").await.unwrap();
+    assert_eq!(
+        cookies.value().and_then(|v| v.as_str()),
+        Some(""),
+        "the session cookie is HttpOnly"
+    );
+
+    browser.close().await.unwrap();
+    browser.wait().await.unwrap();
+    events.await.unwrap();
+    shutdown.cancel();
+    std::fs::remove_dir_all(&profile).ok();
 }
