@@ -288,6 +288,30 @@ async fn the_live_endpoint_sends_the_overviews_numbers() {
     }
 }
 
+/// Puts a message of `tenant` that no projector can apply into the dead-letter queue of
+/// `names`, as a consumer would have; returns its event id.
+async fn poison(names: &QueueNames, tenant: &str) -> String {
+    let event = uuid::Uuid::now_v7().to_string();
+    let body = json!({
+        "eventId": event, "eventType": "Nonsense", "occurredAt": "2026-01-02T03:04:05.000000Z",
+        "sourceService": "patient-service", "aggregateType": "patient",
+        "aggregateId": uuid::Uuid::now_v7(), "version": 1, "position": "42",
+        "tenantId": tenant, "correlationId": "corr-1", "causationId": null, "actorId": null,
+        "schemaVersion": 1, "payload": {}
+    });
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-error".into(),
+        AMQPValue::LongString("unknown event type Nonsense at position 42".into()),
+    );
+    let properties = BasicProperties::default()
+        .with_message_id(event.as_str().into())
+        .with_type("Nonsense".into())
+        .with_headers(headers);
+    publish_to_queue(&names.dead_letters, body.to_string().as_bytes(), properties).await;
+    event
+}
+
 /// `POST /console/dead-letters/resolve` as `token`, from the console's own page unless
 /// `origin` says otherwise.
 async fn resolve(
@@ -323,24 +347,7 @@ async fn a_dead_letter_shows_under_its_failure_and_is_replayed_or_discarded_afte
     let app = &system.app;
     let names = QueueNames::new(&system.prefix, "scheduling-service", "test");
     wait_for_queue(&names.dead_letters).await;
-    let event = uuid::Uuid::now_v7().to_string();
-    let body = json!({
-        "eventId": event, "eventType": "Nonsense", "occurredAt": "2026-01-02T03:04:05.000000Z",
-        "sourceService": "patient-service", "aggregateType": "patient",
-        "aggregateId": uuid::Uuid::now_v7(), "version": 1, "position": "42",
-        "tenantId": "north", "correlationId": "corr-1", "causationId": null, "actorId": null,
-        "schemaVersion": 1, "payload": {}
-    });
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "x-error".into(),
-        AMQPValue::LongString("unknown event type Nonsense at position 42".into()),
-    );
-    let properties = BasicProperties::default()
-        .with_message_id(event.as_str().into())
-        .with_type("Nonsense".into())
-        .with_headers(headers);
-    publish_to_queue(&names.dead_letters, body.to_string().as_bytes(), properties).await;
+    let event = poison(&names, "north").await;
 
     let reader = token("north", "ops:read");
     let (status, page_text) = page(app, "/console/dead-letters", Some(&reader)).await;
@@ -414,42 +421,85 @@ async fn a_dead_letter_shows_under_its_failure_and_is_replayed_or_discarded_afte
 /// Debian's Chromium, which the browser test drives headless.
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// Where the browser test leaves its screenshots: `target/console/`.
-fn screenshots() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console")
+/// A headless Chromium with a profile of its own, and the task that reads its events.
+struct Chromium {
+    browser: Browser,
+    events: tokio::task::JoinHandle<()>,
+    profile: PathBuf,
+}
+
+impl Chromium {
+    /// Whether [`CHROMIUM`] is there; a browser test is skipped (and says so) without it.
+    fn installed() -> bool {
+        let installed = Path::new(CHROMIUM).exists();
+        if !installed {
+            eprintln!("skipped: {CHROMIUM} is not installed (scripts/services.sh installs it)");
+        }
+        installed
+    }
+
+    async fn launch() -> Self {
+        let profile = std::env::temp_dir().join(format!("hap-chromium-{}", uuid::Uuid::now_v7()));
+        let config = BrowserConfig::builder()
+            .chrome_executable(CHROMIUM)
+            .no_sandbox()
+            .user_data_dir(&profile)
+            .window_size(1280, 900)
+            .build()
+            .unwrap();
+        let (browser, mut handler) = Browser::launch(config).await.unwrap();
+        let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+        Self {
+            browser,
+            events,
+            profile,
+        }
+    }
+
+    async fn open(&self, url: &str) -> chromiumoxide::Page {
+        self.browser.new_page(url).await.unwrap()
+    }
+
+    async fn close(mut self) {
+        self.browser.close().await.unwrap();
+        self.browser.wait().await.unwrap();
+        self.events.await.unwrap();
+        std::fs::remove_dir_all(&self.profile).ok();
+    }
+}
+
+/// Saves the whole of `page` as `target/console/{name}.png`.
+async fn screenshot(page: &chromiumoxide::Page, name: &str) {
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console");
+    std::fs::create_dir_all(&folder).unwrap();
+    let params = ScreenshotParams::builder().full_page(true).build();
+    page.save_screenshot(params, folder.join(format!("{name}.png")))
+        .await
+        .unwrap();
+}
+
+/// Waits until `page` (which may be navigating) shows `text`.
+async fn shows(page: &chromiumoxide::Page, text: &str) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        // While the page navigates, its document is briefly not there to read.
+        (page.content().await).is_ok_and(|html| html.contains(text))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes() {
-    if !Path::new(CHROMIUM).exists() {
-        eprintln!("skipped: {CHROMIUM} is not installed (scripts/services.sh installs it)");
+    if !Chromium::installed() {
         return;
     }
     let db = TestDb::new().await;
     let app = TestApp::start_with(&db, settings()).await;
     let (instance, shutdown) = record_a_process(&db, &app).await;
-    let profile = std::env::temp_dir().join(format!("hap-chromium-{}", uuid::Uuid::now_v7()));
-    let config = BrowserConfig::builder()
-        .chrome_executable(CHROMIUM)
-        .no_sandbox()
-        .user_data_dir(&profile)
-        .window_size(1280, 900)
-        .build()
-        .unwrap();
-    let (mut browser, mut handler) = Browser::launch(config).await.unwrap();
-    let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
-    std::fs::create_dir_all(screenshots()).unwrap();
-    let shot = || ScreenshotParams::builder().full_page(true).build();
-
-    let page = browser
-        .new_page(format!("{}/console", app.base))
-        .await
-        .unwrap();
+    let chromium = Chromium::launch().await;
+    let page = chromium.open(&format!("{}/console", app.base)).await;
     let html = page.content().await.unwrap();
     assert!(html.contains("Sign in to the HAP console"), "{html}");
-    page.save_screenshot(shot(), screenshots().join("sign-in.png"))
-        .await
-        .unwrap();
+    screenshot(&page, "sign-in").await;
 
     // The browser posts the form itself: its own Origin and Sec-Fetch-Site pass the check,
     // and it keeps the cookie the answer sets.
@@ -471,15 +521,12 @@ async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes(
         .click()
         .await
         .unwrap();
-    let signed_in = eventually(Duration::from_secs(10), || async {
-        // While the page navigates, its document is briefly not there to read.
-        (page.content().await).is_ok_and(|html| html.contains(&instance))
-    })
-    .await;
-    assert!(signed_in, "{}", page.content().await.unwrap());
-    page.save_screenshot(shot(), screenshots().join("overview.png"))
-        .await
-        .unwrap();
+    assert!(
+        shows(&page, &instance).await,
+        "{}",
+        page.content().await.unwrap()
+    );
+    screenshot(&page, "overview").await;
     let cookies = page.evaluate("document.cookie").await.unwrap();
     assert_eq!(
         cookies.value().and_then(|v| v.as_str()),
@@ -487,9 +534,69 @@ async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes(
         "the session cookie is HttpOnly"
     );
 
-    browser.close().await.unwrap();
-    browser.wait().await.unwrap();
-    events.await.unwrap();
+    chromium.close().await;
     shutdown.cancel();
-    std::fs::remove_dir_all(&profile).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_a_stuck_consultation_and_a_dead_letter_show_and_the_letter_is_replayed() {
+    if !Chromium::installed() {
+        return;
+    }
+    let db = TestDb::new().await;
+    // Authentication off: the console is open, and the pages are what is tested here.
+    let mut settings = hap_tests::insecure_settings();
+    settings.instance = "test".into();
+    let parts = Parts {
+        sagas: false,
+        timer: false,
+    };
+    let system = System::start_with(&db, Duration::from_millis(500), parts, settings).await;
+    let (patient, physician) = system.app.register_patient_and_physician().await;
+    let id = system.app.request_consultation(patient, physician).await;
+    system.consultation(id).await;
+    let names = QueueNames::new(&system.prefix, "scheduling-service", "test");
+    wait_for_queue(&names.dead_letters).await;
+    let event = poison(&names, api::auth::INSECURE_TENANT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let chromium = Chromium::launch().await;
+    let sagas = chromium
+        .open(&format!("{}/console/sagas", system.app.base))
+        .await;
+    assert!(shows(&sagas, "stuck: past its deadline").await);
+    assert!(sagas.content().await.unwrap().contains(&id.to_string()));
+    screenshot(&sagas, "sagas").await;
+
+    let letters = chromium
+        .open(&format!("{}/console/dead-letters", system.app.base))
+        .await;
+    assert!(shows(&letters, &event).await);
+    screenshot(&letters, "dead-letters").await;
+    letters
+        .find_element("a[href*='action=replay']")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(shows(&letters, "Yes, replay").await);
+    letters
+        .find_element("form[action='/console/dead-letters/resolve'] button")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // Back on the list, where the replayed message, poisonous still, is dead-lettered again.
+    assert!(shows(&letters, "Dead letters").await);
+    let replays = eventually(Duration::from_secs(10), || async {
+        let metrics = system.app.get_text("/metrics").await;
+        metrics.contains("hap_console_dead_letter_actions_total{action=\"replay\"} 1")
+    })
+    .await;
+    assert!(replays, "the replay is counted");
+
+    chromium.close().await;
+    system.stop().await;
 }
