@@ -450,4 +450,17 @@ if [[ "$MQ_LOCAL" == 1 ]] && rabbit_cli_usable; then
 	fi
 fi
 
+# The console's browser test drives Debian's Chromium headless, and skips itself
+# without it: installing it is worth a try, never a reason to stop.
+if [[ ! -x /usr/bin/chromium ]]; then
+	if is_root && have apt-get; then
+		log "installing chromium with apt-get, for the console's browser test"
+		{ run_logged apt-get update &&
+			run_logged env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; } ||
+			log "installing chromium failed; the console's browser test will be skipped"
+	else
+		log "chromium is missing (sudo apt-get install chromium); the console's browser test will be skipped"
+	fi
+fi
+
 log "PostgreSQL ($PG_HOST:$PG_PORT) and RabbitMQ ($MQ_HOST:$MQ_PORT) are up"

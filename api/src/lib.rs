@@ -12,6 +12,8 @@
 //! - [`commands`]: the command routes, which run through the `commands` crate's pipeline.
 //! - [`observers`]: what this process does after each append (feeding its own projectors).
 //! - [`queries`]: the query routes over the read model, read-your-writes and their caches.
+//! - [`console`]: `/console`, the operators' web console (server-rendered HTML, live numbers
+//!   over Server-Sent Events), served with the query routes.
 //! - [`extract`]: request extractors (body, headers, path ids) that map malformed input to
 //!   400/413/415/422.
 //! - [`error`]: [`error::ApiError`] and its problem+json form.
@@ -22,6 +24,7 @@ pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod demo;
 pub mod error;
@@ -78,9 +81,12 @@ pub fn without_delay(
 }
 
 /// The whole HTTP API with its middleware. Command routes are served when `commands` is set,
-/// query routes when `queries` is.
+/// query routes and the console when `queries` is.
 pub fn router(app: AppState, commands: bool, queries: bool) -> Router {
-    let (routes, openapi) = split(api_routes(commands, queries));
+    let (mut routes, openapi) = split(api_routes(commands, queries));
+    if queries {
+        routes = routes.merge(console::router());
+    }
     let openapi = Arc::new(openapi);
     let correlation = HeaderName::from_static(CORRELATION_ID);
     routes

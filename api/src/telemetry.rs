@@ -55,7 +55,13 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
     else {
         return next.run(request).await;
     };
-    if route.starts_with("/health") || route == "/metrics" || route == "/openapi.json" {
+    // The console's pages are neither commands nor queries: counted, their sign-ins and live
+    // streams would blur the clients' rates and latencies.
+    if route.starts_with("/health")
+        || route.starts_with("/console")
+        || route == "/metrics"
+        || route == "/openapi.json"
+    {
         return next.run(request).await;
     }
     let method = request.method().clone();

@@ -91,6 +91,23 @@ impl DeadlineState {
     }
 }
 
+/// How many deadlines are in each state an operator watches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeadlineCounts {
+    pub running: i64,
+    pub paused: i64,
+    /// Running past their due time: no timer has fired them yet.
+    pub overdue: i64,
+}
+
+/// One saga's deadline, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeadlineRow {
+    pub id: Uuid,
+    pub due_at: DateTime<Utc>,
+    pub state: String,
+}
+
 /// A deadline that has fallen due, as a timer needs it to fire.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Due {
@@ -161,6 +178,35 @@ impl EventStore {
         .bind(grace.as_secs_f64())
         .fetch_one(&self.pool)
         .await
+    }
+
+    /// How many deadlines run, are paused or are overdue (running past due), of tenant
+    /// `tenant_id` or (`None`) of every tenant.
+    pub async fn deadline_counts(
+        &self,
+        tenant_id: Option<&str>,
+    ) -> Result<DeadlineCounts, sqlx::Error> {
+        sqlx::query_as(concat!(
+            "select count(*) filter (where state = '",
+            running!(),
+            "') as running,
+                    count(*) filter (where state = 'paused') as paused,
+                    count(*) filter (where state = '",
+            running!(),
+            "' and due_at < now()) as overdue
+               from deadlines where $1::text is null or tenant_id = $1"
+        ))
+        .bind(tenant_id)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// The deadlines of the sagas `ids` (those that have one), as operators see them.
+    pub async fn deadlines_of(&self, ids: &[Uuid]) -> Result<Vec<DeadlineRow>, sqlx::Error> {
+        sqlx::query_as("select id, due_at, state from deadlines where id = any($1)")
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
     }
 
     /// The state of a deadline (`running`, `paused`, `fired`), for tests and operators.

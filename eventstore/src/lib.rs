@@ -11,7 +11,8 @@
 //! - [`append`]: one append, all-or-nothing, with its uniqueness claims and idempotency key;
 //!   `group_commit` lets concurrent appends share a transaction.
 //! - [`read`]: reading one stream and the gap-safe read of all streams (for the publisher, on
-//!   a connection of its own: `TailReader`); [`scan`]: the same read of the whole store in
+//!   a connection of its own: `TailReader`), and the operators' reads (any stream by id, a
+//!   request's events across streams); [`scan`]: the same read of the whole store in
 //!   bulk, for rebuilds.
 //! - [`store`]: the [`Store`] trait, what commands need of a store; [`memory`]: a store in
 //!   memory with the same rules, for unit tests.
@@ -20,7 +21,7 @@
 //! - [`unavailable`]: which database errors mean PostgreSQL is unavailable for now
 //!   ([`is_unavailable`]), the one classification every layer uses.
 //! - [`deadlines`]: durable saga deadlines' rows and their states ([`DeadlineState`]),
-//!   started and ended with appends.
+//!   started and ended with appends, and their counts for operators.
 //! - [`publishing`]: the publisher's durable checkpoint and its lag; the publisher leads one at
 //!   a time ([`leader`]) and is woken soon after commits ([`wakeup`]).
 //! - [`readiness`]: which parts of a process run, for its readiness check.
@@ -44,7 +45,9 @@ pub mod unavailable;
 pub mod wakeup;
 
 pub use append::{Append, AppendError, Appended, Claim, Metadata, NewEvent, Remember};
-pub use deadlines::{DeadlineEnd, DeadlineStart, DeadlineState, Due, Ending};
+pub use deadlines::{
+    DeadlineCounts, DeadlineEnd, DeadlineRow, DeadlineStart, DeadlineState, Due, Ending,
+};
 pub use idempotency::StoredOutcome;
 pub use memory::MemoryStore;
 pub use position::{GlobalCheckpoint, Position, StreamVersion};

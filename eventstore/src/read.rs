@@ -153,6 +153,63 @@ impl EventStore {
         .await
     }
 
+    /// Up to `limit` events of stream `stream_id` in version order, whatever its kind; of
+    /// tenant `tenant_id` only, unless that is `None` (a platform operator's view).
+    #[tracing::instrument(skip(self), err)]
+    pub async fn read_stream_of(
+        &self,
+        tenant_id: Option<&str>,
+        stream_id: Uuid,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        sqlx::query_as(concat!(
+            "select ",
+            recorded_event_columns!(),
+            " from events where stream_id = $1 and ($2::text is null or tenant_id = $2)
+              order by version limit $3"
+        ))
+        .bind(stream_id)
+        .bind(tenant_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// The type of the last event of each of the streams `ids` (those that have events).
+    #[tracing::instrument(skip(self), err)]
+    pub async fn last_event_types(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+        sqlx::query_as(
+            "select distinct on (stream_id) stream_id, event_type from events
+              where stream_id = any($1) order by stream_id, version desc",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Up to `limit` events of every stream that carry `correlation_id`, in the order they
+    /// were stored: the causal trail of one request across streams. Tenant-scoped as
+    /// [`Self::read_stream_of`].
+    #[tracing::instrument(skip(self), err)]
+    pub async fn read_correlated(
+        &self,
+        tenant_id: Option<&str>,
+        correlation_id: &str,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        sqlx::query_as(concat!(
+            "select ",
+            recorded_event_columns!(),
+            " from events where correlation_id = $1 and ($2::text is null or tenant_id = $2)
+              order by position limit $3"
+        ))
+        .bind(correlation_id)
+        .bind(tenant_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// Up to `limit` committed events after `after`, in (transaction id, position) order. (The
     /// `order by` names the table's columns: the output column `transaction_id` is a cast,
     /// and sorting by it would sort every remaining row instead of walking the index.)

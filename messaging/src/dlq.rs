@@ -3,12 +3,14 @@
 //! not acted on is returned to the dead-letter queue untouched.
 
 use lapin::options::{
-    BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 
 use crate::broker::{self, AmqpUrls};
 use crate::headers;
+use crate::message::EventMessage;
 use crate::queues::move_delivery;
 
 /// The dead-letter queue of `queue`: `queue` itself if it ends in `.dlq`, else `queue.dlq`.
@@ -29,6 +31,9 @@ pub struct DeadLetter {
     pub original_queue: Option<String>,
     pub retries: Option<i64>,
     pub size: usize,
+    /// The tenant whose event it carries, when the body is a HAP event message: what an
+    /// operator of one clinic may see of it.
+    pub tenant_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,13 +61,19 @@ fn number(headers: &FieldTable, name: &str) -> Option<i64> {
 }
 
 /// What to do with each message taken from a dead-letter queue.
-enum Action {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Leave it in the dead-letter queue.
     Keep,
+    /// Send it back to its queue, without its error and retry count.
     Replay,
+    /// Drop it for good.
+    Discard,
 }
 
 /// Takes every message of `dlq` once, decides with `choose`, and returns the kept ones to the
-/// queue when the channel closes. Returns the dead letters seen and how many were replayed.
+/// queue when the channel closes. Returns the dead letters seen and how many were replayed or
+/// discarded.
 async fn visit(
     amqp_url: &AmqpUrls,
     dlq: &str,
@@ -88,7 +99,7 @@ async fn visit(
         .await?
         .message_count();
     let mut seen = Vec::new();
-    let mut replayed = 0;
+    let mut resolved = 0;
     let mut kept = Vec::new();
     while seen.len() < waiting as usize {
         let Some(message) = channel
@@ -110,6 +121,9 @@ async fn visit(
             original_queue: text(&fields, headers::ORIGINAL_QUEUE),
             retries: number(&fields, headers::RETRY_COUNT),
             size: delivery.data.len(),
+            tenant_id: EventMessage::read(&delivery.data)
+                .ok()
+                .map(|message| message.tenant_id.into_owned()),
         };
         match choose(&letter) {
             Action::Keep => kept.push(delivery.delivery_tag),
@@ -136,7 +150,11 @@ async fn visit(
                 if !move_delivery(&publish, &delivery, &target, properties).await? {
                     return Err(DlqError::NotStored(target));
                 }
-                replayed += 1;
+                resolved += 1;
+            }
+            Action::Discard => {
+                delivery.ack(BasicAckOptions::default()).await?;
+                resolved += 1;
             }
         }
         seen.push(letter);
@@ -153,7 +171,7 @@ async fn visit(
             .await?;
     }
     connection.close(200, "done".into()).await.ok();
-    Ok((seen, replayed))
+    Ok((seen, resolved))
 }
 
 /// Every dead letter of `queue`, left in place.
@@ -171,13 +189,26 @@ pub async fn replay(
     queue: &str,
     event_id: Option<&str>,
 ) -> Result<usize, DlqError> {
-    let dlq = dead_letter_queue(queue);
-    visit(amqp_url, &dlq, |letter| match event_id {
-        Some(id) if letter.event_id.as_deref() != Some(id) => Action::Keep,
-        _ => Action::Replay,
+    resolve(amqp_url, queue, Action::Replay, |letter| {
+        event_id.is_none_or(|id| letter.event_id.as_deref() == Some(id))
     })
     .await
-    .map(|(_, replayed)| replayed)
+}
+
+/// Does `action` to each dead letter of `queue` that `pick` picks, and keeps the others.
+/// Returns how many were picked.
+pub async fn resolve(
+    amqp_url: &AmqpUrls,
+    queue: &str,
+    action: Action,
+    mut pick: impl FnMut(&DeadLetter) -> bool,
+) -> Result<usize, DlqError> {
+    let dlq = dead_letter_queue(queue);
+    visit(amqp_url, &dlq, |letter| {
+        if pick(letter) { action } else { Action::Keep }
+    })
+    .await
+    .map(|(_, resolved)| resolved)
 }
 
 /// Drops every dead letter of `queue`; returns how many there were.

@@ -18,9 +18,10 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 pub use token::{
-    AuthConfigError, Caller, ConsultationsRead, ConsultationsWrite, INSECURE_TENANT, PatientsRead,
-    PatientsWrite, PhysiciansRead, PhysiciansWrite, RecordsRead, RecordsWrite, SCOPES, Scope,
-    TokenRequest, Verifier, mint,
+    AuthConfigError, Caller, ConsultationsRead, ConsultationsWrite, INSECURE_TENANT, OpsPlatform,
+    OpsRead, OpsWrite, PLATFORM_TENANT, PatientsRead, PatientsWrite, PhysiciansRead,
+    PhysiciansWrite, RecordsRead, RecordsWrite, SCOPES, Scope, TokenRequest, Verified, Verifier,
+    bearer, mint,
 };
 
 use crate::error::ApiError;

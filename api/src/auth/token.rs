@@ -40,11 +40,18 @@ scopes! {
     ConsultationsWrite = "consultations:write",
     RecordsRead = "records:read",
     RecordsWrite = "records:write",
+    OpsRead = "ops:read",
+    OpsWrite = "ops:write",
+    OpsPlatform = "ops:platform",
 }
 
 /// The tenant and subject everything is done for when authentication is switched off.
 pub const INSECURE_TENANT: &str = "default";
 const INSECURE_SUBJECT: &str = "anonymous";
+
+/// The `tenant` claim of a platform operator's token: with [`OpsPlatform`] it sees every
+/// tenant in the console, and the clinical API honours none of its scopes.
+pub const PLATFORM_TENANT: &str = "*";
 
 /// Who is calling, as their token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,9 +64,25 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether the token grants `scope`. A token of the platform tenant grants only the
+    /// console's scopes: it belongs to no clinic, so no clinical route may act for it.
     pub fn may(&self, scope: &str) -> bool {
-        self.scopes.iter().any(|s| s == scope)
+        (self.tenant_id != PLATFORM_TENANT || scope.starts_with("ops:"))
+            && self.scopes.iter().any(|s| s == scope)
     }
+
+    /// Whether this is a platform operator, who sees every tenant in the console.
+    pub fn is_platform_operator(&self) -> bool {
+        self.tenant_id == PLATFORM_TENANT && self.may(OpsPlatform::NAME)
+    }
+}
+
+/// A verified token: the caller it proves, and until when.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub caller: Caller,
+    /// The token's `exp` (seconds since the epoch); `None` when authentication is off.
+    pub expires_at: Option<u64>,
 }
 
 /// The claims HAP reads from a token.
@@ -144,23 +167,28 @@ impl Verifier {
 
     /// The caller a request's `Authorization` header proves, or the 401 that says why not.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let token = if self.is_insecure() {
+            None
+        } else {
+            bearer(headers)?
+        };
+        Ok(self.verify(token)?.caller)
+    }
+
+    /// What `token` proves (`None`: the request carried none), or the 401 that says why not.
+    /// With authentication off, every request is the insecure caller, token or not.
+    pub fn verify(&self, token: Option<&str>) -> Result<Verified, ApiError> {
         let Some(keys) = &self.keys else {
-            return Ok(Caller {
-                tenant_id: INSECURE_TENANT.to_owned(),
-                subject: INSECURE_SUBJECT.to_owned(),
-                scopes: SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+            return Ok(Verified {
+                caller: Caller {
+                    tenant_id: INSECURE_TENANT.to_owned(),
+                    subject: INSECURE_SUBJECT.to_owned(),
+                    scopes: SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+                },
+                expires_at: None,
             });
         };
-        let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return Err(ApiError::Unauthorized(None));
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| invalid("the Authorization header is not `Bearer <token>`"))?;
+        let token = token.ok_or(ApiError::Unauthorized(None))?;
         // The header names the algorithm; only the configured keys' algorithms are accepted
         // (never `none`, which the library cannot even parse).
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
@@ -192,18 +220,37 @@ impl Verifier {
                 })
             })?
             .claims;
-        if !valid_tenant(&claims.tenant) {
+        if claims.tenant != PLATFORM_TENANT && !valid_tenant(&claims.tenant) {
             return Err(invalid("the token's tenant is not a tenant id"));
         }
         if claims.sub.is_empty() {
             return Err(invalid("the token's subject is empty"));
         }
-        Ok(Caller {
-            tenant_id: claims.tenant,
-            subject: claims.sub,
-            scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
+        Ok(Verified {
+            caller: Caller {
+                tenant_id: claims.tenant,
+                subject: claims.sub,
+                scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
+            },
+            expires_at: Some(claims.exp),
         })
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header; `None` without the header, a 401
+/// when it says something else.
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(Some)
+        .ok_or_else(|| invalid("the Authorization header is not `Bearer <token>`"))
 }
 
 fn invalid(why: &'static str) -> ApiError {
@@ -261,5 +308,23 @@ mod tests {
         assert!(!valid_tenant(""));
         assert!(!valid_tenant("a b"));
         assert!(!valid_tenant(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn a_platform_token_grants_the_consoles_scopes_only() {
+        let caller = |tenant: &str| Caller {
+            tenant_id: tenant.to_owned(),
+            subject: "ops".to_owned(),
+            scopes: ["ops:read", "ops:platform", "patients:read"]
+                .map(str::to_owned)
+                .into(),
+        };
+        let platform = caller(PLATFORM_TENANT);
+        assert!(platform.is_platform_operator());
+        assert!(platform.may(OpsRead::NAME));
+        assert!(!platform.may(PatientsRead::NAME));
+        let clinic = caller("north");
+        assert!(!clinic.is_platform_operator());
+        assert!(clinic.may(PatientsRead::NAME));
     }
 }

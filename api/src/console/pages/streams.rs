@@ -1,0 +1,135 @@
+//! `GET /console/streams/{id}`: one aggregate's events, whatever its kind, and for a
+//! consultation its causal trail: the events of every stream that carry the correlation id
+//! of its request (request → validations → scheduled), in the order they were stored.
+//! Another tenant's stream is not found, unless the operator is a platform operator.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use domain::AggregateKind;
+use eventstore::RecordedEvent;
+use maud::{Markup, html};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::auth::{RecordsRead, Scope};
+use crate::console::layout::{frame, moment};
+use crate::console::session::Operator;
+use crate::error::ApiError;
+use crate::extract::PathId;
+use crate::queries::Params;
+use crate::state::AppState;
+
+/// How many events of a stream, or of a trail, the page shows.
+const EVENTS_SHOWN: i64 = 500;
+
+#[derive(Deserialize)]
+pub struct Find {
+    id: Option<String>,
+}
+
+/// `GET /console/streams`: a form asking for an aggregate's id, which leads to its page.
+pub async fn find(operator: Operator, Params(find): Params<Find>) -> Response {
+    let wanted = find
+        .id
+        .as_deref()
+        .map(str::trim)
+        .filter(|id| !id.is_empty());
+    let problem = match wanted.map(Uuid::parse_str) {
+        Some(Ok(id)) => return Redirect::to(&format!("/console/streams/{id}")).into_response(),
+        Some(Err(_)) => Some("That is not an aggregate id (a UUID)."),
+        None => None,
+    };
+    let body = html! {
+        h1 { "Streams" }
+        @if let Some(problem) = problem { p.notice { (problem) } }
+        form method="get" action="/console/streams" {
+            input name="id" size="40" placeholder="aggregate id" required;
+            " " button type="submit" { "Show its events" }
+        }
+    };
+    frame("Streams", Some(&operator.0), body).into_response()
+}
+
+/// `GET /console/streams/{id}`.
+pub async fn page(
+    State(app): State<AppState>,
+    operator: Operator,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
+    let store = app.commands.store();
+    let tenant = operator.tenant();
+    let events = store.read_stream_of(tenant, id, EVENTS_SHOWN).await?;
+    let Some(first) = events.first() else {
+        let body = html! {
+            h1 { "Not found" }
+            p { "No stream " code { (id) } " has events you may see." }
+        };
+        return Ok((
+            StatusCode::NOT_FOUND,
+            frame("Not found", Some(&operator.0), body),
+        )
+            .into_response());
+    };
+    let trail = if first.aggregate_type == AggregateKind::Consultation.as_str() {
+        store
+            .read_correlated(tenant, &first.correlation_id, EVENTS_SHOWN)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let body = html! {
+        h1 { (first.aggregate_type) " " code { (id) } }
+        p.muted { "Tenant " (first.tenant_id) " · " (events.len()) " events" }
+        table {
+            tr { th.num { "Version" } th { "Type" } th { "Time (UTC)" } th { "Actor" }
+                 th { "Correlation" } th { "Causation" } th { "Payload" } }
+            @for event in &events {
+                tr {
+                    td.num { (event.version) }
+                    td { (event.event_type) }
+                    td { (moment(event.occurred_at)) }
+                    td { (event.actor_id.as_deref().unwrap_or("")) }
+                    td { code { (event.correlation_id) } }
+                    td { @if let Some(causation) = event.causation_id { code { (causation) } } }
+                    td { (payload(&operator, event)) }
+                }
+            }
+        }
+        @if !trail.is_empty() {
+            h2 { "Causal trail of " code { (first.correlation_id) } }
+            table {
+                tr { th { "Time (UTC)" } th { "Stream" } th.num { "Version" } th { "Type" }
+                     th { "Actor" } th { "Causation" } }
+                @for event in &trail {
+                    tr {
+                        td { (moment(event.occurred_at)) }
+                        td {
+                            (event.aggregate_type) " "
+                            a href={ "/console/streams/" (event.stream_id) } { code { (event.stream_id) } }
+                        }
+                        td.num { (event.version) }
+                        td { (event.event_type) }
+                        td { (event.actor_id.as_deref().unwrap_or("")) }
+                        td { @if let Some(causation) = event.causation_id { code { (causation) } } }
+                    }
+                }
+            }
+        }
+    };
+    Ok(frame("Stream", Some(&operator.0), body).into_response())
+}
+
+/// An event's payload, pretty-printed; a clinical record's content only for an operator whose
+/// token also grants `records:read`, as the API's own history asks.
+fn payload(operator: &Operator, event: &RecordedEvent) -> Markup {
+    if event.aggregate_type == AggregateKind::ClinicalRecord.as_str()
+        && !operator.0.may(RecordsRead::NAME)
+    {
+        return html! { span.muted { "hidden: needs records:read" } };
+    }
+    let text = serde_json::from_str::<serde_json::Value>(event.payload.get())
+        .and_then(|value| serde_json::to_string_pretty(&value))
+        .unwrap_or_else(|_| event.payload.get().to_owned());
+    html! { pre { (text) } }
+}

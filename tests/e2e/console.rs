@@ -1,0 +1,602 @@
+//! The operators' console (`/console`): who may see it (a token with `ops:read`, from the
+//! `Authorization` header or the session cookie of the sign-in form), what a tenant's
+//! operator sees and a platform operator sees, cross-site writes refused, and the pages
+//! answering what is wrong: the processes, a stuck consultation, the live numbers.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chromiumoxide::browser::{Browser, BrowserConfig};
+use chromiumoxide::page::ScreenshotParams;
+use futures::StreamExt;
+
+use eventstore::EventStore;
+use eventstore::processes::{ProcessInfo, keep_recorded};
+use hap_tests::broker::{publish_to_queue, wait_for_queue};
+use hap_tests::system::{Parts, System};
+use hap_tests::tokens::{settings, token};
+use hap_tests::{TestApp, TestDb, eventually, id_of, patient};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use messaging::QueueNames;
+use reqwest::{Method, StatusCode, header};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// A client that shows redirects instead of following them: the sign-in answers one.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// `GET path` with `token` as bearer (none if `None`): the status and the page.
+async fn page(app: &TestApp, path: &str, token: Option<&str>) -> (StatusCode, String) {
+    let mut request = app.request(Method::GET, path);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+/// Records a process of a fresh instance name, as `hap serve` does, until the token is
+/// cancelled; returns once the store lists it.
+async fn record_a_process(db: &TestDb, app: &TestApp) -> (String, CancellationToken) {
+    let instance = format!("console-{}", uuid::Uuid::now_v7().simple());
+    let info = ProcessInfo {
+        instance: instance.clone(),
+        roles: vec!["query".into()],
+        version: "0.1.0".into(),
+        host: "test-host".into(),
+        pid: 4242,
+        http_addr: app.base.clone(),
+    };
+    let shutdown = CancellationToken::new();
+    let store = EventStore::new(db.pool.clone());
+    tokio::spawn(keep_recorded(store.clone(), info, shutdown.clone()));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !store.processes().await.unwrap().is_empty()
+        })
+        .await
+    );
+    (instance, shutdown)
+}
+
+/// `POST /console/session` with the sign-in form's body and `headers`.
+async fn sign_in(app: &TestApp, token: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = client()
+        .post(format!("{}/console/session", app.base))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(format!("token={token}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_console_asks_to_sign_in_and_without_ops_read_it_refuses() {
+    let db = TestDb::new().await;
+    let app = TestApp::start_with(&db, settings()).await;
+
+    let (status, body) = page(&app, "/console", None).await;
+    assert_eq!(status, 200);
+    assert!(body.contains(r#"action="/console/session""#), "{body}");
+    assert!(!body.contains("Processes"), "{body}");
+
+    let clinician = token("north", "patients:read consultations:read");
+    let (status, body) = page(&app, "/console", Some(&clinician)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("ops:read"), "{body}");
+    assert_eq!(page(&app, "/console/sagas", Some(&clinician)).await.0, 403);
+    assert_eq!(page(&app, "/console/live", Some(&clinician)).await.0, 403);
+    assert_eq!(sign_in(&app, &clinician, &[]).await.status(), 403);
+
+    let (status, body) = page(&app, "/console", Some("not-a-token")).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("The token was refused"), "{body}");
+    assert_eq!(sign_in(&app, "not-a-token", &[]).await.status(), 401);
+
+    // A platform operator's token opens the console, never the clinical API.
+    let platform = token("*", "ops:read ops:platform patients:read");
+    assert_eq!(page(&app, "/console", Some(&platform)).await.0, 200);
+    let response = app
+        .request(Method::GET, "/patients")
+        .bearer_auth(&platform)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_operator_sees_the_running_processes_on_the_overview() {
+    let db = TestDb::new().await;
+    let app = TestApp::start_with(&db, settings()).await;
+    let (instance, shutdown) = record_a_process(&db, &app).await;
+
+    let operator = token("north", "ops:read");
+    let signed_in = sign_in(&app, &operator, &[("origin", app.base.as_str())]).await;
+    assert_eq!(signed_in.status(), 303);
+    assert_eq!(signed_in.headers()[header::LOCATION], "/console");
+    let cookie = signed_in.headers()[header::SET_COOKIE].to_str().unwrap();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/console", "Max-Age="] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let session = cookie.split(';').next().unwrap().to_owned();
+
+    let overview = app
+        .request(Method::GET, "/console")
+        .header(header::COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(overview.status(), 200);
+    let body = overview.text().await.unwrap();
+    assert!(body.contains(&instance), "{body}");
+    assert!(body.contains("publisher lag"), "{body}");
+    assert!(body.contains("tenant north"), "{body}");
+
+    let signed_out = client()
+        .post(format!("{}/console/session/end", app.base))
+        .header(header::COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_out.status(), 303);
+    let cleared = signed_out.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(cleared.starts_with("hap_console=;"), "{cleared}");
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_from_another_site_is_refused() {
+    let db = TestDb::new().await;
+    let app = TestApp::start_with(&db, settings()).await;
+    let operator = token("north", "ops:read");
+    for headers in [
+        [("origin", "https://evil.example")],
+        [("sec-fetch-site", "cross-site")],
+    ] {
+        let response = sign_in(&app, &operator, &headers).await;
+        assert_eq!(response.status(), 403, "{headers:?}");
+        assert!(response.headers().get(header::SET_COOKIE).is_none());
+    }
+    let sign_out = client()
+        .post(format!("{}/console/session/end", app.base))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sign_out.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_operator_sees_only_its_streams_and_a_platform_operator_every_one() {
+    let db = TestDb::new().await;
+    let app = TestApp::start_with(&db, settings()).await;
+    let registered = app
+        .request(Method::POST, "/patients")
+        .bearer_auth(token("north", "patients:write"))
+        .json(&patient("DOC-C1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    let id = id_of(registered).await;
+    let path = format!("/console/streams/{id}");
+
+    let (status, body) = page(&app, &path, Some(&token("north", "ops:read"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("PatientRegistered"), "{body}");
+    assert!(body.contains("DOC-C1"), "{body}");
+
+    let (status, body) = page(&app, &path, Some(&token("south", "ops:read"))).await;
+    assert_eq!(status, 404);
+    assert!(!body.contains("DOC-C1"), "{body}");
+    // `*` without `ops:platform` is no platform operator.
+    assert_eq!(
+        page(&app, &path, Some(&token("*", "ops:read"))).await.0,
+        404
+    );
+
+    let platform = token("*", "ops:read ops:platform");
+    let (status, body) = page(&app, &path, Some(&platform)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("PatientRegistered"), "{body}");
+    assert!(body.contains("every tenant"), "{body}");
+
+    // The search form leads to the stream's page; no id in it is no page.
+    let found = client()
+        .get(format!("{}/console/streams?id={id}", app.base))
+        .bearer_auth(&platform)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(found.status(), 303);
+    assert_eq!(found.headers()[header::LOCATION], path.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sagas_page_shows_a_consultation_stuck_past_its_deadline() {
+    let db = TestDb::new().await;
+    // No saga and no timer: the request is never validated, and its deadline never fires.
+    let parts = Parts {
+        sagas: false,
+        timer: false,
+    };
+    let system = System::start(&db, Duration::from_millis(500), parts).await;
+    let (patient, physician) = system.app.register_patient_and_physician().await;
+    let id = system.app.request_consultation(patient, physician).await;
+    system.consultation(id).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (status, body) = page(&system.app, "/console/sagas", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&id.to_string()), "{body}");
+    assert!(body.contains("stuck: past its deadline"), "{body}");
+
+    // Its stream shows the request, and the trail of the request across streams.
+    let (status, body) = page(&system.app, &format!("/console/streams/{id}"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Causal trail"), "{body}");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_endpoint_sends_the_overviews_numbers() {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
+    let mut response = app
+        .request(Method::GET, "/console/live")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut text = String::new();
+    let event = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+            if let Some(block) = text.split("\n\n").find(|b| b.contains("event: overview")) {
+                return block.to_owned();
+            }
+        }
+        panic!("the stream ended: {text}");
+    })
+    .await
+    .expect("an event within seconds");
+    let data = event
+        .lines()
+        .find_map(|line| line.strip_prefix("data: "))
+        .expect("a data line");
+    let numbers: serde_json::Value = serde_json::from_str(data).unwrap();
+    for name in [
+        "processesUp",
+        "lagEvents",
+        "deadlinesOverdue",
+        "deadLetters",
+    ] {
+        assert!(numbers[name].is_i64(), "{numbers}");
+    }
+}
+
+/// Puts a message of `tenant` that no projector can apply into the dead-letter queue of
+/// `names`, as a consumer would have; returns its event id.
+async fn poison(names: &QueueNames, tenant: &str) -> String {
+    let event = uuid::Uuid::now_v7().to_string();
+    let body = json!({
+        "eventId": event, "eventType": "Nonsense", "occurredAt": "2026-01-02T03:04:05.000000Z",
+        "sourceService": "patient-service", "aggregateType": "patient",
+        "aggregateId": uuid::Uuid::now_v7(), "version": 1, "position": "42",
+        "tenantId": tenant, "correlationId": "corr-1", "causationId": null, "actorId": null,
+        "schemaVersion": 1, "payload": {}
+    });
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-error".into(),
+        AMQPValue::LongString("unknown event type Nonsense at position 42".into()),
+    );
+    let properties = BasicProperties::default()
+        .with_message_id(event.as_str().into())
+        .with_type("Nonsense".into())
+        .with_headers(headers);
+    publish_to_queue(&names.dead_letters, body.to_string().as_bytes(), properties).await;
+    event
+}
+
+/// `POST /console/dead-letters/resolve` as `token`, from the console's own page unless
+/// `origin` says otherwise.
+async fn resolve(
+    app: &TestApp,
+    token: &str,
+    form: &[(&str, &str)],
+    origin: &str,
+) -> reqwest::Response {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    client()
+        .post(format!("{}/console/dead-letters/resolve", app.base))
+        .bearer_auth(token)
+        .header("origin", origin)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_shows_under_its_failure_and_is_replayed_or_discarded_after_a_confirmation() {
+    let db = TestDb::new().await;
+    let mut settings = settings();
+    settings.instance = "test".into();
+    let parts = Parts {
+        sagas: false,
+        timer: false,
+    };
+    let system = System::start_with(&db, Duration::from_secs(600), parts, settings).await;
+    let app = &system.app;
+    let names = QueueNames::new(&system.prefix, "scheduling-service", "test");
+    wait_for_queue(&names.dead_letters).await;
+    let event = poison(&names, "north").await;
+
+    let reader = token("north", "ops:read");
+    let (status, page_text) = page(app, "/console/dead-letters", Some(&reader)).await;
+    assert_eq!(status, 200, "{page_text}");
+    assert!(page_text.contains(&event), "{page_text}");
+    assert!(
+        page_text.contains("unknown event type Nonsense at position #"),
+        "{page_text}"
+    );
+    assert!(page_text.contains("needs ops:write"), "{page_text}");
+    let (_, elsewhere) = page(
+        app,
+        "/console/dead-letters",
+        Some(&token("south", "ops:read")),
+    )
+    .await;
+    assert!(!elsewhere.contains(&event), "{elsewhere}");
+
+    let confirm = format!(
+        "/console/dead-letters/confirm?queue={}&event={event}&action=discard",
+        names.main
+    );
+    assert_eq!(page(app, &confirm, Some(&reader)).await.0, 403);
+    let writer = token("north", "ops:read ops:write");
+    let (status, form) = page(app, &confirm, Some(&writer)).await;
+    assert_eq!(status, 200, "{form}");
+    assert!(
+        form.contains(r#"action="/console/dead-letters/resolve""#),
+        "{form}"
+    );
+
+    let choice = [
+        ("queue", names.main.as_str()),
+        ("event", event.as_str()),
+        ("action", "discard"),
+    ];
+    let ours = app.base.as_str();
+    assert_eq!(
+        resolve(app, &writer, &choice, "https://evil.example")
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(resolve(app, &reader, &choice, ours).await.status(), 403);
+    let other = token("south", "ops:read ops:write");
+    assert_eq!(resolve(app, &other, &choice, ours).await.status(), 404);
+
+    // Replayed, the poisoned message goes back to its queue, whose projector dead-letters it
+    // again; discarded, it is gone.
+    let replay = [choice[0], choice[1], ("action", "replay")];
+    assert_eq!(resolve(app, &writer, &replay, ours).await.status(), 303);
+    let back = eventually(Duration::from_secs(15), || async {
+        page(app, "/console/dead-letters", Some(&reader))
+            .await
+            .1
+            .contains(&event)
+    })
+    .await;
+    assert!(
+        back,
+        "the replayed message failed again into its dead-letter queue"
+    );
+    let done = resolve(app, &writer, &choice, ours).await;
+    assert_eq!(done.status(), 303);
+
+    let (_, after) = page(app, "/console/dead-letters", Some(&reader)).await;
+    assert!(!after.contains(&event), "{after}");
+    system.stop().await;
+}
+
+/// Debian's Chromium, which the browser test drives headless.
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// A headless Chromium with a profile of its own, and the task that reads its events.
+struct Chromium {
+    browser: Browser,
+    events: tokio::task::JoinHandle<()>,
+    profile: PathBuf,
+}
+
+impl Chromium {
+    /// Whether [`CHROMIUM`] is there; a browser test is skipped (and says so) without it.
+    fn installed() -> bool {
+        let installed = Path::new(CHROMIUM).exists();
+        if !installed {
+            eprintln!("skipped: {CHROMIUM} is not installed (scripts/services.sh installs it)");
+        }
+        installed
+    }
+
+    async fn launch() -> Self {
+        let profile = std::env::temp_dir().join(format!("hap-chromium-{}", uuid::Uuid::now_v7()));
+        let config = BrowserConfig::builder()
+            .chrome_executable(CHROMIUM)
+            .no_sandbox()
+            .user_data_dir(&profile)
+            .window_size(1280, 900)
+            .build()
+            .unwrap();
+        let (browser, mut handler) = Browser::launch(config).await.unwrap();
+        let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+        Self {
+            browser,
+            events,
+            profile,
+        }
+    }
+
+    async fn open(&self, url: &str) -> chromiumoxide::Page {
+        self.browser.new_page(url).await.unwrap()
+    }
+
+    async fn close(mut self) {
+        self.browser.close().await.unwrap();
+        self.browser.wait().await.unwrap();
+        self.events.await.unwrap();
+        std::fs::remove_dir_all(&self.profile).ok();
+    }
+}
+
+/// Saves the whole of `page` as `target/console/{name}.png`.
+async fn screenshot(page: &chromiumoxide::Page, name: &str) {
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console");
+    std::fs::create_dir_all(&folder).unwrap();
+    let params = ScreenshotParams::builder().full_page(true).build();
+    page.save_screenshot(params, folder.join(format!("{name}.png")))
+        .await
+        .unwrap();
+}
+
+/// Waits until `page` (which may be navigating) shows `text`.
+async fn shows(page: &chromiumoxide::Page, text: &str) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        // While the page navigates, its document is briefly not there to read.
+        (page.content().await).is_ok_and(|html| html.contains(text))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes() {
+    if !Chromium::installed() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let app = TestApp::start_with(&db, settings()).await;
+    let (instance, shutdown) = record_a_process(&db, &app).await;
+    let chromium = Chromium::launch().await;
+    let page = chromium.open(&format!("{}/console", app.base)).await;
+    let html = page.content().await.unwrap();
+    assert!(html.contains("Sign in to the HAP console"), "{html}");
+    screenshot(&page, "sign-in").await;
+
+    // The browser posts the form itself: its own Origin and Sec-Fetch-Site pass the check,
+    // and it keeps the cookie the answer sets.
+    let operator = token("north", "ops:read");
+    page.find_element("textarea")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    page.evaluate(format!(
+        "document.querySelector('textarea').value = '{operator}'"
+    ))
+    .await
+    .unwrap();
+    page.find_element("form[action='/console/session'] button")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        shows(&page, &instance).await,
+        "{}",
+        page.content().await.unwrap()
+    );
+    screenshot(&page, "overview").await;
+    let cookies = page.evaluate("document.cookie").await.unwrap();
+    assert_eq!(
+        cookies.value().and_then(|v| v.as_str()),
+        Some(""),
+        "the session cookie is HttpOnly"
+    );
+
+    chromium.close().await;
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_a_stuck_consultation_and_a_dead_letter_show_and_the_letter_is_replayed() {
+    if !Chromium::installed() {
+        return;
+    }
+    let db = TestDb::new().await;
+    // Authentication off: the console is open, and the pages are what is tested here.
+    let mut settings = hap_tests::insecure_settings();
+    settings.instance = "test".into();
+    let parts = Parts {
+        sagas: false,
+        timer: false,
+    };
+    let system = System::start_with(&db, Duration::from_millis(500), parts, settings).await;
+    let (patient, physician) = system.app.register_patient_and_physician().await;
+    let id = system.app.request_consultation(patient, physician).await;
+    system.consultation(id).await;
+    let names = QueueNames::new(&system.prefix, "scheduling-service", "test");
+    wait_for_queue(&names.dead_letters).await;
+    let event = poison(&names, api::auth::INSECURE_TENANT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let chromium = Chromium::launch().await;
+    let sagas = chromium
+        .open(&format!("{}/console/sagas", system.app.base))
+        .await;
+    assert!(shows(&sagas, "stuck: past its deadline").await);
+    assert!(sagas.content().await.unwrap().contains(&id.to_string()));
+    screenshot(&sagas, "sagas").await;
+
+    let letters = chromium
+        .open(&format!("{}/console/dead-letters", system.app.base))
+        .await;
+    assert!(shows(&letters, &event).await);
+    screenshot(&letters, "dead-letters").await;
+    letters
+        .find_element("a[href*='action=replay']")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(shows(&letters, "Yes, replay").await);
+    letters
+        .find_element("form[action='/console/dead-letters/resolve'] button")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // Back on the list, where the replayed message, poisonous still, is dead-lettered again.
+    assert!(shows(&letters, "Dead letters").await);
+    let replays = eventually(Duration::from_secs(10), || async {
+        let metrics = system.app.get_text("/metrics").await;
+        metrics.contains("hap_console_dead_letter_actions_total{action=\"replay\"} 1")
+    })
+    .await;
+    assert!(replays, "the replay is counted");
+
+    chromium.close().await;
+    system.stop().await;
+}
