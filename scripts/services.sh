@@ -451,8 +451,9 @@ if [[ "$MQ_LOCAL" == 1 ]] && rabbit_cli_usable; then
 fi
 
 # The console's browser test drives Debian's Chromium headless, and skips itself
-# without it: installing it is worth a try, never a reason to stop.
-if [[ ! -x /usr/bin/chromium ]]; then
+# without it: installing it is worth a try, never a reason to stop. Only for the
+# tests (scripts/test.sh sets HAP_WITH_BROWSER=1): running HAP needs no browser.
+if [[ "${HAP_WITH_BROWSER:-0}" == 1 && ! -x /usr/bin/chromium ]]; then
 	if is_root && have apt-get; then
 		log "installing chromium with apt-get, for the console's browser test"
 		{ run_logged apt-get update &&

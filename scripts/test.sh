@@ -19,7 +19,7 @@ fi
 
 echo "==> services"
 # Through bash, so that a checkout that lost the executable bits still works.
-bash scripts/services.sh
+HAP_WITH_BROWSER=1 bash scripts/services.sh
 
 # The end-to-end tests connect here to create a scratch database per test
 # (TestDb in tests/src/lib.rs), so this must be a server-level URL (the
