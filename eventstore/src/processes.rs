@@ -16,7 +16,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 pub const GONE_AFTER: Duration = Duration::from_secs(15);
 
 /// What a process says of itself.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ProcessInfo {
     pub instance: String,
     pub roles: Vec<String>,
@@ -30,12 +30,8 @@ pub struct ProcessInfo {
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct RecordedProcess {
     pub id: Uuid,
-    pub instance: String,
-    pub roles: Vec<String>,
-    pub version: String,
-    pub host: String,
-    pub pid: i32,
-    pub http_addr: String,
+    #[sqlx(flatten)]
+    pub info: ProcessInfo,
     pub started_at: DateTime<Utc>,
     pub heartbeat_at: DateTime<Utc>,
 }

@@ -125,14 +125,15 @@ impl EventStore {
         .await
     }
 
-    /// Up to `limit` events of one tenant's stream of `aggregate_type` after version `after`,
-    /// in version order: a page of its history. Another tenant's stream, or another kind's,
-    /// reads as empty.
+    /// Up to `limit` events of stream `stream_id` after version `after`, in version order: a
+    /// page of its history. Only of tenant `tenant_id` and of kind `aggregate_type` when they
+    /// are given (`None`: a platform operator's view, or any kind); another tenant's stream, or
+    /// another kind's, reads as empty.
     #[tracing::instrument(skip(self), err)]
     pub async fn read_history(
         &self,
-        tenant_id: &str,
-        aggregate_type: &str,
+        tenant_id: Option<&str>,
+        aggregate_type: Option<&str>,
         stream_id: Uuid,
         after: StreamVersion,
         limit: i64,
@@ -141,35 +142,14 @@ impl EventStore {
             "select ",
             recorded_event_columns!(),
             " from events where stream_id = $1 and version > $2
-                and tenant_id = $3 and aggregate_type = $4
+                and ($3::text is null or tenant_id = $3)
+                and ($4::text is null or aggregate_type = $4)
               order by version limit $5"
         ))
         .bind(stream_id)
         .bind(after.as_i64())
         .bind(tenant_id)
         .bind(aggregate_type)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-    }
-
-    /// Up to `limit` events of stream `stream_id` in version order, whatever its kind; of
-    /// tenant `tenant_id` only, unless that is `None` (a platform operator's view).
-    #[tracing::instrument(skip(self), err)]
-    pub async fn read_stream_of(
-        &self,
-        tenant_id: Option<&str>,
-        stream_id: Uuid,
-        limit: i64,
-    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        sqlx::query_as(concat!(
-            "select ",
-            recorded_event_columns!(),
-            " from events where stream_id = $1 and ($2::text is null or tenant_id = $2)
-              order by version limit $3"
-        ))
-        .bind(stream_id)
-        .bind(tenant_id)
         .bind(limit)
         .fetch_all(&self.pool)
         .await
@@ -189,7 +169,7 @@ impl EventStore {
 
     /// Up to `limit` events of every stream that carry `correlation_id`, in the order they
     /// were stored: the causal trail of one request across streams. Tenant-scoped as
-    /// [`Self::read_stream_of`].
+    /// [`Self::read_history`].
     #[tracing::instrument(skip(self), err)]
     pub async fn read_correlated(
         &self,

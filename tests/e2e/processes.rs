@@ -32,9 +32,12 @@ async fn a_process_is_listed_while_it_beats_and_deleted_when_it_stops() {
     .await;
     assert!(listed);
     let process = &store.processes().await.unwrap()[0];
-    assert_eq!(process.instance, "i-1");
-    assert_eq!(process.roles, ["command", "query"]);
-    assert_eq!((process.pid, process.host.as_str()), (4242, "test-host"));
+    assert_eq!(process.info.instance, "i-1");
+    assert_eq!(process.info.roles, ["command", "query"]);
+    assert_eq!(
+        (process.info.pid, process.info.host.as_str()),
+        (4242, "test-host")
+    );
     assert!(!process.is_gone(chrono::Utc::now()));
 
     // A heartbeat that stopped reads as gone.
@@ -73,7 +76,9 @@ async fn rows_of(
     instance: &str,
 ) -> Vec<eventstore::processes::RecordedProcess> {
     let all = store.processes().await.unwrap();
-    all.into_iter().filter(|p| p.instance == instance).collect()
+    all.into_iter()
+        .filter(|p| p.info.instance == instance)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,10 +95,14 @@ async fn hap_serve_records_itself_and_deletes_its_row_when_stopped_but_not_when_
     .await;
     assert!(recorded, "hap serve recorded itself");
     let row = &rows_of(&store, "proc-a").await[0];
-    assert_eq!(row.roles, ["timer", "query"]);
-    assert_eq!(row.pid, pid as i32);
-    assert_eq!(row.version, env!("CARGO_PKG_VERSION"));
-    assert!(row.http_addr.starts_with("127.0.0.1:"), "{}", row.http_addr);
+    assert_eq!(row.info.roles, ["timer", "query"]);
+    assert_eq!(row.info.pid, pid as i32);
+    assert_eq!(row.info.version, env!("CARGO_PKG_VERSION"));
+    assert!(
+        row.info.http_addr.starts_with("127.0.0.1:"),
+        "{}",
+        row.info.http_addr
+    );
 
     // SIGTERM, even before it serves: a clean stop deletes the row.
     let status = std::process::Command::new("kill")

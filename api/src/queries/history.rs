@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use domain::AggregateKind;
 use eventstore::{RecordedEvent, StreamVersion};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -45,9 +45,9 @@ pub struct Change {
     pub correlation_id: String,
     /// The event that caused this one, when a saga step or a job wrote it.
     pub causation_id: Option<Uuid>,
-    /// The fields the event set, as it recorded them.
+    /// The fields the event set, as it recorded them (its stored payload, passed through).
     #[schema(value_type = Object)]
-    pub changes: Value,
+    pub changes: Box<RawValue>,
 }
 
 /// A page of a trail.
@@ -109,8 +109,8 @@ async fn history(
         .commands
         .store()
         .read_history(
-            &caller.tenant_id,
-            kind.as_str(),
+            Some(&caller.tenant_id),
+            Some(kind.as_str()),
             id,
             StreamVersion::new(window.after),
             i64::from(window.limit) + 1,
@@ -127,20 +127,20 @@ async fn history(
     let next = more
         .then(|| events.last().map(|event| event.version.to_string()))
         .flatten();
-    let items = events.into_iter().map(change).collect::<Result<_, _>>()?;
+    let items = events.into_iter().map(change).collect();
     Ok(Json(History { items, next }))
 }
 
-fn change(event: RecordedEvent) -> Result<Change, ApiError> {
-    Ok(Change {
-        changes: serde_json::from_str(event.payload.get()).map_err(ApiError::internal)?,
+fn change(event: RecordedEvent) -> Change {
+    Change {
+        changes: event.payload,
         version: event.version,
         event_type: event.event_type,
         occurred_at: event.occurred_at,
         actor_id: event.actor_id,
         correlation_id: event.correlation_id,
         causation_id: event.causation_id,
-    })
+    }
 }
 
 /// A patient's audit trail.

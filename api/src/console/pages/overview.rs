@@ -137,11 +137,11 @@ pub async fn page(State(app): State<AppState>, operator: Operator) -> Result<Mar
             @for process in &snapshot.processes {
                 @let gone = process.is_gone(now);
                 tr.bad[gone] {
-                    td { (process.instance) }
-                    td { (process.roles.join(", ")) }
-                    td { (process.version) }
-                    td { (process.host) " (pid " (process.pid) ")" }
-                    td { code { (process.http_addr) } }
+                    td { (process.info.instance) }
+                    td { (process.info.roles.join(", ")) }
+                    td { (process.info.version) }
+                    td { (process.info.host) " (pid " (process.info.pid) ")" }
+                    td { code { (process.info.http_addr) } }
                     td { (moment(process.started_at)) }
                     td { (age(process.heartbeat_at, now)) " ago" }
                     td { @if gone { "gone" } @else { "up" } }

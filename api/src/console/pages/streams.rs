@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use domain::AggregateKind;
-use eventstore::RecordedEvent;
+use eventstore::{RecordedEvent, StreamVersion};
 use maud::{Markup, html};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -59,7 +59,9 @@ pub async fn page(
 ) -> Result<Response, ApiError> {
     let store = app.commands.store();
     let tenant = operator.tenant();
-    let events = store.read_stream_of(tenant, id, EVENTS_SHOWN).await?;
+    let events = store
+        .read_history(tenant, None, id, StreamVersion::EMPTY, EVENTS_SHOWN)
+        .await?;
     let Some(first) = events.first() else {
         let body = html! {
             h1 { "Not found" }
