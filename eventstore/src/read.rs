@@ -167,6 +167,32 @@ impl EventStore {
         .await
     }
 
+    /// How many events of type `event_type` occurred in each hour of the last `hours`, by the
+    /// text of payload field `field`: (hour, field, count), oldest hour first, hours without
+    /// such events left out. Tenant-scoped as [`Self::read_history`].
+    #[tracing::instrument(skip(self), err)]
+    pub async fn hourly_counts(
+        &self,
+        tenant_id: Option<&str>,
+        event_type: &str,
+        field: &str,
+        hours: i32,
+    ) -> Result<Vec<(DateTime<Utc>, Option<String>, i64)>, sqlx::Error> {
+        sqlx::query_as(
+            "select date_trunc('hour', occurred_at) as hour, payload ->> $2 as value, count(*)
+               from events
+              where event_type = $1 and occurred_at > now() - make_interval(hours => $3)
+                and ($4::text is null or tenant_id = $4)
+              group by 1, 2 order by 1, 2",
+        )
+        .bind(event_type)
+        .bind(field)
+        .bind(hours)
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// Up to `limit` events of every stream that carry `correlation_id`, in the order they
     /// were stored: the causal trail of one request across streams. Tenant-scoped as
     /// [`Self::read_history`].

@@ -55,7 +55,12 @@ async fn record_a_process(db: &TestDb, app: &TestApp) -> (String, CancellationTo
     };
     let shutdown = CancellationToken::new();
     let store = EventStore::new(db.pool.clone());
-    tokio::spawn(keep_recorded(store.clone(), info, shutdown.clone()));
+    tokio::spawn(keep_recorded(
+        store.clone(),
+        info,
+        api::vitals::measure,
+        shutdown.clone(),
+    ));
     assert!(
         eventually(Duration::from_secs(10), || async {
             !store.processes().await.unwrap().is_empty()
