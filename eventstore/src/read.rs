@@ -31,6 +31,16 @@ pub struct RecordedEvent {
     pub occurred_at: DateTime<Utc>,
 }
 
+/// How many events of one type, with one value of a payload field, occurred in an hour.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct HourlyCount {
+    /// The hour's start.
+    pub hour: DateTime<Utc>,
+    /// The field's text, `None` where the payload lacks it.
+    pub value: Option<String>,
+    pub count: i64,
+}
+
 impl RecordedEvent {
     pub fn position(&self) -> Position {
         Position::new(self.position)
@@ -168,8 +178,8 @@ impl EventStore {
     }
 
     /// How many events of type `event_type` occurred in each hour of the last `hours`, by the
-    /// text of payload field `field`: (hour, field, count), oldest hour first, hours without
-    /// such events left out. Tenant-scoped as [`Self::read_history`].
+    /// text of payload field `field`, oldest hour first, hours without such events left out.
+    /// Tenant-scoped as [`Self::read_history`].
     #[tracing::instrument(skip(self), err)]
     pub async fn hourly_counts(
         &self,
@@ -177,9 +187,10 @@ impl EventStore {
         event_type: &str,
         field: &str,
         hours: i32,
-    ) -> Result<Vec<(DateTime<Utc>, Option<String>, i64)>, sqlx::Error> {
+    ) -> Result<Vec<HourlyCount>, sqlx::Error> {
         sqlx::query_as(
-            "select date_trunc('hour', occurred_at) as hour, payload ->> $2 as value, count(*)
+            "select date_trunc('hour', occurred_at) as hour, payload ->> $2 as value,
+                    count(*) as count
                from events
               where event_type = $1 and occurred_at > now() - make_interval(hours => $3)
                 and ($4::text is null or tenant_id = $4)

@@ -12,11 +12,11 @@ use futures::StreamExt;
 
 use eventstore::processes::{ProcessInfo, keep_recorded};
 use eventstore::samples::Vitals;
-use eventstore::{EventStore, RecordedEvent};
+use eventstore::{EventStore, RecordedEvent, StreamVersion};
 use hap_tests::broker::{dead_letter, publish_to_queue, wait_for_queue};
 use hap_tests::system::{Parts, System};
 use hap_tests::tokens::{settings, token};
-use hap_tests::{TestApp, TestDb, eventually, id_of, patient};
+use hap_tests::{TestApp, TestDb, eventually, id_of, patient, test_append};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use messaging::{QueueNames, dlq};
@@ -73,6 +73,24 @@ async fn record_a_process(
         .await
     );
     (instance, shutdown)
+}
+
+/// What a busy process measures of itself at each beat: it leads the publisher, its
+/// projectors lag 1.5 s with 7 messages waiting and 2 dead letters, and it has served ten
+/// commands (one failing) since the beat before.
+fn busy() -> impl Fn() -> Vitals + Send + 'static {
+    let beats = std::sync::atomic::AtomicI64::new(0);
+    move || {
+        let beat = beats.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        Vitals {
+            commands: 10 * beat,
+            command_errors: beat,
+            publisher_leader: true,
+            projector_lag_seconds: 1.5,
+            queue_depth: 7,
+            dead_letters: 2,
+        }
+    }
 }
 
 /// `POST /console/session` with the sign-in form's body and `headers`.
@@ -367,6 +385,21 @@ async fn letters(names: &QueueNames) -> Vec<dlq::DeadLetter> {
         .unwrap()
 }
 
+/// HAP with authentication, instance `test`'s projectors and no saga: the names of the queue
+/// of its scheduling-service projector, whose dead letters the tests make.
+async fn with_projectors(db: &TestDb) -> (System, QueueNames) {
+    let mut settings = settings();
+    settings.instance = "test".into();
+    let parts = Parts {
+        sagas: false,
+        timer: false,
+    };
+    let system = System::start_with(db, Duration::from_secs(600), parts, settings).await;
+    let names = QueueNames::new(&system.prefix, "scheduling-service", "test");
+    wait_for_queue(&names.dead_letters).await;
+    (system, names)
+}
+
 /// `POST /console/dead-letters/resolve` as `token`, from the console's own page unless
 /// `origin` says otherwise.
 async fn resolve(
@@ -392,16 +425,8 @@ async fn resolve(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_shows_under_its_failure_and_is_replayed_or_discarded_after_a_confirmation() {
     let db = TestDb::new().await;
-    let mut settings = settings();
-    settings.instance = "test".into();
-    let parts = Parts {
-        sagas: false,
-        timer: false,
-    };
-    let system = System::start_with(&db, Duration::from_secs(600), parts, settings).await;
+    let (system, names) = with_projectors(&db).await;
     let app = &system.app;
-    let names = QueueNames::new(&system.prefix, "scheduling-service", "test");
-    wait_for_queue(&names.dead_letters).await;
     let event = poison(&names, "north").await;
 
     let reader = token("north", "ops:read");
@@ -502,16 +527,8 @@ fn group_choice(page: &str, action: &str) -> Vec<(String, String)> {
 async fn a_failure_group_shows_when_it_was_first_and_last_seen_and_its_replays_and_is_resolved_whole()
  {
     let db = TestDb::new().await;
-    let mut settings = settings();
-    settings.instance = "test".into();
-    let parts = Parts {
-        sagas: false,
-        timer: false,
-    };
-    let system = System::start_with(&db, Duration::from_secs(600), parts, settings).await;
+    let (system, names) = with_projectors(&db).await;
     let app = &system.app;
-    let names = QueueNames::new(&system.prefix, "scheduling-service", "test");
-    wait_for_queue(&names.dead_letters).await;
     // Dead-lettered by the projector itself, a second apart, and one of another clinic.
     let first = fail(&names, "north").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -617,22 +634,7 @@ async fn the_overview_names_the_publisher_leader_and_each_instances_figures_as_e
  {
     let db = TestDb::new().await;
     let app = TestApp::start_with(&db, settings()).await;
-    // Another process, as its heartbeats record it: it leads the publisher, its projectors
-    // lag with messages waiting and dead letters, and it serves ten commands (one failing)
-    // between beats.
-    let beats = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
-    let measure = move || {
-        let beat = beats.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        Vitals {
-            commands: 10 * beat,
-            command_errors: beat,
-            publisher_leader: true,
-            projector_lag_seconds: 1.5,
-            queue_depth: 7,
-            dead_letters: 2,
-        }
-    };
-    let (instance, shutdown) = record_a_process(&db, &app, measure).await;
+    let (instance, shutdown) = record_a_process(&db, &app, busy()).await;
 
     let platform = token("*", "ops:read ops:platform");
     let plotted = eventually(Duration::from_secs(20), || async {
@@ -684,32 +686,16 @@ async fn the_overview_names_the_publisher_leader_and_each_instances_figures_as_e
 /// Appends a failed scheduling of `tenant` for `reason`.
 async fn failed_scheduling(store: &EventStore, tenant: &str, reason: &str) {
     let consultation = uuid::Uuid::now_v7();
-    let event = eventstore::NewEvent {
+    let mut append = test_append(consultation, StreamVersion::EMPTY, 0);
+    append.aggregate_type = "consultation".into();
+    append.metadata.tenant_id = tenant.into();
+    append.events = vec![eventstore::NewEvent {
         event_id: uuid::Uuid::now_v7(),
         event_type: "ConsultationSchedulingFailed".into(),
         payload: json!({"consultationId": consultation, "reason": reason, "detail": "test"}),
         occurred_at: chrono::Utc::now(),
-    };
-    store
-        .append(eventstore::Append {
-            stream_id: consultation,
-            aggregate_type: "consultation".into(),
-            expected: eventstore::StreamVersion::EMPTY,
-            events: vec![event],
-            claims: vec![],
-            remember: None,
-            metadata: eventstore::Metadata {
-                tenant_id: tenant.into(),
-                correlation_id: "test".into(),
-                causation_id: None,
-                actor_id: None,
-                schema_version: 1,
-            },
-            deadlines: vec![],
-            ends: None,
-        })
-        .await
-        .unwrap();
+    }];
+    store.append(append).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -860,7 +846,7 @@ async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes(
     }
     let db = TestDb::new().await;
     let app = TestApp::start_with(&db, settings()).await;
-    let (instance, shutdown) = record_a_process(&db, &app, api::vitals::measure).await;
+    let (instance, shutdown) = record_a_process(&db, &app, busy()).await;
     let chromium = Chromium::launch().await;
     let page = chromium.open(&format!("{}/console", app.base)).await;
     let html = page.content().await.unwrap();
@@ -868,8 +854,8 @@ async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes(
     screenshot(&page, "sign-in").await;
 
     // The browser posts the form itself: its own Origin and Sec-Fetch-Site pass the check,
-    // and it keeps the cookie the answer sets.
-    let operator = token("north", "ops:read");
+    // and it keeps the cookie the answer sets. A platform operator's overview has it all.
+    let operator = token("*", "ops:read ops:platform");
     page.find_element("textarea")
         .await
         .unwrap()
@@ -892,6 +878,14 @@ async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes(
         "{}",
         page.content().await.unwrap()
     );
+    // Once the process has beaten twice, its commands show as a rate.
+    let plotted = eventually(Duration::from_secs(20), || async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        page.reload().await.is_ok()
+            && (page.content().await).is_ok_and(|html| html.contains("<rect"))
+    })
+    .await;
+    assert!(plotted, "{}", page.content().await.unwrap());
     screenshot(&page, "overview").await;
     let cookies = page.evaluate("document.cookie").await.unwrap();
     assert_eq!(

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
+use eventstore::read::HourlyCount;
 use maud::{Markup, html};
 use uuid::Uuid;
 
@@ -84,15 +85,12 @@ async fn failures(
     Ok(by_reason(counts, now))
 }
 
-/// Spreads (hour, reason, count) over one bar per hour, ending with the hour of `now`.
-fn by_reason(
-    counts: Vec<(DateTime<Utc>, Option<String>, i64)>,
-    now: DateTime<Utc>,
-) -> Vec<Failures> {
+/// Spreads the counts of each reason over one bar per hour, ending with the hour of `now`.
+fn by_reason(counts: Vec<HourlyCount>, now: DateTime<Utc>) -> Vec<Failures> {
     let hours = FAILURE_HOURS as usize + 1;
     let mut reasons: HashMap<String, Failures> = HashMap::new();
-    for (hour, reason, count) in counts {
-        let reason = reason.unwrap_or_else(|| "(none given)".to_owned());
+    for HourlyCount { hour, value, count } in counts {
+        let reason = value.unwrap_or_else(|| "(none given)".to_owned());
         let failures = reasons.entry(reason.clone()).or_insert_with(|| Failures {
             reason,
             per_hour: vec![0.0; hours],
@@ -211,12 +209,17 @@ mod tests {
     fn failures_are_spread_over_the_hours_ending_now_most_frequent_reason_first() {
         let now = Utc::now();
         let hour = |ago| now - chrono::TimeDelta::hours(ago);
+        let count = |hour, value: Option<&str>, count| HourlyCount {
+            hour,
+            value: value.map(str::to_owned),
+            count,
+        };
         let failures = by_reason(
             vec![
-                (hour(24), Some("timeout".into()), 1),
-                (hour(2), Some("patientInactive".into()), 1),
-                (hour(0), Some("timeout".into()), 3),
-                (hour(0), None, 1),
+                count(hour(24), Some("timeout"), 1),
+                count(hour(2), Some("patientInactive"), 1),
+                count(hour(0), Some("timeout"), 3),
+                count(hour(0), None, 1),
             ],
             now,
         );
