@@ -355,8 +355,12 @@ async fn poison(names: &QueueNames, tenant: &str) -> String {
     let (event, body, properties) = nonsense(tenant);
     let mut headers = FieldTable::default();
     headers.insert(
-        "x-error".into(),
+        messaging::headers::ERROR.into(),
         AMQPValue::LongString("unknown event type Nonsense at position 42".into()),
+    );
+    headers.insert(
+        messaging::headers::DEAD_LETTERED_AT.into(),
+        AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()),
     );
     publish_to_queue(&names.dead_letters, &body, properties.with_headers(headers)).await;
     event
@@ -546,7 +550,7 @@ async fn a_failure_group_shows_when_it_was_first_and_last_seen_and_its_replays_a
         .map(|l| {
             l.dead_lettered_at
                 .unwrap()
-                .format("%Y-%m-%d %H:%M:%S")
+                .format("%Y-%m-%d %H:%M:%S UTC")
                 .to_string()
         })
         .collect();

@@ -178,7 +178,11 @@ pub async fn page(State(app): State<AppState>, operator: Operator) -> Markup {
         }
     }
     let may_act = operator.0.may(OpsWrite::NAME);
-    let seen = |at: Option<DateTime<Utc>>| at.map(moment).unwrap_or_else(|| "?".to_owned());
+    // A message dead-lettered by the broker itself (its delivery limit) carries no moment.
+    let seen = |at: Option<DateTime<Utc>>| {
+        at.map(|at| format!("{} UTC", moment(at)))
+            .unwrap_or_else(|| "unknown".to_owned())
+    };
     let body = html! {
         h1 { "Dead letters" }
         @if groups.is_empty() {
@@ -189,7 +193,7 @@ pub async fn page(State(app): State<AppState>, operator: Operator) -> Markup {
                 h2.bad { code { (group.queue) } " · " (group.letters.len()) " × " (group.failure) }
                 p {
                     "First seen " span.first-seen { (seen(group.first_seen())) } ", last seen "
-                    span.last-seen { (seen(group.last_seen())) } " UTC; replayed "
+                    span.last-seen { (seen(group.last_seen())) } "; replayed "
                     span.replays { (group.replays()) } " times before. "
                     @if may_act {
                         @for action in ["replay", "discard"] {
