@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod cluster;
 pub mod process;
+pub mod publishing;
 pub mod system;
 pub mod tokens;
 
