@@ -69,6 +69,20 @@ impl TestDb {
             .expect("events read")
     }
 
+    /// The one value `sql` selects, with `bind` as `$1`.
+    pub async fn scalar<'q, T, B>(&self, sql: &'static str, bind: B) -> T
+    where
+        T: Send + Unpin,
+        (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+        B: 'q + sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        sqlx::query_scalar(sql)
+            .bind(bind)
+            .fetch_one(&self.pool)
+            .await
+            .expect(sql)
+    }
+
     pub async fn new() -> Self {
         Self::on(&admin_url()).await
     }
@@ -104,6 +118,14 @@ impl Drop for TestDb {
         });
         let _ = cleanup.join();
     }
+}
+
+/// A database of the test's own and the API over it, as [`TestApp::start`] runs it. Keep the
+/// database as long as the API: dropping it drops the database.
+pub async fn start_app() -> (TestDb, TestApp) {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
+    (db, app)
 }
 
 /// A running HAP HTTP API on its own port, over the test's database.
