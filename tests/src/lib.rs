@@ -1,7 +1,8 @@
 //! Shared helpers for HAP's end-to-end tests: each test gets its own database ([`TestDb`], a
 //! scratch database dropped with it, whether the test passed or not) and, where it needs one,
 //! its own HTTP server on port 0 running the real router, or its own RabbitMQ cluster
-//! ([`cluster`]). What the benchmarks need as well lives in `hap-support`.
+//! ([`cluster`]); [`publishing::Publishing`] adds a publisher and a capture of what it sends.
+//! What the benchmarks need as well lives in `hap-support`.
 
 pub mod broker;
 pub mod cluster;
