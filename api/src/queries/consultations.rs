@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::consistency::{Consistent, Consultations, PatientConsultations, PhysicianAgenda};
 use super::pagination::{self, Page, PageRequest};
-use super::single::{self, Resource};
+use super::single;
 use super::{Items, Params, QueryHeaders, ensure_found};
 use crate::auth::{Authorized, ConsultationsRead};
 use crate::error::{ApiError, Problem};
@@ -86,13 +86,7 @@ pub struct Consultation {
     pub updated_at: DateTime<Utc>,
 }
 
-impl Resource for Consultation {
-    const NAME: &'static str = "consultation";
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-}
+single::resource!(Consultation, "consultation");
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

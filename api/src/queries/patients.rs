@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::consistency::{Consistent, Patients};
 use super::pagination::{self, Page, PageRequest};
-use super::single::{self, Resource};
+use super::single;
 use super::{Params, PersonStatus, QueryHeaders, like_prefix};
 use crate::auth::{Authorized, PatientsRead};
 use crate::error::{ApiError, Problem};
@@ -54,13 +54,7 @@ pub struct Patient {
     pub updated_at: DateTime<Utc>,
 }
 
-impl Resource for Patient {
-    const NAME: &'static str = "patient";
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-}
+single::resource!(Patient, "patient");
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::consistency::{Consistent, Physicians};
 use super::pagination::{self, Page, PageRequest};
-use super::single::{self, Resource};
+use super::single;
 use super::{Params, PersonStatus, QueryHeaders};
 use crate::auth::{Authorized, PhysiciansRead};
 use crate::error::{ApiError, Problem};
@@ -51,13 +51,7 @@ pub struct Physician {
     pub updated_at: DateTime<Utc>,
 }
 
-impl Resource for Physician {
-    const NAME: &'static str = "physician";
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-}
+single::resource!(Physician, "physician");
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

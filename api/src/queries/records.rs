@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::consistency::{Consistent, ConsultationRecords, Records};
-use super::single::{self, Resource};
+use super::single;
 use super::{Items, QueryHeaders, ensure_found};
 use crate::auth::{Authorized, RecordsRead};
 use crate::error::{ApiError, Problem};
@@ -61,13 +61,7 @@ pub struct Record {
     pub updated_at: DateTime<Utc>,
 }
 
-impl Resource for Record {
-    const NAME: &'static str = "record";
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-}
+single::resource!(Record, "record");
 
 single::get_one! {
     /// A clinical record as the read model has it.

@@ -22,6 +22,20 @@ pub trait Resource: Serialize {
     fn version(&self) -> i64;
 }
 
+/// `impl Resource` for a row whose `version` column is its stream version.
+macro_rules! resource {
+    ($row:ident, $name:literal) => {
+        impl single::Resource for $row {
+            const NAME: &'static str = $name;
+
+            fn version(&self) -> i64 {
+                self.version
+            }
+        }
+    };
+}
+pub(crate) use resource;
+
 /// A `GET …/{id}` route: `$name` answers one `$row` through [`answer`], loaded by `sql` with the
 /// id as `$1` and the caller's tenant as `$2`. Every resource answers the same way, so its
 /// OpenAPI answers are written here once. The caller's module imports the names used here.
