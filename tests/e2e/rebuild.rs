@@ -123,11 +123,11 @@ async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
     let store = EventStore::new(db.pool.clone());
     let schema = projections::schema::schema_name("r");
     let all = all_projections();
-    let indexes = indexes_of(&db, &schema).await;
+    let indexes = indexes_of(db, &schema).await;
     assert!(indexes.len() > 10, "the migrations' indexes: {indexes:?}");
 
     let stop = tokio_util::sync::CancellationToken::new();
-    let writer = keep_commanding(&app, stop.clone());
+    let writer = keep_commanding(app, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rebuilt = rebuild(&store, &db.url, &schema, &all, false, false)
         .await
@@ -138,7 +138,7 @@ async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
 
     assert!(rebuilt.events > 0);
     assert!(
-        eventually(PATIENCE, || caught_up(&db, &read)).await,
+        eventually(PATIENCE, || caught_up(db, read)).await,
         "the live projectors caught up"
     );
     let verified = rebuild(&store, &db.url, &schema, &all, true, false)
@@ -151,7 +151,7 @@ async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
         .unwrap();
     assert!(patients > 0, "the swapped-in model is the one queries read");
     assert_eq!(
-        indexes_of(&db, &schema).await,
+        indexes_of(db, &schema).await,
         indexes,
         "the rebuilt tables have every index and key the migrations gave them"
     );
@@ -166,10 +166,10 @@ async fn verify_reports_a_tampered_read_model_and_a_rebuild_of_its_projection_me
         app.register_patient(&format!("DOC-{n}")).await;
     }
     app.register_physician("CRM-1").await;
-    assert!(eventually(PATIENCE, || caught_up(&db, &read)).await);
+    assert!(eventually(PATIENCE, || caught_up(db, read)).await);
     let store = EventStore::new(db.pool.clone());
     let schema = projections::schema::schema_name("v");
-    let indexes = indexes_of(&db, &schema).await;
+    let indexes = indexes_of(db, &schema).await;
 
     sqlx::query("update patients set name = 'Tampered' where id = (select id from patients order by id limit 1)")
         .execute(&read.pool)
@@ -200,7 +200,7 @@ async fn verify_reports_a_tampered_read_model_and_a_rebuild_of_its_projection_me
         .await
         .unwrap();
     assert_eq!(physicians, 1, "the other projections were left alone");
-    assert_eq!(indexes_of(&db, &schema).await, indexes);
+    assert_eq!(indexes_of(db, &schema).await, indexes);
     live.stop().await;
 }
 
@@ -345,7 +345,7 @@ async fn a_rebuild_folds_every_kind_of_event_as_the_live_projectors_do() {
         .post(&format!("/patients/{other}/deactivate"), json!({}))
         .await;
     assert_eq!(deactivated.status(), 200);
-    assert!(eventually(PATIENCE, || caught_up(&db, &read)).await);
+    assert!(eventually(PATIENCE, || caught_up(db, read)).await);
 
     let store = EventStore::new(db.pool.clone());
     let schema = projections::schema::schema_name("e");
