@@ -408,7 +408,8 @@ pub async fn message(
     let Some(letter) = letters.into_iter().find(|letter| {
         letter.event_id.as_deref() == Some(opened.event.as_str()) && visible(&operator, letter)
     }) else {
-        let what = html! { "the dead letter " code { (opened.event) } " of " code { (opened.queue) } };
+        let what =
+            html! { "the dead letter " code { (opened.event) } " of " code { (opened.queue) } };
         return not_found(&operator, what);
     };
     let may_act = operator.0.may(OpsWrite::NAME);
