@@ -1032,7 +1032,7 @@ async fn in_a_browser_a_stuck_consultation_shows_and_a_dead_letter_replayed_reac
     // A consultation that failed, as the saga records one for an inactive patient (no saga
     // runs here, or the stuck one would not stay stuck): the page charts it.
     let store = EventStore::new(db.pool.clone());
-    failed_scheduling(&store, api::auth::INSECURE_TENANT, "patient_inactive").await;
+    failed_scheduling(&store, api::auth::INSECURE_TENANT, "patient_invalid").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let chromium = Chromium::launch().await;
@@ -1040,7 +1040,7 @@ async fn in_a_browser_a_stuck_consultation_shows_and_a_dead_letter_replayed_reac
         .open(&format!("{}/console/sagas", system.app.base))
         .await;
     assert!(shows(&sagas, "stuck: past its deadline").await);
-    assert!(shows(&sagas, "patient_inactive failures per hour").await);
+    assert!(shows(&sagas, "patient_invalid failures per hour").await);
     let html = sagas.content().await.unwrap();
     assert!(html.contains(&id.to_string()), "{html}");
     assert!(html.contains("<rect"), "the failure is charted: {html}");
