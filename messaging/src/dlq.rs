@@ -31,14 +31,41 @@ pub struct DeadLetter {
     pub error: Option<String>,
     pub original_queue: Option<String>,
     pub retries: Option<i64>,
-    pub size: usize,
     /// The tenant whose event it carries, when the body is a HAP event message: what an
     /// operator of one clinic may see of it.
     pub tenant_id: Option<String>,
+    /// The kind of aggregate whose event it carries, when the body is a HAP event message:
+    /// whether its payload is clinical-record content.
+    pub aggregate_type: Option<String>,
     /// When it was dead-lettered (last), if the consumer said so.
     pub dead_lettered_at: Option<DateTime<Utc>>,
     /// How many times it was replayed before.
     pub replays: i64,
+    /// The routing key it was last published with.
+    pub routing_key: String,
+    /// Every AMQP header it carries, HAP's and the broker's.
+    pub headers: FieldTable,
+    /// The message's body as it is.
+    pub body: Vec<u8>,
+}
+
+impl DeadLetter {
+    /// Its headers as an operator reads them, by name: texts and numbers as they are, anything
+    /// else (the broker's `x-death` record, say) in its debug form.
+    pub fn header_texts(&self) -> Vec<(String, String)> {
+        (self.headers.inner().iter())
+            .map(|(name, value)| {
+                let shown = match value {
+                    AMQPValue::LongString(s) => s.to_string(),
+                    AMQPValue::ShortString(s) => s.to_string(),
+                    AMQPValue::LongLongInt(n) => n.to_string(),
+                    AMQPValue::LongInt(n) => n.to_string(),
+                    other => format!("{other:?}"),
+                };
+                (name.to_string(), shown)
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +142,7 @@ async fn visit(
         };
         let delivery = message.delivery;
         let fields = delivery.properties.headers().clone().unwrap_or_default();
+        let event = EventMessage::read(&delivery.data).ok();
         let letter = DeadLetter {
             event_id: delivery
                 .properties
@@ -125,13 +153,14 @@ async fn visit(
             error: text(&fields, headers::ERROR),
             original_queue: text(&fields, headers::ORIGINAL_QUEUE),
             retries: number(&fields, headers::RETRY_COUNT),
-            size: delivery.data.len(),
-            tenant_id: EventMessage::read(&delivery.data)
-                .ok()
-                .map(|message| message.tenant_id.into_owned()),
+            tenant_id: event.as_ref().map(|m| m.tenant_id.to_string()),
+            aggregate_type: event.as_ref().map(|m| m.aggregate_type.to_string()),
             dead_lettered_at: number(&fields, headers::DEAD_LETTERED_AT)
                 .and_then(DateTime::from_timestamp_millis),
             replays: number(&fields, headers::REPLAY_COUNT).unwrap_or(0),
+            routing_key: delivery.routing_key.to_string(),
+            headers: fields,
+            body: delivery.data.clone(),
         };
         match choose(&letter) {
             Action::Keep => kept.push(delivery.delivery_tag),
@@ -143,7 +172,7 @@ async fn visit(
                 // A fresh start: the retry count and the last error go; the replays are
                 // counted one more.
                 let mut fresh = FieldTable::default();
-                for (name, value) in fields.inner() {
+                for (name, value) in letter.headers.inner() {
                     if ![
                         headers::ERROR,
                         headers::RETRY_COUNT,

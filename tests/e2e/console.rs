@@ -633,6 +633,95 @@ async fn a_failure_group_shows_when_it_was_first_and_last_seen_and_its_replays_a
     system.stop().await;
 }
 
+/// The address of the page of the dead letter `event` of `names`' queue.
+fn message_page(names: &QueueNames, event: &str) -> String {
+    format!(
+        "/console/dead-letters/message?queue={}&event={event}",
+        names.main
+    )
+}
+
+/// The event ids of `names`' dead letters, in the queue's order.
+async fn order(names: &QueueNames) -> Vec<Option<String>> {
+    letters(names)
+        .await
+        .into_iter()
+        .map(|l| l.event_id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letters_page_shows_its_headers_error_and_body_to_its_tenant_and_leaves_it_in_place()
+{
+    let db = TestDb::new().await;
+    let (system, names) = with_projectors(&db).await;
+    let app = &system.app;
+    let first = poison(&names, "north").await;
+    let event = poison(&names, "north").await;
+    let mut record = unpublished(
+        "record",
+        "ConsultationRecordCreated",
+        json!({"recordId": uuid::Uuid::now_v7(), "notes": "a private diagnosis"}),
+    );
+    record.tenant_id = "north".into();
+    dead_letter(&names, &record, "database down").await;
+    let before = order(&names).await;
+    assert_eq!(before.len(), 3);
+
+    let reader = token("north", "ops:read");
+    let (status, body) = page(app, &message_page(&names, &event), Some(&reader)).await;
+    assert_eq!(status, 200, "{body}");
+    let body = body.replace("&quot;", "\"");
+    for shown in [
+        "unknown event type Nonsense at position 42",
+        "x-error",
+        "x-dead-lettered-at",
+        "routing key",
+        names.dead_letters.as_str(),
+        // The body, pretty-printed.
+        r#""eventType": "Nonsense""#,
+        r#""tenantId": "north""#,
+        "needs ops:write",
+    ] {
+        assert!(body.contains(shown), "{shown}: {body}");
+    }
+    let writer = token("north", "ops:read ops:write");
+    let (_, actions) = page(app, &message_page(&names, &event), Some(&writer)).await;
+    let replay = format!(
+        "/console/dead-letters/confirm?queue={}&amp;event={event}&amp;action=replay",
+        names.main
+    );
+    assert!(actions.contains(&replay), "{actions}");
+    let (_, list) = page(app, "/console/dead-letters", Some(&reader)).await;
+    assert!(
+        list.contains(&message_page(&names, &event).replace('&', "&amp;")),
+        "the list leads to the page: {list}"
+    );
+
+    let south = token("south", "ops:read");
+    let (status, elsewhere) = page(app, &message_page(&names, &event), Some(&south)).await;
+    assert_eq!(status, 404, "{elsewhere}");
+    assert!(!elsewhere.contains("Nonsense at position"), "{elsewhere}");
+    let unknown = format!("/console/dead-letters/message?queue=elsewhere&event={event}");
+    assert_eq!(page(app, &unknown, Some(&reader)).await.0, 404);
+
+    // A clinical record's content is the records API's to show: not without records:read.
+    let record_page = message_page(&names, &record.event_id.to_string());
+    let (status, hidden) = page(app, &record_page, Some(&reader)).await;
+    assert_eq!(status, 200, "{hidden}");
+    assert!(hidden.contains("database down"), "{hidden}");
+    assert!(hidden.contains("hidden: needs records:read"), "{hidden}");
+    assert!(!hidden.contains("a private diagnosis"), "{hidden}");
+    let clinician = token("north", "ops:read records:read");
+    let (_, shown) = page(app, &record_page, Some(&clinician)).await;
+    assert!(shown.contains("a private diagnosis"), "{shown}");
+
+    // Looked at again and again, every message is still there, in its place.
+    assert_eq!(order(&names).await, before);
+    assert_eq!(before[0].as_deref(), Some(first.as_str()));
+    system.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_overview_names_the_publisher_leader_and_each_instances_figures_as_every_process_recorded_them()
  {
@@ -940,6 +1029,10 @@ async fn in_a_browser_a_stuck_consultation_shows_and_a_dead_letter_replayed_reac
             .status(),
         404
     );
+    // A consultation that failed, as the saga records one for an inactive patient (no saga
+    // runs here, or the stuck one would not stay stuck): the page charts it.
+    let store = EventStore::new(db.pool.clone());
+    failed_scheduling(&store, api::auth::INSECURE_TENANT, "patient_invalid").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let chromium = Chromium::launch().await;
@@ -947,7 +1040,10 @@ async fn in_a_browser_a_stuck_consultation_shows_and_a_dead_letter_replayed_reac
         .open(&format!("{}/console/sagas", system.app.base))
         .await;
     assert!(shows(&sagas, "stuck: past its deadline").await);
-    assert!(sagas.content().await.unwrap().contains(&id.to_string()));
+    assert!(shows(&sagas, "patient_invalid failures per hour").await);
+    let html = sagas.content().await.unwrap();
+    assert!(html.contains(&id.to_string()), "{html}");
+    assert!(html.contains("<rect"), "the failure is charted: {html}");
     screenshot(&sagas, "sagas").await;
 
     let letters = chromium
@@ -957,6 +1053,19 @@ async fn in_a_browser_a_stuck_consultation_shows_and_a_dead_letter_replayed_reac
     assert!(shows(&letters, &event).await);
     assert!(shows(&letters, "Nonsense").await);
     screenshot(&letters, "dead-letters").await;
+    // The registration's own page, and from it the replay.
+    letters
+        .find_element(format!("a[href*='/message?'][href*='event={event}']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(shows(&letters, "x-original-queue").await);
+    let html = letters.content().await.unwrap();
+    assert!(html.contains("database down"), "{html}");
+    assert!(html.contains("Ana Replayed"), "{html}");
+    screenshot(&letters, "dead-letter").await;
     letters
         .find_element(format!("a[href*='event={event}'][href*='action=replay']"))
         .await
@@ -999,14 +1108,26 @@ fn unpublished_registration(name: &str) -> RecordedEvent {
     let patient = uuid::Uuid::now_v7();
     let payload = json!({"patientId": patient, "name": name, "birthDate": "1990-01-01",
                          "documentNumber": format!("D-{patient}")});
+    let mut event = unpublished("patient", "PatientRegistered", payload);
+    event.stream_id = patient;
+    event
+}
+
+/// An event of the insecure tenant as the store would have recorded it, never stored nor
+/// published.
+fn unpublished(
+    aggregate_type: &str,
+    event_type: &str,
+    payload: serde_json::Value,
+) -> RecordedEvent {
     RecordedEvent {
         position: 1,
         transaction_id: 1,
         event_id: uuid::Uuid::now_v7(),
-        stream_id: patient,
-        aggregate_type: "patient".into(),
+        stream_id: uuid::Uuid::now_v7(),
+        aggregate_type: aggregate_type.into(),
         version: 1,
-        event_type: "PatientRegistered".into(),
+        event_type: event_type.into(),
         payload: serde_json::value::RawValue::from_string(payload.to_string()).unwrap(),
         tenant_id: api::auth::INSECURE_TENANT.into(),
         correlation_id: "console-test".into(),

@@ -4,6 +4,8 @@
 //! Each action is logged with the operator who took it and counted in
 //! `hap_console_dead_letter_actions_total`. A replay adds one to the message's
 //! `x-replay-count` header, which stays with it if it fails again: the page shows it.
+//! One message's page shows its headers, error and body (a clinical record's content only
+//! with `records:read`, as on the streams page), and leads to replaying or discarding it.
 //!
 //! Reading a dead-letter queue takes every message and puts it back, over a connection of its
 //! own: the page costs one connection per queue, so it is read only when asked for, never by
@@ -20,11 +22,12 @@ use chrono::{DateTime, Utc};
 use domain::service::Service;
 use maud::{Markup, html};
 use messaging::QueueNames;
-use messaging::dlq::{self, Action, DeadLetter};
+use messaging::dlq::{self, Action, DeadLetter, DlqError};
 use serde::Deserialize;
 
 use crate::auth::{OpsWrite, Scope};
 use crate::console::layout::{frame, moment};
+use crate::console::pages::streams::payload;
 use crate::console::session::{Operator, cross_site, forbidden, same_site};
 use crate::queries::Params;
 use crate::state::AppState;
@@ -210,12 +213,12 @@ pub async fn page(State(app): State<AppState>, operator: Operator) -> Markup {
                     @for letter in &group.letters {
                         @let id = letter.event_id.as_deref().unwrap_or("");
                         tr {
-                            td { code { (id) } }
+                            td { a href=(address(group.queue, id)) { code { (id) } } }
                             td { (letter.event_type.as_deref().unwrap_or("?")) }
                             td { (seen(letter.dead_lettered_at)) }
                             td.num { (letter.retries.unwrap_or(0)) }
                             td.num.replays { (letter.replays) }
-                            td.num { (letter.size) }
+                            td.num { (letter.body.len()) }
                             td {
                                 @if !may_act {
                                     span.muted { "needs ops:write" }
@@ -241,12 +244,15 @@ pub async fn page(State(app): State<AppState>, operator: Operator) -> Markup {
 /// The address of the page that confirms `action` on the dead letters of `queue` that
 /// `chosen` names: `("event", id)` or `("failure", fingerprint)`.
 fn confirmation(queue: &str, chosen: (&str, &str), action: &str) -> String {
+    link("confirm", &[("queue", queue), chosen, ("action", action)])
+}
+
+/// The address of the console's `/console/dead-letters/{page}`, `pairs` its query.
+fn link(page: &str, pairs: &[(&str, &str)]) -> String {
     let query = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("queue", queue)
-        .append_pair(chosen.0, chosen.1)
-        .append_pair("action", action)
+        .extend_pairs(pairs)
         .finish();
-    format!("/console/dead-letters/confirm?{query}")
+    format!("/console/dead-letters/{page}?{query}")
 }
 
 /// `GET /console/dead-letters/confirm`: asks before acting, saying how many it would touch.
@@ -259,20 +265,16 @@ pub async fn confirm(
         return forbidden(OpsWrite::NAME);
     }
     let action = choice.action.name();
-    let count = if queues(&app).contains(&choice.queue) {
-        (dlq::list(&app.settings.amqp_url, &choice.queue).await)
-            .map(|letters| {
-                letters
-                    .iter()
-                    .filter(|l| choice.picks(&operator, l))
-                    .count()
-            })
-            .unwrap_or(0)
-    } else {
-        0
-    };
+    let count = (read(&app, &choice.queue).await)
+        .map(|letters| {
+            letters
+                .iter()
+                .filter(|l| choice.picks(&operator, l))
+                .count()
+        })
+        .unwrap_or(0);
     if count == 0 {
-        return not_found(&operator, &choice);
+        return not_found(&operator, choice.describe());
     }
     let body = html! {
         h1 { "Confirm" }
@@ -293,11 +295,11 @@ pub async fn confirm(
     frame("Confirm", Some(&operator.0), body).into_response()
 }
 
-/// The 404 page of a choice that picks none of the operator's dead letters.
-fn not_found(operator: &Operator, choice: &Choice) -> Response {
+/// The 404 page of dead letters (`what`, in words) none of which is the operator's.
+fn not_found(operator: &Operator, what: Markup) -> Response {
     let body = html! {
         h1 { "Not found" }
-        p { "None of your dead letters is " (choice.describe()) "." }
+        p { "None of your dead letters is " (what) "." }
     };
     (
         StatusCode::NOT_FOUND,
@@ -333,7 +335,7 @@ pub async fn resolve(
     };
     let action = choice.action.name();
     match resolved {
-        Ok(0) => not_found(&operator, &choice),
+        Ok(0) => not_found(&operator, choice.describe()),
         Ok(count) => {
             // Who and what only: the message's body may hold a patient's data. The failure is
             // the error as the consumer already logged it, its numbers left out.
@@ -353,17 +355,102 @@ pub async fn resolve(
         }
         Err(error) => {
             tracing::warn!(%error, queue = %choice.queue, "resolving dead letters failed");
-            let body = html! {
-                h1 { "Not done" }
-                p { "The broker did not complete the " (action) ": " (error) }
-            };
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                frame("Not done", Some(&operator.0), body),
-            )
-                .into_response()
+            unavailable(&operator, &format!("complete the {action}"), &error)
         }
     }
+}
+
+/// The 503 page of something (`what`) the broker did not do.
+fn unavailable(operator: &Operator, what: &str, error: &DlqError) -> Response {
+    let body = html! {
+        h1 { "Not done" }
+        p { "The broker did not " (what) ": " (error) }
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        frame("Not done", Some(&operator.0), body),
+    )
+        .into_response()
+}
+
+/// The dead letters of `queue`, left in place; none if it is not one of the console's queues
+/// (the address names it, so it may be anything).
+async fn read(app: &AppState, queue: &str) -> Result<Vec<DeadLetter>, DlqError> {
+    if !queues(app).iter().any(|known| known == queue) {
+        return Ok(Vec::new());
+    }
+    dlq::list(&app.settings.amqp_url, queue).await
+}
+
+/// One dead letter: the query of its page.
+#[derive(Debug, Deserialize)]
+pub struct Opened {
+    queue: String,
+    event: String,
+}
+
+/// The address of the page of the dead letter `event` of `queue`.
+fn address(queue: &str, event: &str) -> String {
+    link("message", &[("queue", queue), ("event", event)])
+}
+
+/// `GET /console/dead-letters/message`: one dead letter's headers, error and body. Reading it
+/// takes the queue's messages and puts them back, as the list does: it stays where it was.
+pub async fn message(
+    State(app): State<AppState>,
+    operator: Operator,
+    Params(opened): Params<Opened>,
+) -> Response {
+    let letters = match read(&app, &opened.queue).await {
+        Ok(letters) => letters,
+        Err(error) => return unavailable(&operator, "hand over the dead letters", &error),
+    };
+    let Some(letter) = letters.into_iter().find(|letter| {
+        letter.event_id.as_deref() == Some(opened.event.as_str()) && visible(&operator, letter)
+    }) else {
+        let what =
+            html! { "the dead letter " code { (opened.event) } " of " code { (opened.queue) } };
+        return not_found(&operator, what);
+    };
+    let may_act = operator.0.may(OpsWrite::NAME);
+    let body = String::from_utf8_lossy(&letter.body);
+    let page = html! {
+        h1 { "Dead letter " code { (opened.event) } }
+        p.muted {
+            "In " code { (opened.queue) } " · " (letter.event_type.as_deref().unwrap_or("?"))
+            " · tenant " (letter.tenant_id.as_deref().unwrap_or("unknown"))
+        }
+        p {
+            @if may_act {
+                @for action in ["replay", "discard"] {
+                    a href=(confirmation(&opened.queue, ("event", &opened.event), action)) { (action) "…" }
+                    " "
+                }
+            } @else {
+                span.muted { "Replaying or discarding it needs ops:write." }
+            }
+        }
+        h2 { "Error" }
+        pre.error { (letter.error.as_deref().unwrap_or("(no error recorded)")) }
+        h2 { "Headers" }
+        table.headers {
+            tr { th { "routing key" } td { code { (letter.routing_key) } } }
+            @for (name, value) in letter.header_texts() {
+                tr {
+                    th { (name) }
+                    td {
+                        code { (value) }
+                        @if name == messaging::headers::DEAD_LETTERED_AT {
+                            @if let Some(at) = letter.dead_lettered_at { " (" (moment(at)) " UTC)" }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Body" }
+        (payload(&operator, letter.aggregate_type.as_deref().unwrap_or(""), &body))
+    };
+    frame("Dead letter", Some(&operator.0), page).into_response()
 }
 
 #[cfg(test)]
