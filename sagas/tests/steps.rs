@@ -10,8 +10,8 @@ use domain::event::{
     ConsultationCancellationRequested, ConsultationCancelled, ConsultationRecordsVoided,
     ConsultationScheduled, ConsultationSchedulingFailed, ConsultationSchedulingStarted,
     FailureReason, PatientDeactivated, PatientRegistered, PatientValidatedForConsultation,
-    PatientValidationFailed, PhysicianAvailabilityConfirmed, PhysicianRegistered,
-    PhysicianSlotReleased,
+    PatientValidationFailed, PhysicianAvailabilityConfirmed, PhysicianAvailabilityRejected,
+    PhysicianRegistered, PhysicianSlotReleased,
 };
 use domain::ids::{ConsultationId, PatientId, PhysicianId};
 use domain::patient::Patient;
@@ -86,6 +86,29 @@ impl Booking {
             .events::<Consultation>(self.stream(), [request])
     }
 
+    fn validated(&self) -> Event {
+        Event::PatientValidatedForConsultation(PatientValidatedForConsultation {
+            patient_id: self.patient,
+            consultation_id: self.consultation,
+        })
+    }
+
+    fn patient_refused(&self) -> Event {
+        Event::PatientValidationFailed(PatientValidationFailed {
+            patient_id: self.patient,
+            consultation_id: self.consultation,
+            reason: "patient is deactivated".into(),
+        })
+    }
+
+    fn rejected(&self) -> Event {
+        Event::PhysicianAvailabilityRejected(PhysicianAvailabilityRejected {
+            physician_id: self.physician,
+            consultation_id: self.consultation,
+            reason: "booked".into(),
+        })
+    }
+
     fn held(&self) -> Event {
         Event::PhysicianAvailabilityConfirmed(PhysicianAvailabilityConfirmed {
             physician_id: self.physician,
@@ -128,11 +151,34 @@ impl Booking {
         })
     }
 
-    /// Requested, held and scheduled.
+    /// Requested, validated, held and scheduled.
     fn scheduled_given(&self) -> Given {
         self.requested()
+            .events::<Patient>(self.patient.as_uuid(), [self.validated()])
             .events::<DaySchedule>(self.day(), [self.held()])
             .events::<Consultation>(self.stream(), [self.scheduled()])
+    }
+
+    /// The patient service's step for the request.
+    fn validate(&self) -> Step {
+        Step::ValidatePatient {
+            patient_id: self.patient,
+            consultation_id: self.consultation,
+        }
+    }
+
+    /// The physician service's step for the request.
+    fn hold(&self) -> Step {
+        Step::HoldSlot {
+            consultation_id: self.consultation,
+        }
+    }
+
+    /// The scheduling service's step for either confirmation.
+    fn confirm(&self) -> Step {
+        Step::ConfirmScheduling {
+            consultation_id: self.consultation,
+        }
     }
 }
 
@@ -151,6 +197,13 @@ trait WhenStep {
     /// succeeded.
     async fn when_step(self, step: Step) -> Then<Result<(), StepError>>;
 
+    /// When `steps` run one after the other, each for a fresh trigger, as the saga's
+    /// consumers run them in that order; then every one succeeded.
+    async fn when_steps(
+        self,
+        steps: impl IntoIterator<Item = Step>,
+    ) -> Then<Result<(), StepError>>;
+
     /// When the timer fires the deadline of saga `id`; then that went through.
     async fn when_deadline_fires(self, id: Uuid) -> Then<Result<(), CommandError>>;
 }
@@ -158,6 +211,21 @@ trait WhenStep {
 impl WhenStep for Given {
     async fn when_step(self, step: Step) -> Then<Result<(), StepError>> {
         let run = |pipeline| async move { Steps { pipeline }.run(&step, &trigger()).await };
+        self.when(run).await.then_ok(|_| true)
+    }
+
+    async fn when_steps(
+        self,
+        steps: impl IntoIterator<Item = Step>,
+    ) -> Then<Result<(), StepError>> {
+        let steps: Vec<Step> = steps.into_iter().collect();
+        let run = |pipeline| async move {
+            let runner = Steps { pipeline };
+            for step in &steps {
+                runner.run(step, &trigger()).await?;
+            }
+            Ok(())
+        };
         self.when(run).await.then_ok(|_| true)
     }
 
@@ -209,12 +277,9 @@ async fn validate_patient_fails_a_deactivated_patient() {
 }
 
 #[tokio::test]
-async fn hold_slot_holds_the_slot_of_a_requested_consultation() {
+async fn hold_slot_holds_the_slot_of_a_requested_consultation_before_any_validation() {
     let b = Booking::new();
-    let step = Step::HoldSlot {
-        consultation_id: b.consultation,
-    };
-    b.requested().when_step(step).await.then_events([b.held()]);
+    b.requested().when_step(b.hold()).await.then_events([b.held()]);
 }
 
 #[tokio::test]
@@ -246,32 +311,273 @@ async fn release_slot_releases_a_held_slot_and_nothing_else() {
 }
 
 #[tokio::test]
-async fn confirm_scheduling_schedules_and_pauses_the_deadline() {
+async fn confirm_scheduling_with_both_confirmations_schedules_and_pauses_the_deadline() {
     let b = Booking::new();
-    let step = Step::ConfirmScheduling {
-        consultation_id: b.consultation,
-        physician_id: b.physician,
-    };
     b.requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()])
         .events::<DaySchedule>(b.day(), [b.held()])
-        .when_step(step)
+        .when_step(b.confirm())
         .await
         .then_events([b.scheduled()])
         .then_deadline(b.stream(), DeadlineState::Paused);
 }
 
 #[tokio::test]
+async fn confirm_scheduling_with_one_confirmation_waits_for_the_other() {
+    let b = Booking::new();
+    b.requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()])
+        .when_step(b.confirm())
+        .await
+        .then_no_events()
+        .then_deadline(b.stream(), DeadlineState::Running);
+    b.requested()
+        .events::<DaySchedule>(b.day(), [b.held()])
+        .when_step(b.confirm())
+        .await
+        .then_no_events()
+        .then_deadline(b.stream(), DeadlineState::Running);
+}
+
+#[tokio::test]
 async fn confirm_scheduling_after_the_deadline_fired_gives_the_slot_back() {
     let b = Booking::new();
     let timed_out = b.failed(FailureReason::TimedOut, "late");
-    let step = Step::ConfirmScheduling {
-        consultation_id: b.consultation,
-        physician_id: b.physician,
-    };
     b.requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()])
         .events::<DaySchedule>(b.day(), [b.held()])
         .events::<Consultation>(b.stream(), [timed_out])
-        .when_step(step)
+        .when_step(b.confirm())
+        .await
+        .then_events([b.released()]);
+}
+
+// The interleavings of the fan-out: both sides answer the request at once, in either order,
+// each answer runs the confirming step, and duplicates, refusals and the deadline may fall
+// anywhere in between.
+
+#[tokio::test]
+async fn validated_first_then_held_schedules_on_the_holds_confirmation() {
+    let b = Booking::new();
+    b.requested()
+        .when_steps([b.validate(), b.confirm(), b.hold(), b.confirm()])
+        .await
+        .then_events([b.validated(), b.held(), b.scheduled()])
+        .then_deadline(b.stream(), DeadlineState::Paused);
+}
+
+#[tokio::test]
+async fn held_first_then_validated_schedules_on_the_validations_confirmation() {
+    let b = Booking::new();
+    b.requested()
+        .when_steps([b.hold(), b.confirm(), b.validate(), b.confirm()])
+        .await
+        .then_events([b.held(), b.validated(), b.scheduled()])
+        .then_deadline(b.stream(), DeadlineState::Paused);
+}
+
+#[tokio::test]
+async fn both_confirmations_stored_before_either_step_runs_schedule_once() {
+    let b = Booking::new();
+    b.requested()
+        .when_steps([b.validate(), b.hold(), b.confirm(), b.confirm()])
+        .await
+        .then_events([b.validated(), b.held(), b.scheduled()])
+        .then_deadline(b.stream(), DeadlineState::Paused);
+}
+
+/// Runs the confirming step for `triggers` in this order (a trigger named twice is its
+/// message delivered twice); whether each run succeeded.
+async fn confirm_for(given: Given, b: &Booking, triggers: &[&Trigger]) -> Then<Vec<bool>> {
+    let step = b.confirm();
+    given
+        .when(|pipeline| async move {
+            let steps = Steps { pipeline };
+            let mut results = Vec::new();
+            for trigger in triggers {
+                results.push(steps.run(&step, trigger).await.is_ok());
+            }
+            results
+        })
+        .await
+}
+
+#[tokio::test]
+async fn a_duplicated_confirmation_changes_nothing_before_or_after_the_other() {
+    let b = Booking::new();
+    let (validated, held) = (trigger(), trigger());
+    // Before the other answer: each confirmation's message twice waits twice.
+    let only_validated = b
+        .requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()]);
+    let then = confirm_for(only_validated, &b, &[&validated, &validated]).await;
+    assert_eq!(then.then_no_events().result, [true; 2]);
+    let only_held = b.requested().events::<DaySchedule>(b.day(), [b.held()]);
+    let then = confirm_for(only_held, &b, &[&held, &held]).await;
+    assert_eq!(then.then_no_events().result, [true; 2]);
+    // After it: both steps, each twice, schedule once.
+    let both = b
+        .requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()])
+        .events::<DaySchedule>(b.day(), [b.held()]);
+    let then = confirm_for(both, &b, &[&validated, &held, &validated, &held]).await;
+    let then = then
+        .then_events([b.scheduled()])
+        .then_deadline(b.stream(), DeadlineState::Paused);
+    assert_eq!(then.result, [true; 4]);
+}
+
+#[tokio::test]
+async fn the_request_delivered_twice_to_each_side_answers_once_each() {
+    let b = Booking::new();
+    let steps = [b.validate(), b.hold(), b.validate(), b.hold()];
+    let then = b
+        .requested()
+        .when(|pipeline| async move {
+            let runner = Steps { pipeline };
+            let started = trigger();
+            let mut results = Vec::new();
+            for step in &steps {
+                results.push(runner.run(step, &started).await.is_ok());
+            }
+            results
+        })
+        .await
+        .then_events([b.validated(), b.held()]);
+    assert_eq!(then.result, [true; 4]);
+}
+
+#[tokio::test]
+async fn the_patient_refused_before_the_hold_holds_nothing() {
+    let b = Booking::new();
+    b.requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.patient_refused()])
+        .when_steps([
+            Step::FailScheduling {
+                consultation_id: b.consultation,
+                reason: FailureReason::PatientInvalid,
+                detail: "patient is deactivated".into(),
+            },
+            Step::ReleaseSlot {
+                consultation_id: b.consultation,
+            },
+            b.hold(),
+        ])
+        .await
+        .then_events([b.failed(FailureReason::PatientInvalid, "patient is deactivated")]);
+}
+
+#[tokio::test]
+async fn the_patient_refused_after_the_hold_releases_the_slot() {
+    let b = Booking::new();
+    b.requested()
+        .events::<DaySchedule>(b.day(), [b.held()])
+        .events::<Patient>(b.patient.as_uuid(), [b.patient_refused()])
+        .when_steps([
+            // The hold's confirmation ran before the refusal: it waits.
+            b.confirm(),
+            Step::FailScheduling {
+                consultation_id: b.consultation,
+                reason: FailureReason::PatientInvalid,
+                detail: "patient is deactivated".into(),
+            },
+            Step::ReleaseSlot {
+                consultation_id: b.consultation,
+            },
+        ])
+        .await
+        .then_events([
+            b.failed(FailureReason::PatientInvalid, "patient is deactivated"),
+            b.released(),
+        ]);
+}
+
+#[tokio::test]
+async fn a_hold_that_lands_after_the_failure_and_its_release_is_released_by_its_confirmation() {
+    let b = Booking::new();
+    // The hold step read the consultation still requested; the refusal failed it, and the
+    // release for that failure found nothing held; then the hold committed.
+    b.requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.patient_refused()])
+        .events::<Consultation>(
+            b.stream(),
+            [b.failed(FailureReason::PatientInvalid, "patient is deactivated")],
+        )
+        .events::<DaySchedule>(b.day(), [b.held()])
+        .when_step(b.confirm())
+        .await
+        .then_events([b.released()]);
+}
+
+#[tokio::test]
+async fn the_physician_rejected_before_or_after_the_validation_fails_and_holds_nothing() {
+    let b = Booking::new();
+    let fail = Step::FailScheduling {
+        consultation_id: b.consultation,
+        reason: FailureReason::PhysicianUnavailable,
+        detail: "booked".into(),
+    };
+    let failed = b.failed(FailureReason::PhysicianUnavailable, "booked");
+    // Rejected first: the validation still answers, and its confirmation finds nothing to do.
+    b.requested()
+        .events::<DaySchedule>(b.day(), [b.rejected()])
+        .when_steps([fail.clone(), b.validate(), b.confirm()])
+        .await
+        .then_events([failed.clone(), b.validated()]);
+    // Validated first: its confirmation waits, then the rejection fails the consultation.
+    b.requested()
+        .when_steps([b.validate(), b.confirm()])
+        .await
+        .then_events([b.validated()]);
+    b.requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()])
+        .events::<DaySchedule>(b.day(), [b.rejected()])
+        .when_step(fail)
+        .await
+        .then_events([failed]);
+}
+
+#[tokio::test]
+async fn a_deadline_fired_between_the_answers_leaves_nothing_held_or_scheduled() {
+    let b = Booking::new();
+    // Validated, then timed out, then the hold comes: it holds nothing.
+    let validated = b
+        .requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()]);
+    let timed_out = validated
+        .when_deadline_fires(b.stream())
+        .await
+        .then_deadline(b.stream(), DeadlineState::Fired);
+    assert!(matches!(
+        timed_out.appended().as_slice(),
+        [Event::ConsultationSchedulingFailed(f)] if f.reason == FailureReason::TimedOut
+    ));
+    let timed_out = b.failed(FailureReason::TimedOut, "late");
+    b.requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()])
+        .events::<Consultation>(b.stream(), [timed_out.clone()])
+        .when_steps([b.hold(), b.confirm()])
+        .await
+        .then_no_events();
+    // Held, then timed out (the release found the slot), then validated: nothing to confirm.
+    b.requested()
+        .events::<DaySchedule>(b.day(), [b.held()])
+        .events::<Consultation>(b.stream(), [timed_out.clone()])
+        .when_steps([
+            Step::ReleaseSlot {
+                consultation_id: b.consultation,
+            },
+            b.validate(),
+            b.confirm(),
+        ])
+        .await
+        .then_events([b.released(), b.validated()]);
+    // Held and validated, the deadline fired before the confirmation: it gives the slot back.
+    b.requested()
+        .events::<DaySchedule>(b.day(), [b.held()])
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()])
+        .events::<Consultation>(b.stream(), [timed_out])
+        .when_steps([b.confirm(), b.confirm()])
         .await
         .then_events([b.released()]);
 }
