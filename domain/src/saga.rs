@@ -75,11 +75,9 @@ impl Service {
                 reason: FailureReason::PhysicianUnavailable,
                 detail: e.reason.clone(),
             },
-            (Self::Scheduling, E::PatientValidatedForConsultation(e)) => {
-                Step::ConfirmScheduling {
-                    consultation_id: e.consultation_id,
-                }
-            }
+            (Self::Scheduling, E::PatientValidatedForConsultation(e)) => Step::ConfirmScheduling {
+                consultation_id: e.consultation_id,
+            },
             (Self::Scheduling, E::PhysicianAvailabilityConfirmed(e)) => Step::ConfirmScheduling {
                 consultation_id: e.consultation_id,
             },
@@ -132,7 +130,9 @@ impl Confirmation {
     /// The answer `event` gives, and the consultation it answers for.
     pub fn given_by(event: &Event) -> Option<(ConsultationId, Self)> {
         match event {
-            Event::PatientValidatedForConsultation(e) => Some((e.consultation_id, Self::PatientValid)),
+            Event::PatientValidatedForConsultation(e) => {
+                Some((e.consultation_id, Self::PatientValid))
+            }
             Event::PhysicianAvailabilityConfirmed(e) => Some((e.consultation_id, Self::SlotHeld)),
             _ => None,
         }
@@ -290,7 +290,9 @@ mod tests {
                 Confirmation::stored_as(answer.event_type()),
                 Some(confirmation)
             );
-            let others = Service::ALL.into_iter().filter(|s| *s != Service::Scheduling);
+            let others = Service::ALL
+                .into_iter()
+                .filter(|s| *s != Service::Scheduling);
             assert!(others.filter_map(|s| s.react(answer)).next().is_none());
         }
     }

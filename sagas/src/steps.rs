@@ -114,15 +114,15 @@ impl<S: SagaStore> Steps<S> {
     /// finds both: it runs after its trigger committed, so after the earlier one too (for both
     /// steps to miss the other, each would have had to read before the other's trigger
     /// committed, and so before its own). Both steps may find both; then both send the
-    /// confirmation to the consultation's stream, where the version check lets one in and the
-    /// other changes nothing.
+    /// confirmation to the consultation's stream, and one of them finds it scheduled already.
     ///
-    /// While the patient's answer is missing, the slot may have been held for a consultation
-    /// that failed meanwhile (the patient refused, the deadline fired, the follow-up ended it),
-    /// after the release that its failure set off found nothing to release. Of the hold and the
-    /// failure, the later to commit is found by the other's step: this one, reading the
-    /// consultation after the hold committed, or the release, reading the day after the
-    /// failure committed. So the slot ends free either way.
+    /// A consultation that can no longer be scheduled gives back its slot once it has failed
+    /// (the patient refused, the deadline fired, the follow-up ended it). While the patient's
+    /// answer is missing, the slot may also have been held after the failure, when the release
+    /// that the failure set off found nothing to release. Of the hold and the failure, the later
+    /// to commit is found by the other's step: this one, reading the consultation after the hold
+    /// committed, or that release, reading the day after the failure committed. So the slot ends
+    /// free either way.
     async fn confirm_scheduling(
         &self,
         trigger: &Trigger,
@@ -134,50 +134,53 @@ impl<S: SagaStore> Steps<S> {
             .confirmations(&trigger.tenant_id, consultation_id)
             .await
             .map_err(|e| StepError::Transient(CommandError::Store(e)))?;
-        if Confirmation::ALL.iter().all(|c| stored.contains(c)) {
-            return self.schedule(trigger, consultation_id).await;
+        let both = Confirmation::ALL.iter().all(|c| stored.contains(c));
+        if both && self.schedule(trigger, consultation_id).await? {
+            return Ok(());
         }
         if !stored.contains(&Confirmation::SlotHeld) {
             // Nothing held yet: the hold's own step decides when it lands.
             return Ok(());
         }
+        // Still waiting for the patient's answer (which confirms or fails it), or failed.
         let failed = consultation(&self.pipeline, trigger, consultation_id)
             .await?
             .filter(|c| c.status == Status::Failed);
         match failed {
             Some(failed) => self.release_slot_of(trigger, &failed).await,
-            // Still waiting for the patient's answer, which confirms (or fails) it.
             None => Ok(()),
         }
     }
 
-    /// Schedules, which pauses the deadline in the same write. Whichever of that write and
-    /// the deadline's firing takes the deadline's row first wins. A consultation that can no
-    /// longer be scheduled (it timed out, or failed otherwise) gives back the slot it was
-    /// given. A write that fails rolls its pause back with it: the deadline counts again while
-    /// the message waits for its retry (or for ever, in the dead-letter queue), and fires at
-    /// once if it is overdue by then.
+    /// Schedules, which pauses the deadline in the same write; whether the consultation is
+    /// scheduled now. Whichever of that write and the deadline's firing takes the deadline's
+    /// row first wins. Not scheduled: it was refused, or the deadline no longer ran, which may
+    /// also mean that the other confirmation's step scheduled it first (a step deciding on a
+    /// cached state meets the paused deadline before the stream's version); the caller decides
+    /// on the consultation as stored then. A write that fails rolls its pause back with it:
+    /// the deadline counts again while the message waits for its retry (or for ever, in the
+    /// dead-letter queue), and fires at once if it is overdue by then.
     async fn schedule(
         &self,
         trigger: &Trigger,
         consultation_id: ConsultationId,
-    ) -> Result<(), StepError> {
+    ) -> Result<bool, StepError> {
         let stream = consultation_id.as_uuid();
         let scheduled = self
             .send::<Consultation>(trigger, stream, ConsultationCommand::ConfirmScheduling)
             .await;
         match scheduled {
-            Ok(Sent::Appended) => outcome("scheduling", "scheduled"),
-            Ok(Sent::Unchanged) => {}
-            Ok(Sent::Refused(_) | Sent::TooLate) => {
-                return self.release(trigger, consultation_id).await;
+            Ok(Sent::Appended) => {
+                outcome("scheduling", "scheduled");
+                Ok(true)
             }
+            Ok(Sent::Unchanged) => Ok(true),
+            Ok(Sent::Refused(_) | Sent::TooLate) => Ok(false),
             Err(error) => {
                 Deadlines::resumed();
-                return Err(error);
+                Err(error)
             }
         }
-        Ok(())
     }
 
     /// Releases the slot the consultation's physician's day holds for it, if any.

@@ -199,10 +199,8 @@ trait WhenStep {
 
     /// When `steps` run one after the other, each for a fresh trigger, as the saga's
     /// consumers run them in that order; then every one succeeded.
-    async fn when_steps(
-        self,
-        steps: impl IntoIterator<Item = Step>,
-    ) -> Then<Result<(), StepError>>;
+    async fn when_steps(self, steps: impl IntoIterator<Item = Step>)
+    -> Then<Result<(), StepError>>;
 
     /// When the timer fires the deadline of saga `id`; then that went through.
     async fn when_deadline_fires(self, id: Uuid) -> Then<Result<(), CommandError>>;
@@ -279,7 +277,10 @@ async fn validate_patient_fails_a_deactivated_patient() {
 #[tokio::test]
 async fn hold_slot_holds_the_slot_of_a_requested_consultation_before_any_validation() {
     let b = Booking::new();
-    b.requested().when_step(b.hold()).await.then_events([b.held()]);
+    b.requested()
+        .when_step(b.hold())
+        .await
+        .then_events([b.held()]);
 }
 
 #[tokio::test]
@@ -425,6 +426,34 @@ async fn a_duplicated_confirmation_changes_nothing_before_or_after_the_other() {
         .then_events([b.scheduled()])
         .then_deadline(b.stream(), DeadlineState::Paused);
     assert_eq!(then.result, [true; 4]);
+}
+
+#[tokio::test]
+async fn the_second_of_two_racing_confirmations_keeps_the_slot_of_the_scheduled_consultation() {
+    let b = Booking::new();
+    let given = b
+        .requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()])
+        .events::<DaySchedule>(b.day(), [b.held()]);
+    // Another process's step read the consultation still requested, and decides on that
+    // (cached) state after this one scheduled it: its pause finds the deadline paused.
+    let other = Pipeline::new(given.store().clone(), 1_000, DEADLINE);
+    other
+        .aggregates()
+        .current::<Consultation>(b.stream())
+        .await
+        .expect("the consultation loads");
+    let step = b.confirm();
+    let then = given
+        .when(|pipeline| async move {
+            let first = Steps { pipeline }.run(&step, &trigger()).await;
+            let second = Steps { pipeline: other }.run(&step, &trigger()).await;
+            (first, second)
+        })
+        .await
+        .then_events([b.scheduled()])
+        .then_deadline(b.stream(), DeadlineState::Paused);
+    assert!(then.result.0.is_ok() && then.result.1.is_ok());
 }
 
 #[tokio::test]
