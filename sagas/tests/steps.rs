@@ -144,6 +144,16 @@ impl Booking {
         })
     }
 
+    /// Failed because its patient refused (as the refusal's step fails it).
+    fn patient_invalid(&self) -> Event {
+        self.failed(FailureReason::PatientInvalid, "patient is deactivated")
+    }
+
+    /// Failed by its deadline (the detail is the test's own).
+    fn timed_out(&self) -> Event {
+        self.failed(FailureReason::TimedOut, "late")
+    }
+
     fn cancellation_requested(&self, reason: &str) -> Event {
         Event::ConsultationCancellationRequested(ConsultationCancellationRequested {
             consultation_id: self.consultation,
@@ -171,6 +181,15 @@ impl Booking {
     fn hold(&self) -> Step {
         Step::HoldSlot {
             consultation_id: self.consultation,
+        }
+    }
+
+    /// The scheduling service's step for a refusal.
+    fn fail_for(&self, reason: FailureReason, detail: &str) -> Step {
+        Step::FailScheduling {
+            consultation_id: self.consultation,
+            reason,
+            detail: detail.into(),
         }
     }
 
@@ -286,13 +305,9 @@ async fn hold_slot_holds_the_slot_of_a_requested_consultation_before_any_validat
 #[tokio::test]
 async fn hold_slot_holds_nothing_for_a_consultation_that_already_failed() {
     let b = Booking::new();
-    let failed = b.failed(FailureReason::TimedOut, "late");
-    let step = Step::HoldSlot {
-        consultation_id: b.consultation,
-    };
     b.requested()
-        .events::<Consultation>(b.stream(), [failed])
-        .when_step(step)
+        .events::<Consultation>(b.stream(), [b.timed_out()])
+        .when_step(b.hold())
         .await
         .then_no_events();
 }
@@ -343,11 +358,10 @@ async fn confirm_scheduling_with_one_confirmation_waits_for_the_other() {
 #[tokio::test]
 async fn confirm_scheduling_after_the_deadline_fired_gives_the_slot_back() {
     let b = Booking::new();
-    let timed_out = b.failed(FailureReason::TimedOut, "late");
     b.requested()
         .events::<Patient>(b.patient.as_uuid(), [b.validated()])
         .events::<DaySchedule>(b.day(), [b.held()])
-        .events::<Consultation>(b.stream(), [timed_out])
+        .events::<Consultation>(b.stream(), [b.timed_out()])
         .when_step(b.confirm())
         .await
         .then_events([b.released()]);
@@ -358,33 +372,34 @@ async fn confirm_scheduling_after_the_deadline_fired_gives_the_slot_back() {
 // anywhere in between.
 
 #[tokio::test]
-async fn validated_first_then_held_schedules_on_the_holds_confirmation() {
+async fn either_answer_first_or_both_before_any_confirmation_schedules_once() {
     let b = Booking::new();
-    b.requested()
-        .when_steps([b.validate(), b.confirm(), b.hold(), b.confirm()])
-        .await
-        .then_events([b.validated(), b.held(), b.scheduled()])
-        .then_deadline(b.stream(), DeadlineState::Paused);
-}
-
-#[tokio::test]
-async fn held_first_then_validated_schedules_on_the_validations_confirmation() {
-    let b = Booking::new();
-    b.requested()
-        .when_steps([b.hold(), b.confirm(), b.validate(), b.confirm()])
-        .await
-        .then_events([b.held(), b.validated(), b.scheduled()])
-        .then_deadline(b.stream(), DeadlineState::Paused);
-}
-
-#[tokio::test]
-async fn both_confirmations_stored_before_either_step_runs_schedule_once() {
-    let b = Booking::new();
-    b.requested()
-        .when_steps([b.validate(), b.hold(), b.confirm(), b.confirm()])
-        .await
-        .then_events([b.validated(), b.held(), b.scheduled()])
-        .then_deadline(b.stream(), DeadlineState::Paused);
+    let (validated, held, scheduled) = (b.validated(), b.held(), b.scheduled());
+    let orders = [
+        // Validated first: its confirmation waits, the hold's confirms.
+        (
+            [b.validate(), b.confirm(), b.hold(), b.confirm()],
+            [&validated, &held],
+        ),
+        // Held first: its confirmation waits, the validation's confirms.
+        (
+            [b.hold(), b.confirm(), b.validate(), b.confirm()],
+            [&held, &validated],
+        ),
+        // Both stored before either step: both find both, one schedules.
+        (
+            [b.validate(), b.hold(), b.confirm(), b.confirm()],
+            [&validated, &held],
+        ),
+    ];
+    // Each order over a store of its own.
+    for (steps, [first, second]) in orders {
+        b.requested()
+            .when_steps(steps)
+            .await
+            .then_events([first.clone(), second.clone(), scheduled.clone()])
+            .then_deadline(b.stream(), DeadlineState::Paused);
+    }
 }
 
 /// Runs the confirming step for `triggers` in this order (a trigger named twice is its
@@ -482,18 +497,14 @@ async fn the_patient_refused_before_the_hold_holds_nothing() {
     b.requested()
         .events::<Patient>(b.patient.as_uuid(), [b.patient_refused()])
         .when_steps([
-            Step::FailScheduling {
-                consultation_id: b.consultation,
-                reason: FailureReason::PatientInvalid,
-                detail: "patient is deactivated".into(),
-            },
+            b.fail_for(FailureReason::PatientInvalid, "patient is deactivated"),
             Step::ReleaseSlot {
                 consultation_id: b.consultation,
             },
             b.hold(),
         ])
         .await
-        .then_events([b.failed(FailureReason::PatientInvalid, "patient is deactivated")]);
+        .then_events([b.patient_invalid()]);
 }
 
 #[tokio::test]
@@ -505,20 +516,13 @@ async fn the_patient_refused_after_the_hold_releases_the_slot() {
         .when_steps([
             // The hold's confirmation ran before the refusal: it waits.
             b.confirm(),
-            Step::FailScheduling {
-                consultation_id: b.consultation,
-                reason: FailureReason::PatientInvalid,
-                detail: "patient is deactivated".into(),
-            },
+            b.fail_for(FailureReason::PatientInvalid, "patient is deactivated"),
             Step::ReleaseSlot {
                 consultation_id: b.consultation,
             },
         ])
         .await
-        .then_events([
-            b.failed(FailureReason::PatientInvalid, "patient is deactivated"),
-            b.released(),
-        ]);
+        .then_events([b.patient_invalid(), b.released()]);
 }
 
 #[tokio::test]
@@ -528,10 +532,7 @@ async fn a_hold_that_lands_after_the_failure_and_its_release_is_released_by_its_
     // release for that failure found nothing held; then the hold committed.
     b.requested()
         .events::<Patient>(b.patient.as_uuid(), [b.patient_refused()])
-        .events::<Consultation>(
-            b.stream(),
-            [b.failed(FailureReason::PatientInvalid, "patient is deactivated")],
-        )
+        .events::<Consultation>(b.stream(), [b.patient_invalid()])
         .events::<DaySchedule>(b.day(), [b.held()])
         .when_step(b.confirm())
         .await
@@ -541,11 +542,7 @@ async fn a_hold_that_lands_after_the_failure_and_its_release_is_released_by_its_
 #[tokio::test]
 async fn the_physician_rejected_before_or_after_the_validation_fails_and_holds_nothing() {
     let b = Booking::new();
-    let fail = Step::FailScheduling {
-        consultation_id: b.consultation,
-        reason: FailureReason::PhysicianUnavailable,
-        detail: "booked".into(),
-    };
+    let fail = b.fail_for(FailureReason::PhysicianUnavailable, "booked");
     let failed = b.failed(FailureReason::PhysicianUnavailable, "booked");
     // Rejected first: the validation still answers, and its confirmation finds nothing to do.
     b.requested()
@@ -581,7 +578,7 @@ async fn a_deadline_fired_between_the_answers_leaves_nothing_held_or_scheduled()
         timed_out.appended().as_slice(),
         [Event::ConsultationSchedulingFailed(f)] if f.reason == FailureReason::TimedOut
     ));
-    let timed_out = b.failed(FailureReason::TimedOut, "late");
+    let timed_out = b.timed_out();
     b.requested()
         .events::<Patient>(b.patient.as_uuid(), [b.validated()])
         .events::<Consultation>(b.stream(), [timed_out.clone()])
@@ -682,9 +679,7 @@ async fn the_follow_up_fails_a_deactivated_physicians_consultation_still_being_s
 #[tokio::test]
 async fn a_redelivered_trigger_has_no_second_effect() {
     let b = Booking::new();
-    let step = Step::HoldSlot {
-        consultation_id: b.consultation,
-    };
+    let step = b.hold();
     let trigger = trigger();
     let then = b
         .requested()
