@@ -17,7 +17,8 @@
 //! - [`steps`]: each step as commands.
 //! - [`send`]: how a step sends a command through the pipeline, and what became of it.
 //! - [`lookups`]: what steps look up in the store besides streams ([`lookups::SagaStore`], on
-//!   PostgreSQL and in memory): a person's consultations, a consultation's confirmations.
+//!   PostgreSQL and in memory): a person's consultations, what is stored of a consultation's
+//!   scheduling.
 //! - [`follow_up`]: the deactivation follow-up's cancellations.
 //! - [`timer`]: the `timer` role: firing due deadlines (as `commands::deadlines` says), once
 //!   each, from any number of processes.

@@ -1,11 +1,12 @@
 //! What the saga steps look up in the store besides aggregates' streams, as a trait over
 //! PostgreSQL and the store in memory: a person's consultations (for the deactivation
-//! follow-up) and the confirmations stored for a consultation (for scheduling's last step).
+//! follow-up) and what is stored of a consultation's scheduling (for scheduling's last step).
 //! Both read events, the saga's only state, through partial indexes of their own.
 
 use std::future::Future;
 
 use domain::Event;
+use domain::event::ConsultationSchedulingFailed;
 use domain::ids::ConsultationId;
 use domain::saga::{Confirmation, Person};
 use eventstore::{EventStore, MemoryStore, RecordedEvent, Store};
@@ -21,13 +22,43 @@ const OF_PHYSICIAN: &str = "select stream_id from events
   where event_type = 'ConsultationSchedulingStarted'
     and tenant_id = $1 and (payload ->> 'physicianId') = $2";
 
-/// The types of the confirmations stored for a consultation. The event types are written out,
+/// The types of a consultation's stored answers and failure. The event types are written out,
 /// not bound, so that the planner can use the partial index they define
-/// (`events_consultation_confirmations_idx`) in every plan; a test holds them to
-/// [`Confirmation::event_type`].
-const CONFIRMATIONS: &str = "select event_type from events
-  where event_type in ('PatientValidatedForConsultation', 'PhysicianAvailabilityConfirmed')
+/// (`events_consultation_answers_idx`) in every plan; a test holds them to [`Confirmation`]'s.
+const ANSWERS: &str = "select event_type from events
+  where event_type in ('PatientValidatedForConsultation', 'PhysicianAvailabilityConfirmed',
+                       'ConsultationSchedulingFailed')
     and tenant_id = $1 and (payload ->> 'consultationId') = $2";
+
+/// What is stored of a consultation's scheduling, as committed when asked: the confirmations
+/// that have arrived, and whether it failed (a refusal, its deadline, the follow-up).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answers {
+    pub confirmations: Vec<Confirmation>,
+    pub failed: bool,
+}
+
+impl Answers {
+    /// Both sides confirmed.
+    pub fn confirmed(&self) -> bool {
+        Confirmation::ALL
+            .iter()
+            .all(|c| self.confirmations.contains(c))
+    }
+
+    /// The slot is held for it (unless released since, which only a failure does).
+    pub fn slot_held(&self) -> bool {
+        self.confirmations.contains(&Confirmation::SlotHeld)
+    }
+
+    fn with(mut self, event_type: &str) -> Self {
+        match Confirmation::stored_as(event_type) {
+            Some(confirmation) => self.confirmations.push(confirmation),
+            None => self.failed |= event_type == ConsultationSchedulingFailed::EVENT_TYPE,
+        }
+        self
+    }
+}
 
 /// What the saga steps need of a store besides what the pipeline needs.
 pub trait SagaStore: Store {
@@ -38,12 +69,12 @@ pub trait SagaStore: Store {
         person: Person,
     ) -> impl Future<Output = Result<Vec<Uuid>, sqlx::Error>> + Send;
 
-    /// The confirmations stored for `consultation`, in `tenant`, as committed when asked.
-    fn confirmations(
+    /// What is stored of `consultation`'s scheduling, in `tenant`.
+    fn answers(
         &self,
         tenant: &str,
         consultation: ConsultationId,
-    ) -> impl Future<Output = Result<Vec<Confirmation>, sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<Answers, sqlx::Error>> + Send;
 }
 
 impl SagaStore for EventStore {
@@ -63,20 +94,17 @@ impl SagaStore for EventStore {
             .await
     }
 
-    async fn confirmations(
+    async fn answers(
         &self,
         tenant: &str,
         consultation: ConsultationId,
-    ) -> Result<Vec<Confirmation>, sqlx::Error> {
-        let types: Vec<String> = sqlx::query_scalar(CONFIRMATIONS)
+    ) -> Result<Answers, sqlx::Error> {
+        let types: Vec<String> = sqlx::query_scalar(ANSWERS)
             .bind(tenant)
             .bind(consultation.to_string())
             .fetch_all(self.pool())
             .await?;
-        Ok(types
-            .iter()
-            .filter_map(|t| Confirmation::stored_as(t))
-            .collect())
+        Ok(types.iter().fold(Answers::default(), |a, t| a.with(t)))
     }
 }
 
@@ -100,16 +128,19 @@ impl SagaStore for MemoryStore {
         Ok(requested.collect())
     }
 
-    async fn confirmations(
+    async fn answers(
         &self,
         tenant: &str,
         consultation: ConsultationId,
-    ) -> Result<Vec<Confirmation>, sqlx::Error> {
-        let stored = in_tenant(self, tenant)
-            .filter_map(|(_, event)| Confirmation::given_by(&event))
-            .filter(|(id, _)| *id == consultation)
-            .map(|(_, confirmation)| confirmation);
-        Ok(stored.collect())
+    ) -> Result<Answers, sqlx::Error> {
+        let stored = in_tenant(self, tenant).filter_map(|(recorded, event)| {
+            let about = match &event {
+                Event::ConsultationSchedulingFailed(e) => e.consultation_id,
+                other => Confirmation::given_by(other)?.0,
+            };
+            (about == consultation).then_some(recorded.event_type)
+        });
+        Ok(stored.fold(Answers::default(), |a, t| a.with(&t)))
     }
 }
 
@@ -133,10 +164,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_confirmations_query_names_every_confirmation() {
-        for confirmation in Confirmation::ALL {
-            let quoted = format!("'{}'", confirmation.event_type());
-            assert!(CONFIRMATIONS.contains(&quoted), "{quoted}");
+    fn the_answers_query_names_every_confirmation_and_the_failure() {
+        let types = Confirmation::ALL.map(Confirmation::event_type);
+        for event_type in types
+            .iter()
+            .chain([&ConsultationSchedulingFailed::EVENT_TYPE])
+        {
+            let quoted = format!("'{event_type}'");
+            assert!(ANSWERS.contains(&quoted), "{quoted}");
         }
+    }
+
+    #[test]
+    fn answers_fold_from_event_types() {
+        let answers = [
+            "PhysicianAvailabilityConfirmed",
+            "ConsultationSchedulingFailed",
+        ]
+        .into_iter()
+        .fold(Answers::default(), Answers::with);
+        assert!(answers.slot_held() && answers.failed && !answers.confirmed());
+        let answers = [
+            "PhysicianAvailabilityConfirmed",
+            "PatientValidatedForConsultation",
+        ]
+        .into_iter()
+        .fold(Answers::default(), Answers::with);
+        assert!(answers.confirmed() && !answers.failed);
     }
 }

@@ -6,7 +6,7 @@ use domain::ids::ConsultationId;
 use domain::patient::{Patient, PatientCommand};
 use domain::physician::Physician;
 use domain::record::{RecordBook, RecordCommand};
-use domain::saga::{Confirmation, Step};
+use domain::saga::Step;
 use domain::schedule::{DaySchedule, ScheduleCommand};
 use eventstore::EventStore;
 
@@ -117,39 +117,35 @@ impl<S: SagaStore> Steps<S> {
     /// confirmation to the consultation's stream, and one of them finds it scheduled already.
     ///
     /// A consultation that can no longer be scheduled gives back its slot once it has failed
-    /// (the patient refused, the deadline fired, the follow-up ended it). While the patient's
-    /// answer is missing, the slot may also have been held after the failure, when the release
-    /// that the failure set off found nothing to release. Of the hold and the failure, the later
-    /// to commit is found by the other's step: this one, reading the consultation after the hold
-    /// committed, or that release, reading the day after the failure committed. So the slot ends
-    /// free either way.
+    /// (the patient refused, the deadline fired, the follow-up ended it). The slot may have
+    /// been held after the failure, when the release that the failure set off found nothing to
+    /// release. Of the hold and the failure, the later to commit is found by the other's step:
+    /// this one, looking up the failure after the hold committed, or that release, reading the
+    /// day after the failure committed. So the slot ends free either way. The failure comes
+    /// with the same lookup as the answers, so a step that waits reads nothing else.
     async fn confirm_scheduling(
         &self,
         trigger: &Trigger,
         consultation_id: ConsultationId,
     ) -> Result<(), StepError> {
-        let stored = self
+        let answers = self
             .pipeline
             .store()
-            .confirmations(&trigger.tenant_id, consultation_id)
+            .answers(&trigger.tenant_id, consultation_id)
             .await
             .map_err(|e| StepError::Transient(CommandError::Store(e)))?;
-        let both = Confirmation::ALL.iter().all(|c| stored.contains(c));
-        if both && self.schedule(trigger, consultation_id).await? {
-            return Ok(());
+        if answers.confirmed() && !answers.failed {
+            if self.schedule(trigger, consultation_id).await? {
+                return Ok(());
+            }
+            // Refused, or too late: it failed meanwhile, or the other step scheduled it.
+            return self.release_if_failed(trigger, consultation_id).await;
         }
-        if !stored.contains(&Confirmation::SlotHeld) {
-            // Nothing held yet: the hold's own step decides when it lands.
-            return Ok(());
+        if answers.failed && answers.slot_held() {
+            return self.release_if_failed(trigger, consultation_id).await;
         }
-        // Still waiting for the patient's answer (which confirms or fails it), or failed.
-        let failed = consultation(&self.pipeline, trigger, consultation_id)
-            .await?
-            .filter(|c| c.status == Status::Failed);
-        match failed {
-            Some(failed) => self.release_slot_of(trigger, &failed).await,
-            None => Ok(()),
-        }
+        // Waiting for the other answer (which confirms it, or fails it), or nothing held.
+        Ok(())
     }
 
     /// Schedules, which pauses the deadline in the same write; whether the consultation is
@@ -180,6 +176,22 @@ impl<S: SagaStore> Steps<S> {
                 Deadlines::resumed();
                 Err(error)
             }
+        }
+    }
+
+    /// Releases the slot the consultation's physician's day holds for it if the consultation
+    /// has failed, as stored now (a scheduled one keeps it).
+    async fn release_if_failed(
+        &self,
+        trigger: &Trigger,
+        consultation_id: ConsultationId,
+    ) -> Result<(), StepError> {
+        let failed = consultation(&self.pipeline, trigger, consultation_id)
+            .await?
+            .filter(|c| c.status == Status::Failed);
+        match failed {
+            Some(failed) => self.release_slot_of(trigger, &failed).await,
+            None => Ok(()),
         }
     }
 
