@@ -223,12 +223,8 @@ async fn projectors_keep_applying_while_queries_hold_every_read_model_connection
 
     // Looked at through the event store's pool: the read model's is all taken.
     let applied = eventually(Duration::from_secs(10), || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from rm_a.patients where id = $1")
-            .bind(history[0].stream_id)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-            == 1
+        let sql = "select count(*) from rm_a.patients where id = $1";
+        db.scalar::<i64, _>(sql, history[0].stream_id).await == 1
     })
     .await;
     drop(held);
