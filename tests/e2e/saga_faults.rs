@@ -103,15 +103,13 @@ async fn holds_slot(db: &TestDb, consultation: Uuid) -> bool {
 
 /// Whether the consultation's patient was validated for it.
 async fn validated(db: &TestDb, consultation: Uuid) -> bool {
-    sqlx::query_scalar(
+    db.scalar(
         "select exists(select 1 from events
           where event_type = 'PatientValidatedForConsultation'
             and payload ->> 'consultationId' = $1)",
+        consultation.to_string(),
     )
-    .bind(consultation.to_string())
-    .fetch_one(&db.pool)
     .await
-    .unwrap()
 }
 
 /// Waits until the consultation's slot is free again: released, or never held.
