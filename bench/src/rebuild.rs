@@ -36,6 +36,7 @@ use crate::broker::Servers;
 use crate::cpu::{CpuWindow, machine_cpu, settle};
 use crate::database::ScratchDatabase;
 use crate::load::Drained;
+use crate::profile::Profile;
 use crate::report::{Facts, Table};
 use crate::system::{self, INSTANCE, POOL_SIZE};
 
@@ -111,6 +112,7 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
 
     settle().await;
     eprintln!("HAP run: rebuild --all of {stored} events…");
+    let profile = Profile::start("hap").await?;
     let hap_cpu = CpuWindow::open();
     let started = Instant::now();
     let report =
@@ -122,6 +124,7 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
         elapsed: started.elapsed(),
     };
     let hap_cpu = hap_cpu.close();
+    profile.finish().await?;
     let rows = check_read_model(&read.pool, blocks).await?;
     read.pool.close().await;
 
