@@ -46,6 +46,12 @@ pub struct Args {
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(20..))]
     events: u64,
 
+    /// Events the rebuild folds in memory at most before writing them out, as `hap rebuild
+    /// --chunk-events`.
+    #[arg(long, default_value_t = projections::rebuild::CHUNK_EVENTS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    chunk_events: usize,
+
     #[command(flatten)]
     servers: Servers,
 }
@@ -115,10 +121,17 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
     let profile = Profile::start("hap").await?;
     let hap_cpu = CpuWindow::open();
     let started = Instant::now();
-    let report =
-        projections::rebuild::rebuild(&store, database.url(), &schema, &projections, false, false)
-            .await
-            .context("The rebuild failed")?;
+    let report = projections::rebuild::rebuild(
+        &store,
+        database.url(),
+        &schema,
+        &projections,
+        false,
+        false,
+        args.chunk_events,
+    )
+    .await
+    .context("The rebuild failed")?;
     let hap = Drained {
         count: report.events,
         elapsed: started.elapsed(),
@@ -160,6 +173,14 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
     println!("ratio (HAP / raw): {:.2}", hap.rate() / raw.rate());
     println!("{}", machine_cpu(hap_cpu, raw_cpu));
     println!("rebuilt read model: {rows}");
+    if let Some(peak) = report.peak_rss {
+        println!(
+            "peak memory of the bench's process (HAP's rebuild, then the raw scan): {} MiB \
+             resident, folding {} events at a time",
+            peak / (1024 * 1024),
+            args.chunk_events
+        );
+    }
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use hap_tests::broker::{delete_instance_queues, unique_prefix, wait_for_queue};
 use hap_tests::process::{hap_binary, spawn_hap};
 use hap_tests::{TestApp, TestDb, caught_up, eventually, start_projectors, start_publisher};
 use messaging::QueueNames;
-use projections::rebuild::{all_projections, rebuild};
+use projections::rebuild::{CHUNK_EVENTS, all_projections, rebuild};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
@@ -90,7 +90,7 @@ async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
     let stop = tokio_util::sync::CancellationToken::new();
     let writer = keep_commanding(&app, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rebuilt = rebuild(&store, &db.url, &schema, &all, false, false)
+    let rebuilt = rebuild(&store, &db.url, &schema, &all, false, false, CHUNK_EVENTS)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -102,7 +102,7 @@ async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
         eventually(PATIENCE, || caught_up(&db, &read)).await,
         "the live projectors caught up"
     );
-    let verified = rebuild(&store, &db.url, &schema, &all, true, false)
+    let verified = rebuild(&store, &db.url, &schema, &all, true, false, CHUNK_EVENTS)
         .await
         .unwrap();
     assert_eq!(verified.differences, vec![], "live equals rebuilt");
@@ -142,9 +142,17 @@ async fn verify_reports_a_tampered_read_model_and_a_rebuild_of_its_projection_me
         .execute(&read.pool)
         .await
         .unwrap();
-    let verified = rebuild(&store, &db.url, &schema, &all_projections(), true, false)
-        .await
-        .unwrap();
+    let verified = rebuild(
+        &store,
+        &db.url,
+        &schema,
+        &all_projections(),
+        true,
+        false,
+        CHUNK_EVENTS,
+    )
+    .await
+    .unwrap();
     assert_eq!(verified.differences.len(), 1);
     assert_eq!(verified.differences[0].table, "patients");
     assert_eq!(
@@ -155,12 +163,28 @@ async fn verify_reports_a_tampered_read_model_and_a_rebuild_of_its_projection_me
         (1, 1)
     );
 
-    rebuild(&store, &db.url, &schema, &["patients"], false, false)
-        .await
-        .unwrap();
-    let after = rebuild(&store, &db.url, &schema, &all_projections(), true, false)
-        .await
-        .unwrap();
+    rebuild(
+        &store,
+        &db.url,
+        &schema,
+        &["patients"],
+        false,
+        false,
+        CHUNK_EVENTS,
+    )
+    .await
+    .unwrap();
+    let after = rebuild(
+        &store,
+        &db.url,
+        &schema,
+        &all_projections(),
+        true,
+        false,
+        CHUNK_EVENTS,
+    )
+    .await
+    .unwrap();
     assert_eq!(after.differences, vec![]);
     let physicians: i64 = sqlx::query_scalar("select count(*) from physicians")
         .fetch_one(&read.pool)
@@ -221,10 +245,24 @@ async fn a_projector_killed_mid_stream_and_restarted_matches_a_fresh_rebuild() {
 /// down to names copied into consultations, record versions and timestamps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_folds_every_kind_of_event_as_the_live_projectors_do() {
+    fold_every_kind_of_event("e", CHUNK_EVENTS).await;
+}
+
+/// As above, folding 2 events at a time: every stream, record book and name crosses chunk
+/// boundaries, so each chunk reads back from the shadow what earlier ones wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_in_tiny_chunks_folds_every_kind_of_event_as_the_live_projectors_do() {
+    fold_every_kind_of_event("tiny", 2).await;
+}
+
+/// Every kind of event through the live projectors, then a verification and a rebuild of
+/// `instance`'s read model folding `chunk_events` at a time: the rebuilt tables and stream
+/// versions equal the live ones, and hold the history.
+async fn fold_every_kind_of_event(instance: &str, chunk_events: usize) {
     let db = TestDb::new().await;
     let prefix = unique_prefix();
-    let (read, projectors) = start_projectors(&db, &prefix, "e").await;
-    wait_for_instance(&prefix, "e").await;
+    let (read, projectors) = start_projectors(&db, &prefix, instance).await;
+    wait_for_instance(&prefix, instance).await;
     let publisher = start_publisher(&db.pool, &prefix);
     let app = TestApp::start(&db).await;
 
@@ -321,11 +359,46 @@ async fn a_rebuild_folds_every_kind_of_event_as_the_live_projectors_do() {
     assert!(eventually(PATIENCE, || caught_up(&db, &read)).await);
 
     let store = EventStore::new(db.pool.clone());
-    let schema = projections::schema::schema_name("e");
-    let verified = rebuild(&store, &db.url, &schema, &all_projections(), true, false)
-        .await
-        .unwrap();
+    let schema = projections::schema::schema_name(instance);
+    let verified = rebuild(
+        &store,
+        &db.url,
+        &schema,
+        &all_projections(),
+        true,
+        false,
+        chunk_events,
+    )
+    .await
+    .unwrap();
     assert_eq!(verified.differences, vec![], "rebuilt equals live");
+    let versions = async || -> Vec<(uuid::Uuid, String, i64, String)> {
+        sqlx::query_as(
+            "select stream_id, projection::text, version, tenant_id from stream_versions
+              order by 1, 2",
+        )
+        .fetch_all(&read.pool)
+        .await
+        .unwrap()
+    };
+    let live = versions().await;
+    rebuild(
+        &store,
+        &db.url,
+        &schema,
+        &all_projections(),
+        false,
+        false,
+        chunk_events,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        versions().await,
+        live,
+        "the rebuilt stream versions are the live ones"
+    );
+    // What follows reads the rebuilt model.
     let statuses: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
         "select status, patient_name, physician_name from consultations order by id",
     )
@@ -353,7 +426,7 @@ async fn a_rebuild_folds_every_kind_of_event_as_the_live_projectors_do() {
     assert_eq!(records, (3, 1), "and the records");
     projectors.cancel();
     publisher.cancel();
-    delete_instance_queues(&prefix, "e").await;
+    delete_instance_queues(&prefix, instance).await;
 }
 
 /// A live projector may hold an event the gap-safe read still holds back: its own process fed
@@ -402,9 +475,17 @@ async fn a_rebuild_keeps_what_the_live_projector_applied_past_an_older_running_w
     );
 
     let schema = projections::schema::schema_name("fed");
-    rebuild(&store, &db.url, &schema, &all_projections(), false, false)
-        .await
-        .unwrap();
+    rebuild(
+        &store,
+        &db.url,
+        &schema,
+        &all_projections(),
+        false,
+        false,
+        CHUNK_EVENTS,
+    )
+    .await
+    .unwrap();
     let patients: i64 = sqlx::query_scalar("select count(*) from patients where id = $1")
         .bind(id)
         .fetch_one(&read.pool)
