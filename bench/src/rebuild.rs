@@ -175,8 +175,8 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
     println!("rebuilt read model: {rows}");
     if let Some(peak) = report.peak_rss {
         println!(
-            "peak memory of the bench's process (HAP's rebuild, then the raw scan): {} MiB \
-             resident, folding {} events at a time",
+            "peak memory of the bench's process by the end of HAP's rebuild: {} MiB resident, \
+             folding {} events at a time",
             peak / (1024 * 1024),
             args.chunk_events
         );

@@ -198,6 +198,20 @@ impl InMemory for Rows {
         self.apply(event);
     }
 
+    /// A name set for a person earlier chunks knew may be shown by their consultations, and a
+    /// consultation naming a person not known yet shows no name until a later chunk registers
+    /// them.
+    fn changes_earlier_chunks(&self) -> bool {
+        let unnamed = |person: &Uuid, shown: &Option<String>| {
+            latest_name(&self.people, person, shown).is_none()
+        };
+        !self.people_continued.is_empty()
+            || self.consultations.values().any(|r| {
+                unnamed(&r.patient_id, &r.patient_name)
+                    || unnamed(&r.physician_id, &r.physician_name)
+            })
+    }
+
     /// Every consultation shows its people's latest names as of the chunk, as the live
     /// renames leave it; [`FRESH_NAMES`] brings those of earlier chunks up to date. Only the
     /// names the chunk set are written, each replacing the one an earlier chunk wrote.

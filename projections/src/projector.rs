@@ -41,9 +41,9 @@ pub trait Projector: Send + Sync + 'static {
     /// batch.
     fn in_memory(&self) -> Box<dyn InMemory>;
 
-    /// A statement a rebuild runs on the shadow once every chunk is written, to bring rows
-    /// written by an early chunk up to date with what a later one changed without holding
-    /// them (the consultations' names); `None` if nothing needs it.
+    /// A statement a rebuild runs on the shadow once every chunk is written if a chunk
+    /// [changed earlier ones](InMemory::changes_earlier_chunks), to bring their rows up to
+    /// date without holding them (the consultations' names); `None` if nothing needs it.
     fn after_chunks(&self) -> Option<&'static str> {
         None
     }
@@ -62,6 +62,12 @@ pub trait InMemory: Send {
 
     /// Folds one event; the events of a stream come once each, in version order.
     fn fold(&mut self, event: &Envelope);
+
+    /// Whether the chunk changed what rows of earlier chunks show, so that
+    /// [`Projector::after_chunks`] must run.
+    fn changes_earlier_chunks(&self) -> bool {
+        false
+    }
 
     /// The rows, encoded for the projection's tables, each table's replacing the rows
     /// [`InMemory::load`] read from it.

@@ -291,6 +291,8 @@ impl ShadowBuild<'_> {
         let mut decoded = std::pin::pin!(decoded);
         let mut read = 0;
         let mut chunk = Vec::new();
+        // By projector: whether a chunk changed what earlier ones wrote.
+        let mut after_chunks = vec![false; projectors.len()];
         loop {
             let page = decoded.next().await.transpose()?;
             if let Some(page) = &page {
@@ -309,7 +311,10 @@ impl ShadowBuild<'_> {
                 chunk.len() / self.chunk_events * self.chunk_events
             };
             for part in chunk[..whole].chunks(self.chunk_events) {
-                write_chunk(projectors, writers, part).await?;
+                let changed = write_chunk(projectors, writers, part).await?;
+                for (after, changed) in after_chunks.iter_mut().zip(changed) {
+                    *after |= changed;
+                }
             }
             chunk.drain(..whole);
             if ended {
@@ -319,7 +324,8 @@ impl ShadowBuild<'_> {
         tracing::debug!(events = read, elapsed = ?started.elapsed(), "rebuild: history written");
 
         self.bar.set_message("indexing");
-        for statement in projectors.iter().filter_map(|p| p.after_chunks()) {
+        let due = projectors.iter().zip(after_chunks).filter(|(_, due)| *due);
+        for statement in due.filter_map(|(p, _)| p.after_chunks()) {
             let (_slot, mut connection) = writers.connection().await?;
             sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
                 .execute(&mut *connection)
@@ -418,12 +424,13 @@ impl Writers<'_> {
 
 /// Folds one chunk of events into memory, each projection starting from what it reads back
 /// of the streams earlier chunks began, and copies the rows into the shadow (each table's on a
-/// connection of its own).
+/// connection of its own). Returns, by projector, whether the chunk changed what earlier ones
+/// wrote.
 async fn write_chunk(
     projectors: &[Box<dyn Projector>],
     writers: &Writers<'_>,
     events: &[(Envelope, &'static [&'static str])],
-) -> Result<(), RebuildError> {
+) -> Result<Vec<bool>, RebuildError> {
     let chunks: Vec<Chunk<'_>> = projectors
         .iter()
         .map(|p| {
@@ -463,6 +470,10 @@ async fn write_chunk(
         }
     }
     drop(chunks);
+    let changed = folding
+        .iter()
+        .map(|f| f.rows.changes_earlier_chunks())
+        .collect();
     let encoding = folding.into_iter().map(|f| {
         tokio::task::spawn_blocking(move || {
             let mut tables = f.rows.into_rows();
@@ -477,7 +488,7 @@ async fn write_chunk(
         .buffer_unordered(WRITERS)
         .try_collect::<Vec<()>>()
         .await?;
-    Ok(())
+    Ok(changed)
 }
 
 /// Indexes a chunk of a bulk load reads rows through, besides the primary keys.
