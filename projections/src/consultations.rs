@@ -188,7 +188,17 @@ impl InMemory for Rows {
                 .collect();
             self.people_continued.sort_unstable();
             self.people_continued.dedup();
-            self.people = load_names(conn, chunk.events.iter().copied()).await?;
+            // Names the chunk sets itself need no reading back: the latest one is what its
+            // rows show.
+            let set_here: ById<()> = chunk
+                .events
+                .iter()
+                .filter_map(|e| name_set_by(&e.event))
+                .map(|(id, _)| (id, ()))
+                .collect();
+            let mut named = named_by(chunk.events.iter().copied());
+            named.retain(|id| !set_here.contains_key(id));
+            self.people = load_names(conn, &named).await?;
             Ok(())
         }
         .boxed()
@@ -279,13 +289,10 @@ const FRESH_NAMES: &str = "
       from people p
      where p.id = c.physician_id and c.physician_name is distinct from p.name";
 
-/// The names of the people named by the consultations `events` start, as the `people` table
-/// holds them: their names are copied into the new rows.
-async fn load_names(
-    conn: &mut PgConnection,
-    events: impl Iterator<Item = &Envelope>,
-) -> Result<ById<Name>, sqlx::Error> {
-    let named: Vec<Uuid> = events
+/// The people named by the consultations `events` start, each once: their names are copied
+/// into the new rows.
+fn named_by<'a>(events: impl Iterator<Item = &'a Envelope>) -> Vec<Uuid> {
+    let mut named: Vec<Uuid> = events
         .filter_map(|envelope| match &envelope.event {
             Event::ConsultationSchedulingStarted(e) => {
                 Some([e.patient_id.as_uuid(), e.physician_id.as_uuid()])
@@ -294,12 +301,19 @@ async fn load_names(
         })
         .flatten()
         .collect();
+    named.sort_unstable();
+    named.dedup();
+    named
+}
+
+/// The names of the `named` people, as the `people` table holds them.
+async fn load_names(conn: &mut PgConnection, named: &[Uuid]) -> Result<ById<Name>, sqlx::Error> {
     if named.is_empty() {
         return Ok(ById::default());
     }
     let names =
         sqlx::query_as::<_, (Uuid, String)>("select id, name from people where id = any($1)")
-            .bind(&named)
+            .bind(named)
             .fetch_all(&mut *conn)
             .await?
             .into_iter()
@@ -324,7 +338,7 @@ impl Rows {
             .into_iter()
             .map(|row| (row.id, Box::new(row)))
             .collect();
-        let people = load_names(conn, events.iter()).await?;
+        let people = load_names(conn, &named_by(events.iter())).await?;
         Ok(Self {
             consultations,
             people,
