@@ -45,6 +45,18 @@ fn keep_commanding(app: &TestApp, stop: tokio_util::sync::CancellationToken) -> 
     })
 }
 
+/// Rebuilds (or, with `verify`, checks) as `hap rebuild` does by default, without a progress
+/// bar.
+async fn rebuild_with_defaults(
+    store: &EventStore,
+    url: &str,
+    schema: &str,
+    projections: &[&str],
+    verify: bool,
+) -> Result<projections::rebuild::Report, projections::rebuild::RebuildError> {
+    rebuild(store, url, schema, projections, verify, false, CHUNK_EVENTS).await
+}
+
 async fn wait_for_instance(prefix: &str, instance: &str) {
     for service in [
         "patient-service",
@@ -90,7 +102,7 @@ async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
     let stop = tokio_util::sync::CancellationToken::new();
     let writer = keep_commanding(&app, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rebuilt = rebuild(&store, &db.url, &schema, &all, false, false, CHUNK_EVENTS)
+    let rebuilt = rebuild_with_defaults(&store, &db.url, &schema, &all, false)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -102,7 +114,7 @@ async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
         eventually(PATIENCE, || caught_up(&db, &read)).await,
         "the live projectors caught up"
     );
-    let verified = rebuild(&store, &db.url, &schema, &all, true, false, CHUNK_EVENTS)
+    let verified = rebuild_with_defaults(&store, &db.url, &schema, &all, true)
         .await
         .unwrap();
     assert_eq!(verified.differences, vec![], "live equals rebuilt");
@@ -142,17 +154,9 @@ async fn verify_reports_a_tampered_read_model_and_a_rebuild_of_its_projection_me
         .execute(&read.pool)
         .await
         .unwrap();
-    let verified = rebuild(
-        &store,
-        &db.url,
-        &schema,
-        &all_projections(),
-        true,
-        false,
-        CHUNK_EVENTS,
-    )
-    .await
-    .unwrap();
+    let verified = rebuild_with_defaults(&store, &db.url, &schema, &all_projections(), true)
+        .await
+        .unwrap();
     assert_eq!(verified.differences.len(), 1);
     assert_eq!(verified.differences[0].table, "patients");
     assert_eq!(
@@ -163,28 +167,12 @@ async fn verify_reports_a_tampered_read_model_and_a_rebuild_of_its_projection_me
         (1, 1)
     );
 
-    rebuild(
-        &store,
-        &db.url,
-        &schema,
-        &["patients"],
-        false,
-        false,
-        CHUNK_EVENTS,
-    )
-    .await
-    .unwrap();
-    let after = rebuild(
-        &store,
-        &db.url,
-        &schema,
-        &all_projections(),
-        true,
-        false,
-        CHUNK_EVENTS,
-    )
-    .await
-    .unwrap();
+    rebuild_with_defaults(&store, &db.url, &schema, &["patients"], false)
+        .await
+        .unwrap();
+    let after = rebuild_with_defaults(&store, &db.url, &schema, &all_projections(), true)
+        .await
+        .unwrap();
     assert_eq!(after.differences, vec![]);
     let physicians: i64 = sqlx::query_scalar("select count(*) from physicians")
         .fetch_one(&read.pool)
@@ -475,17 +463,9 @@ async fn a_rebuild_keeps_what_the_live_projector_applied_past_an_older_running_w
     );
 
     let schema = projections::schema::schema_name("fed");
-    rebuild(
-        &store,
-        &db.url,
-        &schema,
-        &all_projections(),
-        false,
-        false,
-        CHUNK_EVENTS,
-    )
-    .await
-    .unwrap();
+    rebuild_with_defaults(&store, &db.url, &schema, &all_projections(), false)
+        .await
+        .unwrap();
     let patients: i64 = sqlx::query_scalar("select count(*) from patients where id = $1")
         .bind(id)
         .fetch_one(&read.pool)
