@@ -233,8 +233,7 @@ async fn a_projector_killed_mid_stream_and_restarted_matches_a_fresh_rebuild() {
 
 /// Every kind of event each projection folds, through the live projectors; then a rebuild
 /// (which folds the history in memory a chunk at a time and copies the rows) must produce the
-/// very same rows,
-/// down to names copied into consultations, record versions and timestamps.
+/// very same rows, down to names copied into consultations, record versions and timestamps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_folds_every_kind_of_event_as_the_live_projectors_do() {
     fold_every_kind_of_event("e", CHUNK_EVENTS).await;
