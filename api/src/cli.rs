@@ -351,7 +351,12 @@ impl Roles {
             pid: i32::try_from(std::process::id()).unwrap_or(-1),
             http_addr: address.to_string(),
         };
-        let recorded = processes::keep_recorded(store.clone(), info, self.shutdown.clone());
+        let recorded = processes::keep_recorded(
+            store.clone(),
+            info,
+            crate::vitals::measure,
+            self.shutdown.clone(),
+        );
         self.tasks.spawn(recorded);
     }
 

@@ -2,6 +2,7 @@
 //! they came from, or drop them. Messages are taken with manual acknowledgement, and one that is
 //! not acted on is returned to the dead-letter queue untouched.
 
+use chrono::{DateTime, Utc};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
     QueuePurgeOptions,
@@ -34,6 +35,10 @@ pub struct DeadLetter {
     /// The tenant whose event it carries, when the body is a HAP event message: what an
     /// operator of one clinic may see of it.
     pub tenant_id: Option<String>,
+    /// When it was dead-lettered (last), if the consumer said so.
+    pub dead_lettered_at: Option<DateTime<Utc>>,
+    /// How many times it was replayed before.
+    pub replays: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +70,7 @@ fn number(headers: &FieldTable, name: &str) -> Option<i64> {
 pub enum Action {
     /// Leave it in the dead-letter queue.
     Keep,
-    /// Send it back to its queue, without its error and retry count.
+    /// Send it back to its queue, without its error and retry count, its replays counted.
     Replay,
     /// Drop it for good.
     Discard,
@@ -124,6 +129,9 @@ async fn visit(
             tenant_id: EventMessage::read(&delivery.data)
                 .ok()
                 .map(|message| message.tenant_id.into_owned()),
+            dead_lettered_at: number(&fields, headers::DEAD_LETTERED_AT)
+                .and_then(DateTime::from_timestamp_millis),
+            replays: number(&fields, headers::REPLAY_COUNT).unwrap_or(0),
         };
         match choose(&letter) {
             Action::Keep => kept.push(delivery.delivery_tag),
@@ -132,7 +140,8 @@ async fn visit(
                     .original_queue
                     .clone()
                     .unwrap_or_else(|| dlq.trim_end_matches(".dlq").to_owned());
-                // A fresh start: the retry count and the last error go.
+                // A fresh start: the retry count and the last error go; the replays are
+                // counted one more.
                 let mut fresh = FieldTable::default();
                 for (name, value) in fields.inner() {
                     if ![
@@ -140,12 +149,18 @@ async fn visit(
                         headers::RETRY_COUNT,
                         headers::ORIGINAL_QUEUE,
                         headers::DEATH,
+                        headers::DEAD_LETTERED_AT,
+                        headers::REPLAY_COUNT,
                     ]
                     .contains(&name.as_str())
                     {
                         fresh.insert(name.clone(), value.clone());
                     }
                 }
+                fresh.insert(
+                    headers::REPLAY_COUNT.into(),
+                    AMQPValue::LongLongInt(letter.replays + 1),
+                );
                 let properties = delivery.properties.clone().with_headers(fresh);
                 if !move_delivery(&publish, &delivery, &target, properties).await? {
                     return Err(DlqError::NotStored(target));

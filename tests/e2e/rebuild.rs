@@ -16,9 +16,11 @@ use hap_tests::broker::{delete_instance_queues, unique_prefix, wait_for_queue};
 use hap_tests::process::{hap_binary, spawn_hap};
 use hap_tests::{TestApp, TestDb, caught_up, eventually, start_projectors, start_publisher};
 use messaging::QueueNames;
+use projections::ReadModel;
 use projections::rebuild::{CHUNK_EVENTS, all_projections, rebuild};
 use serde_json::json;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -68,6 +70,47 @@ async fn wait_for_instance(prefix: &str, instance: &str) {
     }
 }
 
+/// Instance `instance`'s projectors and the publisher running in-process over a database of
+/// the test's own, with the API in front: the live system a rebuild runs beside.
+struct Live {
+    instance: &'static str,
+    prefix: String,
+    read: ReadModel,
+    app: TestApp,
+    projectors: CancellationToken,
+    publisher: CancellationToken,
+    /// Last, so that it is dropped last: dropping it drops the database.
+    db: TestDb,
+}
+
+impl Live {
+    /// Returns once the instance's queues are bound, so that no event is missed.
+    async fn start(instance: &'static str) -> Self {
+        let db = TestDb::new().await;
+        let prefix = unique_prefix();
+        let (read, projectors) = start_projectors(&db, &prefix, instance).await;
+        wait_for_instance(&prefix, instance).await;
+        let publisher = start_publisher(&db.pool, &prefix);
+        let app = TestApp::start(&db).await;
+        Self {
+            instance,
+            prefix,
+            read,
+            app,
+            projectors,
+            publisher,
+            db,
+        }
+    }
+
+    /// Stops the projectors and the publisher and deletes the instance's queues.
+    async fn stop(self) {
+        self.projectors.cancel();
+        self.publisher.cancel();
+        delete_instance_queues(&self.prefix, self.instance).await;
+    }
+}
+
 /// Every index and constraint of the read model's schema (primary keys included), as
 /// PostgreSQL defines them.
 async fn indexes_of(db: &TestDb, schema: &str) -> Vec<String> {
@@ -87,20 +130,16 @@ async fn indexes_of(db: &TestDb, schema: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
-    let db = TestDb::new().await;
-    let prefix = unique_prefix();
-    let (read, projectors) = start_projectors(&db, &prefix, "r").await;
-    wait_for_instance(&prefix, "r").await;
-    let publisher = start_publisher(&db.pool, &prefix);
-    let app = TestApp::start(&db).await;
+    let live = Live::start("r").await;
+    let (db, read, app) = (&live.db, &live.read, &live.app);
     let store = EventStore::new(db.pool.clone());
     let schema = projections::schema::schema_name("r");
     let all = all_projections();
-    let indexes = indexes_of(&db, &schema).await;
+    let indexes = indexes_of(db, &schema).await;
     assert!(indexes.len() > 10, "the migrations' indexes: {indexes:?}");
 
     let stop = tokio_util::sync::CancellationToken::new();
-    let writer = keep_commanding(&app, stop.clone());
+    let writer = keep_commanding(app, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rebuilt = rebuild_with_defaults(&store, &db.url, &schema, &all, false)
         .await
@@ -111,7 +150,7 @@ async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
 
     assert!(rebuilt.events > 0);
     assert!(
-        eventually(PATIENCE, || caught_up(&db, &read)).await,
+        eventually(PATIENCE, || caught_up(db, read)).await,
         "the live projectors caught up"
     );
     let verified = rebuild_with_defaults(&store, &db.url, &schema, &all, true)
@@ -124,31 +163,25 @@ async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
         .unwrap();
     assert!(patients > 0, "the swapped-in model is the one queries read");
     assert_eq!(
-        indexes_of(&db, &schema).await,
+        indexes_of(db, &schema).await,
         indexes,
         "the rebuilt tables have every index and key the migrations gave them"
     );
-    projectors.cancel();
-    publisher.cancel();
-    delete_instance_queues(&prefix, "r").await;
+    live.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_a_tampered_read_model_and_a_rebuild_of_its_projection_mends_it() {
-    let db = TestDb::new().await;
-    let prefix = unique_prefix();
-    let (read, projectors) = start_projectors(&db, &prefix, "v").await;
-    wait_for_instance(&prefix, "v").await;
-    let publisher = start_publisher(&db.pool, &prefix);
-    let app = TestApp::start(&db).await;
+    let live = Live::start("v").await;
+    let (db, read, app) = (&live.db, &live.read, &live.app);
     for n in 0..3 {
         app.register_patient(&format!("DOC-{n}")).await;
     }
     app.register_physician("CRM-1").await;
-    assert!(eventually(PATIENCE, || caught_up(&db, &read)).await);
+    assert!(eventually(PATIENCE, || caught_up(db, read)).await);
     let store = EventStore::new(db.pool.clone());
     let schema = projections::schema::schema_name("v");
-    let indexes = indexes_of(&db, &schema).await;
+    let indexes = indexes_of(db, &schema).await;
 
     sqlx::query("update patients set name = 'Tampered' where id = (select id from patients order by id limit 1)")
         .execute(&read.pool)
@@ -179,10 +212,8 @@ async fn verify_reports_a_tampered_read_model_and_a_rebuild_of_its_projection_me
         .await
         .unwrap();
     assert_eq!(physicians, 1, "the other projections were left alone");
-    assert_eq!(indexes_of(&db, &schema).await, indexes);
-    projectors.cancel();
-    publisher.cancel();
-    delete_instance_queues(&prefix, "v").await;
+    assert_eq!(indexes_of(db, &schema).await, indexes);
+    live.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,13 +280,9 @@ async fn a_rebuild_in_tiny_chunks_folds_every_kind_of_event_as_the_live_projecto
 /// Every kind of event through the live projectors, then a verification and a rebuild of
 /// `instance`'s read model folding `chunk_events` at a time: the rebuilt tables and stream
 /// versions equal the live ones, and hold the history.
-async fn fold_every_kind_of_event(instance: &str, chunk_events: usize) {
-    let db = TestDb::new().await;
-    let prefix = unique_prefix();
-    let (read, projectors) = start_projectors(&db, &prefix, instance).await;
-    wait_for_instance(&prefix, instance).await;
-    let publisher = start_publisher(&db.pool, &prefix);
-    let app = TestApp::start(&db).await;
+async fn fold_every_kind_of_event(instance: &'static str, chunk_events: usize) {
+    let live = Live::start(instance).await;
+    let (db, read, app) = (&live.db, &live.read, &live.app);
 
     let patient = app.register_patient("DOC-1").await;
     let other = app.register_patient("DOC-2").await;
@@ -347,7 +374,7 @@ async fn fold_every_kind_of_event(instance: &str, chunk_events: usize) {
         .post(&format!("/patients/{other}/deactivate"), json!({}))
         .await;
     assert_eq!(deactivated.status(), 200);
-    assert!(eventually(PATIENCE, || caught_up(&db, &read)).await);
+    assert!(eventually(PATIENCE, || caught_up(db, read)).await);
 
     let store = EventStore::new(db.pool.clone());
     let schema = projections::schema::schema_name(instance);
@@ -372,7 +399,7 @@ async fn fold_every_kind_of_event(instance: &str, chunk_events: usize) {
         .await
         .unwrap()
     };
-    let live = versions().await;
+    let live_versions = versions().await;
     rebuild(
         &store,
         &db.url,
@@ -386,7 +413,7 @@ async fn fold_every_kind_of_event(instance: &str, chunk_events: usize) {
     .unwrap();
     assert_eq!(
         versions().await,
-        live,
+        live_versions,
         "the rebuilt stream versions are the live ones"
     );
     // What follows reads the rebuilt model.
@@ -415,9 +442,7 @@ async fn fold_every_kind_of_event(instance: &str, chunk_events: usize) {
             .await
             .unwrap();
     assert_eq!(records, (3, 1), "and the records");
-    projectors.cancel();
-    publisher.cancel();
-    delete_instance_queues(&prefix, instance).await;
+    live.stop().await;
 }
 
 /// A live projector may hold an event the gap-safe read still holds back: its own process fed

@@ -23,11 +23,11 @@ fn tomorrow_at(hour: u32, minute: u32) -> DateTime<Utc> {
 }
 
 async fn count_events(db: &TestDb, event_type: &str) -> i64 {
-    sqlx::query_scalar("select count(*) from events where event_type = $1")
-        .bind(event_type)
-        .fetch_one(&db.pool)
-        .await
-        .expect("events counted")
+    db.scalar(
+        "select count(*) from events where event_type = $1",
+        event_type,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
