@@ -54,6 +54,7 @@ use crate::broker::Servers;
 use crate::cpu::{CpuWindow, MachineCpu, settle};
 use crate::e2e::{self, Pace};
 use crate::load::{Drained, Outcome, Timeline, WARMUP, latency_histogram, paced};
+use crate::profile::Profile;
 use crate::report::{Facts, Table};
 use crate::scratch::Scratch;
 use crate::system::{self, Hap, POOL_SIZE};
@@ -339,6 +340,7 @@ impl Client {
 /// `POST` took (sent → 202), in µs.
 async fn paced_run(args: &Args, ctx: &Client) -> anyhow::Result<(Outcome, Histogram<u64>)> {
     let timeline = Timeline::starting_now(WARMUP, Duration::from_secs(args.seconds));
+    let profile = Profile::over("paced", timeline);
     let posts = Arc::new(Mutex::new(latency_histogram()));
     let outcome = {
         let (ctx, posts) = (ctx.clone(), Arc::clone(&posts));
@@ -370,6 +372,7 @@ async fn paced_run(args: &Args, ctx: &Client) -> anyhow::Result<(Outcome, Histog
         )
         .await?
     };
+    profile.finish().await?;
     let posts = std::mem::replace(
         &mut *posts.lock().unwrap_or_else(|e| e.into_inner()),
         latency_histogram(),
@@ -497,6 +500,7 @@ async fn saturated(
     count: u64,
     concurrency: u32,
 ) -> anyhow::Result<Burst> {
+    let profile = Profile::start("saturated").await?;
     let cpu = CpuWindow::open();
     let started = Instant::now();
     let posting = Arc::new(Semaphore::new(concurrency as usize));
@@ -545,6 +549,7 @@ async fn saturated(
         }
     }
     burst.cpu = cpu.close();
+    profile.finish().await?;
     Ok(burst)
 }
 
