@@ -42,8 +42,10 @@ async fn a_process_is_listed_while_it_beats_and_deleted_when_it_stops() {
         shutdown.clone(),
     ));
 
+    // The heartbeat writes the process's row, then its sample: wait for both.
     let listed = eventually(Duration::from_secs(10), || async {
         store.processes().await.unwrap().len() == 1
+            && store.latest_samples().await.unwrap().len() == 1
     })
     .await;
     assert!(listed);
