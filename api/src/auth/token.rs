@@ -225,7 +225,9 @@ impl Verifier {
         let token = token.ok_or(ApiError::Unauthorized(None))?;
         let now = jsonwebtoken::get_current_timestamp();
         if let Some(known) = self.verified.get(token)
-            && known.expires_at.is_some_and(|exp| exp + LEEWAY_SECONDS >= now)
+            && known
+                .expires_at
+                .is_some_and(|exp| exp + LEEWAY_SECONDS >= now)
         {
             return Ok(known);
         }
