@@ -135,27 +135,16 @@ async fn a_token_accepted_before_is_refused_once_it_has_expired() {
         c["exp"] = json!(exp);
         signed(SECRET, c)
     };
+    let register = async |document: &str| {
+        let body = Some(patient(document));
+        send(&app, Method::POST, "/patients", &token, body).await
+    };
     // Within the 5 s leeway HAP allows for clocks that differ.
-    let accepted = send(
-        &app,
-        Method::POST,
-        "/patients",
-        &token,
-        Some(patient("DOC-1")),
-    )
-    .await;
-    assert_eq!(accepted.status(), StatusCode::CREATED);
+    assert_eq!(register("DOC-1").await.status(), StatusCode::CREATED);
     while jsonwebtoken::get_current_timestamp() <= exp + 5 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let refused = send(
-        &app,
-        Method::POST,
-        "/patients",
-        &token,
-        Some(patient("DOC-2")),
-    )
-    .await;
+    let refused = register("DOC-2").await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     let problem: Value = refused.json().await.unwrap();
     assert_eq!(problem["detail"], "the token has expired", "{problem}");

@@ -227,7 +227,7 @@ impl Verifier {
         if let Some(known) = self.verified.get(token)
             && known
                 .expires_at
-                .is_some_and(|exp| exp + LEEWAY_SECONDS >= now)
+                .is_some_and(|exp| exp.saturating_add(LEEWAY_SECONDS) >= now)
         {
             return Ok(known);
         }
@@ -303,7 +303,9 @@ impl moka::Expiry<String, Verified> for UntilExpired {
         _created_at: Instant,
     ) -> Option<Duration> {
         let exp = verified.expires_at?;
-        let left = (exp + LEEWAY_SECONDS).saturating_sub(jsonwebtoken::get_current_timestamp());
+        let left = exp
+            .saturating_add(LEEWAY_SECONDS)
+            .saturating_sub(jsonwebtoken::get_current_timestamp());
         Some(Duration::from_secs(left))
     }
 }
