@@ -765,9 +765,17 @@ async fn a_cached_resource_is_answered_anew_once_a_rebuild_swapped_its_table() {
 
     let store = eventstore::EventStore::new(db.pool.clone());
     let schema = projections::schema::schema_name("test");
-    projections::rebuild::rebuild(&store, &db.url, &schema, &["patients"], false, false)
-        .await
-        .unwrap();
+    projections::rebuild::rebuild(
+        &store,
+        &db.url,
+        &schema,
+        &["patients"],
+        false,
+        false,
+        projections::rebuild::CHUNK_EVENTS,
+    )
+    .await
+    .unwrap();
 
     let mended = hap_tests::eventually(Duration::from_secs(10), || async {
         get_json(&app, &path).await["name"] == "Ana Lima"

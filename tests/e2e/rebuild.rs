@@ -17,7 +17,7 @@ use hap_tests::process::{hap_binary, spawn_hap};
 use hap_tests::{TestApp, TestDb, caught_up, eventually, start_projectors, start_publisher};
 use messaging::QueueNames;
 use projections::ReadModel;
-use projections::rebuild::{all_projections, rebuild};
+use projections::rebuild::{CHUNK_EVENTS, all_projections, rebuild};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,18 @@ fn keep_commanding(app: &TestApp, stop: tokio_util::sync::CancellationToken) -> 
             n += 1;
         }
     })
+}
+
+/// Rebuilds (or, with `verify`, checks) as `hap rebuild` does by default, without a progress
+/// bar.
+async fn rebuild_with_defaults(
+    store: &EventStore,
+    url: &str,
+    schema: &str,
+    projections: &[&str],
+    verify: bool,
+) -> Result<projections::rebuild::Report, projections::rebuild::RebuildError> {
+    rebuild(store, url, schema, projections, verify, false, CHUNK_EVENTS).await
 }
 
 async fn wait_for_instance(prefix: &str, instance: &str) {
@@ -129,7 +141,7 @@ async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
     let stop = tokio_util::sync::CancellationToken::new();
     let writer = keep_commanding(app, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rebuilt = rebuild(&store, &db.url, &schema, &all, false, false)
+    let rebuilt = rebuild_with_defaults(&store, &db.url, &schema, &all, false)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -141,7 +153,7 @@ async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
         eventually(PATIENCE, || caught_up(db, read)).await,
         "the live projectors caught up"
     );
-    let verified = rebuild(&store, &db.url, &schema, &all, true, false)
+    let verified = rebuild_with_defaults(&store, &db.url, &schema, &all, true)
         .await
         .unwrap();
     assert_eq!(verified.differences, vec![], "live equals rebuilt");
@@ -175,7 +187,7 @@ async fn verify_reports_a_tampered_read_model_and_a_rebuild_of_its_projection_me
         .execute(&read.pool)
         .await
         .unwrap();
-    let verified = rebuild(&store, &db.url, &schema, &all_projections(), true, false)
+    let verified = rebuild_with_defaults(&store, &db.url, &schema, &all_projections(), true)
         .await
         .unwrap();
     assert_eq!(verified.differences.len(), 1);
@@ -188,10 +200,10 @@ async fn verify_reports_a_tampered_read_model_and_a_rebuild_of_its_projection_me
         (1, 1)
     );
 
-    rebuild(&store, &db.url, &schema, &["patients"], false, false)
+    rebuild_with_defaults(&store, &db.url, &schema, &["patients"], false)
         .await
         .unwrap();
-    let after = rebuild(&store, &db.url, &schema, &all_projections(), true, false)
+    let after = rebuild_with_defaults(&store, &db.url, &schema, &all_projections(), true)
         .await
         .unwrap();
     assert_eq!(after.differences, vec![]);
@@ -229,8 +241,10 @@ async fn a_projector_killed_mid_stream_and_restarted_matches_a_fresh_rebuild() {
         eventually(PATIENCE, || caught_up(&db, &read)).await,
         "the restarted projector caught up"
     );
+    // In chunks of 50 events: the history interleaves many streams, continued across chunks.
     let verify = tokio::process::Command::new(hap_binary())
         .args(["rebuild", "--all", "--verify", "--instance", "k"])
+        .args(["--chunk-events", "50"])
         .env("HAP_DATABASE_URL", &db.url)
         .output()
         .await
@@ -242,17 +256,32 @@ async fn a_projector_killed_mid_stream_and_restarted_matches_a_fresh_rebuild() {
         String::from_utf8_lossy(&verify.stderr)
     );
     assert!(stdout.contains("no differences"), "{stdout}");
+    assert!(stdout.contains("peak memory: "), "{stdout}");
     restarted.start_kill().unwrap();
     publisher.cancel();
     delete_instance_queues(&prefix, "k").await;
 }
 
 /// Every kind of event each projection folds, through the live projectors; then a rebuild
-/// (which folds the history in memory and copies the rows) must produce the very same rows,
-/// down to names copied into consultations, record versions and timestamps.
+/// (which folds the history in memory a chunk at a time and copies the rows) must produce the
+/// very same rows, down to names copied into consultations, record versions and timestamps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_folds_every_kind_of_event_as_the_live_projectors_do() {
-    let live = Live::start("e").await;
+    fold_every_kind_of_event("e", CHUNK_EVENTS).await;
+}
+
+/// As above, folding 2 events at a time: every stream, record book and name crosses chunk
+/// boundaries, so each chunk reads back from the shadow what earlier ones wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_in_tiny_chunks_folds_every_kind_of_event_as_the_live_projectors_do() {
+    fold_every_kind_of_event("tiny", 2).await;
+}
+
+/// Every kind of event through the live projectors, then a verification and a rebuild of
+/// `instance`'s read model folding `chunk_events` at a time: the rebuilt tables and stream
+/// versions equal the live ones, and hold the history.
+async fn fold_every_kind_of_event(instance: &'static str, chunk_events: usize) {
+    let live = Live::start(instance).await;
     let (db, read, app) = (&live.db, &live.read, &live.app);
 
     let patient = app.register_patient("DOC-1").await;
@@ -348,11 +377,46 @@ async fn a_rebuild_folds_every_kind_of_event_as_the_live_projectors_do() {
     assert!(eventually(PATIENCE, || caught_up(db, read)).await);
 
     let store = EventStore::new(db.pool.clone());
-    let schema = projections::schema::schema_name("e");
-    let verified = rebuild(&store, &db.url, &schema, &all_projections(), true, false)
-        .await
-        .unwrap();
+    let schema = projections::schema::schema_name(instance);
+    let verified = rebuild(
+        &store,
+        &db.url,
+        &schema,
+        &all_projections(),
+        true,
+        false,
+        chunk_events,
+    )
+    .await
+    .unwrap();
     assert_eq!(verified.differences, vec![], "rebuilt equals live");
+    let versions = async || -> Vec<(uuid::Uuid, String, i64, String)> {
+        sqlx::query_as(
+            "select stream_id, projection::text, version, tenant_id from stream_versions
+              order by 1, 2",
+        )
+        .fetch_all(&read.pool)
+        .await
+        .unwrap()
+    };
+    let live_versions = versions().await;
+    rebuild(
+        &store,
+        &db.url,
+        &schema,
+        &all_projections(),
+        false,
+        false,
+        chunk_events,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        versions().await,
+        live_versions,
+        "the rebuilt stream versions are the live ones"
+    );
+    // What follows reads the rebuilt model.
     let statuses: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
         "select status, patient_name, physician_name from consultations order by id",
     )
@@ -427,7 +491,7 @@ async fn a_rebuild_keeps_what_the_live_projector_applied_past_an_older_running_w
     );
 
     let schema = projections::schema::schema_name("fed");
-    rebuild(&store, &db.url, &schema, &all_projections(), false, false)
+    rebuild_with_defaults(&store, &db.url, &schema, &all_projections(), false)
         .await
         .unwrap();
     let patients: i64 = sqlx::query_scalar("select count(*) from patients where id = $1")

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use domain::AggregateKind;
-use eventstore::{RecordedEvent, StreamVersion};
+use eventstore::StreamVersion;
 use maud::{Markup, html};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -94,7 +94,7 @@ pub async fn page(
                     td { (event.actor_id.as_deref().unwrap_or("")) }
                     td { code { (event.correlation_id) } }
                     td { @if let Some(causation) = event.causation_id { code { (causation) } } }
-                    td { (payload(&operator, event)) }
+                    td { (payload(&operator, &event.aggregate_type, event.payload.get())) }
                 }
             }
         }
@@ -122,16 +122,17 @@ pub async fn page(
     Ok(frame("Stream", Some(&operator.0), body).into_response())
 }
 
-/// An event's payload, pretty-printed; a clinical record's content only for an operator whose
-/// token also grants `records:read`, as the API's own history asks.
-fn payload(operator: &Operator, event: &RecordedEvent) -> Markup {
-    if event.aggregate_type == AggregateKind::ClinicalRecord.as_str()
+/// An event's payload (`json`, of an aggregate of `aggregate_type`), pretty-printed; a
+/// clinical record's content only for an operator whose token also grants `records:read`, as
+/// the API's own history asks. The dead-letters page shows a message's body with it too.
+pub fn payload(operator: &Operator, aggregate_type: &str, json: &str) -> Markup {
+    if aggregate_type == AggregateKind::ClinicalRecord.as_str()
         && !operator.0.may(RecordsRead::NAME)
     {
         return html! { span.muted { "hidden: needs records:read" } };
     }
-    let text = serde_json::from_str::<serde_json::Value>(event.payload.get())
+    let text = serde_json::from_str::<serde_json::Value>(json)
         .and_then(|value| serde_json::to_string_pretty(&value))
-        .unwrap_or_else(|_| event.payload.get().to_owned());
+        .unwrap_or_else(|_| json.to_owned());
     html! { pre { (text) } }
 }
