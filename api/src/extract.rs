@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
+use commands::Idempotency;
 use eventstore::StreamVersion;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -29,16 +30,16 @@ pub struct Command<T> {
     pub context: CommandContext,
 }
 
-/// What a command's headers ask for, and the digest that tells repeated requests apart.
+/// What a command's headers ask for.
 #[derive(Debug, Clone)]
 pub struct CommandContext {
     pub correlation_id: String,
-    pub idempotency_key: Option<String>,
+    /// The `Idempotency-Key`, with the digest of the request ([`request_hash`]): the same key
+    /// with a different request is refused. Without a key there is nothing to compare, and
+    /// the digest (the body written out again, hashed and hex-encoded) is not computed.
+    pub idempotency: Option<Idempotency>,
     /// The version the client expects the aggregate to be at (`If-Match`).
     pub if_match: Option<StreamVersion>,
-    /// SHA-256 of method, path and body (keys sorted): the same key with a different request
-    /// is refused.
-    pub request_hash: String,
 }
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Command<T> {
@@ -85,16 +86,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Command<T> {
                 .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?
         };
 
-        let request_hash = request_hash(method.as_str(), &path, &value);
-
+        // A client's repeat must get the first answer even where deciding again would now
+        // fail differently, so the key is looked up before deciding.
+        let idempotency = idempotency_key.map(|key| Idempotency {
+            key,
+            request_hash: request_hash(method.as_str(), &path, &value),
+            check_first: true,
+        });
         let body = parse_body(value)?;
         Ok(Self {
             body,
             context: CommandContext {
                 correlation_id,
-                idempotency_key,
+                idempotency,
                 if_match,
-                request_hash,
             },
         })
     }

@@ -123,6 +123,34 @@ async fn every_way_a_token_can_be_wrong_is_a_401_with_a_bearer_challenge() {
     }
 }
 
+/// A verified token is remembered, so that its client's next requests need not verify it again;
+/// once its `exp` and the leeway have passed, it is refused all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_accepted_before_is_refused_once_it_has_expired() {
+    let db = TestDb::new().await;
+    let app = TestApp::start_with(&db, settings()).await;
+    let exp = jsonwebtoken::get_current_timestamp();
+    let token = {
+        let mut c = claims("a", ALL);
+        c["exp"] = json!(exp);
+        signed(SECRET, c)
+    };
+    let register = async |document: &str| {
+        let body = Some(patient(document));
+        send(&app, Method::POST, "/patients", &token, body).await
+    };
+    // Within the 5 s leeway HAP allows for clocks that differ.
+    assert_eq!(register("DOC-1").await.status(), StatusCode::CREATED);
+    while jsonwebtoken::get_current_timestamp() <= exp + 5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let refused = register("DOC-2").await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["detail"], "the token has expired", "{problem}");
+    assert_eq!(app.event_count().await, 1, "only the first was appended");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_scope_family_guards_its_routes_with_a_403() {
     let db = TestDb::new().await;

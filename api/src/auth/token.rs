@@ -1,10 +1,12 @@
 //! Bearer tokens (JWT): verifying them with the configured keys, minting them for `hap token`,
 //! the caller a valid token proves and the scopes a token may grant.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, header};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
@@ -60,7 +62,8 @@ pub struct Caller {
     pub tenant_id: String,
     /// Who acts (the token's `sub`): stored with every event the request causes.
     pub subject: String,
-    scopes: Vec<String>,
+    /// Shared: a caller is cloned from the verified-token cache on every request.
+    scopes: Arc<[String]>,
 }
 
 impl Caller {
@@ -114,12 +117,35 @@ pub enum AuthConfigError {
     NoSecret,
 }
 
+/// Seconds a token is still accepted after its `exp`, for clocks that differ a little.
+const LEEWAY_SECONDS: u64 = 5;
+
+/// How many verified tokens [`Verifier`] remembers. A client sends the same token with every
+/// request until it expires, so this covers that many clients at once; past it, a token is
+/// verified again.
+const REMEMBERED_TOKENS: u64 = 10_000;
+
+/// A configured key, with the checks a token signed by it must pass.
+struct Key {
+    algorithm: Algorithm,
+    key: DecodingKey,
+    validation: Validation,
+}
+
 /// Verifies tokens; cheap to share behind an `Arc`.
 pub struct Verifier {
-    /// `None`: authentication is off, every request acts as the insecure caller.
-    keys: Option<Vec<(Algorithm, DecodingKey)>>,
-    issuer: Option<String>,
-    audience: Option<String>,
+    /// `None`: authentication is off, every request acts as [`Verifier::anonymous`].
+    keys: Option<Vec<Key>>,
+    /// The caller of every request when authentication is off, made once.
+    anonymous: Verified,
+    /// Tokens verified already, by their exact text (signature included), and what each
+    /// proved. Verifying costs a signature check and two JSON parses on every request (an
+    /// RS256 or ES256 check many times an HS256 one); a token is the same bytes on every
+    /// request of its client. An entry is only ever a token that passed every check, it
+    /// leaves the cache when its `exp` (plus the leeway) passes, and a hit is refused past
+    /// `exp` as a fresh verification would refuse it. The keys and the checks are fixed for
+    /// the life of the process, so nothing else could make a remembered answer wrong.
+    verified: Cache<String, Verified>,
 }
 
 impl Verifier {
@@ -153,10 +179,25 @@ impl Verifier {
             (true, true) => None,
             (true, false) => return Err(AuthConfigError::NoKey),
         };
+        let checked = |(algorithm, key)| Key {
+            algorithm,
+            key,
+            validation: validation(algorithm, settings),
+        };
         Ok(Self {
-            keys,
-            issuer: settings.auth_issuer.clone(),
-            audience: settings.auth_audience.clone(),
+            keys: keys.map(|keys| keys.into_iter().map(checked).collect()),
+            anonymous: Verified {
+                caller: Caller {
+                    tenant_id: INSECURE_TENANT.to_owned(),
+                    subject: INSECURE_SUBJECT.to_owned(),
+                    scopes: SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+                },
+                expires_at: None,
+            },
+            verified: Cache::builder()
+                .max_capacity(REMEMBERED_TOKENS)
+                .expire_after(UntilExpired)
+                .build(),
         })
     }
 
@@ -179,61 +220,93 @@ impl Verifier {
     /// With authentication off, every request is the insecure caller, token or not.
     pub fn verify(&self, token: Option<&str>) -> Result<Verified, ApiError> {
         let Some(keys) = &self.keys else {
-            return Ok(Verified {
-                caller: Caller {
-                    tenant_id: INSECURE_TENANT.to_owned(),
-                    subject: INSECURE_SUBJECT.to_owned(),
-                    scopes: SCOPES.iter().map(|s| (*s).to_owned()).collect(),
-                },
-                expires_at: None,
-            });
+            return Ok(self.anonymous.clone());
         };
         let token = token.ok_or(ApiError::Unauthorized(None))?;
-        // The header names the algorithm; only the configured keys' algorithms are accepted
-        // (never `none`, which the library cannot even parse).
-        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
-        let (algorithm, key) = keys
-            .iter()
-            .find(|(algorithm, _)| *algorithm == header.alg)
-            .ok_or_else(|| invalid("the token is signed with an algorithm HAP does not accept"))?;
-        let mut validation = Validation::new(*algorithm);
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = 5;
-        match &self.issuer {
-            Some(issuer) => validation.set_issuer(&[issuer]),
-            None => validation.iss = None,
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(known) = self.verified.get(token)
+            && known
+                .expires_at
+                .is_some_and(|exp| exp.saturating_add(LEEWAY_SECONDS) >= now)
+        {
+            return Ok(known);
         }
-        match &self.audience {
-            Some(audience) => validation.set_audience(&[audience]),
-            None => validation.validate_aud = false,
-        }
-        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
-            .map_err(|error| {
-                use jsonwebtoken::errors::ErrorKind as K;
-                invalid(match error.kind() {
-                    K::ExpiredSignature => "the token has expired",
-                    K::InvalidSignature => "the token's signature does not verify",
-                    K::InvalidIssuer => "the token was issued by another issuer",
-                    K::InvalidAudience => "the token is meant for another audience",
-                    K::MissingRequiredClaim(_) => "the token lacks a required claim",
-                    _ => "malformed token",
-                })
-            })?
-            .claims;
-        if claims.tenant != PLATFORM_TENANT && !valid_tenant(&claims.tenant) {
-            return Err(invalid("the token's tenant is not a tenant id"));
-        }
-        if claims.sub.is_empty() {
-            return Err(invalid("the token's subject is empty"));
-        }
-        Ok(Verified {
-            caller: Caller {
-                tenant_id: claims.tenant,
-                subject: claims.sub,
-                scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
-            },
-            expires_at: Some(claims.exp),
-        })
+        let verified = verify(keys, token)?;
+        self.verified.insert(token.to_owned(), verified.clone());
+        Ok(verified)
+    }
+}
+
+/// The checks a token signed with `algorithm` must pass, as `settings` configure them.
+fn validation(algorithm: Algorithm, settings: &Settings) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    validation.leeway = LEEWAY_SECONDS;
+    match &settings.auth_issuer {
+        Some(issuer) => validation.set_issuer(&[issuer]),
+        None => validation.iss = None,
+    }
+    match &settings.auth_audience {
+        Some(audience) => validation.set_audience(&[audience]),
+        None => validation.validate_aud = false,
+    }
+    validation
+}
+
+/// What `token` proves, checked against `keys`: its signature and its claims.
+fn verify(keys: &[Key], token: &str) -> Result<Verified, ApiError> {
+    // The header names the algorithm; only the configured keys' algorithms are accepted
+    // (never `none`, which the library cannot even parse).
+    let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
+    let key = keys
+        .iter()
+        .find(|key| key.algorithm == header.alg)
+        .ok_or_else(|| invalid("the token is signed with an algorithm HAP does not accept"))?;
+    let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation)
+        .map_err(|error| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            invalid(match error.kind() {
+                K::ExpiredSignature => "the token has expired",
+                K::InvalidSignature => "the token's signature does not verify",
+                K::InvalidIssuer => "the token was issued by another issuer",
+                K::InvalidAudience => "the token is meant for another audience",
+                K::MissingRequiredClaim(_) => "the token lacks a required claim",
+                _ => "malformed token",
+            })
+        })?
+        .claims;
+    if claims.tenant != PLATFORM_TENANT && !valid_tenant(&claims.tenant) {
+        return Err(invalid("the token's tenant is not a tenant id"));
+    }
+    if claims.sub.is_empty() {
+        return Err(invalid("the token's subject is empty"));
+    }
+    Ok(Verified {
+        caller: Caller {
+            tenant_id: claims.tenant,
+            subject: claims.sub,
+            scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
+        },
+        expires_at: Some(claims.exp),
+    })
+}
+
+/// Keeps a verified token until its `exp` and the leeway have passed (on the cache's monotonic
+/// clock; [`Verifier::verify`] also compares `exp` with the wall clock on every hit).
+struct UntilExpired;
+
+impl moka::Expiry<String, Verified> for UntilExpired {
+    fn expire_after_create(
+        &self,
+        _token: &String,
+        verified: &Verified,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        let exp = verified.expires_at?;
+        let left = exp
+            .saturating_add(LEEWAY_SECONDS)
+            .saturating_sub(jsonwebtoken::get_current_timestamp());
+        Some(Duration::from_secs(left))
     }
 }
 

@@ -9,7 +9,7 @@ pub mod records;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use commands::{CommandError, CommandMeta, Idempotency, Outcome, Remembered, Target};
+use commands::{CommandError, CommandMeta, Outcome, Remembered, Target};
 use domain::Aggregate;
 use domain::values::{Invalid, Reason};
 use serde::Serialize;
@@ -119,11 +119,7 @@ where
     A::Command: Clone,
 {
     let meta = CommandMeta {
-        idempotency: context.idempotency_key.clone().map(|key| Idempotency {
-            key,
-            request_hash: context.request_hash.clone(),
-            check_first: true,
-        }),
+        idempotency: context.idempotency.clone(),
         subject: Some(reply.id),
         expected: context.if_match,
         actor_id: Some(caller.subject.clone()),
