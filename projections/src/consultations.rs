@@ -72,12 +72,21 @@ struct Rows {
 }
 
 impl Rows {
-    /// Folds one event; returns the consultation whose row it changed. A rename is only noted
-    /// in `people`: the caller copies it into the consultations.
+    /// Folds one stored event; returns the consultation whose row it changed.
     fn apply(&mut self, envelope: &Envelope) -> Option<Uuid> {
-        if let Some((id, name)) = name_set_by(&envelope.event) {
+        let mut changed = None;
+        for event in &envelope.events {
+            changed = self.apply_event(envelope, event).or(changed);
+        }
+        changed
+    }
+
+    /// Folds one of the events a stored one reads as. A rename is only noted in `people`: the
+    /// caller copies it into the consultations.
+    fn apply_event(&mut self, envelope: &Envelope, event: &Event) -> Option<Uuid> {
+        if let Some((id, name)) = name_set_by(event) {
             let registration = matches!(
-                envelope.event,
+                event,
                 Event::PatientRegistered(_) | Event::PhysicianRegistered(_)
             );
             let registered = registration || self.people.get(&id).is_some_and(|p| p.registered);
@@ -92,7 +101,7 @@ impl Rows {
             return None;
         }
         let id = envelope.stream_id;
-        if let Event::ConsultationSchedulingStarted(e) = &envelope.event {
+        if let Event::ConsultationSchedulingStarted(e) = event {
             let name_of = |person: Uuid| self.people.get(&person).map(|p| p.name.clone());
             let row = Row {
                 id,
@@ -114,7 +123,7 @@ impl Rows {
             self.consultations.insert(id, Box::new(row));
         }
         let row = self.consultations.get_mut(&id)?;
-        match &envelope.event {
+        match event {
             Event::ConsultationScheduled(_) => row.status = Status::Scheduled.as_str().into(),
             Event::ConsultationSchedulingFailed(e) => {
                 row.status = Status::Failed.as_str().into();
@@ -219,7 +228,8 @@ impl Rows {
         .collect();
         let named: Vec<Uuid> = events
             .iter()
-            .filter_map(|envelope| match &envelope.event {
+            .flat_map(|envelope| &envelope.events)
+            .filter_map(|event| match event {
                 Event::ConsultationSchedulingStarted(e) => {
                     Some([e.patient_id.as_uuid(), e.physician_id.as_uuid()])
                 }

@@ -45,14 +45,23 @@ fn consultation_of(event: &Event) -> Option<Uuid> {
 struct Books(ById<Vec<Row>>);
 
 impl Books {
-    /// Folds one event; returns the records whose rows it changed.
+    /// Folds one stored event; returns the records whose rows it changed.
     fn apply(&mut self, envelope: &Envelope) -> Vec<Uuid> {
-        let Some(consultation) = consultation_of(&envelope.event) else {
+        let mut changed = vec![];
+        for event in &envelope.events {
+            changed.extend(self.apply_event(envelope, event));
+        }
+        changed
+    }
+
+    /// Folds one of the events a stored one reads as.
+    fn apply_event(&mut self, envelope: &Envelope, event: &Event) -> Vec<Uuid> {
+        let Some(consultation) = consultation_of(event) else {
             return vec![];
         };
         let (version, at) = (envelope.version, envelope.occurred_at);
         let book = self.0.entry(consultation).or_default();
-        match &envelope.event {
+        match event {
             // A record the book holds already was created by this very event, delivered
             // again: the batch's statement then fails on the event's processed mark and the
             // careful path skips it. Two rows of one id would fail the statement first, on
@@ -136,7 +145,7 @@ impl Projector for Records {
         async move {
             let ids: Vec<Uuid> = events
                 .iter()
-                .filter_map(|e| consultation_of(&e.event))
+                .flat_map(|e| e.events.iter().filter_map(consultation_of))
                 .collect();
             let mut books = Books::default();
             let stored =

@@ -70,10 +70,15 @@ impl SagaStore for MemoryStore {
         person: Person,
     ) -> Result<Vec<Uuid>, sqlx::Error> {
         let requested = self.events().into_iter().filter_map(|recorded| {
-            let event = Event::from_parts(&recorded.event_type, recorded.payload.get()).ok()?;
-            let Event::ConsultationSchedulingStarted(started) = event else {
-                return None;
-            };
+            let events = domain::versions::decode(
+                &recorded.event_type,
+                recorded.schema_version,
+                recorded.payload.get(),
+            );
+            let started = events.ok()?.into_iter().find_map(|event| match event {
+                Event::ConsultationSchedulingStarted(started) => Some(started),
+                _ => None,
+            })?;
             let of = match person {
                 Person::Patient(id) => started.patient_id == id,
                 Person::Physician(id) => started.physician_id == id,

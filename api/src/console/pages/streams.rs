@@ -6,7 +6,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use domain::AggregateKind;
+use domain::{AggregateKind, versions};
 use eventstore::{RecordedEvent, StreamVersion};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -130,8 +130,15 @@ fn payload(operator: &Operator, event: &RecordedEvent) -> Markup {
     {
         return html! { span.muted { "hidden: needs records:read" } };
     }
-    let text = serde_json::from_str::<serde_json::Value>(event.payload.get())
-        .and_then(|value| serde_json::to_string_pretty(&value))
-        .unwrap_or_else(|_| event.payload.get().to_owned());
+    // As HAP reads it today; a payload that does not read is shown as stored.
+    let read = versions::decode(&event.event_type, event.schema_version, event.payload.get());
+    let text = match read {
+        Ok(read) => read
+            .iter()
+            .map(|e| serde_json::to_string_pretty(&e.into_parts().1).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(_) => event.payload.get().to_owned(),
+    };
     html! { pre { (text) } }
 }
