@@ -139,8 +139,7 @@ mod tests {
                 event_type: "PatientUpdated",
                 from: 1,
                 raise: |mut payload| {
-                    if let Some(mobile) = payload.as_object_mut().and_then(|p| p.remove("mobile"))
-                    {
+                    if let Some(mobile) = payload.as_object_mut().and_then(|p| p.remove("mobile")) {
                         payload["phone"] = mobile;
                     }
                     vec![Versioned::new("PatientUpdated", payload)]
@@ -266,9 +265,7 @@ mod tests {
         let event = registered(PatientId::new(), "Ana");
         let (event_type, payload) = event.into_parts();
         // When it is read at the current version
-        let events = CHAIN
-            .decode(event_type, 3, &payload.to_string())
-            .unwrap();
+        let events = CHAIN.decode(event_type, 3, &payload.to_string()).unwrap();
         // Then it is the event written
         assert_eq!(events.as_slice(), [event]);
     }

@@ -79,11 +79,7 @@ impl Envelope {
             position: scanned.checkpoint.position,
             occurred_at: scanned.occurred_at,
             tenant_id: scanned.tenant_id.to_owned(),
-            events: versions::decode(
-                scanned.event_type,
-                scanned.schema_version,
-                scanned.payload,
-            )?,
+            events: versions::decode(scanned.event_type, scanned.schema_version, scanned.payload)?,
         })
     }
 

@@ -79,7 +79,11 @@ impl SagaHandler {
     async fn step(&self, message: &Message) -> Result<(), HandleError> {
         // A split event's parts share its id, which keys the step: the first part a service
         // reacts to is the one that triggers it.
-        let reaction = message.envelope.events.iter().find_map(|e| self.service.react(e));
+        let reaction = message
+            .envelope
+            .events
+            .iter()
+            .find_map(|e| self.service.react(e));
         let Some(step) = reaction else {
             return Ok(());
         };
