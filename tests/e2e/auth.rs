@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hap_tests::system::{Parts, System};
-use hap_tests::tokens::{AUDIENCE, ISSUER, SECRET, settings, token};
+use hap_tests::tokens::{AUDIENCE, DATA_KEY, ISSUER, SECRET, settings, token};
 use hap_tests::{TestApp, TestDb, id_of, patient};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
@@ -541,6 +541,21 @@ async fn without_a_key_hap_serve_refuses_to_start_unless_told_it_is_insecure() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("HAP_AUTH_SECRET"), "{stderr}");
 
+    // A key to verify tokens is not enough: personal data needs its master key too.
+    let output = tokio::process::Command::new(hap_tests::process::hap_binary())
+        .args(["serve", "--http-addr", "127.0.0.1:0"])
+        .env("HAP_DATABASE_URL", &db.url)
+        .env("HAP_AUTH_SECRET", SECRET)
+        .env_remove("HAP_DATA_KEY")
+        .env_remove("HAP_DATA_KEY_FILE")
+        .env_remove("HAP_INSECURE_NO_AUTH")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("HAP_DATA_KEY"), "{stderr}");
+
     let prefix = hap_tests::broker::unique_prefix();
     let mut served = serve(&db, &prefix, &[("HAP_INSECURE_NO_AUTH", "true")], "warn").await;
     let response = reqwest::Client::new()
@@ -568,6 +583,7 @@ async fn hap_token_mints_what_hap_serve_accepts_and_debug_logs_hold_no_personal_
     let prefix = hap_tests::broker::unique_prefix();
     let env = [
         ("HAP_AUTH_SECRET", SECRET),
+        ("HAP_DATA_KEY", DATA_KEY),
         ("HAP_SCHEDULING_TIMEOUT_MS", "600000"),
     ];
     let mut served = serve(&db, &prefix, &env, "debug").await;
@@ -707,7 +723,8 @@ async fn tokens_of_an_identity_provider_are_verified_with_its_rsa_or_ec_public_k
         (Algorithm::ES256, "idp-ec-public.pem", "idp-ec-private.pem"),
     ] {
         let db = TestDb::new().await;
-        let mut settings = api::config::Settings::defaults();
+        let mut settings = settings();
+        settings.auth_secret = None;
         settings.auth_public_key_file = Some(fixture(public));
         settings.auth_issuer = Some(ISSUER.into());
         settings.auth_audience = Some(AUDIENCE.into());
