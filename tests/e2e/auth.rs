@@ -525,35 +525,36 @@ async fn serve(db: &TestDb, prefix: &str, env: &[(&str, &str)], rust_log: &str) 
     Served { child, base, log }
 }
 
+/// What `hap serve` prints as it refuses to start with `set` and without `removed` (exit 1).
+async fn refused_start(db: &TestDb, set: &[(&str, &str)], removed: &[&str]) -> String {
+    let mut command = tokio::process::Command::new(hap_tests::process::hap_binary());
+    command
+        .args(["serve", "--http-addr", "127.0.0.1:0"])
+        .env("HAP_DATABASE_URL", &db.url);
+    for (name, value) in set {
+        command.env(name, value);
+    }
+    for name in removed {
+        command.env_remove(name);
+    }
+    let output = command.output().await.unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_key_hap_serve_refuses_to_start_unless_told_it_is_insecure() {
     let db = TestDb::new().await;
-    let output = tokio::process::Command::new(hap_tests::process::hap_binary())
-        .args(["serve", "--http-addr", "127.0.0.1:0"])
-        .env("HAP_DATABASE_URL", &db.url)
-        .env_remove("HAP_AUTH_SECRET")
-        .env_remove("HAP_AUTH_PUBLIC_KEY_FILE")
-        .env_remove("HAP_INSECURE_NO_AUTH")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let no_key = [
+        "HAP_AUTH_SECRET",
+        "HAP_AUTH_PUBLIC_KEY_FILE",
+        "HAP_INSECURE_NO_AUTH",
+    ];
+    let stderr = refused_start(&db, &[], &no_key).await;
     assert!(stderr.contains("HAP_AUTH_SECRET"), "{stderr}");
-
     // A key to verify tokens is not enough: personal data needs its master key too.
-    let output = tokio::process::Command::new(hap_tests::process::hap_binary())
-        .args(["serve", "--http-addr", "127.0.0.1:0"])
-        .env("HAP_DATABASE_URL", &db.url)
-        .env("HAP_AUTH_SECRET", SECRET)
-        .env_remove("HAP_DATA_KEY")
-        .env_remove("HAP_DATA_KEY_FILE")
-        .env_remove("HAP_INSECURE_NO_AUTH")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let no_data_key = ["HAP_DATA_KEY", "HAP_DATA_KEY_FILE", "HAP_INSECURE_NO_AUTH"];
+    let stderr = refused_start(&db, &[("HAP_AUTH_SECRET", SECRET)], &no_data_key).await;
     assert!(stderr.contains("HAP_DATA_KEY"), "{stderr}");
 
     let prefix = hap_tests::broker::unique_prefix();
