@@ -118,6 +118,11 @@ pub struct RebuildArgs {
     /// nothing; exits 1 if there is any.
     #[arg(long)]
     pub verify: bool,
+    /// Events folded in memory at most before they are written out: peak memory grows with
+    /// this, not with the store.
+    #[arg(long, default_value_t = projections::rebuild::CHUNK_EVENTS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub chunk_events: usize,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -232,10 +237,17 @@ async fn rebuild(settings: Settings, args: RebuildArgs) -> anyhow::Result<()> {
         .unwrap_or(&settings.database_url);
     let schema = projections::schema::schema_name(&settings.instance);
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let report =
-        projections::rebuild::rebuild(&store, read_url, &schema, &names, args.verify, interactive)
-            .await
-            .context("The rebuild failed")?;
+    let report = projections::rebuild::rebuild(
+        &store,
+        read_url,
+        &schema,
+        &names,
+        args.verify,
+        interactive,
+        args.chunk_events,
+    )
+    .await
+    .context("The rebuild failed")?;
     let rate = report.events as f64 / report.elapsed.as_secs_f64().max(1e-9);
     let action = if args.verify { "verified" } else { "rebuilt" };
     println!(
@@ -244,6 +256,9 @@ async fn rebuild(settings: Settings, args: RebuildArgs) -> anyhow::Result<()> {
         report.events,
         report.elapsed,
     );
+    if let Some(peak) = report.peak_rss {
+        println!("peak memory: {} MiB resident", peak / (1024 * 1024));
+    }
     if report.differences.is_empty() {
         if args.verify {
             println!("no differences");
@@ -353,7 +368,12 @@ impl Roles {
             pid: i32::try_from(std::process::id()).unwrap_or(-1),
             http_addr: address.to_string(),
         };
-        let recorded = processes::keep_recorded(store.clone(), info, self.shutdown.clone());
+        let recorded = processes::keep_recorded(
+            store.clone(),
+            info,
+            crate::vitals::measure,
+            self.shutdown.clone(),
+        );
         self.tasks.spawn(recorded);
     }
 

@@ -17,6 +17,7 @@
 //! - [`extract`]: request extractors (body, headers, path ids) that map malformed input to
 //!   400/413/415/422.
 //! - [`error`]: [`error::ApiError`] and its problem+json form.
+//! - [`vitals`]: this process's own figures, recorded with its heartbeat for the console.
 //! - [`health`], [`openapi`], [`telemetry`]: operations (the broker's health is watched by
 //!   `messaging::health`).
 
@@ -35,6 +36,7 @@ pub mod openapi;
 pub mod queries;
 pub mod state;
 pub mod telemetry;
+pub mod vitals;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -32,6 +32,7 @@ use uuid::Uuid;
 use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, closed_loop, sample_pool};
+use crate::profile::Profile;
 use crate::report::{self, Facts, Table};
 use crate::system;
 
@@ -259,6 +260,7 @@ async fn hap_run(
 
     let timeline = Timeline::starting_now(WARMUP, args.measure());
     let sampler = sample_pool(pool.clone(), timeline);
+    let profile = Profile::over("hap", timeline);
     let outcome = closed_loop(args.clients(), timeline, move |client_id, n| {
         let client = client.clone();
         let url = Arc::clone(&url);
@@ -272,6 +274,7 @@ async fn hap_run(
     })
     .await;
     let usage = sampler.await;
+    profile.finish().await?;
 
     // The client went with the load closure, so no keep-alive connection holds the server.
     let stopped = server.stop().await;

@@ -36,6 +36,7 @@ use crate::broker::{ScratchBroker, Servers};
 use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, latency_histogram, paced, sample_pool};
+use crate::profile::Profile;
 use crate::report::Table;
 use crate::scratch::Scratch;
 use crate::system::{self, Hap, POOL_SIZE};
@@ -238,6 +239,7 @@ pub async fn hap_run(
     // limited by something else.
     let store_sampler = sample_pool(pool.clone(), timeline);
     let read_sampler = sample_pool(read_pool, timeline);
+    let profile = Profile::over("hap", timeline);
     let outcome = {
         let legs = Arc::clone(&legs);
         paced(
@@ -262,6 +264,7 @@ pub async fn hap_run(
 
     let store_usage = store_sampler.await.context("The pool sampler panicked")?;
     let read_usage = read_sampler.await.context("The pool sampler panicked")?;
+    profile.finish().await?;
 
     // The client went with the load closure, so no keep-alive connection holds the server.
     let stopped = hap.stop().await;

@@ -31,6 +31,7 @@
 //!   pool and the CPU over a measured window.
 //! - [`cpu`]: how busy the machine was over a window, by process group, and waiting for it to
 //!   settle before a run.
+//! - [`profile`]: `--profile`, a CPU flame graph of each timed HAP run.
 //! - [`report`]: machine facts and the plain-text tables every subcommand prints.
 //!
 //! Progress goes to stderr and the report to stdout, so `hap-bench append > result.txt` keeps
@@ -44,6 +45,7 @@ mod cpu;
 mod database;
 mod e2e;
 mod load;
+mod profile;
 mod project;
 mod publish;
 mod rebuild;
@@ -70,6 +72,15 @@ struct Cli {
     /// starts at once.
     #[arg(long, global = true, default_value_t = cpu::SETTLE_LIMIT_SECS)]
     settle_limit: u64,
+
+    /// Records each timed HAP run with `perf` and writes its CPU flame graph (an SVG) into
+    /// `--profile-dir`, printing the path. Not for `chaos`.
+    #[arg(long, global = true)]
+    profile: bool,
+
+    /// Where `--profile` writes its flame graphs.
+    #[arg(long, global = true, default_value = "target/hap-bench")]
+    profile_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,7 +108,25 @@ async fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
     cpu::set_settle_limit(std::time::Duration::from_secs(cli.settle_limit));
-    let result = match cli.command {
+    let result = run(cli).await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` puts the whole context chain on one line.
+            eprintln!("hap-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.profile {
+        if matches!(cli.command, Command::Chaos(_)) {
+            anyhow::bail!("--profile: chaos is a trial with no timed run to profile");
+        }
+        profile::enable(cli.command.name(), cli.profile_dir).await?;
+    }
+    match cli.command {
         Command::Append(args) => append::run(args).await,
         Command::Publish(args) => scratch::run("publish", &args.servers, &args, publish::run).await,
         Command::Project(args) => scratch::run("project", &args.servers, &args, project::run).await,
@@ -105,13 +134,20 @@ async fn main() -> ExitCode {
         Command::Saga(args) => scratch::run("saga", &args.servers, &args, saga::run).await,
         Command::Rebuild(args) => rebuild::run(args).await,
         Command::Chaos(args) => chaos::run(args).await,
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            // `{:#}` puts the whole context chain on one line.
-            eprintln!("hap-bench: {error:#}");
-            ExitCode::FAILURE
+    }
+}
+
+impl Command {
+    /// The subcommand's name, as typed.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Append(_) => "append",
+            Self::Publish(_) => "publish",
+            Self::Project(_) => "project",
+            Self::E2e(_) => "e2e",
+            Self::Saga(_) => "saga",
+            Self::Rebuild(_) => "rebuild",
+            Self::Chaos(_) => "chaos",
         }
     }
 }

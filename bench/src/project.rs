@@ -43,6 +43,7 @@ use uuid::Uuid;
 use crate::broker::{ScratchBroker, Servers, consume_with_acks};
 use crate::cpu::{CpuWindow, machine_cpu, settle};
 use crate::load::{Drained, wait_until};
+use crate::profile::Profile;
 use crate::report::Table;
 use crate::scratch::Scratch;
 use crate::system::{self, INSTANCE};
@@ -144,6 +145,7 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
 
     settle().await;
     eprintln!("HAP run: the projectors work off both queues…");
+    let profile = Profile::start("hap").await?;
     let hap_cpu = CpuWindow::open();
     let started = Instant::now();
     let projectors = system::projectors(broker, &read, &store);
@@ -163,6 +165,7 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     .await
     .context("HAP's projectors did not work off their queues")?;
     let hap_cpu = hap_cpu.close();
+    profile.finish().await?;
     projectors.stop().await;
     for (_, projection) in PATIENT_QUEUES {
         let count = processed(&read.pool, projection).await?;

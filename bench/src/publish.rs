@@ -42,6 +42,7 @@ use uuid::Uuid;
 use crate::broker::{ScratchBroker, Servers};
 use crate::cpu::settle;
 use crate::load::{Drained, Timeline, WARMUP, latency_histogram, paced, wait_until};
+use crate::profile::Profile;
 use crate::report::{self, Table};
 use crate::scratch::Scratch;
 use crate::system;
@@ -102,6 +103,7 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
 
     settle().await;
     eprintln!("HAP run: the publisher drains {stored} events…");
+    let profile = Profile::start("hap-drain").await?;
     let started = Instant::now();
     let publisher = system::publisher(broker, &store);
     let elapsed = wait_until(started, POLL, DRAIN_DEADLINE, || {
@@ -109,6 +111,7 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     })
     .await
     .context("HAP's publisher did not drain the store")?;
+    profile.finish().await?;
     publisher.stop().await;
     let hap = Drained {
         count: stored,
@@ -391,6 +394,7 @@ async fn latency_run(
     let publisher = system::publisher(broker, store);
     let commits: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
     let timeline = Timeline::starting_now(WARMUP, Duration::from_secs(args.seconds));
+    let profile = Profile::over("hap-latency", timeline);
     let appends = {
         let commits = Arc::clone(&commits);
         let store = store.clone();
@@ -419,6 +423,7 @@ async fn latency_run(
         )
         .await?
     };
+    profile.finish().await?;
 
     let commits = std::mem::take(&mut *commits.lock().unwrap_or_else(|e| e.into_inner()));
     let measured = commits.len() as u64;

@@ -12,9 +12,12 @@
 //!
 //! - **HAP run**: `projections::rebuild::rebuild` of every projection of a fresh instance, as
 //!   `hap rebuild --all` runs it (a store pool of 4): a shadow schema, the store read with one
-//!   binary `COPY` (`EventStore::scan`), decoded and folded in memory, the rows copied in, the
-//!   catch-up, the final catch-up under the lock and the schema swap. Row counts are checked
-//!   afterwards.
+//!   binary `COPY` (`EventStore::scan`), decoded and folded in memory `--chunk-events` at a
+//!   time, each chunk's rows copied in, the catch-up, the final catch-up under the lock and the
+//!   schema swap. Row counts and names are checked afterwards, and the process's peak memory
+//!   printed. The mix is stored 50,000 events per statement (`BLOCKS_PER_CHUNK`), so chunks of
+//!   a multiple of 50,000 (the default's) begin no stream an earlier chunk began; any other
+//!   size makes chunks read rows and names back from the shadow.
 //! - **Raw run**: a plain keyset scan of the same table by position, in pages of the same
 //!   size, decoded into the same `RecordedEvent`s: reading every event, and nothing else.
 //! - **read_all alone**: the pages the rebuild reads, through `EventStore::read_all`, and
@@ -36,6 +39,7 @@ use crate::broker::Servers;
 use crate::cpu::{CpuWindow, machine_cpu, settle};
 use crate::database::ScratchDatabase;
 use crate::load::Drained;
+use crate::profile::Profile;
 use crate::report::{Facts, Table};
 use crate::system::{self, INSTANCE, POOL_SIZE};
 
@@ -44,6 +48,12 @@ pub struct Args {
     /// Events in the store (rounded down to a multiple of 20, the size of one block of the mix).
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(20..))]
     events: u64,
+
+    /// Events the rebuild folds in memory at most before writing them out, as `hap rebuild
+    /// --chunk-events`.
+    #[arg(long, default_value_t = projections::rebuild::CHUNK_EVENTS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    chunk_events: usize,
 
     #[command(flatten)]
     servers: Servers,
@@ -111,17 +121,26 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
 
     settle().await;
     eprintln!("HAP run: rebuild --all of {stored} events…");
+    let profile = Profile::start("hap").await?;
     let hap_cpu = CpuWindow::open();
     let started = Instant::now();
-    let report =
-        projections::rebuild::rebuild(&store, database.url(), &schema, &projections, false, false)
-            .await
-            .context("The rebuild failed")?;
+    let report = projections::rebuild::rebuild(
+        &store,
+        database.url(),
+        &schema,
+        &projections,
+        false,
+        false,
+        args.chunk_events,
+    )
+    .await
+    .context("The rebuild failed")?;
     let hap = Drained {
         count: report.events,
         elapsed: started.elapsed(),
     };
     let hap_cpu = hap_cpu.close();
+    profile.finish().await?;
     let rows = check_read_model(&read.pool, blocks).await?;
     read.pool.close().await;
 
@@ -157,6 +176,14 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
     println!("ratio (HAP / raw): {:.2}", hap.rate() / raw.rate());
     println!("{}", machine_cpu(hap_cpu, raw_cpu));
     println!("rebuilt read model: {rows}");
+    if let Some(peak) = report.peak_rss {
+        println!(
+            "peak memory of the bench's process by the end of HAP's rebuild: {} MiB resident, \
+             folding {} events at a time",
+            peak / (1024 * 1024),
+            args.chunk_events
+        );
+    }
     Ok(())
 }
 

@@ -19,9 +19,10 @@
 //! - **Floor**: `hap-bench e2e`'s HAP run at the same rate, on the same database and prefix:
 //!   `POST /patients`, then `GET` with `X-Min-Position`. In one process that trip is an append
 //!   and one projector transaction (the local feed), with no broker in it. A consultation's
-//!   request is such an append, but each of its three saga hops (patient validated, slot held,
-//!   scheduled) also goes through the publisher, the broker and a saga consumer before its
-//!   step's command; the ratio of the medians says what those hops cost.
+//!   request is such an append, but its saga then takes two hops, each through the publisher,
+//!   the broker and a saga consumer before its step's command: the patient's validation and the
+//!   slot's hold side by side, then the confirmation once both are stored; the ratio of the
+//!   medians says what those hops cost.
 //!
 //! **What "scheduled" is measured as.** The consultation's stream holds its request at version
 //! 1, then the saga's outcome at version 2 (scheduled, or failed). The client waits until this
@@ -33,8 +34,9 @@
 //! timeout the figures hide.
 //!
 //! Where the time goes is read back from the store afterwards: the requests carry a
-//! correlation id of the bench's (`paced-{n}`), which every saga step carries on, so the gaps
-//! between the `occurredAt` of one saga's events are its hops.
+//! correlation id of the bench's (`paced-{n}`), which every saga step carries on, so each of a
+//! saga's events is timed from its request's `occurredAt`. The validation and the hold run side
+//! by side, so the two are timed from the same start; scheduled comes after the later of them.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,6 +56,7 @@ use crate::broker::Servers;
 use crate::cpu::{CpuWindow, MachineCpu, settle};
 use crate::e2e::{self, Pace};
 use crate::load::{Drained, Outcome, Timeline, WARMUP, latency_histogram, paced};
+use crate::profile::Profile;
 use crate::report::{Facts, Table};
 use crate::scratch::Scratch;
 use crate::system::{self, Hap, POOL_SIZE};
@@ -84,10 +87,11 @@ pub struct Args {
     pub servers: Servers,
 }
 
-/// The targets from the design: at 100 requests/s, request → scheduled within four times the
-/// floor's median; saturated, at least 300 consultations scheduled per second.
-const TARGET_RATIO: f64 = 4.0;
-const TARGET_SATURATED: f64 = 300.0;
+/// The targets: at 100 requests/s, request → scheduled within three times the floor's median;
+/// saturated, at least 400 consultations scheduled per second. (They were 4× and 300/s while
+/// scheduling took three hops one after another.)
+const TARGET_RATIO: f64 = 3.0;
+const TARGET_SATURATED: f64 = 400.0;
 
 /// Consultations per physician; each physician gets this many slots.
 const PER_PHYSICIAN: u64 = 100;
@@ -339,6 +343,7 @@ impl Client {
 /// `POST` took (sent → 202), in µs.
 async fn paced_run(args: &Args, ctx: &Client) -> anyhow::Result<(Outcome, Histogram<u64>)> {
     let timeline = Timeline::starting_now(WARMUP, Duration::from_secs(args.seconds));
+    let profile = Profile::over("paced", timeline);
     let posts = Arc::new(Mutex::new(latency_histogram()));
     let outcome = {
         let (ctx, posts) = (ctx.clone(), Arc::clone(&posts));
@@ -370,6 +375,7 @@ async fn paced_run(args: &Args, ctx: &Client) -> anyhow::Result<(Outcome, Histog
         )
         .await?
     };
+    profile.finish().await?;
     let posts = std::mem::replace(
         &mut *posts.lock().unwrap_or_else(|e| e.into_inner()),
         latency_histogram(),
@@ -377,7 +383,7 @@ async fn paced_run(args: &Args, ctx: &Client) -> anyhow::Result<(Outcome, Histog
     Ok((outcome, posts))
 }
 
-/// One hop of the measured sagas: from the previous event of the same saga to `event`.
+/// One event of the measured sagas, timed from the saga's request.
 struct Hop {
     event: String,
     count: i64,
@@ -386,8 +392,9 @@ struct Hop {
     max_ms: f64,
 }
 
-/// The gaps between consecutive events of each measured saga, by the event that ends them,
-/// in the order the saga appends them.
+/// How long after its request each event of the measured sagas was appended, by event type, in
+/// the order the sagas append them. (Timed from the previous event instead, the hold's gap
+/// would end up measured from the validation whenever that came first: they run side by side.)
 async fn hops(pool: &PgPool) -> anyhow::Result<Vec<Hop>> {
     let rows: Vec<(String, i64, f64, f64, f64)> = sqlx::query_as(
         "select event_type, count(*),
@@ -395,12 +402,12 @@ async fn hops(pool: &PgPool) -> anyhow::Result<Vec<Hop>> {
                 percentile_cont(0.99) within group (order by gap_ms),
                 max(gap_ms)
            from (select event_type, position,
-                        extract(epoch from occurred_at - lag(occurred_at)
+                        extract(epoch from occurred_at - first_value(occurred_at)
                                 over (partition by correlation_id order by position))::float8
                           * 1000 as gap_ms
                    from events
                   where correlation_id like 'paced-%') saga
-          where gap_ms is not null
+          where event_type <> 'ConsultationSchedulingStarted'
           group by event_type
           order by min(position)",
     )
@@ -497,6 +504,7 @@ async fn saturated(
     count: u64,
     concurrency: u32,
 ) -> anyhow::Result<Burst> {
+    let profile = Profile::start("saturated").await?;
     let cpu = CpuWindow::open();
     let started = Instant::now();
     let posting = Arc::new(Semaphore::new(concurrency as usize));
@@ -545,6 +553,7 @@ async fn saturated(
         }
     }
     burst.cpu = cpu.close();
+    profile.finish().await?;
     Ok(burst)
 }
 
@@ -611,7 +620,7 @@ fn report(args: &Args, facts: &Facts, figures: &Figures) {
     ]);
     for hop in hops {
         legs.row(vec![
-            format!("hop → {} (occurredAt gap)", hop.event),
+            format!("request → {} (occurredAt)", hop.event),
             hop.count.to_string(),
             format!("{:.2}", hop.p50_ms),
             format!("{:.2}", hop.p99_ms),

@@ -128,6 +128,63 @@ fn saga_runs_and_cleans_up() {
     assert_no_queues_left(prefix(&stderr));
 }
 
+/// `--profile` draws a flame graph of the timed HAP run, in which HAP's own code shows.
+#[test]
+fn a_profiled_run_draws_a_flame_graph_of_hap() {
+    if let Some(reason) = perf_cannot_record() {
+        eprintln!("skipped: perf cannot record here ({reason})");
+        return;
+    }
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let profile_dir = directory.path().to_str().expect("a UTF-8 path");
+    let stderr = bench(&[
+        "--profile",
+        "--profile-dir",
+        profile_dir,
+        "append",
+        "--clients",
+        "2",
+        "--seconds",
+        "1",
+    ]);
+    let svg = stderr
+        .split("flame graph written to ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or_else(|| panic!("no flame graph announced in:\n{stderr}"));
+    assert!(
+        svg.starts_with(profile_dir),
+        "{svg} is not in {profile_dir}"
+    );
+    let svg = std::fs::read_to_string(svg).expect("the flame graph was written");
+    assert!(
+        svg.starts_with("<?xml"),
+        "not an SVG: {}",
+        &svg[..svg.len().min(200)]
+    );
+    // The command pipeline's and the store's frames: the HAP run is what was recorded.
+    for hap in ["commands::", "eventstore::"] {
+        assert!(svg.contains(hap), "no {hap} frame in the flame graph");
+    }
+}
+
+/// Why `perf` cannot record a process here, if it cannot.
+fn perf_cannot_record() -> Option<String> {
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let output = Command::new("perf")
+        .args(["record", "--quiet", "-o"])
+        .arg(directory.path().join("perf.data"))
+        .args(["--", "true"])
+        .output();
+    match output {
+        Err(error) => Some(format!("perf does not start: {error}")),
+        Ok(output) if !output.status.success() => {
+            Some(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+        }
+        Ok(_) => None,
+    }
+}
+
 #[test]
 fn rebuild_runs() {
     bench(&["rebuild", "--events", "200"]);

@@ -1,11 +1,13 @@
 //! The sagas' decisions: which service reacts to which event, and with what step. Pure, like
 //! the rest of the domain: the steps are carried out elsewhere, each as a command.
 //!
-//! **Scheduling** runs its hops one after another: the consultation is requested (and its
-//! deadline starts) → the patient service validates the patient → the physician service holds
-//! the slot on the physician's day → the scheduling service pauses the deadline and confirms.
-//! Any refusal fails the consultation, and a failed consultation releases whatever slot it
-//! holds. A deadline that fires first fails it with `timed_out`.
+//! **Scheduling** fans out: the consultation is requested (and its deadline starts) → the
+//! patient service validates the patient and, at the same time, the physician service holds
+//! the slot on the physician's day → the scheduling service confirms (pausing the deadline)
+//! once both have answered, in whichever order they arrive: it reacts to each answer with the
+//! same step, which confirms only when it finds the other answer stored too. Any refusal fails
+//! the consultation, and a failed consultation releases whatever slot it holds, also one held
+//! after it failed. A deadline that fires first fails it with `timed_out`.
 //!
 //! **Cancellation**: cancellation requested → the records service voids the consultation's
 //! records → the scheduling service confirms the cancellation → the physician service releases
@@ -14,7 +16,7 @@
 //! **Follow-up on deactivation**: a deactivated patient's or physician's future scheduled
 //! consultations are cancelled, each through the cancellation saga.
 
-use crate::event::{Event, FailureReason};
+use crate::event::{self, Event, FailureReason};
 use crate::ids::{ConsultationId, PatientId, PhysicianId};
 use crate::service::Service;
 
@@ -29,11 +31,12 @@ impl Service {
         match self {
             Self::Patients => &["ConsultationSchedulingStarted"],
             Self::Physicians => &[
-                "PatientValidatedForConsultation",
+                "ConsultationSchedulingStarted",
                 "ConsultationSchedulingFailed",
                 "ConsultationCancelled",
             ],
             Self::Scheduling => &[
+                "PatientValidatedForConsultation",
                 "PatientValidationFailed",
                 "PhysicianAvailabilityConfirmed",
                 "PhysicianAvailabilityRejected",
@@ -53,7 +56,7 @@ impl Service {
                 patient_id: e.patient_id,
                 consultation_id: e.consultation_id,
             },
-            (Self::Physicians, E::PatientValidatedForConsultation(e)) => Step::HoldSlot {
+            (Self::Physicians, E::ConsultationSchedulingStarted(e)) => Step::HoldSlot {
                 consultation_id: e.consultation_id,
             },
             (Self::Physicians, E::ConsultationSchedulingFailed(e)) => Step::ReleaseSlot {
@@ -72,9 +75,11 @@ impl Service {
                 reason: FailureReason::PhysicianUnavailable,
                 detail: e.reason.clone(),
             },
+            (Self::Scheduling, E::PatientValidatedForConsultation(e)) => Step::ConfirmScheduling {
+                consultation_id: e.consultation_id,
+            },
             (Self::Scheduling, E::PhysicianAvailabilityConfirmed(e)) => Step::ConfirmScheduling {
                 consultation_id: e.consultation_id,
-                physician_id: e.physician_id,
             },
             (Self::Scheduling, E::ConsultationRecordsVoided(e)) => Step::ConfirmCancellation {
                 consultation_id: e.consultation_id,
@@ -94,6 +99,46 @@ impl Service {
     }
 }
 
+/// The two answers scheduling waits for, one from each side. They arrive in either order; the
+/// consultation is scheduled once both are stored. Each is an event on its own side's stream
+/// (the patient's, the physician's day), so the saga keeps no state of its own: whether an
+/// answer has arrived is whether its event is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmation {
+    /// The patient is active (`PatientValidatedForConsultation`).
+    PatientValid,
+    /// The slot is held on the physician's day (`PhysicianAvailabilityConfirmed`).
+    SlotHeld,
+}
+
+impl Confirmation {
+    pub const ALL: [Self; 2] = [Self::PatientValid, Self::SlotHeld];
+
+    /// The type of the event that stores this answer.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Self::PatientValid => event::PatientValidatedForConsultation::EVENT_TYPE,
+            Self::SlotHeld => event::PhysicianAvailabilityConfirmed::EVENT_TYPE,
+        }
+    }
+
+    /// The answer an event of type `event_type` stores, if it stores one.
+    pub fn stored_as(event_type: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.event_type() == event_type)
+    }
+
+    /// The answer `event` gives, and the consultation it answers for.
+    pub fn given_by(event: &Event) -> Option<(ConsultationId, Self)> {
+        match event {
+            Event::PatientValidatedForConsultation(e) => {
+                Some((e.consultation_id, Self::PatientValid))
+            }
+            Event::PhysicianAvailabilityConfirmed(e) => Some((e.consultation_id, Self::SlotHeld)),
+            _ => None,
+        }
+    }
+}
+
 /// Someone whose deactivation cancels their future consultations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Person {
@@ -110,7 +155,7 @@ pub enum Step {
         consultation_id: ConsultationId,
     },
     /// Hold the consultation's slot on its physician's day, unless the consultation is no
-    /// longer waiting for it.
+    /// longer waiting for it. Runs beside the patient's validation, not after it.
     HoldSlot {
         consultation_id: ConsultationId,
     },
@@ -118,11 +163,13 @@ pub enum Step {
     ReleaseSlot {
         consultation_id: ConsultationId,
     },
-    /// Schedule the consultation, pausing its deadline in the same write; if it can no longer
-    /// be scheduled (the deadline fired first), release the slot that was just held.
+    /// The step for either confirmation: once both [`Confirmation`]s are stored, schedule the
+    /// consultation, pausing its deadline in the same write; if it can no longer be scheduled
+    /// (the deadline fired first, or a refusal), release the slot. While one is missing, wait
+    /// for it (its own arrival runs this step again), unless the consultation has failed
+    /// already: then release the slot, which may have been held after the failure.
     ConfirmScheduling {
         consultation_id: ConsultationId,
-        physician_id: PhysicianId,
     },
     FailScheduling {
         consultation_id: ConsultationId,
@@ -191,7 +238,7 @@ mod tests {
     }
 
     #[test]
-    fn a_requested_consultation_is_validated_by_the_patient_service_only() {
+    fn a_requested_consultation_is_validated_and_its_slot_held_side_by_side() {
         let started = Event::ConsultationSchedulingStarted(event::ConsultationSchedulingStarted {
             consultation_id: ConsultationId::new(),
             patient_id: PatientId::new(),
@@ -206,10 +253,48 @@ mod tests {
             .collect();
         assert_eq!(
             reacting,
-            [(Service::Patients, "validate_patient")],
-            "one hop at a time"
+            [
+                (Service::Patients, "validate_patient"),
+                (Service::Physicians, "hold_slot")
+            ],
+            "both sides answer at once"
         );
         assert!(started.starts_deadline().is_some());
+    }
+
+    #[test]
+    fn either_confirmation_runs_the_same_confirming_step() {
+        let consultation_id = ConsultationId::new();
+        let answers = [
+            Event::PatientValidatedForConsultation(event::PatientValidatedForConsultation {
+                patient_id: PatientId::new(),
+                consultation_id,
+            }),
+            Event::PhysicianAvailabilityConfirmed(event::PhysicianAvailabilityConfirmed {
+                physician_id: PhysicianId::new(),
+                consultation_id,
+                starts_at: chrono::Utc::now(),
+                ends_at: chrono::Utc::now(),
+            }),
+        ];
+        for (answer, confirmation) in answers.iter().zip(Confirmation::ALL) {
+            assert_eq!(
+                Service::Scheduling.react(answer),
+                Some(Step::ConfirmScheduling { consultation_id })
+            );
+            assert_eq!(
+                Confirmation::given_by(answer),
+                Some((consultation_id, confirmation))
+            );
+            assert_eq!(
+                Confirmation::stored_as(answer.event_type()),
+                Some(confirmation)
+            );
+            let others = Service::ALL
+                .into_iter()
+                .filter(|s| *s != Service::Scheduling);
+            assert!(others.filter_map(|s| s.react(answer)).next().is_none());
+        }
     }
 
     #[test]

@@ -25,7 +25,8 @@
 //! - [`publishing`]: the publisher's durable checkpoint and its lag; the publisher leads one at
 //!   a time ([`leader`]) and is woken soon after commits ([`wakeup`]).
 //! - [`readiness`]: which parts of a process run, for its readiness check.
-//! - [`processes`]: every running process recorded with its heartbeat, for operators.
+//! - [`processes`]: every running process recorded with its heartbeat, for operators, and
+//!   [`samples`]: what each measured of itself with each beat (commands, errors, lags).
 
 pub mod append;
 pub mod deadlines;
@@ -39,6 +40,7 @@ pub mod processes;
 pub mod publishing;
 pub mod read;
 pub mod readiness;
+pub mod samples;
 pub mod scan;
 pub mod store;
 pub mod unavailable;

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::EventStore;
+use crate::samples::Vitals;
 
 /// How often a process says it still runs.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -85,9 +86,14 @@ impl EventStore {
 }
 
 /// Records this process and beats its heart every [`HEARTBEAT`] until `shutdown`, then deletes
-/// its row. A beat that fails (the database is away) is only logged: the next one records the
-/// process again.
-pub async fn keep_recorded(store: EventStore, info: ProcessInfo, shutdown: CancellationToken) {
+/// its row. Each beat also records what `measure` says of the process. A beat that fails (the
+/// database is away) is only logged: the next one records the process again.
+pub async fn keep_recorded(
+    store: EventStore,
+    info: ProcessInfo,
+    measure: impl Fn() -> Vitals + Send,
+    shutdown: CancellationToken,
+) {
     let id = Uuid::now_v7();
     let mut every = tokio::time::interval(HEARTBEAT);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -96,7 +102,11 @@ pub async fn keep_recorded(store: EventStore, info: ProcessInfo, shutdown: Cance
             () = shutdown.cancelled() => break,
             _ = every.tick() => {}
         }
-        if let Err(error) = store.record_process(id, &info).await {
+        let recorded = match store.record_process(id, &info).await {
+            Ok(()) => store.record_sample(id, &measure()).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = recorded {
             tracing::debug!(%error, "recording this process's heartbeat failed");
         }
     }

@@ -31,6 +31,16 @@ pub struct RecordedEvent {
     pub occurred_at: DateTime<Utc>,
 }
 
+/// How many events of one type, with one value of a payload field, occurred in an hour.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct HourlyCount {
+    /// The hour's start.
+    pub hour: DateTime<Utc>,
+    /// The field's text, `None` where the payload lacks it.
+    pub value: Option<String>,
+    pub count: i64,
+}
+
 impl RecordedEvent {
     pub fn position(&self) -> Position {
         Position::new(self.position)
@@ -163,6 +173,33 @@ impl EventStore {
               where stream_id = any($1) order by stream_id, version desc",
         )
         .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// How many events of type `event_type` occurred in each hour of the last `hours`, by the
+    /// text of payload field `field`, oldest hour first, hours without such events left out.
+    /// Tenant-scoped as [`Self::read_history`].
+    #[tracing::instrument(skip(self), err)]
+    pub async fn hourly_counts(
+        &self,
+        tenant_id: Option<&str>,
+        event_type: &str,
+        field: &str,
+        hours: i32,
+    ) -> Result<Vec<HourlyCount>, sqlx::Error> {
+        sqlx::query_as(
+            "select date_trunc('hour', occurred_at) as hour, payload ->> $2 as value,
+                    count(*) as count
+               from events
+              where event_type = $1 and occurred_at > now() - make_interval(hours => $3)
+                and ($4::text is null or tenant_id = $4)
+              group by 1, 2 order by 1, 2",
+        )
+        .bind(event_type)
+        .bind(field)
+        .bind(hours)
+        .bind(tenant_id)
         .fetch_all(&self.pool)
         .await
     }

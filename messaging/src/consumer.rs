@@ -396,7 +396,8 @@ impl Consumer {
         Ok(())
     }
 
-    /// Sends a copy, with `x-error` and `x-original-queue`, to the dead-letter queue.
+    /// Sends a copy, with `x-error`, `x-original-queue` and `x-dead-lettered-at`, to the
+    /// dead-letter queue.
     async fn dead_letter(
         &self,
         channels: &Channels,
@@ -408,6 +409,10 @@ impl Consumer {
         fields.insert(
             headers::ORIGINAL_QUEUE.into(),
             AMQPValue::LongString(self.names.main.as_str().into()),
+        );
+        fields.insert(
+            headers::DEAD_LETTERED_AT.into(),
+            AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()),
         );
         let properties = delivery.properties.clone().with_headers(fields);
         self.move_to(channels, delivery, &self.names.dead_letters, properties)

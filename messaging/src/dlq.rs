@@ -2,6 +2,7 @@
 //! they came from, or drop them. Messages are taken with manual acknowledgement, and one that is
 //! not acted on is returned to the dead-letter queue untouched.
 
+use chrono::{DateTime, Utc};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
     QueuePurgeOptions,
@@ -30,10 +31,41 @@ pub struct DeadLetter {
     pub error: Option<String>,
     pub original_queue: Option<String>,
     pub retries: Option<i64>,
-    pub size: usize,
     /// The tenant whose event it carries, when the body is a HAP event message: what an
     /// operator of one clinic may see of it.
     pub tenant_id: Option<String>,
+    /// The kind of aggregate whose event it carries, when the body is a HAP event message:
+    /// whether its payload is clinical-record content.
+    pub aggregate_type: Option<String>,
+    /// When it was dead-lettered (last), if the consumer said so.
+    pub dead_lettered_at: Option<DateTime<Utc>>,
+    /// How many times it was replayed before.
+    pub replays: i64,
+    /// The routing key it was last published with.
+    pub routing_key: String,
+    /// Every AMQP header it carries, HAP's and the broker's.
+    pub headers: FieldTable,
+    /// The message's body as it is.
+    pub body: Vec<u8>,
+}
+
+impl DeadLetter {
+    /// Its headers as an operator reads them, by name: texts and numbers as they are, anything
+    /// else (the broker's `x-death` record, say) in its debug form.
+    pub fn header_texts(&self) -> Vec<(String, String)> {
+        (self.headers.inner().iter())
+            .map(|(name, value)| {
+                let shown = match value {
+                    AMQPValue::LongString(s) => s.to_string(),
+                    AMQPValue::ShortString(s) => s.to_string(),
+                    AMQPValue::LongLongInt(n) => n.to_string(),
+                    AMQPValue::LongInt(n) => n.to_string(),
+                    other => format!("{other:?}"),
+                };
+                (name.to_string(), shown)
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +97,7 @@ fn number(headers: &FieldTable, name: &str) -> Option<i64> {
 pub enum Action {
     /// Leave it in the dead-letter queue.
     Keep,
-    /// Send it back to its queue, without its error and retry count.
+    /// Send it back to its queue, without its error and retry count, its replays counted.
     Replay,
     /// Drop it for good.
     Discard,
@@ -110,6 +142,7 @@ async fn visit(
         };
         let delivery = message.delivery;
         let fields = delivery.properties.headers().clone().unwrap_or_default();
+        let event = EventMessage::read(&delivery.data).ok();
         let letter = DeadLetter {
             event_id: delivery
                 .properties
@@ -120,10 +153,14 @@ async fn visit(
             error: text(&fields, headers::ERROR),
             original_queue: text(&fields, headers::ORIGINAL_QUEUE),
             retries: number(&fields, headers::RETRY_COUNT),
-            size: delivery.data.len(),
-            tenant_id: EventMessage::read(&delivery.data)
-                .ok()
-                .map(|message| message.tenant_id.into_owned()),
+            tenant_id: event.as_ref().map(|m| m.tenant_id.to_string()),
+            aggregate_type: event.as_ref().map(|m| m.aggregate_type.to_string()),
+            dead_lettered_at: number(&fields, headers::DEAD_LETTERED_AT)
+                .and_then(DateTime::from_timestamp_millis),
+            replays: number(&fields, headers::REPLAY_COUNT).unwrap_or(0),
+            routing_key: delivery.routing_key.to_string(),
+            headers: fields,
+            body: delivery.data.clone(),
         };
         match choose(&letter) {
             Action::Keep => kept.push(delivery.delivery_tag),
@@ -132,20 +169,27 @@ async fn visit(
                     .original_queue
                     .clone()
                     .unwrap_or_else(|| dlq.trim_end_matches(".dlq").to_owned());
-                // A fresh start: the retry count and the last error go.
+                // A fresh start: the retry count and the last error go; the replays are
+                // counted one more.
                 let mut fresh = FieldTable::default();
-                for (name, value) in fields.inner() {
+                for (name, value) in letter.headers.inner() {
                     if ![
                         headers::ERROR,
                         headers::RETRY_COUNT,
                         headers::ORIGINAL_QUEUE,
                         headers::DEATH,
+                        headers::DEAD_LETTERED_AT,
+                        headers::REPLAY_COUNT,
                     ]
                     .contains(&name.as_str())
                     {
                         fresh.insert(name.clone(), value.clone());
                     }
                 }
+                fresh.insert(
+                    headers::REPLAY_COUNT.into(),
+                    AMQPValue::LongLongInt(letter.replays + 1),
+                );
                 let properties = delivery.properties.clone().with_headers(fresh);
                 if !move_delivery(&publish, &delivery, &target, properties).await? {
                     return Err(DlqError::NotStored(target));

@@ -12,5 +12,11 @@ pub const RETRY_COUNT: &str = "x-retry-count";
 pub const ERROR: &str = "x-error";
 /// The queue a dead letter came from, where a replay sends it back.
 pub const ORIGINAL_QUEUE: &str = "x-original-queue";
+/// When a message was dead-lettered, in milliseconds since the Unix epoch: what tells operators
+/// since when a failure has been happening.
+pub const DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
+/// How many times operators have replayed the message from its dead-letter queue; kept across
+/// dead-letterings, so that a message replayed and failed again shows it.
+pub const REPLAY_COUNT: &str = "x-replay-count";
 /// RabbitMQ's own record of a message's dead-letterings.
 pub const DEATH: &str = "x-death";

@@ -17,7 +17,8 @@ use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
 use crate::projector::{
-    ApplyError, Bookkeeping, InMemory, Projector, batch_statement, bind, each, load_continued,
+    ApplyError, Bookkeeping, Chunk, InMemory, Projector, batch_statement, bind, each,
+    load_continued,
 };
 
 pub struct Consultations;
@@ -61,14 +62,18 @@ fn name_set_by(event: &Event) -> Option<(Uuid, &str)> {
     }
 }
 
-/// Consultations' rows and people's names by id: those a batch touches, or every one during
-/// a rebuild.
+/// Consultations' rows and people's names by id: those a batch or a chunk of a rebuild
+/// touches.
 #[derive(Default)]
 struct Rows {
-    /// Boxed: a rebuild holds every consultation, and a map of rows this wide would copy and
-    /// fault in hundreds of megabytes each time it grows.
+    /// Boxed: a chunk of a rebuild holds many consultations, and a map of rows this wide would
+    /// copy and fault in tens of megabytes each time it grows.
     consultations: ById<Box<Row>>,
     people: ById<Name>,
+    /// In a rebuild, the consultations read back from the shadow, and the people whose
+    /// streams earlier chunks began (their names may be there already).
+    loaded: Vec<Uuid>,
+    people_continued: Vec<Uuid>,
 }
 
 impl Rows {
@@ -165,15 +170,79 @@ fn latest_name<'a>(
 }
 
 impl InMemory for Rows {
+    /// The consultations earlier chunks began, and the names of the people the chunk's new
+    /// consultations name: a name set in an earlier chunk is read back, not held.
+    fn load<'a>(
+        &'a mut self,
+        conn: &'a mut PgConnection,
+        chunk: &'a Chunk<'a>,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        async move {
+            let continued = chunk.continued();
+            if !continued.is_empty() {
+                let stored: Vec<Row> = sqlx::query_as(SELECT_ROWS)
+                    .bind(&continued)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                for row in stored {
+                    self.loaded.push(row.id);
+                    self.consultations.insert(row.id, Box::new(row));
+                }
+            }
+            self.people_continued = chunk
+                .events
+                .iter()
+                .filter(|e| {
+                    chunk.continues(e.stream_id)
+                        && e.events.iter().any(|e| name_set_by(e).is_some())
+                })
+                .map(|e| e.stream_id)
+                .collect();
+            self.people_continued.sort_unstable();
+            self.people_continued.dedup();
+            // Names the chunk sets itself need no reading back: the latest one is what its
+            // rows show.
+            let set_here: ById<()> = chunk
+                .events
+                .iter()
+                .flat_map(|e| e.events.iter().filter_map(name_set_by))
+                .map(|(id, _)| (id, ()))
+                .collect();
+            let mut named = named_by(chunk.events.iter().copied());
+            named.retain(|id| !set_here.contains_key(id));
+            self.people = load_names(conn, &named).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
     fn fold(&mut self, event: &Envelope) {
         self.apply(event);
     }
 
-    /// Every consultation shows its people's latest names, as the live renames leave it.
+    /// A name set for a person earlier chunks knew may be shown by their consultations, and a
+    /// consultation naming a person not known yet shows no name until a later chunk registers
+    /// them.
+    fn changes_earlier_chunks(&self) -> bool {
+        let unnamed = |person: &Uuid, shown: &Option<String>| {
+            latest_name(&self.people, person, shown).is_none()
+        };
+        !self.people_continued.is_empty()
+            || self.consultations.values().any(|r| {
+                unnamed(&r.patient_id, &r.patient_name)
+                    || unnamed(&r.physician_id, &r.physician_name)
+            })
+    }
+
+    /// Every consultation shows its people's latest names as of the chunk, as the live
+    /// renames leave it; [`FRESH_NAMES`] brings those of earlier chunks up to date. Only the
+    /// names the chunk set are written, each replacing the one an earlier chunk wrote.
     fn into_rows(self: Box<Self>) -> Vec<CopyRows> {
         let Rows {
             consultations,
             people,
+            loaded,
+            people_continued,
         } = *self;
         // Sorted by the key they are stored under, without reaching into every boxed row.
         let mut rows: Vec<(Uuid, Box<Row>)> = consultations.into_iter().collect();
@@ -203,61 +272,90 @@ impl InMemory for Rows {
                 &r.updated_at,
             ]);
         }
-        let mut people: Vec<(Uuid, Name)> = people.into_iter().collect();
+        let mut people: Vec<(Uuid, Name)> = people.into_iter().filter(|(_, p)| p.renamed).collect();
         people.sort_unstable_by_key(|(id, _)| *id);
         let mut names = CopyRows::new("people", "id, name");
         for (id, person) in &people {
             names.row(&[id, &person.name]);
         }
-        vec![copy, names]
+        vec![
+            copy.replacing("id", "true", loaded),
+            names.replacing("id", "true", people_continued),
+        ]
     }
+}
+
+/// A consultation's rows by id (`$1`).
+const SELECT_ROWS: &str = "select * from consultations where id = any($1)";
+
+/// Gives every consultation its people's names as the `people` table holds them, where they
+/// differ: a chunk of a rebuild writes the names as of itself, and a person renamed (or
+/// registered) in a later chunk reaches the consultations of earlier ones here, in one pass
+/// over the table rather than one lookup per rename. A person with no row keeps the name
+/// shown, as [`latest_name`] leaves it.
+const FRESH_NAMES: &str = "
+    update consultations c set patient_name = p.name
+      from people p
+     where p.id = c.patient_id and c.patient_name is distinct from p.name;
+    update consultations c set physician_name = p.name
+      from people p
+     where p.id = c.physician_id and c.physician_name is distinct from p.name";
+
+/// The people named by the consultations `events` start, each once: their names are copied
+/// into the new rows.
+fn named_by<'a>(events: impl Iterator<Item = &'a Envelope>) -> Vec<Uuid> {
+    let mut named: Vec<Uuid> = events
+        .flat_map(|envelope| &envelope.events)
+        .filter_map(|event| match event {
+            Event::ConsultationSchedulingStarted(e) => {
+                Some([e.patient_id.as_uuid(), e.physician_id.as_uuid()])
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    named
+}
+
+/// The names of the `named` people, as the `people` table holds them.
+async fn load_names(conn: &mut PgConnection, named: &[Uuid]) -> Result<ById<Name>, sqlx::Error> {
+    if named.is_empty() {
+        return Ok(ById::default());
+    }
+    let names =
+        sqlx::query_as::<_, (Uuid, String)>("select id, name from people where id = any($1)")
+            .bind(named)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|(id, name)| {
+                let name = Name {
+                    name,
+                    renamed: false,
+                    registered: false,
+                };
+                (id, name)
+            })
+            .collect();
+    Ok(names)
 }
 
 impl Rows {
     /// The consultations `events` continue, and the people named by consultations started in
     /// this batch: their names are copied into the new rows.
     async fn load(conn: &mut PgConnection, events: &[Envelope]) -> Result<Self, sqlx::Error> {
-        let consultations: ById<Box<Row>> = load_continued::<Row>(
-            &mut *conn,
-            events,
-            "select * from consultations where id = any($1)",
-        )
-        .await?
-        .into_iter()
-        .map(|row| (row.id, Box::new(row)))
-        .collect();
-        let named: Vec<Uuid> = events
-            .iter()
-            .flat_map(|envelope| &envelope.events)
-            .filter_map(|event| match event {
-                Event::ConsultationSchedulingStarted(e) => {
-                    Some([e.patient_id.as_uuid(), e.physician_id.as_uuid()])
-                }
-                _ => None,
-            })
-            .flatten()
+        let consultations: ById<Box<Row>> = load_continued::<Row>(&mut *conn, events, SELECT_ROWS)
+            .await?
+            .into_iter()
+            .map(|row| (row.id, Box::new(row)))
             .collect();
-        let people = if named.is_empty() {
-            ById::default()
-        } else {
-            sqlx::query_as::<_, (Uuid, String)>("select id, name from people where id = any($1)")
-                .bind(&named)
-                .fetch_all(&mut *conn)
-                .await?
-                .into_iter()
-                .map(|(id, name)| {
-                    let name = Name {
-                        name,
-                        renamed: false,
-                        registered: false,
-                    };
-                    (id, name)
-                })
-                .collect()
-        };
+        let people = load_names(conn, &named_by(events.iter())).await?;
         Ok(Self {
             consultations,
             people,
+            ..Self::default()
         })
     }
 }
@@ -296,6 +394,7 @@ impl Projector for Consultations {
             let Rows {
                 mut consultations,
                 people,
+                ..
             } = rows;
             show_latest_names(&mut consultations, &people, &changed);
             let changed_rows: Vec<&Row> = changed
@@ -318,6 +417,10 @@ impl Projector for Consultations {
 
     fn in_memory(&self) -> Box<dyn InMemory> {
         Box::new(Rows::default())
+    }
+
+    fn after_chunks(&self) -> Option<&'static str> {
+        Some(FRESH_NAMES)
     }
 }
 

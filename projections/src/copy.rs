@@ -1,7 +1,8 @@
 //! Bulk writes for a rebuild: rows encoded in PostgreSQL's binary `COPY` format (cheaper for
 //! both sides than text: no formatting, escaping or parsing) and sent in chunks of a few
 //! megabytes, each its own `COPY` statement: a table's rows are never one buffer that grows,
-//! and copies, by doubling, to hundreds of megabytes.
+//! and copies, by doubling, to hundreds of megabytes. Rows that an earlier chunk of the
+//! rebuild wrote and this one changed are deleted first, then copied in again whole.
 
 use std::borrow::Cow;
 
@@ -102,6 +103,8 @@ pub struct CopyRows {
     chunks: Vec<Vec<u8>>,
     in_last: usize,
     rows: u64,
+    /// Deletes the rows these replace: a statement taking the keys as `$1`, and the keys.
+    replaces: Option<(String, Vec<Uuid>)>,
 }
 
 impl CopyRows {
@@ -113,7 +116,22 @@ impl CopyRows {
             chunks: vec![],
             in_last: CHUNK_ROWS,
             rows: 0,
+            replaces: None,
         }
+    }
+
+    /// Makes the rows replace those of the table whose `key` column (uuid) is one of `keys`,
+    /// within the rows `condition` (SQL, built by HAP; `true` for all) selects: those are
+    /// deleted before the copy.
+    pub fn replacing(mut self, key: &str, condition: &str, keys: Vec<Uuid>) -> Self {
+        if !keys.is_empty() {
+            let delete = format!(
+                "delete from {} where {key} = any($1) and {condition}",
+                self.table
+            );
+            self.replaces = Some((delete, keys));
+        }
+        self
     }
 
     /// The table the rows go to.
@@ -137,8 +155,15 @@ impl CopyRows {
         self.rows += 1;
     }
 
-    /// Writes every row into the table (found through the connection's search path).
+    /// Writes every row into the table (found through the connection's search path), after
+    /// deleting those they replace.
     pub async fn write(self, connection: &mut PgConnection) -> Result<u64, sqlx::Error> {
+        if let Some((delete, keys)) = &self.replaces {
+            sqlx::query(sqlx::AssertSqlSafe(delete.as_str()))
+                .bind(keys)
+                .execute(&mut *connection)
+                .await?;
+        }
         let statement = format!(
             "copy {} ({}) from stdin with (format binary)",
             self.table, self.columns

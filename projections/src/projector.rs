@@ -36,18 +36,77 @@ pub trait Projector: Send + Sync + 'static {
         batch: &'a Bookkeeping,
     ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>>;
 
-    /// An empty copy of the projection's rows in memory, for a rebuild to fold the whole
-    /// history into and write in bulk, rather than reading and writing rows batch by batch.
+    /// An empty copy of the projection's rows in memory, for a rebuild to fold one chunk of
+    /// the history into and write in bulk, rather than reading and writing rows batch by
+    /// batch.
     fn in_memory(&self) -> Box<dyn InMemory>;
+
+    /// A statement a rebuild runs on the shadow once every chunk is written if a chunk
+    /// [changed earlier ones](InMemory::changes_earlier_chunks), to bring their rows up to
+    /// date without holding them (the consultations' names); `None` if nothing needs it.
+    fn after_chunks(&self) -> Option<&'static str> {
+        None
+    }
 }
 
-/// A projection's rows held in memory, folded by the same code as the live batches.
+/// A projection's rows of one chunk of a rebuild held in memory, folded by the same code as
+/// the live batches.
 pub trait InMemory: Send {
+    /// Reads back from the shadow schema what earlier chunks wrote and this one needs: the
+    /// rows of the streams it continues, and anything else folding reads (names, say).
+    fn load<'a>(
+        &'a mut self,
+        conn: &'a mut PgConnection,
+        chunk: &'a Chunk<'a>,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+
     /// Folds one event; the events of a stream come once each, in version order.
     fn fold(&mut self, event: &Envelope);
 
-    /// The rows, encoded for the projection's tables.
+    /// Whether the chunk changed what rows of earlier chunks show, so that
+    /// [`Projector::after_chunks`] must run.
+    fn changes_earlier_chunks(&self) -> bool {
+        false
+    }
+
+    /// The rows, encoded for the projection's tables, each table's replacing the rows
+    /// [`InMemory::load`] read from it.
     fn into_rows(self: Box<Self>) -> Vec<CopyRows>;
+}
+
+/// The events of one chunk of a rebuild that a projection receives, and the streams among
+/// them that earlier chunks began: those whose first event here is past version 1.
+pub struct Chunk<'a> {
+    pub events: Vec<&'a Envelope>,
+    continued: HashSet<Uuid>,
+}
+
+impl<'a> Chunk<'a> {
+    /// `events` in store order.
+    pub fn new(events: Vec<&'a Envelope>) -> Self {
+        let mut first: ById<i64> = ById::default();
+        for event in &events {
+            first.entry(event.stream_id).or_insert(event.version);
+        }
+        let continued = first
+            .into_iter()
+            .filter(|(_, version)| *version > 1)
+            .map(|(id, _)| id)
+            .collect();
+        Self { events, continued }
+    }
+
+    /// Whether earlier chunks began `stream`.
+    pub fn continues(&self, stream: Uuid) -> bool {
+        self.continued.contains(&stream)
+    }
+
+    /// The streams earlier chunks began, sorted, to bind as an array.
+    pub fn continued(&self) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = self.continued.iter().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
 }
 
 /// The start of a batch's one write statement: the runtime's bookkeeping as common table

@@ -1,13 +1,13 @@
-//! Rebuilding read models from the event store while the service keeps running: fold every
-//! stored event into memory with the projectors' own code and copy the rows into a shadow
-//! schema in bulk, catch up batch by batch as the live projectors do, then, under a lock that
-//! pauses only the live projectors' writes, catch up the last events and swap in one
-//! transaction. Rebuilding every
+//! Rebuilding read models from the event store while the service keeps running: fold the
+//! stored events into memory with the projectors' own code a chunk at a time, copying each
+//! chunk's rows into a shadow schema in bulk before the next (what a chunk continues is read
+//! back from the shadow, so memory does not grow with the store), catch up batch by batch as
+//! the live projectors do, then, under a lock that pauses only the live projectors' writes,
+//! catch up the last events and swap in one transaction. Rebuilding every
 //! projection swaps whole schemas by renaming them (instant, whatever the size); rebuilding
 //! some moves their tables across and copies their bookkeeping rows. Queries keep reading the
 //! old rows until the swap commits. `--verify` builds the same shadow and compares instead.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::projections_of_event;
@@ -26,7 +26,7 @@ use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress;
-use crate::projector::{ApplyError, InMemory, Projector, apply_batch};
+use crate::projector::{ApplyError, Chunk, InMemory, Projector, apply_batch};
 use crate::queues::QUEUES;
 use crate::schema;
 
@@ -42,6 +42,10 @@ const READ_AHEAD: usize = 4;
 const WRITERS: usize = 4;
 /// Connections of the shadow's pool: the copies', and a few for index builds beside them.
 const SHADOW_CONNECTIONS: usize = WRITERS + 2;
+/// Events a rebuild folds in memory at most before writing them out, unless told otherwise
+/// (`hap rebuild --chunk-events`): about 60 MB of rows, and few enough round trips to the
+/// shadow per million events that reading rows back costs little (docs/design.md, Rebuild).
+pub const CHUNK_EVENTS: usize = 100_000;
 
 /// The tables each projection owns (besides its rows in the bookkeeping tables).
 fn tables_of(projection: &str) -> &'static [&'static str] {
@@ -88,9 +92,18 @@ pub struct Report {
     pub elapsed: Duration,
     /// Empty after a rebuild; the differences found by a verification.
     pub differences: Vec<Difference>,
+    /// The process's peak resident memory so far, in bytes, where the system tells it.
+    pub peak_rss: Option<u64>,
 }
 
-/// Rebuilds (or, with `verify`, checks) `projections` of the read model in `live_schema`.
+/// The process's peak resident set size (`getrusage`'s `ru_maxrss`, in KiB on Linux).
+fn peak_rss() -> Option<u64> {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).ok()?;
+    u64::try_from(usage.max_rss()).ok().map(|kib| kib * 1024)
+}
+
+/// Rebuilds (or, with `verify`, checks) `projections` of the read model in `live_schema`,
+/// folding at most `chunk_events` events in memory at a time.
 pub async fn rebuild(
     store: &EventStore,
     read_url: &str,
@@ -98,6 +111,7 @@ pub async fn rebuild(
     projections: &[&str],
     verify: bool,
     show_progress: bool,
+    chunk_events: usize,
 ) -> Result<Report, RebuildError> {
     let projectors: Vec<Box<dyn Projector>> = projections
         .iter()
@@ -128,6 +142,7 @@ pub async fn rebuild(
         store,
         shadow: &shadow,
         projectors: &projectors,
+        chunk_events: chunk_events.max(1),
         checkpoint: GlobalCheckpoint::START,
         bar: progress_bar(total, show_progress),
     };
@@ -187,35 +202,42 @@ pub async fn rebuild(
         events,
         elapsed: started.elapsed(),
         differences,
+        peak_rss: peak_rss(),
     })
 }
 
-/// One projection being rebuilt in memory, with the last version it folded of each stream.
+/// One projection's chunk being rebuilt in memory, with the last version it folded of each
+/// stream of the chunk.
 struct Folding {
     name: &'static str,
     rows: Box<dyn InMemory>,
     /// Each stream's last version folded, and its tenant.
     versions: ById<(i64, String)>,
+    /// The streams earlier chunks began, whose versions the shadow holds already.
+    continued: Vec<Uuid>,
 }
 
-/// Every projection's stream versions as one table's rows, in the order of its primary key
-/// `(stream_id, projection)`, so that the key is built over rows already in order.
-fn stream_versions(folded: Vec<(&'static str, ById<(i64, String)>)>) -> CopyRows {
-    let mut versions: Vec<(Uuid, &str, i64, String)> = folded
-        .into_iter()
-        .flat_map(|(name, versions)| {
-            versions
-                .into_iter()
-                .map(move |(id, (v, tenant))| (id, name, v, tenant))
-        })
-        .collect();
-    versions.sort_unstable();
-    let mut copy = CopyRows::new(
+/// One projection's stream versions of a chunk, in the order of the table's primary key
+/// `(stream_id, projection)`, replacing those of the streams earlier chunks began.
+fn stream_versions(
+    projection: &'static str,
+    versions: ById<(i64, String)>,
+    continued: Vec<Uuid>,
+) -> CopyRows {
+    let mut versions: Vec<(Uuid, (i64, String))> = versions.into_iter().collect();
+    versions.sort_unstable_by_key(|(id, _)| *id);
+    let copy = CopyRows::new(
         "stream_versions",
         "stream_id, projection, version, tenant_id",
     );
-    for (stream, projection, version, tenant) in &versions {
-        copy.row(&[stream, projection, version, tenant]);
+    let mut copy = copy.replacing(
+        "stream_id",
+        // A projection name is one of HAP's constants.
+        &format!("projection = '{projection}'"),
+        continued,
+    );
+    for (stream, (version, tenant)) in &versions {
+        copy.row(&[stream, &projection, version, tenant]);
     }
     copy
 }
@@ -225,16 +247,19 @@ struct ShadowBuild<'a> {
     store: &'a EventStore,
     shadow: &'a PgPool,
     projectors: &'a [Box<dyn Projector>],
+    /// Events folded in memory at most before they are written to the shadow.
+    chunk_events: usize,
     /// The last event read.
     checkpoint: GlobalCheckpoint,
     bar: ProgressBar,
 }
 
 impl ShadowBuild<'_> {
-    /// Folds every event after `checkpoint` into memory, then copies the rows (and each stream's
-    /// version) into the shadow; returns how many events were read. The work is pipelined: the
-    /// next pages are read and decoded (on other threads) while one is folded, and each
-    /// projection's tables are written as soon as they are encoded.
+    /// Folds every event after `checkpoint` in chunks of about `chunk_events`, each folded in
+    /// memory and copied into the shadow before the next is folded, so that memory holds one
+    /// chunk however long the history is: what a chunk continues (a row an earlier chunk wrote,
+    /// a name it set) is read back from the shadow. Returns how many events were read. The
+    /// next pages are read and decoded (on other threads) while a chunk is folded and written.
     async fn bulk_load(&mut self) -> Result<u64, RebuildError> {
         let Self {
             store,
@@ -243,14 +268,14 @@ impl ShadowBuild<'_> {
             ..
         } = *self;
         let started = std::time::Instant::now();
-        let mut folding: Vec<Folding> = projectors
-            .iter()
-            .map(|p| Folding {
-                name: p.name(),
-                rows: p.in_memory(),
-                versions: ById::default(),
-            })
-            .collect();
+        // The tables are loaded without their secondary indexes: building an index over loaded
+        // rows costs a fraction of growing it row by row (docs/benchmarks.md, 2026-12-02).
+        // Keys stay, and the indexes a chunk reads through: chunks look rows up by them.
+        let indexes = drop_secondary_indexes(shadow).await?;
+        let writers = &Writers {
+            pool: shadow,
+            slots: tokio::sync::Semaphore::new(SHADOW_CONNECTIONS),
+        };
         // The scan reads ahead on its own while the pages before are decoded (each on a thread
         // of its own) and folded here.
         let decoded = store
@@ -265,68 +290,49 @@ impl ShadowBuild<'_> {
             .buffered(READ_AHEAD);
         let mut decoded = std::pin::pin!(decoded);
         let mut read = 0;
-        while let Some(page) = decoded.next().await {
-            let page = page?;
-            read += page.events;
-            self.bar.inc(page.events);
-            if let Some(last) = page.last {
-                self.checkpoint = last;
-            }
-            for (envelope, receiving) in &page.envelopes {
-                for projection in folding.iter_mut().filter(|f| receiving.contains(&f.name)) {
-                    projection.rows.fold(envelope);
-                    match projection.versions.entry(envelope.stream_id) {
-                        std::collections::hash_map::Entry::Occupied(mut known) => {
-                            known.get_mut().0 = envelope.version
-                        }
-                        std::collections::hash_map::Entry::Vacant(new) => {
-                            new.insert((envelope.version, envelope.tenant_id.clone()));
-                        }
-                    }
+        let mut chunk = Vec::new();
+        // By projector: whether a chunk changed what earlier ones wrote.
+        let mut after_chunks = vec![false; projectors.len()];
+        loop {
+            let page = decoded.next().await.transpose()?;
+            if let Some(page) = &page {
+                read += page.events;
+                self.bar.inc(page.events);
+                if let Some(last) = page.last {
+                    self.checkpoint = last;
                 }
             }
+            let ended = page.is_none();
+            chunk.extend(page.into_iter().flat_map(|page| page.envelopes));
+            // Whole chunks, and at the end what is left.
+            let whole = if ended {
+                chunk.len()
+            } else {
+                chunk.len() / self.chunk_events * self.chunk_events
+            };
+            for part in chunk[..whole].chunks(self.chunk_events) {
+                let changed = write_chunk(projectors, writers, part).await?;
+                for (after, changed) in after_chunks.iter_mut().zip(changed) {
+                    *after |= changed;
+                }
+            }
+            chunk.drain(..whole);
+            if ended {
+                break;
+            }
         }
-        tracing::debug!(events = read, elapsed = ?started.elapsed(), "rebuild: history folded");
+        tracing::debug!(events = read, elapsed = ?started.elapsed(), "rebuild: history written");
 
-        self.bar.set_message("writing the rows");
-        // The tables are loaded bare: building an index over loaded rows costs a fraction of
-        // growing it row by row (docs/benchmarks.md, 2026-12-02). Each table's indexes are
-        // built as soon as its rows are in, while other tables are still being copied.
-        let indexes = std::sync::Mutex::new(drop_indexes(shadow).await?);
-        let indexes = &indexes;
-        let writers = &Writers {
-            pool: shadow,
-            slots: tokio::sync::Semaphore::new(SHADOW_CONNECTIONS),
-        };
-        let (rows, versions): (Vec<_>, Vec<_>) = folding
-            .into_iter()
-            .map(|f| (f.rows, (f.name, f.versions)))
-            .unzip();
-        let encoding = rows
-            .into_iter()
-            .map(|rows| tokio::task::spawn_blocking(move || rows.into_rows()))
-            .chain([tokio::task::spawn_blocking(move || {
-                vec![stream_versions(versions)]
-            })]);
-        futures::stream::iter(encoding)
-            .buffer_unordered(projectors.len() + 1)
-            .flat_map(|tables| futures::stream::iter(tables.expect("encoding does not panic")))
-            .map(|table| async move {
-                let name = table.table();
-                writers.copy(table).await?;
-                // Each table is one copy (all stream versions are one), so its rows are all in.
-                let of_table = indexes.lock().expect("no panic").remove(name);
-                of_table.unwrap_or_default().build(writers).await
-            })
-            .buffer_unordered(WRITERS)
-            .try_collect::<Vec<()>>()
-            .await?;
-        // The indexes of tables that had no rows to copy.
-        let left = std::mem::take(&mut *indexes.lock().expect("no panic"));
-        for of_table in left.into_values() {
-            of_table.build(writers).await?;
+        self.bar.set_message("indexing");
+        let due = projectors.iter().zip(after_chunks).filter(|(_, due)| *due);
+        for statement in due.filter_map(|(p, _)| p.after_chunks()) {
+            let (_slot, mut connection) = writers.connection().await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(&mut *connection)
+                .await?;
         }
-        tracing::debug!(elapsed = ?started.elapsed(), "rebuild: rows written and indexed");
+        futures::future::try_join_all(indexes.iter().map(|index| writers.execute(index))).await?;
+        tracing::debug!(elapsed = ?started.elapsed(), "rebuild: rows indexed");
         self.bar.set_message("");
         Ok(read)
     }
@@ -416,57 +422,99 @@ impl Writers<'_> {
     }
 }
 
-/// The statements that build one table's indexes.
-#[derive(Default)]
-struct TableIndexes {
-    primary_key: Option<String>,
-    secondary: Vec<String>,
-}
-
-impl TableIndexes {
-    /// Builds the primary key, then the other indexes side by side, each on a connection of
-    /// its own (adding the key locks the table, so it goes alone).
-    async fn build(self, writers: &Writers<'_>) -> Result<(), sqlx::Error> {
-        if let Some(key) = &self.primary_key {
-            writers.execute(key).await?;
+/// Folds one chunk of events into memory, each projection starting from what it reads back
+/// of the streams earlier chunks began, and copies the rows into the shadow (each table's on a
+/// connection of its own). Returns, by projector, whether the chunk changed what earlier ones
+/// wrote.
+async fn write_chunk(
+    projectors: &[Box<dyn Projector>],
+    writers: &Writers<'_>,
+    events: &[(Envelope, &'static [&'static str])],
+) -> Result<Vec<bool>, RebuildError> {
+    let chunks: Vec<Chunk<'_>> = projectors
+        .iter()
+        .map(|p| {
+            let mine = events
+                .iter()
+                .filter(|(_, receiving)| receiving.contains(&p.name()))
+                .map(|(envelope, _)| envelope)
+                .collect();
+            Chunk::new(mine)
+        })
+        .collect();
+    let mut folding: Vec<Folding> = futures::future::try_join_all(
+        projectors.iter().zip(&chunks).map(|(p, chunk)| async move {
+            let mut rows = p.in_memory();
+            let (_slot, mut connection) = writers.connection().await?;
+            rows.load(&mut connection, chunk).await?;
+            Ok::<_, sqlx::Error>(Folding {
+                name: p.name(),
+                rows,
+                versions: ById::default(),
+                continued: chunk.continued(),
+            })
+        }),
+    )
+    .await?;
+    for (projection, chunk) in folding.iter_mut().zip(&chunks) {
+        for envelope in &chunk.events {
+            projection.rows.fold(envelope);
+            match projection.versions.entry(envelope.stream_id) {
+                std::collections::hash_map::Entry::Occupied(mut known) => {
+                    known.get_mut().0 = envelope.version
+                }
+                std::collections::hash_map::Entry::Vacant(new) => {
+                    new.insert((envelope.version, envelope.tenant_id.clone()));
+                }
+            }
         }
-        futures::future::try_join_all(self.secondary.iter().map(|d| writers.execute(d))).await?;
-        Ok(())
     }
+    drop(chunks);
+    let changed = folding
+        .iter()
+        .map(|f| f.rows.changes_earlier_chunks())
+        .collect();
+    let encoding = folding.into_iter().map(|f| {
+        tokio::task::spawn_blocking(move || {
+            let mut tables = f.rows.into_rows();
+            tables.push(stream_versions(f.name, f.versions, f.continued));
+            tables
+        })
+    });
+    futures::stream::iter(encoding)
+        .buffer_unordered(projectors.len())
+        .flat_map(|tables| futures::stream::iter(tables.expect("encoding does not panic")))
+        .map(|table| writers.copy(table))
+        .buffer_unordered(WRITERS)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(changed)
 }
 
-/// Drops the shadow's indexes, primary keys included; returns the statements that build them
-/// again, by table.
-async fn drop_indexes(shadow: &PgPool) -> Result<HashMap<String, TableIndexes>, sqlx::Error> {
-    let indexes: Vec<(String, bool, String, String)> = sqlx::query_as(
-        "select c.conrelid::regclass::text, true,
-                format('alter table %s drop constraint %I', c.conrelid::regclass, c.conname),
-                format('alter table %s add constraint %I %s', c.conrelid::regclass, c.conname,
-                       pg_get_constraintdef(c.oid))
-           from pg_constraint c
-          where c.connamespace = current_schema()::regnamespace and c.contype = 'p'
-         union all
-         select i.tablename::text, false, format('drop index %I.%I', i.schemaname, i.indexname),
-                i.indexdef
+/// Indexes a chunk of a bulk load reads rows through, besides the primary keys.
+const LOOKUP_INDEXES: &[&str] = &["records_consultation_idx"];
+
+/// Drops the shadow's indexes but its primary keys and [`LOOKUP_INDEXES`]; returns the
+/// statements that build them again.
+async fn drop_secondary_indexes(shadow: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "select format('drop index %I.%I', i.schemaname, i.indexname), i.indexdef
            from pg_indexes i
           where i.schemaname = current_schema()
+            and i.indexname <> all($1)
             and not exists (select 1 from pg_constraint c
                              where c.conname = i.indexname
                                and c.connamespace = current_schema()::regnamespace)",
     )
+    .bind(LOOKUP_INDEXES)
     .fetch_all(shadow)
     .await?;
-    let mut by_table: HashMap<String, TableIndexes> = HashMap::new();
-    for (table, primary_key, drop, definition) in indexes {
+    let mut definitions = Vec::with_capacity(indexes.len());
+    for (drop, definition) in indexes {
         execute(&mut *shadow.acquire().await?, &drop).await?;
-        let of_table = by_table.entry(table).or_default();
-        if primary_key {
-            of_table.primary_key = Some(definition);
-        } else {
-            of_table.secondary.push(definition);
-        }
+        definitions.push(definition);
     }
-    Ok(by_table)
+    Ok(definitions)
 }
 
 /// The page's size and its events as projectors see them, with the projections that receive

@@ -14,7 +14,9 @@ use crate::ById;
 use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
-use crate::projector::{ApplyError, Bookkeeping, InMemory, Projector, batch_statement, bind, each};
+use crate::projector::{
+    ApplyError, Bookkeeping, Chunk, InMemory, Projector, batch_statement, bind, each,
+};
 
 pub struct Records;
 
@@ -39,12 +41,39 @@ fn consultation_of(event: &Event) -> Option<Uuid> {
     }
 }
 
-/// Records by their consultation's book: the books a batch touches, or every one during a
-/// rebuild.
+/// Records by their consultation's book: the books a batch or a chunk of a rebuild touches.
 #[derive(Default)]
-struct Books(ById<Vec<Row>>);
+struct Books {
+    by_consultation: ById<Vec<Row>>,
+    /// The consultations whose books were read back from the table.
+    loaded: Vec<Uuid>,
+}
 
 impl Books {
+    /// Reads the books of `consultations` from the table.
+    async fn load(
+        &mut self,
+        conn: &mut PgConnection,
+        consultations: &[Uuid],
+    ) -> Result<(), sqlx::Error> {
+        if consultations.is_empty() {
+            return Ok(());
+        }
+        let stored =
+            sqlx::query_as::<_, Row>("select * from records where consultation_id = any($1)")
+                .bind(consultations)
+                .fetch_all(conn)
+                .await?;
+        for row in stored {
+            let book = self.by_consultation.entry(row.consultation_id).or_default();
+            if book.is_empty() {
+                self.loaded.push(row.consultation_id);
+            }
+            book.push(row);
+        }
+        Ok(())
+    }
+
     /// Folds one stored event; returns the records whose rows it changed.
     fn apply(&mut self, envelope: &Envelope) -> Vec<Uuid> {
         let mut changed = vec![];
@@ -60,7 +89,7 @@ impl Books {
             return vec![];
         };
         let (version, at) = (envelope.version, envelope.occurred_at);
-        let book = self.0.entry(consultation).or_default();
+        let book = self.by_consultation.entry(consultation).or_default();
         match event {
             // A record the book holds already was created by this very event, delivered
             // again: the batch's statement then fails on the event's processed mark and the
@@ -104,12 +133,36 @@ impl Books {
 }
 
 impl InMemory for Books {
+    /// The books of the chunk's record book streams that earlier chunks began.
+    fn load<'a>(
+        &'a mut self,
+        conn: &'a mut PgConnection,
+        chunk: &'a Chunk<'a>,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        async move {
+            let mut consultations: Vec<Uuid> = chunk
+                .events
+                .iter()
+                .filter(|e| chunk.continues(e.stream_id))
+                .flat_map(|e| e.events.iter().filter_map(consultation_of))
+                .collect();
+            consultations.sort_unstable();
+            consultations.dedup();
+            Books::load(self, conn, &consultations).await
+        }
+        .boxed()
+    }
+
     fn fold(&mut self, event: &Envelope) {
         self.apply(event);
     }
 
     fn into_rows(self: Box<Self>) -> Vec<CopyRows> {
-        let mut rows: Vec<Row> = self.0.into_values().flatten().collect();
+        let Books {
+            by_consultation,
+            loaded,
+        } = *self;
+        let mut rows: Vec<Row> = by_consultation.into_values().flatten().collect();
         rows.sort_unstable_by_key(|r| r.id);
         let mut copy = CopyRows::new(
             "records",
@@ -127,7 +180,7 @@ impl InMemory for Books {
                 &r.updated_at,
             ]);
         }
-        vec![copy]
+        vec![copy.replacing("consultation_id", "true", loaded)]
     }
 }
 
@@ -148,19 +201,12 @@ impl Projector for Records {
                 .flat_map(|e| e.events.iter().filter_map(consultation_of))
                 .collect();
             let mut books = Books::default();
-            let stored =
-                sqlx::query_as::<_, Row>("select * from records where consultation_id = any($1)")
-                    .bind(&ids)
-                    .fetch_all(&mut *conn)
-                    .await?;
-            for row in stored {
-                books.0.entry(row.consultation_id).or_default().push(row);
-            }
+            books.load(conn, &ids).await?;
             let changed = events.iter().flat_map(|e| books.apply(e)).collect();
             let touched = Touched::rows("record", changed);
             let changed: HashSet<Uuid> = touched.iter().map(|t| t.id).collect();
             let rows: Vec<&Row> = books
-                .0
+                .by_consultation
                 .values()
                 .flatten()
                 .filter(|r| changed.contains(&r.id))

@@ -17,7 +17,8 @@ use crate::copy::{CopyRows, CopyValue};
 use crate::envelope::Envelope;
 use crate::progress::Touched;
 use crate::projector::{
-    ApplyError, Bookkeeping, InMemory, Projector, batch_statement, bind, column, fold_stream_rows,
+    ApplyError, Bookkeeping, Chunk, InMemory, Projector, batch_statement, bind, column,
+    fold_stream_rows,
 };
 
 /// What one registry adds to the common rows and rules.
@@ -115,16 +116,44 @@ fn fold_event<R: Registry>(
     Some(id)
 }
 
-/// A registry's rows by id: the few a batch touches, or every one during a rebuild.
-struct Rows<R: Registry>(ById<Row<R::Details>>);
+/// A registry's rows of one chunk of a rebuild, and which of them were read back from the
+/// shadow.
+struct Rows<R: Registry> {
+    rows: ById<Row<R::Details>>,
+    loaded: Vec<Uuid>,
+}
 
 impl<R: Registry> InMemory for Rows<R> {
+    fn load<'a>(
+        &'a mut self,
+        conn: &'a mut PgConnection,
+        chunk: &'a Chunk<'a>,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        async move {
+            let continued = chunk.continued();
+            if continued.is_empty() {
+                return Ok(());
+            }
+            let stored: Vec<Row<R::Details>> = sqlx::query_as(select::<R>())
+                .bind(&continued)
+                .fetch_all(conn)
+                .await?;
+            for row in stored {
+                self.loaded.push(row.id);
+                self.rows.insert(row.id, row);
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
     fn fold(&mut self, event: &Envelope) {
-        fold::<R>(&mut self.0, event);
+        fold::<R>(&mut self.rows, event);
     }
 
     fn into_rows(self: Box<Self>) -> Vec<CopyRows> {
-        let mut rows: Vec<Row<R::Details>> = self.0.into_values().collect();
+        let Rows { rows, loaded } = *self;
+        let mut rows: Vec<Row<R::Details>> = rows.into_values().collect();
         rows.sort_unstable_by_key(|r| r.id);
         let mut copy = CopyRows::new(R::TABLE, columns::<R>().join(", "));
         for r in &rows {
@@ -133,8 +162,13 @@ impl<R: Registry> InMemory for Rows<R> {
             values.extend([&r.status as &dyn CopyValue, &r.version, &r.updated_at]);
             copy.row(&values);
         }
-        vec![copy]
+        vec![copy.replacing("id", "true", loaded)]
     }
+}
+
+/// The rows of the registry whose ids are `$1`; built from the registry's constants only.
+fn select<R: Registry>() -> AssertSqlSafe<String> {
+    AssertSqlSafe(format!("select * from {} where id = any($1)", R::TABLE))
 }
 
 /// Every column of a registry's table, in the order rows give them.
@@ -159,12 +193,10 @@ impl<R: Registry> Projector for R {
         batch: &'a Bookkeeping,
     ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>> {
         async move {
-            // Built from the registry's constants only.
-            let select = AssertSqlSafe(format!("select * from {} where id = any($1)", R::TABLE));
             let (touched, rows) = fold_stream_rows(
                 conn,
                 events,
-                select,
+                select::<R>(),
                 R::KIND,
                 |row: &Row<R::Details>| row.id,
                 fold::<R>,
@@ -179,7 +211,10 @@ impl<R: Registry> Projector for R {
     }
 
     fn in_memory(&self) -> Box<dyn InMemory> {
-        Box::new(Rows::<R>(ById::default()))
+        Box::new(Rows::<R> {
+            rows: ById::default(),
+            loaded: Vec::new(),
+        })
     }
 }
 

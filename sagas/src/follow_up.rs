@@ -7,87 +7,17 @@
 //! the step is done) and runs once in the cluster. Each cancellation is a command with its
 //! own idempotency key, so a job run again after a crash cancels nothing twice.
 
-use std::future::Future;
-
 use chrono::Utc;
 use commands::{CommandError, Pipeline};
-use domain::Event;
 use domain::consultation::Consultation;
 use domain::consultation::{ConsultationCommand, Status};
 use domain::event::FailureReason;
 use domain::ids::ConsultationId;
 use domain::saga::Person;
 use domain::values::Reason;
-use eventstore::{EventStore, MemoryStore, Store};
-use uuid::Uuid;
 
+use crate::lookups::SagaStore;
 use crate::send::{Sent, StepError, Trigger, consultation, outcome, send};
-
-/// The consultations ever requested for a patient, in the trigger's tenant.
-const OF_PATIENT: &str = "select stream_id from events
-  where event_type = 'ConsultationSchedulingStarted'
-    and tenant_id = $1 and (payload ->> 'patientId') = $2";
-
-/// The same for a physician (each lookup has a partial index of its own).
-const OF_PHYSICIAN: &str = "select stream_id from events
-  where event_type = 'ConsultationSchedulingStarted'
-    and tenant_id = $1 and (payload ->> 'physicianId') = $2";
-
-/// What the follow-up needs of a store besides what the pipeline needs: a lookup of a
-/// person's consultations.
-pub trait SagaStore: Store {
-    /// The consultations ever requested for `person`, in `tenant`.
-    fn consultations_of(
-        &self,
-        tenant: &str,
-        person: Person,
-    ) -> impl Future<Output = Result<Vec<Uuid>, sqlx::Error>> + Send;
-}
-
-impl SagaStore for EventStore {
-    async fn consultations_of(
-        &self,
-        tenant: &str,
-        person: Person,
-    ) -> Result<Vec<Uuid>, sqlx::Error> {
-        let (query, id) = match person {
-            Person::Patient(id) => (OF_PATIENT, id.as_uuid()),
-            Person::Physician(id) => (OF_PHYSICIAN, id.as_uuid()),
-        };
-        sqlx::query_scalar(query)
-            .bind(tenant)
-            .bind(id.to_string())
-            .fetch_all(self.pool())
-            .await
-    }
-}
-
-/// The same lookup over the events in memory.
-impl SagaStore for MemoryStore {
-    async fn consultations_of(
-        &self,
-        tenant: &str,
-        person: Person,
-    ) -> Result<Vec<Uuid>, sqlx::Error> {
-        let requested = self.events().into_iter().filter_map(|recorded| {
-            let events = domain::versions::decode(
-                &recorded.event_type,
-                recorded.schema_version,
-                recorded.payload.get(),
-            );
-            let started = events.ok()?.into_iter().find_map(|event| match event {
-                Event::ConsultationSchedulingStarted(started) => Some(started),
-                _ => None,
-            })?;
-            let of = match person {
-                Person::Patient(id) => started.patient_id == id,
-                Person::Physician(id) => started.physician_id == id,
-            };
-            (of && recorded.tenant_id == tenant).then_some(recorded.stream_id)
-        });
-        Ok(requested.collect())
-    }
-}
 
 /// How many times one consultation is read again when its status changed between the read and
 /// the command (a confirmation racing the follow-up).

@@ -16,12 +16,15 @@
 //!   themselves are declared from the domain's table of services, by `messaging`.
 //! - [`steps`]: each step as commands.
 //! - [`send`]: how a step sends a command through the pipeline, and what became of it.
-//! - [`follow_up`]: the deactivation follow-up's lookup ([`follow_up::SagaStore`], on
-//!   PostgreSQL and in memory) and cancellations.
+//! - [`lookups`]: what steps look up in the store besides streams ([`lookups::SagaStore`], on
+//!   PostgreSQL and in memory): a person's consultations, what is stored of a consultation's
+//!   scheduling.
+//! - [`follow_up`]: the deactivation follow-up's cancellations.
 //! - [`timer`]: the `timer` role: firing due deadlines (as `commands::deadlines` says), once
 //!   each, from any number of processes.
 
 pub mod follow_up;
+pub mod lookups;
 pub mod send;
 pub mod service;
 pub mod steps;

@@ -67,8 +67,9 @@ impl Handler for SagaHandler {
 
     fn handle<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Result<(), HandleError>> {
         Box::pin(async move {
-            // Steps of different sagas are independent; one saga's steps come one after the
-            // other, each triggered by the previous one's event.
+            // Steps of different sagas are independent; one saga's side by side steps (the
+            // validation and the hold, or the confirmation of each answer) write different
+            // streams, or meet on the consultation's, where the version check orders them.
             let outcomes = join_all(batch.iter().map(|m| self.step(m))).await;
             outcomes.into_iter().collect()
         })

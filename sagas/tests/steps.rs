@@ -10,8 +10,8 @@ use domain::event::{
     ConsultationCancellationRequested, ConsultationCancelled, ConsultationRecordsVoided,
     ConsultationScheduled, ConsultationSchedulingFailed, ConsultationSchedulingStarted,
     FailureReason, PatientDeactivated, PatientRegistered, PatientValidatedForConsultation,
-    PatientValidationFailed, PhysicianAvailabilityConfirmed, PhysicianRegistered,
-    PhysicianSlotReleased,
+    PatientValidationFailed, PhysicianAvailabilityConfirmed, PhysicianAvailabilityRejected,
+    PhysicianRegistered, PhysicianSlotReleased,
 };
 use domain::ids::{ConsultationId, PatientId, PhysicianId};
 use domain::patient::Patient;
@@ -86,6 +86,29 @@ impl Booking {
             .events::<Consultation>(self.stream(), [request])
     }
 
+    fn validated(&self) -> Event {
+        Event::PatientValidatedForConsultation(PatientValidatedForConsultation {
+            patient_id: self.patient,
+            consultation_id: self.consultation,
+        })
+    }
+
+    fn patient_refused(&self) -> Event {
+        Event::PatientValidationFailed(PatientValidationFailed {
+            patient_id: self.patient,
+            consultation_id: self.consultation,
+            reason: "patient is deactivated".into(),
+        })
+    }
+
+    fn rejected(&self) -> Event {
+        Event::PhysicianAvailabilityRejected(PhysicianAvailabilityRejected {
+            physician_id: self.physician,
+            consultation_id: self.consultation,
+            reason: "booked".into(),
+        })
+    }
+
     fn held(&self) -> Event {
         Event::PhysicianAvailabilityConfirmed(PhysicianAvailabilityConfirmed {
             physician_id: self.physician,
@@ -121,6 +144,16 @@ impl Booking {
         })
     }
 
+    /// Failed because its patient refused (as the refusal's step fails it).
+    fn patient_invalid(&self) -> Event {
+        self.failed(FailureReason::PatientInvalid, "patient is deactivated")
+    }
+
+    /// Failed by its deadline (the detail is the test's own).
+    fn timed_out(&self) -> Event {
+        self.failed(FailureReason::TimedOut, "late")
+    }
+
     fn cancellation_requested(&self, reason: &str) -> Event {
         Event::ConsultationCancellationRequested(ConsultationCancellationRequested {
             consultation_id: self.consultation,
@@ -128,11 +161,43 @@ impl Booking {
         })
     }
 
-    /// Requested, held and scheduled.
+    /// Requested, validated, held and scheduled.
     fn scheduled_given(&self) -> Given {
         self.requested()
+            .events::<Patient>(self.patient.as_uuid(), [self.validated()])
             .events::<DaySchedule>(self.day(), [self.held()])
             .events::<Consultation>(self.stream(), [self.scheduled()])
+    }
+
+    /// The patient service's step for the request.
+    fn validate(&self) -> Step {
+        Step::ValidatePatient {
+            patient_id: self.patient,
+            consultation_id: self.consultation,
+        }
+    }
+
+    /// The physician service's step for the request.
+    fn hold(&self) -> Step {
+        Step::HoldSlot {
+            consultation_id: self.consultation,
+        }
+    }
+
+    /// The scheduling service's step for a refusal.
+    fn fail_for(&self, reason: FailureReason, detail: &str) -> Step {
+        Step::FailScheduling {
+            consultation_id: self.consultation,
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    /// The scheduling service's step for either confirmation.
+    fn confirm(&self) -> Step {
+        Step::ConfirmScheduling {
+            consultation_id: self.consultation,
+        }
     }
 }
 
@@ -151,6 +216,11 @@ trait WhenStep {
     /// succeeded.
     async fn when_step(self, step: Step) -> Then<Result<(), StepError>>;
 
+    /// When `steps` run one after the other, each for a fresh trigger, as the saga's
+    /// consumers run them in that order; then every one succeeded.
+    async fn when_steps(self, steps: impl IntoIterator<Item = Step>)
+    -> Then<Result<(), StepError>>;
+
     /// When the timer fires the deadline of saga `id`; then that went through.
     async fn when_deadline_fires(self, id: Uuid) -> Then<Result<(), CommandError>>;
 }
@@ -158,6 +228,21 @@ trait WhenStep {
 impl WhenStep for Given {
     async fn when_step(self, step: Step) -> Then<Result<(), StepError>> {
         let run = |pipeline| async move { Steps { pipeline }.run(&step, &trigger()).await };
+        self.when(run).await.then_ok(|_| true)
+    }
+
+    async fn when_steps(
+        self,
+        steps: impl IntoIterator<Item = Step>,
+    ) -> Then<Result<(), StepError>> {
+        let steps: Vec<Step> = steps.into_iter().collect();
+        let run = |pipeline| async move {
+            let runner = Steps { pipeline };
+            for step in &steps {
+                runner.run(step, &trigger()).await?;
+            }
+            Ok(())
+        };
         self.when(run).await.then_ok(|_| true)
     }
 
@@ -209,24 +294,20 @@ async fn validate_patient_fails_a_deactivated_patient() {
 }
 
 #[tokio::test]
-async fn hold_slot_holds_the_slot_of_a_requested_consultation() {
+async fn hold_slot_holds_the_slot_of_a_requested_consultation_before_any_validation() {
     let b = Booking::new();
-    let step = Step::HoldSlot {
-        consultation_id: b.consultation,
-    };
-    b.requested().when_step(step).await.then_events([b.held()]);
+    b.requested()
+        .when_step(b.hold())
+        .await
+        .then_events([b.held()]);
 }
 
 #[tokio::test]
 async fn hold_slot_holds_nothing_for_a_consultation_that_already_failed() {
     let b = Booking::new();
-    let failed = b.failed(FailureReason::TimedOut, "late");
-    let step = Step::HoldSlot {
-        consultation_id: b.consultation,
-    };
     b.requested()
-        .events::<Consultation>(b.stream(), [failed])
-        .when_step(step)
+        .events::<Consultation>(b.stream(), [b.timed_out()])
+        .when_step(b.hold())
         .await
         .then_no_events();
 }
@@ -246,32 +327,283 @@ async fn release_slot_releases_a_held_slot_and_nothing_else() {
 }
 
 #[tokio::test]
-async fn confirm_scheduling_schedules_and_pauses_the_deadline() {
+async fn confirm_scheduling_with_both_confirmations_schedules_and_pauses_the_deadline() {
     let b = Booking::new();
-    let step = Step::ConfirmScheduling {
-        consultation_id: b.consultation,
-        physician_id: b.physician,
-    };
     b.requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()])
         .events::<DaySchedule>(b.day(), [b.held()])
-        .when_step(step)
+        .when_step(b.confirm())
         .await
         .then_events([b.scheduled()])
         .then_deadline(b.stream(), DeadlineState::Paused);
 }
 
 #[tokio::test]
-async fn confirm_scheduling_after_the_deadline_fired_gives_the_slot_back() {
+async fn confirm_scheduling_with_one_confirmation_waits_for_the_other() {
     let b = Booking::new();
-    let timed_out = b.failed(FailureReason::TimedOut, "late");
-    let step = Step::ConfirmScheduling {
-        consultation_id: b.consultation,
-        physician_id: b.physician,
-    };
+    b.requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()])
+        .when_step(b.confirm())
+        .await
+        .then_no_events()
+        .then_deadline(b.stream(), DeadlineState::Running);
     b.requested()
         .events::<DaySchedule>(b.day(), [b.held()])
+        .when_step(b.confirm())
+        .await
+        .then_no_events()
+        .then_deadline(b.stream(), DeadlineState::Running);
+}
+
+#[tokio::test]
+async fn confirm_scheduling_after_the_deadline_fired_gives_the_slot_back() {
+    let b = Booking::new();
+    b.requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()])
+        .events::<DaySchedule>(b.day(), [b.held()])
+        .events::<Consultation>(b.stream(), [b.timed_out()])
+        .when_step(b.confirm())
+        .await
+        .then_events([b.released()]);
+}
+
+// The interleavings of the fan-out: both sides answer the request at once, in either order,
+// each answer runs the confirming step, and duplicates, refusals and the deadline may fall
+// anywhere in between.
+
+#[tokio::test]
+async fn either_answer_first_or_both_before_any_confirmation_schedules_once() {
+    let b = Booking::new();
+    let (validated, held, scheduled) = (b.validated(), b.held(), b.scheduled());
+    let orders = [
+        // Validated first: its confirmation waits, the hold's confirms.
+        (
+            [b.validate(), b.confirm(), b.hold(), b.confirm()],
+            [&validated, &held],
+        ),
+        // Held first: its confirmation waits, the validation's confirms.
+        (
+            [b.hold(), b.confirm(), b.validate(), b.confirm()],
+            [&held, &validated],
+        ),
+        // Both stored before either step: both find both, one schedules.
+        (
+            [b.validate(), b.hold(), b.confirm(), b.confirm()],
+            [&validated, &held],
+        ),
+    ];
+    // Each order over a store of its own.
+    for (steps, [first, second]) in orders {
+        b.requested()
+            .when_steps(steps)
+            .await
+            .then_events([first.clone(), second.clone(), scheduled.clone()])
+            .then_deadline(b.stream(), DeadlineState::Paused);
+    }
+}
+
+/// Runs the confirming step for `triggers` in this order (a trigger named twice is its
+/// message delivered twice); whether each run succeeded.
+async fn confirm_for(given: Given, b: &Booking, triggers: &[&Trigger]) -> Then<Vec<bool>> {
+    let step = b.confirm();
+    given
+        .when(|pipeline| async move {
+            let steps = Steps { pipeline };
+            let mut results = Vec::new();
+            for trigger in triggers {
+                results.push(steps.run(&step, trigger).await.is_ok());
+            }
+            results
+        })
+        .await
+}
+
+#[tokio::test]
+async fn a_duplicated_confirmation_changes_nothing_before_or_after_the_other() {
+    let b = Booking::new();
+    let (validated, held) = (trigger(), trigger());
+    // Before the other answer: each confirmation's message twice waits twice.
+    let only_validated = b
+        .requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()]);
+    let then = confirm_for(only_validated, &b, &[&validated, &validated]).await;
+    assert_eq!(then.then_no_events().result, [true; 2]);
+    let only_held = b.requested().events::<DaySchedule>(b.day(), [b.held()]);
+    let then = confirm_for(only_held, &b, &[&held, &held]).await;
+    assert_eq!(then.then_no_events().result, [true; 2]);
+    // After it: both steps, each twice, schedule once.
+    let both = b
+        .requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()])
+        .events::<DaySchedule>(b.day(), [b.held()]);
+    let then = confirm_for(both, &b, &[&validated, &held, &validated, &held]).await;
+    let then = then
+        .then_events([b.scheduled()])
+        .then_deadline(b.stream(), DeadlineState::Paused);
+    assert_eq!(then.result, [true; 4]);
+}
+
+#[tokio::test]
+async fn the_second_of_two_racing_confirmations_keeps_the_slot_of_the_scheduled_consultation() {
+    let b = Booking::new();
+    let given = b
+        .requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()])
+        .events::<DaySchedule>(b.day(), [b.held()]);
+    // Another process's step read the consultation still requested, and decides on that
+    // (cached) state after this one scheduled it: its pause finds the deadline paused.
+    let other = Pipeline::new(given.store().clone(), 1_000, DEADLINE);
+    other
+        .aggregates()
+        .current::<Consultation>(b.stream())
+        .await
+        .expect("the consultation loads");
+    let step = b.confirm();
+    let then = given
+        .when(|pipeline| async move {
+            let first = Steps { pipeline }.run(&step, &trigger()).await;
+            let second = Steps { pipeline: other }.run(&step, &trigger()).await;
+            (first, second)
+        })
+        .await
+        .then_events([b.scheduled()])
+        .then_deadline(b.stream(), DeadlineState::Paused);
+    assert!(then.result.0.is_ok() && then.result.1.is_ok());
+}
+
+#[tokio::test]
+async fn the_request_delivered_twice_to_each_side_answers_once_each() {
+    let b = Booking::new();
+    let steps = [b.validate(), b.hold(), b.validate(), b.hold()];
+    let then = b
+        .requested()
+        .when(|pipeline| async move {
+            let runner = Steps { pipeline };
+            let started = trigger();
+            let mut results = Vec::new();
+            for step in &steps {
+                results.push(runner.run(step, &started).await.is_ok());
+            }
+            results
+        })
+        .await
+        .then_events([b.validated(), b.held()]);
+    assert_eq!(then.result, [true; 4]);
+}
+
+#[tokio::test]
+async fn the_patient_refused_before_the_hold_holds_nothing() {
+    let b = Booking::new();
+    b.requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.patient_refused()])
+        .when_steps([
+            b.fail_for(FailureReason::PatientInvalid, "patient is deactivated"),
+            Step::ReleaseSlot {
+                consultation_id: b.consultation,
+            },
+            b.hold(),
+        ])
+        .await
+        .then_events([b.patient_invalid()]);
+}
+
+#[tokio::test]
+async fn the_patient_refused_after_the_hold_releases_the_slot() {
+    let b = Booking::new();
+    b.requested()
+        .events::<DaySchedule>(b.day(), [b.held()])
+        .events::<Patient>(b.patient.as_uuid(), [b.patient_refused()])
+        .when_steps([
+            // The hold's confirmation ran before the refusal: it waits.
+            b.confirm(),
+            b.fail_for(FailureReason::PatientInvalid, "patient is deactivated"),
+            Step::ReleaseSlot {
+                consultation_id: b.consultation,
+            },
+        ])
+        .await
+        .then_events([b.patient_invalid(), b.released()]);
+}
+
+#[tokio::test]
+async fn a_hold_that_lands_after_the_failure_and_its_release_is_released_by_its_confirmation() {
+    let b = Booking::new();
+    // The hold step read the consultation still requested; the refusal failed it, and the
+    // release for that failure found nothing held; then the hold committed.
+    b.requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.patient_refused()])
+        .events::<Consultation>(b.stream(), [b.patient_invalid()])
+        .events::<DaySchedule>(b.day(), [b.held()])
+        .when_step(b.confirm())
+        .await
+        .then_events([b.released()]);
+}
+
+#[tokio::test]
+async fn the_physician_rejected_before_or_after_the_validation_fails_and_holds_nothing() {
+    let b = Booking::new();
+    let fail = b.fail_for(FailureReason::PhysicianUnavailable, "booked");
+    let failed = b.failed(FailureReason::PhysicianUnavailable, "booked");
+    // Rejected first: the validation still answers, and its confirmation finds nothing to do.
+    b.requested()
+        .events::<DaySchedule>(b.day(), [b.rejected()])
+        .when_steps([fail.clone(), b.validate(), b.confirm()])
+        .await
+        .then_events([failed.clone(), b.validated()]);
+    // Validated first: its confirmation waits, then the rejection fails the consultation.
+    b.requested()
+        .when_steps([b.validate(), b.confirm()])
+        .await
+        .then_events([b.validated()]);
+    b.requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()])
+        .events::<DaySchedule>(b.day(), [b.rejected()])
+        .when_step(fail)
+        .await
+        .then_events([failed]);
+}
+
+#[tokio::test]
+async fn a_deadline_fired_between_the_answers_leaves_nothing_held_or_scheduled() {
+    let b = Booking::new();
+    // Validated, then timed out, then the hold comes: it holds nothing.
+    let validated = b
+        .requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()]);
+    let timed_out = validated
+        .when_deadline_fires(b.stream())
+        .await
+        .then_deadline(b.stream(), DeadlineState::Fired);
+    assert!(matches!(
+        timed_out.appended().as_slice(),
+        [Event::ConsultationSchedulingFailed(f)] if f.reason == FailureReason::TimedOut
+    ));
+    let timed_out = b.timed_out();
+    b.requested()
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()])
+        .events::<Consultation>(b.stream(), [timed_out.clone()])
+        .when_steps([b.hold(), b.confirm()])
+        .await
+        .then_no_events();
+    // Held, then timed out (the release found the slot), then validated: nothing to confirm.
+    b.requested()
+        .events::<DaySchedule>(b.day(), [b.held()])
+        .events::<Consultation>(b.stream(), [timed_out.clone()])
+        .when_steps([
+            Step::ReleaseSlot {
+                consultation_id: b.consultation,
+            },
+            b.validate(),
+            b.confirm(),
+        ])
+        .await
+        .then_events([b.released(), b.validated()]);
+    // Held and validated, the deadline fired before the confirmation: it gives the slot back.
+    b.requested()
+        .events::<DaySchedule>(b.day(), [b.held()])
+        .events::<Patient>(b.patient.as_uuid(), [b.validated()])
         .events::<Consultation>(b.stream(), [timed_out])
-        .when_step(step)
+        .when_steps([b.confirm(), b.confirm()])
         .await
         .then_events([b.released()]);
 }
@@ -347,9 +679,7 @@ async fn the_follow_up_fails_a_deactivated_physicians_consultation_still_being_s
 #[tokio::test]
 async fn a_redelivered_trigger_has_no_second_effect() {
     let b = Booking::new();
-    let step = Step::HoldSlot {
-        consultation_id: b.consultation,
-    };
+    let step = b.hold();
     let trigger = trigger();
     let then = b
         .requested()

@@ -55,12 +55,12 @@ async fn migrate_creates_a_missing_database() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let exists: bool =
-        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-            .bind(&name)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let exists: bool = db
+        .scalar(
+            "select exists (select 1 from pg_database where datname = $1)",
+            &name,
+        )
+        .await;
     assert!(exists);
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "drop database {name} with (force)"

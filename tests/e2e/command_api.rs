@@ -7,7 +7,7 @@ use domain::event::ConsultationRecordsVoided;
 use domain::ids::ConsultationId;
 use domain::record::RecordBook;
 use futures::future::join_all;
-use hap_tests::{TestApp, TestDb, id_of, patient};
+use hap_tests::{TestApp, TestDb, id_of, patient, start_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -23,8 +23,7 @@ async fn problem(response: reqwest::Response) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registering_a_patient_answers_201_with_location_etag_and_position() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
 
     let response = app
         .request(Method::POST, "/patients")
@@ -57,8 +56,7 @@ async fn registering_a_patient_answers_201_with_location_etag_and_position() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_registrations_of_one_document_number_create_one_patient() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
 
     let responses = join_all((0..20).map(|_| app.post("/patients", patient("SAME-DOC")))).await;
 
@@ -78,8 +76,7 @@ async fn twenty_concurrent_registrations_of_one_document_number_create_one_patie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_idempotency_key_twice_appends_once_and_answers_the_same() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let send = |body: Value| {
         app.request(Method::POST, "/patients")
             .header("Idempotency-Key", "key-1")
@@ -108,8 +105,7 @@ async fn the_same_idempotency_key_twice_appends_once_and_answers_the_same() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_with_one_idempotency_key_append_once() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let id = app.register_patient("DOC-1").await;
 
     let requests = (0..10).map(|_| {
@@ -132,8 +128,7 @@ async fn concurrent_requests_with_one_idempotency_key_append_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_updates_are_retried_by_the_server_until_each_lands() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let id = app.register_patient("DOC-1").await;
 
     let updates = (0..10).map(|n| {
@@ -159,8 +154,7 @@ async fn concurrent_updates_are_retried_by_the_server_until_each_lands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_that_changes_nothing_appends_nothing_and_returns_the_version() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let id = app.register_patient("DOC-1").await;
 
     let response = app
@@ -174,8 +168,7 @@ async fn a_command_that_changes_nothing_appends_nothing_and_returns_the_version(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn if_match_guards_the_version() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let id = app.register_patient("DOC-1").await;
     let rename = |etag: &'static str, name: &'static str| {
         app.request(Method::PATCH, &format!("/patients/{id}"))
@@ -222,8 +215,7 @@ async fn a_stale_cache_entry_never_causes_a_wrong_decision() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_malformed_request_is_refused_with_its_status_and_appends_nothing() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let id = app.register_patient("DOC-1").await;
     let before = app.event_count().await;
 
@@ -330,8 +322,7 @@ async fn every_malformed_request_is_refused_with_its_status_and_appends_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deactivated_patient_cannot_be_changed() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let id = app.register_patient("DOC-1").await;
     let deactivate = app
         .post(
@@ -363,8 +354,7 @@ async fn a_deactivated_patient_cannot_be_changed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn physicians_are_registered_updated_and_deactivated() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let id = app.register_physician("CRM-1").await;
 
     let duplicate = app
@@ -394,8 +384,7 @@ async fn physicians_are_registered_updated_and_deactivated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consultation_request_starts_scheduling_and_answers_202() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let (patient, physician) = app.register_patient_and_physician().await;
     let starts_at = (Utc::now() + chrono::Duration::days(2)).to_rfc3339();
 
@@ -427,8 +416,7 @@ async fn a_consultation_request_starts_scheduling_and_answers_202() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consultation_with_unknown_people_or_a_past_start_is_a_422() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let (patient, physician) = app.register_patient_and_physician().await;
     let tomorrow = (Utc::now() + chrono::Duration::days(1)).to_rfc3339();
     let yesterday = (Utc::now() - chrono::Duration::days(1)).to_rfc3339();
@@ -469,8 +457,7 @@ async fn a_consultation_with_unknown_people_or_a_past_start_is_a_422() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_scheduled_consultation_can_be_updated_completed_or_cancelled() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let (patient, physician) = app.register_patient_and_physician().await;
     let id = app.request_consultation(patient, physician).await;
     let before = app.event_count().await;
@@ -519,8 +506,7 @@ async fn only_a_scheduled_consultation_can_be_updated_completed_or_cancelled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_are_written_to_scheduled_consultations_and_frozen_once_voided() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let (patient, physician) = app.register_patient_and_physician().await;
     let id = app.request_consultation(patient, physician).await;
     let on_requested = app
@@ -603,8 +589,7 @@ async fn a_database_that_does_not_answer_is_a_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_describes_every_command_route() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
 
     let document: Value = app.get_json("/openapi.json").await;
 
@@ -641,8 +626,7 @@ async fn the_openapi_document_describes_every_command_route() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_made_by_the_framework_are_problems_too() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
 
     let wrong_method = app
         .request(Method::DELETE, "/patients")
@@ -661,8 +645,7 @@ async fn errors_made_by_the_framework_are_problems_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn if_match_on_an_unknown_resource_is_a_404_not_a_412() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
 
     let response = app
         .request(Method::PATCH, &format!("/patients/{}", Uuid::now_v7()))
@@ -677,8 +660,7 @@ async fn if_match_on_an_unknown_resource_is_a_404_not_a_412() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_of_twenty_thousand_multibyte_characters_is_accepted() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let (patient, physician) = app.register_patient_and_physician().await;
     let id = app.request_consultation(patient, physician).await;
     app.schedule(id, patient, physician).await;
@@ -758,12 +740,9 @@ async fn a_key_remembered_as_a_response_before_outcomes_replays_the_same_answer(
     assert_eq!(again.headers()["location"], format!("/patients/{id}"));
     assert_eq!(again.json::<Value>().await.unwrap(), first);
     assert_eq!(app.event_count().await, 0, "a replay appends nothing");
-    let step_outcome: Value =
-        sqlx::query_scalar("select outcome from idempotency_keys where key = $1")
-            .bind(&step)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let step_outcome: Value = db
+        .scalar("select outcome from idempotency_keys where key = $1", &step)
+        .await;
     assert_eq!(
         step_outcome,
         json!({ "id": stream, "version": 3, "position": null })

@@ -10,15 +10,16 @@ use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::page::ScreenshotParams;
 use futures::StreamExt;
 
-use eventstore::EventStore;
 use eventstore::processes::{ProcessInfo, keep_recorded};
-use hap_tests::broker::{publish_to_queue, wait_for_queue};
+use eventstore::samples::Vitals;
+use eventstore::{EventStore, RecordedEvent, StreamVersion};
+use hap_tests::broker::{dead_letter, publish_to_queue, wait_for_queue};
 use hap_tests::system::{Parts, System};
 use hap_tests::tokens::{settings, token};
-use hap_tests::{TestApp, TestDb, eventually, id_of, patient};
+use hap_tests::{TestApp, TestDb, eventually, id_of, patient, test_append};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
-use messaging::QueueNames;
+use messaging::{QueueNames, dlq};
 use reqwest::{Method, StatusCode, header};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -41,9 +42,13 @@ async fn page(app: &TestApp, path: &str, token: Option<&str>) -> (StatusCode, St
     (response.status(), response.text().await.unwrap())
 }
 
-/// Records a process of a fresh instance name, as `hap serve` does, until the token is
-/// cancelled; returns once the store lists it.
-async fn record_a_process(db: &TestDb, app: &TestApp) -> (String, CancellationToken) {
+/// Records a process of a fresh instance name, as `hap serve` does, its figures as `measure`
+/// says, until the token is cancelled; returns once the store lists it.
+async fn record_a_process(
+    db: &TestDb,
+    app: &TestApp,
+    measure: impl Fn() -> Vitals + Send + 'static,
+) -> (String, CancellationToken) {
     let instance = format!("console-{}", uuid::Uuid::now_v7().simple());
     let info = ProcessInfo {
         instance: instance.clone(),
@@ -55,7 +60,12 @@ async fn record_a_process(db: &TestDb, app: &TestApp) -> (String, CancellationTo
     };
     let shutdown = CancellationToken::new();
     let store = EventStore::new(db.pool.clone());
-    tokio::spawn(keep_recorded(store.clone(), info, shutdown.clone()));
+    tokio::spawn(keep_recorded(
+        store.clone(),
+        info,
+        measure,
+        shutdown.clone(),
+    ));
     assert!(
         eventually(Duration::from_secs(10), || async {
             !store.processes().await.unwrap().is_empty()
@@ -63,6 +73,24 @@ async fn record_a_process(db: &TestDb, app: &TestApp) -> (String, CancellationTo
         .await
     );
     (instance, shutdown)
+}
+
+/// What a busy process measures of itself at each beat: it leads the publisher, its
+/// projectors lag 1.5 s with 7 messages waiting and 2 dead letters, and it has served ten
+/// commands (one failing) since the beat before.
+fn busy() -> impl Fn() -> Vitals + Send + 'static {
+    let beats = std::sync::atomic::AtomicI64::new(0);
+    move || {
+        let beat = beats.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        Vitals {
+            commands: 10 * beat,
+            command_errors: beat,
+            publisher_leader: true,
+            projector_lag_seconds: 1.5,
+            queue_depth: 7,
+            dead_letters: 2,
+        }
+    }
 }
 
 /// `POST /console/session` with the sign-in form's body and `headers`.
@@ -116,7 +144,7 @@ async fn without_a_token_the_console_asks_to_sign_in_and_without_ops_read_it_ref
 async fn a_signed_in_operator_sees_the_running_processes_on_the_overview() {
     let db = TestDb::new().await;
     let app = TestApp::start_with(&db, settings()).await;
-    let (instance, shutdown) = record_a_process(&db, &app).await;
+    let (instance, shutdown) = record_a_process(&db, &app, api::vitals::measure).await;
 
     let operator = token("north", "ops:read");
     let signed_in = sign_in(&app, &operator, &[("origin", app.base.as_str())]).await;
@@ -247,12 +275,11 @@ async fn the_sagas_page_shows_a_consultation_stuck_past_its_deadline() {
     system.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_live_endpoint_sends_the_overviews_numbers() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+/// The first `overview` event of `/console/live`, read as `token`.
+async fn live_numbers(app: &TestApp, token: &str) -> serde_json::Value {
     let mut response = app
         .request(Method::GET, "/console/live")
+        .bearer_auth(token)
         .send()
         .await
         .unwrap();
@@ -277,20 +304,37 @@ async fn the_live_endpoint_sends_the_overviews_numbers() {
         .lines()
         .find_map(|line| line.strip_prefix("data: "))
         .expect("a data line");
-    let numbers: serde_json::Value = serde_json::from_str(data).unwrap();
+    serde_json::from_str(data).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_endpoint_sends_the_overviews_numbers_those_of_every_tenant_to_platform_operators_only()
+ {
+    let db = TestDb::new().await;
+    let app = TestApp::start_with(&db, settings()).await;
+    let every_tenant = ["deadLetters", "commandsPerSecond", "errorsPerSecond"];
+    let platform = live_numbers(&app, &token("*", "ops:read ops:platform")).await;
     for name in [
         "processesUp",
         "lagEvents",
         "deadlinesOverdue",
         "deadLetters",
     ] {
-        assert!(numbers[name].is_i64(), "{numbers}");
+        assert!(platform[name].is_i64(), "{platform}");
+    }
+    for name in ["commandsPerSecond", "errorsPerSecond"] {
+        assert!(platform[name].is_number(), "{platform}");
+    }
+    let clinic = live_numbers(&app, &token("north", "ops:read")).await;
+    assert!(clinic["processesUp"].is_i64(), "{clinic}");
+    for name in every_tenant {
+        assert!(clinic.get(name).is_none(), "{clinic}");
     }
 }
 
-/// Puts a message of `tenant` that no projector can apply into the dead-letter queue of
-/// `names`, as a consumer would have; returns its event id.
-async fn poison(names: &QueueNames, tenant: &str) -> String {
+/// A message of `tenant` that no projector can apply (its event type is unknown): its event
+/// id, body and properties.
+fn nonsense(tenant: &str) -> (String, Vec<u8>, BasicProperties) {
     let event = uuid::Uuid::now_v7().to_string();
     let body = json!({
         "eventId": event, "eventType": "Nonsense", "occurredAt": "2026-01-02T03:04:05.000000Z",
@@ -299,17 +343,65 @@ async fn poison(names: &QueueNames, tenant: &str) -> String {
         "tenantId": tenant, "correlationId": "corr-1", "causationId": null, "actorId": null,
         "schemaVersion": 1, "payload": {}
     });
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "x-error".into(),
-        AMQPValue::LongString("unknown event type Nonsense at position 42".into()),
-    );
     let properties = BasicProperties::default()
         .with_message_id(event.as_str().into())
-        .with_type("Nonsense".into())
-        .with_headers(headers);
-    publish_to_queue(&names.dead_letters, body.to_string().as_bytes(), properties).await;
+        .with_type("Nonsense".into());
+    (event, body.to_string().into_bytes(), properties)
+}
+
+/// Puts a message of `tenant` that no projector can apply into the dead-letter queue of
+/// `names`, as a consumer would have; returns its event id.
+async fn poison(names: &QueueNames, tenant: &str) -> String {
+    let (event, body, properties) = nonsense(tenant);
+    let mut headers = FieldTable::default();
+    headers.insert(
+        messaging::headers::ERROR.into(),
+        AMQPValue::LongString("unknown event type Nonsense at position 42".into()),
+    );
+    headers.insert(
+        messaging::headers::DEAD_LETTERED_AT.into(),
+        AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()),
+    );
+    publish_to_queue(&names.dead_letters, &body, properties.with_headers(headers)).await;
     event
+}
+
+/// Sends a message of `tenant` that no projector can apply to the queue of `names`, and waits
+/// until its consumer has dead-lettered it; returns its event id.
+async fn fail(names: &QueueNames, tenant: &str) -> String {
+    let (event, body, properties) = nonsense(tenant);
+    publish_to_queue(&names.main, &body, properties).await;
+    let failed = eventually(Duration::from_secs(15), || async {
+        letters(names)
+            .await
+            .iter()
+            .any(|l| l.event_id.as_deref() == Some(&event))
+    })
+    .await;
+    assert!(failed, "{event} was never dead-lettered");
+    event
+}
+
+/// The dead letters of `names`' queue, left in place.
+async fn letters(names: &QueueNames) -> Vec<dlq::DeadLetter> {
+    dlq::list(&hap_tests::broker::amqp_urls(), &names.main)
+        .await
+        .unwrap()
+}
+
+/// HAP with authentication, instance `test`'s projectors and no saga: the names of the queue
+/// of its scheduling-service projector, whose dead letters the tests make.
+async fn with_projectors(db: &TestDb) -> (System, QueueNames) {
+    let mut settings = settings();
+    settings.instance = "test".into();
+    let parts = Parts {
+        sagas: false,
+        timer: false,
+    };
+    let system = System::start_with(db, Duration::from_secs(600), parts, settings).await;
+    let names = QueueNames::new(&system.prefix, "scheduling-service", "test");
+    wait_for_queue(&names.dead_letters).await;
+    (system, names)
 }
 
 /// `POST /console/dead-letters/resolve` as `token`, from the console's own page unless
@@ -337,16 +429,8 @@ async fn resolve(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_shows_under_its_failure_and_is_replayed_or_discarded_after_a_confirmation() {
     let db = TestDb::new().await;
-    let mut settings = settings();
-    settings.instance = "test".into();
-    let parts = Parts {
-        sagas: false,
-        timer: false,
-    };
-    let system = System::start_with(&db, Duration::from_secs(600), parts, settings).await;
+    let (system, names) = with_projectors(&db).await;
     let app = &system.app;
-    let names = QueueNames::new(&system.prefix, "scheduling-service", "test");
-    wait_for_queue(&names.dead_letters).await;
     let event = poison(&names, "north").await;
 
     let reader = token("north", "ops:read");
@@ -416,6 +500,367 @@ async fn a_dead_letter_shows_under_its_failure_and_is_replayed_or_discarded_afte
     let (_, after) = page(app, "/console/dead-letters", Some(&reader)).await;
     assert!(!after.contains(&event), "{after}");
     system.stop().await;
+}
+
+/// The text of the first element of `page` with class `class` (and no markup inside).
+fn text_of<'a>(page: &'a str, class: &str) -> &'a str {
+    let opening = format!(r#"class="{class}">"#);
+    let start = page
+        .find(&opening)
+        .unwrap_or_else(|| panic!("no {class} in {page}"))
+        + opening.len();
+    let length = page[start..].find('<').unwrap();
+    &page[start..start + length]
+}
+
+/// The form of the confirmation link for `action` on a whole failure group on `page`.
+fn group_choice(page: &str, action: &str) -> Vec<(String, String)> {
+    let ending = format!("action={action}\"");
+    let link = page
+        .split("href=\"")
+        .map(|rest| &rest[..rest.find('"').map_or(0, |end| end + 1)])
+        .find(|link| link.contains("failure=") && link.ends_with(&ending))
+        .unwrap_or_else(|| panic!("no {action} link of a group in {page}"));
+    let query = link.trim_end_matches('"').split_once('?').unwrap().1;
+    url::form_urlencoded::parse(query.replace("&amp;", "&").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_group_shows_when_it_was_first_and_last_seen_and_its_replays_and_is_resolved_whole()
+ {
+    let db = TestDb::new().await;
+    let (system, names) = with_projectors(&db).await;
+    let app = &system.app;
+    // Dead-lettered by the projector itself, a second apart, and one of another clinic.
+    let first = fail(&names, "north").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = fail(&names, "north").await;
+    let theirs = fail(&names, "south").await;
+
+    let reader = token("north", "ops:read");
+    let (status, body) = page(app, "/console/dead-letters", Some(&reader)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&first) && body.contains(&second), "{body}");
+    assert!(!body.contains(&theirs), "another clinic's letter: {body}");
+    assert!(body.contains(" · 2 × "), "one group of two: {body}");
+    let seen: Vec<_> = (letters(&names).await.into_iter())
+        .filter(|l| l.tenant_id.as_deref() == Some("north"))
+        .map(|l| {
+            l.dead_lettered_at
+                .unwrap()
+                .format("%Y-%m-%d %H:%M:%S UTC")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(text_of(&body, "first-seen"), seen.iter().min().unwrap());
+    assert_eq!(text_of(&body, "last-seen"), seen.iter().max().unwrap());
+    assert_ne!(text_of(&body, "first-seen"), text_of(&body, "last-seen"));
+    assert_eq!(text_of(&body, "replays"), "0");
+    assert!(!body.contains("replay all"), "ops:read alone: {body}");
+
+    let writer = token("north", "ops:read ops:write");
+    let (_, body) = page(app, "/console/dead-letters", Some(&writer)).await;
+    let replay = group_choice(&body, "replay");
+    let discard = group_choice(&body, "discard");
+    let query = |choice: &[(String, String)]| {
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(choice)
+            .finish()
+    };
+    let confirm = format!("/console/dead-letters/confirm?{}", query(&replay));
+    assert_eq!(page(app, &confirm, Some(&reader)).await.0, 403);
+    let (status, form) = page(app, &confirm, Some(&writer)).await;
+    assert_eq!(status, 200, "{form}");
+    assert!(form.contains("(2 now)"), "{form}");
+    assert!(form.contains(r#"name="failure""#), "{form}");
+
+    let ours = app.base.as_str();
+    let post = |token: String, choice: Vec<(String, String)>| async move {
+        let choice: Vec<(&str, &str)> = choice
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        resolve(app, &token, &choice, ours).await.status()
+    };
+    assert_eq!(post(reader.clone(), discard.clone()).await, 403);
+    // The other clinic's operator discards the same failure: only its own letter goes.
+    assert_eq!(
+        post(token("south", "ops:read ops:write"), discard.clone()).await,
+        303
+    );
+    let left: Vec<_> = letters(&names)
+        .await
+        .into_iter()
+        .filter_map(|l| l.event_id)
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!left.contains(&theirs), "{left:?}");
+
+    // Replayed twice, both fail again into the group, each counting its replays.
+    for replays in [1, 2] {
+        assert_eq!(post(writer.clone(), replay.clone()).await, 303);
+        let counted = eventually(Duration::from_secs(15), || async {
+            let now = letters(&names).await;
+            now.len() == 2 && now.iter().all(|l| l.replays == replays)
+        })
+        .await;
+        assert!(counted, "{:?}", letters(&names).await);
+    }
+    let (_, body) = page(app, "/console/dead-letters", Some(&reader)).await;
+    assert_eq!(text_of(&body, "replays"), "4", "{body}");
+    assert_eq!(
+        body.matches(r#"<td class="num replays">2</td>"#).count(),
+        2,
+        "{body}"
+    );
+
+    assert_eq!(post(writer.clone(), discard.clone()).await, 303);
+    assert!(letters(&names).await.is_empty());
+    assert_eq!(
+        post(writer.clone(), discard.clone()).await,
+        404,
+        "nothing left"
+    );
+    let metrics = app.get_text("/metrics").await;
+    for counted in [
+        r#"hap_console_dead_letter_actions_total{action="replay"} 4"#,
+        r#"hap_console_dead_letter_actions_total{action="discard"} 3"#,
+    ] {
+        assert!(metrics.contains(counted), "{counted} in {metrics}");
+    }
+    system.stop().await;
+}
+
+/// The address of the page of the dead letter `event` of `names`' queue.
+fn message_page(names: &QueueNames, event: &str) -> String {
+    format!(
+        "/console/dead-letters/message?queue={}&event={event}",
+        names.main
+    )
+}
+
+/// The event ids of `names`' dead letters, in the queue's order.
+async fn order(names: &QueueNames) -> Vec<Option<String>> {
+    letters(names)
+        .await
+        .into_iter()
+        .map(|l| l.event_id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letters_page_shows_its_headers_error_and_body_to_its_tenant_and_leaves_it_in_place()
+{
+    let db = TestDb::new().await;
+    let (system, names) = with_projectors(&db).await;
+    let app = &system.app;
+    let first = poison(&names, "north").await;
+    let event = poison(&names, "north").await;
+    let mut record = unpublished(
+        "record",
+        "ConsultationRecordCreated",
+        json!({"recordId": uuid::Uuid::now_v7(), "notes": "a private diagnosis"}),
+    );
+    record.tenant_id = "north".into();
+    dead_letter(&names, &record, "database down").await;
+    let before = order(&names).await;
+    assert_eq!(before.len(), 3);
+
+    let reader = token("north", "ops:read");
+    let (status, body) = page(app, &message_page(&names, &event), Some(&reader)).await;
+    assert_eq!(status, 200, "{body}");
+    let body = body.replace("&quot;", "\"");
+    for shown in [
+        "unknown event type Nonsense at position 42",
+        "x-error",
+        "x-dead-lettered-at",
+        "routing key",
+        names.dead_letters.as_str(),
+        // The body, pretty-printed.
+        r#""eventType": "Nonsense""#,
+        r#""tenantId": "north""#,
+        "needs ops:write",
+    ] {
+        assert!(body.contains(shown), "{shown}: {body}");
+    }
+    let writer = token("north", "ops:read ops:write");
+    let (_, actions) = page(app, &message_page(&names, &event), Some(&writer)).await;
+    let replay = format!(
+        "/console/dead-letters/confirm?queue={}&amp;event={event}&amp;action=replay",
+        names.main
+    );
+    assert!(actions.contains(&replay), "{actions}");
+    let (_, list) = page(app, "/console/dead-letters", Some(&reader)).await;
+    assert!(
+        list.contains(&message_page(&names, &event).replace('&', "&amp;")),
+        "the list leads to the page: {list}"
+    );
+
+    let south = token("south", "ops:read");
+    let (status, elsewhere) = page(app, &message_page(&names, &event), Some(&south)).await;
+    assert_eq!(status, 404, "{elsewhere}");
+    assert!(!elsewhere.contains("Nonsense at position"), "{elsewhere}");
+    let unknown = format!("/console/dead-letters/message?queue=elsewhere&event={event}");
+    assert_eq!(page(app, &unknown, Some(&reader)).await.0, 404);
+
+    // A clinical record's content is the records API's to show: not without records:read.
+    let record_page = message_page(&names, &record.event_id.to_string());
+    let (status, hidden) = page(app, &record_page, Some(&reader)).await;
+    assert_eq!(status, 200, "{hidden}");
+    assert!(hidden.contains("database down"), "{hidden}");
+    assert!(hidden.contains("hidden: needs records:read"), "{hidden}");
+    assert!(!hidden.contains("a private diagnosis"), "{hidden}");
+    let clinician = token("north", "ops:read records:read");
+    let (_, shown) = page(app, &record_page, Some(&clinician)).await;
+    assert!(shown.contains("a private diagnosis"), "{shown}");
+
+    // Looked at again and again, every message is still there, in its place.
+    assert_eq!(order(&names).await, before);
+    assert_eq!(before[0].as_deref(), Some(first.as_str()));
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_names_the_publisher_leader_and_each_instances_figures_as_every_process_recorded_them()
+ {
+    let db = TestDb::new().await;
+    let app = TestApp::start_with(&db, settings()).await;
+    let (instance, shutdown) = record_a_process(&db, &app, busy()).await;
+
+    let platform = token("*", "ops:read ops:platform");
+    let plotted = eventually(Duration::from_secs(20), || async {
+        page(&app, "/console", Some(&platform))
+            .await
+            .1
+            .contains("<rect")
+    })
+    .await;
+    let (status, body) = page(&app, "/console", Some(&platform)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(plotted, "two beats make a rate: {body}");
+    assert!(
+        body.contains(&format!("Leader: <strong>{instance}</strong>")),
+        "{body}"
+    );
+    assert!(body.contains(r#"<td class="num">1.5</td>"#), "{body}");
+    assert!(
+        body.contains(r#"<td class="num">7</td><td class="num">2</td>"#),
+        "{body}"
+    );
+    assert!(body.contains("errors per second"), "{body}");
+
+    // A clinic's operator sees who leads and the lags, not what every tenant's traffic adds
+    // up to.
+    let (status, clinic) = page(&app, "/console", Some(&token("north", "ops:read"))).await;
+    assert_eq!(status, 200, "{clinic}");
+    assert!(
+        clinic.contains(&format!("Leader: <strong>{instance}</strong>")),
+        "{clinic}"
+    );
+    assert!(clinic.contains(r#"<td class="num">1.5</td>"#), "{clinic}");
+    assert!(!clinic.contains("<rect"), "{clinic}");
+    assert!(!clinic.contains("Queues per instance"), "{clinic}");
+    assert!(!clinic.contains("dead letters</div>"), "{clinic}");
+
+    // Stopped, it leads no more.
+    shutdown.cancel();
+    let gone = eventually(Duration::from_secs(10), || async {
+        page(&app, "/console", Some(&platform))
+            .await
+            .1
+            .contains("No running process says it leads")
+    })
+    .await;
+    assert!(gone);
+}
+
+/// Appends a failed scheduling of `tenant` for `reason`.
+async fn failed_scheduling(store: &EventStore, tenant: &str, reason: &str) {
+    let consultation = uuid::Uuid::now_v7();
+    let mut append = test_append(consultation, StreamVersion::EMPTY, 0);
+    append.aggregate_type = "consultation".into();
+    append.metadata.tenant_id = tenant.into();
+    append.events = vec![eventstore::NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: "ConsultationSchedulingFailed".into(),
+        payload: json!({"consultationId": consultation, "reason": reason, "detail": "test"}),
+        occurred_at: chrono::Utc::now(),
+    }];
+    store.append(append).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sagas_page_charts_the_failures_of_the_operators_tenant_by_reason() {
+    let db = TestDb::new().await;
+    let app = TestApp::start_with(&db, settings()).await;
+    let store = EventStore::new(db.pool.clone());
+    for (tenant, reason) in [
+        ("north", "physician_unavailable"),
+        ("north", "physician_unavailable"),
+        ("south", "patient_invalid"),
+    ] {
+        failed_scheduling(&store, tenant, reason).await;
+    }
+
+    let (status, north) = page(&app, "/console/sagas", Some(&token("north", "ops:read"))).await;
+    assert_eq!(status, 200, "{north}");
+    assert!(
+        north.contains(r#"<td>physician_unavailable</td><td class="num">2</td>"#),
+        "{north}"
+    );
+    assert!(
+        north.contains("<title>physician_unavailable failures per hour</title>"),
+        "{north}"
+    );
+    assert!(north.contains("<rect"), "{north}");
+    assert!(!north.contains("patient_invalid"), "{north}");
+
+    let (_, south) = page(&app, "/console/sagas", Some(&token("south", "ops:read"))).await;
+    assert!(
+        south.contains(r#"<td>patient_invalid</td><td class="num">1</td>"#),
+        "{south}"
+    );
+    assert!(!south.contains("physician_unavailable"), "{south}");
+
+    let (_, every) = page(
+        &app,
+        "/console/sagas",
+        Some(&token("*", "ops:read ops:platform")),
+    )
+    .await;
+    assert!(every.contains("physician_unavailable") && every.contains("patient_invalid"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cookie_is_secure_when_the_sign_in_came_over_https() {
+    let db = TestDb::new().await;
+    let app = TestApp::start_with(&db, settings()).await;
+    let operator = token("north", "ops:read");
+    let cookie = |response: reqwest::Response| {
+        assert_eq!(response.status(), 303);
+        response.headers()[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let plain = cookie(sign_in(&app, &operator, &[]).await);
+    assert!(!plain.contains("Secure"), "{plain}");
+    for proxy in [
+        ("x-forwarded-proto", "https"),
+        ("forwarded", "for=192.0.2.60;proto=https"),
+    ] {
+        let secure = cookie(sign_in(&app, &operator, &[proxy]).await);
+        assert!(secure.ends_with("; Secure"), "{proxy:?}: {secure}");
+        let signed_out = client()
+            .post(format!("{}/console/session/end", app.base))
+            .header(proxy.0, proxy.1)
+            .send()
+            .await
+            .unwrap();
+        assert!(cookie(signed_out).ends_with("; Secure"));
+    }
 }
 
 /// Debian's Chromium, which the browser test drives headless.
@@ -494,7 +939,7 @@ async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes(
     }
     let db = TestDb::new().await;
     let app = TestApp::start_with(&db, settings()).await;
-    let (instance, shutdown) = record_a_process(&db, &app).await;
+    let (instance, shutdown) = record_a_process(&db, &app, busy()).await;
     let chromium = Chromium::launch().await;
     let page = chromium.open(&format!("{}/console", app.base)).await;
     let html = page.content().await.unwrap();
@@ -502,8 +947,8 @@ async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes(
     screenshot(&page, "sign-in").await;
 
     // The browser posts the form itself: its own Origin and Sec-Fetch-Site pass the check,
-    // and it keeps the cookie the answer sets.
-    let operator = token("north", "ops:read");
+    // and it keeps the cookie the answer sets. A platform operator's overview has it all.
+    let operator = token("*", "ops:read ops:platform");
     page.find_element("textarea")
         .await
         .unwrap()
@@ -526,6 +971,14 @@ async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes(
         "{}",
         page.content().await.unwrap()
     );
+    // Once the process has beaten twice, its commands show as a rate.
+    let plotted = eventually(Duration::from_secs(20), || async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        page.reload().await.is_ok()
+            && (page.content().await).is_ok_and(|html| html.contains("<rect"))
+    })
+    .await;
+    assert!(plotted, "{}", page.content().await.unwrap());
     screenshot(&page, "overview").await;
     let cookies = page.evaluate("document.cookie").await.unwrap();
     assert_eq!(
@@ -539,7 +992,8 @@ async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_a_browser_a_stuck_consultation_and_a_dead_letter_show_and_the_letter_is_replayed() {
+async fn in_a_browser_a_stuck_consultation_shows_and_a_dead_letter_replayed_reaches_the_read_model()
+{
     if !Chromium::installed() {
         return;
     }
@@ -555,9 +1009,30 @@ async fn in_a_browser_a_stuck_consultation_and_a_dead_letter_show_and_the_letter
     let (patient, physician) = system.app.register_patient_and_physician().await;
     let id = system.app.request_consultation(patient, physician).await;
     system.consultation(id).await;
-    let names = QueueNames::new(&system.prefix, "scheduling-service", "test");
-    wait_for_queue(&names.dead_letters).await;
-    let event = poison(&names, api::auth::INSECURE_TENANT).await;
+    let scheduling = QueueNames::new(&system.prefix, "scheduling-service", "test");
+    wait_for_queue(&scheduling.dead_letters).await;
+    poison(&scheduling, api::auth::INSECURE_TENANT).await;
+    // A patient's registration that its projector failed to apply (the read database was
+    // down, say): it is nowhere but in the dead-letter queue, so only a replay shows it.
+    let patients = QueueNames::new(&system.prefix, "patient-service", "test");
+    wait_for_queue(&patients.dead_letters).await;
+    let registered = unpublished_registration("Ana Replayed");
+    dead_letter(&patients, &registered, "database down").await;
+    let path = format!("/patients/{}", registered.stream_id);
+    assert_eq!(
+        system
+            .app
+            .request(Method::GET, &path)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    // A consultation that failed, as the saga records one for an inactive patient (no saga
+    // runs here, or the stuck one would not stay stuck): the page charts it.
+    let store = EventStore::new(db.pool.clone());
+    failed_scheduling(&store, api::auth::INSECURE_TENANT, "patient_invalid").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let chromium = Chromium::launch().await;
@@ -565,22 +1040,41 @@ async fn in_a_browser_a_stuck_consultation_and_a_dead_letter_show_and_the_letter
         .open(&format!("{}/console/sagas", system.app.base))
         .await;
     assert!(shows(&sagas, "stuck: past its deadline").await);
-    assert!(sagas.content().await.unwrap().contains(&id.to_string()));
+    assert!(shows(&sagas, "patient_invalid failures per hour").await);
+    let html = sagas.content().await.unwrap();
+    assert!(html.contains(&id.to_string()), "{html}");
+    assert!(html.contains("<rect"), "the failure is charted: {html}");
     screenshot(&sagas, "sagas").await;
 
     let letters = chromium
         .open(&format!("{}/console/dead-letters", system.app.base))
         .await;
+    let event = registered.event_id.to_string();
     assert!(shows(&letters, &event).await);
+    assert!(shows(&letters, "Nonsense").await);
     screenshot(&letters, "dead-letters").await;
+    // The registration's own page, and from it the replay.
     letters
-        .find_element("a[href*='action=replay']")
+        .find_element(format!("a[href*='/message?'][href*='event={event}']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(shows(&letters, "x-original-queue").await);
+    let html = letters.content().await.unwrap();
+    assert!(html.contains("database down"), "{html}");
+    assert!(html.contains("Ana Replayed"), "{html}");
+    screenshot(&letters, "dead-letter").await;
+    letters
+        .find_element(format!("a[href*='event={event}'][href*='action=replay']"))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
     assert!(shows(&letters, "Yes, replay").await);
+    screenshot(&letters, "dead-letters-confirm").await;
     letters
         .find_element("form[action='/console/dead-letters/resolve'] button")
         .await
@@ -588,15 +1082,58 @@ async fn in_a_browser_a_stuck_consultation_and_a_dead_letter_show_and_the_letter
         .click()
         .await
         .unwrap();
-    // Back on the list, where the replayed message, poisonous still, is dead-lettered again.
+    // Back on the list; the replayed registration is applied this time.
     assert!(shows(&letters, "Dead letters").await);
-    let replays = eventually(Duration::from_secs(10), || async {
-        let metrics = system.app.get_text("/metrics").await;
-        metrics.contains("hap_console_dead_letter_actions_total{action=\"replay\"} 1")
+    let applied = eventually(Duration::from_secs(15), || async {
+        let response = system.app.request(Method::GET, &path).send().await.unwrap();
+        response.status() == 200
+            && response.json::<serde_json::Value>().await.unwrap()["name"] == "Ana Replayed"
     })
     .await;
-    assert!(replays, "the replay is counted");
+    assert!(applied, "the replayed registration reached the read model");
+    let (_, after) = page(&system.app, "/console/dead-letters", None).await;
+    assert!(!after.contains(&event), "{after}");
+    let metrics = system.app.get_text("/metrics").await;
+    assert!(
+        metrics.contains("hap_console_dead_letter_actions_total{action=\"replay\"} 1"),
+        "the replay is counted: {metrics}"
+    );
 
     chromium.close().await;
     system.stop().await;
+}
+
+/// A patient's registration as the store would have recorded it, never stored nor published.
+fn unpublished_registration(name: &str) -> RecordedEvent {
+    let patient = uuid::Uuid::now_v7();
+    let payload = json!({"patientId": patient, "name": name, "birthDate": "1990-01-01",
+                         "documentNumber": format!("D-{patient}")});
+    let mut event = unpublished("patient", "PatientRegistered", payload);
+    event.stream_id = patient;
+    event
+}
+
+/// An event of the insecure tenant as the store would have recorded it, never stored nor
+/// published.
+fn unpublished(
+    aggregate_type: &str,
+    event_type: &str,
+    payload: serde_json::Value,
+) -> RecordedEvent {
+    RecordedEvent {
+        position: 1,
+        transaction_id: 1,
+        event_id: uuid::Uuid::now_v7(),
+        stream_id: uuid::Uuid::now_v7(),
+        aggregate_type: aggregate_type.into(),
+        version: 1,
+        event_type: event_type.into(),
+        payload: serde_json::value::RawValue::from_string(payload.to_string()).unwrap(),
+        tenant_id: api::auth::INSECURE_TENANT.into(),
+        correlation_id: "console-test".into(),
+        causation_id: None,
+        actor_id: None,
+        schema_version: 1,
+        occurred_at: chrono::Utc::now(),
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use hap_tests::{TestApp, TestDb, id_of, patient};
+use hap_tests::{TestDb, id_of, patient, start_app};
 use reqwest::{Method, StatusCode};
 use uuid::Uuid;
 
@@ -57,11 +57,8 @@ async fn keys(db: &TestDb) -> Vec<String> {
 }
 
 async fn deadline_exists(db: &TestDb, id: Uuid) -> bool {
-    sqlx::query_scalar("select exists (select 1 from deadlines where id = $1)")
-        .bind(id)
-        .fetch_one(&db.pool)
+    db.scalar("select exists (select 1 from deadlines where id = $1)", id)
         .await
-        .expect("deadline looked up")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,8 +133,7 @@ async fn a_backlog_larger_than_a_batch_is_forgotten_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_repeating_a_forgotten_key_is_a_new_request() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (db, app) = start_app().await;
     let register = |document: &str| {
         app.request(Method::POST, "/patients")
             .header("Idempotency-Key", "once")

@@ -1,10 +1,12 @@
 //! Every running process is recorded with a heartbeat, so that operators see what runs and
-//! what died: a clean stop deletes the row, a killed process's heartbeat stops.
+//! what died: a clean stop deletes the row, a killed process's heartbeat stops. Each beat
+//! records what the process measured of itself, and the rates come from those samples.
 
 use std::time::Duration;
 
 use eventstore::EventStore;
 use eventstore::processes::{GONE_AFTER, ProcessInfo, keep_recorded};
+use eventstore::samples::Vitals;
 use hap_tests::{TestDb, eventually};
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +26,21 @@ async fn a_process_is_listed_while_it_beats_and_deleted_when_it_stops() {
     let db = TestDb::new().await;
     let store = EventStore::new(db.pool.clone());
     let shutdown = CancellationToken::new();
-    let running = tokio::spawn(keep_recorded(store.clone(), info("i-1"), shutdown.clone()));
+    let vitals = Vitals {
+        commands: 12,
+        command_errors: 1,
+        publisher_leader: true,
+        projector_lag_seconds: 0.25,
+        queue_depth: 3,
+        dead_letters: 2,
+    };
+    let measured = vitals.clone();
+    let running = tokio::spawn(keep_recorded(
+        store.clone(),
+        info("i-1"),
+        move || measured.clone(),
+        shutdown.clone(),
+    ));
 
     let listed = eventually(Duration::from_secs(10), || async {
         store.processes().await.unwrap().len() == 1
@@ -39,6 +55,12 @@ async fn a_process_is_listed_while_it_beats_and_deleted_when_it_stops() {
         (4242, "test-host")
     );
     assert!(!process.is_gone(chrono::Utc::now()));
+    let samples = store.latest_samples().await.unwrap();
+    assert_eq!(samples.len(), 1);
+    assert_eq!(
+        (samples[0].process_id, &samples[0].vitals),
+        (process.id, &vitals)
+    );
 
     // A heartbeat that stopped reads as gone.
     let later = process.heartbeat_at + GONE_AFTER + chrono::Duration::seconds(1);
@@ -47,6 +69,50 @@ async fn a_process_is_listed_while_it_beats_and_deleted_when_it_stops() {
     shutdown.cancel();
     running.await.unwrap();
     assert!(store.processes().await.unwrap().is_empty());
+    assert!(
+        store.latest_samples().await.unwrap().is_empty(),
+        "the samples go with their process"
+    );
+}
+
+/// Records process `id` with a sample of `commands` and `errors` so far.
+async fn sample(store: &EventStore, id: uuid::Uuid, commands: i64, errors: i64) {
+    store.record_process(id, &info("rates")).await.unwrap();
+    let vitals = Vitals {
+        commands,
+        command_errors: errors,
+        ..Vitals::default()
+    };
+    store.record_sample(id, &vitals).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_rates_add_what_each_process_did_between_its_samples() {
+    let db = TestDb::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let step = Duration::from_secs(3600);
+    let span = Duration::from_secs(3600);
+    let nothing = store.command_rates(span, step).await.unwrap();
+    assert!(nothing.len() >= 2, "{nothing:?}");
+    assert!(nothing.iter().all(|r| r.commands_per_second == 0.0));
+
+    // Two processes: one did 30 commands (3 failed) between its samples, the other 6; their
+    // first samples count nothing, whatever their totals were when they started.
+    let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    sample(&store, a, 100, 10).await;
+    sample(&store, b, 7, 0).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    sample(&store, a, 130, 13).await;
+    sample(&store, b, 13, 0).await;
+    let rates = store.command_rates(span, step).await.unwrap();
+    let counted: f64 = rates.iter().map(|r| r.commands_per_second).sum();
+    let errors: f64 = rates.iter().map(|r| r.errors_per_second).sum();
+    let seconds = step.as_secs_f64();
+    assert_eq!(
+        ((counted * seconds).round(), (errors * seconds).round()),
+        (36.0, 3.0),
+        "{rates:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

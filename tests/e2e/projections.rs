@@ -6,8 +6,8 @@ use std::time::Duration;
 use chrono::Utc;
 use eventstore::{Append, EventStore, Metadata, NewEvent, RecordedEvent, StreamVersion};
 use hap_tests::broker::{
-    close_connection, connections_named, delete_instance_queues, drain, header, publish_to_queue,
-    queue_counts, unique_prefix, wait_for_queue,
+    close_connection, connections_named, dead_letter, delete_instance_queues, drain, header,
+    publish_to_queue, queue_counts, unique_prefix, wait_for_queue,
 };
 use hap_tests::{TestApp, TestDb, caught_up, eventually, start_projectors, start_publisher};
 use lapin::BasicProperties;
@@ -223,12 +223,8 @@ async fn projectors_keep_applying_while_queries_hold_every_read_model_connection
 
     // Looked at through the event store's pool: the read model's is all taken.
     let applied = eventually(Duration::from_secs(10), || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from rm_a.patients where id = $1")
-            .bind(history[0].stream_id)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-            == 1
+        let sql = "select count(*) from rm_a.patients where id = $1";
+        db.scalar::<i64, _>(sql, history[0].stream_id).await == 1
     })
     .await;
     drop(held);
@@ -605,23 +601,7 @@ async fn dead_letters_are_listed_replayed_by_event_id_and_purged() {
     let history = patient_history(&EventStore::new(db.pool.clone()), &["Ana"]).await;
     let other = patient_history(&EventStore::new(db.pool.clone()), &["Bia"]).await;
     for event in [&history[0], &other[0]] {
-        let route = messaging::routes::route(event).unwrap();
-        let message = Outgoing::new(event, &route, "unused".into());
-        let mut headers = message.properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            "x-error".into(),
-            lapin::types::AMQPValue::LongString("database down".into()),
-        );
-        headers.insert(
-            "x-original-queue".into(),
-            lapin::types::AMQPValue::LongString(names.main.as_str().into()),
-        );
-        publish_to_queue(
-            &names.dead_letters,
-            &message.body,
-            message.properties.with_headers(headers),
-        )
-        .await;
+        dead_letter(&names, event, "database down").await;
     }
 
     let listed = messaging::dlq::list(&url, &names.main).await.unwrap();

@@ -14,6 +14,7 @@ use hap_tests::broker::{
     unique_prefix,
 };
 use hap_tests::process::spawn_hap;
+use hap_tests::publishing::Publishing;
 use hap_tests::{TestApp, TestDb, start_publisher};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -77,63 +78,54 @@ async fn stored_ids(pool: &PgPool) -> HashSet<String> {
     ids.iter().map(Uuid::to_string).collect()
 }
 
+/// Appends five events and waits for their messages: the publisher runs and has caught up.
+async fn five_published(run: &Publishing) {
+    let append = renames(Uuid::now_v7(), 0, 5);
+    run.store.append(append).await.unwrap();
+    run.capture.wait_until(PATIENCE, |m| m.len() >= 5).await;
+}
+
+/// Asserts that the test's `stored` events are in the store and that each of them arrives, at
+/// least once.
+async fn assert_every_event_arrives(pool: &PgPool, capture: &Capture, stored: usize) {
+    let expected = stored_ids(pool).await;
+    assert_eq!(expected.len(), stored);
+    let messages = capture
+        .wait_until(PATIENCE, |m| event_ids(m).len() >= expected.len())
+        .await;
+    assert_eq!(event_ids(&messages), expected, "every event arrived");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_the_api_produces_is_published_in_the_contract_format() {
-    let db = TestDb::new().await;
-    let pool = db.pool.clone();
-    let prefix = unique_prefix();
-    let capture = Capture::start(&prefix).await;
-    let publisher = start_publisher(&pool, &prefix);
-    let app = TestApp::start(&db).await;
+    let run = Publishing::start().await;
+    let app = TestApp::start(&run.db).await;
+    // Every command answers with a 2xx; those that create answer with the new id.
     let send = |method: Method, path: String, body: Value| {
-        app.request(method, &path)
+        let sent = app
+            .request(method, &path)
             .header("X-Correlation-Id", "wire-test")
             .json(&body)
-            .send()
+            .send();
+        async move { sent.await.unwrap().error_for_status().unwrap() }
+    };
+    let create = |path: String, body: Value| {
+        let sent = send(Method::POST, path, body);
+        async move { hap_tests::id_of(sent.await).await }
     };
 
     // Every command of the API, so that every event type it can produce is published.
-    let patient = hap_tests::id_of(
-        send(Method::POST, "/patients".into(), hap_tests::patient("D1"))
-            .await
-            .unwrap(),
-    )
-    .await;
-    send(
-        Method::PATCH,
-        format!("/patients/{patient}"),
-        json!({"phone": "+55 11 91234-5678"}),
-    )
-    .await
-    .unwrap();
+    let patient = create("/patients".into(), hap_tests::patient("D1")).await;
+    let phone = json!({"phone": "+55 11 91234-5678"});
+    send(Method::PATCH, format!("/patients/{patient}"), phone).await;
     let doctor = json!({"name": "Dr. Rui", "specialty": "cardiology", "licenseNumber": "CRM-1"});
-    let physician = hap_tests::id_of(
-        send(Method::POST, "/physicians".into(), doctor)
-            .await
-            .unwrap(),
-    )
-    .await;
-    send(
-        Method::PATCH,
-        format!("/physicians/{physician}"),
-        json!({"specialty": "neurology"}),
-    )
-    .await
-    .unwrap();
+    let physician = create("/physicians".into(), doctor).await;
+    let specialty = json!({"specialty": "neurology"});
+    send(Method::PATCH, format!("/physicians/{physician}"), specialty).await;
     let starts_at = (Utc::now() + chrono::Duration::days(1)).to_rfc3339();
     let request = json!({"patientId": patient, "physicianId": physician, "startsAt": starts_at});
-    let first = hap_tests::id_of(
-        send(Method::POST, "/consultations".into(), request.clone())
-            .await
-            .unwrap(),
-    )
-    .await;
-    let second = hap_tests::id_of(
-        send(Method::POST, "/consultations".into(), request)
-            .await
-            .unwrap(),
-    )
-    .await;
+    let first = create("/consultations".into(), request.clone()).await;
+    let second = create("/consultations".into(), request).await;
     for consultation in [first, second] {
         let scheduled =
             domain::Event::ConsultationScheduled(domain::event::ConsultationScheduled {
@@ -145,58 +137,39 @@ async fn every_event_the_api_produces_is_published_in_the_contract_format() {
             });
         app.append_event(consultation, &scheduled).await;
     }
-    send(
-        Method::PATCH,
-        format!("/consultations/{first}"),
-        json!({"notes": "fasting"}),
-    )
-    .await
-    .unwrap();
-    let record = hap_tests::id_of(
-        send(
+    let notes = json!({"notes": "fasting"});
+    send(Method::PATCH, format!("/consultations/{first}"), notes).await;
+    let record = json!({"content": "BP 12/8"});
+    let record = create(format!("/consultations/{first}/records"), record).await;
+    for (method, path, body) in [
+        (
+            Method::PATCH,
+            format!("/records/{record}"),
+            json!({"content": "BP 13/8"}),
+        ),
+        (
             Method::POST,
-            format!("/consultations/{first}/records"),
-            json!({"content": "BP 12/8"}),
-        )
-        .await
-        .unwrap(),
-    )
-    .await;
-    send(
-        Method::PATCH,
-        format!("/records/{record}"),
-        json!({"content": "BP 13/8"}),
-    )
-    .await
-    .unwrap();
-    send(
-        Method::POST,
-        format!("/consultations/{first}/complete"),
-        json!({}),
-    )
-    .await
-    .unwrap();
-    send(
-        Method::POST,
-        format!("/consultations/{second}/cancel"),
-        json!({"reason": "ill"}),
-    )
-    .await
-    .unwrap();
-    send(
-        Method::POST,
-        format!("/patients/{patient}/deactivate"),
-        json!({}),
-    )
-    .await
-    .unwrap();
-    send(
-        Method::POST,
-        format!("/physicians/{physician}/deactivate"),
-        json!({}),
-    )
-    .await
-    .unwrap();
+            format!("/consultations/{first}/complete"),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            format!("/consultations/{second}/cancel"),
+            json!({"reason": "ill"}),
+        ),
+        (
+            Method::POST,
+            format!("/patients/{patient}/deactivate"),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            format!("/physicians/{physician}/deactivate"),
+            json!({}),
+        ),
+    ] {
+        send(method, path, body).await;
+    }
 
     let stored: Vec<RecordedEvent> = sqlx::query_as(
         "select position, transaction_id::text::bigint as transaction_id, event_id, stream_id,
@@ -204,10 +177,11 @@ async fn every_event_the_api_produces_is_published_in_the_contract_format() {
                 causation_id, actor_id, schema_version, occurred_at
            from events order by position",
     )
-    .fetch_all(&pool)
+    .fetch_all(&run.db.pool)
     .await
     .unwrap();
-    let messages = capture
+    let messages = run
+        .capture
         .wait_until(PATIENCE, |m| m.len() >= stored.len())
         .await;
     assert_eq!(messages.len(), stored.len(), "one message per event");
@@ -254,7 +228,7 @@ async fn every_event_the_api_produces_is_published_in_the_contract_format() {
 
         assert_eq!(
             message.exchange,
-            format!("{prefix}.{}", route.exchange.suffix())
+            format!("{}.{}", run.prefix, route.exchange.suffix())
         );
         assert_eq!(message.routing_key, route.routing_key);
         assert_eq!(
@@ -318,23 +292,17 @@ async fn every_event_the_api_produces_is_published_in_the_contract_format() {
         assert_eq!(body["schemaVersion"], 1);
         assert_eq!(body["payload"], payload);
     }
-    publisher.cancel();
-    capture.clean_up().await;
+    run.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_aggregates_messages_leave_in_version_order_under_concurrent_appends() {
-    let db = TestDb::new().await;
-    let pool = db.pool.clone();
-    let prefix = unique_prefix();
-    let capture = Capture::start(&prefix).await;
-    let publisher = start_publisher(&pool, &prefix);
-    let store = EventStore::new(pool.clone());
+    let run = Publishing::start().await;
     let streams: Vec<Uuid> = (0..20).map(|_| Uuid::now_v7()).collect();
 
     // 20 writers, each appending 10 rounds of 5 events to its own stream, all at once.
     join_all(streams.iter().map(|&stream| {
-        let store = store.clone();
+        let store = run.store.clone();
         async move {
             for round in 0..10 {
                 store.append(renames(stream, round * 5, 5)).await.unwrap();
@@ -343,7 +311,7 @@ async fn each_aggregates_messages_leave_in_version_order_under_concurrent_append
     }))
     .await;
 
-    let messages = capture.wait_until(PATIENCE, |m| m.len() >= 1000).await;
+    let messages = run.capture.wait_until(PATIENCE, |m| m.len() >= 1000).await;
     assert_eq!(messages.len(), 1000);
     let mut versions: HashMap<String, Vec<i64>> = HashMap::new();
     for message in &messages {
@@ -356,21 +324,15 @@ async fn each_aggregates_messages_leave_in_version_order_under_concurrent_append
     for stream in &streams {
         assert_eq!(versions[&stream.to_string()], (1..=50).collect::<Vec<_>>());
     }
-    publisher.cancel();
-    capture.clean_up().await;
+    run.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_whose_transaction_commits_late_is_published() {
-    let db = TestDb::new().await;
-    let pool = db.pool.clone();
-    let prefix = unique_prefix();
-    let capture = Capture::start(&prefix).await;
-    let publisher = start_publisher(&pool, &prefix);
-    let store = EventStore::new(pool.clone());
+    let run = Publishing::start().await;
     let late_stream = Uuid::now_v7();
 
-    let mut slow = pool.begin().await.unwrap();
+    let mut slow = run.db.pool.begin().await.unwrap();
     sqlx::query(
         "insert into events (event_id, stream_id, aggregate_type, version, event_type, payload,
                              tenant_id, correlation_id, schema_version, occurred_at)
@@ -383,19 +345,21 @@ async fn an_event_whose_transaction_commits_late_is_published() {
     .await
     .unwrap();
     for _ in 0..5 {
-        store.append(renames(Uuid::now_v7(), 0, 2)).await.unwrap();
+        run.store
+            .append(renames(Uuid::now_v7(), 0, 2))
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     slow.commit().await.unwrap();
 
-    let messages = capture.wait_until(PATIENCE, |m| m.len() >= 11).await;
+    let messages = run.capture.wait_until(PATIENCE, |m| m.len() >= 11).await;
     assert_eq!(
         event_ids(&messages),
-        stored_ids(&pool).await,
+        stored_ids(&run.db.pool).await,
         "the late event too"
     );
-    publisher.cancel();
-    capture.clean_up().await;
+    run.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,16 +381,7 @@ async fn a_killed_leader_is_replaced_and_nothing_is_lost() {
     leader.wait().await.unwrap();
     writer.await.unwrap();
 
-    let expected = stored_ids(&pool).await;
-    assert_eq!(expected.len(), 1010);
-    let messages = capture
-        .wait_until(PATIENCE, |m| event_ids(m).len() >= expected.len())
-        .await;
-    assert_eq!(
-        event_ids(&messages),
-        expected,
-        "every event arrived at least once"
-    );
+    assert_every_event_arrives(&pool, &capture, 1010).await;
     follower.start_kill().unwrap();
     capture.clean_up().await;
 }
@@ -456,62 +411,39 @@ async fn a_publisher_declares_the_topology_before_the_first_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_connection_closed_mid_stream_loses_nothing() {
-    let db = TestDb::new().await;
-    let pool = db.pool.clone();
-    let prefix = unique_prefix();
-    let capture = Capture::start(&prefix).await;
-    let publisher = start_publisher(&pool, &prefix);
-    let store = EventStore::new(pool.clone());
-    store.append(renames(Uuid::now_v7(), 0, 5)).await.unwrap();
-    capture.wait_until(PATIENCE, |m| m.len() >= 5).await;
+    let run = Publishing::start().await;
+    five_published(&run).await;
 
-    let writer = append_in_background(&store);
+    let writer = append_in_background(&run.store);
     // Only this test's publisher connection: others' tests keep theirs.
-    let connections = connections_named(&format!("hap-publisher {prefix}"));
+    let connections = connections_named(&format!("hap-publisher {}", run.prefix));
     assert_eq!(connections.len(), 1, "the publisher's connection is found");
     close_connection(&connections[0]);
     writer.await.unwrap();
 
-    let expected = stored_ids(&pool).await;
-    let messages = capture
-        .wait_until(PATIENCE, |m| event_ids(m).len() >= expected.len())
-        .await;
-    assert_eq!(event_ids(&messages), expected, "every event arrived");
-    publisher.cancel();
-    capture.clean_up().await;
+    assert_every_event_arrives(&run.db.pool, &run.capture, 1005).await;
+    run.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_database_connections_lose_nothing() {
-    let db = TestDb::new().await;
-    let pool = db.pool.clone();
-    let prefix = unique_prefix();
-    let capture = Capture::start(&prefix).await;
-    let publisher = start_publisher(&pool, &prefix);
-    let store = EventStore::new(pool.clone());
-    store.append(renames(Uuid::now_v7(), 0, 5)).await.unwrap();
-    capture.wait_until(PATIENCE, |m| m.len() >= 5).await;
+    let run = Publishing::start().await;
+    five_published(&run).await;
 
     // Every connection to this test's database ends, the publisher's lock connection too.
     sqlx::query(
         "select pg_terminate_backend(pid) from pg_stat_activity
           where datname = current_database() and pid <> pg_backend_pid()",
     )
-    .execute(&pool)
+    .execute(&run.db.pool)
     .await
     .unwrap();
     for _ in 0..10 {
         // The pool may hand out a connection that was just terminated: retry such appends.
         let append = renames(Uuid::now_v7(), 0, 10);
-        while store.append(append.clone()).await.is_err() {}
+        while run.store.append(append.clone()).await.is_err() {}
     }
 
-    let expected = stored_ids(&pool).await;
-    assert_eq!(expected.len(), 105);
-    let messages = capture
-        .wait_until(PATIENCE, |m| event_ids(m).len() >= expected.len())
-        .await;
-    assert_eq!(event_ids(&messages), expected, "every event arrived");
-    publisher.cancel();
-    capture.clean_up().await;
+    assert_every_event_arrives(&run.db.pool, &run.capture, 105).await;
+    run.finish().await;
 }

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use hap_tests::{TestApp, TestDb, patient};
+use hap_tests::{TestApp, TestDb, patient, start_app};
 use projections::progress::{Commit, Touched};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
@@ -32,6 +32,14 @@ async fn get_json(app: &TestApp, path: &str) -> Value {
     let response = get(app, path).await;
     assert_eq!(response.status(), StatusCode::OK, "GET {path}");
     response.json().await.unwrap()
+}
+
+/// GETs one resource and asserts that it is answered as `body` with `etag`.
+async fn assert_answers(app: &TestApp, path: &str, etag: &str, body: Value) {
+    let response = get(app, path).await;
+    assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+    assert_eq!(response.headers()["etag"], etag);
+    assert_eq!(response.json::<Value>().await.unwrap(), body);
 }
 
 async fn get_at(app: &TestApp, path: &str, min_position: &str) -> Response {
@@ -202,28 +210,20 @@ async fn all_pages(app: &TestApp, path: &str) -> Vec<Vec<Uuid>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_patient_is_answered_with_every_field_and_its_version_as_etag() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let id = insert_patient(&app.read.pool, "Ana Lima", "active").await;
 
-    let response = get(&app, &format!("/patients/{id}")).await;
-
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["etag"], "\"1\"");
-    assert_eq!(
-        response.json::<Value>().await.unwrap(),
-        json!({
-            "id": id, "name": "Ana Lima", "birthDate": "1990-05-01",
-            "documentNumber": format!("DOC-{id}"), "email": "ana@example.org", "phone": null,
-            "status": "active", "version": 1, "updatedAt": UPDATED_AT,
-        })
-    );
+    let expected = json!({
+        "id": id, "name": "Ana Lima", "birthDate": "1990-05-01",
+        "documentNumber": format!("DOC-{id}"), "email": "ana@example.org", "phone": null,
+        "status": "active", "version": 1, "updatedAt": UPDATED_AT,
+    });
+    assert_answers(&app, &format!("/patients/{id}"), "\"1\"", expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn if_none_match_with_the_current_version_answers_304() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let id = insert_patient(&app.read.pool, "Ana Lima", "active").await;
     let path = format!("/patients/{id}");
     let conditional = |etag: &'static str| {
@@ -242,53 +242,38 @@ async fn if_none_match_with_the_current_version_answers_304() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_physician_is_answered_with_every_field_and_its_version_as_etag() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let id = insert_physician(&app.read.pool, "cardiology", "inactive").await;
 
-    let response = get(&app, &format!("/physicians/{id}")).await;
-
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["etag"], "\"2\"");
-    assert_eq!(
-        response.json::<Value>().await.unwrap(),
-        json!({
-            "id": id, "name": "Dr. Rui Costa", "specialty": "cardiology",
-            "licenseNumber": format!("LIC-{id}"), "status": "inactive", "version": 2,
-            "updatedAt": UPDATED_AT,
-        })
-    );
+    let expected = json!({
+        "id": id, "name": "Dr. Rui Costa", "specialty": "cardiology",
+        "licenseNumber": format!("LIC-{id}"), "status": "inactive", "version": 2,
+        "updatedAt": UPDATED_AT,
+    });
+    assert_answers(&app, &format!("/physicians/{id}"), "\"2\"", expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consultation_is_answered_with_every_field_and_its_version_as_etag() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let read = &app.read.pool;
     let (patient, physician) = (Uuid::now_v7(), Uuid::now_v7());
     let id = insert_consultation(read, patient, physician, "2026-03-01T09:00:00Z", "failed").await;
 
-    let response = get(&app, &format!("/consultations/{id}")).await;
-
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["etag"], "\"3\"");
-    assert_eq!(
-        response.json::<Value>().await.unwrap(),
-        json!({
-            "id": id, "patientId": patient, "patientName": "Ana Lima",
-            "physicianId": physician, "physicianName": "Dr. Rui Costa",
-            "startsAt": "2026-03-01T09:00:00Z", "endsAt": "2026-03-01T09:30:00Z",
-            "status": "failed", "reason": "checkup", "notes": null,
-            "failureReason": "physician_unavailable", "failureDetail": "the slot is taken",
-            "cancellationReason": null, "version": 3, "updatedAt": UPDATED_AT,
-        })
-    );
+    let expected = json!({
+        "id": id, "patientId": patient, "patientName": "Ana Lima",
+        "physicianId": physician, "physicianName": "Dr. Rui Costa",
+        "startsAt": "2026-03-01T09:00:00Z", "endsAt": "2026-03-01T09:30:00Z",
+        "status": "failed", "reason": "checkup", "notes": null,
+        "failureReason": "physician_unavailable", "failureDetail": "the slot is taken",
+        "cancellationReason": null, "version": 3, "updatedAt": UPDATED_AT,
+    });
+    assert_answers(&app, &format!("/consultations/{id}"), "\"3\"", expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_and_a_consultations_records_are_answered_with_every_field() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let read = &app.read.pool;
     let (patient, physician) = (Uuid::now_v7(), Uuid::now_v7());
     let consultation =
@@ -298,25 +283,20 @@ async fn a_record_and_a_consultations_records_are_answered_with_every_field() {
     let other = insert_consultation(read, patient, physician, "2026-03-02T09:00:00Z", "done").await;
     insert_record(read, other, patient, physician).await;
 
-    let response = get(&app, &format!("/records/{first}")).await;
-    let listed = get_json(&app, &format!("/consultations/{consultation}/records")).await;
-
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["etag"], "\"1\"");
     let record = json!({
         "id": first, "consultationId": consultation, "patientId": patient,
         "physicianId": physician, "content": "Blood pressure normal.", "status": "active",
         "version": 1, "updatedAt": UPDATED_AT,
     });
-    assert_eq!(response.json::<Value>().await.unwrap(), record);
+    assert_answers(&app, &format!("/records/{first}"), "\"1\"", record.clone()).await;
+    let listed = get_json(&app, &format!("/consultations/{consultation}/records")).await;
     assert_eq!(ids(&listed), [first, second]);
     assert_eq!(listed["items"][0], record);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_read_model_does_not_have_is_a_404_problem() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let unknown = Uuid::now_v7();
 
     for path in [
@@ -335,8 +315,7 @@ async fn what_the_read_model_does_not_have_is_a_404_problem() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unparsable_ids_and_parameters_are_400_problems() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let physician = insert_physician(&app.read.pool, "cardiology", "active").await;
 
     for path in [
@@ -368,8 +347,7 @@ async fn unparsable_ids_and_parameters_are_400_problems() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patients_are_paged_in_creation_order_with_status_and_name_filters() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let read = &app.read.pool;
     let mut expected = vec![];
     for n in 0..7 {
@@ -393,8 +371,7 @@ async fn patients_are_paged_in_creation_order_with_status_and_name_filters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn physicians_are_paged_with_specialty_and_status_filters() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let read = &app.read.pool;
     let mut expected = vec![];
     for _ in 0..5 {
@@ -418,8 +395,7 @@ async fn physicians_are_paged_with_specialty_and_status_filters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consultations_are_paged_with_person_status_and_time_filters() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let read = &app.read.pool;
     let (patient, other_patient, physician) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     let mut expected = vec![];
@@ -462,8 +438,7 @@ async fn consultations_are_paged_with_person_status_and_time_filters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_patients_consultations_are_listed_latest_start_first() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let read = &app.read.pool;
     let patient = insert_patient(read, "Ana Lima", "active").await;
     let physician = Uuid::now_v7();
@@ -506,8 +481,7 @@ async fn a_patients_consultations_are_listed_latest_start_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agenda_shows_the_consultations_starting_on_one_utc_day_in_order() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let read = &app.read.pool;
     let physician = insert_physician(read, "cardiology", "active").await;
     let patient = Uuid::now_v7();
@@ -581,8 +555,7 @@ async fn the_agenda_shows_the_consultations_starting_on_one_utc_day_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_min_position_already_applied_is_answered_at_once_bypassing_the_cache() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     // The cache works where the projectors run and report their commits: say they do here.
     app.read.progress.start_projecting();
     let (id, position) = register(&app, "DOC-1").await;
@@ -614,8 +587,7 @@ async fn a_min_position_already_applied_is_answered_at_once_bypassing_the_cache(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_min_position_waits_until_the_projections_apply_its_event() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let (id, position) = register(&app, "DOC-1").await;
     let read = app.read.clone();
     let projector = tokio::spawn(async move {
@@ -682,8 +654,7 @@ async fn a_min_position_waits_only_for_the_projections_the_route_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unparsable_or_unknown_min_position_is_a_400_problem() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let id = insert_patient(&app.read.pool, "Ana Lima", "active").await;
 
     for token in ["abc", "0", "-3", "1.5", "999999"] {
@@ -695,8 +666,7 @@ async fn an_unparsable_or_unknown_min_position_is_a_400_problem() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_resource_is_answered_anew_once_a_commit_touches_it() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     // The cache works where the projectors run and report their commits: say they do here.
     app.read.progress.start_projecting();
     let read = &app.read.pool;
@@ -774,8 +744,7 @@ async fn a_wait_for_two_projections_woken_one_at_a_time_across_polls_ends_when_b
 /// no row: the running service's cache must not go on answering what the old tables held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_resource_is_answered_anew_once_a_rebuild_swapped_its_table() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (db, app) = start_app().await;
     app.read.progress.start_projecting();
     let id = app.register_patient("DOC-1").await;
     // The read model went wrong (no projector ran here): the row says what no event did.
@@ -796,9 +765,17 @@ async fn a_cached_resource_is_answered_anew_once_a_rebuild_swapped_its_table() {
 
     let store = eventstore::EventStore::new(db.pool.clone());
     let schema = projections::schema::schema_name("test");
-    projections::rebuild::rebuild(&store, &db.url, &schema, &["patients"], false, false)
-        .await
-        .unwrap();
+    projections::rebuild::rebuild(
+        &store,
+        &db.url,
+        &schema,
+        &["patients"],
+        false,
+        false,
+        projections::rebuild::CHUNK_EVENTS,
+    )
+    .await
+    .unwrap();
 
     let mended = hap_tests::eventually(Duration::from_secs(10), || async {
         get_json(&app, &path).await["name"] == "Ana Lima"
@@ -809,8 +786,7 @@ async fn a_cached_resource_is_answered_anew_once_a_rebuild_swapped_its_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_lists_every_query_route() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
 
     let document = get_json(&app, "/openapi.json").await;
 
@@ -855,8 +831,7 @@ async fn the_openapi_document_lists_every_query_route() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_projectors_in_the_process_the_cache_is_bypassed() {
-    let db = TestDb::new().await;
-    let app = TestApp::start(&db).await;
+    let (_db, app) = start_app().await;
     let read = &app.read.pool;
     let id = insert_patient(read, "Ana Lima", "active").await;
     let path = format!("/patients/{id}");

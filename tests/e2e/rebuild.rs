@@ -16,9 +16,11 @@ use hap_tests::broker::{delete_instance_queues, unique_prefix, wait_for_queue};
 use hap_tests::process::{hap_binary, spawn_hap};
 use hap_tests::{TestApp, TestDb, caught_up, eventually, start_projectors, start_publisher};
 use messaging::QueueNames;
-use projections::rebuild::{all_projections, rebuild};
+use projections::ReadModel;
+use projections::rebuild::{CHUNK_EVENTS, all_projections, rebuild};
 use serde_json::json;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -45,6 +47,18 @@ fn keep_commanding(app: &TestApp, stop: tokio_util::sync::CancellationToken) -> 
     })
 }
 
+/// Rebuilds (or, with `verify`, checks) as `hap rebuild` does by default, without a progress
+/// bar.
+async fn rebuild_with_defaults(
+    store: &EventStore,
+    url: &str,
+    schema: &str,
+    projections: &[&str],
+    verify: bool,
+) -> Result<projections::rebuild::Report, projections::rebuild::RebuildError> {
+    rebuild(store, url, schema, projections, verify, false, CHUNK_EVENTS).await
+}
+
 async fn wait_for_instance(prefix: &str, instance: &str) {
     for service in [
         "patient-service",
@@ -53,6 +67,47 @@ async fn wait_for_instance(prefix: &str, instance: &str) {
         "clinical-records",
     ] {
         wait_for_queue(&QueueNames::new(prefix, service, instance).main).await;
+    }
+}
+
+/// Instance `instance`'s projectors and the publisher running in-process over a database of
+/// the test's own, with the API in front: the live system a rebuild runs beside.
+struct Live {
+    instance: &'static str,
+    prefix: String,
+    read: ReadModel,
+    app: TestApp,
+    projectors: CancellationToken,
+    publisher: CancellationToken,
+    /// Last, so that it is dropped last: dropping it drops the database.
+    db: TestDb,
+}
+
+impl Live {
+    /// Returns once the instance's queues are bound, so that no event is missed.
+    async fn start(instance: &'static str) -> Self {
+        let db = TestDb::new().await;
+        let prefix = unique_prefix();
+        let (read, projectors) = start_projectors(&db, &prefix, instance).await;
+        wait_for_instance(&prefix, instance).await;
+        let publisher = start_publisher(&db.pool, &prefix);
+        let app = TestApp::start(&db).await;
+        Self {
+            instance,
+            prefix,
+            read,
+            app,
+            projectors,
+            publisher,
+            db,
+        }
+    }
+
+    /// Stops the projectors and the publisher and deletes the instance's queues.
+    async fn stop(self) {
+        self.projectors.cancel();
+        self.publisher.cancel();
+        delete_instance_queues(&self.prefix, self.instance).await;
     }
 }
 
@@ -75,22 +130,18 @@ async fn indexes_of(db: &TestDb, schema: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
-    let db = TestDb::new().await;
-    let prefix = unique_prefix();
-    let (read, projectors) = start_projectors(&db, &prefix, "r").await;
-    wait_for_instance(&prefix, "r").await;
-    let publisher = start_publisher(&db.pool, &prefix);
-    let app = TestApp::start(&db).await;
+    let live = Live::start("r").await;
+    let (db, read, app) = (&live.db, &live.read, &live.app);
     let store = EventStore::new(db.pool.clone());
     let schema = projections::schema::schema_name("r");
     let all = all_projections();
-    let indexes = indexes_of(&db, &schema).await;
+    let indexes = indexes_of(db, &schema).await;
     assert!(indexes.len() > 10, "the migrations' indexes: {indexes:?}");
 
     let stop = tokio_util::sync::CancellationToken::new();
-    let writer = keep_commanding(&app, stop.clone());
+    let writer = keep_commanding(app, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rebuilt = rebuild(&store, &db.url, &schema, &all, false, false)
+    let rebuilt = rebuild_with_defaults(&store, &db.url, &schema, &all, false)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -99,10 +150,10 @@ async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
 
     assert!(rebuilt.events > 0);
     assert!(
-        eventually(PATIENCE, || caught_up(&db, &read)).await,
+        eventually(PATIENCE, || caught_up(db, read)).await,
         "the live projectors caught up"
     );
-    let verified = rebuild(&store, &db.url, &schema, &all, true, false)
+    let verified = rebuild_with_defaults(&store, &db.url, &schema, &all, true)
         .await
         .unwrap();
     assert_eq!(verified.differences, vec![], "live equals rebuilt");
@@ -112,37 +163,31 @@ async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
         .unwrap();
     assert!(patients > 0, "the swapped-in model is the one queries read");
     assert_eq!(
-        indexes_of(&db, &schema).await,
+        indexes_of(db, &schema).await,
         indexes,
         "the rebuilt tables have every index and key the migrations gave them"
     );
-    projectors.cancel();
-    publisher.cancel();
-    delete_instance_queues(&prefix, "r").await;
+    live.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_a_tampered_read_model_and_a_rebuild_of_its_projection_mends_it() {
-    let db = TestDb::new().await;
-    let prefix = unique_prefix();
-    let (read, projectors) = start_projectors(&db, &prefix, "v").await;
-    wait_for_instance(&prefix, "v").await;
-    let publisher = start_publisher(&db.pool, &prefix);
-    let app = TestApp::start(&db).await;
+    let live = Live::start("v").await;
+    let (db, read, app) = (&live.db, &live.read, &live.app);
     for n in 0..3 {
         app.register_patient(&format!("DOC-{n}")).await;
     }
     app.register_physician("CRM-1").await;
-    assert!(eventually(PATIENCE, || caught_up(&db, &read)).await);
+    assert!(eventually(PATIENCE, || caught_up(db, read)).await);
     let store = EventStore::new(db.pool.clone());
     let schema = projections::schema::schema_name("v");
-    let indexes = indexes_of(&db, &schema).await;
+    let indexes = indexes_of(db, &schema).await;
 
     sqlx::query("update patients set name = 'Tampered' where id = (select id from patients order by id limit 1)")
         .execute(&read.pool)
         .await
         .unwrap();
-    let verified = rebuild(&store, &db.url, &schema, &all_projections(), true, false)
+    let verified = rebuild_with_defaults(&store, &db.url, &schema, &all_projections(), true)
         .await
         .unwrap();
     assert_eq!(verified.differences.len(), 1);
@@ -155,10 +200,10 @@ async fn verify_reports_a_tampered_read_model_and_a_rebuild_of_its_projection_me
         (1, 1)
     );
 
-    rebuild(&store, &db.url, &schema, &["patients"], false, false)
+    rebuild_with_defaults(&store, &db.url, &schema, &["patients"], false)
         .await
         .unwrap();
-    let after = rebuild(&store, &db.url, &schema, &all_projections(), true, false)
+    let after = rebuild_with_defaults(&store, &db.url, &schema, &all_projections(), true)
         .await
         .unwrap();
     assert_eq!(after.differences, vec![]);
@@ -167,10 +212,8 @@ async fn verify_reports_a_tampered_read_model_and_a_rebuild_of_its_projection_me
         .await
         .unwrap();
     assert_eq!(physicians, 1, "the other projections were left alone");
-    assert_eq!(indexes_of(&db, &schema).await, indexes);
-    projectors.cancel();
-    publisher.cancel();
-    delete_instance_queues(&prefix, "v").await;
+    assert_eq!(indexes_of(db, &schema).await, indexes);
+    live.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,8 +241,10 @@ async fn a_projector_killed_mid_stream_and_restarted_matches_a_fresh_rebuild() {
         eventually(PATIENCE, || caught_up(&db, &read)).await,
         "the restarted projector caught up"
     );
+    // In chunks of 50 events: the history interleaves many streams, continued across chunks.
     let verify = tokio::process::Command::new(hap_binary())
         .args(["rebuild", "--all", "--verify", "--instance", "k"])
+        .args(["--chunk-events", "50"])
         .env("HAP_DATABASE_URL", &db.url)
         .output()
         .await
@@ -211,22 +256,33 @@ async fn a_projector_killed_mid_stream_and_restarted_matches_a_fresh_rebuild() {
         String::from_utf8_lossy(&verify.stderr)
     );
     assert!(stdout.contains("no differences"), "{stdout}");
+    assert!(stdout.contains("peak memory: "), "{stdout}");
     restarted.start_kill().unwrap();
     publisher.cancel();
     delete_instance_queues(&prefix, "k").await;
 }
 
 /// Every kind of event each projection folds, through the live projectors; then a rebuild
-/// (which folds the history in memory and copies the rows) must produce the very same rows,
-/// down to names copied into consultations, record versions and timestamps.
+/// (which folds the history in memory a chunk at a time and copies the rows) must produce the
+/// very same rows, down to names copied into consultations, record versions and timestamps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_folds_every_kind_of_event_as_the_live_projectors_do() {
-    let db = TestDb::new().await;
-    let prefix = unique_prefix();
-    let (read, projectors) = start_projectors(&db, &prefix, "e").await;
-    wait_for_instance(&prefix, "e").await;
-    let publisher = start_publisher(&db.pool, &prefix);
-    let app = TestApp::start(&db).await;
+    fold_every_kind_of_event("e", CHUNK_EVENTS).await;
+}
+
+/// As above, folding 2 events at a time: every stream, record book and name crosses chunk
+/// boundaries, so each chunk reads back from the shadow what earlier ones wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_in_tiny_chunks_folds_every_kind_of_event_as_the_live_projectors_do() {
+    fold_every_kind_of_event("tiny", 2).await;
+}
+
+/// Every kind of event through the live projectors, then a verification and a rebuild of
+/// `instance`'s read model folding `chunk_events` at a time: the rebuilt tables and stream
+/// versions equal the live ones, and hold the history.
+async fn fold_every_kind_of_event(instance: &'static str, chunk_events: usize) {
+    let live = Live::start(instance).await;
+    let (db, read, app) = (&live.db, &live.read, &live.app);
 
     let patient = app.register_patient("DOC-1").await;
     let other = app.register_patient("DOC-2").await;
@@ -318,14 +374,49 @@ async fn a_rebuild_folds_every_kind_of_event_as_the_live_projectors_do() {
         .post(&format!("/patients/{other}/deactivate"), json!({}))
         .await;
     assert_eq!(deactivated.status(), 200);
-    assert!(eventually(PATIENCE, || caught_up(&db, &read)).await);
+    assert!(eventually(PATIENCE, || caught_up(db, read)).await);
 
     let store = EventStore::new(db.pool.clone());
-    let schema = projections::schema::schema_name("e");
-    let verified = rebuild(&store, &db.url, &schema, &all_projections(), true, false)
-        .await
-        .unwrap();
+    let schema = projections::schema::schema_name(instance);
+    let verified = rebuild(
+        &store,
+        &db.url,
+        &schema,
+        &all_projections(),
+        true,
+        false,
+        chunk_events,
+    )
+    .await
+    .unwrap();
     assert_eq!(verified.differences, vec![], "rebuilt equals live");
+    let versions = async || -> Vec<(uuid::Uuid, String, i64, String)> {
+        sqlx::query_as(
+            "select stream_id, projection::text, version, tenant_id from stream_versions
+              order by 1, 2",
+        )
+        .fetch_all(&read.pool)
+        .await
+        .unwrap()
+    };
+    let live_versions = versions().await;
+    rebuild(
+        &store,
+        &db.url,
+        &schema,
+        &all_projections(),
+        false,
+        false,
+        chunk_events,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        versions().await,
+        live_versions,
+        "the rebuilt stream versions are the live ones"
+    );
+    // What follows reads the rebuilt model.
     let statuses: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
         "select status, patient_name, physician_name from consultations order by id",
     )
@@ -351,9 +442,7 @@ async fn a_rebuild_folds_every_kind_of_event_as_the_live_projectors_do() {
             .await
             .unwrap();
     assert_eq!(records, (3, 1), "and the records");
-    projectors.cancel();
-    publisher.cancel();
-    delete_instance_queues(&prefix, "e").await;
+    live.stop().await;
 }
 
 /// A live projector may hold an event the gap-safe read still holds back: its own process fed
@@ -402,7 +491,7 @@ async fn a_rebuild_keeps_what_the_live_projector_applied_past_an_older_running_w
     );
 
     let schema = projections::schema::schema_name("fed");
-    rebuild(&store, &db.url, &schema, &all_projections(), false, false)
+    rebuild_with_defaults(&store, &db.url, &schema, &all_projections(), false)
         .await
         .unwrap();
     let patients: i64 = sqlx::query_scalar("select count(*) from patients where id = $1")

@@ -172,6 +172,31 @@ pub async fn publish_to_queue(queue: &str, body: &[u8], properties: BasicPropert
     connection.close(200, "done".into()).await.ok();
 }
 
+/// Puts the message of `event` into the dead-letter queue of `names`, as its consumer would
+/// have after failing on it with `error` (when it was, say, the read database that failed).
+pub async fn dead_letter(
+    names: &messaging::QueueNames,
+    event: &eventstore::RecordedEvent,
+    error: &str,
+) {
+    use lapin::types::AMQPValue;
+    use messaging::headers;
+    let route = messaging::routes::route(event).expect("the event is routed");
+    let message = messaging::Outgoing::new(event, &route, "unused".into());
+    let mut fields = message.properties.headers().clone().unwrap_or_default();
+    fields.insert(headers::ERROR.into(), AMQPValue::LongString(error.into()));
+    fields.insert(
+        headers::ORIGINAL_QUEUE.into(),
+        AMQPValue::LongString(names.main.as_str().into()),
+    );
+    fields.insert(
+        headers::DEAD_LETTERED_AT.into(),
+        AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()),
+    );
+    let properties = message.properties.with_headers(fields);
+    publish_to_queue(&names.dead_letters, &message.body, properties).await;
+}
+
 /// Waits until `queue` exists (its consumer declares it on start).
 pub async fn wait_for_queue(queue: &str) {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())

@@ -1,11 +1,13 @@
 //! Shared helpers for HAP's end-to-end tests: each test gets its own database ([`TestDb`], a
 //! scratch database dropped with it, whether the test passed or not) and, where it needs one,
 //! its own HTTP server on port 0 running the real router, or its own RabbitMQ cluster
-//! ([`cluster`]). What the benchmarks need as well lives in `hap-support`.
+//! ([`cluster`]); [`publishing::Publishing`] adds a publisher and a capture of what it sends.
+//! What the benchmarks need as well lives in `hap-support`.
 
 pub mod broker;
 pub mod cluster;
 pub mod process;
+pub mod publishing;
 pub mod system;
 pub mod tokens;
 
@@ -68,6 +70,20 @@ impl TestDb {
             .expect("events read")
     }
 
+    /// The one value `sql` selects, with `bind` as `$1`.
+    pub async fn scalar<'q, T, B>(&self, sql: &'static str, bind: B) -> T
+    where
+        T: Send + Unpin,
+        (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+        B: 'q + sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        sqlx::query_scalar(sql)
+            .bind(bind)
+            .fetch_one(&self.pool)
+            .await
+            .expect(sql)
+    }
+
     pub async fn new() -> Self {
         Self::on(&admin_url()).await
     }
@@ -103,6 +119,14 @@ impl Drop for TestDb {
         });
         let _ = cleanup.join();
     }
+}
+
+/// A database of the test's own and the API over it, as [`TestApp::start`] runs it. Keep the
+/// database as long as the API: dropping it drops the database.
+pub async fn start_app() -> (TestDb, TestApp) {
+    let db = TestDb::new().await;
+    let app = TestApp::start(&db).await;
+    (db, app)
 }
 
 /// A running HAP HTTP API on its own port, over the test's database.

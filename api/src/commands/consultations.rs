@@ -114,15 +114,8 @@ async fn request(
         consultation_status: Some(Status::Requested.as_str()),
         ..Reply::created(id.as_uuid(), "/consultations")
     };
-    execute::<Consultation>(
-        &app,
-        &caller,
-        &context,
-        Target::New(id.as_uuid()),
-        command,
-        reply,
-    )
-    .await
+    let target = Target::New(id.as_uuid());
+    execute::<Consultation>(&app, &caller, &context, target, command, reply).await
 }
 
 /// Changes a scheduled consultation's reason or notes.
@@ -188,15 +181,8 @@ async fn cancel(
         status: StatusCode::ACCEPTED,
         ..Reply::ok(id)
     };
-    execute::<Consultation>(
-        &app,
-        &caller,
-        &context,
-        Target::Existing(id),
-        command,
-        reply,
-    )
-    .await
+    let target = Target::Existing(id);
+    execute::<Consultation>(&app, &caller, &context, target, command, reply).await
 }
 
 /// Marks a scheduled consultation as done.

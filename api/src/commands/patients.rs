@@ -114,15 +114,8 @@ async fn register(
         phone: phone.expect(CHECKED),
     };
     let reply = Reply::created(id.as_uuid(), "/patients");
-    execute::<Patient>(
-        &app,
-        &caller,
-        &context,
-        Target::New(id.as_uuid()),
-        command,
-        reply,
-    )
-    .await
+    let target = Target::New(id.as_uuid());
+    execute::<Patient>(&app, &caller, &context, target, command, reply).await
 }
 
 /// Changes a patient's name, e-mail or phone; only what changed is recorded.

@@ -80,15 +80,8 @@ async fn register(
         license_number: license_number.expect(CHECKED),
     };
     let reply = Reply::created(id.as_uuid(), "/physicians");
-    execute::<Physician>(
-        &app,
-        &caller,
-        &context,
-        Target::New(id.as_uuid()),
-        command,
-        reply,
-    )
-    .await
+    let target = Target::New(id.as_uuid());
+    execute::<Physician>(&app, &caller, &context, target, command, reply).await
 }
 
 /// Changes a physician's name or specialty.

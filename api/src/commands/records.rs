@@ -82,15 +82,8 @@ async fn create(
     };
     let book = RecordBook::stream_id(ConsultationId::from(consultation_id));
     let reply = Reply::created(id.as_uuid(), "/records");
-    execute::<RecordBook>(
-        &app,
-        &caller,
-        &context,
-        Target::Existing(book),
-        command,
-        reply,
-    )
-    .await
+    let target = Target::Existing(book);
+    execute::<RecordBook>(&app, &caller, &context, target, command, reply).await
 }
 
 /// Replaces a record's content, unless the record was voided.
@@ -132,13 +125,6 @@ async fn update(
         consultation_id,
         content,
     };
-    execute::<RecordBook>(
-        &app,
-        &caller,
-        &context,
-        Target::Existing(book),
-        command,
-        Reply::ok(id),
-    )
-    .await
+    let target = Target::Existing(book);
+    execute::<RecordBook>(&app, &caller, &context, target, command, Reply::ok(id)).await
 }

@@ -25,6 +25,7 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .muted { color: #6a737d; }
 pre { margin: 0; white-space: pre-wrap; word-break: break-all; font-size: 12px; }
 code { font-size: 12px; }
+svg.bars { vertical-align: middle; background: #fff; } svg.bars rect { fill: #3b6fd4; } svg.bars line { stroke: #c9ced6; }
 .notice { background: #fff8e1; border: 1px solid #f0d58c; padding: .5em .9em; }
 "#;
 

@@ -69,6 +69,32 @@ pub fn card(label: &str, value: i64, live: &str, zero_is_good: bool) -> Markup {
     }
 }
 
+/// A small bar chart of `values` (oldest first) as inline SVG, so that plots need no script:
+/// each bar's height is its share of the largest value, and `title` says what the bars are
+/// (shown on hover, and read by screen readers).
+pub fn bars(values: &[f64], title: &str) -> Markup {
+    const WIDTH: f64 = 240.0;
+    const HEIGHT: f64 = 40.0;
+    let largest = values.iter().copied().fold(0.0, f64::max);
+    let width = WIDTH / values.len().max(1) as f64;
+    html! {
+        svg.bars width=(WIDTH) height=(HEIGHT) viewBox={ "0 0 " (WIDTH) " " (HEIGHT) }
+            role="img" aria-label=(title) {
+            title { (title) }
+            line x1="0" y1=(HEIGHT) x2=(WIDTH) y2=(HEIGHT) {}
+            @for (i, value) in values.iter().enumerate() {
+                @if *value > 0.0 {
+                    @let height = (value / largest * (HEIGHT - 2.0)).max(1.0);
+                    rect x=(format!("{:.1}", i as f64 * width)) y=(format!("{:.1}", HEIGHT - height))
+                        width=(format!("{:.1}", (width - 1.0).max(1.0))) height=(format!("{height:.1}")) {
+                        title { (format!("{value:.2}")) }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +108,24 @@ mod tests {
         assert_eq!(ago(2 * 3600 + 600), "2h 10m");
         assert_eq!(ago(3 * 86400 + 4 * 3600), "3d 4h");
         assert_eq!(age(now + chrono::TimeDelta::seconds(5), now), "0s");
+    }
+
+    #[test]
+    fn a_bar_is_drawn_for_each_value_above_zero_the_largest_full_height() {
+        let chart = bars(&[0.0, 2.0, 4.0], "commands per second").into_string();
+        assert_eq!(chart.matches("<rect").count(), 2, "{chart}");
+        assert!(
+            chart.contains(r#"y="2.0" width="79.0" height="38.0""#),
+            "{chart}"
+        );
+        assert!(
+            chart.contains(r#"y="21.0" width="79.0" height="19.0""#),
+            "{chart}"
+        );
+        assert!(
+            chart.contains("<title>commands per second</title>"),
+            "{chart}"
+        );
+        assert_eq!(bars(&[], "none").into_string().matches("<rect").count(), 0);
     }
 }

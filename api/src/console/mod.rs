@@ -34,6 +34,10 @@ pub fn router() -> Router<AppState> {
         .route("/console/streams/{id}", get(pages::streams::page))
         .route("/console/dead-letters", get(pages::dead_letters::page))
         .route(
+            "/console/dead-letters/message",
+            get(pages::dead_letters::message),
+        )
+        .route(
             "/console/dead-letters/confirm",
             get(pages::dead_letters::confirm),
         )

@@ -3,7 +3,8 @@
 //! The token comes from `Authorization: Bearer` (an authenticating proxy in front of HAP) or
 //! from the session cookie, which holds a token the operator pasted into the sign-in form:
 //! `HttpOnly` (no script reads it), `SameSite=Strict` (no other site's page sends it), scoped
-//! to `/console` and expiring with the token. A token never travels in a URL. Writes are
+//! to `/console`, expiring with the token, and `Secure` (sent over HTTPS only) when the
+//! sign-in came over HTTPS ([`over_https`]). A token never travels in a URL. Writes are
 //! refused when the browser says they come from another site, which with the cookie's
 //! `SameSite=Strict` keeps them safe from cross-site request forgery.
 
@@ -170,7 +171,7 @@ pub async fn sign_in(
     // With authentication off there is nothing to keep.
     if let Some(expires_at) = expires_at {
         let max_age = expires_at.saturating_sub(jsonwebtoken::get_current_timestamp());
-        set_cookie(&mut response, token, max_age);
+        set_cookie(&mut response, token, max_age, over_https(&headers));
     }
     response
 }
@@ -181,13 +182,40 @@ pub async fn sign_out(headers: HeaderMap) -> Response {
         return cross_site();
     }
     let mut response = Redirect::to("/console").into_response();
-    set_cookie(&mut response, "", 0);
+    set_cookie(&mut response, "", 0, over_https(&headers));
     response
 }
 
-fn set_cookie(response: &mut Response, token: &str, max_age: u64) {
-    let cookie =
-        format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/console; Max-Age={max_age}");
+/// Whether the browser reached HAP over HTTPS. HAP itself serves plain HTTP, so that is
+/// what the proxy in front of it that ends TLS says: `X-Forwarded-Proto: https`, or
+/// `proto=https` in `Forwarded` (the first proxy's word, the one nearest the browser). The
+/// headers are trusted without knowing the proxy because they can only make the cookie
+/// stricter: a client that forges them gets a cookie its own plain-HTTP requests never send
+/// back.
+pub fn over_https(headers: &HeaderMap) -> bool {
+    let first = |name: header::HeaderName| {
+        let value = headers.get(name)?.to_str().ok()?;
+        value
+            .split(',')
+            .next()
+            .map(|v| v.trim().to_ascii_lowercase())
+    };
+    let forwarded_proto = first(header::HeaderName::from_static("x-forwarded-proto"));
+    let forwarded = first(header::FORWARDED).and_then(|element| {
+        element.split(';').find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            name.eq_ignore_ascii_case("proto")
+                .then(|| value.trim_matches('"').to_owned())
+        })
+    });
+    forwarded_proto.as_deref() == Some("https") || forwarded.as_deref() == Some("https")
+}
+
+fn set_cookie(response: &mut Response, token: &str, max_age: u64, secure: bool) {
+    let secure = if secure { "; Secure" } else { "" };
+    let cookie = format!(
+        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/console; Max-Age={max_age}{secure}"
+    );
     // A JWT is base64url and dots; anything else was refused by the verification above.
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
@@ -231,5 +259,31 @@ mod tests {
             ("origin", "null"),
             ("host", "hap:8080")
         ])));
+    }
+
+    #[test]
+    fn https_is_what_the_proxy_nearest_the_browser_says() {
+        assert!(over_https(&headers(&[("x-forwarded-proto", "https")])));
+        assert!(over_https(&headers(&[(
+            "x-forwarded-proto",
+            "HTTPS, http"
+        )])));
+        assert!(!over_https(&headers(&[(
+            "x-forwarded-proto",
+            "http, https"
+        )])));
+        assert!(over_https(&headers(&[(
+            "forwarded",
+            "for=192.0.2.60;proto=https;by=203.0.113.43"
+        )])));
+        assert!(over_https(&headers(&[(
+            "forwarded",
+            "proto=\"https\", proto=http"
+        )])));
+        assert!(!over_https(&headers(&[(
+            "forwarded",
+            "for=192.0.2.60;proto=http"
+        )])));
+        assert!(!over_https(&HeaderMap::new()));
     }
 }

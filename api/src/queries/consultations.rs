@@ -17,8 +17,8 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::consistency::{Consistent, Consultations, PatientConsultations, PhysicianAgenda};
-use super::pagination::{Page, PageRequest};
-use super::single::{self, Resource};
+use super::pagination::{self, Page, PageRequest};
+use super::single;
 use super::{Items, Params, QueryHeaders, ensure_found};
 use crate::auth::{Authorized, ConsultationsRead};
 use crate::error::{ApiError, Problem};
@@ -35,13 +35,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// A `select` of every consultation column, followed by `$rest`.
 macro_rules! select_consultations {
-    ($rest:literal) => {
+    ($($rest:expr),+ $(,)?) => {
         concat!(
             "select id, patient_id, patient_name, physician_id, physician_name, starts_at,
                     ends_at, status, reason, notes, failure_reason, failure_detail,
                     cancellation_reason, version, updated_at
                from consultations ",
-            $rest
+            $($rest),+
         )
     };
 }
@@ -86,13 +86,7 @@ pub struct Consultation {
     pub updated_at: DateTime<Utc>,
 }
 
-impl Resource for Consultation {
-    const NAME: &'static str = "consultation";
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-}
+single::resource!(Consultation, "consultation");
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -144,78 +138,40 @@ pub struct AgendaEntry {
     pub patient_name: Option<String>,
 }
 
-/// A consultation as the read model has it.
-#[utoipa::path(get, path = "/consultations/{id}", tag = "consultations",
-    security(("bearer" = ["consultations:read"])),
-    params(("id" = uuid::Uuid, Path), QueryHeaders),
-    responses(
-        (status = 200, body = Consultation, headers(("ETag" = String, description = "The version, as `\"3\"`"))),
-        (status = 304, description = "`If-None-Match` names the current version"),
-        (status = 400, description = "The id or `X-Min-Position` cannot be parsed", body = Problem),
-        (status = 404, description = "Not in this instance's read model", body = Problem),
-        (status = 503, description = "The read model did not reach `X-Min-Position` in time; see `Retry-After`", body = Problem),
-    ))]
-async fn get_consultation(
-    State(app): State<AppState>,
-    caller: Authorized<ConsultationsRead>,
-    PathId(id): PathId,
-    consistent: Consistent<Consultations>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    single::answer(&app, &caller, id, &consistent, &headers, || {
-        sqlx::query_as::<_, Consultation>(select_consultations!(
-            "where id = $1
-               and exists (select 1 from stream_versions t where t.stream_id = consultations.id
-                              and t.projection = 'consultations' and t.tenant_id = $2)"
-        ))
-        .bind(id)
-        .bind(&caller.tenant_id)
-        .fetch_optional(&app.read.pool)
-    })
-    .await
+single::get_one! {
+    /// A consultation as the read model has it.
+    fn get_consultation() -> Consultation, Authorized<ConsultationsRead>, Consistent<Consultations>,
+    get "/consultations/{id}", tag "consultations", scope "consultations:read",
+    select_consultations!(
+        "where id = $1 and ",
+        in_tenant!("consultations.id", "consultations", "$2")
+    )
 }
 
-/// Consultations in creation order, a page at a time.
-#[utoipa::path(get, path = "/consultations", tag = "consultations",
-    security(("bearer" = ["consultations:read"])),
-    params(ConsultationFilter, QueryHeaders),
-    responses(
-        (status = 200, body = Page<Consultation>),
-        (status = 400, description = "A parameter cannot be parsed", body = Problem),
-        (status = 503, description = "The read model did not reach `X-Min-Position` in time; see `Retry-After`", body = Problem),
-    ))]
-async fn list_consultations(
-    State(app): State<AppState>,
-    caller: Authorized<ConsultationsRead>,
-    Params(filter): Params<ConsultationFilter>,
-    _consistent: Consistent<Consultations>,
-) -> Result<Json<Page<Consultation>>, ApiError> {
-    let page = PageRequest::parse(filter.limit, filter.cursor.as_deref())?;
-    let rows = sqlx::query_as::<_, Consultation>(select_consultations!(
+pagination::list! {
+    /// Consultations in creation order, a page at a time.
+    fn list_consultations(ConsultationFilter) -> Page<Consultation>,
+    Authorized<ConsultationsRead>, Consistent<Consultations>,
+    get "/consultations", tag "consultations", scope "consultations:read",
+    |filter, page, caller| sqlx::query_as::<_, Consultation>(select_consultations!(
         "where ($1::uuid is null or patient_id = $1)
            and ($2::uuid is null or physician_id = $2)
            and ($3::text is null or status = $3)
            and ($4::timestamptz is null or starts_at >= $4)
            and ($5::timestamptz is null or starts_at < $5)
            and ($6::uuid is null or id > $6)
-           and exists (select 1 from stream_versions t where t.stream_id = consultations.id
-                              and t.projection = 'consultations' and t.tenant_id = $8)
-         order by id
-         limit $7"
+           and ",
+        in_tenant!("consultations.id", "consultations", "$8"),
+        " order by id limit $7"
     ))
-    .bind(filter.patient_id)
-    .bind(filter.physician_id)
-    .bind(filter.status.map(Status::as_str))
-    .bind(filter.from)
-    .bind(filter.to)
-    .bind(page.after)
-    .bind(page.fetch())
-    .bind(&caller.tenant_id)
-    // Planned per call: a cached plan could not drop the filters that were not given.
-    .persistent(false)
-    .fetch_all(&app.read.pool)
-    .await?;
-    Ok(Json(page.page(rows, |consultation| consultation.id)))
+        .bind(filter.patient_id)
+        .bind(filter.physician_id)
+        .bind(filter.status.map(Status::as_str))
+        .bind(filter.from)
+        .bind(filter.to)
+        .bind(page.after)
+        .bind(page.fetch())
+        .bind(&caller.tenant_id)
 }
 
 /// A patient's consultations, the latest `startsAt` first.

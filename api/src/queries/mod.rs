@@ -11,6 +11,23 @@
 //! - [`history`]: an aggregate's audit trail, from the event store.
 //! - [`status_stream`]: a consultation's status pushed as Server-Sent Events.
 
+/// The SQL condition that the row whose stream is `$stream` (a column) belongs to the tenant in
+/// parameter `$tenant`, as projection `$projection` recorded the stream: rows carry no tenant of
+/// their own. Defined before the modules below, so that they see it.
+macro_rules! in_tenant {
+    ($stream:literal, $projection:literal, $tenant:literal) => {
+        concat!(
+            "exists (select 1 from stream_versions t where t.stream_id = ",
+            $stream,
+            " and t.projection = '",
+            $projection,
+            "' and t.tenant_id = ",
+            $tenant,
+            ")"
+        )
+    };
+}
+
 pub mod cache;
 pub mod consistency;
 pub mod consultations;

@@ -13,6 +13,44 @@ use crate::error::ApiError;
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 200;
 
+/// A `GET` list route: `$name` answers a [`Page`] of `$row` in id order. The query, with every
+/// parameter bound, is built from the filter, the [`PageRequest`] and the caller named between
+/// the bars. Every list answers the same way, so its OpenAPI answers are written here once. The
+/// caller's module imports the names used here.
+macro_rules! list {
+    (
+        $(#[doc = $doc:tt])*
+        fn $name:ident($filter:ident) -> Page<$row:ident>, Authorized<$read:ident>,
+        Consistent<$consistency:ident>, get $path:tt, tag $tag:tt, scope $scope:tt,
+        |$f:ident, $page:ident, $caller:ident| $query:expr $(,)?
+    ) => {
+        $(#[doc = $doc])*
+        #[utoipa::path(get, path = $path, tag = $tag,
+            security(("bearer" = [$scope])),
+            params($filter, QueryHeaders),
+            responses(
+                (status = 200, body = Page<$row>),
+                (status = 400, description = "A parameter cannot be parsed", body = Problem),
+                (status = 503, description = "The read model did not reach `X-Min-Position` in time; see `Retry-After`", body = Problem),
+            ))]
+        async fn $name(
+            State(app): State<AppState>,
+            $caller: Authorized<$read>,
+            Params($f): Params<$filter>,
+            _consistent: Consistent<$consistency>,
+        ) -> Result<Json<Page<$row>>, ApiError> {
+            let $page = PageRequest::parse($f.limit, $f.cursor.as_deref())?;
+            let rows = $query
+                // Planned per call: a cached plan could not drop the filters that were not given.
+                .persistent(false)
+                .fetch_all(&app.read.pool)
+                .await?;
+            Ok(Json($page.page(rows, |row| row.id)))
+        }
+    };
+}
+pub(crate) use list;
+
 /// Which page a list request asks for.
 #[derive(Debug, Clone, Copy)]
 pub struct PageRequest {

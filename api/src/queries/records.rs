@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::consistency::{Consistent, ConsultationRecords, Records};
-use super::single::{self, Resource};
+use super::single;
 use super::{Items, QueryHeaders, ensure_found};
 use crate::auth::{Authorized, RecordsRead};
 use crate::error::{ApiError, Problem};
@@ -28,12 +28,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// A `select` of every record column, followed by `$rest`.
 macro_rules! select_records {
-    ($rest:literal) => {
+    ($($rest:expr),+ $(,)?) => {
         concat!(
             "select id, consultation_id, patient_id, physician_id, content, status, version,
                     updated_at
                from records ",
-            $rest
+            $($rest),+
         )
     };
 }
@@ -61,44 +61,17 @@ pub struct Record {
     pub updated_at: DateTime<Utc>,
 }
 
-impl Resource for Record {
-    const NAME: &'static str = "record";
+single::resource!(Record, "record");
 
-    fn version(&self) -> i64 {
-        self.version
-    }
-}
-
-/// A clinical record as the read model has it.
-#[utoipa::path(get, path = "/records/{id}", tag = "records",
-    security(("bearer" = ["records:read"])),
-    params(("id" = uuid::Uuid, Path), QueryHeaders),
-    responses(
-        (status = 200, body = Record, headers(("ETag" = String, description = "The version, as `\"3\"`"))),
-        (status = 304, description = "`If-None-Match` names the current version"),
-        (status = 400, description = "The id or `X-Min-Position` cannot be parsed", body = Problem),
-        (status = 404, description = "Not in this instance's read model", body = Problem),
-        (status = 503, description = "The read model did not reach `X-Min-Position` in time; see `Retry-After`", body = Problem),
-    ))]
-async fn get_record(
-    State(app): State<AppState>,
-    caller: Authorized<RecordsRead>,
-    PathId(id): PathId,
-    consistent: Consistent<Records>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    single::answer(&app, &caller, id, &consistent, &headers, || {
-        // A record's tenant is its consultation's.
-        sqlx::query_as::<_, Record>(select_records!(
-            "where id = $1
-               and exists (select 1 from stream_versions t where t.stream_id = records.consultation_id
-                              and t.projection = 'consultations' and t.tenant_id = $2)"
-        ))
-        .bind(id)
-        .bind(&caller.tenant_id)
-        .fetch_optional(&app.read.pool)
-    })
-    .await
+single::get_one! {
+    /// A clinical record as the read model has it.
+    fn get_record() -> Record, Authorized<RecordsRead>, Consistent<Records>,
+    get "/records/{id}", tag "records", scope "records:read",
+    // A record's tenant is its consultation's.
+    select_records!(
+        "where id = $1 and ",
+        in_tenant!("records.consultation_id", "consultations", "$2")
+    )
 }
 
 /// A consultation's records, in creation order, voided ones included.

@@ -22,6 +22,60 @@ pub trait Resource: Serialize {
     fn version(&self) -> i64;
 }
 
+/// `impl Resource` for a row whose `version` column is its stream version.
+macro_rules! resource {
+    ($row:ident, $name:literal) => {
+        impl single::Resource for $row {
+            const NAME: &'static str = $name;
+
+            fn version(&self) -> i64 {
+                self.version
+            }
+        }
+    };
+}
+pub(crate) use resource;
+
+/// A `GET …/{id}` route: `$name` answers one `$row` through [`answer`], loaded by `sql` with the
+/// id as `$1` and the caller's tenant as `$2`. Every resource answers the same way, so its
+/// OpenAPI answers are written here once. The caller's module imports the names used here.
+macro_rules! get_one {
+    (
+        $(#[doc = $doc:tt])*
+        fn $name:ident() -> $row:ident, Authorized<$read:ident>, Consistent<$consistency:ident>,
+        get $path:tt, tag $tag:tt, scope $scope:tt,
+        $sql:expr $(,)?
+    ) => {
+        $(#[doc = $doc])*
+        #[utoipa::path(get, path = $path, tag = $tag,
+            security(("bearer" = [$scope])),
+            params(("id" = uuid::Uuid, Path), QueryHeaders),
+            responses(
+                (status = 200, body = $row, headers(("ETag" = String, description = "The version, as `\"3\"`"))),
+                (status = 304, description = "`If-None-Match` names the current version"),
+                (status = 400, description = "The id or `X-Min-Position` cannot be parsed", body = Problem),
+                (status = 404, description = "Not in this instance's read model", body = Problem),
+                (status = 503, description = "The read model did not reach `X-Min-Position` in time; see `Retry-After`", body = Problem),
+            ))]
+        async fn $name(
+            State(app): State<AppState>,
+            caller: Authorized<$read>,
+            PathId(id): PathId,
+            consistent: Consistent<$consistency>,
+            headers: HeaderMap,
+        ) -> Result<Response, ApiError> {
+            single::answer(&app, &caller, id, &consistent, &headers, || {
+                sqlx::query_as::<_, $row>($sql)
+                    .bind(id)
+                    .bind(&caller.tenant_id)
+                    .fetch_optional(&app.read.pool)
+            })
+            .await
+        }
+    };
+}
+pub(crate) use get_one;
+
 /// Answers resource `id`, from the cache or from `load`. A request that waited for a
 /// position skips the cache: the freshest row is what it asked for.
 pub async fn answer<T, R, F, Fut>(

@@ -73,12 +73,10 @@ impl Watch {
     /// The consultation's status now; `None` if the caller's tenant has no such consultation
     /// in this read model.
     async fn read(&self) -> Result<Option<Current>, sqlx::Error> {
-        sqlx::query_as(
-            "select status, failure_reason, version from consultations
-              where id = $1
-                and exists (select 1 from stream_versions t where t.stream_id = consultations.id
-                               and t.projection = 'consultations' and t.tenant_id = $2)",
-        )
+        sqlx::query_as(concat!(
+            "select status, failure_reason, version from consultations where id = $1 and ",
+            in_tenant!("consultations.id", "consultations", "$2")
+        ))
         .bind(self.id)
         .bind(&self.tenant_id)
         .fetch_optional(&self.app.read.pool)

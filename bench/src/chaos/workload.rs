@@ -25,7 +25,7 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{RngExt, SeedableRng};
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -103,6 +103,18 @@ struct Tenant {
 impl Tenant {
     fn active(people: &[Person]) -> impl Iterator<Item = &Person> {
         people.iter().filter(|p| p.active)
+    }
+
+    /// Command number `n` of this tenant, with its own idempotency key and correlation id.
+    fn call(&self, n: u64, method: Method, path: String, body: Option<Value>) -> Call {
+        Call {
+            method,
+            path,
+            body,
+            token: self.token.clone(),
+            key: Some(format!("chaos-{n}")),
+            correlation: format!("chaos-{}-{n}", self.name),
+        }
     }
 }
 
@@ -454,14 +466,7 @@ impl Workload {
                 )
             }
         };
-        let call = Call {
-            method,
-            path,
-            body,
-            token: state.token.clone(),
-            key: Some(format!("chaos-{n}")),
-            correlation: format!("chaos-{}-{n}", state.name),
-        };
+        let call = state.call(n, method, path, body);
         drop(state);
         let replay = self.draw(|rng| rng.random_ratio(1, REPLAY_ONE_IN));
         Planned {
@@ -483,14 +488,7 @@ impl Workload {
         Planned {
             kind,
             tenant,
-            call: Call {
-                method,
-                path,
-                body,
-                token: state.token.clone(),
-                key: Some(format!("chaos-{n}")),
-                correlation: format!("chaos-{}-{n}", state.name),
-            },
+            call: state.call(n, method, path, body),
             replay: false,
             chase: None,
         }

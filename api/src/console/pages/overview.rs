@@ -1,38 +1,55 @@
-//! `GET /console`: is anything wrong, and where? The processes and their heartbeats, the
-//! publisher's lag, the deadlines, and the depth of this instance's queues.
+//! `GET /console`: is anything wrong, and where? The processes and their heartbeats, which
+//! one leads the publisher and its lag, each instance's projector lag, the deadlines; for a
+//! platform operator also every instance's queue depths and the rates of commands and errors
+//! over the last minutes.
+//!
+//! Every figure comes from the database, where each process records its own with its
+//! heartbeat ([`eventstore::samples`]): the console is served by any query process, and must
+//! show the same whichever one the operator reaches. Queue depths, dead letters and command
+//! rates count every tenant's messages and requests, so a clinic's operator does not see
+//! them; processes, leadership and lags are the health of what every tenant shares.
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use eventstore::processes::RecordedProcess;
+use eventstore::samples::{Rate, Vitals};
 use eventstore::{DeadlineCounts, Lag};
 use maud::{Markup, html};
 use serde::Serialize;
+use uuid::Uuid;
 
-use crate::console::layout::{age, card, frame, moment};
+use crate::console::layout::{age, bars, card, frame, moment};
 use crate::console::session::Operator;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// How far back the plots of commands and errors reach, and the width of each bar.
+const PLOTTED: Duration = Duration::from_secs(10 * 60);
+const STEP: Duration = Duration::from_secs(30);
+
+/// A recorded process with its latest figures, if it has recorded any yet.
+pub struct Process {
+    pub recorded: RecordedProcess,
+    pub vitals: Option<Vitals>,
+}
+
 /// What the overview shows, read in one go.
 pub struct Snapshot {
     pub now: DateTime<Utc>,
-    pub processes: Vec<RecordedProcess>,
+    pub processes: Vec<Process>,
     pub lag: Lag,
     /// Of the operator's tenant, or of every tenant for a platform operator.
     pub deadlines: DeadlineCounts,
-    pub queues: Vec<QueueDepth>,
-}
-
-/// A queue's depth as this process's consumers last measured it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QueueDepth {
-    pub queue: String,
-    pub messages: i64,
-    pub dead_letters: bool,
+    /// Commands and errors per second of every process, oldest step first; only for a
+    /// platform operator.
+    pub rates: Option<Vec<Rate>>,
 }
 
 /// The overview's numbers, as `/console/live` sends them: the names are the page's
-/// `data-live` attributes.
+/// `data-live` attributes. Those of every tenant are left out for a clinic's operator.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Numbers {
@@ -43,7 +60,12 @@ pub struct Numbers {
     pub deadlines_running: i64,
     pub deadlines_paused: i64,
     pub deadlines_overdue: i64,
-    pub dead_letters: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commands_per_second: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors_per_second: Option<f64>,
 }
 
 impl Snapshot {
@@ -53,71 +75,80 @@ impl Snapshot {
         let checkpoint = store
             .publisher_checkpoint(&app.settings.exchange_prefix)
             .await?;
+        let mut latest: HashMap<Uuid, Vitals> = (store.latest_samples().await?)
+            .into_iter()
+            .map(|sample| (sample.process_id, sample.vitals))
+            .collect();
+        let processes = (store.processes().await?)
+            .into_iter()
+            .map(|recorded| Process {
+                vitals: latest.remove(&recorded.id),
+                recorded,
+            })
+            .collect();
+        let rates = match operator.tenant() {
+            None => Some(store.command_rates(PLOTTED, STEP).await?),
+            Some(_) => None,
+        };
         Ok(Self {
             now: Utc::now(),
-            processes: store.processes().await?,
+            processes,
             lag: store.lag_behind(checkpoint).await?,
             deadlines: store.deadline_counts(operator.tenant()).await?,
-            queues: queue_depths(&app.metrics.render(), &app.settings.exchange_prefix),
+            rates,
         })
     }
 
+    /// The processes still beating.
+    fn up(&self) -> impl Iterator<Item = &Process> {
+        (self.processes.iter()).filter(|p| !p.recorded.is_gone(self.now))
+    }
+
+    /// The running process that holds the publisher's leader lock, as it last said.
+    pub fn leader(&self) -> Option<&Process> {
+        self.up()
+            .find(|p| p.vitals.as_ref().is_some_and(|v| v.publisher_leader))
+    }
+
+    /// The last full step's rates: the current step is still filling.
+    fn current_rate(&self) -> Option<&Rate> {
+        let rates = self.rates.as_ref()?;
+        rates.iter().rev().nth(1).or(rates.last())
+    }
+
     pub fn numbers(&self) -> Numbers {
-        let gone = self
-            .processes
-            .iter()
-            .filter(|p| p.is_gone(self.now))
-            .count() as i64;
+        let up = self.up().count() as i64;
+        let platform = self.rates.is_some();
         Numbers {
-            processes_up: self.processes.len() as i64 - gone,
-            processes_gone: gone,
+            processes_up: up,
+            processes_gone: self.processes.len() as i64 - up,
             lag_events: self.lag.events,
             lag_seconds: self.lag.seconds.round() as i64,
             deadlines_running: self.deadlines.running,
             deadlines_paused: self.deadlines.paused,
             deadlines_overdue: self.deadlines.overdue,
-            dead_letters: (self.queues.iter())
-                .filter(|q| q.dead_letters)
-                .map(|q| q.messages)
-                .sum(),
+            dead_letters: platform.then(|| {
+                self.up()
+                    .filter_map(|p| p.vitals.as_ref())
+                    .map(|v| v.dead_letters)
+                    .sum()
+            }),
+            commands_per_second: self.current_rate().map(|r| round(r.commands_per_second)),
+            errors_per_second: self.current_rate().map(|r| round(r.errors_per_second)),
         }
     }
 }
 
-/// The queue depths under `prefix` in this process's metrics (`metrics` is their Prometheus
-/// text): what its consumers measured last, without a round trip to the broker. A process
-/// without consumers (`query` only) has none.
-fn queue_depths(metrics: &str, prefix: &str) -> Vec<QueueDepth> {
-    let ours = format!("{prefix}.");
-    let mut depths: Vec<QueueDepth> = metrics
-        .lines()
-        .filter_map(|line| {
-            let (dead_letters, rest) =
-                if let Some(rest) = line.strip_prefix("hap_dead_letter_queue_depth{queue=\"") {
-                    (true, rest)
-                } else {
-                    (
-                        false,
-                        line.strip_prefix("hap_projector_queue_depth{queue=\"")?,
-                    )
-                };
-            let (queue, value) = rest.split_once("\"} ")?;
-            Some(QueueDepth {
-                queue: queue.to_owned(),
-                messages: value.trim().parse::<f64>().ok()? as i64,
-                dead_letters,
-            })
-        })
-        .filter(|depth| depth.queue.starts_with(&ours))
-        .collect();
-    depths.sort_by(|a, b| a.queue.cmp(&b.queue));
-    depths
+/// To two decimals, as the page shows rates.
+fn round(rate: f64) -> f64 {
+    (rate * 100.0).round() / 100.0
 }
 
 pub async fn page(State(app): State<AppState>, operator: Operator) -> Result<Markup, ApiError> {
     let snapshot = Snapshot::read(&app, &operator).await?;
     let numbers = snapshot.numbers();
     let now = snapshot.now;
+    let leader = snapshot.leader();
     let body = html! {
         h1 { "Overview" }
         div.cards {
@@ -128,39 +159,57 @@ pub async fn page(State(app): State<AppState>, operator: Operator) -> Result<Mar
             (card("deadlines overdue", numbers.deadlines_overdue, "deadlinesOverdue", true))
             (card("deadlines running", numbers.deadlines_running, "deadlinesRunning", false))
             (card("deadlines paused", numbers.deadlines_paused, "deadlinesPaused", false))
-            (card("dead letters", numbers.dead_letters, "deadLetters", true))
+            @if let Some(dead_letters) = numbers.dead_letters {
+                (card("dead letters", dead_letters, "deadLetters", true))
+            }
+        }
+        h2 { "Publisher" }
+        @match leader {
+            Some(leader) => p #leader {
+                "Leader: " strong { (leader.recorded.info.instance) } " on "
+                (leader.recorded.info.host) " (pid " (leader.recorded.info.pid) "), "
+                (snapshot.lag.events) " events and " (format!("{:.1}", snapshot.lag.seconds))
+                " s behind the store."
+            },
+            None => p #leader .notice {
+                "No running process says it leads the publisher: events wait to be published ("
+                (snapshot.lag.events) " now)."
+            },
         }
         h2 { "Processes" }
         table {
             tr { th { "Instance" } th { "Roles" } th { "Version" } th { "Host" } th { "Listens on" }
-                 th { "Started" } th { "Last heartbeat" } th { "State" } }
+                 th { "Started" } th { "Last heartbeat" } th { "State" } th.num { "Projector lag (s)" } }
             @for process in &snapshot.processes {
-                @let gone = process.is_gone(now);
+                @let recorded = &process.recorded;
+                @let gone = recorded.is_gone(now);
                 tr.bad[gone] {
-                    td { (process.info.instance) }
-                    td { (process.info.roles.join(", ")) }
-                    td { (process.info.version) }
-                    td { (process.info.host) " (pid " (process.info.pid) ")" }
-                    td { code { (process.info.http_addr) } }
-                    td { (moment(process.started_at)) }
-                    td { (age(process.heartbeat_at, now)) " ago" }
-                    td { @if gone { "gone" } @else { "up" } }
-                }
-            }
-        }
-        h2 { "Queues of this instance" }
-        @if snapshot.queues.is_empty() {
-            p.muted { "This process runs no consumers, so it has measured no queue." }
-        } @else {
-            table {
-                tr { th { "Queue" } th.num { "Messages" } }
-                @for depth in &snapshot.queues {
-                    tr.bad[depth.dead_letters && depth.messages > 0] {
-                        td { code { (depth.queue) } }
-                        td.num { (depth.messages) }
+                    td { (recorded.info.instance) }
+                    td { (recorded.info.roles.join(", ")) }
+                    td { (recorded.info.version) }
+                    td { (recorded.info.host) " (pid " (recorded.info.pid) ")" }
+                    td { code { (recorded.info.http_addr) } }
+                    td { (moment(recorded.started_at)) }
+                    td { (age(recorded.heartbeat_at, now)) " ago" }
+                    td {
+                        @if gone { "gone" } @else { "up" }
+                        @if process.vitals.as_ref().is_some_and(|v| v.publisher_leader) && !gone {
+                            ", publisher leader"
+                        }
+                    }
+                    td.num {
+                        @if let Some(vitals) = &process.vitals {
+                            (format!("{:.1}", vitals.projector_lag_seconds))
+                        }
                     }
                 }
             }
+        }
+        @if let Some(rates) = &snapshot.rates {
+            (every_tenant(&snapshot, rates, &numbers))
+        } @else {
+            p.muted { "Queue depths, dead letters and the rates of commands count every tenant's \
+                       messages: they are shown to platform operators only." }
         }
         p.muted { "Numbers follow live; the tables are as of " (moment(now)) " UTC." }
         script src="/console/assets/live.js" defer {}
@@ -168,34 +217,42 @@ pub async fn page(State(app): State<AppState>, operator: Operator) -> Result<Mar
     Ok(frame("Overview", Some(&operator.0), body))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queue_depths_are_read_from_this_instances_metrics() {
-        let metrics = "\
-# TYPE hap_dead_letter_queue_depth gauge
-hap_dead_letter_queue_depth{queue=\"hap.scheduling-service.i1.events.dlq\"} 3
-hap_projector_queue_depth{queue=\"hap.scheduling-service.i1.events\"} 0
-hap_dead_letter_queue_depth{queue=\"other.scheduling-service.i1.events.dlq\"} 9
-hap_commands_total{route=\"x\"} 1
-";
-        let depths = queue_depths(metrics, "hap");
-        assert_eq!(
-            depths,
-            vec![
-                QueueDepth {
-                    queue: "hap.scheduling-service.i1.events".into(),
-                    messages: 0,
-                    dead_letters: false
-                },
-                QueueDepth {
-                    queue: "hap.scheduling-service.i1.events.dlq".into(),
-                    messages: 3,
-                    dead_letters: true
-                },
-            ]
-        );
+/// The figures that count every tenant: the rates of commands and errors with their plots,
+/// and each running process's queues.
+fn every_tenant(snapshot: &Snapshot, rates: &[Rate], numbers: &Numbers) -> Markup {
+    let commands: Vec<f64> = rates.iter().map(|r| r.commands_per_second).collect();
+    let errors: Vec<f64> = rates.iter().map(|r| r.errors_per_second).collect();
+    let minutes = PLOTTED.as_secs() / 60;
+    let step = STEP.as_secs();
+    html! {
+        h2 { "Commands, last " (minutes) " minutes" }
+        table.rates {
+            tr { th { "" } th.num { "Per second now" } th { "Every " (step) " s" } }
+            tr {
+                td { "Commands" }
+                td.num data-live="commandsPerSecond" { (numbers.commands_per_second.unwrap_or(0.0)) }
+                td { (bars(&commands, "commands per second")) }
+            }
+            tr {
+                td { "Errors (5xx)" }
+                td.num data-live="errorsPerSecond" { (numbers.errors_per_second.unwrap_or(0.0)) }
+                td { (bars(&errors, "errors per second")) }
+            }
+        }
+        h2 { "Queues per instance" }
+        table {
+            tr { th { "Instance" } th { "Host" } th.num { "Waiting in its projectors' queues" }
+                 th.num { "Dead letters" } }
+            @for process in snapshot.up() {
+                @if let Some(vitals) = &process.vitals {
+                    tr.bad[vitals.dead_letters > 0] {
+                        td { (process.recorded.info.instance) }
+                        td { (process.recorded.info.host) " (pid " (process.recorded.info.pid) ")" }
+                        td.num { (vitals.queue_depth) }
+                        td.num { (vitals.dead_letters) }
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,16 +1,17 @@
 //! `GET /console/sagas`: the scheduling sagas. Consultations still `requested` with their
 //! last step and age, those past their deadline first and marked; the deadlines' counts; and
-//! the failures of the last day by reason. Of the operator's tenant, unless a platform
+//! the failures of the last day by reason, charted per hour. Of the operator's tenant, unless a platform
 //! operator's.
 
 use std::collections::HashMap;
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
+use eventstore::read::HourlyCount;
 use maud::{Markup, html};
 use uuid::Uuid;
 
-use crate::console::layout::{age, card, frame, moment};
+use crate::console::layout::{age, bars, card, frame, moment};
 use crate::console::session::Operator;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -27,13 +28,15 @@ struct InFlight {
     updated_at: DateTime<Utc>,
 }
 
-/// Failures of one reason in the last hour, six hours and day.
-#[derive(Debug, sqlx::FromRow)]
+/// How many hours back the failures are charted.
+const FAILURE_HOURS: i32 = 24;
+
+/// The failures of one reason, per hour of the last [`FAILURE_HOURS`] (oldest first).
+#[derive(Debug, PartialEq)]
 struct Failures {
-    reason: Option<String>,
-    last_hour: i64,
-    last_six_hours: i64,
-    last_day: i64,
+    reason: String,
+    per_hour: Vec<f64>,
+    total: i64,
 }
 
 /// One row of the page: a consultation in flight with what the event store says of it.
@@ -64,21 +67,42 @@ async fn in_flight(app: &AppState, tenant: Option<&str>) -> Result<Vec<InFlight>
     .await?)
 }
 
-async fn failures(app: &AppState, tenant: Option<&str>) -> Result<Vec<Failures>, ApiError> {
-    Ok(sqlx::query_as(
-        "select c.failure_reason as reason,
-                count(*) filter (where c.updated_at > now() - interval '1 hour') as last_hour,
-                count(*) filter (where c.updated_at > now() - interval '6 hours') as last_six_hours,
-                count(*) as last_day
-           from consultations c
-           join stream_versions t on t.stream_id = c.id and t.projection = 'consultations'
-          where c.status = 'failed' and c.updated_at > now() - interval '1 day'
-            and ($1::text is null or t.tenant_id = $1)
-          group by c.failure_reason order by last_day desc",
-    )
-    .bind(tenant)
-    .fetch_all(&app.read.pool)
-    .await?)
+/// The scheduling failures of the last day by reason and hour, from the event store (the
+/// read model keeps only each consultation's last status), most frequent reason first.
+async fn failures(
+    app: &AppState,
+    tenant: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Failures>, ApiError> {
+    let counts = (app.commands.store())
+        .hourly_counts(
+            tenant,
+            "ConsultationSchedulingFailed",
+            "reason",
+            FAILURE_HOURS,
+        )
+        .await?;
+    Ok(by_reason(counts, now))
+}
+
+/// Spreads the counts of each reason over one bar per hour, ending with the hour of `now`.
+fn by_reason(counts: Vec<HourlyCount>, now: DateTime<Utc>) -> Vec<Failures> {
+    let hours = FAILURE_HOURS as usize + 1;
+    let mut reasons: HashMap<String, Failures> = HashMap::new();
+    for HourlyCount { hour, value, count } in counts {
+        let reason = value.unwrap_or_else(|| "(none given)".to_owned());
+        let failures = reasons.entry(reason.clone()).or_insert_with(|| Failures {
+            reason,
+            per_hour: vec![0.0; hours],
+            total: 0,
+        });
+        let ago = (now - hour).num_hours().clamp(0, hours as i64 - 1) as usize;
+        failures.per_hour[hours - 1 - ago] += count as f64;
+        failures.total += count;
+    }
+    let mut failures: Vec<Failures> = reasons.into_values().collect();
+    failures.sort_by(|a, b| b.total.cmp(&a.total).then(a.reason.cmp(&b.reason)));
+    failures
 }
 
 /// The consultations in flight with their last event's type and their deadline, stuck ones
@@ -118,7 +142,7 @@ pub async fn page(State(app): State<AppState>, operator: Operator) -> Result<Mar
     let tenant = operator.tenant();
     let rows = rows(&app, tenant, now).await?;
     let counts = app.commands.store().deadline_counts(tenant).await?;
-    let failures = failures(&app, tenant).await?;
+    let failures = failures(&app, tenant, now).await?;
     let stuck = rows.iter().filter(|row| row.is_stuck(now)).count() as i64;
     let body = html! {
         h1 { "Sagas and deadlines" }
@@ -163,17 +187,48 @@ pub async fn page(State(app): State<AppState>, operator: Operator) -> Result<Mar
             p.muted { "No consultation failed in the last day." }
         } @else {
             table {
-                tr { th { "Reason" } th.num { "Last hour" } th.num { "Last 6 hours" } th.num { "Last day" } }
+                tr { th { "Reason" } th.num { "Last day" } th { "Per hour, oldest first" } }
                 @for failure in &failures {
                     tr {
-                        td { (failure.reason.as_deref().unwrap_or("(none given)")) }
-                        td.num { (failure.last_hour) }
-                        td.num { (failure.last_six_hours) }
-                        td.num { (failure.last_day) }
+                        td { (failure.reason) }
+                        td.num { (failure.total) }
+                        td { (bars(&failure.per_hour, &format!("{} failures per hour", failure.reason))) }
                     }
                 }
             }
         }
     };
     Ok(frame("Sagas", Some(&operator.0), body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_spread_over_the_hours_ending_now_most_frequent_reason_first() {
+        let now = Utc::now();
+        let hour = |ago| now - chrono::TimeDelta::hours(ago);
+        let count = |hour, value: Option<&str>, count| HourlyCount {
+            hour,
+            value: value.map(str::to_owned),
+            count,
+        };
+        let failures = by_reason(
+            vec![
+                count(hour(24), Some("timeout"), 1),
+                count(hour(2), Some("patientInactive"), 1),
+                count(hour(0), Some("timeout"), 3),
+                count(hour(0), None, 1),
+            ],
+            now,
+        );
+        let reasons: Vec<&str> = failures.iter().map(|f| f.reason.as_str()).collect();
+        assert_eq!(reasons, ["timeout", "(none given)", "patientInactive"]);
+        let timeout = &failures[0];
+        assert_eq!(timeout.total, 4);
+        assert_eq!(timeout.per_hour.len(), 25);
+        assert_eq!((timeout.per_hour[0], timeout.per_hour[24]), (1.0, 3.0));
+        assert_eq!(failures[2].per_hour[22], 1.0);
+    }
 }
