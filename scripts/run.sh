@@ -29,6 +29,20 @@ if [ -z "${HAP_AUTH_SECRET:-}" ] && [ -z "${HAP_AUTH_PUBLIC_KEY_FILE:-}" ] \
 	export HAP_AUTH_SECRET
 fi
 
+# Personal data needs its master key (HAP_DATA_KEY or HAP_DATA_KEY_FILE) as tokens need theirs:
+# without one, this checkout gets its own random key in .hap/data-key (readable by its owner
+# only). Losing that file makes every subject key, and so all personal data, unreadable: keep
+# a copy apart from the database's backups.
+if [ -z "${HAP_DATA_KEY:-}" ] && [ -z "${HAP_DATA_KEY_FILE:-}" ] \
+	&& [ "${HAP_INSECURE_NO_AUTH:-false}" != "true" ]; then
+	mkdir -p .hap
+	if [ ! -s .hap/data-key ]; then
+		(umask 077 && head -c 32 /dev/urandom | base64 > .hap/data-key)
+	fi
+	HAP_DATA_KEY_FILE="$PWD/.hap/data-key"
+	export HAP_DATA_KEY_FILE
+fi
+
 # --locked: run exactly the committed Cargo.lock.
 cargo build --release --locked --bin hap
 

@@ -131,6 +131,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             let pool = db::connect(&cli.settings.database_url, 2, true).await?;
             db::migrate(&pool).await?;
+            hash_clear_claims(&pool, &cli.settings).await?;
             println!(
                 "migrations applied to {}",
                 redact(&cli.settings.database_url)
@@ -273,6 +274,21 @@ async fn rebuild(settings: Settings, args: RebuildArgs) -> anyhow::Result<()> {
     anyhow::bail!("the live read model differs from a rebuild")
 }
 
+/// With a master key, replaces the clear document and license numbers that claims of earlier
+/// releases hold by their keyed hashes.
+async fn hash_clear_claims(pool: &sqlx::PgPool, settings: &Settings) -> anyhow::Result<()> {
+    let Some(master) = settings.master_key().map_err(anyhow::Error::msg)? else {
+        return Ok(());
+    };
+    let hashed = privacy::claims::hash_clear_claims(pool, &master)
+        .await
+        .context("Failed to hash the uniqueness claims of earlier releases")?;
+    if hashed > 0 {
+        tracing::info!(hashed, "uniqueness claims now keep keyed hashes");
+    }
+    Ok(())
+}
+
 async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
     // Installed before any task starts: what is recorded before the recorder exists is lost.
     crate::telemetry::metrics_handle();
@@ -280,6 +296,7 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
     let pool = db::connect(&settings.database_url, settings.db_pool_size, migrate).await?;
     if migrate {
         db::migrate(&pool).await?;
+        hash_clear_claims(&pool, &settings).await?;
     }
     let listener = TcpListener::bind(serve.http_addr)
         .await

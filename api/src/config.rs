@@ -106,6 +106,17 @@ pub struct Settings {
     #[arg(long, env = "HAP_AUTH_AUDIENCE", global = true)]
     pub auth_audience: Option<String>,
 
+    /// The master key of personal data (32 random bytes, base64: `openssl rand -base64 32`).
+    /// Uniqueness claims keep a keyed hash of document and license numbers made with it. Keep
+    /// it apart from the database and its backups.
+    #[arg(long, env = "HAP_DATA_KEY", hide_env_values = true, global = true,
+          value_parser = Unquoted::<DataKey>::new())]
+    pub data_key: Option<DataKey>,
+
+    /// A file holding the master key of personal data, as `HAP_DATA_KEY` would.
+    #[arg(long, env = "HAP_DATA_KEY_FILE", global = true)]
+    pub data_key_file: Option<PathBuf>,
+
     /// Serve every request as tenant `default` with every scope, without a token: for local
     /// experiments and tests only.
     #[arg(long, env = "HAP_INSECURE_NO_AUTH", global = true)]
@@ -256,6 +267,51 @@ impl Secret {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(***)")
+    }
+}
+
+/// The master key of personal data, checked as it is read.
+#[derive(Clone)]
+pub struct DataKey(std::sync::Arc<privacy::MasterKey>);
+
+impl DataKey {
+    pub fn master(&self) -> &std::sync::Arc<privacy::MasterKey> {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(***)")
+    }
+}
+
+impl std::str::FromStr for DataKey {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        privacy::MasterKey::from_base64(value)
+            .map(|key| Self(std::sync::Arc::new(key)))
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Settings {
+    /// The master key of personal data, from `HAP_DATA_KEY` or the file `HAP_DATA_KEY_FILE`;
+    /// `None` when neither is set.
+    pub fn master_key(&self) -> Result<Option<std::sync::Arc<privacy::MasterKey>>, String> {
+        if let Some(key) = &self.data_key {
+            return Ok(Some(key.master().clone()));
+        }
+        let Some(path) = &self.data_key_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("HAP_DATA_KEY_FILE {}: {e}", path.display()))?;
+        let key: DataKey = text
+            .parse()
+            .map_err(|e| format!("HAP_DATA_KEY_FILE {}: {e}", path.display()))?;
+        Ok(Some(key.master().clone()))
     }
 }
 

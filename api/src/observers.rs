@@ -30,7 +30,7 @@ impl AppendObserver for ReadSideObserver {
                         position: e.position.value(),
                         occurred_at: e.occurred_at,
                         tenant_id: committed.tenant_id.clone(),
-                        event: e.event.clone(),
+                        events: [e.event.clone()].into(),
                     })
                     .collect()
             });

@@ -55,6 +55,14 @@ impl AppState {
         readiness: Readiness,
     ) -> Result<Self, AuthConfigError> {
         let auth = Arc::new(Verifier::from_settings(&settings)?);
+        if settings
+            .master_key()
+            .map_err(AuthConfigError::DataKey)?
+            .is_none()
+            && !settings.insecure_no_auth
+        {
+            return Err(AuthConfigError::NoDataKey);
+        }
         let queries = QueryCaches::new(&read);
         let commands = pipeline(store, &settings).observed_by(Arc::new(ReadSideObserver {
             read: read.clone(),
@@ -87,9 +95,15 @@ impl Deref for AppState {
 
 /// The command pipeline over `store` as `settings` configure it, with no observer yet.
 pub fn pipeline(store: EventStore, settings: &Settings) -> Pipeline {
-    Pipeline::new(
+    let pipeline = Pipeline::new(
         store,
         AGGREGATE_CACHE_CAPACITY,
         Duration::from_millis(settings.scheduling_timeout_ms),
-    )
+    );
+    // A key that does not read was refused by `AppState::new` already (and by `hap demo`'s
+    // own check below it in `cli`).
+    match settings.master_key() {
+        Ok(Some(master)) => pipeline.hashing_claims_with(master),
+        _ => pipeline,
+    }
 }

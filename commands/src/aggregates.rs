@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::event::DecodeError;
-use domain::{Aggregate, Event};
+use domain::{Aggregate, versions};
 use eventstore::{EventStore, Position, Store, StreamVersion};
 use moka::future::Cache;
 use uuid::Uuid;
@@ -82,8 +82,14 @@ impl<S: Store> Aggregates<S> {
             return Ok(loaded);
         }
         for recorded in tail {
-            let event = Event::from_parts(&recorded.event_type, recorded.payload.get())?;
-            loaded.state = loaded.state.evolve(&event);
+            let events = versions::decode(
+                &recorded.event_type,
+                recorded.schema_version,
+                recorded.payload.get(),
+            )?;
+            for event in &events {
+                loaded.state = loaded.state.evolve(event);
+            }
             loaded.version = recorded.version();
             loaded.position = Some(recorded.position());
             loaded.tenant_id = Some(recorded.tenant_id);

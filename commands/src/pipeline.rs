@@ -3,6 +3,7 @@
 //! expected version, decide, append with claims, deadlines and the idempotency key in one
 //! statement, retry on a version conflict, tell the observers.
 
+use privacy::MasterKey;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -189,6 +190,9 @@ pub struct Pipeline<S = EventStore> {
     observers: Arc<Vec<Arc<dyn AppendObserver>>>,
     /// The deadlines its appends start.
     deadlines: Deadlines,
+    /// What claims of personal values are hashed with; none: they keep the values (only
+    /// without a master key, where authentication is off too).
+    master: Option<Arc<MasterKey>>,
 }
 
 impl<S: Store> Pipeline<S> {
@@ -199,6 +203,7 @@ impl<S: Store> Pipeline<S> {
             aggregates: Aggregates::new(store, cache_capacity),
             observers: Arc::default(),
             deadlines: Deadlines::new(deadline),
+            master: None,
         }
     }
 
@@ -206,6 +211,21 @@ impl<S: Store> Pipeline<S> {
     pub fn observed_by(mut self, observer: Arc<dyn AppendObserver>) -> Self {
         Arc::make_mut(&mut self.observers).push(observer);
         self
+    }
+
+    /// The same pipeline, its claims of personal values keeping keyed hashes made with
+    /// `master` (never the values).
+    pub fn hashing_claims_with(mut self, master: Arc<MasterKey>) -> Self {
+        self.master = Some(master);
+        self
+    }
+
+    /// What a claim of `kind` keeps of `value` in the store.
+    fn claim_value(&self, kind: &str, value: &str) -> String {
+        match &self.master {
+            Some(master) => privacy::claims::stored_value(master, kind, value),
+            None => value.to_owned(),
+        }
     }
 
     pub fn aggregates(&self) -> &Aggregates<S> {
@@ -351,7 +371,7 @@ impl<S: Store> Pipeline<S> {
             .collect();
         let appended = match self.store().append(append).await {
             Ok(appended) => appended,
-            Err(refusal) => return self.refused(meta, refusal).await,
+            Err(refusal) => return self.refused(meta, refusal, &events).await,
         };
         let done = Done {
             position: appended.position().or(loaded.position),
@@ -391,6 +411,7 @@ impl<S: Store> Pipeline<S> {
         &self,
         meta: &CommandMeta,
         refusal: AppendError,
+        events: &[Event],
     ) -> Result<Option<Outcome>, CommandError> {
         match refusal {
             AppendError::Conflict { .. } => Ok(None),
@@ -400,6 +421,11 @@ impl<S: Store> Pipeline<S> {
                 None => Err(CommandError::KeptChanging),
             },
             AppendError::ClaimTaken { kind, value } => {
+                // The store names the value it keeps; the caller is told the one it sent.
+                let sent = stored::claims(events)
+                    .into_iter()
+                    .find(|c| c.kind == kind && self.claim_value(&c.kind, &c.value) == value);
+                let value = sent.map_or(value, |c| c.value);
                 Err(CommandError::ClaimTaken { kind, value })
             }
             AppendError::DeadlineNotRunning(_) => Err(CommandError::DeadlineNotRunning),
@@ -433,6 +459,9 @@ impl<S: Store> Pipeline<S> {
             schema_version: domain::event::SCHEMA_VERSION,
         };
         let mut append = stored::append::<A>(stream_id, loaded.version, events, metadata);
+        for claim in &mut append.claims {
+            claim.value = self.claim_value(&claim.kind, &claim.value);
+        }
         let done = loaded.done(stream_id, events.len());
         append.remember = meta.idempotency.as_ref().map(|i| Remember {
             key: i.key.clone(),

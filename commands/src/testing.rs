@@ -145,9 +145,13 @@ impl<T: Debug> Then<T> {
     pub fn appended(&self) -> Vec<Event> {
         self.store.events()[self.before..]
             .iter()
-            .map(|recorded| {
-                Event::from_parts(&recorded.event_type, recorded.payload.get())
-                    .unwrap_or_else(|error| panic!("a stored event is undecodable: {error}"))
+            .flat_map(|recorded| {
+                domain::versions::decode(
+                    &recorded.event_type,
+                    recorded.schema_version,
+                    recorded.payload.get(),
+                )
+                .unwrap_or_else(|error| panic!("a stored event is undecodable: {error}"))
             })
             .collect()
     }

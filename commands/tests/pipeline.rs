@@ -239,7 +239,12 @@ async fn scheduling_pauses_the_deadline_its_request_started() {
     let given = given().events::<Consultation>(id.as_uuid(), [requested(id)]);
     let Some(Event::ConsultationSchedulingStarted(started)) =
         given.store().events().first().map(|recorded| {
-            Event::from_parts(&recorded.event_type, recorded.payload.get()).expect("an event")
+            let events = domain::versions::decode(
+                &recorded.event_type,
+                recorded.schema_version,
+                recorded.payload.get(),
+            );
+            events.expect("an event").remove(0)
         })
     else {
         panic!("the request is stored");

@@ -1,7 +1,8 @@
 //! Every event HAP records, its payload, and where it travels on the broker.
 //!
 //! An event is serialised as `{"eventType": "...", "payload": {...}}`; the store keeps the two
-//! parts in separate columns and [`Event::from_parts`] puts them back together. Payloads carry
+//! parts in separate columns and [`Event::from_parts`] puts them back together (readers go through
+//! [`crate::versions::decode`], which raises an older shape first). Payloads carry
 //! the aggregate id plus what changed, in camelCase, and only plain data types: events are facts
 //! already accepted, so reading them never re-applies today's validation rules.
 
@@ -84,6 +85,11 @@ events! {
 pub enum DecodeError {
     #[error("unknown event type {0:?}")]
     UnknownType(String),
+    #[error("{event_type} at schema version {schema_version}, which this release does not know")]
+    UnknownVersion {
+        event_type: String,
+        schema_version: i32,
+    },
     #[error("payload of {event_type} does not fit: {source}")]
     BadPayload {
         event_type: String,
@@ -101,6 +107,18 @@ impl Event {
         // A known type is a plain identifier: it needs no escaping.
         let tagged = format!(r#"{{"eventType":"{event_type}","payload":{payload}}}"#);
         serde_json::from_str(&tagged).map_err(|source| DecodeError::BadPayload {
+            event_type: event_type.to_owned(),
+            source,
+        })
+    }
+
+    /// Rebuilds an event from its type name and a payload already parsed (an upcaster's).
+    pub fn from_value(event_type: &str, payload: serde_json::Value) -> Result<Self, DecodeError> {
+        if route(event_type).is_none() {
+            return Err(DecodeError::UnknownType(event_type.to_owned()));
+        }
+        let tagged = serde_json::json!({"eventType": event_type, "payload": payload});
+        serde_json::from_value(tagged).map_err(|source| DecodeError::BadPayload {
             event_type: event_type.to_owned(),
             source,
         })

@@ -16,6 +16,8 @@
 //! - `names`: enums whose variants travel as names, each name written once.
 //! - [`patient`], [`physician`], [`schedule`], [`consultation`], [`record`]: the aggregates.
 //! - [`service`]: the table of services, and every name they go by on the broker.
+//! - [`versions`]: the upcaster chain, which raises a payload of an older version to today's
+//!   shape; every reader decodes through it.
 //! - [`saga`]: which service reacts to which event in the scheduling and cancellation sagas,
 //!   and the deactivation follow-up, with what step.
 
@@ -31,6 +33,7 @@ pub mod saga;
 pub mod schedule;
 pub mod service;
 pub mod values;
+pub mod versions;
 
 pub use aggregate::{Aggregate, DomainError};
 pub use event::{AggregateKind, Event};

@@ -17,8 +17,8 @@ use crate::position::GlobalCheckpoint;
 
 /// The columns of a scanned row, in order. No column may be null.
 const COLUMNS: &str = "transaction_id, position, event_id, stream_id, version, event_type, \
-                       payload, occurred_at, tenant_id";
-const FIELDS: i16 = 9;
+                       schema_version, payload, occurred_at, tenant_id";
+const FIELDS: i16 = 10;
 
 /// The binary format's signature, before its flags and header extension.
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
@@ -45,6 +45,8 @@ pub struct ScannedEvent<'a> {
     pub stream_id: Uuid,
     pub version: i64,
     pub event_type: &'a str,
+    /// The payload's version for its event type.
+    pub schema_version: i32,
     /// JSON text, as stored.
     pub payload: &'a str,
     pub occurred_at: DateTime<Utc>,
@@ -274,6 +276,7 @@ fn parse_row<'a>(rest: &mut &'a [u8]) -> Result<ScannedEvent<'a>, ScanError> {
     let stream_id = Uuid::from_bytes(fixed(rest)?);
     let version = i64::from_be_bytes(fixed(rest)?);
     let event_type = text(rest)?;
+    let schema_version = i32::from_be_bytes(fixed(rest)?);
     let payload = text(rest)?;
     let micros = i64::from_be_bytes(fixed(rest)?);
     let occurred_at = micros
@@ -290,6 +293,7 @@ fn parse_row<'a>(rest: &mut &'a [u8]) -> Result<ScannedEvent<'a>, ScanError> {
         stream_id,
         version,
         event_type,
+        schema_version,
         payload,
         occurred_at,
         tenant_id,
@@ -337,6 +341,7 @@ mod tests {
         push(Uuid::from_u128(2).as_bytes());
         push(&3i64.to_be_bytes());
         push(event_type.as_bytes());
+        push(&1i32.to_be_bytes());
         push(payload.as_bytes());
         push(&0i64.to_be_bytes());
         push(b"default");

@@ -4,14 +4,16 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
-use domain::Event;
+use domain::versions::{self, Upcast};
 use eventstore::RecordedEvent;
 use eventstore::scan::ScannedEvent;
 use uuid::Uuid;
 
 use crate::message::EventMessage;
 
-/// A decoded event with what the runtime needs to order and deduplicate it.
+/// A decoded event with what the runtime needs to order and deduplicate it. Its events are what
+/// the stored one reads as today ([`versions::decode`]): usually one, none when an upcaster
+/// dropped it, several when one split it; they share the stored event's id, version and place.
 #[derive(Debug, Clone)]
 pub struct Envelope {
     pub event_id: Uuid,
@@ -22,7 +24,7 @@ pub struct Envelope {
     /// The tenant (clinic) whose stream the event belongs to: every read-model row is shown
     /// only to it.
     pub tenant_id: String,
-    pub event: Event,
+    pub events: Upcast,
 }
 
 /// Why a message can never be applied, however often it is retried.
@@ -59,7 +61,7 @@ impl Envelope {
             position,
             occurred_at: body.occurred_at,
             tenant_id: body.tenant_id.clone().into_owned(),
-            event: Event::from_parts(&body.event_type, body.payload.get())?,
+            events: versions::decode(&body.event_type, body.schema_version, body.payload.get())?,
         };
         let origin = Origin {
             tenant_id: body.tenant_id.into_owned(),
@@ -77,7 +79,7 @@ impl Envelope {
             position: scanned.checkpoint.position,
             occurred_at: scanned.occurred_at,
             tenant_id: scanned.tenant_id.to_owned(),
-            event: Event::from_parts(scanned.event_type, scanned.payload)?,
+            events: versions::decode(scanned.event_type, scanned.schema_version, scanned.payload)?,
         })
     }
 
@@ -88,7 +90,11 @@ impl Envelope {
             version: recorded.version,
             position: recorded.position,
             occurred_at: recorded.occurred_at,
-            event: Event::from_parts(&recorded.event_type, recorded.payload.get())?,
+            events: versions::decode(
+                &recorded.event_type,
+                recorded.schema_version,
+                recorded.payload.get(),
+            )?,
             tenant_id: recorded.tenant_id,
         })
     }

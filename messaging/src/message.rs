@@ -45,10 +45,15 @@ pub struct EventMessage<'a> {
     pub causation_id: Option<Uuid>,
     #[serde(default, borrow)]
     pub actor_id: Option<Cow<'a, str>>,
-    #[serde(default)]
+    /// The payload's version for its event type; a body without it has the first.
+    #[serde(default = "first_version")]
     pub schema_version: i32,
     #[serde(borrow)]
     pub payload: &'a RawValue,
+}
+
+fn first_version() -> i32 {
+    1
 }
 
 /// `occurredAt` to the microsecond, always with six digits and `Z`.

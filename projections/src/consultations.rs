@@ -77,12 +77,21 @@ struct Rows {
 }
 
 impl Rows {
-    /// Folds one event; returns the consultation whose row it changed. A rename is only noted
-    /// in `people`: the caller copies it into the consultations.
+    /// Folds one stored event; returns the consultation whose row it changed.
     fn apply(&mut self, envelope: &Envelope) -> Option<Uuid> {
-        if let Some((id, name)) = name_set_by(&envelope.event) {
+        let mut changed = None;
+        for event in &envelope.events {
+            changed = self.apply_event(envelope, event).or(changed);
+        }
+        changed
+    }
+
+    /// Folds one of the events a stored one reads as. A rename is only noted in `people`: the
+    /// caller copies it into the consultations.
+    fn apply_event(&mut self, envelope: &Envelope, event: &Event) -> Option<Uuid> {
+        if let Some((id, name)) = name_set_by(event) {
             let registration = matches!(
-                envelope.event,
+                event,
                 Event::PatientRegistered(_) | Event::PhysicianRegistered(_)
             );
             let registered = registration || self.people.get(&id).is_some_and(|p| p.registered);
@@ -97,7 +106,7 @@ impl Rows {
             return None;
         }
         let id = envelope.stream_id;
-        if let Event::ConsultationSchedulingStarted(e) = &envelope.event {
+        if let Event::ConsultationSchedulingStarted(e) = event {
             let name_of = |person: Uuid| self.people.get(&person).map(|p| p.name.clone());
             let row = Row {
                 id,
@@ -119,7 +128,7 @@ impl Rows {
             self.consultations.insert(id, Box::new(row));
         }
         let row = self.consultations.get_mut(&id)?;
-        match &envelope.event {
+        match event {
             Event::ConsultationScheduled(_) => row.status = Status::Scheduled.as_str().into(),
             Event::ConsultationSchedulingFailed(e) => {
                 row.status = Status::Failed.as_str().into();
@@ -183,7 +192,10 @@ impl InMemory for Rows {
             self.people_continued = chunk
                 .events
                 .iter()
-                .filter(|e| chunk.continues(e.stream_id) && name_set_by(&e.event).is_some())
+                .filter(|e| {
+                    chunk.continues(e.stream_id)
+                        && e.events.iter().any(|e| name_set_by(e).is_some())
+                })
                 .map(|e| e.stream_id)
                 .collect();
             self.people_continued.sort_unstable();
@@ -193,7 +205,7 @@ impl InMemory for Rows {
             let set_here: ById<()> = chunk
                 .events
                 .iter()
-                .filter_map(|e| name_set_by(&e.event))
+                .flat_map(|e| e.events.iter().filter_map(name_set_by))
                 .map(|(id, _)| (id, ()))
                 .collect();
             let mut named = named_by(chunk.events.iter().copied());
@@ -293,7 +305,8 @@ const FRESH_NAMES: &str = "
 /// into the new rows.
 fn named_by<'a>(events: impl Iterator<Item = &'a Envelope>) -> Vec<Uuid> {
     let mut named: Vec<Uuid> = events
-        .filter_map(|envelope| match &envelope.event {
+        .flat_map(|envelope| &envelope.events)
+        .filter_map(|event| match event {
             Event::ConsultationSchedulingStarted(e) => {
                 Some([e.patient_id.as_uuid(), e.physician_id.as_uuid()])
             }

@@ -44,7 +44,11 @@ impl LocalFeed {
             return;
         }
         for envelope in appended() {
-            let receiving = projections_of_event(envelope.event.event_type()).unwrap_or(&[]);
+            // The events of one appended now are always the one written.
+            let Some(event) = envelope.events.first() else {
+                continue;
+            };
+            let receiving = projections_of_event(event.event_type()).unwrap_or(&[]);
             for projection in receiving {
                 let Some(projector) = projectors.get(projection) else {
                     continue;

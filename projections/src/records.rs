@@ -74,14 +74,23 @@ impl Books {
         Ok(())
     }
 
-    /// Folds one event; returns the records whose rows it changed.
+    /// Folds one stored event; returns the records whose rows it changed.
     fn apply(&mut self, envelope: &Envelope) -> Vec<Uuid> {
-        let Some(consultation) = consultation_of(&envelope.event) else {
+        let mut changed = vec![];
+        for event in &envelope.events {
+            changed.extend(self.apply_event(envelope, event));
+        }
+        changed
+    }
+
+    /// Folds one of the events a stored one reads as.
+    fn apply_event(&mut self, envelope: &Envelope, event: &Event) -> Vec<Uuid> {
+        let Some(consultation) = consultation_of(event) else {
             return vec![];
         };
         let (version, at) = (envelope.version, envelope.occurred_at);
         let book = self.by_consultation.entry(consultation).or_default();
-        match &envelope.event {
+        match event {
             // A record the book holds already was created by this very event, delivered
             // again: the batch's statement then fails on the event's processed mark and the
             // careful path skips it. Two rows of one id would fail the statement first, on
@@ -135,7 +144,7 @@ impl InMemory for Books {
                 .events
                 .iter()
                 .filter(|e| chunk.continues(e.stream_id))
-                .filter_map(|e| consultation_of(&e.event))
+                .flat_map(|e| e.events.iter().filter_map(consultation_of))
                 .collect();
             consultations.sort_unstable();
             consultations.dedup();
@@ -189,7 +198,7 @@ impl Projector for Records {
         async move {
             let ids: Vec<Uuid> = events
                 .iter()
-                .filter_map(|e| consultation_of(&e.event))
+                .flat_map(|e| e.events.iter().filter_map(consultation_of))
                 .collect();
             let mut books = Books::default();
             books.load(conn, &ids).await?;

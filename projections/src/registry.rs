@@ -74,10 +74,23 @@ impl<'r, D: FromRow<'r, PgRow>> FromRow<'r, PgRow> for Row<D> {
     }
 }
 
-/// Folds one event into `rows`; returns the person whose row it changed.
+/// Folds one stored event into `rows`; returns the person whose row it changed.
 fn fold<R: Registry>(rows: &mut ById<Row<R::Details>>, envelope: &Envelope) -> Option<Uuid> {
+    let mut changed = None;
+    for event in &envelope.events {
+        changed = fold_event::<R>(rows, envelope, event).or(changed);
+    }
+    changed
+}
+
+/// Folds one of the events a stored one reads as.
+fn fold_event<R: Registry>(
+    rows: &mut ById<Row<R::Details>>,
+    envelope: &Envelope,
+    event: &Event,
+) -> Option<Uuid> {
     let id = envelope.stream_id;
-    if let Some((name, details)) = R::registered(&envelope.event) {
+    if let Some((name, details)) = R::registered(event) {
         rows.insert(
             id,
             Row {
@@ -93,10 +106,10 @@ fn fold<R: Registry>(rows: &mut ById<Row<R::Details>>, envelope: &Envelope) -> O
     // Events of streams this projection has no row for (none yet, or a physician's day
     // schedule) change nothing.
     let row = rows.get_mut(&id)?;
-    if R::deactivates(&envelope.event) {
+    if R::deactivates(event) {
         row.status = INACTIVE.into();
     } else {
-        R::update(&envelope.event, &mut row.name, &mut row.details);
+        R::update(event, &mut row.name, &mut row.details);
     }
     row.version = envelope.version;
     row.updated_at = envelope.occurred_at;

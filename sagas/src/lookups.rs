@@ -150,13 +150,26 @@ fn in_tenant<'a>(
     store: &MemoryStore,
     tenant: &'a str,
 ) -> impl Iterator<Item = (RecordedEvent, Event)> + 'a {
-    store.events().into_iter().filter_map(move |recorded| {
-        if recorded.tenant_id != tenant {
-            return None;
-        }
-        let event = Event::from_parts(&recorded.event_type, recorded.payload.get()).ok()?;
-        Some((recorded, event))
-    })
+    store
+        .events()
+        .into_iter()
+        .filter_map(move |recorded| {
+            if recorded.tenant_id != tenant {
+                return None;
+            }
+            let events = domain::versions::decode(
+                &recorded.event_type,
+                recorded.schema_version,
+                recorded.payload.get(),
+            );
+            Some(
+                events
+                    .ok()?
+                    .into_iter()
+                    .map(move |event| (recorded.clone(), event)),
+            )
+        })
+        .flatten()
 }
 
 #[cfg(test)]

@@ -78,7 +78,14 @@ impl Handler for SagaHandler {
 
 impl SagaHandler {
     async fn step(&self, message: &Message) -> Result<(), HandleError> {
-        let Some(step) = self.service.react(&message.envelope.event) else {
+        // A split event's parts share its id, which keys the step: the first part a service
+        // reacts to is the one that triggers it.
+        let reaction = message
+            .envelope
+            .events
+            .iter()
+            .find_map(|e| self.service.react(e));
+        let Some(step) = reaction else {
             return Ok(());
         };
         let Some(origin) = message.origin.as_ref().filter(|o| !o.tenant_id.is_empty()) else {

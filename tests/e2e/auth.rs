@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hap_tests::system::{Parts, System};
-use hap_tests::tokens::{AUDIENCE, ISSUER, SECRET, settings, token};
+use hap_tests::tokens::{AUDIENCE, DATA_KEY, ISSUER, SECRET, settings, token};
 use hap_tests::{TestApp, TestDb, id_of, patient};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
@@ -553,21 +553,37 @@ async fn serve(db: &TestDb, prefix: &str, env: &[(&str, &str)], rust_log: &str) 
     Served { child, base, log }
 }
 
+/// What `hap serve` prints as it refuses to start with `set` and without `removed` (exit 1).
+async fn refused_start(db: &TestDb, set: &[(&str, &str)], removed: &[&str]) -> String {
+    let mut command = tokio::process::Command::new(hap_tests::process::hap_binary());
+    command
+        .args(["serve", "--http-addr", "127.0.0.1:0"])
+        .env("HAP_DATABASE_URL", &db.url);
+    for (name, value) in set {
+        command.env(name, value);
+    }
+    for name in removed {
+        command.env_remove(name);
+    }
+    let output = command.output().await.unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_key_hap_serve_refuses_to_start_unless_told_it_is_insecure() {
     let db = TestDb::new().await;
-    let output = tokio::process::Command::new(hap_tests::process::hap_binary())
-        .args(["serve", "--http-addr", "127.0.0.1:0"])
-        .env("HAP_DATABASE_URL", &db.url)
-        .env_remove("HAP_AUTH_SECRET")
-        .env_remove("HAP_AUTH_PUBLIC_KEY_FILE")
-        .env_remove("HAP_INSECURE_NO_AUTH")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let no_key = [
+        "HAP_AUTH_SECRET",
+        "HAP_AUTH_PUBLIC_KEY_FILE",
+        "HAP_INSECURE_NO_AUTH",
+    ];
+    let stderr = refused_start(&db, &[], &no_key).await;
     assert!(stderr.contains("HAP_AUTH_SECRET"), "{stderr}");
+    // A key to verify tokens is not enough: personal data needs its master key too.
+    let no_data_key = ["HAP_DATA_KEY", "HAP_DATA_KEY_FILE", "HAP_INSECURE_NO_AUTH"];
+    let stderr = refused_start(&db, &[("HAP_AUTH_SECRET", SECRET)], &no_data_key).await;
+    assert!(stderr.contains("HAP_DATA_KEY"), "{stderr}");
 
     let prefix = hap_tests::broker::unique_prefix();
     let mut served = serve(&db, &prefix, &[("HAP_INSECURE_NO_AUTH", "true")], "warn").await;
@@ -596,6 +612,7 @@ async fn hap_token_mints_what_hap_serve_accepts_and_debug_logs_hold_no_personal_
     let prefix = hap_tests::broker::unique_prefix();
     let env = [
         ("HAP_AUTH_SECRET", SECRET),
+        ("HAP_DATA_KEY", DATA_KEY),
         ("HAP_SCHEDULING_TIMEOUT_MS", "600000"),
     ];
     let mut served = serve(&db, &prefix, &env, "debug").await;
@@ -735,7 +752,8 @@ async fn tokens_of_an_identity_provider_are_verified_with_its_rsa_or_ec_public_k
         (Algorithm::ES256, "idp-ec-public.pem", "idp-ec-private.pem"),
     ] {
         let db = TestDb::new().await;
-        let mut settings = api::config::Settings::defaults();
+        let mut settings = settings();
+        settings.auth_secret = None;
         settings.auth_public_key_file = Some(fixture(public));
         settings.auth_issuer = Some(ISSUER.into());
         settings.auth_audience = Some(AUDIENCE.into());

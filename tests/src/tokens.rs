@@ -5,6 +5,8 @@ use std::time::Duration;
 
 /// The HS256 secret of [`settings`].
 pub const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
+/// The master key of personal data of [`settings`].
+pub const DATA_KEY: &str = "dGVzdHMtbWFzdGVyLWtleS0zMi1ieXRlcy1sb25nISE=";
 pub const ISSUER: &str = "https://id.clinic.example";
 pub const AUDIENCE: &str = "hap";
 
@@ -13,6 +15,7 @@ pub const AUDIENCE: &str = "hap";
 pub fn settings() -> api::config::Settings {
     let mut settings = api::config::Settings::defaults();
     settings.auth_secret = Some(SECRET.parse().expect("a valid secret"));
+    settings.data_key = Some(DATA_KEY.parse().expect("a valid data key"));
     settings.auth_issuer = Some(ISSUER.into());
     settings.auth_audience = Some(AUDIENCE.into());
     settings

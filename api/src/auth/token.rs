@@ -115,6 +115,13 @@ pub enum AuthConfigError {
     PublicKey { path: String, reason: String },
     #[error("`hap token` signs with HAP_AUTH_SECRET, which is not set")]
     NoSecret,
+    #[error(
+        "no master key for personal data: set HAP_DATA_KEY or HAP_DATA_KEY_FILE (32 random \
+         bytes, base64), or HAP_INSECURE_NO_AUTH=true for a local experiment"
+    )]
+    NoDataKey,
+    #[error("{0}")]
+    DataKey(String),
 }
 
 /// Seconds a token is still accepted after its `exp`, for clocks that differ a little.

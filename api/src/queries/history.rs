@@ -8,10 +8,9 @@
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use domain::AggregateKind;
+use domain::{AggregateKind, versions};
 use eventstore::{RecordedEvent, StreamVersion};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -45,9 +44,10 @@ pub struct Change {
     pub correlation_id: String,
     /// The event that caused this one, when a saga step or a job wrote it.
     pub causation_id: Option<Uuid>,
-    /// The fields the event set, as it recorded them (its stored payload, passed through).
+    /// The fields the event set, as HAP reads them today (an older version raised to today's
+    /// shape; one stored event split in two shows as two items of the same version).
     #[schema(value_type = Object)]
-    pub changes: Box<RawValue>,
+    pub changes: serde_json::Value,
 }
 
 /// A page of a trail.
@@ -127,20 +127,29 @@ async fn history(
     let next = more
         .then(|| events.last().map(|event| event.version.to_string()))
         .flatten();
-    let items = events.into_iter().map(change).collect();
+    let mut items = Vec::with_capacity(events.len());
+    for event in &events {
+        items.extend(changes(event)?);
+    }
     Ok(Json(History { items, next }))
 }
 
-fn change(event: RecordedEvent) -> Change {
-    Change {
-        changes: event.payload,
-        version: event.version,
-        event_type: event.event_type,
-        occurred_at: event.occurred_at,
-        actor_id: event.actor_id,
-        correlation_id: event.correlation_id,
-        causation_id: event.causation_id,
-    }
+/// The items one stored event shows as: the events it reads as today.
+fn changes(event: &RecordedEvent) -> Result<impl Iterator<Item = Change>, ApiError> {
+    let read = versions::decode(&event.event_type, event.schema_version, event.payload.get())
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(read.into_iter().map(|read| {
+        let (event_type, changes) = read.into_parts();
+        Change {
+            changes,
+            version: event.version,
+            event_type: event_type.to_owned(),
+            occurred_at: event.occurred_at,
+            actor_id: event.actor_id.clone(),
+            correlation_id: event.correlation_id.clone(),
+            causation_id: event.causation_id,
+        }
+    }))
 }
 
 /// A patient's audit trail.

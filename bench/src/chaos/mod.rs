@@ -185,6 +185,7 @@ async fn chaos(
             ("HAP_AMQP_URL".into(), services.amqp_env().to_owned()),
             ("HAP_EXCHANGE_PREFIX".into(), broker.prefix().to_owned()),
             ("HAP_AUTH_SECRET".into(), secret.clone()),
+            ("HAP_DATA_KEY".into(), data_key()),
             (
                 "HAP_SCHEDULING_TIMEOUT_MS".into(),
                 args.scheduling_timeout_ms.to_string(),
@@ -429,6 +430,13 @@ impl Run<'_> {
 }
 
 /// A random HS256 secret of 48 characters.
+/// A master key of personal data for one trial: 32 random bytes, base64.
+fn data_key() -> String {
+    use base64::Engine;
+    let bytes = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()].map(|u| u.into_bytes());
+    base64::engine::general_purpose::STANDARD.encode(bytes.concat())
+}
+
 fn secret() -> String {
     let random = format!(
         "{}{}",
