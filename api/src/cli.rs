@@ -283,8 +283,20 @@ async fn hash_clear_claims(pool: &sqlx::PgPool, settings: &Settings) -> anyhow::
     let hashed = privacy::claims::hash_clear_claims(pool, &master)
         .await
         .context("Failed to hash the uniqueness claims of earlier releases")?;
-    if hashed > 0 {
-        tracing::info!(hashed, "uniqueness claims now keep keyed hashes");
+    if hashed.replaced > 0 {
+        tracing::info!(
+            hashed = hashed.replaced,
+            "uniqueness claims now keep keyed hashes"
+        );
+    }
+    for owner in &hashed.duplicates {
+        // A process of an earlier release claimed a value in clear after its hash was claimed:
+        // both owners hold it. Logged by stream id only (the value is personal data).
+        tracing::warn!(
+            %owner,
+            "a document or license number is claimed twice (in clear by an earlier release); \
+             stop every older `hap` process and resolve the duplicate registration"
+        );
     }
     Ok(())
 }
@@ -296,8 +308,9 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
     let pool = db::connect(&settings.database_url, settings.db_pool_size, migrate).await?;
     if migrate {
         db::migrate(&pool).await?;
-        hash_clear_claims(&pool, &settings).await?;
     }
+    // Also with --no-migrate: a `hap migrate` run without the master key could not hash them.
+    hash_clear_claims(&pool, &settings).await?;
     let listener = TcpListener::bind(serve.http_addr)
         .await
         .with_context(|| format!("Failed to listen on {}", serve.http_addr))?;

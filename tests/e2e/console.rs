@@ -709,15 +709,48 @@ async fn a_dead_letters_page_shows_its_headers_error_and_body_to_its_tenant_and_
     let record_page = message_page(&names, &record.event_id.to_string());
     let (status, hidden) = page(app, &record_page, Some(&reader)).await;
     assert_eq!(status, 200, "{hidden}");
-    assert!(hidden.contains("database down"), "{hidden}");
     assert!(hidden.contains("hidden: needs records:read"), "{hidden}");
     assert!(!hidden.contains("a private diagnosis"), "{hidden}");
+    // Its error too: a decoding error quotes what it could not read.
+    assert!(!hidden.contains("database down"), "{hidden}");
     let clinician = token("north", "ops:read records:read");
     let (_, shown) = page(app, &record_page, Some(&clinician)).await;
     assert!(shown.contains("a private diagnosis"), "{shown}");
+    assert!(shown.contains("database down"), "{shown}");
+
+    // A body that does not parse names no kind: it may be a record's, so it is hidden as one.
+    let garbled = uuid::Uuid::now_v7().to_string();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        messaging::headers::ERROR.into(),
+        AMQPValue::LongString("expected value at \"a private note\"".into()),
+    );
+    let properties = BasicProperties::default()
+        .with_message_id(garbled.as_str().into())
+        .with_headers(headers);
+    publish_to_queue(
+        &names.dead_letters,
+        b"{\"notes\": \"a private note",
+        properties,
+    )
+    .await;
+    let platform = token("*", "ops:read ops:platform");
+    let (status, garbled_page) = page(app, &message_page(&names, &garbled), Some(&platform)).await;
+    assert_eq!(status, 200, "{garbled_page}");
+    assert!(!garbled_page.contains("a private note"), "{garbled_page}");
+    assert!(
+        garbled_page.contains("hidden: needs records:read"),
+        "{garbled_page}"
+    );
 
     // Looked at again and again, every message is still there, in its place.
-    assert_eq!(order(&names).await, before);
+    let after = order(&names).await;
+    assert_eq!(after[..before.len()], before[..]);
+    assert_eq!(
+        after.len(),
+        before.len() + 1,
+        "and the garbled one behind them"
+    );
     assert_eq!(before[0].as_deref(), Some(first.as_str()));
     system.stop().await;
 }

@@ -55,23 +55,28 @@ async fn clear_claims_of_an_earlier_release_are_hashed_and_still_conflict() {
     .await
     .unwrap();
     let master = keyed_settings().master_key().unwrap().unwrap();
-    assert_eq!(
-        privacy::claims::hash_clear_claims(&db.pool, &master)
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        privacy::claims::hash_clear_claims(&db.pool, &master)
-            .await
-            .unwrap(),
-        0,
-        "once"
-    );
+    let hash = || privacy::claims::hash_clear_claims(&db.pool, &master);
+    assert_eq!(hash().await.unwrap().replaced, 1);
+    assert_eq!(hash().await.unwrap(), Default::default(), "once");
     assert_eq!(claims_holding(&db, "DOC-OLD-1").await, 0);
     assert_eq!(claims_holding(&db, "kept-as-is").await, 1, "lookups stay");
 
     let app = hap_tests::TestApp::start_with(&db, keyed_settings()).await;
     let taken = app.post("/patients", hap_tests::patient("DOC-OLD-1")).await;
     assert_eq!(taken.status(), 409);
+
+    // A process of the earlier release, still running, claims the same value in clear: the
+    // next hashing reports both owners' duplicate instead of failing on the claims' key.
+    let late = Uuid::now_v7();
+    sqlx::query(
+        "insert into unique_claims (tenant_id, kind, value, owner_id)
+         values ('default', 'patient.documentNumber', 'DOC-OLD-1', $1)",
+    )
+    .bind(late)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let reported = hash().await.unwrap();
+    assert_eq!(reported.replaced, 0);
+    assert_eq!(reported.duplicates, [late.to_string()]);
 }

@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use crate::auth::{OpsWrite, Scope};
 use crate::console::layout::{frame, moment};
-use crate::console::pages::streams::payload;
+use crate::console::pages::streams::{may_read, payload};
 use crate::console::session::{Operator, cross_site, forbidden, same_site};
 use crate::queries::Params;
 use crate::state::AppState;
@@ -414,6 +414,8 @@ pub async fn message(
     };
     let may_act = operator.0.may(OpsWrite::NAME);
     let body = String::from_utf8_lossy(&letter.body);
+    let kind = letter.aggregate_type.as_deref().unwrap_or("");
+    let readable = may_read(&operator, kind);
     let page = html! {
         h1 { "Dead letter " code { (opened.event) } }
         p.muted {
@@ -431,11 +433,16 @@ pub async fn message(
             }
         }
         h2 { "Error" }
-        pre.error { (letter.error.as_deref().unwrap_or("(no error recorded)")) }
+        // A decoding error quotes what it could not read: it is shown under the body's rule.
+        @if readable {
+            pre.error { (letter.error.as_deref().unwrap_or("(no error recorded)")) }
+        } @else {
+            span.muted { "hidden: needs records:read" }
+        }
         h2 { "Headers" }
         table.headers {
             tr { th { "routing key" } td { code { (letter.routing_key) } } }
-            @for (name, value) in letter.header_texts() {
+            @for (name, value) in letter.header_texts().into_iter().filter(|(name, _)| readable || name != messaging::headers::ERROR) {
                 tr {
                     th { (name) }
                     td {
@@ -448,7 +455,7 @@ pub async fn message(
             }
         }
         h2 { "Body" }
-        (payload(&operator, letter.aggregate_type.as_deref().unwrap_or(""), &body))
+        (payload(&operator, kind, &body))
     };
     frame("Dead letter", Some(&operator.0), page).into_response()
 }

@@ -122,9 +122,6 @@ pub async fn page(
     Ok(frame("Stream", Some(&operator.0), body).into_response())
 }
 
-/// An event's payload (`json`, of an aggregate of `aggregate_type`), pretty-printed; a
-/// clinical record's content only for an operator whose token also grants `records:read`, as
-/// the API's own history asks. The dead-letters page shows a message's body with it too.
 /// A stored event's payload as HAP reads it today (an older version raised; the parts of a
 /// split as an array); as stored if it does not read.
 fn read_today(event: &RecordedEvent) -> String {
@@ -136,10 +133,27 @@ fn read_today(event: &RecordedEvent) -> String {
     }
 }
 
+/// Whether `operator` may read the content of an aggregate of `aggregate_type`: a clinical
+/// record's only with `records:read`, as the API's own history asks. So may a body of no kind
+/// HAP knows (a dead letter that did not parse may be a record's): the rule fails closed.
+pub fn may_read(operator: &Operator, aggregate_type: &str) -> bool {
+    let other_than_records = [
+        AggregateKind::Patient,
+        AggregateKind::Physician,
+        AggregateKind::PhysicianSchedule,
+        AggregateKind::Consultation,
+    ];
+    operator.0.may(RecordsRead::NAME)
+        || other_than_records
+            .iter()
+            .any(|kind| kind.as_str() == aggregate_type)
+}
+
+/// An event's payload (`json`, of an aggregate of `aggregate_type`), pretty-printed, if
+/// [`may_read`] lets the operator see it. The dead-letters page shows a message's body with it
+/// too.
 pub fn payload(operator: &Operator, aggregate_type: &str, json: &str) -> Markup {
-    if aggregate_type == AggregateKind::ClinicalRecord.as_str()
-        && !operator.0.may(RecordsRead::NAME)
-    {
+    if !may_read(operator, aggregate_type) {
         return html! { span.muted { "hidden: needs records:read" } };
     }
     let text = serde_json::from_str::<serde_json::Value>(json)
