@@ -133,14 +133,15 @@ impl SagaStore for MemoryStore {
         tenant: &str,
         consultation: ConsultationId,
     ) -> Result<Answers, sqlx::Error> {
-        let stored = in_tenant(self, tenant).filter_map(|(recorded, event)| {
+        let stored = in_tenant(self, tenant).filter_map(|(_, event)| {
             let about = match &event {
                 Event::ConsultationSchedulingFailed(e) => e.consultation_id,
                 other => Confirmation::given_by(other)?.0,
             };
-            (about == consultation).then_some(recorded.event_type)
+            // The type read today, as the SQL lookup's partial index names them.
+            (about == consultation).then_some(event.event_type())
         });
-        Ok(stored.fold(Answers::default(), |a, t| a.with(&t)))
+        Ok(stored.fold(Answers::default(), Answers::with))
     }
 }
 
