@@ -238,6 +238,19 @@ pub enum AggregateKind {
 }
 
 impl AggregateKind {
+    pub const ALL: [Self; 5] = [
+        Self::Patient,
+        Self::Physician,
+        Self::PhysicianSchedule,
+        Self::Consultation,
+        Self::ClinicalRecord,
+    ];
+
+    /// The kind whose `aggregateType` is `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+
     /// The `aggregateType` written with every event and sent on the broker.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -137,16 +137,9 @@ fn read_today(event: &RecordedEvent) -> String {
 /// record's only with `records:read`, as the API's own history asks. So may a body of no kind
 /// HAP knows (a dead letter that did not parse may be a record's): the rule fails closed.
 pub fn may_read(operator: &Operator, aggregate_type: &str) -> bool {
-    let other_than_records = [
-        AggregateKind::Patient,
-        AggregateKind::Physician,
-        AggregateKind::PhysicianSchedule,
-        AggregateKind::Consultation,
-    ];
     operator.0.may(RecordsRead::NAME)
-        || other_than_records
-            .iter()
-            .any(|kind| kind.as_str() == aggregate_type)
+        || AggregateKind::parse(aggregate_type)
+            .is_some_and(|kind| kind != AggregateKind::ClinicalRecord)
 }
 
 /// An event's payload (`json`, of an aggregate of `aggregate_type`), pretty-printed, if
