@@ -14,6 +14,12 @@ pub trait Aggregate: Default + Clone + Send + Sync + 'static {
     /// Applies one event of this aggregate's stream. Events of other kinds leave it unchanged.
     fn evolve(self, event: &Event) -> Self;
 
+    /// Whose personal data this stream's events carry (see [`crate::personal`]): the key that
+    /// seals them. None for streams that hold no personal data.
+    fn data_subject(&self) -> Option<uuid::Uuid> {
+        None
+    }
+
     /// Folds a whole stream from the empty state.
     fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
         events.into_iter().fold(Self::default(), Self::evolve)

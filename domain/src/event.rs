@@ -60,11 +60,13 @@ events! {
     PatientRegistered => Patients, "patient.registered", Patient, saga: false;
     PatientUpdated => Patients, "patient.updated", Patient, saga: false;
     PatientDeactivated => Patients, "patient.deactivated", Patient, saga: false;
+    PatientErased => Patients, "patient.erased", Patient, saga: false;
     PatientValidatedForConsultation => Patients, "patient.validated.for.consultation", Patient, saga: true;
     PatientValidationFailed => Patients, "patient.validation.failed", Patient, saga: true;
     PhysicianRegistered => Physicians, "physician.registered", Physician, saga: false;
     PhysicianUpdated => Physicians, "physician.updated", Physician, saga: false;
     PhysicianDeactivated => Physicians, "physician.deactivated", Physician, saga: false;
+    PhysicianErased => Physicians, "physician.erased", Physician, saga: false;
     PhysicianAvailabilityConfirmed => Physicians, "physician.availability.confirmed", PhysicianSchedule, saga: true;
     PhysicianAvailabilityRejected => Physicians, "physician.availability.rejected", PhysicianSchedule, saga: true;
     PhysicianSlotReleased => Physicians, "physician.slot.released", PhysicianSchedule, saga: true;
@@ -297,6 +299,16 @@ pub struct PatientDeactivated {
     pub reason: Option<String>,
 }
 
+/// The patient's personal data is erased: their key is deleted with this event, so every
+/// personal field sealed under it reads as null from now on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatientErased {
+    pub patient_id: PatientId,
+    /// Why, as the data protection officer gave it (no personal data).
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatientValidatedForConsultation {
@@ -341,6 +353,14 @@ pub struct PhysicianDeactivated {
 }
 
 /// The slot is now held for the consultation on the physician's day schedule.
+/// The physician's personal data is erased, as [`PatientErased`] for a patient.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PhysicianErased {
+    pub physician_id: PhysicianId,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PhysicianAvailabilityConfirmed {

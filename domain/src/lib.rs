@@ -16,6 +16,8 @@
 //! - `names`: enums whose variants travel as names, each name written once.
 //! - [`patient`], [`physician`], [`schedule`], [`consultation`], [`record`]: the aggregates.
 //! - [`service`]: the table of services, and every name they go by on the broker.
+//! - [`personal`]: which fields of which events are a person's personal data, sealed under
+//!   their key at rest, and which events erase a person.
 //! - [`versions`]: the upcaster chain, which raises a payload of an older version to today's
 //!   shape; every reader decodes through it.
 //! - [`saga`]: which service reacts to which event in the scheduling and cancellation sagas,
@@ -27,6 +29,7 @@ pub mod event;
 pub mod ids;
 mod names;
 pub mod patient;
+pub mod personal;
 pub mod physician;
 pub mod record;
 pub mod saga;

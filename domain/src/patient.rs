@@ -69,6 +69,13 @@ impl Aggregate for Patient {
     type Command = PatientCommand;
     const KIND: AggregateKind = AggregateKind::Patient;
 
+    fn data_subject(&self) -> Option<uuid::Uuid> {
+        match self {
+            Self::Unregistered => None,
+            Self::Registered(p) => Some(p.id.as_uuid()),
+        }
+    }
+
     fn decide(&self, command: PatientCommand) -> Result<Vec<Event>, DomainError> {
         match command {
             PatientCommand::Register {

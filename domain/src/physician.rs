@@ -54,6 +54,13 @@ impl Aggregate for Physician {
     type Command = PhysicianCommand;
     const KIND: AggregateKind = AggregateKind::Physician;
 
+    fn data_subject(&self) -> Option<uuid::Uuid> {
+        match self {
+            Self::Unregistered => None,
+            Self::Registered(p) => Some(p.id.as_uuid()),
+        }
+    }
+
     fn decide(&self, command: PhysicianCommand) -> Result<Vec<Event>, DomainError> {
         match (self, command) {
             (

@@ -12,6 +12,9 @@ use crate::values::RecordContent;
 pub struct RecordBook {
     /// Known once the first record is written.
     pub consultation_id: Option<ConsultationId>,
+    /// Whose records these are (their content is sealed under the patient's key); known once
+    /// the first record is written.
+    pub patient_id: Option<PatientId>,
     pub records: Vec<Record>,
     pub voided: bool,
 }
@@ -65,6 +68,10 @@ impl RecordBook {
 impl Aggregate for RecordBook {
     type Command = RecordCommand;
     const KIND: AggregateKind = AggregateKind::ClinicalRecord;
+
+    fn data_subject(&self) -> Option<uuid::Uuid> {
+        self.patient_id.map(|p| p.as_uuid())
+    }
 
     fn decide(&self, command: RecordCommand) -> Result<Vec<Event>, DomainError> {
         match command {
@@ -127,6 +134,7 @@ impl Aggregate for RecordBook {
         match event {
             Event::ConsultationRecordCreated(e) => {
                 self.consultation_id = Some(e.consultation_id);
+                self.patient_id = Some(e.patient_id);
                 self.records.push(Record {
                     id: e.record_id,
                     content: e.content.clone(),
