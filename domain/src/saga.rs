@@ -43,6 +43,8 @@ impl Service {
                 "ConsultationRecordsVoided",
                 "PatientDeactivated",
                 "PhysicianDeactivated",
+                "PatientErased",
+                "PhysicianErased",
             ],
             Self::Records => &["ConsultationCancellationRequested"],
         }
@@ -88,6 +90,13 @@ impl Service {
                 Step::CancelFutureConsultations(Person::Patient(e.patient_id))
             }
             (Self::Scheduling, E::PhysicianDeactivated(e)) => {
+                Step::CancelFutureConsultations(Person::Physician(e.physician_id))
+            }
+            // An erased person is deactivated too; if they were already, this finds nothing.
+            (Self::Scheduling, E::PatientErased(e)) => {
+                Step::CancelFutureConsultations(Person::Patient(e.patient_id))
+            }
+            (Self::Scheduling, E::PhysicianErased(e)) => {
                 Step::CancelFutureConsultations(Person::Physician(e.physician_id))
             }
             (Self::Records, E::ConsultationCancellationRequested(e)) => Step::VoidRecords {

@@ -60,17 +60,17 @@ impl Booking {
     fn requested(&self) -> Given {
         let patient = Event::PatientRegistered(PatientRegistered {
             patient_id: self.patient,
-            name: "Ana Lima".into(),
-            birth_date: chrono::NaiveDate::from_ymd_opt(1990, 1, 2).expect("a date"),
-            document_number: format!("DOC-{}", self.patient),
+            name: Some("Ana Lima".into()),
+            birth_date: chrono::NaiveDate::from_ymd_opt(1990, 1, 2),
+            document_number: Some(format!("DOC-{}", self.patient)),
             email: None,
             phone: None,
         });
         let physician = Event::PhysicianRegistered(PhysicianRegistered {
             physician_id: self.physician,
-            name: "Rui Carvalho".into(),
+            name: Some("Rui Carvalho".into()),
             specialty: "cardiology".into(),
-            license_number: format!("CRM-{}", self.physician),
+            license_number: Some(format!("CRM-{}", self.physician)),
         });
         let request = Event::ConsultationSchedulingStarted(ConsultationSchedulingStarted {
             consultation_id: self.consultation,
