@@ -5,8 +5,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use hap_tests::broker::dead_letter;
 use hap_tests::system::{Parts, System};
 use hap_tests::{TestApp, TestDb, tokens};
+use messaging::QueueNames;
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -100,6 +102,26 @@ async fn tables_holding(db: &TestDb, needle: &str) -> Vec<(String, i64)> {
     holding
 }
 
+/// The first event of `stream`, as stored.
+async fn first_event(system: &System, stream: Uuid) -> eventstore::RecordedEvent {
+    let store = system.state.commands.store();
+    let mut events = store
+        .read_stream(stream, eventstore::StreamVersion::EMPTY)
+        .await
+        .unwrap();
+    events.remove(0)
+}
+
+/// The event ids of the dead letters of `queue`.
+async fn letters_of(queue: &str) -> Vec<String> {
+    messaging::dlq::list(&hap_tests::broker::amqp_urls(), queue)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|letter| letter.event_id)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erased_patient_is_nowhere_readable_and_their_future_is_cancelled() {
     let db = TestDb::new().await;
@@ -132,6 +154,25 @@ async fn an_erased_patient_is_nowhere_readable_and_their_future_is_cancelled() {
             "the read model shows {needle} before the erasure"
         );
     }
+
+    // Dead letters naming the patient, in a saga queue and in an instance's projector queue
+    // (the instance records itself as processes do), and one of another patient.
+    let other = app.register_patient("DOC-OTHER").await;
+    let [registered, other_registered] = [patient, other].map(|id| first_event(&system, id));
+    let (registered, other_registered) = (registered.await, other_registered.await);
+    sqlx::query(
+        "insert into processes (id, instance, roles, version, host, pid, http_addr)
+         values ($1, 'test', '{projector}', 'test', 'localhost', 1, '127.0.0.1:1')",
+    )
+    .bind(Uuid::now_v7())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let saga_queue = QueueNames::shared(&system.prefix, "patient-service");
+    let instance_queue = QueueNames::new(&system.prefix, "patient-service", "test");
+    dead_letter(&saga_queue, &registered, "poison").await;
+    dead_letter(&instance_queue, &registered, "poison").await;
+    dead_letter(&instance_queue, &other_registered, "poison").await;
 
     let erase = |key: &str| {
         app.request(Method::POST, &format!("/patients/{patient}/erase"))
@@ -180,6 +221,17 @@ async fn an_erased_patient_is_nowhere_readable_and_their_future_is_cancelled() {
     })
     .await;
     assert_eq!(record["content"], Value::Null, "{record}");
+
+    let forgotten = hap_tests::eventually(PATIENCE, || async {
+        let [saga, instance] = [&saga_queue, &instance_queue].map(|q| letters_of(&q.main));
+        let (saga, instance) = (saga.await, instance.await);
+        saga.is_empty() && instance == vec![other_registered.event_id.to_string()]
+    })
+    .await;
+    assert!(
+        forgotten,
+        "the erased patient's dead letters go, the other's stays"
+    );
 
     // Let every projector and saga settle, then look everywhere.
     tokio::time::sleep(Duration::from_millis(500)).await;
