@@ -187,15 +187,14 @@ where
     let reason = fields.check("reason", Reason::parse(&body.reason));
     fields.finish()?;
     let command = erase(reason.expect(CHECKED));
-    execute::<A>(
-        app,
-        caller,
-        context,
-        Target::Existing(id),
-        command,
-        Reply::accepted(id),
-    )
-    .await
+    let reply = Reply::accepted(id);
+    let response = execute::<A>(app, caller, context, Target::Existing(id), command, reply).await?;
+    // Who erased whom, and when: never the reason, which is free text.
+    if response.status() == StatusCode::ACCEPTED {
+        tracing::info!(person = %id, actor = %caller.subject, tenant = %caller.tenant_id,
+            kind = A::KIND.as_str(), "a person's personal data was erased");
+    }
+    Ok(response)
 }
 
 /// The optional body of the deactivation commands.
