@@ -208,6 +208,22 @@ async fn an_erased_patient_is_nowhere_readable_and_their_future_is_cancelled() {
     for field in ["name", "birthDate", "documentNumber", "email", "phone"] {
         assert_eq!(erased[field], Value::Null, "{field} of {erased}");
     }
+    let history = app.get_json(&format!("/patients/{patient}/history")).await;
+    let items = history["items"].as_array().unwrap();
+    assert_eq!(items[0]["eventType"], "PatientRegistered", "{history}");
+    for field in ["name", "birthDate", "documentNumber", "email", "phone"] {
+        assert_eq!(
+            items[0]["changes"][field],
+            Value::Null,
+            "{field} in {history}"
+        );
+    }
+    let last = items.last().unwrap();
+    assert_eq!(last["eventType"], "PatientErased", "{history}");
+    assert_eq!(
+        last["changes"]["reason"],
+        "the patient asked (LGPD art. 18, VI)"
+    );
     let cancelled = system
         .wait_for_status(consultation, "cancelled", PATIENCE)
         .await;
