@@ -149,6 +149,7 @@ pub fn new_stream(stream_id: Uuid, events: &[Event]) -> Append {
                     event_type: event_type.into(),
                     payload,
                     occurred_at: now_micros(),
+                    schema_version: 1,
                 }
             })
             .collect(),
@@ -164,6 +165,7 @@ pub fn new_stream(stream_id: Uuid, events: &[Event]) -> Append {
         metadata: hap_support::system::metadata(),
         deadlines: vec![],
         ends: None,
+        erases: None,
     }
 }
 

@@ -138,13 +138,19 @@ fn write(contents: &mut Contents, append: Append) -> Appended {
             correlation_id: meta.correlation_id.clone(),
             causation_id: meta.causation_id,
             actor_id: meta.actor_id.clone(),
-            schema_version: meta.schema_version,
+            schema_version: event.schema_version,
             occurred_at: event.occurred_at,
         });
     }
     for claim in append.claims {
         let key = (meta.tenant_id.clone(), claim.kind, claim.value);
         contents.claims.insert(key, append.stream_id);
+    }
+    // Payloads are kept in clear here: an erasure only releases the claims.
+    if let Some(erasure) = &append.erases {
+        contents.claims.retain(|(_, kind, _), owner| {
+            *owner != erasure.subject || !erasure.claim_kinds.contains(kind)
+        });
     }
     for start in append.deadlines {
         let due = Due {
@@ -253,6 +259,7 @@ mod tests {
                 event_type: "TestHappened".into(),
                 payload: serde_json::json!({}),
                 occurred_at: Utc::now(),
+                schema_version: 1,
             }],
             claims: claims
                 .iter()
@@ -267,10 +274,10 @@ mod tests {
                 correlation_id: "c".into(),
                 causation_id: None,
                 actor_id: None,
-                schema_version: 1,
             },
             deadlines: vec![],
             ends: None,
+            erases: None,
         }
     }
 

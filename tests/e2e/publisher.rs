@@ -35,6 +35,7 @@ fn renames(stream: Uuid, after: u64, count: u64) -> Append {
                 event_type: "PhysicianUpdated".into(),
                 payload: json!({"physicianId": stream, "name": format!("Dr. {v}")}),
                 occurred_at: Utc::now(),
+                schema_version: 1,
             })
             .collect(),
         claims: vec![],
@@ -44,10 +45,10 @@ fn renames(stream: Uuid, after: u64, count: u64) -> Append {
             correlation_id: Uuid::now_v7().to_string(),
             causation_id: None,
             actor_id: None,
-            schema_version: 1,
         },
         deadlines: vec![],
         ends: None,
+        erases: None,
     }
 }
 

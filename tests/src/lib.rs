@@ -36,6 +36,7 @@ pub fn test_append(stream: Uuid, expected: StreamVersion, count: usize) -> Appen
                 event_type: "TestHappened".into(),
                 payload: serde_json::json!({ "n": i }),
                 occurred_at: Utc::now(),
+                schema_version: 1,
             })
             .collect(),
         claims: vec![],
@@ -43,6 +44,7 @@ pub fn test_append(stream: Uuid, expected: StreamVersion, count: usize) -> Appen
         metadata: metadata(),
         deadlines: vec![],
         ends: None,
+        erases: None,
     }
 }
 
@@ -311,6 +313,7 @@ impl TestApp {
                 metadata: metadata(),
                 deadlines: vec![],
                 ends: None,
+                erases: None,
             })
             .await
             .expect("appended");
