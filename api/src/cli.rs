@@ -163,7 +163,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => {
             let pool = db::connect(&cli.settings.database_url, 4, true).await?;
             db::migrate(&pool).await?;
-            let pipeline = crate::state::pipeline(db::event_store(pool, 4), &cli.settings);
+            let pipeline = crate::state::pipeline(db::event_store(pool, 4), &cli.settings)?;
             crate::demo::run_demo(
                 &pipeline,
                 &args.tenant,
@@ -228,7 +228,9 @@ async fn rebuild(settings: Settings, args: RebuildArgs) -> anyhow::Result<()> {
         args.projection
     };
     let names: Vec<&str> = projections.iter().map(String::as_str).collect();
-    let store = EventStore::new(db::connect(&settings.database_url, 4, false).await?);
+    let pool = db::connect(&settings.database_url, 4, false).await?;
+    let vault = crate::state::vault(&pool, &settings)?;
+    let store = EventStore::new(pool).opening_with(std::sync::Arc::new(vault));
     // Make sure the live read model exists (a rebuild may be the first thing run).
     read_model(&settings, true).await?.pool.close().await;
     let read_url = settings
@@ -314,15 +316,21 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
     let listener = TcpListener::bind(serve.http_addr)
         .await
         .with_context(|| format!("Failed to listen on {}", serve.http_addr))?;
-    let store = db::event_store(pool, settings.db_pool_size);
     let mut roles = Roles::new(&serve.roles);
-    roles.record_process(&store, &settings, listener.local_addr()?);
-    roles.start_store_side(&store, &settings);
     let read = read_model(&settings, migrate).await?;
+    let app = AppState::new(
+        db::event_store(pool, settings.db_pool_size),
+        read.clone(),
+        settings,
+        roles.readiness.clone(),
+    )?;
+    // The pipeline's store: its reads open sealed payloads with the process's one vault.
+    let store = app.commands.store().clone();
+    roles.record_process(&store, &app.settings, listener.local_addr()?);
+    roles.start_store_side(&store, &app.settings);
     // One set of consumer settings for projectors and saga services alike.
-    let consumers = settings.consumers(&roles.readiness);
+    let consumers = app.settings.consumers(&roles.readiness);
     roles.start_projectors(&read, &store, &consumers);
-    let app = AppState::new(store, read, settings, roles.readiness.clone())?;
     if app.auth.is_insecure() {
         tracing::warn!(
             "authentication is OFF (--insecure-no-auth): every request acts as tenant `default` \

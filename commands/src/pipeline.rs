@@ -120,8 +120,9 @@ pub enum CommandError {
     Load(#[from] LoadError),
     #[error("the event store failed")]
     Store(#[source] sqlx::Error),
-    /// An event's personal fields could not be sealed (their subject's key not read or
-    /// written).
+    /// An event's personal fields could not be sealed: it names no subject, or the subject's
+    /// stored key does not unwrap. (A database failure reading or writing the key is a
+    /// [`Self::Store`] error.)
     #[error("personal data could not be sealed")]
     Seal(#[source] privacy::VaultError),
 }
@@ -138,9 +139,7 @@ impl CommandError {
     /// The database error behind a failure of the store, if that is what failed.
     pub fn store_error(&self) -> Option<&sqlx::Error> {
         match self {
-            Self::Store(error)
-            | Self::Load(LoadError::Store(error))
-            | Self::Seal(privacy::VaultError::Database(error)) => Some(error),
+            Self::Store(error) | Self::Load(LoadError::Store(error)) => Some(error),
             _ => None,
         }
     }
@@ -526,7 +525,10 @@ impl<S: Store> Pipeline<S> {
             event.payload = vault
                 .seal(tenant, &event.event_type, payload, state.data_subject())
                 .await
-                .map_err(CommandError::Seal)?;
+                .map_err(|error| match error {
+                    privacy::VaultError::Database(error) => CommandError::Store(error),
+                    other => CommandError::Seal(other),
+                })?;
         }
         Ok(())
     }
