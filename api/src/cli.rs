@@ -42,6 +42,9 @@ pub enum Command {
     Migrate,
     /// Rebuild read models from the event store while the service keeps running.
     Rebuild(RebuildArgs),
+    /// Seal the personal data of events that earlier releases stored in clear, in batches,
+    /// while the service keeps running; safe to stop and run again.
+    MigrateEvents(MigrateEventsArgs),
     /// Inspect, re-deliver or drop dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -65,6 +68,14 @@ pub struct TokenArgs {
     /// How long the token is valid, e.g. 1h, 30m, 7d.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub ttl: std::time::Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateEventsArgs {
+    /// Events sealed per transaction.
+    #[arg(long, default_value_t = 500,
+          value_parser = clap::builder::RangedI64ValueParser::<i64>::new().range(1..))]
+    pub batch: i64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -139,6 +150,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rebuild(args) => rebuild(cli.settings, args).await,
+        Command::MigrateEvents(args) => migrate_events(cli.settings, args).await,
         Command::Dlq(command) => dlq(&cli.settings.amqp_url, command).await,
         Command::Token(args) => {
             let unknown: Vec<&str> = args
@@ -274,6 +286,24 @@ async fn rebuild(settings: Settings, args: RebuildArgs) -> anyhow::Result<()> {
         );
     }
     anyhow::bail!("the live read model differs from a rebuild")
+}
+
+async fn migrate_events(settings: Settings, args: MigrateEventsArgs) -> anyhow::Result<()> {
+    let pool = db::connect(&settings.database_url, 2, false).await?;
+    let vault = crate::state::vault(&pool, &settings)?;
+    let mut total = 0;
+    loop {
+        let sealed = privacy::migration::seal_clear_events(&pool, &vault, args.batch)
+            .await
+            .context("Failed to seal a batch of events")?;
+        if sealed == 0 {
+            break;
+        }
+        total += sealed;
+        println!("sealed {sealed} events ({total} in all)");
+    }
+    println!("no event of a personal type is left in clear; {total} sealed by this run");
+    Ok(())
 }
 
 /// With a master key, replaces the clear document and license numbers that claims of earlier

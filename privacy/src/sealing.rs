@@ -94,6 +94,22 @@ pub fn seal(personal: &Personal, payload: &mut Map<String, Value>, subject: Uuid
     );
 }
 
+/// `payload` of `event_type` as it reads once its subject is erased: its personal fields
+/// present set to null, nothing sealed (for clear events of a subject erased already).
+pub fn erased(event_type: &str, mut payload: Value) -> Value {
+    if let (Some(personal), Some(fields)) = (
+        domain::personal::personal(event_type),
+        payload.as_object_mut(),
+    ) {
+        for field in personal.fields {
+            if let Some(value) = fields.get_mut(*field) {
+                *value = Value::Null;
+            }
+        }
+    }
+    payload
+}
+
 /// The subject whose key opens `payload`, if it has sealed fields.
 pub fn sealed_subject(
     event_type: &str,
@@ -211,6 +227,17 @@ mod tests {
         open("PatientRegistered", &mut payload, None).unwrap();
         assert_eq!(
             Value::Object(payload),
+            json!({"patientId": patient, "name": null, "birthDate": null,
+                   "documentNumber": null, "email": null})
+        );
+    }
+
+    #[test]
+    fn an_erased_subjects_clear_fields_are_nulled() {
+        let patient = Uuid::new_v4();
+        let erased = erased("PatientRegistered", Value::Object(registered(patient)));
+        assert_eq!(
+            erased,
             json!({"patientId": patient, "name": null, "birthDate": null,
                    "documentNumber": null, "email": null})
         );
