@@ -298,7 +298,7 @@ mod tests {
         let (event_type, payload) = event.into_parts();
         for version in [crate::personal::schema_version(event_type), 1] {
             let events = decode(event_type, version, &payload.to_string()).unwrap();
-            assert_eq!(events.as_slice(), [event.clone()]);
+            assert_eq!(events.as_slice(), std::slice::from_ref(&event));
         }
     }
 }

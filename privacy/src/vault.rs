@@ -110,18 +110,8 @@ impl Vault {
     /// null, the subject erased). The keys missing from the cache are read in one query.
     pub async fn open_all(&self, rows: &[Stored<'_>]) -> Result<Vec<Option<String>>, VaultError> {
         // The sealed payloads, parsed, and the subjects whose keys they need.
-        let mut sealed: Vec<Option<(Map<String, Value>, Uuid)>> = Vec::with_capacity(rows.len());
-        let mut subjects = HashSet::new();
-        for row in rows {
-            let parsed = match sealed_payload(row)? {
-                Some((payload, subject)) => {
-                    subjects.insert(subject);
-                    Some((payload, subject))
-                }
-                None => None,
-            };
-            sealed.push(parsed);
-        }
+        let sealed = rows.iter().map(Sealed::of).collect::<Result<Vec<_>, _>>()?;
+        let subjects: HashSet<Uuid> = sealed.iter().flatten().map(|s| s.subject).collect();
         if subjects.is_empty() {
             return Ok(vec![None; rows.len()]);
         }
@@ -129,7 +119,11 @@ impl Vault {
         rows.iter()
             .zip(sealed)
             .map(|(row, sealed)| {
-                let Some((mut payload, subject)) = sealed else {
+                let Some(Sealed {
+                    mut payload,
+                    subject,
+                }) = sealed
+                else {
                     return Ok(None);
                 };
                 let key = keys.get(&subject).map(Arc::as_ref);
@@ -205,15 +199,24 @@ impl Vault {
     }
 }
 
-/// `row`'s payload and subject, if it is a sealed one.
-fn sealed_payload(row: &Stored<'_>) -> Result<Option<(Map<String, Value>, Uuid)>, VaultError> {
-    if row.schema_version < SEALED_VERSION || personal::personal(row.event_type).is_none() {
-        return Ok(None);
+/// A stored payload with sealed fields, parsed, and whose key opens them.
+struct Sealed {
+    payload: Map<String, Value>,
+    subject: Uuid,
+}
+
+impl Sealed {
+    /// `row`'s payload, if it has sealed fields.
+    fn of(row: &Stored<'_>) -> Result<Option<Self>, VaultError> {
+        if row.schema_version < SEALED_VERSION || personal::personal(row.event_type).is_none() {
+            return Ok(None);
+        }
+        let Value::Object(payload) = serde_json::from_str(row.payload)? else {
+            return Ok(None);
+        };
+        let subject = sealing::sealed_subject(row.event_type, &payload)?;
+        Ok(subject.map(|subject| Self { payload, subject }))
     }
-    let Value::Object(payload) = serde_json::from_str(row.payload)? else {
-        return Ok(None);
-    };
-    Ok(sealing::sealed_subject(row.event_type, &payload)?.map(|subject| (payload, subject)))
 }
 
 impl Opener for Vault {
