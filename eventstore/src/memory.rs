@@ -296,6 +296,20 @@ mod tests {
     }
 
     #[test]
+    fn an_erasure_releases_its_subjects_claims_of_the_kinds_named() {
+        let store = MemoryStore::new();
+        let subject = Uuid::now_v7();
+        assert!(store.append_now(append(subject, 0, &["a"])).is_ok());
+        let mut erase = append(subject, 1, &[]);
+        erase.erases = Some(crate::Erasure {
+            subject,
+            claim_kinds: vec!["test".into()],
+        });
+        assert!(store.append_now(erase).is_ok());
+        assert!(store.append_now(append(Uuid::now_v7(), 0, &["a"])).is_ok());
+    }
+
+    #[test]
     fn a_key_is_taken_once_and_remembers_the_last_position() {
         let store = MemoryStore::new();
         let remembered = |outcome| Remember {
