@@ -85,11 +85,12 @@ impl Hap {
     ) -> anyhow::Result<Self> {
         // Installed first, as `hap serve` does: what is recorded before it exists is lost.
         api::telemetry::metrics_handle();
-        let store = store(pool);
         let read = read_model(database).await?;
         broker.declare_queues(INSTANCE, sagas).await?;
         let mut pieces = vec![];
-        let app = api::AppState::new(store.clone(), read.clone(), settings, Default::default())?;
+        let app = api::AppState::new(store(pool), read.clone(), settings, Default::default())?;
+        // The routes' store, which opens sealed payloads with the process's vault.
+        let store = app.commands.store().clone();
         if sagas {
             // Steps and deadlines run their commands through the routes' pipeline, whose
             // appends are fed to this process's projectors as the routes' are.
