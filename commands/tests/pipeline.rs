@@ -83,6 +83,32 @@ async fn a_command_on_a_new_stream_appends_its_events() {
 }
 
 #[tokio::test]
+async fn each_event_is_stored_at_the_version_of_its_type() {
+    // Given a registered patient (a personal type, sealed at rest from version 2)
+    let id = PatientId::new();
+    let deactivate = PatientCommand::Deactivate { reason: None };
+    let then = given()
+        .events::<Patient>(id.as_uuid(), [registered(id, "DOC-1")])
+        // When they are deactivated (a type with nothing personal)
+        .when_command::<Patient>(meta(), Target::Existing(id.as_uuid()), deactivate)
+        .await;
+    // Then each event records its own type's version
+    let versions: Vec<(String, i32)> = then
+        .store()
+        .events()
+        .into_iter()
+        .map(|e| (e.event_type, e.schema_version))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("PatientRegistered".to_owned(), 2),
+            ("PatientDeactivated".to_owned(), 1)
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_command_that_changes_nothing_appends_nothing() {
     let id = PatientId::new();
     given()

@@ -820,6 +820,7 @@ async fn failed_scheduling(store: &EventStore, tenant: &str, reason: &str) {
         event_type: "ConsultationSchedulingFailed".into(),
         payload: json!({"consultationId": consultation, "reason": reason, "detail": "test"}),
         occurred_at: chrono::Utc::now(),
+        schema_version: 1,
     }];
     store.append(append).await.unwrap();
 }

@@ -46,6 +46,7 @@ async fn patient_history(store: &EventStore, names: &[&str]) -> Vec<RecordedEven
         payload: json!({"patientId": stream, "name": names[0], "birthDate": "1990-01-01",
                         "documentNumber": format!("D-{stream}")}),
         occurred_at: Utc::now(),
+        schema_version: 1,
     }];
     for name in &names[1..] {
         events.push(NewEvent {
@@ -53,6 +54,7 @@ async fn patient_history(store: &EventStore, names: &[&str]) -> Vec<RecordedEven
             event_type: "PatientUpdated".into(),
             payload: json!({"patientId": stream, "name": name}),
             occurred_at: Utc::now(),
+            schema_version: 1,
         });
     }
     store
@@ -68,10 +70,10 @@ async fn patient_history(store: &EventStore, names: &[&str]) -> Vec<RecordedEven
                 correlation_id: "test".into(),
                 causation_id: None,
                 actor_id: None,
-                schema_version: 1,
             },
             deadlines: vec![],
             ends: None,
+            erases: None,
         })
         .await
         .unwrap();
