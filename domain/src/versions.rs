@@ -196,9 +196,9 @@ mod tests {
     fn registered(id: PatientId, name: &str) -> Event {
         Event::PatientRegistered(PatientRegistered {
             patient_id: id,
-            name: name.into(),
-            birth_date: "1980-05-01".parse().unwrap(),
-            document_number: "123".into(),
+            name: Some(name.into()),
+            birth_date: "1980-05-01".parse().ok(),
+            document_number: Some("123".into()),
             email: None,
             phone: None,
         })

@@ -171,7 +171,7 @@ async fn a_records_first_event_delivered_again_changes_nothing() {
             consultation_id: consultation,
             patient_id: PatientId::new(),
             physician_id: PhysicianId::new(),
-            content: "BP 12/8".into(),
+            content: Some("BP 12/8".into()),
         }),
     )
     .await;

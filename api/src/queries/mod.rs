@@ -105,6 +105,8 @@ pub struct Items<T> {
 pub enum PersonStatus {
     Active,
     Inactive,
+    /// Their personal data is erased: every personal field is null.
+    Erased,
 }
 
 impl PersonStatus {
@@ -112,6 +114,7 @@ impl PersonStatus {
         match self {
             Self::Active => "active",
             Self::Inactive => "inactive",
+            Self::Erased => "erased",
         }
     }
 }
