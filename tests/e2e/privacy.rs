@@ -425,3 +425,34 @@ async fn migrate_events_seals_clear_events_in_resumable_batches() {
         .collect();
     assert_eq!(contents, [json!("OLD-CONTENT-1"), json!("OLD-CONTENT-2")]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_erasing_process_reads_the_subject_as_erased_at_once() {
+    let db = TestDb::new().await;
+    let app = hap_tests::TestApp::start_with(&db, keyed_settings()).await;
+    let patient = app.register_patient("DOC-GONE").await;
+    // Read once, so that this process caches the patient's key.
+    let before = app.get_json(&format!("/patients/{patient}/history")).await;
+    assert_eq!(before["items"][0]["changes"]["name"], "Ana Lima");
+
+    let erased = app
+        .post(
+            &format!("/patients/{patient}/erase"),
+            json!({"reason": "the patient asked"}),
+        )
+        .await;
+    assert_eq!(erased.status(), 202, "{:?}", erased.text().await);
+
+    // The same process, right away: its cached key went with the erasure.
+    let after = app.get_json(&format!("/patients/{patient}/history")).await;
+    assert_eq!(after["items"][0]["changes"]["name"], Value::Null, "{after}");
+    let keys: i64 = db
+        .scalar(
+            "select count(*) from subject_keys where subject_id = $1",
+            patient,
+        )
+        .await;
+    assert_eq!(keys, 0);
+    let again = app.post("/patients", hap_tests::patient("DOC-GONE")).await;
+    assert_eq!(again.status(), 201, "the document number is free again");
+}
