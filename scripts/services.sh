@@ -355,10 +355,7 @@ start_rabbitmq() {
 		run_as_root systemctl start rabbitmq-server
 	elif is_root || { have sudo && sudo -n true 2>/dev/null; }; then
 		# -detached daemonizes. Debian's wrapper drops to the rabbitmq user.
-		# Each connection takes a file descriptor, and a soft limit of 1024
-		# (a shell's usual) runs out when several test runs share the broker:
-		# it then stops answering new connections. Start it with the hard limit.
-		(ulimit -n "$(ulimit -Hn)" 2>/dev/null; run_as_root rabbitmq-server -detached)
+		run_as_root rabbitmq-server -detached
 	else
 		# Debian's wrapper, run as an ordinary user, starts a foreground
 		# server instead of refusing, so do not even try.
