@@ -16,7 +16,7 @@ use eventstore::{EventStore, RecordedEvent, StreamVersion};
 use hap_tests::broker::{dead_letter, publish_to_queue, wait_for_queue};
 use hap_tests::system::{Parts, System};
 use hap_tests::tokens::{settings, token};
-use hap_tests::{TestApp, TestDb, eventually, id_of, patient, test_append};
+use hap_tests::{TestApp, TestDb, eventually, test_append};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use messaging::{QueueNames, dlq};
@@ -207,15 +207,8 @@ async fn a_post_from_another_site_is_refused() {
 async fn a_tenants_operator_sees_only_its_streams_and_a_platform_operator_every_one() {
     let db = TestDb::new().await;
     let app = TestApp::start_with(&db, settings()).await;
-    let registered = app
-        .request(Method::POST, "/patients")
-        .bearer_auth(token("north", "patients:write"))
-        .json(&patient("DOC-C1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), 201);
-    let id = id_of(registered).await;
+    let writer = token("north", "patients:write");
+    let id = app.register_patient_as(&writer, "DOC-C1").await;
     let path = format!("/console/streams/{id}");
 
     let (status, body) = page(&app, &path, Some(&token("north", "ops:read"))).await;

@@ -219,6 +219,34 @@ impl TestApp {
         self.send(Method::PATCH, path, body)
     }
 
+    /// Sends a JSON body and asserts the answer's status; on another status the panic shows
+    /// the body, which says why.
+    pub async fn send_expecting(
+        &self,
+        method: Method,
+        path: &str,
+        body: Value,
+        status: u16,
+    ) -> Response {
+        let response = self.send(method.clone(), path, body).await;
+        if response.status() != status {
+            let got = response.status();
+            let text = response.text().await.unwrap_or_default();
+            panic!("{method} {path} answered {got}, not {status}: {text}");
+        }
+        response
+    }
+
+    /// `POST path` with `body`, asserting the answer's status.
+    pub async fn post_expecting(&self, path: &str, body: Value, status: u16) -> Response {
+        self.send_expecting(Method::POST, path, body, status).await
+    }
+
+    /// `PATCH path` with `body`, asserting the answer's status.
+    pub async fn patch_expecting(&self, path: &str, body: Value, status: u16) -> Response {
+        self.send_expecting(Method::PATCH, path, body, status).await
+    }
+
     /// How many events the store holds: what a rejected command must leave unchanged.
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("select count(*) from events")
@@ -229,7 +257,15 @@ impl TestApp {
 
     /// Registers a patient and returns its id.
     pub async fn register_patient(&self, document_number: &str) -> Uuid {
-        let response = self.post("/patients", patient(document_number)).await;
+        let body = patient(document_number);
+        id_of(self.post_expecting("/patients", body, 201).await).await
+    }
+
+    /// Registers a patient for the tenant of `token` and returns its id.
+    pub async fn register_patient_as(&self, token: &str, document_number: &str) -> Uuid {
+        let request = self.request(Method::POST, "/patients").bearer_auth(token);
+        let response = request.json(&patient(document_number)).send().await;
+        let response = response.expect("request sent");
         assert_eq!(response.status(), 201, "{:?}", response.text().await);
         id_of(response).await
     }
@@ -259,9 +295,7 @@ impl TestApp {
         let body = serde_json::json!({
             "name": "Dr. Rui Costa", "specialty": "cardiology", "licenseNumber": license_number
         });
-        let response = self.post("/physicians", body).await;
-        assert_eq!(response.status(), 201, "{:?}", response.text().await);
-        id_of(response).await
+        id_of(self.post_expecting("/physicians", body, 201).await).await
     }
 
     /// Requests a consultation tomorrow and returns its id.
@@ -284,9 +318,7 @@ impl TestApp {
             "startsAt": at.to_rfc3339(),
             "durationMinutes": 30,
         });
-        let response = self.post("/consultations", body).await;
-        assert_eq!(response.status(), 202, "{:?}", response.text().await);
-        id_of(response).await
+        id_of(self.post_expecting("/consultations", body, 202).await).await
     }
 
     /// Appends an event to a stream as a saga step would (the sagas run elsewhere).
