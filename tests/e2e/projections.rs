@@ -829,7 +829,6 @@ async fn an_event_the_feed_fails_to_apply_still_arrives_through_the_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queues_an_earlier_version_declared_are_consumed_as_they_are() {
     use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-    use lapin::types::{AMQPValue, FieldTable};
 
     let db = TestDb::new().await;
     let prefix = unique_prefix();
@@ -852,15 +851,10 @@ async fn queues_an_earlier_version_declared_are_consumed_as_they_are() {
             .queue_delete(names.retry.as_str().into(), QueueDeleteOptions::default())
             .await
             .expect("deleted");
-        let mut retry = FieldTable::default();
-        retry.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        retry.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(names.main.as_str().into()),
-        );
+        let retry = messaging::queues::string_arguments(&[
+            ("x-dead-letter-exchange", ""),
+            ("x-dead-letter-routing-key", names.main.as_str()),
+        ]);
         let durable = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
