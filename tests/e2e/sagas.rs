@@ -22,9 +22,14 @@ fn tomorrow_at(hour: u32, minute: u32) -> DateTime<Utc> {
         .and_utc()
 }
 
-/// The `n`th half hour from 04:00 tomorrow: a slot of its own for each of a burst of requests.
-fn half_hour_slot(n: u32) -> DateTime<Utc> {
-    tomorrow_at(4 + n / 2, (n % 2) * 30)
+/// Requests consultation `n` of a burst in the `n`th half hour from 04:00 tomorrow: a slot of
+/// its own for each.
+async fn request_in_slot(system: &System, patient: Uuid, physician: Uuid, n: u32) -> Uuid {
+    let at = tomorrow_at(4 + n / 2, (n % 2) * 30);
+    system
+        .app
+        .request_consultation_at(patient, physician, at)
+        .await
 }
 
 /// A database of the test's own and every process of the system over it, deadlines never
@@ -267,13 +272,7 @@ async fn pause_and_fire_race_and_never_both_schedule_and_time_out() {
     let mut ids = Vec::new();
     for n in 0..30 {
         // Each on its own slot: only the deadline can fail them.
-        let at = half_hour_slot(n);
-        ids.push(
-            system
-                .app
-                .request_consultation_at(patient, physician, at)
-                .await,
-        );
+        ids.push(request_in_slot(&system, patient, physician, n).await);
     }
     let mut outcomes = std::collections::HashMap::<String, usize>::new();
     for id in &ids {
@@ -422,7 +421,7 @@ async fn a_saga_message_published_twice_by_hand_has_no_second_effect() {
     // Both answers, each of which runs the confirmation, exactly as the publisher sent them,
     // twice more; and the request, which would otherwise validate the patient and hold the
     // slot again.
-    let store = eventstore::EventStore::new(db.pool.clone());
+    let store = db.store();
     for (event_type, service) in [
         ("PhysicianAvailabilityConfirmed", "scheduling-service"),
         ("PatientValidatedForConsultation", "scheduling-service"),
@@ -497,13 +496,7 @@ async fn two_saga_processes_one_killed_mid_flight_settle_every_consultation_once
 
     let mut ids = Vec::new();
     for n in 0..30 {
-        let at = half_hour_slot(n);
-        ids.push(
-            system
-                .app
-                .request_consultation_at(patient, physician, at)
-                .await,
-        );
+        ids.push(request_in_slot(&system, patient, physician, n).await);
         if n == 10 {
             first.start_kill().expect("killed");
             first.wait().await.ok();

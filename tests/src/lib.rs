@@ -61,6 +61,11 @@ pub fn admin_url() -> String {
 }
 
 impl TestDb {
+    /// The event store over this database, as HAP's processes open it.
+    pub fn store(&self) -> EventStore {
+        EventStore::new(self.pool.clone())
+    }
+
     /// The event types of a stream, in order.
     pub async fn stream_events(&self, stream: Uuid) -> Vec<String> {
         sqlx::query_scalar("select event_type from events where stream_id = $1 order by version")
@@ -427,7 +432,7 @@ pub async fn start_projectors(
     settings.batch = 50;
     tokio::spawn(projections::live::run_all(
         read.clone(),
-        EventStore::new(db.pool.clone()),
+        db.store(),
         settings,
         shutdown.clone(),
     ));
