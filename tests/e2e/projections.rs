@@ -15,6 +15,7 @@ use messaging::{Envelope, Outgoing, QueueNames};
 use projections::ReadModel;
 use projections::patients::Patients;
 use projections::projector::apply_batch;
+use projections::records::Records;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -182,22 +183,12 @@ async fn a_records_first_event_delivered_again_changes_nothing() {
     )
     .unwrap();
 
-    let first = apply_batch(
-        &read.pool,
-        &store,
-        &projections::records::Records,
-        std::slice::from_ref(&created),
-    )
-    .await
-    .unwrap();
-    let again = apply_batch(
-        &read.pool,
-        &store,
-        &projections::records::Records,
-        &[created],
-    )
-    .await
-    .unwrap();
+    let first = apply_batch(&read.pool, &store, &Records, std::slice::from_ref(&created))
+        .await
+        .unwrap();
+    let again = apply_batch(&read.pool, &store, &Records, &[created])
+        .await
+        .unwrap();
 
     assert_eq!((first.events, again.events), (1, 0));
     let rows: i64 = sqlx::query_scalar("select count(*) from rm_again.records")

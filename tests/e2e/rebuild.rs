@@ -17,6 +17,8 @@ use hap_tests::process::{hap_binary, spawn_hap};
 use hap_tests::{TestApp, TestDb, caught_up, eventually, start_projectors, start_publisher};
 use messaging::QueueNames;
 use projections::ReadModel;
+use projections::patients::Patients;
+use projections::projector::apply_batch;
 use projections::rebuild::{CHUNK_EVENTS, all_projections, rebuild};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -454,14 +456,9 @@ async fn a_rebuild_keeps_what_the_live_projector_applied_past_an_older_running_w
         .await
         .unwrap();
     let fed = messaging::Envelope::from_recorded(registered[0].clone()).unwrap();
-    projections::projector::apply_batch(
-        &read.pool,
-        &store,
-        &projections::patients::Patients,
-        &[fed],
-    )
-    .await
-    .unwrap();
+    apply_batch(&read.pool, &store, &Patients, &[fed])
+        .await
+        .unwrap();
     assert!(
         store
             .read_all(eventstore::GlobalCheckpoint::START, 10)
