@@ -949,6 +949,12 @@ async fn screenshot(page: &chromiumoxide::Page, name: &str) {
         .unwrap();
 }
 
+/// Clicks the element of `page` that `selector` finds.
+async fn click(page: &chromiumoxide::Page, selector: impl Into<String>) {
+    let element = page.find_element(selector).await.unwrap();
+    element.click().await.unwrap();
+}
+
 /// Waits until `page` (which may be navigating) shows `text`.
 async fn shows(page: &chromiumoxide::Page, text: &str) -> bool {
     eventually(Duration::from_secs(10), || async {
@@ -975,23 +981,13 @@ async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes(
     // The browser posts the form itself: its own Origin and Sec-Fetch-Site pass the check,
     // and it keeps the cookie the answer sets. A platform operator's overview has it all.
     let operator = token("*", "ops:read ops:platform");
-    page.find_element("textarea")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "textarea").await;
     page.evaluate(format!(
         "document.querySelector('textarea').value = '{operator}'"
     ))
     .await
     .unwrap();
-    page.find_element("form[action='/console/session'] button")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "form[action='/console/session'] button").await;
     assert!(
         shows(&page, &instance).await,
         "{}",
@@ -1080,34 +1076,28 @@ async fn in_a_browser_a_stuck_consultation_shows_and_a_dead_letter_replayed_reac
     assert!(shows(&letters, "Nonsense").await);
     screenshot(&letters, "dead-letters").await;
     // The registration's own page, and from it the replay.
-    letters
-        .find_element(format!("a[href*='/message?'][href*='event={event}']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &letters,
+        format!("a[href*='/message?'][href*='event={event}']"),
+    )
+    .await;
     assert!(shows(&letters, "x-original-queue").await);
     let html = letters.content().await.unwrap();
     assert!(html.contains("database down"), "{html}");
     assert!(html.contains("Ana Replayed"), "{html}");
     screenshot(&letters, "dead-letter").await;
-    letters
-        .find_element(format!("a[href*='event={event}'][href*='action=replay']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &letters,
+        format!("a[href*='event={event}'][href*='action=replay']"),
+    )
+    .await;
     assert!(shows(&letters, "Yes, replay").await);
     screenshot(&letters, "dead-letters-confirm").await;
-    letters
-        .find_element("form[action='/console/dead-letters/resolve'] button")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &letters,
+        "form[action='/console/dead-letters/resolve'] button",
+    )
+    .await;
     // Back on the list; the replayed registration is applied this time.
     assert!(shows(&letters, "Dead letters").await);
     let applied = eventually(Duration::from_secs(15), || async {

@@ -42,13 +42,14 @@ pub mod records;
 pub mod single;
 pub mod status_stream;
 
+pub use crate::openapi::QueryHeaders;
 pub use items::{Items, ensure_found};
 
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use utoipa::{IntoParams, ToSchema};
+use serde::de::DeserializeOwned;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
@@ -63,22 +64,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(records::router())
         .merge(history::router())
         .merge(status_stream::router())
-}
-
-/// The headers every query understands.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub struct QueryHeaders {
-    /// A `position` a command of the caller's tenant answered: the response then includes
-    /// that command's effect, or is a 503 with `Retry-After` if the read model does not catch
-    /// up in time. A position no event of the tenant has is a 400.
-    #[param(
-        rename = "X-Min-Position",
-        nullable = false,
-        pattern = "^0*[1-9][0-9]{0,17}$"
-    )]
-    min_position: Option<String>,
 }
 
 /// The query string parsed as `T`; anything that does not fit is a 400.
