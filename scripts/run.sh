@@ -49,7 +49,7 @@ cargo build --release --locked --bin hap
 # A token with every scope for the README's tour, valid for 12 hours.
 if [ -n "${HAP_AUTH_SECRET:-}" ]; then
 	mkdir -p .hap
-	scopes="patients:read patients:write physicians:read physicians:write"
+	scopes="patients:read patients:write patients:erase physicians:read physicians:write physicians:erase"
 	scopes="$scopes consultations:read consultations:write records:read records:write"
 	(umask 077 && cargo run --quiet --release --locked --bin hap -- token \
 		--tenant default --sub "$(id -un)" --scope "$scopes" --ttl 12h > .hap/token)

@@ -42,6 +42,9 @@ pub enum Command {
     Migrate,
     /// Rebuild read models from the event store while the service keeps running.
     Rebuild(RebuildArgs),
+    /// Seal the personal data of events that earlier releases stored in clear, in batches,
+    /// while the service keeps running; safe to stop and run again.
+    MigrateEvents(MigrateEventsArgs),
     /// Inspect, re-deliver or drop dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -65,6 +68,14 @@ pub struct TokenArgs {
     /// How long the token is valid, e.g. 1h, 30m, 7d.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub ttl: std::time::Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateEventsArgs {
+    /// Events sealed per transaction.
+    #[arg(long, default_value_t = 500,
+          value_parser = clap::builder::RangedI64ValueParser::<i64>::new().range(1..))]
+    pub batch: i64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -139,6 +150,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rebuild(args) => rebuild(cli.settings, args).await,
+        Command::MigrateEvents(args) => migrate_events(cli.settings, args).await,
         Command::Dlq(command) => dlq(&cli.settings.amqp_url, command).await,
         Command::Token(args) => {
             let unknown: Vec<&str> = args
@@ -163,7 +175,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => {
             let pool = db::connect(&cli.settings.database_url, 4, true).await?;
             db::migrate(&pool).await?;
-            let pipeline = crate::state::pipeline(db::event_store(pool, 4), &cli.settings);
+            let pipeline = crate::state::pipeline(db::event_store(pool, 4), &cli.settings)?;
             crate::demo::run_demo(
                 &pipeline,
                 &args.tenant,
@@ -228,7 +240,9 @@ async fn rebuild(settings: Settings, args: RebuildArgs) -> anyhow::Result<()> {
         args.projection
     };
     let names: Vec<&str> = projections.iter().map(String::as_str).collect();
-    let store = EventStore::new(db::connect(&settings.database_url, 4, false).await?);
+    let pool = db::connect(&settings.database_url, 4, false).await?;
+    let vault = crate::state::vault(&pool, &settings)?;
+    let store = EventStore::new(pool).opening_with(std::sync::Arc::new(vault));
     // Make sure the live read model exists (a rebuild may be the first thing run).
     read_model(&settings, true).await?.pool.close().await;
     let read_url = settings
@@ -274,6 +288,24 @@ async fn rebuild(settings: Settings, args: RebuildArgs) -> anyhow::Result<()> {
     anyhow::bail!("the live read model differs from a rebuild")
 }
 
+async fn migrate_events(settings: Settings, args: MigrateEventsArgs) -> anyhow::Result<()> {
+    let pool = db::connect(&settings.database_url, 2, false).await?;
+    let vault = crate::state::vault(&pool, &settings)?;
+    let mut total = 0;
+    loop {
+        let sealed = privacy::migration::seal_clear_events(&pool, &vault, args.batch)
+            .await
+            .context("Failed to seal a batch of events")?;
+        if sealed == 0 {
+            break;
+        }
+        total += sealed;
+        println!("sealed {sealed} events ({total} in all)");
+    }
+    println!("no event of a personal type is left in clear; {total} sealed by this run");
+    Ok(())
+}
+
 /// With a master key, replaces the clear document and license numbers that claims of earlier
 /// releases hold by their keyed hashes.
 async fn hash_clear_claims(pool: &sqlx::PgPool, settings: &Settings) -> anyhow::Result<()> {
@@ -314,15 +346,21 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
     let listener = TcpListener::bind(serve.http_addr)
         .await
         .with_context(|| format!("Failed to listen on {}", serve.http_addr))?;
-    let store = db::event_store(pool, settings.db_pool_size);
     let mut roles = Roles::new(&serve.roles);
-    roles.record_process(&store, &settings, listener.local_addr()?);
-    roles.start_store_side(&store, &settings);
     let read = read_model(&settings, migrate).await?;
+    let app = AppState::new(
+        db::event_store(pool, settings.db_pool_size),
+        read.clone(),
+        settings,
+        roles.readiness.clone(),
+    )?;
+    // The pipeline's store: its reads open sealed payloads with the process's one vault.
+    let store = app.commands.store().clone();
+    roles.record_process(&store, &app.settings, listener.local_addr()?);
+    roles.start_store_side(&store, &app.settings);
     // One set of consumer settings for projectors and saga services alike.
-    let consumers = settings.consumers(&roles.readiness);
+    let consumers = app.settings.consumers(&roles.readiness);
     roles.start_projectors(&read, &store, &consumers);
-    let app = AppState::new(store, read, settings, roles.readiness.clone())?;
     if app.auth.is_insecure() {
         tracing::warn!(
             "authentication is OFF (--insecure-no-auth): every request acts as tenant `default` \

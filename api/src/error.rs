@@ -135,6 +135,7 @@ impl From<DomainError> for ApiError {
             }
             DomainError::AlreadyExists(_)
             | DomainError::Deactivated(_)
+            | DomainError::Erased(_)
             | DomainError::ConsultationNotModifiable { .. }
             | DomainError::RecordsNotAllowed(_)
             | DomainError::RecordVoided => Self::Conflict(error.to_string()),

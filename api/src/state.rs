@@ -9,6 +9,7 @@ use eventstore::EventStore;
 use eventstore::readiness::Readiness;
 use messaging::health::BrokerHealth;
 use metrics_exporter_prometheus::PrometheusHandle;
+use privacy::{MasterKey, Vault};
 use projections::ReadModel;
 use sqlx::PgPool;
 
@@ -55,16 +56,8 @@ impl AppState {
         readiness: Readiness,
     ) -> Result<Self, AuthConfigError> {
         let auth = Arc::new(Verifier::from_settings(&settings)?);
-        if settings
-            .master_key()
-            .map_err(AuthConfigError::DataKey)?
-            .is_none()
-            && !settings.insecure_no_auth
-        {
-            return Err(AuthConfigError::NoDataKey);
-        }
         let queries = QueryCaches::new(&read);
-        let commands = pipeline(store, &settings).observed_by(Arc::new(ReadSideObserver {
+        let commands = pipeline(store, &settings)?.observed_by(Arc::new(ReadSideObserver {
             read: read.clone(),
             queries: queries.clone(),
         }));
@@ -93,17 +86,43 @@ impl Deref for AppState {
     }
 }
 
-/// The command pipeline over `store` as `settings` configure it, with no observer yet.
-pub fn pipeline(store: EventStore, settings: &Settings) -> Pipeline {
+/// The command pipeline over `store` as `settings` configure it, with no observer yet: it
+/// seals personal data with the process's vault ([`vault`]), which the store it returns
+/// (`Pipeline::store`, for every other part of the process) opens every read with.
+pub fn pipeline(store: EventStore, settings: &Settings) -> Result<Pipeline, AuthConfigError> {
+    let vault = vault(store.pool(), settings)?;
+    let store = store.opening_with(Arc::new(vault.clone()));
     let pipeline = Pipeline::new(
         store,
         AGGREGATE_CACHE_CAPACITY,
         Duration::from_millis(settings.scheduling_timeout_ms),
-    );
-    // A key that does not read was refused by `AppState::new` already (and by `hap demo`'s
-    // own check below it in `cli`).
-    match settings.master_key() {
-        Ok(Some(master)) => pipeline.hashing_claims_with(master),
-        _ => pipeline,
+    )
+    .sealing_with(vault);
+    Ok(
+        match settings.master_key().map_err(AuthConfigError::DataKey)? {
+            Some(master) => pipeline.hashing_claims_with(master),
+            None => pipeline,
+        },
+    )
+}
+
+/// The vault of a process over the store behind `pool`: subject keys wrapped under the
+/// master key of `settings`, or, with authentication off and no key, under a fixed and public
+/// development key. Build one per process: each keeps its own cache of keys.
+pub fn vault(pool: &PgPool, settings: &Settings) -> Result<Vault, AuthConfigError> {
+    match settings.master_key().map_err(AuthConfigError::DataKey)? {
+        Some(master) => Ok(Vault::new(pool.clone(), master)),
+        None if settings.insecure_no_auth => {
+            tracing::warn!(
+                "no data key (HAP_DATA_KEY): personal data is sealed under a fixed, PUBLIC \
+                 development key and anyone with the store can read it; never keep real \
+                 personal data this way"
+            );
+            Ok(Vault::new(
+                pool.clone(),
+                Arc::new(MasterKey::insecure_development()),
+            ))
+        }
+        None => Err(AuthConfigError::NoDataKey),
     }
 }

@@ -185,9 +185,9 @@ impl BenchPatient {
     fn event_payload(&self, id: PatientId) -> Value {
         Event::PatientRegistered(PatientRegistered {
             patient_id: id,
-            name: self.name.clone(),
-            birth_date: self.birth_date,
-            document_number: self.document_number.clone(),
+            name: Some(self.name.clone()),
+            birth_date: Some(self.birth_date),
+            document_number: Some(self.document_number.clone()),
             email: Some(self.email.clone()),
             phone: Some(self.phone.clone()),
         })

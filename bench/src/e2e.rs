@@ -331,9 +331,9 @@ async fn insert_raw_event(pool: &PgPool, n: u64) -> anyhow::Result<(Uuid, Uuid, 
     let patient_id = PatientId::new();
     let (_, payload) = Event::PatientRegistered(PatientRegistered {
         patient_id,
-        name: format!("Bench Patient {n}"),
-        birth_date: chrono::NaiveDate::from_ymd_opt(1980, 5, 17).expect("1980-05-17 is a date"),
-        document_number: format!("e2e-{n}"),
+        name: Some(format!("Bench Patient {n}")),
+        birth_date: chrono::NaiveDate::from_ymd_opt(1980, 5, 17),
+        document_number: Some(format!("e2e-{n}")),
         email: Some(format!("e2e-{n}@example.org")),
         phone: Some("+55 11 5555-0100".into()),
     })

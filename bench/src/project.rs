@@ -258,10 +258,9 @@ async fn fill(store: &EventStore, patients: u64) -> anyhow::Result<u64> {
         let events = [
             Event::PatientRegistered(PatientRegistered {
                 patient_id,
-                name: format!("Bench Patient {n}"),
-                birth_date: chrono::NaiveDate::from_ymd_opt(1980, 5, 17)
-                    .expect("1980-05-17 is a date"),
-                document_number: format!("bench-{n}"),
+                name: Some(format!("Bench Patient {n}")),
+                birth_date: chrono::NaiveDate::from_ymd_opt(1980, 5, 17),
+                document_number: Some(format!("bench-{n}")),
                 email: Some(format!("bench-{n}@example.org")),
                 phone: Some("+55 11 5555-0100".into()),
             }),

@@ -85,11 +85,12 @@ impl Hap {
     ) -> anyhow::Result<Self> {
         // Installed first, as `hap serve` does: what is recorded before it exists is lost.
         api::telemetry::metrics_handle();
-        let store = store(pool);
         let read = read_model(database).await?;
         broker.declare_queues(INSTANCE, sagas).await?;
         let mut pieces = vec![];
-        let app = api::AppState::new(store.clone(), read.clone(), settings, Default::default())?;
+        let app = api::AppState::new(store(pool), read.clone(), settings, Default::default())?;
+        // The routes' store, which opens sealed payloads with the process's vault.
+        let store = app.commands.store().clone();
         if sagas {
             // Steps and deadlines run their commands through the routes' pipeline, whose
             // appends are fed to this process's projectors as the routes' are.
@@ -149,6 +150,7 @@ pub fn new_stream(stream_id: Uuid, events: &[Event]) -> Append {
                     event_type: event_type.into(),
                     payload,
                     occurred_at: now_micros(),
+                    schema_version: 1,
                 }
             })
             .collect(),
@@ -164,6 +166,7 @@ pub fn new_stream(stream_id: Uuid, events: &[Event]) -> Append {
         metadata: hap_support::system::metadata(),
         deadlines: vec![],
         ends: None,
+        erases: None,
     }
 }
 

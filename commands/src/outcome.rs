@@ -28,6 +28,14 @@ pub struct Remembered {
     /// The position of the stream's last event after the command; the store fills it in
     /// once the events have one.
     pub position: Option<Position>,
+    /// Whether the command appended anything (an erasure repeated did not); keys remembered
+    /// before this was kept read as changed.
+    #[serde(default = "changed_before_it_was_kept")]
+    pub changed: bool,
+}
+
+fn changed_before_it_was_kept() -> bool {
+    true
 }
 
 impl Remembered {
@@ -37,6 +45,7 @@ impl Remembered {
             id: subject.unwrap_or(done.stream_id),
             version: done.version,
             position: done.position,
+            changed: done.appended > 0,
         }
     }
 }

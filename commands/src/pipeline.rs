@@ -3,12 +3,14 @@
 //! expected version, decide, append with claims, deadlines and the idempotency key in one
 //! statement, retry on a version conflict, tell the observers.
 
-use privacy::MasterKey;
+use privacy::{MasterKey, Vault};
 use std::sync::Arc;
 use std::time::Duration;
 
 use domain::{Aggregate, DomainError, Event};
-use eventstore::{Append, AppendError, EventStore, Metadata, Remember, Store, StreamVersion};
+use eventstore::{
+    Append, AppendError, Erasure, EventStore, Metadata, Remember, Store, StreamVersion,
+};
 use uuid::Uuid;
 
 use crate::aggregates::{Aggregates, LoadError, Loaded};
@@ -118,6 +120,11 @@ pub enum CommandError {
     Load(#[from] LoadError),
     #[error("the event store failed")]
     Store(#[source] sqlx::Error),
+    /// An event's personal fields could not be sealed: it names no subject, or the subject's
+    /// stored key does not unwrap. (A database failure reading or writing the key is a
+    /// [`Self::Store`] error.)
+    #[error("personal data could not be sealed")]
+    Seal(#[source] privacy::VaultError),
 }
 
 impl CommandError {
@@ -193,6 +200,9 @@ pub struct Pipeline<S = EventStore> {
     /// What claims of personal values are hashed with; none: they keep the values (only
     /// without a master key, where authentication is off too).
     master: Option<Arc<MasterKey>>,
+    /// What seals the personal fields of the events it appends; none: they are stored in
+    /// clear (the in-memory store of unit tests).
+    vault: Option<Vault>,
 }
 
 impl<S: Store> Pipeline<S> {
@@ -204,6 +214,7 @@ impl<S: Store> Pipeline<S> {
             observers: Arc::default(),
             deadlines: Deadlines::new(deadline),
             master: None,
+            vault: None,
         }
     }
 
@@ -217,6 +228,12 @@ impl<S: Store> Pipeline<S> {
     /// `master` (never the values).
     pub fn hashing_claims_with(mut self, master: Arc<MasterKey>) -> Self {
         self.master = Some(master);
+        self
+    }
+
+    /// The same pipeline, sealing the personal fields of the events it appends with `vault`.
+    pub fn sealing_with(mut self, vault: Vault) -> Self {
+        self.vault = Some(vault);
         self
     }
 
@@ -363,26 +380,35 @@ impl<S: Store> Pipeline<S> {
         loaded: Current<A>,
         events: Vec<Event>,
     ) -> Result<Option<Outcome>, CommandError> {
-        let append = self.append_of(meta, stream_id, &loaded, &events);
+        let mut append = self.append_of(meta, stream_id, &loaded, &events);
+        let planned = loaded.done(stream_id, events.len());
+        let (version_before, position_before) = (loaded.version, loaded.position);
+        // The state the events lead to: the subject of their stream, and what is cached.
+        let state = events.iter().fold(loaded.loaded.state, |s, e| s.evolve(e));
+        self.seal(&mut append, &state).await?;
         let stored: Vec<_> = append
             .events
             .iter()
             .map(|e| (e.event_id, e.occurred_at))
             .collect();
+        let erased = append.erases.as_ref().map(|e| e.subject);
         let appended = match self.store().append(append).await {
             Ok(appended) => appended,
             Err(refusal) => return self.refused(meta, refusal, &events).await,
         };
+        if let (Some(vault), Some(subject)) = (&self.vault, erased) {
+            vault.forget(subject).await;
+        }
         let done = Done {
-            position: appended.position().or(loaded.position),
-            ..loaded.done(stream_id, events.len())
+            position: appended.position().or(position_before),
+            ..planned
         };
         let committed = Committed {
             stream_id,
             tenant_id: meta.tenant_id.clone(),
             correlation_id: meta.correlation_id.clone(),
             causation_id: meta.causation_id,
-            events: (loaded.version.as_i64() + 1..)
+            events: (version_before.as_i64() + 1..)
                 .zip(events.iter().zip(stored).zip(&appended.positions))
                 .map(
                     |(version, ((event, (event_id, occurred_at)), position))| CommittedEvent {
@@ -396,7 +422,7 @@ impl<S: Store> Pipeline<S> {
                 .collect(),
         };
         let now = Loaded {
-            state: events.iter().fold(loaded.loaded.state, |s, e| s.evolve(e)),
+            state,
             version: appended.version,
             position: done.position,
             tenant_id: Some(meta.tenant_id.clone()),
@@ -456,7 +482,6 @@ impl<S: Store> Pipeline<S> {
             correlation_id: meta.correlation_id.clone(),
             causation_id: meta.causation_id,
             actor_id: meta.actor_id.clone(),
-            schema_version: domain::event::SCHEMA_VERSION,
         };
         let mut append = stored::append::<A>(stream_id, loaded.version, events, metadata);
         for claim in &mut append.claims {
@@ -471,7 +496,41 @@ impl<S: Store> Pipeline<S> {
         });
         append.deadlines = self.deadlines.started_by(events);
         append.ends = Deadlines::ended_by(meta.fires, events);
+        append.erases = events
+            .iter()
+            .find_map(Event::erases_subject)
+            .map(|subject| Erasure {
+                subject,
+                claim_kinds: privacy::claims::PERSONAL
+                    .iter()
+                    .map(|k| (*k).to_owned())
+                    .collect(),
+            });
         append
+    }
+
+    /// Seals the personal fields of `append`'s events with the vault, if there is one; the
+    /// subject of an event that names none is that of its stream in `state`, the state after
+    /// the events.
+    async fn seal<A: Aggregate>(&self, append: &mut Append, state: &A) -> Result<(), CommandError> {
+        let Some(vault) = &self.vault else {
+            return Ok(());
+        };
+        let tenant = &append.metadata.tenant_id;
+        for event in &mut append.events {
+            if domain::personal::personal(&event.event_type).is_none() {
+                continue;
+            }
+            let payload = std::mem::take(&mut event.payload);
+            event.payload = vault
+                .seal(tenant, &event.event_type, payload, state.data_subject())
+                .await
+                .map_err(|error| match error {
+                    privacy::VaultError::Database(error) => CommandError::Store(error),
+                    other => CommandError::Seal(other),
+                })?;
+        }
+        Ok(())
     }
 
     /// The remembered outcome of the command's idempotency key, if there is one.

@@ -6,7 +6,8 @@ use domain::{Aggregate, Event};
 use eventstore::{Append, Claim, Metadata, NewEvent, StreamVersion};
 use uuid::Uuid;
 
-/// `event` as the store keeps it, with a new id, happening now.
+/// `event` as the store keeps it, with a new id, happening now, at the version its type is
+/// written at today (its personal fields still in clear: the pipeline seals them).
 pub fn new_event(event: &Event) -> NewEvent {
     let (event_type, payload) = event.into_parts();
     NewEvent {
@@ -14,6 +15,7 @@ pub fn new_event(event: &Event) -> NewEvent {
         event_type: event_type.to_owned(),
         payload,
         occurred_at: now(),
+        schema_version: domain::personal::schema_version(event_type),
     }
 }
 
@@ -54,5 +56,6 @@ pub fn append<A: Aggregate>(
         metadata,
         deadlines: Vec::new(),
         ends: None,
+        erases: None,
     }
 }

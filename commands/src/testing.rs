@@ -80,7 +80,6 @@ impl Given {
             correlation_id: "given".to_owned(),
             causation_id: None,
             actor_id: None,
-            schema_version: domain::event::SCHEMA_VERSION,
         };
         let expected = StreamVersion::new(version as u64);
         let mut append = stored::append::<A>(stream, expected, &events, metadata);

@@ -19,9 +19,9 @@ use eventstore::{DeadlineState, Store, StreamVersion};
 fn registered(id: PatientId, document: &str) -> Event {
     Event::PatientRegistered(PatientRegistered {
         patient_id: id,
-        name: "Ana Lima".into(),
-        birth_date: NaiveDate::from_ymd_opt(1990, 1, 2).expect("a date"),
-        document_number: document.into(),
+        name: Some("Ana Lima".into()),
+        birth_date: NaiveDate::from_ymd_opt(1990, 1, 2),
+        document_number: Some(document.into()),
         email: None,
         phone: None,
     })
@@ -80,6 +80,32 @@ async fn a_command_on_a_new_stream_appends_its_events() {
         .then_ok(|outcome| {
             matches!(outcome, Outcome::Done(done) if done.version == StreamVersion::new(1) && done.appended == 1)
         });
+}
+
+#[tokio::test]
+async fn each_event_is_stored_at_the_version_of_its_type() {
+    // Given a registered patient (a personal type, sealed at rest from version 2)
+    let id = PatientId::new();
+    let deactivate = PatientCommand::Deactivate { reason: None };
+    let then = given()
+        .events::<Patient>(id.as_uuid(), [registered(id, "DOC-1")])
+        // When they are deactivated (a type with nothing personal)
+        .when_command::<Patient>(meta(), Target::Existing(id.as_uuid()), deactivate)
+        .await;
+    // Then each event records its own type's version
+    let versions: Vec<(String, i32)> = then
+        .store()
+        .events()
+        .into_iter()
+        .map(|e| (e.event_type, e.schema_version))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("PatientRegistered".to_owned(), 2),
+            ("PatientDeactivated".to_owned(), 1)
+        ]
+    );
 }
 
 #[tokio::test]
@@ -193,6 +219,7 @@ async fn a_repeated_key_replays_the_first_outcome_and_appends_once() {
         id: id.as_uuid(),
         version: StreamVersion::new(1),
         position: done.position,
+        changed: true,
     };
     assert!(done.position.is_some());
     assert!(

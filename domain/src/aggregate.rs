@@ -35,6 +35,8 @@ pub enum DomainError {
     AlreadyExists(&'static str),
     #[error("{0} is deactivated and cannot be changed")]
     Deactivated(&'static str),
+    #[error("{0} is erased and cannot be changed")]
+    Erased(&'static str),
     #[error("a consultation that is {status} cannot be {action}")]
     ConsultationNotModifiable {
         status: &'static str,

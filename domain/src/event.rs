@@ -140,12 +140,16 @@ impl Event {
     /// tenant at once, so the store claims them in the append's transaction.
     pub fn claims(&self) -> Vec<(&'static str, String)> {
         match self {
-            Event::PatientRegistered(e) => {
-                vec![("patient.documentNumber", e.document_number.clone())]
-            }
-            Event::PhysicianRegistered(e) => {
-                vec![("physician.licenseNumber", e.license_number.clone())]
-            }
+            Event::PatientRegistered(e) => e
+                .document_number
+                .iter()
+                .map(|n| ("patient.documentNumber", n.clone()))
+                .collect(),
+            Event::PhysicianRegistered(e) => e
+                .license_number
+                .iter()
+                .map(|n| ("physician.licenseNumber", n.clone()))
+                .collect(),
             // Not a rule but a lookup: which record book holds a record.
             Event::ConsultationRecordCreated(e) => vec![("record", e.record_id.to_string())],
             _ => vec![],
@@ -269,9 +273,10 @@ impl AggregateKind {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatientRegistered {
     pub patient_id: PatientId,
-    pub name: String,
-    pub birth_date: NaiveDate,
-    pub document_number: String,
+    /// The personal fields are null only once the patient is erased ([`crate::personal`]).
+    pub name: Option<String>,
+    pub birth_date: Option<NaiveDate>,
+    pub document_number: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -328,9 +333,10 @@ pub struct PatientValidationFailed {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PhysicianRegistered {
     pub physician_id: PhysicianId,
-    pub name: String,
+    /// The personal fields are null only once the physician is erased ([`crate::personal`]).
+    pub name: Option<String>,
     pub specialty: String,
-    pub license_number: String,
+    pub license_number: Option<String>,
 }
 
 /// Only the fields that changed are present.
@@ -466,7 +472,8 @@ pub struct ConsultationRecordCreated {
     pub consultation_id: ConsultationId,
     pub patient_id: PatientId,
     pub physician_id: PhysicianId,
-    pub content: String,
+    /// Null only once the patient is erased ([`crate::personal`]).
+    pub content: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -474,7 +481,8 @@ pub struct ConsultationRecordCreated {
 pub struct ConsultationRecordUpdated {
     pub record_id: RecordId,
     pub consultation_id: ConsultationId,
-    pub content: String,
+    /// Null only once the patient is erased.
+    pub content: Option<String>,
 }
 
 /// Every record of the consultation is void; sent even when it had none, since the

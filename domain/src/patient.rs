@@ -15,11 +15,13 @@ pub enum Patient {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PatientData {
     pub id: PatientId,
-    pub name: String,
-    pub document_number: String,
+    /// None once erased (and, read back after the erasure, in every earlier state).
+    pub name: Option<String>,
+    pub document_number: Option<String>,
     pub email: Option<String>,
     pub phone: Option<String>,
     pub active: bool,
+    pub erased: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +43,11 @@ pub enum PatientCommand {
     Deactivate {
         reason: Option<Reason>,
     },
+    /// Erases the patient's personal data for good (their right to erasure); erasing again
+    /// changes nothing.
+    Erase {
+        reason: Reason,
+    },
     /// The scheduling saga asks whether this patient may have a consultation.
     ValidateForConsultation {
         consultation_id: ConsultationId,
@@ -53,6 +60,7 @@ impl Patient {
     fn active(&self) -> Result<&PatientData, DomainError> {
         match self {
             Self::Unregistered => Err(DomainError::NotFound(WHAT)),
+            Self::Registered(p) if p.erased => Err(DomainError::Erased(WHAT)),
             Self::Registered(p) if !p.active => Err(DomainError::Deactivated(WHAT)),
             Self::Registered(p) => Ok(p),
         }
@@ -91,9 +99,9 @@ impl Aggregate for Patient {
                 }
                 Ok(vec![Event::PatientRegistered(event::PatientRegistered {
                     patient_id: id,
-                    name: name.as_str().to_owned(),
-                    birth_date: birth_date.date(),
-                    document_number: document_number.as_str().to_owned(),
+                    name: Some(name.as_str().to_owned()),
+                    birth_date: Some(birth_date.date()),
+                    document_number: Some(document_number.as_str().to_owned()),
                     email: email.map(|e| e.as_str().to_owned()),
                     phone: phone.map(|p| p.as_str().to_owned()),
                 })])
@@ -102,7 +110,7 @@ impl Aggregate for Patient {
                 let patient = self.active()?;
                 let update = event::PatientUpdated {
                     patient_id: patient.id,
-                    name: changed(name, Some(&patient.name)),
+                    name: changed(name, patient.name.as_deref()),
                     email: changed(email.as_ref().map(Email::as_str), patient.email.as_deref()),
                     phone: changed(phone.as_ref().map(Phone::as_str), patient.phone.as_deref()),
                 };
@@ -121,13 +129,26 @@ impl Aggregate for Patient {
                     })])
                 }
             },
+            PatientCommand::Erase { reason } => match self {
+                Self::Unregistered => Err(DomainError::NotFound(WHAT)),
+                Self::Registered(p) if p.erased => Ok(vec![]),
+                Self::Registered(p) => Ok(vec![Event::PatientErased(event::PatientErased {
+                    patient_id: p.id,
+                    reason: reason.as_str().to_owned(),
+                })]),
+            },
             PatientCommand::ValidateForConsultation { consultation_id } => match self {
                 Self::Unregistered => Err(DomainError::NotFound(WHAT)),
                 Self::Registered(p) if !p.active => Ok(vec![Event::PatientValidationFailed(
                     event::PatientValidationFailed {
                         patient_id: p.id,
                         consultation_id,
-                        reason: "patient is deactivated".into(),
+                        reason: if p.erased {
+                            "patient is erased"
+                        } else {
+                            "patient is deactivated"
+                        }
+                        .into(),
                     },
                 )]),
                 Self::Registered(p) => Ok(vec![Event::PatientValidatedForConsultation(
@@ -149,10 +170,11 @@ impl Aggregate for Patient {
                 email: e.email.clone(),
                 phone: e.phone.clone(),
                 active: true,
+                erased: false,
             }),
             (Self::Registered(mut p), Event::PatientUpdated(e)) => {
                 if let Some(name) = &e.name {
-                    p.name = name.clone();
+                    p.name = Some(name.clone());
                 }
                 if let Some(email) = &e.email {
                     p.email = Some(email.clone());
@@ -166,6 +188,16 @@ impl Aggregate for Patient {
                 p.active = false;
                 Self::Registered(p)
             }
+            // An erased patient is inactive too: nothing can be scheduled for them any more.
+            (Self::Registered(p), Event::PatientErased(_)) => Self::Registered(PatientData {
+                id: p.id,
+                name: None,
+                document_number: None,
+                email: None,
+                phone: None,
+                active: false,
+                erased: true,
+            }),
             (state, _) => state,
         }
     }
@@ -209,7 +241,7 @@ mod tests {
             panic!("{events:?}")
         };
         assert_eq!(e.patient_id, id);
-        assert_eq!(e.document_number, "123.456.789-00");
+        assert_eq!(e.document_number.as_deref(), Some("123.456.789-00"));
         assert_eq!(e.email.as_deref(), Some("ana@example.org"));
     }
 
@@ -303,5 +335,48 @@ mod tests {
             inactive.decide(validate()).unwrap().as_slice(),
             [Event::PatientValidationFailed(_)]
         ));
+    }
+
+    fn erase() -> PatientCommand {
+        PatientCommand::Erase {
+            reason: Reason::parse("the patient asked (LGPD art. 18)").unwrap(),
+        }
+    }
+
+    #[test]
+    fn erasing_forgets_every_personal_field_once_and_ends_every_change() {
+        let id = PatientId::new();
+        let patient = given(vec![register(id)]);
+        let events = patient.decide(erase()).unwrap();
+        assert!(matches!(events.as_slice(), [Event::PatientErased(e)] if e.patient_id == id));
+        let erased = events.iter().fold(patient, Patient::evolve);
+        let Patient::Registered(data) = &erased else {
+            panic!("{erased:?}")
+        };
+        assert_eq!(
+            (data.name.as_ref(), data.document_number.as_ref()),
+            (None, None)
+        );
+        assert_eq!((data.email.as_ref(), data.phone.as_ref()), (None, None));
+        assert!(data.erased && !data.active);
+        assert_eq!(
+            erased.decide(erase()),
+            Ok(vec![]),
+            "erasing again changes nothing"
+        );
+        assert_eq!(
+            erased.decide(update_name("Ana")),
+            Err(DomainError::Erased("patient"))
+        );
+        assert!(matches!(
+            erased.decide(PatientCommand::ValidateForConsultation {
+                consultation_id: ConsultationId::new()
+            }).unwrap().as_slice(),
+            [Event::PatientValidationFailed(e)] if e.reason == "patient is erased"
+        ));
+        assert_eq!(
+            Patient::default().decide(erase()),
+            Err(DomainError::NotFound("patient"))
+        );
     }
 }

@@ -18,10 +18,12 @@ pub enum Physician {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PhysicianData {
     pub id: PhysicianId,
-    pub name: String,
+    /// None once erased (and, read back after the erasure, in every earlier state).
+    pub name: Option<String>,
     pub specialty: String,
-    pub license_number: String,
+    pub license_number: Option<String>,
     pub active: bool,
+    pub erased: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +41,10 @@ pub enum PhysicianCommand {
     },
     Deactivate {
         reason: Option<Reason>,
+    },
+    /// Erases the physician's personal data for good; erasing again changes nothing.
+    Erase {
+        reason: Reason,
     },
 }
 
@@ -74,22 +80,32 @@ impl Aggregate for Physician {
             ) => Ok(vec![Event::PhysicianRegistered(
                 event::PhysicianRegistered {
                     physician_id: id,
-                    name: name.as_str().to_owned(),
+                    name: Some(name.as_str().to_owned()),
                     specialty: specialty.as_str().to_owned(),
-                    license_number: license_number.as_str().to_owned(),
+                    license_number: Some(license_number.as_str().to_owned()),
                 },
             )]),
             (Self::Registered(_), PhysicianCommand::Register { .. }) => {
                 Err(DomainError::AlreadyExists(WHAT))
             }
             (Self::Unregistered, _) => Err(DomainError::NotFound(WHAT)),
+            (Self::Registered(p), PhysicianCommand::Erase { .. }) if p.erased => Ok(vec![]),
+            (Self::Registered(p), PhysicianCommand::Erase { reason }) => {
+                Ok(vec![Event::PhysicianErased(event::PhysicianErased {
+                    physician_id: p.id,
+                    reason: reason.as_str().to_owned(),
+                })])
+            }
+            (Self::Registered(p), PhysicianCommand::Update { .. }) if p.erased => {
+                Err(DomainError::Erased(WHAT))
+            }
             (Self::Registered(p), PhysicianCommand::Update { .. }) if !p.active => {
                 Err(DomainError::Deactivated(WHAT))
             }
             (Self::Registered(p), PhysicianCommand::Update { name, specialty }) => {
                 let update = event::PhysicianUpdated {
                     physician_id: p.id,
-                    name: changed(name, Some(&p.name)),
+                    name: changed(name, p.name.as_deref()),
                     specialty: changed(specialty, Some(&p.specialty)),
                 };
                 if update.name.is_none() && update.specialty.is_none() {
@@ -118,11 +134,12 @@ impl Aggregate for Physician {
                     specialty: e.specialty.clone(),
                     license_number: e.license_number.clone(),
                     active: true,
+                    erased: false,
                 })
             }
             (Self::Registered(mut p), Event::PhysicianUpdated(e)) => {
                 if let Some(name) = &e.name {
-                    p.name = name.clone();
+                    p.name = Some(name.clone());
                 }
                 if let Some(specialty) = &e.specialty {
                     p.specialty = specialty.clone();
@@ -131,6 +148,14 @@ impl Aggregate for Physician {
             }
             (Self::Registered(mut p), Event::PhysicianDeactivated(_)) => {
                 p.active = false;
+                Self::Registered(p)
+            }
+            // An erased physician is inactive too: nothing can be scheduled with them any more.
+            (Self::Registered(mut p), Event::PhysicianErased(_)) => {
+                p.name = None;
+                p.license_number = None;
+                p.active = false;
+                p.erased = true;
                 Self::Registered(p)
             }
             (state, _) => state,
@@ -164,7 +189,7 @@ mod tests {
         let events = Physician::default().decide(register()).unwrap();
         assert!(matches!(
             events.as_slice(),
-            [Event::PhysicianRegistered(e)] if e.license_number == "CRM-12345"
+            [Event::PhysicianRegistered(e)] if e.license_number.as_deref() == Some("CRM-12345")
         ));
     }
 
@@ -213,6 +238,30 @@ mod tests {
         assert_eq!(
             physician.decide(PhysicianCommand::Deactivate { reason: None }),
             Ok(vec![])
+        );
+    }
+
+    #[test]
+    fn erasing_forgets_the_name_and_license_once_and_ends_every_change() {
+        let physician: Physician = given(vec![register()]);
+        let erase = || PhysicianCommand::Erase {
+            reason: Reason::parse("the physician asked").unwrap(),
+        };
+        let events = physician.decide(erase()).unwrap();
+        assert!(matches!(events.as_slice(), [Event::PhysicianErased(_)]));
+        let erased = events.iter().fold(physician, Physician::evolve);
+        let Physician::Registered(data) = &erased else {
+            panic!("{erased:?}")
+        };
+        assert_eq!(
+            (data.name.as_ref(), data.license_number.as_ref()),
+            (None, None)
+        );
+        assert!(data.erased && !erased.is_active());
+        assert_eq!(erased.decide(erase()), Ok(vec![]));
+        assert_eq!(
+            erased.decide(rename("X")),
+            Err(DomainError::Erased("physician"))
         );
     }
 }

@@ -22,7 +22,8 @@ pub struct RecordBook {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub id: RecordId,
-    pub content: String,
+    /// None once the patient is erased.
+    pub content: Option<String>,
 }
 
 /// What the book needs to know of its consultation, read from the consultation's stream.
@@ -92,7 +93,7 @@ impl Aggregate for RecordBook {
                         consultation_id: consultation.id,
                         patient_id: consultation.patient_id,
                         physician_id: consultation.physician_id,
-                        content: content.as_str().to_owned(),
+                        content: Some(content.as_str().to_owned()),
                     },
                 )])
             }
@@ -105,14 +106,14 @@ impl Aggregate for RecordBook {
                 if self.voided {
                     return Err(DomainError::RecordVoided);
                 }
-                if record.content == content.as_str() {
+                if record.content.as_deref() == Some(content.as_str()) {
                     return Ok(vec![]);
                 }
                 Ok(vec![Event::ConsultationRecordUpdated(
                     event::ConsultationRecordUpdated {
                         record_id: id,
                         consultation_id,
-                        content: content.as_str().to_owned(),
+                        content: Some(content.as_str().to_owned()),
                     },
                 )])
             }

@@ -29,11 +29,12 @@ impl Service {
     /// The event types this service reacts to: its queue's bindings.
     pub fn triggers(self) -> &'static [&'static str] {
         match self {
-            Self::Patients => &["ConsultationSchedulingStarted"],
+            Self::Patients => &["ConsultationSchedulingStarted", "PatientErased"],
             Self::Physicians => &[
                 "ConsultationSchedulingStarted",
                 "ConsultationSchedulingFailed",
                 "ConsultationCancelled",
+                "PhysicianErased",
             ],
             Self::Scheduling => &[
                 "PatientValidatedForConsultation",
@@ -43,6 +44,8 @@ impl Service {
                 "ConsultationRecordsVoided",
                 "PatientDeactivated",
                 "PhysicianDeactivated",
+                "PatientErased",
+                "PhysicianErased",
             ],
             Self::Records => &["ConsultationCancellationRequested"],
         }
@@ -56,6 +59,12 @@ impl Service {
                 patient_id: e.patient_id,
                 consultation_id: e.consultation_id,
             },
+            (Self::Patients, E::PatientErased(e)) => {
+                Step::ForgetDeadLetters(Person::Patient(e.patient_id))
+            }
+            (Self::Physicians, E::PhysicianErased(e)) => {
+                Step::ForgetDeadLetters(Person::Physician(e.physician_id))
+            }
             (Self::Physicians, E::ConsultationSchedulingStarted(e)) => Step::HoldSlot {
                 consultation_id: e.consultation_id,
             },
@@ -88,6 +97,13 @@ impl Service {
                 Step::CancelFutureConsultations(Person::Patient(e.patient_id))
             }
             (Self::Scheduling, E::PhysicianDeactivated(e)) => {
+                Step::CancelFutureConsultations(Person::Physician(e.physician_id))
+            }
+            // An erased person is deactivated too; if they were already, this finds nothing.
+            (Self::Scheduling, E::PatientErased(e)) => {
+                Step::CancelFutureConsultations(Person::Patient(e.patient_id))
+            }
+            (Self::Scheduling, E::PhysicianErased(e)) => {
                 Step::CancelFutureConsultations(Person::Physician(e.physician_id))
             }
             (Self::Records, E::ConsultationCancellationRequested(e)) => Step::VoidRecords {
@@ -139,7 +155,7 @@ impl Confirmation {
     }
 }
 
-/// Someone whose deactivation cancels their future consultations.
+/// Someone whose deactivation or erasure cancels their future consultations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Person {
     Patient(PatientId),
@@ -183,6 +199,9 @@ pub enum Step {
         consultation_id: ConsultationId,
     },
     CancelFutureConsultations(Person),
+    /// Drop the dead letters that carry the erased person's personal data, in every queue of
+    /// every instance: the store forgot them, and a dead letter would still show them.
+    ForgetDeadLetters(Person),
 }
 
 impl Step {
@@ -197,6 +216,7 @@ impl Step {
             Self::VoidRecords { .. } => "void_records",
             Self::ConfirmCancellation { .. } => "confirm_cancellation",
             Self::CancelFutureConsultations(_) => "cancel_future_consultations",
+            Self::ForgetDeadLetters(_) => "forget_dead_letters",
         }
     }
 }

@@ -108,7 +108,7 @@ proptest! {
         for command in commands {
             for event in state.decide(command).unwrap_or_default() {
                 let (event_type, payload) = event.into_parts();
-                let read = domain::versions::decode(event_type, domain::event::SCHEMA_VERSION, &payload.to_string()).unwrap();
+                let read = domain::versions::decode(event_type, domain::personal::schema_version(event_type), &payload.to_string()).unwrap();
                 prop_assert_eq!(read.as_slice(), std::slice::from_ref(&event));
                 state = state.evolve(&event);
             }

@@ -15,6 +15,8 @@ pub struct NewEvent {
     pub event_type: String,
     pub payload: Value,
     pub occurred_at: DateTime<Utc>,
+    /// The version of its event type's payload it is written at.
+    pub schema_version: i32,
 }
 
 /// What is stored beside every event of one append.
@@ -25,7 +27,6 @@ pub struct Metadata {
     pub causation_id: Option<Uuid>,
     /// Who acted (a token's `sub`).
     pub actor_id: Option<String>,
-    pub schema_version: i32,
 }
 
 /// A value the appended stream takes for itself, unique per tenant and kind.
@@ -61,6 +62,18 @@ pub struct Append {
     /// the append takes place only if it moves that deadline out of running, in the same
     /// statement, under its row lock.
     pub ends: Option<DeadlineEnd>,
+    /// The data subject the appended events erase: in the same statement, their key is
+    /// deleted (what was sealed under it no longer opens) and their claims of these kinds
+    /// released (the values may be claimed again).
+    pub erases: Option<Erasure>,
+}
+
+/// A data subject to erase with an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erasure {
+    pub subject: Uuid,
+    /// The claim kinds of the subject's stream that hold the subject's personal values.
+    pub claim_kinds: Vec<String>,
 }
 
 /// The outcome of a successful append.
@@ -109,7 +122,8 @@ pub enum AppendError {
 /// alone, and writes nothing unless its conditional update moved the deadline out of running
 /// (`go` reads that update, so it runs before the inserts and holds the row lock until the
 /// commit). A pause also passes when there is no deadline at all (a saga from before
-/// deadlines). A concurrent writer of the same version, claim or key makes the whole
+/// deadlines). An append that erases a data subject deletes their key and releases their
+/// personal claims (`shredded`, `released`). A concurrent writer of the same version, claim or key makes the whole
 /// statement fail on the matching unique constraint, and nothing of it is written.
 const APPEND: &str = r#"
 with ended as (
@@ -166,6 +180,15 @@ remembered as (
            as k(batch_index, tenant_id, key, request_hash, outcome)
       left join last_positions p using (batch_index)
      where (select ok from go)
+),
+shredded as (
+    delete from subject_keys
+     where subject_id = any($33::uuid[]) and (select ok from go)
+),
+released as (
+    delete from unique_claims c
+     using unnest($34::uuid[], $35::text[]) as r(owner_id, kind)
+     where c.owner_id = r.owner_id and c.kind = r.kind and (select ok from go)
 )
 select batch_index, positions from last_positions
 "#;
@@ -202,6 +225,9 @@ struct Columns {
     deadline_correlations: Vec<String>,
     deadline_actors: Vec<Option<String>>,
     actors: Vec<Option<String>>,
+    erased_subjects: Vec<Uuid>,
+    released_owners: Vec<Uuid>,
+    released_kinds: Vec<String>,
     /// Only ever set for a batch of one (see [`EventStore::append`]).
     ends: Option<DeadlineEnd>,
 }
@@ -225,7 +251,7 @@ impl Columns {
                 c.correlations.push(meta.correlation_id.clone());
                 c.causations.push(meta.causation_id);
                 c.actors.push(meta.actor_id.clone());
-                c.schema_versions.push(meta.schema_version);
+                c.schema_versions.push(event.schema_version);
                 c.times.push(event.occurred_at);
             }
             for claim in &append.claims {
@@ -248,6 +274,13 @@ impl Columns {
                 c.deadline_due.push(deadline.due_at);
                 c.deadline_correlations.push(meta.correlation_id.clone());
                 c.deadline_actors.push(meta.actor_id.clone());
+            }
+            if let Some(erasure) = &append.erases {
+                c.erased_subjects.push(erasure.subject);
+                for kind in &erasure.claim_kinds {
+                    c.released_owners.push(erasure.subject);
+                    c.released_kinds.push(kind.clone());
+                }
             }
             if append.ends.is_some() {
                 assert_eq!(
@@ -326,6 +359,9 @@ impl EventStore {
             .bind(c.ends.map(|e| e.how.as_str()))
             .bind(DeadlineState::Running.as_str())
             .bind(DeadlineState::Paused.as_str())
+            .bind(c.erased_subjects)
+            .bind(c.released_owners)
+            .bind(c.released_kinds)
             .fetch_all(&self.pool)
             .await;
         // Every write wakes the readers, refused ones too: while it ran it held back the

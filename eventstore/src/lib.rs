@@ -14,6 +14,8 @@
 //!   a connection of its own: `TailReader`), and the operators' reads (any stream by id, a
 //!   request's events across streams); [`scan`]: the same read of the whole store in
 //!   bulk, for rebuilds.
+//! - [`opener`]: what readers get of a sealed payload: the [`Opener`] a process gives the
+//!   store opens every row read.
 //! - [`store`]: the [`Store`] trait, what commands need of a store; [`memory`]: a store in
 //!   memory with the same rules, for unit tests.
 //! - [`idempotency`]: looking up the outcome remembered under an idempotency key.
@@ -36,6 +38,7 @@ pub mod housekeeping;
 pub mod idempotency;
 pub mod leader;
 pub mod memory;
+pub mod opener;
 pub mod position;
 pub mod processes;
 pub mod publishing;
@@ -48,12 +51,13 @@ pub mod store;
 pub mod unavailable;
 pub mod wakeup;
 
-pub use append::{Append, AppendError, Appended, Claim, Metadata, NewEvent, Remember};
+pub use append::{Append, AppendError, Appended, Claim, Erasure, Metadata, NewEvent, Remember};
 pub use deadlines::{
     DeadlineCounts, DeadlineEnd, DeadlineRow, DeadlineStart, DeadlineState, Due, Ending,
 };
 pub use idempotency::StoredOutcome;
 pub use memory::MemoryStore;
+pub use opener::{Opener, Stored};
 pub use position::{GlobalCheckpoint, Position, StreamVersion};
 pub use publishing::Lag;
 pub use read::{RECORDED_EVENT_COLUMNS, RecordedEvent};
@@ -84,6 +88,8 @@ pub struct EventStore {
     /// Woken when an append here starts a deadline or a deadline is resumed, so that a timer
     /// in this process looks again at once.
     deadlines_changed: Arc<tokio::sync::Notify>,
+    /// Opens the payloads every read returns; `None`: they read as stored.
+    opener: Option<Arc<dyn Opener>>,
 }
 
 impl EventStore {
@@ -94,6 +100,7 @@ impl EventStore {
             group_commit: None,
             publishing_here: Arc::default(),
             deadlines_changed: Arc::default(),
+            opener: None,
         }
     }
 

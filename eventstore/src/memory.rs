@@ -138,13 +138,19 @@ fn write(contents: &mut Contents, append: Append) -> Appended {
             correlation_id: meta.correlation_id.clone(),
             causation_id: meta.causation_id,
             actor_id: meta.actor_id.clone(),
-            schema_version: meta.schema_version,
+            schema_version: event.schema_version,
             occurred_at: event.occurred_at,
         });
     }
     for claim in append.claims {
         let key = (meta.tenant_id.clone(), claim.kind, claim.value);
         contents.claims.insert(key, append.stream_id);
+    }
+    // Payloads are kept in clear here: an erasure only releases the claims.
+    if let Some(erasure) = &append.erases {
+        contents.claims.retain(|(_, kind, _), owner| {
+            *owner != erasure.subject || !erasure.claim_kinds.contains(kind)
+        });
     }
     for start in append.deadlines {
         let due = Due {
@@ -253,6 +259,7 @@ mod tests {
                 event_type: "TestHappened".into(),
                 payload: serde_json::json!({}),
                 occurred_at: Utc::now(),
+                schema_version: 1,
             }],
             claims: claims
                 .iter()
@@ -267,10 +274,10 @@ mod tests {
                 correlation_id: "c".into(),
                 causation_id: None,
                 actor_id: None,
-                schema_version: 1,
             },
             deadlines: vec![],
             ends: None,
+            erases: None,
         }
     }
 
@@ -286,6 +293,20 @@ mod tests {
         assert!(matches!(taken, Err(AppendError::ClaimTaken { value, .. }) if value == "a"));
         assert!(store.append_now(append(Uuid::now_v7(), 0, &["b"])).is_ok());
         assert_eq!(store.events().len(), 2);
+    }
+
+    #[test]
+    fn an_erasure_releases_its_subjects_claims_of_the_kinds_named() {
+        let store = MemoryStore::new();
+        let subject = Uuid::now_v7();
+        assert!(store.append_now(append(subject, 0, &["a"])).is_ok());
+        let mut erase = append(subject, 1, &[]);
+        erase.erases = Some(crate::Erasure {
+            subject,
+            claim_kinds: vec!["test".into()],
+        });
+        assert!(store.append_now(erase).is_ok());
+        assert!(store.append_now(append(Uuid::now_v7(), 0, &["a"])).is_ok());
     }
 
     #[test]

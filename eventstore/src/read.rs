@@ -1,5 +1,7 @@
 //! Reading events back: one stream in version order, or all streams in commit-safe order.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use sqlx::PgPool;
@@ -7,6 +9,7 @@ use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use crate::EventStore;
+use crate::opener::{Opener, opened};
 use crate::position::{GlobalCheckpoint, Position, StreamVersion};
 
 /// An event as stored, with everything the publisher and the projectors need.
@@ -19,8 +22,8 @@ pub struct RecordedEvent {
     pub aggregate_type: String,
     pub version: i64,
     pub event_type: String,
-    /// As stored: JSON text, which the publisher copies into messages as it is and the
-    /// projectors parse straight into events.
+    /// JSON text as stored, opened (see [`crate::opener`]): the publisher copies it into
+    /// messages as it is and the projectors parse it straight into events.
     pub payload: Box<RawValue>,
     pub tenant_id: String,
     pub correlation_id: String,
@@ -124,7 +127,7 @@ impl EventStore {
         stream_id: Uuid,
         after: StreamVersion,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        sqlx::query_as(concat!(
+        let events: Vec<RecordedEvent> = sqlx::query_as(concat!(
             "select ",
             recorded_event_columns!(),
             " from events where stream_id = $1 and version > $2 order by version"
@@ -132,7 +135,8 @@ impl EventStore {
         .bind(stream_id)
         .bind(after.as_i64())
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        opened(self.opener.as_deref(), events).await
     }
 
     /// Up to `limit` events of stream `stream_id` after version `after`, in version order: a
@@ -148,7 +152,7 @@ impl EventStore {
         after: StreamVersion,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        sqlx::query_as(concat!(
+        let events: Vec<RecordedEvent> = sqlx::query_as(concat!(
             "select ",
             recorded_event_columns!(),
             " from events where stream_id = $1 and version > $2
@@ -162,7 +166,8 @@ impl EventStore {
         .bind(aggregate_type)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        opened(self.opener.as_deref(), events).await
     }
 
     /// The type of the last event of each of the streams `ids` (those that have events).
@@ -214,7 +219,7 @@ impl EventStore {
         correlation_id: &str,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        sqlx::query_as(concat!(
+        let events: Vec<RecordedEvent> = sqlx::query_as(concat!(
             "select ",
             recorded_event_columns!(),
             " from events where correlation_id = $1 and ($2::text is null or tenant_id = $2)
@@ -224,7 +229,8 @@ impl EventStore {
         .bind(tenant_id)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        opened(self.opener.as_deref(), events).await
     }
 
     /// Up to `limit` committed events after `after`, in (transaction id, position) order. (The
@@ -273,7 +279,8 @@ impl EventStore {
         // Not a cached prepared statement: on a connection planning as PostgreSQL does by
         // default, it would soon switch to a generic plan, which is free to scan the whole
         // table instead of its tail (a `TailReader` rules that out on a connection of its own).
-        query.persistent(false).fetch_all(&self.pool).await
+        let events = query.persistent(false).fetch_all(&self.pool).await?;
+        opened(self.opener.as_deref(), events).await
     }
 
     /// A reader of the tail of the global order, for the publisher, which reads it at every
@@ -312,6 +319,7 @@ fn gap_safe_read<'q>(
 #[derive(Debug)]
 pub struct TailReader {
     pool: PgPool,
+    opener: Option<Arc<dyn Opener>>,
 }
 
 impl TailReader {
@@ -327,7 +335,10 @@ impl TailReader {
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .connect_lazy_with(options);
-        Self { pool }
+        Self {
+            pool,
+            opener: store.opener.clone(),
+        }
     }
 
     /// Up to `limit` committed events after `after`, as [`EventStore::read_all`] returns them.
@@ -336,7 +347,8 @@ impl TailReader {
         after: GlobalCheckpoint,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        gap_safe_read(after, limit).fetch_all(&self.pool).await
+        let events = gap_safe_read(after, limit).fetch_all(&self.pool).await?;
+        opened(self.opener.as_deref(), events).await
     }
 
     /// Closes the connection.

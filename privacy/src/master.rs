@@ -6,11 +6,16 @@ use aws_lc_rs::hkdf::{HKDF_SHA256, Salt};
 use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use uuid::Uuid;
 
-/// The master key's length, and every derived key's.
-const KEY_LEN: usize = 32;
+use crate::gcm::{self, KEY_LEN};
+
 /// What each derived key is for; changing one makes every value derived with it another.
 const CLAIMS: &[u8] = b"hap uniqueness claims v1";
+const SUBJECT_KEYS: &[u8] = b"hap subject keys v1";
+/// The master key of a development run without one (`--insecure-no-auth`): public, so the
+/// personal data it protects is not protected at all.
+const INSECURE_DEVELOPMENT: &[u8; KEY_LEN] = b"hap insecure development key!!!!";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MasterKeyError {
@@ -27,6 +32,8 @@ pub enum MasterKeyError {
 /// The keys HAP derives from its master key.
 pub struct MasterKey {
     claims: hmac::Key,
+    /// Wraps each data subject's key for the store.
+    subject_keys: gcm::Key,
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -45,6 +52,12 @@ impl MasterKey {
         Ok(Self::from_bytes(&bytes))
     }
 
+    /// A fixed, public key for a development run without a data key (`--insecure-no-auth`):
+    /// whoever reads the store reads the personal data in it.
+    pub fn insecure_development() -> Self {
+        Self::from_bytes(INSECURE_DEVELOPMENT)
+    }
+
     fn from_bytes(bytes: &[u8]) -> Self {
         let prk = Salt::new(HKDF_SHA256, &[]).extract(bytes);
         let derive = |info: &[u8]| {
@@ -57,7 +70,27 @@ impl MasterKey {
         };
         Self {
             claims: hmac::Key::new(hmac::HMAC_SHA256, &derive(CLAIMS)),
+            subject_keys: gcm::Key::new(&derive(SUBJECT_KEYS)),
         }
+    }
+
+    /// `key`, the key of data subject `subject`, as the store keeps it: sealed, and bound to
+    /// the subject (a wrapped key copied onto another subject's row does not open).
+    pub fn wrap_key(&self, subject: Uuid, key: &[u8; KEY_LEN]) -> Vec<u8> {
+        self.subject_keys.seal(subject.as_bytes(), key)
+    }
+
+    /// The key of `subject` that [`Self::wrap_key`] wrapped.
+    pub fn unwrap_key(
+        &self,
+        subject: Uuid,
+        wrapped: &[u8],
+    ) -> Result<[u8; KEY_LEN], MasterKeyError> {
+        let key = self
+            .subject_keys
+            .open(subject.as_bytes(), wrapped)
+            .map_err(|_| MasterKeyError::Unwrap)?;
+        key.try_into().map_err(|_| MasterKeyError::Unwrap)
     }
 
     /// What a uniqueness claim keeps of `value` of `kind`: a keyed hash (HMAC-SHA256, hex), the
@@ -102,6 +135,22 @@ mod tests {
         );
         assert!(!claim.contains("123"));
         assert_eq!(claim.len(), 64);
+    }
+
+    #[test]
+    fn a_subject_key_unwraps_only_for_its_subject_under_its_master_key() {
+        let (subject, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let key = gcm::random_key();
+        let wrapped = master(7).wrap_key(subject, &key);
+        assert_eq!(master(7).unwrap_key(subject, &wrapped).unwrap(), key);
+        assert!(matches!(
+            master(7).unwrap_key(other, &wrapped),
+            Err(MasterKeyError::Unwrap)
+        ));
+        assert!(matches!(
+            master(8).unwrap_key(subject, &wrapped),
+            Err(MasterKeyError::Unwrap)
+        ));
     }
 
     #[test]

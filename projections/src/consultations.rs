@@ -44,20 +44,27 @@ struct Row {
 
 /// A person's name as of this batch, and whether the batch changed it.
 struct Name {
-    name: String,
+    /// None once the person is erased.
+    name: Option<String>,
     renamed: bool,
     /// Whether this batch holds the person's registration: fresh to this projection, so the
     /// person has no row yet.
     registered: bool,
 }
 
-/// The name a patient or physician event sets, if any.
-fn name_set_by(event: &Event) -> Option<(Uuid, &str)> {
+/// The name a patient or physician event sets, if any: None for an erasure (and for a
+/// registration read after one).
+fn name_set_by(event: &Event) -> Option<(Uuid, Option<&str>)> {
     match event {
-        Event::PatientRegistered(e) => Some((e.patient_id.as_uuid(), &e.name)),
-        Event::PatientUpdated(e) => e.name.as_deref().map(|n| (e.patient_id.as_uuid(), n)),
-        Event::PhysicianRegistered(e) => Some((e.physician_id.as_uuid(), &e.name)),
-        Event::PhysicianUpdated(e) => e.name.as_deref().map(|n| (e.physician_id.as_uuid(), n)),
+        Event::PatientRegistered(e) => Some((e.patient_id.as_uuid(), e.name.as_deref())),
+        Event::PatientUpdated(e) => e.name.as_deref().map(|n| (e.patient_id.as_uuid(), Some(n))),
+        Event::PatientErased(e) => Some((e.patient_id.as_uuid(), None)),
+        Event::PhysicianRegistered(e) => Some((e.physician_id.as_uuid(), e.name.as_deref())),
+        Event::PhysicianUpdated(e) => e
+            .name
+            .as_deref()
+            .map(|n| (e.physician_id.as_uuid(), Some(n))),
+        Event::PhysicianErased(e) => Some((e.physician_id.as_uuid(), None)),
         _ => None,
     }
 }
@@ -98,7 +105,7 @@ impl Rows {
             self.people.insert(
                 id,
                 Name {
-                    name: name.to_owned(),
+                    name: name.map(str::to_owned),
                     renamed: true,
                     registered,
                 },
@@ -107,7 +114,7 @@ impl Rows {
         }
         let id = envelope.stream_id;
         if let Event::ConsultationSchedulingStarted(e) = event {
-            let name_of = |person: Uuid| self.people.get(&person).map(|p| p.name.clone());
+            let name_of = |person: Uuid| self.people.get(&person).and_then(|p| p.name.clone());
             let row = Row {
                 id,
                 patient_id: e.patient_id.as_uuid(),
@@ -157,16 +164,17 @@ impl Rows {
     }
 }
 
-/// A person's latest name, or the one a row shows when the person is not known.
+/// A person's latest name (none once erased), or the one a row shows when the person is not
+/// known.
 fn latest_name<'a>(
     people: &'a ById<Name>,
     person: &Uuid,
     shown: &'a Option<String>,
 ) -> Option<&'a str> {
-    people
-        .get(person)
-        .map(|p| p.name.as_str())
-        .or(shown.as_deref())
+    match people.get(person) {
+        Some(known) => known.name.as_deref(),
+        None => shown.as_deref(),
+    }
 }
 
 impl InMemory for Rows {
@@ -324,21 +332,22 @@ async fn load_names(conn: &mut PgConnection, named: &[Uuid]) -> Result<ById<Name
     if named.is_empty() {
         return Ok(ById::default());
     }
-    let names =
-        sqlx::query_as::<_, (Uuid, String)>("select id, name from people where id = any($1)")
-            .bind(named)
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|(id, name)| {
-                let name = Name {
-                    name,
-                    renamed: false,
-                    registered: false,
-                };
-                (id, name)
-            })
-            .collect();
+    let names = sqlx::query_as::<_, (Uuid, Option<String>)>(
+        "select id, name from people where id = any($1)",
+    )
+    .bind(named)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|(id, name)| {
+        let name = Name {
+            name,
+            renamed: false,
+            registered: false,
+        };
+        (id, name)
+    })
+    .collect();
     Ok(names)
 }
 
@@ -468,11 +477,12 @@ fn bind_rows(arguments: &mut PgArguments, rows: &[&Row]) -> Result<(), sqlx::Err
 fn bind_people(arguments: &mut PgArguments, people: &[(Uuid, &Name)]) -> Result<(), sqlx::Error> {
     let people: Vec<&(Uuid, &Name)> = people.iter().collect();
     bind(arguments, each(&people, |(id, _)| *id))?;
-    bind(arguments, each(&people, |(_, p)| p.name.as_str()))?;
+    bind(arguments, each(&people, |(_, p)| p.name.as_deref()))?;
     bind(arguments, each(&people, |(_, p)| p.registered))
 }
 
-// Each name is looked up on its own: a join would match a consultation whose patient and
+// Each name is looked up on its own (a null one is an erasure, so it replaces the name shown
+// rather than falling back to it): a join would match a consultation whose patient and
 // physician were both renamed twice, and an update applies only one match per row. The
 // consultations are found through their patient and physician indexes (`= any($24)`): an
 // `in (select … from renamed)` there scanned the whole table for every batch of names
@@ -506,11 +516,13 @@ const SAVE: &str = batch_statement!(
              on conflict (id) do update set name = excluded.name
          )
          update consultations c
-            set patient_name = coalesce((select name from renamed where id = c.patient_id),
-                                        c.patient_name),
-                physician_name = coalesce((select name from renamed
-                                            where id = c.physician_id),
-                                          c.physician_name)
+            set patient_name = case when c.patient_id = any($25)
+                                    then (select name from renamed where id = c.patient_id)
+                                    else c.patient_name end,
+                physician_name = case when c.physician_id = any($25)
+                                      then (select name from renamed
+                                             where id = c.physician_id)
+                                      else c.physician_name end
           where (c.patient_id = any($25) or c.physician_id = any($25))
             and c.id <> all($10)
          returning c.id"

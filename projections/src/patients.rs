@@ -13,8 +13,8 @@ pub struct Patients;
 /// What a patient's row holds besides the columns every registry has.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Details {
-    birth_date: NaiveDate,
-    document_number: String,
+    birth_date: Option<NaiveDate>,
+    document_number: Option<String>,
     email: Option<String>,
     phone: Option<String>,
 }
@@ -30,7 +30,7 @@ impl Registry for Patients {
         ("phone", "text"),
     ];
 
-    fn registered(event: &Event) -> Option<(String, Details)> {
+    fn registered(event: &Event) -> Option<(Option<String>, Details)> {
         let Event::PatientRegistered(e) = event else {
             return None;
         };
@@ -43,12 +43,12 @@ impl Registry for Patients {
         Some((e.name.clone(), details))
     }
 
-    fn update(event: &Event, name: &mut String, details: &mut Details) {
+    fn update(event: &Event, name: &mut Option<String>, details: &mut Details) {
         let Event::PatientUpdated(e) = event else {
             return;
         };
         if let Some(new) = &e.name {
-            name.clone_from(new);
+            *name = Some(new.clone());
         }
         if let Some(email) = &e.email {
             details.email = Some(email.clone());
@@ -62,13 +62,34 @@ impl Registry for Patients {
         matches!(event, Event::PatientDeactivated(_))
     }
 
+    fn erases(event: &Event) -> bool {
+        matches!(event, Event::PatientErased(_))
+    }
+
+    fn erase(details: &mut Details) {
+        *details = Details {
+            birth_date: None,
+            document_number: None,
+            email: None,
+            phone: None,
+        };
+    }
+
+    /// A patient's records are sealed under the patient's key, and go with it.
+    const ERASES_ELSEWHERE: Option<(&'static str, &'static str)> = Some((
+        "update records set content = null
+          where patient_id = any($1) and content is not null
+         returning id",
+        "record",
+    ));
+
     fn values(d: &Details) -> Vec<&dyn CopyValue> {
         vec![&d.birth_date, &d.document_number, &d.email, &d.phone]
     }
 
     fn bind(arguments: &mut PgArguments, rows: &[(&Details, bool)]) -> Result<(), sqlx::Error> {
         bind(arguments, column(rows, |d| d.birth_date))?;
-        bind(arguments, column(rows, |d| d.document_number.as_str()))?;
+        bind(arguments, column(rows, |d| d.document_number.as_deref()))?;
         bind(arguments, column(rows, |d| d.email.as_deref()))?;
         bind(arguments, column(rows, |d| d.phone.as_deref()))
     }

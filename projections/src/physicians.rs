@@ -15,7 +15,7 @@ pub struct Physicians;
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Details {
     specialty: String,
-    license_number: String,
+    license_number: Option<String>,
 }
 
 impl Registry for Physicians {
@@ -25,7 +25,7 @@ impl Registry for Physicians {
     const DETAILS: &'static [(&'static str, &'static str)] =
         &[("specialty", "text"), ("license_number", "text")];
 
-    fn registered(event: &Event) -> Option<(String, Details)> {
+    fn registered(event: &Event) -> Option<(Option<String>, Details)> {
         let Event::PhysicianRegistered(e) = event else {
             return None;
         };
@@ -36,12 +36,12 @@ impl Registry for Physicians {
         Some((e.name.clone(), details))
     }
 
-    fn update(event: &Event, name: &mut String, details: &mut Details) {
+    fn update(event: &Event, name: &mut Option<String>, details: &mut Details) {
         let Event::PhysicianUpdated(e) = event else {
             return;
         };
         if let Some(new) = &e.name {
-            name.clone_from(new);
+            *name = Some(new.clone());
         }
         if let Some(specialty) = &e.specialty {
             details.specialty.clone_from(specialty);
@@ -52,12 +52,21 @@ impl Registry for Physicians {
         matches!(event, Event::PhysicianDeactivated(_))
     }
 
+    fn erases(event: &Event) -> bool {
+        matches!(event, Event::PhysicianErased(_))
+    }
+
+    /// The specialty is the clinic's, not the physician's personal data: it stays.
+    fn erase(details: &mut Details) {
+        details.license_number = None;
+    }
+
     fn values(d: &Details) -> Vec<&dyn CopyValue> {
         vec![&d.specialty, &d.license_number]
     }
 
     fn bind(arguments: &mut PgArguments, rows: &[(&Details, bool)]) -> Result<(), sqlx::Error> {
         bind(arguments, column(rows, |d| d.specialty.as_str()))?;
-        bind(arguments, column(rows, |d| d.license_number.as_str()))
+        bind(arguments, column(rows, |d| d.license_number.as_deref()))
     }
 }

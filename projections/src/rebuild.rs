@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::projections_of_event;
 use eventstore::read::Fence;
 use eventstore::scan::{ScanError, ScanPage};
-use eventstore::{EventStore, GlobalCheckpoint, RecordedEvent};
+use eventstore::{EventStore, GlobalCheckpoint, RecordedEvent, Stored};
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::pool::PoolConnection;
@@ -283,7 +283,8 @@ impl ShadowBuild<'_> {
             .await?
             .map(|page| async move {
                 let page = page?;
-                tokio::task::spawn_blocking(move || decode_scanned(&page))
+                let opened = open_scanned(store, &page).await?;
+                tokio::task::spawn_blocking(move || decode_scanned(&page, &opened))
                     .await
                     .expect("decoding does not panic")
             })
@@ -542,14 +543,37 @@ struct Decoded {
     envelopes: Vec<(Envelope, &'static [&'static str])>,
 }
 
-fn decode_scanned(page: &ScanPage) -> Result<Decoded, ScanError> {
+/// What each event of `page` reads as where that is not as stored: its sealed fields opened
+/// (see `eventstore::opener`).
+async fn open_scanned(
+    store: &EventStore,
+    page: &ScanPage,
+) -> Result<Vec<Option<String>>, ScanError> {
+    let rows = page
+        .events()
+        .map(|scanned| {
+            scanned.map(|s| Stored {
+                event_type: s.event_type,
+                schema_version: s.schema_version,
+                payload: s.payload,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(store.open(&rows).await?)
+}
+
+/// `page` decoded, each payload as `opened` says where it does not read as stored.
+fn decode_scanned(page: &ScanPage, opened: &[Option<String>]) -> Result<Decoded, ScanError> {
     let mut decoded = Decoded {
         events: page.len() as u64,
         last: None,
         envelopes: Vec::with_capacity(page.len()),
     };
-    for scanned in page.events() {
-        let scanned = scanned?;
+    for (scanned, opened) in page.events().zip(opened) {
+        let mut scanned = scanned?;
+        if let Some(payload) = opened {
+            scanned.payload = payload;
+        }
         decoded.last = Some(scanned.checkpoint);
         if let Some(receiving) = projections_of_event(scanned.event_type)
             && let Ok(envelope) = Envelope::from_scanned(&scanned)

@@ -26,7 +26,7 @@ struct Row {
     consultation_id: Uuid,
     patient_id: Uuid,
     physician_id: Uuid,
-    content: String,
+    content: Option<String>,
     status: String,
     version: i64,
     updated_at: DateTime<Utc>,
@@ -233,7 +233,7 @@ async fn upsert(
     bind(&mut arguments, each(rows, |r| r.consultation_id))?;
     bind(&mut arguments, each(rows, |r| r.patient_id))?;
     bind(&mut arguments, each(rows, |r| r.physician_id))?;
-    bind(&mut arguments, each(rows, |r| r.content.as_str()))?;
+    bind(&mut arguments, each(rows, |r| r.content.as_deref()))?;
     bind(&mut arguments, each(rows, |r| r.status.as_str()))?;
     bind(&mut arguments, each(rows, |r| r.version))?;
     bind(&mut arguments, each(rows, |r| r.updated_at))?;

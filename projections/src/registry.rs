@@ -1,7 +1,7 @@
 //! The registries: projections with one row per registered person (patients, physicians), as
 //! `GET /patients` and `GET /physicians` show them. A registration inserts the row, updates
-//! change its name and details, a deactivation marks it inactive, and every event of the
-//! stream moves its version, as the command side counts it. What differs between registries
+//! change its name and details, a deactivation marks it inactive, an erasure marks it erased
+//! and empties every personal column, and every event of the stream moves its version, as the command side counts it. What differs between registries
 //! (the events, the detail columns) is a [`Registry`]; the rest is here, once.
 
 use chrono::{DateTime, Utc};
@@ -33,11 +33,18 @@ pub trait Registry: Send + Sync + 'static {
     /// [`Registry::bind`].
     const DETAILS: &'static [(&'static str, &'static str)];
 
-    /// The name and details a registration event sets.
-    fn registered(event: &Event) -> Option<(String, Self::Details)>;
+    /// The name and details a registration event sets (the name is None when the event is
+    /// read after the person's erasure).
+    fn registered(event: &Event) -> Option<(Option<String>, Self::Details)>;
     /// Applies an update event to a row's name and details; other events change neither.
-    fn update(event: &Event, name: &mut String, details: &mut Self::Details);
+    fn update(event: &Event, name: &mut Option<String>, details: &mut Self::Details);
     fn deactivates(event: &Event) -> bool;
+    fn erases(event: &Event) -> bool;
+    /// Empties the personal details of an erased person.
+    fn erase(details: &mut Self::Details);
+    /// What else of this instance's read model holds the erased people's data, as a statement
+    /// over their ids (`$1`) returning the ids of the rows it emptied, of the resource given.
+    const ERASES_ELSEWHERE: Option<(&'static str, &'static str)> = None;
     /// The details' values, for a rebuild's `COPY`.
     fn values(details: &Self::Details) -> Vec<&dyn CopyValue>;
     /// Binds the details of `rows`, one array per column.
@@ -49,12 +56,13 @@ pub trait Registry: Send + Sync + 'static {
 
 const ACTIVE: &str = "active";
 const INACTIVE: &str = "inactive";
+const ERASED: &str = "erased";
 
 /// One person's row.
 #[derive(Debug, Clone)]
 pub struct Row<D> {
     id: Uuid,
-    name: String,
+    name: Option<String>,
     details: D,
     status: String,
     version: i64,
@@ -106,7 +114,11 @@ fn fold_event<R: Registry>(
     // Events of streams this projection has no row for (none yet, or a physician's day
     // schedule) change nothing.
     let row = rows.get_mut(&id)?;
-    if R::deactivates(event) {
+    if R::erases(event) {
+        row.status = ERASED.into();
+        row.name = None;
+        R::erase(&mut row.details);
+    } else if R::deactivates(event) {
         row.status = INACTIVE.into();
     } else {
         R::update(event, &mut row.name, &mut row.details);
@@ -205,7 +217,10 @@ impl<R: Registry> Projector for R {
             let rows: Vec<(&Row<R::Details>, bool)> =
                 rows.iter().map(|(row, stored)| (row, *stored)).collect();
             save::<R>(conn, batch, &rows).await?;
-            Ok(touched)
+            Ok(touched
+                .into_iter()
+                .chain(erase_elsewhere::<R>(conn, events).await?)
+                .collect())
         }
         .boxed()
     }
@@ -216,6 +231,30 @@ impl<R: Registry> Projector for R {
             loaded: Vec::new(),
         })
     }
+}
+
+/// Empties what else of the read model holds the data of the people `events` erase (their
+/// records' content, for patients), in the batch's transaction.
+async fn erase_elsewhere<R: Registry>(
+    conn: &mut PgConnection,
+    events: &[Envelope],
+) -> Result<Vec<Touched>, sqlx::Error> {
+    let Some((statement, resource)) = R::ERASES_ELSEWHERE else {
+        return Ok(vec![]);
+    };
+    let erased: Vec<Uuid> = events
+        .iter()
+        .filter(|e| e.events.iter().any(R::erases))
+        .map(|e| e.stream_id)
+        .collect();
+    if erased.is_empty() {
+        return Ok(vec![]);
+    }
+    let emptied: Vec<Uuid> = sqlx::query_scalar(statement)
+        .bind(&erased)
+        .fetch_all(conn)
+        .await?;
+    Ok(Touched::rows(resource, emptied))
 }
 
 /// Writes `rows` with the batch's bookkeeping, each row marked with whether it was read from
@@ -230,7 +269,7 @@ async fn save<R: Registry>(
 ) -> Result<(), sqlx::Error> {
     let mut arguments = batch.arguments()?;
     bind(&mut arguments, column(rows, |r| r.id))?;
-    bind(&mut arguments, column(rows, |r| r.name.as_str()))?;
+    bind(&mut arguments, column(rows, |r| r.name.as_deref()))?;
     let details: Vec<(&R::Details, bool)> = rows
         .iter()
         .map(|(r, stored)| (&r.details, *stored))

@@ -1,6 +1,8 @@
 //! The follow-up on deactivation: a deactivated patient's or physician's consultations that are
 //! still to come end: scheduled ones are cancelled, each through the cancellation saga, and
-//! ones still being scheduled fail.
+//! ones still being scheduled fail. An erasure deactivates too, and runs the same follow-up
+//! (its consultations carry the deactivation's reason: the erasure's own stays with the
+//! erased event, for the audit trail).
 //!
 //! It runs as a saga step of the scheduling service, triggered by the deactivation's message
 //! on the shared saga queue: a queued job that survives a restart (the message stays until
@@ -44,7 +46,7 @@ pub async fn cancel_future_consultations<S: SagaStore>(
     if ended > 0 {
         tracing::info!(
             ended,
-            "ended the future consultations of a deactivated person"
+            "ended the future consultations of a deactivated or erased person"
         );
     }
     Ok(ended)

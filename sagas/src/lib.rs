@@ -19,11 +19,13 @@
 //! - [`lookups`]: what steps look up in the store besides streams ([`lookups::SagaStore`], on
 //!   PostgreSQL and in memory): a person's consultations, what is stored of a consultation's
 //!   scheduling.
-//! - [`follow_up`]: the deactivation follow-up's cancellations.
+//! - [`follow_up`]: the deactivation follow-up's cancellations (an erasure's too).
+//! - [`forget`]: an erasure's dead letters, dropped from every queue.
 //! - [`timer`]: the `timer` role: firing due deadlines (as `commands::deadlines` says), once
 //!   each, from any number of processes.
 
 pub mod follow_up;
+pub mod forget;
 pub mod lookups;
 pub mod send;
 pub mod service;

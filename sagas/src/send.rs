@@ -27,6 +27,9 @@ pub enum StepError {
     /// It never will (a stored event that cannot be read): dead-letter the message.
     #[error("{0}")]
     Permanent(#[source] CommandError),
+    /// The broker did not answer (looking through dead letters): retry the message.
+    #[error("{0}")]
+    Broker(#[source] messaging::dlq::DlqError),
 }
 
 impl From<CommandError> for StepError {

@@ -14,6 +14,7 @@ use messaging::consumer::{self, ConsumerSettings, HandleError, Handler, Message}
 use messaging::queues::saga_bindings;
 use tokio_util::sync::CancellationToken;
 
+use crate::forget::DeadLetters;
 use crate::send::{StepError, Trigger};
 use crate::steps::Steps;
 
@@ -39,6 +40,11 @@ pub fn run_all(
                 service,
                 steps: Steps {
                     pipeline: pipeline.clone(),
+                    dead_letters: Some(DeadLetters {
+                        amqp_url: settings.amqp_url.clone(),
+                        prefix: settings.topology.prefix().to_owned(),
+                        store: pipeline.store().clone(),
+                    }),
                 },
             };
             consumer::consume(
@@ -103,7 +109,7 @@ impl SagaHandler {
         let result = self.steps.run(&step, &trigger).await;
         let outcome = match &result {
             Ok(()) => "done",
-            Err(StepError::Transient(_)) => "retried",
+            Err(StepError::Transient(_) | StepError::Broker(_)) => "retried",
             Err(StepError::Permanent(_)) => "dead_lettered",
         };
         metrics::histogram!("hap_saga_step_seconds", "service" => self.service.name(), "step" => step.name())
@@ -112,6 +118,7 @@ impl SagaHandler {
             .increment(1);
         result.map_err(|error| match error {
             StepError::Transient(e) => HandleError::Transient(e.to_string()),
+            StepError::Broker(e) => HandleError::Transient(e.to_string()),
             StepError::Permanent(e) => HandleError::Poison(e.to_string()),
         })
     }

@@ -11,6 +11,7 @@ use domain::schedule::{DaySchedule, ScheduleCommand};
 use eventstore::EventStore;
 
 use crate::follow_up;
+use crate::forget::{self, DeadLetters};
 use crate::lookups::SagaStore;
 use crate::send::{self, Sent, StepError, Trigger, consultation, outcome};
 
@@ -18,6 +19,19 @@ use crate::send::{self, Sent, StepError, Trigger, consultation, outcome};
 #[derive(Clone)]
 pub struct Steps<S = EventStore> {
     pub pipeline: Pipeline<S>,
+    /// The broker's dead letters, which an erasure reaches; None where there is no broker
+    /// (the given/when/then tests), so none to forget.
+    pub dead_letters: Option<DeadLetters>,
+}
+
+impl<S> Steps<S> {
+    /// Steps with no broker around them: an erasure has no dead letters to forget.
+    pub fn without_broker(pipeline: Pipeline<S>) -> Self {
+        Self {
+            pipeline,
+            dead_letters: None,
+        }
+    }
 }
 
 impl<S: SagaStore> Steps<S> {
@@ -102,6 +116,12 @@ impl<S: SagaStore> Steps<S> {
             }
             Step::CancelFutureConsultations(person) => {
                 follow_up::cancel_future_consultations(&self.pipeline, trigger, *person).await?;
+            }
+            Step::ForgetDeadLetters(person) => {
+                if let Some(dead_letters) = &self.dead_letters {
+                    let store = self.pipeline.store();
+                    forget::forget_dead_letters(dead_letters, store, trigger, *person).await?;
+                }
             }
         }
         Ok(())

@@ -60,17 +60,17 @@ impl Booking {
     fn requested(&self) -> Given {
         let patient = Event::PatientRegistered(PatientRegistered {
             patient_id: self.patient,
-            name: "Ana Lima".into(),
-            birth_date: chrono::NaiveDate::from_ymd_opt(1990, 1, 2).expect("a date"),
-            document_number: format!("DOC-{}", self.patient),
+            name: Some("Ana Lima".into()),
+            birth_date: chrono::NaiveDate::from_ymd_opt(1990, 1, 2),
+            document_number: Some(format!("DOC-{}", self.patient)),
             email: None,
             phone: None,
         });
         let physician = Event::PhysicianRegistered(PhysicianRegistered {
             physician_id: self.physician,
-            name: "Rui Carvalho".into(),
+            name: Some("Rui Carvalho".into()),
             specialty: "cardiology".into(),
-            license_number: format!("CRM-{}", self.physician),
+            license_number: Some(format!("CRM-{}", self.physician)),
         });
         let request = Event::ConsultationSchedulingStarted(ConsultationSchedulingStarted {
             consultation_id: self.consultation,
@@ -227,7 +227,8 @@ trait WhenStep {
 
 impl WhenStep for Given {
     async fn when_step(self, step: Step) -> Then<Result<(), StepError>> {
-        let run = |pipeline| async move { Steps { pipeline }.run(&step, &trigger()).await };
+        let run =
+            |pipeline| async move { Steps::without_broker(pipeline).run(&step, &trigger()).await };
         self.when(run).await.then_ok(|_| true)
     }
 
@@ -237,7 +238,7 @@ impl WhenStep for Given {
     ) -> Then<Result<(), StepError>> {
         let steps: Vec<Step> = steps.into_iter().collect();
         let run = |pipeline| async move {
-            let runner = Steps { pipeline };
+            let runner = Steps::without_broker(pipeline);
             for step in &steps {
                 runner.run(step, &trigger()).await?;
             }
@@ -408,7 +409,7 @@ async fn confirm_for(given: Given, b: &Booking, triggers: &[&Trigger]) -> Then<V
     let step = b.confirm();
     given
         .when(|pipeline| async move {
-            let steps = Steps { pipeline };
+            let steps = Steps::without_broker(pipeline);
             let mut results = Vec::new();
             for trigger in triggers {
                 results.push(steps.run(&step, trigger).await.is_ok());
@@ -461,8 +462,8 @@ async fn the_second_of_two_racing_confirmations_keeps_the_slot_of_the_scheduled_
     let step = b.confirm();
     let then = given
         .when(|pipeline| async move {
-            let first = Steps { pipeline }.run(&step, &trigger()).await;
-            let second = Steps { pipeline: other }.run(&step, &trigger()).await;
+            let first = Steps::without_broker(pipeline).run(&step, &trigger()).await;
+            let second = Steps::without_broker(other).run(&step, &trigger()).await;
             (first, second)
         })
         .await
@@ -478,7 +479,7 @@ async fn the_request_delivered_twice_to_each_side_answers_once_each() {
     let then = b
         .requested()
         .when(|pipeline| async move {
-            let runner = Steps { pipeline };
+            let runner = Steps::without_broker(pipeline);
             let started = trigger();
             let mut results = Vec::new();
             for step in &steps {
@@ -684,7 +685,7 @@ async fn a_redelivered_trigger_has_no_second_effect() {
     let then = b
         .requested()
         .when(|pipeline| async move {
-            let steps = Steps { pipeline };
+            let steps = Steps::without_broker(pipeline);
             let first = steps.run(&step, &trigger).await;
             let again = steps.run(&step, &trigger).await;
             (first, again)

@@ -36,6 +36,5 @@ pub fn metadata() -> Metadata {
         correlation_id: Uuid::now_v7().to_string(),
         causation_id: None,
         actor_id: None,
-        schema_version: domain::event::SCHEMA_VERSION,
     }
 }

@@ -9,6 +9,8 @@ async fn hap(db: &TestDb, args: &[&str]) -> (i32, String, String) {
     let output = Command::new(hap_binary())
         .args(args)
         .env("HAP_DATABASE_URL", &db.url)
+        // The data key every process of one HAP shares: what the demo seals, a rebuild opens.
+        .env("HAP_DATA_KEY", hap_tests::tokens::DATA_KEY)
         .env("RUST_LOG", "warn")
         .output()
         .await
@@ -112,4 +114,45 @@ async fn bad_usage_exits_2_and_failures_exit_1_with_one_line() {
         .await
         .unwrap();
     assert_eq!(unreachable.status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_events_seals_clear_events_batch_by_batch_and_reports_each() {
+    let db = TestDb::new().await;
+    // Three registrations as a release before sealing stored them: in clear, at version 1.
+    for n in 0..3 {
+        let patient = uuid::Uuid::now_v7();
+        sqlx::query(
+            "insert into events (event_id, stream_id, aggregate_type, version, event_type,
+                                 payload, tenant_id, correlation_id, schema_version, occurred_at)
+             values ($1, $2, 'patient', 1, 'PatientRegistered', $3::json, 'default', 'old', 1,
+                     now())",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(patient)
+        .bind(
+            serde_json::json!({"patientId": patient, "name": format!("CLEAR-NAME-{n}"),
+                               "birthDate": "1990-01-02", "documentNumber": format!("D-{n}")})
+            .to_string(),
+        )
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+
+    let (code, stdout, stderr) = hap(&db, &["migrate-events", "--batch", "2"]).await;
+
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("sealed 2 events (2 in all)"), "{stdout}");
+    assert!(stdout.contains("sealed 1 events (3 in all)"), "{stdout}");
+    let clear: i64 = db
+        .scalar(
+            "select count(*) from events where payload::text like $1",
+            "%CLEAR-NAME%",
+        )
+        .await;
+    assert_eq!(clear, 0);
+    let (again, stdout, _) = hap(&db, &["migrate-events"]).await;
+    assert_eq!(again, 0);
+    assert!(stdout.contains("0 sealed by this run"), "{stdout}");
 }

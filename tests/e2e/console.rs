@@ -59,7 +59,7 @@ async fn record_a_process(
         http_addr: app.base.clone(),
     };
     let shutdown = CancellationToken::new();
-    let store = db.store();
+    let store = db.plain_store();
     tokio::spawn(keep_recorded(
         store.clone(),
         info,
@@ -813,6 +813,7 @@ async fn failed_scheduling(store: &EventStore, tenant: &str, reason: &str) {
         event_type: "ConsultationSchedulingFailed".into(),
         payload: json!({"consultationId": consultation, "reason": reason, "detail": "test"}),
         occurred_at: chrono::Utc::now(),
+        schema_version: 1,
     }];
     store.append(append).await.unwrap();
 }
@@ -821,7 +822,7 @@ async fn failed_scheduling(store: &EventStore, tenant: &str, reason: &str) {
 async fn the_sagas_page_charts_the_failures_of_the_operators_tenant_by_reason() {
     let db = TestDb::new().await;
     let app = TestApp::start_with(&db, settings()).await;
-    let store = db.store();
+    let store = db.plain_store();
     for (tenant, reason) in [
         ("north", "physician_unavailable"),
         ("north", "physician_unavailable"),
@@ -1053,7 +1054,7 @@ async fn in_a_browser_a_stuck_consultation_shows_and_a_dead_letter_replayed_reac
     );
     // A consultation that failed, as the saga records one for an inactive patient (no saga
     // runs here, or the stuck one would not stay stuck): the page charts it.
-    let store = db.store();
+    let store = db.plain_store();
     failed_scheduling(&store, api::auth::INSECURE_TENANT, "patient_invalid").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 

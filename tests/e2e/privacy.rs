@@ -1,6 +1,13 @@
-//! Personal data at rest against a real PostgreSQL: uniqueness claims that keep keyed hashes.
+//! Personal data at rest against a real PostgreSQL: uniqueness claims that keep keyed hashes,
+//! personal fields sealed under their subject's key, erasure, and sealing what earlier releases
+//! stored in clear.
 
+use std::sync::Arc;
+
+use domain::patient::Patient;
+use eventstore::{Erasure, EventStore, StreamVersion};
 use hap_tests::TestDb;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// Settings with a master key of personal data (and authentication off, for brevity).
@@ -79,4 +86,342 @@ async fn clear_claims_of_an_earlier_release_are_hashed_and_still_conflict() {
     let reported = hash().await.unwrap();
     assert_eq!(reported.replaced, 0);
     assert_eq!(reported.duplicates, [late.to_string()]);
+}
+
+/// The store over `db` as a process with [`keyed_settings`] reads it: through a vault of its
+/// own (so no key is cached from the app's appends).
+fn opening_store(db: &TestDb) -> EventStore {
+    let vault = api::state::vault(&db.pool, &keyed_settings()).unwrap();
+    EventStore::new(db.pool.clone()).opening_with(Arc::new(vault))
+}
+
+/// Every stored payload, as text, for greps.
+async fn stored_text(db: &TestDb) -> String {
+    let payloads: Vec<String> = sqlx::query_scalar("select payload::text from events")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    payloads.join("\n")
+}
+
+/// The payloads of a stream as its readers get them.
+async fn opened(store: &EventStore, stream: Uuid) -> Vec<(String, i32, Value)> {
+    store
+        .read_stream(stream, StreamVersion::EMPTY)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let payload = serde_json::from_str(e.payload.get()).unwrap();
+            (e.event_type, e.schema_version, payload)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_fields_are_sealed_at_rest_and_read_back_in_clear() {
+    let db = TestDb::new().await;
+    let (app, state) = hap_tests::TestApp::start_state(&db, keyed_settings()).await;
+    let (patient, physician) = app.register_patient_and_physician().await;
+    let consultation = app.request_consultation(patient, physician).await;
+    app.schedule(consultation, patient, physician).await;
+    let created = app
+        .post(
+            &format!("/consultations/{consultation}/records"),
+            json!({"content": "CONTENT-FIRST"}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    let updated = app
+        .patch(&location, json!({"content": "CONTENT-SECOND"}))
+        .await;
+    assert_eq!(updated.status(), 200);
+
+    // Nothing personal is in the events table, in any event.
+    let stored = stored_text(&db).await;
+    for personal in [
+        "Ana Lima",
+        "DOC-1",
+        "ana@example.org",
+        "1990-05-01",
+        "Rui Costa",
+        "CRM-1",
+        "CONTENT-",
+    ] {
+        assert!(!stored.contains(personal), "{personal} is stored in clear");
+    }
+    let sealed: Vec<(String, i32)> = sqlx::query_as(
+        "select event_type, schema_version from events where payload::jsonb ? 'sealed'
+          order by position",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let types: Vec<&str> = sealed.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "PatientRegistered",
+            "PhysicianRegistered",
+            "ConsultationRecordCreated",
+            "ConsultationRecordUpdated"
+        ]
+    );
+    assert!(sealed.iter().all(|(_, version)| *version == 2));
+    let keys: i64 = db
+        .scalar(
+            "select count(*) from subject_keys where tenant_id = $1",
+            "default",
+        )
+        .await;
+    assert_eq!(
+        keys, 2,
+        "one key per subject: the patient and the physician"
+    );
+
+    // Read back: the aggregate, and the history, in clear.
+    let loaded = state
+        .commands
+        .aggregates()
+        .current::<Patient>(patient)
+        .await
+        .unwrap();
+    let Patient::Registered(data) = loaded.state else {
+        panic!("the patient loads registered");
+    };
+    assert_eq!(data.name, "Ana Lima");
+    assert_eq!(data.document_number, "DOC-1");
+    assert_eq!(data.email.as_deref(), Some("ana@example.org"));
+    let history = app.get_json(&format!("/patients/{patient}/history")).await;
+    assert_eq!(
+        history["items"][0]["changes"]["name"], "Ana Lima",
+        "{history}"
+    );
+    let book = domain::record::RecordBook::stream_id(consultation.into());
+    let contents: Vec<Value> = opened(&opening_store(&db), book)
+        .await
+        .into_iter()
+        .map(|(_, _, payload)| payload["content"].clone())
+        .collect();
+    assert_eq!(contents, [json!("CONTENT-FIRST"), json!("CONTENT-SECOND")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_subjects_events_open_with_nulls_and_their_document_number_is_free() {
+    let db = TestDb::new().await;
+    let app = hap_tests::TestApp::start_with(&db, keyed_settings()).await;
+    let patient = app.register_patient("DOC-ERASED").await;
+    let other = app.register_patient("DOC-KEPT").await;
+
+    // The erasure, appended as the command side appends it.
+    let erased = domain::Event::PatientErased(domain::event::PatientErased {
+        patient_id: patient.into(),
+        reason: "the patient asked".into(),
+    });
+    let mut append = hap_tests::test_append(patient, StreamVersion::new(1), 0);
+    append.aggregate_type = "patient".into();
+    append.events = vec![commands::stored::new_event(&erased)];
+    append.erases = erased.erases_subject().map(|subject| Erasure {
+        subject,
+        claim_kinds: privacy::claims::PERSONAL
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect(),
+    });
+    EventStore::new(db.pool.clone())
+        .append(append)
+        .await
+        .unwrap();
+
+    let keys: Vec<Uuid> = sqlx::query_scalar("select subject_id from subject_keys")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys,
+        [other],
+        "the erased patient's key is gone, no one else's"
+    );
+    let store = opening_store(&db);
+    let (event_type, version, registered) = opened(&store, patient).await.remove(0);
+    assert_eq!((event_type.as_str(), version), ("PatientRegistered", 2));
+    assert_eq!(
+        registered,
+        json!({"patientId": patient, "name": null, "birthDate": null,
+               "documentNumber": null, "email": null})
+    );
+    let (_, _, kept) = opened(&store, other).await.remove(0);
+    assert_eq!(
+        kept["name"], "Ana Lima",
+        "another subject's data still opens"
+    );
+
+    // The document number's claim was released with the key.
+    let again = app
+        .post("/patients", hap_tests::patient("DOC-ERASED"))
+        .await;
+    assert_eq!(again.status(), 201, "{:?}", again.text().await);
+}
+
+/// Appends `payload` of `event_type` to `stream` in clear at version 1, as a release before
+/// sealing stored it.
+async fn insert_clear(
+    db: &TestDb,
+    stream: Uuid,
+    aggregate: &str,
+    version: i64,
+    event_type: &str,
+    payload: Value,
+) {
+    sqlx::query(
+        "insert into events (event_id, stream_id, aggregate_type, version, event_type, payload,
+                             tenant_id, correlation_id, schema_version, occurred_at)
+         values ($1, $2, $3, $4, $5, $6::json, 'default', 'earlier-release', 1, now())",
+    )
+    .bind(Uuid::now_v7())
+    .bind(stream)
+    .bind(aggregate)
+    .bind(version)
+    .bind(event_type)
+    .bind(payload.to_string())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_events_seals_clear_events_in_resumable_batches() {
+    let db = TestDb::new().await;
+    let (patient, physician, consultation, record) = (
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+    );
+    let book = domain::record::RecordBook::stream_id(consultation.into());
+    insert_clear(
+        &db,
+        patient,
+        "patient",
+        1,
+        "PatientRegistered",
+        json!({"patientId": patient, "name": "OLD-NAME", "birthDate": "1970-01-02",
+               "documentNumber": "OLD-DOC", "phone": "+55 OLD-PHONE"}),
+    )
+    .await;
+    insert_clear(
+        &db,
+        patient,
+        "patient",
+        2,
+        "PatientUpdated",
+        json!({"patientId": patient, "email": "old@example.org"}),
+    )
+    .await;
+    insert_clear(
+        &db,
+        physician,
+        "physician",
+        1,
+        "PhysicianRegistered",
+        json!({"physicianId": physician, "name": "OLD-DOCTOR", "specialty": "cardiology",
+               "licenseNumber": "OLD-CRM"}),
+    )
+    .await;
+    insert_clear(
+        &db,
+        book,
+        "record",
+        1,
+        "ConsultationRecordCreated",
+        json!({"recordId": record, "consultationId": consultation, "patientId": patient,
+               "physicianId": physician, "content": "OLD-CONTENT-1"}),
+    )
+    .await;
+    insert_clear(
+        &db,
+        book,
+        "record",
+        2,
+        "ConsultationRecordUpdated",
+        json!({"recordId": record, "consultationId": consultation,
+               "content": "OLD-CONTENT-2"}),
+    )
+    .await;
+    // Nothing personal: left as it is.
+    insert_clear(
+        &db,
+        patient,
+        "patient",
+        3,
+        "PatientDeactivated",
+        json!({"patientId": patient}),
+    )
+    .await;
+
+    let settings = keyed_settings();
+    let vault = api::state::vault(&db.pool, &settings).unwrap();
+    let seal = |batch| privacy::migration::seal_clear_events(&db.pool, &vault, batch);
+    // A run stopped after its first batch of two, then run again to the end, then again.
+    assert_eq!(seal(2).await.unwrap(), 2);
+    assert!(
+        stored_text(&db).await.contains("OLD-CONTENT-1"),
+        "not done yet"
+    );
+    let mut rest = vec![];
+    loop {
+        match seal(2).await.unwrap() {
+            0 => break,
+            sealed => rest.push(sealed),
+        }
+    }
+    assert_eq!(rest, [2, 1]);
+    assert_eq!(
+        seal(2).await.unwrap(),
+        0,
+        "a finished migration finds nothing"
+    );
+
+    let stored = stored_text(&db).await;
+    assert!(!stored.contains("OLD-"), "{stored}");
+    let versions: Vec<(String, i32)> =
+        sqlx::query_as("select event_type, schema_version from events order by position")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let at_one: Vec<&str> = versions
+        .iter()
+        .filter(|(_, v)| *v == 1)
+        .map(|(t, _)| t.as_str())
+        .collect();
+    assert_eq!(at_one, ["PatientDeactivated"]);
+    let record_key: i64 = db
+        .scalar(
+            "select count(*) from subject_keys where subject_id = $1",
+            patient,
+        )
+        .await;
+    assert_eq!(
+        record_key, 1,
+        "the record update is sealed under its patient's key"
+    );
+
+    // Read as before, through the aggregate and the raw opened payloads.
+    let store = opening_store(&db);
+    let aggregates = commands::Aggregates::new(store.clone(), 10);
+    let loaded = aggregates.current::<Patient>(patient).await.unwrap();
+    let Patient::Registered(data) = loaded.state else {
+        panic!("the patient loads registered");
+    };
+    assert_eq!(
+        (data.name.as_str(), data.email.as_deref(), data.active),
+        ("OLD-NAME", Some("old@example.org"), false)
+    );
+    let contents: Vec<Value> = opened(&store, book)
+        .await
+        .into_iter()
+        .map(|(_, _, payload)| payload["content"].clone())
+        .collect();
+    assert_eq!(contents, [json!("OLD-CONTENT-1"), json!("OLD-CONTENT-2")]);
 }

@@ -47,6 +47,7 @@ async fn patient_history(store: &EventStore, names: &[&str]) -> Vec<RecordedEven
         payload: json!({"patientId": stream, "name": names[0], "birthDate": "1990-01-01",
                         "documentNumber": format!("D-{stream}")}),
         occurred_at: Utc::now(),
+        schema_version: 1,
     }];
     for name in &names[1..] {
         events.push(NewEvent {
@@ -54,6 +55,7 @@ async fn patient_history(store: &EventStore, names: &[&str]) -> Vec<RecordedEven
             event_type: "PatientUpdated".into(),
             payload: json!({"patientId": stream, "name": name}),
             occurred_at: Utc::now(),
+            schema_version: 1,
         });
     }
     store
@@ -69,10 +71,10 @@ async fn patient_history(store: &EventStore, names: &[&str]) -> Vec<RecordedEven
                 correlation_id: "test".into(),
                 causation_id: None,
                 actor_id: None,
-                schema_version: 1,
             },
             deadlines: vec![],
             ends: None,
+            erases: None,
         })
         .await
         .unwrap();
@@ -101,7 +103,7 @@ async fn patient(read: &PgPool, id: Uuid) -> Option<(String, i64)> {
 async fn the_same_message_delivered_twice_has_one_effect() {
     let db = TestDb::new().await;
     let (prefix, read, projectors, queue) = patients_projector(&db).await;
-    let history = patient_history(&db.store(), &["Ana", "Ana Souza"]).await;
+    let history = patient_history(&db.plain_store(), &["Ana", "Ana Souza"]).await;
 
     for event in [&history[0], &history[0], &history[1], &history[1]] {
         deliver(&queue, event).await;
@@ -127,7 +129,7 @@ async fn the_same_message_delivered_twice_has_one_effect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_holding_events_processed_before_applies_only_the_new_ones() {
     let db = TestDb::new().await;
-    let store = db.store();
+    let store = db.plain_store();
     let read = hap_tests::read_model(&db, "dup").await;
     let history = patient_history(&store, &["Ana", "Bia", "Carla"]).await;
     let envelopes: Vec<Envelope> = history
@@ -158,7 +160,7 @@ async fn a_records_first_event_delivered_again_changes_nothing() {
     use domain::event::{ConsultationRecordCreated, Event};
     use domain::ids::{ConsultationId, PatientId, PhysicianId, RecordId};
     let db = TestDb::new().await;
-    let store = db.store();
+    let store = db.plain_store();
     let read = hap_tests::read_model(&db, "again").await;
     let consultation = ConsultationId::new();
     let book = domain::record::RecordBook::stream_id(consultation);
@@ -170,7 +172,7 @@ async fn a_records_first_event_delivered_again_changes_nothing() {
             consultation_id: consultation,
             patient_id: PatientId::new(),
             physician_id: PhysicianId::new(),
-            content: "BP 12/8".into(),
+            content: Some("BP 12/8".into()),
         }),
     )
     .await;
@@ -208,7 +210,7 @@ async fn projectors_keep_applying_while_queries_hold_every_read_model_connection
     for _ in 0..read.pool.options().get_max_connections() {
         held.push(read.pool.acquire().await.unwrap());
     }
-    let history = patient_history(&db.store(), &["Ana"]).await;
+    let history = patient_history(&db.plain_store(), &["Ana"]).await;
 
     deliver(&queue, &history[0]).await;
 
@@ -231,7 +233,7 @@ async fn projectors_keep_applying_while_queries_hold_every_read_model_connection
 async fn an_old_update_redelivered_after_a_newer_one_changes_nothing() {
     let db = TestDb::new().await;
     let (prefix, read, projectors, queue) = patients_projector(&db).await;
-    let history = patient_history(&db.store(), &["Ana", "Bia", "Carla"]).await;
+    let history = patient_history(&db.plain_store(), &["Ana", "Bia", "Carla"]).await;
     let id = history[0].stream_id;
     for event in &history {
         deliver(&queue, event).await;
@@ -244,7 +246,7 @@ async fn an_old_update_redelivered_after_a_newer_one_changes_nothing() {
     );
 
     deliver(&queue, &history[1]).await; // the older rename, again
-    let marker = patient_history(&db.store(), &["Marker"]).await;
+    let marker = patient_history(&db.plain_store(), &["Marker"]).await;
     deliver(&queue, &marker[0]).await; // arrives after it, so once it is in, the old one was seen
 
     let marker_id = marker[0].stream_id;
@@ -267,7 +269,7 @@ async fn an_old_update_redelivered_after_a_newer_one_changes_nothing() {
 async fn a_missing_predecessor_is_read_from_the_event_store() {
     let db = TestDb::new().await;
     let (prefix, read, projectors, queue) = patients_projector(&db).await;
-    let history = patient_history(&db.store(), &["Ana", "Bia", "Carla"]).await;
+    let history = patient_history(&db.plain_store(), &["Ana", "Bia", "Carla"]).await;
 
     // Only the last event arrives (its predecessors are, say, still waiting to be retried).
     deliver(&queue, &history[2]).await;
@@ -295,7 +297,7 @@ async fn a_missing_predecessor_is_read_from_the_event_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_predecessor_applied_meanwhile_by_another_transaction_is_not_applied_again() {
     let db = TestDb::new().await;
-    let store = db.store();
+    let store = db.plain_store();
     let read = hap_tests::read_model(&db, "race").await;
     let history = patient_history(&store, &["Ana", "Bia"]).await;
     let (registered, updated) = (&history[0], &history[1]);
@@ -360,7 +362,7 @@ async fn poison_messages_are_dead_lettered_and_those_behind_them_applied() {
     let (read, projectors) = start_projectors(&db, &prefix, "a").await;
     let names = QueueNames::new(&prefix, "patient-service", "a");
     wait_for_queue(&names.main).await;
-    let history = patient_history(&db.store(), &["Ana"]).await;
+    let history = patient_history(&db.plain_store(), &["Ana"]).await;
     let unknown = json!({
         "eventId": Uuid::now_v7(), "eventType": "PatientTeleported", "occurredAt": Utc::now(),
         "sourceService": "patient-service", "aggregateType": "patient",
@@ -411,7 +413,7 @@ async fn poison_messages_are_dead_lettered_and_those_behind_them_applied() {
 async fn a_transient_failure_is_retried_then_applied() {
     let db = TestDb::new().await;
     let (prefix, read, projectors, queue) = patients_projector(&db).await;
-    let history = patient_history(&db.store(), &["Ana"]).await;
+    let history = patient_history(&db.plain_store(), &["Ana"]).await;
 
     // The projector's table is locked for longer than its lock timeout.
     let mut blocker = read.pool.begin().await.unwrap();
@@ -453,7 +455,7 @@ async fn projectors_whose_broker_connections_close_mid_stream_miss_nothing() {
         wait_for_queue(&QueueNames::new(&prefix, service, "a").main).await;
     }
     let publisher = start_publisher(&db.pool, &prefix);
-    let store = db.store();
+    let store = db.plain_store();
     let first = patient_history(&store, &["Ana"]).await[0].stream_id;
     assert!(
         eventually(PATIENCE, || async {
@@ -587,8 +589,8 @@ async fn dead_letters_are_listed_replayed_by_event_id_and_purged() {
     wait_for_queue(&names.main).await;
     let url = hap_tests::broker::amqp_urls();
     // Two messages that failed earlier (say, while the read database was down for good).
-    let history = patient_history(&db.store(), &["Ana"]).await;
-    let other = patient_history(&db.store(), &["Bia"]).await;
+    let history = patient_history(&db.plain_store(), &["Ana"]).await;
+    let other = patient_history(&db.plain_store(), &["Bia"]).await;
     for event in [&history[0], &other[0]] {
         dead_letter(&names, event, "database down").await;
     }
@@ -695,7 +697,7 @@ async fn project_the_apps_read_model(
     );
     tokio::spawn(projections::live::run_all(
         app.read.clone(),
-        db.store(),
+        db.plain_store(),
         settings,
         shutdown.clone(),
     ));
@@ -863,7 +865,7 @@ async fn queues_an_earlier_version_declared_are_consumed_as_they_are() {
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(projections::live::run_all(
         hap_tests::read_model(&db, "old").await,
-        db.store(),
+        db.plain_store(),
         settings.consumers(&readiness),
         shutdown.clone(),
     ));

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::event::route;
-use eventstore::{Append, EventStore, Metadata, NewEvent, RecordedEvent, StreamVersion};
+use eventstore::read::Fence;
+use eventstore::{
+    Append, EventStore, GlobalCheckpoint, Metadata, NewEvent, RecordedEvent, StreamVersion,
+};
 use futures::future::join_all;
 use hap_tests::broker::{
     Capture, Captured, body, close_connection, connections_named, header, topology_exists,
@@ -35,6 +38,7 @@ fn renames(stream: Uuid, after: u64, count: u64) -> Append {
                 event_type: "PhysicianUpdated".into(),
                 payload: json!({"physicianId": stream, "name": format!("Dr. {v}")}),
                 occurred_at: Utc::now(),
+                schema_version: 1,
             })
             .collect(),
         claims: vec![],
@@ -44,10 +48,10 @@ fn renames(stream: Uuid, after: u64, count: u64) -> Append {
             correlation_id: Uuid::now_v7().to_string(),
             causation_id: None,
             actor_id: None,
-            schema_version: 1,
         },
         deadlines: vec![],
         ends: None,
+        erases: None,
     }
 }
 
@@ -171,15 +175,11 @@ async fn every_event_the_api_produces_is_published_in_the_contract_format() {
         send(method, path, body).await;
     }
 
-    let stored: Vec<RecordedEvent> = sqlx::query_as(
-        "select position, transaction_id::text::bigint as transaction_id, event_id, stream_id,
-                aggregate_type, version, event_type, payload, tenant_id, correlation_id,
-                causation_id, actor_id, schema_version, occurred_at
-           from events order by position",
-    )
-    .fetch_all(&run.db.pool)
-    .await
-    .unwrap();
+    // As readers get them: sealed personal fields opened.
+    let stored: Vec<RecordedEvent> = hap_tests::store(&run.db.pool)
+        .read_all_fenced(GlobalCheckpoint::START, 10_000, Fence::None)
+        .await
+        .unwrap();
     let messages = run
         .capture
         .wait_until(PATIENCE, |m| m.len() >= stored.len())
@@ -218,6 +218,7 @@ async fn every_event_the_api_produces_is_published_in_the_contract_format() {
             position,
             payload,
             occurred_at,
+            schema_version,
             ..
         } = event;
         let message = by_id[&event_id.to_string()];
@@ -289,7 +290,12 @@ async fn every_event_the_api_produces_is_published_in_the_contract_format() {
             "{}",
             body["actorId"]
         );
-        assert_eq!(body["schemaVersion"], 1);
+        // The version as stored (2 for the sealed types), the payload opened.
+        assert_eq!(
+            *schema_version,
+            domain::personal::schema_version(event_type)
+        );
+        assert_eq!(body["schemaVersion"], *schema_version);
         assert_eq!(body["payload"], payload);
     }
     run.finish().await;

@@ -783,7 +783,7 @@ async fn a_cached_resource_is_answered_anew_once_a_rebuild_swapped_its_table() {
     get_json(&app, &path).await;
     assert_eq!(get_json(&app, &path).await["name"], "Wrong Name");
 
-    let store = db.store();
+    let store = hap_tests::store(&db.pool);
     let schema = projections::schema::schema_name("test");
     projections::rebuild::rebuild(
         &store,

@@ -134,7 +134,7 @@ async fn indexes_of(db: &TestDb, schema: &str) -> Vec<String> {
 async fn rebuilding_while_commands_flow_then_verifying_finds_no_difference() {
     let live = Live::start("r").await;
     let (db, read, app) = (&live.db, &live.read, &live.app);
-    let store = db.store();
+    let store = hap_tests::store(&db.pool);
     let schema = projections::schema::schema_name("r");
     let all = all_projections();
     let indexes = indexes_of(db, &schema).await;
@@ -181,7 +181,7 @@ async fn verify_reports_a_tampered_read_model_and_a_rebuild_of_its_projection_me
     }
     app.register_physician("CRM-1").await;
     assert!(eventually(PATIENCE, || caught_up(db, read)).await);
-    let store = db.store();
+    let store = hap_tests::store(&db.pool);
     let schema = projections::schema::schema_name("v");
     let indexes = indexes_of(db, &schema).await;
 
@@ -248,6 +248,8 @@ async fn a_projector_killed_mid_stream_and_restarted_matches_a_fresh_rebuild() {
         .args(["rebuild", "--all", "--verify", "--instance", "k"])
         .args(["--chunk-events", "50"])
         .env("HAP_DATABASE_URL", &db.url)
+        // It opens what the insecure servers sealed: with their development key.
+        .env("HAP_INSECURE_NO_AUTH", "true")
         .output()
         .await
         .unwrap();
@@ -359,7 +361,7 @@ async fn fold_every_kind_of_event(instance: &'static str, chunk_events: usize) {
     app.post_expecting(&path, json!({}), 200).await;
     assert!(eventually(PATIENCE, || caught_up(db, read)).await);
 
-    let store = db.store();
+    let store = hap_tests::store(&db.pool);
     let schema = projections::schema::schema_name(instance);
     let verified = rebuild(
         &store,
@@ -435,7 +437,7 @@ async fn fold_every_kind_of_event(instance: &'static str, chunk_events: usize) {
 async fn a_rebuild_keeps_what_the_live_projector_applied_past_an_older_running_writer() {
     let db = TestDb::new().await;
     let read = hap_tests::read_model(&db, "fed").await;
-    let store = db.store();
+    let store = hap_tests::store(&db.pool);
 
     // The older writer: its transaction id is lower, and it is still running.
     let mut older = db.pool.begin().await.unwrap();

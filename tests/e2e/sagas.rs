@@ -421,7 +421,7 @@ async fn a_saga_message_published_twice_by_hand_has_no_second_effect() {
     // Both answers, each of which runs the confirmation, exactly as the publisher sent them,
     // twice more; and the request, which would otherwise validate the patient and hold the
     // slot again.
-    let store = db.store();
+    let store = db.plain_store();
     for (event_type, service) in [
         ("PhysicianAvailabilityConfirmed", "scheduling-service"),
         ("PatientValidatedForConsultation", "scheduling-service"),

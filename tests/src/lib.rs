@@ -36,6 +36,7 @@ pub fn test_append(stream: Uuid, expected: StreamVersion, count: usize) -> Appen
                 event_type: "TestHappened".into(),
                 payload: serde_json::json!({ "n": i }),
                 occurred_at: Utc::now(),
+                schema_version: 1,
             })
             .collect(),
         claims: vec![],
@@ -43,6 +44,7 @@ pub fn test_append(stream: Uuid, expected: StreamVersion, count: usize) -> Appen
         metadata: metadata(),
         deadlines: vec![],
         ends: None,
+        erases: None,
     }
 }
 
@@ -61,8 +63,9 @@ pub fn admin_url() -> String {
 }
 
 impl TestDb {
-    /// The event store over this database, as HAP's processes open it.
-    pub fn store(&self) -> EventStore {
+    /// The event store over this database reading events as they are stored: sealed personal
+    /// fields stay sealed. [`store`] opens them, as HAP's readers do.
+    pub fn plain_store(&self) -> EventStore {
         EventStore::new(self.pool.clone())
     }
 
@@ -348,6 +351,7 @@ impl TestApp {
                 metadata: metadata(),
                 deadlines: vec![],
                 ends: None,
+                erases: None,
             })
             .await
             .expect("appended");
@@ -371,10 +375,17 @@ impl TestApp {
     }
 }
 
+/// The store over `pool` as an app with [`insecure_settings`] reads it: sealed personal data
+/// opened with the development key's vault.
+pub fn store(pool: &PgPool) -> EventStore {
+    let vault = api::state::vault(pool, &insecure_settings()).expect("authentication is off");
+    EventStore::new(pool.clone()).opening_with(Arc::new(vault))
+}
+
 /// Runs an in-process publisher over `pool` to exchanges under `prefix`, until the returned
 /// token is cancelled.
 pub fn start_publisher(pool: &PgPool, prefix: &str) -> tokio_util::sync::CancellationToken {
-    start_publisher_on(EventStore::new(pool.clone()), prefix)
+    start_publisher_on(store(pool), prefix)
 }
 
 /// Runs an in-process publisher over `store`: appends through the same store (or a clone)
@@ -432,7 +443,7 @@ pub async fn start_projectors(
     settings.batch = 50;
     tokio::spawn(projections::live::run_all(
         read.clone(),
-        db.store(),
+        store(&db.pool),
         settings,
         shutdown.clone(),
     ));

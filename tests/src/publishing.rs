@@ -24,7 +24,7 @@ impl Publishing {
         let prefix = unique_prefix();
         let capture = Capture::start(&prefix).await;
         let publisher = crate::start_publisher(&db.pool, &prefix);
-        let store = db.store();
+        let store = db.plain_store();
         Self {
             db,
             store,

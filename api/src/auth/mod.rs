@@ -19,9 +19,9 @@ use axum::http::request::Parts;
 
 pub use token::{
     AuthConfigError, Caller, ConsultationsRead, ConsultationsWrite, INSECURE_TENANT, OpsPlatform,
-    OpsRead, OpsWrite, PLATFORM_TENANT, PatientsRead, PatientsWrite, PhysiciansRead,
-    PhysiciansWrite, RecordsRead, RecordsWrite, SCOPES, Scope, TokenRequest, Verified, Verifier,
-    bearer, mint,
+    OpsRead, OpsWrite, PLATFORM_TENANT, PatientsErase, PatientsRead, PatientsWrite,
+    PhysiciansErase, PhysiciansRead, PhysiciansWrite, RecordsRead, RecordsWrite, SCOPES, Scope,
+    TokenRequest, Verified, Verifier, bearer, mint,
 };
 
 use crate::error::ApiError;

@@ -36,8 +36,10 @@ macro_rules! scopes {
 scopes! {
     PatientsRead = "patients:read",
     PatientsWrite = "patients:write",
+    PatientsErase = "patients:erase",
     PhysiciansRead = "physicians:read",
     PhysiciansWrite = "physicians:write",
+    PhysiciansErase = "physicians:erase",
     ConsultationsRead = "consultations:read",
     ConsultationsWrite = "consultations:write",
     RecordsRead = "records:read",

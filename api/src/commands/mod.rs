@@ -37,6 +37,8 @@ pub struct CommandResponse {
 /// under the same idempotency key, from what the key remembered of that.
 pub struct Reply {
     pub status: StatusCode,
+    /// The status when the command changed nothing (an erasure repeated), if it differs.
+    pub unchanged: Option<StatusCode>,
     /// The resource's id (a record's, even though its stream is the record book's).
     pub id: Uuid,
     /// Where a created resource's collection is (`/patients`): its `Location` is in it.
@@ -49,6 +51,7 @@ impl Reply {
     pub fn ok(id: Uuid) -> Self {
         Self {
             status: StatusCode::OK,
+            unchanged: None,
             id,
             collection: None,
             consultation_status: None,
@@ -63,16 +66,30 @@ impl Reply {
         }
     }
 
+    /// 202 for a command whose effects go on after the answer (an erasure cancels the
+    /// person's future consultations), 200 when it changed nothing.
+    pub fn accepted(id: Uuid) -> Self {
+        Self {
+            status: StatusCode::ACCEPTED,
+            unchanged: Some(StatusCode::OK),
+            ..Self::ok(id)
+        }
+    }
+
     /// The response to a command whose outcome is `outcome`. On a repeat, the id is the one
     /// the first request created, not the one this request would have.
     fn respond(&self, outcome: &Remembered) -> Response {
+        let status = match self.unchanged {
+            Some(unchanged) if !outcome.changed => unchanged,
+            _ => self.status,
+        };
         let body = CommandResponse {
             id: outcome.id,
             version: outcome.version.value(),
             position: outcome.position.map(|p| p.to_string()),
             status: self.consultation_status,
         };
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::ETAG,
@@ -141,6 +158,43 @@ fn claim_conflict(kind: &str, value: &str) -> ApiError {
         _ => "a resource with this value",
     };
     ApiError::Conflict(format!("{what} ({value:?}) already exists"))
+}
+
+/// The body of the erasure commands.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Erase {
+    /// Why, for the audit trail: no personal data.
+    #[schema(schema_with = crate::openapi::text::<{ domain::values::Reason::MAX_CHARS }>)]
+    reason: String,
+}
+
+/// Runs a request's erasure of the person `id`, whose aggregate's erase command `erase`
+/// builds from the reason: 202, or 200 when they were erased already.
+pub async fn erase<A>(
+    app: &AppState,
+    caller: &Caller,
+    context: &CommandContext,
+    id: Uuid,
+    body: &Erase,
+    erase: impl FnOnce(Reason) -> A::Command,
+) -> Result<Response, ApiError>
+where
+    A: Aggregate,
+    A::Command: Clone,
+{
+    let mut fields = Fields::default();
+    let reason = fields.check("reason", Reason::parse(&body.reason));
+    fields.finish()?;
+    let command = erase(reason.expect(CHECKED));
+    let reply = Reply::accepted(id);
+    let response = execute::<A>(app, caller, context, Target::Existing(id), command, reply).await?;
+    // Who erased whom, and when: never the reason, which is free text.
+    if response.status() == StatusCode::ACCEPTED {
+        tracing::info!(person = %id, actor = %caller.subject, tenant = %caller.tenant_id,
+            kind = A::KIND.as_str(), "a person's personal data was erased");
+    }
+    Ok(response)
 }
 
 /// The optional body of the deactivation commands.

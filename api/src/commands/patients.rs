@@ -1,4 +1,5 @@
-//! `POST /patients`, `PATCH /patients/{id}`, `POST /patients/{id}/deactivate`.
+//! `POST /patients`, `PATCH /patients/{id}`, `POST /patients/{id}/deactivate`,
+//! `POST /patients/{id}/erase`.
 
 use axum::extract::State;
 use axum::response::Response;
@@ -14,9 +15,10 @@ use utoipa_axum::routes;
 use commands::Target;
 
 use super::{
-    CHECKED, CommandResponse, Deactivate, Fields, Reply, deactivation_reason, execute, execute_on,
+    CHECKED, CommandResponse, Deactivate, Erase, Fields, Reply, deactivation_reason, execute,
+    execute_on,
 };
-use crate::auth::{Authorized, PatientsWrite};
+use crate::auth::{Authorized, PatientsErase, PatientsWrite};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
 use crate::state::AppState;
@@ -26,6 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(register))
         .routes(routes!(update))
         .routes(routes!(deactivate))
+        .routes(routes!(erase))
 }
 
 /// `documentNumber` is unique per tenant. (A field's own description is lost where its
@@ -172,4 +175,27 @@ async fn deactivate(
         reason: deactivation_reason(body)?,
     };
     execute_on::<Patient>(&app, &caller, &context, id, command).await
+}
+
+/// Erases a patient's personal data for good: their key is deleted with the `PatientErased`
+/// event, so every personal field and record content sealed under it reads as null from then
+/// on, and their future consultations are cancelled. Erasing again changes nothing (200).
+#[utoipa::path(post, path = "/patients/{id}/erase", tag = "patients",
+    security(("bearer" = ["patients:erase"])), request_body = Erase,
+    params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
+    responses(
+        (status = 202, description = "Erased; the future consultations are being cancelled", body = CommandResponse),
+        (status = 200, description = "Erased already: nothing changed", body = CommandResponse),
+        (status = 404, body = Problem),
+        (status = 412, body = Problem),
+        (status = 422, description = "The reason is missing or invalid", body = Problem),
+    ))]
+async fn erase(
+    State(app): State<AppState>,
+    caller: Authorized<PatientsErase>,
+    PathId(id): PathId,
+    Command { body, context }: Command<Erase>,
+) -> Result<Response, ApiError> {
+    let erase = |reason| PatientCommand::Erase { reason };
+    super::erase::<Patient>(&app, &caller, &context, id, &body, erase).await
 }

@@ -1,4 +1,5 @@
-//! `POST /physicians`, `PATCH /physicians/{id}`, `POST /physicians/{id}/deactivate`.
+//! `POST /physicians`, `PATCH /physicians/{id}`, `POST /physicians/{id}/deactivate`,
+//! `POST /physicians/{id}/erase`.
 
 use axum::extract::State;
 use axum::response::Response;
@@ -13,9 +14,10 @@ use utoipa_axum::routes;
 use commands::Target;
 
 use super::{
-    CHECKED, CommandResponse, Deactivate, Fields, Reply, deactivation_reason, execute, execute_on,
+    CHECKED, CommandResponse, Deactivate, Erase, Fields, Reply, deactivation_reason, execute,
+    execute_on,
 };
-use crate::auth::{Authorized, PhysiciansWrite};
+use crate::auth::{Authorized, PhysiciansErase, PhysiciansWrite};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathId};
 use crate::state::AppState;
@@ -25,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(register))
         .routes(routes!(update))
         .routes(routes!(deactivate))
+        .routes(routes!(erase))
 }
 
 /// `licenseNumber` is unique per tenant. (A field's own description is lost where its schema
@@ -136,4 +139,26 @@ async fn deactivate(
         reason: deactivation_reason(body)?,
     };
     execute_on::<Physician>(&app, &caller, &context, id, command).await
+}
+
+/// Erases a physician's personal data (name, license number) for good, as a patient's; their
+/// future consultations are cancelled. Erasing again changes nothing (200).
+#[utoipa::path(post, path = "/physicians/{id}/erase", tag = "physicians",
+    security(("bearer" = ["physicians:erase"])), request_body = Erase,
+    params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
+    responses(
+        (status = 202, description = "Erased; the future consultations are being cancelled", body = CommandResponse),
+        (status = 200, description = "Erased already: nothing changed", body = CommandResponse),
+        (status = 404, body = Problem),
+        (status = 412, body = Problem),
+        (status = 422, description = "The reason is missing or invalid", body = Problem),
+    ))]
+async fn erase(
+    State(app): State<AppState>,
+    caller: Authorized<PhysiciansErase>,
+    PathId(id): PathId,
+    Command { body, context }: Command<Erase>,
+) -> Result<Response, ApiError> {
+    let erase = |reason| PhysicianCommand::Erase { reason };
+    super::erase::<Physician>(&app, &caller, &context, id, &body, erase).await
 }

@@ -84,6 +84,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
 pub enum PersonStatus {
     Active,
     Inactive,
+    /// Their personal data is erased: every personal field is null.
+    Erased,
 }
 
 impl PersonStatus {
@@ -91,6 +93,7 @@ impl PersonStatus {
         match self {
             Self::Active => "active",
             Self::Inactive => "inactive",
+            Self::Erased => "erased",
         }
     }
 }

@@ -42,9 +42,10 @@ macro_rules! select_patients {
 #[serde(rename_all = "camelCase")]
 pub struct Patient {
     pub id: Uuid,
-    pub name: String,
-    pub birth_date: NaiveDate,
-    pub document_number: String,
+    /// The personal fields are null once the patient is erased.
+    pub name: Option<String>,
+    pub birth_date: Option<NaiveDate>,
+    pub document_number: Option<String>,
     pub email: Option<String>,
     pub phone: Option<String>,
     #[schema(value_type = PersonStatus)]

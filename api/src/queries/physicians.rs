@@ -41,9 +41,10 @@ macro_rules! select_physicians {
 #[serde(rename_all = "camelCase")]
 pub struct Physician {
     pub id: Uuid,
-    pub name: String,
+    /// The personal fields are null once the physician is erased.
+    pub name: Option<String>,
     pub specialty: String,
-    pub license_number: String,
+    pub license_number: Option<String>,
     #[schema(value_type = PersonStatus)]
     pub status: String,
     /// The physician's stream version; the `ETag`.

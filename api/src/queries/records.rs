@@ -52,7 +52,8 @@ pub struct Record {
     pub consultation_id: Uuid,
     pub patient_id: Uuid,
     pub physician_id: Uuid,
-    pub content: String,
+    /// Null once the patient is erased.
+    pub content: Option<String>,
     #[schema(value_type = RecordStatus)]
     pub status: String,
     /// The record's version; the `ETag`.

@@ -1,0 +1,234 @@
+//! The vault: each data subject's key, and the sealing and opening of payloads with it.
+//!
+//! A subject's key is 32 random bytes, created the first time something of theirs is sealed,
+//! and kept in `subject_keys` wrapped under the master key ([`MasterKey::wrap_key`]). Erasing
+//! the subject deletes that row, in the statement that appends the erasure
+//! (`eventstore::Erasure`): everything sealed under the key then opens with its fields null.
+//!
+//! Unwrapped keys are cached for [`KEY_TTL`]. The process that appends an erasure drops the
+//! subject's key from its cache at once ([`Vault::forget`]); **another process may still open
+//! the subject's data from its cache for up to [`KEY_TTL`] after the erasure**.
+//!
+//! A key created for an append that then fails (a conflict, a taken claim) stays: it seals
+//! nothing, and the next append for the subject uses it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::personal::{self, SEALED_VERSION};
+use eventstore::{Opener, Stored};
+use futures::future::BoxFuture;
+use moka::future::Cache;
+use serde_json::{Map, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::gcm::{self, Key};
+use crate::master::{MasterKey, MasterKeyError};
+use crate::sealing::{self, OpenError, SealError};
+
+/// How long an unwrapped key is kept in memory: how long another process may read an erased
+/// subject's data after the erasure.
+pub const KEY_TTL: Duration = Duration::from_secs(10);
+/// How many unwrapped keys a process keeps at most.
+const CACHED_KEYS: u64 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("the subject keys could not be read or written")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Unwrap(#[from] MasterKeyError),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("a stored payload is not JSON")]
+    NotJson(#[from] serde_json::Error),
+}
+
+/// Subject keys and what they seal; cheap to clone, one per process.
+#[derive(Clone)]
+pub struct Vault(Arc<Inner>);
+
+struct Inner {
+    pool: PgPool,
+    master: Arc<MasterKey>,
+    keys: Cache<Uuid, Arc<Key>>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Vault(..)")
+    }
+}
+
+impl Vault {
+    /// The vault of the store behind `pool`, its keys wrapped under `master`.
+    pub fn new(pool: PgPool, master: Arc<MasterKey>) -> Self {
+        let keys = Cache::builder()
+            .max_capacity(CACHED_KEYS)
+            .time_to_live(KEY_TTL)
+            .build();
+        Self(Arc::new(Inner { pool, master, keys }))
+    }
+
+    /// `payload` of `event_type` as the store keeps it: its personal fields sealed under the
+    /// key of their subject (created if they have none), found in the payload or, for an
+    /// event that does not name them, given as `stream_subject`. Any other event type's
+    /// payload is returned as it is.
+    pub async fn seal(
+        &self,
+        tenant_id: &str,
+        event_type: &str,
+        payload: Value,
+        stream_subject: Option<Uuid>,
+    ) -> Result<Value, VaultError> {
+        let Some(personal) = personal::personal(event_type) else {
+            return Ok(payload);
+        };
+        let Value::Object(mut fields) = payload else {
+            return Err(SealError::NotAnObject(event_type.to_owned()).into());
+        };
+        let has_personal = personal
+            .fields
+            .iter()
+            .any(|f| fields.get(*f).is_some_and(|v| !v.is_null()));
+        if !has_personal {
+            return Ok(Value::Object(fields));
+        }
+        let subject = sealing::subject_of(personal, &fields, stream_subject)
+            .ok_or_else(|| SealError::NoSubject(event_type.to_owned()))?;
+        let key = self.key_for_sealing(tenant_id, subject).await?;
+        sealing::seal(personal, &mut fields, subject, &key);
+        Ok(Value::Object(fields))
+    }
+
+    /// What each of `rows` reads as: `None` where it is as stored (a type with nothing
+    /// personal, version 1, nothing sealed), else the payload with its sealed fields back (or
+    /// null, the subject erased). The keys missing from the cache are read in one query.
+    pub async fn open_all(&self, rows: &[Stored<'_>]) -> Result<Vec<Option<String>>, VaultError> {
+        // The sealed payloads, parsed, and the subjects whose keys they need.
+        let sealed = rows.iter().map(Sealed::of).collect::<Result<Vec<_>, _>>()?;
+        let subjects: HashSet<Uuid> = sealed.iter().flatten().map(|s| s.subject).collect();
+        if subjects.is_empty() {
+            return Ok(vec![None; rows.len()]);
+        }
+        let keys = self.keys(subjects).await?;
+        rows.iter()
+            .zip(sealed)
+            .map(|(row, sealed)| {
+                let Some(Sealed {
+                    mut payload,
+                    subject,
+                }) = sealed
+                else {
+                    return Ok(None);
+                };
+                let key = keys.get(&subject).map(Arc::as_ref);
+                sealing::open(row.event_type, &mut payload, key)?;
+                Ok(Some(Value::Object(payload).to_string()))
+            })
+            .collect()
+    }
+
+    /// Forgets `subject`'s key in this process, once an append erasing them committed.
+    pub async fn forget(&self, subject: Uuid) {
+        self.0.keys.invalidate(&subject).await;
+    }
+
+    /// `subject`'s key, created (and stored wrapped) if they have none.
+    async fn key_for_sealing(
+        &self,
+        tenant_id: &str,
+        subject: Uuid,
+    ) -> Result<Arc<Key>, VaultError> {
+        if let Some(key) = self.0.keys.get(&subject).await {
+            return Ok(key);
+        }
+        let wrapped = self.0.master.wrap_key(subject, &gcm::random_key());
+        // Another process may create the subject's key at the same time: the first one
+        // stored is everyone's.
+        sqlx::query(
+            "insert into subject_keys (subject_id, tenant_id, wrapped) values ($1, $2, $3)
+             on conflict (subject_id) do nothing",
+        )
+        .bind(subject)
+        .bind(tenant_id)
+        .bind(wrapped)
+        .execute(&self.0.pool)
+        .await?;
+        let stored: Vec<u8> =
+            sqlx::query_scalar("select wrapped from subject_keys where subject_id = $1")
+                .bind(subject)
+                .fetch_one(&self.0.pool)
+                .await?;
+        let key = Arc::new(Key::new(&self.0.master.unwrap_key(subject, &stored)?));
+        self.0.keys.insert(subject, key.clone()).await;
+        Ok(key)
+    }
+
+    /// The keys of `subjects` that exist (an erased subject has none).
+    async fn keys(&self, subjects: HashSet<Uuid>) -> Result<HashMap<Uuid, Arc<Key>>, VaultError> {
+        let mut keys = HashMap::with_capacity(subjects.len());
+        let mut missing = Vec::new();
+        for subject in subjects {
+            match self.0.keys.get(&subject).await {
+                Some(key) => {
+                    keys.insert(subject, key);
+                }
+                None => missing.push(subject),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(keys);
+        }
+        let stored: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+            "select subject_id, wrapped from subject_keys where subject_id = any($1)",
+        )
+        .bind(&missing)
+        .fetch_all(&self.0.pool)
+        .await?;
+        for (subject, wrapped) in stored {
+            let key = Arc::new(Key::new(&self.0.master.unwrap_key(subject, &wrapped)?));
+            self.0.keys.insert(subject, key.clone()).await;
+            keys.insert(subject, key);
+        }
+        Ok(keys)
+    }
+}
+
+/// A stored payload with sealed fields, parsed, and whose key opens them.
+struct Sealed {
+    payload: Map<String, Value>,
+    subject: Uuid,
+}
+
+impl Sealed {
+    /// `row`'s payload, if it has sealed fields.
+    fn of(row: &Stored<'_>) -> Result<Option<Self>, VaultError> {
+        if row.schema_version < SEALED_VERSION || personal::personal(row.event_type).is_none() {
+            return Ok(None);
+        }
+        let Value::Object(payload) = serde_json::from_str(row.payload)? else {
+            return Ok(None);
+        };
+        let subject = sealing::sealed_subject(row.event_type, &payload)?;
+        Ok(subject.map(|subject| Self { payload, subject }))
+    }
+}
+
+impl Opener for Vault {
+    fn open<'a>(
+        &'a self,
+        rows: &'a [Stored<'a>],
+    ) -> BoxFuture<'a, Result<Vec<Option<String>>, sqlx::Error>> {
+        Box::pin(async move {
+            self.open_all(rows).await.map_err(|error| match error {
+                VaultError::Database(error) => error,
+                other => sqlx::Error::Decode(Box::new(other)),
+            })
+        })
+    }
+}
