@@ -26,19 +26,31 @@ use uuid::Uuid;
 
 /// An append of `count` opaque events to `stream`, as a writer at `expected` would make it.
 pub fn test_append(stream: Uuid, expected: StreamVersion, count: usize) -> Append {
+    let events = (0..count)
+        .map(|i| NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "TestHappened".into(),
+            payload: serde_json::json!({ "n": i }),
+            occurred_at: Utc::now(),
+            schema_version: 1,
+        })
+        .collect();
+    plain_append(stream, "test", expected, events)
+}
+
+/// An append of `events` to `stream` (an `aggregate_type`) at `expected` and nothing else: no
+/// claim, idempotency key, deadline or erasure, in a system's own metadata.
+pub fn plain_append(
+    stream: Uuid,
+    aggregate_type: &str,
+    expected: StreamVersion,
+    events: Vec<NewEvent>,
+) -> Append {
     Append {
         stream_id: stream,
-        aggregate_type: "test".into(),
+        aggregate_type: aggregate_type.into(),
         expected,
-        events: (0..count)
-            .map(|i| NewEvent {
-                event_id: Uuid::now_v7(),
-                event_type: "TestHappened".into(),
-                payload: serde_json::json!({ "n": i }),
-                occurred_at: Utc::now(),
-                schema_version: 1,
-            })
-            .collect(),
+        events,
         claims: vec![],
         remember: None,
         metadata: metadata(),
@@ -340,19 +352,10 @@ impl TestApp {
         let kind = domain::event::route(event.event_type())
             .expect("a known event")
             .aggregate;
+        let expected = StreamVersion::new(version as u64);
+        let events = vec![commands::stored::new_event(event)];
         store
-            .append(Append {
-                stream_id: stream,
-                aggregate_type: kind.as_str().into(),
-                expected: StreamVersion::new(version as u64),
-                events: vec![commands::stored::new_event(event)],
-                claims: vec![],
-                remember: None,
-                metadata: metadata(),
-                deadlines: vec![],
-                ends: None,
-                erases: None,
-            })
+            .append(plain_append(stream, kind.as_str(), expected, events))
             .await
             .expect("appended");
     }
