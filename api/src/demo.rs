@@ -38,27 +38,31 @@ const PATIENTS: [(&str, &str); 10] = [
     ("João Pedro Alves", "1975-07-19"),
 ];
 
-/// Runs one command through the pipeline, on behalf of the demo.
-async fn run<A>(
-    pipeline: &Pipeline,
-    tenant: &str,
-    target: Target,
-    command: A::Command,
-) -> anyhow::Result<()>
-where
-    A: Aggregate,
-    A::Command: Clone,
-{
-    let meta = CommandMeta {
-        actor_id: Some("hap-demo".to_owned()),
-        ..CommandMeta::new(tenant, "hap-demo")
-    };
-    let outcome = pipeline
-        .execute::<A>(&meta, target, command)
-        .await
-        .with_context(|| format!("a {} command was refused", A::KIND.as_str()))?;
-    anyhow::ensure!(matches!(outcome, Outcome::Done(_)), "nothing to replay");
-    Ok(())
+/// The demo's way into one tenant: every command goes through the pipeline as `hap-demo`.
+struct Demo<'a> {
+    pipeline: &'a Pipeline,
+    tenant: &'a str,
+}
+
+impl Demo<'_> {
+    /// Runs one command through the pipeline, on behalf of the demo.
+    async fn run<A>(&self, target: Target, command: A::Command) -> anyhow::Result<()>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+    {
+        let meta = CommandMeta {
+            actor_id: Some("hap-demo".to_owned()),
+            ..CommandMeta::new(self.tenant, "hap-demo")
+        };
+        let outcome = self
+            .pipeline
+            .execute::<A>(&meta, target, command)
+            .await
+            .with_context(|| format!("a {} command was refused", A::KIND.as_str()))?;
+        anyhow::ensure!(matches!(outcome, Outcome::Done(_)), "nothing to replay");
+        Ok(())
+    }
 }
 
 /// Registers physicians and patients, updates some, requests consultations and deactivates a
@@ -66,6 +70,7 @@ where
 pub async fn run_demo(pipeline: &Pipeline, tenant: &str, settle: Duration) -> anyhow::Result<()> {
     // Document and license numbers are unique: a suffix lets the demo run more than once.
     let run_id = &Uuid::now_v7().simple().to_string()[20..];
+    let demo = Demo { pipeline, tenant };
     let mut physicians = vec![];
     for (n, (name, specialty)) in PHYSICIANS.iter().enumerate() {
         let id = PhysicianId::new();
@@ -75,7 +80,8 @@ pub async fn run_demo(pipeline: &Pipeline, tenant: &str, settle: Duration) -> an
             specialty: Specialty::parse(specialty)?,
             license_number: LicenseNumber::parse(&format!("CRM-{run_id}-{n}"))?,
         };
-        run::<Physician>(pipeline, tenant, Target::New(id.as_uuid()), command).await?;
+        demo.run::<Physician>(Target::New(id.as_uuid()), command)
+            .await?;
         physicians.push(id);
         println!("registered physician {name} ({specialty})");
     }
@@ -95,7 +101,8 @@ pub async fn run_demo(pipeline: &Pipeline, tenant: &str, settle: Duration) -> an
             email: Some(Email::parse(&email)?),
             phone: None,
         };
-        run::<Patient>(pipeline, tenant, Target::New(id.as_uuid()), command).await?;
+        demo.run::<Patient>(Target::New(id.as_uuid()), command)
+            .await?;
         patients.push(id);
         println!("registered patient {name}");
     }
@@ -104,25 +111,15 @@ pub async fn run_demo(pipeline: &Pipeline, tenant: &str, settle: Duration) -> an
         email: None,
         phone: Some(Phone::parse("+55 11 98765-4321")?),
     };
-    run::<Patient>(
-        pipeline,
-        tenant,
-        Target::Existing(patients[1].as_uuid()),
-        update,
-    )
-    .await?;
+    demo.run::<Patient>(Target::Existing(patients[1].as_uuid()), update)
+        .await?;
     println!("updated the phone of {}", PATIENTS[1].0);
     let update = PhysicianCommand::Update {
         name: None,
         specialty: Some(Specialty::parse("sports medicine")?),
     };
-    run::<Physician>(
-        pipeline,
-        tenant,
-        Target::Existing(physicians[3].as_uuid()),
-        update,
-    )
-    .await?;
+    demo.run::<Physician>(Target::Existing(physicians[3].as_uuid()), update)
+        .await?;
     println!("updated the specialty of {}", PHYSICIANS[3].0);
 
     let now = Utc::now();
@@ -147,7 +144,8 @@ pub async fn run_demo(pipeline: &Pipeline, tenant: &str, settle: Duration) -> an
             duration: DurationMinutes::DEFAULT,
             reason: Some(Reason::parse("routine check-up")?),
         };
-        run::<Consultation>(pipeline, tenant, Target::New(id.as_uuid()), command).await?;
+        demo.run::<Consultation>(Target::New(id.as_uuid()), command)
+            .await?;
         consultations.push(id);
     }
     println!(
@@ -157,13 +155,8 @@ pub async fn run_demo(pipeline: &Pipeline, tenant: &str, settle: Duration) -> an
     let deactivate = PatientCommand::Deactivate {
         reason: Some(Reason::parse("moved abroad")?),
     };
-    run::<Patient>(
-        pipeline,
-        tenant,
-        Target::Existing(patients[9].as_uuid()),
-        deactivate,
-    )
-    .await?;
+    demo.run::<Patient>(Target::Existing(patients[9].as_uuid()), deactivate)
+        .await?;
     println!("deactivated patient {}", PATIENTS[9].0);
     // A running server's publisher lives in another process: wake it rather than let it find
     // the demo's events on its next poll.

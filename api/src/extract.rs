@@ -203,11 +203,22 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(id) = Path::<Uuid>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::BadRequest(format!("the id in the path is not a UUID: {e}")))?;
+        let Path(id) = or_bad_request(parts, state, "the id in the path is not a UUID").await?;
         Ok(Self(id))
     }
+}
+
+/// What one of axum's extractors takes from the request, or a 400 problem saying `what` is
+/// wrong and why (axum's own rejection is plain text).
+pub async fn or_bad_request<E, S>(parts: &mut Parts, state: &S, what: &str) -> Result<E, ApiError>
+where
+    E: FromRequestParts<S>,
+    E::Rejection: std::fmt::Display,
+    S: Send + Sync,
+{
+    E::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("{what}: {e}")))
 }
 
 #[cfg(test)]

@@ -184,6 +184,22 @@ pub struct CommandHeaders {
     if_match: Option<String>,
 }
 
+/// The headers every query understands.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct QueryHeaders {
+    /// A `position` a command of the caller's tenant answered: the response then includes
+    /// that command's effect, or is a 503 with `Retry-After` if the read model does not catch
+    /// up in time. A position no event of the tenant has is a 400.
+    #[param(
+        rename = "X-Min-Position",
+        nullable = false,
+        pattern = "^0*[1-9][0-9]{0,17}$"
+    )]
+    min_position: Option<String>,
+}
+
 /// What the domain's text values accept (`domain::values`), as a pattern: no control character
 /// but tab and newline, and something besides white space.
 const TEXT: &str =

@@ -18,21 +18,21 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use api::config::Settings;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
+use domain::Event;
 use domain::event::PatientRegistered;
 use domain::ids::PatientId;
-use domain::{AggregateKind, Event};
 use futures::future::try_join_all;
 use hap_support::server::HttpServer;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, closed_loop, sample_pool};
 use crate::profile::Profile;
+use crate::raw;
 use crate::report::{self, Facts, Table};
 use crate::system;
 
@@ -285,26 +285,12 @@ async fn hap_run(
     Ok((outcome, usage))
 }
 
-/// The raw baseline's only statement: the columns HAP's append sets, one row, autocommit.
-const RAW_INSERT: &str = "insert into raw_events (event_id, stream_id, aggregate_type, version, \
-    event_type, payload, tenant_id, correlation_id, causation_id, schema_version, occurred_at) \
-    values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
-
 /// One-row inserts of a PatientRegistered event into `raw_events`, a copy of `events` with its
 /// identity column, defaults, check and indexes (`including all` copies every one of them, so
 /// each insert maintains the same four indexes).
 async fn raw_run(args: &Args, database: &ScratchDatabase) -> anyhow::Result<Outcome> {
-    let pool = PgPoolOptions::new()
-        .max_connections(args.clients)
-        // Only setup can wait for a connection (there is one per client): fail it soon.
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(database.url())
-        .await
-        .context("Failed to connect to PostgreSQL for the raw run")?;
-    sqlx::query("create table raw_events (like events including all)")
-        .execute(&pool)
-        .await
-        .context("Failed to create raw_events")?;
+    // Only setup can wait for a connection (there is one per client): fail it soon.
+    let pool = raw::events_pool(database, args.clients, Duration::from_secs(10)).await?;
     open_connections(&pool, args.clients).await?;
 
     let timeline = Timeline::starting_now(WARMUP, args.measure());
@@ -314,23 +300,7 @@ async fn raw_run(args: &Args, database: &ScratchDatabase) -> anyhow::Result<Outc
         async move {
             let patient_id = PatientId::new();
             let payload = BenchPatient::new(client_id, n).event_payload(patient_id);
-            sqlx::query(RAW_INSERT)
-                .bind(Uuid::now_v7())
-                .bind(patient_id.as_uuid())
-                .bind(AggregateKind::Patient.as_str())
-                .bind(1_i64)
-                .bind(PatientRegistered::EVENT_TYPE)
-                .bind(payload)
-                .bind(api::auth::INSECURE_TENANT)
-                // What HAP stores when the request has no X-Correlation-Id.
-                .bind(Uuid::now_v7().to_string())
-                .bind(None::<Uuid>)
-                .bind(1_i32)
-                .bind(now_micros())
-                .execute(&pool)
-                .await
-                .context("insert into raw_events failed")?;
-            Ok(())
+            raw::insert_registration(&pool, Uuid::now_v7(), patient_id.as_uuid(), &payload).await
         }
     })
     .await;
@@ -355,10 +325,4 @@ async fn open_connections(pool: &PgPool, count: u32) -> anyhow::Result<()> {
             )
         })?;
     Ok(())
-}
-
-/// Now at PostgreSQL's precision, as HAP stamps its events.
-fn now_micros() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use lapin::options::{
-    BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
@@ -277,4 +278,22 @@ pub async fn consume_with_acks(
         )
         .await
         .with_context(|| format!("Failed to consume {queue}"))
+}
+
+/// A channel on `connection`.
+pub async fn open_channel(connection: &Connection) -> anyhow::Result<Channel> {
+    connection
+        .create_channel()
+        .await
+        .context("Failed to open a channel")
+}
+
+/// A channel on `connection` in confirm mode, as HAP's publisher publishes.
+pub async fn open_confirm_channel(connection: &Connection) -> anyhow::Result<Channel> {
+    let channel = open_channel(connection).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("Failed to put the channel in confirm mode")?;
+    Ok(channel)
 }

@@ -29,7 +29,6 @@ use domain::ids::PatientId;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use crate::broker::{ScratchBroker, Servers};
@@ -37,6 +36,7 @@ use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, latency_histogram, paced, sample_pool};
 use crate::profile::Profile;
+use crate::raw;
 use crate::report::Table;
 use crate::scratch::Scratch;
 use crate::system::{self, Hap, POOL_SIZE};
@@ -76,7 +76,8 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     );
     let (hap, legs) = hap_run(args.pace(), scratch.database, scratch.broker, scratch.pool).await?;
 
-    let raw_pool = raw_pool(scratch.database).await?;
+    // As many connections as HAP's.
+    let raw_pool = raw::events_pool(scratch.database, POOL_SIZE, Duration::from_secs(30)).await?;
     settle().await;
     eprintln!(
         "raw SQL run: {} pairs/s, {} s warm-up + {} s…",
@@ -320,34 +321,15 @@ fn registration(n: u64) -> Value {
     })
 }
 
-/// The raw run's statements: the same event row as HAP's first append writes, then a read of
-/// it by its id, as the query reads a patient by its id.
-const RAW_INSERT: &str = "insert into raw_events (event_id, stream_id, aggregate_type, version, \
-    event_type, payload, tenant_id, correlation_id, causation_id, schema_version, occurred_at) \
-    values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+/// The raw run's read, after the same event row as HAP's first append writes
+/// ([`raw::insert_registration`]): the row by its id, as the query reads a patient by its id.
 const RAW_SELECT: &str = "select payload from raw_events where event_id = $1";
-
-/// A pool of as many connections as HAP's on the scratch database, with `raw_events`, a copy
-/// of `events` with all its indexes, for the raw runs.
-async fn raw_pool(database: &ScratchDatabase) -> anyhow::Result<PgPool> {
-    let pool = PgPoolOptions::new()
-        .max_connections(POOL_SIZE)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect(database.url())
-        .await
-        .context("Failed to connect to PostgreSQL for the raw runs")?;
-    sqlx::query("create table raw_events (like events including all)")
-        .execute(&pool)
-        .await
-        .context("Failed to create raw_events")?;
-    Ok(pool)
-}
 
 /// Inserts patient `n`'s registration into `raw_events` in a transaction of its own, as HAP's
 /// first append of it would store it; returns the event's id, the patient's id and the payload.
 async fn insert_raw_event(pool: &PgPool, n: u64) -> anyhow::Result<(Uuid, Uuid, Value)> {
     let patient_id = PatientId::new();
-    let (event_type, payload) = Event::PatientRegistered(PatientRegistered {
+    let (_, payload) = Event::PatientRegistered(PatientRegistered {
         patient_id,
         name: Some(format!("Bench Patient {n}")),
         birth_date: chrono::NaiveDate::from_ymd_opt(1980, 5, 17),
@@ -357,21 +339,7 @@ async fn insert_raw_event(pool: &PgPool, n: u64) -> anyhow::Result<(Uuid, Uuid, 
     })
     .into_parts();
     let event_id = Uuid::now_v7();
-    sqlx::query(RAW_INSERT)
-        .bind(event_id)
-        .bind(patient_id.as_uuid())
-        .bind("patient")
-        .bind(1_i64)
-        .bind(event_type)
-        .bind(&payload)
-        .bind(api::auth::INSECURE_TENANT)
-        .bind(Uuid::now_v7().to_string())
-        .bind(None::<Uuid>)
-        .bind(1_i32)
-        .bind(system::now_micros())
-        .execute(pool)
-        .await
-        .context("insert into raw_events failed")?;
+    raw::insert_registration(pool, event_id, patient_id.as_uuid(), &payload).await?;
     Ok((event_id, patient_id.as_uuid(), payload))
 }
 

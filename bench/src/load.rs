@@ -75,12 +75,7 @@ impl Outcome {
 
     /// Successful operations per second of the measured window.
     pub fn rate(&self) -> f64 {
-        let seconds = self.elapsed.as_secs_f64();
-        if seconds > 0.0 {
-            self.ok as f64 / seconds
-        } else {
-            0.0
-        }
+        per_second(self.ok, self.elapsed)
     }
 
     /// The latency at quantile `q` (0.5 for the median), in milliseconds.
@@ -246,12 +241,18 @@ pub struct Drained {
 impl Drained {
     /// Items per second.
     pub fn rate(&self) -> f64 {
-        let seconds = self.elapsed.as_secs_f64();
-        if seconds > 0.0 {
-            self.count as f64 / seconds
-        } else {
-            0.0
-        }
+        per_second(self.count, self.elapsed)
+    }
+}
+
+/// `count` over `elapsed`, in items per second; 0 for no time at all rather than a division by
+/// zero.
+fn per_second(count: u64, elapsed: Duration) -> f64 {
+    let seconds = elapsed.as_secs_f64();
+    if seconds > 0.0 {
+        count as f64 / seconds
+    } else {
+        0.0
     }
 }
 

@@ -27,6 +27,7 @@
 //!   opening of every subcommand that also uses the broker.
 //! - [`broker`]: the scratch exchange prefix, and HAP's pieces running in the background on it.
 //! - [`system`]: HAP's pieces wired as `hap serve` wires them, and filling the store.
+//! - [`raw`]: `raw_events`, the table of the raw baselines of `append` and `e2e`.
 //! - [`load`]: the closed-loop and paced load drivers, backlog timing, and the samplers of the
 //!   pool and the CPU over a measured window.
 //! - [`cpu`]: how busy the machine was over a window, by process group, and waiting for it to
@@ -48,6 +49,7 @@ mod load;
 mod profile;
 mod project;
 mod publish;
+mod raw;
 mod rebuild;
 mod report;
 mod saga;

@@ -40,7 +40,7 @@ use projections::queues::{QUEUES, QueueSpec};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::broker::{ScratchBroker, Servers, consume_with_acks};
+use crate::broker::{ScratchBroker, Servers, consume_with_acks, open_channel};
 use crate::cpu::{CpuWindow, machine_cpu, settle};
 use crate::load::{Drained, wait_until};
 use crate::profile::Profile;
@@ -86,10 +86,7 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     broker.instance_queues(INSTANCE);
     broker.instance_queues(RAW_INSTANCE);
     let setup = broker.connect("setup").await?;
-    let channel = setup
-        .create_channel()
-        .await
-        .context("Failed to open a channel")?;
+    let channel = open_channel(&setup).await?;
     let topology = broker.topology();
     for spec in &QUEUES {
         let names = QueueNames::new(broker.prefix(), spec.service.name(), INSTANCE);
@@ -330,10 +327,7 @@ async fn drain(
     started: Instant,
 ) -> anyhow::Result<Duration> {
     let connection = broker.connect(&format!("raw consumer {queue}")).await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .context("Failed to open a channel")?;
+    let channel = open_channel(&connection).await?;
     let mut deliveries = consume_with_acks(&channel, queue, prefetch).await?;
     let consume = async {
         let mut taken = 0;

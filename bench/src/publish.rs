@@ -31,15 +31,14 @@ use eventstore::{EventStore, GlobalCheckpoint};
 use futures::StreamExt;
 use hap_support::broker::confirmed;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
-    QueuePurgeOptions,
+    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use messaging::{Outgoing, PublisherSettings};
 use uuid::Uuid;
 
-use crate::broker::{ScratchBroker, Servers};
+use crate::broker::{ScratchBroker, Servers, open_channel, open_confirm_channel};
 use crate::cpu::settle;
 use crate::load::{Drained, Timeline, WARMUP, latency_histogram, paced, wait_until};
 use crate::profile::Profile;
@@ -90,10 +89,7 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     let window = PublisherSettings::new(broker.url().clone(), broker.topology()).window;
 
     let setup = broker.connect("setup").await?;
-    let channel = setup
-        .create_channel()
-        .await
-        .context("Failed to open a channel")?;
+    let channel = open_channel(&setup).await?;
     let queue = broker.bench_queue("all");
     declare_bench_queue(broker, &setup, &channel, &queue).await?;
 
@@ -294,14 +290,7 @@ async fn raw_run(
 ) -> anyhow::Result<Drained> {
     let started = Instant::now();
     let connection = broker.connect("raw publisher").await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .context("Failed to open a channel")?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .context("Failed to put the channel in confirm mode")?;
+    let channel = open_confirm_channel(&connection).await?;
     let mut outstanding = VecDeque::with_capacity(window);
     for message in messages {
         if outstanding.len() == window
@@ -357,10 +346,7 @@ async fn latency_run(
 ) -> anyhow::Result<Latency> {
     let arrivals: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
     let consumer = broker.connect("latency consumer").await?;
-    let channel = consumer
-        .create_channel()
-        .await
-        .context("Failed to open a channel")?;
+    let channel = open_channel(&consumer).await?;
     let mut deliveries = channel
         .basic_consume(
             queue.into(),

@@ -113,6 +113,29 @@ impl Consultation {
             })
         }
     }
+
+    /// Decides a move on from status `from`: the event `moved` makes of the consultation. At
+    /// one of `done` the move was decided before and the command repeats it: no event. From
+    /// any other status, the rule it breaks for `action`.
+    fn move_from(
+        &self,
+        from: Status,
+        done: &[Status],
+        action: &'static str,
+        moved: impl FnOnce(&ConsultationData) -> Event,
+    ) -> Result<Vec<Event>, DomainError> {
+        let c = self.data().ok_or(DomainError::NotFound(WHAT))?;
+        if c.status == from {
+            Ok(vec![moved(c)])
+        } else if done.contains(&c.status) {
+            Ok(vec![])
+        } else {
+            Err(DomainError::ConsultationNotModifiable {
+                status: c.status.as_str(),
+                action,
+            })
+        }
+    }
 }
 
 impl Aggregate for Consultation {
@@ -173,70 +196,55 @@ impl Aggregate for Consultation {
                 }
                 Ok(vec![Event::ConsultationUpdated(update)])
             }
-            C::Cancel { reason } => {
-                let c = self.in_status(
-                    &[S::Scheduled, S::CancellationRequested, S::Cancelled],
-                    "cancelled",
-                )?;
-                if c.status != S::Scheduled {
-                    return Ok(vec![]);
-                }
-                Ok(vec![Event::ConsultationCancellationRequested(
-                    event::ConsultationCancellationRequested {
-                        consultation_id: c.id,
-                        reason: reason.as_str().to_owned(),
-                    },
-                )])
-            }
-            C::Complete => {
-                let c = self.in_status(&[S::Scheduled, S::Done], "completed")?;
-                if c.status == S::Done {
-                    return Ok(vec![]);
-                }
-                Ok(vec![Event::ConsultationDone(event::ConsultationDone {
+            C::Cancel { reason } => self.move_from(
+                S::Scheduled,
+                &[S::CancellationRequested, S::Cancelled],
+                "cancelled",
+                |c| {
+                    Event::ConsultationCancellationRequested(
+                        event::ConsultationCancellationRequested {
+                            consultation_id: c.id,
+                            reason: reason.as_str().to_owned(),
+                        },
+                    )
+                },
+            ),
+            C::Complete => self.move_from(S::Scheduled, &[S::Done], "completed", |c| {
+                Event::ConsultationDone(event::ConsultationDone {
                     consultation_id: c.id,
-                })])
-            }
+                })
+            }),
             C::ConfirmScheduling => {
-                let c = self.in_status(&[S::Requested, S::Scheduled], "scheduled")?;
-                if c.status == S::Scheduled {
-                    return Ok(vec![]);
-                }
-                Ok(vec![Event::ConsultationScheduled(
-                    event::ConsultationScheduled {
+                self.move_from(S::Requested, &[S::Scheduled], "scheduled", |c| {
+                    Event::ConsultationScheduled(event::ConsultationScheduled {
                         consultation_id: c.id,
                         patient_id: c.patient_id,
                         physician_id: c.physician_id,
                         starts_at: c.starts_at,
                         ends_at: c.ends_at,
-                    },
-                )])
+                    })
+                })
             }
             C::FailScheduling { reason, detail } => {
-                let c = self.in_status(&[S::Requested, S::Failed], "failed")?;
-                if c.status == S::Failed {
-                    return Ok(vec![]);
-                }
-                Ok(vec![Event::ConsultationSchedulingFailed(
-                    event::ConsultationSchedulingFailed {
+                self.move_from(S::Requested, &[S::Failed], "failed", |c| {
+                    Event::ConsultationSchedulingFailed(event::ConsultationSchedulingFailed {
                         consultation_id: c.id,
                         reason,
                         detail,
-                    },
-                )])
+                    })
+                })
             }
-            C::ConfirmCancellation => {
-                let c = self.in_status(&[S::CancellationRequested, S::Cancelled], "cancelled")?;
-                if c.status == S::Cancelled {
-                    return Ok(vec![]);
-                }
-                Ok(vec![Event::ConsultationCancelled(
-                    event::ConsultationCancelled {
+            C::ConfirmCancellation => self.move_from(
+                S::CancellationRequested,
+                &[S::Cancelled],
+                "cancelled",
+                |c| {
+                    Event::ConsultationCancelled(event::ConsultationCancelled {
                         consultation_id: c.id,
                         reason: "cancellation completed".into(),
-                    },
-                )])
-            }
+                    })
+                },
+            ),
         }
     }
 

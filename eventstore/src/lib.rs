@@ -29,6 +29,7 @@
 //! - [`readiness`]: which parts of a process run, for its readiness check.
 //! - [`processes`]: every running process recorded with its heartbeat, for operators, and
 //!   [`samples`]: what each measured of itself with each beat (commands, errors, lags).
+//! - [`rounds`]: the rhythm of background rounds such as the heartbeat, until shutdown.
 
 pub mod append;
 pub mod deadlines;
@@ -43,6 +44,7 @@ pub mod processes;
 pub mod publishing;
 pub mod read;
 pub mod readiness;
+pub mod rounds;
 pub mod samples;
 pub mod scan;
 pub mod store;

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::EventStore;
+use crate::rounds::Rounds;
 use crate::samples::Vitals;
 
 /// How often a process says it still runs.
@@ -95,13 +96,8 @@ pub async fn keep_recorded(
     shutdown: CancellationToken,
 ) {
     let id = Uuid::now_v7();
-    let mut every = tokio::time::interval(HEARTBEAT);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = every.tick() => {}
-        }
+    let mut beats = Rounds::new(HEARTBEAT, &shutdown);
+    while beats.next().await {
         let recorded = match store.record_process(id, &info).await {
             Ok(()) => store.record_sample(id, &measure()).await,
             Err(error) => Err(error),

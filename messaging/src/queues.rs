@@ -138,23 +138,20 @@ pub async fn declare_bound(
 /// at least once: a message is removed only once `queue` has it. (RabbitMQ dead-letters at
 /// least once only from a queue that refuses publishes when full.)
 fn dead_lettering_to(queue: &str) -> FieldTable {
+    string_arguments(&[
+        ("x-dead-letter-exchange", ""),
+        ("x-dead-letter-routing-key", queue),
+        ("x-dead-letter-strategy", "at-least-once"),
+        ("x-overflow", "reject-publish"),
+    ])
+}
+
+/// Queue arguments (`x-…`) whose values are all strings, as most of RabbitMQ's are.
+pub fn string_arguments(pairs: &[(&str, &str)]) -> FieldTable {
     let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    arguments.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(queue.into()),
-    );
-    arguments.insert(
-        "x-dead-letter-strategy".into(),
-        AMQPValue::LongString("at-least-once".into()),
-    );
-    arguments.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
+    for (name, value) in pairs {
+        arguments.insert((*name).into(), AMQPValue::LongString((*value).into()));
+    }
     arguments
 }
 

@@ -17,6 +17,7 @@ use domain::consultation::Consultation;
 use domain::event::FailureReason;
 use eventstore::housekeeping::Forgotten;
 use eventstore::readiness::Part;
+use eventstore::rounds::Rounds;
 use eventstore::{Due, EventStore, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -60,13 +61,8 @@ impl Timer {
     /// Sets `hap_deadlines_overdue` every [`OVERDUE`], apart from the firing, so that a timer
     /// stuck in a round still reports the deadlines it leaves behind.
     async fn count_overdue_until(&self, shutdown: &CancellationToken) {
-        let mut every = tokio::time::interval(OVERDUE);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = every.tick() => {}
-            }
+        let mut rounds = Rounds::new(OVERDUE, shutdown);
+        while rounds.next().await {
             match self.pipeline.store().overdue_deadlines(OVERDUE).await {
                 Ok(count) => metrics::gauge!("hap_deadlines_overdue").set(count as f64),
                 Err(error) => tracing::debug!(%error, "counting overdue deadlines failed"),
@@ -76,13 +72,8 @@ impl Timer {
 
     /// Deletes what the retention let go of now, then every [`HOUSEKEEPING`].
     async fn keep_house_until(&self, shutdown: &CancellationToken) {
-        let mut every = tokio::time::interval(HOUSEKEEPING);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = every.tick() => {}
-            }
+        let mut rounds = Rounds::new(HOUSEKEEPING, shutdown);
+        while rounds.next().await {
             // A backlog takes many batches; shutting down need not wait for them all.
             let round = tokio::select! {
                 () = shutdown.cancelled() => return,

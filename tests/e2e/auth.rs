@@ -327,27 +327,19 @@ async fn two_clinics_share_a_deployment_and_never_see_each_other() {
     assert_eq!(response.status(), StatusCode::CREATED);
     let physician_a = id_of(response).await;
 
-    // Clinic b cannot book clinic a's physician: it does not exist for b.
+    // Books clinic a's physician tomorrow, as `token`'s clinic, for `patient`.
     let at = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
-    let response = send(
-        app,
-        Method::POST,
-        "/consultations",
-        &b,
-        Some(json!({"patientId": patients[1], "physicianId": physician_a, "startsAt": at})),
-    )
-    .await;
+    let book = |token, patient| {
+        let body = json!({"patientId": patient, "physicianId": physician_a, "startsAt": at});
+        send(app, Method::POST, "/consultations", token, Some(body))
+    };
+
+    // Clinic b cannot book clinic a's physician: it does not exist for b.
+    let response = book(&b, patients[1]).await;
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
 
     // Clinic a schedules one and writes a record; its saga stays in clinic a.
-    let response = send(
-        app,
-        Method::POST,
-        "/consultations",
-        &a,
-        Some(json!({"patientId": patients[0], "physicianId": physician_a, "startsAt": at})),
-    )
-    .await;
+    let response = book(&a, patients[0]).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let consultation = id_of(response).await;
     let scheduled = hap_tests::eventually(Duration::from_secs(30), || async {

@@ -16,7 +16,7 @@ use eventstore::{EventStore, RecordedEvent, StreamVersion};
 use hap_tests::broker::{dead_letter, publish_to_queue, wait_for_queue};
 use hap_tests::system::{Parts, System};
 use hap_tests::tokens::{settings, token};
-use hap_tests::{TestApp, TestDb, eventually, id_of, patient, test_append};
+use hap_tests::{TestApp, TestDb, eventually, test_append};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use messaging::{QueueNames, dlq};
@@ -59,7 +59,7 @@ async fn record_a_process(
         http_addr: app.base.clone(),
     };
     let shutdown = CancellationToken::new();
-    let store = EventStore::new(db.pool.clone());
+    let store = db.plain_store();
     tokio::spawn(keep_recorded(
         store.clone(),
         info,
@@ -207,15 +207,8 @@ async fn a_post_from_another_site_is_refused() {
 async fn a_tenants_operator_sees_only_its_streams_and_a_platform_operator_every_one() {
     let db = TestDb::new().await;
     let app = TestApp::start_with(&db, settings()).await;
-    let registered = app
-        .request(Method::POST, "/patients")
-        .bearer_auth(token("north", "patients:write"))
-        .json(&patient("DOC-C1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), 201);
-    let id = id_of(registered).await;
+    let writer = token("north", "patients:write");
+    let id = app.register_patient_as(&writer, "DOC-C1").await;
     let path = format!("/console/streams/{id}");
 
     let (status, body) = page(&app, &path, Some(&token("north", "ops:read"))).await;
@@ -829,7 +822,7 @@ async fn failed_scheduling(store: &EventStore, tenant: &str, reason: &str) {
 async fn the_sagas_page_charts_the_failures_of_the_operators_tenant_by_reason() {
     let db = TestDb::new().await;
     let app = TestApp::start_with(&db, settings()).await;
-    let store = EventStore::new(db.pool.clone());
+    let store = db.plain_store();
     for (tenant, reason) in [
         ("north", "physician_unavailable"),
         ("north", "physician_unavailable"),
@@ -957,6 +950,12 @@ async fn screenshot(page: &chromiumoxide::Page, name: &str) {
         .unwrap();
 }
 
+/// Clicks the element of `page` that `selector` finds.
+async fn click(page: &chromiumoxide::Page, selector: impl Into<String>) {
+    let element = page.find_element(selector).await.unwrap();
+    element.click().await.unwrap();
+}
+
 /// Waits until `page` (which may be navigating) shows `text`.
 async fn shows(page: &chromiumoxide::Page, text: &str) -> bool {
     eventually(Duration::from_secs(10), || async {
@@ -983,23 +982,13 @@ async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes(
     // The browser posts the form itself: its own Origin and Sec-Fetch-Site pass the check,
     // and it keeps the cookie the answer sets. A platform operator's overview has it all.
     let operator = token("*", "ops:read ops:platform");
-    page.find_element("textarea")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "textarea").await;
     page.evaluate(format!(
         "document.querySelector('textarea').value = '{operator}'"
     ))
     .await
     .unwrap();
-    page.find_element("form[action='/console/session'] button")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "form[action='/console/session'] button").await;
     assert!(
         shows(&page, &instance).await,
         "{}",
@@ -1065,7 +1054,7 @@ async fn in_a_browser_a_stuck_consultation_shows_and_a_dead_letter_replayed_reac
     );
     // A consultation that failed, as the saga records one for an inactive patient (no saga
     // runs here, or the stuck one would not stay stuck): the page charts it.
-    let store = EventStore::new(db.pool.clone());
+    let store = db.plain_store();
     failed_scheduling(&store, api::auth::INSECURE_TENANT, "patient_invalid").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -1088,34 +1077,28 @@ async fn in_a_browser_a_stuck_consultation_shows_and_a_dead_letter_replayed_reac
     assert!(shows(&letters, "Nonsense").await);
     screenshot(&letters, "dead-letters").await;
     // The registration's own page, and from it the replay.
-    letters
-        .find_element(format!("a[href*='/message?'][href*='event={event}']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &letters,
+        format!("a[href*='/message?'][href*='event={event}']"),
+    )
+    .await;
     assert!(shows(&letters, "x-original-queue").await);
     let html = letters.content().await.unwrap();
     assert!(html.contains("database down"), "{html}");
     assert!(html.contains("Ana Replayed"), "{html}");
     screenshot(&letters, "dead-letter").await;
-    letters
-        .find_element(format!("a[href*='event={event}'][href*='action=replay']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &letters,
+        format!("a[href*='event={event}'][href*='action=replay']"),
+    )
+    .await;
     assert!(shows(&letters, "Yes, replay").await);
     screenshot(&letters, "dead-letters-confirm").await;
-    letters
-        .find_element("form[action='/console/dead-letters/resolve'] button")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &letters,
+        "form[action='/console/dead-letters/resolve'] button",
+    )
+    .await;
     // Back on the list; the replayed registration is applied this time.
     assert!(shows(&letters, "Dead letters").await);
     let applied = eventually(Duration::from_secs(15), || async {

@@ -10,8 +10,7 @@ use uuid::Uuid;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_at_one_version_let_exactly_one_win() {
     let db = TestDb::new().await;
-    let pool = db.pool.clone();
-    let store = EventStore::new(pool);
+    let store = db.plain_store();
     let stream = Uuid::now_v7();
 
     let attempts = (0..50).map(|_| store.append(test_append(stream, StreamVersion::EMPTY, 1)));
@@ -35,8 +34,7 @@ async fn concurrent_appends_at_one_version_let_exactly_one_win() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_writers_that_retry_leave_versions_without_gaps() {
     let db = TestDb::new().await;
-    let pool = db.pool.clone();
-    let store = EventStore::new(pool);
+    let store = db.plain_store();
     let stream = Uuid::now_v7();
 
     let writers = (0..50).map(|_| {
@@ -71,8 +69,7 @@ async fn racing_writers_that_retry_leave_versions_without_gaps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_is_all_or_nothing() {
     let db = TestDb::new().await;
-    let pool = db.pool.clone();
-    let store = EventStore::new(pool);
+    let store = db.plain_store();
     let stream = Uuid::now_v7();
     store
         .append(test_append(stream, StreamVersion::EMPTY, 1))
@@ -95,8 +92,7 @@ async fn an_append_is_all_or_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_reads_back_in_version_order_from_any_version() {
     let db = TestDb::new().await;
-    let pool = db.pool.clone();
-    let store = EventStore::new(pool);
+    let store = db.plain_store();
     let stream = Uuid::now_v7();
     let appended = store
         .append(test_append(stream, StreamVersion::EMPTY, 3))
@@ -116,8 +112,7 @@ async fn a_stream_reads_back_in_version_order_from_any_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claimed_values_are_unique_and_a_taken_claim_appends_nothing() {
     let db = TestDb::new().await;
-    let pool = db.pool.clone();
-    let store = EventStore::new(pool);
+    let store = db.plain_store();
     let claim = eventstore::Claim {
         kind: "patient.documentNumber".into(),
         value: "123".into(),
@@ -176,8 +171,7 @@ async fn insert_and_stay_open(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_whose_transaction_commits_late_is_read_exactly_once() {
     let db = TestDb::new().await;
-    let pool = db.pool.clone();
-    let store = EventStore::new(pool.clone());
+    let store = db.plain_store();
     let mut seen = Vec::new();
     let mut checkpoint = GlobalCheckpoint::START;
     let read = async |checkpoint: &mut GlobalCheckpoint, seen: &mut Vec<Uuid>| {
@@ -202,7 +196,7 @@ async fn an_event_whose_transaction_commits_late_is_read_exactly_once() {
 
     // The slow writer inserts first (taking the lower position) and keeps its transaction open.
     let late_id = Uuid::now_v7();
-    let slow = insert_and_stay_open(&pool, late_id).await;
+    let slow = insert_and_stay_open(&db.pool, late_id).await;
 
     // Others commit in between; the reader keeps reading and must not move past the slow one.
     let mut quick_ids = Vec::new();
@@ -240,8 +234,7 @@ async fn an_event_whose_transaction_commits_late_is_read_exactly_once() {
 async fn the_bulk_scan_reads_what_read_all_reads_and_never_past_an_open_writer() {
     use futures::TryStreamExt;
     let db = TestDb::new().await;
-    let pool = db.pool.clone();
-    let store = EventStore::new(pool.clone());
+    let store = db.plain_store();
     let scan = async |after: GlobalCheckpoint| {
         let pages: Vec<_> = store
             .scan(after, 2)
@@ -279,7 +272,7 @@ async fn the_bulk_scan_reads_what_read_all_reads_and_never_past_an_open_writer()
 
     // A writer inserts and stays open; others commit after it.
     let late_id = Uuid::now_v7();
-    let slow = insert_and_stay_open(&pool, late_id).await;
+    let slow = insert_and_stay_open(&db.pool, late_id).await;
     for _ in 0..3 {
         store
             .append(test_append(Uuid::now_v7(), StreamVersion::EMPTY, 2))
@@ -371,7 +364,7 @@ async fn a_scan_dropped_midway_leaves_its_pool_usable() {
 async fn open_read_model_and_other_database_transactions_do_not_hold_the_read_back() {
     use sqlx::Connection;
     let db = TestDb::new().await;
-    let store = EventStore::new(db.pool.clone());
+    let store = db.plain_store();
     let read_model =
         projections::schema::connect(&db.url, "rm_fence", 2, projections::schema::Plans::Cached)
             .await
@@ -400,7 +393,7 @@ async fn open_read_model_and_other_database_transactions_do_not_hold_the_read_ba
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_shares_transactions_and_keeps_every_append_whole() {
     let db = TestDb::new().await;
-    let store = EventStore::new(db.pool.clone()).with_group_commit(4, 64);
+    let store = db.plain_store().with_group_commit(4, 64);
     let streams: Vec<Uuid> = (0..200).map(|_| Uuid::now_v7()).collect();
 
     let results = join_all(
@@ -444,7 +437,7 @@ async fn group_commit_shares_transactions_and_keeps_every_append_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_group_commit_one_refused_append_does_not_take_its_batch_down() {
     let db = TestDb::new().await;
-    let store = EventStore::new(db.pool.clone()).with_group_commit(2, 64);
+    let store = db.plain_store().with_group_commit(2, 64);
     let claim = eventstore::Claim {
         kind: "patient.documentNumber".into(),
         value: "123".into(),
@@ -486,7 +479,7 @@ async fn with_group_commit_one_refused_append_does_not_take_its_batch_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_group_commit_fifty_writers_at_one_version_still_let_exactly_one_win() {
     let db = TestDb::new().await;
-    let store = EventStore::new(db.pool.clone()).with_group_commit(4, 64);
+    let store = db.plain_store().with_group_commit(4, 64);
     let stream = Uuid::now_v7();
 
     let results =

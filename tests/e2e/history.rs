@@ -115,6 +115,12 @@ async fn status_events(response: reqwest::Response) -> Vec<Value> {
         .collect()
 }
 
+/// `GET /consultations/{id}/status/stream`, whatever the status.
+async fn status_stream(app: &TestApp, id: Uuid) -> reqwest::Response {
+    let path = format!("/consultations/{id}/status/stream");
+    app.request(Method::GET, &path).send().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_stream_pushes_each_change_and_ends_at_a_final_status() {
     let db = TestDb::new().await;
@@ -124,12 +130,7 @@ async fn the_status_stream_pushes_each_change_and_ends_at_a_final_status() {
     let id = system.app.request_consultation(patient, physician).await;
     system.consultation(id).await;
 
-    let response = system
-        .app
-        .request(Method::GET, &format!("/consultations/{id}/status/stream"))
-        .send()
-        .await
-        .unwrap();
+    let response = status_stream(&system.app, id).await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["content-type"].to_str().unwrap(),
@@ -140,14 +141,11 @@ async fn the_status_stream_pushes_each_change_and_ends_at_a_final_status() {
     system
         .wait_for_status(id, "scheduled", Duration::from_secs(30))
         .await;
-    let cancel = system
+    let path = format!("/consultations/{id}/cancel");
+    system
         .app
-        .post(
-            &format!("/consultations/{id}/cancel"),
-            json!({"reason": "travel"}),
-        )
+        .post_expecting(&path, json!({"reason": "travel"}), 202)
         .await;
-    assert_eq!(cancel.status(), 202);
     let events = tokio::time::timeout(Duration::from_secs(30), events)
         .await
         .expect("the stream ends after the cancellation")
@@ -170,25 +168,12 @@ async fn the_status_stream_pushes_each_change_and_ends_at_a_final_status() {
     assert!(events.iter().all(|e| e["failureReason"].is_null()));
 
     // A final status is sent once, and the stream ends at once.
-    let again = system
-        .app
-        .request(Method::GET, &format!("/consultations/{id}/status/stream"))
-        .send()
-        .await
-        .unwrap();
+    let again = status_stream(&system.app, id).await;
     let events = status_events(again).await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["status"], "cancelled");
 
-    let unknown = system
-        .app
-        .request(
-            Method::GET,
-            &format!("/consultations/{}/status/stream", Uuid::now_v7()),
-        )
-        .send()
-        .await
-        .unwrap();
+    let unknown = status_stream(&system.app, Uuid::now_v7()).await;
     assert_eq!(unknown.status(), 404);
     system.stop().await;
 }

@@ -13,7 +13,7 @@ const RETENTION: Duration = Duration::from_secs(3600);
 /// A timer over the test's database keeping keys and finished deadlines for [`RETENTION`].
 fn timer(db: &TestDb) -> sagas::Timer {
     api::telemetry::metrics_handle();
-    let store = eventstore::EventStore::new(db.pool.clone());
+    let store = db.plain_store();
     sagas::Timer {
         pipeline: commands::Pipeline::new(store, 100, Duration::from_secs(30)),
         retention: RETENTION,

@@ -24,7 +24,7 @@ fn info(instance: &str) -> ProcessInfo {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_is_listed_while_it_beats_and_deleted_when_it_stops() {
     let db = TestDb::new().await;
-    let store = EventStore::new(db.pool.clone());
+    let store = db.plain_store();
     let shutdown = CancellationToken::new();
     let vitals = Vitals {
         commands: 12,
@@ -91,7 +91,7 @@ async fn sample(store: &EventStore, id: uuid::Uuid, commands: i64, errors: i64) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_rates_add_what_each_process_did_between_its_samples() {
     let db = TestDb::new().await;
-    let store = EventStore::new(db.pool.clone());
+    let store = db.plain_store();
     let step = Duration::from_secs(3600);
     let span = Duration::from_secs(3600);
     let nothing = store.command_rates(span, step).await.unwrap();
@@ -120,7 +120,7 @@ async fn command_rates_add_what_each_process_did_between_its_samples() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_whose_row_was_lost_records_itself_again() {
     let db = TestDb::new().await;
-    let store = EventStore::new(db.pool.clone());
+    let store = db.plain_store();
     let id = uuid::Uuid::now_v7();
     store.record_process(id, &info("i-2")).await.unwrap();
     let first = store.processes().await.unwrap()[0].clone();
@@ -152,7 +152,7 @@ async fn rows_of(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hap_serve_records_itself_and_deletes_its_row_when_stopped_but_not_when_killed() {
     let db = TestDb::new().await;
-    let store = EventStore::new(db.pool.clone());
+    let store = db.plain_store();
     let prefix = hap_tests::broker::unique_prefix();
 
     let stopped = hap_tests::process::spawn_hap(&db, &prefix, "timer,query", "proc-a");

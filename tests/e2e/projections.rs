@@ -15,6 +15,7 @@ use messaging::{Envelope, Outgoing, QueueNames};
 use projections::ReadModel;
 use projections::patients::Patients;
 use projections::projector::apply_batch;
+use projections::records::Records;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -102,7 +103,7 @@ async fn patient(read: &PgPool, id: Uuid) -> Option<(String, i64)> {
 async fn the_same_message_delivered_twice_has_one_effect() {
     let db = TestDb::new().await;
     let (prefix, read, projectors, queue) = patients_projector(&db).await;
-    let history = patient_history(&EventStore::new(db.pool.clone()), &["Ana", "Ana Souza"]).await;
+    let history = patient_history(&db.plain_store(), &["Ana", "Ana Souza"]).await;
 
     for event in [&history[0], &history[0], &history[1], &history[1]] {
         deliver(&queue, event).await;
@@ -128,7 +129,7 @@ async fn the_same_message_delivered_twice_has_one_effect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_holding_events_processed_before_applies_only_the_new_ones() {
     let db = TestDb::new().await;
-    let store = EventStore::new(db.pool.clone());
+    let store = db.plain_store();
     let read = hap_tests::read_model(&db, "dup").await;
     let history = patient_history(&store, &["Ana", "Bia", "Carla"]).await;
     let envelopes: Vec<Envelope> = history
@@ -159,7 +160,7 @@ async fn a_records_first_event_delivered_again_changes_nothing() {
     use domain::event::{ConsultationRecordCreated, Event};
     use domain::ids::{ConsultationId, PatientId, PhysicianId, RecordId};
     let db = TestDb::new().await;
-    let store = EventStore::new(db.pool.clone());
+    let store = db.plain_store();
     let read = hap_tests::read_model(&db, "again").await;
     let consultation = ConsultationId::new();
     let book = domain::record::RecordBook::stream_id(consultation);
@@ -184,22 +185,12 @@ async fn a_records_first_event_delivered_again_changes_nothing() {
     )
     .unwrap();
 
-    let first = apply_batch(
-        &read.pool,
-        &store,
-        &projections::records::Records,
-        std::slice::from_ref(&created),
-    )
-    .await
-    .unwrap();
-    let again = apply_batch(
-        &read.pool,
-        &store,
-        &projections::records::Records,
-        &[created],
-    )
-    .await
-    .unwrap();
+    let first = apply_batch(&read.pool, &store, &Records, std::slice::from_ref(&created))
+        .await
+        .unwrap();
+    let again = apply_batch(&read.pool, &store, &Records, &[created])
+        .await
+        .unwrap();
 
     assert_eq!((first.events, again.events), (1, 0));
     let rows: i64 = sqlx::query_scalar("select count(*) from rm_again.records")
@@ -219,7 +210,7 @@ async fn projectors_keep_applying_while_queries_hold_every_read_model_connection
     for _ in 0..read.pool.options().get_max_connections() {
         held.push(read.pool.acquire().await.unwrap());
     }
-    let history = patient_history(&EventStore::new(db.pool.clone()), &["Ana"]).await;
+    let history = patient_history(&db.plain_store(), &["Ana"]).await;
 
     deliver(&queue, &history[0]).await;
 
@@ -242,8 +233,7 @@ async fn projectors_keep_applying_while_queries_hold_every_read_model_connection
 async fn an_old_update_redelivered_after_a_newer_one_changes_nothing() {
     let db = TestDb::new().await;
     let (prefix, read, projectors, queue) = patients_projector(&db).await;
-    let history =
-        patient_history(&EventStore::new(db.pool.clone()), &["Ana", "Bia", "Carla"]).await;
+    let history = patient_history(&db.plain_store(), &["Ana", "Bia", "Carla"]).await;
     let id = history[0].stream_id;
     for event in &history {
         deliver(&queue, event).await;
@@ -256,7 +246,7 @@ async fn an_old_update_redelivered_after_a_newer_one_changes_nothing() {
     );
 
     deliver(&queue, &history[1]).await; // the older rename, again
-    let marker = patient_history(&EventStore::new(db.pool.clone()), &["Marker"]).await;
+    let marker = patient_history(&db.plain_store(), &["Marker"]).await;
     deliver(&queue, &marker[0]).await; // arrives after it, so once it is in, the old one was seen
 
     let marker_id = marker[0].stream_id;
@@ -279,8 +269,7 @@ async fn an_old_update_redelivered_after_a_newer_one_changes_nothing() {
 async fn a_missing_predecessor_is_read_from_the_event_store() {
     let db = TestDb::new().await;
     let (prefix, read, projectors, queue) = patients_projector(&db).await;
-    let history =
-        patient_history(&EventStore::new(db.pool.clone()), &["Ana", "Bia", "Carla"]).await;
+    let history = patient_history(&db.plain_store(), &["Ana", "Bia", "Carla"]).await;
 
     // Only the last event arrives (its predecessors are, say, still waiting to be retried).
     deliver(&queue, &history[2]).await;
@@ -308,7 +297,7 @@ async fn a_missing_predecessor_is_read_from_the_event_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_predecessor_applied_meanwhile_by_another_transaction_is_not_applied_again() {
     let db = TestDb::new().await;
-    let store = EventStore::new(db.pool.clone());
+    let store = db.plain_store();
     let read = hap_tests::read_model(&db, "race").await;
     let history = patient_history(&store, &["Ana", "Bia"]).await;
     let (registered, updated) = (&history[0], &history[1]);
@@ -373,7 +362,7 @@ async fn poison_messages_are_dead_lettered_and_those_behind_them_applied() {
     let (read, projectors) = start_projectors(&db, &prefix, "a").await;
     let names = QueueNames::new(&prefix, "patient-service", "a");
     wait_for_queue(&names.main).await;
-    let history = patient_history(&EventStore::new(db.pool.clone()), &["Ana"]).await;
+    let history = patient_history(&db.plain_store(), &["Ana"]).await;
     let unknown = json!({
         "eventId": Uuid::now_v7(), "eventType": "PatientTeleported", "occurredAt": Utc::now(),
         "sourceService": "patient-service", "aggregateType": "patient",
@@ -424,7 +413,7 @@ async fn poison_messages_are_dead_lettered_and_those_behind_them_applied() {
 async fn a_transient_failure_is_retried_then_applied() {
     let db = TestDb::new().await;
     let (prefix, read, projectors, queue) = patients_projector(&db).await;
-    let history = patient_history(&EventStore::new(db.pool.clone()), &["Ana"]).await;
+    let history = patient_history(&db.plain_store(), &["Ana"]).await;
 
     // The projector's table is locked for longer than its lock timeout.
     let mut blocker = read.pool.begin().await.unwrap();
@@ -466,7 +455,7 @@ async fn projectors_whose_broker_connections_close_mid_stream_miss_nothing() {
         wait_for_queue(&QueueNames::new(&prefix, service, "a").main).await;
     }
     let publisher = start_publisher(&db.pool, &prefix);
-    let store = EventStore::new(db.pool.clone());
+    let store = db.plain_store();
     let first = patient_history(&store, &["Ana"]).await[0].stream_id;
     assert!(
         eventually(PATIENCE, || async {
@@ -600,8 +589,8 @@ async fn dead_letters_are_listed_replayed_by_event_id_and_purged() {
     wait_for_queue(&names.main).await;
     let url = hap_tests::broker::amqp_urls();
     // Two messages that failed earlier (say, while the read database was down for good).
-    let history = patient_history(&EventStore::new(db.pool.clone()), &["Ana"]).await;
-    let other = patient_history(&EventStore::new(db.pool.clone()), &["Bia"]).await;
+    let history = patient_history(&db.plain_store(), &["Ana"]).await;
+    let other = patient_history(&db.plain_store(), &["Bia"]).await;
     for event in [&history[0], &other[0]] {
         dead_letter(&names, event, "database down").await;
     }
@@ -708,7 +697,7 @@ async fn project_the_apps_read_model(
     );
     tokio::spawn(projections::live::run_all(
         app.read.clone(),
-        EventStore::new(db.pool.clone()),
+        db.plain_store(),
         settings,
         shutdown.clone(),
     ));
@@ -831,7 +820,6 @@ async fn an_event_the_feed_fails_to_apply_still_arrives_through_the_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queues_an_earlier_version_declared_are_consumed_as_they_are() {
     use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-    use lapin::types::{AMQPValue, FieldTable};
 
     let db = TestDb::new().await;
     let prefix = unique_prefix();
@@ -854,15 +842,10 @@ async fn queues_an_earlier_version_declared_are_consumed_as_they_are() {
             .queue_delete(names.retry.as_str().into(), QueueDeleteOptions::default())
             .await
             .expect("deleted");
-        let mut retry = FieldTable::default();
-        retry.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        retry.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(names.main.as_str().into()),
-        );
+        let retry = messaging::queues::string_arguments(&[
+            ("x-dead-letter-exchange", ""),
+            ("x-dead-letter-routing-key", names.main.as_str()),
+        ]);
         let durable = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
@@ -882,7 +865,7 @@ async fn queues_an_earlier_version_declared_are_consumed_as_they_are() {
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(projections::live::run_all(
         hap_tests::read_model(&db, "old").await,
-        EventStore::new(db.pool.clone()),
+        db.plain_store(),
         settings.consumers(&readiness),
         shutdown.clone(),
     ));

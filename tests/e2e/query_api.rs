@@ -24,6 +24,19 @@ async fn problem(response: Response, status: StatusCode) -> Value {
     response.json().await.unwrap()
 }
 
+/// Asserts that `GET` of each of `paths` is a `status` problem of type `kind`.
+async fn assert_problems(
+    app: &TestApp,
+    paths: impl IntoIterator<Item = String>,
+    status: StatusCode,
+    kind: &str,
+) {
+    for path in paths {
+        let body = problem(get(app, &path).await, status).await;
+        assert_eq!(body["type"], kind, "{path}");
+    }
+}
+
 async fn get(app: &TestApp, path: &str) -> Response {
     app.request(Method::GET, path).send().await.unwrap()
 }
@@ -153,6 +166,25 @@ async fn processed(read: &PgPool, projection: &str, stream: Uuid, version: i64) 
     .execute(read)
     .await
     .unwrap();
+}
+
+/// Renames patient `id` to Ana Souza at version 2 in the read model, as a projector would,
+/// without reporting the commit to the process's caches.
+async fn rename_unreported(read: &PgPool, id: Uuid) {
+    sqlx::query("update patients set name = 'Ana Souza', version = 2 where id = $1")
+        .bind(id)
+        .execute(read)
+        .await
+        .unwrap();
+}
+
+/// The API over a database of the test's own, waiting up to `ms` for an `X-Min-Position`.
+async fn start_app_waiting(ms: u64) -> (TestDb, TestApp) {
+    let db = TestDb::new().await;
+    let mut settings = hap_tests::insecure_settings();
+    settings.consistency_wait_ms = ms;
+    let app = TestApp::start_with(&db, settings).await;
+    (db, app)
 }
 
 /// Registers a patient through the command API; returns its id and the position token.
@@ -299,7 +331,7 @@ async fn what_the_read_model_does_not_have_is_a_404_problem() {
     let (_db, app) = start_app().await;
     let unknown = Uuid::now_v7();
 
-    for path in [
+    let paths = [
         format!("/patients/{unknown}"),
         format!("/patients/{unknown}/consultations"),
         format!("/physicians/{unknown}"),
@@ -307,10 +339,8 @@ async fn what_the_read_model_does_not_have_is_a_404_problem() {
         format!("/consultations/{unknown}"),
         format!("/consultations/{unknown}/records"),
         format!("/records/{unknown}"),
-    ] {
-        let body = problem(get(&app, &path).await, StatusCode::NOT_FOUND).await;
-        assert_eq!(body["type"], "/problems/not-found", "{path}");
-    }
+    ];
+    assert_problems(&app, paths, StatusCode::NOT_FOUND, "/problems/not-found").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +348,7 @@ async fn unparsable_ids_and_parameters_are_400_problems() {
     let (_db, app) = start_app().await;
     let physician = insert_physician(&app.read.pool, "cardiology", "active").await;
 
-    for path in [
+    let paths = [
         "/patients/not-a-uuid".to_owned(),
         "/patients/not-a-uuid/consultations".to_owned(),
         "/physicians/42".to_owned(),
@@ -339,10 +369,14 @@ async fn unparsable_ids_and_parameters_are_400_problems() {
         format!("/physicians/{physician}/agenda"),
         format!("/physicians/{physician}/agenda?date=2026-13-01"),
         format!("/physicians/{physician}/agenda?date=01/03/2026"),
-    ] {
-        let body = problem(get(&app, &path).await, StatusCode::BAD_REQUEST).await;
-        assert_eq!(body["type"], "/problems/bad-request", "{path}");
-    }
+    ];
+    assert_problems(
+        &app,
+        paths,
+        StatusCode::BAD_REQUEST,
+        "/problems/bad-request",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -564,11 +598,7 @@ async fn a_min_position_already_applied_is_answered_at_once_bypassing_the_cache(
     let path = format!("/patients/{id}");
     get_json(&app, &path).await;
     // Changed without a report to the cache, which therefore keeps the old name.
-    sqlx::query("update patients set name = 'Ana Souza', version = 2 where id = $1")
-        .bind(id)
-        .execute(&app.read.pool)
-        .await
-        .unwrap();
+    rename_unreported(&app.read.pool, id).await;
     let cached = get_json(&app, &path).await;
 
     let started = Instant::now();
@@ -616,10 +646,7 @@ async fn a_min_position_waits_until_the_projections_apply_its_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_min_position_never_applied_is_a_503_with_retry_after_after_the_wait() {
-    let db = TestDb::new().await;
-    let mut settings = hap_tests::insecure_settings();
-    settings.consistency_wait_ms = 300;
-    let app = TestApp::start_with(&db, settings).await;
+    let (_db, app) = start_app_waiting(300).await;
     let (id, position) = register(&app, "DOC-1").await;
     project_registration(&app.read.pool, id, "Ana Lima").await;
 
@@ -635,10 +662,7 @@ async fn a_min_position_never_applied_is_a_503_with_retry_after_after_the_wait()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_min_position_waits_only_for_the_projections_the_route_reads() {
-    let db = TestDb::new().await;
-    let mut settings = hap_tests::insecure_settings();
-    settings.consistency_wait_ms = 5_000;
-    let app = TestApp::start_with(&db, settings).await;
+    let (_db, app) = start_app_waiting(5_000).await;
     let (_, position) = register(&app, "DOC-1").await;
     insert_physician(&app.read.pool, "cardiology", "active").await;
 
@@ -673,11 +697,7 @@ async fn a_cached_resource_is_answered_anew_once_a_commit_touches_it() {
     let id = insert_patient(read, "Ana Lima", "active").await;
     let path = format!("/patients/{id}");
     get_json(&app, &path).await;
-    sqlx::query("update patients set name = 'Ana Souza', version = 2 where id = $1")
-        .bind(id)
-        .execute(read)
-        .await
-        .unwrap();
+    rename_unreported(read, id).await;
     let unreported = get_json(&app, &path).await;
 
     app.read.progress.committed(Commit {
@@ -838,11 +858,7 @@ async fn without_projectors_in_the_process_the_cache_is_bypassed() {
     get_json(&app, &path).await;
 
     // Another process's projector changes the row; nothing reports it to this process.
-    sqlx::query("update patients set name = 'Ana Souza', version = 2 where id = $1")
-        .bind(id)
-        .execute(read)
-        .await
-        .unwrap();
+    rename_unreported(read, id).await;
 
     assert_eq!(get_json(&app, &path).await["name"], "Ana Souza");
 }

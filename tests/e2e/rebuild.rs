@@ -17,6 +17,8 @@ use hap_tests::process::{hap_binary, spawn_hap};
 use hap_tests::{TestApp, TestDb, caught_up, eventually, start_projectors, start_publisher};
 use messaging::QueueNames;
 use projections::ReadModel;
+use projections::patients::Patients;
+use projections::projector::apply_batch;
 use projections::rebuild::{CHUNK_EVENTS, all_projections, rebuild};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -307,56 +309,39 @@ async fn fold_every_kind_of_event(instance: &'static str, chunk_events: usize) {
     app.append_event(fourth, &failed).await;
     // Renames after the consultations were requested must reach them; the patient's name
     // has every character COPY's text format would have to escape.
-    let renamed = app
-        .patch(
-            &format!("/patients/{patient}"),
+    for (path, changes) in [
+        (
+            format!("/patients/{patient}"),
             json!({"name": "Ana\tSouza \\ \"Lima\"\nSegunda", "phone": "+55 11 5555-0000"}),
-        )
-        .await;
-    assert_eq!(renamed.status(), 200);
-    let renamed = app
-        .patch(
-            &format!("/physicians/{physician}"),
+        ),
+        (
+            format!("/physicians/{physician}"),
             json!({"name": "Dr. Rui Costa Filho", "specialty": "cardiology"}),
-        )
-        .await;
-    assert_eq!(renamed.status(), 200);
-    let noted = app
-        .patch(
-            &format!("/consultations/{first}"),
+        ),
+        (
+            format!("/consultations/{first}"),
             json!({"notes": "bring the exams"}),
-        )
-        .await;
-    assert_eq!(noted.status(), 200);
+        ),
+    ] {
+        app.patch_expecting(&path, changes, 200).await;
+    }
+    let path = format!("/consultations/{first}/records");
     let record = app
-        .post(
-            &format!("/consultations/{first}/records"),
-            json!({"content": "BP 12/8"}),
-        )
+        .post_expecting(&path, json!({"content": "BP 12/8"}), 201)
         .await;
-    assert_eq!(record.status(), 201);
     let record = hap_tests::id_of(record).await;
-    let updated = app
-        .patch(&format!("/records/{record}"), json!({"content": "BP 13/8"}))
+    let path = format!("/records/{record}");
+    app.patch_expecting(&path, json!({"content": "BP 13/8"}), 200)
         .await;
-    assert_eq!(updated.status(), 200);
     for (consultation, content) in [(first, "second note"), (second, "to be voided")] {
-        let created = app
-            .post(
-                &format!("/consultations/{consultation}/records"),
-                json!({"content": content}),
-            )
+        let path = format!("/consultations/{consultation}/records");
+        app.post_expecting(&path, json!({"content": content}), 201)
             .await;
-        assert_eq!(created.status(), 201);
     }
     // The cancellation saga's steps, by hand.
-    let cancelling = app
-        .post(
-            &format!("/consultations/{second}/cancel"),
-            json!({"reason": "travel"}),
-        )
+    let path = format!("/consultations/{second}/cancel");
+    app.post_expecting(&path, json!({"reason": "travel"}), 202)
         .await;
-    assert_eq!(cancelling.status(), 202);
     let book = ConsultationId::from(second);
     let voided = Event::ConsultationRecordsVoided(ConsultationRecordsVoided {
         consultation_id: book,
@@ -372,10 +357,8 @@ async fn fold_every_kind_of_event(instance: &'static str, chunk_events: usize) {
         consultation_id: third.into(),
     });
     app.append_event(third, &done).await;
-    let deactivated = app
-        .post(&format!("/patients/{other}/deactivate"), json!({}))
-        .await;
-    assert_eq!(deactivated.status(), 200);
+    let path = format!("/patients/{other}/deactivate");
+    app.post_expecting(&path, json!({}), 200).await;
     assert!(eventually(PATIENCE, || caught_up(db, read)).await);
 
     let store = hap_tests::store(&db.pool);
@@ -475,14 +458,9 @@ async fn a_rebuild_keeps_what_the_live_projector_applied_past_an_older_running_w
         .await
         .unwrap();
     let fed = messaging::Envelope::from_recorded(registered[0].clone()).unwrap();
-    projections::projector::apply_batch(
-        &read.pool,
-        &store,
-        &projections::patients::Patients,
-        &[fed],
-    )
-    .await
-    .unwrap();
+    apply_batch(&read.pool, &store, &Patients, &[fed])
+        .await
+        .unwrap();
     assert!(
         store
             .read_all(eventstore::GlobalCheckpoint::START, 10)

@@ -26,19 +26,31 @@ use uuid::Uuid;
 
 /// An append of `count` opaque events to `stream`, as a writer at `expected` would make it.
 pub fn test_append(stream: Uuid, expected: StreamVersion, count: usize) -> Append {
+    let events = (0..count)
+        .map(|i| NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "TestHappened".into(),
+            payload: serde_json::json!({ "n": i }),
+            occurred_at: Utc::now(),
+            schema_version: 1,
+        })
+        .collect();
+    plain_append(stream, "test", expected, events)
+}
+
+/// An append of `events` to `stream` (an `aggregate_type`) at `expected` and nothing else: no
+/// claim, idempotency key, deadline or erasure, in a system's own metadata.
+pub fn plain_append(
+    stream: Uuid,
+    aggregate_type: &str,
+    expected: StreamVersion,
+    events: Vec<NewEvent>,
+) -> Append {
     Append {
         stream_id: stream,
-        aggregate_type: "test".into(),
+        aggregate_type: aggregate_type.into(),
         expected,
-        events: (0..count)
-            .map(|i| NewEvent {
-                event_id: Uuid::now_v7(),
-                event_type: "TestHappened".into(),
-                payload: serde_json::json!({ "n": i }),
-                occurred_at: Utc::now(),
-                schema_version: 1,
-            })
-            .collect(),
+        events,
         claims: vec![],
         remember: None,
         metadata: metadata(),
@@ -63,6 +75,12 @@ pub fn admin_url() -> String {
 }
 
 impl TestDb {
+    /// The event store over this database reading events as they are stored: sealed personal
+    /// fields stay sealed. [`store`] opens them, as HAP's readers do.
+    pub fn plain_store(&self) -> EventStore {
+        EventStore::new(self.pool.clone())
+    }
+
     /// The event types of a stream, in order.
     pub async fn stream_events(&self, stream: Uuid) -> Vec<String> {
         sqlx::query_scalar("select event_type from events where stream_id = $1 order by version")
@@ -221,6 +239,34 @@ impl TestApp {
         self.send(Method::PATCH, path, body)
     }
 
+    /// Sends a JSON body and asserts the answer's status; on another status the panic shows
+    /// the body, which says why.
+    pub async fn send_expecting(
+        &self,
+        method: Method,
+        path: &str,
+        body: Value,
+        status: u16,
+    ) -> Response {
+        let response = self.send(method.clone(), path, body).await;
+        if response.status() != status {
+            let got = response.status();
+            let text = response.text().await.unwrap_or_default();
+            panic!("{method} {path} answered {got}, not {status}: {text}");
+        }
+        response
+    }
+
+    /// `POST path` with `body`, asserting the answer's status.
+    pub async fn post_expecting(&self, path: &str, body: Value, status: u16) -> Response {
+        self.send_expecting(Method::POST, path, body, status).await
+    }
+
+    /// `PATCH path` with `body`, asserting the answer's status.
+    pub async fn patch_expecting(&self, path: &str, body: Value, status: u16) -> Response {
+        self.send_expecting(Method::PATCH, path, body, status).await
+    }
+
     /// How many events the store holds: what a rejected command must leave unchanged.
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("select count(*) from events")
@@ -231,7 +277,15 @@ impl TestApp {
 
     /// Registers a patient and returns its id.
     pub async fn register_patient(&self, document_number: &str) -> Uuid {
-        let response = self.post("/patients", patient(document_number)).await;
+        let body = patient(document_number);
+        id_of(self.post_expecting("/patients", body, 201).await).await
+    }
+
+    /// Registers a patient for the tenant of `token` and returns its id.
+    pub async fn register_patient_as(&self, token: &str, document_number: &str) -> Uuid {
+        let request = self.request(Method::POST, "/patients").bearer_auth(token);
+        let response = request.json(&patient(document_number)).send().await;
+        let response = response.expect("request sent");
         assert_eq!(response.status(), 201, "{:?}", response.text().await);
         id_of(response).await
     }
@@ -261,9 +315,7 @@ impl TestApp {
         let body = serde_json::json!({
             "name": "Dr. Rui Costa", "specialty": "cardiology", "licenseNumber": license_number
         });
-        let response = self.post("/physicians", body).await;
-        assert_eq!(response.status(), 201, "{:?}", response.text().await);
-        id_of(response).await
+        id_of(self.post_expecting("/physicians", body, 201).await).await
     }
 
     /// Requests a consultation tomorrow and returns its id.
@@ -286,9 +338,7 @@ impl TestApp {
             "startsAt": at.to_rfc3339(),
             "durationMinutes": 30,
         });
-        let response = self.post("/consultations", body).await;
-        assert_eq!(response.status(), 202, "{:?}", response.text().await);
-        id_of(response).await
+        id_of(self.post_expecting("/consultations", body, 202).await).await
     }
 
     /// Appends an event to a stream as a saga step would (the sagas run elsewhere).
@@ -302,19 +352,10 @@ impl TestApp {
         let kind = domain::event::route(event.event_type())
             .expect("a known event")
             .aggregate;
+        let expected = StreamVersion::new(version as u64);
+        let events = vec![commands::stored::new_event(event)];
         store
-            .append(Append {
-                stream_id: stream,
-                aggregate_type: kind.as_str().into(),
-                expected: StreamVersion::new(version as u64),
-                events: vec![commands::stored::new_event(event)],
-                claims: vec![],
-                remember: None,
-                metadata: metadata(),
-                deadlines: vec![],
-                ends: None,
-                erases: None,
-            })
+            .append(plain_append(stream, kind.as_str(), expected, events))
             .await
             .expect("appended");
     }

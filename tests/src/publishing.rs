@@ -24,7 +24,7 @@ impl Publishing {
         let prefix = unique_prefix();
         let capture = Capture::start(&prefix).await;
         let publisher = crate::start_publisher(&db.pool, &prefix);
-        let store = EventStore::new(db.pool.clone());
+        let store = db.plain_store();
         Self {
             db,
             store,

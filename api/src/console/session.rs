@@ -263,27 +263,21 @@ mod tests {
 
     #[test]
     fn https_is_what_the_proxy_nearest_the_browser_says() {
-        assert!(over_https(&headers(&[("x-forwarded-proto", "https")])));
-        assert!(over_https(&headers(&[(
-            "x-forwarded-proto",
-            "HTTPS, http"
-        )])));
-        assert!(!over_https(&headers(&[(
-            "x-forwarded-proto",
-            "http, https"
-        )])));
-        assert!(over_https(&headers(&[(
-            "forwarded",
-            "for=192.0.2.60;proto=https;by=203.0.113.43"
-        )])));
-        assert!(over_https(&headers(&[(
-            "forwarded",
-            "proto=\"https\", proto=http"
-        )])));
-        assert!(!over_https(&headers(&[(
-            "forwarded",
-            "for=192.0.2.60;proto=http"
-        )])));
+        for (header, value, https) in [
+            ("x-forwarded-proto", "https", true),
+            ("x-forwarded-proto", "HTTPS, http", true),
+            ("x-forwarded-proto", "http, https", false),
+            (
+                "forwarded",
+                "for=192.0.2.60;proto=https;by=203.0.113.43",
+                true,
+            ),
+            ("forwarded", "proto=\"https\", proto=http", true),
+            ("forwarded", "for=192.0.2.60;proto=http", false),
+        ] {
+            let said = over_https(&headers(&[(header, value)]));
+            assert_eq!(said, https, "{header}: {value}");
+        }
         assert!(!over_https(&HeaderMap::new()));
     }
 }

@@ -18,8 +18,7 @@ use uuid::Uuid;
 
 use super::consistency::{Consistent, Consultations, PatientConsultations, PhysicianAgenda};
 use super::pagination::{self, Page, PageRequest};
-use super::single;
-use super::{Items, Params, QueryHeaders, ensure_found};
+use super::{Items, Params, QueryHeaders, ensure_found, items, single};
 use crate::auth::{Authorized, ConsultationsRead};
 use crate::error::{ApiError, Problem};
 use crate::extract::PathId;
@@ -174,31 +173,13 @@ pagination::list! {
         .bind(&caller.tenant_id)
 }
 
-/// A patient's consultations, the latest `startsAt` first.
-#[utoipa::path(get, path = "/patients/{id}/consultations", tag = "patients",
-    security(("bearer" = ["consultations:read"])),
-    params(("id" = uuid::Uuid, Path), QueryHeaders),
-    responses(
-        (status = 200, body = Items<Consultation>),
-        (status = 400, description = "The id or `X-Min-Position` cannot be parsed", body = Problem),
-        (status = 404, description = "The patient is not in this instance's read model", body = Problem),
-        (status = 503, description = "The read model did not reach `X-Min-Position` in time; see `Retry-After`", body = Problem),
-    ))]
-async fn patient_consultations(
-    State(app): State<AppState>,
-    caller: Authorized<ConsultationsRead>,
-    PathId(id): PathId,
-    _consistent: Consistent<PatientConsultations>,
-) -> Result<Json<Items<Consultation>>, ApiError> {
-    let pool = &app.read.pool;
-    ensure_found(pool, PATIENTS, "patient", id, &caller.tenant_id).await?;
-    let items = sqlx::query_as::<_, Consultation>(select_consultations!(
-        "where patient_id = $1 order by starts_at desc, id desc"
-    ))
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    Ok(Json(Items { items }))
+items::get_items! {
+    /// A patient's consultations, the latest `startsAt` first.
+    fn patient_consultations() -> Items<Consultation>,
+    Authorized<ConsultationsRead>, Consistent<PatientConsultations>,
+    get "/patients/{id}/consultations", tag "patients", scope "consultations:read",
+    of "patient" in PATIENTS,
+    select_consultations!("where patient_id = $1 order by starts_at desc, id desc")
 }
 
 /// A physician's consultations starting on one UTC day, in order.

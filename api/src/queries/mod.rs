@@ -5,7 +5,8 @@
 //! - [`positions`]: what the event at a position was, remembered for `X-Min-Position`.
 //! - [`cache`]: single-resource reads, which must never be older than what the projectors
 //!   committed, and [`cache::QueryCaches`], all the query side keeps in memory.
-//! - [`single`]: answering one resource with its `ETag`, through the cache.
+//! - [`single`]: answering one resource with its `ETag`, through the cache; [`items`]: the
+//!   whole collection that belongs to one resource.
 //! - [`pagination`]: `limit` and the opaque `cursor` of keyset pagination.
 //! - One module per resource, with its rows and routes.
 //! - [`history`]: an aggregate's audit trail, from the event store.
@@ -32,6 +33,7 @@ pub mod cache;
 pub mod consistency;
 pub mod consultations;
 pub mod history;
+pub mod items;
 pub mod pagination;
 pub mod patients;
 pub mod physicians;
@@ -40,16 +42,18 @@ pub mod records;
 pub mod single;
 pub mod status_stream;
 
+pub use crate::openapi::QueryHeaders;
+pub use items::{Items, ensure_found};
+
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
-use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::extract::or_bad_request;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -62,41 +66,16 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(status_stream::router())
 }
 
-/// The headers every query understands.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub struct QueryHeaders {
-    /// A `position` a command of the caller's tenant answered: the response then includes
-    /// that command's effect, or is a 503 with `Retry-After` if the read model does not catch
-    /// up in time. A position no event of the tenant has is a 400.
-    #[param(
-        rename = "X-Min-Position",
-        nullable = false,
-        pattern = "^0*[1-9][0-9]{0,17}$"
-    )]
-    min_position: Option<String>,
-}
-
-/// The query string parsed as `T`; anything that does not fit is a 400 (axum's own rejection
-/// is plain text).
+/// The query string parsed as `T`; anything that does not fit is a 400.
 pub struct Params<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Query(params) = Query::<T>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::BadRequest(format!("the query string is invalid: {e}")))?;
+        let Query(params) = or_bad_request(parts, state, "the query string is invalid").await?;
         Ok(Self(params))
     }
-}
-
-/// A whole collection that belongs to one resource, such as a consultation's records.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Items<T> {
-    pub items: Vec<T>,
 }
 
 /// Whether a patient or physician may still take part in new consultations.
@@ -116,33 +95,6 @@ impl PersonStatus {
             Self::Inactive => "inactive",
             Self::Erased => "erased",
         }
-    }
-}
-
-/// 404 unless `projection` has the `what` with `id` for `tenant`: a list that belongs to a
-/// resource is not answered for one the read model does not have, nor for another tenant's.
-pub async fn ensure_found(
-    pool: &PgPool,
-    projection: &'static str,
-    what: &str,
-    id: Uuid,
-    tenant: &str,
-) -> Result<(), ApiError> {
-    let found: bool = sqlx::query_scalar(
-        "select exists (select 1 from stream_versions
-                         where stream_id = $1 and projection = $2 and tenant_id = $3)",
-    )
-    .bind(id)
-    .bind(projection)
-    .bind(tenant)
-    .fetch_one(pool)
-    .await?;
-    if found {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound(format!(
-            "{what} {id} is not in the read model"
-        )))
     }
 }
 

@@ -13,8 +13,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::consistency::{Consistent, ConsultationRecords, Records};
-use super::single;
-use super::{Items, QueryHeaders, ensure_found};
+use super::{Items, QueryHeaders, ensure_found, items, single};
 use crate::auth::{Authorized, RecordsRead};
 use crate::error::{ApiError, Problem};
 use crate::extract::PathId;
@@ -75,28 +74,11 @@ single::get_one! {
     )
 }
 
-/// A consultation's records, in creation order, voided ones included.
-#[utoipa::path(get, path = "/consultations/{id}/records", tag = "consultations",
-    security(("bearer" = ["records:read"])),
-    params(("id" = uuid::Uuid, Path), QueryHeaders),
-    responses(
-        (status = 200, body = Items<Record>),
-        (status = 400, description = "The id or `X-Min-Position` cannot be parsed", body = Problem),
-        (status = 404, description = "The consultation is not in this instance's read model", body = Problem),
-        (status = 503, description = "The read model did not reach `X-Min-Position` in time; see `Retry-After`", body = Problem),
-    ))]
-async fn consultation_records(
-    State(app): State<AppState>,
-    caller: Authorized<RecordsRead>,
-    PathId(id): PathId,
-    _consistent: Consistent<ConsultationRecords>,
-) -> Result<Json<Items<Record>>, ApiError> {
-    let pool = &app.read.pool;
-    ensure_found(pool, CONSULTATIONS, "consultation", id, &caller.tenant_id).await?;
-    let items =
-        sqlx::query_as::<_, Record>(select_records!("where consultation_id = $1 order by id"))
-            .bind(id)
-            .fetch_all(pool)
-            .await?;
-    Ok(Json(Items { items }))
+items::get_items! {
+    /// A consultation's records, in creation order, voided ones included.
+    fn consultation_records() -> Items<Record>,
+    Authorized<RecordsRead>, Consistent<ConsultationRecords>,
+    get "/consultations/{id}/records", tag "consultations", scope "records:read",
+    of "consultation" in CONSULTATIONS,
+    select_records!("where consultation_id = $1 order by id")
 }

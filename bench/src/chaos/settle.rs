@@ -14,7 +14,7 @@ use sqlx::PgPool;
 
 use super::processes::INSTANCES;
 use super::store;
-use crate::broker::ScratchBroker;
+use crate::broker::{ScratchBroker, open_channel};
 use crate::system;
 
 const EVERY: Duration = Duration::from_secs(1);
@@ -110,10 +110,7 @@ async fn pending(pool: &PgPool, broker: &ScratchBroker) -> anyhow::Result<Vec<St
 /// queue), with how many messages wait in each.
 async fn ready_messages(broker: &ScratchBroker) -> anyhow::Result<Vec<(String, u32)>> {
     let connection = broker.connect("settle").await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .context("Failed to open a channel")?;
+    let channel = open_channel(&connection).await?;
     let mut counts = vec![];
     for names in consumed_queues(broker.prefix()) {
         for queue in [names.main, names.retry] {

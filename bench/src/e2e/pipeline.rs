@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::{FutureExt, StreamExt};
 use hap_support::broker::publish_to_queue;
-use lapin::options::{BasicAckOptions, ConfirmSelectOptions};
+use lapin::options::BasicAckOptions;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use serde_json::Value;
@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::{Args, insert_raw_event};
-use crate::broker::{ScratchBroker, consume_with_acks};
+use crate::broker::{ScratchBroker, consume_with_acks, open_channel, open_confirm_channel};
 use crate::load::{Outcome, Timeline, WARMUP, paced};
 
 /// Deliveries the consumer may hold and the most it writes at once: HAP's consumer settings.
@@ -47,24 +47,14 @@ pub async fn run(args: &Args, broker: &ScratchBroker, pool: &PgPool) -> anyhow::
         .context("Failed to create raw_patients")?;
     let queue = broker.bench_queue("pipeline");
     let connection = broker.connect("raw pipeline").await?;
-    let publish = connection
-        .create_channel()
-        .await
-        .context("Failed to open a channel")?;
     broker
         .topology()
         .declare_quorum_queue(&connection, &queue, FieldTable::default())
         .await
         .with_context(|| format!("Failed to declare {queue}"))?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .context("Failed to put the channel in confirm mode")?;
+    let publish = open_confirm_channel(&connection).await?;
     let waiting = Waiting::default();
-    let consuming = connection
-        .create_channel()
-        .await
-        .context("Failed to open a channel")?;
+    let consuming = open_channel(&connection).await?;
     let consumer = consume(&consuming, &queue, pool.clone(), Arc::clone(&waiting)).await?;
 
     let timeline = Timeline::starting_now(WARMUP, Duration::from_secs(args.seconds));
