@@ -12,10 +12,6 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{ConsultationId, PatientId, PhysicianId, RecordId};
 use crate::names::named_enum;
 
-/// The shape every event is written in today, stored beside it (`schema_version`) so that a
-/// reader can tell an older shape.
-pub const SCHEMA_VERSION: i32 = 1;
-
 /// Declares every event type once, with where it travels: from this one table come the
 /// [`Event`] enum (serde's tag is the variant's name), [`Event::event_type`], each payload's
 /// `EVENT_TYPE`, [`EVENTS`] and [`route`]. Each variant's payload is the struct of the same
