@@ -10,13 +10,6 @@ use hap_tests::TestDb;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// Settings with a master key of personal data (and authentication off, for brevity).
-fn keyed_settings() -> api::config::Settings {
-    let mut settings = hap_tests::insecure_settings();
-    settings.data_key = Some(hap_tests::tokens::DATA_KEY.parse().unwrap());
-    settings
-}
-
 async fn claims_holding(db: &TestDb, text: &str) -> i64 {
     sqlx::query_scalar("select count(*) from unique_claims where value like '%' || $1 || '%'")
         .bind(text)
@@ -28,7 +21,7 @@ async fn claims_holding(db: &TestDb, text: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_number_is_claimed_as_a_keyed_hash_and_still_unique() {
     let db = TestDb::new().await;
-    let app = hap_tests::TestApp::start_with(&db, keyed_settings()).await;
+    let app = hap_tests::TestApp::start_with(&db, hap_tests::tokens::keyed_settings()).await;
     app.register_patient("DOC-PRIVATE-1").await;
     assert_eq!(
         claims_holding(&db, "DOC-PRIVATE-1").await,
@@ -61,14 +54,17 @@ async fn clear_claims_of_an_earlier_release_are_hashed_and_still_conflict() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let master = keyed_settings().master_key().unwrap().unwrap();
+    let master = hap_tests::tokens::keyed_settings()
+        .master_key()
+        .unwrap()
+        .unwrap();
     let hash = || privacy::claims::hash_clear_claims(&db.pool, &master);
     assert_eq!(hash().await.unwrap().replaced, 1);
     assert_eq!(hash().await.unwrap(), Default::default(), "once");
     assert_eq!(claims_holding(&db, "DOC-OLD-1").await, 0);
     assert_eq!(claims_holding(&db, "kept-as-is").await, 1, "lookups stay");
 
-    let app = hap_tests::TestApp::start_with(&db, keyed_settings()).await;
+    let app = hap_tests::TestApp::start_with(&db, hap_tests::tokens::keyed_settings()).await;
     let taken = app.post("/patients", hap_tests::patient("DOC-OLD-1")).await;
     assert_eq!(taken.status(), 409);
 
@@ -91,7 +87,7 @@ async fn clear_claims_of_an_earlier_release_are_hashed_and_still_conflict() {
 /// The store over `db` as a process with [`keyed_settings`] reads it: through a vault of its
 /// own (so no key is cached from the app's appends).
 fn opening_store(db: &TestDb) -> EventStore {
-    let vault = api::state::vault(&db.pool, &keyed_settings()).unwrap();
+    let vault = api::state::vault(&db.pool, &hap_tests::tokens::keyed_settings()).unwrap();
     EventStore::new(db.pool.clone()).opening_with(Arc::new(vault))
 }
 
@@ -121,7 +117,8 @@ async fn opened(store: &EventStore, stream: Uuid) -> Vec<(String, i32, Value)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn personal_fields_are_sealed_at_rest_and_read_back_in_clear() {
     let db = TestDb::new().await;
-    let (app, state) = hap_tests::TestApp::start_state(&db, keyed_settings()).await;
+    let (app, state) =
+        hap_tests::TestApp::start_state(&db, hap_tests::tokens::keyed_settings()).await;
     let (patient, physician) = app.register_patient_and_physician().await;
     let consultation = app.request_consultation(patient, physician).await;
     app.schedule(consultation, patient, physician).await;
@@ -210,7 +207,7 @@ async fn personal_fields_are_sealed_at_rest_and_read_back_in_clear() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erased_subjects_events_open_with_nulls_and_their_document_number_is_free() {
     let db = TestDb::new().await;
-    let app = hap_tests::TestApp::start_with(&db, keyed_settings()).await;
+    let app = hap_tests::TestApp::start_with(&db, hap_tests::tokens::keyed_settings()).await;
     let patient = app.register_patient("DOC-ERASED").await;
     let other = app.register_patient("DOC-KEPT").await;
 
@@ -264,32 +261,6 @@ async fn an_erased_subjects_events_open_with_nulls_and_their_document_number_is_
     assert_eq!(again.status(), 201, "{:?}", again.text().await);
 }
 
-/// Appends `payload` of `event_type` to `stream` in clear at version 1, as a release before
-/// sealing stored it.
-async fn insert_clear(
-    db: &TestDb,
-    stream: Uuid,
-    aggregate: &str,
-    version: i64,
-    event_type: &str,
-    payload: Value,
-) {
-    sqlx::query(
-        "insert into events (event_id, stream_id, aggregate_type, version, event_type, payload,
-                             tenant_id, correlation_id, schema_version, occurred_at)
-         values ($1, $2, $3, $4, $5, $6::json, 'default', 'earlier-release', 1, now())",
-    )
-    .bind(Uuid::now_v7())
-    .bind(stream)
-    .bind(aggregate)
-    .bind(version)
-    .bind(event_type)
-    .bind(payload.to_string())
-    .execute(&db.pool)
-    .await
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_events_seals_clear_events_in_resumable_batches() {
     let db = TestDb::new().await;
@@ -300,8 +271,7 @@ async fn migrate_events_seals_clear_events_in_resumable_batches() {
         Uuid::now_v7(),
     );
     let book = domain::record::RecordBook::stream_id(consultation.into());
-    insert_clear(
-        &db,
+    db.insert_clear(
         patient,
         "patient",
         1,
@@ -310,8 +280,7 @@ async fn migrate_events_seals_clear_events_in_resumable_batches() {
                "documentNumber": "OLD-DOC", "phone": "+55 OLD-PHONE"}),
     )
     .await;
-    insert_clear(
-        &db,
+    db.insert_clear(
         patient,
         "patient",
         2,
@@ -319,8 +288,7 @@ async fn migrate_events_seals_clear_events_in_resumable_batches() {
         json!({"patientId": patient, "email": "old@example.org"}),
     )
     .await;
-    insert_clear(
-        &db,
+    db.insert_clear(
         physician,
         "physician",
         1,
@@ -329,8 +297,7 @@ async fn migrate_events_seals_clear_events_in_resumable_batches() {
                "licenseNumber": "OLD-CRM"}),
     )
     .await;
-    insert_clear(
-        &db,
+    db.insert_clear(
         book,
         "record",
         1,
@@ -339,8 +306,7 @@ async fn migrate_events_seals_clear_events_in_resumable_batches() {
                "physicianId": physician, "content": "OLD-CONTENT-1"}),
     )
     .await;
-    insert_clear(
-        &db,
+    db.insert_clear(
         book,
         "record",
         2,
@@ -350,8 +316,7 @@ async fn migrate_events_seals_clear_events_in_resumable_batches() {
     )
     .await;
     // Nothing personal: left as it is.
-    insert_clear(
-        &db,
+    db.insert_clear(
         patient,
         "patient",
         3,
@@ -360,7 +325,7 @@ async fn migrate_events_seals_clear_events_in_resumable_batches() {
     )
     .await;
 
-    let settings = keyed_settings();
+    let settings = hap_tests::tokens::keyed_settings();
     let vault = api::state::vault(&db.pool, &settings).unwrap();
     let seal = |batch| privacy::migration::seal_clear_events(&db.pool, &vault, batch);
     // A run stopped after its first batch of two, then run again to the end, then again.
@@ -429,7 +394,7 @@ async fn migrate_events_seals_clear_events_in_resumable_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_erasing_process_reads_the_subject_as_erased_at_once() {
     let db = TestDb::new().await;
-    let app = hap_tests::TestApp::start_with(&db, keyed_settings()).await;
+    let app = hap_tests::TestApp::start_with(&db, hap_tests::tokens::keyed_settings()).await;
     let patient = app.register_patient("DOC-GONE").await;
     // Read once, so that this process caches the patient's key.
     let before = app.get_json(&format!("/patients/{patient}/history")).await;

@@ -75,6 +75,32 @@ pub fn admin_url() -> String {
 }
 
 impl TestDb {
+    /// Appends `payload` of `event_type` to `stream` in clear at version 1 of its type, as a
+    /// release before sealing stored it (tenant `default`).
+    pub async fn insert_clear(
+        &self,
+        stream: Uuid,
+        aggregate: &str,
+        version: i64,
+        event_type: &str,
+        payload: Value,
+    ) {
+        sqlx::query(
+            "insert into events (event_id, stream_id, aggregate_type, version, event_type,
+                                 payload, tenant_id, correlation_id, schema_version, occurred_at)
+             values ($1, $2, $3, $4, $5, $6::json, 'default', 'earlier-release', 1, now())",
+        )
+        .bind(Uuid::now_v7())
+        .bind(stream)
+        .bind(aggregate)
+        .bind(version)
+        .bind(event_type)
+        .bind(payload.to_string())
+        .execute(&self.pool)
+        .await
+        .expect("a clear event inserted");
+    }
+
     /// The event store over this database reading events as they are stored: sealed personal
     /// fields stay sealed. [`store`] opens them, as HAP's readers do.
     pub fn plain_store(&self) -> EventStore {

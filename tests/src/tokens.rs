@@ -31,3 +31,10 @@ pub fn token(tenant: &str, scope: &str) -> String {
     };
     api::auth::mint(&settings(), &request).expect("the settings can sign")
 }
+
+/// Settings with [`DATA_KEY`] as the master key of personal data, and authentication off.
+pub fn keyed_settings() -> api::config::Settings {
+    let mut settings = crate::insecure_settings();
+    settings.data_key = Some(DATA_KEY.parse().expect("a valid data key"));
+    settings
+}
