@@ -538,7 +538,12 @@ async fn a_store_of_the_release_before_is_read_migrated_erased_and_rebuilt_ident
     .await;
     assert_eq!(erased["name"], Value::Null, "{erased}");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for needle in ["OLD-NAME", "OLD-PATIENT-DOC", "old@example.org", "OLD-CONTENT"] {
+    for needle in [
+        "OLD-NAME",
+        "OLD-PATIENT-DOC",
+        "old@example.org",
+        "OLD-CONTENT",
+    ] {
         assert_eq!(tables_holding(&db, needle).await, vec![], "{needle}");
     }
     let doctor = once(app, &format!("/physicians/{physician}"), |p| {
