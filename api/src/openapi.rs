@@ -4,7 +4,7 @@
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::response::{Response, ResponseBuilder};
-use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
+use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{IntoParams, Modify, OpenApi};
@@ -215,4 +215,33 @@ pub fn text<const MAX: usize>() -> Object {
         .max_length(Some(MAX))
         .pattern(Some(TEXT))
         .build()
+}
+
+/// The schema of a patient's e-mail (`domain::values::Email`), for `schema_with`: `null` is
+/// among its types where a request may send it (a registration) and not where an absent field
+/// is the only way to leave it as it is (an update).
+pub fn email<const NULLABLE: bool>() -> Object {
+    string(NULLABLE)
+        .min_length(Some(3))
+        .max_length(Some(254))
+        .pattern(Some(r"^\s*[^@\s]+@[^@\s.][^@\s]*\.[^@\s]*[^@\s.]\s*$"))
+        .build()
+}
+
+/// The schema of a patient's phone (`domain::values::Phone`), `null` as in [`email`].
+pub fn phone<const NULLABLE: bool>() -> Object {
+    string(NULLABLE)
+        .min_length(Some(1))
+        .max_length(Some(30))
+        .pattern(Some(r"^\s*[ +\-.()]*([0-9][ +\-.()]*){6,20}\s*$"))
+        .build()
+}
+
+fn string(nullable: bool) -> ObjectBuilder {
+    let string = ObjectBuilder::new();
+    if nullable {
+        string.schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+    } else {
+        string.schema_type(Type::String)
+    }
 }

@@ -44,17 +44,9 @@ pub struct RegisterPatient {
     /// 1 to 40 characters, unique per tenant.
     #[schema(schema_with = crate::openapi::text::<{ domain::values::DocumentNumber::MAX_CHARS }>)]
     document_number: String,
-    #[schema(
-        min_length = 3,
-        max_length = 254,
-        pattern = r"^\s*[^@\s]+@[^@\s.][^@\s]*\.[^@\s]*[^@\s.]\s*$"
-    )]
+    #[schema(schema_with = crate::openapi::email::<true>)]
     email: Option<String>,
-    #[schema(
-        min_length = 1,
-        max_length = 30,
-        pattern = r"^\s*[ +\-.()]*([0-9][ +\-.()]*){6,20}\s*$"
-    )]
+    #[schema(schema_with = crate::openapi::phone::<true>)]
     phone: Option<String>,
 }
 
@@ -65,19 +57,9 @@ pub struct RegisterPatient {
 pub struct UpdatePatient {
     #[schema(schema_with = crate::openapi::text::<{ domain::values::PersonName::MAX_CHARS }>)]
     name: Option<String>,
-    #[schema(
-        nullable = false,
-        min_length = 3,
-        max_length = 254,
-        pattern = r"^\s*[^@\s]+@[^@\s.][^@\s]*\.[^@\s]*[^@\s.]\s*$"
-    )]
+    #[schema(schema_with = crate::openapi::email::<false>)]
     email: Option<String>,
-    #[schema(
-        nullable = false,
-        min_length = 1,
-        max_length = 30,
-        pattern = r"^\s*[ +\-.()]*([0-9][ +\-.()]*){6,20}\s*$"
-    )]
+    #[schema(schema_with = crate::openapi::phone::<false>)]
     phone: Option<String>,
 }
 
