@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use domain::patient::Patient;
 use eventstore::{Erasure, EventStore, StreamVersion};
-use hap_tests::TestDb;
+use hap_tests::{EarlierRelease, TestDb};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -264,57 +264,7 @@ async fn an_erased_subjects_events_open_with_nulls_and_their_document_number_is_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_events_seals_clear_events_in_resumable_batches() {
     let db = TestDb::new().await;
-    let (patient, physician, consultation, record) = (
-        Uuid::now_v7(),
-        Uuid::now_v7(),
-        Uuid::now_v7(),
-        Uuid::now_v7(),
-    );
-    let book = domain::record::RecordBook::stream_id(consultation.into());
-    db.insert_clear(
-        patient,
-        "patient",
-        1,
-        "PatientRegistered",
-        json!({"patientId": patient, "name": "OLD-NAME", "birthDate": "1970-01-02",
-               "documentNumber": "OLD-DOC", "phone": "+55 OLD-PHONE"}),
-    )
-    .await;
-    db.insert_clear(
-        patient,
-        "patient",
-        2,
-        "PatientUpdated",
-        json!({"patientId": patient, "email": "old@example.org"}),
-    )
-    .await;
-    db.insert_clear(
-        physician,
-        "physician",
-        1,
-        "PhysicianRegistered",
-        json!({"physicianId": physician, "name": "OLD-DOCTOR", "specialty": "cardiology",
-               "licenseNumber": "OLD-CRM"}),
-    )
-    .await;
-    db.insert_clear(
-        book,
-        "record",
-        1,
-        "ConsultationRecordCreated",
-        json!({"recordId": record, "consultationId": consultation, "patientId": patient,
-               "physicianId": physician, "content": "OLD-CONTENT-1"}),
-    )
-    .await;
-    db.insert_clear(
-        book,
-        "record",
-        2,
-        "ConsultationRecordUpdated",
-        json!({"recordId": record, "consultationId": consultation,
-               "content": "OLD-CONTENT-2"}),
-    )
-    .await;
+    let EarlierRelease { patient, book, .. } = db.insert_earlier_release().await;
     // Nothing personal: left as it is.
     db.insert_clear(
         patient,
@@ -380,8 +330,18 @@ async fn migrate_events_seals_clear_events_in_resumable_batches() {
         panic!("the patient loads registered");
     };
     assert_eq!(
-        (data.name.as_deref(), data.email.as_deref(), data.active),
-        (Some("OLD-NAME"), Some("old@example.org"), false)
+        (
+            data.name.as_deref(),
+            data.email.as_deref(),
+            data.phone.as_deref(),
+            data.active
+        ),
+        (
+            Some("OLD-NAME"),
+            Some("old@example.org"),
+            Some("+55 OLD-PHONE"),
+            false
+        )
     );
     let contents: Vec<Value> = opened(&store, book)
         .await
