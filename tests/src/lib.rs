@@ -202,6 +202,15 @@ impl TestDb {
             .expect("events read")
     }
 
+    /// How many stored events hold `text` in their payload as it is stored: in clear.
+    pub async fn events_holding(&self, text: &str) -> i64 {
+        self.scalar(
+            "select count(*) from events where strpos(payload::text, $1) > 0",
+            text,
+        )
+        .await
+    }
+
     /// The one value `sql` selects, with `bind` as `$1`.
     pub async fn scalar<'q, T, B>(&self, sql: &'static str, bind: B) -> T
     where
