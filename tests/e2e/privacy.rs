@@ -11,11 +11,11 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 async fn claims_holding(db: &TestDb, text: &str) -> i64 {
-    sqlx::query_scalar("select count(*) from unique_claims where value like '%' || $1 || '%'")
-        .bind(text)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
+    db.scalar(
+        "select count(*) from unique_claims where strpos(value, $1) > 0",
+        text,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,8 +153,8 @@ fn changes(event: &RecordedEvent) -> Result<impl Iterator<Item = Change>, ApiErr
 }
 
 /// A `GET /{resources}/{id}/history` route: `$name` answers the trail of the `$kind` aggregate
-/// (`$owner` in its 404) `id` through [`history`]. Every trail answers the same way, so its OpenAPI answers are
-/// written here once.
+/// `id` (a `$owner` in its 404) through [`history`]. Every trail answers the same way, so its
+/// OpenAPI answers are written here once.
 macro_rules! history_route {
     (
         $(#[doc = $doc:tt])*
