@@ -1,10 +1,12 @@
 //! The OpenAPI document: routes register themselves through `utoipa_axum`, so the document
 //! cannot miss one; this module holds what they share.
 
+use std::ops::RangeInclusive;
+
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::response::{Response, ResponseBuilder};
-use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
+use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{IntoParams, Modify, OpenApi};
@@ -209,10 +211,40 @@ const TEXT: &str =
 /// text::<{Type::MAX_CHARS}>)]`: one definition of the rule, with each field's length taken
 /// from its value type.
 pub fn text<const MAX: usize>() -> Object {
+    string(false, 1..=MAX, TEXT)
+}
+
+/// The schema of a patient's e-mail (`domain::values::Email`), for `schema_with`: `null` is
+/// among its types where a request may send it (a registration) and not where an absent field
+/// is the only way to leave it as it is (an update).
+pub fn email<const NULLABLE: bool>() -> Object {
+    string(
+        NULLABLE,
+        3..=254,
+        r"^\s*[^@\s]+@[^@\s.][^@\s]*\.[^@\s]*[^@\s.]\s*$",
+    )
+}
+
+/// The schema of a patient's phone (`domain::values::Phone`), `null` as in [`email`].
+pub fn phone<const NULLABLE: bool>() -> Object {
+    string(
+        NULLABLE,
+        1..=30,
+        r"^\s*[ +\-.()]*([0-9][ +\-.()]*){6,20}\s*$",
+    )
+}
+
+/// A string of `length` characters that matches `pattern`, or `null` too where `nullable`.
+fn string(nullable: bool, length: RangeInclusive<usize>, pattern: &str) -> Object {
+    let types = if nullable {
+        SchemaType::from_iter([Type::String, Type::Null])
+    } else {
+        SchemaType::new(Type::String)
+    };
     ObjectBuilder::new()
-        .schema_type(Type::String)
-        .min_length(Some(1))
-        .max_length(Some(MAX))
-        .pattern(Some(TEXT))
+        .schema_type(types)
+        .min_length(Some(*length.start()))
+        .max_length(Some(*length.end()))
+        .pattern(Some(pattern))
         .build()
 }

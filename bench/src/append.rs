@@ -18,19 +18,16 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use api::config::Settings;
-use chrono::NaiveDate;
-use domain::Event;
-use domain::event::PatientRegistered;
 use domain::ids::PatientId;
 use futures::future::try_join_all;
 use hap_support::server::HttpServer;
-use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, closed_loop, sample_pool};
+use crate::patient::BenchPatient;
 use crate::profile::Profile;
 use crate::raw;
 use crate::report::{self, Facts, Table};
@@ -147,55 +144,6 @@ fn require_success(run: &str, outcome: &Outcome) -> anyhow::Result<()> {
     }
 }
 
-/// One patient to register: unique per `(client, n)` where it has to be (document number), and
-/// the same shape in both runs so that both store events of the same size.
-struct BenchPatient {
-    name: String,
-    birth_date: NaiveDate,
-    document_number: String,
-    email: String,
-    phone: String,
-}
-
-impl BenchPatient {
-    fn new(client: usize, n: u64) -> Self {
-        Self {
-            name: format!("Bench Patient {client}-{n}"),
-            // A constant, valid calendar date.
-            birth_date: NaiveDate::from_ymd_opt(1980, 5, 17).expect("1980-05-17 is a date"),
-            document_number: format!("bench-{client}-{n}"),
-            email: format!("bench-{client}-{n}@example.org"),
-            phone: "+55 11 5555-0100".into(),
-        }
-    }
-
-    /// The body of `POST /patients`.
-    fn request(&self) -> Value {
-        json!({
-            "name": self.name,
-            "birthDate": self.birth_date,
-            "documentNumber": self.document_number,
-            "email": self.email,
-            "phone": self.phone,
-        })
-    }
-
-    /// The payload HAP stores for this patient, built by the domain's own serialisation so
-    /// that the raw run writes exactly the bytes HAP would.
-    fn event_payload(&self, id: PatientId) -> Value {
-        Event::PatientRegistered(PatientRegistered {
-            patient_id: id,
-            name: Some(self.name.clone()),
-            birth_date: Some(self.birth_date),
-            document_number: Some(self.document_number.clone()),
-            email: Some(self.email.clone()),
-            phone: Some(self.phone.clone()),
-        })
-        .into_parts()
-        .1
-    }
-}
-
 /// Serves HAP's router on a free local port and drives it with `POST /patients`. Returns the
 /// outcome and how busy HAP's pool was; the pool is closed before returning so that the raw
 /// run has the server's connections to itself.
@@ -266,7 +214,7 @@ async fn hap_run(
         let url = Arc::clone(&url);
         let tokens = Arc::clone(&tokens);
         async move {
-            let body = BenchPatient::new(client_id, n).request();
+            let body = BenchPatient::new("bench", format_args!("{client_id}-{n}")).request();
             let token = tokens[client_id].as_deref();
             system::post_patient(&client, &url, token, &body).await?;
             Ok(())
@@ -299,7 +247,8 @@ async fn raw_run(args: &Args, database: &ScratchDatabase) -> anyhow::Result<Outc
         let pool = load_pool.clone();
         async move {
             let patient_id = PatientId::new();
-            let payload = BenchPatient::new(client_id, n).event_payload(patient_id);
+            let payload = BenchPatient::new("bench", format_args!("{client_id}-{n}"))
+                .event_payload(patient_id);
             raw::insert_registration(&pool, Uuid::now_v7(), patient_id.as_uuid(), &payload).await
         }
     })

@@ -23,11 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use domain::Event;
-use domain::event::PatientRegistered;
 use domain::ids::PatientId;
 use hdrhistogram::Histogram;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -35,6 +33,7 @@ use crate::broker::{ScratchBroker, Servers};
 use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, latency_histogram, paced, sample_pool};
+use crate::patient::BenchPatient;
 use crate::profile::Profile;
 use crate::raw;
 use crate::report::Table;
@@ -288,8 +287,13 @@ async fn pair(
     n: u64,
 ) -> anyhow::Result<(Duration, Duration)> {
     let sent = Instant::now();
-    let body =
-        system::post_patient(client, &format!("{base}/patients"), None, &registration(n)).await?;
+    let body = system::post_patient(
+        client,
+        &format!("{base}/patients"),
+        None,
+        &patient(n).request(),
+    )
+    .await?;
     let created: Value =
         serde_json::from_slice(&body).context("POST /patients answered something not JSON")?;
     let (Some(id), Some(position)) = (created["id"].as_str(), created["position"].as_str()) else {
@@ -310,15 +314,9 @@ async fn pair(
     Ok((command, sent.elapsed()))
 }
 
-/// The body of patient `n`'s registration; the document number is unique per run.
-fn registration(n: u64) -> Value {
-    json!({
-        "name": format!("Bench Patient {n}"),
-        "birthDate": "1980-05-17",
-        "documentNumber": format!("e2e-{n}"),
-        "email": format!("e2e-{n}@example.org"),
-        "phone": "+55 11 5555-0100",
-    })
+/// Patient `n` of a run; the document number is unique per run.
+fn patient(n: u64) -> BenchPatient {
+    BenchPatient::new("e2e", n)
 }
 
 /// The raw run's read, after the same event row as HAP's first append writes
@@ -329,15 +327,7 @@ const RAW_SELECT: &str = "select payload from raw_events where event_id = $1";
 /// first append of it would store it; returns the event's id, the patient's id and the payload.
 async fn insert_raw_event(pool: &PgPool, n: u64) -> anyhow::Result<(Uuid, Uuid, Value)> {
     let patient_id = PatientId::new();
-    let (_, payload) = Event::PatientRegistered(PatientRegistered {
-        patient_id,
-        name: Some(format!("Bench Patient {n}")),
-        birth_date: chrono::NaiveDate::from_ymd_opt(1980, 5, 17),
-        document_number: Some(format!("e2e-{n}")),
-        email: Some(format!("e2e-{n}@example.org")),
-        phone: Some("+55 11 5555-0100".into()),
-    })
-    .into_parts();
+    let payload = patient(n).event_payload(patient_id);
     let event_id = Uuid::now_v7();
     raw::insert_registration(pool, event_id, patient_id.as_uuid(), &payload).await?;
     Ok((event_id, patient_id.as_uuid(), payload))

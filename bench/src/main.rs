@@ -46,6 +46,7 @@ mod cpu;
 mod database;
 mod e2e;
 mod load;
+mod patient;
 mod profile;
 mod project;
 mod publish;

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use domain::Event;
-use domain::event::{PatientRegistered, PatientUpdated};
+use domain::event::PatientUpdated;
 use domain::ids::PatientId;
 use domain::service::Service;
 use eventstore::EventStore;
@@ -43,6 +43,7 @@ use uuid::Uuid;
 use crate::broker::{ScratchBroker, Servers, consume_with_acks, open_channel};
 use crate::cpu::{CpuWindow, machine_cpu, settle};
 use crate::load::{Drained, wait_until};
+use crate::patient::BenchPatient;
 use crate::profile::Profile;
 use crate::report::Table;
 use crate::scratch::Scratch;
@@ -256,14 +257,7 @@ async fn fill(store: &EventStore, patients: u64) -> anyhow::Result<u64> {
     let appends = (0..patients).map(|n| {
         let patient_id = PatientId::new();
         let events = [
-            Event::PatientRegistered(PatientRegistered {
-                patient_id,
-                name: Some(format!("Bench Patient {n}")),
-                birth_date: chrono::NaiveDate::from_ymd_opt(1980, 5, 17),
-                document_number: Some(format!("bench-{n}")),
-                email: Some(format!("bench-{n}@example.org")),
-                phone: Some("+55 11 5555-0100".into()),
-            }),
+            BenchPatient::new("bench", n).event(patient_id),
             Event::PatientUpdated(PatientUpdated {
                 patient_id,
                 name: None,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use hap_tests::broker::dead_letter;
 use hap_tests::system::{Parts, System};
-use hap_tests::{TestApp, TestDb, tokens};
+use hap_tests::{EarlierRelease, TestApp, TestDb, tokens};
 use messaging::QueueNames;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -410,63 +410,16 @@ async fn rebuilt_identically(system: &System, db: &TestDb) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_of_the_release_before_is_read_migrated_erased_and_rebuilt_identically() {
     let db = TestDb::new().await;
-    let (patient, physician, consultation, record) = (
-        Uuid::now_v7(),
-        Uuid::now_v7(),
-        Uuid::now_v7(),
-        Uuid::now_v7(),
-    );
-    let book = domain::record::RecordBook::stream_id(consultation.into());
-    // As the release before this change stored them: every personal field in clear.
-    let clear = [
-        (
-            patient,
-            "patient",
-            1,
-            "PatientRegistered",
-            json!({"patientId": patient, "name": "OLD-NAME", "birthDate": "1970-01-02",
-                "documentNumber": "OLD-PATIENT-DOC", "email": "old@example.org"}),
-        ),
-        (
-            patient,
-            "patient",
-            2,
-            "PatientUpdated",
-            json!({"patientId": patient, "phone": "+55 11 5555-0000"}),
-        ),
-        (
-            physician,
-            "physician",
-            1,
-            "PhysicianRegistered",
-            json!({"physicianId": physician, "name": "OLD-DOCTOR", "specialty": "cardiology",
-                "licenseNumber": "OLD-CRM"}),
-        ),
-        (
-            book,
-            "record",
-            1,
-            "ConsultationRecordCreated",
-            json!({"recordId": record, "consultationId": consultation, "patientId": patient,
-                "physicianId": physician, "content": "OLD-CONTENT-1"}),
-        ),
-        (
-            book,
-            "record",
-            2,
-            "ConsultationRecordUpdated",
-            json!({"recordId": record, "consultationId": consultation,
-                "content": "OLD-CONTENT-2"}),
-        ),
-    ];
-    for (stream, aggregate, version, event_type, payload) in clear {
-        db.insert_clear(stream, aggregate, version, event_type, payload)
-            .await;
-    }
+    let EarlierRelease {
+        patient,
+        physician,
+        record,
+        ..
+    } = db.insert_earlier_release().await;
     let system = System::start_with(&db, NEVER, Parts::ALL, tokens::keyed_settings()).await;
     let app = &system.app;
     let read = once(app, &format!("/patients/{patient}"), |p| {
-        p["phone"] == "+55 11 5555-0000"
+        p["phone"] == "+55 OLD-PHONE"
     })
     .await;
     assert_eq!(
@@ -512,13 +465,7 @@ async fn a_store_of_the_release_before_is_read_migrated_erased_and_rebuilt_ident
         }
     }
     assert_eq!(sealed, 5, "every personal event of the earlier release");
-    let clear_left: i64 = db
-        .scalar(
-            "select count(*) from events where payload::text like $1",
-            "%OLD-%",
-        )
-        .await;
-    assert_eq!(clear_left, 0);
+    assert_eq!(db.events_holding("OLD-").await, 0);
     assert_eq!(
         rebuilt_identically(&system, &db).await,
         Vec::<String>::new()

@@ -20,7 +20,7 @@ use hap_support::database::ScratchDatabase;
 use hap_support::server::HttpServer;
 use hap_support::system::metadata;
 use reqwest::{Method, RequestBuilder, Response};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -74,6 +74,30 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// The streams [`TestDb::insert_earlier_release`] writes.
+#[derive(Debug, Clone, Copy)]
+pub struct EarlierRelease {
+    pub patient: Uuid,
+    pub physician: Uuid,
+    pub consultation: Uuid,
+    pub record: Uuid,
+    /// The consultation's record book, the stream of the record's events.
+    pub book: Uuid,
+}
+
+impl EarlierRelease {
+    fn new() -> Self {
+        let consultation = Uuid::now_v7();
+        Self {
+            patient: Uuid::now_v7(),
+            physician: Uuid::now_v7(),
+            consultation,
+            record: Uuid::now_v7(),
+            book: domain::record::RecordBook::stream_id(consultation.into()),
+        }
+    }
+}
+
 impl TestDb {
     /// Appends `payload` of `event_type` to `stream` in clear at version 1 of its type, as a
     /// release before sealing stored it (tenant `default`).
@@ -101,6 +125,68 @@ impl TestDb {
         .expect("a clear event inserted");
     }
 
+    /// Stores in clear, as the release before sealing did, an event of every personal type: a
+    /// patient registered (`OLD-NAME`, document `OLD-PATIENT-DOC`, `old@example.org`) and
+    /// updated (phone `+55 OLD-PHONE`), a physician registered (`OLD-DOCTOR`, license
+    /// `OLD-CRM`), and a record of their consultation created (`OLD-CONTENT-1`) and updated
+    /// (`OLD-CONTENT-2`): five events to seal.
+    pub async fn insert_earlier_release(&self) -> EarlierRelease {
+        let ids = EarlierRelease::new();
+        let EarlierRelease {
+            patient,
+            physician,
+            consultation,
+            record,
+            book,
+        } = ids;
+        let clear = [
+            (
+                patient,
+                "patient",
+                1,
+                "PatientRegistered",
+                json!({"patientId": patient, "name": "OLD-NAME", "birthDate": "1970-01-02",
+                    "documentNumber": "OLD-PATIENT-DOC", "email": "old@example.org"}),
+            ),
+            (
+                patient,
+                "patient",
+                2,
+                "PatientUpdated",
+                json!({"patientId": patient, "phone": "+55 OLD-PHONE"}),
+            ),
+            (
+                physician,
+                "physician",
+                1,
+                "PhysicianRegistered",
+                json!({"physicianId": physician, "name": "OLD-DOCTOR", "specialty": "cardiology",
+                    "licenseNumber": "OLD-CRM"}),
+            ),
+            (
+                book,
+                "record",
+                1,
+                "ConsultationRecordCreated",
+                json!({"recordId": record, "consultationId": consultation, "patientId": patient,
+                    "physicianId": physician, "content": "OLD-CONTENT-1"}),
+            ),
+            (
+                book,
+                "record",
+                2,
+                "ConsultationRecordUpdated",
+                json!({"recordId": record, "consultationId": consultation,
+                    "content": "OLD-CONTENT-2"}),
+            ),
+        ];
+        for (stream, aggregate, version, event_type, payload) in clear {
+            self.insert_clear(stream, aggregate, version, event_type, payload)
+                .await;
+        }
+        ids
+    }
+
     /// The event store over this database reading events as they are stored: sealed personal
     /// fields stay sealed. [`store`] opens them, as HAP's readers do.
     pub fn plain_store(&self) -> EventStore {
@@ -114,6 +200,15 @@ impl TestDb {
             .fetch_all(&self.pool)
             .await
             .expect("events read")
+    }
+
+    /// How many stored events hold `text` in their payload as it is stored: in clear.
+    pub async fn events_holding(&self, text: &str) -> i64 {
+        self.scalar(
+            "select count(*) from events where strpos(payload::text, $1) > 0",
+            text,
+        )
+        .await
     }
 
     /// The one value `sql` selects, with `bind` as `$1`.

@@ -197,6 +197,65 @@ where
     Ok(response)
 }
 
+/// The `…/deactivate` and `…/erase` routes of a person (a patient or a physician), which run
+/// `$command::Deactivate` and `$command::Erase` on the `$person` aggregate `id`. Both kinds of
+/// person answer them the same way, so their OpenAPI answers are written here once. The
+/// caller's module imports the names used here.
+macro_rules! person_routes {
+    (
+        $(#[doc = $deactivate_doc:tt])*
+        fn deactivate() -> $person:ident, $command:ident, Authorized<$write:ident>,
+        post $deactivate_path:tt, scope $write_scope:tt;
+        $(#[doc = $erase_doc:tt])*
+        fn erase() -> Authorized<$erase:ident>, post $erase_path:tt, scope $erase_scope:tt;
+        tag $tag:tt $(,)?
+    ) => {
+        $(#[doc = $deactivate_doc])*
+        #[utoipa::path(post, path = $deactivate_path, tag = $tag,
+            security(("bearer" = [$write_scope])),
+            request_body(content = Option<Deactivate>, description = "Optional"),
+            params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
+            responses(
+                (status = 200, body = CommandResponse),
+                (status = 404, body = Problem),
+                (status = 412, body = Problem),
+            ))]
+        async fn deactivate(
+            State(app): State<AppState>,
+            caller: Authorized<$write>,
+            PathId(id): PathId,
+            Command { body, context }: Command<Option<Deactivate>>,
+        ) -> Result<Response, ApiError> {
+            let command = $command::Deactivate {
+                reason: deactivation_reason(body)?,
+            };
+            execute_on::<$person>(&app, &caller, &context, id, command).await
+        }
+
+        $(#[doc = $erase_doc])*
+        #[utoipa::path(post, path = $erase_path, tag = $tag,
+            security(("bearer" = [$erase_scope])), request_body = Erase,
+            params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
+            responses(
+                (status = 202, description = "Erased; the future consultations are being cancelled", body = CommandResponse),
+                (status = 200, description = "Erased already: nothing changed", body = CommandResponse),
+                (status = 404, body = Problem),
+                (status = 412, body = Problem),
+                (status = 422, description = "The reason is missing or invalid", body = Problem),
+            ))]
+        async fn erase(
+            State(app): State<AppState>,
+            caller: Authorized<$erase>,
+            PathId(id): PathId,
+            Command { body, context }: Command<Erase>,
+        ) -> Result<Response, ApiError> {
+            let erase = |reason| $command::Erase { reason };
+            super::erase::<$person>(&app, &caller, &context, id, &body, erase).await
+        }
+    };
+}
+use person_routes;
+
 /// The optional body of the deactivation commands.
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

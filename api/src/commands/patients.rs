@@ -16,7 +16,7 @@ use commands::Target;
 
 use super::{
     CHECKED, CommandResponse, Deactivate, Erase, Fields, Reply, deactivation_reason, execute,
-    execute_on,
+    execute_on, person_routes,
 };
 use crate::auth::{Authorized, PatientsErase, PatientsWrite};
 use crate::error::{ApiError, Problem};
@@ -44,17 +44,9 @@ pub struct RegisterPatient {
     /// 1 to 40 characters, unique per tenant.
     #[schema(schema_with = crate::openapi::text::<{ domain::values::DocumentNumber::MAX_CHARS }>)]
     document_number: String,
-    #[schema(
-        min_length = 3,
-        max_length = 254,
-        pattern = r"^\s*[^@\s]+@[^@\s.][^@\s]*\.[^@\s]*[^@\s.]\s*$"
-    )]
+    #[schema(schema_with = crate::openapi::email::<true>)]
     email: Option<String>,
-    #[schema(
-        min_length = 1,
-        max_length = 30,
-        pattern = r"^\s*[ +\-.()]*([0-9][ +\-.()]*){6,20}\s*$"
-    )]
+    #[schema(schema_with = crate::openapi::phone::<true>)]
     phone: Option<String>,
 }
 
@@ -65,19 +57,9 @@ pub struct RegisterPatient {
 pub struct UpdatePatient {
     #[schema(schema_with = crate::openapi::text::<{ domain::values::PersonName::MAX_CHARS }>)]
     name: Option<String>,
-    #[schema(
-        nullable = false,
-        min_length = 3,
-        max_length = 254,
-        pattern = r"^\s*[^@\s]+@[^@\s.][^@\s]*\.[^@\s]*[^@\s.]\s*$"
-    )]
+    #[schema(schema_with = crate::openapi::email::<false>)]
     email: Option<String>,
-    #[schema(
-        nullable = false,
-        min_length = 1,
-        max_length = 30,
-        pattern = r"^\s*[ +\-.()]*([0-9][ +\-.()]*){6,20}\s*$"
-    )]
+    #[schema(schema_with = crate::openapi::phone::<false>)]
     phone: Option<String>,
 }
 
@@ -155,47 +137,13 @@ async fn update(
     execute_on::<Patient>(&app, &caller, &context, id, command).await
 }
 
-/// Deactivates a patient for good; deactivating again changes nothing.
-#[utoipa::path(post, path = "/patients/{id}/deactivate", tag = "patients",
-    security(("bearer" = ["patients:write"])),
-    request_body(content = Option<Deactivate>, description = "Optional"),
-    params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
-    responses(
-        (status = 200, body = CommandResponse),
-        (status = 404, body = Problem),
-        (status = 412, body = Problem),
-    ))]
-async fn deactivate(
-    State(app): State<AppState>,
-    caller: Authorized<PatientsWrite>,
-    PathId(id): PathId,
-    Command { body, context }: Command<Option<Deactivate>>,
-) -> Result<Response, ApiError> {
-    let command = PatientCommand::Deactivate {
-        reason: deactivation_reason(body)?,
-    };
-    execute_on::<Patient>(&app, &caller, &context, id, command).await
-}
-
-/// Erases a patient's personal data for good: their key is deleted with the `PatientErased`
-/// event, so every personal field and record content sealed under it reads as null from then
-/// on, and their future consultations are cancelled. Erasing again changes nothing (200).
-#[utoipa::path(post, path = "/patients/{id}/erase", tag = "patients",
-    security(("bearer" = ["patients:erase"])), request_body = Erase,
-    params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
-    responses(
-        (status = 202, description = "Erased; the future consultations are being cancelled", body = CommandResponse),
-        (status = 200, description = "Erased already: nothing changed", body = CommandResponse),
-        (status = 404, body = Problem),
-        (status = 412, body = Problem),
-        (status = 422, description = "The reason is missing or invalid", body = Problem),
-    ))]
-async fn erase(
-    State(app): State<AppState>,
-    caller: Authorized<PatientsErase>,
-    PathId(id): PathId,
-    Command { body, context }: Command<Erase>,
-) -> Result<Response, ApiError> {
-    let erase = |reason| PatientCommand::Erase { reason };
-    super::erase::<Patient>(&app, &caller, &context, id, &body, erase).await
+person_routes! {
+    /// Deactivates a patient for good; deactivating again changes nothing.
+    fn deactivate() -> Patient, PatientCommand, Authorized<PatientsWrite>,
+    post "/patients/{id}/deactivate", scope "patients:write";
+    /// Erases a patient's personal data for good: their key is deleted with the `PatientErased`
+    /// event, so every personal field and record content sealed under it reads as null from then
+    /// on, and their future consultations are cancelled. Erasing again changes nothing (200).
+    fn erase() -> Authorized<PatientsErase>, post "/patients/{id}/erase", scope "patients:erase";
+    tag "patients",
 }

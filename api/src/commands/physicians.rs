@@ -15,7 +15,7 @@ use commands::Target;
 
 use super::{
     CHECKED, CommandResponse, Deactivate, Erase, Fields, Reply, deactivation_reason, execute,
-    execute_on,
+    execute_on, person_routes,
 };
 use crate::auth::{Authorized, PhysiciansErase, PhysiciansWrite};
 use crate::error::{ApiError, Problem};
@@ -119,46 +119,12 @@ async fn update(
     execute_on::<Physician>(&app, &caller, &context, id, command).await
 }
 
-/// Deactivates a physician for good.
-#[utoipa::path(post, path = "/physicians/{id}/deactivate", tag = "physicians",
-    security(("bearer" = ["physicians:write"])),
-    request_body(content = Option<Deactivate>, description = "Optional"),
-    params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
-    responses(
-        (status = 200, body = CommandResponse),
-        (status = 404, body = Problem),
-        (status = 412, body = Problem),
-    ))]
-async fn deactivate(
-    State(app): State<AppState>,
-    caller: Authorized<PhysiciansWrite>,
-    PathId(id): PathId,
-    Command { body, context }: Command<Option<Deactivate>>,
-) -> Result<Response, ApiError> {
-    let command = PhysicianCommand::Deactivate {
-        reason: deactivation_reason(body)?,
-    };
-    execute_on::<Physician>(&app, &caller, &context, id, command).await
-}
-
-/// Erases a physician's personal data (name, license number) for good, as a patient's; their
-/// future consultations are cancelled. Erasing again changes nothing (200).
-#[utoipa::path(post, path = "/physicians/{id}/erase", tag = "physicians",
-    security(("bearer" = ["physicians:erase"])), request_body = Erase,
-    params(("id" = uuid::Uuid, Path), crate::openapi::CommandHeaders),
-    responses(
-        (status = 202, description = "Erased; the future consultations are being cancelled", body = CommandResponse),
-        (status = 200, description = "Erased already: nothing changed", body = CommandResponse),
-        (status = 404, body = Problem),
-        (status = 412, body = Problem),
-        (status = 422, description = "The reason is missing or invalid", body = Problem),
-    ))]
-async fn erase(
-    State(app): State<AppState>,
-    caller: Authorized<PhysiciansErase>,
-    PathId(id): PathId,
-    Command { body, context }: Command<Erase>,
-) -> Result<Response, ApiError> {
-    let erase = |reason| PhysicianCommand::Erase { reason };
-    super::erase::<Physician>(&app, &caller, &context, id, &body, erase).await
+person_routes! {
+    /// Deactivates a physician for good.
+    fn deactivate() -> Physician, PhysicianCommand, Authorized<PhysiciansWrite>,
+    post "/physicians/{id}/deactivate", scope "physicians:write";
+    /// Erases a physician's personal data (name, license number) for good, as a patient's; their
+    /// future consultations are cancelled. Erasing again changes nothing (200).
+    fn erase() -> Authorized<PhysiciansErase>, post "/physicians/{id}/erase", scope "physicians:erase";
+    tag "physicians",
 }

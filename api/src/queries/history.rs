@@ -152,58 +152,54 @@ fn changes(event: &RecordedEvent) -> Result<impl Iterator<Item = Change>, ApiErr
     }))
 }
 
-/// A patient's audit trail.
-#[utoipa::path(get, path = "/patients/{id}/history", tag = "patients",
-    security(("bearer" = ["patients:read"])),
-    params(("id" = uuid::Uuid, Path), HistoryPage),
-    responses(
-        (status = 200, body = History),
-        (status = 400, description = "The id, `limit` or `cursor` cannot be parsed", body = Problem),
-        (status = 404, description = "No patient of the caller's tenant has this id", body = Problem),
-    ))]
-async fn patient_history(
-    State(app): State<AppState>,
-    caller: Authorized<PatientsRead>,
-    PathId(id): PathId,
-    Params(page): Params<HistoryPage>,
-) -> Result<Json<History>, ApiError> {
-    history(&app, &caller, AggregateKind::Patient, id, &page).await
+/// A `GET /{resources}/{id}/history` route: `$name` answers the trail of the `$kind` aggregate
+/// `id` (a `$owner` in its 404) through [`history`]. Every trail answers the same way, so its
+/// OpenAPI answers are written here once.
+macro_rules! history_route {
+    (
+        $(#[doc = $doc:tt])*
+        fn $name:ident() -> Authorized<$read:ident>, AggregateKind::$kind:ident,
+        get $path:tt, tag $tag:tt, scope $scope:tt, of $owner:tt $(,)?
+    ) => {
+        $(#[doc = $doc])*
+        #[utoipa::path(get, path = $path, tag = $tag,
+            security(("bearer" = [$scope])),
+            params(("id" = uuid::Uuid, Path), HistoryPage),
+            responses(
+                (status = 200, body = History),
+                (status = 400, description = "The id, `limit` or `cursor` cannot be parsed", body = Problem),
+                (status = 404, description = concat!("No ", $owner, " of the caller's tenant has this id"), body = Problem),
+            ))]
+        async fn $name(
+            State(app): State<AppState>,
+            caller: Authorized<$read>,
+            PathId(id): PathId,
+            Params(page): Params<HistoryPage>,
+        ) -> Result<Json<History>, ApiError> {
+            history(&app, &caller, AggregateKind::$kind, id, &page).await
+        }
+    };
 }
 
-/// A physician's audit trail.
-#[utoipa::path(get, path = "/physicians/{id}/history", tag = "physicians",
-    security(("bearer" = ["physicians:read"])),
-    params(("id" = uuid::Uuid, Path), HistoryPage),
-    responses(
-        (status = 200, body = History),
-        (status = 400, description = "The id, `limit` or `cursor` cannot be parsed", body = Problem),
-        (status = 404, description = "No physician of the caller's tenant has this id", body = Problem),
-    ))]
-async fn physician_history(
-    State(app): State<AppState>,
-    caller: Authorized<PhysiciansRead>,
-    PathId(id): PathId,
-    Params(page): Params<HistoryPage>,
-) -> Result<Json<History>, ApiError> {
-    history(&app, &caller, AggregateKind::Physician, id, &page).await
+history_route! {
+    /// A patient's audit trail.
+    fn patient_history() -> Authorized<PatientsRead>, AggregateKind::Patient,
+    get "/patients/{id}/history", tag "patients", scope "patients:read",
+    of "patient",
 }
 
-/// A consultation's audit trail: its request, the saga's steps on it, and what came after.
-#[utoipa::path(get, path = "/consultations/{id}/history", tag = "consultations",
-    security(("bearer" = ["consultations:read"])),
-    params(("id" = uuid::Uuid, Path), HistoryPage),
-    responses(
-        (status = 200, body = History),
-        (status = 400, description = "The id, `limit` or `cursor` cannot be parsed", body = Problem),
-        (status = 404, description = "No consultation of the caller's tenant has this id", body = Problem),
-    ))]
-async fn consultation_history(
-    State(app): State<AppState>,
-    caller: Authorized<ConsultationsRead>,
-    PathId(id): PathId,
-    Params(page): Params<HistoryPage>,
-) -> Result<Json<History>, ApiError> {
-    history(&app, &caller, AggregateKind::Consultation, id, &page).await
+history_route! {
+    /// A physician's audit trail.
+    fn physician_history() -> Authorized<PhysiciansRead>, AggregateKind::Physician,
+    get "/physicians/{id}/history", tag "physicians", scope "physicians:read",
+    of "physician",
+}
+
+history_route! {
+    /// A consultation's audit trail: its request, the saga's steps on it, and what came after.
+    fn consultation_history() -> Authorized<ConsultationsRead>, AggregateKind::Consultation,
+    get "/consultations/{id}/history", tag "consultations", scope "consultations:read",
+    of "consultation",
 }
 
 #[cfg(test)]
