@@ -167,6 +167,7 @@ pub fn new_stream(stream_id: Uuid, events: &[Event]) -> Append {
         deadlines: vec![],
         ends: None,
         erases: None,
+        new_keys: vec![],
     }
 }
 

@@ -3,7 +3,7 @@
 //! expected version, decide, append with claims, deadlines and the idempotency key in one
 //! statement, retry on a version conflict, tell the observers.
 
-use privacy::{MasterKey, Vault};
+use privacy::{MasterKey, Sealer, Vault};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -385,7 +385,15 @@ impl<S: Store> Pipeline<S> {
         let (version_before, position_before) = (loaded.version, loaded.position);
         // The state the events lead to: the subject of their stream, and what is cached.
         let state = events.iter().fold(loaded.loaded.state, |s, e| s.evolve(e));
-        self.seal(&mut append, &state).await?;
+        // A new stream whose subject it is itself makes that subject: a registration.
+        let new_subject = state
+            .data_subject()
+            .filter(|subject| version_before == StreamVersion::EMPTY && *subject == stream_id);
+        let tenant = meta.tenant_id.as_str();
+        let mut sealer = self.vault.as_ref().map(|v| v.sealer(tenant, new_subject));
+        if let Some(sealer) = &mut sealer {
+            seal(sealer, &mut append, state.data_subject()).await?;
+        }
         let stored: Vec<_> = append
             .events
             .iter()
@@ -398,6 +406,9 @@ impl<S: Store> Pipeline<S> {
         };
         if let (Some(vault), Some(subject)) = (&self.vault, erased) {
             vault.forget(subject).await;
+        }
+        if let Some(sealer) = sealer {
+            sealer.committed().await;
         }
         let done = Done {
             position: appended.position().or(position_before),
@@ -509,30 +520,6 @@ impl<S: Store> Pipeline<S> {
         append
     }
 
-    /// Seals the personal fields of `append`'s events with the vault, if there is one; the
-    /// subject of an event that names none is that of its stream in `state`, the state after
-    /// the events.
-    async fn seal<A: Aggregate>(&self, append: &mut Append, state: &A) -> Result<(), CommandError> {
-        let Some(vault) = &self.vault else {
-            return Ok(());
-        };
-        let tenant = &append.metadata.tenant_id;
-        for event in &mut append.events {
-            if domain::personal::personal(&event.event_type).is_none() {
-                continue;
-            }
-            let payload = std::mem::take(&mut event.payload);
-            event.payload = vault
-                .seal(tenant, &event.event_type, payload, state.data_subject())
-                .await
-                .map_err(|error| match error {
-                    privacy::VaultError::Database(error) => CommandError::Store(error),
-                    other => CommandError::Seal(other),
-                })?;
-        }
-        Ok(())
-    }
-
     /// The remembered outcome of the command's idempotency key, if there is one.
     async fn replay(&self, meta: &CommandMeta) -> Result<Option<Remembered>, CommandError> {
         let Some(idempotency) = &meta.idempotency else {
@@ -553,4 +540,29 @@ impl<S: Store> Pipeline<S> {
             .map(Some)
             .map_err(|error| CommandError::Store(sqlx::Error::Decode(error.into())))
     }
+}
+
+/// Seals the personal fields of `append`'s events with `sealer`; the subject of an event that
+/// names none is `stream_subject`, that of its stream after the events. The key of a subject
+/// the append makes goes with it.
+async fn seal(
+    sealer: &mut Sealer<'_>,
+    append: &mut Append,
+    stream_subject: Option<Uuid>,
+) -> Result<(), CommandError> {
+    for event in &mut append.events {
+        if domain::personal::personal(&event.event_type).is_none() {
+            continue;
+        }
+        let payload = std::mem::take(&mut event.payload);
+        event.payload = sealer
+            .seal(&event.event_type, payload, stream_subject)
+            .await
+            .map_err(|error| match error {
+                privacy::VaultError::Database(error) => CommandError::Store(error),
+                other => CommandError::Seal(other),
+            })?;
+    }
+    append.new_keys = sealer.new_keys();
+    Ok(())
 }

@@ -57,5 +57,6 @@ pub fn append<A: Aggregate>(
         deadlines: Vec::new(),
         ends: None,
         erases: None,
+        new_keys: vec![],
     }
 }

@@ -66,6 +66,18 @@ pub struct Append {
     /// deleted (what was sealed under it no longer opens) and their claims of these kinds
     /// released (the values may be claimed again).
     pub erases: Option<Erasure>,
+    /// Keys of the data subjects this append makes (a person's registration), wrapped: stored
+    /// with the events sealed under them, so that a subject's key exists exactly when their
+    /// stream does, at no round trip of its own.
+    pub new_keys: Vec<SubjectKey>,
+}
+
+/// A data subject's key, wrapped under the master key, as `subject_keys` keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectKey {
+    pub subject: Uuid,
+    pub tenant_id: String,
+    pub wrapped: Vec<u8>,
 }
 
 /// A data subject to erase with an append.
@@ -123,7 +135,8 @@ pub enum AppendError {
 /// (`go` reads that update, so it runs before the inserts and holds the row lock until the
 /// commit). A pause also passes when there is no deadline at all (a saga from before
 /// deadlines). An append that erases a data subject deletes their key and releases their
-/// personal claims (`shredded`, `released`). A concurrent writer of the same version, claim or key makes the whole
+/// personal claims (`shredded`, `released`); one that makes a subject stores their key
+/// (`keyed`). A concurrent writer of the same version, claim or key makes the whole
 /// statement fail on the matching unique constraint, and nothing of it is written.
 const APPEND: &str = r#"
 with ended as (
@@ -189,6 +202,11 @@ released as (
     delete from unique_claims c
      using unnest($34::uuid[], $35::text[]) as r(owner_id, kind)
      where c.owner_id = r.owner_id and c.kind = r.kind and (select ok from go)
+),
+keyed as (
+    insert into subject_keys (subject_id, tenant_id, wrapped)
+    select * from unnest($36::uuid[], $37::text[], $38::bytea[])
+     where (select ok from go)
 )
 select batch_index, positions from last_positions
 "#;
@@ -228,6 +246,9 @@ struct Columns {
     erased_subjects: Vec<Uuid>,
     released_owners: Vec<Uuid>,
     released_kinds: Vec<String>,
+    key_subjects: Vec<Uuid>,
+    key_subject_tenants: Vec<String>,
+    wrapped_keys: Vec<Vec<u8>>,
     /// Only ever set for a batch of one (see [`EventStore::append`]).
     ends: Option<DeadlineEnd>,
 }
@@ -274,6 +295,11 @@ impl Columns {
                 c.deadline_due.push(deadline.due_at);
                 c.deadline_correlations.push(meta.correlation_id.clone());
                 c.deadline_actors.push(meta.actor_id.clone());
+            }
+            for key in &append.new_keys {
+                c.key_subjects.push(key.subject);
+                c.key_subject_tenants.push(key.tenant_id.clone());
+                c.wrapped_keys.push(key.wrapped.clone());
             }
             if let Some(erasure) = &append.erases {
                 c.erased_subjects.push(erasure.subject);
@@ -362,6 +388,9 @@ impl EventStore {
             .bind(c.erased_subjects)
             .bind(c.released_owners)
             .bind(c.released_kinds)
+            .bind(c.key_subjects)
+            .bind(c.key_subject_tenants)
+            .bind(c.wrapped_keys)
             .fetch_all(&self.pool)
             .await;
         // Every write wakes the readers, refused ones too: while it ran it held back the
@@ -406,7 +435,10 @@ impl EventStore {
             .filter(|e| e.is_unique_violation())
             .and_then(|e| e.constraint().map(str::to_owned));
         match constraint.as_deref() {
-            Some("events_stream_version_key") => AppendError::Conflict { stream, expected },
+            // A new subject's key is taken only where their stream was made meanwhile.
+            Some("events_stream_version_key" | "subject_keys_pkey") => {
+                AppendError::Conflict { stream, expected }
+            }
             Some("idempotency_keys_pkey") => AppendError::KeyTaken,
             Some("unique_claims_pkey") => {
                 // Report the claim that is taken; the error's text names it only in prose.

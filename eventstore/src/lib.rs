@@ -51,7 +51,9 @@ pub mod store;
 pub mod unavailable;
 pub mod wakeup;
 
-pub use append::{Append, AppendError, Appended, Claim, Erasure, Metadata, NewEvent, Remember};
+pub use append::{
+    Append, AppendError, Appended, Claim, Erasure, Metadata, NewEvent, Remember, SubjectKey,
+};
 pub use deadlines::{
     DeadlineCounts, DeadlineEnd, DeadlineRow, DeadlineStart, DeadlineState, Due, Ending,
 };

@@ -278,6 +278,7 @@ mod tests {
             deadlines: vec![],
             ends: None,
             erases: None,
+            new_keys: vec![],
         }
     }
 

@@ -22,4 +22,4 @@ pub mod sealing;
 pub mod vault;
 
 pub use master::{MasterKey, MasterKeyError};
-pub use vault::{Vault, VaultError};
+pub use vault::{Sealer, Vault, VaultError};

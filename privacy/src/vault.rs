@@ -9,15 +9,17 @@
 //! subject's key from its cache at once ([`Vault::forget`]); **another process may still open
 //! the subject's data from its cache for up to [`KEY_TTL`] after the erasure**.
 //!
-//! A key created for an append that then fails (a conflict, a taken claim) stays: it seals
-//! nothing, and the next append for the subject uses it.
+//! A person's registration makes their key and stores it with its events, in the append's own
+//! statement ([`Sealer`]); a subject with no key otherwise (one an earlier release stored in
+//! clear) gets one on first sealing. A key created that way for an append that then fails (a
+//! conflict, a taken claim) stays: it seals nothing, and the next append for the subject uses it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use domain::personal::{self, SEALED_VERSION};
-use eventstore::{Opener, Stored};
+use eventstore::{Opener, Stored, SubjectKey};
 use futures::future::BoxFuture;
 use moka::future::Cache;
 use serde_json::{Map, Value};
@@ -85,24 +87,21 @@ impl Vault {
         payload: Value,
         stream_subject: Option<Uuid>,
     ) -> Result<Value, VaultError> {
-        let Some(personal) = personal::personal(event_type) else {
-            return Ok(payload);
-        };
-        let Value::Object(mut fields) = payload else {
-            return Err(SealError::NotAnObject(event_type.to_owned()).into());
-        };
-        let has_personal = personal
-            .fields
-            .iter()
-            .any(|f| fields.get(*f).is_some_and(|v| !v.is_null()));
-        if !has_personal {
-            return Ok(Value::Object(fields));
+        self.sealer(tenant_id, None)
+            .seal(event_type, payload, stream_subject)
+            .await
+    }
+
+    /// A sealing of one append's events in `tenant_id`, which makes `new_subject` (a person's
+    /// registration), if given: that subject can have no key yet, so theirs is made here and
+    /// stored by the append itself, with no round trip of its own.
+    pub fn sealer<'a>(&'a self, tenant_id: &'a str, new_subject: Option<Uuid>) -> Sealer<'a> {
+        Sealer {
+            vault: self,
+            tenant_id,
+            new_subject,
+            made: None,
         }
-        let subject = sealing::subject_of(personal, &fields, stream_subject)
-            .ok_or_else(|| SealError::NoSubject(event_type.to_owned()))?;
-        let key = self.key_for_sealing(tenant_id, subject).await?;
-        sealing::seal(personal, &mut fields, subject, &key);
-        Ok(Value::Object(fields))
     }
 
     /// What each of `rows` reads as: `None` where it is as stored (a type with nothing
@@ -196,6 +195,75 @@ impl Vault {
             keys.insert(subject, key);
         }
         Ok(keys)
+    }
+}
+
+/// The sealing of one append's events ([`Vault::sealer`]).
+pub struct Sealer<'a> {
+    vault: &'a Vault,
+    tenant_id: &'a str,
+    new_subject: Option<Uuid>,
+    /// The new subject's key, and its wrapped bytes, once an event needed it.
+    made: Option<(Arc<Key>, Vec<u8>)>,
+}
+
+impl Sealer<'_> {
+    /// As [`Vault::seal`], the new subject's personal fields under the key made for them.
+    pub async fn seal(
+        &mut self,
+        event_type: &str,
+        payload: Value,
+        stream_subject: Option<Uuid>,
+    ) -> Result<Value, VaultError> {
+        let Some(personal) = personal::personal(event_type) else {
+            return Ok(payload);
+        };
+        let Value::Object(mut fields) = payload else {
+            return Err(SealError::NotAnObject(event_type.to_owned()).into());
+        };
+        let has_personal = personal
+            .fields
+            .iter()
+            .any(|f| fields.get(*f).is_some_and(|v| !v.is_null()));
+        if !has_personal {
+            return Ok(Value::Object(fields));
+        }
+        let subject = sealing::subject_of(personal, &fields, stream_subject)
+            .ok_or_else(|| SealError::NoSubject(event_type.to_owned()))?;
+        let key = self.key(subject).await?;
+        sealing::seal(personal, &mut fields, subject, &key);
+        Ok(Value::Object(fields))
+    }
+
+    async fn key(&mut self, subject: Uuid) -> Result<Arc<Key>, VaultError> {
+        if self.new_subject != Some(subject) {
+            return self.vault.key_for_sealing(self.tenant_id, subject).await;
+        }
+        let (key, _) = self.made.get_or_insert_with(|| {
+            let bytes = gcm::random_key();
+            let wrapped = self.vault.0.master.wrap_key(subject, &bytes);
+            (Arc::new(Key::new(&bytes)), wrapped)
+        });
+        Ok(key.clone())
+    }
+
+    /// The key the append must store with the events, if this sealing made one.
+    pub fn new_keys(&self) -> Vec<SubjectKey> {
+        let made = self.made.as_ref().zip(self.new_subject);
+        made.map(|((_, wrapped), subject)| SubjectKey {
+            subject,
+            tenant_id: self.tenant_id.to_owned(),
+            wrapped: wrapped.clone(),
+        })
+        .into_iter()
+        .collect()
+    }
+
+    /// Once the append committed: the made key is cached like any other.
+    pub async fn committed(self) {
+        if let (Some((key, _)), Some(subject)) = (self.made, self.new_subject) {
+            self.vault.0.keys.insert(subject, key).await;
+        }
     }
 }
 

@@ -75,6 +75,7 @@ async fn patient_history(store: &EventStore, names: &[&str]) -> Vec<RecordedEven
             deadlines: vec![],
             ends: None,
             erases: None,
+            new_keys: vec![],
         })
         .await
         .unwrap();

@@ -52,6 +52,7 @@ fn renames(stream: Uuid, after: u64, count: u64) -> Append {
         deadlines: vec![],
         ends: None,
         erases: None,
+        new_keys: vec![],
     }
 }
 

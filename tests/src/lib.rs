@@ -57,6 +57,7 @@ pub fn plain_append(
         deadlines: vec![],
         ends: None,
         erases: None,
+        new_keys: vec![],
     }
 }
 
