@@ -22,7 +22,7 @@ async fn claims_holding(db: &TestDb, text: &str) -> i64 {
 async fn a_document_number_is_claimed_as_a_keyed_hash_and_still_unique() {
     let db = TestDb::new().await;
     let app = hap_tests::TestApp::start_with(&db, hap_tests::tokens::keyed_settings()).await;
-    app.register_patient("DOC-PRIVATE-1").await;
+    let patient = app.register_patient("DOC-PRIVATE-1").await;
     assert_eq!(
         claims_holding(&db, "DOC-PRIVATE-1").await,
         0,
@@ -39,6 +39,12 @@ async fn a_document_number_is_claimed_as_a_keyed_hash_and_still_unique() {
         detail.contains("documentNumber") && detail.contains("DOC-PRIVATE-1"),
         "the caller is told the value it sent: {detail}"
     );
+    // The registration's append stores its person's key; the refused one stored nothing.
+    let keys: Vec<Uuid> = sqlx::query_scalar("select subject_id from subject_keys")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, [patient], "one key, the registered patient's");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
