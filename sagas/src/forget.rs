@@ -10,11 +10,12 @@
 //! reached (the README says so).
 
 use commands::CommandError;
-use domain::personal;
+use domain::personal::{self, Subject};
 use domain::saga::Person;
 use eventstore::EventStore;
 use messaging::dlq::{self, Action, DeadLetter};
-use messaging::{AmqpUrls, QueueNames};
+use messaging::{AmqpUrls, EventMessage, QueueNames};
+use serde_json::Value;
 
 use crate::lookups::SagaStore;
 use crate::send::{StepError, Trigger};
@@ -28,37 +29,52 @@ pub struct DeadLetters {
 }
 
 /// Drops `person`'s dead letters with personal data, in the trigger's tenant: those of a type
-/// that carries personal fields which name the person, or one of their consultations (a
-/// record's update names only its consultation). How many it dropped.
+/// whose personal fields are the person's (the payload names them as its subject), and, for a
+/// patient, the record updates of their consultations (whose subject is their book's patient,
+/// named nowhere in the payload). Someone else's data in a letter that merely mentions the
+/// person (a record naming its physician) stays. How many it dropped.
 pub async fn forget_dead_letters<S: SagaStore>(
     dead_letters: &DeadLetters,
     store: &S,
     trigger: &Trigger,
     person: Person,
 ) -> Result<usize, StepError> {
+    let consultations: Vec<String> = match person {
+        Person::Patient(_) => store
+            .consultations_of(&trigger.tenant_id, person)
+            .await
+            .map_err(|e| StepError::Transient(CommandError::Store(e)))?
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        Person::Physician(_) => vec![],
+    };
     let person_id = match person {
         Person::Patient(id) => id.as_uuid(),
         Person::Physician(id) => id.as_uuid(),
-    };
-    let mut needles = vec![person_id.to_string()];
-    let consultations = store
-        .consultations_of(&trigger.tenant_id, person)
-        .await
-        .map_err(|e| StepError::Transient(CommandError::Store(e)))?;
-    needles.extend(consultations.iter().map(ToString::to_string));
-    let names_them = |letter: &DeadLetter| {
-        let personal = letter
-            .event_type
-            .as_deref()
-            .is_some_and(|t| personal::personal(t).is_some());
-        let body = String::from_utf8_lossy(&letter.body);
-        personal
-            && letter.tenant_id.as_deref() == Some(trigger.tenant_id.as_str())
-            && needles.iter().any(|needle| body.contains(needle.as_str()))
+    }
+    .to_string();
+    let theirs = |letter: &DeadLetter| {
+        let Ok(message) = EventMessage::read(&letter.body) else {
+            return false;
+        };
+        let Some(personal) = personal::personal(&message.event_type) else {
+            return false;
+        };
+        let Ok(payload) = serde_json::from_str::<Value>(message.payload.get()) else {
+            return false;
+        };
+        let named = |field: &str| payload[field].as_str();
+        let whose = match personal.subject {
+            Subject::Field(field) => named(field) == Some(person_id.as_str()),
+            Subject::Stream => named("consultationId")
+                .is_some_and(|c| consultations.iter().any(|known| known == c)),
+        };
+        message.tenant_id == trigger.tenant_id.as_str() && whose
     };
     let mut dropped = 0;
     for queue in queues(dead_letters).await? {
-        dropped += dlq::resolve(&dead_letters.amqp_url, &queue, Action::Discard, names_them)
+        dropped += dlq::resolve(&dead_letters.amqp_url, &queue, Action::Discard, theirs)
             .await
             .map_err(StepError::Broker)?;
     }
