@@ -147,22 +147,35 @@ impl Vault {
             return Ok(key);
         }
         let wrapped = self.0.master.wrap_key(subject, &gcm::random_key());
-        // Another process may create the subject's key at the same time: the first one
-        // stored is everyone's.
-        sqlx::query(
-            "insert into subject_keys (subject_id, tenant_id, wrapped) values ($1, $2, $3)
-             on conflict (subject_id) do nothing",
+        // One round trip: the key stored already, or this one, stored now. Another process
+        // may create the subject's key at the same time: the first one stored is everyone's
+        // (the loser's insert does nothing and, waiting on the winner's row, returns nothing;
+        // a statement cannot see a row committed after it began, so it then looks again).
+        let stored: Option<Vec<u8>> = sqlx::query_scalar(
+            "with stored as (
+                 select wrapped from subject_keys where subject_id = $1
+             ), made as (
+                 insert into subject_keys (subject_id, tenant_id, wrapped)
+                 select $1, $2, $3 where not exists (select 1 from stored)
+                 on conflict (subject_id) do nothing
+                 returning wrapped
+             )
+             select wrapped from stored union all select wrapped from made",
         )
         .bind(subject)
         .bind(tenant_id)
         .bind(wrapped)
-        .execute(&self.0.pool)
+        .fetch_optional(&self.0.pool)
         .await?;
-        let stored: Vec<u8> =
-            sqlx::query_scalar("select wrapped from subject_keys where subject_id = $1")
-                .bind(subject)
-                .fetch_one(&self.0.pool)
-                .await?;
+        let stored = match stored {
+            Some(stored) => stored,
+            None => {
+                sqlx::query_scalar("select wrapped from subject_keys where subject_id = $1")
+                    .bind(subject)
+                    .fetch_one(&self.0.pool)
+                    .await?
+            }
+        };
         let key = Arc::new(Key::new(&self.0.master.unwrap_key(subject, &stored)?));
         self.0.keys.insert(subject, key.clone()).await;
         Ok(key)

@@ -382,3 +382,42 @@ async fn the_erasing_process_reads_the_subject_as_erased_at_once() {
     let again = app.post("/patients", hap_tests::patient("DOC-GONE")).await;
     assert_eq!(again.status(), 201, "the document number is free again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_that_seal_for_one_subject_share_the_key_stored_first() {
+    let db = TestDb::new().await;
+    let settings = hap_tests::tokens::keyed_settings();
+    // Two processes' vaults, each with its own cache, over one store.
+    let [first, second] = [(), ()].map(|()| api::state::vault(&db.pool, &settings).unwrap());
+    let patient = Uuid::now_v7();
+    let update = |name: &str| json!({"patientId": patient, "name": name});
+    let sealed_first = first
+        .seal("default", "PatientUpdated", update("FIRST-NAME"), None)
+        .await
+        .unwrap();
+    let sealed_second = second
+        .seal("default", "PatientUpdated", update("SECOND-NAME"), None)
+        .await
+        .unwrap();
+    let keys: i64 = db
+        .scalar(
+            "select count(*) from subject_keys where subject_id = $1",
+            patient,
+        )
+        .await;
+    assert_eq!(keys, 1, "the second found the first's key");
+    for (sealed, name) in [(sealed_first, "FIRST-NAME"), (sealed_second, "SECOND-NAME")] {
+        let text = sealed.to_string();
+        let rows = [eventstore::Stored {
+            event_type: "PatientUpdated",
+            schema_version: domain::personal::SEALED_VERSION,
+            payload: &text,
+        }];
+        // Each opens with the other's vault.
+        for vault in [&first, &second] {
+            let opened = vault.open_all(&rows).await.unwrap();
+            let opened: Value = serde_json::from_str(opened[0].as_deref().unwrap()).unwrap();
+            assert_eq!(opened["name"], name);
+        }
+    }
+}
