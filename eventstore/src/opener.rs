@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use serde_json::value::RawValue;
 
 use crate::EventStore;
 use crate::read::RecordedEvent;
@@ -28,7 +29,7 @@ pub trait Opener: std::fmt::Debug + Send + Sync + 'static {
     fn open<'a>(
         &'a self,
         rows: &'a [Stored<'a>],
-    ) -> BoxFuture<'a, Result<Vec<Option<String>>, sqlx::Error>>;
+    ) -> BoxFuture<'a, Result<Vec<Option<Box<RawValue>>>, sqlx::Error>>;
 }
 
 impl EventStore {
@@ -39,7 +40,10 @@ impl EventStore {
     }
 
     /// What each of `rows` reads as (`None`: as stored); all as stored without an opener.
-    pub async fn open(&self, rows: &[Stored<'_>]) -> Result<Vec<Option<String>>, sqlx::Error> {
+    pub async fn open(
+        &self,
+        rows: &[Stored<'_>],
+    ) -> Result<Vec<Option<Box<RawValue>>>, sqlx::Error> {
         open(self.opener.as_deref(), rows).await
     }
 }
@@ -47,7 +51,7 @@ impl EventStore {
 pub(crate) async fn open(
     opener: Option<&dyn Opener>,
     rows: &[Stored<'_>],
-) -> Result<Vec<Option<String>>, sqlx::Error> {
+) -> Result<Vec<Option<Box<RawValue>>>, sqlx::Error> {
     match opener {
         Some(opener) => opener.open(rows).await,
         None => Ok(vec![None; rows.len()]),
@@ -72,9 +76,8 @@ pub(crate) async fn opened(
         .collect();
     let opened = opener.open(&rows).await?;
     for (event, opened) in events.iter_mut().zip(opened) {
-        if let Some(text) = opened {
-            event.payload = serde_json::value::RawValue::from_string(text)
-                .map_err(|e| sqlx::Error::Decode(e.into()))?;
+        if let Some(payload) = opened {
+            event.payload = payload;
         }
     }
     Ok(events)

@@ -12,10 +12,14 @@
 //! and the subject (a sealed part copied onto another event or subject does not open). Opened
 //! without the key (the subject was erased), each field named reads as null.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use domain::personal::{Personal, Subject};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -110,50 +114,80 @@ pub fn erased(event_type: &str, mut payload: Value) -> Value {
     payload
 }
 
-/// The subject whose key opens `payload`, if it has sealed fields.
-pub fn sealed_subject(
-    event_type: &str,
-    payload: &Map<String, Value>,
-) -> Result<Option<Uuid>, OpenError> {
-    match payload.get(SEALED) {
-        None => Ok(None),
-        Some(sealed) => sealed
-            .get("subject")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse().ok())
-            .map(Some)
-            .ok_or_else(|| malformed(event_type, "the sealed member names no subject")),
+/// A stored payload with sealed fields, parsed no further than its top-level members: what
+/// opening needs, without building a tree of every value only to write it out again.
+pub struct SealedPayload<'a> {
+    event_type: &'a str,
+    /// Every member but the sealed one, as stored.
+    members: BTreeMap<Name<'a>, &'a RawValue>,
+    sealed: SealedMember<'a>,
+}
+
+/// A member's name, borrowed from the stored text unless it has escapes.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(transparent)]
+struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// The sealed member, as stored.
+#[derive(Deserialize)]
+struct SealedMember<'a> {
+    subject: Uuid,
+    #[serde(borrow)]
+    fields: Vec<Name<'a>>,
+    #[serde(borrow)]
+    data: Cow<'a, str>,
+}
+
+impl<'a> SealedPayload<'a> {
+    /// `payload` (JSON text) of `event_type`, if it has sealed fields.
+    pub fn parse(event_type: &'a str, payload: &'a str) -> Result<Option<Self>, OpenError> {
+        let mut members: BTreeMap<Name<'a>, &'a RawValue> =
+            serde_json::from_str(payload).map_err(|e| malformed(event_type, &e.to_string()))?;
+        let Some(sealed) = members.remove(&Name(Cow::Borrowed(SEALED))) else {
+            return Ok(None);
+        };
+        let sealed = serde_json::from_str(sealed.get())
+            .map_err(|e| malformed(event_type, &e.to_string()))?;
+        Ok(Some(Self {
+            event_type,
+            members,
+            sealed,
+        }))
+    }
+
+    /// The data subject whose key opens the sealed fields.
+    pub fn subject(&self) -> Uuid {
+        self.sealed.subject
+    }
+
+    /// The payload with its sealed fields back in place, opened with `key`; without one (the
+    /// subject was erased) each of them null.
+    pub fn open(&self, key: Option<&Key>) -> Result<Box<RawValue>, OpenError> {
+        let event_type = self.event_type;
+        let clear = self.members.iter().map(|(name, value)| (name, *value));
+        let Some(key) = key else {
+            let nulls = self.sealed.fields.iter().map(|name| (name, RawValue::NULL));
+            return written(event_type, clear.chain(nulls));
+        };
+        let data = STANDARD
+            .decode(self.sealed.data.as_bytes())
+            .map_err(|e| malformed(event_type, &e.to_string()))?;
+        let plaintext = key
+            .open(&aad(event_type, self.sealed.subject), &data)
+            .map_err(|_| OpenError::Unopenable(event_type.to_owned()))?;
+        let opened: BTreeMap<Name<'_>, &RawValue> = serde_json::from_slice(&plaintext)
+            .map_err(|e| malformed(event_type, &e.to_string()))?;
+        written(event_type, clear.chain(opened.iter().map(|(n, v)| (n, *v))))
     }
 }
 
-/// Puts the sealed fields of `payload` back in place, opened with `key`; without one (the
-/// subject was erased) each of them null. A payload with no sealed member stays as it is.
-pub fn open(
+/// `members` written out as one JSON object.
+fn written<'n>(
     event_type: &str,
-    payload: &mut Map<String, Value>,
-    key: Option<&Key>,
-) -> Result<(), OpenError> {
-    let Some(sealed) = payload.remove(SEALED) else {
-        return Ok(());
-    };
-    let sealed: Sealed =
-        serde_json::from_value(sealed).map_err(|e| malformed(event_type, &e.to_string()))?;
-    let Some(key) = key else {
-        for field in sealed.fields {
-            payload.insert(field, Value::Null);
-        }
-        return Ok(());
-    };
-    let data = STANDARD
-        .decode(&sealed.data)
-        .map_err(|e| malformed(event_type, &e.to_string()))?;
-    let plaintext = key
-        .open(&aad(event_type, sealed.subject), &data)
-        .map_err(|_| OpenError::Unopenable(event_type.to_owned()))?;
-    let fields: Map<String, Value> =
-        serde_json::from_slice(&plaintext).map_err(|e| malformed(event_type, &e.to_string()))?;
-    payload.extend(fields);
-    Ok(())
+    members: impl Iterator<Item = (&'n Name<'n>, &'n RawValue)>,
+) -> Result<Box<RawValue>, OpenError> {
+    let object: BTreeMap<&str, &RawValue> = members.map(|(name, v)| (&*name.0, v)).collect();
+    serde_json::value::to_raw_value(&object).map_err(|e| malformed(event_type, &e.to_string()))
 }
 
 /// What the sealed data is bound to: its event type and subject.
@@ -186,6 +220,20 @@ mod tests {
         }
     }
 
+    /// `payload` as a reader of the store gets it, its sealed fields opened with `key`.
+    fn open(
+        event_type: &str,
+        payload: &Map<String, Value>,
+        key: Option<&Key>,
+    ) -> Result<Map<String, Value>, OpenError> {
+        let text = Value::Object(payload.clone()).to_string();
+        let opened = match SealedPayload::parse(event_type, &text)? {
+            Some(sealed) => sealed.open(key)?.get().to_owned(),
+            None => text,
+        };
+        Ok(object(serde_json::from_str(&opened).unwrap()))
+    }
+
     fn registered(patient: Uuid) -> Map<String, Value> {
         object(
             json!({"patientId": patient, "name": "Ana Souza", "birthDate": "1980-05-01",
@@ -210,12 +258,13 @@ mod tests {
             json!(["birthDate", "documentNumber", "name"])
         );
         assert_eq!(payload["email"], Value::Null);
+        let stored = Value::Object(payload.clone()).to_string();
+        let parsed = SealedPayload::parse("PatientRegistered", &stored).unwrap();
+        assert_eq!(parsed.map(|p| p.subject()), Some(patient));
         assert_eq!(
-            sealed_subject("PatientRegistered", &payload).unwrap(),
-            Some(patient)
+            open("PatientRegistered", &payload, Some(&key)).unwrap(),
+            clear
         );
-        open("PatientRegistered", &mut payload, Some(&key)).unwrap();
-        assert_eq!(payload, clear);
     }
 
     #[test]
@@ -224,11 +273,30 @@ mod tests {
         let personal = personal("PatientRegistered").unwrap();
         let mut payload = registered(patient);
         seal(personal, &mut payload, patient, &Key::new(&[5; 32]));
-        open("PatientRegistered", &mut payload, None).unwrap();
         assert_eq!(
-            Value::Object(payload),
+            Value::Object(open("PatientRegistered", &payload, None).unwrap()),
             json!({"patientId": patient, "name": null, "birthDate": null,
                    "documentNumber": null, "email": null})
+        );
+    }
+
+    #[test]
+    fn escaped_names_and_values_read_as_stored() {
+        let patient = Uuid::new_v4();
+        let key = Key::new(&[5; 32]);
+        let mut clear = registered(patient);
+        clear.insert("note \"quoted\"".into(), json!("line\nbreak, é"));
+        clear.insert("name".into(), json!("Ana \"Nica\" Souza"));
+        let mut payload = clear.clone();
+        seal(
+            personal("PatientRegistered").unwrap(),
+            &mut payload,
+            patient,
+            &key,
+        );
+        assert_eq!(
+            open("PatientRegistered", &payload, Some(&key)).unwrap(),
+            clear
         );
     }
 
@@ -254,18 +322,14 @@ mod tests {
             patient,
             &key,
         );
-        let wrong_key = open(
-            "PatientRegistered",
-            &mut payload.clone(),
-            Some(&Key::new(&[6; 32])),
-        );
+        let wrong_key = open("PatientRegistered", &payload, Some(&Key::new(&[6; 32])));
         assert!(matches!(wrong_key, Err(OpenError::Unopenable(_))));
         // The same sealed member under another event type (AAD binds the type).
-        let moved = open("PatientUpdated", &mut payload.clone(), Some(&key));
+        let moved = open("PatientUpdated", &payload, Some(&key));
         assert!(matches!(moved, Err(OpenError::Unopenable(_))));
         // Or claiming another subject (AAD binds the subject).
         payload[SEALED]["subject"] = json!(Uuid::new_v4());
-        let other_subject = open("PatientRegistered", &mut payload, Some(&key));
+        let other_subject = open("PatientRegistered", &payload, Some(&key));
         assert!(matches!(other_subject, Err(OpenError::Unopenable(_))));
     }
 
@@ -277,8 +341,7 @@ mod tests {
         let personal = personal("PatientUpdated").unwrap();
         seal(personal, &mut payload, patient, &Key::new(&[5; 32]));
         assert_eq!(payload, clear);
-        open("PatientUpdated", &mut payload, None).unwrap();
-        assert_eq!(payload, clear);
+        assert_eq!(open("PatientUpdated", &payload, None).unwrap(), clear);
     }
 
     #[test]

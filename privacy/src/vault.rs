@@ -22,13 +22,14 @@ use domain::personal::{self, SEALED_VERSION};
 use eventstore::{Opener, Stored, SubjectKey};
 use futures::future::BoxFuture;
 use moka::future::Cache;
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::gcm::{self, Key};
 use crate::master::{MasterKey, MasterKeyError};
-use crate::sealing::{self, OpenError, SealError};
+use crate::sealing::{self, OpenError, SealError, SealedPayload};
 
 /// How long an unwrapped key is kept in memory: how long another process may read an erased
 /// subject's data after the erasure.
@@ -107,27 +108,24 @@ impl Vault {
     /// What each of `rows` reads as: `None` where it is as stored (a type with nothing
     /// personal, version 1, nothing sealed), else the payload with its sealed fields back (or
     /// null, the subject erased). The keys missing from the cache are read in one query.
-    pub async fn open_all(&self, rows: &[Stored<'_>]) -> Result<Vec<Option<String>>, VaultError> {
-        // The sealed payloads, parsed, and the subjects whose keys they need.
-        let sealed = rows.iter().map(Sealed::of).collect::<Result<Vec<_>, _>>()?;
-        let subjects: HashSet<Uuid> = sealed.iter().flatten().map(|s| s.subject).collect();
+    pub async fn open_all(
+        &self,
+        rows: &[Stored<'_>],
+    ) -> Result<Vec<Option<Box<RawValue>>>, VaultError> {
+        let sealed = rows.iter().map(sealed).collect::<Result<Vec<_>, _>>()?;
+        let subjects: HashSet<Uuid> = sealed.iter().flatten().map(|s| s.subject()).collect();
         if subjects.is_empty() {
             return Ok(vec![None; rows.len()]);
         }
         let keys = self.keys(subjects).await?;
-        rows.iter()
-            .zip(sealed)
-            .map(|(row, sealed)| {
-                let Some(Sealed {
-                    mut payload,
-                    subject,
-                }) = sealed
-                else {
+        sealed
+            .iter()
+            .map(|sealed| {
+                let Some(sealed) = sealed else {
                     return Ok(None);
                 };
-                let key = keys.get(&subject).map(Arc::as_ref);
-                sealing::open(row.event_type, &mut payload, key)?;
-                Ok(Some(Value::Object(payload).to_string()))
+                let key = keys.get(&sealed.subject()).map(Arc::as_ref);
+                Ok(Some(sealed.open(key)?))
             })
             .collect()
     }
@@ -280,31 +278,19 @@ impl Sealer<'_> {
     }
 }
 
-/// A stored payload with sealed fields, parsed, and whose key opens them.
-struct Sealed {
-    payload: Map<String, Value>,
-    subject: Uuid,
-}
-
-impl Sealed {
-    /// `row`'s payload, if it has sealed fields.
-    fn of(row: &Stored<'_>) -> Result<Option<Self>, VaultError> {
-        if row.schema_version < SEALED_VERSION || personal::personal(row.event_type).is_none() {
-            return Ok(None);
-        }
-        let Value::Object(payload) = serde_json::from_str(row.payload)? else {
-            return Ok(None);
-        };
-        let subject = sealing::sealed_subject(row.event_type, &payload)?;
-        Ok(subject.map(|subject| Self { payload, subject }))
+/// `row`'s payload, if it has sealed fields.
+fn sealed<'a>(row: &Stored<'a>) -> Result<Option<SealedPayload<'a>>, OpenError> {
+    if row.schema_version < SEALED_VERSION || personal::personal(row.event_type).is_none() {
+        return Ok(None);
     }
+    SealedPayload::parse(row.event_type, row.payload)
 }
 
 impl Opener for Vault {
     fn open<'a>(
         &'a self,
         rows: &'a [Stored<'a>],
-    ) -> BoxFuture<'a, Result<Vec<Option<String>>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Vec<Option<Box<RawValue>>>, sqlx::Error>> {
         Box::pin(async move {
             self.open_all(rows).await.map_err(|error| match error {
                 VaultError::Database(error) => error,

@@ -16,6 +16,7 @@ use eventstore::scan::{ScanError, ScanPage};
 use eventstore::{EventStore, GlobalCheckpoint, RecordedEvent, Stored};
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::value::RawValue;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
@@ -548,7 +549,7 @@ struct Decoded {
 async fn open_scanned(
     store: &EventStore,
     page: &ScanPage,
-) -> Result<Vec<Option<String>>, ScanError> {
+) -> Result<Vec<Option<Box<RawValue>>>, ScanError> {
     let rows = page
         .events()
         .map(|scanned| {
@@ -563,7 +564,7 @@ async fn open_scanned(
 }
 
 /// `page` decoded, each payload as `opened` says where it does not read as stored.
-fn decode_scanned(page: &ScanPage, opened: &[Option<String>]) -> Result<Decoded, ScanError> {
+fn decode_scanned(page: &ScanPage, opened: &[Option<Box<RawValue>>]) -> Result<Decoded, ScanError> {
     let mut decoded = Decoded {
         events: page.len() as u64,
         last: None,
@@ -572,7 +573,7 @@ fn decode_scanned(page: &ScanPage, opened: &[Option<String>]) -> Result<Decoded,
     for (scanned, opened) in page.events().zip(opened) {
         let mut scanned = scanned?;
         if let Some(payload) = opened {
-            scanned.payload = payload;
+            scanned.payload = payload.get();
         }
         decoded.last = Some(scanned.checkpoint);
         if let Some(receiving) = projections_of_event(scanned.event_type)
