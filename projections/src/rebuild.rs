@@ -277,17 +277,24 @@ impl ShadowBuild<'_> {
             pool: shadow,
             slots: tokio::sync::Semaphore::new(SHADOW_CONNECTIONS),
         };
-        // The scan reads ahead on its own while the pages before are decoded (each on a thread
-        // of its own) and folded here.
+        // The scan reads ahead on its own while the pages before are opened and decoded (each
+        // in a task of its own, on other threads than the fold) and folded here.
         let decoded = store
             .scan(self.checkpoint, BULK_PAGE)
             .await?
-            .map(|page| async move {
-                let page = page?;
-                let opened = open_scanned(store, &page).await?;
-                tokio::task::spawn_blocking(move || decode_scanned(&page, &opened))
+            .map(|page| {
+                let store = store.clone();
+                async move {
+                    let page = page?;
+                    tokio::spawn(async move {
+                        let opened = open_scanned(&store, &page).await?;
+                        tokio::task::spawn_blocking(move || decode_scanned(&page, &opened))
+                            .await
+                            .expect("decoding does not panic")
+                    })
                     .await
-                    .expect("decoding does not panic")
+                    .expect("opening does not panic")
+                }
             })
             .buffered(READ_AHEAD);
         let mut decoded = std::pin::pin!(decoded);
