@@ -40,7 +40,9 @@ use uuid::Uuid;
 
 use crate::broker::{ScratchBroker, Servers, open_channel, open_confirm_channel};
 use crate::cpu::settle;
-use crate::load::{Drained, Timeline, WARMUP, latency_histogram, paced, wait_until};
+use crate::load::{
+    Drained, Timeline, WARMUP, announce_paced, latency_histogram, paced, wait_until,
+};
 use crate::profile::Profile;
 use crate::report::{self, Table};
 use crate::scratch::Scratch;
@@ -128,12 +130,7 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     drop(messages);
     let raw_queued = empty_queue(&channel, &queue).await?;
 
-    eprintln!(
-        "latency: {} appends/s, {} s warm-up + {} s…",
-        args.rate,
-        WARMUP.as_secs(),
-        args.seconds
-    );
+    announce_paced("latency", args.rate, "appends", args.seconds);
     let latency = latency_run(args, broker, &store, &queue).await?;
 
     setup.close(200, "done".into()).await.ok();
