@@ -303,6 +303,16 @@ impl Fields {
         }
     }
 
+    /// Records an error unless the body has at least one of the optional `fields` (each a name,
+    /// and whether the body has it): an update must change something.
+    pub fn require_any(&mut self, fields: &[(&str, bool)]) {
+        if !fields.iter().any(|(_, present)| *present) {
+            let names: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
+            let message = format!("at least one of {} is required", names.join(", "));
+            self.reject("body", &message);
+        }
+    }
+
     /// Records an error that involves no single parsed value.
     pub fn reject(&mut self, field: &str, message: &str) {
         self.0.push(FieldError::new(field, message));
