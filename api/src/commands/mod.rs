@@ -327,3 +327,30 @@ impl Fields {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(fields: Fields) -> Vec<(String, String)> {
+        match fields.finish() {
+            Ok(()) => vec![],
+            Err(ApiError::Validation(errors)) => {
+                errors.into_iter().map(|e| (e.field, e.message)).collect()
+            }
+            Err(other) => panic!("not a validation error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_update_naming_no_field_is_refused_with_every_field_named() {
+        let mut none = Fields::default();
+        none.require_any(&[("name", false), ("email", false), ("phone", false)]);
+        let message = "at least one of name, email, phone is required";
+        assert_eq!(errors(none), [("body".to_owned(), message.to_owned())]);
+
+        let mut one = Fields::default();
+        one.require_any(&[("name", false), ("email", true), ("phone", false)]);
+        assert!(errors(one).is_empty());
+    }
+}
