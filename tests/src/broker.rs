@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use hap_support::broker::consume_without_acks;
 use lapin::options::{
-    BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -79,16 +79,7 @@ impl Capture {
                 .await
                 .expect("bound");
         }
-        let mut consumer = channel
-            .basic_consume(
-                queue.into(),
-                "capture".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let mut consumer = consume_without_acks(&channel, &queue, "capture")
             .await
             .expect("consuming");
         let messages = Arc::new(Mutex::new(Vec::new()));
