@@ -131,14 +131,7 @@ async fn an_erased_patient_is_nowhere_readable_and_their_future_is_cancelled() {
     let patient = hap_tests::id_of(response).await;
     let physician = app.register_physician("CRM-ERASE-1").await;
     let consultation = scheduled(&system, patient, physician, 9).await;
-    let response = app
-        .post_expecting(
-            &format!("/consultations/{consultation}/records"),
-            json!({"content": NOTE}),
-            201,
-        )
-        .await;
-    let record = hap_tests::id_of(response).await;
+    let record = app.write_record(consultation, NOTE).await;
     let shown = once(app, &format!("/records/{record}"), |r| r["content"] == NOTE).await;
     assert_eq!(shown["content"], NOTE, "the record is read in clear before");
     for needle in [NAME, DOCUMENT, EMAIL, NOTE] {

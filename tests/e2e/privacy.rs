@@ -127,15 +127,9 @@ async fn personal_fields_are_sealed_at_rest_and_read_back_in_clear() {
     let (patient, physician) = app.register_patient_and_physician().await;
     let consultation = app.request_consultation(patient, physician).await;
     app.schedule(consultation, patient, physician).await;
-    let created = app
-        .post_expecting(
-            &format!("/consultations/{consultation}/records"),
-            json!({"content": "CONTENT-FIRST"}),
-            201,
-        )
-        .await;
-    let location = created.headers()["location"].to_str().unwrap().to_owned();
-    app.patch_expecting(&location, json!({"content": "CONTENT-SECOND"}), 200)
+    let record = app.write_record(consultation, "CONTENT-FIRST").await;
+    let path = format!("/records/{record}");
+    app.patch_expecting(&path, json!({"content": "CONTENT-SECOND"}), 200)
         .await;
 
     // Nothing personal is in the events table, in any event.
