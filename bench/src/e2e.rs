@@ -32,7 +32,10 @@ use uuid::Uuid;
 use crate::broker::{ScratchBroker, Servers};
 use crate::cpu::settle;
 use crate::database::ScratchDatabase;
-use crate::load::{Outcome, PoolUsage, Timeline, WARMUP, latency_histogram, paced, sample_pool};
+use crate::load::{
+    Outcome, PoolUsage, Timeline, WARMUP, announce_paced, keep_alive_client, latency_histogram,
+    paced, sample_pool,
+};
 use crate::patient::BenchPatient;
 use crate::profile::Profile;
 use crate::raw;
@@ -67,31 +70,16 @@ const TARGET_P99_MS: f64 = 25.0;
 /// Runs the benchmark on the scratch servers that [`scratch::run`] opened.
 pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     settle().await;
-    eprintln!(
-        "HAP run: {} pairs/s, {} s warm-up + {} s…",
-        args.rate,
-        WARMUP.as_secs(),
-        args.seconds
-    );
+    announce_paced("HAP run", args.rate, "pairs", args.seconds);
     let (hap, legs) = hap_run(args.pace(), scratch.database, scratch.broker, scratch.pool).await?;
 
     // As many connections as HAP's.
     let raw_pool = raw::events_pool(scratch.database, POOL_SIZE, Duration::from_secs(30)).await?;
     settle().await;
-    eprintln!(
-        "raw SQL run: {} pairs/s, {} s warm-up + {} s…",
-        args.rate,
-        WARMUP.as_secs(),
-        args.seconds
-    );
+    announce_paced("raw SQL run", args.rate, "pairs", args.seconds);
     let raw = raw_run(args, &raw_pool).await?;
     settle().await;
-    eprintln!(
-        "raw pipeline run: {} pairs/s, {} s warm-up + {} s…",
-        args.rate,
-        WARMUP.as_secs(),
-        args.seconds
-    );
+    announce_paced("raw pipeline run", args.rate, "pairs", args.seconds);
     let raw_pipeline = pipeline::run(args, scratch.broker, &raw_pool).await?;
     raw_pool.close().await;
 
@@ -223,14 +211,8 @@ pub async fn hap_run(
     let address = hap.server.address;
     let read_pool = hap.app.read.pool.clone();
 
-    // One client for all pairs, keeping connections open between requests, so connection
-    // set-up is not measured (beyond the first requests of the warm-up).
-    let client = reqwest::Client::builder()
-        .http1_only()
-        .no_proxy()
-        .pool_max_idle_per_host(args.max_in_flight as usize)
-        .build()
-        .context("Failed to build the HTTP client")?;
+    // One client for all pairs.
+    let client = keep_alive_client(args.max_in_flight)?;
     let base: Arc<str> = format!("http://{address}").into();
     let legs = Arc::new(Mutex::new(Legs::new()));
 

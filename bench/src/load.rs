@@ -172,6 +172,26 @@ where
     Ok(total)
 }
 
+/// Says on stderr that a paced run starts: `{run}: {rate} {per}/s, 1 s warm-up + {seconds} s…`.
+pub fn announce_paced(run: &str, rate: u64, per: &str, seconds: u64) {
+    eprintln!(
+        "{run}: {rate} {per}/s, {} s warm-up + {seconds} s…",
+        WARMUP.as_secs()
+    );
+}
+
+/// The HTTP client of a paced run: HTTP/1.1, keeping up to `max_in_flight` connections open
+/// between requests, so that connection set-up is not measured (beyond the warm-up's first
+/// requests).
+pub fn keep_alive_client(max_in_flight: u32) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .http1_only()
+        .no_proxy()
+        .pool_max_idle_per_host(max_in_flight as usize)
+        .build()
+        .context("Failed to build the HTTP client")
+}
+
 /// Runs `op(n)` at a steady `rate` per second over `timeline`: operation `n` is due `n / rate`
 /// seconds after the start and is started then, in a task of its own, whether or not earlier
 /// ones have been answered, up to `max_in_flight` at once (beyond that the schedule slips, and

@@ -32,8 +32,7 @@ use domain::service::Service;
 use eventstore::EventStore;
 use futures::{FutureExt, StreamExt};
 use lapin::Channel;
-use lapin::options::{BasicAckOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use messaging::QueueNames;
 use messaging::queues::declare_bound;
 use projections::queues::{QUEUES, QueueSpec};
@@ -272,12 +271,7 @@ async fn fill(store: &EventStore, patients: u64) -> anyhow::Result<u64> {
 
 /// Messages ready in `queue`.
 async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let declared = channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
+    let declared = messaging::queues::look_up(channel, queue)
         .await
         .with_context(|| format!("Failed to read the depth of {queue}"))?;
     Ok(declared.message_count())

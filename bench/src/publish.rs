@@ -29,10 +29,8 @@ use domain::event::PhysicianUpdated;
 use domain::ids::PhysicianId;
 use eventstore::{EventStore, GlobalCheckpoint};
 use futures::StreamExt;
-use hap_support::broker::confirmed;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueuePurgeOptions,
-};
+use hap_support::broker::{confirmed, consume_without_acks};
+use lapin::options::{BasicPublishOptions, QueueBindOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use messaging::{Outgoing, PublisherSettings};
@@ -40,7 +38,9 @@ use uuid::Uuid;
 
 use crate::broker::{ScratchBroker, Servers, open_channel, open_confirm_channel};
 use crate::cpu::settle;
-use crate::load::{Drained, Timeline, WARMUP, latency_histogram, paced, wait_until};
+use crate::load::{
+    Drained, Timeline, WARMUP, announce_paced, latency_histogram, paced, wait_until,
+};
 use crate::profile::Profile;
 use crate::report::{self, Table};
 use crate::scratch::Scratch;
@@ -128,12 +128,7 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     drop(messages);
     let raw_queued = empty_queue(&channel, &queue).await?;
 
-    eprintln!(
-        "latency: {} appends/s, {} s warm-up + {} s…",
-        args.rate,
-        WARMUP.as_secs(),
-        args.seconds
-    );
+    announce_paced("latency", args.rate, "appends", args.seconds);
     let latency = latency_run(args, broker, &store, &queue).await?;
 
     setup.close(200, "done".into()).await.ok();
@@ -347,18 +342,7 @@ async fn latency_run(
     let arrivals: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
     let consumer = broker.connect("latency consumer").await?;
     let channel = open_channel(&consumer).await?;
-    let mut deliveries = channel
-        .basic_consume(
-            queue.into(),
-            "hap-bench".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("Failed to consume {queue}"))?;
+    let mut deliveries = consume_without_acks(&channel, queue, "hap-bench").await?;
     let sink = Arc::clone(&arrivals);
     let receiving = tokio::spawn(async move {
         while let Some(Ok(delivery)) = deliveries.next().await {

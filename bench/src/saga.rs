@@ -55,7 +55,9 @@ use uuid::Uuid;
 use crate::broker::Servers;
 use crate::cpu::{CpuWindow, MachineCpu, settle};
 use crate::e2e::{self, Pace};
-use crate::load::{Drained, Outcome, Timeline, WARMUP, latency_histogram, paced};
+use crate::load::{
+    Drained, Outcome, Timeline, WARMUP, announce_paced, keep_alive_client, latency_histogram, paced,
+};
 use crate::profile::Profile;
 use crate::report::{Facts, Table};
 use crate::scratch::Scratch;
@@ -121,12 +123,7 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     let mut settings = system::settings(database, broker);
     settings.scheduling_timeout_ms = SCHEDULING_TIMEOUT.as_millis() as u64;
     let hap = Hap::start(broker, database, &pool, settings, true).await?;
-    let client = reqwest::Client::builder()
-        .http1_only()
-        .no_proxy()
-        .pool_max_idle_per_host(args.max_in_flight as usize)
-        .build()
-        .context("Failed to build the HTTP client")?;
+    let client = keep_alive_client(args.max_in_flight)?;
     let base: Arc<str> = hap.server.base_url().into();
 
     // Paced operations are numbered from 0 and due before the end of their window; the burst's
@@ -144,12 +141,7 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     };
 
     settle().await;
-    eprintln!(
-        "paced: {} requests/s, {} s warm-up + {} s…",
-        args.rate,
-        WARMUP.as_secs(),
-        args.seconds
-    );
+    announce_paced("paced", args.rate, "requests", args.seconds);
     let (scheduling, posts) = paced_run(args, &ctx).await?;
     let hops = hops(&pool).await?;
     let inside = inside_hops(&ctx).await?;
@@ -165,12 +157,7 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     hap.stop().await?;
 
     settle().await;
-    eprintln!(
-        "floor (e2e's HAP run): {} pairs/s, {} s warm-up + {} s…",
-        args.rate,
-        WARMUP.as_secs(),
-        args.seconds
-    );
+    announce_paced("floor (e2e's HAP run)", args.rate, "pairs", args.seconds);
     let pace = Pace {
         rate: args.rate,
         seconds: args.seconds,

@@ -14,10 +14,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use lapin::Channel;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -442,14 +439,7 @@ impl Consumer {
             (&self.names.main, "hap_projector_queue_depth"),
             (&self.names.dead_letters, "hap_dead_letter_queue_depth"),
         ] {
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            };
-            if let Ok(declared) = channel
-                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-                .await
-            {
+            if let Ok(declared) = crate::queues::look_up(channel, queue).await {
                 let depth = declared.message_count();
                 metrics::gauge!(metric, "queue" => queue.clone()).set(f64::from(depth));
                 if queue == &self.names.main && depth == 0 {

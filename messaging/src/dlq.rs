@@ -4,8 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
-    QueuePurgeOptions,
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 
@@ -119,17 +118,7 @@ async fn visit(
         .await?;
     // Only what is there now: a replayed message that fails again comes back to this queue,
     // and must not be taken a second time.
-    let waiting = channel
-        .queue_declare(
-            dlq.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?
-        .message_count();
+    let waiting = crate::queues::look_up(&channel, dlq).await?.message_count();
     let mut seen = Vec::new();
     let mut resolved = 0;
     let mut kept = Vec::new();

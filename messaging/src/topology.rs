@@ -145,13 +145,7 @@ impl Topology {
             tracing::warn!(queue = name, %refusal, "an existing queue keeps the arguments it was declared with; delete it (once empty) to have it declared anew");
         }
         let channel = connection.create_channel().await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        channel
-            .queue_declare(name.into(), passive, FieldTable::default())
-            .await?;
+        crate::queues::look_up(&channel, name).await?;
         close(channel).await
     }
 }

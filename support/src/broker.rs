@@ -1,7 +1,9 @@
 //! RabbitMQ: scratch exchange prefixes, and publishing straight into a queue with a confirm.
 
 use anyhow::{Context, bail};
-use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
+use lapin::options::BasicConsumeOptions;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation, Consumer, PublisherConfirm};
 
 /// `{label}{random}`: an exchange prefix no other test or run uses (12 hex digits of a v4 UUID,
 /// as for scratch databases).
@@ -26,6 +28,23 @@ pub async fn publish_to_queue(
         .with_context(|| format!("basic.publish to {queue} failed"))?;
     anyhow::ensure!(stored, "{queue} did not take the message");
     Ok(())
+}
+
+/// Consumes `queue` on `channel` as `tag`, without acks: a delivery is taken as it is sent,
+/// which is all a listener that only looks at what arrives needs.
+pub async fn consume_without_acks(
+    channel: &Channel,
+    queue: &str,
+    tag: &str,
+) -> anyhow::Result<Consumer> {
+    let options = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    channel
+        .basic_consume(queue.into(), tag.into(), options, FieldTable::default())
+        .await
+        .with_context(|| format!("Failed to consume {queue}"))
 }
 
 /// Waits for a publish's confirm; anything but a plain ack is an error.

@@ -200,10 +200,9 @@ async fn a_stale_cache_entry_never_causes_a_wrong_decision() {
     let second = TestApp::start(&db).await;
     let id = first.register_patient("DOC-1").await;
     // `first` now caches the patient as active; `second` deactivates it.
-    let deactivated = second
-        .post(&format!("/patients/{id}/deactivate"), json!({}))
+    second
+        .post_expecting(&format!("/patients/{id}/deactivate"), json!({}), 200)
         .await;
-    assert_eq!(deactivated.status(), StatusCode::OK);
 
     let update = first
         .patch(&format!("/patients/{id}"), json!({"name": "Other"}))
@@ -229,10 +228,8 @@ async fn every_malformed_request_is_refused_with_its_status_and_appends_nothing(
         .unwrap();
     assert_eq!(not_json.status(), StatusCode::BAD_REQUEST);
     problem(not_json).await;
-    let bad_id = app
-        .patch("/patients/not-a-uuid", json!({"name": "X"}))
+    app.patch_expecting("/patients/not-a-uuid", json!({"name": "X"}), 400)
         .await;
-    assert_eq!(bad_id.status(), StatusCode::BAD_REQUEST);
     let bad_if_match = app
         .request(Method::PATCH, &format!("/patients/{id}"))
         .header("If-Match", "yesterday")
@@ -244,12 +241,12 @@ async fn every_malformed_request_is_refused_with_its_status_and_appends_nothing(
 
     // 404: an unknown patient.
     let unknown = app
-        .patch(
+        .patch_expecting(
             &format!("/patients/{}", Uuid::now_v7()),
             json!({"name": "X"}),
+            404,
         )
         .await;
-    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
     problem(unknown).await;
 
     // 413: a body over 64 KiB.
@@ -310,8 +307,8 @@ async fn every_malformed_request_is_refused_with_its_status_and_appends_nothing(
         let problem = problem(response).await;
         assert_eq!(problem["errors"][0]["field"], field, "{problem}");
     }
-    let empty_update = app.patch(&format!("/patients/{id}"), json!({})).await;
-    assert_eq!(empty_update.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    app.patch_expecting(&format!("/patients/{id}"), json!({}), 422)
+        .await;
 
     assert_eq!(
         app.event_count().await,
@@ -324,13 +321,12 @@ async fn every_malformed_request_is_refused_with_its_status_and_appends_nothing(
 async fn a_deactivated_patient_cannot_be_changed() {
     let (_db, app) = start_app().await;
     let id = app.register_patient("DOC-1").await;
-    let deactivate = app
-        .post(
-            &format!("/patients/{id}/deactivate"),
-            json!({"reason": "moved"}),
-        )
-        .await;
-    assert_eq!(deactivate.status(), StatusCode::OK);
+    app.post_expecting(
+        &format!("/patients/{id}/deactivate"),
+        json!({"reason": "moved"}),
+        200,
+    )
+    .await;
     // Deactivating again changes nothing and succeeds; a body is optional.
     let again = app
         .request(Method::POST, &format!("/patients/{id}/deactivate"))
@@ -357,28 +353,22 @@ async fn physicians_are_registered_updated_and_deactivated() {
     let (_db, app) = start_app().await;
     let id = app.register_physician("CRM-1").await;
 
-    let duplicate = app
-        .post(
-            "/physicians",
-            json!({"name": "Other", "specialty": "x", "licenseNumber": "CRM-1"}),
-        )
+    app.post_expecting(
+        "/physicians",
+        json!({"name": "Other", "specialty": "x", "licenseNumber": "CRM-1"}),
+        409,
+    )
+    .await;
+    app.patch_expecting(
+        &format!("/physicians/{id}"),
+        json!({"specialty": "neurology"}),
+        200,
+    )
+    .await;
+    app.post_expecting(&format!("/physicians/{id}/deactivate"), json!({}), 200)
         .await;
-    assert_eq!(duplicate.status(), StatusCode::CONFLICT);
-    let update = app
-        .patch(
-            &format!("/physicians/{id}"),
-            json!({"specialty": "neurology"}),
-        )
+    app.patch_expecting(&format!("/physicians/{id}"), json!({"name": "Dr. X"}), 409)
         .await;
-    assert_eq!(update.status(), StatusCode::OK);
-    let deactivate = app
-        .post(&format!("/physicians/{id}/deactivate"), json!({}))
-        .await;
-    assert_eq!(deactivate.status(), StatusCode::OK);
-    let after = app
-        .patch(&format!("/physicians/{id}"), json!({"name": "Dr. X"}))
-        .await;
-    assert_eq!(after.status(), StatusCode::CONFLICT);
     assert_eq!(app.event_count().await, 3);
 }
 
@@ -462,38 +452,27 @@ async fn only_a_scheduled_consultation_can_be_updated_completed_or_cancelled() {
     let id = app.request_consultation(patient, physician).await;
     let before = app.event_count().await;
 
-    let requested_update = app
-        .patch(&format!("/consultations/{id}"), json!({"notes": "n"}))
+    app.patch_expecting(&format!("/consultations/{id}"), json!({"notes": "n"}), 409)
         .await;
-    assert_eq!(requested_update.status(), StatusCode::CONFLICT);
-    let requested_complete = app
-        .post(&format!("/consultations/{id}/complete"), json!({}))
+    app.post_expecting(&format!("/consultations/{id}/complete"), json!({}), 409)
         .await;
-    assert_eq!(requested_complete.status(), StatusCode::CONFLICT);
     assert_eq!(app.event_count().await, before);
 
     app.schedule(id, patient, physician).await;
-    let update = app
-        .patch(
-            &format!("/consultations/{id}"),
-            json!({"notes": "bring exams"}),
-        )
+    app.patch_expecting(
+        &format!("/consultations/{id}"),
+        json!({"notes": "bring exams"}),
+        200,
+    )
+    .await;
+    app.post_expecting(&format!("/consultations/{id}/cancel"), json!({}), 422)
         .await;
-    assert_eq!(update.status(), StatusCode::OK);
-    let cancel_without_reason = app
-        .post(&format!("/consultations/{id}/cancel"), json!({}))
-        .await;
-    assert_eq!(
-        cancel_without_reason.status(),
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
-    let cancel = app
-        .post(
-            &format!("/consultations/{id}/cancel"),
-            json!({"reason": "ill"}),
-        )
-        .await;
-    assert_eq!(cancel.status(), StatusCode::ACCEPTED);
+    app.post_expecting(
+        &format!("/consultations/{id}/cancel"),
+        json!({"reason": "ill"}),
+        202,
+    )
+    .await;
     let complete = app
         .post(&format!("/consultations/{id}/complete"), json!({}))
         .await;
@@ -509,45 +488,40 @@ async fn records_are_written_to_scheduled_consultations_and_frozen_once_voided()
     let (_db, app) = start_app().await;
     let (patient, physician) = app.register_patient_and_physician().await;
     let id = app.request_consultation(patient, physician).await;
-    let on_requested = app
-        .post(
-            &format!("/consultations/{id}/records"),
-            json!({"content": "x"}),
-        )
-        .await;
-    assert_eq!(on_requested.status(), StatusCode::CONFLICT);
-    let on_unknown = app
-        .post(
-            &format!("/consultations/{}/records", Uuid::now_v7()),
-            json!({"content": "x"}),
-        )
-        .await;
-    assert_eq!(on_unknown.status(), StatusCode::NOT_FOUND);
+    app.post_expecting(
+        &format!("/consultations/{id}/records"),
+        json!({"content": "x"}),
+        409,
+    )
+    .await;
+    app.post_expecting(
+        &format!("/consultations/{}/records", Uuid::now_v7()),
+        json!({"content": "x"}),
+        404,
+    )
+    .await;
 
     app.schedule(id, patient, physician).await;
     let created = app
-        .post(
+        .post_expecting(
             &format!("/consultations/{id}/records"),
             json!({"content": "BP 12/8"}),
+            201,
         )
         .await;
-    assert_eq!(created.status(), StatusCode::CREATED);
     let location = created.headers()["location"].to_str().unwrap().to_owned();
     let record = id_of(created).await;
     assert_eq!(location, format!("/records/{record}"));
-    let updated = app.patch(&location, json!({"content": "BP 13/8"})).await;
-    assert_eq!(updated.status(), StatusCode::OK);
-    let too_long = app
-        .patch(&location, json!({"content": "x".repeat(20_001)}))
+    app.patch_expecting(&location, json!({"content": "BP 13/8"}), 200)
         .await;
-    assert_eq!(too_long.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let unknown = app
-        .patch(
-            &format!("/records/{}", Uuid::now_v7()),
-            json!({"content": "x"}),
-        )
+    app.patch_expecting(&location, json!({"content": "x".repeat(20_001)}), 422)
         .await;
-    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    app.patch_expecting(
+        &format!("/records/{}", Uuid::now_v7()),
+        json!({"content": "x"}),
+        404,
+    )
+    .await;
 
     let consultation = ConsultationId::from(id);
     let voided = Event::ConsultationRecordsVoided(ConsultationRecordsVoided {
@@ -556,8 +530,8 @@ async fn records_are_written_to_scheduled_consultations_and_frozen_once_voided()
     });
     app.append_event(RecordBook::stream_id(consultation), &voided)
         .await;
-    let after_voiding = app.patch(&location, json!({"content": "BP 14/8"})).await;
-    assert_eq!(after_voiding.status(), StatusCode::CONFLICT);
+    app.patch_expecting(&location, json!({"content": "BP 14/8"}), 409)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

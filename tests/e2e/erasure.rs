@@ -121,24 +121,17 @@ async fn an_erased_patient_is_nowhere_readable_and_their_future_is_cancelled() {
     let system = System::start_with(&db, NEVER, Parts::ALL, tokens::keyed_settings()).await;
     let app = &system.app;
     let response = app
-        .post(
+        .post_expecting(
             "/patients",
             json!({"name": NAME, "birthDate": "1971-03-09", "documentNumber": DOCUMENT,
                    "email": EMAIL, "phone": "+55 11 90000-7788"}),
+            201,
         )
         .await;
-    assert_eq!(response.status(), 201);
     let patient = hap_tests::id_of(response).await;
     let physician = app.register_physician("CRM-ERASE-1").await;
     let consultation = scheduled(&system, patient, physician, 9).await;
-    let response = app
-        .post(
-            &format!("/consultations/{consultation}/records"),
-            json!({"content": NOTE}),
-        )
-        .await;
-    assert_eq!(response.status(), 201);
-    let record = hap_tests::id_of(response).await;
+    let record = app.write_record(consultation, NOTE).await;
     let shown = once(app, &format!("/records/{record}"), |r| r["content"] == NOTE).await;
     assert_eq!(shown["content"], NOTE, "the record is read in clear before");
     for needle in [NAME, DOCUMENT, EMAIL, NOTE] {
@@ -277,13 +270,12 @@ async fn an_erased_physician_shows_erased_and_their_license_is_free_again() {
     let physician = app.register_physician("CRM-ERASE-2").await;
     let consultation = scheduled(&system, patient, physician, 10).await;
 
-    let response = app
-        .post(
-            &format!("/physicians/{physician}/erase"),
-            json!({"reason": "the physician asked"}),
-        )
-        .await;
-    assert_eq!(response.status(), 202);
+    app.post_expecting(
+        &format!("/physicians/{physician}/erase"),
+        json!({"reason": "the physician asked"}),
+        202,
+    )
+    .await;
     let erased = once(app, &format!("/physicians/{physician}"), |p| {
         p["status"] == "erased"
     })
@@ -471,13 +463,12 @@ async fn a_store_of_the_release_before_is_read_migrated_erased_and_rebuilt_ident
         Vec::<String>::new()
     );
 
-    let response = app
-        .post(
-            &format!("/patients/{patient}/erase"),
-            json!({"reason": "asked"}),
-        )
-        .await;
-    assert_eq!(response.status(), 202);
+    app.post_expecting(
+        &format!("/patients/{patient}/erase"),
+        json!({"reason": "asked"}),
+        202,
+    )
+    .await;
     assert!(content_is(None).await, "the record's content is gone");
     let erased = once(app, &format!("/patients/{patient}"), |p| {
         p["status"] == "erased"

@@ -31,9 +31,8 @@ async fn a_document_number_is_claimed_as_a_keyed_hash_and_still_unique() {
     assert_eq!(claims_holding(&db, "hmac-sha256:").await, 1);
 
     let again = app
-        .post("/patients", hap_tests::patient("DOC-PRIVATE-1"))
+        .post_expecting("/patients", hap_tests::patient("DOC-PRIVATE-1"), 409)
         .await;
-    assert_eq!(again.status(), 409);
     let detail = again.text().await.unwrap();
     assert!(
         detail.contains("documentNumber") && detail.contains("DOC-PRIVATE-1"),
@@ -71,8 +70,8 @@ async fn clear_claims_of_an_earlier_release_are_hashed_and_still_conflict() {
     assert_eq!(claims_holding(&db, "kept-as-is").await, 1, "lookups stay");
 
     let app = hap_tests::TestApp::start_with(&db, hap_tests::tokens::keyed_settings()).await;
-    let taken = app.post("/patients", hap_tests::patient("DOC-OLD-1")).await;
-    assert_eq!(taken.status(), 409);
+    app.post_expecting("/patients", hap_tests::patient("DOC-OLD-1"), 409)
+        .await;
 
     // A process of the earlier release, still running, claims the same value in clear: the
     // next hashing reports both owners' duplicate instead of failing on the claims' key.
@@ -128,18 +127,10 @@ async fn personal_fields_are_sealed_at_rest_and_read_back_in_clear() {
     let (patient, physician) = app.register_patient_and_physician().await;
     let consultation = app.request_consultation(patient, physician).await;
     app.schedule(consultation, patient, physician).await;
-    let created = app
-        .post(
-            &format!("/consultations/{consultation}/records"),
-            json!({"content": "CONTENT-FIRST"}),
-        )
+    let record = app.write_record(consultation, "CONTENT-FIRST").await;
+    let path = format!("/records/{record}");
+    app.patch_expecting(&path, json!({"content": "CONTENT-SECOND"}), 200)
         .await;
-    assert_eq!(created.status(), 201);
-    let location = created.headers()["location"].to_str().unwrap().to_owned();
-    let updated = app
-        .patch(&location, json!({"content": "CONTENT-SECOND"}))
-        .await;
-    assert_eq!(updated.status(), 200);
 
     // Nothing personal is in the events table, in any event.
     for personal in [

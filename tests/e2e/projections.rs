@@ -4,12 +4,14 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use eventstore::{Append, EventStore, Metadata, NewEvent, RecordedEvent, StreamVersion};
+use eventstore::{EventStore, NewEvent, RecordedEvent, StreamVersion};
 use hap_tests::broker::{
     close_connection, connections_named, dead_letter, delete_instance_queues, drain, header,
     publish_to_queue, queue_counts, unique_prefix, wait_for_queue,
 };
-use hap_tests::{TestApp, TestDb, caught_up, eventually, start_projectors, start_publisher};
+use hap_tests::{
+    TestApp, TestDb, caught_up, eventually, plain_append, start_projectors, start_publisher,
+};
 use lapin::BasicProperties;
 use messaging::{Envelope, Outgoing, QueueNames};
 use projections::ReadModel;
@@ -58,27 +60,8 @@ async fn patient_history(store: &EventStore, names: &[&str]) -> Vec<RecordedEven
             schema_version: 1,
         });
     }
-    store
-        .append(Append {
-            stream_id: stream,
-            aggregate_type: "patient".into(),
-            expected: StreamVersion::EMPTY,
-            events,
-            claims: vec![],
-            remember: None,
-            metadata: Metadata {
-                tenant_id: "default".into(),
-                correlation_id: "test".into(),
-                causation_id: None,
-                actor_id: None,
-            },
-            deadlines: vec![],
-            ends: None,
-            erases: None,
-            new_keys: vec![],
-        })
-        .await
-        .unwrap();
+    let append = plain_append(stream, "patient", StreamVersion::EMPTY, events);
+    store.append(append).await.unwrap();
     store
         .read_stream(stream, StreamVersion::EMPTY)
         .await

@@ -8,9 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use domain::event::route;
 use eventstore::read::Fence;
-use eventstore::{
-    Append, EventStore, GlobalCheckpoint, Metadata, NewEvent, RecordedEvent, StreamVersion,
-};
+use eventstore::{Append, EventStore, GlobalCheckpoint, NewEvent, RecordedEvent, StreamVersion};
 use futures::future::join_all;
 use hap_tests::broker::{
     Capture, Captured, body, close_connection, connections_named, header, topology_exists,
@@ -18,7 +16,7 @@ use hap_tests::broker::{
 };
 use hap_tests::process::spawn_hap;
 use hap_tests::publishing::Publishing;
-use hap_tests::{TestApp, TestDb, start_publisher};
+use hap_tests::{TestApp, TestDb, plain_append, start_publisher};
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -28,32 +26,16 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// `count` PhysicianUpdated events for one stream, from version `after + 1`.
 fn renames(stream: Uuid, after: u64, count: u64) -> Append {
-    Append {
-        stream_id: stream,
-        aggregate_type: "physician".into(),
-        expected: StreamVersion::new(after),
-        events: (after + 1..=after + count)
-            .map(|v| NewEvent {
-                event_id: Uuid::now_v7(),
-                event_type: "PhysicianUpdated".into(),
-                payload: json!({"physicianId": stream, "name": format!("Dr. {v}")}),
-                occurred_at: Utc::now(),
-                schema_version: 1,
-            })
-            .collect(),
-        claims: vec![],
-        remember: None,
-        metadata: Metadata {
-            tenant_id: "default".into(),
-            correlation_id: Uuid::now_v7().to_string(),
-            causation_id: None,
-            actor_id: None,
-        },
-        deadlines: vec![],
-        ends: None,
-        erases: None,
-        new_keys: vec![],
-    }
+    let events = (after + 1..=after + count)
+        .map(|v| NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "PhysicianUpdated".into(),
+            payload: json!({"physicianId": stream, "name": format!("Dr. {v}")}),
+            occurred_at: Utc::now(),
+            schema_version: 1,
+        })
+        .collect();
+    plain_append(stream, "physician", StreamVersion::new(after), events)
 }
 
 /// Keeps appending (40 appends of 25 events on fresh streams, 25 ms apart) while a test breaks

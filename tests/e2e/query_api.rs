@@ -189,8 +189,9 @@ async fn start_app_waiting(ms: u64) -> (TestDb, TestApp) {
 
 /// Registers a patient through the command API; returns its id and the position token.
 async fn register(app: &TestApp, document_number: &str) -> (Uuid, String) {
-    let response = app.post("/patients", patient(document_number)).await;
-    assert_eq!(response.status(), StatusCode::CREATED);
+    let response = app
+        .post_expecting("/patients", patient(document_number), 201)
+        .await;
     let body: Value = response.json().await.unwrap();
     (
         body["id"].as_str().unwrap().parse().unwrap(),

@@ -325,18 +325,12 @@ async fn fold_every_kind_of_event(instance: &'static str, chunk_events: usize) {
     ] {
         app.patch_expecting(&path, changes, 200).await;
     }
-    let path = format!("/consultations/{first}/records");
-    let record = app
-        .post_expecting(&path, json!({"content": "BP 12/8"}), 201)
-        .await;
-    let record = hap_tests::id_of(record).await;
+    let record = app.write_record(first, "BP 12/8").await;
     let path = format!("/records/{record}");
     app.patch_expecting(&path, json!({"content": "BP 13/8"}), 200)
         .await;
     for (consultation, content) in [(first, "second note"), (second, "to be voided")] {
-        let path = format!("/consultations/{consultation}/records");
-        app.post_expecting(&path, json!({"content": content}), 201)
-            .await;
+        app.write_record(consultation, content).await;
     }
     // The cancellation saga's steps, by hand.
     let path = format!("/consultations/{second}/cancel");

@@ -274,8 +274,7 @@ async fn a_consultation_whose_patient_or_physician_is_deactivated_while_it_is_sc
         format!("/patients/{patient}/deactivate"),
         format!("/physicians/{physician}/deactivate"),
     ] {
-        let response = system.app.post(&path, json!({})).await;
-        assert_eq!(response.status(), 200);
+        system.app.post_expecting(&path, json!({}), 200).await;
     }
     for (id, reason) in [
         (of_patient, "patient_invalid"),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Duration as Span, Utc};
 use hap_tests::system::{Parts, System};
-use hap_tests::{TestDb, eventually, id_of};
+use hap_tests::{TestDb, eventually};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -340,13 +340,8 @@ async fn cancelling_voids_the_records_and_frees_the_slot() {
     let without = scheduled(&system, patient, physician, tomorrow_at(10, 0)).await;
     let record = system
         .app
-        .post_expecting(
-            &format!("/consultations/{with_records}/records"),
-            json!({"content": "allergic to penicillin"}),
-            201,
-        )
+        .write_record(with_records, "allergic to penicillin")
         .await;
-    let record = id_of(record).await;
 
     for id in [with_records, without] {
         let path = format!("/consultations/{id}/cancel");

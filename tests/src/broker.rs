@@ -5,12 +5,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use hap_support::broker::consume_without_acks;
 use lapin::options::{
-    BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use messaging::queues::look_up;
 
 /// What a test sees of a delivered message.
 #[derive(Debug, Clone)]
@@ -79,16 +80,7 @@ impl Capture {
                 .await
                 .expect("bound");
         }
-        let mut consumer = channel
-            .basic_consume(
-                queue.into(),
-                "capture".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let mut consumer = consume_without_acks(&channel, &queue, "capture")
             .await
             .expect("consuming");
         let messages = Arc::new(Mutex::new(Vec::new()));
@@ -205,15 +197,7 @@ pub async fn wait_for_queue(queue: &str) {
     for _ in 0..400 {
         // A failed passive declare closes the channel, so each try gets a new one.
         let channel = connection.create_channel().await.expect("a channel");
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        if channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await
-            .is_ok()
-        {
+        if look_up(&channel, queue).await.is_ok() {
             connection.close(200, "done".into()).await.ok();
             return;
         }
@@ -228,14 +212,7 @@ pub async fn wait_for_queue(queue: &str) {
 pub async fn queue_exists(connection: &Connection, queue: &str) -> bool {
     // A failed passive declare closes the channel, so each check gets a new one.
     let channel = connection.create_channel().await.expect("a channel");
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    match channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-    {
+    match look_up(&channel, queue).await {
         Ok(_) => true,
         Err(error) => {
             let gone =
@@ -273,14 +250,7 @@ pub async fn topology_exists(prefix: &str) -> bool {
             .is_ok();
     }
     let channel = connection.create_channel().await.expect("a channel");
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    exists &= channel
-        .queue_declare(topology.unrouted().into(), passive, FieldTable::default())
-        .await
-        .is_ok();
+    exists &= look_up(&channel, &topology.unrouted()).await.is_ok();
     connection.close(200, "done".into()).await.ok();
     exists
 }

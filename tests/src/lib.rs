@@ -463,6 +463,13 @@ impl TestApp {
         id_of(self.post_expecting("/consultations", body, 202).await).await
     }
 
+    /// Writes a clinical record for `consultation` (scheduled or done) and returns its id.
+    pub async fn write_record(&self, consultation: Uuid, content: &str) -> Uuid {
+        let path = format!("/consultations/{consultation}/records");
+        let body = serde_json::json!({ "content": content });
+        id_of(self.post_expecting(&path, body, 201).await).await
+    }
+
     /// Appends an event to a stream as a saga step would (the sagas run elsewhere).
     pub async fn append_event(&self, stream: Uuid, event: &domain::Event) {
         let store = EventStore::new(self.pool.clone());

@@ -137,9 +137,10 @@ async fn update(
     Command { body, context }: Command<UpdateConsultation>,
 ) -> Result<Response, ApiError> {
     let mut fields = Fields::default();
-    if body.reason.is_none() && body.notes.is_none() {
-        fields.reject("body", "at least one of reason, notes is required");
-    }
+    fields.require_any(&[
+        ("reason", body.reason.is_some()),
+        ("notes", body.notes.is_some()),
+    ]);
     let reason = fields.check_optional("reason", body.reason.as_deref(), Reason::parse);
     let notes = fields.check_optional("notes", body.notes.as_deref(), Notes::parse);
     fields.finish()?;

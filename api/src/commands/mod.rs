@@ -303,6 +303,16 @@ impl Fields {
         }
     }
 
+    /// Records an error unless the body has at least one of the optional `fields` (each a name,
+    /// and whether the body has it): an update must change something.
+    pub fn require_any(&mut self, fields: &[(&str, bool)]) {
+        if !fields.iter().any(|(_, present)| *present) {
+            let names: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
+            let message = format!("at least one of {} is required", names.join(", "));
+            self.reject("body", &message);
+        }
+    }
+
     /// Records an error that involves no single parsed value.
     pub fn reject(&mut self, field: &str, message: &str) {
         self.0.push(FieldError::new(field, message));
@@ -315,5 +325,32 @@ impl Fields {
         } else {
             Err(ApiError::Validation(self.0))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(fields: Fields) -> Vec<(String, String)> {
+        match fields.finish() {
+            Ok(()) => vec![],
+            Err(ApiError::Validation(errors)) => {
+                errors.into_iter().map(|e| (e.field, e.message)).collect()
+            }
+            Err(other) => panic!("not a validation error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_update_naming_no_field_is_refused_with_every_field_named() {
+        let mut none = Fields::default();
+        none.require_any(&[("name", false), ("email", false), ("phone", false)]);
+        let message = "at least one of name, email, phone is required";
+        assert_eq!(errors(none), [("body".to_owned(), message.to_owned())]);
+
+        let mut one = Fields::default();
+        one.require_any(&[("name", false), ("email", true), ("phone", false)]);
+        assert!(errors(one).is_empty());
     }
 }

@@ -121,9 +121,11 @@ async fn update(
     Command { body, context }: Command<UpdatePatient>,
 ) -> Result<Response, ApiError> {
     let mut fields = Fields::default();
-    if body.name.is_none() && body.email.is_none() && body.phone.is_none() {
-        fields.reject("body", "at least one of name, email, phone is required");
-    }
+    fields.require_any(&[
+        ("name", body.name.is_some()),
+        ("email", body.email.is_some()),
+        ("phone", body.phone.is_some()),
+    ]);
     let name = fields.check_optional("name", body.name.as_deref(), PersonName::parse);
     let email = fields.check_optional("email", body.email.as_deref(), Email::parse);
     let phone = fields.check_optional("phone", body.phone.as_deref(), Phone::parse);

@@ -105,9 +105,10 @@ async fn update(
     Command { body, context }: Command<UpdatePhysician>,
 ) -> Result<Response, ApiError> {
     let mut fields = Fields::default();
-    if body.name.is_none() && body.specialty.is_none() {
-        fields.reject("body", "at least one of name, specialty is required");
-    }
+    fields.require_any(&[
+        ("name", body.name.is_some()),
+        ("specialty", body.specialty.is_some()),
+    ]);
     let name = fields.check_optional("name", body.name.as_deref(), PersonName::parse);
     let specialty = fields.check_optional("specialty", body.specialty.as_deref(), Specialty::parse);
     fields.finish()?;

@@ -6,8 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use domain::event::EVENTS;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use messaging::QueueNames;
 use projections::queues::{QUEUES, QueueSpec};
 use sqlx::PgPool;
@@ -114,15 +112,7 @@ async fn ready_messages(broker: &ScratchBroker) -> anyhow::Result<Vec<(String, u
     let mut counts = vec![];
     for names in consumed_queues(broker.prefix()) {
         for queue in [names.main, names.retry] {
-            let declared = channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
+            let declared = messaging::queues::look_up(&channel, &queue)
                 .await
                 .with_context(|| format!("Failed to look at {queue}"))?;
             counts.push((queue, declared.message_count()));
