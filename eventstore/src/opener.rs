@@ -29,7 +29,7 @@ pub trait Opener: std::fmt::Debug + Send + Sync + 'static {
     fn open<'a>(
         &'a self,
         rows: &'a [Stored<'a>],
-    ) -> BoxFuture<'a, Result<Vec<Option<Box<RawValue>>>, sqlx::Error>>;
+    ) -> BoxFuture<'a, Result<Vec<Option<String>>, sqlx::Error>>;
 }
 
 impl EventStore {
@@ -40,10 +40,7 @@ impl EventStore {
     }
 
     /// What each of `rows` reads as (`None`: as stored); all as stored without an opener.
-    pub async fn open(
-        &self,
-        rows: &[Stored<'_>],
-    ) -> Result<Vec<Option<Box<RawValue>>>, sqlx::Error> {
+    pub async fn open(&self, rows: &[Stored<'_>]) -> Result<Vec<Option<String>>, sqlx::Error> {
         open(self.opener.as_deref(), rows).await
     }
 }
@@ -51,7 +48,7 @@ impl EventStore {
 pub(crate) async fn open(
     opener: Option<&dyn Opener>,
     rows: &[Stored<'_>],
-) -> Result<Vec<Option<Box<RawValue>>>, sqlx::Error> {
+) -> Result<Vec<Option<String>>, sqlx::Error> {
     match opener {
         Some(opener) => opener.open(rows).await,
         None => Ok(vec![None; rows.len()]),
@@ -76,8 +73,9 @@ pub(crate) async fn opened(
         .collect();
     let opened = opener.open(&rows).await?;
     for (event, opened) in events.iter_mut().zip(opened) {
-        if let Some(payload) = opened {
-            event.payload = payload;
+        if let Some(text) = opened {
+            event.payload =
+                RawValue::from_string(text).map_err(|e| sqlx::Error::Decode(e.into()))?;
         }
     }
     Ok(events)

@@ -108,9 +108,20 @@ pub enum Action {
 async fn visit(
     amqp_url: &AmqpUrls,
     dlq: &str,
-    mut choose: impl FnMut(&DeadLetter) -> Action,
+    choose: impl FnMut(&DeadLetter) -> Action,
 ) -> Result<(Vec<DeadLetter>, usize), DlqError> {
     let connection = broker::connect(amqp_url, "hap-dlq").await?;
+    let visited = visit_on(&connection, dlq, choose).await?;
+    connection.close(200, "done".into()).await.ok();
+    Ok(visited)
+}
+
+/// [`visit`] over an open connection, on channels of its own.
+async fn visit_on(
+    connection: &lapin::Connection,
+    dlq: &str,
+    mut choose: impl FnMut(&DeadLetter) -> Action,
+) -> Result<(Vec<DeadLetter>, usize), DlqError> {
     let channel = connection.create_channel().await?;
     let publish = connection.create_channel().await?;
     publish
@@ -203,7 +214,8 @@ async fn visit(
             )
             .await?;
     }
-    connection.close(200, "done".into()).await.ok();
+    channel.close(200, "done".into()).await.ok();
+    publish.close(200, "done".into()).await.ok();
     Ok((seen, resolved))
 }
 
@@ -234,14 +246,28 @@ pub async fn resolve(
     amqp_url: &AmqpUrls,
     queue: &str,
     action: Action,
+    pick: impl FnMut(&DeadLetter) -> bool,
+) -> Result<usize, DlqError> {
+    resolve_each(amqp_url, &[queue], action, pick).await
+}
+
+/// [`resolve`] for each of `queues` in turn, over one connection (a sweep of many queues
+/// pays for the broker's handshake once).
+pub async fn resolve_each(
+    amqp_url: &AmqpUrls,
+    queues: &[impl AsRef<str>],
+    action: Action,
     mut pick: impl FnMut(&DeadLetter) -> bool,
 ) -> Result<usize, DlqError> {
-    let dlq = dead_letter_queue(queue);
-    visit(amqp_url, &dlq, |letter| {
-        if pick(letter) { action } else { Action::Keep }
-    })
-    .await
-    .map(|(_, resolved)| resolved)
+    let connection = broker::connect(amqp_url, "hap-dlq").await?;
+    let mut resolved = 0;
+    for queue in queues {
+        let dlq = dead_letter_queue(queue.as_ref());
+        let choose = |letter: &DeadLetter| if pick(letter) { action } else { Action::Keep };
+        resolved += visit_on(&connection, &dlq, choose).await?.1;
+    }
+    connection.close(200, "done".into()).await.ok();
+    Ok(resolved)
 }
 
 /// Drops every dead letter of `queue`; returns how many there were.

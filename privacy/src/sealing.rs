@@ -13,7 +13,6 @@
 //! without the key (the subject was erased), each field named reads as null.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -114,26 +113,22 @@ pub fn erased(event_type: &str, mut payload: Value) -> Value {
     payload
 }
 
-/// A stored payload with sealed fields, parsed no further than its top-level members: what
-/// opening needs, without building a tree of every value only to write it out again.
+/// A stored payload with sealed fields: its text, split around the sealed member. Opening
+/// splices the opened fields into that text, so that no reader pays for a tree of every value
+/// built only to be written out again.
 pub struct SealedPayload<'a> {
     event_type: &'a str,
-    /// Every member but the sealed one, as stored.
-    members: BTreeMap<Name<'a>, &'a RawValue>,
+    /// The payload's text before the sealed member (and its comma) and after it.
+    clear: (&'a str, &'a str),
     sealed: SealedMember<'a>,
 }
-
-/// A member's name, borrowed from the stored text unless it has escapes.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(transparent)]
-struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// The sealed member, as stored.
 #[derive(Deserialize)]
 struct SealedMember<'a> {
     subject: Uuid,
     #[serde(borrow)]
-    fields: Vec<Name<'a>>,
+    fields: Vec<Cow<'a, str>>,
     #[serde(borrow)]
     data: Cow<'a, str>,
 }
@@ -141,16 +136,19 @@ struct SealedMember<'a> {
 impl<'a> SealedPayload<'a> {
     /// `payload` (JSON text) of `event_type`, if it has sealed fields.
     pub fn parse(event_type: &'a str, payload: &'a str) -> Result<Option<Self>, OpenError> {
-        let mut members: BTreeMap<Name<'a>, &'a RawValue> =
+        let members: Members<'a> =
             serde_json::from_str(payload).map_err(|e| malformed(event_type, &e.to_string()))?;
-        let Some(sealed) = members.remove(&Name(Cow::Borrowed(SEALED))) else {
+        let Some(sealed) = members.sealed else {
             return Ok(None);
         };
+        let clear = without_member(payload, sealed.get()).ok_or_else(|| {
+            malformed(event_type, "the sealed member is not where it was written")
+        })?;
         let sealed = serde_json::from_str(sealed.get())
             .map_err(|e| malformed(event_type, &e.to_string()))?;
         Ok(Some(Self {
             event_type,
-            members,
+            clear,
             sealed,
         }))
     }
@@ -160,14 +158,18 @@ impl<'a> SealedPayload<'a> {
         self.sealed.subject
     }
 
-    /// The payload with its sealed fields back in place, opened with `key`; without one (the
-    /// subject was erased) each of them null.
-    pub fn open(&self, key: Option<&Key>) -> Result<Box<RawValue>, OpenError> {
+    /// The payload's text with its sealed fields back in place, opened with `key`; without
+    /// one (the subject was erased) each of them null.
+    pub fn open(&self, key: Option<&Key>) -> Result<String, OpenError> {
         let event_type = self.event_type;
-        let clear = self.members.iter().map(|(name, value)| (name, *value));
         let Some(key) = key else {
-            let nulls = self.sealed.fields.iter().map(|name| (name, RawValue::NULL));
-            return written(event_type, clear.chain(nulls));
+            let nulls: Vec<String> = self
+                .sealed
+                .fields
+                .iter()
+                .map(|name| format!("{}:null", Value::from(name.as_ref())))
+                .collect();
+            return Ok(self.spliced(&nulls.join(",")));
         };
         let data = STANDARD
             .decode(self.sealed.data.as_bytes())
@@ -175,19 +177,111 @@ impl<'a> SealedPayload<'a> {
         let plaintext = key
             .open(&aad(event_type, self.sealed.subject), &data)
             .map_err(|_| OpenError::Unopenable(event_type.to_owned()))?;
-        let opened: BTreeMap<Name<'_>, &RawValue> = serde_json::from_slice(&plaintext)
-            .map_err(|e| malformed(event_type, &e.to_string()))?;
-        written(event_type, clear.chain(opened.iter().map(|(n, v)| (n, *v))))
+        // What was sealed is an object [`seal`] wrote, and the cipher vouches that it is
+        // unaltered: its members go in as they are.
+        let members = std::str::from_utf8(&plaintext)
+            .ok()
+            .and_then(|object| object.trim().strip_prefix('{')?.strip_suffix('}'))
+            .ok_or_else(|| malformed(event_type, "the sealed fields are not an object"))?;
+        Ok(self.spliced(members))
+    }
+
+    /// The clear text with `members` (comma-separated, possibly none) first in its object.
+    fn spliced(&self, members: &str) -> String {
+        let (before, after) = self.clear;
+        let mut text = String::with_capacity(before.len() + members.len() + after.len() + 1);
+        // `before` holds at least the object's opening brace.
+        let (brace, rest) = before.split_at(before.find('{').map_or(0, |at| at + 1));
+        text.push_str(brace);
+        let members = members.trim();
+        if !members.is_empty() {
+            text.push_str(members);
+            let empty = rest.trim().is_empty() && after.trim_start().starts_with('}');
+            if !empty {
+                text.push(',');
+            }
+        }
+        text.push_str(rest);
+        text.push_str(after);
+        text
     }
 }
 
-/// `members` written out as one JSON object.
-fn written<'n>(
-    event_type: &str,
-    members: impl Iterator<Item = (&'n Name<'n>, &'n RawValue)>,
-) -> Result<Box<RawValue>, OpenError> {
-    let object: BTreeMap<&str, &RawValue> = members.map(|(name, v)| (&*name.0, v)).collect();
-    serde_json::value::to_raw_value(&object).map_err(|e| malformed(event_type, &e.to_string()))
+/// A payload's top level as far as opening needs it: every member checked to be JSON, the
+/// sealed one kept as its text.
+struct Members<'a> {
+    sealed: Option<&'a RawValue>,
+}
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Members<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut sealed = None;
+                while let Some(IsSealed(is_sealed)) = map.next_key()? {
+                    if is_sealed {
+                        sealed = Some(map.next_value()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(Members { sealed })
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// Whether a member's name is [`SEALED`], read without copying it.
+struct IsSealed(bool);
+
+impl<'de> Deserialize<'de> for IsSealed {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = IsSealed;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<IsSealed, E> {
+                Ok(IsSealed(name == SEALED))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// `payload` without the member whose value is the slice `value` of it: the text before the
+/// member and after it, one comma between neighbours kept. `None` unless the member is
+/// written `"sealed": <value>` (as [`seal`] writes it, whatever the spacing).
+fn without_member<'a>(payload: &'a str, value: &str) -> Option<(&'a str, &'a str)> {
+    let start = (value.as_ptr() as usize).checked_sub(payload.as_ptr() as usize)?;
+    let end = start + value.len();
+    let key = payload
+        .get(..start)?
+        .trim_end()
+        .strip_suffix(':')?
+        .trim_end()
+        .strip_suffix(&format!("\"{SEALED}\""))?;
+    let after = payload.get(end..)?;
+    match key.trim_end().strip_suffix(',') {
+        // A member before it: its comma goes with it.
+        Some(before) => Some((before, after)),
+        // The first member: the comma after it goes, if another follows.
+        None => Some((key, after.trim_start().strip_prefix(',').unwrap_or(after))),
+    }
 }
 
 /// What the sealed data is bound to: its event type and subject.
@@ -228,7 +322,7 @@ mod tests {
     ) -> Result<Map<String, Value>, OpenError> {
         let text = Value::Object(payload.clone()).to_string();
         let opened = match SealedPayload::parse(event_type, &text)? {
-            Some(sealed) => sealed.open(key)?.get().to_owned(),
+            Some(sealed) => sealed.open(key)?,
             None => text,
         };
         Ok(object(serde_json::from_str(&opened).unwrap()))
@@ -298,6 +392,55 @@ mod tests {
             open("PatientRegistered", &payload, Some(&key)).unwrap(),
             clear
         );
+    }
+
+    #[test]
+    fn the_sealed_member_opens_wherever_it_stands_and_however_spaced() {
+        let patient = Uuid::new_v4();
+        let key = Key::new(&[5; 32]);
+        let clear = registered(patient);
+        let mut payload = clear.clone();
+        seal(
+            personal("PatientRegistered").unwrap(),
+            &mut payload,
+            patient,
+            &key,
+        );
+        let sealed = payload[SEALED].to_string();
+        let pretty = serde_json::to_string_pretty(&payload).unwrap();
+        let first = format!(r#"{{ "sealed" : {sealed} , "email":null,"patientId":"{patient}"}}"#);
+        let alone = format!(r#"{{"sealed":{sealed}}}"#);
+        let alone_clear = json!({"birthDate": "1980-05-01", "documentNumber": "123.456.789-00",
+                                 "name": "Ana Souza"});
+        for (text, expected) in [
+            (pretty.as_str(), Value::Object(clear.clone())),
+            (first.as_str(), Value::Object(clear.clone())),
+            (alone.as_str(), alone_clear),
+        ] {
+            let parsed = SealedPayload::parse("PatientRegistered", text)
+                .unwrap()
+                .unwrap();
+            let opened: Value = serde_json::from_str(&parsed.open(Some(&key)).unwrap()).unwrap();
+            assert_eq!(opened, expected, "{text}");
+            let erased: Value = serde_json::from_str(&parsed.open(None).unwrap()).unwrap();
+            let nulls = expected.as_object().unwrap().iter().map(|(name, value)| {
+                let sealed = ["birthDate", "documentNumber", "name"].contains(&name.as_str());
+                (
+                    name.clone(),
+                    if sealed { Value::Null } else { value.clone() },
+                )
+            });
+            assert_eq!(erased, Value::Object(nulls.collect()), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_sealed_member_written_otherwise_does_not_open() {
+        let text = r#"{"patientId":"x","se\u0061led":{"subject":"00000000-0000-0000-0000-000000000000","fields":[],"data":""}}"#;
+        assert!(matches!(
+            SealedPayload::parse("PatientRegistered", text),
+            Err(OpenError::Malformed { .. })
+        ));
     }
 
     #[test]

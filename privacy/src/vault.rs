@@ -23,7 +23,6 @@ use eventstore::{Opener, Stored, SubjectKey};
 use futures::future::BoxFuture;
 use moka::future::Cache;
 use serde_json::Value;
-use serde_json::value::RawValue;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -36,6 +35,11 @@ use crate::sealing::{self, OpenError, SealError, SealedPayload};
 pub const KEY_TTL: Duration = Duration::from_secs(10);
 /// How many unwrapped keys a process keeps at most.
 const CACHED_KEYS: u64 = 10_000;
+/// A read needing more subjects' keys than this at once is a bulk scan (a rebuild's page, a
+/// replay from the start): it reads its keys from the store and keeps them to itself. Its
+/// subjects are rarely read again within [`KEY_TTL`], and caching them would only evict the
+/// keys of the live path while paying for every insert and eviction.
+const BULK_SUBJECTS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -58,7 +62,7 @@ pub struct Vault(Arc<Inner>);
 struct Inner {
     pool: PgPool,
     master: Arc<MasterKey>,
-    keys: Cache<Uuid, Arc<Key>>,
+    keys: Cache<Uuid, Arc<Key>, foldhash::fast::RandomState>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -70,10 +74,13 @@ impl std::fmt::Debug for Vault {
 impl Vault {
     /// The vault of the store behind `pool`, its keys wrapped under `master`.
     pub fn new(pool: PgPool, master: Arc<MasterKey>) -> Self {
+        // Subject ids are made by HAP, not chosen by callers: a fast hash is enough, and
+        // room for every key up front spares the growing table its rehashes.
         let keys = Cache::builder()
             .max_capacity(CACHED_KEYS)
+            .initial_capacity(CACHED_KEYS as usize)
             .time_to_live(KEY_TTL)
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self(Arc::new(Inner { pool, master, keys }))
     }
 
@@ -108,10 +115,7 @@ impl Vault {
     /// What each of `rows` reads as: `None` where it is as stored (a type with nothing
     /// personal, version 1, nothing sealed), else the payload with its sealed fields back (or
     /// null, the subject erased). The keys missing from the cache are read in one query.
-    pub async fn open_all(
-        &self,
-        rows: &[Stored<'_>],
-    ) -> Result<Vec<Option<Box<RawValue>>>, VaultError> {
+    pub async fn open_all(&self, rows: &[Stored<'_>]) -> Result<Vec<Option<String>>, VaultError> {
         let sealed = rows.iter().map(sealed).collect::<Result<Vec<_>, _>>()?;
         let subjects: HashSet<Uuid> = sealed.iter().flatten().map(|s| s.subject()).collect();
         if subjects.is_empty() {
@@ -179,12 +183,19 @@ impl Vault {
         Ok(key)
     }
 
-    /// The keys of `subjects` that exist (an erased subject has none).
+    /// The keys of `subjects` that exist (an erased subject has none): from the cache and
+    /// the store, or for a bulk read ([`BULK_SUBJECTS`]) from the store alone.
     async fn keys(&self, subjects: HashSet<Uuid>) -> Result<HashMap<Uuid, Arc<Key>>, VaultError> {
+        let bulk = subjects.len() > BULK_SUBJECTS;
         let mut keys = HashMap::with_capacity(subjects.len());
-        let mut missing = Vec::new();
+        let mut missing = Vec::with_capacity(subjects.len());
         for subject in subjects {
-            match self.0.keys.get(&subject).await {
+            let cached = if bulk {
+                None
+            } else {
+                self.0.keys.get(&subject).await
+            };
+            match cached {
                 Some(key) => {
                     keys.insert(subject, key);
                 }
@@ -202,7 +213,9 @@ impl Vault {
         .await?;
         for (subject, wrapped) in stored {
             let key = Arc::new(Key::new(&self.0.master.unwrap_key(subject, &wrapped)?));
-            self.0.keys.insert(subject, key.clone()).await;
+            if !bulk {
+                self.0.keys.insert(subject, key.clone()).await;
+            }
             keys.insert(subject, key);
         }
         Ok(keys)
@@ -290,7 +303,7 @@ impl Opener for Vault {
     fn open<'a>(
         &'a self,
         rows: &'a [Stored<'a>],
-    ) -> BoxFuture<'a, Result<Vec<Option<Box<RawValue>>>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Vec<Option<String>>, sqlx::Error>> {
         Box::pin(async move {
             self.open_all(rows).await.map_err(|error| match error {
                 VaultError::Database(error) => error,

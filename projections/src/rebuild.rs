@@ -16,7 +16,6 @@ use eventstore::scan::{ScanError, ScanPage};
 use eventstore::{EventStore, GlobalCheckpoint, RecordedEvent, Stored};
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::value::RawValue;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
@@ -556,7 +555,7 @@ struct Decoded {
 async fn open_scanned(
     store: &EventStore,
     page: &ScanPage,
-) -> Result<Vec<Option<Box<RawValue>>>, ScanError> {
+) -> Result<Vec<Option<String>>, ScanError> {
     let rows = page
         .events()
         .map(|scanned| {
@@ -571,7 +570,7 @@ async fn open_scanned(
 }
 
 /// `page` decoded, each payload as `opened` says where it does not read as stored.
-fn decode_scanned(page: &ScanPage, opened: &[Option<Box<RawValue>>]) -> Result<Decoded, ScanError> {
+fn decode_scanned(page: &ScanPage, opened: &[Option<String>]) -> Result<Decoded, ScanError> {
     let mut decoded = Decoded {
         events: page.len() as u64,
         last: None,
@@ -580,7 +579,7 @@ fn decode_scanned(page: &ScanPage, opened: &[Option<Box<RawValue>>]) -> Result<D
     for (scanned, opened) in page.events().zip(opened) {
         let mut scanned = scanned?;
         if let Some(payload) = opened {
-            scanned.payload = payload.get();
+            scanned.payload = payload;
         }
         decoded.last = Some(scanned.checkpoint);
         if let Some(receiving) = projections_of_event(scanned.event_type)

@@ -72,12 +72,10 @@ pub async fn forget_dead_letters<S: SagaStore>(
         };
         message.tenant_id == trigger.tenant_id.as_str() && whose
     };
-    let mut dropped = 0;
-    for queue in queues(dead_letters).await? {
-        dropped += dlq::resolve(&dead_letters.amqp_url, &queue, Action::Discard, theirs)
-            .await
-            .map_err(StepError::Broker)?;
-    }
+    let queues = queues(dead_letters).await?;
+    let dropped = dlq::resolve_each(&dead_letters.amqp_url, &queues, Action::Discard, theirs)
+        .await
+        .map_err(StepError::Broker)?;
     if dropped > 0 {
         tracing::info!(dropped, "dropped the dead letters of an erased person");
     }

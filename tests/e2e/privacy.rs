@@ -407,7 +407,7 @@ async fn processes_that_seal_for_one_subject_share_the_key_stored_first() {
         // Each opens with the other's vault.
         for vault in [&first, &second] {
             let opened = vault.open_all(&rows).await.unwrap();
-            let opened: Value = serde_json::from_str(opened[0].as_ref().unwrap().get()).unwrap();
+            let opened: Value = serde_json::from_str(opened[0].as_deref().unwrap()).unwrap();
             assert_eq!(opened["name"], name);
         }
     }
