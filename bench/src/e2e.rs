@@ -285,6 +285,16 @@ async fn insert_raw_event(pool: &PgPool, n: u64) -> anyhow::Result<(Uuid, Uuid, 
     Ok((event_id, patient_id.as_uuid(), payload))
 }
 
+/// The read that ends a raw pair: `select`, of one payload by the id bound as `$1`, for `id`.
+async fn read_back(pool: &PgPool, select: &'static str, id: Uuid) -> anyhow::Result<()> {
+    let _: Value = sqlx::query_scalar(select)
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .with_context(|| format!("{select} failed"))?;
+    Ok(())
+}
+
 /// Paced INSERT-then-SELECT pairs on `raw_events`.
 async fn raw_run(pace: Pace, pool: &PgPool) -> anyhow::Result<Outcome> {
     let pool = pool.clone();
@@ -292,12 +302,7 @@ async fn raw_run(pace: Pace, pool: &PgPool) -> anyhow::Result<Outcome> {
         let pool = pool.clone();
         async move {
             let (event_id, _, _) = insert_raw_event(&pool, n).await?;
-            let _: Value = sqlx::query_scalar(RAW_SELECT)
-                .bind(event_id)
-                .fetch_one(&pool)
-                .await
-                .context("select from raw_events failed")?;
-            Ok(())
+            read_back(&pool, RAW_SELECT, event_id).await
         }
     })
     .await

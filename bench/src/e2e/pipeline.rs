@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::insert_raw_event;
+use super::{insert_raw_event, read_back};
 use crate::broker::{ScratchBroker, consume_with_acks, open_channel, open_confirm_channel};
 use crate::load::{Outcome, Pace, paced};
 
@@ -74,12 +74,7 @@ pub async fn run(pace: Pace, broker: &ScratchBroker, pool: &PgPool) -> anyhow::R
                 .await
                 .context("The raw consumer wrote no row in time")?
                 .context("The raw consumer stopped before writing the row")?;
-            let _: Value = sqlx::query_scalar(SELECT_ROW)
-                .bind(patient_id)
-                .fetch_one(&pool)
-                .await
-                .context("select from raw_patients failed")?;
-            Ok(())
+            read_back(&pool, SELECT_ROW, patient_id).await
         }
     })
     .await;
