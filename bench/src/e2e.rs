@@ -33,8 +33,8 @@ use crate::broker::{ScratchBroker, Servers};
 use crate::cpu::settle;
 use crate::database::ScratchDatabase;
 use crate::load::{
-    Outcome, PoolUsage, Timeline, WARMUP, announce_paced, keep_alive_client, latency_histogram,
-    paced, sample_pool,
+    Outcome, Pace, PaceArgs, PoolUsage, WARMUP, keep_alive_client, latency_histogram, paced,
+    sample_pool,
 };
 use crate::patient::BenchPatient;
 use crate::profile::Profile;
@@ -47,13 +47,8 @@ mod pipeline;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Command-then-query pairs started per second.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
-    rate: u64,
-
-    /// Measured seconds of each run, after a 1-second warm-up.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    seconds: u64,
+    #[command(flatten)]
+    pace: PaceArgs,
 
     /// Pairs in flight at most; past it the schedule slips (and the achieved rate shows it).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -69,34 +64,35 @@ const TARGET_P99_MS: f64 = 25.0;
 
 /// Runs the benchmark on the scratch servers that [`scratch::run`] opened.
 pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
+    let pace = args.pace.with_in_flight(args.max_in_flight);
     settle().await;
-    announce_paced("HAP run", args.rate, "pairs", args.seconds);
-    let (hap, legs) = hap_run(args.pace(), scratch.database, scratch.broker, scratch.pool).await?;
+    pace.announce("HAP run", "pairs");
+    let (hap, legs) = hap_run(pace, scratch.database, scratch.broker, scratch.pool).await?;
 
     // As many connections as HAP's.
     let raw_pool = raw::events_pool(scratch.database, POOL_SIZE, Duration::from_secs(30)).await?;
     settle().await;
-    announce_paced("raw SQL run", args.rate, "pairs", args.seconds);
-    let raw = raw_run(args, &raw_pool).await?;
+    pace.announce("raw SQL run", "pairs");
+    let raw = raw_run(pace, &raw_pool).await?;
     settle().await;
-    announce_paced("raw pipeline run", args.rate, "pairs", args.seconds);
-    let raw_pipeline = pipeline::run(args, scratch.broker, &raw_pool).await?;
+    pace.announce("raw pipeline run", "pairs");
+    let raw_pipeline = pipeline::run(pace, scratch.broker, &raw_pool).await?;
     raw_pool.close().await;
 
     let mut table = Table::paced();
-    table.paced_row("HAP", args.rate, &hap);
-    table.paced_row("raw SQL", args.rate, &raw);
-    table.paced_row("raw pipeline", args.rate, &raw_pipeline);
+    table.paced_row("HAP", pace.rate, &hap);
+    table.paced_row("raw SQL", pace.rate, &raw);
+    table.paced_row("raw pipeline", pace.rate, &raw_pipeline);
     println!("hap-bench e2e · {}", scratch.facts);
     println!(
         "{} pairs/s · {} s measured after {} s warm-up · up to {} in flight · HAP: POST \
          /patients, then GET /patients/{{id}} with X-Min-Position · raw SQL: INSERT, then \
          SELECT · raw pipeline: INSERT, publish with confirm to one quorum queue, a plain \
          consumer writes the row and acks, then SELECT",
-        args.rate,
-        args.seconds,
+        pace.rate,
+        pace.seconds,
         WARMUP.as_secs(),
-        args.max_in_flight
+        pace.max_in_flight
     );
     println!();
     print!("{table}");
@@ -171,31 +167,10 @@ impl Legs {
     }
 }
 
-/// How a paced run is driven; `hap-bench saga` drives [`hap_run`] at its own pace, as its floor.
-#[derive(Debug, Clone, Copy)]
-pub struct Pace {
-    /// Started per second.
-    pub rate: u64,
-    /// Measured seconds, after [`WARMUP`].
-    pub seconds: u64,
-    /// In flight at most.
-    pub max_in_flight: u32,
-}
-
-impl Args {
-    fn pace(&self) -> Pace {
-        Pace {
-            rate: self.rate,
-            seconds: self.seconds,
-            max_in_flight: self.max_in_flight,
-        }
-    }
-}
-
 /// The whole system in-process, driven by paced pairs over HTTP/1.1 keep-alive. Closes `pool`
 /// at the end.
 pub async fn hap_run(
-    args: Pace,
+    pace: Pace,
     database: &ScratchDatabase,
     broker: &ScratchBroker,
     pool: PgPool,
@@ -212,11 +187,11 @@ pub async fn hap_run(
     let read_pool = hap.app.read.pool.clone();
 
     // One client for all pairs.
-    let client = keep_alive_client(args.max_in_flight)?;
+    let client = keep_alive_client(pace.max_in_flight)?;
     let base: Arc<str> = format!("http://{address}").into();
     let legs = Arc::new(Mutex::new(Legs::new()));
 
-    let timeline = Timeline::starting_now(WARMUP, Duration::from_secs(args.seconds));
+    let timeline = pace.timeline();
     // Both of HAP's pools, to tell a run limited by connections (idle near 0) from one
     // limited by something else.
     let store_sampler = sample_pool(pool.clone(), timeline);
@@ -224,23 +199,18 @@ pub async fn hap_run(
     let profile = Profile::over("hap", timeline);
     let outcome = {
         let legs = Arc::clone(&legs);
-        paced(
-            args.rate as f64,
-            args.max_in_flight as usize,
-            timeline,
-            move |n, measured| {
-                let (client, base, legs) = (client.clone(), Arc::clone(&base), Arc::clone(&legs));
-                async move {
-                    let (command, query) = pair(&client, &base, n).await?;
-                    if measured {
-                        legs.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .record(command, query);
-                    }
-                    Ok(())
+        paced(pace, timeline, move |n, measured| {
+            let (client, base, legs) = (client.clone(), Arc::clone(&base), Arc::clone(&legs));
+            async move {
+                let (command, query) = pair(&client, &base, n).await?;
+                if measured {
+                    legs.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .record(command, query);
                 }
-            },
-        )
+                Ok(())
+            }
+        })
         .await
     };
 
@@ -315,26 +285,25 @@ async fn insert_raw_event(pool: &PgPool, n: u64) -> anyhow::Result<(Uuid, Uuid, 
     Ok((event_id, patient_id.as_uuid(), payload))
 }
 
+/// The read that ends a raw pair: `select`, of one payload by the id bound as `$1`, for `id`.
+async fn read_back(pool: &PgPool, select: &'static str, id: Uuid) -> anyhow::Result<()> {
+    let _: Value = sqlx::query_scalar(select)
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .with_context(|| format!("{select} failed"))?;
+    Ok(())
+}
+
 /// Paced INSERT-then-SELECT pairs on `raw_events`.
-async fn raw_run(args: &Args, pool: &PgPool) -> anyhow::Result<Outcome> {
-    let timeline = Timeline::starting_now(WARMUP, Duration::from_secs(args.seconds));
+async fn raw_run(pace: Pace, pool: &PgPool) -> anyhow::Result<Outcome> {
     let pool = pool.clone();
-    paced(
-        args.rate as f64,
-        args.max_in_flight as usize,
-        timeline,
-        move |n, _| {
-            let pool = pool.clone();
-            async move {
-                let (event_id, _, _) = insert_raw_event(&pool, n).await?;
-                let _: Value = sqlx::query_scalar(RAW_SELECT)
-                    .bind(event_id)
-                    .fetch_one(&pool)
-                    .await
-                    .context("select from raw_events failed")?;
-                Ok(())
-            }
-        },
-    )
+    paced(pace, pace.timeline(), move |n, _| {
+        let pool = pool.clone();
+        async move {
+            let (event_id, _, _) = insert_raw_event(&pool, n).await?;
+            read_back(&pool, RAW_SELECT, event_id).await
+        }
+    })
     .await
 }

@@ -172,12 +172,60 @@ where
     Ok(total)
 }
 
-/// Says on stderr that a paced run starts: `{run}: {rate} {per}/s, 1 s warm-up + {seconds} s…`.
-pub fn announce_paced(run: &str, rate: u64, per: &str, seconds: u64) {
-    eprintln!(
-        "{run}: {rate} {per}/s, {} s warm-up + {seconds} s…",
-        WARMUP.as_secs()
-    );
+/// The options of the paced runs, flattened into the arguments of each subcommand that has
+/// some (`publish`, `e2e`, `saga`), so that `--rate` and `--seconds` are read and checked in one
+/// place. `saga` sets a lower default rate of its own, where its subcommand is declared.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct PaceArgs {
+    /// Operations started per second in each paced run (publish: single-event appends; e2e:
+    /// command-then-query pairs; saga: consultation requests, and pairs of its floor).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: u64,
+
+    /// Measured seconds of each paced run, after a 1-second warm-up each.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub seconds: u64,
+}
+
+impl PaceArgs {
+    /// The pace these options ask for, with at most `max_in_flight` operations in flight.
+    pub fn with_in_flight(self, max_in_flight: u32) -> Pace {
+        Pace {
+            rate: self.rate,
+            seconds: self.seconds,
+            max_in_flight,
+        }
+    }
+}
+
+/// How a paced run is driven; `hap-bench saga` drives `e2e`'s HAP run at its own pace, as its
+/// floor.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Started per second.
+    pub rate: u64,
+    /// Measured seconds, after [`WARMUP`].
+    pub seconds: u64,
+    /// In flight at most.
+    pub max_in_flight: u32,
+}
+
+impl Pace {
+    /// Says on stderr that a run at this pace starts: `{run}: {rate} {per}/s, 1 s warm-up +
+    /// {seconds} s…`.
+    pub fn announce(&self, run: &str, per: &str) {
+        eprintln!(
+            "{run}: {} {per}/s, {} s warm-up + {} s…",
+            self.rate,
+            WARMUP.as_secs(),
+            self.seconds
+        );
+    }
+
+    /// The warm-up and measured window of a run at this pace that starts now.
+    pub fn timeline(&self) -> Timeline {
+        Timeline::starting_now(WARMUP, Duration::from_secs(self.seconds))
+    }
 }
 
 /// The HTTP client of a paced run: HTTP/1.1, keeping up to `max_in_flight` connections open
@@ -192,26 +240,22 @@ pub fn keep_alive_client(max_in_flight: u32) -> anyhow::Result<reqwest::Client> 
         .context("Failed to build the HTTP client")
 }
 
-/// Runs `op(n)` at a steady `rate` per second over `timeline`: operation `n` is due `n / rate`
-/// seconds after the start and is started then, in a task of its own, whether or not earlier
-/// ones have been answered, up to `max_in_flight` at once (beyond that the schedule slips, and
-/// the achieved rate shows it). Latency counts from when an operation was due, not from when it
+/// Runs `op(n)` at `pace`'s steady rate per second over `timeline`: operation `n` is due
+/// `n / rate` seconds after the start and is started then, in a task of its own, whether or not
+/// earlier ones have been answered, up to the pace's `max_in_flight` at once (beyond that the
+/// schedule slips, and the achieved rate shows it). Latency counts from when an operation was due, not from when it
 /// was started, so that a stall delays the operations queued behind it in the figures too (no
 /// coordinated omission). Operations due during the warm-up are not counted; `op(n, measured)`
 /// is told whether it counts, for measurements of its own.
-pub async fn paced<F, Fut>(
-    rate: f64,
-    max_in_flight: usize,
-    timeline: Timeline,
-    op: F,
-) -> anyhow::Result<Outcome>
+pub async fn paced<F, Fut>(pace: Pace, timeline: Timeline, op: F) -> anyhow::Result<Outcome>
 where
     F: Fn(u64, bool) -> Fut,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let start = Instant::now();
     let cpu = sample_cpu(timeline);
-    let slots = Arc::new(Semaphore::new(max_in_flight));
+    let rate = pace.rate as f64;
+    let slots = Arc::new(Semaphore::new(pace.max_in_flight as usize));
     let mut tasks = JoinSet::new();
     let mut outcome = Outcome::empty();
     let mut take =

@@ -98,6 +98,7 @@ enum Command {
     E2e(e2e::Args),
     /// Consultations requested → scheduled through the scheduling saga, paced and saturated,
     /// against e2e's command → visible at the same rate.
+    #[command(mut_arg("rate", |rate| rate.default_value(saga::DEFAULT_RATE)))]
     Saga(saga::Args),
     /// Rebuilding the read model from the store against a plain paged scan of the store.
     Rebuild(rebuild::Args),
@@ -172,4 +173,32 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// The paced runs share their options (`load::PaceArgs`), but not every default: `saga`
+    /// sets its own rate.
+    #[test]
+    fn each_paced_subcommand_keeps_its_defaults() {
+        for (subcommand, rate) in [("publish", 1000), ("e2e", 1000), ("saga", 100)] {
+            let matches = Cli::command()
+                .try_get_matches_from(["hap-bench", subcommand])
+                .expect("the defaults parse");
+            let args = matches
+                .subcommand_matches(subcommand)
+                .expect("the subcommand");
+            assert_eq!(args.get_one::<u64>("rate"), Some(&rate), "{subcommand}");
+            assert_eq!(args.get_one::<u64>("seconds"), Some(&10), "{subcommand}");
+        }
+    }
 }

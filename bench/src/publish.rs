@@ -38,9 +38,7 @@ use uuid::Uuid;
 
 use crate::broker::{ScratchBroker, Servers, open_channel, open_confirm_channel};
 use crate::cpu::settle;
-use crate::load::{
-    Drained, Timeline, WARMUP, announce_paced, latency_histogram, paced, wait_until,
-};
+use crate::load::{Drained, Pace, PaceArgs, WARMUP, latency_histogram, paced, wait_until};
 use crate::profile::Profile;
 use crate::report::{self, Table};
 use crate::scratch::Scratch;
@@ -52,13 +50,9 @@ pub struct Args {
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
     events: u64,
 
-    /// Single-event appends per second in the latency part.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
-    rate: u64,
-
-    /// Measured seconds of the latency part, after a 1-second warm-up.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    seconds: u64,
+    /// The latency part's rate and length.
+    #[command(flatten)]
+    pace: PaceArgs,
 
     #[command(flatten)]
     pub servers: Servers,
@@ -75,7 +69,7 @@ const POLL: Duration = Duration::from_millis(5);
 /// A drain that takes longer than this is reported as a failure rather than waited for.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(1800);
 /// Appends in flight at most in the latency part (at 1000/s, a second's worth).
-const MAX_IN_FLIGHT: usize = 1000;
+const MAX_IN_FLIGHT: u32 = 1000;
 /// How long the latency part waits for the last messages after the last append.
 const DELIVERY_GRACE: Duration = Duration::from_secs(30);
 
@@ -128,8 +122,9 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     drop(messages);
     let raw_queued = empty_queue(&channel, &queue).await?;
 
-    announce_paced("latency", args.rate, "appends", args.seconds);
-    let latency = latency_run(args, broker, &store, &queue).await?;
+    let pace = args.pace.with_in_flight(MAX_IN_FLIGHT);
+    pace.announce("latency", "appends");
+    let latency = latency_run(pace, broker, &store, &queue).await?;
 
     setup.close(200, "done".into()).await.ok();
 
@@ -155,8 +150,8 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     println!(
         "commit → delivered: {} single-event appends/s, {} s measured after {} s warm-up; \
          delivered = a no-ack consumer of the queue received the message",
-        args.rate,
-        args.seconds,
+        args.pace.rate,
+        args.pace.seconds,
         WARMUP.as_secs()
     );
     println!();
@@ -331,10 +326,10 @@ struct Latency {
     first_error: Option<String>,
 }
 
-/// Appends one event at a time at `--rate`, with the publisher running and a consumer on
+/// Appends one event at a time at `pace`, with the publisher running and a consumer on
 /// `queue`, and pairs each append's return with its message's arrival.
 async fn latency_run(
-    args: &Args,
+    pace: Pace,
     broker: &ScratchBroker,
     store: &EventStore,
     queue: &str,
@@ -363,34 +358,28 @@ async fn latency_run(
 
     let publisher = system::publisher(broker, store);
     let commits: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
-    let timeline = Timeline::starting_now(WARMUP, Duration::from_secs(args.seconds));
+    let timeline = pace.timeline();
     let profile = Profile::over("hap-latency", timeline);
     let appends = {
         let commits = Arc::clone(&commits);
         let store = store.clone();
-        paced(
-            args.rate as f64,
-            MAX_IN_FLIGHT,
-            timeline,
-            move |_, measured| {
-                let (store, commits) = (store.clone(), Arc::clone(&commits));
-                async move {
-                    let physician_id = PhysicianId::new();
-                    let append =
-                        system::new_stream(physician_id.as_uuid(), &[rename(physician_id, 1)]);
-                    let event_id = append.events[0].event_id;
-                    store.append(append).await.context("append failed")?;
-                    let committed = Instant::now();
-                    if measured {
-                        commits
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(event_id, committed);
-                    }
-                    Ok(())
+        paced(pace, timeline, move |_, measured| {
+            let (store, commits) = (store.clone(), Arc::clone(&commits));
+            async move {
+                let physician_id = PhysicianId::new();
+                let append = system::new_stream(physician_id.as_uuid(), &[rename(physician_id, 1)]);
+                let event_id = append.events[0].event_id;
+                store.append(append).await.context("append failed")?;
+                let committed = Instant::now();
+                if measured {
+                    commits
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(event_id, committed);
                 }
-            },
-        )
+                Ok(())
+            }
+        })
         .await?
     };
     profile.finish().await?;

@@ -25,6 +25,7 @@
 //! - **read_all alone**: the pages the rebuild reads, through `EventStore::read_all`, and
 //!   nothing else; shown beside the others to tell reading from projecting in HAP's time.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -220,72 +221,41 @@ const EVENT: u16 = 0x100;
 
 /// Stores blocks `first..last` of the mix, one statement per event type, in the mix's order.
 async fn fill(pool: &PgPool, first: u64, last: u64) -> anyhow::Result<()> {
-    let patients = (first * PATIENTS_PER_BLOCK, last * PATIENTS_PER_BLOCK);
-    let physicians = (first, last);
-    let consultations = (
-        first * CONSULTATIONS_PER_BLOCK,
-        last * CONSULTATIONS_PER_BLOCK,
+    let blocks = first..last;
+    let patients = Streams::of(AggregateKind::Patient, PATIENT, PATIENTS_PER_BLOCK, &blocks);
+    let physicians = Streams::of(AggregateKind::Physician, PHYSICIAN, 1, &blocks);
+    let consultations = Streams::of(
+        AggregateKind::Consultation,
+        CONSULTATION,
+        CONSULTATIONS_PER_BLOCK,
+        &blocks,
     );
+    let requested = consultation_requested();
     let statements = [
         insert(
+            &patients,
             PatientRegistered::EVENT_TYPE,
-            AggregateKind::Patient.as_str(),
             1,
-            PATIENT,
-            patients,
-            "jsonb_build_object('patientId', stream_id, 'name', 'Bench Patient ' || n, \
-             'birthDate', '1980-05-17'::text, 'documentNumber', 'bench-' || n, \
-             'email', 'bench-' || n || '@example.org', 'phone', '+55 11 5555-0100'::text)",
+            PATIENT_REGISTERED,
         ),
         insert(
+            &physicians,
             PhysicianRegistered::EVENT_TYPE,
-            AggregateKind::Physician.as_str(),
             1,
-            PHYSICIAN,
-            physicians,
-            "jsonb_build_object('physicianId', stream_id, 'name', 'Dr. Bench ' || n, \
-             'specialty', 'cardiology'::text, 'licenseNumber', 'CRM-' || n)",
+            PHYSICIAN_REGISTERED,
         ),
         insert(
+            &consultations,
             ConsultationSchedulingStarted::EVENT_TYPE,
-            AggregateKind::Consultation.as_str(),
             1,
-            CONSULTATION,
-            consultations,
-            &format!(
-                "jsonb_build_object('consultationId', stream_id, \
-                 'patientId', {patient}, 'physicianId', {physician}, \
-                 'startsAt', to_char(starts_at at time zone 'UTC', \
-                                     'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-                 'endsAt', to_char((starts_at + interval '30 minutes') at time zone 'UTC', \
-                                   'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-                 'reason', 'check-up'::text)",
-                // Consultation n of block b names patient b·4 + n mod 4 and physician b.
-                patient = v7(
-                    PATIENT,
-                    &format!(
-                        "(n / {CONSULTATIONS_PER_BLOCK} * {PATIENTS_PER_BLOCK} \
-                         + n % {PATIENTS_PER_BLOCK})"
-                    )
-                ),
-                physician = v7(PHYSICIAN, &format!("(n / {CONSULTATIONS_PER_BLOCK})")),
-            ),
+            &requested,
         ),
+        insert(&patients, PatientUpdated::EVENT_TYPE, 2, PATIENT_UPDATED),
         insert(
-            PatientUpdated::EVENT_TYPE,
-            AggregateKind::Patient.as_str(),
-            2,
-            PATIENT,
-            patients,
-            "jsonb_build_object('patientId', stream_id, 'phone', '+55 11 5555-0199'::text)",
-        ),
-        insert(
+            &physicians,
             PhysicianUpdated::EVENT_TYPE,
-            AggregateKind::Physician.as_str(),
             2,
-            PHYSICIAN,
-            physicians,
-            "jsonb_build_object('physicianId', stream_id, 'name', 'Dr. Bench ' || n || ' Jr.')",
+            PHYSICIAN_UPDATED,
         ),
     ];
     for statement in statements {
@@ -295,6 +265,61 @@ async fn fill(pool: &PgPool, first: u64, last: u64) -> anyhow::Result<()> {
             .context("Failed to store the bench's events")?;
     }
     Ok(())
+}
+
+/// The payloads of the mix's events, as SQL over `n` (the stream's number) and `stream_id`
+/// (see [`insert`]); [`check_payloads`] checks them against the domain's.
+const PATIENT_REGISTERED: &str = "jsonb_build_object('patientId', stream_id, \
+     'name', 'Bench Patient ' || n, 'birthDate', '1980-05-17'::text, \
+     'documentNumber', 'bench-' || n, 'email', 'bench-' || n || '@example.org', \
+     'phone', '+55 11 5555-0100'::text)";
+const PHYSICIAN_REGISTERED: &str = "jsonb_build_object('physicianId', stream_id, \
+     'name', 'Dr. Bench ' || n, 'specialty', 'cardiology'::text, 'licenseNumber', 'CRM-' || n)";
+const PATIENT_UPDATED: &str =
+    "jsonb_build_object('patientId', stream_id, 'phone', '+55 11 5555-0199'::text)";
+const PHYSICIAN_UPDATED: &str =
+    "jsonb_build_object('physicianId', stream_id, 'name', 'Dr. Bench ' || n || ' Jr.')";
+
+/// The payload of a consultation's request, as SQL over `n`, `stream_id` and `starts_at`:
+/// consultation n of block b names patient b·4 + n mod 4 and physician b.
+fn consultation_requested() -> String {
+    format!(
+        "jsonb_build_object('consultationId', stream_id, \
+         'patientId', {patient}, 'physicianId', {physician}, \
+         'startsAt', to_char(starts_at at time zone 'UTC', \
+                             'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+         'endsAt', to_char((starts_at + interval '30 minutes') at time zone 'UTC', \
+                           'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+         'reason', 'check-up'::text)",
+        patient = v7(
+            PATIENT,
+            &format!(
+                "(n / {CONSULTATIONS_PER_BLOCK} * {PATIENTS_PER_BLOCK} + n % {PATIENTS_PER_BLOCK})"
+            )
+        ),
+        physician = v7(PHYSICIAN, &format!("(n / {CONSULTATIONS_PER_BLOCK})")),
+    )
+}
+
+/// The streams of one kind that a group of blocks of the mix writes: their aggregate, the kind
+/// in their ids (see [`v7`]) and their numbers, `first..last`.
+struct Streams {
+    aggregate: AggregateKind,
+    kind: u16,
+    first: u64,
+    last: u64,
+}
+
+impl Streams {
+    /// The streams of `blocks`, `per_block` of them in each.
+    fn of(aggregate: AggregateKind, kind: u16, per_block: u64, blocks: &Range<u64>) -> Self {
+        Self {
+            aggregate,
+            kind,
+            first: blocks.start * per_block,
+            last: blocks.end * per_block,
+        }
+    }
 }
 
 /// Seals every clear personal event, a batch of [`SEAL_BATCH`] at a time, then vacuums again;
@@ -317,18 +342,12 @@ async fn seal(pool: &PgPool, vault: &Vault) -> anyhow::Result<u64> {
     Ok(sealed)
 }
 
-/// One `insert … select … from generate_series` of `event_type` events at `version` of the
-/// streams of `kind` numbered `range.0..range.1`, with `payload` built from `n` (the stream's
-/// number), `stream_id` and `starts_at` (a slot in the future, for consultations).
-fn insert(
-    event_type: &str,
-    aggregate_type: &str,
-    version: u16,
-    kind: u16,
-    range: (u64, u64),
-    payload: &str,
-) -> String {
-    let (first, last) = range;
+/// One `insert … select … from generate_series` of `event_type` events at `version` of
+/// `streams`, with `payload` built from `n` (the stream's number), `stream_id` and `starts_at`
+/// (a slot in the future, for consultations).
+fn insert(streams: &Streams, event_type: &str, version: u16, payload: &str) -> String {
+    let (kind, first, last) = (streams.kind, streams.first, streams.last);
+    let aggregate_type = streams.aggregate.as_str();
     // Event ids: a kind per event type (stream kind and version), numbered like the streams.
     let event_kind = EVENT + kind * 16 + version;
     format!(

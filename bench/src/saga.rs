@@ -54,9 +54,9 @@ use uuid::Uuid;
 
 use crate::broker::Servers;
 use crate::cpu::{CpuWindow, MachineCpu, settle};
-use crate::e2e::{self, Pace};
+use crate::e2e;
 use crate::load::{
-    Drained, Outcome, Timeline, WARMUP, announce_paced, keep_alive_client, latency_histogram, paced,
+    Drained, Outcome, Pace, PaceArgs, WARMUP, keep_alive_client, latency_histogram, paced,
 };
 use crate::profile::Profile;
 use crate::report::{Facts, Table};
@@ -65,13 +65,10 @@ use crate::system::{self, Hap, POOL_SIZE};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Consultations requested per second in the paced phase (and pairs of its floor).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
-    rate: u64,
-
-    /// Measured seconds of the paced phase and of its floor, after a 1-second warm-up each.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    seconds: u64,
+    /// The paced phase's and its floor's rate and length; the default rate is
+    /// [`DEFAULT_RATE`], set where the subcommand is declared.
+    #[command(flatten)]
+    pace: PaceArgs,
 
     /// Paced requests in flight at most; past it the schedule slips (the achieved rate shows it).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -88,6 +85,10 @@ pub struct Args {
     #[command(flatten)]
     pub servers: Servers,
 }
+
+/// `--rate`'s default here: a consultation's trip is longer than `e2e`'s pair, and the target
+/// below is set at this rate.
+pub const DEFAULT_RATE: &str = "100";
 
 /// The targets: at 100 requests/s, request → scheduled within three times the floor's median;
 /// saturated, at least 400 consultations scheduled per second. (They were 4× and 300/s while
@@ -123,12 +124,13 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     let mut settings = system::settings(database, broker);
     settings.scheduling_timeout_ms = SCHEDULING_TIMEOUT.as_millis() as u64;
     let hap = Hap::start(broker, database, &pool, settings, true).await?;
-    let client = keep_alive_client(args.max_in_flight)?;
+    let pace = args.pace.with_in_flight(args.max_in_flight);
+    let client = keep_alive_client(pace.max_in_flight)?;
     let base: Arc<str> = hap.server.base_url().into();
 
     // Paced operations are numbered from 0 and due before the end of their window; the burst's
     // come after them, so that no two consultations ask for the same slot.
-    let paced_count = args.rate * (WARMUP.as_secs() + args.seconds);
+    let paced_count = pace.rate * (WARMUP.as_secs() + pace.seconds);
     let consultations = paced_count + args.burst;
     let physicians = consultations.div_ceil(PER_PHYSICIAN);
     eprintln!("registering {physicians} physicians and {PATIENTS} patients…");
@@ -141,8 +143,8 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     };
 
     settle().await;
-    announce_paced("paced", args.rate, "requests", args.seconds);
-    let (scheduling, posts) = paced_run(args, &ctx).await?;
+    pace.announce("paced", "requests");
+    let (scheduling, posts) = paced_run(pace, &ctx).await?;
     let hops = hops(&pool).await?;
     let inside = inside_hops(&ctx).await?;
 
@@ -157,12 +159,7 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     hap.stop().await?;
 
     settle().await;
-    announce_paced("floor (e2e's HAP run)", args.rate, "pairs", args.seconds);
-    let pace = Pace {
-        rate: args.rate,
-        seconds: args.seconds,
-        max_in_flight: args.max_in_flight,
-    };
+    pace.announce("floor (e2e's HAP run)", "pairs");
     let floor_pool = database.connect(POOL_SIZE).await?;
     let (floor, _) = e2e::hap_run(pace, database, broker, floor_pool).await?;
     pool.close().await;
@@ -328,38 +325,33 @@ impl Client {
 
 /// Paced requests, each waited for until scheduled; also returns how long each measured
 /// `POST` took (sent → 202), in µs.
-async fn paced_run(args: &Args, ctx: &Client) -> anyhow::Result<(Outcome, Histogram<u64>)> {
-    let timeline = Timeline::starting_now(WARMUP, Duration::from_secs(args.seconds));
+async fn paced_run(pace: Pace, ctx: &Client) -> anyhow::Result<(Outcome, Histogram<u64>)> {
+    let timeline = pace.timeline();
     let profile = Profile::over("paced", timeline);
     let posts = Arc::new(Mutex::new(latency_histogram()));
     let outcome = {
         let (ctx, posts) = (ctx.clone(), Arc::clone(&posts));
-        paced(
-            args.rate as f64,
-            args.max_in_flight as usize,
-            timeline,
-            move |n, measured| {
-                let (ctx, posts) = (ctx.clone(), Arc::clone(&posts));
-                async move {
-                    // Only the measured sagas are read back for their hops.
-                    let correlation = if measured {
-                        format!("paced-{n}")
-                    } else {
-                        format!("warm-up-{n}")
-                    };
-                    let sent = Instant::now();
-                    let id = ctx.request(n, &correlation).await?;
-                    if measured {
-                        let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-                        posts
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .saturating_record(micros.max(1));
-                    }
-                    ctx.scheduled(id).await
+        paced(pace, timeline, move |n, measured| {
+            let (ctx, posts) = (ctx.clone(), Arc::clone(&posts));
+            async move {
+                // Only the measured sagas are read back for their hops.
+                let correlation = if measured {
+                    format!("paced-{n}")
+                } else {
+                    format!("warm-up-{n}")
+                };
+                let sent = Instant::now();
+                let id = ctx.request(n, &correlation).await?;
+                if measured {
+                    let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    posts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .saturating_record(micros.max(1));
                 }
-            },
-        )
+                ctx.scheduled(id).await
+            }
+        })
         .await?
     };
     profile.finish().await?;
@@ -576,15 +568,15 @@ fn report(args: &Args, facts: &Facts, figures: &Figures) {
          scheduled: the consultations projection here committed the saga's outcome (woken as \
          X-Min-Position is), then GET /consultations/{{id}} answered `scheduled` · floor: \
          e2e's HAP run, POST /patients then GET with X-Min-Position",
-        args.rate,
-        args.seconds,
+        args.pace.rate,
+        args.pace.seconds,
         WARMUP.as_secs(),
         SCHEDULING_TIMEOUT.as_secs()
     );
     println!();
     let mut table = Table::paced();
-    table.paced_row("HAP: request → scheduled", args.rate, scheduling);
-    table.paced_row("floor: e2e command → visible", args.rate, floor);
+    table.paced_row("HAP: request → scheduled", args.pace.rate, scheduling);
+    table.paced_row("floor: e2e command → visible", args.pace.rate, floor);
     print!("{table}");
     println!();
     let ratio = scheduling.latency_ms(0.5) / floor.latency_ms(0.5);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgArguments, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::EventStore;
@@ -127,16 +127,14 @@ impl EventStore {
         stream_id: Uuid,
         after: StreamVersion,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        let events: Vec<RecordedEvent> = sqlx::query_as(concat!(
+        let query = sqlx::query_as(concat!(
             "select ",
             recorded_event_columns!(),
             " from events where stream_id = $1 and version > $2 order by version"
         ))
         .bind(stream_id)
-        .bind(after.as_i64())
-        .fetch_all(&self.pool)
-        .await?;
-        opened(self.opener.as_deref(), events).await
+        .bind(after.as_i64());
+        fetch_opened(&self.pool, self.opener.as_deref(), query).await
     }
 
     /// Up to `limit` events of stream `stream_id` after version `after`, in version order: a
@@ -152,7 +150,7 @@ impl EventStore {
         after: StreamVersion,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        let events: Vec<RecordedEvent> = sqlx::query_as(concat!(
+        let query = sqlx::query_as(concat!(
             "select ",
             recorded_event_columns!(),
             " from events where stream_id = $1 and version > $2
@@ -164,10 +162,8 @@ impl EventStore {
         .bind(after.as_i64())
         .bind(tenant_id)
         .bind(aggregate_type)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        opened(self.opener.as_deref(), events).await
+        .bind(limit);
+        fetch_opened(&self.pool, self.opener.as_deref(), query).await
     }
 
     /// The type of the last event of each of the streams `ids` (those that have events).
@@ -219,7 +215,7 @@ impl EventStore {
         correlation_id: &str,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        let events: Vec<RecordedEvent> = sqlx::query_as(concat!(
+        let query = sqlx::query_as(concat!(
             "select ",
             recorded_event_columns!(),
             " from events where correlation_id = $1 and ($2::text is null or tenant_id = $2)
@@ -227,10 +223,8 @@ impl EventStore {
         ))
         .bind(correlation_id)
         .bind(tenant_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        opened(self.opener.as_deref(), events).await
+        .bind(limit);
+        fetch_opened(&self.pool, self.opener.as_deref(), query).await
     }
 
     /// Up to `limit` committed events after `after`, in (transaction id, position) order. (The
@@ -279,8 +273,8 @@ impl EventStore {
         // Not a cached prepared statement: on a connection planning as PostgreSQL does by
         // default, it would soon switch to a generic plan, which is free to scan the whole
         // table instead of its tail (a `TailReader` rules that out on a connection of its own).
-        let events = query.persistent(false).fetch_all(&self.pool).await?;
-        opened(self.opener.as_deref(), events).await
+        let query = query.persistent(false);
+        fetch_opened(&self.pool, self.opener.as_deref(), query).await
     }
 
     /// A reader of the tail of the global order, for the publisher, which reads it at every
@@ -290,11 +284,22 @@ impl EventStore {
     }
 }
 
+/// A bound query of [`RecordedEvent`]s.
+type EventsQuery<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, RecordedEvent, PgArguments>;
+
+/// The events `query` selects on `pool`, their payloads opened by `opener`: what every read of
+/// whole events returns.
+async fn fetch_opened(
+    pool: &PgPool,
+    opener: Option<&dyn Opener>,
+    query: EventsQuery<'_>,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    let events = query.fetch_all(pool).await?;
+    opened(opener, events).await
+}
+
 /// The gap-safe read of [`EventStore::read_all`], bound.
-fn gap_safe_read<'q>(
-    after: GlobalCheckpoint,
-    limit: i64,
-) -> sqlx::query::QueryAs<'q, sqlx::Postgres, RecordedEvent, sqlx::postgres::PgArguments> {
+fn gap_safe_read<'q>(after: GlobalCheckpoint, limit: i64) -> EventsQuery<'q> {
     sqlx::query_as(concat!(
         "select ",
         recorded_event_columns!(),
@@ -347,8 +352,8 @@ impl TailReader {
         after: GlobalCheckpoint,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        let events = gap_safe_read(after, limit).fetch_all(&self.pool).await?;
-        opened(self.opener.as_deref(), events).await
+        let query = gap_safe_read(after, limit);
+        fetch_opened(&self.pool, self.opener.as_deref(), query).await
     }
 
     /// Closes the connection.

@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use domain::Event;
 use domain::consultation::Status;
 use futures::FutureExt;
-use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use sqlx::postgres::PgArguments;
 use uuid::Uuid;
@@ -17,7 +16,7 @@ use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
 use crate::projector::{
-    ApplyError, Bookkeeping, Chunk, InMemory, Projector, batch_statement, bind, each,
+    Applying, Batch, Bookkeeping, Chunk, InMemory, Loading, Projector, batch_statement, bind, each,
     load_continued,
 };
 
@@ -180,11 +179,7 @@ fn latest_name<'a>(
 impl InMemory for Rows {
     /// The consultations earlier chunks began, and the names of the people the chunk's new
     /// consultations name: a name set in an earlier chunk is read back, not held.
-    fn load<'a>(
-        &'a mut self,
-        conn: &'a mut PgConnection,
-        chunk: &'a Chunk<'a>,
-    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+    fn load<'a>(&'a mut self, conn: &'a mut PgConnection, chunk: &'a Chunk<'a>) -> Loading<'a> {
         async move {
             let continued = chunk.continued();
             if !continued.is_empty() {
@@ -389,15 +384,11 @@ impl Projector for Consultations {
         crate::CONSULTATIONS
     }
 
-    fn apply<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        events: &'a [Envelope],
-        batch: &'a Bookkeeping,
-    ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>> {
+    fn apply<'a>(&'a self, batch: Batch<'a>) -> Applying<'a> {
         async move {
-            let mut rows = Rows::load(conn, events).await?;
-            let mut changed: Vec<Uuid> = events.iter().filter_map(|e| rows.apply(e)).collect();
+            let mut rows = Rows::load(batch.conn, batch.events).await?;
+            let mut changed: Vec<Uuid> =
+                batch.events.iter().filter_map(|e| rows.apply(e)).collect();
             changed.sort();
             changed.dedup();
             let Rows {
@@ -417,7 +408,7 @@ impl Projector for Consultations {
                 .map(|(id, p)| (*id, p))
                 .collect();
             // Renames reach every consultation of the person, not only this batch's.
-            let copied = save(conn, batch, &changed_rows, &renamed).await?;
+            let copied = save(batch.conn, batch.bookkeeping, &changed_rows, &renamed).await?;
             changed.extend(copied);
             Ok(Touched::rows("consultation", changed))
         }

@@ -21,20 +21,13 @@ pub trait Projector: Send + Sync + 'static {
     /// The name recorded with its processed events (`patients`, …).
     fn name(&self) -> &'static str;
 
-    /// Folds `events` and writes the rows they change together with `batch`'s bookkeeping, in
-    /// **one statement** made with [`batch_statement!`] and [`Bookkeeping::arguments`]
-    /// (always, even with no rows to write), and says which rows changed. It may read the
-    /// rows it needs first. `conn` is not always in a transaction: for a batch of fresh
-    /// events that continue the versions applied, the statement is the batch's only write
-    /// and its own transaction, so a failure leaves nothing behind. Every event is new to
-    /// this projection, and each stream's events are contiguous and in version order (the
-    /// runtime sees to it), so a projector only folds.
-    fn apply<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        events: &'a [Envelope],
-        batch: &'a Bookkeeping,
-    ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>>;
+    /// Folds the batch's events and writes the rows they change together with its
+    /// bookkeeping, in **one statement** made with [`batch_statement!`] and
+    /// [`Bookkeeping::arguments`] (always, even with no rows to write), and says which rows
+    /// changed. It may read the rows it needs first. Every event is new to this projection,
+    /// and each stream's events are contiguous and in version order (the runtime sees to it),
+    /// so a projector only folds.
+    fn apply<'a>(&'a self, batch: Batch<'a>) -> Applying<'a>;
 
     /// An empty copy of the projection's rows in memory, for a rebuild to fold one chunk of
     /// the history into and write in bulk, rather than reading and writing rows batch by
@@ -49,16 +42,29 @@ pub trait Projector: Send + Sync + 'static {
     }
 }
 
+/// What a projector is given to apply: one batch, borrowed from the runtime.
+pub struct Batch<'a> {
+    /// Where to write. Not always in a transaction: for a batch of fresh events that continue
+    /// the versions applied, the projector's statement is the batch's only write and its own
+    /// transaction, so a failure leaves nothing behind.
+    pub conn: &'a mut PgConnection,
+    pub events: &'a [Envelope],
+    /// The runtime's marks and versions, which the projector's statement writes too.
+    pub bookkeeping: &'a Bookkeeping,
+}
+
+/// What [`Projector::apply`] returns: the rows the batch changed, once they are written.
+pub type Applying<'a> = BoxFuture<'a, Result<Vec<Touched>, ApplyError>>;
+
+/// What [`InMemory::load`] returns: done once the rows are read back.
+pub type Loading<'a> = BoxFuture<'a, Result<(), sqlx::Error>>;
+
 /// A projection's rows of one chunk of a rebuild held in memory, folded by the same code as
 /// the live batches.
 pub trait InMemory: Send {
     /// Reads back from the shadow schema what earlier chunks wrote and this one needs: the
     /// rows of the streams it continues, and anything else folding reads (names, say).
-    fn load<'a>(
-        &'a mut self,
-        conn: &'a mut PgConnection,
-        chunk: &'a Chunk<'a>,
-    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+    fn load<'a>(&'a mut self, conn: &'a mut PgConnection, chunk: &'a Chunk<'a>) -> Loading<'a>;
 
     /// Folds one event; the events of a stream come once each, in version order.
     fn fold(&mut self, event: &Envelope);
@@ -410,25 +416,32 @@ async fn apply_at_once(
         .collect()
     };
     let tenants = tenants_of(events.iter().copied());
-    let mut batch = Bookkeeping::new(projector.name());
+    let mut bookkeeping = Bookkeeping::new(projector.name());
     for &(stream, first, last) in &streams {
         let before = (first > 1).then_some(first - 1);
         if applied.get(&stream).copied() != before {
             return Ok(None); // a gap before the batch, or old news
         }
-        batch.stream(stream, before, last, tenants[&stream]);
+        bookkeeping.stream(stream, before, last, tenants[&stream]);
     }
     for event in &events {
-        batch.mark(event);
+        bookkeeping.mark(event);
     }
     // Position order is version order within a stream, and the order things happened across
     // streams (a patient is registered before a consultation names them).
     let mut to_apply: Vec<Envelope> = events.into_iter().cloned().collect();
     to_apply.sort_by_key(|e| e.position);
-    match projector.apply(&mut conn, &to_apply, &batch).await {
+    match projector
+        .apply(Batch {
+            conn: &mut conn,
+            events: &to_apply,
+            bookkeeping: &bookkeeping,
+        })
+        .await
+    {
         Ok(touched) => Ok(Some(Applied {
             events: to_apply.len(),
-            streams: batch.streams(),
+            streams: bookkeeping.streams(),
             touched,
         })),
         // The statement failed whole: an event processed before, a stream's version moved
@@ -517,16 +530,23 @@ async fn apply_carefully(
     // The events are marked already; the statement writes the versions, each continued one
     // only from the version read above (see `batch_statement!`).
     let tenants = tenants_of(&to_apply);
-    let mut batch = Bookkeeping::new(name);
+    let mut bookkeeping = Bookkeeping::new(name);
     for (&stream, &version) in &versions {
-        batch.stream(
+        bookkeeping.stream(
             stream,
             applied.get(&stream).copied(),
             version,
             tenants[&stream],
         );
     }
-    let touched = match projector.apply(&mut tx, &to_apply, &batch).await {
+    let touched = match projector
+        .apply(Batch {
+            conn: &mut tx,
+            events: &to_apply,
+            bookkeeping: &bookkeeping,
+        })
+        .await
+    {
         Err(ApplyError::Database(error)) if is_not_null_violation(&error) => {
             return Err(ApplyError::Raced); // a version moved since it was read
         }
@@ -535,7 +555,7 @@ async fn apply_carefully(
     tx.commit().await?;
     Ok(Applied {
         events: to_apply.len(),
-        streams: batch.streams(),
+        streams: bookkeeping.streams(),
         touched,
     })
 }

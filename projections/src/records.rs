@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use domain::Event;
 use futures::FutureExt;
-use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -15,7 +14,7 @@ use crate::copy::CopyRows;
 use crate::envelope::Envelope;
 use crate::progress::Touched;
 use crate::projector::{
-    ApplyError, Bookkeeping, Chunk, InMemory, Projector, batch_statement, bind, each,
+    Applying, Batch, Bookkeeping, Chunk, InMemory, Loading, Projector, batch_statement, bind, each,
 };
 
 pub struct Records;
@@ -134,11 +133,7 @@ impl Books {
 
 impl InMemory for Books {
     /// The books of the chunk's record book streams that earlier chunks began.
-    fn load<'a>(
-        &'a mut self,
-        conn: &'a mut PgConnection,
-        chunk: &'a Chunk<'a>,
-    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+    fn load<'a>(&'a mut self, conn: &'a mut PgConnection, chunk: &'a Chunk<'a>) -> Loading<'a> {
         async move {
             let mut consultations: Vec<Uuid> = chunk
                 .events
@@ -189,20 +184,16 @@ impl Projector for Records {
         crate::RECORDS
     }
 
-    fn apply<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        events: &'a [Envelope],
-        batch: &'a Bookkeeping,
-    ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>> {
+    fn apply<'a>(&'a self, batch: Batch<'a>) -> Applying<'a> {
         async move {
-            let ids: Vec<Uuid> = events
+            let ids: Vec<Uuid> = batch
+                .events
                 .iter()
                 .flat_map(|e| e.events.iter().filter_map(consultation_of))
                 .collect();
             let mut books = Books::default();
-            books.load(conn, &ids).await?;
-            let changed = events.iter().flat_map(|e| books.apply(e)).collect();
+            books.load(batch.conn, &ids).await?;
+            let changed = batch.events.iter().flat_map(|e| books.apply(e)).collect();
             let touched = Touched::rows("record", changed);
             let changed: HashSet<Uuid> = touched.iter().map(|t| t.id).collect();
             let rows: Vec<&Row> = books
@@ -211,7 +202,7 @@ impl Projector for Records {
                 .flatten()
                 .filter(|r| changed.contains(&r.id))
                 .collect();
-            upsert(conn, batch, &rows).await?;
+            upsert(batch.conn, batch.bookkeeping, &rows).await?;
             Ok(touched)
         }
         .boxed()

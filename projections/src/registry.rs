@@ -7,7 +7,6 @@
 use chrono::{DateTime, Utc};
 use domain::Event;
 use futures::FutureExt;
-use futures::future::BoxFuture;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{AssertSqlSafe, FromRow, PgConnection, Row as _};
 use uuid::Uuid;
@@ -17,8 +16,8 @@ use crate::copy::{CopyRows, CopyValue};
 use crate::envelope::Envelope;
 use crate::progress::Touched;
 use crate::projector::{
-    ApplyError, Bookkeeping, Chunk, InMemory, Projector, batch_statement, bind, column,
-    fold_stream_rows,
+    Applying, Batch, Bookkeeping, Chunk, InMemory, Loading, Projector, batch_statement, bind,
+    column, fold_stream_rows,
 };
 
 /// What one registry adds to the common rows and rules.
@@ -136,11 +135,7 @@ struct Rows<R: Registry> {
 }
 
 impl<R: Registry> InMemory for Rows<R> {
-    fn load<'a>(
-        &'a mut self,
-        conn: &'a mut PgConnection,
-        chunk: &'a Chunk<'a>,
-    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+    fn load<'a>(&'a mut self, conn: &'a mut PgConnection, chunk: &'a Chunk<'a>) -> Loading<'a> {
         async move {
             let continued = chunk.continued();
             if continued.is_empty() {
@@ -198,16 +193,11 @@ impl<R: Registry> Projector for R {
         R::TABLE
     }
 
-    fn apply<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        events: &'a [Envelope],
-        batch: &'a Bookkeeping,
-    ) -> BoxFuture<'a, Result<Vec<Touched>, ApplyError>> {
+    fn apply<'a>(&'a self, batch: Batch<'a>) -> Applying<'a> {
         async move {
             let (touched, rows) = fold_stream_rows(
-                conn,
-                events,
+                batch.conn,
+                batch.events,
                 select::<R>(),
                 R::KIND,
                 |row: &Row<R::Details>| row.id,
@@ -216,10 +206,10 @@ impl<R: Registry> Projector for R {
             .await?;
             let rows: Vec<(&Row<R::Details>, bool)> =
                 rows.iter().map(|(row, stored)| (row, *stored)).collect();
-            save::<R>(conn, batch, &rows).await?;
+            save::<R>(batch.conn, batch.bookkeeping, &rows).await?;
             Ok(touched
                 .into_iter()
-                .chain(erase_elsewhere::<R>(conn, events).await?)
+                .chain(erase_elsewhere::<R>(batch.conn, batch.events).await?)
                 .collect())
         }
         .boxed()

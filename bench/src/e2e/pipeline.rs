@@ -20,9 +20,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::{Args, insert_raw_event};
+use super::{insert_raw_event, read_back};
 use crate::broker::{ScratchBroker, consume_with_acks, open_channel, open_confirm_channel};
-use crate::load::{Outcome, Timeline, WARMUP, paced};
+use crate::load::{Outcome, Pace, paced};
 
 /// Deliveries the consumer may hold and the most it writes at once: HAP's consumer settings.
 const PREFETCH: u16 = 2000;
@@ -40,7 +40,7 @@ const SELECT_ROW: &str = "select payload from raw_patients where id = $1";
 type Waiting = Arc<Mutex<HashMap<Uuid, oneshot::Sender<()>>>>;
 
 /// Paced insert → publish → consume and write → select pairs; `pool` holds `raw_events`.
-pub async fn run(args: &Args, broker: &ScratchBroker, pool: &PgPool) -> anyhow::Result<Outcome> {
+pub async fn run(pace: Pace, broker: &ScratchBroker, pool: &PgPool) -> anyhow::Result<Outcome> {
     sqlx::query("create table raw_patients (id uuid primary key, payload jsonb not null)")
         .execute(pool)
         .await
@@ -57,37 +57,26 @@ pub async fn run(args: &Args, broker: &ScratchBroker, pool: &PgPool) -> anyhow::
     let consuming = open_channel(&connection).await?;
     let consumer = consume(&consuming, &queue, pool.clone(), Arc::clone(&waiting)).await?;
 
-    let timeline = Timeline::starting_now(WARMUP, Duration::from_secs(args.seconds));
     let queue: Arc<str> = queue.into();
     let pool = pool.clone();
-    let outcome = paced(
-        args.rate as f64,
-        args.max_in_flight as usize,
-        timeline,
-        move |n, _| {
-            let (pool, publish, queue) = (pool.clone(), publish.clone(), Arc::clone(&queue));
-            let waiting = Arc::clone(&waiting);
-            async move {
-                let (_, patient_id, payload) = insert_raw_event(&pool, n).await?;
-                let (written, seen) = oneshot::channel();
-                waiting
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(patient_id, written);
-                send(&publish, &queue, patient_id, &payload).await?;
-                tokio::time::timeout(WAIT_LIMIT, seen)
-                    .await
-                    .context("The raw consumer wrote no row in time")?
-                    .context("The raw consumer stopped before writing the row")?;
-                let _: Value = sqlx::query_scalar(SELECT_ROW)
-                    .bind(patient_id)
-                    .fetch_one(&pool)
-                    .await
-                    .context("select from raw_patients failed")?;
-                Ok(())
-            }
-        },
-    )
+    let outcome = paced(pace, pace.timeline(), move |n, _| {
+        let (pool, publish, queue) = (pool.clone(), publish.clone(), Arc::clone(&queue));
+        let waiting = Arc::clone(&waiting);
+        async move {
+            let (_, patient_id, payload) = insert_raw_event(&pool, n).await?;
+            let (written, seen) = oneshot::channel();
+            waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(patient_id, written);
+            send(&publish, &queue, patient_id, &payload).await?;
+            tokio::time::timeout(WAIT_LIMIT, seen)
+                .await
+                .context("The raw consumer wrote no row in time")?
+                .context("The raw consumer stopped before writing the row")?;
+            read_back(&pool, SELECT_ROW, patient_id).await
+        }
+    })
     .await;
     // The consumer's channel first, which ends it: closing the connection under a running
     // consumer makes lapin log an error.
