@@ -332,23 +332,28 @@ async fn erasing_needs_its_own_scope_and_stays_in_the_tenant() {
     };
     let patient_path = format!("/patients/{patient}/erase");
     let physician_path = format!("/physicians/{physician}/erase");
-    for (path, wrong) in [
-        (&patient_path, "patients:write physicians:erase"),
-        (&physician_path, "physicians:write patients:erase"),
+    for (path, tenant, scope, status) in [
+        // Each erasure needs its own scope: writing, or erasing the other kind, is not it.
+        (
+            &patient_path,
+            "north",
+            "patients:write physicians:erase",
+            403,
+        ),
+        (
+            &physician_path,
+            "north",
+            "physicians:write patients:erase",
+            403,
+        ),
+        // Another tenant's person is not there to erase.
+        (&patient_path, "south", "patients:erase", 404),
+        (&physician_path, "south", "physicians:erase", 404),
     ] {
-        let response = erase(path.clone(), tokens::token("north", wrong))
+        let response = erase(path.clone(), tokens::token(tenant, scope))
             .await
             .unwrap();
-        assert_eq!(response.status(), 403, "{path} with {wrong}");
-    }
-    for (path, scope) in [
-        (&patient_path, "patients:erase"),
-        (&physician_path, "physicians:erase"),
-    ] {
-        let response = erase(path.clone(), tokens::token("south", scope))
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 404, "another tenant's {path}");
+        assert_eq!(response.status(), status, "{path} in {tenant} with {scope}");
     }
     let invalid = app
         .request(Method::POST, &patient_path)

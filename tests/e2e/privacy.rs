@@ -20,8 +20,7 @@ async fn claims_holding(db: &TestDb, text: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_number_is_claimed_as_a_keyed_hash_and_still_unique() {
-    let db = TestDb::new().await;
-    let app = hap_tests::TestApp::start_with(&db, hap_tests::tokens::keyed_settings()).await;
+    let (db, app) = keyed_app().await;
     let patient = app.register_patient("DOC-PRIVATE-1").await;
     assert_eq!(
         claims_holding(&db, "DOC-PRIVATE-1").await,
@@ -204,8 +203,7 @@ async fn personal_fields_are_sealed_at_rest_and_read_back_in_clear() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erased_subjects_events_open_with_nulls_and_their_document_number_is_free() {
-    let db = TestDb::new().await;
-    let app = hap_tests::TestApp::start_with(&db, hap_tests::tokens::keyed_settings()).await;
+    let (db, app) = keyed_app().await;
     let patient = app.register_patient("DOC-ERASED").await;
     let other = app.register_patient("DOC-KEPT").await;
 
@@ -345,8 +343,7 @@ async fn migrate_events_seals_clear_events_in_resumable_batches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_erasing_process_reads_the_subject_as_erased_at_once() {
-    let db = TestDb::new().await;
-    let app = hap_tests::TestApp::start_with(&db, hap_tests::tokens::keyed_settings()).await;
+    let (db, app) = keyed_app().await;
     let patient = app.register_patient("DOC-GONE").await;
     // Read once, so that this process caches the patient's key.
     let before = app.get_json(&format!("/patients/{patient}/history")).await;
@@ -411,4 +408,11 @@ async fn processes_that_seal_for_one_subject_share_the_key_stored_first() {
             assert_eq!(opened["name"], name);
         }
     }
+}
+
+/// A scratch store, and HAP's HTTP API serving it with a data key (as `hap serve` runs).
+async fn keyed_app() -> (TestDb, hap_tests::TestApp) {
+    let db = TestDb::new().await;
+    let app = hap_tests::TestApp::start_with(&db, hap_tests::tokens::keyed_settings()).await;
+    (db, app)
 }

@@ -40,14 +40,6 @@ async fn start() -> (TestDb, System) {
     (db, system)
 }
 
-async fn count_events(db: &TestDb, event_type: &str) -> i64 {
-    db.scalar(
-        "select count(*) from events where event_type = $1",
-        event_type,
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consultation_is_scheduled_through_the_api_alone() {
     let (db, system) = start().await;
@@ -240,7 +232,7 @@ async fn a_deadline_fires_with_no_saga_process_and_a_later_saga_neither_schedule
     .await;
     assert!(drained, "the saga queues were worked through");
     assert_eq!(system.consultation(id).await["status"], "failed");
-    assert_eq!(count_events(&db, "ConsultationScheduled").await, 0);
+    assert_eq!(db.events_of_type("ConsultationScheduled").await, 0);
     let day = domain::schedule::DaySchedule::stream_id(physician.into(), at.date_naive());
     let held = db.stream_events(day).await;
     assert!(
@@ -361,10 +353,10 @@ async fn cancelling_voids_the_records_and_frees_the_slot() {
     })
     .await;
     assert!(voided, "the record is voided");
-    assert_eq!(count_events(&db, "ConsultationRecordsVoided").await, 2);
+    assert_eq!(db.events_of_type("ConsultationRecordsVoided").await, 2);
     // Both slots are free again.
     let released = eventually(Duration::from_secs(10), || async {
-        count_events(&db, "PhysicianSlotReleased").await == 2
+        db.events_of_type("PhysicianSlotReleased").await == 2
     })
     .await;
     assert!(released);

@@ -203,6 +203,15 @@ impl TestDb {
             .expect("events read")
     }
 
+    /// How many events of `event_type` are stored.
+    pub async fn events_of_type(&self, event_type: &str) -> i64 {
+        self.scalar(
+            "select count(*) from events where event_type = $1",
+            event_type,
+        )
+        .await
+    }
+
     /// How many stored events hold `text` in their payload as it is stored: in clear.
     pub async fn events_holding(&self, text: &str) -> i64 {
         self.scalar(
