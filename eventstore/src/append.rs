@@ -1,5 +1,7 @@
 //! Appending events to one stream: all of them or none, at the version the writer expected.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
@@ -134,9 +136,9 @@ pub enum AppendError {
 /// alone, and writes nothing unless its conditional update moved the deadline out of running
 /// (`go` reads that update, so it runs before the inserts and holds the row lock until the
 /// commit). A pause also passes when there is no deadline at all (a saga from before
-/// deadlines). An append that erases a data subject deletes their key and releases their
-/// personal claims (`shredded`, `released`); one that makes a subject stores their key
-/// (`keyed`). A concurrent writer of the same version, claim or key makes the whole
+/// deadlines). An append that makes a data subject stores their key (`keyed`); one that
+/// erases a subject goes by [`ERASING`], which also deletes their key and releases their
+/// personal claims. A concurrent writer of the same version, claim or key makes the whole
 /// statement fail on the matching unique constraint, and nothing of it is written.
 const APPEND: &str = r#"
 with ended as (
@@ -194,6 +196,17 @@ remembered as (
       left join last_positions p using (batch_index)
      where (select ok from go)
 ),
+keyed as (
+    insert into subject_keys (subject_id, tenant_id, wrapped)
+    select * from unnest($36::uuid[], $37::text[], $38::bytea[])
+     where (select ok from go)
+)"#;
+
+/// What an append that erases a data subject also does, in its statement: delete their key
+/// and release their personal claims. Apart, so that the statement of every other append
+/// (nearly all of them) plans nothing that looks through `unique_claims`, which has no index
+/// by owner: a cached plan for the deletes scans the whole table.
+const ERASING: &str = r#",
 shredded as (
     delete from subject_keys
      where subject_id = any($33::uuid[]) and (select ok from go)
@@ -202,14 +215,15 @@ released as (
     delete from unique_claims c
      using unnest($34::uuid[], $35::text[]) as r(owner_id, kind)
      where c.owner_id = r.owner_id and c.kind = r.kind and (select ok from go)
-),
-keyed as (
-    insert into subject_keys (subject_id, tenant_id, wrapped)
-    select * from unnest($36::uuid[], $37::text[], $38::bytea[])
-     where (select ok from go)
-)
-select batch_index, positions from last_positions
-"#;
+)"#;
+
+/// What the statement returns: each append's positions.
+const RETURNING: &str = "\nselect batch_index, positions from last_positions";
+
+/// The statement of a batch with no erasure, and of one with.
+static STATEMENT: LazyLock<String> = LazyLock::new(|| format!("{APPEND}{RETURNING}"));
+static STATEMENT_ERASING: LazyLock<String> =
+    LazyLock::new(|| format!("{APPEND}{ERASING}{RETURNING}"));
 
 /// The statement's parameters, one array per column, built from a batch of appends.
 #[derive(Default)]
@@ -352,7 +366,12 @@ impl EventStore {
     /// Writes a batch of appends in one statement: all of them, or none.
     pub(crate) async fn write(&self, appends: &[Append]) -> Result<Vec<Appended>, sqlx::Error> {
         let c = Columns::of(appends);
-        let rows: Result<Vec<(i32, Vec<i64>)>, _> = sqlx::query_as(APPEND)
+        let statement = if appends.iter().any(|a| a.erases.is_some()) {
+            &STATEMENT_ERASING
+        } else {
+            &STATEMENT
+        };
+        let rows: Result<Vec<(i32, Vec<i64>)>, _> = sqlx::query_as(statement.as_str())
             .bind(c.event_index)
             .bind(c.event_ids)
             .bind(c.streams)
