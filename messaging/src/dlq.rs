@@ -252,7 +252,8 @@ pub async fn resolve(
 }
 
 /// [`resolve`] for each of `queues` in turn, over one connection (a sweep of many queues
-/// pays for the broker's handshake once).
+/// pays for the broker's handshake once). A queue that fails does not stop the sweep: the
+/// others are still resolved, and the first failure is the result.
 pub async fn resolve_each(
     amqp_url: &AmqpUrls,
     queues: &[impl AsRef<str>],
@@ -261,13 +262,19 @@ pub async fn resolve_each(
 ) -> Result<usize, DlqError> {
     let connection = broker::connect(amqp_url, "hap-dlq").await?;
     let mut resolved = 0;
+    let mut failed = None;
     for queue in queues {
         let dlq = dead_letter_queue(queue.as_ref());
         let choose = |letter: &DeadLetter| if pick(letter) { action } else { Action::Keep };
-        resolved += visit_on(&connection, &dlq, choose).await?.1;
+        match visit_on(&connection, &dlq, choose).await {
+            Ok((_, count)) => resolved += count,
+            Err(error) => {
+                failed.get_or_insert(error);
+            }
+        }
     }
     connection.close(200, "done".into()).await.ok();
-    Ok(resolved)
+    failed.map_or(Ok(resolved), Err)
 }
 
 /// Drops every dead letter of `queue`; returns how many there were.

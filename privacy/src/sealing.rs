@@ -26,6 +26,8 @@ use crate::gcm::Key;
 
 /// The member of a payload holding its sealed fields.
 pub const SEALED: &str = "sealed";
+/// That member's name as written in a payload.
+const SEALED_NAME: &str = "\"sealed\"";
 
 /// Why a payload could not be sealed.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +50,7 @@ pub enum OpenError {
 }
 
 /// The sealed member of a payload.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 struct Sealed {
     subject: Uuid,
     fields: Vec<String>,
@@ -136,12 +138,16 @@ struct SealedMember<'a> {
 impl<'a> SealedPayload<'a> {
     /// `payload` (JSON text) of `event_type`, if it has sealed fields.
     pub fn parse(event_type: &'a str, payload: &'a str) -> Result<Option<Self>, OpenError> {
+        // Only an object can have been sealed; anything else reads as stored.
+        if !payload.trim_start().starts_with('{') {
+            return Ok(None);
+        }
         let members: Members<'a> =
             serde_json::from_str(payload).map_err(|e| malformed(event_type, &e.to_string()))?;
         let Some(sealed) = members.sealed else {
             return Ok(None);
         };
-        let clear = without_member(payload, sealed.get()).ok_or_else(|| {
+        let clear = without_member(payload, sealed).ok_or_else(|| {
             malformed(event_type, "the sealed member is not where it was written")
         })?;
         let sealed = serde_json::from_str(sealed.get())
@@ -230,6 +236,9 @@ impl<'de> Deserialize<'de> for Members<'de> {
                 let mut sealed = None;
                 while let Some(IsSealed(is_sealed)) = map.next_key()? {
                     if is_sealed {
+                        if sealed.is_some() {
+                            return Err(serde::de::Error::duplicate_field(SEALED));
+                        }
                         sealed = Some(map.next_value()?);
                     } else {
                         map.next_value::<serde::de::IgnoredAny>()?;
@@ -266,7 +275,8 @@ impl<'de> Deserialize<'de> for IsSealed {
 /// `payload` without the member whose value is the slice `value` of it: the text before the
 /// member and after it, one comma between neighbours kept. `None` unless the member is
 /// written `"sealed": <value>` (as [`seal`] writes it, whatever the spacing).
-fn without_member<'a>(payload: &'a str, value: &str) -> Option<(&'a str, &'a str)> {
+fn without_member<'a>(payload: &'a str, value: &'a RawValue) -> Option<(&'a str, &'a str)> {
+    let value = value.get();
     let start = (value.as_ptr() as usize).checked_sub(payload.as_ptr() as usize)?;
     let end = start + value.len();
     let key = payload
@@ -274,7 +284,7 @@ fn without_member<'a>(payload: &'a str, value: &str) -> Option<(&'a str, &'a str
         .trim_end()
         .strip_suffix(':')?
         .trim_end()
-        .strip_suffix(&format!("\"{SEALED}\""))?;
+        .strip_suffix(SEALED_NAME)?;
     let after = payload.get(end..)?;
     match key.trim_end().strip_suffix(',') {
         // A member before it: its comma goes with it.
@@ -410,6 +420,11 @@ mod tests {
         let compact = Value::Object(payload.clone()).to_string();
         let pretty = serde_json::to_string_pretty(&payload).unwrap();
         let first = format!(r#"{{ "sealed" : {sealed} , {}"#, &others[1..]);
+        let mut after_email = payload.clone();
+        after_email.remove(SEALED);
+        after_email.remove("email");
+        let after_email = Value::Object(after_email).to_string();
+        let middle = format!(r#"{{"email":null, "sealed":{sealed},{}"#, &after_email[1..]);
         let alone = format!(r#"{{"sealed":{sealed}}}"#);
         let alone_clear = clear
             .iter()
@@ -419,6 +434,7 @@ mod tests {
             (compact.as_str(), Value::Object(clear.clone())),
             (pretty.as_str(), Value::Object(clear.clone())),
             (first.as_str(), Value::Object(clear.clone())),
+            (middle.as_str(), Value::Object(clear.clone())),
             (alone.as_str(), alone_clear),
         ] {
             let parsed = SealedPayload::parse("PatientRegistered", text)
@@ -436,6 +452,21 @@ mod tests {
             });
             assert_eq!(erased, Value::Object(nulls.collect()), "{text}");
         }
+    }
+
+    #[test]
+    fn a_payload_that_is_no_object_reads_as_stored_and_two_sealed_members_do_not_open() {
+        assert!(
+            SealedPayload::parse("PatientRegistered", " [1, 2]")
+                .unwrap()
+                .is_none()
+        );
+        let sealed = r#"{"subject":"00000000-0000-0000-0000-000000000000","fields":[],"data":""}"#;
+        let twice = format!(r#"{{"sealed":{sealed},"sealed":{sealed}}}"#);
+        assert!(matches!(
+            SealedPayload::parse("PatientRegistered", &twice),
+            Err(OpenError::Malformed { .. })
+        ));
     }
 
     #[test]
