@@ -271,7 +271,7 @@ async fn fill(store: &EventStore, patients: u64) -> anyhow::Result<u64> {
 
 /// Messages ready in `queue`.
 async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
-    let declared = messaging::queues::look_up(channel, queue)
+    let declared = messaging::topology::look_up(channel, queue)
         .await
         .with_context(|| format!("Failed to read the depth of {queue}"))?;
     Ok(declared.message_count())

@@ -7,10 +7,8 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use serde_json::value::RawValue;
 
 use crate::EventStore;
-use crate::read::RecordedEvent;
 
 /// The columns of a stored event an opener reads.
 #[derive(Debug, Clone, Copy)]
@@ -53,30 +51,4 @@ pub(crate) async fn open(
         Some(opener) => opener.open(rows).await,
         None => Ok(vec![None; rows.len()]),
     }
-}
-
-/// `events` as their readers get them: each payload opened.
-pub(crate) async fn opened(
-    opener: Option<&dyn Opener>,
-    mut events: Vec<RecordedEvent>,
-) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-    let Some(opener) = opener else {
-        return Ok(events);
-    };
-    let rows: Vec<Stored<'_>> = events
-        .iter()
-        .map(|e| Stored {
-            event_type: &e.event_type,
-            schema_version: e.schema_version,
-            payload: e.payload.get(),
-        })
-        .collect();
-    let opened = opener.open(&rows).await?;
-    for (event, opened) in events.iter_mut().zip(opened) {
-        if let Some(text) = opened {
-            event.payload =
-                RawValue::from_string(text).map_err(|e| sqlx::Error::Decode(e.into()))?;
-        }
-    }
-    Ok(events)
 }

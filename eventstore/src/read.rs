@@ -9,7 +9,7 @@ use sqlx::postgres::{PgArguments, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::EventStore;
-use crate::opener::{Opener, opened};
+use crate::opener::{Opener, Stored};
 use crate::position::{GlobalCheckpoint, Position, StreamVersion};
 
 /// An event as stored, with everything the publisher and the projectors need.
@@ -375,4 +375,30 @@ pub enum Fence {
     /// because the live projectors may already hold such events (their own process fed them,
     /// see `projections::local`).
     None,
+}
+
+/// `events` as their readers get them: each payload opened.
+pub(crate) async fn opened(
+    opener: Option<&dyn Opener>,
+    mut events: Vec<RecordedEvent>,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    let Some(opener) = opener else {
+        return Ok(events);
+    };
+    let rows: Vec<Stored<'_>> = events
+        .iter()
+        .map(|e| Stored {
+            event_type: &e.event_type,
+            schema_version: e.schema_version,
+            payload: e.payload.get(),
+        })
+        .collect();
+    let opened = opener.open(&rows).await?;
+    for (event, opened) in events.iter_mut().zip(opened) {
+        if let Some(text) = opened {
+            event.payload =
+                RawValue::from_string(text).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        }
+    }
+    Ok(events)
 }

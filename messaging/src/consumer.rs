@@ -439,7 +439,7 @@ impl Consumer {
             (&self.names.main, "hap_projector_queue_depth"),
             (&self.names.dead_letters, "hap_dead_letter_queue_depth"),
         ] {
-            if let Ok(declared) = crate::queues::look_up(channel, queue).await {
+            if let Ok(declared) = crate::topology::look_up(channel, queue).await {
                 let depth = declared.message_count();
                 metrics::gauge!(metric, "queue" => queue.clone()).set(f64::from(depth));
                 if queue == &self.names.main && depth == 0 {

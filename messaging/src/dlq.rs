@@ -129,7 +129,9 @@ async fn visit_on(
         .await?;
     // Only what is there now: a replayed message that fails again comes back to this queue,
     // and must not be taken a second time.
-    let waiting = crate::queues::look_up(&channel, dlq).await?.message_count();
+    let waiting = crate::topology::look_up(&channel, dlq)
+        .await?
+        .message_count();
     let mut seen = Vec::new();
     let mut resolved = 0;
     let mut kept = Vec::new();
@@ -251,9 +253,15 @@ pub async fn resolve(
     resolve_each(amqp_url, &[queue], action, pick).await
 }
 
+/// Whether the broker refused because the queue does not exist (404 NOT_FOUND).
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(refusal) if refusal.get_id() == 404)
+}
+
 /// [`resolve`] for each of `queues` in turn, over one connection (a sweep of many queues
-/// pays for the broker's handshake once). A queue that fails does not stop the sweep: the
-/// others are still resolved, and the first failure is the result.
+/// pays for the broker's handshake once). A queue that does not exist counts as empty; one that
+/// fails does not stop the sweep: the others are still resolved, and the first failure is the
+/// result.
 pub async fn resolve_each(
     amqp_url: &AmqpUrls,
     queues: &[impl AsRef<str>],
@@ -268,6 +276,8 @@ pub async fn resolve_each(
         let choose = |letter: &DeadLetter| if pick(letter) { action } else { Action::Keep };
         match visit_on(&connection, &dlq, choose).await {
             Ok((_, count)) => resolved += count,
+            // No such queue: nothing of it to resolve (an instance's queues deleted).
+            Err(DlqError::Broker(error)) if is_not_found(&error) => {}
             Err(error) => {
                 failed.get_or_insert(error);
             }

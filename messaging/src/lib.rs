@@ -15,7 +15,8 @@
 //!   read as one type); [`headers`]: the AMQP headers HAP reads and writes.
 //! - [`envelope`]: an event as its consumers see it, read from a message or from the store.
 //! - [`routes`]: where each event goes, from the domain's routing table.
-//! - [`topology`]: exchange names under a prefix, and declaring them and quorum queues;
+//! - [`topology`]: exchange names under a prefix, declaring them and quorum queues, and
+//!   looking a queue up;
 //!   [`queues`]: the projector and saga queues, from the domain's table of services, with
 //!   their retry and dead-letter companions.
 //! - [`publisher`]: streaming committed events to the exchanges with confirms, one leader at a

@@ -5,9 +5,9 @@
 use domain::event::route;
 use domain::service::Service;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueBindOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, Queue};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 use crate::topology::Topology;
 
@@ -170,18 +170,6 @@ pub async fn move_delivery(
     }
     delivery.ack(BasicAckOptions::default()).await?;
     Ok(true)
-}
-
-/// Looks `queue` up by declaring it passively: its message and consumer counts if it exists;
-/// nothing is created. A failure (404 NOT_FOUND if it does not exist) closes `channel`.
-pub async fn look_up(channel: &Channel, queue: &str) -> lapin::Result<Queue> {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
 }
 
 /// Publishes `body` into `queue` through the default exchange as a mandatory message (an absent

@@ -6,7 +6,7 @@
 use domain::event::Exchange;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind, Queue};
 
 /// The queue argument that says how many members a quorum queue starts with.
 const QUORUM_SIZE_ARGUMENT: &str = "x-quorum-initial-group-size";
@@ -145,9 +145,21 @@ impl Topology {
             tracing::warn!(queue = name, %refusal, "an existing queue keeps the arguments it was declared with; delete it (once empty) to have it declared anew");
         }
         let channel = connection.create_channel().await?;
-        crate::queues::look_up(&channel, name).await?;
+        look_up(&channel, name).await?;
         close(channel).await
     }
+}
+
+/// Looks `queue` up by declaring it passively: its message and consumer counts if it exists;
+/// nothing is created. A failure (404 NOT_FOUND if it does not exist) closes `channel`.
+pub async fn look_up(channel: &Channel, queue: &str) -> lapin::Result<Queue> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
 }
 
 /// RabbitMQ's words when it refused a declaration because the queue exists with other

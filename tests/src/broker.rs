@@ -11,7 +11,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use messaging::queues::look_up;
+use messaging::topology::look_up;
 
 /// What a test sees of a delivered message.
 #[derive(Debug, Clone)]

@@ -112,7 +112,7 @@ async fn ready_messages(broker: &ScratchBroker) -> anyhow::Result<Vec<(String, u
     let mut counts = vec![];
     for names in consumed_queues(broker.prefix()) {
         for queue in [names.main, names.retry] {
-            let declared = messaging::queues::look_up(&channel, &queue)
+            let declared = messaging::topology::look_up(&channel, &queue)
                 .await
                 .with_context(|| format!("Failed to look at {queue}"))?;
             counts.push((queue, declared.message_count()));
