@@ -468,7 +468,10 @@ impl Roles {
     /// handlers, observers included.
     fn start_saga_side(&mut self, app: &AppState, consumers: ConsumerSettings) {
         if self.has(Role::Saga) {
-            let sagas = sagas::run_all(app.commands.clone(), consumers, self.shutdown.clone());
+            // The process's one local feed: steps take the events its commands append.
+            let feed = app.read.local.clone();
+            let sagas =
+                sagas::run_all(app.commands.clone(), feed, consumers, self.shutdown.clone());
             self.tasks.spawn(sagas);
         }
         if self.has(Role::Timer) {

@@ -3,14 +3,15 @@
 
 use commands::{AppendObserver, Committed};
 use futures::future::BoxFuture;
-use messaging::Envelope;
+use messaging::consumer::Message;
+use messaging::{Envelope, Origin};
 use projections::ReadModel;
 
 use crate::queries::cache::QueryCaches;
 
-/// Hands committed events to this process's own projectors (so a query here waits for one
-/// read-model transaction, not for the broker) and remembers the last event's position for
-/// read-your-writes.
+/// Hands committed events to this process's own handlers through the local feed (so a query
+/// here waits for one read-model transaction, not for the broker, and a saga's next step runs
+/// at once) and remembers the last event's position for read-your-writes.
 pub struct ReadSideObserver {
     pub read: ReadModel,
     pub queries: QueryCaches,
@@ -20,17 +21,25 @@ impl AppendObserver for ReadSideObserver {
     fn committed<'a>(&'a self, committed: &'a Committed) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             self.read.local.offer(|| {
+                let origin = Origin {
+                    tenant_id: committed.tenant_id.clone(),
+                    correlation_id: committed.correlation_id.clone(),
+                    actor_id: committed.actor_id.clone(),
+                };
                 committed
                     .events
                     .iter()
-                    .map(|e| Envelope {
-                        event_id: e.event_id,
-                        stream_id: committed.stream_id,
-                        version: e.version,
-                        position: e.position.value(),
-                        occurred_at: e.occurred_at,
-                        tenant_id: committed.tenant_id.clone(),
-                        events: [e.event.clone()].into(),
+                    .map(|e| Message {
+                        envelope: Envelope {
+                            event_id: e.event_id,
+                            stream_id: committed.stream_id,
+                            version: e.version,
+                            position: e.position.value(),
+                            occurred_at: e.occurred_at,
+                            tenant_id: committed.tenant_id.clone(),
+                            events: [e.event.clone()].into(),
+                        },
+                        origin: origin.clone(),
                     })
                     .collect()
             });

@@ -19,10 +19,10 @@
 //! - **Floor**: `hap-bench e2e`'s HAP run at the same rate, on the same database and prefix:
 //!   `POST /patients`, then `GET` with `X-Min-Position`. In one process that trip is an append
 //!   and one projector transaction (the local feed), with no broker in it. A consultation's
-//!   request is such an append, but its saga then takes two hops, each through the publisher,
-//!   the broker and a saga consumer before its step's command: the patient's validation and the
-//!   slot's hold side by side, then the confirmation once both are stored; the ratio of the
-//!   medians says what those hops cost.
+//!   request is such an append, but its saga then takes two hops, each a saga step's commands
+//!   (taken from the same local feed): the patient's validation and the slot's hold side by
+//!   side, then the confirmation once both are stored; the ratio of the medians says what those
+//!   hops cost.
 //!
 //! **What "scheduled" is measured as.** The consultation's stream holds its request at version
 //! 1, then the saga's outcome at version 2 (scheduled, or failed). The client waits until this

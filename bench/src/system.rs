@@ -93,10 +93,11 @@ impl Hap {
         let store = app.commands.store().clone();
         if sagas {
             // Steps and deadlines run their commands through the routes' pipeline, whose
-            // appends are fed to this process's projectors as the routes' are.
-            let pipeline = app.commands.clone();
+            // appends are fed to this process's projectors and saga services as the routes'
+            // are.
+            let (pipeline, feed) = (app.commands.clone(), read.local.clone());
             let settings = consumer_settings(broker);
-            pieces.push(broker.spawn(|stop| sagas::run_all(pipeline, settings, stop)));
+            pieces.push(broker.spawn(|stop| sagas::run_all(pipeline, feed, settings, stop)));
             let timer = sagas::Timer {
                 pipeline: app.commands.clone(),
                 retention: app.settings.idempotency_retention,

@@ -25,6 +25,8 @@ pub struct Committed {
     pub tenant_id: String,
     pub correlation_id: String,
     pub causation_id: Option<Uuid>,
+    /// Who acted, as the command said.
+    pub actor_id: Option<String>,
     /// In stream order.
     pub events: Vec<CommittedEvent>,
 }

@@ -419,6 +419,7 @@ impl<S: Store> Pipeline<S> {
             tenant_id: meta.tenant_id.clone(),
             correlation_id: meta.correlation_id.clone(),
             causation_id: meta.causation_id,
+            actor_id: meta.actor_id.clone(),
             events: (version_before.as_i64() + 1..)
                 .zip(events.iter().zip(stored).zip(&appended.positions))
                 .map(

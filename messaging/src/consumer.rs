@@ -5,6 +5,7 @@
 //! dead-lettered. A failing batch is split so that one bad message never holds back the ones
 //! beside it.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,12 +69,12 @@ impl ConsumerSettings {
     }
 }
 
-/// One message as a handler gets it: the event, and what its message said about its origin
-/// (`None` for an event this process fed its own projectors straight after appending it).
+/// One message as a handler gets it: the event, and where it came from (as its message body
+/// says, or as the command that appended it said, for an event of the local feed).
 #[derive(Debug, Clone)]
 pub struct Message {
     pub envelope: Envelope,
-    pub origin: Option<Origin>,
+    pub origin: Origin,
 }
 
 /// Why a handler could not handle a batch.
@@ -98,9 +99,9 @@ pub trait Handler: Send + Sync + 'static {
     /// alone, so handling must be idempotent: a message may come again after it succeeded.
     fn handle<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Result<(), HandleError>>;
 
-    /// The events this process feeds the handler straight after appending them, if it takes
-    /// any: taken once, when the consumer starts.
-    fn local_feed(&self) -> Option<mpsc::Receiver<Envelope>> {
+    /// The events this process feeds the handler straight after appending them
+    /// ([`crate::local`]), if it takes any: taken once, when the consumer starts.
+    fn local_feed(&self) -> Option<mpsc::Receiver<Message>> {
         None
     }
 
@@ -189,7 +190,7 @@ impl Consumer {
     async fn session(
         &self,
         shutdown: &CancellationToken,
-        local: &mut Option<mpsc::Receiver<Envelope>>,
+        local: &mut Option<mpsc::Receiver<Message>>,
     ) -> Result<(), SessionError> {
         let name = format!("hap-consumer {}", self.names.main);
         let connection = broker::connect(&self.settings.amqp_url, &name).await?;
@@ -265,19 +266,13 @@ impl Consumer {
         &self,
         channels: &Channels,
         batch: Vec<Delivery>,
-        fed: Vec<Envelope>,
+        fed: Vec<Message>,
         committed_fed: &mut CommittedFed,
     ) -> Result<(), SessionError> {
         let mut good = Vec::with_capacity(batch.len());
         for delivery in batch {
             match Envelope::from_message(&delivery.data) {
-                Ok((envelope, origin)) => good.push((
-                    delivery,
-                    Message {
-                        envelope,
-                        origin: Some(origin),
-                    },
-                )),
+                Ok((envelope, origin)) => good.push((delivery, Message { envelope, origin })),
                 Err(poison) => {
                     self.dead_letter(channels, &delivery, &poison.to_string())
                         .await?
@@ -285,15 +280,13 @@ impl Consumer {
             }
         }
         let last_tag = good.last().map(|(d, _)| d.delivery_tag);
+        let fed = without_delivered(fed, &good);
         let (known, good): (Vec<_>, Vec<_>) = good
             .into_iter()
             .partition(|(_, m)| committed_fed.take(m.envelope.event_id));
-        let fed_ids: Vec<Uuid> = fed.iter().map(|e| e.event_id).collect();
+        let fed_ids: Vec<Uuid> = fed.iter().map(|m| m.envelope.event_id).collect();
         let mut messages: Vec<Message> = good.iter().map(|(_, m)| m.clone()).collect();
-        messages.extend(fed.into_iter().map(|envelope| Message {
-            envelope,
-            origin: None,
-        }));
+        messages.extend(fed);
         let outcome = if messages.is_empty() {
             Ok(())
         } else {
@@ -450,8 +443,18 @@ impl Consumer {
     }
 }
 
+/// The fed events whose copies are not in the batch already: a copy that came as fast as the
+/// event itself is handled once, as the delivery (which is acknowledged after).
+fn without_delivered(mut fed: Vec<Message>, delivered: &[(Delivery, Message)]) -> Vec<Message> {
+    if !fed.is_empty() && !delivered.is_empty() {
+        let ids: HashSet<Uuid> = delivered.iter().map(|(_, m)| m.envelope.event_id).collect();
+        fed.retain(|m| !ids.contains(&m.envelope.event_id));
+    }
+    fed
+}
+
 /// The next event fed by this process, if the handler takes any (else never).
-async fn next_fed(local: &mut Option<mpsc::Receiver<Envelope>>) -> Option<Envelope> {
+async fn next_fed(local: &mut Option<mpsc::Receiver<Message>>) -> Option<Message> {
     match local {
         Some(local) => local.recv().await,
         None => std::future::pending().await,

@@ -22,8 +22,9 @@
 //! - [`publisher`]: streaming committed events to the exchanges with confirms, one leader at a
 //!   time.
 //! - [`consumer`]: the consumer runtime (batches, ack after the handler is done, retries,
-//!   dead letters); `fed`: what the runtime remembers of the events a process fed its own
-//!   handlers; [`recent`]: the bounded map it remembers them in.
+//!   dead letters); [`local`]: the local feed, a process's appends handed straight to its own
+//!   handlers; `fed`: what the runtime remembers of the events it was fed; [`recent`]: the
+//!   bounded map it remembers them in.
 //! - [`dlq`]: listing, replaying and purging dead letters.
 //! - `backoff`: the growing pause before trying again after a failure.
 
@@ -35,6 +36,7 @@ pub mod envelope;
 mod fed;
 pub mod headers;
 pub mod health;
+pub mod local;
 pub mod message;
 pub mod publisher;
 pub mod queues;
@@ -44,6 +46,7 @@ pub mod topology;
 
 pub use broker::AmqpUrls;
 pub use envelope::{Envelope, Origin, Poison};
+pub use local::LocalFeed;
 pub use message::{EventMessage, Outgoing};
 pub use publisher::{Publisher, PublisherSettings};
 pub use queues::QueueNames;

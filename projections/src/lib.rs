@@ -13,13 +13,12 @@
 //! - [`patients`], [`physicians`], [`consultations`] (also the agenda), [`records`]: the
 //!   projectors; [`registry`]: what the patients and physicians projectors share.
 //! - [`progress`]: read-your-writes: waiting until a projection applied a position, and which
-//!   rows each commit changed; [`local`]: this process's own appends handed straight to its
-//!   projectors, so that waiting for them does not wait for the broker.
+//!   rows each commit changed. The projectors also take this process's own appends from the
+//!   local feed (`messaging::local`), so that waiting for them does not wait for the broker.
 
 pub mod consultations;
 pub mod copy;
 pub mod live;
-pub mod local;
 pub mod patients;
 pub mod physicians;
 pub mod progress;
@@ -73,12 +72,13 @@ pub fn projections_of_event(event_type: &str) -> Option<&'static [&'static str]>
 }
 
 /// One instance's read model: the pool that sees its schema, its projectors' progress, and
-/// the feed of this process's appends to them.
+/// the local feed of this process's appends (its projectors take from it, and so do the saga
+/// services of the process: one feed for all its handlers).
 #[derive(Clone, Debug)]
 pub struct ReadModel {
     pub pool: PgPool,
     pub progress: progress::Progress,
-    pub local: local::LocalFeed,
+    pub local: messaging::LocalFeed,
 }
 
 impl ReadModel {

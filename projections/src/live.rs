@@ -12,11 +12,11 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::ReadModel;
 use crate::progress::Commit;
 use crate::projector::{Applied, ApplyError, Projector, apply_batch};
 use crate::queues::QUEUES;
 use crate::schema::Plans;
+use crate::{ReadModel, projections_of_event};
 use messaging::Envelope;
 use messaging::consumer::{self, ConsumerSettings, HandleError, Handler, Message};
 
@@ -100,8 +100,12 @@ impl Handler for LiveProjector {
         })
     }
 
-    fn local_feed(&self) -> Option<mpsc::Receiver<Envelope>> {
-        Some(self.read.local.subscribe(self.projector.name()))
+    fn local_feed(&self) -> Option<mpsc::Receiver<Message>> {
+        let name = self.projector.name();
+        let takes = move |event: &domain::Event| {
+            projections_of_event(event.event_type()).is_some_and(|p| p.contains(&name))
+        };
+        Some(self.read.local.subscribe(name, takes))
     }
 
     fn caught_up(&self) {

@@ -1,17 +1,26 @@
 //! The saga services as handlers of the shared consumer runtime: each consumes its queue
 //! `{prefix}.{service}.saga`, shared by every process that runs the `saga` role, so each step
-//! runs once in the cluster.
+//! runs once in the cluster for each copy the broker delivers.
+//!
+//! Each also takes the events its own process appends from the local feed, and runs their
+//! steps at once: a scheduling's request, its validation and hold, and its confirmation follow
+//! one another without waiting for the broker between them. The broker's copy stays the
+//! guarantee (a step the feed dropped or failed runs from it); when it comes back to this
+//! process it is acknowledged without a second run, and in another process the step runs again
+//! and changes nothing (its commands' idempotency keys are the trigger's).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use commands::Pipeline;
+use domain::Event;
 use domain::service::Service;
 use futures::future::{BoxFuture, join_all};
-use messaging::QueueNames;
 use messaging::consumer::{self, ConsumerSettings, HandleError, Handler, Message};
 use messaging::queues::saga_bindings;
+use messaging::{LocalFeed, QueueNames};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::forget::DeadLetters;
@@ -25,6 +34,7 @@ const BATCH: usize = 64;
 /// readiness at once, before the returned future first runs.
 pub fn run_all(
     pipeline: Pipeline,
+    feed: LocalFeed,
     settings: ConsumerSettings,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
@@ -38,6 +48,7 @@ pub fn run_all(
         .map(|service| {
             let handler = SagaHandler {
                 service,
+                feed: feed.clone(),
                 steps: Steps {
                     pipeline: pipeline.clone(),
                     dead_letters: Some(DeadLetters {
@@ -63,6 +74,8 @@ pub fn run_all(
 
 struct SagaHandler {
     service: Service,
+    /// This process's appends, of which the service takes those its queue is bound to.
+    feed: LocalFeed,
     steps: Steps,
 }
 
@@ -80,6 +93,12 @@ impl Handler for SagaHandler {
             outcomes.into_iter().collect()
         })
     }
+
+    fn local_feed(&self) -> Option<mpsc::Receiver<Message>> {
+        let service = self.service;
+        let takes = move |event: &Event| service.triggers().contains(&event.event_type());
+        Some(self.feed.subscribe(service.name(), takes))
+    }
 }
 
 impl SagaHandler {
@@ -94,11 +113,12 @@ impl SagaHandler {
         let Some(step) = reaction else {
             return Ok(());
         };
-        let Some(origin) = message.origin.as_ref().filter(|o| !o.tenant_id.is_empty()) else {
+        let origin = &message.origin;
+        if origin.tenant_id.is_empty() {
             return Err(HandleError::Poison(
                 "a saga step needs the message's tenantId".into(),
             ));
-        };
+        }
         let trigger = Trigger {
             event_id: message.envelope.event_id,
             tenant_id: origin.tenant_id.clone(),

@@ -395,6 +395,63 @@ async fn deactivating_a_physician_or_a_patient_cancels_their_future_consultation
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduling_runs_in_the_process_that_appended_it_and_the_brokers_copies_change_nothing() {
+    let (db, system) = start().await;
+    let (patient, physician) = system.app.register_patient_and_physician().await;
+    // No copy of anything reaches the broker from here on: every step below is taken from
+    // the local feed.
+    system.publisher.cancel();
+
+    let id = scheduled(&system, patient, physician, tomorrow_at(9, 0)).await;
+    let events: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+
+    // The copies now go out; each comes back to the process that ran its step, which
+    // acknowledges it without running the step again.
+    let publisher = hap_tests::start_publisher_on(db.plain_store(), &system.prefix);
+    let delivered = hap_tests::eventually(Duration::from_secs(20), || async {
+        // Published first: an empty queue before that says nothing.
+        published_all(&db).await
+            && domain::service::Service::ALL.iter().all(|service| {
+                let queue = messaging::QueueNames::shared(&system.prefix, service.name()).main;
+                hap_tests::broker::queue_counts(&queue) == (0, 0)
+            })
+    })
+    .await;
+    assert!(delivered, "the copies were published and taken");
+    let after: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(after, events, "no copy appended anything");
+    assert_eq!(system.consultation(id).await["status"], "scheduled");
+    let metrics = system.app.get_text("/metrics").await;
+    for step in [
+        "service=\"patient-service\",step=\"validate_patient\",outcome=\"done\"} 1",
+        "service=\"physician-service\",step=\"hold_slot\",outcome=\"done\"} 1",
+    ] {
+        assert!(metrics.contains(step), "each step ran once: {step}");
+    }
+    publisher.cancel();
+    system.stop().await;
+}
+
+/// Whether the publisher has published every stored event (the test's system is the only
+/// publisher on its database).
+async fn published_all(db: &TestDb) -> bool {
+    let (checkpoint, last): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "select (select max(position) from publisher_checkpoints),
+                (select max(position) from events)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    checkpoint.is_some() && checkpoint == last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_message_published_twice_by_hand_has_no_second_effect() {
     use lapin::BasicProperties;
     let (db, system) = start().await;

@@ -33,6 +33,8 @@ pub struct System {
     pub state: api::AppState,
     pub prefix: String,
     pub settings: ConsumerSettings,
+    /// Stops the publisher alone (a test of what runs without the broker's copies).
+    pub publisher: CancellationToken,
     shutdown: CancellationToken,
 }
 
@@ -73,6 +75,7 @@ impl System {
             state,
             prefix,
             settings: consumers,
+            publisher: CancellationToken::new(),
             shutdown,
         };
         if parts.sagas {
@@ -90,18 +93,17 @@ impl System {
             }
         }
         let publisher = start_publisher_on(system.state.commands.store().clone(), &system.prefix);
-        let stop = system.shutdown.clone();
-        tokio::spawn(async move {
-            stop.cancelled().await;
-            publisher.cancel();
-        });
-        system
+        Self {
+            publisher,
+            ..system
+        }
     }
 
     /// Starts the saga services in this process (again, or for the first time).
     pub fn start_sagas(&self) {
         tokio::spawn(sagas::run_all(
             self.state.commands.clone(),
+            self.state.read.local.clone(),
             self.settings.clone(),
             self.shutdown.child_token(),
         ));
@@ -181,6 +183,7 @@ impl System {
     /// Stops everything and deletes every queue and exchange of the prefix.
     pub async fn stop(self) {
         self.shutdown.cancel();
+        self.publisher.cancel();
         tokio::time::sleep(Duration::from_millis(100)).await;
         delete_instance_queues(&self.prefix, "test").await;
     }
