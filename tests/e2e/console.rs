@@ -328,7 +328,11 @@ async fn the_live_endpoint_sends_the_overviews_numbers_those_of_every_tenant_to_
 /// A message of `tenant` that no projector can apply (its event type is unknown): its event
 /// id, body and properties.
 fn nonsense(tenant: &str) -> (String, Vec<u8>, BasicProperties) {
-    let event = uuid::Uuid::now_v7().to_string();
+    nonsense_of(tenant, uuid::Uuid::now_v7().to_string())
+}
+
+/// [`nonsense`] with the event id `event`.
+fn nonsense_of(tenant: &str, event: String) -> (String, Vec<u8>, BasicProperties) {
     let body = json!({
         "eventId": event, "eventType": "Nonsense", "occurredAt": "2026-01-02T03:04:05.000000Z",
         "sourceService": "patient-service", "aggregateType": "patient",
@@ -345,7 +349,12 @@ fn nonsense(tenant: &str) -> (String, Vec<u8>, BasicProperties) {
 /// Puts a message of `tenant` that no projector can apply into the dead-letter queue of
 /// `names`, as a consumer would have; returns its event id.
 async fn poison(names: &QueueNames, tenant: &str) -> String {
-    let (event, body, properties) = nonsense(tenant);
+    poison_of(names, tenant, uuid::Uuid::now_v7().to_string()).await
+}
+
+/// [`poison`] with the event id `event`, and no replay counted in its headers.
+async fn poison_of(names: &QueueNames, tenant: &str, event: String) -> String {
+    let (event, body, properties) = nonsense_of(tenant, event);
     let mut headers = FieldTable::default();
     headers.insert(
         messaging::headers::ERROR.into(),
@@ -476,11 +485,13 @@ async fn a_dead_letter_shows_under_its_failure_and_is_replayed_or_discarded_afte
     // again; discarded, it is gone.
     let replay = [choice[0], choice[1], ("action", "replay")];
     assert_eq!(resolve(app, &writer, &replay, ours).await.status(), 303);
+    // Listed again: the list links to it (the recent actions name it anyway).
+    let listed = format!("event={event}");
     let back = eventually(Duration::from_secs(15), || async {
         page(app, "/console/dead-letters", Some(&reader))
             .await
             .1
-            .contains(&event)
+            .contains(&listed)
     })
     .await;
     assert!(
@@ -491,7 +502,7 @@ async fn a_dead_letter_shows_under_its_failure_and_is_replayed_or_discarded_afte
     assert_eq!(done.status(), 303);
 
     let (_, after) = page(app, "/console/dead-letters", Some(&reader)).await;
-    assert!(!after.contains(&event), "{after}");
+    assert!(!after.contains(&listed), "{after}");
     system.stop().await;
 }
 
@@ -623,6 +634,151 @@ async fn a_failure_group_shows_when_it_was_first_and_last_seen_and_its_replays_a
     ] {
         assert!(metrics.contains(counted), "{counted} in {metrics}");
     }
+    system.stop().await;
+}
+
+/// An action recorded in `operator_actions`: actor, tenant, action, queue, event id, failure,
+/// messages and event ids.
+type RecordedAction = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i32,
+    Vec<String>,
+);
+
+/// Every action recorded in `db`, oldest first.
+async fn recorded_actions(db: &TestDb) -> Vec<RecordedAction> {
+    sqlx::query_as(
+        "select actor, tenant_id, action, queue, event_id, failure, messages, event_ids
+           from operator_actions order by id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replay_and_discard_is_recorded_with_its_operator_and_listed_to_its_tenant_only() {
+    let db = TestDb::new().await;
+    let (system, names) = with_projectors(&db).await;
+    let app = &system.app;
+    let ours = app.base.as_str();
+    let writer = token("north", "ops:read ops:write");
+    // Dead-lettered by the projector itself, as the replayed one will be again: one failure.
+    let event = fail(&names, "north").await;
+    let unseen = |text: &str| !text.contains("<td class=\"actor\">");
+    let (_, before) = page(app, "/console/dead-letters", Some(&writer)).await;
+    assert!(before.contains("No replay or discard yet"), "{before}");
+    assert!(unseen(&before), "{before}");
+
+    // One message replayed: it fails again, back in its dead-letter queue.
+    let replay = [
+        ("queue", names.main.as_str()),
+        ("event", event.as_str()),
+        ("action", "replay"),
+    ];
+    assert_eq!(resolve(app, &writer, &replay, ours).await.status(), 303);
+    let back = eventually(Duration::from_secs(15), || async {
+        letters(&names).await.iter().any(|l| l.replays == 1)
+    })
+    .await;
+    assert!(back, "{:?}", letters(&names).await);
+    let north = |action: &str, event_id: Option<&str>, failure: Option<&str>, ids: &[&String]| {
+        (
+            "user@north".to_owned(),
+            "north".to_owned(),
+            action.to_owned(),
+            names.main.clone(),
+            event_id.map(str::to_owned),
+            failure.map(str::to_owned),
+            ids.len() as i32,
+            ids.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        recorded_actions(&db).await,
+        [north("replay", Some(&event), None, &[&event])]
+    );
+
+    // A second message of the same failure, and the whole group discarded.
+    let second = fail(&names, "north").await;
+    let (_, body) = page(app, "/console/dead-letters", Some(&writer)).await;
+    assert!(body.contains(" · 2 × "), "one group of two: {body}");
+    let discard = group_choice(&body, "discard");
+    let form: Vec<(&str, &str)> = discard
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(resolve(app, &writer, &form, ours).await.status(), 303);
+    assert!(letters(&names).await.is_empty());
+    let failure = &discard.iter().find(|(k, _)| k == "failure").unwrap().1;
+    assert!(failure.contains("Nonsense"), "{failure}");
+    let recorded = recorded_actions(&db).await;
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    let mut group = recorded[1].clone();
+    group.7.sort();
+    let mut both = [&event, &second];
+    both.sort();
+    assert_eq!(group, north("discard", None, Some(failure), &both));
+
+    // The page lists both, newest first, to north's operators.
+    let (_, listed) = page(
+        app,
+        "/console/dead-letters",
+        Some(&token("north", "ops:read")),
+    )
+    .await;
+    assert!(listed.contains("Recent actions"), "{listed}");
+    assert_eq!(
+        listed
+            .matches(r#"<td class="actor">user@north</td>"#)
+            .count(),
+        2,
+        "{listed}"
+    );
+    let shown = failure.replace('"', "&quot;");
+    let discarded = listed.find(&format!("the failure <code>{shown}</code>"));
+    let replayed = listed.find(&format!("the dead letter <code>{event}</code>"));
+    assert!(
+        discarded.is_some() && replayed.is_some() && discarded < replayed,
+        "{listed}"
+    );
+    // Not to another clinic's; a platform operator's page lists every tenant's, with it.
+    let (_, south) = page(
+        app,
+        "/console/dead-letters",
+        Some(&token("south", "ops:read")),
+    )
+    .await;
+    assert!(unseen(&south), "{south}");
+    assert!(!south.contains(&event), "{south}");
+    assert!(south.contains("No replay or discard yet"), "{south}");
+    let platform = token("*", "ops:read ops:platform");
+    let (_, every) = page(app, "/console/dead-letters", Some(&platform)).await;
+    assert_eq!(
+        every
+            .matches(r#"<td class="actor">user@north</td>"#)
+            .count(),
+        2,
+        "{every}"
+    );
+    assert!(every.contains("<td>north</td>"), "{every}");
+
+    // The replayed message comes back without its replay header (published anew, say): the
+    // page still counts the replay recorded of it.
+    poison_of(&names, "north", event.clone()).await;
+    let (_, again) = page(app, "/console/dead-letters", Some(&writer)).await;
+    assert!(again.contains(&format!("event={event}")), "{again}");
+    assert_eq!(letters(&names).await[0].replays, 0);
+    assert_eq!(text_of(&again, "replays"), "1", "{again}");
+    assert!(
+        again.contains(r#"<td class="num replays">1</td>"#),
+        "{again}"
+    );
     system.stop().await;
 }
 
