@@ -313,11 +313,17 @@ async fn the_live_endpoint_sends_the_overviews_numbers_those_of_every_tenant_to_
  {
     let db = TestDb::new().await;
     let app = TestApp::start_with(&db, settings()).await;
-    let every_tenant = ["deadLetters", "commandsPerSecond", "errorsPerSecond"];
+    let every_tenant = [
+        "lagEvents",
+        "deadLetters",
+        "commandsPerSecond",
+        "errorsPerSecond",
+    ];
     let platform = live_numbers(&app, &token("*", "ops:read ops:platform")).await;
     for name in [
         "processesUp",
         "lagEvents",
+        "lagSeconds",
         "deadlinesOverdue",
         "deadLetters",
     ] {
@@ -328,9 +334,48 @@ async fn the_live_endpoint_sends_the_overviews_numbers_those_of_every_tenant_to_
     }
     let clinic = live_numbers(&app, &token("north", "ops:read")).await;
     assert!(clinic["processesUp"].is_i64(), "{clinic}");
+    assert!(clinic["lagSeconds"].is_i64(), "{clinic}");
     for name in every_tenant {
         assert!(clinic.get(name).is_none(), "{clinic}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_waiting_to_be_published_show_to_platform_operators_only() {
+    let db = TestDb::new().await;
+    // No publisher runs: what is registered waits to be published.
+    let app = TestApp::start_with(&db, settings()).await;
+    let (instance, shutdown) = record_a_process(&db, &app, busy()).await;
+    for document in ["DOC-L1", "DOC-L2"] {
+        let writer = token("south", "patients:write");
+        app.register_patient_as(&writer, document).await;
+    }
+    let waiting = r#"<b data-live="lagEvents">2</b>events not yet published"#;
+    let leader = format!("Leader: <strong>{instance}</strong>");
+    let platform = token("*", "ops:read ops:platform");
+    let shown = eventually(Duration::from_secs(10), || async {
+        page(&app, "/console", Some(&platform))
+            .await
+            .1
+            .contains(&leader)
+    })
+    .await;
+    let (_, every) = page(&app, "/console", Some(&platform)).await;
+    assert!(shown, "{every}");
+    assert!(every.contains(waiting), "{every}");
+    assert!(every.contains("2 events and <span"), "{every}");
+
+    // Another clinic's operator learns nothing of south's traffic; the lag in seconds, the
+    // health of the publisher every clinic shares, shows.
+    let (status, north) = page(&app, "/console", Some(&token("north", "ops:read"))).await;
+    assert_eq!(status, 200, "{north}");
+    assert!(!north.contains("events not yet published"), "{north}");
+    assert!(!north.contains(r#"data-live="lagEvents""#), "{north}");
+    assert!(!north.contains("2 events"), "{north}");
+    assert!(north.contains("seconds of publisher lag"), "{north}");
+    assert!(north.contains(&leader), "{north}");
+    assert!(north.contains(r#"<span class="lag-seconds">"#), "{north}");
+    shutdown.cancel();
 }
 
 /// A message of `tenant` that no projector can apply (its event type is unknown): its event
