@@ -3,18 +3,24 @@
 #
 #   * PostgreSQL >= 13 on 127.0.0.1:5432, user `postgres` (trust auth, or the
 #     password carried by HAP_DATABASE_URL);
-#   * RabbitMQ >= 3.10 on 127.0.0.1:5672, guest/guest.
+#   * RabbitMQ >= 3.10 on 127.0.0.1:5672, guest/guest;
+#   * with HAP_WITH_BROWSER=1 also Chromium at /usr/bin/chromium, which the
+#     console's browser tests drive headless (running HAP needs no browser).
 #
 # For each service, in order: already answering -> nothing to do; installed
 # but stopped -> start it; missing and we are root with apt-get -> install it
 # and start it; otherwise print what to install and exit 1. Then wait (bounded)
-# until both answer.
+# until both answer. Chromium likewise: there -> nothing to do; missing ->
+# install it as root with apt-get, or print how to and exit 1.
 #
 # Environment:
 #   HAP_SKIP_SERVICES=1     do nothing at all (services are managed elsewhere).
 #   HAP_DATABASE_URL        where HAP's PostgreSQL is. A non-local host is only
 #   HAP_AMQP_URL            probed, never started; same for RabbitMQ.
 #   HAP_SERVICES_TIMEOUT    seconds to wait for each service (default 60).
+#   HAP_WITH_BROWSER=1      also make sure Chromium is installed (scripts/test.sh
+#                           sets it: the console's browser tests fail without it,
+#                           unless HAP_SKIP_BROWSER_TESTS=1).
 #
 # Safe to run repeatedly and from several shells at once: every run takes a
 # lock, and every step first checks whether it is still needed.
@@ -450,17 +456,25 @@ if [[ "$MQ_LOCAL" == 1 ]] && rabbit_cli_usable; then
 	fi
 fi
 
-# The console's browser test drives Debian's Chromium headless, and skips itself
-# without it: installing it is worth a try, never a reason to stop. Only for the
-# tests (scripts/test.sh sets HAP_WITH_BROWSER=1): running HAP needs no browser.
+# The console's browser tests drive Debian's Chromium headless, and fail without
+# it (unless HAP_SKIP_BROWSER_TESTS=1): when asked for, a Chromium that cannot be
+# installed stops us as a missing PostgreSQL or RabbitMQ does. Only for the tests
+# (scripts/test.sh sets HAP_WITH_BROWSER=1): running HAP needs no browser.
 if [[ "${HAP_WITH_BROWSER:-0}" == 1 && ! -x /usr/bin/chromium ]]; then
 	if is_root && have apt-get; then
-		log "installing chromium with apt-get, for the console's browser test"
-		{ run_logged apt-get update &&
-			run_logged env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; } ||
-			log "installing chromium failed; the console's browser test will be skipped"
+		install_packages chromium
+		[[ -x /usr/bin/chromium ]] || {
+			show_cmd_log
+			die "apt-get installed chromium, but /usr/bin/chromium is not there"
+		}
 	else
-		log "chromium is missing (sudo apt-get install chromium); the console's browser test will be skipped"
+		{
+			echo "services: chromium is not installed here (the console's browser tests need it). Install it with:"
+			echo "    sudo apt-get install chromium"
+			echo "or run as root: HAP_WITH_BROWSER=1 bash scripts/services.sh"
+			echo "(or skip the browser tests with HAP_SKIP_BROWSER_TESTS=1, and leave HAP_WITH_BROWSER unset)"
+		} >&2
+		exit 1
 	fi
 fi
 

@@ -19,7 +19,12 @@ fi
 
 echo "==> services"
 # Through bash, so that a checkout that lost the executable bits still works.
-HAP_WITH_BROWSER=1 bash scripts/services.sh
+# With Chromium for the console's browser tests, unless they are skipped.
+if [[ "${HAP_SKIP_BROWSER_TESTS:-0}" == 1 ]]; then
+	bash scripts/services.sh
+else
+	HAP_WITH_BROWSER=1 bash scripts/services.sh
+fi
 
 # The end-to-end tests connect here to create a scratch database per test
 # (TestDb in tests/src/lib.rs), so this must be a server-level URL (the

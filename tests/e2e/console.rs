@@ -121,7 +121,15 @@ async fn without_a_token_the_console_asks_to_sign_in_and_without_ops_read_it_ref
     assert!(body.contains("ops:read"), "{body}");
     assert_eq!(page(&app, "/console/sagas", Some(&clinician)).await.0, 403);
     assert_eq!(page(&app, "/console/live", Some(&clinician)).await.0, 403);
-    assert_eq!(sign_in(&app, &clinician, &[]).await.status(), 403);
+    let refused = sign_in(&app, &clinician, &[]).await;
+    assert_eq!(refused.status(), 403);
+    assert!(refused.headers().get(header::SET_COOKIE).is_none());
+    let form = refused.text().await.unwrap();
+    assert!(
+        form.contains("The token was refused: it does not grant ops:read"),
+        "{form}"
+    );
+    assert!(form.contains(r#"action="/console/session""#), "{form}");
 
     let (status, body) = page(&app, "/console", Some("not-a-token")).await;
     assert_eq!(status, 401);
@@ -305,11 +313,17 @@ async fn the_live_endpoint_sends_the_overviews_numbers_those_of_every_tenant_to_
  {
     let db = TestDb::new().await;
     let app = TestApp::start_with(&db, settings()).await;
-    let every_tenant = ["deadLetters", "commandsPerSecond", "errorsPerSecond"];
+    let every_tenant = [
+        "lagEvents",
+        "deadLetters",
+        "commandsPerSecond",
+        "errorsPerSecond",
+    ];
     let platform = live_numbers(&app, &token("*", "ops:read ops:platform")).await;
     for name in [
         "processesUp",
         "lagEvents",
+        "lagSeconds",
         "deadlinesOverdue",
         "deadLetters",
     ] {
@@ -320,15 +334,58 @@ async fn the_live_endpoint_sends_the_overviews_numbers_those_of_every_tenant_to_
     }
     let clinic = live_numbers(&app, &token("north", "ops:read")).await;
     assert!(clinic["processesUp"].is_i64(), "{clinic}");
+    assert!(clinic["lagSeconds"].is_i64(), "{clinic}");
     for name in every_tenant {
         assert!(clinic.get(name).is_none(), "{clinic}");
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_waiting_to_be_published_show_to_platform_operators_only() {
+    let db = TestDb::new().await;
+    // No publisher runs: what is registered waits to be published.
+    let app = TestApp::start_with(&db, settings()).await;
+    let (instance, shutdown) = record_a_process(&db, &app, busy()).await;
+    for document in ["DOC-L1", "DOC-L2"] {
+        let writer = token("south", "patients:write");
+        app.register_patient_as(&writer, document).await;
+    }
+    let waiting = r#"<b data-live="lagEvents">2</b>events not yet published"#;
+    let leader = format!("Leader: <strong>{instance}</strong>");
+    let platform = token("*", "ops:read ops:platform");
+    let shown = eventually(Duration::from_secs(10), || async {
+        page(&app, "/console", Some(&platform))
+            .await
+            .1
+            .contains(&leader)
+    })
+    .await;
+    let (_, every) = page(&app, "/console", Some(&platform)).await;
+    assert!(shown, "{every}");
+    assert!(every.contains(waiting), "{every}");
+    assert!(every.contains("2 events and <span"), "{every}");
+
+    // Another clinic's operator learns nothing of south's traffic; the lag in seconds, the
+    // health of the publisher every clinic shares, shows.
+    let (status, north) = page(&app, "/console", Some(&token("north", "ops:read"))).await;
+    assert_eq!(status, 200, "{north}");
+    assert!(!north.contains("events not yet published"), "{north}");
+    assert!(!north.contains(r#"data-live="lagEvents""#), "{north}");
+    assert!(!north.contains("2 events"), "{north}");
+    assert!(north.contains("seconds of publisher lag"), "{north}");
+    assert!(north.contains(&leader), "{north}");
+    assert!(north.contains(r#"<span class="lag-seconds">"#), "{north}");
+    shutdown.cancel();
+}
+
 /// A message of `tenant` that no projector can apply (its event type is unknown): its event
 /// id, body and properties.
 fn nonsense(tenant: &str) -> (String, Vec<u8>, BasicProperties) {
-    let event = uuid::Uuid::now_v7().to_string();
+    nonsense_of(tenant, uuid::Uuid::now_v7().to_string())
+}
+
+/// [`nonsense`] with the event id `event`.
+fn nonsense_of(tenant: &str, event: String) -> (String, Vec<u8>, BasicProperties) {
     let body = json!({
         "eventId": event, "eventType": "Nonsense", "occurredAt": "2026-01-02T03:04:05.000000Z",
         "sourceService": "patient-service", "aggregateType": "patient",
@@ -345,7 +402,12 @@ fn nonsense(tenant: &str) -> (String, Vec<u8>, BasicProperties) {
 /// Puts a message of `tenant` that no projector can apply into the dead-letter queue of
 /// `names`, as a consumer would have; returns its event id.
 async fn poison(names: &QueueNames, tenant: &str) -> String {
-    let (event, body, properties) = nonsense(tenant);
+    poison_of(names, tenant, uuid::Uuid::now_v7().to_string()).await
+}
+
+/// [`poison`] with the event id `event`, and no replay counted in its headers.
+async fn poison_of(names: &QueueNames, tenant: &str, event: String) -> String {
+    let (event, body, properties) = nonsense_of(tenant, event);
     let mut headers = FieldTable::default();
     headers.insert(
         messaging::headers::ERROR.into(),
@@ -476,11 +538,13 @@ async fn a_dead_letter_shows_under_its_failure_and_is_replayed_or_discarded_afte
     // again; discarded, it is gone.
     let replay = [choice[0], choice[1], ("action", "replay")];
     assert_eq!(resolve(app, &writer, &replay, ours).await.status(), 303);
+    // Listed again: the list links to it (the recent actions name it anyway).
+    let listed = format!("event={event}");
     let back = eventually(Duration::from_secs(15), || async {
         page(app, "/console/dead-letters", Some(&reader))
             .await
             .1
-            .contains(&event)
+            .contains(&listed)
     })
     .await;
     assert!(
@@ -491,7 +555,7 @@ async fn a_dead_letter_shows_under_its_failure_and_is_replayed_or_discarded_afte
     assert_eq!(done.status(), 303);
 
     let (_, after) = page(app, "/console/dead-letters", Some(&reader)).await;
-    assert!(!after.contains(&event), "{after}");
+    assert!(!after.contains(&listed), "{after}");
     system.stop().await;
 }
 
@@ -623,6 +687,151 @@ async fn a_failure_group_shows_when_it_was_first_and_last_seen_and_its_replays_a
     ] {
         assert!(metrics.contains(counted), "{counted} in {metrics}");
     }
+    system.stop().await;
+}
+
+/// An action recorded in `operator_actions`: actor, tenant, action, queue, event id, failure,
+/// messages and event ids.
+type RecordedAction = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i32,
+    Vec<String>,
+);
+
+/// Every action recorded in `db`, oldest first.
+async fn recorded_actions(db: &TestDb) -> Vec<RecordedAction> {
+    sqlx::query_as(
+        "select actor, tenant_id, action, queue, event_id, failure, messages, event_ids
+           from operator_actions order by id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replay_and_discard_is_recorded_with_its_operator_and_listed_to_its_tenant_only() {
+    let db = TestDb::new().await;
+    let (system, names) = with_projectors(&db).await;
+    let app = &system.app;
+    let ours = app.base.as_str();
+    let writer = token("north", "ops:read ops:write");
+    // Dead-lettered by the projector itself, as the replayed one will be again: one failure.
+    let event = fail(&names, "north").await;
+    let unseen = |text: &str| !text.contains("<td class=\"actor\">");
+    let (_, before) = page(app, "/console/dead-letters", Some(&writer)).await;
+    assert!(before.contains("No replay or discard yet"), "{before}");
+    assert!(unseen(&before), "{before}");
+
+    // One message replayed: it fails again, back in its dead-letter queue.
+    let replay = [
+        ("queue", names.main.as_str()),
+        ("event", event.as_str()),
+        ("action", "replay"),
+    ];
+    assert_eq!(resolve(app, &writer, &replay, ours).await.status(), 303);
+    let back = eventually(Duration::from_secs(15), || async {
+        letters(&names).await.iter().any(|l| l.replays == 1)
+    })
+    .await;
+    assert!(back, "{:?}", letters(&names).await);
+    let north = |action: &str, event_id: Option<&str>, failure: Option<&str>, ids: &[&String]| {
+        (
+            "user@north".to_owned(),
+            "north".to_owned(),
+            action.to_owned(),
+            names.main.clone(),
+            event_id.map(str::to_owned),
+            failure.map(str::to_owned),
+            ids.len() as i32,
+            ids.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        recorded_actions(&db).await,
+        [north("replay", Some(&event), None, &[&event])]
+    );
+
+    // A second message of the same failure, and the whole group discarded.
+    let second = fail(&names, "north").await;
+    let (_, body) = page(app, "/console/dead-letters", Some(&writer)).await;
+    assert!(body.contains(" · 2 × "), "one group of two: {body}");
+    let discard = group_choice(&body, "discard");
+    let form: Vec<(&str, &str)> = discard
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(resolve(app, &writer, &form, ours).await.status(), 303);
+    assert!(letters(&names).await.is_empty());
+    let failure = &discard.iter().find(|(k, _)| k == "failure").unwrap().1;
+    assert!(failure.contains("Nonsense"), "{failure}");
+    let recorded = recorded_actions(&db).await;
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    let mut group = recorded[1].clone();
+    group.7.sort();
+    let mut both = [&event, &second];
+    both.sort();
+    assert_eq!(group, north("discard", None, Some(failure), &both));
+
+    // The page lists both, newest first, to north's operators.
+    let (_, listed) = page(
+        app,
+        "/console/dead-letters",
+        Some(&token("north", "ops:read")),
+    )
+    .await;
+    assert!(listed.contains("Recent actions"), "{listed}");
+    assert_eq!(
+        listed
+            .matches(r#"<td class="actor">user@north</td>"#)
+            .count(),
+        2,
+        "{listed}"
+    );
+    let shown = failure.replace('"', "&quot;");
+    let discarded = listed.find(&format!("the failure <code>{shown}</code>"));
+    let replayed = listed.find(&format!("the dead letter <code>{event}</code>"));
+    assert!(
+        discarded.is_some() && replayed.is_some() && discarded < replayed,
+        "{listed}"
+    );
+    // Not to another clinic's; a platform operator's page lists every tenant's, with it.
+    let (_, south) = page(
+        app,
+        "/console/dead-letters",
+        Some(&token("south", "ops:read")),
+    )
+    .await;
+    assert!(unseen(&south), "{south}");
+    assert!(!south.contains(&event), "{south}");
+    assert!(south.contains("No replay or discard yet"), "{south}");
+    let platform = token("*", "ops:read ops:platform");
+    let (_, every) = page(app, "/console/dead-letters", Some(&platform)).await;
+    assert_eq!(
+        every
+            .matches(r#"<td class="actor">user@north</td>"#)
+            .count(),
+        2,
+        "{every}"
+    );
+    assert!(every.contains("<td>north</td>"), "{every}");
+
+    // The replayed message comes back without its replay header (published anew, say): the
+    // page still counts the replay recorded of it.
+    poison_of(&names, "north", event.clone()).await;
+    let (_, again) = page(app, "/console/dead-letters", Some(&writer)).await;
+    assert!(again.contains(&format!("event={event}")), "{again}");
+    assert_eq!(letters(&names).await[0].replays, 0);
+    assert_eq!(text_of(&again, "replays"), "1", "{again}");
+    assert!(
+        again.contains(r#"<td class="num replays">1</td>"#),
+        "{again}"
+    );
     system.stop().await;
 }
 
@@ -901,13 +1110,21 @@ struct Chromium {
 }
 
 impl Chromium {
-    /// Whether [`CHROMIUM`] is there; a browser test is skipped (and says so) without it.
-    fn installed() -> bool {
-        let installed = Path::new(CHROMIUM).exists();
-        if !installed {
-            eprintln!("skipped: {CHROMIUM} is not installed (scripts/services.sh installs it)");
+    /// Whether a browser test runs: always, unless `HAP_SKIP_BROWSER_TESTS=1` says to skip
+    /// it (and it then says so). Without [`CHROMIUM`] it fails, saying how to install it:
+    /// a browser test that passes without a browser would hide that nothing was tested.
+    fn wanted() -> bool {
+        if std::env::var("HAP_SKIP_BROWSER_TESTS").is_ok_and(|skip| skip == "1") {
+            eprintln!("skipped: HAP_SKIP_BROWSER_TESTS=1");
+            return false;
         }
-        installed
+        assert!(
+            Path::new(CHROMIUM).exists(),
+            "{CHROMIUM} is not installed, and the console's browser tests need it: install it \
+             with `HAP_WITH_BROWSER=1 bash scripts/services.sh` (as root) or \
+             `sudo apt-get install chromium`, or skip these tests with HAP_SKIP_BROWSER_TESTS=1"
+        );
+        true
     }
 
     async fn launch() -> Self {
@@ -965,30 +1182,55 @@ async fn shows(page: &chromiumoxide::Page, text: &str) -> bool {
     .await
 }
 
+/// Pastes `token` into the sign-in form on `page` and sends it, as an operator would: the
+/// browser posts it with its own `Origin` and `Sec-Fetch-Site`, and keeps the cookie the
+/// answer sets.
+async fn sign_in_with_the_form(page: &chromiumoxide::Page, token: &str) {
+    assert!(shows(page, "Sign in to the HAP console").await);
+    click(page, "textarea").await;
+    page.evaluate(format!(
+        "document.querySelector('textarea').value = '{token}'"
+    ))
+    .await
+    .unwrap();
+    click(page, "form[action='/console/session'] button").await;
+}
+
+/// What the page's script `expression` returns, as JSON.
+async fn evaluated(page: &chromiumoxide::Page, expression: &str) -> serde_json::Value {
+    (page.evaluate(expression).await.unwrap())
+        .into_value()
+        .unwrap()
+}
+
+/// The text of the element of `page` that `selector` finds.
+async fn text_in(page: &chromiumoxide::Page, selector: &str) -> String {
+    let expression = format!("document.querySelector(\"{selector}\").textContent");
+    match evaluated(page, &expression).await {
+        serde_json::Value::String(text) => text,
+        other => panic!("no text in {selector}: {other}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes() {
-    if !Chromium::installed() {
+async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes_and_the_lags() {
+    if !Chromium::wanted() {
         return;
     }
     let db = TestDb::new().await;
     let app = TestApp::start_with(&db, settings()).await;
     let (instance, shutdown) = record_a_process(&db, &app, busy()).await;
+    // One event no publisher ever publishes: the publisher lags one event behind.
+    let writer = token("north", "patients:write");
+    app.register_patient_as(&writer, "DOC-B1").await;
     let chromium = Chromium::launch().await;
     let page = chromium.open(&format!("{}/console", app.base)).await;
     let html = page.content().await.unwrap();
     assert!(html.contains("Sign in to the HAP console"), "{html}");
     screenshot(&page, "sign-in").await;
 
-    // The browser posts the form itself: its own Origin and Sec-Fetch-Site pass the check,
-    // and it keeps the cookie the answer sets. A platform operator's overview has it all.
-    let operator = token("*", "ops:read ops:platform");
-    click(&page, "textarea").await;
-    page.evaluate(format!(
-        "document.querySelector('textarea').value = '{operator}'"
-    ))
-    .await
-    .unwrap();
-    click(&page, "form[action='/console/session'] button").await;
+    // A platform operator's overview has it all.
+    sign_in_with_the_form(&page, &token("*", "ops:read ops:platform")).await;
     assert!(
         shows(&page, &instance).await,
         "{}",
@@ -1002,7 +1244,35 @@ async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes(
     })
     .await;
     assert!(plotted, "{}", page.content().await.unwrap());
+    // The lags: the publisher's in events and seconds (on the cards, kept current by the
+    // live script, and in the leader's line), and each instance's projectors'.
+    assert_eq!(text_in(&page, "[data-live=lagEvents]").await, "1");
+    let seconds = text_in(&page, "[data-live=lagSeconds]").await;
+    assert!(seconds.parse::<u64>().is_ok(), "{seconds}");
+    let leader = text_in(&page, "#leader").await;
+    assert!(leader.contains(&format!("Leader: {instance}")), "{leader}");
+    assert!(leader.contains(" 1 events and "), "{leader}");
+    assert!(leader.ends_with(" s behind the store."), "{leader}");
+    let behind = text_in(&page, "#leader .lag-seconds").await;
+    assert!(behind.parse::<f64>().is_ok_and(|s| s >= 0.0), "{behind}");
+    let lags = evaluated(
+        &page,
+        "Array.from(document.querySelectorAll('tr')).filter(r => r.textContent.includes('test-host'))\
+             .map(r => r.cells[r.cells.length - 1].textContent)",
+    )
+    .await;
+    assert!(
+        lags.as_array().unwrap().contains(&json!("1.5")),
+        "the projector lag of the instance: {lags}"
+    );
     screenshot(&page, "overview").await;
+    // The live script keeps the numbers current without a reload.
+    app.register_patient_as(&writer, "DOC-B2").await;
+    let live = eventually(Duration::from_secs(10), || async {
+        text_in(&page, "[data-live=lagEvents]").await == "2"
+    })
+    .await;
+    assert!(live, "{}", page.content().await.unwrap());
     let cookies = page.evaluate("document.cookie").await.unwrap();
     assert_eq!(
         cookies.value().and_then(|v| v.as_str()),
@@ -1015,53 +1285,188 @@ async fn in_a_browser_an_operator_signs_in_with_the_form_and_sees_the_processes(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_a_browser_a_stuck_consultation_shows_and_a_dead_letter_replayed_reaches_the_read_model()
-{
-    if !Chromium::installed() {
+async fn in_a_browser_a_token_without_an_ops_scope_is_refused_on_the_sign_in_form() {
+    if !Chromium::wanted() {
         return;
     }
     let db = TestDb::new().await;
-    // Authentication off: the console is open, and the pages are what is tested here.
-    let mut settings = hap_tests::insecure_settings();
+    let app = TestApp::start_with(&db, settings()).await;
+    let chromium = Chromium::launch().await;
+    let page = chromium.open(&format!("{}/console", app.base)).await;
+    let clinician = token("north", "patients:read patients:write consultations:read");
+    sign_in_with_the_form(&page, &clinician).await;
+    assert!(
+        shows(&page, "The token was refused: it does not grant").await,
+        "{}",
+        page.content().await.unwrap()
+    );
+    let html = page.content().await.unwrap();
+    assert!(html.contains("ops:read"), "{html}");
+    assert!(
+        html.contains(r#"action="/console/session""#),
+        "the form again: {html}"
+    );
+    screenshot(&page, "sign-in-refused").await;
+    let cookies = page.get_cookies().await.unwrap();
+    assert!(
+        cookies.iter().all(|cookie| cookie.name != "hap_console"),
+        "no session: {cookies:?}"
+    );
+
+    // No page of the console opens after it: each asks to sign in.
+    for path in ["/console", "/console/dead-letters", "/console/sagas"] {
+        page.goto(format!("{}{path}", app.base)).await.unwrap();
+        assert!(shows(&page, "Sign in to the HAP console").await, "{path}");
+        let html = page.content().await.unwrap();
+        assert!(!html.contains("Sign out"), "{path}: {html}");
+    }
+    chromium.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_a_scheduled_consultations_causal_trail_crosses_its_streams() {
+    if !Chromium::wanted() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let parts = Parts {
+        sagas: true,
+        timer: false,
+    };
+    let system = System::start_with(&db, Duration::from_secs(600), parts, settings()).await;
+    let app = &system.app;
+    let clinic = token(
+        "north",
+        "patients:write physicians:write consultations:read consultations:write",
+    );
+    let patient = app.register_patient_as(&clinic, "DOC-T1").await;
+    let physician = app.register_physician_as(&clinic, "CRM-T1").await;
+    let id = app
+        .request_consultation_as(&clinic, patient, physician)
+        .await;
+    system
+        .wait_for_status_as(id, "scheduled", &clinic, Duration::from_secs(30))
+        .await;
+
+    let chromium = Chromium::launch().await;
+    let page = chromium
+        .open(&format!("{}/console/streams/{id}", app.base))
+        .await;
+    sign_in_with_the_form(&page, &token("north", "ops:read")).await;
+    // Signed in, the overview; the stream's page from the streams form.
+    assert!(shows(&page, "Overview").await);
+    click(&page, "a[href='/console/streams']").await;
+    assert!(shows(&page, "Show its events").await);
+    click(&page, "input[name=id]").await;
+    page.evaluate(format!(
+        "document.querySelector('input[name=id]').value = '{id}'"
+    ))
+    .await
+    .unwrap();
+    click(&page, "form[action='/console/streams'] button").await;
+    assert!(
+        shows(&page, "Causal trail").await,
+        "{}",
+        page.content().await.unwrap()
+    );
+    // Each row of the trail: its stream's kind and id, version and event type.
+    let rows = evaluated(
+        &page,
+        "Array.from(document.querySelectorAll('h2 + table tr')).slice(1).map(r => \
+             [r.cells[1].textContent, r.cells[2].textContent, r.cells[3].textContent])",
+    )
+    .await;
+    let rows: Vec<(String, String, String)> = serde_json::from_value(rows).unwrap();
+    let step = |kind: &str, event_type: &str| {
+        rows.iter()
+            .position(|(stream, _, t)| stream.starts_with(&format!("{kind} ")) && t == event_type)
+            .unwrap_or_else(|| panic!("no {event_type} of a {kind} in {rows:?}"))
+    };
+    let started = step("consultation", "ConsultationSchedulingStarted");
+    let validated = step("patient", "PatientValidatedForConsultation");
+    let confirmed = step("physician-schedule", "PhysicianAvailabilityConfirmed");
+    let scheduled = step("consultation", "ConsultationScheduled");
+    assert!(started < validated && started < confirmed, "{rows:?}");
+    assert!(validated < scheduled && confirmed < scheduled, "{rows:?}");
+    assert_eq!(rows[started].0, format!("consultation {id}"));
+    assert_eq!(rows[started].1, "1");
+    assert_eq!(rows[validated].0, format!("patient {patient}"));
+    assert_eq!(rows[scheduled].1, "2");
+    screenshot(&page, "causal-trail").await;
+
+    // Each stream of the trail links to its own page.
+    click(&page, format!("a[href='/console/streams/{patient}']")).await;
+    assert!(shows(&page, "PatientRegistered").await);
+    let html = page.content().await.unwrap();
+    assert!(html.contains("PatientValidatedForConsultation"), "{html}");
+    chromium.close().await;
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_a_stuck_consultation_shows_and_a_dead_letter_replayed_reaches_the_read_model()
+{
+    if !Chromium::wanted() {
+        return;
+    }
+    let db = TestDb::new().await;
+    // Authentication on: the operator signs in with the form, and the replay is posted by the
+    // browser itself, through the console's check of where writes come from.
+    let mut settings = settings();
     settings.instance = "test".into();
     let parts = Parts {
         sagas: false,
         timer: false,
     };
     let system = System::start_with(&db, Duration::from_millis(500), parts, settings).await;
-    let (patient, physician) = system.app.register_patient_and_physician().await;
-    let id = system.app.request_consultation(patient, physician).await;
-    system.consultation(id).await;
+    let clinic = token(
+        "north",
+        "patients:read patients:write physicians:write consultations:read consultations:write",
+    );
+    let patient = system.app.register_patient_as(&clinic, "DOC-1").await;
+    let physician = system.app.register_physician_as(&clinic, "CRM-1").await;
+    let id = system
+        .app
+        .request_consultation_as(&clinic, patient, physician)
+        .await;
+    system
+        .wait_for_status_as(id, "requested", &clinic, Duration::from_secs(10))
+        .await;
     let scheduling = QueueNames::new(&system.prefix, "scheduling-service", "test");
     wait_for_queue(&scheduling.dead_letters).await;
-    poison(&scheduling, api::auth::INSECURE_TENANT).await;
+    poison(&scheduling, "north").await;
     // A patient's registration that its projector failed to apply (the read database was
     // down, say): it is nowhere but in the dead-letter queue, so only a replay shows it.
     let patients = QueueNames::new(&system.prefix, "patient-service", "test");
     wait_for_queue(&patients.dead_letters).await;
-    let registered = unpublished_registration("Ana Replayed");
+    let mut registered = unpublished_registration("Ana Replayed");
+    registered.tenant_id = "north".into();
     dead_letter(&patients, &registered, "database down").await;
     let path = format!("/patients/{}", registered.stream_id);
-    assert_eq!(
+    let patient_page = || {
         system
             .app
             .request(Method::GET, &path)
+            .bearer_auth(&clinic)
             .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    };
+    assert_eq!(patient_page().await.unwrap().status(), 404);
     // A consultation that failed, as the saga records one for an inactive patient (no saga
     // runs here, or the stuck one would not stay stuck): the page charts it.
     let store = db.plain_store();
-    failed_scheduling(&store, api::auth::INSECURE_TENANT, "patient_invalid").await;
+    failed_scheduling(&store, "north", "patient_invalid").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let chromium = Chromium::launch().await;
     let sagas = chromium
         .open(&format!("{}/console/sagas", system.app.base))
         .await;
+    sign_in_with_the_form(&sagas, &token("north", "ops:read ops:write")).await;
+    assert!(shows(&sagas, "Overview").await);
+    sagas
+        .goto(format!("{}/console/sagas", system.app.base))
+        .await
+        .unwrap();
     assert!(shows(&sagas, "stuck: past its deadline").await);
     assert!(shows(&sagas, "patient_invalid failures per hour").await);
     let html = sagas.content().await.unwrap();
@@ -1069,13 +1474,14 @@ async fn in_a_browser_a_stuck_consultation_shows_and_a_dead_letter_replayed_reac
     assert!(html.contains("<rect"), "the failure is charted: {html}");
     screenshot(&sagas, "sagas").await;
 
+    // A second tab of the same browser shares the session.
     let letters = chromium
         .open(&format!("{}/console/dead-letters", system.app.base))
         .await;
     let event = registered.event_id.to_string();
     assert!(shows(&letters, &event).await);
     assert!(shows(&letters, "Nonsense").await);
-    screenshot(&letters, "dead-letters").await;
+    assert!(shows(&letters, "No replay or discard yet").await);
     // The registration's own page, and from it the replay.
     click(
         &letters,
@@ -1099,21 +1505,44 @@ async fn in_a_browser_a_stuck_consultation_shows_and_a_dead_letter_replayed_reac
         "form[action='/console/dead-letters/resolve'] button",
     )
     .await;
-    // Back on the list; the replayed registration is applied this time.
-    assert!(shows(&letters, "Dead letters").await);
+    // Back on the list, which names who replayed what; the replayed registration is applied
+    // this time.
+    assert!(
+        shows(&letters, r#"<td class="actor">user@north</td>"#).await,
+        "{}",
+        letters.content().await.unwrap()
+    );
+    let html = letters.content().await.unwrap();
+    assert!(
+        html.contains(&format!("the dead letter <code>{event}</code>")),
+        "{html}"
+    );
+    assert!(shows(&letters, "Nonsense at position").await);
+    screenshot(&letters, "dead-letters").await;
     let applied = eventually(Duration::from_secs(15), || async {
-        let response = system.app.request(Method::GET, &path).send().await.unwrap();
+        let response = patient_page().await.unwrap();
         response.status() == 200
             && response.json::<serde_json::Value>().await.unwrap()["name"] == "Ana Replayed"
     })
     .await;
     assert!(applied, "the replayed registration reached the read model");
-    let (_, after) = page(&system.app, "/console/dead-letters", None).await;
-    assert!(!after.contains(&event), "{after}");
+    let reader = token("north", "ops:read");
+    let (_, after) = page(&system.app, "/console/dead-letters", Some(&reader)).await;
+    assert!(!after.contains(&format!("event={event}")), "{after}");
     let metrics = system.app.get_text("/metrics").await;
     assert!(
         metrics.contains("hap_console_dead_letter_actions_total{action=\"replay\"} 1"),
         "the replay is counted: {metrics}"
+    );
+    let recorded = recorded_actions(&db).await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(
+        (
+            recorded[0].0.as_str(),
+            recorded[0].1.as_str(),
+            recorded[0].2.as_str()
+        ),
+        ("user@north", "north", "replay")
     );
 
     chromium.close().await;

@@ -449,6 +449,37 @@ impl TestApp {
         id_of(self.post_expecting("/physicians", body, 201).await).await
     }
 
+    /// Registers a physician for the tenant of `token` and returns its id.
+    pub async fn register_physician_as(&self, token: &str, license_number: &str) -> Uuid {
+        let body = serde_json::json!({
+            "name": "Dr. Rui Costa", "specialty": "cardiology", "licenseNumber": license_number
+        });
+        let request = self.request(Method::POST, "/physicians").bearer_auth(token);
+        let response = request.json(&body).send().await.expect("request sent");
+        assert_eq!(response.status(), 201, "{:?}", response.text().await);
+        id_of(response).await
+    }
+
+    /// Requests a consultation tomorrow for the tenant of `token` and returns its id.
+    pub async fn request_consultation_as(
+        &self,
+        token: &str,
+        patient: Uuid,
+        physician: Uuid,
+    ) -> Uuid {
+        let body = serde_json::json!({
+            "patientId": patient,
+            "physicianId": physician,
+            "startsAt": (Utc::now() + chrono::Duration::days(1)).to_rfc3339(),
+        });
+        let request = self
+            .request(Method::POST, "/consultations")
+            .bearer_auth(token);
+        let response = request.json(&body).send().await.expect("request sent");
+        assert_eq!(response.status(), 202, "{:?}", response.text().await);
+        id_of(response).await
+    }
+
     /// Requests a consultation tomorrow and returns its id.
     pub async fn request_consultation(&self, patient: Uuid, physician: Uuid) -> Uuid {
         let tomorrow = Utc::now() + chrono::Duration::days(1);

@@ -11,8 +11,10 @@
 //! - [`pages`]: the overview, sagas, streams and dead-letters pages.
 //! - [`layout`]: the frame every page shares, and the pieces pages are made of.
 //! - [`live`]: the overview's numbers pushed as Server-Sent Events.
+//! - [`actions`]: the record of who replayed or discarded which dead letters.
 //! - [`assets`]: the embedded stylesheet and script.
 
+pub mod actions;
 pub mod assets;
 pub mod layout;
 pub mod live;

@@ -165,7 +165,9 @@ pub async fn sign_in(
     };
     let expires_at = verified.expires_at;
     if operator(verified).is_none() {
-        return forbidden(OpsRead::NAME);
+        // The form again, saying why: the operator may have pasted the wrong token.
+        let problem = format!("it does not grant {}", OpsRead::NAME);
+        return sign_in_page(StatusCode::FORBIDDEN, Some(&problem));
     }
     let mut response = Redirect::to("/console").into_response();
     // With authentication off there is nothing to keep.

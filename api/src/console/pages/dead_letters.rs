@@ -1,9 +1,11 @@
 //! `/console/dead-letters`: the dead letters of this instance's queues, grouped by queue and
 //! failure (an error fingerprint) with their count, first and last seen and replays, and
 //! replaying or discarding one of them or a whole group after a confirmation (`ops:write`).
-//! Each action is logged with the operator who took it and counted in
-//! `hap_console_dead_letter_actions_total`. A replay adds one to the message's
-//! `x-replay-count` header, which stays with it if it fails again: the page shows it.
+//! Each action is recorded with the operator who took it ([`actions`], listed at the foot of
+//! the page), logged and counted in `hap_console_dead_letter_actions_total`. A replay adds
+//! one to the message's `x-replay-count` header, which stays with it if it fails again; the
+//! page shows that count, or the replays recorded of the message if they are more (its
+//! header is gone once a replayed message was applied, should it ever come back).
 //! One message's page shows its headers, error and body (a clinical record's content only
 //! with `records:read`, as on the streams page), and leads to replaying or discarding it.
 //!
@@ -26,9 +28,11 @@ use messaging::dlq::{self, Action, DeadLetter, DlqError};
 use serde::Deserialize;
 
 use crate::auth::{OpsWrite, Scope};
+use crate::console::actions::{self, Recorded, Taken};
 use crate::console::layout::{frame, moment};
 use crate::console::pages::streams::{may_read, payload};
 use crate::console::session::{Operator, cross_site, forbidden, same_site};
+use crate::error::ApiError;
 use crate::queries::Params;
 use crate::state::AppState;
 
@@ -154,10 +158,13 @@ fn visible(operator: &Operator, letter: &DeadLetter) -> bool {
 }
 
 /// `GET /console/dead-letters`.
-pub async fn page(State(app): State<AppState>, operator: Operator) -> Markup {
+pub async fn page(State(app): State<AppState>, operator: Operator) -> Result<Markup, ApiError> {
     let amqp = &app.settings.amqp_url;
     let names = queues(&app);
-    let read = futures::future::join_all(names.iter().map(|queue| dlq::list(amqp, queue))).await;
+    let mut read =
+        futures::future::join_all(names.iter().map(|queue| dlq::list(amqp, queue))).await;
+    count_recorded_replays(&app, &mut read).await?;
+    let recent = actions::recent(app.pool(), operator.tenant()).await?;
     let mut groups: BTreeMap<(&str, String), Group> = BTreeMap::new();
     let mut unread = Vec::new();
     for (queue, letters) in names.iter().zip(read) {
@@ -237,8 +244,63 @@ pub async fn page(State(app): State<AppState>, operator: Operator) -> Markup {
         @if !unread.is_empty() {
             p.muted { "Not found or not reachable: " (unread.join(", ")) }
         }
+        (recent_actions(&operator, &recent))
     };
-    frame("Dead letters", Some(&operator.0), body)
+    Ok(frame("Dead letters", Some(&operator.0), body))
+}
+
+/// Raises each letter's replay count to the replays recorded of it, if they are more: its
+/// header lost count if it was applied after a replay and came back as a new message.
+async fn count_recorded_replays(
+    app: &AppState,
+    read: &mut [Result<Vec<DeadLetter>, DlqError>],
+) -> Result<(), sqlx::Error> {
+    let letters = || read.iter().flatten().flatten();
+    let ids: Vec<String> = letters().filter_map(|l| l.event_id.clone()).collect();
+    let recorded = actions::replays_of(app.pool(), &ids).await?;
+    for letter in read.iter_mut().flatten().flatten() {
+        if let Some(count) = (letter.event_id.as_ref()).and_then(|id| recorded.get(id)) {
+            letter.replays = letter.replays.max(*count);
+        }
+    }
+    Ok(())
+}
+
+/// The latest replays and discards of the operator's tenant (of every tenant for a platform
+/// operator), with who took them.
+fn recent_actions(operator: &Operator, recent: &[Recorded]) -> Markup {
+    let every_tenant = operator.tenant().is_none();
+    html! {
+        h2 { "Recent actions" }
+        @if recent.is_empty() {
+            p.muted { "No replay or discard yet." }
+        } @else {
+            table.actions {
+                tr {
+                    th { "At (UTC)" } th { "Operator" }
+                    @if every_tenant { th { "Tenant" } }
+                    th { "Action" } th { "Queue" } th { "Of" } th.num { "Messages" }
+                }
+                @for action in recent {
+                    tr {
+                        td { (moment(action.at)) }
+                        td.actor { (action.actor) }
+                        @if every_tenant { td { (action.tenant_id) } }
+                        td { (action.action) }
+                        td { code { (action.queue) } }
+                        td {
+                            @if let Some(event) = &action.event_id {
+                                "the dead letter " code { (event) }
+                            } @else {
+                                "the failure " code { (action.failure.as_deref().unwrap_or("")) }
+                            }
+                        }
+                        td.num { (action.messages) }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The address of the page that confirms `action` on the dead letters of `queue` that
@@ -322,12 +384,19 @@ pub async fn resolve(
     if !operator.0.may(OpsWrite::NAME) {
         return forbidden(OpsWrite::NAME);
     }
+    let mut event_ids = Vec::new();
     let resolved = if queues(&app).contains(&choice.queue) {
         dlq::resolve(
             &app.settings.amqp_url,
             &choice.queue,
             choice.action.action(),
-            |letter| choice.picks(&operator, letter),
+            |letter| {
+                let picked = choice.picks(&operator, letter);
+                if picked && let Some(id) = &letter.event_id {
+                    event_ids.push(id.clone());
+                }
+                picked
+            },
         )
         .await
     } else {
@@ -351,6 +420,22 @@ pub async fn resolve(
             );
             metrics::counter!("hap_console_dead_letter_actions_total", "action" => action)
                 .increment(count as u64);
+            let taken = Taken {
+                actor: &operator.0.subject,
+                tenant_id: &operator.0.tenant_id,
+                action,
+                queue: &choice.queue,
+                event_id: choice.event.as_deref(),
+                failure: choice.failure.as_deref(),
+                messages: count,
+                event_ids: &event_ids,
+            };
+            if let Err(error) = actions::record(app.pool(), &taken).await {
+                // Done and logged, but not recorded: the operator is told.
+                tracing::error!(%error, actor = %operator.0.subject, action, count,
+                                "recording an operator's action on dead letters failed");
+                return unrecorded(&operator, action, count);
+            }
             Redirect::to("/console/dead-letters").into_response()
         }
         Err(error) => {
@@ -358,6 +443,20 @@ pub async fn resolve(
             unavailable(&operator, &format!("complete the {action}"), &error)
         }
     }
+}
+
+/// The 500 page of an action done (`count` messages) that could not be recorded.
+fn unrecorded(operator: &Operator, action: &str, count: usize) -> Response {
+    let body = html! {
+        h1 { "Done, not recorded" }
+        p { "The " (action) " of " (count) " dead letters was done, but the database did not \
+             record it: only the log says who did it." }
+    };
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        frame("Not recorded", Some(&operator.0), body),
+    )
+        .into_response()
 }
 
 /// The 503 page of something (`what`) the broker did not do.

@@ -1,13 +1,14 @@
 //! `GET /console`: is anything wrong, and where? The processes and their heartbeats, which
 //! one leads the publisher and its lag, each instance's projector lag, the deadlines; for a
-//! platform operator also every instance's queue depths and the rates of commands and errors
-//! over the last minutes.
+//! platform operator also how many events wait to be published, every instance's queue depths
+//! and the rates of commands and errors over the last minutes.
 //!
 //! Every figure comes from the database, where each process records its own with its
 //! heartbeat ([`eventstore::samples`]): the console is served by any query process, and must
-//! show the same whichever one the operator reaches. Queue depths, dead letters and command
-//! rates count every tenant's messages and requests, so a clinic's operator does not see
-//! them; processes, leadership and lags are the health of what every tenant shares.
+//! show the same whichever one the operator reaches. The events waiting to be published,
+//! queue depths, dead letters and command rates count every tenant's events, messages and
+//! requests, so a clinic's operator does not see them; processes, leadership and lags (in
+//! seconds) are the health of what every tenant shares.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -55,7 +56,8 @@ pub struct Snapshot {
 pub struct Numbers {
     pub processes_up: i64,
     pub processes_gone: i64,
-    pub lag_events: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_events: Option<i64>,
     pub lag_seconds: i64,
     pub deadlines_running: i64,
     pub deadlines_paused: i64,
@@ -122,7 +124,7 @@ impl Snapshot {
         Numbers {
             processes_up: up,
             processes_gone: self.processes.len() as i64 - up,
-            lag_events: self.lag.events,
+            lag_events: platform.then_some(self.lag.events),
             lag_seconds: self.lag.seconds.round() as i64,
             deadlines_running: self.deadlines.running,
             deadlines_paused: self.deadlines.paused,
@@ -154,7 +156,9 @@ pub async fn page(State(app): State<AppState>, operator: Operator) -> Result<Mar
         div.cards {
             (card("processes up", numbers.processes_up, "processesUp", false))
             (card("processes gone", numbers.processes_gone, "processesGone", true))
-            (card("events not yet published", numbers.lag_events, "lagEvents", false))
+            @if let Some(lag_events) = numbers.lag_events {
+                (card("events not yet published", lag_events, "lagEvents", false))
+            }
             (card("seconds of publisher lag", numbers.lag_seconds, "lagSeconds", false))
             (card("deadlines overdue", numbers.deadlines_overdue, "deadlinesOverdue", true))
             (card("deadlines running", numbers.deadlines_running, "deadlinesRunning", false))
@@ -168,12 +172,13 @@ pub async fn page(State(app): State<AppState>, operator: Operator) -> Result<Mar
             Some(leader) => p #leader {
                 "Leader: " strong { (leader.recorded.info.instance) } " on "
                 (leader.recorded.info.host) " (pid " (leader.recorded.info.pid) "), "
-                (snapshot.lag.events) " events and " (format!("{:.1}", snapshot.lag.seconds))
-                " s behind the store."
+                @if let Some(lag_events) = numbers.lag_events { (lag_events) " events and " }
+                span.lag-seconds { (format!("{:.1}", snapshot.lag.seconds)) } " s behind the store."
             },
             None => p #leader .notice {
-                "No running process says it leads the publisher: events wait to be published ("
-                (snapshot.lag.events) " now)."
+                "No running process says it leads the publisher: events wait to be published"
+                @if let Some(lag_events) = numbers.lag_events { " (" (lag_events) " now)" }
+                "."
             },
         }
         h2 { "Processes" }
@@ -208,8 +213,9 @@ pub async fn page(State(app): State<AppState>, operator: Operator) -> Result<Mar
         @if let Some(rates) = &snapshot.rates {
             (every_tenant(&snapshot, rates, &numbers))
         } @else {
-            p.muted { "Queue depths, dead letters and the rates of commands count every tenant's \
-                       messages: they are shown to platform operators only." }
+            p.muted { "The events waiting to be published, queue depths, dead letters and the \
+                       rates of commands count every tenant's events and messages: they are \
+                       shown to platform operators only." }
         }
         p.muted { "Numbers follow live; the tables are as of " (moment(now)) " UTC." }
         script src="/console/assets/live.js" defer {}

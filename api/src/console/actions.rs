@@ -1,0 +1,98 @@
+//! The record of what operators did to dead letters from the console (`operator_actions`
+//! in the event store's database, which every process shares): who replayed or discarded
+//! which messages, and when. The dead-letters page lists the recent ones, and reads from it
+//! how often a message was replayed once its own `x-replay-count` header is gone.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+/// How many of the latest actions the dead-letters page lists.
+pub const RECENT: i64 = 20;
+
+/// An action an operator just took, to record.
+pub struct Taken<'a> {
+    /// The token's subject, and its tenant (`*` for a platform operator).
+    pub actor: &'a str,
+    pub tenant_id: &'a str,
+    /// `replay` or `discard`.
+    pub action: &'a str,
+    pub queue: &'a str,
+    /// One message, or else a failure group.
+    pub event_id: Option<&'a str>,
+    pub failure: Option<&'a str>,
+    pub messages: usize,
+    /// The event ids of the messages it took, of those that had one.
+    pub event_ids: &'a [String],
+}
+
+/// An action as recorded.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Recorded {
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub tenant_id: String,
+    pub action: String,
+    pub queue: String,
+    pub event_id: Option<String>,
+    pub failure: Option<String>,
+    pub messages: i32,
+}
+
+/// Records `taken`.
+pub async fn record(pool: &PgPool, taken: &Taken<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into operator_actions
+                (actor, tenant_id, action, queue, event_id, failure, messages, event_ids)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(taken.actor)
+    .bind(taken.tenant_id)
+    .bind(taken.action)
+    .bind(taken.queue)
+    .bind(taken.event_id)
+    .bind(taken.failure)
+    .bind(i32::try_from(taken.messages).unwrap_or(i32::MAX))
+    .bind(taken.event_ids)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The latest [`RECENT`] actions taken by operators of `tenant` (every one's for `None`, a
+/// platform operator), newest first.
+pub async fn recent(pool: &PgPool, tenant: Option<&str>) -> Result<Vec<Recorded>, sqlx::Error> {
+    sqlx::query_as(
+        "select at, actor, tenant_id, action, queue, event_id, failure, messages
+           from operator_actions
+          where $1::text is null or tenant_id = $1
+          order by at desc, id desc
+          limit $2",
+    )
+    .bind(tenant)
+    .bind(RECENT)
+    .fetch_all(pool)
+    .await
+}
+
+/// How many times each of `event_ids` was replayed from the console, whoever replayed it;
+/// those never replayed are left out.
+pub async fn replays_of(
+    pool: &PgPool,
+    event_ids: &[String],
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    if event_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let counts: Vec<(String, i64)> = sqlx::query_as(
+        "select touched.event, count(*)
+           from operator_actions, unnest(event_ids) as touched (event)
+          where action = 'replay' and event_ids && $1 and touched.event = any($1)
+          group by touched.event",
+    )
+    .bind(event_ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(counts.into_iter().collect())
+}
