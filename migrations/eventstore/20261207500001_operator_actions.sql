@@ -14,7 +14,7 @@ create table operator_actions (
     -- The main queue whose dead letters were resolved.
     queue     text not null,
     -- What the operator chose: one message (its event id) or a failure group (its
-    -- fingerprint, the error with its numbers left out).
+    -- fingerprint, the error with its numbers left out; recorded without the values it quotes).
     event_id  text,
     failure   text,
     -- How many messages the action took, and the event ids of those that had one.

@@ -52,12 +52,37 @@ pub async fn record(pool: &PgPool, taken: &Taken<'_>) -> Result<(), sqlx::Error>
     .bind(taken.action)
     .bind(taken.queue)
     .bind(taken.event_id)
-    .bind(taken.failure)
+    // Kept for good, and an erasure cannot tell whose it is: a decoding error quotes the value
+    // it refused (a name, a document number), so the record keeps the failure without it.
+    .bind(taken.failure.map(without_quoted))
     .bind(i32::try_from(taken.messages).unwrap_or(i32::MAX))
     .bind(taken.event_ids)
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// `text` with whatever stands between double quotes or backticks replaced by `…`.
+fn without_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut open: Option<char> = None;
+    for c in text.chars() {
+        match open {
+            Some(quote) if c == quote => {
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '"' || c == '`' {
+                    out.push('…');
+                    open = Some(c);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The latest [`RECENT`] actions taken by operators of `tenant` (every one's for `None`, a
@@ -95,4 +120,24 @@ pub async fn replays_of(
     .fetch_all(pool)
     .await?;
     Ok(counts.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_failure_keeps_no_quoted_value() {
+        let refused = |value: &str| {
+            without_quoted(&format!(
+                "invalid type: string \"{value}\", expected a date at line 1 column 40; unknown variant `{value}`"
+            ))
+        };
+        assert_eq!(
+            refused("Ana Lima"),
+            "invalid type: string \"…\", expected a date at line 1 column 40; unknown variant `…`"
+        );
+        assert_eq!(refused("Ana Lima"), refused("123.456.789-00"));
+        assert!(!refused("Ana Lima").contains("Ana"));
+    }
 }
