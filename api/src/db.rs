@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgPool};
 
 /// A pool on `url`, creating the database first when `create` is set and it does not exist.
@@ -14,7 +14,7 @@ pub async fn connect(url: &str, size: u32, create: bool) -> anyhow::Result<PgPoo
     if create {
         create_database(&options).await?;
     }
-    PgPoolOptions::new()
+    eventstore::pool::options()
         .max_connections(size)
         .acquire_timeout(Duration::from_secs(5))
         // Never the read models' name, whatever the URL or PGAPPNAME say: the gap-safe read

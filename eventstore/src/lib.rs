@@ -22,6 +22,8 @@
 //! - [`housekeeping`]: forgetting old idempotency keys and finished deadlines, in small batches.
 //! - [`unavailable`]: which database errors mean PostgreSQL is unavailable for now
 //!   ([`is_unavailable`]), the one classification every layer uses.
+//! - [`pool`]: the options every connection pool of a process starts from (when a
+//!   connection taken from the pool is pinged first).
 //! - [`deadlines`]: durable saga deadlines' rows and their states ([`DeadlineState`]),
 //!   started and ended with appends, and their counts for operators.
 //! - [`publishing`]: the publisher's durable checkpoint and its lag; the publisher leads one at
@@ -39,6 +41,7 @@ pub mod idempotency;
 pub mod leader;
 pub mod memory;
 pub mod opener;
+pub mod pool;
 pub mod position;
 pub mod processes;
 pub mod publishing;

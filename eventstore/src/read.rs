@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use sqlx::PgPool;
-use sqlx::postgres::{PgArguments, PgPoolOptions};
+use sqlx::postgres::PgArguments;
 use uuid::Uuid;
 
 use crate::EventStore;
@@ -337,7 +337,7 @@ impl TailReader {
             // Plans ruled out cost 10^10, which would otherwise compile the rest to no end.
             ("jit", "off"),
         ]);
-        let pool = PgPoolOptions::new()
+        let pool = crate::pool::options()
             .max_connections(1)
             .connect_lazy_with(options);
         Self {

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use eventstore::EventStore;
 use futures::future::BoxFuture;
-use sqlx::postgres::PgPoolOptions;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +34,7 @@ pub fn run_all(
     // commit (under load, hundreds of them), which stretched read-your-writes waits into
     // seconds.
     let projecting = ReadModel {
-        pool: PgPoolOptions::new()
+        pool: eventstore::pool::options()
             .max_connections(QUEUES.len() as u32)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(Plans::ByKey.apply((*read.pool.connect_options()).clone())),

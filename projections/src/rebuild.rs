@@ -17,7 +17,6 @@ use eventstore::{EventStore, GlobalCheckpoint, RecordedEvent, Stored};
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::SemaphorePermit;
 use uuid::Uuid;
@@ -389,7 +388,7 @@ async fn connect_shadow(read_url: &str, shadow_schema: &str) -> Result<PgPool, s
     let options = schema::connect_options(read_url, shadow_schema, schema::Plans::ByKey)
         .await?
         .options([("lock_timeout", "0"), ("synchronous_commit", "off")]);
-    PgPoolOptions::new()
+    eventstore::pool::options()
         .max_connections(SHADOW_CONNECTIONS as u32)
         .acquire_timeout(Duration::from_secs(30))
         .connect_with(options)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use eventstore::read::READ_MODEL_APPLICATION;
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 
 /// The read model's migrations (`migrations/readmodel`), applied per schema.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/readmodel");
@@ -70,7 +70,7 @@ pub async fn connect(
     plans: Plans,
 ) -> Result<PgPool, sqlx::Error> {
     let options = connect_options(url, schema, plans).await?;
-    PgPoolOptions::new()
+    eventstore::pool::options()
         .max_connections(size)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
