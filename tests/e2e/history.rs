@@ -62,6 +62,48 @@ async fn every_page(app: &TestApp, path: &str, token: &str, limit: u32) -> (Vec<
     }
 }
 
+/// A consultation requested with `token` under `correlation` and scheduled by the sagas, and
+/// its patient: both registered for it (their numbers end in `tag`), with a physician.
+async fn scheduled_as(system: &System, token: &str, tag: &str, correlation: &str) -> (Uuid, Uuid) {
+    let app = &system.app;
+    let patient = app.register_patient_as(token, &format!("DOC-{tag}")).await;
+    let physician = json!({"name": "Dr. Ana", "specialty": "cardiology",
+                           "licenseNumber": format!("C-{tag}")});
+    let (_, physician) = send(app, Method::POST, "/physicians", token, physician, "c-p").await;
+    let at = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let request = json!({"patientId": patient, "physicianId": id_in(&physician),
+                         "startsAt": at, "reason": "check-up"});
+    let (status, requested) = send(
+        app,
+        Method::POST,
+        "/consultations",
+        token,
+        request,
+        correlation,
+    )
+    .await;
+    assert_eq!(status, 202, "{requested}");
+    let id = id_in(&requested);
+    system
+        .wait_for_status_as(id, "scheduled", token, Duration::from_secs(30))
+        .await;
+    (id, patient)
+}
+
+/// Each history item's version, event type and correlation id, in order.
+fn versions_types_and_correlations(items: &[Value]) -> Vec<(i64, &str, &str)> {
+    items
+        .iter()
+        .map(|item| {
+            (
+                item["version"].as_i64().unwrap(),
+                item["eventType"].as_str().unwrap(),
+                item["correlationId"].as_str().unwrap(),
+            )
+        })
+        .collect()
+}
+
 async fn get(app: &TestApp, path: &str, token: &str) -> (StatusCode, Value) {
     let response = app
         .request(Method::GET, path)
@@ -271,16 +313,7 @@ async fn a_physicians_history_lists_its_changes_with_who_and_why_a_page_at_a_tim
     assert_eq!(status, 200, "{trail}");
     assert!(trail["next"].is_null(), "{trail}");
     let items = trail["items"].as_array().unwrap();
-    let seen: Vec<(i64, &str, &str)> = items
-        .iter()
-        .map(|item| {
-            (
-                item["version"].as_i64().unwrap(),
-                item["eventType"].as_str().unwrap(),
-                item["correlationId"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let seen = versions_types_and_correlations(items);
     assert_eq!(
         seen,
         [
@@ -327,26 +360,7 @@ async fn a_consultations_history_shows_the_request_and_the_sagas_steps_with_thei
     let all = "patients:read patients:write physicians:read physicians:write \
                consultations:read consultations:write";
     let north = token("north", all);
-    let patient = app.register_patient_as(&north, "DOC-H2").await;
-    let physician = json!({"name": "Dr. Ana", "specialty": "cardiology", "licenseNumber": "C-H2"});
-    let (_, physician) = send(app, Method::POST, "/physicians", &north, physician, "c-p").await;
-    let at = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
-    let request = json!({"patientId": patient, "physicianId": id_in(&physician),
-                         "startsAt": at, "reason": "check-up"});
-    let (status, requested) = send(
-        app,
-        Method::POST,
-        "/consultations",
-        &north,
-        request,
-        "corr-book",
-    )
-    .await;
-    assert_eq!(status, 202, "{requested}");
-    let id = id_in(&requested);
-    system
-        .wait_for_status_as(id, "scheduled", &north, Duration::from_secs(30))
-        .await;
+    let (id, patient) = scheduled_as(&system, &north, "H2", "corr-book").await;
     let path = format!("/consultations/{id}/cancel");
     let reason = json!({"reason": "travel"});
     let (status, _) = send(app, Method::POST, &path, &north, reason, "corr-cancel").await;
@@ -360,16 +374,7 @@ async fn a_consultations_history_shows_the_request_and_the_sagas_steps_with_thei
     let (status, trail) = get(app, &history, &reader).await;
     assert_eq!(status, 200, "{trail}");
     let items = trail["items"].as_array().unwrap();
-    let seen: Vec<(i64, &str, &str)> = items
-        .iter()
-        .map(|item| {
-            (
-                item["version"].as_i64().unwrap(),
-                item["eventType"].as_str().unwrap(),
-                item["correlationId"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let seen = versions_types_and_correlations(items);
     assert_eq!(
         seen,
         [
@@ -421,25 +426,7 @@ async fn the_status_stream_is_its_tenants_and_needs_consultations_read() {
         "north",
         "patients:write physicians:write consultations:read consultations:write",
     );
-    let patient = app.register_patient_as(&north, "DOC-S2").await;
-    let physician = json!({"name": "Dr. Ana", "specialty": "cardiology", "licenseNumber": "C-S2"});
-    let (_, physician) = send(app, Method::POST, "/physicians", &north, physician, "c-p").await;
-    let at = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
-    let request = json!({"patientId": patient, "physicianId": id_in(&physician), "startsAt": at});
-    let (status, requested) = send(
-        app,
-        Method::POST,
-        "/consultations",
-        &north,
-        request,
-        "corr-s2",
-    )
-    .await;
-    assert_eq!(status, 202, "{requested}");
-    let id = id_in(&requested);
-    system
-        .wait_for_status_as(id, "scheduled", &north, Duration::from_secs(30))
-        .await;
+    let (id, _) = scheduled_as(&system, &north, "S2", "corr-s2").await;
 
     let path = format!("/consultations/{id}/status/stream");
     let open = |token: Option<String>| {
