@@ -40,6 +40,7 @@ impl AppendObserver for ReadSideObserver {
                             events: [e.event.clone()].into(),
                         },
                         origin: origin.clone(),
+                        fed: true,
                     })
                     .collect()
             });

@@ -68,9 +68,9 @@ pub struct Idempotency {
     pub request_hash: String,
     /// Look the key up before deciding. A client's request needs it: a repeat must get the
     /// first answer even where deciding again would now fail differently (a document number
-    /// its own first request took). A saga step does not: its commands take no claims, a
-    /// repeat decides again and its append fails on the key (`KeyTaken`), appending nothing,
-    /// and the round trip is saved on every step.
+    /// its own first request took). A saga step taken from the local feed does not: its
+    /// commands take no claims, a repeat decides again and its append fails on the key
+    /// (`KeyTaken`), appending nothing, and the round trip is saved on every first run.
     pub check_first: bool,
 }
 

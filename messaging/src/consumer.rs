@@ -75,6 +75,10 @@ impl ConsumerSettings {
 pub struct Message {
     pub envelope: Envelope,
     pub origin: Origin,
+    /// Handed over by this process's local feed: a failure lets it go (its broker copy comes
+    /// later and is handled then). A delivery, on the contrary, may repeat an event a handler
+    /// somewhere has already taken from its own feed.
+    pub fed: bool,
 }
 
 /// Why a handler could not handle a batch.
@@ -272,7 +276,14 @@ impl Consumer {
         let mut good = Vec::with_capacity(batch.len());
         for delivery in batch {
             match Envelope::from_message(&delivery.data) {
-                Ok((envelope, origin)) => good.push((delivery, Message { envelope, origin })),
+                Ok((envelope, origin)) => good.push((
+                    delivery,
+                    Message {
+                        envelope,
+                        origin,
+                        fed: false,
+                    },
+                )),
                 Err(poison) => {
                     self.dead_letter(channels, &delivery, &poison.to_string())
                         .await?

@@ -120,6 +120,7 @@ mod tests {
                 correlation_id: "c-1".into(),
                 actor_id: Some("dr-who".into()),
             },
+            fed: true,
         }
     }
 

@@ -6,8 +6,9 @@
 //!
 //! It runs as a saga step of the scheduling service, triggered by the deactivation's message
 //! on the shared saga queue: a queued job that survives a restart (the message stays until
-//! the step is done) and runs once in the cluster. Each cancellation is a command with its
-//! own idempotency key, so a job run again after a crash cancels nothing twice.
+//! the step is done), or at once from the local feed of the process that appended it. Each
+//! cancellation is a command with its own idempotency key, so a job run again (after a crash,
+//! or from the broker's copy in another process) cancels nothing twice.
 
 use chrono::Utc;
 use commands::{CommandError, Pipeline};

@@ -4,7 +4,8 @@
 //! `hap dlq`.
 //!
 //! It runs as a saga step of the person's own service, triggered by the erasure's message, so
-//! it survives a restart and runs once in the cluster. It looks in the saga queues every
+//! it survives a restart; it may run twice (from the local feed, then from the broker's copy in
+//! another process), and a second sweep finds nothing more to drop. It looks in the saga queues every
 //! instance shares and in the projector queues of every instance that records itself in
 //! `processes`: an instance that has not run since the timer's housekeeping forgot it is not
 //! reached (the README says so).

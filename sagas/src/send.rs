@@ -16,6 +16,9 @@ pub struct Trigger {
     pub correlation_id: String,
     /// Who started the saga; every step acts for them.
     pub actor_id: Option<String>,
+    /// The broker's copy of the event, not the local feed's: with several saga processes it is
+    /// most often a repeat of a step that the appending process already ran from its feed.
+    pub delivered: bool,
 }
 
 /// Why a step did not complete.
@@ -66,7 +69,9 @@ where
     A: Aggregate,
     A::Command: Clone,
 {
-    // One key per trigger and target: a redelivered trigger replays, and appends nothing.
+    // One key per trigger and target: a redelivered trigger replays, and appends nothing. A
+    // broker's copy looks its key up first: its step has often run already, from the feed of
+    // the process that appended the trigger, and the lookup is cheaper than deciding again.
     let key = format!("saga:{}:{}:{stream}", trigger.event_id, A::KIND.as_str());
     let meta = CommandMeta {
         causation_id: Some(trigger.event_id),
@@ -74,7 +79,7 @@ where
         idempotency: Some(Idempotency {
             request_hash: key.clone(),
             key,
-            check_first: false,
+            check_first: trigger.delivered,
         }),
         ..CommandMeta::new(&trigger.tenant_id, &trigger.correlation_id)
     };

@@ -6,8 +6,9 @@
 //! steps at once: a scheduling's request, its validation and hold, and its confirmation follow
 //! one another without waiting for the broker between them. The broker's copy stays the
 //! guarantee (a step the feed dropped or failed runs from it); when it comes back to this
-//! process it is acknowledged without a second run, and in another process the step runs again
-//! and changes nothing (its commands' idempotency keys are the trigger's).
+//! process after the fed step committed it is acknowledged without a second run, and in
+//! another process the step runs again, looks up its commands' idempotency keys (the
+//! trigger's) first and changes nothing.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -124,11 +125,14 @@ impl SagaHandler {
             tenant_id: origin.tenant_id.clone(),
             correlation_id: origin.correlation_id.clone(),
             actor_id: origin.actor_id.clone(),
+            delivered: !message.fed,
         };
         let started = Instant::now();
         let result = self.steps.run(&step, &trigger).await;
         let outcome = match &result {
             Ok(()) => "done",
+            // Its broker copy runs it again, and counts what becomes of it.
+            Err(_) if message.fed => "let_go",
             Err(StepError::Transient(_) | StepError::Broker(_)) => "retried",
             Err(StepError::Permanent(_)) => "dead_lettered",
         };

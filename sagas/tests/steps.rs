@@ -207,6 +207,7 @@ fn trigger() -> Trigger {
         tenant_id: TENANT.into(),
         correlation_id: "saga".into(),
         actor_id: None,
+        delivered: true,
     }
 }
 

@@ -715,6 +715,25 @@ async fn recorded_actions(db: &TestDb) -> Vec<RecordedAction> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letters_show_when_the_record_of_actions_cannot_be_read() {
+    let db = TestDb::new().await;
+    let (system, names) = with_projectors(&db).await;
+    let event = fail(&names, "north").await;
+    // What a database that does not answer does to the page's record, and to it alone.
+    sqlx::query("drop table operator_actions")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let reader = token("north", "ops:read");
+    let (status, body) = page(&system.app, "/console/dead-letters", Some(&reader)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&event), "the letter is listed: {body}");
+    assert!(body.contains("The database did not answer"), "{body}");
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_replay_and_discard_is_recorded_with_its_operator_and_listed_to_its_tenant_only() {
     let db = TestDb::new().await;
     let (system, names) = with_projectors(&db).await;

@@ -421,6 +421,8 @@ async fn a_scheduling_runs_in_the_process_that_appended_it_and_the_brokers_copie
     })
     .await;
     assert!(delivered, "the copies were published and taken");
+    // Taken, and handled: a queue's counts may lag its consumer by a moment.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let after: i64 = sqlx::query_scalar("select count(*) from events")
         .fetch_one(&db.pool)
         .await
@@ -429,8 +431,8 @@ async fn a_scheduling_runs_in_the_process_that_appended_it_and_the_brokers_copie
     assert_eq!(system.consultation(id).await["status"], "scheduled");
     let metrics = system.app.get_text("/metrics").await;
     for step in [
-        "service=\"patient-service\",step=\"validate_patient\",outcome=\"done\"} 1",
-        "service=\"physician-service\",step=\"hold_slot\",outcome=\"done\"} 1",
+        "service=\"patient-service\",step=\"validate_patient\",outcome=\"done\"} 1\n",
+        "service=\"physician-service\",step=\"hold_slot\",outcome=\"done\"} 1\n",
     ] {
         assert!(metrics.contains(step), "each step ran once: {step}");
     }

@@ -62,22 +62,27 @@ pub async fn record(pool: &PgPool, taken: &Taken<'_>) -> Result<(), sqlx::Error>
     Ok(())
 }
 
-/// `text` with whatever stands between double quotes or backticks replaced by `…`.
+/// `text` with whatever stands between quotes (double, single, backticks) or parentheses (where
+/// PostgreSQL names a key's value) replaced by `…`; an unclosed one hides the rest.
 fn without_quoted(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut open: Option<char> = None;
+    let mut closing: Option<char> = None;
     for c in text.chars() {
-        match open {
-            Some(quote) if c == quote => {
+        match closing {
+            Some(close) if c == close => {
                 out.push(c);
-                open = None;
+                closing = None;
             }
             Some(_) => {}
             None => {
                 out.push(c);
-                if c == '"' || c == '`' {
+                closing = match c {
+                    '"' | '`' | '\'' => Some(c),
+                    '(' => Some(')'),
+                    _ => None,
+                };
+                if closing.is_some() {
                     out.push('…');
-                    open = Some(c);
                 }
             }
         }
@@ -139,5 +144,9 @@ mod tests {
         );
         assert_eq!(refused("Ana Lima"), refused("123.456.789-00"));
         assert!(!refused("Ana Lima").contains("Ana"));
+        assert_eq!(
+            without_quoted("Key (document_number)=(123.456.789-00) already exists; 'Ana'"),
+            "Key (…)=(…) already exists; '…'"
+        );
     }
 }
