@@ -23,8 +23,9 @@ use crate::consumer::Message;
 const CAPACITY: usize = 4096;
 
 /// Which events a handler takes from the feed: those its queue is bound to.
-type Takes = Box<dyn Fn(&Event) -> bool + Send + Sync>;
+type Takes = Arc<dyn Fn(&Event) -> bool + Send + Sync>;
 
+#[derive(Clone)]
 struct Subscriber {
     name: &'static str,
     takes: Takes,
@@ -34,7 +35,9 @@ struct Subscriber {
 /// The handlers of this process that take events straight from its appends; cheap to clone.
 #[derive(Clone, Default)]
 pub struct LocalFeed {
-    subscribers: Arc<Mutex<Vec<Subscriber>>>,
+    /// Replaced whole when a handler subscribes (rarely), read on every commit: a commit holds
+    /// the lock only to take its own reference, not while it makes and sends its messages.
+    subscribers: Arc<Mutex<Arc<Vec<Subscriber>>>>,
 }
 
 impl LocalFeed {
@@ -47,12 +50,17 @@ impl LocalFeed {
     ) -> mpsc::Receiver<Message> {
         let (sender, receiver) = mpsc::channel(CAPACITY);
         let mut subscribers = self.lock();
-        subscribers.retain(|s| s.name != name);
-        subscribers.push(Subscriber {
+        let mut changed: Vec<Subscriber> = subscribers
+            .iter()
+            .filter(|s| s.name != name)
+            .cloned()
+            .collect();
+        changed.push(Subscriber {
             name,
-            takes: Box::new(takes),
+            takes: Arc::new(takes),
             sender,
         });
+        *subscribers = Arc::new(changed);
         receiver
     }
 
@@ -60,7 +68,7 @@ impl LocalFeed {
     /// handlers here that take them; makes them only if there are any (a process that only
     /// takes commands pays nothing). Never waits.
     pub fn offer(&self, appended: impl FnOnce() -> Vec<Message>) {
-        let subscribers = self.lock();
+        let subscribers = self.lock().clone();
         if subscribers.is_empty() {
             return;
         }
@@ -78,9 +86,9 @@ impl LocalFeed {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Subscriber>> {
-        // A panic elsewhere while holding it leaves the list whole: subscribers are pushed,
-        // removed or read, never half-written.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<Vec<Subscriber>>> {
+        // A panic elsewhere while holding it leaves the list whole: it is replaced or read,
+        // never half-written.
         self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -67,11 +67,9 @@ async fn every_page(app: &TestApp, path: &str, token: &str, limit: u32) -> (Vec<
 async fn scheduled_as(system: &System, token: &str, tag: &str, correlation: &str) -> (Uuid, Uuid) {
     let app = &system.app;
     let patient = app.register_patient_as(token, &format!("DOC-{tag}")).await;
-    let physician = json!({"name": "Dr. Ana", "specialty": "cardiology",
-                           "licenseNumber": format!("C-{tag}")});
-    let (_, physician) = send(app, Method::POST, "/physicians", token, physician, "c-p").await;
+    let physician = app.register_physician_as(token, &format!("C-{tag}")).await;
     let at = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
-    let request = json!({"patientId": patient, "physicianId": id_in(&physician),
+    let request = json!({"patientId": patient, "physicianId": physician,
                          "startsAt": at, "reason": "check-up"});
     let (status, requested) = send(
         app,
@@ -276,8 +274,7 @@ async fn a_physicians_history_lists_its_changes_with_who_and_why_a_page_at_a_tim
     let db = TestDb::new().await;
     let app = TestApp::start_with(&db, settings()).await;
     let writer = token("north", "physicians:read physicians:write");
-    let physician = json!({"name": "Dr. Rui Costa", "specialty": "cardiology",
-                           "licenseNumber": "CRM-H1"});
+    let physician = hap_tests::physician("CRM-H1");
     let (status, created) = send(
         &app,
         Method::POST,

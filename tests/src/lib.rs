@@ -443,17 +443,13 @@ impl TestApp {
 
     /// Registers a physician and returns its id.
     pub async fn register_physician(&self, license_number: &str) -> Uuid {
-        let body = serde_json::json!({
-            "name": "Dr. Rui Costa", "specialty": "cardiology", "licenseNumber": license_number
-        });
+        let body = physician(license_number);
         id_of(self.post_expecting("/physicians", body, 201).await).await
     }
 
     /// Registers a physician for the tenant of `token` and returns its id.
     pub async fn register_physician_as(&self, token: &str, license_number: &str) -> Uuid {
-        let body = serde_json::json!({
-            "name": "Dr. Rui Costa", "specialty": "cardiology", "licenseNumber": license_number
-        });
+        let body = physician(license_number);
         let request = self.request(Method::POST, "/physicians").bearer_auth(token);
         let response = request.json(&body).send().await.expect("request sent");
         assert_eq!(response.status(), 201, "{:?}", response.text().await);
@@ -584,6 +580,13 @@ pub fn patient(document_number: &str) -> Value {
         "birthDate": "1990-05-01",
         "documentNumber": document_number,
         "email": "ana@example.org",
+    })
+}
+
+/// A valid physician's registration body.
+pub fn physician(license_number: &str) -> Value {
+    serde_json::json!({
+        "name": "Dr. Rui Costa", "specialty": "cardiology", "licenseNumber": license_number
     })
 }
 
