@@ -32,7 +32,6 @@ use crate::console::actions::{self, Recorded, Taken};
 use crate::console::layout::{frame, moment};
 use crate::console::pages::streams::{may_read, payload};
 use crate::console::session::{Operator, cross_site, forbidden, same_site};
-use crate::error::ApiError;
 use crate::queries::Params;
 use crate::state::AppState;
 
@@ -158,7 +157,7 @@ fn visible(operator: &Operator, letter: &DeadLetter) -> bool {
 }
 
 /// `GET /console/dead-letters`.
-pub async fn page(State(app): State<AppState>, operator: Operator) -> Result<Markup, ApiError> {
+pub async fn page(State(app): State<AppState>, operator: Operator) -> Markup {
     let amqp = &app.settings.amqp_url;
     let names = queues(&app);
     let mut read =
@@ -256,7 +255,7 @@ pub async fn page(State(app): State<AppState>, operator: Operator) -> Result<Mar
             Err(_) => p.bad { "The database did not answer: replays recorded earlier and recent actions are not shown." },
         }
     };
-    Ok(frame("Dead letters", Some(&operator.0), body))
+    frame("Dead letters", Some(&operator.0), body)
 }
 
 /// Raises each letter's replay count to the replays recorded of it, if they are more: its
