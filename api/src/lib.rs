@@ -60,7 +60,9 @@ use extract::{BODY_LIMIT, CORRELATION_ID};
 
 /// Every HAP process allocates through mimalloc: under load, glibc's malloc (its arenas,
 /// consolidation and frees across threads) took as much of the process's own CPU time as the
-/// handlers themselves (docs/benchmarks.md).
+/// handlers themselves (docs/benchmarks.md). It is built without transparent huge pages: each
+/// page it takes fresh from the system would be a 2 MiB one the kernel zeroes whole, which was
+/// a quarter of a rebuild's CPU time.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

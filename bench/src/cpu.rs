@@ -75,6 +75,15 @@ impl CpuWindow {
             let earlier = before.processes.get(pid).map_or(0, |(_, t)| *t);
             *spent.of(*group).get_or_insert(0) += ticks.saturating_sub(earlier);
         }
+        // A process that ended during the window (a database connection closed) is in its
+        // parent's children's time now, the whole of its life: take off what it had spent
+        // before the window.
+        for (pid, (group, ticks)) in &before.processes {
+            if !after.processes.contains_key(pid) {
+                let spent = spent.of(*group).get_or_insert(0);
+                *spent = spent.saturating_sub(*ticks);
+            }
+        }
         let share = |ticks: u64| ticks as f64 / total;
         (total > 0.0).then(|| MachineCpu {
             busy: share(after.machine.busy - before.machine.busy),
@@ -229,8 +238,9 @@ impl<T> Groups<T> {
     }
 }
 
-/// The CPU time of every process of a group, by process id. Processes that end between two
-/// readings are missed: the shares are a floor.
+/// The CPU time of every process of a group, by process id, with that of its children that
+/// ended: PostgreSQL's server process collects each connection's backend as it ends, so a
+/// backend that ended between two readings is still counted.
 fn process_ticks() -> HashMap<u32, (Group, u64)> {
     let own = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -256,10 +266,14 @@ fn process_ticks() -> HashMap<u32, (Group, u64)> {
             } else {
                 return None;
             };
-            let mut fields = rest.split_whitespace().skip(11);
-            let user: u64 = fields.next()?.parse().ok()?;
-            let system: u64 = fields.next()?.parse().ok()?;
-            Some((pid, (group, user + system)))
+            let fields = rest.split_whitespace().skip(11);
+            // utime, stime, then the same of the children waited for.
+            let ticks = fields
+                .take(4)
+                .map(str::parse::<u64>)
+                .sum::<Result<u64, _>>()
+                .ok()?;
+            Some((pid, (group, ticks)))
         })
         .collect()
 }

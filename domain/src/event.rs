@@ -30,6 +30,18 @@ macro_rules! events {
                     $(Self::$name(_) => $name::EVENT_TYPE,)*
                 }
             }
+
+            /// The event of type `event_type`, its payload decoded by `decode` straight into
+            /// that type's struct; `None` for a type HAP does not know.
+            fn decoded<D: PayloadDecoder>(
+                event_type: &str,
+                payload: D,
+            ) -> Option<Result<Self, serde_json::Error>> {
+                Some(match event_type {
+                    $(stringify!($name) => payload.decode().map(Self::$name),)*
+                    _ => return None,
+                })
+            }
         }
 
         $(impl $name {
@@ -95,31 +107,43 @@ pub enum DecodeError {
     },
 }
 
+/// A payload as a reader holds it (text or parsed), decoded into whichever struct its event
+/// type names.
+trait PayloadDecoder {
+    fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T, serde_json::Error>;
+}
+
+impl PayloadDecoder for &str {
+    fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self)
+    }
+}
+
+impl PayloadDecoder for serde_json::Value {
+    fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T, serde_json::Error> {
+        serde_json::from_value(self)
+    }
+}
+
 impl Event {
     /// Rebuilds an event from its stored type name and payload (JSON text, parsed once and
-    /// straight into the event: no intermediate `Value`).
+    /// straight into the event's struct: no intermediate `Value`, no tagged copy of the text).
     pub fn from_parts(event_type: &str, payload: &str) -> Result<Self, DecodeError> {
-        if route(event_type).is_none() {
-            return Err(DecodeError::UnknownType(event_type.to_owned()));
-        }
-        // A known type is a plain identifier: it needs no escaping.
-        let tagged = format!(r#"{{"eventType":"{event_type}","payload":{payload}}}"#);
-        serde_json::from_str(&tagged).map_err(|source| DecodeError::BadPayload {
-            event_type: event_type.to_owned(),
-            source,
-        })
+        Self::from_decoder(event_type, payload)
     }
 
     /// Rebuilds an event from its type name and a payload already parsed (an upcaster's).
     pub fn from_value(event_type: &str, payload: serde_json::Value) -> Result<Self, DecodeError> {
-        if route(event_type).is_none() {
-            return Err(DecodeError::UnknownType(event_type.to_owned()));
-        }
-        let tagged = serde_json::json!({"eventType": event_type, "payload": payload});
-        serde_json::from_value(tagged).map_err(|source| DecodeError::BadPayload {
-            event_type: event_type.to_owned(),
-            source,
-        })
+        Self::from_decoder(event_type, payload)
+    }
+
+    fn from_decoder(event_type: &str, payload: impl PayloadDecoder) -> Result<Self, DecodeError> {
+        Self::decoded(event_type, payload)
+            .ok_or_else(|| DecodeError::UnknownType(event_type.to_owned()))?
+            .map_err(|source| DecodeError::BadPayload {
+                event_type: event_type.to_owned(),
+                source,
+            })
     }
 
     /// The event's type name and payload, as stored and sent.

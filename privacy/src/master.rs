@@ -88,7 +88,7 @@ impl MasterKey {
     ) -> Result<[u8; KEY_LEN], MasterKeyError> {
         let key = self
             .subject_keys
-            .open(subject.as_bytes(), wrapped)
+            .open(subject.as_bytes(), wrapped.to_vec())
             .map_err(|_| MasterKeyError::Unwrap)?;
         key.try_into().map_err(|_| MasterKeyError::Unwrap)
     }

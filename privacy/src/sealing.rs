@@ -181,7 +181,7 @@ impl<'a> SealedPayload<'a> {
             .decode(self.sealed.data.as_bytes())
             .map_err(|e| malformed(event_type, &e.to_string()))?;
         let plaintext = key
-            .open(&aad(event_type, self.sealed.subject), &data)
+            .open(&aad(event_type, self.sealed.subject), data)
             .map_err(|_| OpenError::Unopenable(event_type.to_owned()))?;
         // What was sealed is an object [`seal`] wrote, and the cipher vouches that it is
         // unaltered: its members go in as they are.

@@ -35,8 +35,6 @@ const PAGE: i64 = 5000;
 /// Events per page of the bulk load's scan: each page is decoded on a thread of its own while
 /// the one before is folded.
 const BULK_PAGE: usize = 20_000;
-/// Pages decoded ahead of the one being folded (the scan reads further ahead on its own).
-const READ_AHEAD: usize = 4;
 /// Tables copied into the shadow at once.
 const WRITERS: usize = 4;
 /// Connections of the shadow's pool: the copies', and a few for index builds beside them.
@@ -134,16 +132,22 @@ pub async fn rebuild(
     let shadow = connect_shadow(read_url, &shadow_schema).await?;
     schema::migrate(&shadow).await?;
 
-    let total: i64 = sqlx::query_scalar("select count(*) from events")
-        .fetch_one(store.pool())
-        .await?;
+    let bar = if show_progress {
+        // Counting reads the whole table: only a bar someone sees pays for it.
+        let total: i64 = sqlx::query_scalar("select count(*) from events")
+            .fetch_one(store.pool())
+            .await?;
+        progress_bar(total)
+    } else {
+        ProgressBar::hidden()
+    };
     let mut build = ShadowBuild {
         store,
         shadow: &shadow,
         projectors: &projectors,
         chunk_events: chunk_events.max(1),
         checkpoint: GlobalCheckpoint::START,
-        bar: progress_bar(total, show_progress),
+        bar,
     };
     let mut events = build.bulk_load().await?;
     events += build.catch_up(Fence::GapSafe).await?;
@@ -294,7 +298,10 @@ impl ShadowBuild<'_> {
                     .expect("opening does not panic")
                 }
             })
-            .buffered(READ_AHEAD);
+            // A whole chunk's pages and one more are opened and decoded while a chunk is
+            // folded and written, so that the next can be folded as soon as this one is written
+            // (the scan reads further ahead on its own).
+            .buffered(self.chunk_events.div_ceil(BULK_PAGE) + 1);
         let mut decoded = std::pin::pin!(decoded);
         let mut read = 0;
         let mut chunk = Vec::new();
@@ -666,10 +673,7 @@ async fn execute(connection: &mut PgConnection, statement: &str) -> Result<(), s
         .map(|_| ())
 }
 
-fn progress_bar(total: i64, visible: bool) -> ProgressBar {
-    if !visible {
-        return ProgressBar::hidden();
-    }
+fn progress_bar(total: i64) -> ProgressBar {
     let bar = ProgressBar::new(total.max(0) as u64);
     bar.set_style(
         ProgressStyle::with_template(
