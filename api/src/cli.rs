@@ -175,7 +175,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => {
             let pool = db::connect(&cli.settings.database_url, 4, true).await?;
             db::migrate(&pool).await?;
-            let pipeline = crate::state::pipeline(db::event_store(pool, 4), &cli.settings)?;
+            let pipeline = crate::state::pipeline(db::event_store(pool), &cli.settings)?;
             crate::demo::run_demo(
                 &pipeline,
                 &args.tenant,
@@ -349,7 +349,7 @@ async fn serve(settings: Settings, serve: ServeSettings) -> anyhow::Result<()> {
     let mut roles = Roles::new(&serve.roles);
     let read = read_model(&settings, migrate).await?;
     let app = AppState::new(
-        db::event_store(pool, settings.db_pool_size),
+        db::event_store(pool),
         read.clone(),
         settings,
         roles.readiness.clone(),

@@ -174,7 +174,7 @@ async fn hap_run(
     // run to the command side (a `command`-role instance), as the projector has a run of its own.
     let read = projections::ReadModel::new(pool.clone());
     // The event store as `hap serve` configures it, group commit included.
-    let store = api::db::event_store(pool.clone(), args.pool_size);
+    let store = api::db::event_store(pool.clone());
     // One token per client, as `hap token` signs them.
     let tokens: Arc<Vec<Option<String>>> = Arc::new(
         (0..args.clients())

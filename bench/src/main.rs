@@ -77,9 +77,19 @@ struct Cli {
     settle_limit: u64,
 
     /// Records each timed HAP run with `perf` and writes its CPU flame graph (an SVG) into
-    /// `--profile-dir`, printing the path. Not for `chaos`.
-    #[arg(long, global = true)]
-    profile: bool,
+    /// `--profile-dir`, printing the path: of the bench's process (`--profile`, HAP's own
+    /// time) or of every process on the machine (`--profile=machine`, PostgreSQL's and
+    /// RabbitMQ's beside HAP's). Not for `chaos`.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "process",
+        value_name = "SCOPE"
+    )]
+    profile: Option<profile::Scope>,
 
     /// Where `--profile` writes its flame graphs.
     #[arg(long, global = true, default_value = "target/hap-bench")]
@@ -124,11 +134,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if cli.profile {
+    if let Some(scope) = cli.profile {
         if matches!(cli.command, Command::Chaos(_)) {
             anyhow::bail!("--profile: chaos is a trial with no timed run to profile");
         }
-        profile::enable(cli.command.name(), cli.profile_dir).await?;
+        profile::enable(cli.command.name(), scope, cli.profile_dir).await?;
     }
     match cli.command {
         Command::Append(args) => append::run(args).await,

@@ -1,6 +1,11 @@
 //! `--profile`: a CPU flame graph of HAP over each timed HAP run, written as an SVG.
 //!
-//! Every subcommand but `chaos` runs HAP's pieces inside the bench's own process (see
+//! Two scopes. `--profile` (the process) shows where HAP's own time goes;
+//! `--profile=machine` shows what the whole machine did meanwhile (PostgreSQL, RabbitMQ, the
+//! kernel, idle time), which is what tells whether a run was held back by HAP or by the
+//! services it waits for.
+//!
+//! **The process.** Every subcommand but `chaos` runs HAP's pieces inside the bench's own process (see
 //! [`crate::system`]), so the process to profile is this one. `perf record -p` on it is used
 //! rather than an in-process sampler (pprof-rs): it records nothing outside the window it is
 //! started and stopped around, costs the process nothing but the sampling itself, and sees
@@ -13,8 +18,18 @@
 //! Stacks are unwound from DWARF call-frame information (`--call-graph dwarf`): Rust's
 //! standard library and most crates are compiled without frame pointers, and a frame-pointer
 //! walk through them gives truncated, misattributed stacks. The recording is folded with
-//! `inferno`, `perf`'s own symbol names kept as they are (demangled Rust paths).
+//! `inferno`, `perf`'s own symbol names kept as they are (demangled Rust paths). Copying a
+//! deep stack at every sample costs the process enough to slow a broker-bound run severalfold
+//! (a publish ran at 0.32 of its baseline profiled, 0.91 not): read rates from runs without it.
+//!
+//! **The machine.** `perf record -a` samples every CPU at a lower rate, unwinding by frame
+//! pointers, which costs the run little. Each stack's root is the process it ran in (its
+//! name as `/proc` gives it, `postgres`, `beam.smp`, `hap-bench`, `swapper` for idle CPUs),
+//! so the widths at the root are the machine's time per process. The leaf functions are
+//! exact; call chains through code built without frame pointers (most Rust, PostgreSQL as
+//! Debian builds it) are cut short.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
@@ -30,6 +45,9 @@ use crate::load::Timeline;
 
 /// Samples per second and thread: an odd rate, so it does not run in step with timers.
 const FREQUENCY: &str = "999";
+/// Samples per second and CPU over the whole machine: enough for a few thousand samples per
+/// second on two cores, few enough not to weigh on the run.
+const MACHINE_FREQUENCY: &str = "499";
 /// Bytes of stack copied per sample for unwinding: the most `perf` copies. A request's stack
 /// through axum, tower and tokio is deep, and with 32 KiB a debug build's stacks were cut off
 /// before their thread's start in half the samples.
@@ -37,31 +55,46 @@ const STACK_BYTES: &str = "65528";
 /// How long `perf record` may take to attach before the run starts anyway.
 const ATTACH_LIMIT: Duration = Duration::from_secs(5);
 
-/// Where the flame graphs go and which subcommand they are of, set once by `main` when
-/// `--profile` is given.
+/// What `--profile` records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scope {
+    /// The bench's process, where HAP runs, with full call chains.
+    Process,
+    /// Every process of the machine, each stack under its process's name.
+    Machine,
+}
+
+/// Where the flame graphs go, which subcommand they are of and what they record, set once by
+/// `main` when `--profile` is given.
 struct Settings {
     directory: PathBuf,
     subcommand: &'static str,
+    scope: Scope,
 }
 
 static SETTINGS: OnceLock<Settings> = OnceLock::new();
 
-/// Turns profiling on for `subcommand`, writing into `directory`; fails at once, before any
-/// setup, if `perf` cannot record here.
-pub async fn enable(subcommand: &'static str, directory: PathBuf) -> anyhow::Result<()> {
-    check_perf().await?;
+/// Turns profiling of `scope` on for `subcommand`, writing into `directory`; fails at once,
+/// before any setup, if `perf` cannot record here.
+pub async fn enable(
+    subcommand: &'static str,
+    scope: Scope,
+    directory: PathBuf,
+) -> anyhow::Result<()> {
+    check_perf(scope).await?;
     std::fs::create_dir_all(&directory)
         .with_context(|| format!("Failed to create {}", directory.display()))?;
     // Set once, by `main`; the first value stands.
     let _ = SETTINGS.set(Settings {
         directory,
         subcommand,
+        scope,
     });
     Ok(())
 }
 
-/// Whether `perf` is installed and allowed to record this process.
-async fn check_perf() -> anyhow::Result<()> {
+/// Whether `perf` is installed and allowed to record `scope`.
+async fn check_perf(scope: Scope) -> anyhow::Result<()> {
     let version = Command::new("perf")
         .arg("--version")
         .stdout(Stdio::null())
@@ -77,14 +110,23 @@ async fn check_perf() -> anyhow::Result<()> {
     let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
         .ok()
         .and_then(|level| level.trim().parse::<i32>().ok());
-    // Root records whatever the level; anyone else needs 2 or lower to profile their own
-    // process's user-space code, and `perf` samples the kernel's side too unless told not to.
-    if !nix::unistd::geteuid().is_root() && paranoid.is_some_and(|level| level > 1) {
+    // Root records whatever the level; anyone else needs 1 or lower to profile their own
+    // process (`perf` samples the kernel's side too unless told not to), and -1 to record
+    // every process of the machine.
+    let allowed = match scope {
+        Scope::Process => 1,
+        Scope::Machine => -1,
+    };
+    if !nix::unistd::geteuid().is_root() && paranoid.is_some_and(|level| level > allowed) {
         bail!(
             "--profile: kernel.perf_event_paranoid is {}, which keeps `perf` from recording \
-             this process; set it to 1 or lower (sudo sysctl kernel.perf_event_paranoid=1) or \
-             run as root",
-            paranoid.unwrap_or_default()
+             {}; set it to {allowed} or lower (sudo sysctl kernel.perf_event_paranoid={allowed}) \
+             or run as root",
+            paranoid.unwrap_or_default(),
+            match scope {
+                Scope::Process => "this process",
+                Scope::Machine => "the whole machine",
+            }
         );
     }
     Ok(())
@@ -95,6 +137,10 @@ pub struct Profile(Option<Recording>);
 
 struct Recording {
     perf: Child,
+    scope: Scope,
+    /// The machine's processes by pid when the recording started (`Scope::Machine`), for
+    /// the ones that end before it does.
+    names: HashMap<u32, String>,
     /// Holds `perf.data`: a directory of its own, since `perf` renames a file it would
     /// overwrite rather than reuse it.
     data: tempfile::TempDir,
@@ -115,11 +161,21 @@ impl Profile {
             .tempdir()
             .context("Failed to create the directory perf records into")?;
         let file = data.path().join("perf.data");
-        let mut perf = Command::new("perf")
-            .args(["record", "--quiet", "-F", FREQUENCY, "--call-graph"])
-            .arg(format!("dwarf,{STACK_BYTES}"))
-            .arg("-p")
-            .arg(std::process::id().to_string())
+        let mut perf = Command::new("perf");
+        perf.args(["record", "--quiet"]);
+        match settings.scope {
+            Scope::Process => perf
+                .args(["-F", FREQUENCY, "--call-graph"])
+                .arg(format!("dwarf,{STACK_BYTES}"))
+                .arg("-p")
+                .arg(std::process::id().to_string()),
+            Scope::Machine => perf.args(["-F", MACHINE_FREQUENCY, "-a", "-g"]),
+        };
+        let names = match settings.scope {
+            Scope::Process => HashMap::new(),
+            Scope::Machine => process_names(),
+        };
+        let mut perf = perf
             .arg("-o")
             .arg(&file)
             .stdout(Stdio::null())
@@ -130,6 +186,8 @@ impl Profile {
         wait_attached(&mut perf, &file).await?;
         Ok(Self(Some(Recording {
             perf,
+            scope: settings.scope,
+            names,
             data,
             svg: settings.directory.join(format!("{name}.svg")),
             title: format!("hap-bench {} · {run}", settings.subcommand),
@@ -166,10 +224,17 @@ impl Profile {
             );
         }
         eprintln!("profile: folding the recording into a flame graph…");
-        let script = Command::new("perf")
-            // Inlined frames come from the line tables, which makes `perf script` many times
-            // slower; the functions they are inlined into are shown all the same.
-            .args(["script", "--no-inline", "-i"])
+        let mut names = recording.names;
+        names.extend(process_names());
+        let mut script = Command::new("perf");
+        // Inlined frames come from the line tables, which makes `perf script` many times
+        // slower; the functions they are inlined into are shown all the same.
+        script.args(["script", "--no-inline"]);
+        if recording.scope == Scope::Machine {
+            script.args(["-F", "comm,pid,tid,time,event,ip,sym,dso"]);
+        }
+        let script = script
+            .arg("-i")
             .arg(recording.data.path().join("perf.data"))
             .stderr(Stdio::null())
             .output()
@@ -178,11 +243,17 @@ impl Profile {
         if !script.status.success() {
             bail!("perf script failed on {}", recording.data.path().display());
         }
-        let (svg, title) = (recording.svg, recording.title);
+        let (svg, title, scope) = (recording.svg, recording.title, recording.scope);
         let written = svg.clone();
-        tokio::task::spawn_blocking(move || flame_graph(&script.stdout, &svg, title))
-            .await
-            .context("Folding the recording panicked")??;
+        tokio::task::spawn_blocking(move || {
+            let folded = match scope {
+                Scope::Process => fold_process(&script.stdout)?,
+                Scope::Machine => fold_machine(&String::from_utf8_lossy(&script.stdout), &names),
+            };
+            flame_graph(&folded, &svg, title)
+        })
+        .await
+        .context("Folding the recording panicked")??;
         eprintln!("profile: flame graph written to {}", written.display());
         Ok(())
     }
@@ -234,25 +305,171 @@ async fn wait_attached(perf: &mut Child, data: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Folds `perf script`'s output into stacks and draws them into `svg`.
-fn flame_graph(script: &[u8], svg: &Path, title: String) -> anyhow::Result<()> {
+/// Folds `perf script`'s output of one process into stacks, one line per stack with its count.
+fn fold_process(script: &[u8]) -> anyhow::Result<Vec<u8>> {
     use inferno::collapse::Collapse;
     let mut folded = Vec::new();
     inferno::collapse::perf::Folder::from(inferno::collapse::perf::Options::default())
         .collapse(script, &mut folded)
         .context("Failed to fold perf's stacks")?;
+    Ok(folded)
+}
+
+/// The name of every process running now, by pid (`/proc/<pid>/comm`: a process's name is
+/// its main thread's).
+fn process_names() -> HashMap<u32, String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let pid = entry.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            Some((pid, name.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// Folds `perf script`'s output of the whole machine (fields `comm,pid,tid,time,event,ip,sym,dso`,
+/// leaf frame first) into `process;user function;kernel frames…` stacks: the process by its
+/// name in `names` (its thread's name where the process is gone), then the user-space
+/// function that was running or made the system call, then the kernel's frames from its entry
+/// down. User-space frames above the first are dropped: unwound by frame pointers through code
+/// built without them, they are mostly wrong.
+fn fold_machine(script: &str, names: &HashMap<u32, String>) -> Vec<u8> {
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    let mut lines = script.lines().peekable();
+    while let Some(header) = lines.next() {
+        if header.trim().is_empty() || header.starts_with(char::is_whitespace) {
+            continue;
+        }
+        let process = sample_process(header, names);
+        let mut kernel = Vec::new();
+        let mut user = None;
+        while let Some(frame) = lines.next_if(|line| line.starts_with(char::is_whitespace)) {
+            let Some((function, object)) = frame_parts(frame) else {
+                continue;
+            };
+            if object == "[kernel.kallsyms]" {
+                if user.is_none() {
+                    kernel.push(function);
+                }
+            } else if user.is_none() {
+                user = Some(if function == "[unknown]" {
+                    format!("[{}]", object.rsplit('/').next().unwrap_or(object))
+                } else {
+                    function.to_owned()
+                });
+            }
+        }
+        let mut stack = process;
+        // A sample taken in the kernel on behalf of no user code (an idle CPU, a kernel thread).
+        stack.push(';');
+        stack.push_str(user.as_deref().unwrap_or("[kernel]"));
+        for function in kernel.iter().rev() {
+            stack.push(';');
+            stack.push_str(function);
+        }
+        *counts.entry(stack).or_default() += 1;
+    }
+    let mut folded: Vec<_> = counts.into_iter().collect();
+    folded.sort();
+    folded
+        .into_iter()
+        .flat_map(|(stack, count)| format!("{stack} {count}\n").into_bytes())
+        .collect()
+}
+
+/// The name of the process a sample's header line (`comm pid/tid time: event:`) names; `;`
+/// and spaces, which separate frames and counts in a folded line, become `_`.
+fn sample_process(header: &str, names: &HashMap<u32, String>) -> String {
+    let words: Vec<&str> = header.split_whitespace().collect();
+    let ids = words.iter().position(|word| {
+        word.split_once('/').is_some_and(|(pid, tid)| {
+            [pid, tid]
+                .iter()
+                .all(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        })
+    });
+    let (thread, pid) = match ids {
+        Some(at) => (
+            words[..at].join(" "),
+            words[at]
+                .split_once('/')
+                .and_then(|(pid, _)| pid.parse().ok()),
+        ),
+        None => (words.first().copied().unwrap_or("?").to_owned(), None),
+    };
+    let name = pid.and_then(|pid: u32| names.get(&pid)).unwrap_or(&thread);
+    name.replace([';', ' '], "_")
+}
+
+/// A frame line's function and object (`\t  addr function (object)`); `;`, which separates
+/// frames in a folded line, becomes `:`.
+fn frame_parts(line: &str) -> Option<(String, &str)> {
+    let (_address, rest) = line.trim().split_once(char::is_whitespace)?;
+    let (function, object) = rest.trim().rsplit_once(" (")?;
+    Some((function.replace(';', ":"), object.strip_suffix(')')?))
+}
+
+/// Draws folded stacks into `svg`.
+fn flame_graph(folded: &[u8], svg: &Path, title: String) -> anyhow::Result<()> {
     if folded.is_empty() {
-        bail!("perf recorded no samples of this process");
+        bail!("perf recorded no samples");
     }
     let mut options = inferno::flamegraph::Options::default();
     options.title = title;
     let file = std::fs::File::create(svg)
         .with_context(|| format!("Failed to create {}", svg.display()))?;
-    inferno::flamegraph::from_reader(
-        &mut options,
-        folded.as_slice(),
-        std::io::BufWriter::new(file),
-    )
-    .context("Failed to draw the flame graph")?;
+    inferno::flamegraph::from_reader(&mut options, folded, std::io::BufWriter::new(file))
+        .context("Failed to draw the flame graph")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCRIPT: &str = "\
+postgres 4100/4100   161.927015: cpu-clock:ppp: 
+\t ffffffff8a01 copy_user_generic ([kernel.kallsyms])
+\t ffffffff8a02 do_syscall_64 ([kernel.kallsyms])
+\t     55d0a1 XLogInsertRecord (/usr/lib/postgresql/15/bin/postgres)
+\t     55d0a2 [unknown] ([unknown])
+
+tokio-runtime-w 4200/4207   161.928015: cpu-clock:ppp: 
+\t     7f0001 [unknown] (/usr/lib/x86_64-linux-gnu/libc.so.6)
+\t     7f0002 hap::handler<a;b> (/work/target/release/hap-bench)
+
+swapper     0/0   161.929015: cpu-clock:ppp: 
+\t ffffffff8a03 default_idle ([kernel.kallsyms])
+\t ffffffff8a04 cpu_startup_entry ([kernel.kallsyms])
+
+tokio-runtime-w 4200/4207   161.930015: cpu-clock:ppp: 
+\t     7f0001 [unknown] (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+";
+
+    #[test]
+    fn a_machine_recording_folds_into_process_user_function_and_kernel_frames() {
+        let names = HashMap::from([(4200, "hap-bench".to_owned())]);
+        let folded = String::from_utf8(fold_machine(SCRIPT, &names)).unwrap();
+        assert_eq!(
+            folded.lines().collect::<Vec<_>>(),
+            [
+                "hap-bench;[libc.so.6] 2",
+                "postgres;XLogInsertRecord;do_syscall_64;copy_user_generic 1",
+                "swapper;[kernel];cpu_startup_entry;default_idle 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_process_gone_before_the_recording_ended_keeps_its_threads_name() {
+        let header = "lto cgu.11  9206/9472    161.927015: cpu-clock:ppp:";
+        assert_eq!(sample_process(header, &HashMap::new()), "lto_cgu.11");
+        let names = HashMap::from([(9206, "rustc".to_owned())]);
+        assert_eq!(sample_process(header, &names), "rustc");
+    }
 }

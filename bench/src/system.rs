@@ -26,7 +26,7 @@ pub const INSTANCE: &str = "bench";
 
 /// The event store over `pool` as `hap serve` configures it (group commit included).
 pub fn store(pool: &PgPool) -> EventStore {
-    api::db::event_store(pool.clone(), POOL_SIZE)
+    api::db::event_store(pool.clone())
 }
 
 /// HAP's publisher on the scratch prefix, with production settings.

@@ -313,7 +313,7 @@ impl TestApp {
         let pool = db.pool.clone();
         let read = read_model(db, "test").await;
         let state = api::AppState::new(
-            api::db::event_store(pool.clone(), 8),
+            api::db::event_store(pool.clone()),
             read.clone(),
             settings,
             Default::default(),
