@@ -242,6 +242,7 @@ async fn raw_run(args: &Args, database: &ScratchDatabase) -> anyhow::Result<Outc
     open_connections(&pool, args.clients).await?;
 
     let timeline = Timeline::starting_now(WARMUP, args.measure());
+    let profile = Profile::over_baseline("raw", timeline);
     let load_pool = pool.clone();
     let outcome = closed_loop(args.clients(), timeline, move |client_id, n| {
         let pool = load_pool.clone();
@@ -253,6 +254,7 @@ async fn raw_run(args: &Args, database: &ScratchDatabase) -> anyhow::Result<Outc
         }
     })
     .await;
+    profile.finish().await?;
     pool.close().await;
     outcome
 }

@@ -27,7 +27,9 @@
 //! name as `/proc` gives it, `postgres`, `beam.smp`, `hap-bench`, `swapper` for idle CPUs),
 //! so the widths at the root are the machine's time per process. The leaf functions are
 //! exact; call chains through code built without frame pointers (most Rust, PostgreSQL as
-//! Debian builds it) are cut short.
+//! Debian builds it) are cut short. At this scope the raw baselines of `append`, `publish`,
+//! `project` and `rebuild` are recorded too (`<subcommand>-raw-…`): side by side with HAP's,
+//! the two graphs show what HAP's run kept busy that the baseline's did not.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -258,11 +260,35 @@ impl Profile {
         Ok(())
     }
 
+    /// Starts recording a raw baseline's run `run`: over the whole machine only, where its
+    /// graph beside HAP's shows what each run kept busy (and what the baseline never does); a
+    /// graph of the bench's process alone would hold nothing but its load driver.
+    pub async fn start_baseline(run: &str) -> anyhow::Result<Self> {
+        if SETTINGS.get().is_some_and(|s| s.scope == Scope::Machine) {
+            Self::start(run).await
+        } else {
+            Ok(Self(None))
+        }
+    }
+
     /// Records the measured window of `timeline` (after its warm-up) in the background.
     pub fn over(run: &'static str, timeline: Timeline) -> Window {
+        Self::window(run, timeline, false)
+    }
+
+    /// Records a raw baseline's measured window, as [`Self::start_baseline`] would.
+    pub fn over_baseline(run: &'static str, timeline: Timeline) -> Window {
+        Self::window(run, timeline, true)
+    }
+
+    fn window(run: &'static str, timeline: Timeline, baseline: bool) -> Window {
         Window(tokio::spawn(async move {
             tokio::time::sleep_until(timeline.measure_from.into()).await;
-            let profile = Self::start(run).await?;
+            let profile = if baseline {
+                Self::start_baseline(run).await?
+            } else {
+                Self::start(run).await?
+            };
             tokio::time::sleep_until(timeline.until.into()).await;
             profile.finish().await
         }))

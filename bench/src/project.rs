@@ -188,6 +188,7 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
 
     settle().await;
     eprintln!("raw run: plain consumers work off the copies…");
+    let profile = Profile::start_baseline("raw").await?;
     let raw_cpu = CpuWindow::open();
     let started = Instant::now();
     let consumers = raw_queues.iter().map(|queue| {
@@ -202,6 +203,7 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
     });
     let times = futures::future::try_join_all(consumers).await?;
     let raw_cpu = raw_cpu.close();
+    profile.finish().await?;
     let raw_patients = Drained {
         count: stored,
         elapsed: times[0],

@@ -118,7 +118,9 @@ pub async fn run(args: &Args, scratch: Scratch<'_>) -> anyhow::Result<()> {
         count: messages.len() as u64,
         elapsed: reading.elapsed(),
     };
+    let profile = Profile::start_baseline("raw-drain").await?;
     let raw = raw_run(broker, &messages, window as usize).await?;
+    profile.finish().await?;
     drop(messages);
     let raw_queued = empty_queue(&channel, &queue).await?;
 

@@ -162,9 +162,11 @@ async fn bench(args: &Args, database: &ScratchDatabase) -> anyhow::Result<()> {
 
     settle().await;
     eprintln!("raw run: keyset scan of {stored} events…");
+    let profile = Profile::start_baseline("raw").await?;
     let raw_cpu = CpuWindow::open();
     let raw = keyset_scan(store.pool()).await?;
     let raw_cpu = raw_cpu.close();
+    profile.finish().await?;
     settle().await;
     eprintln!("read_all alone: {stored} events…");
     let read_all = scan(&store).await?;
