@@ -1,12 +1,13 @@
-//! `--profile`: a CPU flame graph of HAP over each timed HAP run, written as an SVG.
+//! `--profile`: a CPU flame graph of each timed HAP run (and, over the whole machine, of the
+//! raw baselines), written as an SVG.
 //!
 //! Two scopes. `--profile` (the process) shows where HAP's own time goes;
 //! `--profile=machine` shows what the whole machine did meanwhile (PostgreSQL, RabbitMQ, the
 //! kernel, idle time), which is what tells whether a run was held back by HAP or by the
 //! services it waits for.
 //!
-//! **The process.** Every subcommand but `chaos` runs HAP's pieces inside the bench's own process (see
-//! [`crate::system`]), so the process to profile is this one. `perf record -p` on it is used
+//! **The process.** Every subcommand but `chaos` runs HAP's pieces inside the bench's own
+//! process (see [`crate::system`]), so the process to profile is this one. `perf record -p` on it is used
 //! rather than an in-process sampler (pprof-rs): it records nothing outside the window it is
 //! started and stopped around, costs the process nothing but the sampling itself, and sees
 //! every thread, the blocking pool's included (where a rebuild decodes its pages). Raw runs
@@ -95,6 +96,25 @@ pub async fn enable(
     Ok(())
 }
 
+impl Scope {
+    /// What is recorded, for messages.
+    fn what(self) -> &'static str {
+        match self {
+            Self::Process => "this process",
+            Self::Machine => "the whole machine",
+        }
+    }
+
+    /// The highest `kernel.perf_event_paranoid` at which a user other than root may record
+    /// it: their own process's code, the kernel's side included, at 1; every CPU's events at 0.
+    fn paranoid_limit(self) -> i32 {
+        match self {
+            Self::Process => 1,
+            Self::Machine => 0,
+        }
+    }
+}
+
 /// Whether `perf` is installed and allowed to record `scope`.
 async fn check_perf(scope: Scope) -> anyhow::Result<()> {
     let version = Command::new("perf")
@@ -112,23 +132,15 @@ async fn check_perf(scope: Scope) -> anyhow::Result<()> {
     let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
         .ok()
         .and_then(|level| level.trim().parse::<i32>().ok());
-    // Root records whatever the level; anyone else needs 1 or lower to profile their own
-    // process (`perf` samples the kernel's side too unless told not to), and -1 to record
-    // every process of the machine.
-    let allowed = match scope {
-        Scope::Process => 1,
-        Scope::Machine => -1,
-    };
+    // Root records whatever the level.
+    let allowed = scope.paranoid_limit();
     if !nix::unistd::geteuid().is_root() && paranoid.is_some_and(|level| level > allowed) {
         bail!(
             "--profile: kernel.perf_event_paranoid is {}, which keeps `perf` from recording \
              {}; set it to {allowed} or lower (sudo sysctl kernel.perf_event_paranoid={allowed}) \
              or run as root",
             paranoid.unwrap_or_default(),
-            match scope {
-                Scope::Process => "this process",
-                Scope::Machine => "the whole machine",
-            }
+            scope.what()
         );
     }
     Ok(())
@@ -171,7 +183,9 @@ impl Profile {
                 .arg(format!("dwarf,{STACK_BYTES}"))
                 .arg("-p")
                 .arg(std::process::id().to_string()),
-            Scope::Machine => perf.args(["-F", MACHINE_FREQUENCY, "-a", "-g"]),
+            // A clock, not `cycles`: an idle CPU is sampled too (as `swapper`), so the samples
+            // add up to the machine's time, idle included, on a VM as on bare metal.
+            Scope::Machine => perf.args(["-e", "cpu-clock", "-F", MACHINE_FREQUENCY, "-a", "-g"]),
         };
         let names = match settings.scope {
             Scope::Process => HashMap::new(),
@@ -185,7 +199,7 @@ impl Profile {
             .kill_on_drop(true)
             .spawn()
             .context("Failed to start perf record")?;
-        wait_attached(&mut perf, &file).await?;
+        wait_attached(&mut perf, &file, settings.scope).await?;
         Ok(Self(Some(Recording {
             perf,
             scope: settings.scope,
@@ -227,7 +241,9 @@ impl Profile {
         }
         eprintln!("profile: folding the recording into a flame graph…");
         let mut names = recording.names;
-        names.extend(process_names());
+        if recording.scope == Scope::Machine {
+            names.extend(process_names());
+        }
         let mut script = Command::new("perf");
         // Inlined frames come from the line tables, which makes `perf script` many times
         // slower; the functions they are inlined into are shown all the same.
@@ -307,7 +323,7 @@ impl Window {
 
 /// Waits until `perf` has opened its output file, a sign that it is attached and sampling;
 /// fails with its own message if it gave up instead.
-async fn wait_attached(perf: &mut Child, data: &Path) -> anyhow::Result<()> {
+async fn wait_attached(perf: &mut Child, data: &Path, scope: Scope) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     while started.elapsed() < ATTACH_LIMIT {
         if let Some(status) = perf.try_wait().context("Failed to watch perf record")? {
@@ -316,10 +332,12 @@ async fn wait_attached(perf: &mut Child, data: &Path) -> anyhow::Result<()> {
                 use tokio::io::AsyncReadExt;
                 stderr.read_to_string(&mut message).await.ok();
             }
+            let allowed = scope.paranoid_limit();
             bail!(
-                "perf record could not profile this process ({status}): {}; as a user other \
-                 than root, set kernel.perf_event_paranoid to 1 or lower \
-                 (sudo sysctl kernel.perf_event_paranoid=1)",
+                "perf record could not profile {} ({status}): {}; as a user other than root, \
+                 set kernel.perf_event_paranoid to {allowed} or lower \
+                 (sudo sysctl kernel.perf_event_paranoid={allowed})",
+                scope.what(),
                 message.trim()
             );
         }
@@ -374,10 +392,13 @@ fn fold_machine(script: &str, names: &HashMap<u32, String>) -> Vec<u8> {
         let mut kernel = Vec::new();
         let mut user = None;
         while let Some(frame) = lines.next_if(|line| line.starts_with(char::is_whitespace)) {
-            let Some((function, object)) = frame_parts(frame) else {
+            let Some((address, function, object)) = frame_parts(frame) else {
                 continue;
             };
-            if object == "[kernel.kallsyms]" {
+            // The kernel's half of the address space, whatever object perf names (the kernel
+            // itself, a module, a BPF program).
+            let in_kernel = address.len() == 16 && address.starts_with("ffff");
+            if in_kernel {
                 if user.is_none() {
                     kernel.push(function);
                 }
@@ -431,12 +452,17 @@ fn sample_process(header: &str, names: &HashMap<u32, String>) -> String {
     name.replace([';', ' '], "_")
 }
 
-/// A frame line's function and object (`\t  addr function (object)`); `;`, which separates
-/// frames in a folded line, becomes `:`.
-fn frame_parts(line: &str) -> Option<(String, &str)> {
-    let (_address, rest) = line.trim().split_once(char::is_whitespace)?;
-    let (function, object) = rest.trim().rsplit_once(" (")?;
-    Some((function.replace(';', ":"), object.strip_suffix(')')?))
+/// A frame line's address, function and object (`\t  addr function (object)`); `;`, which
+/// separates frames in a folded line, becomes `:`. An object whose file is gone is named
+/// without perf's ` (deleted)` (RabbitMQ's compiled code lives in such a file).
+fn frame_parts(line: &str) -> Option<(&str, String, &str)> {
+    let (address, rest) = line.trim().split_once(char::is_whitespace)?;
+    let rest = rest.trim();
+    let rest = rest
+        .strip_suffix(" (deleted))")
+        .unwrap_or(rest.strip_suffix(')')?);
+    let (function, object) = rest.rsplit_once(" (")?;
+    Some((address, function.replace(';', ":"), object))
 }
 
 /// Draws folded stacks into `svg`.
@@ -459,8 +485,8 @@ mod tests {
 
     const SCRIPT: &str = "\
 postgres 4100/4100   161.927015: cpu-clock:ppp: 
-\t ffffffff8a01 copy_user_generic ([kernel.kallsyms])
-\t ffffffff8a02 do_syscall_64 ([kernel.kallsyms])
+\t ffffffff8a010000 copy_user_generic ([kernel.kallsyms])
+\t ffffffff8a020000 do_syscall_64 ([kernel.kallsyms])
 \t     55d0a1 XLogInsertRecord (/usr/lib/postgresql/15/bin/postgres)
 \t     55d0a2 [unknown] ([unknown])
 
@@ -469,21 +495,30 @@ tokio-runtime-w 4200/4207   161.928015: cpu-clock:ppp:
 \t     7f0002 hap::handler<a;b> (/work/target/release/hap-bench)
 
 swapper     0/0   161.929015: cpu-clock:ppp: 
-\t ffffffff8a03 default_idle ([kernel.kallsyms])
-\t ffffffff8a04 cpu_startup_entry ([kernel.kallsyms])
+\t ffffffff8a030000 default_idle ([kernel.kallsyms])
+\t ffffffff8a040000 cpu_startup_entry ([kernel.kallsyms])
 
 tokio-runtime-w 4200/4207   161.930015: cpu-clock:ppp: 
 \t     7f0001 [unknown] (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+1_scheduler 3900/3911   161.931015: cpu-clock:ppp: 
+\t ffffffffc0a10000 virtnet_poll ([virtio_net])
+\t ffffffff8a050000 __napi_poll ([kernel.kallsyms])
+\t     7f3001 [unknown] (/memfd:vmem (deleted))
 
 ";
 
     #[test]
     fn a_machine_recording_folds_into_process_user_function_and_kernel_frames() {
-        let names = HashMap::from([(4200, "hap-bench".to_owned())]);
+        let names = HashMap::from([
+            (4200, "hap-bench".to_owned()),
+            (3900, "beam.smp".to_owned()),
+        ]);
         let folded = String::from_utf8(fold_machine(SCRIPT, &names)).unwrap();
         assert_eq!(
             folded.lines().collect::<Vec<_>>(),
             [
+                "beam.smp;[memfd:vmem];__napi_poll;virtnet_poll 1",
                 "hap-bench;[libc.so.6] 2",
                 "postgres;XLogInsertRecord;do_syscall_64;copy_user_generic 1",
                 "swapper;[kernel];cpu_startup_entry;default_idle 1",
