@@ -7,11 +7,11 @@
 //! services it waits for.
 //!
 //! **The process.** Every subcommand but `chaos` runs HAP's pieces inside the bench's own
-//! process (see [`crate::system`]), so the process to profile is this one. `perf record -p` on it is used
-//! rather than an in-process sampler (pprof-rs): it records nothing outside the window it is
-//! started and stopped around, costs the process nothing but the sampling itself, and sees
-//! every thread, the blocking pool's included (where a rebuild decodes its pages). Raw runs
-//! happen outside the window, so their baselines are not in the graph. What it does contain
+//! process (see [`crate::system`]), so the process to profile is this one. `perf record -p`
+//! on it is used rather than an in-process sampler (pprof-rs): it records nothing outside the
+//! window it is started and stopped around, costs the process nothing but the sampling itself,
+//! and sees every thread, the blocking pool's included (where a rebuild decodes its pages).
+//! Raw runs happen outside the window, so their baselines are not in the graph. What it does contain
 //! beside HAP is the load driver of the same process (the HTTP client of `append` and `e2e`):
 //! its frames are `reqwest`'s and `hap_bench`'s, and they are the part to look past.
 //! PostgreSQL and RabbitMQ run in other processes and are not in the graph either.
