@@ -64,8 +64,8 @@ const GROUP_COMMIT_BATCH: usize = 64;
 /// Append statements in flight at once (group commit's writers). Two: while one statement
 /// waits for its commit, the appends arriving meanwhile gather into the other's batch, and
 /// more load makes batches larger rather than statements more. More writers make batches
-/// smaller and race each other for the same index pages (every insert goes to the right end
-/// of `events`' position index): with 16 clients on a 2-core machine, 8 writers (half the
+/// smaller: more statements, each with its commit, for the same appends, more of them at once
+/// on the database's cores. With 16 clients on a 2-core machine, 8 writers (half the
 /// default pool) appended 6,800–7,800 commands/s, 3 writers 7,500, 2 writers 9,800–11,300
 /// (2026-12-07, docs/benchmarks.md).
 const GROUP_COMMIT_WRITERS: usize = 2;
