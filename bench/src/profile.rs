@@ -51,10 +51,10 @@ const FREQUENCY: &str = "999";
 /// Samples per second and CPU over the whole machine: enough for a few thousand samples per
 /// second on two cores, few enough not to weigh on the run.
 const MACHINE_FREQUENCY: &str = "499";
-/// Bytes of stack copied per sample for unwinding: the most `perf` copies. A request's stack
-/// through axum, tower and tokio is deep, and with 32 KiB a debug build's stacks were cut off
-/// before their thread's start in half the samples.
-const STACK_BYTES: &str = "65528";
+/// Unwinding from DWARF with the most stack `perf` copies per sample (65,528 bytes). A
+/// request's stack through axum, tower and tokio is deep, and with 32 KiB a debug build's
+/// stacks were cut off before their thread's start in half the samples.
+const STACK_UNWINDING: &str = "dwarf,65528";
 /// How long `perf record` may take to attach before the run starts anyway.
 const ATTACH_LIMIT: Duration = Duration::from_secs(5);
 
@@ -102,6 +102,38 @@ impl Scope {
         match self {
             Self::Process => "this process",
             Self::Machine => "the whole machine",
+        }
+    }
+
+    /// What `perf record` is told to sample, and how to unwind each sample's stack.
+    fn record_args(self) -> Vec<String> {
+        let args: &[&str] = match self {
+            Self::Process => &["-F", FREQUENCY, "--call-graph", STACK_UNWINDING, "-p"],
+            // A clock, not `cycles`: an idle CPU is sampled too (as `swapper`), so the samples
+            // add up to the machine's time, idle included, on a VM as on bare metal.
+            Self::Machine => &["-e", "cpu-clock", "-F", MACHINE_FREQUENCY, "-a", "-g"],
+        };
+        let mut args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        if self == Self::Process {
+            args.push(std::process::id().to_string());
+        }
+        args
+    }
+
+    /// The fields `perf script` prints beyond its defaults: the machine's folding needs each
+    /// sample's pid, to name its process.
+    fn script_args(self) -> &'static [&'static str] {
+        match self {
+            Self::Process => &[],
+            Self::Machine => &["-F", "comm,pid,tid,time,event,ip,sym,dso"],
+        }
+    }
+
+    /// The machine's processes by pid now, for naming the samples (none at process scope).
+    fn process_names(self) -> HashMap<u32, String> {
+        match self {
+            Self::Process => HashMap::new(),
+            Self::Machine => process_names(),
         }
     }
 
@@ -175,23 +207,10 @@ impl Profile {
             .tempdir()
             .context("Failed to create the directory perf records into")?;
         let file = data.path().join("perf.data");
-        let mut perf = Command::new("perf");
-        perf.args(["record", "--quiet"]);
-        match settings.scope {
-            Scope::Process => perf
-                .args(["-F", FREQUENCY, "--call-graph"])
-                .arg(format!("dwarf,{STACK_BYTES}"))
-                .arg("-p")
-                .arg(std::process::id().to_string()),
-            // A clock, not `cycles`: an idle CPU is sampled too (as `swapper`), so the samples
-            // add up to the machine's time, idle included, on a VM as on bare metal.
-            Scope::Machine => perf.args(["-e", "cpu-clock", "-F", MACHINE_FREQUENCY, "-a", "-g"]),
-        };
-        let names = match settings.scope {
-            Scope::Process => HashMap::new(),
-            Scope::Machine => process_names(),
-        };
-        let mut perf = perf
+        let names = settings.scope.process_names();
+        let mut perf = Command::new("perf")
+            .args(["record", "--quiet"])
+            .args(settings.scope.record_args())
             .arg("-o")
             .arg(&file)
             .stdout(Stdio::null())
@@ -241,17 +260,12 @@ impl Profile {
         }
         eprintln!("profile: folding the recording into a flame graph…");
         let mut names = recording.names;
-        if recording.scope == Scope::Machine {
-            names.extend(process_names());
-        }
-        let mut script = Command::new("perf");
-        // Inlined frames come from the line tables, which makes `perf script` many times
-        // slower; the functions they are inlined into are shown all the same.
-        script.args(["script", "--no-inline"]);
-        if recording.scope == Scope::Machine {
-            script.args(["-F", "comm,pid,tid,time,event,ip,sym,dso"]);
-        }
-        let script = script
+        names.extend(recording.scope.process_names());
+        let script = Command::new("perf")
+            // Inlined frames come from the line tables, which makes `perf script` many times
+            // slower; the functions they are inlined into are shown all the same.
+            .args(["script", "--no-inline"])
+            .args(recording.scope.script_args())
             .arg("-i")
             .arg(recording.data.path().join("perf.data"))
             .stderr(Stdio::null())
